@@ -1,0 +1,9 @@
+//! crust: transparent checkpoint/restore of live Linux processes.
+//!
+//! Layers, bottom up: `sys` (raw kernel interfaces: ptrace, syscalls),
+//! `proc` (parsers for /proc), `image` (the on-disk format), `inject`
+//! (running system calls inside a stopped task), then the flows `dump` and
+//! `restore`, and `check` (kernel feature probes).
+
+pub mod check;
+pub mod proc;

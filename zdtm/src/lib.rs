@@ -1,0 +1,1 @@
+//! zdtm test protocol library.
