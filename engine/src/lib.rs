@@ -6,4 +6,13 @@
 //! `restore`, and `check` (kernel feature probes).
 
 pub mod check;
+pub mod error;
+pub mod image;
+pub mod inject;
 pub mod proc;
+pub mod sys;
+
+pub use error::{Error, Result};
+pub mod dump;
+pub mod regs;
+pub mod restore;

@@ -1,1 +1,209 @@
-fn main() {}
+//! The `crust` command line. Flags follow CRIU's where CRIU has them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crust::dump::{dump, DumpOptions};
+use crust::restore::{restore, RestoreOptions};
+
+#[derive(Parser)]
+#[command(name = "crust", version, about = "Checkpoint/restore of live Linux processes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Append the log to this file (relative paths are taken in the images dir).
+    #[arg(short = 'o', long = "log-file")]
+    log_file: Option<PathBuf>,
+    /// More detail in the log.
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint a process into an image directory, then kill it.
+    Dump {
+        /// The process to dump.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Image directory (created 0700).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Let the process run on after the dump.
+        #[arg(long)]
+        leave_running: bool,
+        /// Print timing and page counts.
+        #[arg(long)]
+        display_stats: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Restore a process from an image directory.
+    Restore {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Detach: return once the process runs, instead of waiting for it.
+        #[arg(short = 'd', long = "restore-detached")]
+        detach: bool,
+        /// Write the restored pid here.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// Leave the restored process stopped (SIGSTOP).
+        #[arg(long)]
+        leave_stopped: bool,
+        /// Seconds to wait for the original pid to become free.
+        #[arg(long, default_value_t = 5.0)]
+        pid_wait: f64,
+        #[arg(long)]
+        display_stats: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print an image file, or every image of a directory, as JSON.
+    Show { path: PathBuf },
+    /// Report the kernel features the engine relies on.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Log lines go to stderr and, with -o, to a file as well.
+struct Log {
+    file: Option<std::fs::File>,
+}
+
+impl Log {
+    fn open(common: &Common, dir: &Path) -> Log {
+        let file = common.log_file.as_ref().and_then(|p| {
+            let p = if p.is_absolute() || p.starts_with(".") { p.clone() } else { dir.join(p) };
+            std::fs::OpenOptions::new().create(true).append(true).open(&p).ok()
+        });
+        Log { file }
+    }
+
+    /// To stderr and the log file.
+    fn line(&mut self, msg: &str) {
+        eprintln!("{msg}");
+        self.file_only(msg);
+    }
+
+    fn file_only(&mut self, msg: &str) {
+        if let Some(f) = self.file.as_mut() {
+            let _ = writeln!(f, "{msg}");
+        }
+    }
+
+    fn stats(&mut self, show: bool, msg: &str) {
+        if show {
+            self.line(msg)
+        } else {
+            self.file_only(msg)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Dump { pid, dir, leave_running, display_stats, common } => {
+            if let Err(e) = crust::image::ImageDir::create(&dir) {
+                eprintln!("crust: dump of pid {pid} failed: {e}");
+                return ExitCode::FAILURE;
+            }
+            let mut log = Log::open(&common, &dir);
+            let t = Instant::now();
+            match dump(pid, &dir, &DumpOptions { leave_running }) {
+                Ok(stats) => {
+                    let msg = format!(
+                        "crust: dumped pid {pid} into {}: {} pages ({:.1} MiB) in {:.1} ms, frozen {:.1} ms",
+                        dir.display(),
+                        stats.pages_written,
+                        stats.bytes_written as f64 / (1 << 20) as f64,
+                        t.elapsed().as_secs_f64() * 1e3,
+                        stats.frozen_ms
+                    );
+                    log.stats(display_stats || common.verbose > 0, &msg);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    log.line(&format!("crust: dump of pid {pid} failed: {e}; the process was left running"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Restore { dir, detach, pidfile, leave_stopped, pid_wait, display_stats, common } => {
+            let mut log = Log::open(&common, &dir);
+            let opts = RestoreOptions { leave_stopped, pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)) };
+            let t = Instant::now();
+            let restored = match restore(&dir, &opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    log.line(&format!("crust: restore from {} failed: {e}", dir.display()));
+                    return ExitCode::FAILURE;
+                }
+            };
+            let msg = format!("crust: restored pid {} in {:.1} ms", restored.pid, t.elapsed().as_secs_f64() * 1e3);
+            log.stats(display_stats || common.verbose > 0, &msg);
+            if let Some(p) = pidfile {
+                if let Err(e) = std::fs::write(&p, format!("{}\n", restored.pid)) {
+                    log.line(&format!("crust: cannot write pidfile {}: {e}", p.display()));
+                    return ExitCode::FAILURE;
+                }
+            }
+            if detach {
+                return ExitCode::SUCCESS;
+            }
+            wait_exit(restored.pid)
+        }
+        Cmd::Show { path } => match crust::image::show::show(&path) {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("crust: show: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Check { json } => {
+            let report = crust::check::probe();
+            let mut out = std::io::stdout();
+            if json {
+                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
+            } else {
+                report.print_text(&mut out);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Waits for the restored task (our child) and mirrors its exit status.
+fn wait_exit(pid: i32) -> ExitCode {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            eprintln!("crust: waiting for pid {pid}: {}", std::io::Error::last_os_error());
+            return ExitCode::FAILURE;
+        }
+    }
+    if libc::WIFEXITED(status) {
+        ExitCode::from(libc::WEXITSTATUS(status) as u8)
+    } else {
+        ExitCode::from((128 + libc::WTERMSIG(status)) as u8)
+    }
+}

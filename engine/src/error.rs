@@ -1,0 +1,74 @@
+//! The engine's error type: every variant names what failed and where.
+
+use std::io;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call or ptrace request on a task failed.
+    #[error("{op} on pid {pid} failed: {errno} ({})", errno.desc())]
+    Sys {
+        op: &'static str,
+        pid: i32,
+        errno: Errno,
+    },
+    /// A system call injected into a task returned an error.
+    #[error("injected {name}({args}) in pid {pid} failed: {errno} ({})", errno.desc())]
+    Injected {
+        name: &'static str,
+        args: String,
+        pid: i32,
+        errno: Errno,
+    },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Proc(#[from] crate::proc::ProcError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// State the engine cannot checkpoint or restore.
+    #[error("pid {pid}: unsupported: {what}")]
+    Unsupported { pid: i32, what: String },
+    /// The task changed under us or behaved in a way we do not handle.
+    #[error("pid {pid}: {what}")]
+    Task { pid: i32, what: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn sys(op: &'static str, pid: i32, errno: Errno) -> Self {
+        Error::Sys { op, pid, errno }
+    }
+
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn task(pid: i32, what: impl Into<String>) -> Self {
+        Error::Task {
+            pid,
+            what: what.into(),
+        }
+    }
+
+    pub fn unsupported(pid: i32, what: impl Into<String>) -> Self {
+        Error::Unsupported {
+            pid,
+            what: what.into(),
+        }
+    }
+}

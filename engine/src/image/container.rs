@@ -1,0 +1,405 @@
+//! Image files on disk: headers, checks, permissions.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+/// Every image file starts with these four bytes.
+pub const COMMON_MAGIC: [u8; 4] = *b"CRST";
+/// Bumped on any incompatible change to a message or the layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// Header size of message images.
+const HEADER_LEN: usize = 32;
+/// Page data starts at this offset of a pages file, so it can be mmapped.
+pub const PAGES_DATA_OFFSET: u64 = 4096;
+/// Largest message image accepted (a sanity bound against corrupt lengths).
+const MAX_MESSAGE: u64 = 256 << 20;
+
+/// The kinds of image file, each with its own magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    Inventory = 0x4e564e49, // "INVN"
+    PsTree = 0x45525450,    // "PTRE"
+    Core = 0x45524f43,      // "CORE"
+    Mm = 0x5f5f4d4d,        // "MM__"
+    Fds = 0x5f534446,       // "FDS_"
+    Pagemap = 0x504d4750,   // "PGMP"
+    Pages = 0x53454750,     // "PGES"
+}
+
+impl Kind {
+    pub fn from_magic(m: u32) -> Option<Kind> {
+        [Kind::Inventory, Kind::PsTree, Kind::Core, Kind::Mm, Kind::Fds, Kind::Pagemap, Kind::Pages].into_iter().find(|k| *k as u32 == m)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Inventory => "inventory",
+            Kind::PsTree => "pstree",
+            Kind::Core => "core",
+            Kind::Mm => "mm",
+            Kind::Fds => "fds",
+            Kind::Pagemap => "pagemap",
+            Kind::Pages => "pages",
+        }
+    }
+
+    /// File name of this kind of image for task `pid` (or the whole dump).
+    pub fn file_name(self, pid: Option<i32>) -> String {
+        match pid {
+            Some(p) => format!("{}-{p}.img", self.name()),
+            None => format!("{}.img", self.name()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("image {}: {what}", path.display())]
+    Bad { path: PathBuf, what: String },
+}
+
+impl ImageError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        ImageError::Io { path: path.to_path_buf(), source }
+    }
+    fn bad(path: &Path, what: impl Into<String>) -> Self {
+        ImageError::Bad { path: path.to_path_buf(), what: what.into() }
+    }
+}
+
+type Result<T> = std::result::Result<T, ImageError>;
+
+/// A parsed header.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub kind: Kind,
+    pub version: u32,
+    pub payload_len: u64,
+    pub crc32: u32,
+}
+
+fn encode_header(kind: Kind, payload_len: u64, crc32: u32, header_len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&COMMON_MAGIC);
+    h[4..8].copy_from_slice(&(kind as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&header_len.to_le_bytes());
+    h[16..24].copy_from_slice(&payload_len.to_le_bytes());
+    h[24..28].copy_from_slice(&crc32.to_le_bytes());
+    h
+}
+
+/// Parses and checks a header: magic, kind, version, and that the file
+/// holds the whole payload.
+pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<(Header, u64)> {
+    if bytes.len() < HEADER_LEN {
+        return Err(ImageError::bad(path, format!("truncated header: {} of {HEADER_LEN} bytes", bytes.len())));
+    }
+    if bytes[0..4] != COMMON_MAGIC {
+        return Err(ImageError::bad(path, "not a crust image (bad magic)"));
+    }
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let magic = word(4);
+    let kind = Kind::from_magic(magic).ok_or_else(|| ImageError::bad(path, format!("unknown image kind {magic:#x}")))?;
+    let version = word(8);
+    if version != FORMAT_VERSION {
+        return Err(ImageError::bad(path, format!("format version {version}, this crust reads version {FORMAT_VERSION}")));
+    }
+    let header_len = word(12) as u64;
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&bytes[16..24]);
+    let payload_len = u64::from_le_bytes(len8);
+    let crc32 = word(24);
+    if header_len < HEADER_LEN as u64 || header_len > PAGES_DATA_OFFSET {
+        return Err(ImageError::bad(path, format!("bad header length {header_len}")));
+    }
+    let needed = header_len.checked_add(payload_len).ok_or_else(|| ImageError::bad(path, "payload length overflows"))?;
+    if file_len < needed {
+        return Err(ImageError::bad(path, format!("truncated: {file_len} bytes, header says {needed}")));
+    }
+    if file_len > needed {
+        return Err(ImageError::bad(path, format!("{} trailing bytes after the payload", file_len - needed)));
+    }
+    Ok((Header { kind, version, payload_len, crc32 }, header_len))
+}
+
+/// An image directory, created 0700 with files 0600 (they hold process memory).
+#[derive(Debug, Clone)]
+pub struct ImageDir {
+    pub path: PathBuf,
+}
+
+impl ImageDir {
+    /// Creates the directory (mode 0700) or takes an existing empty one and
+    /// tightens its mode.
+    pub fn create(path: &Path) -> Result<ImageDir> {
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| ImageError::io(path, e))?;
+            }
+            Err(e) => return Err(ImageError::io(path, e)),
+        }
+        Ok(ImageDir { path: path.to_path_buf() })
+    }
+
+    pub fn open(path: &Path) -> Result<ImageDir> {
+        let md = fs::metadata(path).map_err(|e| ImageError::io(path, e))?;
+        if !md.is_dir() {
+            return Err(ImageError::bad(path, "not a directory"));
+        }
+        Ok(ImageDir { path: path.to_path_buf() })
+    }
+
+    pub fn file(&self, kind: Kind, pid: Option<i32>) -> PathBuf {
+        self.path.join(kind.file_name(pid))
+    }
+
+    pub fn write<M: Message>(&self, kind: Kind, pid: Option<i32>, msg: &M) -> Result<()> {
+        write_message(&self.file(kind, pid), kind, msg)
+    }
+
+    pub fn read<M: Message + Default>(&self, kind: Kind, pid: Option<i32>) -> Result<M> {
+        read_message(&self.file(kind, pid), kind)
+    }
+}
+
+fn create_file(path: &Path) -> Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| ImageError::io(path, e))
+}
+
+pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()> {
+    let payload = msg.encode_to_vec();
+    let header = encode_header(kind, payload.len() as u64, crc32fast::hash(&payload), HEADER_LEN as u32);
+    let mut f = create_file(path)?;
+    f.write_all(&header).and_then(|_| f.write_all(&payload)).map_err(|e| ImageError::io(path, e))
+}
+
+/// Reads the raw payload of a message image after checking its header.
+pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
+    let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
+    let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
+    f.read_exact(&mut head).map_err(|e| ImageError::io(path, e))?;
+    let (header, header_len) = parse_header(path, &head, file_len)?;
+    if header.kind == Kind::Pages {
+        return Ok((header, Vec::new()));
+    }
+    if header.payload_len > MAX_MESSAGE {
+        return Err(ImageError::bad(path, format!("message of {} bytes is over the {MAX_MESSAGE} limit", header.payload_len)));
+    }
+    let mut payload = vec![0u8; header.payload_len as usize];
+    let mut rest = vec![0u8; (header_len as usize).saturating_sub(HEADER_LEN)];
+    f.read_exact(&mut rest).and_then(|_| f.read_exact(&mut payload)).map_err(|e| ImageError::io(path, e))?;
+    if crc32fast::hash(&payload) != header.crc32 {
+        return Err(ImageError::bad(path, "checksum mismatch: the image is corrupted"));
+    }
+    Ok((header, payload))
+}
+
+pub fn read_message<M: Message + Default>(path: &Path, kind: Kind) -> Result<M> {
+    let (header, payload) = read_payload(path)?;
+    if header.kind != kind {
+        return Err(ImageError::bad(path, format!("is a {} image, expected {}", header.kind.name(), kind.name())));
+    }
+    M::decode(payload.as_slice()).map_err(|e| ImageError::bad(path, format!("cannot decode {} message: {e}", kind.name())))
+}
+
+/// Appends raw page data to a pages file; the header is finalised on `finish`.
+pub struct PagesWriter {
+    path: PathBuf,
+    file: File,
+    written: u64,
+}
+
+impl PagesWriter {
+    pub fn create(path: &Path) -> Result<PagesWriter> {
+        let mut file = create_file(path)?;
+        file.write_all(&vec![0u8; PAGES_DATA_OFFSET as usize]).map_err(|e| ImageError::io(path, e))?;
+        Ok(PagesWriter { path: path.to_path_buf(), file, written: 0 })
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.file.write_all(data).map_err(|e| ImageError::io(&self.path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn finish(mut self) -> Result<u64> {
+        use std::io::{Seek, SeekFrom};
+        // Page data is not checksummed: hashing gigabytes would cost more
+        // than the dump itself; its length is checked instead.
+        let header = encode_header(Kind::Pages, self.written, 0, PAGES_DATA_OFFSET as u32);
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.write_all(&header))
+            .map_err(|e| ImageError::io(&self.path, e))?;
+        Ok(self.written)
+    }
+}
+
+/// Read access to a pages file, mapped into memory.
+pub struct PagesReader {
+    map: *mut libc::c_void,
+    map_len: usize,
+    data_len: u64,
+}
+
+impl PagesReader {
+    pub fn open(path: &Path) -> Result<PagesReader> {
+        use std::os::fd::AsRawFd;
+        let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
+        let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
+        let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
+        f.read_exact(&mut head).map_err(|e| ImageError::io(path, e))?;
+        let (header, header_len) = parse_header(path, &head, file_len)?;
+        if header.kind != Kind::Pages || header_len != PAGES_DATA_OFFSET {
+            return Err(ImageError::bad(path, "not a pages image"));
+        }
+        let map_len = file_len as usize;
+        // SAFETY: read-only private mapping of a file we opened; checked
+        // for MAP_FAILED below; the file length was validated.
+        let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        if map == libc::MAP_FAILED {
+            return Err(ImageError::io(path, io::Error::last_os_error()));
+        }
+        Ok(PagesReader { map, map_len, data_len: header.payload_len })
+    }
+
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Pointer to page data at `offset` (relative to the data start), for
+    /// `len` bytes; None if out of bounds.
+    pub fn ptr(&self, offset: u64, len: u64) -> Option<*const libc::c_void> {
+        let end = offset.checked_add(len)?;
+        if end > self.data_len {
+            return None;
+        }
+        // SAFETY: the mapping covers PAGES_DATA_OFFSET + data_len bytes,
+        // and offset + len was bounds-checked just above.
+        Some(unsafe { (self.map as *const u8).add((PAGES_DATA_OFFSET + offset) as usize) } as *const libc::c_void)
+    }
+
+    /// Asks the kernel to read the file ahead.
+    pub fn will_need(&self) {
+        // SAFETY: advisory call on our own mapping.
+        unsafe { libc::madvise(self.map, self.map_len, libc::MADV_WILLNEED) };
+    }
+}
+
+impl Drop for PagesReader {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping created in open().
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::messages::Inventory;
+
+    fn sample() -> Inventory {
+        Inventory { format_version: FORMAT_VERSION, engine_version: "t".into(), root_pid: 42, kind: "dump".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn roundtrip_and_permissions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(&tmp.path().join("img")).unwrap();
+        dir.write(Kind::Inventory, None, &sample()).unwrap();
+        let back: Inventory = dir.read(Kind::Inventory, None).unwrap();
+        assert_eq!(back, sample());
+        let mode = fs::metadata(&dir.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let fmode = fs::metadata(dir.file(Kind::Inventory, None)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(fmode, 0o600);
+    }
+
+    fn corrupt(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(tmp.path()).unwrap();
+        dir.write(Kind::Inventory, None, &sample()).unwrap();
+        let p = dir.file(Kind::Inventory, None);
+        let mut bytes = fs::read(&p).unwrap();
+        f(&mut bytes);
+        fs::write(&p, &bytes).unwrap();
+        dir.read::<Inventory>(Kind::Inventory, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_bad_magic() {
+        assert!(corrupt(|b| b[0] = b'X').contains("bad magic"));
+    }
+
+    #[test]
+    fn rejects_unknown_kind() {
+        assert!(corrupt(|b| b[4] = 0).contains("unknown image kind"));
+    }
+
+    #[test]
+    fn rejects_other_version() {
+        assert!(corrupt(|b| b[8] = 99).contains("format version 99"));
+    }
+
+    #[test]
+    fn rejects_truncation() {
+        assert!(corrupt(|b| b.truncate(b.len() - 3)).contains("truncated"));
+        assert!(corrupt(|b| b.truncate(10)).contains("truncated header"));
+    }
+
+    #[test]
+    fn rejects_corrupted_payload() {
+        assert!(corrupt(|b| {
+            let last = b.len() - 1;
+            b[last] ^= 0xff
+        })
+        .contains("checksum mismatch"));
+    }
+
+    #[test]
+    fn rejects_wrong_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(tmp.path()).unwrap();
+        dir.write(Kind::Inventory, None, &sample()).unwrap();
+        let p = dir.file(Kind::Inventory, None);
+        let err = read_message::<Inventory>(&p, Kind::Core).unwrap_err().to_string();
+        assert!(err.contains("expected core"), "{err}");
+    }
+
+    #[test]
+    fn pages_roundtrip_and_bounds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("pages-1.img");
+        let mut w = PagesWriter::create(&p).unwrap();
+        w.write(&[7u8; 8192]).unwrap();
+        assert_eq!(w.finish().unwrap(), 8192);
+        let r = PagesReader::open(&p).unwrap();
+        assert_eq!(r.data_len(), 8192);
+        assert!(r.ptr(4096, 4096).is_some());
+        assert!(r.ptr(4096, 4097).is_none());
+        // SAFETY: test reads one byte inside the checked range.
+        assert_eq!(unsafe { *(r.ptr(100, 1).unwrap() as *const u8) }, 7);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        fs::write(&p, &bytes).unwrap();
+        assert!(PagesReader::open(&p).err().unwrap().to_string().contains("truncated"));
+    }
+}

@@ -1,0 +1,168 @@
+//! Running system calls inside a ptrace-stopped task.
+//!
+//! No code is written into the task: registers are set for the call, rip is
+//! pointed at a `syscall` instruction already present in an executable
+//! mapping (the vDSO has several), and the task is run from syscall entry
+//! to syscall exit. Arguments that need memory live in a scratch mapping
+//! that is itself created and removed by injected calls.
+
+use libc::pid_t;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::sys::syscalls::{iov, process_vm_read, process_vm_write};
+use crate::sys::{Regs, Stop, Tracee};
+
+/// Finds the address of a `syscall` (0f 05) instruction in `[start, end)` of
+/// the task's memory.
+pub fn find_syscall_gadget(pid: pid_t, start: u64, end: u64) -> Result<u64> {
+    let mut buf = vec![0u8; (end - start) as usize];
+    let n = process_vm_read(pid, &[iov(buf.as_mut_ptr() as _, buf.len())], &[iov(start as _, buf.len())])
+        .map_err(|e| Error::sys("process_vm_readv(vdso)", pid, e))?;
+    buf.truncate(n);
+    buf.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|off| start + off as u64)
+        .ok_or_else(|| Error::task(pid, format!("no syscall instruction in {start:#x}-{end:#x}")))
+}
+
+/// A mapping inside the task used to pass syscall arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Scratch {
+    pub addr: u64,
+    pub len: u64,
+}
+
+pub struct Injector<'t> {
+    tracee: &'t Tracee,
+    /// Register template: the task's own registers, so that segment
+    /// registers and flags stay sane while it runs injected calls.
+    base: Regs,
+    gadget: u64,
+    scratch: Option<Scratch>,
+}
+
+impl<'t> Injector<'t> {
+    pub fn new(tracee: &'t Tracee, base: Regs, gadget: u64) -> Self {
+        Injector { tracee, base, gadget, scratch: None }
+    }
+
+    pub fn pid(&self) -> pid_t {
+        self.tracee.pid
+    }
+
+    /// Moves the gadget (after the mapping holding it was moved).
+    pub fn set_gadget(&mut self, gadget: u64) {
+        self.gadget = gadget;
+    }
+
+    /// Runs one system call and returns the raw result (negative errno on
+    /// failure).
+    pub fn raw(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+        let pid = self.tracee.pid;
+        let mut regs = self.base;
+        regs.rax = nr as u64;
+        // -1: no syscall is being restarted, so the kernel's restart logic,
+        // which runs as the task leaves its current stop, leaves rip alone.
+        regs.orig_rax = u64::MAX;
+        regs.rip = self.gadget;
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        regs.rdi = a[0];
+        regs.rsi = a[1];
+        regs.rdx = a[2];
+        regs.r10 = a[3];
+        regs.r8 = a[4];
+        regs.r9 = a[5];
+        self.tracee.set_regs(&regs)?;
+        for phase in ["entry", "exit"] {
+            self.tracee.resume_to_syscall()?;
+            match self.tracee.wait()? {
+                Stop::Syscall => {}
+                Stop::Exited(c) => return Err(Error::task(pid, format!("exited with {c} during injected syscall {nr}"))),
+                Stop::Killed(s) => return Err(Error::task(pid, format!("killed by signal {s} during injected syscall {nr}"))),
+                other => return Err(Error::task(pid, format!("unexpected stop {other:?} at syscall {phase} of injected syscall {nr}"))),
+            }
+        }
+        let out = self.tracee.regs()?;
+        Ok(out.rax as i64)
+    }
+
+    /// Runs one system call; a negative result becomes an error naming it.
+    pub fn call(&mut self, name: &'static str, nr: i64, args: &[u64]) -> Result<u64> {
+        let r = self.raw(nr, args)?;
+        if (-4095..0).contains(&r) {
+            let args = args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ");
+            return Err(Error::Injected { name, args, pid: self.tracee.pid, errno: Errno::from_raw(-r as i32) });
+        }
+        Ok(r as u64)
+    }
+
+    /// Maps a read-write scratch area in the task, at `at` if given.
+    pub fn map_scratch(&mut self, at: Option<u64>, len: u64) -> Result<Scratch> {
+        let mut flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        if at.is_some() {
+            flags |= libc::MAP_FIXED_NOREPLACE as u64;
+        }
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let addr = self.call("mmap", libc::SYS_mmap, &[at.unwrap_or(0), len, prot, flags, u64::MAX, 0])?;
+        let s = Scratch { addr, len };
+        self.scratch = Some(s);
+        Ok(s)
+    }
+
+    pub fn unmap_scratch(&mut self) -> Result<()> {
+        if let Some(s) = self.scratch.take() {
+            self.call("munmap", libc::SYS_munmap, &[s.addr, s.len])?;
+        }
+        Ok(())
+    }
+
+    pub fn scratch(&self) -> Result<Scratch> {
+        self.scratch.ok_or_else(|| Error::task(self.tracee.pid, "no scratch mapping"))
+    }
+
+    /// Copies `bytes` to scratch offset `off` and returns their address in the task.
+    pub fn put(&self, off: u64, bytes: &[u8]) -> Result<u64> {
+        let s = self.scratch()?;
+        if off + bytes.len() as u64 > s.len {
+            return Err(Error::task(self.tracee.pid, format!("{} bytes do not fit the scratch area", bytes.len())));
+        }
+        self.write_mem(s.addr + off, bytes)?;
+        Ok(s.addr + off)
+    }
+
+    /// Reads `len` bytes at scratch offset `off`.
+    pub fn get(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        let s = self.scratch()?;
+        self.read_mem(s.addr + off, len)
+    }
+
+    /// Puts a NUL-terminated string in the scratch area.
+    pub fn put_cstr(&self, off: u64, s: &str) -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(off, &b)
+    }
+
+    pub fn write_mem(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        let pid = self.tracee.pid;
+        let n = process_vm_write(pid, &[iov(bytes.as_ptr() as _, bytes.len())], &[iov(addr as _, bytes.len())])
+            .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
+        if n != bytes.len() {
+            return Err(Error::task(pid, format!("short write of {} bytes at {addr:#x}", bytes.len())));
+        }
+        Ok(())
+    }
+
+    pub fn read_mem(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let pid = self.tracee.pid;
+        let mut buf = vec![0u8; len];
+        let n = process_vm_read(pid, &[iov(buf.as_mut_ptr() as _, len)], &[iov(addr as _, len)])
+            .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
+        if n != len {
+            return Err(Error::task(pid, format!("short read of {len} bytes at {addr:#x}")));
+        }
+        Ok(buf)
+    }
+}

@@ -1,0 +1,205 @@
+//! `crust restore`: read and check the images, fork a stub with the
+//! original pid, and turn it into the dumped task from outside with
+//! injected syscalls; finally set its registers and let it go.
+//!
+//! Until the final detach the stub is traced with PTRACE_O_EXITKILL and
+//! killed on any error, so a failed restore never leaves a half-built
+//! process behind.
+
+mod files;
+mod mem;
+mod task;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use libc::pid_t;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
+use crate::image::{ImageDir, Kind, PagesReader};
+use crate::inject::{find_syscall_gadget, Injector};
+use crate::proc;
+use crate::regs::{for_resume, from_image, Resume};
+use crate::sys::syscalls::{fork_with_pid, pidfd_open, Forked};
+use crate::sys::Tracee;
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Leave the task stopped (SIGSTOP) instead of running.
+    pub leave_stopped: bool,
+    /// How long to wait for the original pid to become free.
+    pub pid_wait: Duration,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions { leave_stopped: false, pid_wait: Duration::from_secs(5) }
+    }
+}
+
+const SCRATCH_LEN: u64 = 64 * 1024;
+
+/// Every image of one task, read and checked before any process exists.
+struct TaskImages {
+    task: crate::image::messages::TaskEntry,
+    core: Core,
+    mm: Mm,
+    fds: Fds,
+    pagemap: Pagemap,
+    pages: PagesReader,
+}
+
+fn bad(dir: &Path, what: impl Into<String>) -> Error {
+    Error::Image(crate::image::ImageError::Bad { path: dir.to_path_buf(), what: what.into() })
+}
+
+fn load(dir: &Path) -> Result<TaskImages> {
+    let images = ImageDir::open(dir)?;
+    let inv: Inventory = images.read(Kind::Inventory, None)?;
+    if inv.kind != "dump" {
+        return Err(bad(dir, format!("holds a {} image, not a dump", inv.kind)));
+    }
+    let tree: PsTree = images.read(Kind::PsTree, None)?;
+    let task = match tree.tasks.as_slice() {
+        [t] if t.pid == inv.root_pid => t.clone(),
+        [_] => return Err(bad(dir, "process tree root differs from the inventory")),
+        ts => return Err(bad(dir, format!("{} tasks: only single-task images are supported yet", ts.len()))),
+    };
+    if task.threads.len() != 1 || task.pid <= 0 {
+        return Err(bad(dir, format!("task {} has {} threads", task.pid, task.threads.len())));
+    }
+    let pid = task.pid;
+    let core: Core = images.read(Kind::Core, Some(pid))?;
+    let mm: Mm = images.read(Kind::Mm, Some(pid))?;
+    let fds: Fds = images.read(Kind::Fds, Some(pid))?;
+    let pagemap: Pagemap = images.read(Kind::Pagemap, Some(pid))?;
+    if core.regs.is_none() || core.xstate.is_empty() {
+        return Err(bad(dir, "core image has no registers"));
+    }
+    if pagemap.pages_file.contains('/') || pagemap.pages_file.is_empty() {
+        return Err(bad(dir, format!("bad pages file name {:?}", pagemap.pages_file)));
+    }
+    let pages = PagesReader::open(&images.path.join(&pagemap.pages_file))?;
+    mem::validate(&mm, &pagemap, &pages).map_err(|w| bad(dir, w))?;
+    files::validate(&fds).map_err(|w| bad(dir, w))?;
+    Ok(TaskImages { task, core, mm, fds, pagemap, pages })
+}
+
+/// A stub process being turned into the restored task; killed if dropped
+/// before `release`.
+struct Stub {
+    tracee: Tracee,
+    released: bool,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        if !self.released {
+            // SAFETY: kill and reap our own child.
+            unsafe {
+                libc::kill(self.tracee.pid, libc::SIGKILL);
+                libc::waitpid(self.tracee.pid, std::ptr::null_mut(), libc::__WALL);
+            }
+        }
+    }
+}
+
+/// Forks a child with exactly `pid`, waiting while the pid is still held
+/// (by the dumped task's zombie, typically).
+fn spawn_stub(pid: pid_t, wait: Duration) -> Result<Stub> {
+    let deadline = Instant::now() + wait;
+    let parent = std::process::id() as pid_t;
+    loop {
+        // SAFETY: the child only makes async-signal-safe calls until it is
+        // taken over by ptrace.
+        match unsafe { fork_with_pid(pid) } {
+            Ok(Forked::Child) => {
+                // SAFETY: prctl/getppid/pause/_exit are async-signal-safe.
+                unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            Ok(Forked::Parent(child)) => {
+                let tracee = Tracee::seize(child, true);
+                let stub = Stub { tracee: Tracee { pid: child }, released: false };
+                tracee?;
+                stub.tracee.interrupt()?;
+                return Ok(stub);
+            }
+            Err(Errno::EEXIST) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(Errno::EEXIST) => {
+                let holder = proc::status::read_status(pid).map(|s| format!("{} (state {})", s.name, s.state)).unwrap_or_else(|_| "another task".into());
+                return Err(Error::task(pid, format!("pid {pid} is taken by {holder}; waited {:.1}s for it to go", wait.as_secs_f64())));
+            }
+            Err(e) => return Err(Error::sys("clone3(set_tid)", pid, e)),
+        }
+    }
+}
+
+/// What restore produced.
+pub struct Restored {
+    pub pid: pid_t,
+}
+
+pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    let img = load(dir)?;
+    let pid = img.task.pid;
+    img.pages.will_need();
+    let mut stub = spawn_stub(pid, opts.pid_wait)?;
+    let tracee = &stub.tracee;
+    tracee.set_sigmask(!0)?;
+    let base = tracee.regs()?;
+    let stub_vmas = proc::maps::read_maps(pid)?;
+    let vdso = stub_vmas.iter().find(|v| v.path == "[vdso]").ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
+    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
+    let mut inj = Injector::new(tracee, base, gadget);
+
+    // The stub inherited the engine's rseq registration, whose area is
+    // about to be unmapped: drop it first, or the kernel would fault on it.
+    let rseq = tracee.rseq_config()?;
+    if rseq.rseq_abi_pointer != 0 {
+        inj.call("rseq(unregister)", libc::SYS_rseq, &[rseq.rseq_abi_pointer, rseq.rseq_abi_size as u64, 1, rseq.signature as u64])?;
+    }
+    inj.call("close_range", libc::SYS_close_range, &[0, u32::MAX as u64, 0])?;
+    mem::clear_stub(&mut inj, &stub_vmas)?;
+    let gadget = mem::place_specials(&mut inj, &stub_vmas, &img.mm, gadget)?;
+    inj.set_gadget(gadget);
+    let taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let at = mem::free_area(&taken, SCRATCH_LEN).ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
+    inj.map_scratch(Some(at), SCRATCH_LEN)?;
+
+    mem::map_vmas(&mut inj, &img.mm)?;
+    mem::fill(pid, &img.pagemap, &img.pages)?;
+    mem::finish_vmas(&mut inj, &img.mm)?;
+    task::set_mm(&mut inj, &img.mm)?;
+
+    let pidfd = pidfd_open(pid)?;
+    task::open_fd_limit(pid)?;
+    files::restore(&mut inj, &pidfd, &img.fds)?;
+    task::restore(&mut inj, &img.core, &img.task)?;
+    task::restore_rlimits(pid, &img.core)?;
+    // The last injected call removes the scratch area; from its syscall
+    // exit the task leaves with its own registers.
+    inj.unmap_scratch()?;
+
+    let regs_img = img.core.regs.as_ref().ok_or_else(|| Error::task(pid, "no registers"))?;
+    tracee.set_regs(&for_resume(from_image(regs_img, base), Resume::NewTask))?;
+    tracee.set_xstate(&img.core.xstate)?;
+    tracee.set_sigmask(img.core.sigmask)?;
+    if opts.leave_stopped {
+        // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
+        // and stops the task as soon as it runs.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    tracee.detach()?;
+    stub.released = true;
+    Ok(Restored { pid })
+}

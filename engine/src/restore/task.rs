@@ -1,0 +1,110 @@
+//! Per-task state: mm fields, signals, cwd, umask, rseq, robust list...
+
+use crate::error::{Error, Result};
+use crate::image::messages::{Core, Mm, TaskEntry};
+use crate::inject::Injector;
+use crate::sys::syscalls::prlimit;
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PRCTL_MM_MAP_SIZE: usize = 104;
+const RLIMIT_NOFILE: u32 = 7;
+
+fn is_fixed_signal(sig: i32) -> bool {
+    sig == libc::SIGKILL || sig == libc::SIGSTOP
+}
+
+fn le(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Sets brk, code/data/stack/arg/env bounds, auxv and exe in one
+/// PR_SET_MM_MAP (the per-field PR_SET_MM calls need CAP_SYS_RESOURCE).
+pub(crate) fn set_mm(inj: &mut Injector, mm: &Mm) -> Result<()> {
+    let exe_path = inj.put_cstr(1024, &mm.exe_path)?;
+    let exe_fd = inj.call("openat(exe)", libc::SYS_openat, &[libc::AT_FDCWD as i64 as u64, exe_path, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0])?;
+    let auxv = inj.put(2048, &le(&mm.auxv))?;
+    let mut map = le(&[mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack, mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, auxv]);
+    map.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
+    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+    debug_assert_eq!(map.len(), PRCTL_MM_MAP_SIZE);
+    let p = inj.put(0, &map)?;
+    inj.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, p, PRCTL_MM_MAP_SIZE as u64, 0])?;
+    inj.call("close", libc::SYS_close, &[exe_fd])?;
+    Ok(())
+}
+
+/// Lets the stub hold descriptors up to the hard limit while fds are rebuilt.
+pub(crate) fn open_fd_limit(pid: i32) -> Result<()> {
+    let (_, max) = prlimit(pid, RLIMIT_NOFILE, None)?;
+    prlimit(pid, RLIMIT_NOFILE, Some((max, max)))?;
+    Ok(())
+}
+
+pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Result<()> {
+    let pid = inj.pid();
+    let p = inj.put_cstr(0, &core.cwd)?;
+    inj.call("chdir", libc::SYS_chdir, &[p])?;
+    inj.call("umask", libc::SYS_umask, &[core.umask as u64])?;
+    let p = inj.put_cstr(0, &core.comm)?;
+    inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, p])?;
+
+    // Every action is set, defaults included: the stub inherited the
+    // engine's (the Rust runtime ignores SIGPIPE, for one).
+    for sig in 1..=64i32 {
+        if is_fixed_signal(sig) {
+            continue;
+        }
+        let act = core.sigactions.iter().find(|a| a.sig == sig);
+        let words = act.map_or([0; 4], |a| [a.handler, a.flags, a.restorer, a.mask]);
+        let p = inj.put(0, &le(&words))?;
+        inj.call("rt_sigaction", libc::SYS_rt_sigaction, &[sig as u64, p, 0, 8])?;
+    }
+    let ss = match &core.altstack {
+        Some(a) => le(&[a.sp, a.flags as u32 as u64, a.size]),
+        None => le(&[0, libc::SS_DISABLE as u64, 0]),
+    };
+    let p = inj.put(0, &ss)?;
+    inj.call("sigaltstack", libc::SYS_sigaltstack, &[p, 0])?;
+
+    if core.robust_list_head != 0 {
+        inj.call("set_robust_list", libc::SYS_set_robust_list, &[core.robust_list_head, core.robust_list_len])?;
+    }
+    inj.call("set_tid_address", libc::SYS_set_tid_address, &[core.clear_child_tid])?;
+    if let Some(r) = &core.rseq {
+        inj.call("rseq", libc::SYS_rseq, &[r.ptr, r.len as u64, 0, r.signature as u64])?;
+    }
+    inj.call("personality", libc::SYS_personality, &[core.personality as u64])?;
+    inj.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64])?;
+
+    if task.sid == task.pid {
+        inj.call("setsid", libc::SYS_setsid, &[])?;
+    } else if task.pgid == task.pid {
+        inj.call("setpgid", libc::SYS_setpgid, &[0, 0])?;
+    }
+
+    // Queued from inside the task itself, so the kernel accepts siginfo
+    // with any si_code (it refuses forged kernel codes from others).
+    for s in &core.pending {
+        if s.siginfo.len() != 128 {
+            return Err(Error::task(pid, format!("pending signal {} has a {}-byte siginfo", s.signo, s.siginfo.len())));
+        }
+        let p = inj.put(0, &s.siginfo)?;
+        if s.shared {
+            inj.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, &[pid as u64, s.signo as u64, p])?;
+        } else {
+            inj.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[pid as u64, pid as u64, s.signo as u64, p])?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn restore_rlimits(pid: i32, core: &Core) -> Result<()> {
+    for r in &core.rlimits {
+        prlimit(pid, r.resource, Some((r.cur, r.max))).map_err(|e| match e {
+            Error::Sys { errno: nix::errno::Errno::EPERM, .. } => Error::task(pid, format!("cannot set rlimit {} to {}/{}: the hard limit is above this engine's own (no CAP_SYS_RESOURCE)", r.resource, r.cur, r.max)),
+            e => e,
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Thin wrappers over the kernel interfaces the engine uses. Everything
+//! `unsafe` about talking to the kernel lives here and in `inject`.
+
+pub mod ptrace;
+pub mod syscalls;
+
+pub use ptrace::{Regs, Stop, Tracee};
