@@ -17,13 +17,22 @@ use crate::sys::{Regs, Stop, Tracee};
 /// the task's memory.
 pub fn find_syscall_gadget(pid: pid_t, start: u64, end: u64) -> Result<u64> {
     let mut buf = vec![0u8; (end - start) as usize];
-    let n = process_vm_read(pid, &[iov(buf.as_mut_ptr() as _, buf.len())], &[iov(start as _, buf.len())])
-        .map_err(|e| Error::sys("process_vm_readv(vdso)", pid, e))?;
+    let n = process_vm_read(
+        pid,
+        &[iov(buf.as_mut_ptr() as _, buf.len())],
+        &[iov(start as _, buf.len())],
+    )
+    .map_err(|e| Error::sys("process_vm_readv(vdso)", pid, e))?;
     buf.truncate(n);
     buf.windows(2)
         .position(|w| w == [0x0f, 0x05])
         .map(|off| start + off as u64)
-        .ok_or_else(|| Error::task(pid, format!("no syscall instruction in {start:#x}-{end:#x}")))
+        .ok_or_else(|| {
+            Error::task(
+                pid,
+                format!("no syscall instruction in {start:#x}-{end:#x}"),
+            )
+        })
 }
 
 /// A mapping inside the task used to pass syscall arguments.
@@ -44,7 +53,12 @@ pub struct Injector<'t> {
 
 impl<'t> Injector<'t> {
     pub fn new(tracee: &'t Tracee, base: Regs, gadget: u64) -> Self {
-        Injector { tracee, base, gadget, scratch: None }
+        Injector {
+            tracee,
+            base,
+            gadget,
+            scratch: None,
+        }
     }
 
     pub fn pid(&self) -> pid_t {
@@ -79,9 +93,26 @@ impl<'t> Injector<'t> {
             self.tracee.resume_to_syscall()?;
             match self.tracee.wait()? {
                 Stop::Syscall => {}
-                Stop::Exited(c) => return Err(Error::task(pid, format!("exited with {c} during injected syscall {nr}"))),
-                Stop::Killed(s) => return Err(Error::task(pid, format!("killed by signal {s} during injected syscall {nr}"))),
-                other => return Err(Error::task(pid, format!("unexpected stop {other:?} at syscall {phase} of injected syscall {nr}"))),
+                Stop::Exited(c) => {
+                    return Err(Error::task(
+                        pid,
+                        format!("exited with {c} during injected syscall {nr}"),
+                    ))
+                }
+                Stop::Killed(s) => {
+                    return Err(Error::task(
+                        pid,
+                        format!("killed by signal {s} during injected syscall {nr}"),
+                    ))
+                }
+                other => {
+                    return Err(Error::task(
+                        pid,
+                        format!(
+                            "unexpected stop {other:?} at syscall {phase} of injected syscall {nr}"
+                        ),
+                    ))
+                }
             }
         }
         let out = self.tracee.regs()?;
@@ -92,8 +123,17 @@ impl<'t> Injector<'t> {
     pub fn call(&mut self, name: &'static str, nr: i64, args: &[u64]) -> Result<u64> {
         let r = self.raw(nr, args)?;
         if (-4095..0).contains(&r) {
-            let args = args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ");
-            return Err(Error::Injected { name, args, pid: self.tracee.pid, errno: Errno::from_raw(-r as i32) });
+            let args = args
+                .iter()
+                .map(|a| format!("{a:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::Injected {
+                name,
+                args,
+                pid: self.tracee.pid,
+                errno: Errno::from_raw(-r as i32),
+            });
         }
         Ok(r as u64)
     }
@@ -105,7 +145,11 @@ impl<'t> Injector<'t> {
             flags |= libc::MAP_FIXED_NOREPLACE as u64;
         }
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let addr = self.call("mmap", libc::SYS_mmap, &[at.unwrap_or(0), len, prot, flags, u64::MAX, 0])?;
+        let addr = self.call(
+            "mmap",
+            libc::SYS_mmap,
+            &[at.unwrap_or(0), len, prot, flags, u64::MAX, 0],
+        )?;
         let s = Scratch { addr, len };
         self.scratch = Some(s);
         Ok(s)
@@ -119,14 +163,18 @@ impl<'t> Injector<'t> {
     }
 
     pub fn scratch(&self) -> Result<Scratch> {
-        self.scratch.ok_or_else(|| Error::task(self.tracee.pid, "no scratch mapping"))
+        self.scratch
+            .ok_or_else(|| Error::task(self.tracee.pid, "no scratch mapping"))
     }
 
     /// Copies `bytes` to scratch offset `off` and returns their address in the task.
     pub fn put(&self, off: u64, bytes: &[u8]) -> Result<u64> {
         let s = self.scratch()?;
         if off + bytes.len() as u64 > s.len {
-            return Err(Error::task(self.tracee.pid, format!("{} bytes do not fit the scratch area", bytes.len())));
+            return Err(Error::task(
+                self.tracee.pid,
+                format!("{} bytes do not fit the scratch area", bytes.len()),
+            ));
         }
         self.write_mem(s.addr + off, bytes)?;
         Ok(s.addr + off)
@@ -147,10 +195,17 @@ impl<'t> Injector<'t> {
 
     pub fn write_mem(&self, addr: u64, bytes: &[u8]) -> Result<()> {
         let pid = self.tracee.pid;
-        let n = process_vm_write(pid, &[iov(bytes.as_ptr() as _, bytes.len())], &[iov(addr as _, bytes.len())])
-            .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
+        let n = process_vm_write(
+            pid,
+            &[iov(bytes.as_ptr() as _, bytes.len())],
+            &[iov(addr as _, bytes.len())],
+        )
+        .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
         if n != bytes.len() {
-            return Err(Error::task(pid, format!("short write of {} bytes at {addr:#x}", bytes.len())));
+            return Err(Error::task(
+                pid,
+                format!("short write of {} bytes at {addr:#x}", bytes.len()),
+            ));
         }
         Ok(())
     }
@@ -158,10 +213,17 @@ impl<'t> Injector<'t> {
     pub fn read_mem(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         let pid = self.tracee.pid;
         let mut buf = vec![0u8; len];
-        let n = process_vm_read(pid, &[iov(buf.as_mut_ptr() as _, len)], &[iov(addr as _, len)])
-            .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
+        let n = process_vm_read(
+            pid,
+            &[iov(buf.as_mut_ptr() as _, len)],
+            &[iov(addr as _, len)],
+        )
+        .map_err(|e| Error::sys("process_vm_readv", pid, e))?;
         if n != len {
-            return Err(Error::task(pid, format!("short read of {len} bytes at {addr:#x}")));
+            return Err(Error::task(
+                pid,
+                format!("short read of {len} bytes at {addr:#x}"),
+            ));
         }
         Ok(buf)
     }

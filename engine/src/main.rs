@@ -11,7 +11,11 @@ use crust::dump::{dump, DumpOptions};
 use crust::restore::{restore, RestoreOptions};
 
 #[derive(Parser)]
-#[command(name = "crust", version, about = "Checkpoint/restore of live Linux processes")]
+#[command(
+    name = "crust",
+    version,
+    about = "Checkpoint/restore of live Linux processes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -84,8 +88,16 @@ struct Log {
 impl Log {
     fn open(common: &Common, dir: &Path) -> Log {
         let file = common.log_file.as_ref().and_then(|p| {
-            let p = if p.is_absolute() || p.starts_with(".") { p.clone() } else { dir.join(p) };
-            std::fs::OpenOptions::new().create(true).append(true).open(&p).ok()
+            let p = if p.is_absolute() || p.starts_with(".") {
+                p.clone()
+            } else {
+                dir.join(p)
+            };
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .ok()
         });
         Log { file }
     }
@@ -114,7 +126,13 @@ impl Log {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, display_stats, common } => {
+        Cmd::Dump {
+            pid,
+            dir,
+            leave_running,
+            display_stats,
+            common,
+        } => {
             if let Err(e) = crust::image::ImageDir::create(&dir) {
                 eprintln!("crust: dump of pid {pid} failed: {e}");
                 return ExitCode::FAILURE;
@@ -135,23 +153,43 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    log.line(&format!("crust: dump of pid {pid} failed: {e}; the process was left running"));
+                    log.line(&format!(
+                        "crust: dump of pid {pid} failed: {e}; the process was left running"
+                    ));
                     ExitCode::FAILURE
                 }
             }
         }
-        Cmd::Restore { dir, detach, pidfile, leave_stopped, pid_wait, display_stats, common } => {
+        Cmd::Restore {
+            dir,
+            detach,
+            pidfile,
+            leave_stopped,
+            pid_wait,
+            display_stats,
+            common,
+        } => {
             let mut log = Log::open(&common, &dir);
-            let opts = RestoreOptions { leave_stopped, pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)) };
+            let opts = RestoreOptions {
+                leave_stopped,
+                pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
+            };
             let t = Instant::now();
             let restored = match restore(&dir, &opts) {
                 Ok(r) => r,
                 Err(e) => {
-                    log.line(&format!("crust: restore from {} failed: {e}", dir.display()));
+                    log.line(&format!(
+                        "crust: restore from {} failed: {e}",
+                        dir.display()
+                    ));
                     return ExitCode::FAILURE;
                 }
             };
-            let msg = format!("crust: restored pid {} in {:.1} ms", restored.pid, t.elapsed().as_secs_f64() * 1e3);
+            let msg = format!(
+                "crust: restored pid {} in {:.1} ms",
+                restored.pid,
+                t.elapsed().as_secs_f64() * 1e3
+            );
             log.stats(display_stats || common.verbose > 0, &msg);
             if let Some(p) = pidfile {
                 if let Err(e) = std::fs::write(&p, format!("{}\n", restored.pid)) {
@@ -178,7 +216,11 @@ fn main() -> ExitCode {
             let report = crust::check::probe();
             let mut out = std::io::stdout();
             if json {
-                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+                );
             } else {
                 report.print_text(&mut out);
             }
@@ -197,7 +239,10 @@ fn wait_exit(pid: i32) -> ExitCode {
             break;
         }
         if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            eprintln!("crust: waiting for pid {pid}: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "crust: waiting for pid {pid}: {}",
+                std::io::Error::last_os_error()
+            );
             return ExitCode::FAILURE;
         }
     }

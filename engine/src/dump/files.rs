@@ -24,19 +24,33 @@ pub(crate) fn plan(pid: pid_t) -> Result<FdPlan> {
     for link in proc::fd::list_fds(pid)? {
         let n = link.fd;
         let info = proc::fd::read_fdinfo(pid, n)?;
-        let mut fd = Fd { fd: n, flags: info.flags, pos: info.pos, ..Default::default() };
+        let mut fd = Fd {
+            fd: n,
+            flags: info.flags,
+            pos: info.pos,
+            ..Default::default()
+        };
         match FdTarget::parse(&link.target) {
             FdTarget::File(path) => {
                 let proc_path = format!("/proc/{pid}/fd/{n}");
-                let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
+                let md =
+                    std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
                 let ft = md.file_type();
                 if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
-                    return Err(Error::unsupported(pid, format!("fd {n}: {path} is a {}", file_type_name(&md))));
+                    return Err(Error::unsupported(
+                        pid,
+                        format!("fd {n}: {path} is a {}", file_type_name(&md)),
+                    ));
                 }
                 // The path must still name the very file the task holds.
                 match std::fs::metadata(&path) {
                     Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {}
-                    _ => return Err(Error::unsupported(pid, format!("fd {n}: {path} was replaced or renamed since it was opened"))),
+                    _ => {
+                        return Err(Error::unsupported(
+                            pid,
+                            format!("fd {n}: {path} was replaced or renamed since it was opened"),
+                        ))
+                    }
                 }
                 fd.kind = FdKind::Path as i32;
                 fd.path = path;
@@ -46,13 +60,30 @@ pub(crate) fn plan(pid: pid_t) -> Result<FdPlan> {
                 fd.kind = match info.flags as i32 & libc::O_ACCMODE {
                     libc::O_RDONLY => FdKind::PipeRead,
                     libc::O_WRONLY => FdKind::PipeWrite,
-                    _ => return Err(Error::unsupported(pid, format!("fd {n}: pipe:[{ino}] open read-write"))),
+                    _ => {
+                        return Err(Error::unsupported(
+                            pid,
+                            format!("fd {n}: pipe:[{ino}] open read-write"),
+                        ))
+                    }
                 } as i32;
                 fd.pipe_id = ino;
             }
-            FdTarget::Deleted(path) => return Err(Error::unsupported(pid, format!("fd {n}: unlinked file {path}"))),
-            FdTarget::Socket(ino) => return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]"))),
-            FdTarget::AnonInode(kind) => return Err(Error::unsupported(pid, format!("fd {n}: anon_inode:{kind}"))),
+            FdTarget::Deleted(path) => {
+                return Err(Error::unsupported(
+                    pid,
+                    format!("fd {n}: unlinked file {path}"),
+                ))
+            }
+            FdTarget::Socket(ino) => {
+                return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]")))
+            }
+            FdTarget::AnonInode(kind) => {
+                return Err(Error::unsupported(
+                    pid,
+                    format!("fd {n}: anon_inode:{kind}"),
+                ))
+            }
             FdTarget::Other(t) => return Err(Error::unsupported(pid, format!("fd {n}: {t}"))),
         }
         fds.push(fd);
@@ -81,7 +112,10 @@ pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
         if fd.kind == FdKind::Path as i32 {
             continue;
         }
-        let entry = pipes.entry(fd.pipe_id).or_insert_with(|| Pipe { id: fd.pipe_id, ..Default::default() });
+        let entry = pipes.entry(fd.pipe_id).or_insert_with(|| Pipe {
+            id: fd.pipe_id,
+            ..Default::default()
+        });
         // size 0: not peeked at yet. Only a read end can be peeked at: tee()
         // copies the buffered bytes into our own pipe without consuming them.
         // A pipe held only by its write end has no reader left to care.
@@ -91,12 +125,19 @@ pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
         if pidfd.is_none() {
             pidfd = Some(pidfd_open(pid)?);
         }
-        let theirs = pidfd_getfd(pidfd.as_ref().ok_or_else(|| Error::task(pid, "no pidfd"))?, pid, fd.fd)?;
+        let theirs = pidfd_getfd(
+            pidfd.as_ref().ok_or_else(|| Error::task(pid, "no pidfd"))?,
+            pid,
+            fd.fd,
+        )?;
         let (data, size) = peek_pipe(pid, &theirs)?;
         entry.data = data;
         entry.size = size;
     }
-    Ok(Fds { fds: plan.fds.clone(), pipes: pipes.into_values().collect() })
+    Ok(Fds {
+        fds: plan.fds.clone(),
+        pipes: pipes.into_values().collect(),
+    })
 }
 
 fn peek_pipe(pid: pid_t, theirs: &OwnedFd) -> Result<(Vec<u8>, u32)> {
@@ -105,9 +146,11 @@ fn peek_pipe(pid: pid_t, theirs: &OwnedFd) -> Result<(Vec<u8>, u32)> {
     let size = Errno::result(size).map_err(|e| Error::sys("fcntl(F_GETPIPE_SZ)", pid, e))? as u32;
     let mut ends = [0i32; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
-    Errno::result(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }).map_err(|e| Error::sys("pipe2", pid, e))?;
+    Errno::result(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })
+        .map_err(|e| Error::sys("pipe2", pid, e))?;
     // SAFETY: fresh descriptors from pipe2, owned from here on.
-    let (ours_r, ours_w) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let (ours_r, ours_w) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
     // SAFETY: fcntl on our own pipe; ours must hold as much as theirs.
     unsafe { libc::fcntl(ours_w.as_raw_fd(), libc::F_SETPIPE_SZ, size as i32) };
     let n = match tee(theirs.as_raw_fd(), ours_w.as_raw_fd(), size as usize) {
@@ -119,7 +162,13 @@ fn peek_pipe(pid: pid_t, theirs: &OwnedFd) -> Result<(Vec<u8>, u32)> {
     let mut got = 0;
     while got < n {
         // SAFETY: reading into the unfilled tail of our buffer.
-        let r = unsafe { libc::read(ours_r.as_raw_fd(), data[got..].as_mut_ptr() as *mut libc::c_void, n - got) };
+        let r = unsafe {
+            libc::read(
+                ours_r.as_raw_fd(),
+                data[got..].as_mut_ptr() as *mut libc::c_void,
+                n - got,
+            )
+        };
         let r = Errno::result(r).map_err(|e| Error::sys("read(pipe copy)", pid, e))?;
         if r == 0 {
             break;

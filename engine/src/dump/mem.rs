@@ -32,9 +32,15 @@ pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
         p if p.starts_with("/SYSV") => return Err(format!("SysV shared memory at {:#x}", v.start)),
-        p if v.shared && (p.starts_with("/dev/zero (deleted)") || p.starts_with("[anon_shmem")) => VmaKind::AnonShared,
-        p if p.ends_with(" (deleted)") => return Err(format!("mapping of unlinked file {p} at {:#x}", v.start)),
-        p if v.inode == 0 && (p.is_empty() || p == "[heap]" || p == "[stack]" || p.starts_with("[anon:")) => {
+        p if v.shared && (p.starts_with("/dev/zero (deleted)") || p.starts_with("[anon_shmem")) => {
+            VmaKind::AnonShared
+        }
+        p if p.ends_with(" (deleted)") => {
+            return Err(format!("mapping of unlinked file {p} at {:#x}", v.start))
+        }
+        p if v.inode == 0
+            && (p.is_empty() || p == "[heap]" || p == "[stack]" || p.starts_with("[anon:")) =>
+        {
             if v.shared {
                 VmaKind::AnonShared
             } else {
@@ -58,7 +64,10 @@ pub(crate) fn check_vmas(pid: pid_t, vmas: &[ProcVma]) -> Result<()> {
     for v in vmas {
         classify(v).map_err(|what| Error::unsupported(pid, what))?;
         if v.vm_flags.uffd_missing() || v.vm_flags.uffd_wp() {
-            return Err(Error::unsupported(pid, format!("userfaultfd-registered memory at {:#x}", v.start)));
+            return Err(Error::unsupported(
+                pid,
+                format!("userfaultfd-registered memory at {:#x}", v.start),
+            ));
         }
     }
     Ok(())
@@ -150,7 +159,13 @@ impl PageCopier<'_> {
                 // with FOLL_FORCE, which process_vm_readv does not.
                 self.flush_remote()?;
                 let dst = &mut self.buf[self.used..self.used + n as usize];
-                self.mem.read_exact_at(dst, addr).map_err(|e| Error::io("reading memory through", format!("/proc/{}/mem at {addr:#x}", self.pid), e))?;
+                self.mem.read_exact_at(dst, addr).map_err(|e| {
+                    Error::io(
+                        "reading memory through",
+                        format!("/proc/{}/mem at {addr:#x}", self.pid),
+                        e,
+                    )
+                })?;
             }
             self.used += n as usize;
             addr += n;
@@ -167,9 +182,13 @@ impl PageCopier<'_> {
         let total: usize = self.remote.iter().map(|v| v.iov_len).sum();
         let start = self.used - total;
         let local = [iov(self.buf[start..].as_mut_ptr() as _, total)];
-        let n = process_vm_read(self.pid, &local, &self.remote).map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
+        let n = process_vm_read(self.pid, &local, &self.remote)
+            .map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
         if n != total {
-            return Err(Error::task(self.pid, format!("short process_vm_readv: {n} of {total} bytes")));
+            return Err(Error::task(
+                self.pid,
+                format!("short process_vm_readv: {n} of {total} bytes"),
+            ));
         }
         self.remote.clear();
         Ok(())
@@ -184,13 +203,24 @@ impl PageCopier<'_> {
 }
 
 /// Dumps the memory layout and contents of `pid`.
-pub(crate) fn dump(pid: pid_t, vmas: &[ProcVma], images: &ImageDir, brk: u64) -> Result<(Mm, Pagemap, MemStats)> {
+pub(crate) fn dump(
+    pid: pid_t,
+    vmas: &[ProcVma],
+    images: &ImageDir,
+    brk: u64,
+) -> Result<(Mm, Pagemap, MemStats)> {
     let stat = proc::stat::read_stat(pid)?;
     let auxv_bytes = proc::auxv::read_auxv(pid)?;
-    let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+    let auxv = auxv_bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
     let exe_path = proc::read_link(format!("/proc/{pid}/exe"))?;
     if exe_path.ends_with(" (deleted)") {
-        return Err(Error::unsupported(pid, format!("executable was removed: {exe_path}")));
+        return Err(Error::unsupported(
+            pid,
+            format!("executable was removed: {exe_path}"),
+        ));
     }
     let mut mm = Mm {
         vmas: Vec::with_capacity(vmas.len()),
@@ -212,8 +242,18 @@ pub(crate) fn dump(pid: pid_t, vmas: &[ProcVma], images: &ImageDir, brk: u64) ->
     let pages_name = Kind::Pages.file_name(Some(pid));
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
-    let mut copier = PageCopier { pid, mem: &mem, out: PagesWriter::create(&images.path.join(&pages_name))?, buf: vec![0u8; BUF_BYTES], used: 0, remote: Vec::with_capacity(IOV_MAX) };
-    let mut pagemap = Pagemap { pages_file: pages_name, entries: Vec::new() };
+    let mut copier = PageCopier {
+        pid,
+        mem: &mem,
+        out: PagesWriter::create(&images.path.join(&pages_name))?,
+        buf: vec![0u8; BUF_BYTES],
+        used: 0,
+        remote: Vec::with_capacity(IOV_MAX),
+    };
+    let mut pagemap = Pagemap {
+        pages_file: pages_name,
+        entries: Vec::new(),
+    };
     let mut reader = PagemapReader::open(pid)?;
     let zero_pfn = proc::pagemap::zero_page_pfn()?;
     let mut entries = Vec::with_capacity(SCAN_PAGES);
@@ -223,7 +263,10 @@ pub(crate) fn dump(pid: pid_t, vmas: &[ProcVma], images: &ImageDir, brk: u64) ->
         mm.vmas.push(to_image_vma(v, kind));
         // Runs never cross a VMA boundary: restore checks each lies in one.
         let first_of_vma = pagemap.entries.len();
-        if !matches!(kind, VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::AnonShared) {
+        if !matches!(
+            kind,
+            VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::AnonShared
+        ) {
             continue;
         }
         let mut addr = v.start;
@@ -251,7 +294,13 @@ pub(crate) fn dump(pid: pid_t, vmas: &[ProcVma], images: &ImageDir, brk: u64) ->
     }
     copier.flush()?;
     let written = copier.out.finish()?;
-    Ok((mm, pagemap, MemStats { pages: written / PAGE }))
+    Ok((
+        mm,
+        pagemap,
+        MemStats {
+            pages: written / PAGE,
+        },
+    ))
 }
 
 /// Appends a run, merging it with the previous one (at or after index
@@ -264,7 +313,11 @@ fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages:
             return;
         }
     }
-    entries.push(PagemapEntry { vaddr, nr_pages, flags: 0 });
+    entries.push(PagemapEntry {
+        vaddr,
+        nr_pages,
+        flags: 0,
+    });
 }
 
 #[cfg(test)]

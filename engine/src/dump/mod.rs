@@ -48,7 +48,14 @@ pub(crate) struct Frozen {
 impl Frozen {
     fn freeze(pid: pid_t) -> Result<Frozen> {
         let tracee = Tracee::seize(pid, false)?;
-        let mut f = Frozen { tracee, regs: zeroed_regs(), sigmask: 0, regs_dirty: false, mask_dirty: false, released: false };
+        let mut f = Frozen {
+            tracee,
+            regs: zeroed_regs(),
+            sigmask: 0,
+            regs_dirty: false,
+            mask_dirty: false,
+            released: false,
+        };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
         f.sigmask = f.tracee.sigmask()?;
@@ -70,7 +77,8 @@ impl Frozen {
     fn resume(&mut self) -> Result<()> {
         self.released = true;
         if self.regs_dirty {
-            self.tracee.set_regs(&for_resume(self.regs, Resume::SameTask))?;
+            self.tracee
+                .set_regs(&for_resume(self.regs, Resume::SameTask))?;
         }
         if self.mask_dirty {
             self.tracee.set_sigmask(self.sigmask)?;
@@ -121,17 +129,22 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // Refuse what we cannot restore before touching anything.
     let threads = proc::task::task_ids(pid)?;
     if threads.len() != 1 {
-        return Err(Error::unsupported(pid, format!("{} threads (only single-threaded tasks are supported yet)", threads.len())));
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "{} threads (only single-threaded tasks are supported yet)",
+                threads.len()
+            ),
+        ));
     }
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas)?;
     let fd_plan = files::plan(pid)?;
 
     frozen.block_signals()?;
-    let vdso = vmas
-        .iter()
-        .find(|v| v.path == "[vdso]")
-        .ok_or_else(|| Error::unsupported(pid, "no [vdso] mapping to run injected syscalls from"))?;
+    let vdso = vmas.iter().find(|v| v.path == "[vdso]").ok_or_else(|| {
+        Error::unsupported(pid, "no [vdso] mapping to run injected syscalls from")
+    })?;
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
@@ -156,7 +169,15 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     images.write(Kind::Mm, Some(pid), &mm)?;
     images.write(Kind::Fds, Some(pid), &fds)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
-    let tree = PsTree { tasks: vec![TaskEntry { pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, threads }] };
+    let tree = PsTree {
+        tasks: vec![TaskEntry {
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            threads,
+        }],
+    };
     images.write(Kind::PsTree, None, &tree)?;
     // The inventory goes last: an image directory without it is incomplete.
     images.write(Kind::Inventory, None, &inventory(pid))?;
@@ -167,12 +188,22 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     } else {
         frozen.kill()?;
     }
-    Ok(DumpStats { frozen_ms, pages_written: mem_stats.pages, bytes_written: mem_stats.pages * 4096 })
+    Ok(DumpStats {
+        frozen_ms,
+        pages_written: mem_stats.pages,
+        bytes_written: mem_stats.pages * 4096,
+    })
 }
 
 fn inventory(pid: pid_t) -> Inventory {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     Inventory {
         format_version: FORMAT_VERSION,
         engine_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -33,7 +33,17 @@ pub enum Kind {
 
 impl Kind {
     pub fn from_magic(m: u32) -> Option<Kind> {
-        [Kind::Inventory, Kind::PsTree, Kind::Core, Kind::Mm, Kind::Fds, Kind::Pagemap, Kind::Pages].into_iter().find(|k| *k as u32 == m)
+        [
+            Kind::Inventory,
+            Kind::PsTree,
+            Kind::Core,
+            Kind::Mm,
+            Kind::Fds,
+            Kind::Pagemap,
+            Kind::Pages,
+        ]
+        .into_iter()
+        .find(|k| *k as u32 == m)
     }
 
     pub fn name(self) -> &'static str {
@@ -71,10 +81,16 @@ pub enum ImageError {
 
 impl ImageError {
     fn io(path: &Path, source: io::Error) -> Self {
-        ImageError::Io { path: path.to_path_buf(), source }
+        ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     fn bad(path: &Path, what: impl Into<String>) -> Self {
-        ImageError::Bad { path: path.to_path_buf(), what: what.into() }
+        ImageError::Bad {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
     }
 }
 
@@ -104,17 +120,24 @@ fn encode_header(kind: Kind, payload_len: u64, crc32: u32, header_len: u32) -> [
 /// holds the whole payload.
 pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<(Header, u64)> {
     if bytes.len() < HEADER_LEN {
-        return Err(ImageError::bad(path, format!("truncated header: {} of {HEADER_LEN} bytes", bytes.len())));
+        return Err(ImageError::bad(
+            path,
+            format!("truncated header: {} of {HEADER_LEN} bytes", bytes.len()),
+        ));
     }
     if bytes[0..4] != COMMON_MAGIC {
         return Err(ImageError::bad(path, "not a crust image (bad magic)"));
     }
     let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let magic = word(4);
-    let kind = Kind::from_magic(magic).ok_or_else(|| ImageError::bad(path, format!("unknown image kind {magic:#x}")))?;
+    let kind = Kind::from_magic(magic)
+        .ok_or_else(|| ImageError::bad(path, format!("unknown image kind {magic:#x}")))?;
     let version = word(8);
     if version != FORMAT_VERSION {
-        return Err(ImageError::bad(path, format!("format version {version}, this crust reads version {FORMAT_VERSION}")));
+        return Err(ImageError::bad(
+            path,
+            format!("format version {version}, this crust reads version {FORMAT_VERSION}"),
+        ));
     }
     let header_len = word(12) as u64;
     let mut len8 = [0u8; 8];
@@ -122,16 +145,35 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<(Header,
     let payload_len = u64::from_le_bytes(len8);
     let crc32 = word(24);
     if header_len < HEADER_LEN as u64 || header_len > PAGES_DATA_OFFSET {
-        return Err(ImageError::bad(path, format!("bad header length {header_len}")));
+        return Err(ImageError::bad(
+            path,
+            format!("bad header length {header_len}"),
+        ));
     }
-    let needed = header_len.checked_add(payload_len).ok_or_else(|| ImageError::bad(path, "payload length overflows"))?;
+    let needed = header_len
+        .checked_add(payload_len)
+        .ok_or_else(|| ImageError::bad(path, "payload length overflows"))?;
     if file_len < needed {
-        return Err(ImageError::bad(path, format!("truncated: {file_len} bytes, header says {needed}")));
+        return Err(ImageError::bad(
+            path,
+            format!("truncated: {file_len} bytes, header says {needed}"),
+        ));
     }
     if file_len > needed {
-        return Err(ImageError::bad(path, format!("{} trailing bytes after the payload", file_len - needed)));
+        return Err(ImageError::bad(
+            path,
+            format!("{} trailing bytes after the payload", file_len - needed),
+        ));
     }
-    Ok((Header { kind, version, payload_len, crc32 }, header_len))
+    Ok((
+        Header {
+            kind,
+            version,
+            payload_len,
+            crc32,
+        },
+        header_len,
+    ))
 }
 
 /// An image directory, created 0700 with files 0600 (they hold process memory).
@@ -147,11 +189,14 @@ impl ImageDir {
         match fs::DirBuilder::new().mode(0o700).create(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| ImageError::io(path, e))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| ImageError::io(path, e))?;
             }
             Err(e) => return Err(ImageError::io(path, e)),
         }
-        Ok(ImageDir { path: path.to_path_buf() })
+        Ok(ImageDir {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn open(path: &Path) -> Result<ImageDir> {
@@ -159,7 +204,9 @@ impl ImageDir {
         if !md.is_dir() {
             return Err(ImageError::bad(path, "not a directory"));
         }
-        Ok(ImageDir { path: path.to_path_buf() })
+        Ok(ImageDir {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn file(&self, kind: Kind, pid: Option<i32>) -> PathBuf {
@@ -176,14 +223,27 @@ impl ImageDir {
 }
 
 fn create_file(path: &Path) -> Result<File> {
-    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| ImageError::io(path, e))
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ImageError::io(path, e))
 }
 
 pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()> {
     let payload = msg.encode_to_vec();
-    let header = encode_header(kind, payload.len() as u64, crc32fast::hash(&payload), HEADER_LEN as u32);
+    let header = encode_header(
+        kind,
+        payload.len() as u64,
+        crc32fast::hash(&payload),
+        HEADER_LEN as u32,
+    );
     let mut f = create_file(path)?;
-    f.write_all(&header).and_then(|_| f.write_all(&payload)).map_err(|e| ImageError::io(path, e))
+    f.write_all(&header)
+        .and_then(|_| f.write_all(&payload))
+        .map_err(|e| ImageError::io(path, e))
 }
 
 /// Reads the raw payload of a message image after checking its header.
@@ -191,19 +251,31 @@ pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
     let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
     let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
     let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
-    f.read_exact(&mut head).map_err(|e| ImageError::io(path, e))?;
+    f.read_exact(&mut head)
+        .map_err(|e| ImageError::io(path, e))?;
     let (header, header_len) = parse_header(path, &head, file_len)?;
     if header.kind == Kind::Pages {
         return Ok((header, Vec::new()));
     }
     if header.payload_len > MAX_MESSAGE {
-        return Err(ImageError::bad(path, format!("message of {} bytes is over the {MAX_MESSAGE} limit", header.payload_len)));
+        return Err(ImageError::bad(
+            path,
+            format!(
+                "message of {} bytes is over the {MAX_MESSAGE} limit",
+                header.payload_len
+            ),
+        ));
     }
     let mut payload = vec![0u8; header.payload_len as usize];
     let mut rest = vec![0u8; (header_len as usize).saturating_sub(HEADER_LEN)];
-    f.read_exact(&mut rest).and_then(|_| f.read_exact(&mut payload)).map_err(|e| ImageError::io(path, e))?;
+    f.read_exact(&mut rest)
+        .and_then(|_| f.read_exact(&mut payload))
+        .map_err(|e| ImageError::io(path, e))?;
     if crc32fast::hash(&payload) != header.crc32 {
-        return Err(ImageError::bad(path, "checksum mismatch: the image is corrupted"));
+        return Err(ImageError::bad(
+            path,
+            "checksum mismatch: the image is corrupted",
+        ));
     }
     Ok((header, payload))
 }
@@ -211,9 +283,17 @@ pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
 pub fn read_message<M: Message + Default>(path: &Path, kind: Kind) -> Result<M> {
     let (header, payload) = read_payload(path)?;
     if header.kind != kind {
-        return Err(ImageError::bad(path, format!("is a {} image, expected {}", header.kind.name(), kind.name())));
+        return Err(ImageError::bad(
+            path,
+            format!(
+                "is a {} image, expected {}",
+                header.kind.name(),
+                kind.name()
+            ),
+        ));
     }
-    M::decode(payload.as_slice()).map_err(|e| ImageError::bad(path, format!("cannot decode {} message: {e}", kind.name())))
+    M::decode(payload.as_slice())
+        .map_err(|e| ImageError::bad(path, format!("cannot decode {} message: {e}", kind.name())))
 }
 
 /// Appends raw page data to a pages file; the header is finalised on `finish`.
@@ -226,12 +306,19 @@ pub struct PagesWriter {
 impl PagesWriter {
     pub fn create(path: &Path) -> Result<PagesWriter> {
         let mut file = create_file(path)?;
-        file.write_all(&vec![0u8; PAGES_DATA_OFFSET as usize]).map_err(|e| ImageError::io(path, e))?;
-        Ok(PagesWriter { path: path.to_path_buf(), file, written: 0 })
+        file.write_all(&vec![0u8; PAGES_DATA_OFFSET as usize])
+            .map_err(|e| ImageError::io(path, e))?;
+        Ok(PagesWriter {
+            path: path.to_path_buf(),
+            file,
+            written: 0,
+        })
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.file.write_all(data).map_err(|e| ImageError::io(&self.path, e))?;
+        self.file
+            .write_all(data)
+            .map_err(|e| ImageError::io(&self.path, e))?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -266,7 +353,8 @@ impl PagesReader {
         let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
         let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
         let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
-        f.read_exact(&mut head).map_err(|e| ImageError::io(path, e))?;
+        f.read_exact(&mut head)
+            .map_err(|e| ImageError::io(path, e))?;
         let (header, header_len) = parse_header(path, &head, file_len)?;
         if header.kind != Kind::Pages || header_len != PAGES_DATA_OFFSET {
             return Err(ImageError::bad(path, "not a pages image"));
@@ -274,11 +362,24 @@ impl PagesReader {
         let map_len = file_len as usize;
         // SAFETY: read-only private mapping of a file we opened; checked
         // for MAP_FAILED below; the file length was validated.
-        let map = unsafe { libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
         if map == libc::MAP_FAILED {
             return Err(ImageError::io(path, io::Error::last_os_error()));
         }
-        Ok(PagesReader { map, map_len, data_len: header.payload_len })
+        Ok(PagesReader {
+            map,
+            map_len,
+            data_len: header.payload_len,
+        })
     }
 
     pub fn data_len(&self) -> u64 {
@@ -294,7 +395,10 @@ impl PagesReader {
         }
         // SAFETY: the mapping covers PAGES_DATA_OFFSET + data_len bytes,
         // and offset + len was bounds-checked just above.
-        Some(unsafe { (self.map as *const u8).add((PAGES_DATA_OFFSET + offset) as usize) } as *const libc::c_void)
+        Some(
+            unsafe { (self.map as *const u8).add((PAGES_DATA_OFFSET + offset) as usize) }
+                as *const libc::c_void,
+        )
     }
 
     /// Asks the kernel to read the file ahead.
@@ -317,7 +421,13 @@ mod tests {
     use crate::image::messages::Inventory;
 
     fn sample() -> Inventory {
-        Inventory { format_version: FORMAT_VERSION, engine_version: "t".into(), root_pid: 42, kind: "dump".into(), ..Default::default() }
+        Inventory {
+            format_version: FORMAT_VERSION,
+            engine_version: "t".into(),
+            root_pid: 42,
+            kind: "dump".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -329,7 +439,11 @@ mod tests {
         assert_eq!(back, sample());
         let mode = fs::metadata(&dir.path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let fmode = fs::metadata(dir.file(Kind::Inventory, None)).unwrap().permissions().mode() & 0o777;
+        let fmode = fs::metadata(dir.file(Kind::Inventory, None))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(fmode, 0o600);
     }
 
@@ -341,7 +455,9 @@ mod tests {
         let mut bytes = fs::read(&p).unwrap();
         f(&mut bytes);
         fs::write(&p, &bytes).unwrap();
-        dir.read::<Inventory>(Kind::Inventory, None).unwrap_err().to_string()
+        dir.read::<Inventory>(Kind::Inventory, None)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -380,7 +496,9 @@ mod tests {
         let dir = ImageDir::create(tmp.path()).unwrap();
         dir.write(Kind::Inventory, None, &sample()).unwrap();
         let p = dir.file(Kind::Inventory, None);
-        let err = read_message::<Inventory>(&p, Kind::Core).unwrap_err().to_string();
+        let err = read_message::<Inventory>(&p, Kind::Core)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected core"), "{err}");
     }
 
@@ -400,6 +518,10 @@ mod tests {
         let mut bytes = fs::read(&p).unwrap();
         bytes.truncate(bytes.len() - 1);
         fs::write(&p, &bytes).unwrap();
-        assert!(PagesReader::open(&p).err().unwrap().to_string().contains("truncated"));
+        assert!(PagesReader::open(&p)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("truncated"));
     }
 }

@@ -8,9 +8,18 @@ use serde_json::{json, Value};
 use super::container::{read_payload, ImageError, Kind};
 use super::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
 
-fn decode<M: Message + Default + serde::Serialize>(path: &Path, payload: &[u8]) -> Result<Value, ImageError> {
-    let msg = M::decode(payload).map_err(|e| ImageError::Bad { path: path.to_path_buf(), what: format!("cannot decode: {e}") })?;
-    serde_json::to_value(&msg).map_err(|e| ImageError::Bad { path: path.to_path_buf(), what: format!("cannot render: {e}") })
+fn decode<M: Message + Default + serde::Serialize>(
+    path: &Path,
+    payload: &[u8],
+) -> Result<Value, ImageError> {
+    let msg = M::decode(payload).map_err(|e| ImageError::Bad {
+        path: path.to_path_buf(),
+        what: format!("cannot decode: {e}"),
+    })?;
+    serde_json::to_value(&msg).map_err(|e| ImageError::Bad {
+        path: path.to_path_buf(),
+        what: format!("cannot render: {e}"),
+    })
 }
 
 /// One image file as JSON: its header fields and its message.
@@ -23,7 +32,9 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
         Kind::Mm => decode::<Mm>(path, &payload)?,
         Kind::Fds => decode::<Fds>(path, &payload)?,
         Kind::Pagemap => decode::<Pagemap>(path, &payload)?,
-        Kind::Pages => json!({ "data_bytes": header.payload_len, "pages": header.payload_len / 4096 }),
+        Kind::Pages => {
+            json!({ "data_bytes": header.payload_len, "pages": header.payload_len / 4096 })
+        }
     };
     Ok(json!({ "kind": header.kind.name(), "version": header.version, "message": body }))
 }
@@ -33,12 +44,22 @@ pub fn show(path: &Path) -> Result<Value, ImageError> {
     if !path.is_dir() {
         return show_file(path);
     }
-    let rd = std::fs::read_dir(path).map_err(|e| ImageError::Io { path: path.to_path_buf(), source: e })?;
-    let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "img")).collect();
+    let rd = std::fs::read_dir(path).map_err(|e| ImageError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut names: Vec<_> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "img"))
+        .collect();
     names.sort();
     let mut out = serde_json::Map::new();
     for p in names {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         out.insert(name, show_file(&p)?);
     }
     Ok(Value::Object(out))

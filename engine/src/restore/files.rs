@@ -22,9 +22,16 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             return Err(format!("fd {} is negative or listed twice", fd.fd));
         }
         match FdKind::try_from(fd.kind) {
-            Ok(FdKind::Path) if fd.path.is_empty() => return Err(format!("fd {} has no path", fd.fd)),
-            Ok(FdKind::PipeRead | FdKind::PipeWrite) if !fds.pipes.iter().any(|p| p.id == fd.pipe_id) => {
-                return Err(format!("fd {} refers to unknown pipe {}", fd.fd, fd.pipe_id))
+            Ok(FdKind::Path) if fd.path.is_empty() => {
+                return Err(format!("fd {} has no path", fd.fd))
+            }
+            Ok(FdKind::PipeRead | FdKind::PipeWrite)
+                if !fds.pipes.iter().any(|p| p.id == fd.pipe_id) =>
+            {
+                return Err(format!(
+                    "fd {} refers to unknown pipe {}",
+                    fd.fd, fd.pipe_id
+                ))
             }
             Err(_) => return Err(format!("fd {} has unknown kind {}", fd.fd, fd.kind)),
             _ => {}
@@ -48,9 +55,20 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         let buf = inj.scratch()?.addr;
         inj.call("pipe2", libc::SYS_pipe2, &[buf, libc::O_CLOEXEC as u64])?;
         let b = inj.get(0, 8)?;
-        let (r, w) = (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64, u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64);
-        let hr = inj.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &[r, libc::F_DUPFD_CLOEXEC as u64, base])?;
-        let hw = inj.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &[w, libc::F_DUPFD_CLOEXEC as u64, base])?;
+        let (r, w) = (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64,
+        );
+        let hr = inj.call(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            &[r, libc::F_DUPFD_CLOEXEC as u64, base],
+        )?;
+        let hw = inj.call(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            &[w, libc::F_DUPFD_CLOEXEC as u64, base],
+        )?;
         inj.call("close", libc::SYS_close, &[r])?;
         inj.call("close", libc::SYS_close, &[w])?;
         // Fill the pipe from here, through a copy of its write end.
@@ -61,7 +79,9 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
             Errno::result(r).map_err(|e| Error::sys("fcntl(F_SETPIPE_SZ)", pid, e))?;
         }
         if !p.data.is_empty() {
-            std::fs::File::from(ours).write_all(&p.data).map_err(|e| Error::io("writing pipe data into", format!("pipe:[{}]", p.id), e))?;
+            std::fs::File::from(ours)
+                .write_all(&p.data)
+                .map_err(|e| Error::io("writing pipe data into", format!("pipe:[{}]", p.id), e))?;
         }
         pipe_ends.insert(p.id, (hr, hw));
     }
@@ -69,29 +89,56 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         let high = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
             FdKind::Path => {
                 let p = inj.put_cstr(0, &fd.path)?;
-                let low = inj.call("openat", libc::SYS_openat, &[libc::AT_FDCWD as i64 as u64, p, reopen_flags(fd.flags), 0])?;
-                let high = inj.call("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &[low, libc::F_DUPFD_CLOEXEC as u64, base])?;
+                let low = inj.call(
+                    "openat",
+                    libc::SYS_openat,
+                    &[libc::AT_FDCWD as i64 as u64, p, reopen_flags(fd.flags), 0],
+                )?;
+                let high = inj.call(
+                    "fcntl(F_DUPFD_CLOEXEC)",
+                    libc::SYS_fcntl,
+                    &[low, libc::F_DUPFD_CLOEXEC as u64, base],
+                )?;
                 inj.call("close", libc::SYS_close, &[low])?;
                 if fd.mode & libc::S_IFMT != libc::S_IFCHR {
-                    inj.call("lseek", libc::SYS_lseek, &[high, fd.pos, libc::SEEK_SET as u64])?;
+                    inj.call(
+                        "lseek",
+                        libc::SYS_lseek,
+                        &[high, fd.pos, libc::SEEK_SET as u64],
+                    )?;
                 }
                 high
             }
             k @ (FdKind::PipeRead | FdKind::PipeWrite) => {
-                let (r, w) = pipe_ends.get(&fd.pipe_id).copied().ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
+                let (r, w) = pipe_ends.get(&fd.pipe_id).copied().ok_or_else(|| {
+                    Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id))
+                })?;
                 let end = if k == FdKind::PipeRead { r } else { w };
-                let status = fd.flags as i32 & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_ASYNC);
-                inj.call("fcntl(F_SETFL)", libc::SYS_fcntl, &[end, libc::F_SETFL as u64, status as u64])?;
+                let status = fd.flags as i32
+                    & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_ASYNC);
+                inj.call(
+                    "fcntl(F_SETFL)",
+                    libc::SYS_fcntl,
+                    &[end, libc::F_SETFL as u64, status as u64],
+                )?;
                 end
             }
         };
         temp.insert(fd.fd, high);
     }
     for Fd { fd, flags, .. } in &fds.fds {
-        let cloexec = if *flags as i32 & libc::O_CLOEXEC != 0 { libc::O_CLOEXEC as u64 } else { 0 };
+        let cloexec = if *flags as i32 & libc::O_CLOEXEC != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
         inj.call("dup3", libc::SYS_dup3, &[temp[fd], *fd as u64, cloexec])?;
     }
-    let highs: std::collections::BTreeSet<u64> = temp.values().copied().chain(pipe_ends.values().flat_map(|&(r, w)| [r, w])).collect();
+    let highs: std::collections::BTreeSet<u64> = temp
+        .values()
+        .copied()
+        .chain(pipe_ends.values().flat_map(|&(r, w)| [r, w]))
+        .collect();
     for h in highs {
         inj.call("close", libc::SYS_close, &[h])?;
     }

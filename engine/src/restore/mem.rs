@@ -31,32 +31,55 @@ fn special_name(k: VmaKind) -> Option<&'static str> {
 }
 
 /// Checks that the memory images describe a layout restore can build.
-pub(crate) fn validate(mm: &Mm, pagemap: &Pagemap, pages: &PagesReader) -> std::result::Result<(), String> {
+pub(crate) fn validate(
+    mm: &Mm,
+    pagemap: &Pagemap,
+    pages: &PagesReader,
+) -> std::result::Result<(), String> {
     let mut prev_end = 0;
     for v in &mm.vmas {
         if VmaKind::try_from(v.kind).is_err() {
             return Err(format!("VMA {:#x}: unknown kind {}", v.start, v.kind));
         }
         if v.start % PAGE != 0 || v.end % PAGE != 0 || v.start >= v.end || v.start < prev_end {
-            return Err(format!("VMA {:#x}-{:#x} is misaligned, empty or overlaps the previous one", v.start, v.end));
+            return Err(format!(
+                "VMA {:#x}-{:#x} is misaligned, empty or overlaps the previous one",
+                v.start, v.end
+            ));
         }
         prev_end = v.end;
     }
     let mut total = 0u64;
     let mut vi = 0;
     for e in &pagemap.entries {
-        let end = e.vaddr.checked_add(e.nr_pages.checked_mul(PAGE).ok_or("page count overflows")?).ok_or("page run overflows")?;
+        let end = e
+            .vaddr
+            .checked_add(e.nr_pages.checked_mul(PAGE).ok_or("page count overflows")?)
+            .ok_or("page run overflows")?;
         while vi < mm.vmas.len() && mm.vmas[vi].end <= e.vaddr {
             vi += 1;
         }
-        let inside = mm.vmas.get(vi).is_some_and(|v| v.start <= e.vaddr && end <= v.end && matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared | VmaKind::FilePrivate));
+        let inside = mm.vmas.get(vi).is_some_and(|v| {
+            v.start <= e.vaddr
+                && end <= v.end
+                && matches!(
+                    kind(v),
+                    VmaKind::AnonPrivate | VmaKind::AnonShared | VmaKind::FilePrivate
+                )
+        });
         if !inside || e.vaddr % PAGE != 0 {
-            return Err(format!("pages at {:#x}-{end:#x} lie outside any restorable VMA (or are out of order)", e.vaddr));
+            return Err(format!(
+                "pages at {:#x}-{end:#x} lie outside any restorable VMA (or are out of order)",
+                e.vaddr
+            ));
         }
         total += e.nr_pages * PAGE;
     }
     if total != pages.data_len() {
-        return Err(format!("pagemap covers {total} bytes but the pages file holds {}", pages.data_len()));
+        return Err(format!(
+            "pagemap covers {total} bytes but the pages file holds {}",
+            pages.data_len()
+        ));
     }
     Ok(())
 }
@@ -92,7 +115,12 @@ pub(crate) fn clear_stub(inj: &mut Injector, stub: &[ProcVma]) -> Result<()> {
 
 /// Moves the stub's vDSO and vvar areas to where the dumped task had them,
 /// and returns the new gadget address.
-pub(crate) fn place_specials(inj: &mut Injector, stub: &[ProcVma], mm: &Mm, gadget: u64) -> Result<u64> {
+pub(crate) fn place_specials(
+    inj: &mut Injector,
+    stub: &[ProcVma],
+    mm: &Mm,
+    gadget: u64,
+) -> Result<u64> {
     let pid = inj.pid();
     let mut moves = Vec::new(); // (from, len, to)
     for name in ["[vvar]", "[vvar_vclock]", "[vdso]"] {
@@ -101,17 +129,39 @@ pub(crate) fn place_specials(inj: &mut Injector, stub: &[ProcVma], mm: &Mm, gadg
         match (have, want) {
             (Some(h), Some(w)) => {
                 if h.end - h.start != w.end - w.start {
-                    return Err(Error::unsupported(pid, format!("{name} is {} pages here but {} in the image: dumped on another kernel", (h.end - h.start) / PAGE, (w.end - w.start) / PAGE)));
+                    return Err(Error::unsupported(
+                        pid,
+                        format!(
+                            "{name} is {} pages here but {} in the image: dumped on another kernel",
+                            (h.end - h.start) / PAGE,
+                            (w.end - w.start) / PAGE
+                        ),
+                    ));
                 }
                 moves.push((h.start, h.end - h.start, w.start));
             }
-            (Some(h), None) => inj.call("munmap", libc::SYS_munmap, &[h.start, h.end - h.start]).map(drop)?,
-            (None, Some(_)) => return Err(Error::unsupported(pid, format!("the image has {name} but this kernel gives none"))),
+            (Some(h), None) => inj
+                .call("munmap", libc::SYS_munmap, &[h.start, h.end - h.start])
+                .map(drop)?,
+            (None, Some(_)) => {
+                return Err(Error::unsupported(
+                    pid,
+                    format!("the image has {name} but this kernel gives none"),
+                ))
+            }
             (None, None) => {}
         }
     }
-    let overlaps = moves.iter().any(|&(from, len, _)| moves.iter().any(|&(_, l2, to)| to < from + len && from < to + l2 && to != from));
-    let vdso_from = stub.iter().find(|v| v.path == "[vdso]").map(|v| v.start).unwrap_or(0);
+    let overlaps = moves.iter().any(|&(from, len, _)| {
+        moves
+            .iter()
+            .any(|&(_, l2, to)| to < from + len && from < to + l2 && to != from)
+    });
+    let vdso_from = stub
+        .iter()
+        .find(|v| v.path == "[vdso]")
+        .map(|v| v.start)
+        .unwrap_or(0);
     let mut gadget = gadget;
     let mut do_move = |inj: &mut Injector, from: u64, len: u64, to: u64| -> Result<()> {
         if from == to {
@@ -130,7 +180,8 @@ pub(crate) fn place_specials(inj: &mut Injector, stub: &[ProcVma], mm: &Mm, gadg
         let mut taken: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
         taken.extend(moves.iter().map(|&(f, l, _)| (f, f + l)));
         let span: u64 = moves.iter().map(|m| m.1).sum();
-        let mut park = free_area(&taken, span).ok_or_else(|| Error::task(pid, "no free area to park the vDSO"))?;
+        let mut park = free_area(&taken, span)
+            .ok_or_else(|| Error::task(pid, "no free area to park the vDSO"))?;
         for m in moves.iter_mut() {
             do_move(inj, m.0, m.1, park)?;
             m.0 = park;
@@ -152,37 +203,74 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     for v in &mm.vmas {
         let len = v.end - v.start;
         let fixed = libc::MAP_FIXED as u64;
-        let growsdown = if v.growsdown { libc::MAP_GROWSDOWN as u64 } else { 0 };
+        let growsdown = if v.growsdown {
+            libc::MAP_GROWSDOWN as u64
+        } else {
+            0
+        };
         match kind(v) {
             VmaKind::AnonPrivate => {
                 let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | fixed | growsdown;
-                inj.call("mmap", libc::SYS_mmap, &[v.start, len, rw, flags, u64::MAX, 0])?;
+                inj.call(
+                    "mmap",
+                    libc::SYS_mmap,
+                    &[v.start, len, rw, flags, u64::MAX, 0],
+                )?;
             }
             VmaKind::AnonShared => {
                 let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64 | fixed;
-                inj.call("mmap", libc::SYS_mmap, &[v.start, len, rw, flags, u64::MAX, 0])?;
+                inj.call(
+                    "mmap",
+                    libc::SYS_mmap,
+                    &[v.start, len, rw, flags, u64::MAX, 0],
+                )?;
             }
             k @ (VmaKind::FilePrivate | VmaKind::FileShared) => {
                 let shared = k == VmaKind::FileShared;
                 let writable = shared && v.may_write;
-                let md = std::fs::metadata(&v.path).map_err(|e| Error::io("mapped file", &v.path, e))?;
+                let md =
+                    std::fs::metadata(&v.path).map_err(|e| Error::io("mapped file", &v.path, e))?;
                 if md.ino() != v.inode || md.dev() != v.dev {
-                    return Err(Error::task(pid, format!("mapped file {} was replaced since the dump (inode {} now, {} then)", v.path, md.ino(), v.inode)));
+                    return Err(Error::task(
+                        pid,
+                        format!(
+                            "mapped file {} was replaced since the dump (inode {} now, {} then)",
+                            v.path,
+                            md.ino(),
+                            v.inode
+                        ),
+                    ));
                 }
                 let fd = match files.get(&(v.path.clone(), writable)) {
                     Some(&fd) => fd,
                     None => {
                         let p = inj.put_cstr(0, &v.path)?;
-                        let oflags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
-                        let fd = inj.call("openat", libc::SYS_openat, &[libc::AT_FDCWD as i64 as u64, p, oflags as u64, 0])?;
+                        let oflags = if writable {
+                            libc::O_RDWR
+                        } else {
+                            libc::O_RDONLY
+                        } | libc::O_CLOEXEC;
+                        let fd = inj.call(
+                            "openat",
+                            libc::SYS_openat,
+                            &[libc::AT_FDCWD as i64 as u64, p, oflags as u64, 0],
+                        )?;
                         files.insert((v.path.clone(), writable), fd);
                         fd
                     }
                 };
                 // Shared file maps get their final protection now: their
                 // pages come from the file, never from the image.
-                let (prot, flags) = if shared { (v.prot as u64, libc::MAP_SHARED as u64) } else { (rw, libc::MAP_PRIVATE as u64) };
-                inj.call("mmap", libc::SYS_mmap, &[v.start, len, prot, flags | fixed | growsdown, fd, v.pgoff])?;
+                let (prot, flags) = if shared {
+                    (v.prot as u64, libc::MAP_SHARED as u64)
+                } else {
+                    (rw, libc::MAP_PRIVATE as u64)
+                };
+                inj.call(
+                    "mmap",
+                    libc::SYS_mmap,
+                    &[v.start, len, prot, flags | fixed | growsdown, fd, v.pgoff],
+                )?;
             }
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {}
         }
@@ -208,10 +296,16 @@ pub(crate) fn fill(pid: i32, pagemap: &Pagemap, pages: &PagesReader) -> Result<u
             offset += len;
         }
         let total = offset - batch_start;
-        let src = pages.ptr(batch_start, total).ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
-        let n = process_vm_write(pid, &[iov(src, total as usize)], &remote).map_err(|e| Error::sys("process_vm_writev", pid, e))?;
+        let src = pages
+            .ptr(batch_start, total)
+            .ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
+        let n = process_vm_write(pid, &[iov(src, total as usize)], &remote)
+            .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
         if n as u64 != total {
-            return Err(Error::task(pid, format!("short process_vm_writev: {n} of {total} bytes")));
+            return Err(Error::task(
+                pid,
+                format!("short process_vm_writev: {n} of {total} bytes"),
+            ));
         }
     }
     Ok(offset)
@@ -222,12 +316,19 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     for v in &mm.vmas {
         let k = kind(v);
-        if !matches!(k, VmaKind::AnonPrivate | VmaKind::AnonShared | VmaKind::FilePrivate | VmaKind::FileShared) {
+        if !matches!(
+            k,
+            VmaKind::AnonPrivate | VmaKind::AnonShared | VmaKind::FilePrivate | VmaKind::FileShared
+        ) {
             continue;
         }
         let len = v.end - v.start;
         if k != VmaKind::FileShared && v.prot != rw {
-            inj.call("mprotect", libc::SYS_mprotect, &[v.start, len, v.prot as u64])?;
+            inj.call(
+                "mprotect",
+                libc::SYS_mprotect,
+                &[v.start, len, v.prot as u64],
+            )?;
         }
         for (bit, advice) in [
             (madv::DONTDUMP, libc::MADV_DONTDUMP),
@@ -251,7 +352,10 @@ mod tests {
 
     #[test]
     fn free_area_avoids_taken_ranges() {
-        let taken = [(0x5555_0000_0000, 0x5555_0010_0000), (0x7fff_f000_0000, 0x7fff_ffff_0000)];
+        let taken = [
+            (0x5555_0000_0000, 0x5555_0010_0000),
+            (0x7fff_f000_0000, 0x7fff_ffff_0000),
+        ];
         let a = free_area(&taken, 0x10000).unwrap();
         for (s, e) in taken {
             assert!(a + 0x10000 + MARGIN <= s || a >= e + MARGIN, "{a:#x}");

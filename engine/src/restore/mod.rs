@@ -35,7 +35,10 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { leave_stopped: false, pid_wait: Duration::from_secs(5) }
+        RestoreOptions {
+            leave_stopped: false,
+            pid_wait: Duration::from_secs(5),
+        }
     }
 }
 
@@ -52,7 +55,10 @@ struct TaskImages {
 }
 
 fn bad(dir: &Path, what: impl Into<String>) -> Error {
-    Error::Image(crate::image::ImageError::Bad { path: dir.to_path_buf(), what: what.into() })
+    Error::Image(crate::image::ImageError::Bad {
+        path: dir.to_path_buf(),
+        what: what.into(),
+    })
 }
 
 fn load(dir: &Path) -> Result<TaskImages> {
@@ -65,10 +71,21 @@ fn load(dir: &Path) -> Result<TaskImages> {
     let task = match tree.tasks.as_slice() {
         [t] if t.pid == inv.root_pid => t.clone(),
         [_] => return Err(bad(dir, "process tree root differs from the inventory")),
-        ts => return Err(bad(dir, format!("{} tasks: only single-task images are supported yet", ts.len()))),
+        ts => {
+            return Err(bad(
+                dir,
+                format!(
+                    "{} tasks: only single-task images are supported yet",
+                    ts.len()
+                ),
+            ))
+        }
     };
     if task.threads.len() != 1 || task.pid <= 0 {
-        return Err(bad(dir, format!("task {} has {} threads", task.pid, task.threads.len())));
+        return Err(bad(
+            dir,
+            format!("task {} has {} threads", task.pid, task.threads.len()),
+        ));
     }
     let pid = task.pid;
     let core: Core = images.read(Kind::Core, Some(pid))?;
@@ -79,12 +96,22 @@ fn load(dir: &Path) -> Result<TaskImages> {
         return Err(bad(dir, "core image has no registers"));
     }
     if pagemap.pages_file.contains('/') || pagemap.pages_file.is_empty() {
-        return Err(bad(dir, format!("bad pages file name {:?}", pagemap.pages_file)));
+        return Err(bad(
+            dir,
+            format!("bad pages file name {:?}", pagemap.pages_file),
+        ));
     }
     let pages = PagesReader::open(&images.path.join(&pagemap.pages_file))?;
     mem::validate(&mm, &pagemap, &pages).map_err(|w| bad(dir, w))?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
-    Ok(TaskImages { task, core, mm, fds, pagemap, pages })
+    Ok(TaskImages {
+        task,
+        core,
+        mm,
+        fds,
+        pagemap,
+        pages,
+    })
 }
 
 /// A stub process being turned into the restored task; killed if dropped
@@ -129,15 +156,28 @@ fn spawn_stub(pid: pid_t, wait: Duration) -> Result<Stub> {
             }
             Ok(Forked::Parent(child)) => {
                 let tracee = Tracee::seize(child, true);
-                let stub = Stub { tracee: Tracee { pid: child }, released: false };
+                let stub = Stub {
+                    tracee: Tracee { pid: child },
+                    released: false,
+                };
                 tracee?;
                 stub.tracee.interrupt()?;
                 return Ok(stub);
             }
-            Err(Errno::EEXIST) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(Errno::EEXIST) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
             Err(Errno::EEXIST) => {
-                let holder = proc::status::read_status(pid).map(|s| format!("{} (state {})", s.name, s.state)).unwrap_or_else(|_| "another task".into());
-                return Err(Error::task(pid, format!("pid {pid} is taken by {holder}; waited {:.1}s for it to go", wait.as_secs_f64())));
+                let holder = proc::status::read_status(pid)
+                    .map(|s| format!("{} (state {})", s.name, s.state))
+                    .unwrap_or_else(|_| "another task".into());
+                return Err(Error::task(
+                    pid,
+                    format!(
+                        "pid {pid} is taken by {holder}; waited {:.1}s for it to go",
+                        wait.as_secs_f64()
+                    ),
+                ));
             }
             Err(e) => return Err(Error::sys("clone3(set_tid)", pid, e)),
         }
@@ -158,7 +198,10 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     tracee.set_sigmask(!0)?;
     let base = tracee.regs()?;
     let stub_vmas = proc::maps::read_maps(pid)?;
-    let vdso = stub_vmas.iter().find(|v| v.path == "[vdso]").ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
+    let vdso = stub_vmas
+        .iter()
+        .find(|v| v.path == "[vdso]")
+        .ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     let mut inj = Injector::new(tracee, base, gadget);
 
@@ -166,14 +209,28 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // about to be unmapped: drop it first, or the kernel would fault on it.
     let rseq = tracee.rseq_config()?;
     if rseq.rseq_abi_pointer != 0 {
-        inj.call("rseq(unregister)", libc::SYS_rseq, &[rseq.rseq_abi_pointer, rseq.rseq_abi_size as u64, 1, rseq.signature as u64])?;
+        inj.call(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            &[
+                rseq.rseq_abi_pointer,
+                rseq.rseq_abi_size as u64,
+                1,
+                rseq.signature as u64,
+            ],
+        )?;
     }
-    inj.call("close_range", libc::SYS_close_range, &[0, u32::MAX as u64, 0])?;
+    inj.call(
+        "close_range",
+        libc::SYS_close_range,
+        &[0, u32::MAX as u64, 0],
+    )?;
     mem::clear_stub(&mut inj, &stub_vmas)?;
     let gadget = mem::place_specials(&mut inj, &stub_vmas, &img.mm, gadget)?;
     inj.set_gadget(gadget);
     let taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    let at = mem::free_area(&taken, SCRATCH_LEN).ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
+    let at = mem::free_area(&taken, SCRATCH_LEN)
+        .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
     inj.map_scratch(Some(at), SCRATCH_LEN)?;
 
     mem::map_vmas(&mut inj, &img.mm)?;
@@ -190,7 +247,11 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // exit the task leaves with its own registers.
     inj.unmap_scratch()?;
 
-    let regs_img = img.core.regs.as_ref().ok_or_else(|| Error::task(pid, "no registers"))?;
+    let regs_img = img
+        .core
+        .regs
+        .as_ref()
+        .ok_or_else(|| Error::task(pid, "no registers"))?;
     tracee.set_regs(&for_resume(from_image(regs_img, base), Resume::NewTask))?;
     tracee.set_xstate(&img.core.xstate)?;
     tracee.set_sigmask(img.core.sigmask)?;

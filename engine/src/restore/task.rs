@@ -22,14 +22,40 @@ fn le(words: &[u64]) -> Vec<u8> {
 /// PR_SET_MM_MAP (the per-field PR_SET_MM calls need CAP_SYS_RESOURCE).
 pub(crate) fn set_mm(inj: &mut Injector, mm: &Mm) -> Result<()> {
     let exe_path = inj.put_cstr(1024, &mm.exe_path)?;
-    let exe_fd = inj.call("openat(exe)", libc::SYS_openat, &[libc::AT_FDCWD as i64 as u64, exe_path, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0])?;
+    let exe_fd = inj.call(
+        "openat(exe)",
+        libc::SYS_openat,
+        &[
+            libc::AT_FDCWD as i64 as u64,
+            exe_path,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            0,
+        ],
+    )?;
     let auxv = inj.put(2048, &le(&mm.auxv))?;
-    let mut map = le(&[mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack, mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, auxv]);
+    let mut map = le(&[
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv,
+    ]);
     map.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
     map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
     debug_assert_eq!(map.len(), PRCTL_MM_MAP_SIZE);
     let p = inj.put(0, &map)?;
-    inj.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, p, PRCTL_MM_MAP_SIZE as u64, 0])?;
+    inj.call(
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        &[PR_SET_MM, PR_SET_MM_MAP, p, PRCTL_MM_MAP_SIZE as u64, 0],
+    )?;
     inj.call("close", libc::SYS_close, &[exe_fd])?;
     Ok(())
 }
@@ -47,7 +73,11 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Resu
     inj.call("chdir", libc::SYS_chdir, &[p])?;
     inj.call("umask", libc::SYS_umask, &[core.umask as u64])?;
     let p = inj.put_cstr(0, &core.comm)?;
-    inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, p])?;
+    inj.call(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, p],
+    )?;
 
     // Every action is set, defaults included: the stub inherited the
     // engine's (the Rust runtime ignores SIGPIPE, for one).
@@ -58,7 +88,11 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Resu
         let act = core.sigactions.iter().find(|a| a.sig == sig);
         let words = act.map_or([0; 4], |a| [a.handler, a.flags, a.restorer, a.mask]);
         let p = inj.put(0, &le(&words))?;
-        inj.call("rt_sigaction", libc::SYS_rt_sigaction, &[sig as u64, p, 0, 8])?;
+        inj.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            &[sig as u64, p, 0, 8],
+        )?;
     }
     let ss = match &core.altstack {
         Some(a) => le(&[a.sp, a.flags as u32 as u64, a.size]),
@@ -68,14 +102,34 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Resu
     inj.call("sigaltstack", libc::SYS_sigaltstack, &[p, 0])?;
 
     if core.robust_list_head != 0 {
-        inj.call("set_robust_list", libc::SYS_set_robust_list, &[core.robust_list_head, core.robust_list_len])?;
+        inj.call(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            &[core.robust_list_head, core.robust_list_len],
+        )?;
     }
-    inj.call("set_tid_address", libc::SYS_set_tid_address, &[core.clear_child_tid])?;
+    inj.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        &[core.clear_child_tid],
+    )?;
     if let Some(r) = &core.rseq {
-        inj.call("rseq", libc::SYS_rseq, &[r.ptr, r.len as u64, 0, r.signature as u64])?;
+        inj.call(
+            "rseq",
+            libc::SYS_rseq,
+            &[r.ptr, r.len as u64, 0, r.signature as u64],
+        )?;
     }
-    inj.call("personality", libc::SYS_personality, &[core.personality as u64])?;
-    inj.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64])?;
+    inj.call(
+        "personality",
+        libc::SYS_personality,
+        &[core.personality as u64],
+    )?;
+    inj.call(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64],
+    )?;
 
     if task.sid == task.pid {
         inj.call("setsid", libc::SYS_setsid, &[])?;
@@ -87,13 +141,28 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Resu
     // with any si_code (it refuses forged kernel codes from others).
     for s in &core.pending {
         if s.siginfo.len() != 128 {
-            return Err(Error::task(pid, format!("pending signal {} has a {}-byte siginfo", s.signo, s.siginfo.len())));
+            return Err(Error::task(
+                pid,
+                format!(
+                    "pending signal {} has a {}-byte siginfo",
+                    s.signo,
+                    s.siginfo.len()
+                ),
+            ));
         }
         let p = inj.put(0, &s.siginfo)?;
         if s.shared {
-            inj.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, &[pid as u64, s.signo as u64, p])?;
+            inj.call(
+                "rt_sigqueueinfo",
+                libc::SYS_rt_sigqueueinfo,
+                &[pid as u64, s.signo as u64, p],
+            )?;
         } else {
-            inj.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[pid as u64, pid as u64, s.signo as u64, p])?;
+            inj.call(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                &[pid as u64, pid as u64, s.signo as u64, p],
+            )?;
         }
     }
     Ok(())

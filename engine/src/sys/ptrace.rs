@@ -23,7 +23,9 @@ const XSTATE_BUF: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT asked for, or a group stop.
-    Event { sig: i32 },
+    Event {
+        sig: i32,
+    },
     /// A syscall-entry or -exit stop (PTRACE_O_TRACESYSGOOD).
     Syscall,
     /// A signal is about to be delivered.
@@ -58,7 +60,12 @@ pub struct Tracee {
     pub pid: pid_t,
 }
 
-fn ptrace_raw(req: libc::c_uint, pid: pid_t, addr: usize, data: usize) -> std::result::Result<i64, Errno> {
+fn ptrace_raw(
+    req: libc::c_uint,
+    pid: pid_t,
+    addr: usize,
+    data: usize,
+) -> std::result::Result<i64, Errno> {
     // SAFETY: raw ptrace request; the callers pass addr/data that are either
     // integers or pointers to live buffers of the size the request expects.
     let r = unsafe { libc::ptrace(req, pid, addr as *mut c_void, data as *mut c_void) };
@@ -74,7 +81,8 @@ impl Tracee {
         if exit_kill {
             opts |= libc::PTRACE_O_EXITKILL;
         }
-        ptrace_raw(libc::PTRACE_SEIZE, pid, 0, opts as usize).map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
+        ptrace_raw(libc::PTRACE_SEIZE, pid, 0, opts as usize)
+            .map_err(|e| Error::sys("PTRACE_SEIZE", pid, e))?;
         Ok(Tracee { pid })
     }
 
@@ -82,14 +90,25 @@ impl Tracee {
     /// signal that is being delivered meanwhile is passed on, as it would
     /// have been without us.
     pub fn interrupt(&self) -> Result<()> {
-        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0).map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
+            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
         loop {
             match self.wait()? {
                 Stop::Event { .. } => return Ok(()),
                 Stop::Signal(sig) => self.cont(sig)?,
                 Stop::Syscall | Stop::OtherEvent(_) => self.cont(0)?,
-                Stop::Exited(code) => return Err(Error::task(self.pid, format!("exited with {code} while being stopped"))),
-                Stop::Killed(sig) => return Err(Error::task(self.pid, format!("killed by signal {sig} while being stopped"))),
+                Stop::Exited(code) => {
+                    return Err(Error::task(
+                        self.pid,
+                        format!("exited with {code} while being stopped"),
+                    ))
+                }
+                Stop::Killed(sig) => {
+                    return Err(Error::task(
+                        self.pid,
+                        format!("killed by signal {sig} while being stopped"),
+                    ))
+                }
             }
         }
     }
@@ -112,54 +131,97 @@ impl Tracee {
     }
 
     pub fn cont(&self, sig: i32) -> Result<()> {
-        ptrace_raw(libc::PTRACE_CONT, self.pid, 0, sig as usize).map(drop).map_err(|e| Error::sys("PTRACE_CONT", self.pid, e))
+        ptrace_raw(libc::PTRACE_CONT, self.pid, 0, sig as usize)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_CONT", self.pid, e))
     }
 
     /// Resumes until the next syscall entry or exit.
     pub fn resume_to_syscall(&self) -> Result<()> {
-        ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0).map(drop).map_err(|e| Error::sys("PTRACE_SYSCALL", self.pid, e))
+        ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_SYSCALL", self.pid, e))
     }
 
     pub fn detach(&self) -> Result<()> {
-        ptrace_raw(libc::PTRACE_DETACH, self.pid, 0, 0).map(drop).map_err(|e| Error::sys("PTRACE_DETACH", self.pid, e))
+        ptrace_raw(libc::PTRACE_DETACH, self.pid, 0, 0)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_DETACH", self.pid, e))
     }
 
     pub fn regs(&self) -> Result<Regs> {
         let mut regs = MaybeUninit::<Regs>::zeroed();
-        ptrace_raw(libc::PTRACE_GETREGS, self.pid, 0, regs.as_mut_ptr() as usize).map_err(|e| Error::sys("PTRACE_GETREGS", self.pid, e))?;
+        ptrace_raw(
+            libc::PTRACE_GETREGS,
+            self.pid,
+            0,
+            regs.as_mut_ptr() as usize,
+        )
+        .map_err(|e| Error::sys("PTRACE_GETREGS", self.pid, e))?;
         // SAFETY: the kernel filled the whole struct; it was zeroed before anyway.
         Ok(unsafe { regs.assume_init() })
     }
 
     pub fn set_regs(&self, regs: &Regs) -> Result<()> {
-        ptrace_raw(libc::PTRACE_SETREGS, self.pid, 0, regs as *const Regs as usize).map(drop).map_err(|e| Error::sys("PTRACE_SETREGS", self.pid, e))
+        ptrace_raw(
+            libc::PTRACE_SETREGS,
+            self.pid,
+            0,
+            regs as *const Regs as usize,
+        )
+        .map(drop)
+        .map_err(|e| Error::sys("PTRACE_SETREGS", self.pid, e))
     }
 
     /// The full FPU/SSE/AVX state in the kernel's xsave layout.
     pub fn xstate(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; XSTATE_BUF];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut c_void, iov_len: buf.len() };
-        ptrace_raw(libc::PTRACE_GETREGSET, self.pid, NT_X86_XSTATE, &mut iov as *mut _ as usize)
-            .map_err(|e| Error::sys("PTRACE_GETREGSET(NT_X86_XSTATE)", self.pid, e))?;
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut c_void,
+            iov_len: buf.len(),
+        };
+        ptrace_raw(
+            libc::PTRACE_GETREGSET,
+            self.pid,
+            NT_X86_XSTATE,
+            &mut iov as *mut _ as usize,
+        )
+        .map_err(|e| Error::sys("PTRACE_GETREGSET(NT_X86_XSTATE)", self.pid, e))?;
         buf.truncate(iov.iov_len);
         Ok(buf)
     }
 
     pub fn set_xstate(&self, xstate: &[u8]) -> Result<()> {
-        let mut iov = libc::iovec { iov_base: xstate.as_ptr() as *mut c_void, iov_len: xstate.len() };
-        ptrace_raw(libc::PTRACE_SETREGSET, self.pid, NT_X86_XSTATE, &mut iov as *mut _ as usize)
-            .map(drop)
-            .map_err(|e| Error::sys("PTRACE_SETREGSET(NT_X86_XSTATE)", self.pid, e))
+        let mut iov = libc::iovec {
+            iov_base: xstate.as_ptr() as *mut c_void,
+            iov_len: xstate.len(),
+        };
+        ptrace_raw(
+            libc::PTRACE_SETREGSET,
+            self.pid,
+            NT_X86_XSTATE,
+            &mut iov as *mut _ as usize,
+        )
+        .map(drop)
+        .map_err(|e| Error::sys("PTRACE_SETREGSET(NT_X86_XSTATE)", self.pid, e))
     }
 
     pub fn sigmask(&self) -> Result<u64> {
         let mut mask = 0u64;
-        ptrace_raw(PTRACE_GETSIGMASK, self.pid, 8, &mut mask as *mut u64 as usize).map_err(|e| Error::sys("PTRACE_GETSIGMASK", self.pid, e))?;
+        ptrace_raw(
+            PTRACE_GETSIGMASK,
+            self.pid,
+            8,
+            &mut mask as *mut u64 as usize,
+        )
+        .map_err(|e| Error::sys("PTRACE_GETSIGMASK", self.pid, e))?;
         Ok(mask)
     }
 
     pub fn set_sigmask(&self, mask: u64) -> Result<()> {
-        ptrace_raw(PTRACE_SETSIGMASK, self.pid, 8, &mask as *const u64 as usize).map(drop).map_err(|e| Error::sys("PTRACE_SETSIGMASK", self.pid, e))
+        ptrace_raw(PTRACE_SETSIGMASK, self.pid, 8, &mask as *const u64 as usize)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_SETSIGMASK", self.pid, e))
     }
 
     /// Queued signals, without dequeuing them: the task-private queue or
@@ -168,9 +230,18 @@ impl Tracee {
         let mut out = Vec::new();
         loop {
             let mut buf = [[0u8; 128]; 32];
-            let args = PeekSiginfoArgs { off: out.len() as u64, flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 }, nr: buf.len() as i32 };
-            let n = ptrace_raw(PTRACE_PEEKSIGINFO, self.pid, &args as *const _ as usize, buf.as_mut_ptr() as usize)
-                .map_err(|e| Error::sys("PTRACE_PEEKSIGINFO", self.pid, e))?;
+            let args = PeekSiginfoArgs {
+                off: out.len() as u64,
+                flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+                nr: buf.len() as i32,
+            };
+            let n = ptrace_raw(
+                PTRACE_PEEKSIGINFO,
+                self.pid,
+                &args as *const _ as usize,
+                buf.as_mut_ptr() as usize,
+            )
+            .map_err(|e| Error::sys("PTRACE_PEEKSIGINFO", self.pid, e))?;
             if n <= 0 {
                 break;
             }
@@ -181,8 +252,13 @@ impl Tracee {
 
     pub fn rseq_config(&self) -> Result<RseqConfig> {
         let mut conf = RseqConfig::default();
-        ptrace_raw(PTRACE_GET_RSEQ_CONFIGURATION, self.pid, std::mem::size_of::<RseqConfig>(), &mut conf as *mut _ as usize)
-            .map_err(|e| Error::sys("PTRACE_GET_RSEQ_CONFIGURATION", self.pid, e))?;
+        ptrace_raw(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            self.pid,
+            std::mem::size_of::<RseqConfig>(),
+            &mut conf as *mut _ as usize,
+        )
+        .map_err(|e| Error::sys("PTRACE_GET_RSEQ_CONFIGURATION", self.pid, e))?;
         Ok(conf)
     }
 }
@@ -215,8 +291,17 @@ mod tests {
     fn decodes_wait_statuses() {
         assert_eq!(decode_status(0x0100), Stop::Exited(1));
         assert_eq!(decode_status(0x0009), Stop::Killed(9));
-        assert_eq!(decode_status((libc::PTRACE_EVENT_STOP << 16) | (libc::SIGTRAP << 8) | 0x7f), Stop::Event { sig: libc::SIGTRAP });
-        assert_eq!(decode_status(((libc::SIGTRAP | 0x80) << 8) | 0x7f), Stop::Syscall);
-        assert_eq!(decode_status((libc::SIGUSR1 << 8) | 0x7f), Stop::Signal(libc::SIGUSR1));
+        assert_eq!(
+            decode_status((libc::PTRACE_EVENT_STOP << 16) | (libc::SIGTRAP << 8) | 0x7f),
+            Stop::Event { sig: libc::SIGTRAP }
+        );
+        assert_eq!(
+            decode_status(((libc::SIGTRAP | 0x80) << 8) | 0x7f),
+            Stop::Syscall
+        );
+        assert_eq!(
+            decode_status((libc::SIGUSR1 << 8) | 0x7f),
+            Stop::Signal(libc::SIGUSR1)
+        );
     }
 }

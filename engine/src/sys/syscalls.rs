@@ -12,17 +12,43 @@ pub const IOV_MAX: usize = 1024;
 
 /// Copies from the task's memory into local buffers. Returns bytes read,
 /// which is short when a remote range is not mapped.
-pub fn process_vm_read(pid: pid_t, local: &[iovec], remote: &[iovec]) -> std::result::Result<usize, Errno> {
+pub fn process_vm_read(
+    pid: pid_t,
+    local: &[iovec],
+    remote: &[iovec],
+) -> std::result::Result<usize, Errno> {
     // SAFETY: local iovecs point at buffers the caller owns and may write;
     // remote iovecs are only interpreted in the other process.
-    let r = unsafe { libc::process_vm_readv(pid, local.as_ptr(), local.len() as _, remote.as_ptr(), remote.len() as _, 0) };
+    let r = unsafe {
+        libc::process_vm_readv(
+            pid,
+            local.as_ptr(),
+            local.len() as _,
+            remote.as_ptr(),
+            remote.len() as _,
+            0,
+        )
+    };
     Errno::result(r).map(|n| n as usize)
 }
 
 /// Copies local buffers into the task's memory.
-pub fn process_vm_write(pid: pid_t, local: &[iovec], remote: &[iovec]) -> std::result::Result<usize, Errno> {
+pub fn process_vm_write(
+    pid: pid_t,
+    local: &[iovec],
+    remote: &[iovec],
+) -> std::result::Result<usize, Errno> {
     // SAFETY: local iovecs point at readable buffers the caller owns.
-    let r = unsafe { libc::process_vm_writev(pid, local.as_ptr(), local.len() as _, remote.as_ptr(), remote.len() as _, 0) };
+    let r = unsafe {
+        libc::process_vm_writev(
+            pid,
+            local.as_ptr(),
+            local.len() as _,
+            remote.as_ptr(),
+            remote.len() as _,
+            0,
+        )
+    };
     Errno::result(r).map(|n| n as usize)
 }
 
@@ -45,9 +71,17 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, pid: pid_t, fd: i32) -> Result<OwnedFd> {
 }
 
 pub fn prlimit(pid: pid_t, resource: u32, new: Option<(u64, u64)>) -> Result<(u64, u64)> {
-    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
-    let newl = new.map(|(cur, max)| libc::rlimit64 { rlim_cur: cur, rlim_max: max });
-    let newp = newl.as_ref().map_or(std::ptr::null(), |l| l as *const libc::rlimit64);
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let newl = new.map(|(cur, max)| libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    });
+    let newp = newl
+        .as_ref()
+        .map_or(std::ptr::null(), |l| l as *const libc::rlimit64);
     // SAFETY: prlimit64 with valid (or null) pointers to rlimit64 structs.
     let r = unsafe { libc::prlimit64(pid, resource as _, newp, &mut old) };
     Errno::result(r).map_err(|e| Error::sys("prlimit64", pid, e))?;
@@ -59,7 +93,14 @@ pub fn get_robust_list(pid: pid_t) -> Result<(u64, u64)> {
     let mut head: u64 = 0;
     let mut len: usize = 0;
     // SAFETY: get_robust_list writes a pointer and a size_t to our locals.
-    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut head as *mut u64, &mut len as *mut usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            pid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
     Errno::result(r).map_err(|e| Error::sys("get_robust_list", pid, e))?;
     Ok((head, len as u64))
 }
@@ -93,10 +134,21 @@ pub enum Forked {
 /// process has other threads.
 pub unsafe fn fork_with_pid(tid: pid_t) -> std::result::Result<Forked, Errno> {
     let set_tid: [pid_t; 1] = [tid];
-    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: set_tid.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
     // SAFETY: clone3 without CLONE_VM is a fork; the args struct is valid
     // for the duration of the call.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     match Errno::result(r as c_long)? {
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(pid as pid_t)),
@@ -112,5 +164,8 @@ pub fn tee(from: i32, to: i32, len: usize) -> std::result::Result<usize, Errno> 
 }
 
 pub fn iov(base: *const c_void, len: usize) -> iovec {
-    iovec { iov_base: base as *mut c_void, iov_len: len }
+    iovec {
+        iov_base: base as *mut c_void,
+        iov_len: len,
+    }
 }
