@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::image::messages::{Fd, FdKind, Fds, Pipe};
 use crate::proc;
 use crate::proc::fd::FdTarget;
-use crate::sys::syscalls::{pidfd_getfd, pidfd_open, tee};
+use crate::sys::syscalls::{pidfd_getfd, pidfd_open, same_file, tee};
 
 pub(crate) struct FdPlan {
     fds: Vec<Fd>,
@@ -53,8 +53,14 @@ pub(crate) fn plan(pid: pid_t) -> Result<FdPlan> {
                     }
                 }
                 fd.kind = FdKind::Path as i32;
-                fd.path = path;
                 fd.mode = md.mode();
+                for earlier in fds.iter().filter(|e: &&Fd| e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == path) {
+                    if same_file(pid, earlier.fd, n)? {
+                        fd.dup_of = Some(earlier.fd);
+                        break;
+                    }
+                }
+                fd.path = path;
             }
             FdTarget::Pipe(ino) => {
                 fd.kind = match info.flags as i32 & libc::O_ACCMODE {

@@ -329,6 +329,10 @@ pub struct Fd {
     /// File mode, to check at restore that the path is still what it was.
     #[prost(uint32, tag = "7")]
     pub mode: u32,
+    /// The lower fd this one shares its open file description with (a
+    /// dup): restored as a dup of it, so offset and flags stay shared.
+    #[prost(int32, optional, tag = "8")]
+    pub dup_of: Option<i32>,
 }
 
 fn fd_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {

@@ -86,6 +86,12 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         pipe_ends.insert(p.id, (hr, hw));
     }
     for fd in &fds.fds {
+        if let Some(orig) = fd.dup_of {
+            // Validated: the original comes earlier and was opened already.
+            let high = temp.get(&orig).copied().ok_or_else(|| Error::task(pid, format!("fd {}: original fd {orig} missing", fd.fd)))?;
+            temp.insert(fd.fd, high);
+            continue;
+        }
         let high = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
             FdKind::Path => {
                 let p = inj.put_cstr(0, &fd.path)?;

@@ -169,3 +169,12 @@ pub fn iov(base: *const c_void, len: usize) -> iovec {
         iov_len: len,
     }
 }
+
+const KCMP_FILE: i32 = 0;
+
+/// Whether fds `a` and `b` of task `pid` are the same open file description.
+pub fn same_file(pid: pid_t, a: i32, b: i32) -> Result<bool> {
+    // SAFETY: kcmp compares kernel objects; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    Ok(Errno::result(r).map_err(|e| Error::sys("kcmp(KCMP_FILE)", pid, e))? == 0)
+}
