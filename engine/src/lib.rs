@@ -16,3 +16,4 @@ pub use error::{Error, Result};
 pub mod dump;
 pub mod regs;
 pub mod restore;
+pub mod phases;

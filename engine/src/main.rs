@@ -150,6 +150,7 @@ fn main() -> ExitCode {
                         stats.frozen_ms
                     );
                     log.stats(display_stats || common.verbose > 0, &msg);
+                    log.stats(common.verbose > 0, &format!("crust: dump phases: {}", stats.phases.render()));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -191,6 +192,7 @@ fn main() -> ExitCode {
                 t.elapsed().as_secs_f64() * 1e3
             );
             log.stats(display_stats || common.verbose > 0, &msg);
+            log.stats(common.verbose > 0, &format!("crust: restore phases: {}", restored.phases.render()));
             if let Some(p) = pidfile {
                 if let Err(e) = std::fs::write(&p, format!("{}\n", restored.pid)) {
                     log.line(&format!("crust: cannot write pidfile {}: {e}", p.display()));

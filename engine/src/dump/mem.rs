@@ -7,6 +7,8 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
+use std::thread;
 
 use libc::pid_t;
 
@@ -23,6 +25,8 @@ pub(crate) const PAGE: u64 = 4096;
 const SCAN_PAGES: usize = 64 * 1024;
 /// Page data copied per process_vm_readv batch.
 const BUF_BYTES: usize = 8 << 20;
+/// Buffers in flight between the reader and the writer thread.
+const BUFFERS: usize = 3;
 
 /// How restore must recreate this VMA, or why it cannot.
 pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
@@ -133,11 +137,64 @@ pub(crate) struct MemStats {
     pub pages: u64,
 }
 
-/// Copies page runs out of the task into the pages file.
+/// Writes filled buffers to the pages file on its own thread, so that
+/// reading the task (process_vm_readv) and writing the image overlap.
+struct PageSink {
+    filled: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    free: mpsc::Receiver<Vec<u8>>,
+    writer: Option<thread::JoinHandle<Result<PagesWriter>>>,
+}
+
+impl PageSink {
+    fn start(mut out: PagesWriter) -> PageSink {
+        let (filled_tx, filled_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS - 1 {
+            let _ = free_tx.send(vec![0u8; BUF_BYTES]);
+        }
+        let writer = thread::spawn(move || {
+            for (buf, len) in filled_rx {
+                out.write(&buf[..len])?;
+                // The reader may be gone after an error; then nobody needs it.
+                let _ = free_tx.send(buf);
+            }
+            Ok(out)
+        });
+        PageSink { filled: Some(filled_tx), free: free_rx, writer: Some(writer) }
+    }
+
+    /// Hands a filled buffer to the writer and returns an empty one.
+    fn swap(&mut self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>> {
+        let sent = self.filled.as_ref().map(|tx| tx.send((buf, len)).is_ok()).unwrap_or(false);
+        match self.free.recv() {
+            Ok(b) if sent => Ok(b),
+            _ => Err(self.join_error()),
+        }
+    }
+
+    fn join_error(&mut self) -> Error {
+        self.filled = None;
+        match self.writer.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => Error::Other("the page writer thread stopped".into()),
+        }
+    }
+
+    fn finish(mut self) -> Result<u64> {
+        self.filled = None;
+        match self.writer.take().map(|h| h.join()) {
+            Some(Ok(Ok(out))) => Ok(out.finish()?),
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(Error::Other("the page writer thread panicked".into())),
+        }
+    }
+}
+
+/// Copies page runs out of the task into buffers for the sink.
 struct PageCopier<'a> {
     pid: pid_t,
     mem: &'a File,
-    out: PagesWriter,
+    sink: PageSink,
     buf: Vec<u8>,
     used: usize,
     remote: Vec<libc::iovec>,
@@ -159,13 +216,9 @@ impl PageCopier<'_> {
                 // with FOLL_FORCE, which process_vm_readv does not.
                 self.flush_remote()?;
                 let dst = &mut self.buf[self.used..self.used + n as usize];
-                self.mem.read_exact_at(dst, addr).map_err(|e| {
-                    Error::io(
-                        "reading memory through",
-                        format!("/proc/{}/mem at {addr:#x}", self.pid),
-                        e,
-                    )
-                })?;
+                self.mem
+                    .read_exact_at(dst, addr)
+                    .map_err(|e| Error::io("reading memory through", format!("/proc/{}/mem at {addr:#x}", self.pid), e))?;
             }
             self.used += n as usize;
             addr += n;
@@ -182,13 +235,9 @@ impl PageCopier<'_> {
         let total: usize = self.remote.iter().map(|v| v.iov_len).sum();
         let start = self.used - total;
         let local = [iov(self.buf[start..].as_mut_ptr() as _, total)];
-        let n = process_vm_read(self.pid, &local, &self.remote)
-            .map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
+        let n = process_vm_read(self.pid, &local, &self.remote).map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
         if n != total {
-            return Err(Error::task(
-                self.pid,
-                format!("short process_vm_readv: {n} of {total} bytes"),
-            ));
+            return Err(Error::task(self.pid, format!("short process_vm_readv: {n} of {total} bytes")));
         }
         self.remote.clear();
         Ok(())
@@ -196,8 +245,11 @@ impl PageCopier<'_> {
 
     fn flush(&mut self) -> Result<()> {
         self.flush_remote()?;
-        self.out.write(&self.buf[..self.used])?;
-        self.used = 0;
+        if self.used > 0 {
+            let buf = std::mem::take(&mut self.buf);
+            self.buf = self.sink.swap(buf, self.used)?;
+            self.used = 0;
+        }
         Ok(())
     }
 }
@@ -245,7 +297,7 @@ pub(crate) fn dump(
     let mut copier = PageCopier {
         pid,
         mem: &mem,
-        out: PagesWriter::create(&images.path.join(&pages_name))?,
+        sink: PageSink::start(PagesWriter::create(&images.path.join(&pages_name))?),
         buf: vec![0u8; BUF_BYTES],
         used: 0,
         remote: Vec::with_capacity(IOV_MAX),
@@ -293,7 +345,7 @@ pub(crate) fn dump(
         }
     }
     copier.flush()?;
-    let written = copier.out.finish()?;
+    let written = copier.sink.finish()?;
     Ok((
         mm,
         pagemap,

@@ -30,6 +30,7 @@ pub struct DumpOptions {
 /// What a dump did, for the log and `--display-stats`.
 #[derive(Debug, Clone, Default)]
 pub struct DumpStats {
+    pub phases: crate::phases::Phases,
     pub frozen_ms: f64,
     pub pages_written: u64,
     pub bytes_written: u64,
@@ -124,7 +125,9 @@ pub(crate) fn zeroed_regs() -> Regs {
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
     let start = Instant::now();
+    let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
+    phases.mark("freeze");
 
     // Refuse what we cannot restore before touching anything.
     let threads = proc::task::task_ids(pid)?;
@@ -157,11 +160,13 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     core.core.xstate = xstate;
     core.core.sigmask = frozen.sigmask;
 
+    phases.mark("task state");
     // Memory: the layout is read again now that the scratch page is gone.
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas)?;
     let brk = core.brk;
     let (mm, pagemap, mem_stats) = mem::dump(pid, &vmas, &images, brk)?;
+    phases.mark("memory");
     let fds = files::dump(pid, &fd_plan)?;
 
     let stat = proc::stat::read_stat(pid)?;
@@ -182,13 +187,16 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // The inventory goes last: an image directory without it is incomplete.
     images.write(Kind::Inventory, None, &inventory(pid))?;
 
+    phases.mark("files and images");
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     if opts.leave_running {
         frozen.resume()?;
     } else {
         frozen.kill()?;
     }
+    phases.mark("release");
     Ok(DumpStats {
+        phases,
         frozen_ms,
         pages_written: mem_stats.pages,
         bytes_written: mem_stats.pages * 4096,

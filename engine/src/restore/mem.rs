@@ -281,6 +281,28 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     Ok(())
 }
 
+/// Runs of at least this many pages are populated in one call before
+/// they are filled.
+const POPULATE_MIN_PAGES: u64 = 16;
+const MADV_POPULATE_WRITE: u64 = 23;
+
+/// Materialises the anonymous pages about to be filled with batched
+/// faults (MADV_POPULATE_WRITE): process_vm_writev would otherwise fault
+/// them in one 4 KiB page at a time, at half the speed.
+pub(crate) fn populate(inj: &mut Injector, mm: &Mm, pagemap: &Pagemap) -> Result<()> {
+    let mut vi = 0;
+    for e in &pagemap.entries {
+        while vi < mm.vmas.len() && mm.vmas[vi].end <= e.vaddr {
+            vi += 1;
+        }
+        let anon = mm.vmas.get(vi).is_some_and(|v| matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared));
+        if anon && e.nr_pages >= POPULATE_MIN_PAGES {
+            inj.call("madvise(MADV_POPULATE_WRITE)", libc::SYS_madvise, &[e.vaddr, e.nr_pages * PAGE, MADV_POPULATE_WRITE])?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies every stored page into place with process_vm_writev.
 pub(crate) fn fill(pid: i32, pagemap: &Pagemap, pages: &PagesReader) -> Result<u64> {
     let mut offset = 0u64;

@@ -187,13 +187,17 @@ fn spawn_stub(pid: pid_t, wait: Duration) -> Result<Stub> {
 /// What restore produced.
 pub struct Restored {
     pub pid: pid_t,
+    pub phases: crate::phases::Phases,
 }
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    let mut phases = crate::phases::Phases::default();
     let img = load(dir)?;
     let pid = img.task.pid;
     img.pages.will_need();
+    phases.mark("read images");
     let mut stub = spawn_stub(pid, opts.pid_wait)?;
+    phases.mark("fork stub");
     let tracee = &stub.tracee;
     tracee.set_sigmask(!0)?;
     let base = tracee.regs()?;
@@ -233,8 +237,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
     inj.map_scratch(Some(at), SCRATCH_LEN)?;
 
+    phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm)?;
+    phases.mark("map");
+    mem::populate(&mut inj, &img.mm, &img.pagemap)?;
+    phases.mark("populate");
     mem::fill(pid, &img.pagemap, &img.pages)?;
+    phases.mark("fill pages");
     mem::finish_vmas(&mut inj, &img.mm)?;
     task::set_mm(&mut inj, &img.mm)?;
 
@@ -262,5 +271,6 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     tracee.detach()?;
     stub.released = true;
-    Ok(Restored { pid })
+    phases.mark("task state");
+    Ok(Restored { pid, phases })
 }
