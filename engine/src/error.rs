@@ -8,14 +8,14 @@ use nix::errno::Errno;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call or ptrace request on a task failed.
-    #[error("{op} on pid {pid} failed: {errno} ({})", errno.desc())]
+    #[error("{op} on pid {pid} failed: {errno}")]
     Sys {
         op: &'static str,
         pid: i32,
         errno: Errno,
     },
     /// A system call injected into a task returned an error.
-    #[error("injected {name}({args}) in pid {pid} failed: {errno} ({})", errno.desc())]
+    #[error("injected {name}({args}) in pid {pid} failed: {errno}")]
     Injected {
         name: &'static str,
         args: String,
@@ -44,6 +44,20 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Adds what was being done to an error, keeping the error itself.
+pub trait Context<T> {
+    fn context(self, pid: i32, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for Result<T> {
+    fn context(self, pid: i32, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Task {
+            pid,
+            what: format!("{}: {e}", what()),
+        })
+    }
+}
 
 impl Error {
     pub fn sys(op: &'static str, pid: i32, errno: Errno) -> Self {

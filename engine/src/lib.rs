@@ -14,6 +14,6 @@ pub mod sys;
 
 pub use error::{Error, Result};
 pub mod dump;
+pub mod phases;
 pub mod regs;
 pub mod restore;
-pub mod phases;

@@ -1,6 +1,7 @@
 //! The `crust` command line. Flags follow CRIU's where CRIU has them.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -96,6 +97,7 @@ impl Log {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&p)
                 .ok()
         });
@@ -150,7 +152,10 @@ fn main() -> ExitCode {
                         stats.frozen_ms
                     );
                     log.stats(display_stats || common.verbose > 0, &msg);
-                    log.stats(common.verbose > 0, &format!("crust: dump phases: {}", stats.phases.render()));
+                    log.stats(
+                        common.verbose > 0,
+                        &format!("crust: dump phases: {}", stats.phases.render()),
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -192,7 +197,10 @@ fn main() -> ExitCode {
                 t.elapsed().as_secs_f64() * 1e3
             );
             log.stats(display_stats || common.verbose > 0, &msg);
-            log.stats(common.verbose > 0, &format!("crust: restore phases: {}", restored.phases.render()));
+            log.stats(
+                common.verbose > 0,
+                &format!("crust: restore phases: {}", restored.phases.render()),
+            );
             if let Some(p) = pidfile {
                 if let Err(e) = std::fs::write(&p, format!("{}\n", restored.pid)) {
                     log.line(&format!("crust: cannot write pidfile {}: {e}", p.display()));

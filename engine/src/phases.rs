@@ -10,7 +10,10 @@ pub struct Phases {
 
 impl Default for Phases {
     fn default() -> Self {
-        Phases { last: Instant::now(), spans: Vec::new() }
+        Phases {
+            last: Instant::now(),
+            spans: Vec::new(),
+        }
     }
 }
 
@@ -23,6 +26,10 @@ impl Phases {
     }
 
     pub fn render(&self) -> String {
-        self.spans.iter().map(|(n, d)| format!("{n} {:.1}ms", d.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
+        self.spans
+            .iter()
+            .map(|(n, d)| format!("{n} {:.1}ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

@@ -54,7 +54,9 @@ pub(crate) fn plan(pid: pid_t) -> Result<FdPlan> {
                 }
                 fd.kind = FdKind::Path as i32;
                 fd.mode = md.mode();
-                for earlier in fds.iter().filter(|e: &&Fd| e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == path) {
+                for earlier in fds.iter().filter(|e: &&Fd| {
+                    e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == path
+                }) {
                     if same_file(pid, earlier.fd, n)? {
                         fd.dup_of = Some(earlier.fd);
                         break;

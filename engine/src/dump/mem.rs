@@ -160,12 +160,20 @@ impl PageSink {
             }
             Ok(out)
         });
-        PageSink { filled: Some(filled_tx), free: free_rx, writer: Some(writer) }
+        PageSink {
+            filled: Some(filled_tx),
+            free: free_rx,
+            writer: Some(writer),
+        }
     }
 
     /// Hands a filled buffer to the writer and returns an empty one.
     fn swap(&mut self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>> {
-        let sent = self.filled.as_ref().map(|tx| tx.send((buf, len)).is_ok()).unwrap_or(false);
+        let sent = self
+            .filled
+            .as_ref()
+            .map(|tx| tx.send((buf, len)).is_ok())
+            .unwrap_or(false);
         match self.free.recv() {
             Ok(b) if sent => Ok(b),
             _ => Err(self.join_error()),
@@ -216,9 +224,13 @@ impl PageCopier<'_> {
                 // with FOLL_FORCE, which process_vm_readv does not.
                 self.flush_remote()?;
                 let dst = &mut self.buf[self.used..self.used + n as usize];
-                self.mem
-                    .read_exact_at(dst, addr)
-                    .map_err(|e| Error::io("reading memory through", format!("/proc/{}/mem at {addr:#x}", self.pid), e))?;
+                self.mem.read_exact_at(dst, addr).map_err(|e| {
+                    Error::io(
+                        "reading memory through",
+                        format!("/proc/{}/mem at {addr:#x}", self.pid),
+                        e,
+                    )
+                })?;
             }
             self.used += n as usize;
             addr += n;
@@ -235,9 +247,13 @@ impl PageCopier<'_> {
         let total: usize = self.remote.iter().map(|v| v.iov_len).sum();
         let start = self.used - total;
         let local = [iov(self.buf[start..].as_mut_ptr() as _, total)];
-        let n = process_vm_read(self.pid, &local, &self.remote).map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
+        let n = process_vm_read(self.pid, &local, &self.remote)
+            .map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
         if n != total {
-            return Err(Error::task(self.pid, format!("short process_vm_readv: {n} of {total} bytes")));
+            return Err(Error::task(
+                self.pid,
+                format!("short process_vm_readv: {n} of {total} bytes"),
+            ));
         }
         self.remote.clear();
         Ok(())

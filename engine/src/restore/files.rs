@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::image::messages::{Fd, FdKind, Fds};
 use crate::inject::Injector;
 use crate::sys::syscalls::pidfd_getfd;
@@ -86,50 +86,12 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         pipe_ends.insert(p.id, (hr, hw));
     }
     for fd in &fds.fds {
-        if let Some(orig) = fd.dup_of {
-            // Validated: the original comes earlier and was opened already.
-            let high = temp.get(&orig).copied().ok_or_else(|| Error::task(pid, format!("fd {}: original fd {orig} missing", fd.fd)))?;
-            temp.insert(fd.fd, high);
-            continue;
-        }
-        let high = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
-            FdKind::Path => {
-                let p = inj.put_cstr(0, &fd.path)?;
-                let low = inj.call(
-                    "openat",
-                    libc::SYS_openat,
-                    &[libc::AT_FDCWD as i64 as u64, p, reopen_flags(fd.flags), 0],
-                )?;
-                let high = inj.call(
-                    "fcntl(F_DUPFD_CLOEXEC)",
-                    libc::SYS_fcntl,
-                    &[low, libc::F_DUPFD_CLOEXEC as u64, base],
-                )?;
-                inj.call("close", libc::SYS_close, &[low])?;
-                if fd.mode & libc::S_IFMT != libc::S_IFCHR {
-                    inj.call(
-                        "lseek",
-                        libc::SYS_lseek,
-                        &[high, fd.pos, libc::SEEK_SET as u64],
-                    )?;
-                }
-                high
-            }
-            k @ (FdKind::PipeRead | FdKind::PipeWrite) => {
-                let (r, w) = pipe_ends.get(&fd.pipe_id).copied().ok_or_else(|| {
-                    Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id))
-                })?;
-                let end = if k == FdKind::PipeRead { r } else { w };
-                let status = fd.flags as i32
-                    & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_ASYNC);
-                inj.call(
-                    "fcntl(F_SETFL)",
-                    libc::SYS_fcntl,
-                    &[end, libc::F_SETFL as u64, status as u64],
-                )?;
-                end
-            }
-        };
+        let high =
+            restore_one(inj, fd, base, &temp, &pipe_ends).context(pid, || match fd.dup_of {
+                Some(orig) => format!("fd {} (dup of fd {orig})", fd.fd),
+                None if fd.path.is_empty() => format!("fd {} (pipe:[{}])", fd.fd, fd.pipe_id),
+                None => format!("fd {} ({})", fd.fd, fd.path),
+            })?;
         temp.insert(fd.fd, high);
     }
     for Fd { fd, flags, .. } in &fds.fds {
@@ -149,4 +111,63 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         inj.call("close", libc::SYS_close, &[h])?;
     }
     Ok(())
+}
+
+/// Opens (or finds) the descriptor for one image fd, at a high number.
+fn restore_one(
+    inj: &mut Injector,
+    fd: &Fd,
+    base: u64,
+    temp: &BTreeMap<i32, u64>,
+    pipe_ends: &BTreeMap<u64, (u64, u64)>,
+) -> Result<u64> {
+    let pid = inj.pid();
+    if let Some(orig) = fd.dup_of {
+        // Validated: the original comes earlier and was opened already.
+        let high = temp
+            .get(&orig)
+            .copied()
+            .ok_or_else(|| Error::task(pid, format!("fd {}: original fd {orig} missing", fd.fd)))?;
+        return Ok(high);
+    }
+    let high = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
+        FdKind::Path => {
+            let p = inj.put_cstr(0, &fd.path)?;
+            let low = inj.call(
+                "openat",
+                libc::SYS_openat,
+                &[libc::AT_FDCWD as i64 as u64, p, reopen_flags(fd.flags), 0],
+            )?;
+            let high = inj.call(
+                "fcntl(F_DUPFD_CLOEXEC)",
+                libc::SYS_fcntl,
+                &[low, libc::F_DUPFD_CLOEXEC as u64, base],
+            )?;
+            inj.call("close", libc::SYS_close, &[low])?;
+            if fd.mode & libc::S_IFMT != libc::S_IFCHR {
+                inj.call(
+                    "lseek",
+                    libc::SYS_lseek,
+                    &[high, fd.pos, libc::SEEK_SET as u64],
+                )?;
+            }
+            high
+        }
+        k @ (FdKind::PipeRead | FdKind::PipeWrite) => {
+            let (r, w) = pipe_ends
+                .get(&fd.pipe_id)
+                .copied()
+                .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
+            let end = if k == FdKind::PipeRead { r } else { w };
+            let status = fd.flags as i32
+                & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_ASYNC);
+            inj.call(
+                "fcntl(F_SETFL)",
+                libc::SYS_fcntl,
+                &[end, libc::F_SETFL as u64, status as u64],
+            )?;
+            end
+        }
+    };
+    Ok(high)
 }

@@ -295,9 +295,16 @@ pub(crate) fn populate(inj: &mut Injector, mm: &Mm, pagemap: &Pagemap) -> Result
         while vi < mm.vmas.len() && mm.vmas[vi].end <= e.vaddr {
             vi += 1;
         }
-        let anon = mm.vmas.get(vi).is_some_and(|v| matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared));
+        let anon = mm
+            .vmas
+            .get(vi)
+            .is_some_and(|v| matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared));
         if anon && e.nr_pages >= POPULATE_MIN_PAGES {
-            inj.call("madvise(MADV_POPULATE_WRITE)", libc::SYS_madvise, &[e.vaddr, e.nr_pages * PAGE, MADV_POPULATE_WRITE])?;
+            inj.call(
+                "madvise(MADV_POPULATE_WRITE)",
+                libc::SYS_madvise,
+                &[e.vaddr, e.nr_pages * PAGE, MADV_POPULATE_WRITE],
+            )?;
         }
     }
     Ok(())

@@ -1,0 +1,147 @@
+/*
+ * ticker OUTFILE MIB EXITCODE [EXTRA]
+ *
+ * A plain daemon-like program for crust's integration tests. It fills MIB
+ * MiB of malloc'd memory (and a .bss array) with a pattern, then appends
+ * "tick N" to OUTFILE every 50 ms. On SIGTERM it verifies its memory,
+ * appends "OK <ticks>" or "BAD <what>", and exits with EXITCODE.
+ *
+ * EXTRA holds something crust refuses to dump: socketpair, tcp, thread,
+ * unlinked, eventfd (or "none").
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop;
+static uint64_t bss_words[8192];
+
+static void on_term(int sig) {
+    (void)sig;
+    stop = 1;
+}
+
+static uint64_t pattern(uint64_t i) {
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull;
+    return x ^ (x >> 29) ^ 0x5DEECE66Dull;
+}
+
+static void say(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(int fd, const char *fmt, ...) {
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (write(fd, buf, (size_t)n) != n)
+        _exit(3);
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
+static void die(int fd, const char *what) {
+    say(fd, "BAD setup %s: %s\n", what, strerror(errno));
+    exit(4);
+}
+
+static void setup_extra(int fd, const char *extra, const char *outfile) {
+    static int keep[2];
+    if (!strcmp(extra, "none")) {
+        return;
+    } else if (!strcmp(extra, "socketpair")) {
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, keep))
+            die(fd, "socketpair");
+    } else if (!strcmp(extra, "tcp")) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 4))
+            die(fd, "tcp");
+    } else if (!strcmp(extra, "thread")) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker, NULL))
+            die(fd, "pthread_create");
+    } else if (!strcmp(extra, "unlinked")) {
+        char *copy = strdup(outfile);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/scratch-unlinked", dirname(copy));
+        int u = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (u < 0 || write(u, "x", 1) != 1 || unlink(path))
+            die(fd, "unlinked");
+        free(copy);
+    } else if (!strcmp(extra, "eventfd")) {
+        if (eventfd(0, 0) < 0)
+            die(fd, "eventfd");
+    } else {
+        errno = EINVAL;
+        die(fd, extra);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4)
+        return 2;
+    const char *outfile = argv[1];
+    size_t words = (size_t)strtoull(argv[2], NULL, 10) << 17; /* MiB / 8 */
+    int code = atoi(argv[3]);
+    const char *extra = argc > 4 ? argv[4] : "none";
+
+    int fd = open(outfile, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return 2;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL))
+        die(fd, "sigaction");
+
+    uint64_t *mem = malloc(words * sizeof *mem);
+    if (words && !mem)
+        die(fd, "malloc");
+    for (size_t i = 0; i < words; i++)
+        mem[i] = pattern(i);
+    for (size_t i = 0; i < sizeof bss_words / sizeof *bss_words; i++)
+        bss_words[i] = ~pattern(i);
+    setup_extra(fd, extra, outfile);
+
+    unsigned long tick = 0;
+    while (!stop) {
+        tick++;
+        say(fd, "tick %lu\n", tick);
+        usleep(50000);
+    }
+
+    for (size_t i = 0; i < words; i++) {
+        if (mem[i] != pattern(i)) {
+            say(fd, "BAD heap word %zu: %#llx\n", i, (unsigned long long)mem[i]);
+            return code;
+        }
+    }
+    for (size_t i = 0; i < sizeof bss_words / sizeof *bss_words; i++) {
+        if (bss_words[i] != ~pattern(i)) {
+            say(fd, "BAD bss word %zu\n", i);
+            return code;
+        }
+    }
+    say(fd, "OK %lu\n", tick);
+    return code;
+}

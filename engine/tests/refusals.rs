@@ -1,0 +1,41 @@
+//! What crust cannot dump it refuses by name, and the process runs on as
+//! if nothing happened: not stopped, not traced, memory intact.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use test_case::test_case;
+
+#[test_case("socketpair", "socket" ; "unix socketpair")]
+#[test_case("tcp", "socket" ; "tcp listen socket")]
+#[test_case("thread", "threads" ; "second thread")]
+#[test_case("unlinked", "unlinked" ; "unlinked open file")]
+#[test_case("eventfd", "eventfd" ; "eventfd")]
+fn refusal_leaves_process_untouched(extra: &str, named: &str) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "ticker.c", &["-pthread"]);
+    let log = tmp.path().join("ticks.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log).arg("16").arg("0").arg(extra));
+    wait_tick(&log, 3);
+
+    let images = tmp.path().join("images");
+    let pid = p.pid.to_string();
+    let out = crust(["dump", "-t", &pid, "-D", path_str(&images)]);
+    out.assert_failed().stderr_has(named);
+    assert!(
+        !images.join("inventory.img").exists(),
+        "a refused dump left a complete-looking image directory"
+    );
+
+    assert_eq!(p.try_wait(), None, "the refused process died");
+    p.assert_running_untraced();
+    // It still works: it ticks on and its memory checks out.
+    let at = last_tick(&log);
+    wait_tick(&log, at + 3);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert_ticker_ok(&log);
+}
