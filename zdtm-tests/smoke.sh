@@ -1,0 +1,72 @@
+#!/bin/bash
+# Smoke test of the zdtm test programs WITHOUT checkpoint/restore.
+#
+# For each test: start it with --pidfile/--outfile, wait for the pidfile,
+# check the daemon is single-threaded, sleeping, and holds no socket or
+# anon_inode fds (its fds are listed), send SIGTERM, wait for it to exit
+# and require PASS in the outfile.
+#
+# Usage: zdtm-tests/smoke.sh [TEST...]      (default: every test in tests.toml)
+# Env:   BIN_DIR  directory of the built binaries
+#               (default: ${CARGO_TARGET_DIR:-target}/debug)
+#        HOLD     seconds to leave the test blocked before SIGTERM (default 1)
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+bin_dir=${BIN_DIR:-${CARGO_TARGET_DIR:-$here/../target}/debug}
+hold=${HOLD:-1}
+if [ $# -eq 0 ]; then
+    set -- $(sed -n 's/^name *= *"\(.*\)"/\1/p' "$here/tests.toml")
+fi
+work=$(mktemp -d /tmp/zdtm-smoke.XXXXXX)
+failed=()
+for t in "$@"; do
+    pidfile=$work/$t.pid outfile=$work/$t.out
+    opts=$(awk -v t="$t" '/^\[\[test\]\]/{n=""} /^name *=/{gsub(/"/,"",$3); n=$3}
+        n==t && /^opts *=/{sub(/^opts *= *\[/,""); sub(/\] *$/,""); gsub(/[",]/," "); print}' \
+        "$here/tests.toml")
+    start=$(date +%s.%N)
+    # Start the test with only fds 0-2 (close whatever this shell inherited).
+    # shellcheck disable=SC2086
+    if ! (for fd in $(ls /proc/$BASHPID/fd); do
+              [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+          exec "$bin_dir/$t" --pidfile="$pidfile" --outfile="$outfile" $opts) </dev/null \
+            >>"$work/$t.log" 2>&1; then
+        echo "FAIL $t: launcher failed ($(tail -1 "$work/$t.log"))"
+        failed+=("$t"); continue
+    fi
+    pid=$(cat "$pidfile" 2>/dev/null)
+    if [ -z "$pid" ]; then
+        echo "FAIL $t: no pidfile"; failed+=("$t"); continue
+    fi
+    sleep "$hold"
+    problems=""
+    ntask=$(ls /proc/"$pid"/task | wc -l)
+    [ "$ntask" = 1 ] || problems+=" threads=$ntask"
+    state=$(awk '/^State:/{print $2}' /proc/"$pid"/status)
+    [ "$state" = S ] || problems+=" state=$state"
+    fds=$(cd /proc/"$pid"/fd && for f in *; do echo -n "$f->$(readlink "$f") "; done)
+    case "$fds" in *socket:*|*anon_inode:*|*memfd:*|*"(deleted)"*) problems+=" bad-fds";; esac
+    kill -TERM "$pid"
+    for _ in $(seq 1 600); do
+        [ -d /proc/"$pid" ] && [ "$(awk '/^State:/{print $2}' /proc/"$pid"/status 2>/dev/null)" != Z ] || break
+        sleep 0.1
+    done
+    if [ -d /proc/"$pid" ] && [ "$(awk '/^State:/{print $2}' /proc/"$pid"/status 2>/dev/null)" != Z ]; then
+        problems+=" did-not-exit"; kill -KILL "$pid"
+    fi
+    res=$(cat "$outfile" 2>/dev/null)
+    secs=$(echo "$(date +%s.%N) - $start" | bc)
+    if [ "$res" = PASS ] && [ -z "$problems" ]; then
+        printf 'PASS %-20s %5.1fs fds: %s\n' "$t" "$secs" "$fds"
+    else
+        echo "FAIL $t: ${res:-no outfile}$problems fds: $fds"
+        sed 's/^/    /' "$work/$t.log"
+        failed+=("$t")
+    fi
+done
+rm -rf "$work"
+if [ ${#failed[@]} -ne 0 ]; then
+    echo "failed: ${failed[*]}"
+    exit 1
+fi
+echo "all passed"

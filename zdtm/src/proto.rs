@@ -1,0 +1,371 @@
+//! The pidfile / outfile / SIGTERM protocol.
+
+use std::ffi::CString;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use crate::{Args, TestResult};
+
+/// Set by the SIGTERM handler.
+static SIGTERM: AtomicBool = AtomicBool::new(false);
+/// Write end of the readiness pipe to the daemonising parent, or -1.
+static READY_FD: AtomicI32 = AtomicI32::new(-1);
+/// Absolute path of the outfile, once [`init`] ran.
+static OUTFILE: OnceLock<PathBuf> = OnceLock::new();
+/// The test's name (basename of argv\[0\]).
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// The readiness pipe is moved to the first free fd at or above this.
+const READY_FD_MIN: libc::c_int = 1000;
+/// Byte sent over the readiness pipe when setup succeeded.
+const MSG_READY: u8 = b'R';
+/// Byte sent over the readiness pipe before a setup failure message.
+const MSG_FAIL: u8 = b'F';
+
+extern "C" fn sigterm_handler(_sig: libc::c_int) {
+    // Keep this trivial: an atomic store only (no vector registers, no
+    // allocation, async-signal-safe).
+    SIGTERM.store(true, Ordering::SeqCst);
+}
+
+/// Whether SIGTERM has been received.
+pub fn sigterm_received() -> bool {
+    SIGTERM.load(Ordering::SeqCst)
+}
+
+/// The flag the SIGTERM handler sets. Tests that install their own SIGTERM
+/// handler must set it (`store(true, SeqCst)`) from that handler so that
+/// [`wait_for_sigterm`] and [`sigterm_received`] keep working.
+pub fn sigterm_flag() -> &'static AtomicBool {
+    &SIGTERM
+}
+
+/// The fd of the readiness pipe to the daemonising parent, while it is open
+/// (between [`init`] and [`ready`]); it is at 1000 or above.
+pub fn ready_fd() -> Option<i32> {
+    let fd = READY_FD.load(Ordering::SeqCst);
+    (fd >= 0).then_some(fd)
+}
+
+/// The test's name: the basename of the program.
+pub fn test_name() -> &'static str {
+    NAME.get_or_init(|| {
+        std::env::args_os()
+            .next()
+            .map(|a| {
+                Path::new(&a)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_else(|| "zdtm-test".to_string())
+    })
+}
+
+/// Writes all of `buf` to `fd`, retrying on EINTR and short writes.
+fn write_all_fd(fd: libc::c_int, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is a valid readable slice for buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Writes one log line to stderr (use the [`test_msg!`](crate::test_msg)
+/// macro).
+pub fn log(args: fmt::Arguments) {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let line = format!("{}[{}]: {}\n", test_name(), pid, args);
+    let _ = write_all_fd(2, line.as_bytes());
+}
+
+/// Parses the command line, installs the SIGTERM handler and daemonises.
+///
+/// Only the daemonised child returns from this function; it is a session
+/// and process group leader (`setsid()`). The original process waits until
+/// the child calls [`ready`], then writes the child's pid to the pidfile
+/// (atomically, via a temporary file and `rename`) and exits 0; if the child
+/// fails before that (see [`fail`]) or dies, it prints the reason and exits
+/// 1. Bad arguments exit with status 2.
+pub fn init() -> Args {
+    let name = test_name();
+    let mut args = match Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{name}: {e}\nusage: {name} --pidfile=PATH --outfile=PATH [--key=value]...");
+            std::process::exit(2);
+        }
+    };
+    // Tests may chdir(); keep the paths valid.
+    for p in [&mut args.pidfile, &mut args.outfile] {
+        match std::path::absolute(&*p) {
+            Ok(abs) => *p = abs,
+            Err(e) => {
+                eprintln!("{name}: bad path {}: {e}", p.display());
+                std::process::exit(2);
+            }
+        }
+    }
+    let _ = OUTFILE.set(args.outfile.clone());
+    install_sigterm_handler();
+    daemonize(&args.pidfile);
+    args
+}
+
+fn install_sigterm_handler() {
+    // SAFETY: an all-zero sigaction is a valid initial value.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = sigterm_handler as *const () as usize;
+    sa.sa_flags = 0; // no SA_RESTART: interrupt blocking syscalls
+                     // SAFETY: sa is initialised; sigemptyset only writes to sa.sa_mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        eprintln!("{}: {}", test_name(), crate::os_err("sigaction(SIGTERM)"));
+        std::process::exit(1);
+    }
+}
+
+fn daemonize(pidfile: &Path) {
+    let mut fds = [-1; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!("{}: {}", test_name(), crate::os_err("pipe2"));
+        std::process::exit(1);
+    }
+    // SAFETY: the process is single-threaded, so the child may continue
+    // running arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("{}: {}", test_name(), crate::os_err("fork"));
+        std::process::exit(1);
+    }
+    if pid == 0 {
+        // SAFETY: closing our copy of the read end, which nothing else uses.
+        unsafe { libc::close(fds[0]) };
+        // Move the write end out of the way, so that the fds the test opens
+        // during setup get the same numbers as after ready().
+        // SAFETY: F_DUPFD_CLOEXEC takes an int argument; fds[1] is ours.
+        let high = unsafe { libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, READY_FD_MIN) };
+        if high >= 0 {
+            // SAFETY: closing the original, now duplicated, descriptor.
+            unsafe { libc::close(fds[1]) };
+            fds[1] = high;
+        }
+        // SAFETY: setsid has no memory-safety preconditions.
+        if unsafe { libc::setsid() } < 0 {
+            READY_FD.store(fds[1], Ordering::SeqCst);
+            fail(&crate::os_err("setsid"));
+        }
+        READY_FD.store(fds[1], Ordering::SeqCst);
+        return;
+    }
+    // Parent: wait for the child's verdict, never return.
+    // SAFETY: closing our copy of the write end so that EOF is seen when
+    // the child closes or dies.
+    unsafe { libc::close(fds[1]) };
+    let msg = read_until_ready(fds[0]);
+    let code = if msg.first() == Some(&MSG_READY) {
+        match write_pidfile(pidfile, pid) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!(
+                    "{}: writing pidfile {}: {e}",
+                    test_name(),
+                    pidfile.display()
+                );
+                1
+            }
+        }
+    } else {
+        let reason = if msg.len() > 1 {
+            String::from_utf8_lossy(&msg[1..]).into_owned()
+        } else {
+            "the test exited before it was ready".to_string()
+        };
+        eprintln!("{}: setup failed: {reason}", test_name());
+        1
+    };
+    // SAFETY: _exit is always safe to call; skipping atexit handlers and
+    // stdio flushing is intended in the parent.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads from the readiness pipe until the ready byte or EOF.
+fn read_until_ready(fd: libc::c_int) -> Vec<u8> {
+    let mut msg = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if crate::errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        msg.extend_from_slice(&buf[..n as usize]);
+        if msg.first() == Some(&MSG_READY) {
+            break;
+        }
+    }
+    msg
+}
+
+fn write_pidfile(pidfile: &Path, pid: libc::pid_t) -> std::io::Result<()> {
+    let mut tmp_name = pidfile
+        .file_name()
+        .map(|f| f.to_os_string())
+        .unwrap_or_default();
+    // SAFETY: getpid has no preconditions.
+    tmp_name.push(format!(".{}.tmp", unsafe { libc::getpid() }));
+    let tmp = pidfile.with_file_name(tmp_name);
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, pidfile).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Tells the daemonising parent that setup is complete: it then writes the
+/// pidfile and exits. The pipe to the parent is closed, so the test holds
+/// no extra file descriptor afterwards.
+pub fn ready() {
+    let fd = READY_FD.swap(-1, Ordering::SeqCst);
+    if fd < 0 {
+        test_msg!("ready() called twice or without init()");
+        return;
+    }
+    let res = write_all_fd(fd, &[MSG_READY]);
+    // SAFETY: fd is the readiness pipe, owned by this module.
+    unsafe { libc::close(fd) };
+    if let Err(e) = res {
+        test_msg!("cannot report readiness: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Blocks until SIGTERM has been received.
+///
+/// The process sleeps in `pause()` (no CPU use, no memory writes), which the
+/// SIGTERM handler interrupts. SIGTERM must not be blocked; this fails the
+/// test instead of hanging if it is.
+pub fn wait_for_sigterm() {
+    // SAFETY: a zeroed sigset_t is valid storage; sigprocmask with a null
+    // new set only queries the mask.
+    let blocked = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        libc::sigismember(&set, libc::SIGTERM) == 1
+    };
+    if blocked {
+        fail("SIGTERM is blocked, the test cannot wait for it");
+    }
+    while !sigterm_received() {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+fn write_outfile(text: &str) {
+    let Some(path) = OUTFILE.get() else {
+        test_msg!("no outfile (init() not called): {}", text.trim_end());
+        return;
+    };
+    let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
+        test_msg!("bad outfile path {}", path.display());
+        std::process::exit(1);
+    };
+    // SAFETY: cpath is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::open(
+            cpath.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        test_msg!("{}", crate::os_err(&format!("open {}", path.display())));
+        std::process::exit(1);
+    }
+    let res = write_all_fd(fd, text.as_bytes());
+    // SAFETY: fd was opened above and is owned here.
+    unsafe { libc::close(fd) };
+    if let Err(e) = res {
+        test_msg!("writing {}: {e}", path.display());
+        std::process::exit(1);
+    }
+}
+
+/// Reports success: writes `PASS` to the outfile and exits 0.
+pub fn pass() -> ! {
+    crate::tempdir::remove_leftovers();
+    write_outfile("PASS\n");
+    test_msg!("PASS");
+    std::process::exit(0)
+}
+
+/// Reports failure: writes `FAIL: msg` to the outfile and exits.
+///
+/// Before [`ready`] (a setup failure) the message is also sent to the
+/// daemonising parent, which prints it and exits 1 without writing the
+/// pidfile; the test exits 1. After [`ready`] the test exits 0, as the
+/// verdict is in the outfile.
+pub fn fail(msg: &str) -> ! {
+    let msg = msg.replace('\n', "; ");
+    crate::tempdir::remove_leftovers();
+    write_outfile(&format!("FAIL: {msg}\n"));
+    test_msg!("FAIL: {msg}");
+    let fd = READY_FD.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        let mut buf = vec![MSG_FAIL];
+        buf.extend_from_slice(msg.as_bytes());
+        let _ = write_all_fd(fd, &buf);
+        // SAFETY: fd is the readiness pipe, owned by this module.
+        unsafe { libc::close(fd) };
+        std::process::exit(1);
+    }
+    std::process::exit(0)
+}
+
+/// Reports `Ok(())` as [`pass`] and `Err(reason)` as [`fail`].
+pub fn finish(result: TestResult) -> ! {
+    match result {
+        Ok(()) => pass(),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Runs the whole test cycle: [`init`], `setup`, [`ready`],
+/// [`wait_for_sigterm`], `check`, [`finish`].
+///
+/// A setup error is reported with [`fail`] (before readiness).
+pub fn run<S>(
+    setup: impl FnOnce(&Args) -> TestResult<S>,
+    check: impl FnOnce(S) -> TestResult,
+) -> ! {
+    let args = init();
+    let state = match setup(&args) {
+        Ok(s) => s,
+        Err(e) => fail(&format!("setup: {e}")),
+    };
+    ready();
+    wait_for_sigterm();
+    finish(check(state))
+}
