@@ -1,51 +1,7 @@
-//! Conversions between kernel register structs and image messages, and
-//! the syscall-restart rules applied when a stopped task resumes.
+//! Conversions between kernel register structs and image messages.
 
 use crate::image::messages::Regs as RegsImg;
 use crate::sys::Regs;
-
-const ERESTARTSYS: i64 = -512;
-const ERESTARTNOINTR: i64 = -513;
-const ERESTARTNOHAND: i64 = -514;
-const ERESTART_RESTARTBLOCK: i64 = -516;
-const NR_RESTART_SYSCALL: u64 = 219;
-
-/// How a syscall that was interrupted by the checkpoint is to be resumed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
-    /// The same task goes on: a restart-block syscall (nanosleep...) resumes
-    /// through restart_syscall with the kernel-held remaining time.
-    SameTask,
-    /// A new task: it has no restart block, so such a syscall returns EINTR,
-    /// as after a signal (what CRIU does too).
-    NewTask,
-}
-
-/// Registers as the task must get them when it leaves a ptrace stop at
-/// which its registers were overwritten: the kernel only applies syscall
-/// restart on the signal path, so do it here, the same way
-/// (arch/x86/kernel/signal.c, no handler case). orig_rax becomes -1 so
-/// nothing restarts twice.
-pub fn for_resume(mut r: Regs, how: Resume) -> Regs {
-    if r.orig_rax as i64 >= 0 {
-        match r.rax as i64 {
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-                r.rax = r.orig_rax;
-                r.rip -= 2;
-            }
-            ERESTART_RESTARTBLOCK => match how {
-                Resume::SameTask => {
-                    r.rax = NR_RESTART_SYSCALL;
-                    r.rip -= 2;
-                }
-                Resume::NewTask => r.rax = (-libc::EINTR) as i64 as u64,
-            },
-            _ => {}
-        }
-    }
-    r.orig_rax = u64::MAX;
-    r
-}
 
 pub fn to_image(r: &Regs) -> RegsImg {
     RegsImg {
@@ -110,42 +66,4 @@ pub fn from_image(i: &RegsImg, mut r: Regs) -> Regs {
     r.fs = i.fs;
     r.gs = i.gs;
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn regs(rax: i64, orig: i64) -> Regs {
-        // SAFETY: user_regs_struct is plain integers; all-zero is valid.
-        let mut r: Regs = unsafe { std::mem::zeroed() };
-        r.rax = rax as u64;
-        r.orig_rax = orig as u64;
-        r.rip = 0x1002;
-        r
-    }
-
-    #[test]
-    fn restarts_interrupted_syscalls() {
-        for code in [ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND] {
-            let r = for_resume(regs(code, 0), Resume::NewTask);
-            assert_eq!((r.rax, r.rip, r.orig_rax), (0, 0x1000, u64::MAX));
-        }
-    }
-
-    #[test]
-    fn restart_block_depends_on_task() {
-        let same = for_resume(regs(ERESTART_RESTARTBLOCK, 35), Resume::SameTask);
-        assert_eq!((same.rax, same.rip), (NR_RESTART_SYSCALL, 0x1000));
-        let new = for_resume(regs(ERESTART_RESTARTBLOCK, 35), Resume::NewTask);
-        assert_eq!((new.rax as i64, new.rip), (-(libc::EINTR as i64), 0x1002));
-    }
-
-    #[test]
-    fn leaves_user_code_and_finished_syscalls_alone() {
-        let r = for_resume(regs(5, -1), Resume::NewTask);
-        assert_eq!((r.rax, r.rip), (5, 0x1002));
-        let r = for_resume(regs(-(libc::EAGAIN as i64), 0), Resume::NewTask);
-        assert_eq!((r.rax as i64, r.rip), (-(libc::EAGAIN as i64), 0x1002));
-    }
 }

@@ -18,7 +18,6 @@ use crate::image::messages::{Inventory, PsTree, TaskEntry};
 use crate::image::{ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
-use crate::regs::{for_resume, Resume};
 use crate::sys::{Regs, Stop, Tracee};
 
 #[derive(Debug, Clone, Default)]
@@ -77,12 +76,15 @@ impl Frozen {
 
     fn resume(&mut self) -> Result<()> {
         self.released = true;
-        if self.regs_dirty {
-            self.tracee
-                .set_regs(&for_resume(self.regs, Resume::SameTask))?;
-        }
         if self.mask_dirty {
             self.tracee.set_sigmask(self.sigmask)?;
+        }
+        if self.regs_dirty {
+            // Injection left the task at a syscall-exit stop: put its own
+            // registers back and leave through the signal path, so that an
+            // interrupted syscall restarts as the kernel would have done.
+            self.tracee.set_regs(&self.regs)?;
+            self.tracee.trap_in_signal_path()?;
         }
         self.tracee.detach()
     }

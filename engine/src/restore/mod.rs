@@ -21,7 +21,7 @@ use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
 use crate::image::{ImageDir, Kind, PagesReader};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
-use crate::regs::{for_resume, from_image, Resume};
+use crate::regs::from_image;
 use crate::sys::syscalls::{fork_with_pid, pidfd_open, Forked};
 use crate::sys::Tracee;
 
@@ -261,9 +261,15 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         .regs
         .as_ref()
         .ok_or_else(|| Error::task(pid, "no registers"))?;
-    tracee.set_regs(&for_resume(from_image(regs_img, base), Resume::NewTask))?;
+    // The registers go back exactly as dumped, rax = -ERESTART* included:
+    // leaving through the signal path, the kernel restarts the interrupted
+    // syscall itself, or returns EINTR if a handler runs first; a
+    // restart-block syscall (nanosleep) finds no restart block in this new
+    // task and returns EINTR, as after a signal.
+    tracee.set_regs(&from_image(regs_img, base))?;
     tracee.set_xstate(&img.core.xstate)?;
     tracee.set_sigmask(img.core.sigmask)?;
+    tracee.trap_in_signal_path()?;
     if opts.leave_stopped {
         // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
         // and stops the task as soon as it runs.

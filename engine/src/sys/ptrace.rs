@@ -149,6 +149,38 @@ impl Tracee {
             .map_err(|e| Error::sys("PTRACE_DETACH", self.pid, e))
     }
 
+    /// Moves the task from whatever stop it is in to a PTRACE_EVENT_STOP
+    /// taken inside the kernel's get_signal(). Detaching from there, the
+    /// task leaves through the signal path, where the kernel applies its
+    /// own syscall-restart rules to the registers we set (ERESTARTNOHAND
+    /// becomes EINTR if a handler runs, a restart otherwise, and so on),
+    /// just as if it had never been stopped. Leaving from a syscall-exit
+    /// stop would skip them.
+    pub fn trap_in_signal_path(&self) -> Result<()> {
+        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
+            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+        self.cont(0)?;
+        loop {
+            match self.wait()? {
+                Stop::Event { .. } => return Ok(()),
+                Stop::Syscall | Stop::OtherEvent(_) => self.cont(0)?,
+                Stop::Signal(sig) => self.cont(sig)?,
+                Stop::Exited(c) => {
+                    return Err(Error::task(
+                        self.pid,
+                        format!("exited with {c} on its way out"),
+                    ))
+                }
+                Stop::Killed(s) => {
+                    return Err(Error::task(
+                        self.pid,
+                        format!("killed by signal {s} on its way out"),
+                    ))
+                }
+            }
+        }
+    }
+
     pub fn regs(&self) -> Result<Regs> {
         let mut regs = MaybeUninit::<Regs>::zeroed();
         ptrace_raw(

@@ -40,7 +40,22 @@ fn heap_maps(buf: &mut Vec<u8>) -> TestResult<Vec<maps::MapEntry>> {
     procfs::read_into("/proc/self/maps", buf)?;
     let text = String::from_utf8_lossy(buf);
     let all = maps::parse_maps(&text)?;
-    Ok(all.into_iter().filter(|e| e.path == "[heap]").collect())
+    Ok(merge_adjacent(all.into_iter().filter(|e| e.path == "[heap]").collect()))
+}
+
+/// Joins touching entries with the same perms. The kernel may keep the
+/// heap in several VMAs for internal reasons (an anon_vma inherited across
+/// the daemonising fork cannot merge with later brk growth); that split is
+/// not program-visible state and a restore need not reproduce it.
+fn merge_adjacent(entries: Vec<maps::MapEntry>) -> Vec<maps::MapEntry> {
+    let mut out: Vec<maps::MapEntry> = Vec::new();
+    for e in entries {
+        match out.last_mut() {
+            Some(last) if last.end == e.start && last.perms == e.perms => last.end = e.end,
+            _ => out.push(e),
+        }
+    }
+    out
 }
 
 fn round_up(a: usize) -> usize {
