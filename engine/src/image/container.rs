@@ -408,6 +408,12 @@ impl PagesReader {
     }
 }
 
+// SAFETY: the mapping is read-only and never changes while it exists;
+// sharing its address between threads that read it is sound.
+unsafe impl Sync for PagesReader {}
+// SAFETY: as above; the mapping is process-wide, not tied to a thread.
+unsafe impl Send for PagesReader {}
+
 impl Drop for PagesReader {
     fn drop(&mut self) {
         // SAFETY: unmapping the mapping created in open().

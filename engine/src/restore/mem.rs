@@ -285,12 +285,24 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
 /// they are filled.
 const POPULATE_MIN_PAGES: u64 = 16;
 const MADV_POPULATE_WRITE: u64 = 23;
+/// Unit of the populate/copy pipeline.
+const CHUNK: u64 = 16 << 20;
 
-/// Materialises the anonymous pages about to be filled with batched
-/// faults (MADV_POPULATE_WRITE): process_vm_writev would otherwise fault
-/// them in one 4 KiB page at a time, at half the speed.
-pub(crate) fn populate(inj: &mut Injector, mm: &Mm, pagemap: &Pagemap) -> Result<()> {
+/// A piece of a page run: where it goes, where its data is in the pages
+/// file, and whether to materialise it in one batch first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub vaddr: u64,
+    pub len: u64,
+    pub data_off: u64,
+    pub populate: bool,
+}
+
+/// Splits the pagemap into pieces of at most CHUNK bytes, in file order.
+pub(crate) fn pieces(mm: &Mm, pagemap: &Pagemap) -> Vec<Piece> {
+    let mut out = Vec::new();
     let mut vi = 0;
+    let mut data_off = 0;
     for e in &pagemap.entries {
         while vi < mm.vmas.len() && mm.vmas[vi].end <= e.vaddr {
             vi += 1;
@@ -299,45 +311,103 @@ pub(crate) fn populate(inj: &mut Injector, mm: &Mm, pagemap: &Pagemap) -> Result
             .vmas
             .get(vi)
             .is_some_and(|v| matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared));
-        if anon && e.nr_pages >= POPULATE_MIN_PAGES {
-            inj.call(
-                "madvise(MADV_POPULATE_WRITE)",
-                libc::SYS_madvise,
-                &[e.vaddr, e.nr_pages * PAGE, MADV_POPULATE_WRITE],
-            )?;
+        let populate = anon && e.nr_pages >= POPULATE_MIN_PAGES;
+        let (mut vaddr, mut left) = (e.vaddr, e.nr_pages * PAGE);
+        while left > 0 {
+            let len = left.min(CHUNK);
+            out.push(Piece {
+                vaddr,
+                len,
+                data_off,
+                populate,
+            });
+            vaddr += len;
+            data_off += len;
+            left -= len;
         }
     }
-    Ok(())
+    out
 }
 
-/// Copies every stored page into place with process_vm_writev.
-pub(crate) fn fill(pid: i32, pagemap: &Pagemap, pages: &PagesReader) -> Result<u64> {
-    let mut offset = 0u64;
-    let mut entries = pagemap.entries.iter().peekable();
-    let mut remote = Vec::with_capacity(IOV_MAX);
-    while entries.peek().is_some() {
-        remote.clear();
-        let batch_start = offset;
-        while remote.len() < IOV_MAX {
-            let Some(e) = entries.next() else { break };
-            let len = e.nr_pages * PAGE;
-            remote.push(iov(e.vaddr as _, len as usize));
-            offset += len;
+/// Materialises and fills every stored page.
+///
+/// Two costs dominate: faulting fresh pages in (zeroing them) and copying
+/// the data. The task faults its pages in by batches through an injected
+/// MADV_POPULATE_WRITE (process_vm_writev alone would fault them one 4 KiB
+/// page at a time), while a second thread of ours copies the previous
+/// batch with process_vm_writev straight from the mapped pages file, so
+/// the two overlap on two cores.
+pub(crate) fn populate_and_fill(
+    inj: &mut Injector,
+    pieces: &[Piece],
+    pages: &PagesReader,
+) -> Result<u64> {
+    let pid = inj.pid();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<&[Piece]>(2);
+        let filler = scope.spawn(move || -> Result<u64> {
+            let mut copied = 0;
+            for batch in rx {
+                copied += fill_batch(pid, batch, pages)?;
+            }
+            Ok(copied)
+        });
+        let mut start = 0;
+        let mut bytes = 0;
+        let mut sent = Ok(());
+        for (i, p) in pieces.iter().enumerate() {
+            if p.populate {
+                if let Err(e) = inj.call(
+                    "madvise(MADV_POPULATE_WRITE)",
+                    libc::SYS_madvise,
+                    &[p.vaddr, p.len, MADV_POPULATE_WRITE],
+                ) {
+                    sent = Err(e);
+                    break;
+                }
+            }
+            bytes += p.len;
+            if bytes >= CHUNK || i + 1 - start == IOV_MAX || i + 1 == pieces.len() {
+                if tx.send(&pieces[start..=i]).is_err() {
+                    break; // the filler failed: its error is reported below
+                }
+                start = i + 1;
+                bytes = 0;
+            }
         }
-        let total = offset - batch_start;
-        let src = pages
-            .ptr(batch_start, total)
-            .ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
-        let n = process_vm_write(pid, &[iov(src, total as usize)], &remote)
-            .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
-        if n as u64 != total {
-            return Err(Error::task(
-                pid,
-                format!("short process_vm_writev: {n} of {total} bytes"),
-            ));
-        }
+        drop(tx);
+        let copied = filler
+            .join()
+            .map_err(|_| Error::task(pid, "page filler thread panicked"))??;
+        sent.map(|_| copied)
+    })
+}
+
+/// Copies one batch of pieces, contiguous in the pages file.
+fn fill_batch(pid: i32, batch: &[Piece], pages: &PagesReader) -> Result<u64> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return Ok(0);
+    };
+    let total = last.data_off + last.len - first.data_off;
+    let src = pages
+        .ptr(first.data_off, total)
+        .ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
+    let remote: Vec<libc::iovec> = batch
+        .iter()
+        .map(|p| iov(p.vaddr as _, p.len as usize))
+        .collect();
+    let n = process_vm_write(pid, &[iov(src, total as usize)], &remote)
+        .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
+    if n as u64 != total {
+        return Err(Error::task(
+            pid,
+            format!(
+                "short process_vm_writev at {:#x}: {n} of {total} bytes",
+                first.vaddr
+            ),
+        ));
     }
-    Ok(offset)
+    Ok(total)
 }
 
 /// Final protections and madvise flags.
@@ -378,6 +448,62 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_split_runs_and_follow_the_file() {
+        use crate::image::messages::PagemapEntry;
+        let anon = Vma {
+            start: 0x10_0000_0000,
+            end: 0x10_1000_0000,
+            prot: 3,
+            kind: VmaKind::AnonPrivate as i32,
+            ..Default::default()
+        };
+        let file = Vma {
+            start: 0x20_0000_0000,
+            end: 0x20_0100_0000,
+            prot: 3,
+            kind: VmaKind::FilePrivate as i32,
+            ..Default::default()
+        };
+        let mm = Mm {
+            vmas: vec![anon, file],
+            ..Default::default()
+        };
+        let big = (CHUNK / PAGE) * 2 + 3;
+        let pm = Pagemap {
+            pages_file: String::new(),
+            entries: vec![
+                PagemapEntry {
+                    vaddr: 0x10_0000_0000,
+                    nr_pages: big,
+                    flags: 0,
+                },
+                PagemapEntry {
+                    vaddr: 0x10_0800_0000,
+                    nr_pages: 2,
+                    flags: 0,
+                },
+                PagemapEntry {
+                    vaddr: 0x20_0000_0000,
+                    nr_pages: 40,
+                    flags: 0,
+                },
+            ],
+        };
+        let p = pieces(&mm, &pm);
+        assert_eq!(p.len(), 5);
+        assert_eq!((p[0].len, p[1].len, p[2].len), (CHUNK, CHUNK, 3 * PAGE));
+        assert_eq!(p[1].vaddr, 0x10_0000_0000 + CHUNK);
+        assert!(p[0].populate && p[2].populate);
+        assert!(!p[3].populate, "small runs are not worth a syscall");
+        assert!(!p[4].populate, "file pages are not populated");
+        let mut off = 0;
+        for x in &p {
+            assert_eq!(x.data_off, off);
+            off += x.len;
+        }
+    }
 
     #[test]
     fn free_area_avoids_taken_ranges() {

@@ -240,10 +240,8 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm)?;
     phases.mark("map");
-    mem::populate(&mut inj, &img.mm, &img.pagemap)?;
-    phases.mark("populate");
-    mem::fill(pid, &img.pagemap, &img.pages)?;
-    phases.mark("fill pages");
+    mem::populate_and_fill(&mut inj, &mem::pieces(&img.mm, &img.pagemap), &img.pages)?;
+    phases.mark("pages");
     mem::finish_vmas(&mut inj, &img.mm)?;
     task::set_mm(&mut inj, &img.mm)?;
 
