@@ -1,0 +1,157 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+/// zdtm: checkpoint/restore conformance harness for crust.
+///
+/// Exit status: 0 when every run passed (or was skipped), 1 when at least
+/// one failed, 2 on usage or setup errors (bad manifest or flavor file,
+/// unknown test or flavor, crust missing, not root), 130 when interrupted.
+#[derive(Debug, Parser)]
+#[command(name = "zdtm", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// List the tests of the manifest and the flavors.
+    List(ListArgs),
+    /// Run tests: launch, dump, restore, compare, check (needs root).
+    Run(RunArgs),
+}
+
+/// Where the manifest and flavors are.
+#[derive(Debug, Clone, Args)]
+pub struct Dirs {
+    /// Directory holding tests.toml [default: $ZDTM_TESTS_DIR, else the
+    /// source tree's zdtm-tests/].
+    #[arg(long, value_name = "DIR")]
+    pub tests_dir: Option<PathBuf>,
+    /// Directory of flavor files [default: $ZDTM_FLAVORS_DIR, else the
+    /// source tree's flavors/].
+    #[arg(long, value_name = "DIR")]
+    pub flavors_dir: Option<PathBuf>,
+}
+
+/// `zdtm list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub dirs: Dirs,
+}
+
+/// `zdtm run`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["all", "tests", "bin"])))]
+pub struct RunArgs {
+    /// Run every test of the manifest.
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Run this test (repeatable).
+    #[arg(short = 't', long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
+    /// Run this binary, which follows the test protocol (named after its
+    /// file name).
+    #[arg(long = "bin", value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// Extra argument for the --bin binary (repeatable).
+    #[arg(
+        long = "bin-arg",
+        value_name = "ARG",
+        requires = "bin",
+        conflicts_with_all = ["all", "tests"],
+        allow_hyphen_values = true
+    )]
+    pub bin_args: Vec<String>,
+    /// Run under this flavor (repeatable) [default: every flavor].
+    #[arg(short = 'f', long = "flavor", value_name = "FLAVOR")]
+    pub flavors: Vec<String>,
+    /// Keep the work dir (images, logs) of passing runs too.
+    #[arg(long)]
+    pub keep_img: bool,
+    /// The crust binary [default: crust next to the zdtm binary].
+    #[arg(long, value_name = "PATH")]
+    pub crust: Option<PathBuf>,
+    /// Where work dirs go: LOG_DIR/TEST/FLAVOR/.
+    #[arg(long, value_name = "DIR", default_value = "zdtm-logs")]
+    pub log_dir: PathBuf,
+    /// Number of runs in parallel.
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub jobs: u16,
+    #[command(flatten)]
+    pub dirs: Dirs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, String> {
+        let mut argv = vec!["zdtm", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Cmd::Run(run) => Ok(run),
+            Cmd::List(_) => Err("not run".into()),
+        }
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_variants() {
+        let r = parse(&["-a"]).expect("ok");
+        assert!(r.all && r.tests.is_empty() && r.jobs == 1);
+        assert_eq!(r.log_dir, PathBuf::from("zdtm-logs"));
+
+        let r = parse(&["-t", "a", "-t", "b", "-f", "dump", "-j", "2", "--keep-img"]).expect("ok");
+        assert_eq!(r.tests, ["a", "b"]);
+        assert_eq!(r.flavors, ["dump"]);
+        assert_eq!(r.jobs, 2);
+        assert!(r.keep_img);
+
+        let r = parse(&[
+            "--bin",
+            "/x/t",
+            "--bin-arg",
+            "--mode=fail",
+            "--bin-arg",
+            "-v",
+        ])
+        .expect("ok");
+        assert_eq!(r.bin, Some(PathBuf::from("/x/t")));
+        assert_eq!(r.bin_args, ["--mode=fail", "-v"]);
+    }
+
+    #[test]
+    fn run_rejects_bad_combinations() {
+        assert!(parse(&[]).is_err(), "one of -a/-t/--bin is required");
+        assert!(parse(&["-a", "-t", "x"]).is_err());
+        assert!(parse(&["-a", "--bin", "/x"]).is_err());
+        assert!(
+            parse(&["-a", "--bin-arg", "x"]).is_err(),
+            "--bin-arg needs --bin"
+        );
+        assert!(parse(&["-t", "a", "--bin-arg", "x"]).is_err());
+        assert!(parse(&["--bin-arg", "x"]).is_err());
+        assert!(parse(&["-a", "-j", "0"]).is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! zdtm-runner: the conformance harness that drives `crust`.
+//!
+//! The `zdtm` binary (see `main.rs`) is a thin shell over this library so
+//! that the integration tests in `tests/` can exercise the pieces (visible
+//! state capture in particular) directly.
+//!
+//! Module map:
+//! - [`cli`]: the command line (clap derive).
+//! - [`session`]: the `list` and `run` commands: selection, parallel jobs,
+//!   summary and exit status.
+//! - [`manifest`]: `zdtm-tests/tests.toml`, the list of tests.
+//! - [`flavors`]: `flavors/*.toml`, the ways a test is checkpointed.
+//! - [`locate`]: where the manifest, flavors, test binaries and crust live.
+//! - [`run`]: one (test, flavor) run, step by step.
+//! - [`driver`]: invoking `crust dump` / `crust restore`.
+//! - [`procs`]: child processes: waiting with timeouts, killing, the
+//!   subreaper, the interrupt handler and the final sweep.
+//! - [`freeze`]: stopping a task with ptrace while its state is read.
+//! - [`state`]: the visible state of a task and its comparison.
+//! - [`report`]: result lines and the summary.
+//! - [`error`]: setup errors (exit status 2).
+//!
+//! The crate also builds `zdtm-dummy` (`src/bin/zdtm_dummy.rs`), the
+//! smallest program following the test protocol, used by the tests in
+//! `tests/` and as a smoke test: `zdtm run --bin target/release/zdtm-dummy`.
+
+pub mod cli;
+pub mod driver;
+pub mod error;
+pub mod flavors;
+pub mod freeze;
+pub mod locate;
+pub mod manifest;
+pub mod procs;
+pub mod report;
+pub mod run;
+pub mod session;
+pub mod state;

@@ -1,0 +1,792 @@
+//! One (test, flavor) run:
+//!
+//! 1. fresh work dir `<log-dir>/<test>/<flavor>/` (0700), images in `img/`;
+//! 2. launch the test, wait for its launcher to exit 0, read the pidfile;
+//! 3. wait (up to 5 s) for every thread to block, then capture the
+//!    visible state "before";
+//! 4. `crust dump` (kills the task);
+//! 5. reap the dumped task;
+//! 6. `crust restore --leave-stopped`, check its pidfile, wait for the task
+//!    to be stopped;
+//! 7. capture the state "after", then SIGCONT;
+//! 8. compare;
+//! 9. SIGTERM, wait for the exit, read the verdict in the outfile;
+//! 10. kill and reap whatever the run started that still lives; keep the
+//!     work dir on failure (or with `--keep-img`), remove it otherwise.
+
+use std::collections::BTreeSet;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::driver::{Crust, CrustFiles, CrustOutcome};
+use crate::flavors::Flavor;
+use crate::freeze::wait_quiescent;
+use crate::locate::check_executable;
+use crate::manifest::{is_skipped, TestEntry, DEFAULT_TIMEOUT_SECS};
+use crate::procs::{
+    self, clean_command, describe_status, poll_child, wait_exit, Backoff, ChildState, Tracker,
+};
+use crate::report::{tail_file, Failure, Outcome, Verdict, TAIL_LINES};
+use crate::state::{self, diff, status, VisibleState};
+
+/// How long to wait for a test to block for good before capturing it.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every run shares.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The crust binary.
+    pub crust: Crust,
+    /// Absolute log directory; work dirs go below.
+    pub log_dir: PathBuf,
+    /// Keep work dirs of passing runs.
+    pub keep_img: bool,
+    /// `/proc/cpuinfo` flags, for `needs`.
+    pub cpu_flags: BTreeSet<String>,
+}
+
+/// A test ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestSpec {
+    /// Name (work dir name, result lines).
+    pub name: String,
+    /// The binary.
+    pub binary: PathBuf,
+    /// Timeout of each step.
+    pub timeout: Duration,
+    /// Extra arguments.
+    pub opts: Vec<String>,
+    /// Flavors not to run under.
+    pub exclude_flavors: Vec<String>,
+    /// CPU flags needed.
+    pub needs: Vec<String>,
+    /// State checks not applied.
+    pub skip_checks: Vec<String>,
+}
+
+impl TestSpec {
+    /// A manifest test, its binary in `bin_dir`.
+    pub fn from_entry(entry: &TestEntry, bin_dir: &Path) -> TestSpec {
+        TestSpec {
+            name: entry.name.clone(),
+            binary: bin_dir.join(&entry.name),
+            timeout: entry.timeout(),
+            opts: entry.opts.clone(),
+            exclude_flavors: entry.exclude_flavors.clone(),
+            needs: entry.needs.clone(),
+            skip_checks: entry.skip_checks.clone(),
+        }
+    }
+
+    /// `--bin PATH [--bin-arg ARG...]`: named after the file.
+    pub fn from_bin(path: &Path, args: &[String]) -> Option<TestSpec> {
+        let name = path.file_name()?.to_str()?.to_string();
+        Some(TestSpec {
+            name,
+            binary: path.to_path_buf(),
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            opts: args.to_vec(),
+            exclude_flavors: Vec::new(),
+            needs: Vec::new(),
+            skip_checks: Vec::new(),
+        })
+    }
+}
+
+/// The flags of the first `flags` line of `/proc/cpuinfo` text.
+pub fn parse_cpu_flags(cpuinfo: &str) -> BTreeSet<String> {
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "flags").then_some(value)
+        })
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Why this run is skipped, if it is.
+pub fn skip_reason(
+    test: &TestSpec,
+    flavor: &Flavor,
+    cpu_flags: &BTreeSet<String>,
+) -> Option<String> {
+    if test.exclude_flavors.contains(&flavor.name) {
+        return Some(format!("excluded from flavor {}", flavor.name));
+    }
+    let missing: Vec<&str> = test
+        .needs
+        .iter()
+        .filter(|n| !cpu_flags.contains(n.as_str()))
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty())
+        .then(|| format!("needs {} (not in /proc/cpuinfo flags)", missing.join(", ")))
+}
+
+/// The files of a run's work dir.
+#[derive(Debug, Clone)]
+pub struct WorkDir {
+    /// `<log-dir>/<test>/<flavor>`.
+    pub root: PathBuf,
+    /// Images.
+    pub img: PathBuf,
+    /// The test's stdout and stderr.
+    pub test_log: PathBuf,
+    /// `--pidfile` of the test.
+    pub pidfile: PathBuf,
+    /// `--outfile` of the test.
+    pub outfile: PathBuf,
+    /// crust dump.
+    pub dump: CrustFiles,
+    /// crust restore.
+    pub restore: CrustFiles,
+    /// `--pidfile` of crust restore.
+    pub restore_pidfile: PathBuf,
+    /// State dumps.
+    pub state_before: PathBuf,
+    /// State dumps.
+    pub state_after: PathBuf,
+}
+
+impl WorkDir {
+    /// The layout below `root`.
+    pub fn new(root: PathBuf) -> WorkDir {
+        let f = |name: &str| root.join(name);
+        WorkDir {
+            img: f("img"),
+            test_log: f("test.log"),
+            pidfile: f("test.pid"),
+            outfile: f("test.out"),
+            dump: CrustFiles {
+                log: f("dump.log"),
+                out: f("dump.out"),
+            },
+            restore: CrustFiles {
+                log: f("restore.log"),
+                out: f("restore.out"),
+            },
+            restore_pidfile: f("restore.pid"),
+            state_before: f("state-before.txt"),
+            state_after: f("state-after.txt"),
+            root,
+        }
+    }
+
+    /// Removes any previous contents and creates the dirs (0700).
+    pub fn create(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut builder = DirBuilder::new();
+        builder.mode(0o700);
+        // A passing run of another flavor removes the (then empty) test dir:
+        // if it vanishes between the two calls, make it again.
+        let mut attempts = 0;
+        loop {
+            if let Some(parent) = self.root.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match builder.create(&self.root) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                }
+                other => break other?,
+            }
+        }
+        builder.create(&self.img)
+    }
+}
+
+/// Runs `test` under `flavor`.
+pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Flavor) -> Outcome {
+    let started = Instant::now();
+    let outcome = |verdict, work_dir| Outcome {
+        test: test.name.clone(),
+        flavor: flavor.name.clone(),
+        verdict,
+        elapsed: started.elapsed(),
+        work_dir,
+    };
+    if let Some(reason) = skip_reason(test, flavor, &ctx.cpu_flags) {
+        return outcome(Verdict::Skip(reason), None);
+    }
+    let work = WorkDir::new(ctx.log_dir.join(&test.name).join(&flavor.name));
+    if let Err(e) = work.create() {
+        let failure = Failure::new(
+            "setup",
+            format!("cannot create work dir {}: {e}", work.root.display()),
+        );
+        return outcome(Verdict::Fail(vec![failure]), None);
+    }
+    let mut tracker = Tracker::default();
+    let mut failures = Vec::new();
+    Steps {
+        ctx,
+        test,
+        work: &work,
+        tracker: &mut tracker,
+        failures: &mut failures,
+    }
+    .run();
+    let leftovers = tracker.cleanup();
+    if !leftovers.is_empty() && failures.is_empty() {
+        failures.push(Failure::new(
+            "cleanup",
+            format!(
+                "processes of the run were still alive: {}",
+                leftovers.join("; ")
+            ),
+        ));
+    }
+    if failures.is_empty() {
+        if ctx.keep_img {
+            return outcome(Verdict::Pass, Some(work.root));
+        }
+        let _ = std::fs::remove_dir_all(&work.root);
+        if let Some(parent) = work.root.parent() {
+            // Only succeeds when no other flavor left anything there.
+            let _ = std::fs::remove_dir(parent);
+        }
+        return outcome(Verdict::Pass, None);
+    }
+    outcome(Verdict::Fail(failures), Some(work.root))
+}
+
+/// The steps of one run; each returns `None` when the run cannot go on
+/// (its failure has been recorded).
+struct Steps<'a> {
+    ctx: &'a RunContext,
+    test: &'a TestSpec,
+    work: &'a WorkDir,
+    tracker: &'a mut Tracker,
+    failures: &'a mut Vec<Failure>,
+}
+
+impl Steps<'_> {
+    fn fail<T>(&mut self, failure: Failure) -> Option<T> {
+        self.failures.push(failure);
+        None
+    }
+
+    fn timeout(&self) -> Duration {
+        self.test.timeout
+    }
+
+    fn secs(&self) -> u64 {
+        self.test.timeout.as_secs()
+    }
+
+    fn run(mut self) {
+        let _ = self.run_inner();
+    }
+
+    fn run_inner(&mut self) -> Option<()> {
+        let pid = self.launch()?;
+        let quiescent = wait_quiescent(pid, self.timeout().min(QUIESCE_TIMEOUT));
+        let before = self.capture(pid, "before")?;
+        self.dump(pid)?;
+        self.reap_dumped(pid)?;
+        self.restore(pid)?;
+        let after = self.capture(pid, "after");
+        // Resume it whatever happened, so it can be terminated.
+        let _ = kill(pid, Signal::SIGCONT);
+        let after = after?;
+        let diffs: Vec<_> = diff::compare(&before, &after)
+            .into_iter()
+            .filter(|d| !is_skipped(&self.test.skip_checks, &d.check))
+            .collect();
+        if !diffs.is_empty() && !quiescent {
+            self.failures.push(Failure::new(
+                "quiescence",
+                format!(
+                    "some thread of {pid} was still running {}s after the test said it was \
+                     ready: the differences below may come from the test itself",
+                    QUIESCE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        for d in diffs {
+            self.failures.push(Failure::new(d.check, d.detail));
+        }
+        self.finish(pid)
+    }
+
+    /// Step 2: launch the test and get the daemon's pid.
+    fn launch(&mut self) -> Option<Pid> {
+        let test = self.test;
+        let work = self.work;
+        if let Err(reason) = check_executable(&test.binary) {
+            return self.fail(Failure::new(
+                "launch",
+                format!("test binary {} {reason}", test.binary.display()),
+            ));
+        }
+        let spawned = (|| -> std::io::Result<u32> {
+            let log = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&work.test_log)?;
+            let log2 = log.try_clone()?;
+            let mut pidfile_arg = std::ffi::OsString::from("--pidfile=");
+            pidfile_arg.push(&work.pidfile);
+            let mut outfile_arg = std::ffi::OsString::from("--outfile=");
+            outfile_arg.push(&work.outfile);
+            let child = clean_command(&test.binary)
+                .arg(pidfile_arg)
+                .arg(outfile_arg)
+                .args(&test.opts)
+                .current_dir(&work.root)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()?;
+            Ok(child.id())
+        })();
+        let launcher = match spawned.map(i32::try_from) {
+            Ok(Ok(pid)) => Pid::from_raw(pid),
+            Ok(Err(e)) => return self.fail(Failure::new("launch", format!("bad pid: {e}"))),
+            Err(e) => {
+                return self.fail(Failure::new(
+                    "launch",
+                    format!("cannot start {}: {e}", test.binary.display()),
+                ))
+            }
+        };
+        self.tracker.track(launcher);
+        match wait_exit(launcher, self.timeout()) {
+            Ok(Some(WaitStatus::Exited(_, 0))) => self.tracker.forget(launcher),
+            Ok(Some(ws)) => {
+                self.tracker.forget(launcher);
+                return self.fail(
+                    Failure::new(
+                        "launch",
+                        format!("the test launcher {}", describe_status(&ws)),
+                    )
+                    .with_tail(&work.test_log),
+                );
+            }
+            Ok(None) => {
+                // Kill it now, so that its descendants become ours (we are
+                // the subreaper) and the cleanup can kill them too: track
+                // them deepest first, the cleanup goes the other way.
+                let descendants = procs::descendants_of(launcher);
+                let _ = procs::kill_and_reap(launcher, procs::KILL_TIMEOUT);
+                self.tracker.forget(launcher);
+                for pid in descendants.into_iter().rev() {
+                    self.tracker.track(pid);
+                }
+                return self.fail(
+                    Failure::new(
+                        "launch",
+                        format!(
+                            "the test launcher did not exit within {}s (it must exit once its \
+                             daemon is ready)",
+                            self.secs()
+                        ),
+                    )
+                    .with_tail(&work.test_log),
+                );
+            }
+            Err(e) => {
+                return self.fail(Failure::new(
+                    "launch",
+                    format!("waiting for the launcher: {e}"),
+                ))
+            }
+        }
+        let text = match std::fs::read_to_string(&work.pidfile) {
+            Ok(text) => text,
+            Err(e) => {
+                return self.fail(
+                    Failure::new(
+                        "launch",
+                        format!(
+                            "the launcher exited 0 but the pidfile {} cannot be read: {e}",
+                            work.pidfile.display()
+                        ),
+                    )
+                    .with_tail(&work.test_log),
+                )
+            }
+        };
+        let pid = match text.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => Pid::from_raw(pid),
+            _ => {
+                return self.fail(Failure::new(
+                    "launch",
+                    format!("the pidfile holds {:?}, not a pid", text.trim()),
+                ))
+            }
+        };
+        match poll_child(pid) {
+            Ok(ChildState::Alive) => {
+                self.tracker.track(pid);
+                Some(pid)
+            }
+            Ok(ChildState::Reaped(ws)) => self.fail(
+                Failure::new(
+                    "launch",
+                    format!(
+                        "the test daemon {pid} {} before the dump",
+                        describe_status(&ws)
+                    ),
+                )
+                .with_tail(&work.test_log),
+            ),
+            Ok(ChildState::NotOurChild) => self.fail(Failure::new(
+                "launch",
+                format!(
+                    "pid {pid} from the pidfile is not a child of the runner: the daemon must \
+                     be a live descendant of the launcher (it reparents to the runner, which \
+                     is the child subreaper)"
+                ),
+            )),
+            Err(e) => self.fail(Failure::new("launch", format!("waitpid({pid}): {e}"))),
+        }
+    }
+
+    /// Steps 3 and 7.
+    fn capture(&mut self, pid: Pid, when: &str) -> Option<VisibleState> {
+        match state::capture(pid, self.timeout()) {
+            Ok(state) => {
+                let path = if when == "before" {
+                    &self.work.state_before
+                } else {
+                    &self.work.state_after
+                };
+                if let Err(e) = std::fs::write(path, state.render()) {
+                    self.failures.push(Failure::new(
+                        "setup",
+                        format!("cannot write {}: {e}", path.display()),
+                    ));
+                }
+                Some(state)
+            }
+            Err(e) => self.fail(Failure::new(
+                "capture",
+                format!("cannot capture the state {when} the dump of {pid}: {e}"),
+            )),
+        }
+    }
+
+    fn crust_failure(&self, what: &str, outcome: &CrustOutcome, files: &CrustFiles) -> Failure {
+        let detail = match outcome {
+            CrustOutcome::Success => format!("crust {what} succeeded"),
+            CrustOutcome::Failed(how) => format!("crust {what} {how}"),
+            CrustOutcome::TimedOut => {
+                format!("crust {what} did not finish within {}s", self.secs())
+            }
+        };
+        let failure = Failure::new(what, detail).with_tail(&files.log);
+        // crust may log to stderr too: show its output only if it says more.
+        let tail = |path| tail_file(path, TAIL_LINES);
+        if tail(&files.out) != tail(&files.log) {
+            failure.with_tail(&files.out)
+        } else {
+            failure
+        }
+    }
+
+    /// Step 4.
+    fn dump(&mut self, pid: Pid) -> Option<()> {
+        let args = Crust::dump_args(pid, &self.work.img, &self.work.dump.log);
+        let result = self.ctx.crust.run(
+            &args,
+            &self.work.root,
+            &self.work.dump,
+            self.timeout(),
+            self.tracker,
+        );
+        match result {
+            Ok(CrustOutcome::Success) => Some(()),
+            Ok(outcome) => {
+                let failure = self.crust_failure("dump", &outcome, &self.work.dump);
+                self.fail(failure)
+            }
+            Err(e) => self.fail(Failure::new(
+                "dump",
+                format!("cannot run {}: {e}", self.ctx.crust.path.display()),
+            )),
+        }
+    }
+
+    /// Step 5: crust dump killed the task; it is our child: reap it.
+    fn reap_dumped(&mut self, pid: Pid) -> Option<()> {
+        match wait_exit(pid, self.timeout()) {
+            Ok(Some(_)) => {
+                self.tracker.forget(pid);
+                Some(())
+            }
+            Ok(None) => self.fail(Failure::new(
+                "dump",
+                format!(
+                    "crust dump succeeded but task {pid} was still alive {}s later (the dump \
+                     must kill it)",
+                    self.secs()
+                ),
+            )),
+            Err(e) => self.fail(Failure::new(
+                "dump",
+                format!("waiting for the dumped task {pid}: {e}"),
+            )),
+        }
+    }
+
+    /// Step 6.
+    fn restore(&mut self, pid: Pid) -> Option<()> {
+        let work = self.work;
+        let args = Crust::restore_args(&work.img, &work.restore_pidfile, &work.restore.log);
+        let result = self.ctx.crust.run(
+            &args,
+            &work.root,
+            &work.restore,
+            self.timeout(),
+            self.tracker,
+        );
+        // Whatever crust said, a task with the pid that is our child is
+        // ours to clean up. (This may reap it: keep what we learnt.)
+        let task = poll_child(pid);
+        if let Ok(ChildState::Alive) = task {
+            self.tracker.track(pid);
+        }
+        match result {
+            Ok(CrustOutcome::Success) => {}
+            Ok(outcome) => {
+                let failure = self.crust_failure("restore", &outcome, &work.restore);
+                return self.fail(failure);
+            }
+            Err(e) => {
+                return self.fail(Failure::new(
+                    "restore",
+                    format!("cannot run {}: {e}", self.ctx.crust.path.display()),
+                ))
+            }
+        }
+        match std::fs::read_to_string(&work.restore_pidfile) {
+            Ok(text) if text.trim() == pid.to_string() => {}
+            Ok(text) => {
+                return self.fail(
+                    Failure::new(
+                        "restore",
+                        format!(
+                            "the restore pidfile holds {:?}, expected {pid}",
+                            text.trim()
+                        ),
+                    )
+                    .with_tail(&work.restore.log),
+                )
+            }
+            Err(e) => {
+                return self.fail(
+                    Failure::new(
+                        "restore",
+                        format!(
+                            "cannot read the restore pidfile {}: {e}",
+                            work.restore_pidfile.display()
+                        ),
+                    )
+                    .with_tail(&work.restore.log),
+                )
+            }
+        }
+        match task {
+            Ok(ChildState::Alive) => {}
+            Ok(ChildState::Reaped(ws)) => {
+                return self.fail(
+                    Failure::new(
+                        "restore",
+                        format!("the restored task {pid} {}", describe_status(&ws)),
+                    )
+                    .with_tail(&work.test_log),
+                );
+            }
+            Ok(ChildState::NotOurChild) => {
+                return self.fail(Failure::new(
+                    "restore",
+                    format!(
+                        "the restored task {pid} is not a child of the runner (it should reparent \
+                     to the runner, its child subreaper, once crust exits)"
+                    ),
+                ))
+            }
+            Err(e) => return self.fail(Failure::new("restore", format!("waitpid({pid}): {e}"))),
+        }
+        self.wait_stopped(pid)
+    }
+
+    /// Waits for `State: T` (left stopped by `--leave-stopped`).
+    fn wait_stopped(&mut self, pid: Pid) -> Option<()> {
+        let deadline = Instant::now() + self.timeout();
+        let mut backoff = Backoff::default();
+        let path = format!("/proc/{pid}/status");
+        loop {
+            let letter = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| status::state_letter(&text));
+            if letter == Some('T') {
+                return Some(());
+            }
+            if let Ok(ChildState::Reaped(ws)) = poll_child(pid) {
+                self.tracker.forget(pid);
+                return self.fail(
+                    Failure::new(
+                        "restore",
+                        format!(
+                            "the restored task {pid} {} instead of staying stopped",
+                            describe_status(&ws)
+                        ),
+                    )
+                    .with_tail(&self.work.test_log),
+                );
+            }
+            if Instant::now() >= deadline {
+                let seen = letter.map_or("unknown".to_string(), |c| c.to_string());
+                return self.fail(Failure::new(
+                    "restore",
+                    format!(
+                        "the restored task {pid} is not stopped (State {seen}) {}s after the \
+                         restore (--leave-stopped)",
+                        self.secs()
+                    ),
+                ));
+            }
+            backoff.sleep();
+        }
+    }
+
+    /// Step 9: SIGTERM, exit, verdict.
+    fn finish(&mut self, pid: Pid) -> Option<()> {
+        let work = self.work;
+        match kill(pid, Signal::SIGTERM) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return self.fail(Failure::new("test", format!("cannot SIGTERM {pid}: {e}"))),
+        }
+        match wait_exit(pid, self.timeout()) {
+            Ok(Some(ws)) => {
+                self.tracker.forget(pid);
+                if ws != WaitStatus::Exited(pid, 0) {
+                    self.failures.push(
+                        Failure::new(
+                            "test",
+                            format!("the test {} after SIGTERM", describe_status(&ws)),
+                        )
+                        .with_tail(&work.test_log),
+                    );
+                }
+            }
+            Ok(None) => {
+                return self.fail(
+                    Failure::new(
+                        "test",
+                        format!("the test did not exit within {}s of SIGTERM", self.secs()),
+                    )
+                    .with_tail(&work.test_log),
+                )
+            }
+            Err(e) => return self.fail(Failure::new("test", format!("waiting for {pid}: {e}"))),
+        }
+        match std::fs::read_to_string(&work.outfile) {
+            Ok(text) => match parse_verdict(&text) {
+                Ok(()) => {}
+                Err(reason) => self
+                    .failures
+                    .push(Failure::new("test", reason).with_tail(&work.test_log)),
+            },
+            Err(e) => self.failures.push(
+                Failure::new(
+                    "test",
+                    format!("no verdict: cannot read {}: {e}", work.outfile.display()),
+                )
+                .with_tail(&work.test_log),
+            ),
+        }
+        Some(())
+    }
+}
+
+/// Reads an outfile: `PASS` is Ok; `FAIL: reason` or anything else is the
+/// failure detail.
+pub fn parse_verdict(text: &str) -> Result<(), String> {
+    let text = text.trim();
+    if text == "PASS" {
+        return Ok(());
+    }
+    if let Some(reason) = text.strip_prefix("FAIL") {
+        let reason = reason.trim_start_matches(':').trim();
+        return Err(if reason.is_empty() {
+            "the test reported FAIL".to_string()
+        } else {
+            reason.to_string()
+        });
+    }
+    Err(format!(
+        "unexpected outfile contents {text:?} (want PASS or FAIL: reason)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flavor(name: &str) -> Flavor {
+        Flavor {
+            name: name.into(),
+            description: "d".into(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(parse_verdict("PASS\n"), Ok(()));
+        assert_eq!(parse_verdict("FAIL: fd 3 lost\n"), Err("fd 3 lost".into()));
+        assert_eq!(parse_verdict("FAIL"), Err("the test reported FAIL".into()));
+        assert!(parse_verdict("").is_err());
+        assert!(parse_verdict("PASSED").is_err());
+    }
+
+    #[test]
+    fn cpu_flags_and_skips() {
+        let flags = parse_cpu_flags("processor\t: 0\nflags\t\t: fpu sse avx\nbugs\t: x\n");
+        assert!(flags.contains("avx") && flags.contains("fpu"));
+        let mut test = TestSpec::from_bin(Path::new("/bin/t"), &[]).expect("named");
+        assert_eq!(test.name, "t");
+        assert_eq!(skip_reason(&test, &flavor("dump"), &flags), None);
+        test.needs = vec!["avx".into(), "avx512f".into()];
+        assert_eq!(
+            skip_reason(&test, &flavor("dump"), &flags).as_deref(),
+            Some("needs avx512f (not in /proc/cpuinfo flags)")
+        );
+        test.exclude_flavors = vec!["dump".into()];
+        assert_eq!(
+            skip_reason(&test, &flavor("dump"), &flags).as_deref(),
+            Some("excluded from flavor dump")
+        );
+    }
+
+    #[test]
+    fn work_dir_is_fresh_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let work = WorkDir::new(tmp.path().join("t").join("dump"));
+        work.create().expect("create");
+        std::fs::write(work.root.join("stale"), "x").expect("write");
+        work.create().expect("re-create");
+        assert!(!work.root.join("stale").exists());
+        for dir in [&work.root, &work.img] {
+            let mode = std::fs::metadata(dir).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
+    }
+}

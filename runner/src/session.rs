@@ -1,0 +1,266 @@
+//! The `list` and `run` commands.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use nix::unistd::geteuid;
+
+use crate::cli::{ListArgs, RunArgs};
+use crate::driver::Crust;
+use crate::error::{SetupError, EXIT_FAILED};
+use crate::flavors::{Flavor, FlavorSet};
+use crate::locate;
+use crate::manifest::Manifest;
+use crate::procs;
+use crate::report::{Outcome, Summary};
+use crate::run::{parse_cpu_flags, run_one, RunContext, TestSpec};
+
+/// `zdtm list`: tests with descriptions, then flavors.
+pub fn list(args: &ListArgs) -> Result<u8, SetupError> {
+    let manifest = Manifest::load(&locate::tests_dir(args.dirs.tests_dir.as_deref()))?;
+    let flavors = FlavorSet::load(&locate::flavors_dir(args.dirs.flavors_dir.as_deref()))?;
+    print!("{}", render_list(&manifest, &flavors));
+    Ok(0)
+}
+
+/// The text of `zdtm list`.
+pub fn render_list(manifest: &Manifest, flavors: &FlavorSet) -> String {
+    let mut out = format!("Tests ({}):\n", manifest.path.display());
+    let width = manifest
+        .tests
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(0);
+    for t in &manifest.tests {
+        let mut notes = Vec::new();
+        if !t.needs.is_empty() {
+            notes.push(format!("needs {}", t.needs.join(",")));
+        }
+        if !t.exclude_flavors.is_empty() {
+            notes.push(format!("not under {}", t.exclude_flavors.join(",")));
+        }
+        if !t.skip_checks.is_empty() {
+            notes.push(format!("skips {}", t.skip_checks.join(",")));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", notes.join("; "))
+        };
+        out.push_str(&format!("  {:width$}  {}{notes}\n", t.name, t.description));
+    }
+    out.push_str(&format!("Flavors ({}):\n", flavors.dir.display()));
+    let width = flavors
+        .flavors
+        .iter()
+        .map(|f| f.name.len())
+        .max()
+        .unwrap_or(0);
+    for f in &flavors.flavors {
+        out.push_str(&format!("  {:width$}  {}\n", f.name, f.description));
+    }
+    out
+}
+
+/// Dedups names, keeping the first occurrence.
+fn dedup(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+/// The tests selected by `-a`, `-t` or `--bin`.
+fn select_tests(args: &RunArgs) -> Result<Vec<TestSpec>, SetupError> {
+    if let Some(bin) = &args.bin {
+        let bin_error = |reason: String| SetupError::Bin {
+            path: bin.clone(),
+            reason,
+        };
+        locate::check_executable(bin).map_err(bin_error)?;
+        // The test runs in its work dir: resolve a relative path here.
+        let bin = &bin
+            .canonicalize()
+            .map_err(|e| bin_error(format!("cannot resolve: {e}")))?;
+        let spec = TestSpec::from_bin(bin, &args.bin_args)
+            .ok_or_else(|| bin_error("has no usable file name".to_string()))?;
+        if !crate::manifest::valid_name(&spec.name) {
+            return Err(bin_error(format!(
+                "its file name {:?} cannot name a work dir (use letters, digits, '_', '-', '.')",
+                spec.name
+            )));
+        }
+        return Ok(vec![spec]);
+    }
+    let manifest = Manifest::load(&locate::tests_dir(args.dirs.tests_dir.as_deref()))?;
+    let bin_dir = locate::exe_dir()?;
+    if args.all {
+        if manifest.tests.is_empty() {
+            return Err(SetupError::NoTests {
+                manifest: manifest.path,
+            });
+        }
+        return Ok(manifest
+            .tests
+            .iter()
+            .map(|t| TestSpec::from_entry(t, &bin_dir))
+            .collect());
+    }
+    dedup(&args.tests)
+        .iter()
+        .map(|name| {
+            manifest
+                .get(name)
+                .map(|t| TestSpec::from_entry(t, &bin_dir))
+                .ok_or_else(|| SetupError::UnknownTest {
+                    name: name.clone(),
+                    manifest: manifest.path.clone(),
+                })
+        })
+        .collect()
+}
+
+/// `zdtm run`. Returns the exit status: 0, or 1 if a run failed.
+pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
+    let euid = geteuid();
+    if !euid.is_root() {
+        return Err(SetupError::NotRoot {
+            euid: euid.as_raw(),
+        });
+    }
+    let flavor_set = FlavorSet::load(&locate::flavors_dir(args.dirs.flavors_dir.as_deref()))?;
+    let flavors = flavor_set.select(&dedup(&args.flavors))?;
+    let tests = select_tests(args)?;
+    let crust_path = locate::crust_path(args.crust.as_deref())?;
+    locate::check_executable(&crust_path).map_err(|reason| SetupError::Crust {
+        path: crust_path.clone(),
+        reason,
+    })?;
+    // crust runs in the work dir: a relative path must not be resolved there.
+    let crust_path = crust_path.canonicalize().map_err(|e| SetupError::Crust {
+        path: crust_path.clone(),
+        reason: format!("cannot resolve: {e}"),
+    })?;
+    let log_dir_existed = args.log_dir.exists();
+    std::fs::create_dir_all(&args.log_dir)
+        .map_err(|e| SetupError::io("cannot create log dir", &args.log_dir, e))?;
+    let log_dir = args
+        .log_dir
+        .canonicalize()
+        .map_err(|e| SetupError::io("cannot resolve log dir", &args.log_dir, e))?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
+        .map_err(|e| SetupError::io("cannot read", "/proc/cpuinfo", e))?;
+
+    procs::set_subreaper().map_err(|source| SetupError::System {
+        what: "prctl(PR_SET_CHILD_SUBREAPER)",
+        source,
+    })?;
+    procs::install_interrupt_handler().map_err(|source| SetupError::System {
+        what: "installing the signal handler",
+        source,
+    })?;
+
+    let ctx = RunContext {
+        crust: Crust { path: crust_path },
+        log_dir: log_dir.clone(),
+        keep_img: args.keep_img,
+        cpu_flags: parse_cpu_flags(&cpuinfo),
+    };
+    let jobs: Vec<(&TestSpec, &Flavor)> = tests
+        .iter()
+        .flat_map(|t| flavors.iter().map(move |f| (t, f)))
+        .collect();
+    let outcomes = execute(&ctx, &jobs, usize::from(args.jobs));
+
+    let swept = procs::sweep_children();
+    if !swept.is_empty() {
+        let pids: Vec<String> = swept.iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "zdtm: warning: killed {} leftover process(es) at exit: {}",
+            swept.len(),
+            pids.join(" ")
+        );
+    }
+    // Leave no empty log dir behind (only removed if empty).
+    if !log_dir_existed {
+        let _ = std::fs::remove_dir(&log_dir);
+    }
+
+    let summary = Summary::of(&outcomes);
+    println!("{}", summary.render());
+    let _ = std::io::stdout().flush();
+    Ok(if summary.failed > 0 { EXIT_FAILED } else { 0 })
+}
+
+/// Runs `jobs` on `parallel` threads, printing each outcome as it comes;
+/// returns them in job order.
+fn execute(ctx: &RunContext, jobs: &[(&TestSpec, &Flavor)], parallel: usize) -> Vec<Outcome> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; jobs.len()]);
+    let worker = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some((test, flavor)) = jobs.get(i) else {
+            break;
+        };
+        let outcome = run_one(ctx, test, flavor);
+        {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(outcome.render().as_bytes());
+            let _ = stdout.flush();
+        }
+        results
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())[i] = Some(outcome);
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.clamp(1, jobs.len().max(1)) {
+            scope.spawn(worker);
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use std::path::Path;
+
+    #[test]
+    fn list_rendering() {
+        let manifest = Manifest::parse(
+            "[[test]]\nname = \"env00\"\ndescription = \"environment\"\n\
+             [[test]]\nname = \"avx\"\ndescription = \"avx regs\"\nneeds = [\"avx\"]\n",
+            Path::new("/t/tests.toml"),
+        )
+        .expect("valid");
+        let flavors = FlavorSet {
+            dir: "/f".into(),
+            flavors: vec![Flavor {
+                name: "dump".into(),
+                description: "Full dump".into(),
+            }],
+        };
+        assert_eq!(
+            render_list(&manifest, &flavors),
+            "Tests (/t/tests.toml):\n  env00  environment\n  avx    avx regs [needs avx]\n\
+             Flavors (/f):\n  dump  Full dump\n"
+        );
+    }
+
+    #[test]
+    fn dedup_keeps_order() {
+        let names: Vec<String> = ["b", "a", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(dedup(&names), ["b", "a"]);
+    }
+}

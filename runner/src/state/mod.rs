@@ -1,0 +1,173 @@
+//! The visible state of a task: what a checkpoint/restore must preserve
+//! and the runner can observe from outside through `/proc`.
+//!
+//! [`capture`] freezes the task with ptrace ([`crate::freeze`]), reads
+//! - `/proc/PID/status` fields ([`status::COMPARED_FIELDS`]),
+//! - the cwd and root links,
+//! - every descriptor with its target, position and flags ([`fds`]),
+//! - `/proc/PID/maps`, normalised ([`maps`]),
+//! - a hash of every readable page ([`memory`]),
+//! - the rseq registration of each thread (with ptrace; its kernel-written
+//!   fields are masked out of the memory hashes),
+//!
+//! then detaches. [`diff::compare`] lists the differences between two
+//! captures.
+
+pub mod diff;
+pub mod fds;
+pub mod maps;
+pub mod memory;
+pub mod status;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+
+use crate::freeze::{FreezeError, Frozen, Rseq};
+use fds::FdEntry;
+use maps::MapEntry;
+use memory::{Source, VmaDigest};
+
+/// Why a state could not be captured.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Freezing (or unfreezing) failed.
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    /// A `/proc` file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `/proc` file did not parse.
+    #[error("cannot parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl CaptureError {
+    /// Shorthand for [`CaptureError::Io`].
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        CaptureError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Everything compared between before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibleState {
+    /// The task (informational, not compared as such: `Pid` in `status` is).
+    pub pid: i32,
+    /// Selected `/proc/PID/status` fields, in [`status::COMPARED_FIELDS`]
+    /// order.
+    pub status: Vec<(String, String)>,
+    /// `/proc/PID/cwd` target.
+    pub cwd: String,
+    /// `/proc/PID/root` target.
+    pub root: String,
+    /// Descriptors, by number, canonical form.
+    pub fds: Vec<FdEntry>,
+    /// Normalised maps, canonical form.
+    pub maps: Vec<MapEntry>,
+    /// Page hashes of the readable VMAs of the normalised maps.
+    pub memory: Vec<VmaDigest>,
+    /// rseq registrations, by thread id.
+    pub rseq: Vec<Rseq>,
+}
+
+fn read_link(path: String) -> Result<String, CaptureError> {
+    std::fs::read_link(&path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| CaptureError::io(&path, e))
+}
+
+/// Reads the state of `pid` without freezing it (the caller must make sure
+/// it does not change meanwhile: [`capture`] does). `rseq` are its threads'
+/// rseq registrations (only ptrace can tell them).
+pub fn read(pid: Pid, rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
+    let status_path = format!("/proc/{pid}/status");
+    let status_text =
+        std::fs::read_to_string(&status_path).map_err(|e| CaptureError::io(&status_path, e))?;
+    let status = status::select(&status::parse(&status_text));
+    let cwd = read_link(format!("/proc/{pid}/cwd"))?;
+    let root = read_link(format!("/proc/{pid}/root"))?;
+    let fds = fds::read(pid)?;
+    let maps_path = format!("/proc/{pid}/maps");
+    let maps_text =
+        std::fs::read_to_string(&maps_path).map_err(|e| CaptureError::io(&maps_path, e))?;
+    let raw = maps::parse(&maps_text).map_err(|message| CaptureError::Parse {
+        path: maps_path.into(),
+        message,
+    })?;
+    let normalised = maps::normalise(raw);
+    let masks: Vec<(u64, u64)> = rseq.iter().flat_map(Rseq::kernel_written).collect();
+    let memory = memory::digest(pid, &normalised, &masks)?;
+    Ok(VisibleState {
+        pid: pid.as_raw(),
+        status,
+        cwd,
+        root,
+        fds,
+        maps: maps::canonical(&normalised),
+        memory,
+        rseq: rseq.to_vec(),
+    })
+}
+
+/// Freezes `pid` (each thread gets `timeout` to stop), reads its state and
+/// unfreezes it. A task that was group-stopped stays stopped.
+pub fn capture(pid: Pid, timeout: Duration) -> Result<VisibleState, CaptureError> {
+    let frozen = Frozen::freeze(pid, timeout)?;
+    let state = read(pid, &frozen.rseq());
+    frozen.release()?;
+    state
+}
+
+impl VisibleState {
+    /// A human-readable dump, written next to the images (`state-before.txt`,
+    /// `state-after.txt`) to diff by hand.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# zdtm visible state of pid {}", self.pid);
+        let _ = writeln!(out, "[status]");
+        for (k, v) in &self.status {
+            let _ = writeln!(out, "{k}: {v}");
+        }
+        let _ = writeln!(out, "[cwd]\n{}\n[root]\n{}", self.cwd, self.root);
+        let _ = writeln!(out, "[fds]");
+        for fd in &self.fds {
+            let _ = writeln!(out, "{fd}");
+        }
+        let _ = writeln!(out, "[maps]");
+        for m in &self.maps {
+            let _ = writeln!(out, "{m}");
+        }
+        let _ = writeln!(out, "[rseq]");
+        for r in &self.rseq {
+            let _ = writeln!(out, "{}", diff::describe_rseq(r));
+        }
+        let _ = writeln!(out, "[memory]");
+        for v in &self.memory {
+            let _ = writeln!(
+                out,
+                "{:x}-{:x} {} {} {} nonzero_pages={} digest={:016x}",
+                v.start,
+                v.end,
+                v.perms,
+                if v.path.is_empty() { "[anon]" } else { &v.path },
+                match v.source {
+                    Source::Pagemap => "pagemap",
+                    Source::Whole => "whole",
+                },
+                v.pages.len(),
+                v.digest
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,97 @@
+//! `/proc/PID/status`: the fields that must survive a checkpoint/restore.
+
+/// The compared fields, in report order. Left out on purpose: `State` and
+/// `TracerPid` (the runner's own ptrace stop), `SigQ` and every counter or
+/// memory statistic (they legitimately change), `Cpus_allowed`/`Mems_allowed`
+/// (machine-dependent, not part of this check yet).
+pub const COMPARED_FIELDS: &[&str] = &[
+    "Name",
+    "Umask",
+    "Tgid",
+    "Pid",
+    "PPid",
+    "NStgid",
+    "NSpid",
+    "NSpgid",
+    "NSsid",
+    "Uid",
+    "Gid",
+    "Groups",
+    "Threads",
+    "SigPnd",
+    "ShdPnd",
+    "SigBlk",
+    "SigIgn",
+    "SigCgt",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+    "Seccomp",
+];
+
+/// Every `Key: value` line, values with runs of whitespace collapsed to one
+/// space (`Uid:\t0\t0\t0\t0` gives `("Uid", "0 0 0 0")`).
+pub fn parse(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| {
+            let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
+            (key.trim().to_string(), value)
+        })
+        .collect()
+}
+
+/// The [`COMPARED_FIELDS`] present in `fields`, in that order.
+pub fn select(fields: &[(String, String)]) -> Vec<(String, String)> {
+    COMPARED_FIELDS
+        .iter()
+        .filter_map(|name| fields.iter().find(|(k, _)| k == name).cloned())
+        .collect()
+}
+
+/// The state letter (`R`, `S`, `T`, `t`, `Z`...) of a status text.
+pub fn state_letter(text: &str) -> Option<char> {
+    parse(text)
+        .into_iter()
+        .find(|(k, _)| k == "State")
+        .and_then(|(_, v)| v.chars().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t42\n\
+        Pid:\t42\nPPid:\t1\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n\
+        NSpid:\t42\nThreads:\t1\nSigQ:\t0/63432\nSigPnd:\t0000000000000000\n\
+        SigBlk:\t0000000000010000\nVmRSS:\t  1024 kB\n";
+
+    #[test]
+    fn parses_and_normalises_whitespace() {
+        let fields = parse(SAMPLE);
+        assert!(fields.contains(&("Uid".into(), "0 0 0 0".into())));
+        assert!(fields.contains(&("Groups".into(), "".into())));
+        assert!(fields.contains(&("VmRSS".into(), "1024 kB".into())));
+        assert_eq!(state_letter(SAMPLE), Some('S'));
+        assert_eq!(state_letter("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn selects_compared_fields_in_order() {
+        let selected = select(&parse(SAMPLE));
+        let keys: Vec<_> = selected.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "Name", "Umask", "Tgid", "Pid", "PPid", "NSpid", "Uid", "Gid", "Groups", "Threads",
+                "SigPnd", "SigBlk"
+            ]
+        );
+        assert!(!keys.contains(&"State"));
+        assert!(!keys.contains(&"TracerPid"));
+        assert!(!keys.contains(&"SigQ"));
+    }
+}

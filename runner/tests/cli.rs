@@ -1,0 +1,381 @@
+//! The `zdtm` binary end to end, with fake crust scripts (the real engine
+//! is driven by the lead's integration test). `zdtm run` needs root: those
+//! tests are skipped otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use common::{root_or_skip, script, DUMMY, ZDTM};
+
+/// Tests that write scripts and start processes run one at a time: an
+/// executable being written while another thread forks can fail to exec
+/// (ETXTBSY).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let setup = Setup {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        std::fs::create_dir(setup.flavors()).expect("mkdir");
+        std::fs::write(
+            setup.flavors().join("dump.toml"),
+            "name = \"dump\"\ndescription = \"Full dump\"\n",
+        )
+        .expect("write flavor");
+        std::fs::write(
+            setup.path().join("tests.toml"),
+            "[[test]]\nname = \"alpha\"\ndescription = \"first test\"\n\
+             [[test]]\nname = \"beta\"\ndescription = \"excluded one\"\n\
+             exclude_flavors = [\"dump\"]\n",
+        )
+        .expect("write manifest");
+        setup
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn flavors(&self) -> PathBuf {
+        self.path().join("flavors")
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.path().join("logs")
+    }
+
+    /// A fake crust: `dump_body` / `restore_body` run with `$pid` (dump's
+    /// -t), `$log` (-o) and `$pidfile` (restore's --pidfile) set.
+    fn crust(&self, dump_body: &str, restore_body: &str) -> PathBuf {
+        script(
+            &self.path().join("crust"),
+            &format!(
+                "cmd=$1; shift\n\
+                 while [ $# -gt 0 ]; do\n\
+                 case $1 in -t) pid=$2; shift;; -o) log=$2; shift;; --pidfile) pidfile=$2; shift;; esac\n\
+                 shift\n\
+                 done\n\
+                 case $cmd in\n\
+                 dump) {dump_body};;\n\
+                 restore) {restore_body};;\n\
+                 esac\n"
+            ),
+        )
+    }
+
+    fn zdtm(&self, args: &[&str]) -> Output {
+        Command::new(ZDTM)
+            .args(args)
+            .arg("--tests-dir")
+            .arg(self.path())
+            .arg("--flavors-dir")
+            .arg(self.flavors())
+            .env_remove("ZDTM_TESTS_DIR")
+            .env_remove("ZDTM_FLAVORS_DIR")
+            .output()
+            .expect("run zdtm")
+    }
+
+    fn run_dummy(&self, crust: &Path, dummy_args: &[&str]) -> Output {
+        let mut args = vec!["run", "--bin", DUMMY, "--crust"];
+        let crust = crust.to_str().expect("utf-8 path");
+        args.push(crust);
+        let logs = self.logs();
+        let logs = logs.to_str().expect("utf-8 path");
+        args.extend(["--log-dir", logs]);
+        for a in dummy_args {
+            args.extend(["--bin-arg", a]);
+        }
+        self.zdtm(&args)
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        self.logs().join("zdtm-dummy").join("dump")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The pid in the kept pidfile no longer runs the dummy.
+fn assert_daemon_gone(work: &Path) {
+    let pid = std::fs::read_to_string(work.join("test.pid")).expect("kept pidfile");
+    let pid = pid.trim();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        !text(&cmdline).contains("zdtm-dummy"),
+        "test daemon {pid} still runs"
+    );
+}
+
+#[test]
+fn list_shows_tests_and_flavors() {
+    let setup = Setup::new();
+    let out = setup.zdtm(&["list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  alpha  first test\n"), "{stdout}");
+    assert!(
+        stdout.contains("  beta   excluded one [not under dump]\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Flavors ("), "{stdout}");
+    assert!(stdout.contains("  dump  Full dump\n"), "{stdout}");
+}
+
+#[test]
+fn bad_files_are_setup_errors() {
+    let setup = Setup::new();
+    std::fs::write(
+        setup.path().join("tests.toml"),
+        "[[test]]\nname = \"a\"\ndescription = \"d\"\ntimeout = 3\n",
+    )
+    .expect("write");
+    let out = setup.zdtm(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("tests.toml: "), "{stderr}");
+    assert!(stderr.contains("unknown field `timeout`"), "{stderr}");
+
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("dump.toml"),
+        "name = \"dump\"\ndescription = \"d\"\nlazy = \"local\"\n",
+    )
+    .expect("write");
+    let out = setup.zdtm(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown field `lazy`"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let setup = Setup::new();
+    let out = setup.zdtm(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = setup.zdtm(&["run", "-a", "-j", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn run_checks_names_and_crust() {
+    if !root_or_skip("run_checks_names_and_crust") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.crust("exit 1", "exit 1");
+    let crust = crust.to_str().expect("utf-8");
+
+    let out = setup.zdtm(&["run", "-t", "nope", "--crust", crust]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown test \"nope\""));
+
+    let out = setup.zdtm(&["run", "-a", "-f", "lazy", "--crust", crust]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown flavor \"lazy\""));
+
+    let out = setup.zdtm(&["run", "-a", "--crust", "/nonexistent/crust"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("crust binary /nonexistent/crust: does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn excluded_flavor_is_skipped() {
+    if !root_or_skip("excluded_flavor_is_skipped") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.crust("exit 1", "exit 1");
+    let logs = setup.logs();
+    let out = setup.zdtm(&[
+        "run",
+        "-t",
+        "beta",
+        "--crust",
+        crust.to_str().expect("utf-8"),
+        "--log-dir",
+        logs.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "SKIP beta (dump): excluded from flavor dump\nzdtm: 0 passed, 0 failed, 1 skipped\n"
+    );
+    assert!(!logs.exists(), "an empty log dir is left behind");
+}
+
+#[test]
+fn failed_dump_is_reported_and_cleaned_up() {
+    if !root_or_skip("failed_dump_is_reported_and_cleaned_up") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.crust("echo \"cannot dump $pid\" > $log; exit 1", "exit 1");
+    let out = setup.run_dummy(&crust, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump): dump: crust dump exited with status 1\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cannot dump "), "{stdout}");
+    let work = setup.work_dir();
+    assert!(
+        stdout.contains(&format!("work dir: {}", work.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("zdtm: 0 passed, 1 failed, 0 skipped\n"),
+        "{stdout}"
+    );
+    assert!(work.join("state-before.txt").exists());
+    assert_daemon_gone(&work);
+}
+
+#[test]
+fn failed_restore_is_reported() {
+    if !root_or_skip("failed_restore_is_reported") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    // The dump "succeeds" by killing the task, as crust does.
+    let crust = setup.crust(
+        "kill -9 $pid; echo dumped > $log; exit 0",
+        "echo \"no images\" > $log; exit 7",
+    );
+    let out = setup.run_dummy(&crust, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump): restore: crust restore exited with status 7\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("no images"), "{stdout}");
+    assert_daemon_gone(&setup.work_dir());
+}
+
+#[test]
+fn dump_that_leaves_the_task_alive_is_a_failure() {
+    if !root_or_skip("dump_that_leaves_the_task_alive_is_a_failure") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.path().join("tests.toml"),
+        "[[test]]\nname = \"zdtm-dummy\"\ndescription = \"d\"\ntimeout_secs = 1\n",
+    )
+    .expect("write");
+    // -t looks binaries up next to zdtm, where cargo put zdtm-dummy.
+    let crust = setup.crust("exit 0", "exit 1");
+    let logs = setup.logs();
+    let out = setup.zdtm(&[
+        "run",
+        "-t",
+        "zdtm-dummy",
+        "--crust",
+        crust.to_str().expect("utf-8"),
+        "--log-dir",
+        logs.to_str().expect("utf-8"),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump): dump: crust dump succeeded but task "),
+        "{stdout}"
+    );
+    assert_daemon_gone(&setup.work_dir());
+}
+
+#[test]
+fn launch_failures_are_reported() {
+    if !root_or_skip("launch_failures_are_reported") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.crust("exit 1", "exit 1");
+    for (mode, expected) in [
+        (
+            "--mode=launcher-fail",
+            "FAIL zdtm-dummy (dump): launch: the test launcher exited with status 3\n",
+        ),
+        (
+            "--mode=no-pidfile",
+            "FAIL zdtm-dummy (dump): launch: the launcher exited 0 but the pidfile ",
+        ),
+    ] {
+        let out = setup.run_dummy(&crust, &[mode]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.starts_with(expected), "{mode}: {stdout}");
+    }
+}
+
+#[test]
+fn hanging_launcher_is_killed_with_its_daemon() {
+    if !root_or_skip("hanging_launcher_is_killed_with_its_daemon") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.path().join("tests.toml"),
+        "[[test]]\nname = \"zdtm-dummy\"\ndescription = \"d\"\ntimeout_secs = 1\n\
+         opts = [\"--mode=launcher-hang\"]\n",
+    )
+    .expect("write");
+    let crust = setup.crust("exit 1", "exit 1");
+    let logs = setup.logs();
+    let out = setup.zdtm(&[
+        "run",
+        "-t",
+        "zdtm-dummy",
+        "--crust",
+        crust.to_str().expect("utf-8"),
+        "--log-dir",
+        logs.to_str().expect("utf-8"),
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(
+            "FAIL zdtm-dummy (dump): launch: the test launcher did not exit within 1s"
+        ),
+        "{stdout}"
+    );
+    // The run's cleanup got the daemon, not the final sweep.
+    assert!(!stderr.contains("leftover"), "{stderr}");
+    let work = setup.work_dir();
+    let work = work.to_str().expect("utf-8");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !text(&cmdline).contains(work),
+            "{:?} still runs",
+            entry.path()
+        );
+    }
+}
