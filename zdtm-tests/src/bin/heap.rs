@@ -40,7 +40,9 @@ fn heap_maps(buf: &mut Vec<u8>) -> TestResult<Vec<maps::MapEntry>> {
     procfs::read_into("/proc/self/maps", buf)?;
     let text = String::from_utf8_lossy(buf);
     let all = maps::parse_maps(&text)?;
-    Ok(merge_adjacent(all.into_iter().filter(|e| e.path == "[heap]").collect()))
+    Ok(merge_adjacent(
+        all.into_iter().filter(|e| e.path == "[heap]").collect(),
+    ))
 }
 
 /// Joins touching entries with the same perms. The kernel may keep the
