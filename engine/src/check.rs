@@ -606,22 +606,6 @@ fn probe_pidfd_getfd(pidfd: &OwnedFd, ours: &OwnedFd) -> Probe {
 
 // --------------------------------------------------------- clone3 set_tid
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 fn read_sysctl_i32(path: &str) -> Result<i32, String> {
     std::fs::read_to_string(path)
         .map_err(|e| format!("reading {path}: {e}"))?
@@ -642,35 +626,20 @@ fn probe_clone3_set_tid() -> Probe {
         if Path::new(&format!("/proc/{want}")).exists() {
             continue;
         }
-        let tids = [want];
-        let args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            set_tid: tids.as_ptr() as u64,
-            set_tid_size: 1,
-            ..CloneArgs::default()
-        };
-        // SAFETY: without CLONE_VM this is a fork: the child gets its own
-        // copy of memory and only calls _exit (async-signal-safe).
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                size_of::<CloneArgs>(),
-            )
-        };
-        if ret == 0 {
-            // SAFETY: the child leaves at once, running nothing else.
-            unsafe { libc::_exit(0) };
-        }
-        if ret < 0 {
-            match Errno::last() {
-                Errno::EEXIST | Errno::EBUSY => {
-                    last_err = errno_of("clone3");
-                    continue;
-                }
-                e => return Err(format!("clone3 with set_tid [{want}]: {e}")),
+        // SAFETY: without CLONE_VM this is a fork: the child only calls
+        // _exit (async-signal-safe).
+        let ret = match unsafe { crate::sys::syscalls::fork_with_pid(want) } {
+            Ok(crate::sys::syscalls::Forked::Child) => {
+                // SAFETY: the child leaves at once, running nothing else.
+                unsafe { libc::_exit(0) }
             }
-        }
+            Ok(crate::sys::syscalls::Forked::Parent(pid)) => pid,
+            Err(Errno::EEXIST | Errno::EBUSY) => {
+                last_err = errno_of("clone3");
+                continue;
+            }
+            Err(e) => return Err(format!("clone3 with set_tid [{want}]: {e}")),
+        };
         let got = Pid::from_raw(ret as i32);
         let reaped = loop {
             match waitpid(got, None) {
@@ -1015,7 +984,6 @@ mod tests {
     fn struct_sizes_match_the_kernel() {
         assert_eq!(size_of::<PmScanArg>(), 96);
         assert_eq!(size_of::<PageRegion>(), 24);
-        assert_eq!(size_of::<CloneArgs>(), 88);
         assert_eq!(size_of::<UffdioApi>(), 24);
         assert_eq!(size_of::<UffdioRegister>(), 32);
         assert_eq!(size_of::<RseqConfiguration>(), 24);

@@ -246,14 +246,21 @@ pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()>
         .map_err(|e| ImageError::io(path, e))
 }
 
-/// Reads the raw payload of a message image after checking its header.
-pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
+/// Opens an image file and checks its header; the file is left just past
+/// the common header. Returns the header and the full header length.
+fn open_checked(path: &Path) -> Result<(File, Header, u64)> {
     let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
     let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
     let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
     f.read_exact(&mut head)
         .map_err(|e| ImageError::io(path, e))?;
     let (header, header_len) = parse_header(path, &head, file_len)?;
+    Ok((f, header, header_len))
+}
+
+/// Reads the raw payload of a message image after checking its header.
+pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
+    let (mut f, header, header_len) = open_checked(path)?;
     if header.kind == Kind::Pages {
         return Ok((header, Vec::new()));
     }
@@ -350,12 +357,8 @@ pub struct PagesReader {
 impl PagesReader {
     pub fn open(path: &Path) -> Result<PagesReader> {
         use std::os::fd::AsRawFd;
-        let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
-        let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
-        let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
-        f.read_exact(&mut head)
-            .map_err(|e| ImageError::io(path, e))?;
-        let (header, header_len) = parse_header(path, &head, file_len)?;
+        let (f, header, header_len) = open_checked(path)?;
+        let file_len = header_len + header.payload_len;
         if header.kind != Kind::Pages || header_len != PAGES_DATA_OFFSET {
             return Err(ImageError::bad(path, "not a pages image"));
         }
