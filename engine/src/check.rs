@@ -709,10 +709,10 @@ fn probe_soft_dirty() -> Probe {
 // ---------------------------------------------------------- userfaultfd
 
 const UFFD_USER_MODE_ONLY: i32 = 1;
-const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::Ioctl = 0xc018_aa3f;
-const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+use crate::sys::uffd::{
+    PageRegion, PmScanArg, UffdioRegister, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
+    PM_SCAN_WP_MATCHING, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP,
+};
 
 /// UFFD_FEATURE_* bits (linux/userfaultfd.h), with the feature name used
 /// in the report.
@@ -735,8 +735,7 @@ pub const UFFD_FEATURES: &[(&str, &str, u64)] = &[
     ("WP_ASYNC", "uffd WP_ASYNC", 1 << 15),
     ("MOVE", "uffd MOVE", 1 << 16),
 ];
-pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub use crate::sys::uffd::{UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED};
 
 /// Names of the known UFFD_FEATURE_* bits set in `mask`, low bit first.
 pub fn uffd_feature_names(mask: u64) -> Vec<&'static str> {
@@ -750,23 +749,6 @@ pub fn uffd_feature_names(mask: u64) -> Vec<&'static str> {
 /// Bits of `mask` that no known UFFD_FEATURE_* names.
 pub fn uffd_unknown_bits(mask: u64) -> u64 {
     UFFD_FEATURES.iter().fold(mask, |m, (_, _, bit)| m & !bit)
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
 }
 
 /// A new userfaultfd, user-mode-only if the kernel has that flag.
@@ -790,17 +772,8 @@ fn open_uffd() -> Result<(OwnedFd, &'static str), String> {
 
 /// UFFDIO_API (once per uffd): enables `features`, returns the kernel's mask.
 fn uffd_api(fd: &OwnedFd, features: u64) -> Result<u64, String> {
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) };
-    if r < 0 {
-        return Err(errno_of(&format!("UFFDIO_API(features {features:#x})")));
-    }
-    Ok(api.features)
+    crate::sys::uffd::api(fd, features)
+        .map_err(|e| format!("UFFDIO_API(features {features:#x}): {e}"))
 }
 
 fn probe_userfaultfd() -> Vec<Feature> {
@@ -839,36 +812,6 @@ fn probe_userfaultfd() -> Vec<Feature> {
 }
 
 // ---------------------------------------------------------- PAGEMAP_SCAN
-
-const PAGEMAP_SCAN: libc::Ioctl = 0xc060_6610;
-const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
 
 const SCAN_PAGES: usize = 64;
 
@@ -982,10 +925,6 @@ mod tests {
 
     #[test]
     fn struct_sizes_match_the_kernel() {
-        assert_eq!(size_of::<PmScanArg>(), 96);
-        assert_eq!(size_of::<PageRegion>(), 24);
-        assert_eq!(size_of::<UffdioApi>(), 24);
-        assert_eq!(size_of::<UffdioRegister>(), 32);
         assert_eq!(size_of::<RseqConfiguration>(), 24);
     }
 

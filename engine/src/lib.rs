@@ -17,3 +17,4 @@ pub mod dump;
 pub mod phases;
 pub mod regs;
 pub mod restore;
+pub mod track;

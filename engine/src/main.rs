@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use crust::dump::{dump, DumpOptions};
+use crust::dump::{dump, pre_dump, DumpOptions, PreDumpMode, PreDumpOptions, TrackOptions};
 use crust::restore::{restore, RestoreOptions};
 
 #[derive(Parser)]
@@ -45,7 +45,26 @@ enum Cmd {
         /// Let the process run on after the dump.
         #[arg(long)]
         leave_running: bool,
+        #[command(flatten)]
+        track: Track,
         /// Print timing and page counts.
+        #[arg(long)]
+        display_stats: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Copy a process's memory while it keeps running (iterative pre-copy).
+    PreDump {
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// How pages leave the task: `read` copies them after the task runs
+        /// again; `splice` (not implemented yet) pins them while frozen.
+        #[arg(long, value_enum, default_value_t = Mode::Read)]
+        pre_dump_mode: Mode,
+        #[command(flatten)]
+        track: Track,
         #[arg(long)]
         display_stats: bool,
         #[command(flatten)]
@@ -79,6 +98,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct Track {
+    /// Track memory changes (a dirty tracker stays in the task between
+    /// pre-dumps), so that the next dump stores only what changed.
+    #[arg(long)]
+    track_mem: bool,
+    /// The previous pre-dump's directory, relative to -D (e.g. ../pre1):
+    /// pages unchanged since then are left to it.
+    #[arg(long)]
+    prev_images_dir: Option<PathBuf>,
+}
+
+impl Track {
+    fn options(&self) -> TrackOptions {
+        TrackOptions {
+            track_mem: self.track_mem,
+            prev_images_dir: self.prev_images_dir.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Read,
+    Splice,
 }
 
 /// Log lines go to stderr and, with -o, to a file as well.
@@ -128,10 +174,55 @@ impl Log {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::PreDump {
+            pid,
+            dir,
+            pre_dump_mode,
+            track,
+            display_stats,
+            common,
+        } => {
+            if let Err(e) = crust::image::ImageDir::create(&dir) {
+                eprintln!("crust: pre-dump of pid {pid} failed: {e}");
+                return ExitCode::FAILURE;
+            }
+            let mut log = Log::open(&common, &dir);
+            let mode = match pre_dump_mode {
+                Mode::Read => PreDumpMode::Read,
+                Mode::Splice => PreDumpMode::Splice,
+            };
+            match pre_dump(
+                pid,
+                &dir,
+                &PreDumpOptions {
+                    mode,
+                    track: track.options(),
+                },
+            ) {
+                Ok(stats) => {
+                    log.stats(
+                        display_stats || common.verbose > 0,
+                        &stats_line("pre-dumped", pid, &dir, &stats),
+                    );
+                    log.stats(
+                        common.verbose > 0,
+                        &format!("crust: pre-dump phases: {}", stats.phases.render()),
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    log.line(&format!(
+                        "crust: pre-dump of pid {pid} failed: {e}; the process was left running"
+                    ));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Dump {
             pid,
             dir,
             leave_running,
+            track,
             display_stats,
             common,
         } => {
@@ -141,15 +232,24 @@ fn main() -> ExitCode {
             }
             let mut log = Log::open(&common, &dir);
             let t = Instant::now();
-            match dump(pid, &dir, &DumpOptions { leave_running }) {
+            match dump(
+                pid,
+                &dir,
+                &DumpOptions {
+                    leave_running,
+                    track: track.options(),
+                },
+            ) {
                 Ok(stats) => {
                     let msg = format!(
-                        "crust: dumped pid {pid} into {}: {} pages ({:.1} MiB) in {:.1} ms, frozen {:.1} ms",
+                        "crust: dumped pid {pid} into {}: {} pages ({:.1} MiB) in {:.1} ms, frozen {:.1} ms; {} of {} pages left to the parent",
                         dir.display(),
                         stats.pages_written,
                         stats.bytes_written as f64 / (1 << 20) as f64,
                         t.elapsed().as_secs_f64() * 1e3,
-                        stats.frozen_ms
+                        stats.frozen_ms,
+                        stats.pages_in_parent,
+                        stats.pages_scanned
                     );
                     log.stats(display_stats || common.verbose > 0, &msg);
                     log.stats(
@@ -237,6 +337,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn stats_line(what: &str, pid: i32, dir: &Path, s: &crust::dump::DumpStats) -> String {
+    format!(
+        "crust: {what} pid {pid} into {}: frozen {:.1} ms; pages scanned {}, in parent {}, written {} ({:.1} MiB)",
+        dir.display(),
+        s.frozen_ms,
+        s.pages_scanned,
+        s.pages_in_parent,
+        s.pages_written,
+        s.bytes_written as f64 / (1 << 20) as f64
+    )
 }
 
 /// Waits for the restored task (our child) and mirrors its exit status.

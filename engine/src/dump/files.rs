@@ -19,10 +19,14 @@ pub(crate) struct FdPlan {
 }
 
 /// Classifies every descriptor, refusing what restore could not recreate.
-pub(crate) fn plan(pid: pid_t) -> Result<FdPlan> {
+/// `tracker` is the dirty tracker's own descriptor: never part of an image.
+pub(crate) fn plan(pid: pid_t, tracker: Option<i32>) -> Result<FdPlan> {
     let mut fds = Vec::new();
     for link in proc::fd::list_fds(pid)? {
         let n = link.fd;
+        if Some(n) == tracker {
+            continue;
+        }
         let info = proc::fd::read_fdinfo(pid, n)?;
         let mut fd = Fd {
             fd: n,

@@ -13,12 +13,14 @@ use std::thread;
 use libc::pid_t;
 
 use crate::error::{Error, Result};
-use crate::image::messages::{madv, Mm, Pagemap, PagemapEntry, Vma, VmaKind};
+use crate::image::chain::LayerMap;
+use crate::image::messages::{madv, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT};
 use crate::image::{ImageDir, Kind, PagesWriter};
 use crate::proc;
 use crate::proc::maps::Vma as ProcVma;
 use crate::proc::pagemap::{PageEntry, PagemapReader};
 use crate::sys::syscalls::{iov, process_vm_read, IOV_MAX};
+use crate::track::uffd_wp::UffdWp;
 
 pub(crate) const PAGE: u64 = 4096;
 /// Pagemap entries read per call.
@@ -64,10 +66,13 @@ pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
     Ok(kind)
 }
 
-pub(crate) fn check_vmas(pid: pid_t, vmas: &[ProcVma]) -> Result<()> {
+/// Refuses VMAs restore could not recreate. `our_tracker`: the task
+/// holds the uffd-wp tracker of a previous pre-dump, so write-protect
+/// registrations (smaps `uw`) are ours, not the task's own.
+pub(crate) fn check_vmas(pid: pid_t, vmas: &[ProcVma], our_tracker: bool) -> Result<()> {
     for v in vmas {
         classify(v).map_err(|what| Error::unsupported(pid, what))?;
-        if v.vm_flags.uffd_missing() || v.vm_flags.uffd_wp() {
+        if v.vm_flags.uffd_missing() || (v.vm_flags.uffd_wp() && !our_tracker) {
             return Err(Error::unsupported(
                 pid,
                 format!("userfaultfd-registered memory at {:#x}", v.start),
@@ -131,10 +136,6 @@ fn wanted(kind: VmaKind, e: PageEntry, zero_pfn: u64) -> bool {
         VmaKind::AnonShared => e.present() || e.swapped(),
         _ => false,
     }
-}
-
-pub(crate) struct MemStats {
-    pub pages: u64,
 }
 
 /// A zeroed, page-aligned buffer. process_vm_readv copies from
@@ -250,84 +251,71 @@ impl PageSink {
     }
 }
 
-/// Copies page runs out of the task into buffers for the sink.
-struct PageCopier<'a> {
-    pid: pid_t,
-    mem: &'a File,
-    sink: PageSink,
-    buf: AlignedBuf,
-    used: usize,
-    remote: Vec<libc::iovec>,
+/// A run of pages to store: its data, read from the task, or a mark that
+/// the parent image chain holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub vaddr: u64,
+    pub pages: u64,
+    pub in_parent: bool,
+    pub readable: bool,
+    /// Runs never merge across a VMA boundary: restore checks each lies in one.
+    pub first_of_vma: bool,
 }
 
-impl PageCopier<'_> {
-    fn add(&mut self, mut addr: u64, mut len: u64, readable: bool) -> Result<()> {
-        while len > 0 {
-            let room = (self.buf.len() - self.used) as u64;
-            if room == 0 || self.remote.len() == IOV_MAX {
-                self.flush()?;
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PlanStats {
+    /// Pages present in the task and worth storing.
+    pub scanned: u64,
+    /// Of those, unchanged since the parent image.
+    pub in_parent: u64,
+}
+
+pub(crate) struct Plan {
+    pub mm: Mm,
+    pub runs: Vec<Run>,
+    pub stats: PlanStats,
+}
+
+/// Walks a parent's sorted runs alongside ascending addresses.
+struct ParentCursor<'a> {
+    entries: &'a [PagemapEntry],
+    idx: usize,
+}
+
+impl ParentCursor<'_> {
+    fn has_page(&mut self, addr: u64) -> bool {
+        while let Some(e) = self.entries.get(self.idx) {
+            if e.vaddr + e.nr_pages * PAGE <= addr {
+                self.idx += 1;
                 continue;
             }
-            let n = len.min(room);
-            if readable {
-                self.remote.push(iov(addr as _, n as usize));
-            } else {
-                // PROT_NONE and other unreadable pages: /proc/PID/mem reads
-                // with FOLL_FORCE, which process_vm_readv does not.
-                self.flush_remote()?;
-                let dst = &mut self.buf[self.used..self.used + n as usize];
-                self.mem.read_exact_at(dst, addr).map_err(|e| {
-                    Error::io(
-                        "reading memory through",
-                        format!("/proc/{}/mem at {addr:#x}", self.pid),
-                        e,
-                    )
-                })?;
-            }
-            self.used += n as usize;
-            addr += n;
-            len -= n;
+            return e.vaddr <= addr;
         }
-        Ok(())
-    }
-
-    /// Reads the queued remote ranges into the tail of the buffer.
-    fn flush_remote(&mut self) -> Result<()> {
-        if self.remote.is_empty() {
-            return Ok(());
-        }
-        let total: usize = self.remote.iter().map(|v| v.iov_len).sum();
-        let start = self.used - total;
-        let local = [iov(self.buf[start..].as_mut_ptr() as _, total)];
-        let n = process_vm_read(self.pid, &local, &self.remote)
-            .map_err(|e| Error::sys("process_vm_readv", self.pid, e))?;
-        if n != total {
-            return Err(Error::task(
-                self.pid,
-                format!("short process_vm_readv: {n} of {total} bytes"),
-            ));
-        }
-        self.remote.clear();
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.flush_remote()?;
-        if self.used > 0 {
-            self.sink.swap(&mut self.buf, self.used)?;
-            self.used = 0;
-        }
-        Ok(())
+        false
     }
 }
 
-/// Dumps the memory layout and contents of `pid`.
-pub(crate) fn dump(
-    pid: pid_t,
-    vmas: &[ProcVma],
-    images: &ImageDir,
-    brk: u64,
-) -> Result<(Mm, Pagemap, MemStats)> {
+/// Ascending written ranges, consulted with ascending addresses.
+struct WrittenCursor<'a> {
+    ranges: &'a [(u64, u64)],
+    idx: usize,
+}
+
+impl WrittenCursor<'_> {
+    fn written(&mut self, addr: u64) -> bool {
+        while let Some(&(start, end)) = self.ranges.get(self.idx) {
+            if end <= addr {
+                self.idx += 1;
+                continue;
+            }
+            return start <= addr;
+        }
+        false
+    }
+}
+
+fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
     let stat = proc::stat::read_stat(pid)?;
     let auxv_bytes = proc::auxv::read_auxv(pid)?;
     let auxv = auxv_bytes
@@ -341,8 +329,8 @@ pub(crate) fn dump(
             format!("executable was removed: {exe_path}"),
         ));
     }
-    let mut mm = Mm {
-        vmas: Vec::with_capacity(vmas.len()),
+    Ok(Mm {
+        vmas: Vec::new(),
         start_code: stat.start_code,
         end_code: stat.end_code,
         start_data: stat.start_data,
@@ -356,8 +344,281 @@ pub(crate) fn dump(
         env_end: stat.env_end,
         auxv,
         exe_path,
-    };
+    })
+}
 
+/// Decides, while the task is frozen, which pages to store and which the
+/// parent already holds. With a tracker, this also re-arms it: the next
+/// dump sees what is written from now on.
+///
+/// A page is left to the parent only when all of these hold: its VMA was
+/// tracked since the parent (registered before, `uw` still set), the
+/// tracker says it was not written, and the parent chain holds it. Pages
+/// not present now are not listed at all, so they come back empty even if
+/// a parent holds old data for them (MADV_DONTNEED between pre-dumps).
+pub(crate) fn plan(
+    pid: pid_t,
+    vmas: &[ProcVma],
+    brk: u64,
+    parent: Option<&LayerMap>,
+    tracker: Option<&UffdWp>,
+) -> Result<Plan> {
+    let mut mm = mm_header(pid, brk)?;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut stats = PlanStats::default();
+    let mut reader = PagemapReader::open(pid)?;
+    let zero_pfn = proc::pagemap::zero_page_pfn()?;
+    let mut entries = Vec::with_capacity(SCAN_PAGES);
+    let mut parent_cursor = parent.map(|p| ParentCursor {
+        entries: &p.pagemap.entries,
+        idx: 0,
+    });
+    let mut written = Vec::new();
+    for v in vmas {
+        let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
+        mm.vmas.push(to_image_vma(v, kind));
+        if !matches!(
+            kind,
+            VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::AnonShared
+        ) {
+            continue;
+        }
+        // Only writable VMAs are registered: one made writable later by
+        // mprotect is unregistered, hence untracked, hence dumped whole.
+        let mut tracked = false;
+        written.clear();
+        if let (Some(t), true) = (tracker, v.write) {
+            tracked = t.continued && v.vm_flags.uffd_wp();
+            if !v.vm_flags.uffd_wp() {
+                t.register(v.start, v.end)?;
+            }
+            t.written(v.start, v.end, &mut written)?;
+        }
+        let mut wcur = WrittenCursor {
+            ranges: &written,
+            idx: 0,
+        };
+        let mut first_of_vma = true;
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = (((v.end - addr) / PAGE) as usize).min(SCAN_PAGES);
+            entries.clear();
+            reader.read(addr, n, &mut entries)?;
+            for (i, &e) in entries.iter().enumerate() {
+                let page = addr + i as u64 * PAGE;
+                if !wanted(kind, PageEntry(e), zero_pfn) {
+                    continue;
+                }
+                stats.scanned += 1;
+                let dirty = wcur.written(page);
+                let in_parent =
+                    tracked && !dirty && parent_cursor.as_mut().is_some_and(|c| c.has_page(page));
+                if in_parent {
+                    stats.in_parent += 1;
+                }
+                match runs.last_mut() {
+                    Some(r)
+                        if !first_of_vma
+                            && r.vaddr + r.pages * PAGE == page
+                            && r.in_parent == in_parent =>
+                    {
+                        r.pages += 1
+                    }
+                    _ => runs.push(Run {
+                        vaddr: page,
+                        pages: 1,
+                        in_parent,
+                        readable: v.read,
+                        first_of_vma,
+                    }),
+                }
+                first_of_vma = false;
+            }
+            addr += n as u64 * PAGE;
+        }
+    }
+    Ok(Plan { mm, runs, stats })
+}
+
+/// One queued piece of output, in address order.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    vaddr: u64,
+    len: u64,
+    in_parent: bool,
+    first_of_vma: bool,
+}
+
+/// Copies page runs out of the task into buffers for the sink, and builds
+/// the pagemap for what it actually stored.
+struct PageCopier<'a> {
+    pid: pid_t,
+    mem: &'a File,
+    sink: PageSink,
+    buf: AlignedBuf,
+    used: usize,
+    remote: Vec<libc::iovec>,
+    pending: Vec<Pending>,
+    /// Pages that could not be read (tolerant mode): left out.
+    failed: std::collections::HashSet<u64>,
+    /// Read-mode pre-dumps run after the task was let go: regions may be
+    /// gone by now, and their pages are then simply not stored.
+    tolerant: bool,
+    entries: Vec<PagemapEntry>,
+    floor: usize,
+    stored_pages: u64,
+}
+
+impl PageCopier<'_> {
+    fn add(&mut self, run: &Run) -> Result<()> {
+        let (mut addr, mut len) = (run.vaddr, run.pages * PAGE);
+        let mut first = run.first_of_vma;
+        if run.in_parent {
+            self.pending.push(Pending {
+                vaddr: addr,
+                len,
+                in_parent: true,
+                first_of_vma: first,
+            });
+            return Ok(());
+        }
+        while len > 0 {
+            let room = (self.buf.len() - self.used) as u64;
+            if room == 0 || self.remote.len() == IOV_MAX {
+                self.flush()?;
+                continue;
+            }
+            let n = len.min(room);
+            if run.readable {
+                self.remote.push(iov(addr as _, n as usize));
+            } else {
+                // PROT_NONE and other unreadable pages: /proc/PID/mem reads
+                // with FOLL_FORCE, which process_vm_readv does not.
+                self.flush_remote()?;
+                let at = self.used;
+                self.read_mem(addr, at, n)?;
+            }
+            self.pending.push(Pending {
+                vaddr: addr,
+                len: n,
+                in_parent: false,
+                first_of_vma: first,
+            });
+            first = false;
+            self.used += n as usize;
+            addr += n;
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// Reads [addr, addr+len) through /proc/PID/mem into the buffer at `at`.
+    fn read_mem(&mut self, addr: u64, at: usize, len: u64) -> Result<()> {
+        let dst = &mut self.buf[at..at + len as usize];
+        match self.mem.read_exact_at(dst, addr) {
+            Ok(()) => Ok(()),
+            Err(_) if self.tolerant => {
+                self.failed
+                    .extend((addr..addr + len).step_by(PAGE as usize));
+                Ok(())
+            }
+            Err(e) => Err(Error::io(
+                "reading memory through",
+                format!("/proc/{}/mem at {addr:#x}", self.pid),
+                e,
+            )),
+        }
+    }
+
+    /// Reads the queued remote ranges into the tail of the buffer.
+    fn flush_remote(&mut self) -> Result<()> {
+        if self.remote.is_empty() {
+            return Ok(());
+        }
+        let total: usize = self.remote.iter().map(|v| v.iov_len).sum();
+        let start = self.used - total;
+        let local = [iov(self.buf[start..].as_mut_ptr() as _, total)];
+        let got = process_vm_read(self.pid, &local, &self.remote);
+        match got {
+            Ok(n) if n == total => {}
+            Ok(n) if !self.tolerant => {
+                return Err(Error::task(
+                    self.pid,
+                    format!("short process_vm_readv: {n} of {total} bytes"),
+                ))
+            }
+            Err(e) if !self.tolerant => return Err(Error::sys("process_vm_readv", self.pid, e)),
+            _ => {
+                // Something was unmapped meanwhile: page by page, keeping
+                // what can still be read.
+                let remote = std::mem::take(&mut self.remote);
+                let mut at = start;
+                for r in &remote {
+                    for off in (0..r.iov_len).step_by(PAGE as usize) {
+                        let page = r.iov_base as u64 + off as u64;
+                        let local = [iov(self.buf[at..].as_mut_ptr() as _, PAGE as usize)];
+                        if process_vm_read(self.pid, &local, &[iov(page as _, PAGE as usize)])
+                            != Ok(PAGE as usize)
+                        {
+                            self.failed.insert(page);
+                        }
+                        at += PAGE as usize;
+                    }
+                }
+            }
+        }
+        self.remote.clear();
+        Ok(())
+    }
+
+    /// Records the pagemap for the queued pieces and hands the data over.
+    fn flush(&mut self) -> Result<()> {
+        self.flush_remote()?;
+        let mut read_at = 0usize;
+        let mut write_at = 0usize;
+        for p in std::mem::take(&mut self.pending) {
+            if p.first_of_vma {
+                self.floor = self.entries.len();
+            }
+            if p.in_parent {
+                push_run(
+                    &mut self.entries,
+                    self.floor,
+                    p.vaddr,
+                    p.len / PAGE,
+                    PE_IN_PARENT,
+                );
+                continue;
+            }
+            for page in (p.vaddr..p.vaddr + p.len).step_by(PAGE as usize) {
+                if !self.failed.contains(&page) {
+                    if read_at != write_at {
+                        self.buf
+                            .copy_within(read_at..read_at + PAGE as usize, write_at);
+                    }
+                    push_run(&mut self.entries, self.floor, page, 1, 0);
+                    write_at += PAGE as usize;
+                    self.stored_pages += 1;
+                }
+                read_at += PAGE as usize;
+            }
+        }
+        if write_at > 0 {
+            self.sink.swap(&mut self.buf, write_at)?;
+        }
+        self.used = 0;
+        Ok(())
+    }
+}
+
+/// Copies the planned runs into the pages file of `images` and returns
+/// the pagemap of what was stored and the number of pages written.
+pub(crate) fn copy(
+    pid: pid_t,
+    runs: &[Run],
+    images: &ImageDir,
+    tolerant: bool,
+) -> Result<(Pagemap, u64)> {
     let pages_name = Kind::Pages.file_name(Some(pid));
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
@@ -368,66 +629,42 @@ pub(crate) fn dump(
         buf: AlignedBuf::new(BUF_BYTES),
         used: 0,
         remote: Vec::with_capacity(IOV_MAX),
-    };
-    let mut pagemap = Pagemap {
-        pages_file: pages_name,
+        pending: Vec::new(),
+        failed: Default::default(),
+        tolerant,
         entries: Vec::new(),
+        floor: 0,
+        stored_pages: 0,
     };
-    let mut reader = PagemapReader::open(pid)?;
-    let zero_pfn = proc::pagemap::zero_page_pfn()?;
-    let mut entries = Vec::with_capacity(SCAN_PAGES);
-
-    for v in vmas {
-        let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
-        mm.vmas.push(to_image_vma(v, kind));
-        // Runs never cross a VMA boundary: restore checks each lies in one.
-        let first_of_vma = pagemap.entries.len();
-        if !matches!(
-            kind,
-            VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::AnonShared
-        ) {
-            continue;
-        }
-        let mut addr = v.start;
-        while addr < v.end {
-            let n = (((v.end - addr) / PAGE) as usize).min(SCAN_PAGES);
-            entries.clear();
-            reader.read(addr, n, &mut entries)?;
-            let mut i = 0;
-            while i < entries.len() {
-                if !wanted(kind, PageEntry(entries[i]), zero_pfn) {
-                    i += 1;
-                    continue;
-                }
-                let run_start = i;
-                while i < entries.len() && wanted(kind, PageEntry(entries[i]), zero_pfn) {
-                    i += 1;
-                }
-                let vaddr = addr + run_start as u64 * PAGE;
-                let nr = (i - run_start) as u64;
-                push_run(&mut pagemap.entries, first_of_vma, vaddr, nr);
-                copier.add(vaddr, nr * PAGE, v.read)?;
-            }
-            addr += n as u64 * PAGE;
-        }
+    for r in runs {
+        copier.add(r)?;
     }
     copier.flush()?;
     let written = copier.sink.finish()?;
+    if written != copier.stored_pages * PAGE {
+        return Err(Error::task(
+            pid,
+            format!(
+                "wrote {written} bytes of page data for {} pages",
+                copier.stored_pages
+            ),
+        ));
+    }
     Ok((
-        mm,
-        pagemap,
-        MemStats {
-            pages: written / PAGE,
+        Pagemap {
+            pages_file: pages_name,
+            entries: copier.entries,
         },
+        copier.stored_pages,
     ))
 }
 
 /// Appends a run, merging it with the previous one (at or after index
-/// `floor`) when contiguous.
-fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages: u64) {
+/// `floor`) when contiguous and alike.
+fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages: u64, flags: u32) {
     let mergeable = entries.len() > floor;
     if let Some(last) = entries.last_mut().filter(|_| mergeable) {
-        if last.vaddr + last.nr_pages * PAGE == vaddr && last.flags == 0 {
+        if last.vaddr + last.nr_pages * PAGE == vaddr && last.flags == flags {
             last.nr_pages += nr_pages;
             return;
         }
@@ -435,7 +672,7 @@ fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages:
     entries.push(PagemapEntry {
         vaddr,
         nr_pages,
-        flags: 0,
+        flags,
     });
 }
 
@@ -446,14 +683,17 @@ mod tests {
     #[test]
     fn runs_merge_when_contiguous() {
         let mut e = Vec::new();
-        push_run(&mut e, 0, 0x1000, 2);
-        push_run(&mut e, 0, 0x3000, 1);
-        push_run(&mut e, 0, 0x5000, 1);
+        push_run(&mut e, 0, 0x1000, 2, 0);
+        push_run(&mut e, 0, 0x3000, 1, 0);
+        push_run(&mut e, 0, 0x5000, 1, 0);
         assert_eq!(e.len(), 2);
         assert_eq!((e[0].vaddr, e[0].nr_pages), (0x1000, 3));
         // A new VMA starts a new run even when contiguous.
-        push_run(&mut e, 2, 0x6000, 1);
+        push_run(&mut e, 2, 0x6000, 1, 0);
         assert_eq!(e.len(), 3);
+        // In-parent runs do not merge with stored ones.
+        push_run(&mut e, 0, 0x7000, 1, PE_IN_PARENT);
+        assert_eq!(e.len(), 4);
     }
 
     #[test]

@@ -8,22 +8,29 @@ mod files;
 mod mem;
 mod task;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use libc::pid_t;
 
 use crate::error::{Error, Result};
+use crate::image::chain::{self, LayerMap};
 use crate::image::messages::{Inventory, PsTree, TaskEntry};
 use crate::image::{ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
+use crate::sys::syscalls::pidfd_open;
 use crate::sys::{Regs, Stop, Tracee};
+use crate::track::{
+    self,
+    uffd_wp::{is_tracker_fd, UffdWp},
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpOptions {
     /// Resume the task after dumping instead of killing it.
     pub leave_running: bool,
+    pub track: TrackOptions,
 }
 
 /// What a dump did, for the log and `--display-stats`.
@@ -31,6 +38,10 @@ pub struct DumpOptions {
 pub struct DumpStats {
     pub phases: crate::phases::Phases,
     pub frozen_ms: f64,
+    /// Pages present and worth storing.
+    pub pages_scanned: u64,
+    /// Of those, left to the parent image as unchanged.
+    pub pages_in_parent: u64,
     pub pages_written: u64,
     pub bytes_written: u64,
 }
@@ -123,15 +134,72 @@ pub(crate) fn zeroed_regs() -> Regs {
     unsafe { std::mem::zeroed() }
 }
 
-/// Dumps the single-threaded task `pid` into `dir`.
-pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
-    let images = ImageDir::create(dir)?;
-    let start = Instant::now();
-    let mut phases = crate::phases::Phases::default();
-    let mut frozen = Frozen::freeze(pid)?;
-    phases.mark("freeze");
+/// Iterative pre-copy options, shared by dump and pre-dump.
+#[derive(Debug, Clone, Default)]
+pub struct TrackOptions {
+    /// Keep (or take over) a dirty tracker in the task (--track-mem).
+    pub track_mem: bool,
+    /// The parent image directory, relative to the new one, as CRIU's
+    /// --prev-images-dir (e.g. `../pre1`).
+    pub prev_images_dir: Option<PathBuf>,
+}
 
-    // Refuse what we cannot restore before touching anything.
+/// How a pre-dump gets page data out of the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreDumpMode {
+    /// While frozen, only collect the page list; copy with
+    /// process_vm_readv after the task runs again.
+    #[default]
+    Read,
+    /// While frozen, pin the pages into pipes with vmsplice; drain them
+    /// after the task runs again. Not implemented yet.
+    Splice,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PreDumpOptions {
+    pub mode: PreDumpMode,
+    pub track: TrackOptions,
+}
+
+/// The parent image a new one builds on.
+struct Parent {
+    rel: String,
+    inv: Inventory,
+    layer: LayerMap,
+}
+
+fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Parent>> {
+    let Some(rel) = &track.prev_images_dir else {
+        return Ok(None);
+    };
+    let pdir = dir.join(rel);
+    let inv: Inventory = ImageDir::open(&pdir)?.read(Kind::Inventory, None)?;
+    if inv.root_pid != pid {
+        return Err(Error::Other(format!(
+            "parent image {} is of pid {}, not {pid}",
+            pdir.display(),
+            inv.root_pid
+        )));
+    }
+    let layer = chain::load_layer(&pdir, pid)?;
+    Ok(Some(Parent {
+        rel: rel.to_string_lossy().into_owned(),
+        inv,
+        layer,
+    }))
+}
+
+/// The descriptor where the parent's tracker lives in the task, if the
+/// task still holds a userfaultfd there.
+fn parent_tracker_fd(pid: pid_t, parent: Option<&Parent>) -> Option<i32> {
+    parent
+        .filter(|p| p.inv.tracker == track::UFFD_WP && p.inv.tracker_fd >= 0)
+        .map(|p| p.inv.tracker_fd)
+        .filter(|&fd| is_tracker_fd(pid, fd))
+}
+
+fn single_thread(pid: pid_t) -> Result<Vec<i32>> {
     let threads = proc::task::task_ids(pid)?;
     if threads.len() != 1 {
         return Err(Error::unsupported(
@@ -142,38 +210,144 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
             ),
         ));
     }
-    let vmas = proc::maps::read_smaps(pid)?;
-    mem::check_vmas(pid, &vmas)?;
-    let fd_plan = files::plan(pid)?;
+    Ok(threads)
+}
 
-    frozen.block_signals()?;
+fn syscall_gadget(pid: pid_t, vmas: &[proc::maps::Vma]) -> Result<u64> {
     let vdso = vmas.iter().find(|v| v.path == "[vdso]").ok_or_else(|| {
         Error::unsupported(pid, "no [vdso] mapping to run injected syscalls from")
     })?;
-    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
+    find_syscall_gadget(pid, vdso.start, vdso.end)
+}
+
+/// Copies the memory of `pid` into `dir` while it keeps running.
+pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
+    if opts.mode == PreDumpMode::Splice {
+        return Err(Error::Other(
+            "--pre-dump-mode splice is not implemented yet: use --pre-dump-mode read".into(),
+        ));
+    }
+    let images = ImageDir::create(dir)?;
+    let parent = load_parent(dir, &opts.track, pid)?;
+    let start = Instant::now();
+    let mut phases = crate::phases::Phases::default();
+    let mut frozen = Frozen::freeze(pid)?;
+    phases.mark("freeze");
+    single_thread(pid)?;
+    let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
+    let vmas = proc::maps::read_smaps(pid)?;
+    mem::check_vmas(pid, &vmas, prev_tracker.is_some())?;
+    let tracker = if opts.track.track_mem {
+        frozen.block_signals()?;
+        let gadget = syscall_gadget(pid, &vmas)?;
+        let pidfd = pidfd_open(pid)?;
+        let mut inj = frozen.injector(gadget);
+        Some(UffdWp::attach_or_create(
+            &mut inj,
+            &pidfd,
+            parent_tracker_fd(pid, parent.as_ref()),
+        )?)
+    } else {
+        None
+    };
+    // brk is not read for a pre-dump: restore takes the mm from the dump.
+    let plan = match mem::plan(
+        pid,
+        &vmas,
+        0,
+        parent.as_ref().map(|p| &p.layer),
+        tracker.as_ref(),
+    ) {
+        Ok(plan) => plan,
+        Err(e) => {
+            // A tracker made just now would outlive a failed pre-dump.
+            if let Some(t) = tracker.filter(|t| !t.continued) {
+                let gadget = syscall_gadget(pid, &vmas)?;
+                let _ = t.remove(&mut frozen.injector(gadget));
+            }
+            return Err(e);
+        }
+    };
+    phases.mark("plan");
+    frozen.resume()?;
+    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (pagemap, written) = mem::copy(pid, &plan.runs, &images, true)?;
+    phases.mark("copy");
+    images.write(Kind::Mm, Some(pid), &plan.mm)?;
+    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
+    let mut inv = inventory(pid, "pre-dump", parent.as_ref());
+    if let Some(t) = &tracker {
+        inv.tracker = track::UFFD_WP.into();
+        inv.tracker_fd = t.task_fd;
+    }
+    images.write(Kind::Inventory, None, &inv)?;
+    phases.mark("images");
+    Ok(DumpStats {
+        phases,
+        frozen_ms,
+        pages_scanned: plan.stats.scanned,
+        pages_in_parent: plan.stats.in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+    })
+}
+
+/// Dumps the single-threaded task `pid` into `dir`.
+pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    let images = ImageDir::create(dir)?;
+    let parent = load_parent(dir, &opts.track, pid)?;
+    let start = Instant::now();
+    let mut phases = crate::phases::Phases::default();
+    let mut frozen = Frozen::freeze(pid)?;
+    phases.mark("freeze");
+
+    // Refuse what we cannot restore before touching anything.
+    let threads = single_thread(pid)?;
+    // A tracker left by our pre-dumps is not the task's own state: its
+    // registrations are allowed and its descriptor is left out.
+    let our_tracker = parent_tracker_fd(pid, parent.as_ref());
+    let vmas = proc::maps::read_smaps(pid)?;
+    mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+    let fd_plan = files::plan(pid, our_tracker)?;
+    let tracker_fd = our_tracker.filter(|_| opts.track.track_mem);
+
+    frozen.block_signals()?;
+    let gadget = syscall_gadget(pid, &vmas)?;
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
-    let mut core = {
+    let pidfd = pidfd_open(pid)?;
+    let (mut core, tracker) = {
         let mut inj = frozen.injector(gadget);
-        task::collect_injected(&mut inj)?
+        let core = task::collect_injected(&mut inj)?;
+        let tracker = match tracker_fd {
+            Some(fd) => Some(UffdWp::attach_or_create(&mut inj, &pidfd, Some(fd))?),
+            None => None,
+        };
+        (core, tracker)
     };
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
     core.core.sigmask = frozen.sigmask;
-
     phases.mark("task state");
+
     // Memory: the layout is read again now that the scratch page is gone.
     let vmas = proc::maps::read_smaps(pid)?;
-    mem::check_vmas(pid, &vmas)?;
-    let brk = core.brk;
-    let (mm, pagemap, mem_stats) = mem::dump(pid, &vmas, &images, brk)?;
+    mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+    let plan = mem::plan(
+        pid,
+        &vmas,
+        core.brk,
+        parent.as_ref().map(|p| &p.layer),
+        tracker.as_ref(),
+    )?;
+    let (pagemap, written) = mem::copy(pid, &plan.runs, &images, false)?;
     phases.mark("memory");
     let fds = files::dump(pid, &fd_plan)?;
 
     let stat = proc::stat::read_stat(pid)?;
     images.write(Kind::Core, Some(pid), &core.core)?;
-    images.write(Kind::Mm, Some(pid), &mm)?;
+    images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Fds, Some(pid), &fds)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     let tree = PsTree {
@@ -187,11 +361,21 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     };
     images.write(Kind::PsTree, None, &tree)?;
     // The inventory goes last: an image directory without it is incomplete.
-    images.write(Kind::Inventory, None, &inventory(pid))?;
-
+    images.write(
+        Kind::Inventory,
+        None,
+        &inventory(pid, "dump", parent.as_ref()),
+    )?;
     phases.mark("files and images");
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     if opts.leave_running {
+        // Tracking ends with the final dump.
+        drop(tracker);
+        if let Some(fd) = our_tracker {
+            frozen
+                .injector(gadget)
+                .call("close(tracker)", libc::SYS_close, &[fd as u64])?;
+        }
         frozen.resume()?;
     } else {
         frozen.kill()?;
@@ -200,12 +384,14 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     Ok(DumpStats {
         phases,
         frozen_ms,
-        pages_written: mem_stats.pages,
-        bytes_written: mem_stats.pages * 4096,
+        pages_scanned: plan.stats.scanned,
+        pages_in_parent: plan.stats.in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
     })
 }
 
-fn inventory(pid: pid_t) -> Inventory {
+fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -218,8 +404,11 @@ fn inventory(pid: pid_t) -> Inventory {
         format_version: FORMAT_VERSION,
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         root_pid: pid,
-        kind: "dump".into(),
+        kind: kind.into(),
         created_unix_secs: created,
         kernel,
+        parent: parent.map(|p| p.rel.clone()).unwrap_or_default(),
+        tracker: String::new(),
+        tracker_fd: -1,
     }
 }

@@ -28,6 +28,17 @@ pub struct Inventory {
     pub created_unix_secs: u64,
     #[prost(string, tag = "6")]
     pub kernel: String,
+    /// The parent image directory, relative to this one (CRIU's
+    /// --prev-images-dir); empty for a standalone image.
+    #[prost(string, tag = "7")]
+    pub parent: String,
+    /// Dirty tracker the memory was selected with ("uffd-wp"), if any.
+    #[prost(string, tag = "8")]
+    pub tracker: String,
+    /// Where the tracker's state lives in the task between pre-dumps (the
+    /// userfaultfd's descriptor number), -1 if nowhere. Never dumped itself.
+    #[prost(int32, tag = "9")]
+    pub tracker_fd: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -360,6 +371,10 @@ pub struct Fds {
     #[prost(message, repeated, tag = "2")]
     pub pipes: Vec<Pipe>,
 }
+
+/// PagemapEntry flag: the run's data is in the parent image chain, not in
+/// this directory's pages file.
+pub const PE_IN_PARENT: u32 = 1;
 
 /// A run of pages with data in the pages file, in file order.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

@@ -5,6 +5,7 @@
 //!
 //! docs/image-format.md describes the layout; `crust show` prints any image.
 
+pub mod chain;
 pub mod container;
 pub mod messages;
 pub mod show;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
 use crate::error::{Error, Result};
+use crate::image::chain::Source;
 use crate::image::messages::{madv, Mm, Pagemap, Vma, VmaKind};
 use crate::image::PagesReader;
 use crate::inject::Injector;
@@ -31,11 +32,7 @@ fn special_name(k: VmaKind) -> Option<&'static str> {
 }
 
 /// Checks that the memory images describe a layout restore can build.
-pub(crate) fn validate(
-    mm: &Mm,
-    pagemap: &Pagemap,
-    pages: &PagesReader,
-) -> std::result::Result<(), String> {
+pub(crate) fn validate(mm: &Mm, pagemap: &Pagemap) -> std::result::Result<(), String> {
     let mut prev_end = 0;
     for v in &mm.vmas {
         if VmaKind::try_from(v.kind).is_err() {
@@ -49,7 +46,6 @@ pub(crate) fn validate(
         }
         prev_end = v.end;
     }
-    let mut total = 0u64;
     let mut vi = 0;
     for e in &pagemap.entries {
         let end = e
@@ -73,13 +69,6 @@ pub(crate) fn validate(
                 e.vaddr
             ));
         }
-        total += e.nr_pages * PAGE;
-    }
-    if total != pages.data_len() {
-        return Err(format!(
-            "pagemap covers {total} bytes but the pages file holds {}",
-            pages.data_len()
-        ));
     }
     Ok(())
 }
@@ -294,30 +283,32 @@ const CHUNK: u64 = 16 << 20;
 pub(crate) struct Piece {
     pub vaddr: u64,
     pub len: u64,
+    /// Which image of the chain holds the data (0: the dump itself).
+    pub layer: usize,
     pub data_off: u64,
     pub populate: bool,
 }
 
-/// Splits the pagemap into pieces of at most CHUNK bytes, in file order.
-pub(crate) fn pieces(mm: &Mm, pagemap: &Pagemap) -> Vec<Piece> {
+/// Splits the resolved page runs into pieces of at most CHUNK bytes.
+pub(crate) fn pieces(mm: &Mm, sources: &[Source]) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut vi = 0;
-    let mut data_off = 0;
-    for e in &pagemap.entries {
-        while vi < mm.vmas.len() && mm.vmas[vi].end <= e.vaddr {
+    for src in sources {
+        while vi < mm.vmas.len() && mm.vmas[vi].end <= src.vaddr {
             vi += 1;
         }
         let anon = mm
             .vmas
             .get(vi)
             .is_some_and(|v| matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared));
-        let populate = anon && e.nr_pages >= POPULATE_MIN_PAGES;
-        let (mut vaddr, mut left) = (e.vaddr, e.nr_pages * PAGE);
+        let populate = anon && src.len >= POPULATE_MIN_PAGES * PAGE;
+        let (mut vaddr, mut data_off, mut left) = (src.vaddr, src.data_off, src.len);
         while left > 0 {
             let len = left.min(CHUNK);
             out.push(Piece {
                 vaddr,
                 len,
+                layer: src.layer,
                 data_off,
                 populate,
             });
@@ -340,7 +331,7 @@ pub(crate) fn pieces(mm: &Mm, pagemap: &Pagemap) -> Vec<Piece> {
 pub(crate) fn populate_and_fill(
     inj: &mut Injector,
     pieces: &[Piece],
-    pages: &PagesReader,
+    pages: &[PagesReader],
 ) -> Result<u64> {
     let pid = inj.pid();
     std::thread::scope(|scope| {
@@ -348,7 +339,10 @@ pub(crate) fn populate_and_fill(
         let filler = scope.spawn(move || -> Result<u64> {
             let mut copied = 0;
             for batch in rx {
-                copied += fill_batch(pid, batch, pages)?;
+                let reader = pages
+                    .get(batch[0].layer)
+                    .ok_or_else(|| Error::task(pid, "page data from a missing image layer"))?;
+                copied += fill_batch(pid, batch, reader)?;
             }
             Ok(copied)
         });
@@ -367,7 +361,11 @@ pub(crate) fn populate_and_fill(
                 }
             }
             bytes += p.len;
-            if bytes >= CHUNK || i + 1 - start == IOV_MAX || i + 1 == pieces.len() {
+            // A batch is one contiguous stretch of one pages file.
+            let next_joins = pieces
+                .get(i + 1)
+                .is_some_and(|n| n.layer == p.layer && n.data_off == p.data_off + p.len);
+            if bytes >= CHUNK || i + 1 - start == IOV_MAX || !next_joins {
                 if tx.send(&pieces[start..=i]).is_err() {
                     break; // the filler failed: its error is reported below
                 }
@@ -451,7 +449,7 @@ mod tests {
 
     #[test]
     fn pieces_split_runs_and_follow_the_file() {
-        use crate::image::messages::PagemapEntry;
+        use crate::image::chain::Source;
         let anon = Vma {
             start: 0x10_0000_0000,
             end: 0x10_1000_0000,
@@ -471,27 +469,18 @@ mod tests {
             ..Default::default()
         };
         let big = (CHUNK / PAGE) * 2 + 3;
-        let pm = Pagemap {
-            pages_file: String::new(),
-            entries: vec![
-                PagemapEntry {
-                    vaddr: 0x10_0000_0000,
-                    nr_pages: big,
-                    flags: 0,
-                },
-                PagemapEntry {
-                    vaddr: 0x10_0800_0000,
-                    nr_pages: 2,
-                    flags: 0,
-                },
-                PagemapEntry {
-                    vaddr: 0x20_0000_0000,
-                    nr_pages: 40,
-                    flags: 0,
-                },
-            ],
+        let src = |vaddr, pages: u64, data_off| Source {
+            vaddr,
+            len: pages * PAGE,
+            layer: 0,
+            data_off,
         };
-        let p = pieces(&mm, &pm);
+        let sources = vec![
+            src(0x10_0000_0000, big, 0),
+            src(0x10_0800_0000, 2, big * PAGE),
+            src(0x20_0000_0000, 40, (big + 2) * PAGE),
+        ];
+        let p = pieces(&mm, &sources);
         assert_eq!(p.len(), 5);
         assert_eq!((p[0].len, p[1].len, p[2].len), (CHUNK, CHUNK, 3 * PAGE));
         assert_eq!(p[1].vaddr, 0x10_0000_0000 + CHUNK);

@@ -17,8 +17,9 @@ use libc::pid_t;
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
+use crate::image::chain::Chain;
 use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
-use crate::image::{ImageDir, Kind, PagesReader};
+use crate::image::{ImageDir, Kind};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
 use crate::regs::from_image;
@@ -50,8 +51,8 @@ struct TaskImages {
     core: Core,
     mm: Mm,
     fds: Fds,
-    pagemap: Pagemap,
-    pages: PagesReader,
+    /// The dump and its parents; page data of every layer.
+    chain: Chain,
 }
 
 fn bad(dir: &Path, what: impl Into<String>) -> Error {
@@ -95,22 +96,18 @@ fn load(dir: &Path) -> Result<TaskImages> {
     if core.regs.is_none() || core.xstate.is_empty() {
         return Err(bad(dir, "core image has no registers"));
     }
-    if pagemap.pages_file.contains('/') || pagemap.pages_file.is_empty() {
-        return Err(bad(
-            dir,
-            format!("bad pages file name {:?}", pagemap.pages_file),
-        ));
-    }
-    let pages = PagesReader::open(&images.path.join(&pagemap.pages_file))?;
-    mem::validate(&mm, &pagemap, &pages).map_err(|w| bad(dir, w))?;
+    mem::validate(&mm, &pagemap).map_err(|w| bad(dir, w))?;
+    // Opens every layer, checks each pages file against its pagemap, and
+    // that in-parent pages really are in the parents.
+    let chain = Chain::open(dir, pid)?;
+    chain.resolve()?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
     Ok(TaskImages {
         task,
         core,
         mm,
         fds,
-        pagemap,
-        pages,
+        chain,
     })
 }
 
@@ -194,7 +191,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
     let img = load(dir)?;
     let pid = img.task.pid;
-    img.pages.will_need();
+    for pages in &img.chain.pages {
+        pages.will_need();
+    }
     phases.mark("read images");
     let mut stub = spawn_stub(pid, opts.pid_wait)?;
     phases.mark("fork stub");
@@ -240,7 +239,8 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm)?;
     phases.mark("map");
-    mem::populate_and_fill(&mut inj, &mem::pieces(&img.mm, &img.pagemap), &img.pages)?;
+    let sources = img.chain.resolve()?;
+    mem::populate_and_fill(&mut inj, &mem::pieces(&img.mm, &sources), &img.chain.pages)?;
     phases.mark("pages");
     mem::finish_vmas(&mut inj, &img.mm)?;
     task::set_mm(&mut inj, &img.mm)?;

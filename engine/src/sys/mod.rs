@@ -3,5 +3,6 @@
 
 pub mod ptrace;
 pub mod syscalls;
+pub mod uffd;
 
 pub use ptrace::{Regs, Stop, Tracee};

@@ -1,0 +1,345 @@
+//! Image directories linked by their inventories' `parent` field: a dump
+//! on top of pre-dumps. Pages marked in-parent are looked up through the
+//! chain, however long.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::container::{ImageDir, ImageError, Kind, PagesReader};
+use super::messages::{Inventory, Pagemap, PE_IN_PARENT};
+
+const PAGE: u64 = 4096;
+
+type Result<T> = std::result::Result<T, ImageError>;
+
+fn bad(dir: &Path, what: impl Into<String>) -> ImageError {
+    ImageError::Bad {
+        path: dir.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// One image directory's page runs, with where each run's data starts in
+/// its pages file (None for in-parent runs).
+#[derive(Debug)]
+pub struct LayerMap {
+    pub dir: PathBuf,
+    pub pagemap: Pagemap,
+    offsets: Vec<Option<u64>>,
+    data_bytes: u64,
+}
+
+impl LayerMap {
+    /// Checks order and overlap, and computes data offsets.
+    pub fn new(dir: &Path, pagemap: Pagemap) -> Result<LayerMap> {
+        let mut offsets = Vec::with_capacity(pagemap.entries.len());
+        let mut off = 0u64;
+        let mut prev_end = 0u64;
+        for e in &pagemap.entries {
+            let len = e
+                .nr_pages
+                .checked_mul(PAGE)
+                .ok_or_else(|| bad(dir, "page count overflows"))?;
+            let end = e
+                .vaddr
+                .checked_add(len)
+                .ok_or_else(|| bad(dir, "page run overflows"))?;
+            if e.vaddr % PAGE != 0 || e.vaddr < prev_end || len == 0 {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "page run at {:#x} is misaligned, empty or out of order",
+                        e.vaddr
+                    ),
+                ));
+            }
+            prev_end = end;
+            if e.flags & PE_IN_PARENT != 0 {
+                offsets.push(None);
+            } else {
+                offsets.push(Some(off));
+                off += len;
+            }
+        }
+        Ok(LayerMap {
+            dir: dir.to_path_buf(),
+            pagemap,
+            offsets,
+            data_bytes: off,
+        })
+    }
+
+    /// Bytes of page data this layer's own pages file must hold.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Index of the first run ending after `addr`.
+    fn first_after(&self, addr: u64) -> usize {
+        self.pagemap
+            .entries
+            .partition_point(|e| e.vaddr + e.nr_pages * PAGE <= addr)
+    }
+
+    /// Whether every page of [start, end) is held by this layer (itself or
+    /// through its parents).
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        for e in &self.pagemap.entries[self.first_after(start)..] {
+            if at >= end {
+                break;
+            }
+            if e.vaddr > at {
+                return false;
+            }
+            at = e.vaddr + e.nr_pages * PAGE;
+        }
+        at >= end
+    }
+}
+
+/// Reads the parent directory of `dir`, if its inventory names one.
+fn parent_of(dir: &Path) -> Result<Option<(PathBuf, Inventory)>> {
+    let inv: Inventory = ImageDir::open(dir)?.read(Kind::Inventory, None)?;
+    if inv.parent.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((dir.join(&inv.parent), inv)))
+}
+
+/// Loads the pagemap of task `pid` in the image directory `dir`.
+pub fn load_layer(dir: &Path, pid: i32) -> Result<LayerMap> {
+    let pagemap: Pagemap = ImageDir::open(dir)?.read(Kind::Pagemap, Some(pid))?;
+    LayerMap::new(dir, pagemap)
+}
+
+/// A run of restored memory and where its bytes are: layer index and
+/// offset in that layer's pages file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub vaddr: u64,
+    pub len: u64,
+    pub layer: usize,
+    pub data_off: u64,
+}
+
+/// The whole chain, from the dump (layer 0) down to the first pre-dump.
+pub struct Chain {
+    pub layers: Vec<LayerMap>,
+    pub pages: Vec<PagesReader>,
+}
+
+impl Chain {
+    pub fn open(dir: &Path, pid: i32) -> Result<Chain> {
+        let mut layers = Vec::new();
+        let mut pages = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cur = Some(dir.to_path_buf());
+        while let Some(d) = cur {
+            let canon = std::fs::canonicalize(&d).map_err(|e| ImageError::Io {
+                path: d.clone(),
+                source: e,
+            })?;
+            if !seen.insert(canon) {
+                return Err(bad(&d, "the parent links form a loop"));
+            }
+            let layer = load_layer(&d, pid)?;
+            let name = &layer.pagemap.pages_file;
+            if name.is_empty() || name.contains('/') {
+                return Err(bad(&d, format!("bad pages file name {name:?}")));
+            }
+            let reader = PagesReader::open(&d.join(name))?;
+            if reader.data_len() != layer.data_bytes() {
+                return Err(bad(
+                    &d,
+                    format!(
+                        "pagemap covers {} bytes but the pages file holds {}",
+                        layer.data_bytes(),
+                        reader.data_len()
+                    ),
+                ));
+            }
+            let next = parent_of(&d)?;
+            if let Some((_, inv)) = &next {
+                if inv.root_pid != pid {
+                    return Err(bad(
+                        &d,
+                        format!("parent image is of pid {}, not {pid}", inv.root_pid),
+                    ));
+                }
+            }
+            layers.push(layer);
+            pages.push(reader);
+            cur = next.map(|(p, _)| p);
+        }
+        Ok(Chain { layers, pages })
+    }
+
+    /// Every run of the top layer, with in-parent runs resolved down the
+    /// chain into runs of stored data.
+    pub fn resolve(&self) -> Result<Vec<Source>> {
+        let mut out = Vec::new();
+        let top = &self.layers[0];
+        for (e, off) in top.pagemap.entries.iter().zip(&top.offsets) {
+            let len = e.nr_pages * PAGE;
+            match off {
+                Some(off) => out.push(Source {
+                    vaddr: e.vaddr,
+                    len,
+                    layer: 0,
+                    data_off: *off,
+                }),
+                None => self.resolve_in(1, e.vaddr, e.vaddr + len, &mut out)?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn resolve_in(&self, layer: usize, start: u64, end: u64, out: &mut Vec<Source>) -> Result<()> {
+        let Some(l) = self.layers.get(layer) else {
+            return Err(bad(
+                &self.layers[layer - 1].dir,
+                format!(
+                    "pages {start:#x}-{end:#x} are marked in-parent but there is no parent image"
+                ),
+            ));
+        };
+        let mut at = start;
+        let first = l.first_after(start);
+        for (e, off) in l.pagemap.entries[first..].iter().zip(&l.offsets[first..]) {
+            if at >= end {
+                break;
+            }
+            if e.vaddr > at {
+                break;
+            }
+            let e_end = e.vaddr + e.nr_pages * PAGE;
+            let piece_end = e_end.min(end);
+            match off {
+                Some(off) => out.push(Source {
+                    vaddr: at,
+                    len: piece_end - at,
+                    layer,
+                    data_off: off + (at - e.vaddr),
+                }),
+                None => self.resolve_in(layer + 1, at, piece_end, out)?,
+            }
+            at = piece_end;
+        }
+        if at < end {
+            return Err(bad(
+                &l.dir,
+                format!("pages {at:#x}-{end:#x} are needed by a child image but missing here"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::messages::PagemapEntry;
+
+    fn layer(entries: &[(u64, u64, bool)]) -> LayerMap {
+        let pm = Pagemap {
+            pages_file: "p".into(),
+            entries: entries
+                .iter()
+                .map(|&(v, n, p)| PagemapEntry {
+                    vaddr: v,
+                    nr_pages: n,
+                    flags: if p { PE_IN_PARENT } else { 0 },
+                })
+                .collect(),
+        };
+        LayerMap::new(Path::new("x"), pm).unwrap()
+    }
+
+    #[test]
+    fn offsets_skip_in_parent_runs() {
+        let l = layer(&[(0x1000, 2, false), (0x3000, 1, true), (0x5000, 3, false)]);
+        assert_eq!(l.offsets, vec![Some(0), None, Some(2 * PAGE)]);
+        assert_eq!(l.data_bytes(), 5 * PAGE);
+        assert!(l.covers(0x1000, 0x4000));
+        assert!(!l.covers(0x1000, 0x5000));
+        assert!(l.covers(0x6000, 0x8000));
+    }
+
+    #[test]
+    fn rejects_overlap() {
+        let pm = Pagemap {
+            pages_file: "p".into(),
+            entries: vec![
+                PagemapEntry {
+                    vaddr: 0x2000,
+                    nr_pages: 2,
+                    flags: 0,
+                },
+                PagemapEntry {
+                    vaddr: 0x3000,
+                    nr_pages: 1,
+                    flags: 0,
+                },
+            ],
+        };
+        assert!(LayerMap::new(Path::new("x"), pm).is_err());
+    }
+
+    fn chain(layers: Vec<LayerMap>) -> Chain {
+        Chain {
+            layers,
+            pages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn resolves_through_two_parents() {
+        let top = layer(&[(0x1000, 4, true), (0x9000, 1, false)]);
+        let mid = layer(&[(0x1000, 1, false), (0x2000, 2, true), (0x4000, 1, false)]);
+        let base = layer(&[(0x0000, 8, false)]);
+        let src = chain(vec![top, mid, base]).resolve().unwrap();
+        assert_eq!(
+            src,
+            vec![
+                Source {
+                    vaddr: 0x1000,
+                    len: PAGE,
+                    layer: 1,
+                    data_off: 0
+                },
+                Source {
+                    vaddr: 0x2000,
+                    len: 2 * PAGE,
+                    layer: 2,
+                    data_off: 0x2000
+                },
+                Source {
+                    vaddr: 0x4000,
+                    len: PAGE,
+                    layer: 1,
+                    data_off: PAGE
+                },
+                Source {
+                    vaddr: 0x9000,
+                    len: PAGE,
+                    layer: 0,
+                    data_off: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_parent_pages_are_an_error() {
+        let top = layer(&[(0x1000, 2, true)]);
+        let base = layer(&[(0x1000, 1, false)]);
+        let err = chain(vec![top, base]).resolve().unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        let err = chain(vec![layer(&[(0x1000, 1, true)])])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no parent"), "{err}");
+    }
+}

@@ -1,0 +1,156 @@
+//! userfaultfd and the PAGEMAP_SCAN ioctl: raw definitions (Debian 12's
+//! headers lack the newer ones) and thin safe wrappers.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+pub const UFFD_API: u64 = 0xAA;
+pub const UFFDIO_API: libc::Ioctl = 0xc018_aa3f;
+pub const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00;
+pub const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+pub const PAGEMAP_SCAN: libc::Ioctl = 0xc060_6610;
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+#[repr(C)]
+#[derive(Default)]
+pub struct UffdioApi {
+    pub api: u64,
+    pub features: u64,
+    pub ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+pub struct UffdioRegister {
+    pub start: u64,
+    pub len: u64,
+    pub mode: u64,
+    pub ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+pub struct PmScanArg {
+    pub size: u64,
+    pub flags: u64,
+    pub start: u64,
+    pub end: u64,
+    pub walk_end: u64,
+    pub vec: u64,
+    pub vec_len: u64,
+    pub max_pages: u64,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// UFFDIO_API (once per uffd): enables `features`, returns the kernel's mask.
+pub fn api(uffd: &OwnedFd, features: u64) -> Result<u64, Errno> {
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api.
+    let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) };
+    Errno::result(r)?;
+    Ok(api.features)
+}
+
+/// Registers [start, start+len) for write-protect tracking. The range acts
+/// on the mm the uffd was created in, whoever makes the call.
+pub fn register_wp(uffd: &OwnedFd, start: u64, len: u64) -> Result<(), Errno> {
+    let mut reg = UffdioRegister {
+        start,
+        len,
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register.
+    let r = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_REGISTER,
+            &mut reg as *mut UffdioRegister,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Appends to `out` the [start, end) ranges of pages written since they
+/// were last write-protected, and write-protects them again, atomically
+/// (PM_SCAN_WP_MATCHING on WP_ASYNC memory). `pagemap` is the task's
+/// /proc/PID/pagemap.
+pub fn scan_written(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    out: &mut Vec<(u64, u64)>,
+) -> Result<(), Errno> {
+    const VEC: usize = 512;
+    let mut regions = [PageRegion::default(); VEC];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: VEC as u64,
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN,
+            ..PmScanArg::default()
+        };
+        // SAFETY: arg points at `regions` (vec_len entries), which outlives
+        // the call; the kernel fills at most vec_len regions and updates arg.
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        let n = Errno::result(n)? as usize;
+        for r in &regions[..n.min(VEC)] {
+            match out.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => out.push((r.start, r.end)),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_sizes_match_the_kernel() {
+        assert_eq!(std::mem::size_of::<PmScanArg>(), 96);
+        assert_eq!(std::mem::size_of::<PageRegion>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioApi>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioRegister>(), 32);
+    }
+}

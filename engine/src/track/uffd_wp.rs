@@ -1,0 +1,116 @@
+//! The uffd-wp tracker: a userfaultfd in WP_ASYNC + WP_UNPOPULATED mode,
+//! registered over the task's writable memory, read and re-armed
+//! atomically with PAGEMAP_SCAN.
+//!
+//! The userfaultfd is created inside the task (by an injected syscall),
+//! because registrations last as long as the uffd file: something must hold
+//! it between two pre-dumps, and the engine does not stay. The task holds
+//! it at a high descriptor number with O_CLOEXEC (so an exec drops it), the
+//! inventory records that number, and dumps never write that descriptor
+//! into an image. A VMA registered with it shows `uw` in smaps; one that
+//! lacks the flag (new, moved by mremap, or the uffd was closed) is
+//! untracked.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+
+use libc::pid_t;
+
+use crate::error::{Error, Result};
+use crate::inject::Injector;
+use crate::sys::syscalls::{pidfd_getfd, prlimit};
+use crate::sys::uffd;
+
+/// The tracker's descriptor is put at the lowest free number at or above
+/// this distance below the task's RLIMIT_NOFILE soft limit.
+const FD_HEADROOM: u64 = 64;
+const RLIMIT_NOFILE: u32 = 7;
+const UFFD_LINK: &str = "anon_inode:[userfaultfd]";
+
+pub struct UffdWp {
+    pid: pid_t,
+    uffd: OwnedFd,
+    pagemap: File,
+    /// The descriptor number in the task.
+    pub task_fd: i32,
+    /// Whether this tracker already ran before this dump (so registered
+    /// VMAs' unwritten pages are known clean).
+    pub continued: bool,
+}
+
+/// Whether descriptor `fd` of `pid` is a userfaultfd.
+pub fn is_tracker_fd(pid: pid_t, fd: i32) -> bool {
+    crate::proc::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l == UFFD_LINK)
+}
+
+impl UffdWp {
+    /// Takes over the tracker a previous pre-dump left at `prev_fd`, or,
+    /// when there is none (or it is gone), creates a new one in the task.
+    pub fn attach_or_create(
+        inj: &mut Injector,
+        pidfd: &OwnedFd,
+        prev_fd: Option<i32>,
+    ) -> Result<UffdWp> {
+        let pid = inj.pid();
+        let pagemap_path = format!("/proc/{pid}/pagemap");
+        let pagemap =
+            File::open(&pagemap_path).map_err(|e| Error::io("opening", &pagemap_path, e))?;
+        if let Some(fd) = prev_fd.filter(|&fd| is_tracker_fd(pid, fd)) {
+            let uffd = pidfd_getfd(pidfd, pid, fd)?;
+            return Ok(UffdWp {
+                pid,
+                uffd,
+                pagemap,
+                task_fd: fd,
+                continued: true,
+            });
+        }
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let low = inj.call("userfaultfd", libc::SYS_userfaultfd, &[flags])?;
+        let (soft, _) = prlimit(pid, RLIMIT_NOFILE, None)?;
+        let base = soft.saturating_sub(FD_HEADROOM).max(3);
+        let high = inj.call(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            &[low, libc::F_DUPFD_CLOEXEC as u64, base],
+        );
+        inj.call("close", libc::SYS_close, &[low])?;
+        let task_fd = high? as i32;
+        let uffd = pidfd_getfd(pidfd, pid, task_fd)?;
+        uffd::api(
+            &uffd,
+            uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
+        )
+        .map_err(|e| Error::sys("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)", pid, e))?;
+        Ok(UffdWp {
+            pid,
+            uffd,
+            pagemap,
+            task_fd,
+            continued: false,
+        })
+    }
+
+    /// Starts tracking [start, end).
+    pub fn register(&self, start: u64, end: u64) -> Result<()> {
+        uffd::register_wp(&self.uffd, start, end - start).map_err(|e| {
+            Error::task(
+                self.pid,
+                format!("UFFDIO_REGISTER(WP) {start:#x}-{end:#x}: {e}"),
+            )
+        })
+    }
+
+    /// Ranges written since the previous scan; re-arms them.
+    pub fn written(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+        uffd::scan_written(&self.pagemap, start, end, out)
+            .map_err(|e| Error::task(self.pid, format!("PAGEMAP_SCAN {start:#x}-{end:#x}: {e}")))
+    }
+
+    /// Ends tracking: closes the task's descriptor (and so, with ours
+    /// dropped, every registration).
+    pub fn remove(self, inj: &mut Injector) -> Result<()> {
+        inj.call("close(tracker)", libc::SYS_close, &[self.task_fd as u64])
+            .map(drop)
+    }
+}
