@@ -183,17 +183,17 @@ pub struct ImageDir {
 }
 
 impl ImageDir {
-    /// Creates the directory (mode 0700) or takes an existing empty one and
-    /// tightens its mode.
+    /// Creates the directory, and any missing parent, mode 0700; or takes
+    /// an existing one and tightens its mode.
     pub fn create(path: &Path) -> Result<ImageDir> {
-        match fs::DirBuilder::new().mode(0o700).create(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| ImageError::io(path, e))?;
-            }
-            Err(e) => return Err(ImageError::io(path, e)),
-        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| ImageError::io(path, e))?;
+        // An existing directory keeps its mode through create(): tighten it.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| ImageError::io(path, e))?;
         Ok(ImageDir {
             path: path.to_path_buf(),
         })

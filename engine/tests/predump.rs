@@ -1,0 +1,170 @@
+//! Iterative pre-copy: pre-dumps while the task runs, a final dump on top
+//! of them, restore through the chain.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// "in parent N" from a --display-stats line.
+fn in_parent(out: &Output) -> u64 {
+    let text = out.stderr.clone();
+    text.split("in parent ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'in parent' count in: {text}"))
+}
+
+fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>) -> Output {
+    let pid = pid.to_string();
+    let mut args = vec![
+        "pre-dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(dir),
+        "--track-mem",
+        "--pre-dump-mode",
+        "read",
+        "--display-stats",
+    ];
+    if let Some(p) = prev {
+        args.extend_from_slice(&["--prev-images-dir", p]);
+    }
+    let out = crust(&args);
+    out.assert_ok();
+    out
+}
+
+fn start_writer(tmp: &Path, pages: u32, pause_us: u32) -> (Proc, std::path::PathBuf) {
+    let bin = compile_c(tmp, "writer.c", &[]);
+    let pidfile = tmp.join("writer.pid");
+    let result = tmp.join("result");
+    let p = spawn_daemon(
+        Command::new(bin)
+            .arg(&pidfile)
+            .arg(&result)
+            .arg(pages.to_string())
+            .arg(pause_us.to_string()),
+    );
+    wait_file_contains(&pidfile, "\n", TIMEOUT);
+    (p, result)
+}
+
+/// A task that never stops writing is pre-dumped five times, dumped and
+/// restored with every page at its last written version; unchanged pages
+/// are left to the parents, not copied again.
+#[test]
+fn five_pre_dumps_then_dump_keep_every_byte() {
+    init();
+    let tmp = tempdir();
+    let (mut p, result) = start_writer(tmp.path(), 16384, 2000);
+    let img = tmp.path().join("img");
+    let mut left_to_parent = 0;
+    pre_dump(p.pid, &img.join("pre1"), None);
+    for k in 2..=5 {
+        let prev = format!("../pre{}", k - 1);
+        left_to_parent += in_parent(&pre_dump(p.pid, &img.join(format!("pre{k}")), Some(&prev)));
+        p.assert_running_untraced();
+    }
+    assert!(
+        left_to_parent > 0,
+        "no pre-dump left any page to its parent"
+    );
+    dump(
+        p.pid,
+        &img.join("dump"),
+        &["--track-mem", "--prev-images-dir", "../pre5"],
+    );
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let mut r = restore_detached(&img.join("dump"), p.pid);
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
+    let text = read_string(&result);
+    assert!(text.starts_with("OK"), "{text}");
+}
+
+/// The tracker lives in the task at a high close-on-exec descriptor
+/// between pre-dumps, is never written into an image, and a final dump
+/// with --leave-running removes it.
+#[test]
+fn tracker_stays_out_of_the_way_and_is_removed() {
+    init();
+    let tmp = tempdir();
+    let (mut p, result) = start_writer(tmp.path(), 1024, 5000);
+    let img = tmp.path().join("img");
+    let before: Vec<String> = fd_links(p.pid);
+    pre_dump(p.pid, &img.join("pre1"), None);
+    let during = fd_links(p.pid);
+    let extra: Vec<&String> = during.iter().filter(|l| !before.contains(l)).collect();
+    assert_eq!(
+        extra.len(),
+        1,
+        "one tracker descriptor expected, got {extra:?}"
+    );
+    let (fd, target) = extra[0].split_once(' ').unwrap_or_default();
+    assert_eq!(target, "anon_inode:[userfaultfd]");
+    let fd: i32 = fd.parse().unwrap_or_default();
+    assert!(fd >= 64, "tracker at low descriptor {fd}");
+    let fdinfo = read_string(Path::new(&format!("/proc/{}/fdinfo/{fd}", p.pid)));
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap_or(0))
+        .unwrap_or(0);
+    assert_ne!(
+        flags & libc::O_CLOEXEC as u32,
+        0,
+        "tracker fd not close-on-exec: {fdinfo}"
+    );
+
+    dump(
+        p.pid,
+        &img.join("dump"),
+        &[
+            "--track-mem",
+            "--prev-images-dir",
+            "../pre1",
+            "--leave-running",
+        ],
+    );
+    p.assert_running_untraced();
+    assert_eq!(
+        fd_links(p.pid),
+        before,
+        "the tracker descriptor must be gone after --leave-running"
+    );
+    let fds = crust([
+        "show",
+        path_str(&img.join("dump").join(format!("fds-{}.img", p.pid))),
+    ]);
+    fds.assert_ok();
+    assert!(
+        !fds.stdout.contains(&format!("\"fd\": {fd},")),
+        "tracker fd written into the image"
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert!(read_string(&result).starts_with("OK"));
+}
+
+/// "N target" for each descriptor of `pid`, sorted.
+fn fd_links(pid: i32) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    std::fs::read_link(e.path())
+                        .ok()
+                        .map(|t| format!("{n} {}", t.display()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
