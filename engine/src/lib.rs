@@ -15,6 +15,7 @@ pub mod sys;
 pub use error::{Error, Result};
 pub mod dump;
 pub mod phases;
+pub mod ranges;
 pub mod regs;
 pub mod restore;
 pub mod track;

@@ -19,6 +19,7 @@ use crate::image::{ImageDir, Kind, PagesWriter};
 use crate::proc;
 use crate::proc::maps::Vma as ProcVma;
 use crate::proc::pagemap::{PageEntry, PagemapReader};
+use crate::ranges::{self, Range};
 use crate::sys::syscalls::{iov, process_vm_read, IOV_MAX};
 use crate::track::uffd_wp::UffdWp;
 
@@ -277,44 +278,6 @@ pub(crate) struct Plan {
     pub stats: PlanStats,
 }
 
-/// Walks a parent's sorted runs alongside ascending addresses.
-struct ParentCursor<'a> {
-    entries: &'a [PagemapEntry],
-    idx: usize,
-}
-
-impl ParentCursor<'_> {
-    fn has_page(&mut self, addr: u64) -> bool {
-        while let Some(e) = self.entries.get(self.idx) {
-            if e.vaddr + e.nr_pages * PAGE <= addr {
-                self.idx += 1;
-                continue;
-            }
-            return e.vaddr <= addr;
-        }
-        false
-    }
-}
-
-/// Ascending written ranges, consulted with ascending addresses.
-struct WrittenCursor<'a> {
-    ranges: &'a [(u64, u64)],
-    idx: usize,
-}
-
-impl WrittenCursor<'_> {
-    fn written(&mut self, addr: u64) -> bool {
-        while let Some(&(start, end)) = self.ranges.get(self.idx) {
-            if end <= addr {
-                self.idx += 1;
-                continue;
-            }
-            return start <= addr;
-        }
-        false
-    }
-}
-
 fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
     let stat = proc::stat::read_stat(pid)?;
     let auxv_bytes = proc::auxv::read_auxv(pid)?;
@@ -347,6 +310,110 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
     })
 }
 
+/// Where the pages worth storing are in one VMA, as ranges. Uses
+/// PAGEMAP_SCAN, whose answer is already in ranges (time independent of the
+/// VMA's size); falls back to reading /proc/PID/pagemap page by page on
+/// kernels without it.
+struct PageFinder {
+    pid: pid_t,
+    pagemap: File,
+    scan: bool,
+    reader: Option<PagemapReader>,
+    zero_pfn: Option<u64>,
+    regions: Vec<(u64, u64, u64)>,
+    entries: Vec<u64>,
+}
+
+impl PageFinder {
+    fn new(pid: pid_t) -> Result<PageFinder> {
+        let path = format!("/proc/{pid}/pagemap");
+        let pagemap = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        Ok(PageFinder {
+            pid,
+            pagemap,
+            scan: true,
+            reader: None,
+            zero_pfn: None,
+            regions: Vec::new(),
+            entries: Vec::new(),
+        })
+    }
+
+    fn wanted(&mut self, v: &ProcVma, kind: VmaKind) -> Result<Vec<Range>> {
+        use crate::sys::uffd::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+        if self.scan {
+            self.regions.clear();
+            let any = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+            match crate::sys::uffd::scan_regions(
+                &self.pagemap,
+                v.start,
+                v.end,
+                any,
+                any | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+                &mut self.regions,
+            ) {
+                Ok(()) => {
+                    let mut out = Vec::new();
+                    for &(start, end, cat) in &self.regions {
+                        let (present, swapped) =
+                            (cat & PAGE_IS_PRESENT != 0, cat & PAGE_IS_SWAPPED != 0);
+                        let keep = match kind {
+                            VmaKind::AnonPrivate => {
+                                swapped || (present && cat & PAGE_IS_PFNZERO == 0)
+                            }
+                            VmaKind::FilePrivate => swapped || (present && cat & PAGE_IS_FILE == 0),
+                            _ => present || swapped,
+                        };
+                        if keep {
+                            ranges::push(&mut out, (start, end));
+                        }
+                    }
+                    return Ok(out);
+                }
+                Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => self.scan = false,
+                Err(e) => return Err(Error::sys("PAGEMAP_SCAN", self.pid, e)),
+            }
+        }
+        let zero_pfn = match self.zero_pfn {
+            Some(z) => z,
+            None => *self.zero_pfn.insert(proc::pagemap::zero_page_pfn()?),
+        };
+        let reader = match self.reader.as_mut() {
+            Some(r) => r,
+            None => self.reader.insert(PagemapReader::open(self.pid)?),
+        };
+        let mut out = Vec::new();
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = (((v.end - addr) / PAGE) as usize).min(SCAN_PAGES);
+            self.entries.clear();
+            reader.read(addr, n, &mut self.entries)?;
+            for (i, &e) in self.entries.iter().enumerate() {
+                if wanted(kind, PageEntry(e), zero_pfn) {
+                    let page = addr + i as u64 * PAGE;
+                    ranges::push(&mut out, (page, page + PAGE));
+                }
+            }
+            addr += n as u64 * PAGE;
+        }
+        Ok(out)
+    }
+}
+
+/// The parent's stored runs within [start, end).
+fn parent_ranges(parent: &LayerMap, start: u64, end: u64) -> Vec<Range> {
+    let entries = &parent.pagemap.entries;
+    let first = entries.partition_point(|e| e.vaddr + e.nr_pages * PAGE <= start);
+    let mut out = Vec::new();
+    for e in entries[first..].iter().take_while(|e| e.vaddr < end) {
+        ranges::push(
+            &mut out,
+            (e.vaddr.max(start), (e.vaddr + e.nr_pages * PAGE).min(end)),
+        );
+    }
+    out
+}
+
 /// Decides, while the task is frozen, which pages to store and which the
 /// parent already holds. With a tracker, this also re-arms it: the next
 /// dump sees what is written from now on.
@@ -356,6 +423,8 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
 /// tracker says it was not written, and the parent chain holds it. Pages
 /// not present now are not listed at all, so they come back empty even if
 /// a parent holds old data for them (MADV_DONTNEED between pre-dumps).
+/// All of it is range arithmetic: the time spent here does not grow with
+/// the amount of memory, only with how fragmented it is.
 pub(crate) fn plan(
     pid: pid_t,
     vmas: &[ProcVma],
@@ -366,13 +435,7 @@ pub(crate) fn plan(
     let mut mm = mm_header(pid, brk)?;
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = PlanStats::default();
-    let mut reader = PagemapReader::open(pid)?;
-    let zero_pfn = proc::pagemap::zero_page_pfn()?;
-    let mut entries = Vec::with_capacity(SCAN_PAGES);
-    let mut parent_cursor = parent.map(|p| ParentCursor {
-        entries: &p.pagemap.entries,
-        idx: 0,
-    });
+    let mut finder = PageFinder::new(pid)?;
     let mut written = Vec::new();
     for v in vmas {
         let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
@@ -394,47 +457,35 @@ pub(crate) fn plan(
             }
             t.written(v.start, v.end, &mut written)?;
         }
-        let mut wcur = WrittenCursor {
-            ranges: &written,
-            idx: 0,
+        let wanted = finder.wanted(v, kind)?;
+        let clean = match parent {
+            Some(p) if tracked => ranges::subtract(
+                &ranges::intersect(&wanted, &parent_ranges(p, v.start, v.end)),
+                &written,
+            ),
+            _ => Vec::new(),
         };
+        let dirty = ranges::subtract(&wanted, &clean);
+        stats.scanned += ranges::total(&wanted) / PAGE;
+        stats.in_parent += ranges::total(&clean) / PAGE;
+        let (mut c, mut d) = (clean.iter().peekable(), dirty.iter().peekable());
         let mut first_of_vma = true;
-        let mut addr = v.start;
-        while addr < v.end {
-            let n = (((v.end - addr) / PAGE) as usize).min(SCAN_PAGES);
-            entries.clear();
-            reader.read(addr, n, &mut entries)?;
-            for (i, &e) in entries.iter().enumerate() {
-                let page = addr + i as u64 * PAGE;
-                if !wanted(kind, PageEntry(e), zero_pfn) {
-                    continue;
-                }
-                stats.scanned += 1;
-                let dirty = wcur.written(page);
-                let in_parent =
-                    tracked && !dirty && parent_cursor.as_mut().is_some_and(|c| c.has_page(page));
-                if in_parent {
-                    stats.in_parent += 1;
-                }
-                match runs.last_mut() {
-                    Some(r)
-                        if !first_of_vma
-                            && r.vaddr + r.pages * PAGE == page
-                            && r.in_parent == in_parent =>
-                    {
-                        r.pages += 1
-                    }
-                    _ => runs.push(Run {
-                        vaddr: page,
-                        pages: 1,
-                        in_parent,
-                        readable: v.read,
-                        first_of_vma,
-                    }),
-                }
-                first_of_vma = false;
-            }
-            addr += n as u64 * PAGE;
+        loop {
+            let (r, in_parent) = match (c.peek(), d.peek()) {
+                (Some(a), Some(b)) if a.0 < b.0 => (c.next(), true),
+                (Some(_), None) => (c.next(), true),
+                (_, Some(_)) => (d.next(), false),
+                (None, None) => break,
+            };
+            let Some(&(start, end)) = r else { break };
+            runs.push(Run {
+                vaddr: start,
+                pages: (end - start) / PAGE,
+                in_parent,
+                readable: v.read,
+                first_of_vma,
+            });
+            first_of_vma = false;
         }
     }
     Ok(Plan { mm, runs, stats })

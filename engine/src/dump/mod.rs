@@ -15,7 +15,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
-use crate::image::messages::{Inventory, PsTree, TaskEntry};
+use crate::image::messages::{Inventory, PsTree, Stats, TaskEntry};
 use crate::image::{ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
@@ -280,6 +280,18 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         inv.tracker = track::UFFD_WP.into();
         inv.tracker_fd = t.task_fd;
     }
+    let stats = Stats {
+        kind: "pre-dump".into(),
+        frozen_us: (frozen_ms * 1e3) as u64,
+        pages_scanned: plan.stats.scanned,
+        pages_in_parent: plan.stats.in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+        mode: "read".into(),
+        tracker: inv.tracker.clone(),
+        total_us: start.elapsed().as_micros() as u64,
+    };
+    images.write(Kind::Stats, None, &stats)?;
     images.write(Kind::Inventory, None, &inv)?;
     phases.mark("images");
     Ok(DumpStats {
@@ -360,6 +372,23 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         }],
     };
     images.write(Kind::PsTree, None, &tree)?;
+    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let stats = Stats {
+        kind: "dump".into(),
+        frozen_us: (frozen_ms * 1e3) as u64,
+        pages_scanned: plan.stats.scanned,
+        pages_in_parent: plan.stats.in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+        mode: String::new(),
+        tracker: if tracker.is_some() {
+            track::UFFD_WP.into()
+        } else {
+            String::new()
+        },
+        total_us: (frozen_ms * 1e3) as u64,
+    };
+    images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
     images.write(
         Kind::Inventory,
@@ -367,7 +396,6 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         &inventory(pid, "dump", parent.as_ref()),
     )?;
     phases.mark("files and images");
-    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     if opts.leave_running {
         // Tracking ends with the final dump.
         drop(tracker);

@@ -29,6 +29,7 @@ pub enum Kind {
     Fds = 0x5f534446,       // "FDS_"
     Pagemap = 0x504d4750,   // "PGMP"
     Pages = 0x53454750,     // "PGES"
+    Stats = 0x54415453,     // "STAT"
 }
 
 impl Kind {
@@ -41,6 +42,7 @@ impl Kind {
             Kind::Fds,
             Kind::Pagemap,
             Kind::Pages,
+            Kind::Stats,
         ]
         .into_iter()
         .find(|k| *k as u32 == m)
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Fds => "fds",
             Kind::Pagemap => "pagemap",
             Kind::Pages => "pages",
+            Kind::Stats => "stats",
         }
     }
 

@@ -395,3 +395,34 @@ pub struct Pagemap {
     #[prost(message, repeated, tag = "2")]
     pub entries: Vec<PagemapEntry>,
 }
+
+/// What one dump or pre-dump did (`--display-stats` prints the same).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Stats {
+    /// "dump" or "pre-dump".
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// How long the task was stopped.
+    #[prost(uint64, tag = "2")]
+    pub frozen_us: u64,
+    /// Pages present in the task and worth storing.
+    #[prost(uint64, tag = "3")]
+    pub pages_scanned: u64,
+    /// Of those, left to the parent image as unchanged.
+    #[prost(uint64, tag = "4")]
+    pub pages_in_parent: u64,
+    /// Pages whose data this image holds.
+    #[prost(uint64, tag = "5")]
+    pub pages_written: u64,
+    #[prost(uint64, tag = "6")]
+    pub bytes_written: u64,
+    /// "read" or "splice" for pre-dumps; empty for a dump.
+    #[prost(string, tag = "7")]
+    pub mode: String,
+    /// Dirty tracker used, if any.
+    #[prost(string, tag = "8")]
+    pub tracker: String,
+    /// Wall-clock time of the whole operation.
+    #[prost(uint64, tag = "9")]
+    pub total_us: u64,
+}

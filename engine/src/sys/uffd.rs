@@ -17,6 +17,10 @@ pub const PAGEMAP_SCAN: libc::Ioctl = 0xc060_6610;
 pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 #[repr(C)]
 #[derive(Default)]
@@ -91,6 +95,54 @@ pub fn register_wp(uffd: &OwnedFd, start: u64, len: u64) -> Result<(), Errno> {
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// Appends to `out` the (start, end, categories) regions of [start, end)
+/// with any of `any_of` set, as PAGEMAP_SCAN reports them (each region is
+/// uniform in the `returned` categories). No write-protection changes.
+pub fn scan_regions(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    any_of: u64,
+    returned: u64,
+    out: &mut Vec<(u64, u64, u64)>,
+) -> Result<(), Errno> {
+    const VEC: usize = 512;
+    let mut regions = [PageRegion::default(); VEC];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: VEC as u64,
+            category_anyof_mask: any_of,
+            return_mask: returned,
+            ..PmScanArg::default()
+        };
+        // SAFETY: arg points at `regions` (vec_len entries), which outlives
+        // the call; the kernel fills at most vec_len regions and updates arg.
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        let n = Errno::result(n)? as usize;
+        out.extend(
+            regions[..n.min(VEC)]
+                .iter()
+                .map(|r| (r.start, r.end, r.categories)),
+        );
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(())
 }
 
 /// Appends to `out` the [start, end) ranges of pages written since they
