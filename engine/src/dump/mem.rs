@@ -128,15 +128,32 @@ fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
     }
 }
 
+/// Swap types at or above this are the kernel's special entries (PTE
+/// markers, migration, hwpoison), not data in a swap area: the uffd-wp
+/// tracker leaves such markers on every unpopulated page it protects, and
+/// pagemap reports them as swapped (type 31).
+const MAX_SWAPFILES: u64 = 23;
+
+/// A pagemap entry for a page swapped out to a swap area.
+fn really_swapped(e: PageEntry) -> bool {
+    e.swapped() && (e.0 & 0x1f) < MAX_SWAPFILES
+}
+
 /// Whether a page of a VMA of this kind must be stored.
 fn wanted(kind: VmaKind, e: PageEntry, zero_pfn: u64) -> bool {
+    let swapped = really_swapped(e);
     match kind {
-        VmaKind::AnonPrivate => e.swapped() || (e.present() && e.pfn() != zero_pfn),
+        VmaKind::AnonPrivate => swapped || (e.present() && e.pfn() != zero_pfn),
         // Only copy-on-written (anonymous) pages; file pages come from the file.
-        VmaKind::FilePrivate => e.swapped() || (e.present() && !e.file_or_shared_anon()),
-        VmaKind::AnonShared => e.present() || e.swapped(),
+        VmaKind::FilePrivate => swapped || (e.present() && !e.file_or_shared_anon()),
+        VmaKind::AnonShared => e.present() || swapped,
         _ => false,
     }
+}
+
+/// Whether any swap area is active (/proc/swaps lists more than its header).
+fn swap_active() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() > 1)
 }
 
 /// A zeroed, page-aligned buffer. process_vm_readv copies from
@@ -322,6 +339,8 @@ struct PageFinder {
     zero_pfn: Option<u64>,
     regions: Vec<(u64, u64, u64)>,
     entries: Vec<u64>,
+    /// Without a swap area, a "swapped" page is always a marker.
+    swap: bool,
 }
 
 impl PageFinder {
@@ -336,6 +355,7 @@ impl PageFinder {
             zero_pfn: None,
             regions: Vec::new(),
             entries: Vec::new(),
+            swap: swap_active(),
         })
     }
 
@@ -354,26 +374,39 @@ impl PageFinder {
             ) {
                 Ok(()) => {
                     let mut out = Vec::new();
-                    for &(start, end, cat) in &self.regions {
-                        let (present, swapped) =
-                            (cat & PAGE_IS_PRESENT != 0, cat & PAGE_IS_SWAPPED != 0);
-                        let keep = match kind {
-                            VmaKind::AnonPrivate => {
-                                swapped || (present && cat & PAGE_IS_PFNZERO == 0)
+                    let regions = std::mem::take(&mut self.regions);
+                    for &(start, end, cat) in &regions {
+                        if cat & PAGE_IS_PRESENT == 0 {
+                            // "Swapped" covers PTE markers too: only pages
+                            // really in a swap area hold data.
+                            if self.swap {
+                                for r in self.per_page(start, end, kind)? {
+                                    ranges::push(&mut out, r);
+                                }
                             }
-                            VmaKind::FilePrivate => swapped || (present && cat & PAGE_IS_FILE == 0),
-                            _ => present || swapped,
+                            continue;
+                        }
+                        let keep = match kind {
+                            VmaKind::AnonPrivate => cat & PAGE_IS_PFNZERO == 0,
+                            VmaKind::FilePrivate => cat & PAGE_IS_FILE == 0,
+                            _ => true,
                         };
                         if keep {
                             ranges::push(&mut out, (start, end));
                         }
                     }
+                    self.regions = regions;
                     return Ok(out);
                 }
                 Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => self.scan = false,
                 Err(e) => return Err(Error::sys("PAGEMAP_SCAN", self.pid, e)),
             }
         }
+        self.per_page(v.start, v.end, kind)
+    }
+
+    /// The wanted pages of [start, end), from /proc/PID/pagemap.
+    fn per_page(&mut self, start: u64, end: u64, kind: VmaKind) -> Result<Vec<Range>> {
         let zero_pfn = match self.zero_pfn {
             Some(z) => z,
             None => *self.zero_pfn.insert(proc::pagemap::zero_page_pfn()?),
@@ -383,9 +416,9 @@ impl PageFinder {
             None => self.reader.insert(PagemapReader::open(self.pid)?),
         };
         let mut out = Vec::new();
-        let mut addr = v.start;
-        while addr < v.end {
-            let n = (((v.end - addr) / PAGE) as usize).min(SCAN_PAGES);
+        let mut addr = start;
+        while addr < end {
+            let n = (((end - addr) / PAGE) as usize).min(SCAN_PAGES);
             self.entries.clear();
             reader.read(addr, n, &mut self.entries)?;
             for (i, &e) in self.entries.iter().enumerate() {
@@ -749,6 +782,13 @@ mod tests {
 
     #[test]
     fn stored_pages_by_kind() {
+        let marker = PageEntry(1 << 62 | 0x3f);
+        let swapped = PageEntry(1 << 62 | 0x100 | 1);
+        assert!(
+            !wanted(VmaKind::AnonPrivate, marker, 77),
+            "uffd-wp markers hold no data"
+        );
+        assert!(wanted(VmaKind::AnonPrivate, swapped, 77));
         let present = PageEntry(1 << 63 | 1234);
         let zero = PageEntry(1 << 63 | 77);
         let file_page = PageEntry(1 << 63 | 1 << 61 | 55);
