@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+use crate::flavors::{Overrides, PreDumpMode, MAX_PRE_DUMPS};
+
 /// zdtm: checkpoint/restore conformance harness for crust.
 ///
 /// Exit status: 0 when every run passed (or was skipped), 1 when at least
@@ -72,6 +74,18 @@ pub struct RunArgs {
     /// Run under this flavor (repeatable) [default: every flavor].
     #[arg(short = 'f', long = "flavor", value_name = "FLAVOR")]
     pub flavors: Vec<String>,
+    /// N pre-dumps (the task keeps running) before the final dump, in
+    /// every selected flavor (0: none).
+    #[arg(
+        long = "pre",
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_PRE_DUMPS))
+    )]
+    pub pre: Option<u32>,
+    /// How every selected flavor that pre-dumps (after --pre) copies
+    /// memory.
+    #[arg(long = "pre-dump-mode", value_name = "MODE")]
+    pub pre_dump_mode: Option<PreDumpMode>,
     /// Keep the work dir (images, logs) of passing runs too.
     #[arg(long)]
     pub keep_img: bool,
@@ -92,6 +106,16 @@ pub struct RunArgs {
     pub jobs: u16,
     #[command(flatten)]
     pub dirs: Dirs,
+}
+
+impl RunArgs {
+    /// The flavor settings overridden by `--pre` and `--pre-dump-mode`.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            pre_dumps: self.pre,
+            pre_dump_mode: self.pre_dump_mode,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +163,42 @@ mod tests {
         .expect("ok");
         assert_eq!(r.bin, Some(PathBuf::from("/x/t")));
         assert_eq!(r.bin_args, ["--mode=fail", "-v"]);
+    }
+
+    #[test]
+    fn pre_dump_overrides() {
+        let r = parse(&["-a"]).expect("ok");
+        assert_eq!(r.overrides(), Overrides::default());
+        let r = parse(&["-a", "--pre-dump-mode", "read"]).expect("ok");
+        assert_eq!(
+            r.overrides(),
+            Overrides {
+                pre_dumps: None,
+                pre_dump_mode: Some(PreDumpMode::Read)
+            }
+        );
+        let r = parse(&[
+            "-t",
+            "x",
+            "-f",
+            "dump",
+            "--pre",
+            "2",
+            "--pre-dump-mode",
+            "splice",
+        ])
+        .expect("ok");
+        assert_eq!(
+            r.overrides(),
+            Overrides {
+                pre_dumps: Some(2),
+                pre_dump_mode: Some(PreDumpMode::Splice)
+            }
+        );
+        assert_eq!(parse(&["-a", "--pre", "0"]).expect("ok").pre, Some(0));
+        assert!(parse(&["-a", "--pre-dump-mode", "copy"]).is_err());
+        assert!(parse(&["-a", "--pre", "-1"]).is_err());
+        assert!(parse(&["-a", "--pre", "65"]).is_err());
     }
 
     #[test]

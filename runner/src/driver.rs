@@ -1,9 +1,14 @@
 //! Running the engine, `crust`, per its command-line contract:
 //!
 //! ```text
-//! crust dump -t PID -D DIR -o LOGFILE -v
+//! crust pre-dump -t PID -D DIR [--prev-images-dir ../preK] --pre-dump-mode MODE --track-mem -o LOGFILE -v
+//! crust dump -t PID -D DIR [--track-mem --prev-images-dir ../preN] -o LOGFILE -v
 //! crust restore -D DIR -d --pidfile FILE --leave-stopped -o LOGFILE
 //! ```
+//!
+//! As in CRIU, `--prev-images-dir` is relative to `-D`: the pre-dumps of
+//! a run go to `img/pre1` ... `img/preN`, the final dump to `img/dump`, each
+//! naming the one before it as `../preK`.
 //!
 //! crust's own stdout and stderr go to a second file (`dump.out`,
 //! `restore.out`) next to its log; both are shown when it fails.
@@ -15,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::procs::{clean_command, describe_status, wait_exit, Tracker};
+use crate::flavors::PreDumpMode;
+use crate::procs::{clean_command, wait_exit, Tracker};
 
 /// How a crust invocation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +53,55 @@ pub struct Crust {
 }
 
 impl Crust {
-    /// The arguments of a dump.
-    pub fn dump_args(pid: Pid, images: &Path, log: &Path) -> Vec<OsString> {
-        vec![
+    /// The arguments of a dump; `prev` (relative to `images`) is the last
+    /// pre-dump's directory when there were pre-dumps.
+    pub fn dump_args(pid: Pid, images: &Path, prev: Option<&Path>, log: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
             "dump".into(),
             "-t".into(),
             pid.to_string().into(),
             "-D".into(),
             images.into(),
+        ];
+        if let Some(prev) = prev {
+            args.extend([
+                "--track-mem".into(),
+                "--prev-images-dir".into(),
+                prev.into(),
+            ]);
+        }
+        args.extend(["-o".into(), log.into(), "-v".into()]);
+        args
+    }
+
+    /// The arguments of a pre-dump; `prev` (relative to `images`) is the
+    /// previous pre-dump's directory, from the second one on.
+    pub fn pre_dump_args(
+        pid: Pid,
+        images: &Path,
+        prev: Option<&Path>,
+        mode: PreDumpMode,
+        log: &Path,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "pre-dump".into(),
+            "-t".into(),
+            pid.to_string().into(),
+            "-D".into(),
+            images.into(),
+        ];
+        if let Some(prev) = prev {
+            args.extend(["--prev-images-dir".into(), prev.into()]);
+        }
+        args.extend([
+            "--pre-dump-mode".into(),
+            mode.as_str().into(),
+            "--track-mem".into(),
             "-o".into(),
             log.into(),
             "-v".into(),
-        ]
+        ]);
+        args
     }
 
     /// The arguments of a restore.
@@ -103,10 +145,97 @@ impl Crust {
         tracker.track(pid);
         let outcome = match wait_exit(pid, timeout).map_err(std::io::Error::from)? {
             None => return Ok(CrustOutcome::TimedOut),
-            Some(WaitStatus::Exited(_, 0)) => CrustOutcome::Success,
-            Some(ws) => CrustOutcome::Failed(describe_status(&ws)),
+            Some(exit) if exit.success() => CrustOutcome::Success,
+            Some(exit) => CrustOutcome::Failed(exit.to_string()),
         };
         tracker.forget(pid);
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn argument_lists() {
+        let pid = Pid::from_raw(42);
+        assert_eq!(
+            strings(&Crust::dump_args(
+                pid,
+                Path::new("/w/img"),
+                None,
+                Path::new("/w/dump.log")
+            )),
+            [
+                "dump",
+                "-t",
+                "42",
+                "-D",
+                "/w/img",
+                "-o",
+                "/w/dump.log",
+                "-v"
+            ]
+        );
+        assert_eq!(
+            strings(&Crust::dump_args(
+                pid,
+                Path::new("/w/img/dump"),
+                Some(Path::new("../pre2")),
+                Path::new("/w/dump.log")
+            )),
+            [
+                "dump",
+                "-t",
+                "42",
+                "-D",
+                "/w/img/dump",
+                "--track-mem",
+                "--prev-images-dir",
+                "../pre2",
+                "-o",
+                "/w/dump.log",
+                "-v"
+            ]
+        );
+        assert_eq!(
+            strings(&Crust::pre_dump_args(
+                pid,
+                Path::new("/w/img/pre1"),
+                None,
+                PreDumpMode::Splice,
+                Path::new("/w/pre1.log")
+            )),
+            [
+                "pre-dump",
+                "-t",
+                "42",
+                "-D",
+                "/w/img/pre1",
+                "--pre-dump-mode",
+                "splice",
+                "--track-mem",
+                "-o",
+                "/w/pre1.log",
+                "-v"
+            ]
+        );
+        assert_eq!(
+            strings(&Crust::pre_dump_args(
+                pid,
+                Path::new("/w/img/pre2"),
+                Some(Path::new("../pre1")),
+                PreDumpMode::Read,
+                Path::new("/w/pre2.log")
+            ))[5..9],
+            ["--prev-images-dir", "../pre1", "--pre-dump-mode", "read"]
+        );
     }
 }

@@ -34,6 +34,9 @@ pub enum SetupError {
     /// A manifest or flavor file is malformed.
     #[error("{path}: {message}")]
     BadFile { path: PathBuf, message: String },
+    /// Options that make no sense together or with the selected flavors.
+    #[error("{0}")]
+    Usage(String),
     /// `-t NAME` names no test of the manifest.
     #[error("unknown test {name:?}: not in {manifest} (see `zdtm list`)")]
     UnknownTest { name: String, manifest: PathBuf },

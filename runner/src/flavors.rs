@@ -4,13 +4,20 @@
 //! ```toml
 //! name = "dump"
 //! description = "Full dump (task killed), restore, compare"
+//! pre_dumps = 0               # optional: pre-dumps before the final dump
+//! pre_dump_mode = "splice"    # optional: "splice" (default) or "read"
 //! ```
 //!
 //! Unknown keys are rejected on purpose: a flavor file written for a newer
-//! runner (say with `pre_dumps = 2`) must not silently run as a plain dump
+//! runner (say with `lazy = "local"`) must not silently run as a plain dump
 //! and report a PASS for something that was never exercised; a typo must
 //! not either. Adding a key therefore means teaching the runner about it.
+//!
+//! The command line may override the pre-dump settings of every selected
+//! flavor (`--pre N`, `--pre-dump-mode MODE`): [`Overrides`] turns the
+//! selected flavors into the [`Effective`] ones that run.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -26,6 +33,42 @@ pub struct Flavor {
     pub name: String,
     /// One line saying what the flavor does.
     pub description: String,
+    /// Pre-dumps (`crust pre-dump`, the task keeps running) before the
+    /// final dump; 0 for a plain dump.
+    #[serde(default)]
+    pub pre_dumps: u32,
+    /// How the pre-dumps copy memory; only meaningful with `pre_dumps > 0`
+    /// (the file may only give it then).
+    #[serde(default)]
+    pub pre_dump_mode: Option<PreDumpMode>,
+}
+
+/// How `crust pre-dump` copies the task's memory (`--pre-dump-mode`), as
+/// in CRIU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PreDumpMode {
+    /// vmsplice the pages into pipes (CRIU's default).
+    #[default]
+    Splice,
+    /// read them with process_vm_readv.
+    Read,
+}
+
+impl PreDumpMode {
+    /// The value of crust's `--pre-dump-mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreDumpMode::Splice => "splice",
+            PreDumpMode::Read => "read",
+        }
+    }
+}
+
+impl fmt::Display for PreDumpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Flavor {
@@ -53,8 +96,174 @@ impl Flavor {
         if flavor.description.trim().is_empty() {
             return Err(bad("empty description".to_string()));
         }
+        if flavor.pre_dumps > MAX_PRE_DUMPS {
+            return Err(bad(format!(
+                "pre_dumps = {}: at most {MAX_PRE_DUMPS}",
+                flavor.pre_dumps
+            )));
+        }
+        if flavor.pre_dumps == 0 {
+            if let Some(mode) = flavor.pre_dump_mode {
+                return Err(bad(format!(
+                    "pre_dump_mode = \"{mode}\" without pre_dumps: it would not be exercised"
+                )));
+            }
+        }
         Ok(flavor)
     }
+
+    /// The pre-dump mode (the default when the file gives none).
+    pub fn mode(&self) -> PreDumpMode {
+        self.pre_dump_mode.unwrap_or_default()
+    }
+
+    /// What `zdtm list` says about the settings, if anything.
+    pub fn settings(&self) -> Option<String> {
+        (self.pre_dumps > 0).then(|| format!("pre {} {}", self.pre_dumps, self.mode()))
+    }
+
+    /// This flavor with the command line's overrides applied.
+    pub fn effective(&self, overrides: &Overrides) -> Effective {
+        let pre_dumps = overrides.pre_dumps.unwrap_or(self.pre_dumps);
+        // The mode only matters with pre-dumps: a flavor without any is
+        // left alone by --pre-dump-mode.
+        let mode = match overrides.pre_dump_mode {
+            Some(mode) if pre_dumps > 0 => mode,
+            _ => self.mode(),
+        };
+        let overridden = pre_dumps != self.pre_dumps || (pre_dumps > 0 && mode != self.mode());
+        Effective {
+            name: self.name.clone(),
+            pre_dumps,
+            pre_dump_mode: mode,
+            overridden,
+        }
+    }
+}
+
+/// The most pre-dumps a flavor or `--pre` may ask for.
+pub const MAX_PRE_DUMPS: u32 = 64;
+
+/// The command line's overrides of the flavors' settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--pre N`: pre-dumps of every selected flavor.
+    pub pre_dumps: Option<u32>,
+    /// `--pre-dump-mode MODE`: mode of every selected flavor that
+    /// pre-dumps (after `--pre`).
+    pub pre_dump_mode: Option<PreDumpMode>,
+}
+
+/// A flavor as it runs: its file's settings, overridden by the command
+/// line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// The flavor's name (work dir, `exclude_flavors`).
+    pub name: String,
+    /// Pre-dumps before the final dump.
+    pub pre_dumps: u32,
+    /// Their mode (meaningless without pre-dumps).
+    pub pre_dump_mode: PreDumpMode,
+    /// Whether the command line changed what the flavor file says.
+    pub overridden: bool,
+}
+
+impl Effective {
+    /// A flavor file run as it is.
+    pub fn plain(flavor: &Flavor) -> Effective {
+        flavor.effective(&Overrides::default())
+    }
+
+    /// How result lines name it: the flavor's name, followed by what runs
+    /// when the command line changed it (`dump, pre 2 read`).
+    pub fn label(&self) -> String {
+        if !self.overridden {
+            return self.name.clone();
+        }
+        if self.pre_dumps == 0 {
+            format!("{}, pre 0", self.name)
+        } else {
+            format!(
+                "{}, pre {} {}",
+                self.name, self.pre_dumps, self.pre_dump_mode
+            )
+        }
+    }
+
+    /// Whether `self` and `other` run the same way (names aside).
+    pub fn same_run(&self, other: &Effective) -> bool {
+        self.pre_dumps == other.pre_dumps
+            && (self.pre_dumps == 0 || self.pre_dump_mode == other.pre_dump_mode)
+    }
+}
+
+/// What [`apply_overrides`] made of the selected flavors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The flavors to run, in selection order.
+    pub flavors: Vec<Effective>,
+    /// Flavors dropped because the overrides made them run exactly like
+    /// an earlier one: (dropped, kept) labels.
+    pub duplicates: Vec<(String, String)>,
+}
+
+/// Applies `overrides` to the selected flavors. Without overrides every
+/// selected flavor runs as its file says. With overrides, flavors that end
+/// up running the same way are run once: a flavor the overrides left
+/// unchanged is preferred (`predump-read` rather than `predump, pre 2
+/// read`), else the first one. A `--pre-dump-mode` that no flavor would
+/// use (none pre-dumps, and no `--pre N` with N > 0) is an error: it would
+/// report PASSes for a mode that was never exercised.
+pub fn apply_overrides(selected: &[Flavor], overrides: &Overrides) -> Result<Plan, SetupError> {
+    let effective: Vec<Effective> = selected.iter().map(|f| f.effective(overrides)).collect();
+    if let Some(mode) = overrides.pre_dump_mode {
+        if !effective.iter().any(|e| e.pre_dumps > 0) {
+            return Err(SetupError::Usage(format!(
+                "--pre-dump-mode {mode}: none of the selected flavors ({}) pre-dumps; add --pre N \
+                 or select a flavor with pre_dumps",
+                selected
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if *overrides == Overrides::default() {
+        return Ok(Plan {
+            flavors: effective,
+            duplicates: Vec::new(),
+        });
+    }
+    // Groups of flavors that run the same way, by first appearance.
+    let mut groups: Vec<Vec<&Effective>> = Vec::new();
+    for e in &effective {
+        match groups.iter_mut().find(|g| g[0].same_run(e)) {
+            Some(group) => group.push(e),
+            None => groups.push(vec![e]),
+        }
+    }
+    let mut kept = Vec::new();
+    let mut duplicates = Vec::new();
+    for group in &groups {
+        let keeper = group.iter().find(|e| !e.overridden).unwrap_or(&group[0]);
+        for e in group {
+            if !std::ptr::eq(*e, *keeper) {
+                duplicates.push((e.label(), keeper.label()));
+            }
+        }
+        kept.push(*keeper);
+    }
+    // Run them in selection order.
+    let flavors = effective
+        .iter()
+        .filter(|e| kept.iter().any(|k| std::ptr::eq(*k, *e)))
+        .cloned()
+        .collect();
+    Ok(Plan {
+        flavors,
+        duplicates,
+    })
 }
 
 /// All flavors of a directory, sorted by name.
@@ -134,12 +343,57 @@ mod tests {
         .expect("valid");
         assert_eq!(f.name, "dump");
         assert_eq!(f.description, "Full dump");
+        assert_eq!((f.pre_dumps, f.mode()), (0, PreDumpMode::Splice));
+        assert_eq!(f.settings(), None);
+    }
+
+    #[test]
+    fn parses_pre_dumps() {
+        let f = Flavor::parse(
+            "name = \"pre\"\ndescription = \"d\"\npre_dumps = 2\n",
+            Path::new("/x/pre.toml"),
+        )
+        .expect("valid");
+        assert_eq!((f.pre_dumps, f.mode()), (2, PreDumpMode::Splice));
+        assert_eq!(f.settings().as_deref(), Some("pre 2 splice"));
+        let f = Flavor::parse(
+            "name = \"pre\"\ndescription = \"d\"\npre_dumps = 1\npre_dump_mode = \"read\"\n",
+            Path::new("/x/pre.toml"),
+        )
+        .expect("valid");
+        assert_eq!((f.pre_dumps, f.mode()), (1, PreDumpMode::Read));
+        let f = Flavor::parse(
+            "name = \"pre\"\ndescription = \"d\"\npre_dumps = 3\npre_dump_mode = \"splice\"\n",
+            Path::new("/x/pre.toml"),
+        )
+        .expect("valid");
+        assert_eq!((f.pre_dumps, f.mode()), (3, PreDumpMode::Splice));
     }
 
     #[rstest]
     #[case::unknown_key(
-        "name = \"dump\"\ndescription = \"d\"\npre_dumps = 2\n",
-        "unknown field `pre_dumps`"
+        "name = \"dump\"\ndescription = \"d\"\nlazy = \"local\"\n",
+        "unknown field `lazy`"
+    )]
+    #[case::misspelt_key(
+        "name = \"dump\"\ndescription = \"d\"\npre_dump = 2\n",
+        "unknown field `pre_dump`"
+    )]
+    #[case::bad_mode(
+        "name = \"dump\"\ndescription = \"d\"\npre_dumps = 1\npre_dump_mode = \"copy\"\n",
+        "unknown variant `copy`"
+    )]
+    #[case::negative_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\npre_dumps = -1\n",
+        "pre_dumps"
+    )]
+    #[case::too_many_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\npre_dumps = 65\n",
+        "pre_dumps = 65: at most 64"
+    )]
+    #[case::mode_without_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\npre_dump_mode = \"read\"\n",
+        "pre_dump_mode = \"read\" without pre_dumps"
     )]
     #[case::missing_description("name = \"dump\"\n", "missing field `description`")]
     #[case::name_mismatch(
@@ -201,5 +455,128 @@ mod tests {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../flavors"));
         let set = FlavorSet::load(dir).expect("shipped flavors");
         assert!(set.get("dump").is_some());
+    }
+
+    fn flavor(name: &str, pre_dumps: u32, mode: Option<PreDumpMode>) -> Flavor {
+        Flavor {
+            name: name.into(),
+            description: "d".into(),
+            pre_dumps,
+            pre_dump_mode: mode,
+        }
+    }
+
+    fn overrides(pre: Option<u32>, mode: Option<PreDumpMode>) -> Overrides {
+        Overrides {
+            pre_dumps: pre,
+            pre_dump_mode: mode,
+        }
+    }
+
+    fn labels(plan: &Plan) -> Vec<String> {
+        plan.flavors.iter().map(Effective::label).collect()
+    }
+
+    use PreDumpMode::{Read, Splice};
+
+    #[test]
+    fn effective_settings_and_labels() {
+        let dump = flavor("dump", 0, None);
+        let pre_read = flavor("predump-read", 2, Some(Read));
+        let none = Overrides::default();
+        let e = dump.effective(&none);
+        assert_eq!(
+            (e.pre_dumps, e.overridden, e.label()),
+            (0, false, "dump".into())
+        );
+        // --pre turns the plain dump into pre-dumps (default mode).
+        let e = dump.effective(&overrides(Some(2), None));
+        assert_eq!((e.pre_dumps, e.pre_dump_mode), (2, Splice));
+        assert_eq!(e.label(), "dump, pre 2 splice");
+        let e = dump.effective(&overrides(Some(2), Some(Read)));
+        assert_eq!(e.label(), "dump, pre 2 read");
+        // --pre-dump-mode alone leaves a flavor without pre-dumps alone.
+        let e = dump.effective(&overrides(None, Some(Read)));
+        assert_eq!((e.pre_dumps, e.overridden), (0, false));
+        assert_eq!(e.label(), "dump");
+        // ... and changes the others.
+        let e = pre_read.effective(&overrides(None, Some(Splice)));
+        assert_eq!(e.label(), "predump-read, pre 2 splice");
+        // Overrides that change nothing do not show.
+        let e = pre_read.effective(&overrides(Some(2), Some(Read)));
+        assert_eq!((e.overridden, e.label()), (false, "predump-read".into()));
+        // --pre replaces the count and keeps the flavor's mode.
+        let e = pre_read.effective(&overrides(Some(3), None));
+        assert_eq!(e.label(), "predump-read, pre 3 read");
+        let e = pre_read.effective(&overrides(Some(0), None));
+        assert_eq!((e.pre_dumps, e.label()), (0, "predump-read, pre 0".into()));
+        assert_eq!(Effective::plain(&pre_read), pre_read.effective(&none));
+    }
+
+    #[test]
+    fn overrides_compose_with_the_selection() {
+        let set = [
+            flavor("dump", 0, None),
+            flavor("predump", 2, None),
+            flavor("predump-read", 2, Some(Read)),
+        ];
+        // No override: every selected flavor, as its file says.
+        let plan = apply_overrides(&set, &Overrides::default()).expect("ok");
+        assert_eq!(labels(&plan), ["dump", "predump", "predump-read"]);
+        assert!(plan.duplicates.is_empty());
+
+        // -a --pre-dump-mode read: flavors that pre-dump use read; the
+        // plain dump is unaffected; predump now runs like predump-read,
+        // which is kept as it is the flavor file that says so.
+        let plan = apply_overrides(&set, &overrides(None, Some(Read))).expect("ok");
+        assert_eq!(labels(&plan), ["dump", "predump-read"]);
+        assert_eq!(
+            plan.duplicates,
+            [(
+                "predump, pre 2 read".to_string(),
+                "predump-read".to_string()
+            )]
+        );
+
+        // -f dump --pre 2 --pre-dump-mode read.
+        let plan = apply_overrides(&set[..1], &overrides(Some(2), Some(Read))).expect("ok");
+        assert_eq!(labels(&plan), ["dump, pre 2 read"]);
+
+        // -a --pre 3: everything pre-dumps 3 times; dump and predump
+        // both become "3 pre-dumps, splice": the first one is kept.
+        let plan = apply_overrides(&set, &overrides(Some(3), None)).expect("ok");
+        assert_eq!(
+            labels(&plan),
+            ["dump, pre 3 splice", "predump-read, pre 3 read"]
+        );
+        assert_eq!(
+            plan.duplicates,
+            [(
+                "predump, pre 3 splice".to_string(),
+                "dump, pre 3 splice".to_string()
+            )]
+        );
+
+        // --pre 0: no pre-dumps anywhere; the plain dump is kept.
+        let plan = apply_overrides(&set, &overrides(Some(0), None)).expect("ok");
+        assert_eq!(labels(&plan), ["dump"]);
+        assert_eq!(plan.duplicates.len(), 2);
+    }
+
+    #[test]
+    fn unused_pre_dump_mode_is_an_error() {
+        let set = [flavor("dump", 0, None)];
+        let err = apply_overrides(&set, &overrides(None, Some(Read)))
+            .expect_err("nothing pre-dumps")
+            .to_string();
+        assert!(
+            err.contains("--pre-dump-mode read: none of the selected flavors (dump) pre-dumps"),
+            "{err}"
+        );
+        let err = apply_overrides(&set, &overrides(Some(0), Some(Splice)))
+            .expect_err("nothing pre-dumps")
+            .to_string();
+        assert!(err.contains("--pre-dump-mode splice"), "{err}");
+        assert!(apply_overrides(&set, &overrides(Some(1), Some(Read))).is_ok());
     }
 }

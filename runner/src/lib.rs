@@ -12,7 +12,7 @@
 //! - [`flavors`]: `flavors/*.toml`, the ways a test is checkpointed.
 //! - [`locate`]: where the manifest, flavors, test binaries and crust live.
 //! - [`run`]: one (test, flavor) run, step by step.
-//! - [`driver`]: invoking `crust dump` / `crust restore`.
+//! - [`driver`]: invoking `crust pre-dump` / `crust dump` / `crust restore`.
 //! - [`procs`]: child processes: waiting with timeouts, killing, the
 //!   subreaper, the interrupt handler and the final sweep.
 //! - [`freeze`]: stopping a task with ptrace while its state is read.

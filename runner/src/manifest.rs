@@ -8,13 +8,23 @@
 //! exclude_flavors = ["lazy"]   # optional
 //! needs = ["avx"]              # optional: /proc/cpuinfo flags
 //! opts = ["--x=y"]             # optional: extra arguments for the test
-//! skip_checks = ["memory"]      # optional: state checks not applicable
+//! skip_checks = ["memory"]     # optional: state checks not applicable
+//! steps = true                 # optional: follows the step protocol
+//! continuous = true            # optional (needs steps): never quiescent
 //! ```
 //!
 //! `skip_checks` names checks of the before/after comparison that cannot
 //! hold for this test (see [`CHECKS`]): e.g. a test dumped in the middle of
 //! a relative `nanosleep` gets the remaining time written to its stack by
 //! the interruption itself, so its memory legitimately differs.
+//!
+//! `steps = true` marks a test that changes its memory one step at a time
+//! when the runner asks (signal [`crate::run::step_signal`], answer in
+//! `<outfile>.step`), between any two consecutive dumps of a flavor with
+//! pre-dumps. `continuous = true` marks a steps test that also changes its
+//! memory on its own all the time: it is never quiescent, so the runner
+//! does not wait for quiescence nor compare memory (the test checks its
+//! own), but still compares the rest of the visible state.
 //!
 //! Unknown keys are rejected (a misspelt `exclude_flavours` would otherwise
 //! silently run the test everywhere), as are duplicate or unsafe names.
@@ -54,6 +64,14 @@ pub struct TestEntry {
     /// State checks not applicable to this test (see [`CHECKS`]).
     #[serde(default)]
     pub skip_checks: Vec<String>,
+    /// Follows the step protocol: takes a step on each request between
+    /// two dumps.
+    #[serde(default)]
+    pub steps: bool,
+    /// Changes its memory all the time on its own (needs `steps`): no
+    /// quiescence wait, no memory comparison.
+    #[serde(default)]
+    pub continuous: bool,
 }
 
 /// The state checks `skip_checks` may name: these, `status` (every status
@@ -155,6 +173,12 @@ impl Manifest {
                     CHECKS.join(", ")
                 )));
             }
+            if test.continuous && !test.steps {
+                return Err(bad(format!(
+                    "test {:?}: continuous = true needs steps = true",
+                    test.name
+                )));
+            }
             if let Some(need) = test.needs.iter().find(|n| n.trim().is_empty()) {
                 return Err(bad(format!(
                     "test {:?}: empty entry {need:?} in needs",
@@ -199,10 +223,19 @@ mod tests {
             needs = ["avx"]
             opts = ["--x=y", "-v"]
             skip_checks = ["memory", "status:SigBlk"]
+
+            [[test]]
+            name = "stepper"
+            description = "changes memory between pre-dumps"
+            steps = true
+            continuous = true
             "#,
         )
         .expect("valid manifest");
-        assert_eq!(m.tests.len(), 2);
+        assert_eq!(m.tests.len(), 3);
+        assert!(!m.tests[0].steps && !m.tests[0].continuous);
+        let s = m.get("stepper").expect("present");
+        assert!(s.steps && s.continuous);
         assert_eq!(
             m.tests[0].timeout(),
             Duration::from_secs(DEFAULT_TIMEOUT_SECS)
@@ -257,6 +290,18 @@ mod tests {
     #[case::unknown_status_field(
         "[[test]]\nname = \"a\"\ndescription = \"d\"\nskip_checks = [\"status:VmRSS\"]\n",
         "unknown check \"status:VmRSS\""
+    )]
+    #[case::continuous_without_steps(
+        "[[test]]\nname = \"a\"\ndescription = \"d\"\ncontinuous = true\n",
+        "continuous = true needs steps = true"
+    )]
+    #[case::steps_not_bool(
+        "[[test]]\nname = \"a\"\ndescription = \"d\"\nsteps = 2\n",
+        "invalid type"
+    )]
+    #[case::misspelt_steps(
+        "[[test]]\nname = \"a\"\ndescription = \"d\"\nstep = true\n",
+        "unknown field `step`"
     )]
     #[case::syntax("[[test]\n", "tests.toml")]
     fn rejects_bad_manifests(#[case] text: &str, #[case] expected: &str) {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{getpid, Pid};
 
 use crate::error::EXIT_INTERRUPTED;
@@ -29,31 +29,121 @@ use crate::error::EXIT_INTERRUPTED;
 /// How long to wait for a SIGKILLed child to be reaped.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How a reaped child ended. Not nix's `WaitStatus`: that cannot name a
+/// death by a real-time signal (nix's `waitpid` fails with EINVAL after
+/// reaping such a child), and a test killed by the step signal it does not
+/// handle is just that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by a signal.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core: bool,
+    },
+}
+
+impl Exit {
+    /// Decodes a `waitpid` status; `None` for stops and continues.
+    pub fn from_raw(status: libc::c_int) -> Option<Exit> {
+        if libc::WIFEXITED(status) {
+            Some(Exit::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Exit::Signal {
+                signal: libc::WTERMSIG(status),
+                core: libc::WCOREDUMP(status),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// `exit(0)`.
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+/// `SIGKILL`, `SIGRTMAX-1`, `signal 99`...
+pub fn signal_name(signal: i32) -> String {
+    if let Ok(sig) = Signal::try_from(signal) {
+        return sig.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if (min..=max).contains(&signal) {
+        if max - signal < signal - min {
+            return if signal == max {
+                "SIGRTMAX".to_string()
+            } else {
+                format!("SIGRTMAX-{}", max - signal)
+            };
+        }
+        return if signal == min {
+            "SIGRTMIN".to_string()
+        } else {
+            format!("SIGRTMIN+{}", signal - min)
+        };
+    }
+    format!("signal {signal}")
+}
+
+impl std::fmt::Display for Exit {
+    /// "exited with status 1", "killed by SIGKILL"...
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Exit::Code(code) => write!(f, "exited with status {code}"),
+            Exit::Signal { signal, core } => write!(
+                f,
+                "killed by {}{}",
+                signal_name(signal),
+                if core { " (core dumped)" } else { "" }
+            ),
+        }
+    }
+}
+
 /// What a non-blocking wait says about a pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildState {
     /// An unreaped child of ours that has not exited (it may be stopped).
     Alive,
     /// It had exited; this call reaped it.
-    Reaped(WaitStatus),
+    Reaped(Exit),
     /// Not a child of ours (never was, or already reaped).
     NotOurChild,
+}
+
+/// Non-blocking wait on `pid` (or any child with -1): reaps it if it
+/// exited. Ptrace and job-control stops are not consumed unless the caller
+/// traces the pid (then they would be reported: don't poll a tracee).
+fn wait_nohang(pid: libc::pid_t) -> nix::Result<Option<(Pid, Option<Exit>)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes only to `status`, which outlives the call.
+        let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        return match got {
+            0 => Ok(None),
+            -1 => match Errno::last() {
+                Errno::EINTR => continue,
+                e => Err(e),
+            },
+            got => Ok(Some((Pid::from_raw(got), Exit::from_raw(status)))),
+        };
+    }
 }
 
 /// Non-blocking wait on `pid`: tells whether it is our child and reaps it
 /// if it exited. Ptrace and job-control stops are not consumed unless the
 /// caller traces the pid (then they would be reported: don't poll a tracee).
 pub fn poll_child(pid: Pid) -> nix::Result<ChildState> {
-    loop {
-        return match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
-            Ok(ws @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                Ok(ChildState::Reaped(ws))
-            }
-            Ok(_) => Ok(ChildState::Alive),
-            Err(Errno::ECHILD) => Ok(ChildState::NotOurChild),
-            Err(Errno::EINTR) => continue,
-            Err(e) => Err(e),
-        };
+    match wait_nohang(pid.as_raw()) {
+        Ok(Some((_, Some(exit)))) => Ok(ChildState::Reaped(exit)),
+        Ok(_) => Ok(ChildState::Alive),
+        Err(Errno::ECHILD) => Ok(ChildState::NotOurChild),
+        Err(e) => Err(e),
     }
 }
 
@@ -77,12 +167,12 @@ impl Backoff {
 
 /// Waits up to `timeout` for our child `pid` to exit and reaps it.
 /// `Ok(None)` on timeout; `Err(ECHILD)` if it is not our child.
-pub fn wait_exit(pid: Pid, timeout: Duration) -> nix::Result<Option<WaitStatus>> {
+pub fn wait_exit(pid: Pid, timeout: Duration) -> nix::Result<Option<Exit>> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Backoff::default();
     loop {
         match poll_child(pid)? {
-            ChildState::Reaped(ws) => return Ok(Some(ws)),
+            ChildState::Reaped(exit) => return Ok(Some(exit)),
             ChildState::NotOurChild => return Err(Errno::ECHILD),
             ChildState::Alive => {}
         }
@@ -93,15 +183,16 @@ pub fn wait_exit(pid: Pid, timeout: Duration) -> nix::Result<Option<WaitStatus>>
     }
 }
 
-/// "exited with status 1", "killed by SIGKILL"...
+/// "exited with status 1", "killed by SIGKILL"... of a nix status (the
+/// ptrace code gets those).
 pub fn describe_status(ws: &WaitStatus) -> String {
     match ws {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, core) => format!(
-            "killed by {}{}",
-            sig.as_str(),
-            if *core { " (core dumped)" } else { "" }
-        ),
+        WaitStatus::Exited(_, code) => Exit::Code(*code).to_string(),
+        WaitStatus::Signaled(_, sig, core) => Exit::Signal {
+            signal: *sig as i32,
+            core: *core,
+        }
+        .to_string(),
         other => format!("{other:?}"),
     }
 }
@@ -372,16 +463,7 @@ pub fn sweep_children() -> Vec<Pid> {
     let me = getpid();
     let mut killed = Vec::new();
     for _round in 0..20 {
-        loop {
-            match waitpid(
-                None::<Pid>,
-                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
-            ) {
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = wait_nohang(-1) {}
         let kids = children_of(me);
         if kids.is_empty() {
             break;
@@ -416,6 +498,25 @@ mod tests {
     }
 
     #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(libc::SIGRTMIN()), "SIGRTMIN");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 2), "SIGRTMIN+2");
+        assert_eq!(signal_name(libc::SIGRTMAX()), "SIGRTMAX");
+        assert_eq!(signal_name(libc::SIGRTMAX() - 1), "SIGRTMAX-1");
+        assert_eq!(signal_name(99), "signal 99");
+        assert_eq!(
+            Exit::Signal {
+                signal: 11,
+                core: true
+            }
+            .to_string(),
+            "killed by SIGSEGV (core dumped)"
+        );
+        assert!(Exit::Code(0).success() && !Exit::Code(1).success());
+    }
+
+    #[test]
     fn stat_ppid_parsing() {
         assert_eq!(parse_stat_ppid("12 (a b) c) S 34 12 12 0"), Some(34));
         assert_eq!(parse_stat_ppid("garbage"), None);
@@ -424,11 +525,26 @@ mod tests {
     #[test]
     fn wait_exit_reports_status_and_timeout() {
         let pid = spawn("exit 3");
-        let ws = wait_exit(pid, Duration::from_secs(10))
+        let exit = wait_exit(pid, Duration::from_secs(10))
             .expect("our child")
             .expect("exits");
-        assert_eq!(describe_status(&ws), "exited with status 3");
+        assert_eq!(exit.to_string(), "exited with status 3");
         assert_eq!(poll_child(pid), Ok(ChildState::NotOurChild));
+
+        // nix cannot decode a death by a real-time signal; we can.
+        let pid = spawn("kill -s RTMAX-1 $$");
+        let exit = wait_exit(pid, Duration::from_secs(10))
+            .expect("our child")
+            .expect("exits");
+        let signal = libc::SIGRTMAX() - 1;
+        assert_eq!(
+            exit,
+            Exit::Signal {
+                signal,
+                core: false
+            }
+        );
+        assert_eq!(exit.to_string(), "killed by SIGRTMAX-1");
 
         let pid = spawn("sleep 30");
         assert_eq!(wait_exit(pid, Duration::from_millis(50)), Ok(None));

@@ -18,8 +18,9 @@ use std::time::Duration;
 /// One failed check of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// The check: `launch`, `capture`, `dump`, `restore`, `maps`, `fds`,
-    /// `status:FIELD`, `cwd`, `root`, `memory`, `test`, `cleanup`, `setup`.
+    /// The check: `launch`, `pre-dump N`, `step N`, `capture`, `dump`,
+    /// `restore`, `maps`, `fds`, `status:FIELD`, `cwd`, `root`, `memory`,
+    /// `test`, `cleanup`, `setup`.
     pub check: String,
     /// What went wrong: a summary line, then optional details.
     pub detail: String,

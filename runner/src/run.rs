@@ -1,17 +1,21 @@
 //! One (test, flavor) run:
 //!
-//! 1. fresh work dir `<log-dir>/<test>/<flavor>/` (0700), images in `img/`;
+//! 1. fresh work dir `<log-dir>/<test>/<flavor>/` (0700), images in `img/`
+//!    (with pre-dumps: `img/pre1` ... `img/preN` and `img/dump`);
 //! 2. launch the test, wait for its launcher to exit 0, read the pidfile;
-//! 3. wait (up to 5 s) for every thread to block, then capture the
-//!    visible state "before";
-//! 4. `crust dump` (kills the task);
-//! 5. reap the dumped task;
-//! 6. `crust restore --leave-stopped`, check its pidfile, wait for the task
+//! 3. with pre-dumps: `crust pre-dump` N times (the task keeps running),
+//!    each chained to the previous one; a `steps` test is asked to take a
+//!    step between any two consecutive dumps ([`step_signal`]);
+//! 4. wait (up to 5 s) for every thread to block (not for a `continuous`
+//!    test), then capture the visible state "before";
+//! 5. `crust dump` (kills the task), on top of the last pre-dump if any;
+//! 6. reap the dumped task;
+//! 7. `crust restore --leave-stopped`, check its pidfile, wait for the task
 //!    to be stopped;
-//! 7. capture the state "after", then SIGCONT;
-//! 8. compare;
-//! 9. SIGTERM, wait for the exit, read the verdict in the outfile;
-//! 10. kill and reap whatever the run started that still lives; keep the
+//! 8. capture the state "after", then SIGCONT;
+//! 9. compare (not memory for a `continuous` test);
+//! 10. SIGTERM, wait for the exit, read the verdict in the outfile;
+//! 11. kill and reap whatever the run started that still lives; keep the
 //!     work dir on failure (or with `--keep-img`), remove it otherwise.
 
 use std::collections::BTreeSet;
@@ -23,22 +27,33 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::driver::{Crust, CrustFiles, CrustOutcome};
-use crate::flavors::Flavor;
+use crate::flavors::Effective;
 use crate::freeze::wait_quiescent;
 use crate::locate::check_executable;
 use crate::manifest::{is_skipped, TestEntry, DEFAULT_TIMEOUT_SECS};
-use crate::procs::{
-    self, clean_command, describe_status, poll_child, wait_exit, Backoff, ChildState, Tracker,
-};
+use crate::procs::{self, clean_command, poll_child, wait_exit, Backoff, ChildState, Tracker};
 use crate::report::{tail_file, Failure, Outcome, Verdict, TAIL_LINES};
 use crate::state::{self, diff, status, VisibleState};
 
 /// How long to wait for a test to block for good before capturing it.
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// ZDTM_STEP_SIGNAL, SIGRTMAX-1 (63 with glibc): sent to a `steps` test to
+/// ask for its next step. The test answers by writing the step number to
+/// `<outfile>.step` (atomically, by rename); steps are numbered from 1.
+pub fn step_signal() -> libc::c_int {
+    libc::SIGRTMAX() - 1
+}
+
+/// The file a `steps` test writes its last step number to.
+pub fn step_file(outfile: &Path) -> PathBuf {
+    let mut name = outfile.as_os_str().to_owned();
+    name.push(".step");
+    PathBuf::from(name)
+}
 
 /// What every run shares.
 #[derive(Debug, Clone)]
@@ -70,6 +85,10 @@ pub struct TestSpec {
     pub needs: Vec<String>,
     /// State checks not applied.
     pub skip_checks: Vec<String>,
+    /// Follows the step protocol.
+    pub steps: bool,
+    /// Never quiescent: no quiescence wait, no memory comparison.
+    pub continuous: bool,
 }
 
 impl TestSpec {
@@ -83,6 +102,8 @@ impl TestSpec {
             exclude_flavors: entry.exclude_flavors.clone(),
             needs: entry.needs.clone(),
             skip_checks: entry.skip_checks.clone(),
+            steps: entry.steps,
+            continuous: entry.continuous,
         }
     }
 
@@ -97,7 +118,16 @@ impl TestSpec {
             exclude_flavors: Vec::new(),
             needs: Vec::new(),
             skip_checks: Vec::new(),
+            steps: false,
+            continuous: false,
         })
+    }
+
+    /// Whether differences under `check` are ignored: the test's
+    /// `skip_checks`, and `memory` for a continuous test (which checks its
+    /// memory itself).
+    pub fn skips(&self, check: &str) -> bool {
+        is_skipped(&self.skip_checks, check) || (self.continuous && check == "memory")
     }
 }
 
@@ -116,7 +146,7 @@ pub fn parse_cpu_flags(cpuinfo: &str) -> BTreeSet<String> {
 /// Why this run is skipped, if it is.
 pub fn skip_reason(
     test: &TestSpec,
-    flavor: &Flavor,
+    flavor: &Effective,
     cpu_flags: &BTreeSet<String>,
 ) -> Option<String> {
     if test.exclude_flavors.contains(&flavor.name) {
@@ -132,19 +162,35 @@ pub fn skip_reason(
         .then(|| format!("needs {} (not in /proc/cpuinfo flags)", missing.join(", ")))
 }
 
+/// The files of one pre-dump.
+#[derive(Debug, Clone)]
+pub struct PreDump {
+    /// Its images: `img/preK`.
+    pub dir: PathBuf,
+    /// `preK.log`, `preK.out`.
+    pub files: CrustFiles,
+}
+
 /// The files of a run's work dir.
 #[derive(Debug, Clone)]
 pub struct WorkDir {
     /// `<log-dir>/<test>/<flavor>`.
     pub root: PathBuf,
-    /// Images.
+    /// Images: `img/`.
     pub img: PathBuf,
+    /// The final dump's images, restored from: `img/`, or `img/dump` after
+    /// pre-dumps.
+    pub images: PathBuf,
+    /// The pre-dumps, in order.
+    pub pre: Vec<PreDump>,
     /// The test's stdout and stderr.
     pub test_log: PathBuf,
     /// `--pidfile` of the test.
     pub pidfile: PathBuf,
     /// `--outfile` of the test.
     pub outfile: PathBuf,
+    /// `<outfile>.step`, for a `steps` test.
+    pub step_file: PathBuf,
     /// crust dump.
     pub dump: CrustFiles,
     /// crust restore.
@@ -158,14 +204,31 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// The layout below `root`.
-    pub fn new(root: PathBuf) -> WorkDir {
+    /// The layout below `root`, for `pre_dumps` pre-dumps.
+    pub fn new(root: PathBuf, pre_dumps: u32) -> WorkDir {
         let f = |name: &str| root.join(name);
+        let img = f("img");
+        let pre = (1..=pre_dumps)
+            .map(|k| PreDump {
+                dir: img.join(format!("pre{k}")),
+                files: CrustFiles {
+                    log: f(&format!("pre{k}.log")),
+                    out: f(&format!("pre{k}.out")),
+                },
+            })
+            .collect();
         WorkDir {
-            img: f("img"),
+            images: if pre_dumps > 0 {
+                img.join("dump")
+            } else {
+                img.clone()
+            },
+            img,
+            pre,
             test_log: f("test.log"),
             pidfile: f("test.pid"),
             outfile: f("test.out"),
+            step_file: step_file(&f("test.out")),
             dump: CrustFiles {
                 log: f("dump.log"),
                 out: f("dump.out"),
@@ -204,16 +267,22 @@ impl WorkDir {
                 other => break other?,
             }
         }
-        builder.create(&self.img)
+        builder.create(&self.img)?;
+        for dir in self.pre.iter().map(|p| &p.dir).chain([&self.images]) {
+            if *dir != self.img {
+                builder.create(dir)?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// Runs `test` under `flavor`.
-pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Flavor) -> Outcome {
+pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome {
     let started = Instant::now();
     let outcome = |verdict, work_dir| Outcome {
         test: test.name.clone(),
-        flavor: flavor.name.clone(),
+        flavor: flavor.label(),
         verdict,
         elapsed: started.elapsed(),
         work_dir,
@@ -221,7 +290,10 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Flavor) -> Outcome {
     if let Some(reason) = skip_reason(test, flavor, &ctx.cpu_flags) {
         return outcome(Verdict::Skip(reason), None);
     }
-    let work = WorkDir::new(ctx.log_dir.join(&test.name).join(&flavor.name));
+    let work = WorkDir::new(
+        ctx.log_dir.join(&test.name).join(&flavor.name),
+        flavor.pre_dumps,
+    );
     if let Err(e) = work.create() {
         let failure = Failure::new(
             "setup",
@@ -234,6 +306,7 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Flavor) -> Outcome {
     Steps {
         ctx,
         test,
+        flavor,
         work: &work,
         tracker: &mut tracker,
         failures: &mut failures,
@@ -268,6 +341,7 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Flavor) -> Outcome {
 struct Steps<'a> {
     ctx: &'a RunContext,
     test: &'a TestSpec,
+    flavor: &'a Effective,
     work: &'a WorkDir,
     tracker: &'a mut Tracker,
     failures: &'a mut Vec<Failure>,
@@ -293,8 +367,25 @@ impl Steps<'_> {
 
     fn run_inner(&mut self) -> Option<()> {
         let pid = self.launch()?;
-        let quiescent = wait_quiescent(pid, self.timeout().min(QUIESCE_TIMEOUT));
-        let before = self.capture(pid, "before")?;
+        let pre_dumps = self.flavor.pre_dumps;
+        for k in 1..=pre_dumps {
+            if k > 1 && self.test.steps {
+                self.step(pid, k - 1)?;
+            }
+            self.pre_dump(pid, k)?;
+        }
+        if pre_dumps > 0 && self.test.steps {
+            self.step(pid, pre_dumps)?;
+        }
+        // A continuous test never settles: don't wait 5 s for nothing.
+        let quiescent =
+            self.test.continuous || wait_quiescent(pid, self.timeout().min(QUIESCE_TIMEOUT));
+        let mut before = self.capture(pid, "before")?;
+        if let Some(fd) = self.tracker_fd() {
+            // The engine's dirty tracker: its state, not the test's, and by
+            // design neither dumped nor restored.
+            before.fds.retain(|f| f.fd != fd);
+        }
         self.dump(pid)?;
         self.reap_dumped(pid)?;
         self.restore(pid)?;
@@ -304,7 +395,7 @@ impl Steps<'_> {
         let after = after?;
         let diffs: Vec<_> = diff::compare(&before, &after)
             .into_iter()
-            .filter(|d| !is_skipped(&self.test.skip_checks, &d.check))
+            .filter(|d| !self.test.skips(&d.check))
             .collect();
         if !diffs.is_empty() && !quiescent {
             self.failures.push(Failure::new(
@@ -366,15 +457,12 @@ impl Steps<'_> {
         };
         self.tracker.track(launcher);
         match wait_exit(launcher, self.timeout()) {
-            Ok(Some(WaitStatus::Exited(_, 0))) => self.tracker.forget(launcher),
-            Ok(Some(ws)) => {
+            Ok(Some(exit)) if exit.success() => self.tracker.forget(launcher),
+            Ok(Some(exit)) => {
                 self.tracker.forget(launcher);
                 return self.fail(
-                    Failure::new(
-                        "launch",
-                        format!("the test launcher {}", describe_status(&ws)),
-                    )
-                    .with_tail(&work.test_log),
+                    Failure::new("launch", format!("the test launcher {exit}"))
+                        .with_tail(&work.test_log),
                 );
             }
             Ok(None) => {
@@ -435,13 +523,10 @@ impl Steps<'_> {
                 self.tracker.track(pid);
                 Some(pid)
             }
-            Ok(ChildState::Reaped(ws)) => self.fail(
+            Ok(ChildState::Reaped(exit)) => self.fail(
                 Failure::new(
                     "launch",
-                    format!(
-                        "the test daemon {pid} {} before the dump",
-                        describe_status(&ws)
-                    ),
+                    format!("the test daemon {pid} {exit} before the dump"),
                 )
                 .with_tail(&work.test_log),
             ),
@@ -457,7 +542,21 @@ impl Steps<'_> {
         }
     }
 
-    /// Steps 3 and 7.
+    /// Steps 4 and 8.
+    /// The descriptor the engine's dirty tracker holds in the task between
+    /// pre-dumps, as the last pre-dump's inventory (`tracker_fd`) says.
+    fn tracker_fd(&self) -> Option<i32> {
+        let last = self.work.pre.last()?;
+        let out = std::process::Command::new(&self.ctx.crust.path)
+            .arg("show")
+            .arg(last.dir.join("inventory.img"))
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let fd = v["message"]["tracker_fd"].as_i64()?;
+        i32::try_from(fd).ok().filter(|&fd| fd >= 0)
+    }
+
     fn capture(&mut self, pid: Pid, when: &str) -> Option<VisibleState> {
         match state::capture(pid, self.timeout()) {
             Ok(state) => {
@@ -481,15 +580,22 @@ impl Steps<'_> {
         }
     }
 
-    fn crust_failure(&self, what: &str, outcome: &CrustOutcome, files: &CrustFiles) -> Failure {
+    /// The failure `check` of `crust command`.
+    fn crust_failure(
+        &self,
+        check: &str,
+        command: &str,
+        outcome: &CrustOutcome,
+        files: &CrustFiles,
+    ) -> Failure {
         let detail = match outcome {
-            CrustOutcome::Success => format!("crust {what} succeeded"),
-            CrustOutcome::Failed(how) => format!("crust {what} {how}"),
+            CrustOutcome::Success => format!("crust {command} succeeded"),
+            CrustOutcome::Failed(how) => format!("crust {command} {how}"),
             CrustOutcome::TimedOut => {
-                format!("crust {what} did not finish within {}s", self.secs())
+                format!("crust {command} did not finish within {}s", self.secs())
             }
         };
-        let failure = Failure::new(what, detail).with_tail(&files.log);
+        let failure = Failure::new(check, detail).with_tail(&files.log);
         // crust may log to stderr too: show its output only if it says more.
         let tail = |path| tail_file(path, TAIL_LINES);
         if tail(&files.out) != tail(&files.log) {
@@ -499,9 +605,171 @@ impl Steps<'_> {
         }
     }
 
-    /// Step 4.
+    /// Step 3: pre-dump `k` (from 1); the task must keep running.
+    fn pre_dump(&mut self, pid: Pid, k: u32) -> Option<()> {
+        let work = self.work;
+        let check = format!("pre-dump {k}");
+        let Some(pre) = usize::try_from(k - 1).ok().and_then(|i| work.pre.get(i)) else {
+            return self.fail(Failure::new(check, "no such pre-dump in the work dir"));
+        };
+        let prev = (k > 1).then(|| PathBuf::from(format!("../pre{}", k - 1)));
+        let args = Crust::pre_dump_args(
+            pid,
+            &pre.dir,
+            prev.as_deref(),
+            self.flavor.pre_dump_mode,
+            &pre.files.log,
+        );
+        let result =
+            self.ctx
+                .crust
+                .run(&args, &work.root, &pre.files, self.timeout(), self.tracker);
+        match result {
+            Ok(CrustOutcome::Success) => {}
+            Ok(outcome) => {
+                let failure = self.crust_failure(&check, "pre-dump", &outcome, &pre.files);
+                return self.fail(failure);
+            }
+            Err(e) => {
+                return self.fail(Failure::new(
+                    check,
+                    format!("cannot run {}: {e}", self.ctx.crust.path.display()),
+                ))
+            }
+        }
+        match poll_child(pid) {
+            Ok(ChildState::Alive) => {}
+            Ok(ChildState::Reaped(exit)) => {
+                self.tracker.forget(pid);
+                return self.fail(
+                    Failure::new(
+                        check,
+                        format!(
+                            "crust pre-dump succeeded but the task {pid} {exit}: a pre-dump \
+                             must leave it running"
+                        ),
+                    )
+                    .with_tail(&pre.files.log)
+                    .with_tail(&work.test_log),
+                );
+            }
+            Ok(ChildState::NotOurChild) => {
+                return self.fail(Failure::new(
+                    check,
+                    format!("the task {pid} is no longer a child of the runner"),
+                ))
+            }
+            Err(e) => return self.fail(Failure::new(check, format!("waitpid({pid}): {e}"))),
+        }
+        // crust detached from it when it exited: it must not stay stopped.
+        let deadline = Instant::now() + self.timeout();
+        let mut backoff = Backoff::default();
+        loop {
+            let letter = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|text| status::state_letter(&text));
+            if !matches!(letter, Some('T' | 't')) {
+                return Some(());
+            }
+            if Instant::now() >= deadline {
+                return self.fail(
+                    Failure::new(
+                        check,
+                        format!(
+                            "crust pre-dump left the task {pid} stopped (State {}) for {}s: a \
+                             pre-dump must leave it running",
+                            letter.unwrap_or('?'),
+                            self.secs()
+                        ),
+                    )
+                    .with_tail(&pre.files.log),
+                );
+            }
+            backoff.sleep();
+        }
+    }
+
+    /// Asks a `steps` test for step `n` (from 1) and waits until it says
+    /// it took it.
+    fn step(&mut self, pid: Pid, n: u32) -> Option<()> {
+        let work = self.work;
+        let check = format!("step {n}");
+        let gone = |exit: procs::Exit| {
+            Failure::new(
+                check.clone(),
+                format!(
+                    "the test {exit} instead of taking step {n} (does it handle \
+                     ZDTM_STEP_SIGNAL, {}?)",
+                    procs::signal_name(step_signal())
+                ),
+            )
+            .with_tail(&work.test_log)
+        };
+        // Only signal our unreaped child (see procs).
+        match poll_child(pid) {
+            Ok(ChildState::Alive) => {}
+            Ok(ChildState::Reaped(exit)) => {
+                self.tracker.forget(pid);
+                return self.fail(gone(exit));
+            }
+            Ok(ChildState::NotOurChild) => {
+                return self.fail(Failure::new(
+                    check,
+                    format!("the task {pid} is no longer a child of the runner"),
+                ))
+            }
+            Err(e) => return self.fail(Failure::new(check, format!("waitpid({pid}): {e}"))),
+        }
+        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our
+        // unreaped child, so it cannot have been recycled.
+        if unsafe { libc::kill(pid.as_raw(), step_signal()) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return self.fail(Failure::new(
+                check,
+                format!(
+                    "cannot send {} to {pid}: {e}",
+                    procs::signal_name(step_signal())
+                ),
+            ));
+        }
+        let want = n.to_string();
+        let deadline = Instant::now() + self.timeout();
+        let mut backoff = Backoff::default();
+        loop {
+            let seen = std::fs::read_to_string(&work.step_file).ok();
+            if seen.as_deref().map(str::trim) == Some(want.as_str()) {
+                return Some(());
+            }
+            if let Ok(ChildState::Reaped(exit)) = poll_child(pid) {
+                self.tracker.forget(pid);
+                return self.fail(gone(exit));
+            }
+            if Instant::now() >= deadline {
+                let seen = match seen {
+                    Some(text) => format!("holds {:?}", text.trim()),
+                    None => "does not exist".to_string(),
+                };
+                return self.fail(
+                    Failure::new(
+                        check,
+                        format!(
+                            "the test did not take step {n} within {}s: {} {seen}",
+                            self.secs(),
+                            work.step_file.display()
+                        ),
+                    )
+                    .with_tail(&work.test_log),
+                );
+            }
+            backoff.sleep();
+        }
+    }
+
+    /// Step 5.
     fn dump(&mut self, pid: Pid) -> Option<()> {
-        let args = Crust::dump_args(pid, &self.work.img, &self.work.dump.log);
+        let last = self.work.pre.len();
+        let prev = (last > 0).then(|| PathBuf::from(format!("../pre{last}")));
+        let args = Crust::dump_args(pid, &self.work.images, prev.as_deref(), &self.work.dump.log);
         let result = self.ctx.crust.run(
             &args,
             &self.work.root,
@@ -512,7 +780,7 @@ impl Steps<'_> {
         match result {
             Ok(CrustOutcome::Success) => Some(()),
             Ok(outcome) => {
-                let failure = self.crust_failure("dump", &outcome, &self.work.dump);
+                let failure = self.crust_failure("dump", "dump", &outcome, &self.work.dump);
                 self.fail(failure)
             }
             Err(e) => self.fail(Failure::new(
@@ -522,7 +790,7 @@ impl Steps<'_> {
         }
     }
 
-    /// Step 5: crust dump killed the task; it is our child: reap it.
+    /// Step 6: crust dump killed the task; it is our child: reap it.
     fn reap_dumped(&mut self, pid: Pid) -> Option<()> {
         match wait_exit(pid, self.timeout()) {
             Ok(Some(_)) => {
@@ -544,10 +812,10 @@ impl Steps<'_> {
         }
     }
 
-    /// Step 6.
+    /// Step 7.
     fn restore(&mut self, pid: Pid) -> Option<()> {
         let work = self.work;
-        let args = Crust::restore_args(&work.img, &work.restore_pidfile, &work.restore.log);
+        let args = Crust::restore_args(&work.images, &work.restore_pidfile, &work.restore.log);
         let result = self.ctx.crust.run(
             &args,
             &work.root,
@@ -564,7 +832,7 @@ impl Steps<'_> {
         match result {
             Ok(CrustOutcome::Success) => {}
             Ok(outcome) => {
-                let failure = self.crust_failure("restore", &outcome, &work.restore);
+                let failure = self.crust_failure("restore", "restore", &outcome, &work.restore);
                 return self.fail(failure);
             }
             Err(e) => {
@@ -603,13 +871,10 @@ impl Steps<'_> {
         }
         match task {
             Ok(ChildState::Alive) => {}
-            Ok(ChildState::Reaped(ws)) => {
+            Ok(ChildState::Reaped(exit)) => {
                 return self.fail(
-                    Failure::new(
-                        "restore",
-                        format!("the restored task {pid} {}", describe_status(&ws)),
-                    )
-                    .with_tail(&work.test_log),
+                    Failure::new("restore", format!("the restored task {pid} {exit}"))
+                        .with_tail(&work.test_log),
                 );
             }
             Ok(ChildState::NotOurChild) => {
@@ -638,15 +903,12 @@ impl Steps<'_> {
             if letter == Some('T') {
                 return Some(());
             }
-            if let Ok(ChildState::Reaped(ws)) = poll_child(pid) {
+            if let Ok(ChildState::Reaped(exit)) = poll_child(pid) {
                 self.tracker.forget(pid);
                 return self.fail(
                     Failure::new(
                         "restore",
-                        format!(
-                            "the restored task {pid} {} instead of staying stopped",
-                            describe_status(&ws)
-                        ),
+                        format!("the restored task {pid} {exit} instead of staying stopped"),
                     )
                     .with_tail(&self.work.test_log),
                 );
@@ -666,7 +928,7 @@ impl Steps<'_> {
         }
     }
 
-    /// Step 9: SIGTERM, exit, verdict.
+    /// Step 10: SIGTERM, exit, verdict.
     fn finish(&mut self, pid: Pid) -> Option<()> {
         let work = self.work;
         match kill(pid, Signal::SIGTERM) {
@@ -674,15 +936,12 @@ impl Steps<'_> {
             Err(e) => return self.fail(Failure::new("test", format!("cannot SIGTERM {pid}: {e}"))),
         }
         match wait_exit(pid, self.timeout()) {
-            Ok(Some(ws)) => {
+            Ok(Some(exit)) => {
                 self.tracker.forget(pid);
-                if ws != WaitStatus::Exited(pid, 0) {
+                if !exit.success() {
                     self.failures.push(
-                        Failure::new(
-                            "test",
-                            format!("the test {} after SIGTERM", describe_status(&ws)),
-                        )
-                        .with_tail(&work.test_log),
+                        Failure::new("test", format!("the test {exit} after SIGTERM"))
+                            .with_tail(&work.test_log),
                     );
                 }
             }
@@ -740,11 +999,13 @@ pub fn parse_verdict(text: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn flavor(name: &str) -> Flavor {
-        Flavor {
+    fn flavor(name: &str) -> Effective {
+        Effective::plain(&crate::flavors::Flavor {
             name: name.into(),
             description: "d".into(),
-        }
+            pre_dumps: 0,
+            pre_dump_mode: None,
+        })
     }
 
     #[test]
@@ -779,14 +1040,55 @@ mod tests {
     fn work_dir_is_fresh_and_private() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let work = WorkDir::new(tmp.path().join("t").join("dump"));
+        let work = WorkDir::new(tmp.path().join("t").join("dump"), 0);
         work.create().expect("create");
         std::fs::write(work.root.join("stale"), "x").expect("write");
         work.create().expect("re-create");
         assert!(!work.root.join("stale").exists());
+        assert_eq!(work.images, work.img);
+        assert!(work.pre.is_empty());
         for dir in [&work.root, &work.img] {
             let mode = std::fs::metadata(dir).expect("stat").permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
         }
+    }
+
+    #[test]
+    fn work_dir_with_pre_dumps() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("t").join("pre");
+        let work = WorkDir::new(root.clone(), 2);
+        work.create().expect("create");
+        assert_eq!(work.images, root.join("img/dump"));
+        let dirs: Vec<_> = work.pre.iter().map(|p| p.dir.clone()).collect();
+        assert_eq!(dirs, [root.join("img/pre1"), root.join("img/pre2")]);
+        assert_eq!(work.pre[1].files.log, root.join("pre2.log"));
+        assert_eq!(work.pre[1].files.out, root.join("pre2.out"));
+        assert_eq!(work.step_file, root.join("test.out.step"));
+        for dir in dirs.iter().chain([&work.images]) {
+            let mode = std::fs::metadata(dir).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
+    }
+
+    #[test]
+    fn step_signal_and_file() {
+        assert_eq!(step_signal(), libc::SIGRTMAX() - 1);
+        assert_eq!(
+            step_file(Path::new("/w/test.out")),
+            PathBuf::from("/w/test.out.step")
+        );
+    }
+
+    #[test]
+    fn continuous_tests_skip_memory_only() {
+        let mut test = TestSpec::from_bin(Path::new("/bin/t"), &[]).expect("named");
+        test.skip_checks = vec!["status:SigBlk".into()];
+        assert!(!test.skips("memory") && test.skips("status:SigBlk"));
+        test.steps = true;
+        test.continuous = true;
+        assert!(test.skips("memory") && test.skips("status:SigBlk"));
+        assert!(!test.skips("maps") && !test.skips("fds") && !test.skips("status:SigPnd"));
     }
 }

@@ -9,7 +9,7 @@ use nix::unistd::geteuid;
 use crate::cli::{ListArgs, RunArgs};
 use crate::driver::Crust;
 use crate::error::{SetupError, EXIT_FAILED};
-use crate::flavors::{Flavor, FlavorSet};
+use crate::flavors::{apply_overrides, Effective, FlavorSet};
 use crate::locate;
 use crate::manifest::Manifest;
 use crate::procs;
@@ -44,6 +44,11 @@ pub fn render_list(manifest: &Manifest, flavors: &FlavorSet) -> String {
         if !t.skip_checks.is_empty() {
             notes.push(format!("skips {}", t.skip_checks.join(",")));
         }
+        if t.continuous {
+            notes.push("steps, continuous".to_string());
+        } else if t.steps {
+            notes.push("steps".to_string());
+        }
         let notes = if notes.is_empty() {
             String::new()
         } else {
@@ -59,7 +64,11 @@ pub fn render_list(manifest: &Manifest, flavors: &FlavorSet) -> String {
         .max()
         .unwrap_or(0);
     for f in &flavors.flavors {
-        out.push_str(&format!("  {:width$}  {}\n", f.name, f.description));
+        let settings = f.settings().map_or(String::new(), |s| format!(" [{s}]"));
+        out.push_str(&format!(
+            "  {:width$}  {}{settings}\n",
+            f.name, f.description
+        ));
     }
     out
 }
@@ -134,7 +143,14 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         });
     }
     let flavor_set = FlavorSet::load(&locate::flavors_dir(args.dirs.flavors_dir.as_deref()))?;
-    let flavors = flavor_set.select(&dedup(&args.flavors))?;
+    let plan = apply_overrides(
+        &flavor_set.select(&dedup(&args.flavors))?,
+        &args.overrides(),
+    )?;
+    for (dropped, kept) in &plan.duplicates {
+        eprintln!("zdtm: note: flavor ({dropped}) runs like ({kept}): running it once");
+    }
+    let flavors = plan.flavors;
     let tests = select_tests(args)?;
     let crust_path = locate::crust_path(args.crust.as_deref())?;
     locate::check_executable(&crust_path).map_err(|reason| SetupError::Crust {
@@ -171,7 +187,7 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         keep_img: args.keep_img,
         cpu_flags: parse_cpu_flags(&cpuinfo),
     };
-    let jobs: Vec<(&TestSpec, &Flavor)> = tests
+    let jobs: Vec<(&TestSpec, &Effective)> = tests
         .iter()
         .flat_map(|t| flavors.iter().map(move |f| (t, f)))
         .collect();
@@ -199,7 +215,7 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
 
 /// Runs `jobs` on `parallel` threads, printing each outcome as it comes;
 /// returns them in job order.
-fn execute(ctx: &RunContext, jobs: &[(&TestSpec, &Flavor)], parallel: usize) -> Vec<Outcome> {
+fn execute(ctx: &RunContext, jobs: &[(&TestSpec, &Effective)], parallel: usize) -> Vec<Outcome> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; jobs.len()]);
     let worker = || loop {
@@ -233,6 +249,7 @@ fn execute(ctx: &RunContext, jobs: &[(&TestSpec, &Flavor)], parallel: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flavors::Flavor;
     use crate::manifest::Manifest;
     use std::path::Path;
 
@@ -240,21 +257,33 @@ mod tests {
     fn list_rendering() {
         let manifest = Manifest::parse(
             "[[test]]\nname = \"env00\"\ndescription = \"environment\"\n\
-             [[test]]\nname = \"avx\"\ndescription = \"avx regs\"\nneeds = [\"avx\"]\n",
+             [[test]]\nname = \"avx\"\ndescription = \"avx regs\"\nneeds = [\"avx\"]\n\
+             [[test]]\nname = \"step\"\ndescription = \"stepper\"\nsteps = true\n",
             Path::new("/t/tests.toml"),
         )
         .expect("valid");
         let flavors = FlavorSet {
             dir: "/f".into(),
-            flavors: vec![Flavor {
-                name: "dump".into(),
-                description: "Full dump".into(),
-            }],
+            flavors: vec![
+                Flavor {
+                    name: "dump".into(),
+                    description: "Full dump".into(),
+                    pre_dumps: 0,
+                    pre_dump_mode: None,
+                },
+                Flavor {
+                    name: "pre".into(),
+                    description: "Pre-dumps".into(),
+                    pre_dumps: 2,
+                    pre_dump_mode: None,
+                },
+            ],
         };
         assert_eq!(
             render_list(&manifest, &flavors),
             "Tests (/t/tests.toml):\n  env00  environment\n  avx    avx regs [needs avx]\n\
-             Flavors (/f):\n  dump  Full dump\n"
+             \x20 step   stepper [steps]\n\
+             Flavors (/f):\n  dump  Full dump\n  pre   Pre-dumps [pre 2 splice]\n"
         );
     }
 

@@ -104,7 +104,80 @@ impl Setup {
     fn work_dir(&self) -> PathBuf {
         self.logs().join("zdtm-dummy").join("dump")
     }
+
+    /// A manifest with one test, `zdtm-dummy` (found next to zdtm, where
+    /// cargo put it), with these extra keys.
+    fn dummy_manifest(&self, keys: &str) {
+        std::fs::write(
+            self.path().join("tests.toml"),
+            format!(
+                "[[test]]\nname = \"zdtm-dummy\"\ndescription = \"d\"\ntimeout_secs = 5\n{keys}"
+            ),
+        )
+        .expect("write manifest");
+    }
+
+    fn argv_log(&self) -> PathBuf {
+        self.path().join("argv.log")
+    }
+
+    /// A fake crust that appends each invocation to `argv.log`, with the
+    /// step the test had acknowledged then (`step=-`: none), then runs the
+    /// body of its command with `$pid` (-t), `$dir` (-D) and `$log` (-o).
+    fn logging_crust(&self, pre_dump_body: &str, dump_body: &str, restore_body: &str) -> PathBuf {
+        script(
+            &self.path().join("crust"),
+            &format!(
+                "cmd=$1; shift; all=\"$*\"\n\
+                 echo \"$cmd $all step=$(cat test.out.step 2>/dev/null || echo -)\" >> {argv}\n\
+                 while [ $# -gt 0 ]; do\n\
+                 case $1 in -t) pid=$2; shift;; -D) dir=$2; shift;; -o) log=$2; shift;; esac\n\
+                 shift\n\
+                 done\n\
+                 case $cmd in\n\
+                 pre-dump) {pre_dump_body};;\n\
+                 dump) {dump_body};;\n\
+                 restore) {restore_body};;\n\
+                 esac\n",
+                argv = self.argv_log().display()
+            ),
+        )
+    }
+
+    /// `zdtm run -t zdtm-dummy` with this crust and these options.
+    fn run_test(&self, crust: &Path, options: &[&str]) -> Output {
+        let logs = self.logs();
+        let mut args = vec![
+            "run",
+            "-t",
+            "zdtm-dummy",
+            "--crust",
+            crust.to_str().expect("utf-8"),
+            "--log-dir",
+            logs.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(options);
+        self.zdtm(&args)
+    }
+
+    /// The invocations logged by [`Setup::logging_crust`], with the work dir
+    /// written `W` and the test's pid `PID`.
+    fn invocations(&self, work: &Path) -> Vec<String> {
+        let pid = std::fs::read_to_string(work.join("test.pid")).expect("kept pidfile");
+        let pid = format!(" {} ", pid.trim());
+        let work = work.to_str().expect("utf-8");
+        std::fs::read_to_string(self.argv_log())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.replace(work, "W").replace(&pid, " PID "))
+            .collect()
+    }
 }
+
+/// A fake crust's successful dump: it kills the task, as crust does.
+const KILLING_DUMP: &str = "kill -9 $pid; echo dumped > $log; exit 0";
+/// A fake crust's restore: it cannot restore.
+const FAILING_RESTORE: &str = "echo \"no restore here\" > $log; exit 1";
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -378,4 +451,241 @@ fn hanging_launcher_is_killed_with_its_daemon() {
             entry.path()
         );
     }
+}
+
+#[test]
+fn pre_dump_sequence_and_steps() {
+    if !root_or_skip("pre_dump_sequence_and_steps") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("pre2.toml"),
+        "name = \"pre2\"\ndescription = \"two read pre-dumps\"\npre_dumps = 2\n\
+         pre_dump_mode = \"read\"\n",
+    )
+    .expect("write flavor");
+    setup.dummy_manifest("steps = true\nopts = [\"--steps\"]\n");
+    let crust = setup.logging_crust(
+        "echo pre-dumped > $log; exit 0",
+        KILLING_DUMP,
+        FAILING_RESTORE,
+    );
+    let out = setup.run_test(&crust, &["-f", "pre2"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    // The fake crust cannot restore: everything before that went through.
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (pre2): restore: crust restore exited with status 1\n"),
+        "{stdout}"
+    );
+    let work = setup.logs().join("zdtm-dummy").join("pre2");
+    // pre1, step 1, pre2, step 2, the tracker's fd read from pre2's
+    // inventory, dump on top of pre2, restore from dump.
+    assert_eq!(
+        setup.invocations(&work),
+        [
+            "pre-dump -t PID -D W/img/pre1 --pre-dump-mode read --track-mem -o W/pre1.log -v step=-",
+            "pre-dump -t PID -D W/img/pre2 --prev-images-dir ../pre1 --pre-dump-mode read \
+             --track-mem -o W/pre2.log -v step=1",
+            "show W/img/pre2/inventory.img step=-",
+            "dump -t PID -D W/img/dump --track-mem --prev-images-dir ../pre2 -o W/dump.log -v step=2",
+            "restore -D W/img/dump -d --pidfile W/restore.pid --leave-stopped -o W/restore.log step=2",
+        ]
+    );
+    for dir in ["img/pre1", "img/pre2", "img/dump"] {
+        assert!(work.join(dir).is_dir(), "{dir}");
+    }
+    for log in ["pre1.log", "pre2.log", "dump.log", "state-before.txt"] {
+        assert!(work.join(log).is_file(), "{log}");
+    }
+    assert_daemon_gone(&work);
+
+    // --pre on the plain dump flavor, with the mode overridden too; the
+    // result line says what ran.
+    std::fs::remove_file(setup.argv_log()).expect("rm");
+    let out = setup.run_test(
+        &crust,
+        &["-f", "dump", "--pre", "3", "--pre-dump-mode", "splice"],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump, pre 3 splice): restore: "),
+        "{stdout}"
+    );
+    let calls = setup.invocations(&setup.work_dir());
+    let summary: Vec<String> = calls
+        .iter()
+        .map(|c| {
+            let words: Vec<&str> = c.split(' ').collect();
+            let value = |flag: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == flag)
+                    .map_or("", |i| words[i + 1])
+            };
+            let (dir, prev, mode) = (
+                value("-D"),
+                value("--prev-images-dir"),
+                value("--pre-dump-mode"),
+            );
+            format!(
+                "{} {dir} {prev} {mode} {}",
+                words[0],
+                words[words.len() - 1]
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "pre-dump W/img/pre1  splice step=-",
+            "pre-dump W/img/pre2 ../pre1 splice step=1",
+            "pre-dump W/img/pre3 ../pre2 splice step=2",
+            "show    step=-",
+            "dump W/img/dump ../pre3  step=3",
+            "restore W/img/dump   step=3",
+        ]
+    );
+}
+
+#[test]
+fn no_steps_without_pre_dumps_or_without_the_key() {
+    if !root_or_skip("no_steps_without_pre_dumps_or_without_the_key") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.logging_crust("exit 0", KILLING_DUMP, FAILING_RESTORE);
+
+    // A steps test under the plain dump: no step requested.
+    setup.dummy_manifest("steps = true\nopts = [\"--steps\"]\n");
+    let out = setup.run_test(&crust, &[]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump): restore: "),
+        "{stdout}"
+    );
+    assert_eq!(
+        setup.invocations(&setup.work_dir()),
+        [
+            "dump -t PID -D W/img -o W/dump.log -v step=-",
+            "restore -D W/img -d --pidfile W/restore.pid --leave-stopped -o W/restore.log step=-",
+        ]
+    );
+
+    // A test without steps under pre-dumps: never signalled (this dummy
+    // does not handle the step signal: it would die of it).
+    std::fs::remove_file(setup.argv_log()).expect("rm");
+    setup.dummy_manifest("");
+    let out = setup.run_test(&crust, &["--pre", "2"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump, pre 2 splice): restore: "),
+        "{stdout}"
+    );
+    let calls = setup.invocations(&setup.work_dir());
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert!(calls.iter().all(|c| c.ends_with(" step=-")), "{calls:?}");
+}
+
+#[test]
+fn pre_dump_and_step_failures() {
+    if !root_or_skip("pre_dump_and_step_failures") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    setup.dummy_manifest("steps = true\nopts = [\"--steps\"]\n");
+
+    // The second pre-dump fails.
+    let crust = setup.logging_crust(
+        "case $dir in */pre2) echo \"cannot pre-dump $pid\" > $log; exit 4;; esac; exit 0",
+        KILLING_DUMP,
+        FAILING_RESTORE,
+    );
+    let out = setup.run_test(&crust, &["--pre", "2", "--pre-dump-mode", "read"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with(
+            "FAIL zdtm-dummy (dump, pre 2 read): pre-dump 2: crust pre-dump exited with status 4\n"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cannot pre-dump "), "{stdout}");
+    assert!(stdout.contains("pre2.log ---"), "{stdout}");
+    assert_daemon_gone(&setup.work_dir());
+
+    // A pre-dump that kills the task.
+    let crust = setup.logging_crust("kill -9 $pid; exit 0", KILLING_DUMP, FAILING_RESTORE);
+    let out = setup.run_test(&crust, &["--pre", "1"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(
+            "FAIL zdtm-dummy (dump, pre 1 splice): pre-dump 1: crust pre-dump \
+                            succeeded but the task "
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("killed by SIGKILL: a pre-dump must leave it running"),
+        "{stdout}"
+    );
+
+    // A steps test that does not handle the step signal dies of it.
+    setup.dummy_manifest("steps = true\n");
+    let crust = setup.logging_crust("exit 0", KILLING_DUMP, FAILING_RESTORE);
+    let out = setup.run_test(&crust, &["--pre", "2"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(
+            "FAIL zdtm-dummy (dump, pre 2 splice): step 1: the test killed by SIGRTMAX-1 \
+             instead of taking step 1 (does it handle ZDTM_STEP_SIGNAL, SIGRTMAX-1?)\n"
+        ),
+        "{stdout}"
+    );
+    assert_daemon_gone(&setup.work_dir());
+}
+
+#[test]
+fn unused_pre_dump_mode_is_a_usage_error() {
+    if !root_or_skip("unused_pre_dump_mode_is_a_usage_error") {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.crust("exit 1", "exit 1");
+    let out = setup.run_test(&crust, &["--pre-dump-mode", "read"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--pre-dump-mode read: none of the selected flavors (dump) pre-dumps"),
+        "{stderr}"
+    );
+    assert!(!setup.argv_log().exists());
+}
+
+#[test]
+fn list_shows_pre_dumps_and_steps() {
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("pre2.toml"),
+        "name = \"pre2\"\ndescription = \"two read pre-dumps\"\npre_dumps = 2\n\
+         pre_dump_mode = \"read\"\n",
+    )
+    .expect("write flavor");
+    setup.dummy_manifest("steps = true\ncontinuous = true\n");
+    let out = setup.zdtm(&["list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("  zdtm-dummy  d [steps, continuous]\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  pre2  two read pre-dumps [pre 2 read]\n"),
+        "{stdout}"
+    );
 }

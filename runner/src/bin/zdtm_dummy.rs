@@ -3,7 +3,7 @@
 //! smoke test of crust and the harness together:
 //! `zdtm run --bin target/debug/zdtm-dummy`.
 //!
-//! `zdtm-dummy --pidfile=P --outfile=O [--mode=M] [--threads=N] [--foreground]`
+//! `zdtm-dummy --pidfile=P --outfile=O [--mode=M] [--threads=N] [--steps] [--foreground]`
 //!
 //! Modes: `pass` (default: write PASS on SIGTERM), `fail` (write `FAIL:
 //! asked to`), `launcher-fail` (the launcher exits 3), `no-pidfile` (the
@@ -12,15 +12,88 @@
 //! writing memory: the task is not quiescent). `--threads=N` starts N extra
 //! threads that sleep in `pause()` with SIGTERM blocked. `--foreground`
 //! does not daemonise: the process writes its own pidfile and waits.
+//! `--steps` follows the step protocol (manifest `steps = true`): on each
+//! ZDTM_STEP_SIGNAL (SIGRTMAX-1) it rewrites a 4 KiB buffer with the step
+//! number, then writes that number to `<outfile>.step` (temporary file,
+//! then rename); on SIGTERM it checks that the buffer holds the last step.
+//! With `--mode=busy` too, it is a `continuous` test.
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 static TERMINATED: AtomicBool = AtomicBool::new(false);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Steps taken so far.
+static STEPS: AtomicU32 = AtomicU32::new(0);
+/// Rewritten with the step number at each step: memory that changes
+/// between pre-dumps.
+static STEP_BUF: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
+/// `<outfile>.step` and its temporary file, set before the handler is
+/// installed.
+static STEP_FILES: OnceLock<(CString, CString)> = OnceLock::new();
+
 extern "C" fn on_sigterm(_: libc::c_int) {
     TERMINATED.store(true, Ordering::SeqCst);
+}
+
+/// The step signal's handler: takes the step and acknowledges it. Only
+/// async-signal-safe calls (atomics, open, write, close, rename).
+extern "C" fn on_step(_: libc::c_int) {
+    let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    for word in &STEP_BUF {
+        word.store(u64::from(n), Ordering::SeqCst);
+    }
+    let Some((file, tmp)) = STEP_FILES.get() else {
+        return;
+    };
+    // The decimal digits of n, without allocating.
+    let mut digits = [0u8; 11];
+    let mut at = digits.len() - 1;
+    digits[at] = b'\n';
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let text = &digits[at..];
+    // SAFETY: open, write, close and rename are async-signal-safe; the
+    // paths are NUL-terminated strings that live for the whole process and
+    // `text` outlives the write.
+    unsafe {
+        let fd = libc::open(
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o600,
+        );
+        if fd < 0 {
+            return;
+        }
+        let written = libc::write(fd, text.as_ptr().cast(), text.len());
+        libc::close(fd);
+        if usize::try_from(written).ok() == Some(text.len()) {
+            libc::rename(tmp.as_ptr(), file.as_ptr());
+        }
+    }
+}
+
+/// The verdict about the steps: the buffer holds the last step everywhere.
+fn check_steps() -> Result<(), String> {
+    let n = u64::from(STEPS.load(Ordering::SeqCst));
+    for (i, word) in STEP_BUF.iter().enumerate() {
+        let v = word.load(Ordering::SeqCst);
+        if v != n {
+            return Err(format!("step buffer word {i} holds {v}, expected {n}"));
+        }
+    }
+    Ok(())
 }
 
 struct Args {
@@ -29,6 +102,7 @@ struct Args {
     mode: String,
     threads: usize,
     foreground: bool,
+    steps: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -36,7 +110,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: zdtm-dummy --pidfile=P --outfile=O \
          [--mode=pass|fail|launcher-fail|launcher-hang|no-pidfile|busy] \
-         [--threads=N] [--foreground]"
+         [--threads=N] [--steps] [--foreground]"
     );
     std::process::exit(2);
 }
@@ -47,6 +121,7 @@ fn parse_args() -> Args {
     let mut mode = "pass".to_string();
     let mut threads = 0;
     let mut foreground = false;
+    let mut steps = false;
     for arg in std::env::args().skip(1) {
         if let Some(v) = arg.strip_prefix("--pidfile=") {
             pidfile = Some(PathBuf::from(v));
@@ -58,6 +133,8 @@ fn parse_args() -> Args {
             threads = v.parse().unwrap_or_else(|_| usage("bad --threads"));
         } else if arg == "--foreground" {
             foreground = true;
+        } else if arg == "--steps" {
+            steps = true;
         } else {
             usage(&format!("unknown argument {arg:?}"));
         }
@@ -68,6 +145,7 @@ fn parse_args() -> Args {
         mode,
         threads,
         foreground,
+        steps,
     }
 }
 
@@ -106,6 +184,30 @@ fn daemon(args: &Args, ready: impl FnOnce()) -> ! {
     if let Err(e) = installed {
         die("sigaction", e);
     }
+    if args.steps {
+        let mut tmp = args.outfile.as_os_str().to_owned();
+        tmp.push(".step.tmp");
+        let mut file = args.outfile.as_os_str().to_owned();
+        file.push(".step");
+        let cstring = |s: &std::ffi::OsStr| {
+            CString::new(s.as_bytes()).unwrap_or_else(|e| die("outfile path", e))
+        };
+        let _ = STEP_FILES.set((cstring(&file), cstring(&tmp)));
+        // nix's Signal cannot name a real-time signal: libc's sigaction.
+        // SAFETY: an all-zero sigaction is valid (SIG_DFL, empty flags);
+        // sigemptyset initialises the mask; the handler only makes
+        // async-signal-safe calls (see on_step).
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_step as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGRTMAX() - 1, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            die("sigaction(SIGRTMAX-1)", std::io::Error::last_os_error());
+        }
+    }
     for _ in 0..args.threads {
         std::thread::spawn(|| {
             block_sigterm_in_this_thread();
@@ -138,9 +240,11 @@ fn daemon(args: &Args, ready: impl FnOnce()) -> ! {
         unsafe { libc::pause() };
     }
     let verdict = if args.mode == "fail" {
-        "FAIL: asked to\n"
+        "FAIL: asked to\n".to_string()
+    } else if let Err(reason) = check_steps() {
+        format!("FAIL: {reason}\n")
     } else {
-        "PASS\n"
+        "PASS\n".to_string()
     };
     if let Err(e) = std::fs::write(&args.outfile, verdict) {
         die("writing the outfile", e);
