@@ -6,14 +6,26 @@
 # anon_inode fds (its fds are listed), send SIGTERM, wait for it to exit
 # and require PASS in the outfile.
 #
+# Tests with `steps = true` in the manifest first get STEPS step requests
+# (signal SIGRTMAX-1); each must be acknowledged in <outfile>.step within
+# 10 s. Tests with `continuous = true` keep running (state R is fine).
+#
 # Usage: zdtm-tests/smoke.sh [TEST...]      (default: every test in tests.toml)
 # Env:   BIN_DIR  directory of the built binaries
 #               (default: ${CARGO_TARGET_DIR:-target}/debug)
 #        HOLD     seconds to leave the test blocked before SIGTERM (default 1)
+#        STEPS    step requests sent to tests with steps (default 3; 0: none)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 bin_dir=${BIN_DIR:-${CARGO_TARGET_DIR:-$here/../target}/debug}
 hold=${HOLD:-1}
+steps=${STEPS:-3}
+step_sig=$(( $(kill -l RTMAX) - 1 ))
+# The value of KEY in the [[test]] entry of TEST (raw, quotes kept).
+key_of() {
+    awk -v t="$1" -v k="$2" '/^\[\[test\]\]/{n=""} /^name *=/{gsub(/"/,"",$3); n=$3}
+        n==t && $1==k {sub(/^[^=]*= */,""); print}' "$here/tests.toml"
+}
 if [ $# -eq 0 ]; then
     set -- $(sed -n 's/^name *= *"\(.*\)"/\1/p' "$here/tests.toml")
 fi
@@ -21,9 +33,8 @@ work=$(mktemp -d /tmp/zdtm-smoke.XXXXXX)
 failed=()
 for t in "$@"; do
     pidfile=$work/$t.pid outfile=$work/$t.out
-    opts=$(awk -v t="$t" '/^\[\[test\]\]/{n=""} /^name *=/{gsub(/"/,"",$3); n=$3}
-        n==t && /^opts *=/{sub(/^opts *= *\[/,""); sub(/\] *$/,""); gsub(/[",]/," "); print}' \
-        "$here/tests.toml")
+    opts=$(key_of "$t" opts | sed 's/^\[//; s/\] *$//; s/[",]/ /g')
+    has_steps=$(key_of "$t" steps) continuous=$(key_of "$t" continuous)
     start=$(date +%s.%N)
     # Start the test with only fds 0-2 (close whatever this shell inherited).
     # shellcheck disable=SC2086
@@ -38,12 +49,28 @@ for t in "$@"; do
     if [ -z "$pid" ]; then
         echo "FAIL $t: no pidfile"; failed+=("$t"); continue
     fi
-    sleep "$hold"
     problems=""
+    if [ "$has_steps" = true ]; then
+        for i in $(seq 1 "$steps"); do
+            kill -"$step_sig" "$pid"
+            for _ in $(seq 1 1000); do
+                [ "$(cat "$outfile.step" 2>/dev/null)" = "$i" ] && break
+                sleep 0.01
+            done
+            if [ "$(cat "$outfile.step" 2>/dev/null)" != "$i" ]; then
+                problems+=" step-$i-not-acknowledged"; break
+            fi
+        done
+    fi
+    sleep "$hold"
     ntask=$(ls /proc/"$pid"/task | wc -l)
     [ "$ntask" = 1 ] || problems+=" threads=$ntask"
     state=$(awk '/^State:/{print $2}' /proc/"$pid"/status)
-    [ "$state" = S ] || problems+=" state=$state"
+    if [ "$continuous" = true ]; then
+        case "$state" in R|S) ;; *) problems+=" state=$state";; esac
+    else
+        [ "$state" = S ] || problems+=" state=$state"
+    fi
     fds=$(cd /proc/"$pid"/fd && for f in *; do echo -n "$f->$(readlink "$f") "; done)
     case "$fds" in *socket:*|*anon_inode:*|*memfd:*|*"(deleted)"*) problems+=" bad-fds";; esac
     kill -TERM "$pid"

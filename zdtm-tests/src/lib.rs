@@ -4,7 +4,13 @@
 //! description in `tests.toml` (the manifest the runner reads).
 //! `smoke.sh` runs them without checkpoint/restore (start, SIGTERM, expect
 //! PASS) and checks that they are single-threaded, sleeping and hold no
-//! sockets or anonymous-inode fds while waiting.
+//! sockets or anonymous-inode fds while waiting; tests with steps first
+//! get a few step requests.
+//!
+//! The `trans_*` tests follow the step protocol (`zdtm::steps`): they
+//! change their memory between the dumps of an iterative flavor and keep a
+//! model of what must be there after restore ([`logical`], [`fill_page`],
+//! [`check_page`] describe pages of such models).
 //!
 //! The protocol, memory patterns and procfs helpers live in the `zdtm`
 //! library; this crate only adds small wrappers that several test programs
@@ -308,4 +314,36 @@ pub fn diff_bytes(what: &str, got: &[u8], want: &[u8]) -> TestResult {
         "{what}: byte {i:#x} is {:#04x}, expected {:#04x}",
         got[i], want[i]
     ))
+}
+
+/// The logical address of page `page` of the content named `id`: patterns
+/// filled at it are unique per (id, page) and do not depend on where the
+/// page is mapped, so content can be checked after it was moved.
+pub fn logical(id: u64, page: usize) -> u64 {
+    (id << 40) | (page * zdtm::mem::page_size()) as u64
+}
+
+/// Fills the page at `addr` with the pattern of `seed` for logical address
+/// `logical` (seed 0: zeroes). `addr` must be a writable test page.
+pub fn fill_page(addr: usize, seed: u64, logical: u64) {
+    // SAFETY: callers pass a page of their own read-write raw mappings,
+    // which no Rust reference aliases.
+    let page = unsafe { zdtm::mem::slice_mut(addr, zdtm::mem::page_size()) };
+    if seed == 0 {
+        page.fill(0);
+    } else {
+        zdtm::pattern::fill_at(page, seed, logical);
+    }
+}
+
+/// Checks the page at `addr` against [`fill_page`]`(addr, seed, logical)`.
+/// `addr` must be a readable test page.
+pub fn check_page(addr: usize, seed: u64, logical: u64) -> Result<(), zdtm::pattern::Mismatch> {
+    // SAFETY: callers pass a page of their own readable raw mappings.
+    let page = unsafe { zdtm::mem::slice(addr, zdtm::mem::page_size()) };
+    if seed == 0 {
+        zdtm::pattern::verify_zero(page)
+    } else {
+        zdtm::pattern::verify_at(page, seed, logical)
+    }
 }

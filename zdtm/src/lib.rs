@@ -14,7 +14,12 @@
 //!    [`finish`], which write `PASS` / `FAIL: reason` to the outfile.
 //!
 //! [`run`] wraps the whole cycle for tests that have a setup step and a
-//! check step.  The remaining modules hold helpers shared by many tests:
+//! check step.
+//!
+//! Tests that change their memory between the dumps of an iterative
+//! (pre-dump) flavor follow the step protocol of the [`steps`] module
+//! ([`init_steps`], [`wait_event`], [`poll_event`], [`step_done`],
+//! [`run_steps`]).  The remaining modules hold helpers shared by many tests:
 //! deterministic memory patterns ([`pattern`]), `/proc/self/maps`
 //! parsing ([`maps`]), raw memory mappings ([`mem`]), other procfs
 //! readers ([`procfs`]) and a per-test temporary directory ([`TempDir`]).
@@ -67,12 +72,18 @@ pub mod mem;
 pub mod pattern;
 pub mod procfs;
 mod proto;
+pub mod rng;
+pub mod steps;
 mod tempdir;
 
 pub use args::Args;
 pub use proto::{
     fail, finish, init, log, pass, ready, ready_fd, run, sigterm_flag, sigterm_received, test_name,
     wait_for_sigterm,
+};
+pub use steps::{
+    init_steps, next_event, poll_event, run_steps, step_done, step_path, step_signal, wait_event,
+    write_step_file, Event, STEP_FILE_SUFFIX,
 };
 pub use tempdir::TempDir;
 

@@ -157,6 +157,126 @@ pub fn expect_covered(start: usize, end: usize, perms: &str) -> TestResult {
     Ok(())
 }
 
+/// A piece of a normalised layout: `[start, end)` with one set of perms,
+/// made of one or more adjacent compatible VMAs (see [`merge_spans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// First address.
+    pub start: usize,
+    /// One past the last address.
+    pub end: usize,
+    /// Protection and sharing, e.g. `rw-p`.
+    pub perms: String,
+    /// File offset at `start` for file mappings, 0 for anonymous ones.
+    pub offset: u64,
+    /// Path or pseudo-path, empty for private anonymous memory.
+    pub path: String,
+}
+
+impl Span {
+    /// An anonymous span (no path, offset 0).
+    pub fn anon(start: usize, end: usize, perms: &str) -> Span {
+        Span {
+            start,
+            end,
+            perms: perms.to_string(),
+            offset: 0,
+            path: String::new(),
+        }
+    }
+
+    /// Whether the span maps a file (a path that is not a pseudo-path and
+    /// not a deleted shared-memory object).
+    fn is_file(&self) -> bool {
+        self.path.starts_with('/') && !self.path.ends_with(" (deleted)")
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:x}-{:x} {} {:x} {}",
+            self.start, self.end, self.perms, self.offset, self.path
+        )
+    }
+}
+
+/// Merges adjacent spans with the same perms and path (and, for files,
+/// contiguous offsets): the kernel may split or merge compatible VMAs
+/// differently, e.g. after a restore, without any visible difference.
+pub fn merge_spans(spans: Vec<Span>) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+    for s in spans {
+        if let Some(last) = out.last_mut() {
+            if last.end == s.start
+                && last.perms == s.perms
+                && last.path == s.path
+                && (!s.is_file() || last.offset + (last.end - last.start) as u64 == s.offset)
+            {
+                last.end = s.end;
+                continue;
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// The normalised layout of `[start, end)` from maps entries: entries are
+/// clipped to the range, anonymous offsets zeroed, compatible neighbours
+/// merged ([`merge_spans`]). Holes are simply absent.
+pub fn spans_in(entries: &[MapEntry], start: usize, end: usize) -> Vec<Span> {
+    let v = entries
+        .iter()
+        .filter(|e| e.start < end && start < e.end)
+        .map(|e| {
+            let s = e.start.max(start);
+            let mut span = Span {
+                start: s,
+                end: e.end.min(end),
+                perms: e.perms.clone(),
+                offset: e.offset + (s - e.start) as u64,
+                path: e.path.clone(),
+            };
+            if !span.is_file() {
+                span.offset = 0;
+            }
+            span
+        })
+        .collect();
+    merge_spans(v)
+}
+
+/// The normalised layout of `[start, end)` now ([`spans_in`] of
+/// `/proc/self/maps`).
+pub fn layout(start: usize, end: usize) -> TestResult<Vec<Span>> {
+    Ok(spans_in(&read_maps()?, start, end))
+}
+
+/// Checks that the normalised layout of `[start, end)` is `expected`
+/// (which is merged first), naming the first difference.
+pub fn expect_layout(start: usize, end: usize, expected: Vec<Span>) -> TestResult {
+    let expected = merge_spans(expected);
+    let got = layout(start, end)?;
+    if got == expected {
+        return Ok(());
+    }
+    let i = got
+        .iter()
+        .zip(&expected)
+        .position(|(g, e)| g != e)
+        .unwrap_or(got.len().min(expected.len()));
+    let show = |v: &[Span]| v.get(i).map_or("nothing".to_string(), |s| s.to_string());
+    Err(format!(
+        "layout of {start:x}-{end:x}: span {i} is {}, expected {} ({} spans, expected {})",
+        show(&got),
+        show(&expected),
+        got.len(),
+        expected.len()
+    ))
+}
+
 /// The `VmFlags` of the VMA containing `addr`, from `/proc/self/smaps`
 /// (e.g. `["rd", "wr", "mr", "mw", "me", "gd", "ac"]`).
 pub fn vm_flags(addr: usize) -> TestResult<Vec<String>> {
@@ -251,5 +371,53 @@ VmFlags: rd wr mr mw me gd ac
         let code = parse_vm_flags as *const () as usize;
         let e = maps.iter().find(|e| e.contains(code)).unwrap();
         assert!(e.perms.starts_with("r-x"), "{e}");
+    }
+    #[test]
+    fn spans_clip_and_merge() {
+        let maps = parse_maps(
+            "\
+0000-2000 ---p 00000000 00:00 0
+2000-4000 ---p 00000002 00:00 0
+4000-5000 rw-p 00000000 00:00 0
+5000-6000 rw-p 00000099 00:00 0
+6000-8000 r--p 00001000 08:01 7 /f
+8000-9000 r--p 00003000 08:01 7 /f
+9000-a000 r--p 00005000 08:01 7 /f
+a000-b000 rw-s 00000000 00:01 9 /dev/zero (deleted)
+b000-c000 rw-s 00001000 00:01 9 /dev/zero (deleted)
+",
+        )
+        .unwrap();
+        let got = spans_in(&maps, 0x1000, 0xc000);
+        let file = |start, end, offset| Span {
+            start,
+            end,
+            perms: "r--p".into(),
+            offset,
+            path: "/f".into(),
+        };
+        let shm = Span {
+            start: 0xa000,
+            end: 0xc000,
+            perms: "rw-s".into(),
+            offset: 0,
+            path: "/dev/zero (deleted)".into(),
+        };
+        assert_eq!(
+            got,
+            [
+                Span::anon(0x1000, 0x4000, "---p"),
+                Span::anon(0x4000, 0x6000, "rw-p"),
+                file(0x6000, 0x9000, 0x1000),
+                file(0x9000, 0xa000, 0x5000),
+                shm,
+            ]
+        );
+        // Clipping inside a file mapping moves its offset.
+        assert_eq!(
+            spans_in(&maps, 0x7000, 0x7800),
+            [file(0x7000, 0x7800, 0x2000)]
+        );
+        assert!(spans_in(&maps, 0xc000, 0xd000).is_empty());
     }
 }

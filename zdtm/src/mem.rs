@@ -118,6 +118,70 @@ pub fn mmap_guarded(len: usize, prot: i32) -> TestResult<usize> {
     Ok(addr)
 }
 
+/// Like [`mmap_guarded`] for any kind of mapping: `mmap(len, prot, flags
+/// | MAP_FIXED, fd, offset)` between two inaccessible guard pages.
+pub fn mmap_guarded_with(
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    offset: i64,
+) -> TestResult<usize> {
+    let ps = page_size();
+    let base = reserve(len + 2 * ps)?;
+    let addr = base + ps;
+    let got = mmap(addr, len, prot, flags | libc::MAP_FIXED, fd, offset)?;
+    if got != addr {
+        return Err(format!("mmap at {addr:#x} returned {got:#x}"));
+    }
+    Ok(addr)
+}
+
+/// Maps an inaccessible placeholder (`PROT_NONE`, `MAP_NORESERVE`) exactly
+/// at `addr`, failing if anything is mapped there: it keeps a hole of a
+/// test's layout from being filled by unrelated mappings.
+pub fn placeholder_at(addr: usize, len: usize) -> TestResult {
+    mmap_anon_at(addr, len, libc::PROT_NONE, libc::MAP_NORESERVE).map(|_| ())
+}
+
+/// `mremap(old, old_len, new_len, flags, new)` (lengths in bytes); returns
+/// the new address.
+pub fn mremap(
+    old: usize,
+    old_len: usize,
+    new_len: usize,
+    flags: i32,
+    new: usize,
+) -> TestResult<usize> {
+    // SAFETY: callers remap their own raw test mappings; no Rust reference
+    // points into them across this call.
+    let p = unsafe {
+        libc::mremap(
+            old as *mut libc::c_void,
+            old_len,
+            new_len,
+            flags,
+            new as *mut libc::c_void,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err(&format!(
+            "mremap({old:#x}, {old_len:#x} -> {new_len:#x}, flags {flags:#x}, {new:#x})"
+        )));
+    }
+    Ok(p as usize)
+}
+
+/// `madvise(addr, len, advice)`.
+pub fn madvise(addr: usize, len: usize, advice: i32) -> TestResult {
+    // SAFETY: advising on the caller's own raw test mapping; MADV_DONTNEED
+    // and the like only change its contents, which no Rust reference holds.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
+        return Err(os_err(&format!("madvise({addr:#x}, {len:#x}, {advice})")));
+    }
+    Ok(())
+}
+
 /// A byte slice over raw memory.
 ///
 /// # Safety

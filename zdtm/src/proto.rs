@@ -29,6 +29,12 @@ extern "C" fn sigterm_handler(_sig: libc::c_int) {
     // Keep this trivial: an atomic store only (no vector registers, no
     // allocation, async-signal-safe).
     SIGTERM.store(true, Ordering::SeqCst);
+    crate::steps::wake();
+}
+
+/// The absolute path of the outfile, once [`init`] ran.
+pub(crate) fn outfile() -> Option<&'static Path> {
+    OUTFILE.get().map(PathBuf::as_path)
 }
 
 /// Whether SIGTERM has been received.
