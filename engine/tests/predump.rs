@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use test_case::test_case;
 
 /// "in parent N" from a --display-stats line.
 fn in_parent(out: &Output) -> u64 {
@@ -18,7 +19,7 @@ fn in_parent(out: &Output) -> u64 {
         .unwrap_or_else(|| panic!("no 'in parent' count in: {text}"))
 }
 
-fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>) -> Output {
+fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>, mode: &str) -> Output {
     let pid = pid.to_string();
     let mut args = vec![
         "pre-dump",
@@ -28,7 +29,7 @@ fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>) -> Output {
         path_str(dir),
         "--track-mem",
         "--pre-dump-mode",
-        "read",
+        mode,
         "--display-stats",
     ];
     if let Some(p) = prev {
@@ -57,17 +58,23 @@ fn start_writer(tmp: &Path, pages: u32, pause_us: u32) -> (Proc, std::path::Path
 /// A task that never stops writing is pre-dumped five times, dumped and
 /// restored with every page at its last written version; unchanged pages
 /// are left to the parents, not copied again.
-#[test]
-fn five_pre_dumps_then_dump_keep_every_byte() {
+#[test_case("read" ; "read mode")]
+#[test_case("splice" ; "splice mode")]
+fn five_pre_dumps_then_dump_keep_every_byte(mode: &str) {
     init();
     let tmp = tempdir();
     let (mut p, result) = start_writer(tmp.path(), 16384, 2000);
     let img = tmp.path().join("img");
     let mut left_to_parent = 0;
-    pre_dump(p.pid, &img.join("pre1"), None);
+    pre_dump(p.pid, &img.join("pre1"), None, mode);
     for k in 2..=5 {
         let prev = format!("../pre{}", k - 1);
-        left_to_parent += in_parent(&pre_dump(p.pid, &img.join(format!("pre{k}")), Some(&prev)));
+        left_to_parent += in_parent(&pre_dump(
+            p.pid,
+            &img.join(format!("pre{k}")),
+            Some(&prev),
+            mode,
+        ));
         p.assert_running_untraced();
     }
     assert!(
@@ -97,7 +104,7 @@ fn tracker_stays_out_of_the_way_and_is_removed() {
     let (mut p, result) = start_writer(tmp.path(), 1024, 5000);
     let img = tmp.path().join("img");
     let before: Vec<String> = fd_links(p.pid);
-    pre_dump(p.pid, &img.join("pre1"), None);
+    pre_dump(p.pid, &img.join("pre1"), None, "read");
     let during = fd_links(p.pid);
     let extra: Vec<&String> = during.iter().filter(|l| !before.contains(l)).collect();
     assert_eq!(

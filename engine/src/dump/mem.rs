@@ -743,6 +743,28 @@ pub(crate) fn copy(
     ))
 }
 
+/// The pagemap of `runs` when every data run is stored whole (splice mode).
+pub(crate) fn pagemap_of(pid: pid_t, runs: &[Run]) -> Pagemap {
+    let mut entries = Vec::new();
+    let mut floor = 0;
+    for r in runs {
+        if r.first_of_vma {
+            floor = entries.len();
+        }
+        push_run(
+            &mut entries,
+            floor,
+            r.vaddr,
+            r.pages,
+            if r.in_parent { PE_IN_PARENT } else { 0 },
+        );
+    }
+    Pagemap {
+        pages_file: Kind::Pages.file_name(Some(pid)),
+        entries,
+    }
+}
+
 /// Appends a run, merging it with the previous one (at or after index
 /// `floor`) when contiguous and alike.
 fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages: u64, flags: u32) {

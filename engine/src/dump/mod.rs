@@ -6,6 +6,7 @@
 
 mod files;
 mod mem;
+mod splice;
 mod task;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use libc::pid_t;
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
 use crate::image::messages::{Inventory, PsTree, Stats, TaskEntry};
-use crate::image::{ImageDir, Kind, FORMAT_VERSION};
+use crate::image::{ImageDir, Kind, PagesWriter, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
 use crate::sys::syscalls::pidfd_open;
@@ -152,7 +153,7 @@ pub enum PreDumpMode {
     #[default]
     Read,
     /// While frozen, pin the pages into pipes with vmsplice; drain them
-    /// after the task runs again. Not implemented yet.
+    /// into the image after the task runs again.
     Splice,
 }
 
@@ -222,11 +223,6 @@ fn syscall_gadget(pid: pid_t, vmas: &[proc::maps::Vma]) -> Result<u64> {
 
 /// Copies the memory of `pid` into `dir` while it keeps running.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
-    if opts.mode == PreDumpMode::Splice {
-        return Err(Error::Other(
-            "--pre-dump-mode splice is not implemented yet: use --pre-dump-mode read".into(),
-        ));
-    }
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
     let start = Instant::now();
@@ -237,41 +233,59 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, prev_tracker.is_some())?;
-    let tracker = if opts.track.track_mem {
+    let splice = opts.mode == PreDumpMode::Splice;
+    let gadget = if splice || opts.track.track_mem {
         frozen.block_signals()?;
-        let gadget = syscall_gadget(pid, &vmas)?;
-        let pidfd = pidfd_open(pid)?;
-        let mut inj = frozen.injector(gadget);
-        Some(UffdWp::attach_or_create(
-            &mut inj,
-            &pidfd,
-            parent_tracker_fd(pid, parent.as_ref()),
-        )?)
+        Some(syscall_gadget(pid, &vmas)?)
     } else {
         None
     };
+    let pidfd = pidfd_open(pid)?;
+    let tracker = match gadget.filter(|_| opts.track.track_mem) {
+        Some(g) => Some(UffdWp::attach_or_create(
+            &mut frozen.injector(g),
+            &pidfd,
+            prev_tracker,
+        )?),
+        None => None,
+    };
     // brk is not read for a pre-dump: restore takes the mm from the dump.
-    let plan = match mem::plan(
+    let planned = mem::plan(
         pid,
         &vmas,
         0,
         parent.as_ref().map(|p| &p.layer),
         tracker.as_ref(),
-    ) {
-        Ok(plan) => plan,
+    )
+    .and_then(|plan| {
+        let chunks = match gadget.filter(|_| splice) {
+            Some(g) => Some(splice::pin(&mut frozen.injector(g), &pidfd, &plan.runs)?),
+            None => None,
+        };
+        Ok((plan, chunks))
+    });
+    let (plan, chunks) = match planned {
+        Ok(p) => p,
         Err(e) => {
             // A tracker made just now would outlive a failed pre-dump.
-            if let Some(t) = tracker.filter(|t| !t.continued) {
-                let gadget = syscall_gadget(pid, &vmas)?;
-                let _ = t.remove(&mut frozen.injector(gadget));
+            if let (Some(t), Some(g)) = (tracker.filter(|t| !t.continued), gadget) {
+                let _ = t.remove(&mut frozen.injector(g));
             }
             return Err(e);
         }
     };
-    phases.mark("plan");
+    phases.mark(if splice { "plan and pin" } else { "plan" });
     frozen.resume()?;
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (pagemap, written) = mem::copy(pid, &plan.runs, &images, true)?;
+    let (pagemap, written) = match chunks {
+        Some(chunks) => {
+            let mut out = PagesWriter::create(&images.file(Kind::Pages, Some(pid)))?;
+            let bytes = splice::drain(pid, chunks, &mut out)?;
+            out.finish()?;
+            (mem::pagemap_of(pid, &plan.runs), bytes / 4096)
+        }
+        None => mem::copy(pid, &plan.runs, &images, true)?,
+    };
     phases.mark("copy");
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
@@ -287,7 +301,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         pages_in_parent: plan.stats.in_parent,
         pages_written: written,
         bytes_written: written * 4096,
-        mode: "read".into(),
+        mode: if splice { "splice" } else { "read" }.into(),
         tracker: inv.tracker.clone(),
         total_us: start.elapsed().as_micros() as u64,
     };

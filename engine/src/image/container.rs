@@ -337,6 +337,17 @@ impl PagesWriter {
         self.written
     }
 
+    /// The file, for data written into it by other means (splice) at its
+    /// current position; report those bytes with `account`.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
+    pub fn account(&mut self, bytes: u64) {
+        self.written += bytes;
+    }
+
     pub fn finish(mut self) -> Result<u64> {
         use std::io::{Seek, SeekFrom};
         // Page data is not checksummed: hashing gigabytes would cost more

@@ -1,0 +1,240 @@
+//! Splice-mode pre-dumps: while the task is frozen, its own dirty pages
+//! are pinned into pipes with vmsplice (references, no copy); once it runs
+//! again the engine splices the pipes into the pages file.
+//!
+//! vmsplice works on the calling task's memory, so the pipes are created
+//! and filled by injected syscalls, then taken over with pidfd_getfd and
+//! closed in the task. A pipe holds at most pipe-max-size (1 MiB here:
+//! raising it needs CAP_SYS_RESOURCE), so a pre-dump holds one pipe per
+//! MiB until it has written them out.
+//!
+//! Pages written by the task after it is let go change the pinned data
+//! too (vmsplice shares the pages), which is harmless: the tracker reports
+//! those pages written, so the next dump stores them again.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+use libc::pid_t;
+use nix::errno::Errno;
+
+use super::mem::Run;
+use crate::error::{Error, Result};
+use crate::image::PagesWriter;
+use crate::inject::Injector;
+use crate::sys::syscalls::{pidfd_getfd, prlimit};
+
+const PAGE: u64 = 4096;
+const SCRATCH: u64 = 64 * 1024;
+/// Offset of the iovec array in the scratch area (pipe2 writes at 0).
+const IOV_OFF: u64 = 4096;
+const MAX_IOVS: usize = ((SCRATCH - IOV_OFF) / 16) as usize;
+const RLIMIT_NOFILE: u32 = 7;
+
+/// Page data held between the freeze and the write-out, in run order.
+pub(crate) enum Chunk {
+    /// A pipe holding this many bytes of pinned pages.
+    Pipe(OwnedFd, usize),
+    /// Pages the task cannot read itself (PROT_NONE), copied while frozen.
+    Bytes(Vec<u8>),
+}
+
+fn pipe_size() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+        .max(PAGE)
+}
+
+/// Pins the data runs of `runs` into pipes (or copies unreadable ones),
+/// while the task is frozen.
+pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<Vec<Chunk>> {
+    let pid = inj.pid();
+    let cap = pipe_size();
+    let bytes: u64 = runs
+        .iter()
+        .filter(|r| !r.in_parent && r.readable)
+        .map(|r| r.pages * PAGE)
+        .sum();
+    let pipes_needed = bytes.div_ceil(cap) + 8;
+    // The engine holds every pipe until the write-out.
+    let (soft, hard) = prlimit(0, RLIMIT_NOFILE, None)?;
+    if soft < pipes_needed + 64 {
+        prlimit(0, RLIMIT_NOFILE, Some((hard, hard)))?;
+        if hard < pipes_needed + 64 {
+            return Err(Error::Other(format!(
+                "splice mode needs {pipes_needed} pipes of {} KiB for {} MiB, more than RLIMIT_NOFILE ({hard}) allows: use --pre-dump-mode read",
+                cap / 1024,
+                bytes >> 20
+            )));
+        }
+    }
+    let mem_path = format!("/proc/{pid}/mem");
+    let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
+    let scratch = inj.map_scratch(None, SCRATCH)?;
+    let mut chunks = Vec::new();
+    let mut batch: Vec<(u64, u64)> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let result = (|| -> Result<()> {
+        for r in runs.iter().filter(|r| !r.in_parent) {
+            if !r.readable {
+                flush(
+                    inj,
+                    pidfd,
+                    scratch.addr,
+                    cap,
+                    &mut batch,
+                    &mut batch_bytes,
+                    &mut chunks,
+                )?;
+                let mut buf = vec![0u8; (r.pages * PAGE) as usize];
+                mem.read_exact_at(&mut buf, r.vaddr).map_err(|e| {
+                    Error::io(
+                        "reading memory through",
+                        format!("{mem_path} at {:#x}", r.vaddr),
+                        e,
+                    )
+                })?;
+                chunks.push(Chunk::Bytes(buf));
+                continue;
+            }
+            let (mut addr, mut left) = (r.vaddr, r.pages * PAGE);
+            while left > 0 {
+                let n = left.min(cap - batch_bytes);
+                batch.push((addr, n));
+                batch_bytes += n;
+                addr += n;
+                left -= n;
+                if batch_bytes == cap || batch.len() == MAX_IOVS {
+                    flush(
+                        inj,
+                        pidfd,
+                        scratch.addr,
+                        cap,
+                        &mut batch,
+                        &mut batch_bytes,
+                        &mut chunks,
+                    )?;
+                }
+            }
+        }
+        flush(
+            inj,
+            pidfd,
+            scratch.addr,
+            cap,
+            &mut batch,
+            &mut batch_bytes,
+            &mut chunks,
+        )
+    })();
+    inj.unmap_scratch()?;
+    result.map(|()| chunks)
+}
+
+/// One pipe: created in the task, grown, filled with vmsplice, taken over.
+fn flush(
+    inj: &mut Injector,
+    pidfd: &OwnedFd,
+    scratch: u64,
+    cap: u64,
+    batch: &mut Vec<(u64, u64)>,
+    batch_bytes: &mut u64,
+    chunks: &mut Vec<Chunk>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let pid = inj.pid();
+    inj.call("pipe2", libc::SYS_pipe2, &[scratch, libc::O_CLOEXEC as u64])?;
+    let b = inj.get(0, 8)?;
+    let (r, w) = (
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
+        u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64,
+    );
+    let filled = (|| -> Result<OwnedFd> {
+        inj.call(
+            "fcntl(F_SETPIPE_SZ)",
+            libc::SYS_fcntl,
+            &[w, libc::F_SETPIPE_SZ as u64, cap],
+        )?;
+        let iovs: Vec<u8> = batch
+            .iter()
+            .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+            .collect();
+        let ptr = inj.put(IOV_OFF, &iovs)?;
+        let mut done = 0u64;
+        let total = *batch_bytes;
+        while done < total {
+            // vmsplice takes the whole array again from where it stopped.
+            let (mut skip, mut idx) = (done, 0usize);
+            while skip >= batch[idx].1 {
+                skip -= batch[idx].1;
+                idx += 1;
+            }
+            let first = (batch[idx].0 + skip, batch[idx].1 - skip);
+            inj.put(
+                IOV_OFF + idx as u64 * 16,
+                &[first.0.to_le_bytes(), first.1.to_le_bytes()].concat(),
+            )?;
+            let n = inj.call(
+                "vmsplice",
+                libc::SYS_vmsplice,
+                &[w, ptr + idx as u64 * 16, (batch.len() - idx) as u64, 0],
+            )?;
+            if n == 0 {
+                return Err(Error::task(pid, "vmsplice made no progress"));
+            }
+            done += n;
+        }
+        pidfd_getfd(pidfd, pid, r as i32)
+    })();
+    inj.call("close", libc::SYS_close, &[r])?;
+    inj.call("close", libc::SYS_close, &[w])?;
+    chunks.push(Chunk::Pipe(filled?, *batch_bytes as usize));
+    batch.clear();
+    *batch_bytes = 0;
+    Ok(())
+}
+
+/// Writes the chunks, in order, into the pages file; returns bytes written.
+pub(crate) fn drain(pid: pid_t, chunks: Vec<Chunk>, out: &mut PagesWriter) -> Result<u64> {
+    let mut total = 0u64;
+    for c in chunks {
+        match c {
+            Chunk::Bytes(b) => {
+                out.write(&b)?;
+                total += b.len() as u64;
+            }
+            Chunk::Pipe(fd, len) => {
+                let mut left = len;
+                while left > 0 {
+                    // SAFETY: splice between a pipe we own and the pages
+                    // file, at its current position; no memory is passed.
+                    let n = unsafe {
+                        libc::splice(
+                            fd.as_raw_fd(),
+                            std::ptr::null_mut(),
+                            out.raw_fd(),
+                            std::ptr::null_mut(),
+                            left,
+                            libc::SPLICE_F_MOVE,
+                        )
+                    };
+                    let n = Errno::result(n)
+                        .map_err(|e| Error::sys("splice(pipe -> pages file)", pid, e))?
+                        as usize;
+                    if n == 0 {
+                        return Err(Error::task(pid, format!("pipe ended {left} bytes early")));
+                    }
+                    left -= n;
+                }
+                out.account(len as u64);
+                total += len as u64;
+            }
+        }
+    }
+    Ok(total)
+}
