@@ -686,6 +686,11 @@ fn probe_set_mm_map() -> Probe {
 
 // ----------------------------------------------------------- soft-dirty
 
+/// Whether soft-dirty tracking works on this kernel (probed on ourselves).
+pub(crate) fn soft_dirty_works() -> Result<String, String> {
+    probe_soft_dirty()
+}
+
 fn probe_soft_dirty() -> Probe {
     let map = AnonMapping::new(PAGE_SIZE as usize).map_err(|e| format!("mmap: {e}"))?;
     map.write_byte(0, 1);

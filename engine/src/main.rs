@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use crust::dump::{dump, pre_dump, DumpOptions, PreDumpMode, PreDumpOptions, TrackOptions};
+use crust::dump::{
+    dump, pre_dump, DumpOptions, PreDumpMode, PreDumpOptions, TrackOptions, TrackerChoice,
+};
 use crust::restore::{restore, RestoreOptions};
 
 #[derive(Parser)]
@@ -110,6 +112,18 @@ struct Track {
     /// pages unchanged since then are left to it.
     #[arg(long)]
     prev_images_dir: Option<PathBuf>,
+    /// Dirty tracker: `auto` keeps the parent's or probes uffd-wp, then
+    /// soft-dirty, then content digests.
+    #[arg(long, value_enum, default_value_t = TrackerArg::Auto)]
+    tracker: TrackerArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TrackerArg {
+    Auto,
+    UffdWp,
+    SoftDirty,
+    Content,
 }
 
 impl Track {
@@ -117,6 +131,12 @@ impl Track {
         TrackOptions {
             track_mem: self.track_mem,
             prev_images_dir: self.prev_images_dir.clone(),
+            tracker: match self.tracker {
+                TrackerArg::Auto => TrackerChoice::Auto,
+                TrackerArg::UffdWp => TrackerChoice::UffdWp,
+                TrackerArg::SoftDirty => TrackerChoice::SoftDirty,
+                TrackerArg::Content => TrackerChoice::Content,
+            },
         }
     }
 }

@@ -20,6 +20,10 @@ fn in_parent(out: &Output) -> u64 {
 }
 
 fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>, mode: &str) -> Output {
+    pre_dump_with(pid, dir, prev, mode, "auto")
+}
+
+fn pre_dump_with(pid: i32, dir: &Path, prev: Option<&str>, mode: &str, tracker: &str) -> Output {
     let pid = pid.to_string();
     let mut args = vec![
         "pre-dump",
@@ -30,6 +34,8 @@ fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>, mode: &str) -> Output {
         "--track-mem",
         "--pre-dump-mode",
         mode,
+        "--tracker",
+        tracker,
         "--display-stats",
     ];
     if let Some(p) = prev {
@@ -58,15 +64,16 @@ fn start_writer(tmp: &Path, pages: u32, pause_us: u32) -> (Proc, std::path::Path
 /// A task that never stops writing is pre-dumped five times, dumped and
 /// restored with every page at its last written version; unchanged pages
 /// are left to the parents, not copied again.
-#[test_case("read" ; "read mode")]
-#[test_case("splice" ; "splice mode")]
-fn five_pre_dumps_then_dump_keep_every_byte(mode: &str) {
+#[test_case("read", "uffd-wp" ; "read mode uffd-wp")]
+#[test_case("splice", "uffd-wp" ; "splice mode uffd-wp")]
+#[test_case("read", "content" ; "read mode content digests")]
+fn five_pre_dumps_then_dump_keep_every_byte(mode: &str, tracker: &str) {
     init();
     let tmp = tempdir();
     let (mut p, result) = start_writer(tmp.path(), 16384, 2000);
     let img = tmp.path().join("img");
     let mut left_to_parent = 0;
-    pre_dump(p.pid, &img.join("pre1"), None, mode);
+    pre_dump_with(p.pid, &img.join("pre1"), None, mode, tracker);
     for k in 2..=5 {
         let prev = format!("../pre{}", k - 1);
         left_to_parent += in_parent(&pre_dump(
@@ -174,4 +181,43 @@ fn fd_links(pid: i32) -> Vec<String> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// Where a tracker cannot work (soft-dirty without CONFIG_MEM_SOFT_DIRTY,
+/// as on this project's machines), asking for it is refused by name and
+/// the task is left running untouched, with no tracker in it.
+#[test]
+fn unavailable_tracker_is_refused() {
+    init();
+    let tmp = tempdir();
+    let (mut p, result) = start_writer(tmp.path(), 256, 5000);
+    let before = fd_links(p.pid);
+    let pid = p.pid.to_string();
+    let dir = tmp.path().join("img");
+    let out = crust([
+        "pre-dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&dir),
+        "--track-mem",
+        "--tracker",
+        "soft-dirty",
+    ]);
+    if crust(["check"]).stdout.contains("yes  soft-dirty") {
+        out.assert_ok();
+    } else {
+        out.assert_failed()
+            .assert_no_panic()
+            .stderr_has("soft-dirty");
+        p.assert_running_untraced();
+        assert_eq!(
+            fd_links(p.pid),
+            before,
+            "a refused pre-dump left something in the task"
+        );
+    }
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert!(read_string(&result).starts_with("OK"));
 }

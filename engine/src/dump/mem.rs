@@ -14,14 +14,17 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::chain::LayerMap;
-use crate::image::messages::{madv, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT};
+use crate::image::messages::{
+    madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT,
+};
 use crate::image::{ImageDir, Kind, PagesWriter};
 use crate::proc;
 use crate::proc::maps::Vma as ProcVma;
 use crate::proc::pagemap::{PageEntry, PagemapReader};
 use crate::ranges::{self, Range};
 use crate::sys::syscalls::{iov, process_vm_read, IOV_MAX};
-use crate::track::uffd_wp::UffdWp;
+use crate::track::content::{digest, ParentDigests};
+use crate::track::{DirtyTracker, Knowledge};
 
 pub(crate) const PAGE: u64 = 4096;
 /// Pagemap entries read per call.
@@ -279,6 +282,9 @@ pub(crate) struct Run {
     pub readable: bool,
     /// Runs never merge across a VMA boundary: restore checks each lies in one.
     pub first_of_vma: bool,
+    /// Content tracker: read it, and leave each page to the parent if its
+    /// digest is the parent's.
+    pub by_content: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -463,7 +469,7 @@ pub(crate) fn plan(
     vmas: &[ProcVma],
     brk: u64,
     parent: Option<&LayerMap>,
-    tracker: Option<&UffdWp>,
+    mut tracker: Option<&mut dyn DirtyTracker>,
 ) -> Result<Plan> {
     let mut mm = mm_header(pid, brk)?;
     let mut runs: Vec<Run> = Vec::new();
@@ -479,47 +485,44 @@ pub(crate) fn plan(
         ) {
             continue;
         }
-        // Only writable VMAs are registered: one made writable later by
-        // mprotect is unregistered, hence untracked, hence dumped whole.
-        let mut tracked = false;
         written.clear();
-        if let (Some(t), true) = (tracker, v.write) {
-            tracked = t.continued && v.vm_flags.uffd_wp();
-            if !v.vm_flags.uffd_wp() {
-                t.register(v.start, v.end)?;
-            }
-            t.written(v.start, v.end, &mut written)?;
-        }
-        let wanted = finder.wanted(v, kind)?;
-        let clean = match parent {
-            Some(p) if tracked => ranges::subtract(
-                &ranges::intersect(&wanted, &parent_ranges(p, v.start, v.end)),
-                &written,
-            ),
-            _ => Vec::new(),
+        let knowledge = match tracker.as_deref_mut() {
+            Some(t) => t.scan(v, &mut written)?,
+            None => Knowledge::Untracked,
         };
-        let dirty = ranges::subtract(&wanted, &clean);
+        let wanted = finder.wanted(v, kind)?;
+        let in_parent =
+            |p: &LayerMap| ranges::intersect(&wanted, &parent_ranges(p, v.start, v.end));
+        let (clean, by_content) = match (parent, knowledge) {
+            (Some(p), Knowledge::Written) => {
+                (ranges::subtract(&in_parent(p), &written), Vec::new())
+            }
+            (Some(p), Knowledge::ByContent) => (Vec::new(), in_parent(p)),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let dirty = ranges::subtract(&ranges::subtract(&wanted, &clean), &by_content);
         stats.scanned += ranges::total(&wanted) / PAGE;
         stats.in_parent += ranges::total(&clean) / PAGE;
-        let (mut c, mut d) = (clean.iter().peekable(), dirty.iter().peekable());
-        let mut first_of_vma = true;
-        loop {
-            let (r, in_parent) = match (c.peek(), d.peek()) {
-                (Some(a), Some(b)) if a.0 < b.0 => (c.next(), true),
-                (Some(_), None) => (c.next(), true),
-                (_, Some(_)) => (d.next(), false),
-                (None, None) => break,
-            };
-            let Some(&(start, end)) = r else { break };
+        let mut pieces: Vec<(Range, bool, bool)> = clean
+            .iter()
+            .map(|&r| (r, true, false))
+            .chain(dirty.iter().map(|&r| (r, false, false)))
+            .chain(by_content.iter().map(|&r| (r, false, true)))
+            .collect();
+        pieces.sort_unstable_by_key(|p| p.0 .0);
+        for (i, ((start, end), in_parent, by_content)) in pieces.into_iter().enumerate() {
             runs.push(Run {
                 vaddr: start,
                 pages: (end - start) / PAGE,
                 in_parent,
                 readable: v.read,
-                first_of_vma,
+                first_of_vma: i == 0,
+                by_content,
             });
-            first_of_vma = false;
         }
+    }
+    if let Some(t) = tracker {
+        t.rearm()?;
     }
     Ok(Plan { mm, runs, stats })
 }
@@ -531,6 +534,7 @@ struct Pending {
     len: u64,
     in_parent: bool,
     first_of_vma: bool,
+    by_content: bool,
 }
 
 /// Copies page runs out of the task into buffers for the sink, and builds
@@ -551,6 +555,10 @@ struct PageCopier<'a> {
     entries: Vec<PagemapEntry>,
     floor: usize,
     stored_pages: u64,
+    /// Content tracker: the parent's digests, and ours being built.
+    parent_digests: Option<ParentDigests<'a>>,
+    digests: Option<Digests>,
+    content_in_parent: u64,
 }
 
 impl PageCopier<'_> {
@@ -563,6 +571,7 @@ impl PageCopier<'_> {
                 len,
                 in_parent: true,
                 first_of_vma: first,
+                by_content: false,
             });
             return Ok(());
         }
@@ -587,6 +596,7 @@ impl PageCopier<'_> {
                 len: n,
                 in_parent: false,
                 first_of_vma: first,
+                by_content: run.by_content,
             });
             first = false;
             self.used += n as usize;
@@ -674,7 +684,29 @@ impl PageCopier<'_> {
                 );
                 continue;
             }
+            if self.failed.is_empty() && self.digests.is_none() {
+                // Nothing to leave out or compare: the whole piece is stored
+                // (and nothing was compacted before it either).
+                push_run(&mut self.entries, self.floor, p.vaddr, p.len / PAGE, 0);
+                read_at += p.len as usize;
+                write_at += p.len as usize;
+                self.stored_pages += p.len / PAGE;
+                continue;
+            }
             for page in (p.vaddr..p.vaddr + p.len).step_by(PAGE as usize) {
+                if let (false, Some(d)) = (self.failed.contains(&page), self.digests.as_mut()) {
+                    let h = digest(&self.buf[read_at..read_at + PAGE as usize]);
+                    d.vaddr.push(page);
+                    d.hash.push(h);
+                    let unchanged = p.by_content
+                        && self.parent_digests.as_ref().and_then(|pd| pd.get(page)) == Some(h);
+                    if unchanged {
+                        push_run(&mut self.entries, self.floor, page, 1, PE_IN_PARENT);
+                        self.content_in_parent += 1;
+                        read_at += PAGE as usize;
+                        continue;
+                    }
+                }
                 if !self.failed.contains(&page) {
                     if read_at != write_at {
                         self.buf
@@ -695,14 +727,26 @@ impl PageCopier<'_> {
     }
 }
 
-/// Copies the planned runs into the pages file of `images` and returns
-/// the pagemap of what was stored and the number of pages written.
+/// What `copy` stored.
+pub(crate) struct Copied {
+    pub pagemap: Pagemap,
+    pub pages_written: u64,
+    /// Pages the content tracker found unchanged and left to the parent.
+    pub content_in_parent: u64,
+    /// The content tracker's digests of every listed page.
+    pub digests: Option<Digests>,
+}
+
+/// Copies the planned runs into the pages file of `images`. With
+/// `content` (the content tracker: the parent's digests, if any), every
+/// page is digested and unchanged ones are left to the parent.
 pub(crate) fn copy(
     pid: pid_t,
     runs: &[Run],
     images: &ImageDir,
     tolerant: bool,
-) -> Result<(Pagemap, u64)> {
+    content: Option<Option<&Digests>>,
+) -> Result<Copied> {
     let pages_name = Kind::Pages.file_name(Some(pid));
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
@@ -719,6 +763,9 @@ pub(crate) fn copy(
         entries: Vec::new(),
         floor: 0,
         stored_pages: 0,
+        parent_digests: content.flatten().map(ParentDigests::new),
+        digests: content.map(|_| Digests::default()),
+        content_in_parent: 0,
     };
     for r in runs {
         copier.add(r)?;
@@ -734,13 +781,15 @@ pub(crate) fn copy(
             ),
         ));
     }
-    Ok((
-        Pagemap {
+    Ok(Copied {
+        pagemap: Pagemap {
             pages_file: pages_name,
             entries: copier.entries,
         },
-        copier.stored_pages,
-    ))
+        pages_written: copier.stored_pages,
+        content_in_parent: copier.content_in_parent,
+        digests: copier.digests,
+    })
 }
 
 /// The pagemap of `runs` when every data run is stored whole (splice mode).

@@ -16,7 +16,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
-use crate::image::messages::{Inventory, PsTree, Stats, TaskEntry};
+use crate::image::messages::{Digests, Inventory, PsTree, Stats, TaskEntry};
 use crate::image::{ImageDir, Kind, PagesWriter, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
@@ -24,7 +24,10 @@ use crate::sys::syscalls::pidfd_open;
 use crate::sys::{Regs, Stop, Tracee};
 use crate::track::{
     self,
+    content::Content,
+    soft_dirty::SoftDirty,
     uffd_wp::{is_tracker_fd, UffdWp},
+    DirtyTracker,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -143,6 +146,19 @@ pub struct TrackOptions {
     /// The parent image directory, relative to the new one, as CRIU's
     /// --prev-images-dir (e.g. `../pre1`).
     pub prev_images_dir: Option<PathBuf>,
+    /// Which dirty tracker (--tracker).
+    pub tracker: TrackerChoice,
+}
+
+/// The dirty tracker to use. `Auto` keeps the parent's, or probes:
+/// uffd-wp, then soft-dirty, then content digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrackerChoice {
+    #[default]
+    Auto,
+    UffdWp,
+    SoftDirty,
+    Content,
 }
 
 /// How a pre-dump gets page data out of the task.
@@ -165,6 +181,7 @@ pub struct PreDumpOptions {
 
 /// The parent image a new one builds on.
 struct Parent {
+    dir: PathBuf,
     rel: String,
     inv: Inventory,
     layer: LayerMap,
@@ -185,6 +202,7 @@ fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Pa
     }
     let layer = chain::load_layer(&pdir, pid)?;
     Ok(Some(Parent {
+        dir: pdir,
         rel: rel.to_string_lossy().into_owned(),
         inv,
         layer,
@@ -221,6 +239,88 @@ fn syscall_gadget(pid: pid_t, vmas: &[proc::maps::Vma]) -> Result<u64> {
     find_syscall_gadget(pid, vdso.start, vdso.end)
 }
 
+/// A running dirty tracker and what the images must say about it.
+struct Started {
+    tracker: Box<dyn DirtyTracker>,
+    name: &'static str,
+    /// The uffd-wp tracker's descriptor in the task, else -1.
+    task_fd: i32,
+    /// A descriptor created in the task just now: removed if we fail.
+    created_fd: Option<i32>,
+    /// The content tracker's parent digests.
+    parent_digests: Option<Digests>,
+}
+
+/// Starts the tracker for a (pre-)dump. `final_dump`: a dump on top of
+/// pre-dumps only takes over an existing uffd-wp tracker, never makes one.
+#[allow(clippy::too_many_arguments)]
+fn start_tracker(
+    choice: TrackerChoice,
+    parent: Option<&Parent>,
+    pid: pid_t,
+    frozen: &mut Frozen,
+    gadget: u64,
+    pidfd: &std::os::fd::OwnedFd,
+    prev_uffd: Option<i32>,
+    final_dump: bool,
+) -> Result<Option<Started>> {
+    let parent_name = parent.map(|p| p.inv.tracker.as_str()).unwrap_or("");
+    let wanted = match choice {
+        TrackerChoice::UffdWp => track::UFFD_WP,
+        TrackerChoice::SoftDirty => track::SOFT_DIRTY,
+        TrackerChoice::Content => track::CONTENT,
+        TrackerChoice::Auto if !parent_name.is_empty() => parent_name,
+        TrackerChoice::Auto => "",
+    };
+    let continued = |name: &str| parent_name == name;
+    if wanted == track::UFFD_WP || wanted.is_empty() {
+        if final_dump && prev_uffd.is_none() {
+            return Ok(None);
+        }
+        match UffdWp::attach_or_create(&mut frozen.injector(gadget), pidfd, prev_uffd) {
+            Ok(t) => {
+                let (task_fd, created_fd) = (t.task_fd, (!t.continued).then_some(t.task_fd));
+                return Ok(Some(Started {
+                    tracker: Box::new(t),
+                    name: track::UFFD_WP,
+                    task_fd,
+                    created_fd,
+                    parent_digests: None,
+                }));
+            }
+            Err(e) if !wanted.is_empty() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    if wanted == track::SOFT_DIRTY || wanted.is_empty() {
+        match SoftDirty::new(pid, continued(track::SOFT_DIRTY)) {
+            Ok(t) => {
+                return Ok(Some(Started {
+                    tracker: Box::new(t),
+                    name: track::SOFT_DIRTY,
+                    task_fd: -1,
+                    created_fd: None,
+                    parent_digests: None,
+                }))
+            }
+            Err(e) if !wanted.is_empty() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let parent_digests = match parent.filter(|_| continued(track::CONTENT)) {
+        Some(p) => Some(ImageDir::open(&p.dir)?.read::<Digests>(Kind::Digests, Some(pid))?),
+        None => None,
+    };
+    let tracker = Box::new(Content::new(parent_digests.is_some()));
+    Ok(Some(Started {
+        tracker,
+        name: track::CONTENT,
+        task_fd: -1,
+        created_fd: None,
+        parent_digests,
+    }))
+}
+
 /// Copies the memory of `pid` into `dir` while it keeps running.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
@@ -241,35 +341,46 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         None
     };
     let pidfd = pidfd_open(pid)?;
-    let tracker = match gadget.filter(|_| opts.track.track_mem) {
-        Some(g) => Some(UffdWp::attach_or_create(
-            &mut frozen.injector(g),
+    let mut started = match gadget.filter(|_| opts.track.track_mem) {
+        Some(g) => start_tracker(
+            opts.track.tracker,
+            parent.as_ref(),
+            pid,
+            &mut frozen,
+            g,
             &pidfd,
             prev_tracker,
-        )?),
+            false,
+        )?,
         None => None,
     };
+    let content = started.as_ref().is_some_and(|s| s.name == track::CONTENT);
+    if splice && content {
+        return Err(Error::Other(
+            "the content tracker compares pages as it reads them: use --pre-dump-mode read with it"
+                .into(),
+        ));
+    }
     // brk is not read for a pre-dump: restore takes the mm from the dump.
-    let planned = mem::plan(
-        pid,
-        &vmas,
-        0,
-        parent.as_ref().map(|p| &p.layer),
-        tracker.as_ref(),
-    )
-    .and_then(|plan| {
-        let chunks = match gadget.filter(|_| splice) {
-            Some(g) => Some(splice::pin(&mut frozen.injector(g), &pidfd, &plan.runs)?),
-            None => None,
-        };
-        Ok((plan, chunks))
-    });
+    let tracker = started
+        .as_mut()
+        .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
+    let planned =
+        mem::plan(pid, &vmas, 0, parent.as_ref().map(|p| &p.layer), tracker).and_then(|plan| {
+            let chunks = match gadget.filter(|_| splice) {
+                Some(g) => Some(splice::pin(&mut frozen.injector(g), &pidfd, &plan.runs)?),
+                None => None,
+            };
+            Ok((plan, chunks))
+        });
     let (plan, chunks) = match planned {
         Ok(p) => p,
         Err(e) => {
             // A tracker made just now would outlive a failed pre-dump.
-            if let (Some(t), Some(g)) = (tracker.filter(|t| !t.continued), gadget) {
-                let _ = t.remove(&mut frozen.injector(g));
+            if let (Some(fd), Some(g)) = (started.as_ref().and_then(|s| s.created_fd), gadget) {
+                let _ = frozen
+                    .injector(g)
+                    .call("close(tracker)", libc::SYS_close, &[fd as u64]);
             }
             return Err(e);
         }
@@ -277,28 +388,44 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     phases.mark(if splice { "plan and pin" } else { "plan" });
     frozen.resume()?;
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (pagemap, written) = match chunks {
+    let copied = match chunks {
         Some(chunks) => {
             let mut out = PagesWriter::create(&images.file(Kind::Pages, Some(pid)))?;
             let bytes = splice::drain(pid, chunks, &mut out)?;
             out.finish()?;
-            (mem::pagemap_of(pid, &plan.runs), bytes / 4096)
+            mem::Copied {
+                pagemap: mem::pagemap_of(pid, &plan.runs),
+                pages_written: bytes / 4096,
+                content_in_parent: 0,
+                digests: None,
+            }
         }
-        None => mem::copy(pid, &plan.runs, &images, true)?,
+        None => {
+            let parent_digests = started
+                .as_ref()
+                .filter(|_| content)
+                .map(|s| s.parent_digests.as_ref());
+            mem::copy(pid, &plan.runs, &images, true, parent_digests)?
+        }
     };
+    let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    let in_parent = plan.stats.in_parent + copied.content_in_parent;
+    if let Some(d) = &copied.digests {
+        images.write(Kind::Digests, Some(pid), d)?;
+    }
     phases.mark("copy");
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     let mut inv = inventory(pid, "pre-dump", parent.as_ref());
-    if let Some(t) = &tracker {
-        inv.tracker = track::UFFD_WP.into();
+    if let Some(t) = &started {
+        inv.tracker = t.name.into();
         inv.tracker_fd = t.task_fd;
     }
     let stats = Stats {
         kind: "pre-dump".into(),
         frozen_us: (frozen_ms * 1e3) as u64,
         pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent,
+        pages_in_parent: in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         mode: if splice { "splice" } else { "read" }.into(),
@@ -312,7 +439,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         phases,
         frozen_ms,
         pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent,
+        pages_in_parent: in_parent,
         pages_written: written,
         bytes_written: written * 4096,
     })
@@ -335,21 +462,25 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
     let fd_plan = files::plan(pid, our_tracker)?;
-    let tracker_fd = our_tracker.filter(|_| opts.track.track_mem);
 
     frozen.block_signals()?;
     let gadget = syscall_gadget(pid, &vmas)?;
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
-    let (mut core, tracker) = {
-        let mut inj = frozen.injector(gadget);
-        let core = task::collect_injected(&mut inj)?;
-        let tracker = match tracker_fd {
-            Some(fd) => Some(UffdWp::attach_or_create(&mut inj, &pidfd, Some(fd))?),
-            None => None,
-        };
-        (core, tracker)
+    let mut core = task::collect_injected(&mut frozen.injector(gadget))?;
+    let mut started = match opts.track.track_mem {
+        true => start_tracker(
+            opts.track.tracker,
+            parent.as_ref(),
+            pid,
+            &mut frozen,
+            gadget,
+            &pidfd,
+            our_tracker,
+            true,
+        )?,
+        false => None,
     };
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
@@ -360,14 +491,29 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // Memory: the layout is read again now that the scratch page is gone.
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+    let content = started
+        .as_ref()
+        .filter(|s| s.name == track::CONTENT)
+        .map(|s| s.parent_digests.clone());
+    let tracker_name = started.as_ref().map(|s| s.name).unwrap_or("");
+    let tracker = started
+        .as_mut()
+        .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
     let plan = mem::plan(
         pid,
         &vmas,
         core.brk,
         parent.as_ref().map(|p| &p.layer),
-        tracker.as_ref(),
+        tracker,
     )?;
-    let (pagemap, written) = mem::copy(pid, &plan.runs, &images, false)?;
+    let copied = mem::copy(
+        pid,
+        &plan.runs,
+        &images,
+        false,
+        content.as_ref().map(|d| d.as_ref()),
+    )?;
+    let (pagemap, written) = (copied.pagemap, copied.pages_written);
     phases.mark("memory");
     let fds = files::dump(pid, &fd_plan)?;
 
@@ -391,15 +537,11 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         kind: "dump".into(),
         frozen_us: (frozen_ms * 1e3) as u64,
         pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent,
+        pages_in_parent: plan.stats.in_parent + copied.content_in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         mode: String::new(),
-        tracker: if tracker.is_some() {
-            track::UFFD_WP.into()
-        } else {
-            String::new()
-        },
+        tracker: tracker_name.into(),
         total_us: (frozen_ms * 1e3) as u64,
     };
     images.write(Kind::Stats, None, &stats)?;
@@ -412,7 +554,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     phases.mark("files and images");
     if opts.leave_running {
         // Tracking ends with the final dump.
-        drop(tracker);
+        drop(started);
         if let Some(fd) = our_tracker {
             frozen
                 .injector(gadget)

@@ -30,6 +30,7 @@ pub enum Kind {
     Pagemap = 0x504d4750,   // "PGMP"
     Pages = 0x53454750,     // "PGES"
     Stats = 0x54415453,     // "STAT"
+    Digests = 0x54534744,   // "DGST"
 }
 
 impl Kind {
@@ -43,6 +44,7 @@ impl Kind {
             Kind::Pagemap,
             Kind::Pages,
             Kind::Stats,
+            Kind::Digests,
         ]
         .into_iter()
         .find(|k| *k as u32 == m)
@@ -58,6 +60,7 @@ impl Kind {
             Kind::Pagemap => "pagemap",
             Kind::Pages => "pages",
             Kind::Stats => "stats",
+            Kind::Digests => "digests",
         }
     }
 

@@ -426,3 +426,13 @@ pub struct Stats {
     #[prost(uint64, tag = "9")]
     pub total_us: u64,
 }
+
+/// Page digests of the content tracker: for every page the image lists
+/// (stored or left to the parent), its xxh3-64, in address order.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Digests {
+    #[prost(fixed64, repeated, tag = "1")]
+    pub vaddr: Vec<u64>,
+    #[prost(fixed64, repeated, tag = "2")]
+    pub hash: Vec<u64>,
+}

@@ -6,7 +6,7 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::container::{read_payload, ImageError, Kind};
-use super::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree, Stats};
+use super::messages::{Core, Digests, Fds, Inventory, Mm, Pagemap, PsTree, Stats};
 
 fn decode<M: Message + Default + serde::Serialize>(
     path: &Path,
@@ -33,6 +33,7 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
         Kind::Fds => decode::<Fds>(path, &payload)?,
         Kind::Pagemap => decode::<Pagemap>(path, &payload)?,
         Kind::Stats => decode::<Stats>(path, &payload)?,
+        Kind::Digests => decode::<Digests>(path, &payload)?,
         Kind::Pages => {
             json!({ "data_bytes": header.payload_len, "pages": header.payload_len / 4096 })
         }

@@ -16,8 +16,11 @@ use std::os::fd::OwnedFd;
 
 use libc::pid_t;
 
+use super::{DirtyTracker, Knowledge};
 use crate::error::{Error, Result};
 use crate::inject::Injector;
+use crate::proc::maps::Vma;
+use crate::ranges::Range;
 use crate::sys::syscalls::{pidfd_getfd, prlimit};
 use crate::sys::uffd;
 
@@ -112,5 +115,29 @@ impl UffdWp {
     pub fn remove(self, inj: &mut Injector) -> Result<()> {
         inj.call("close(tracker)", libc::SYS_close, &[self.task_fd as u64])
             .map(drop)
+    }
+}
+
+impl DirtyTracker for UffdWp {
+    fn name(&self) -> &'static str {
+        super::UFFD_WP
+    }
+
+    /// Only writable VMAs are registered: one made writable later by
+    /// mprotect is unregistered, hence untracked, hence stored whole.
+    fn scan(&mut self, v: &Vma, written: &mut Vec<Range>) -> Result<Knowledge> {
+        if !v.write {
+            return Ok(Knowledge::Untracked);
+        }
+        let tracked = self.continued && v.vm_flags.uffd_wp();
+        if !v.vm_flags.uffd_wp() {
+            self.register(v.start, v.end)?;
+        }
+        self.written(v.start, v.end, written)?;
+        Ok(if tracked {
+            Knowledge::Written
+        } else {
+            Knowledge::Untracked
+        })
     }
 }
