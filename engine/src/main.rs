@@ -61,9 +61,10 @@ enum Cmd {
         pid: i32,
         #[arg(short = 'D', long = "images-dir")]
         dir: PathBuf,
-        /// How pages leave the task: `read` copies them after the task runs
-        /// again; `splice` (not implemented yet) pins them while frozen.
-        #[arg(long, value_enum, default_value_t = Mode::Read)]
+        /// How pages leave the task: `splice` pins them into pipes while
+        /// frozen (CRIU's default); `read` only lists them while frozen and
+        /// copies them after the task runs again.
+        #[arg(long, value_enum, default_value_t = Mode::Splice)]
         pre_dump_mode: Mode,
         #[command(flatten)]
         track: Track,
