@@ -3,14 +3,19 @@
 //! every pre-dump mode and dirty tracker crust offers, next to a full dump
 //! of the same process.
 //!
-//! Per size (256 MiB, 1 GiB and 2 GiB by default) and mode (`read`,
-//! `splice`): a fresh target is pre-dumped (iteration 1 copies everything),
-//! then, N-1 times, it writes exactly K pages (K = 1% of its pages, chosen
-//! pseudo-randomly, distinct) and is pre-dumped on top of the previous
-//! pre-dump; it writes K pages once more and the final dump goes on top of
-//! the last pre-dump. The final dump is restored and the restored task
-//! checks every word of its memory against the pages and versions it
-//! wrote. Then a fresh target of the same size gets a plain full dump.
+//! Per size (256 MiB, 1 GiB and 2 GiB by default), tracker (those `crust
+//! check --json` lists, chosen with `--tracker` when crust has it) and mode
+//! (`read`, `splice`): a fresh target is pre-dumped (iteration 1 copies
+//! everything), then, N-1 times, it writes exactly K pages (K = 1% of its
+//! pages, distinct, spread pseudo-randomly) and is pre-dumped on top of
+//! the previous pre-dump; it writes K pages once more and the final dump
+//! goes on top of the last pre-dump. The final dump is restored and the
+//! restored task, on SIGTERM, checks every word of its memory against the
+//! steps it has done (which pages each step wrote is a function of the
+//! step number). Then a fresh target of the same size gets a plain full
+//! dump. The target reports back through a static the bench reads with
+//! `process_vm_readv` (same address in the child and in its restored copy),
+//! so it holds no descriptor besides stdio at /dev/null.
 //!
 //! Targets: pre-dump frozen time under 10 ms and independent of the size;
 //! the second pre-dump writes no more than K + 1% of the pages. Missing a

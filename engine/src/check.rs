@@ -714,10 +714,6 @@ fn probe_soft_dirty() -> Probe {
 // ---------------------------------------------------------- userfaultfd
 
 const UFFD_USER_MODE_ONLY: i32 = 1;
-use crate::sys::uffd::{
-    PageRegion, PmScanArg, UffdioRegister, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
-    PM_SCAN_WP_MATCHING, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP,
-};
 
 /// UFFD_FEATURE_* bits (linux/userfaultfd.h), with the feature name used
 /// in the report.
@@ -823,43 +819,15 @@ const SCAN_PAGES: usize = 64;
 /// Reports the written pages of `map` (as page indexes) and write-protects
 /// them again.
 fn scan_written(pagemap: &File, map: &AnonMapping) -> Result<Vec<u64>, String> {
-    let mut regions = [PageRegion::default(); SCAN_PAGES];
     let start = map.addr as u64;
     let end = start + map.len as u64;
-    let mut arg = PmScanArg {
-        size: size_of::<PmScanArg>() as u64,
-        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-        start,
-        end,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: SCAN_PAGES as u64,
-        category_mask: PAGE_IS_WRITTEN,
-        return_mask: PAGE_IS_WRITTEN,
-        ..PmScanArg::default()
-    };
-    // SAFETY: arg points at `regions` (vec_len entries), which outlives the
-    // call; the kernel fills at most vec_len page_regions and updates arg.
-    let n = unsafe {
-        libc::ioctl(
-            pagemap.as_raw_fd(),
-            PAGEMAP_SCAN,
-            &mut arg as *mut PmScanArg,
-        )
-    };
-    if n < 0 {
-        return Err(errno_of("ioctl(PAGEMAP_SCAN)"));
-    }
-    if arg.walk_end != end {
-        return Err(format!(
-            "PAGEMAP_SCAN stopped at {:#x} of {end:#x}",
-            arg.walk_end
-        ));
-    }
-    let mut pages = Vec::new();
-    for r in regions.iter().take(n as usize) {
-        pages.extend((r.start - start) / PAGE_SIZE..(r.end.min(end) - start) / PAGE_SIZE);
-    }
-    Ok(pages)
+    let mut ranges = Vec::new();
+    crate::sys::uffd::scan_written(pagemap, start, end, &mut ranges)
+        .map_err(|e| format!("ioctl(PAGEMAP_SCAN): {e}"))?;
+    Ok(ranges
+        .iter()
+        .flat_map(|&(a, b)| (a - start) / PAGE_SIZE..(b.min(end) - start) / PAGE_SIZE)
+        .collect())
 }
 
 fn probe_pagemap_scan() -> Probe {
@@ -868,24 +836,8 @@ fn probe_pagemap_scan() -> Probe {
     // Declared after the uffd so it is unmapped before the uffd closes.
     let map =
         AnonMapping::new(SCAN_PAGES * PAGE_SIZE as usize).map_err(|e| format!("mmap: {e}"))?;
-    let mut reg = UffdioRegister {
-        start: map.addr as u64,
-        len: map.len as u64,
-        mode: UFFDIO_REGISTER_MODE_WP,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register;
-    // the range is our own mapping.
-    let r = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_REGISTER,
-            &mut reg as *mut UffdioRegister,
-        )
-    };
-    if r < 0 {
-        return Err(errno_of("UFFDIO_REGISTER(MODE_WP)"));
-    }
+    crate::sys::uffd::register_wp(&uffd, map.addr as u64, map.len as u64)
+        .map_err(|e| format!("UFFDIO_REGISTER(MODE_WP): {e}"))?;
     let pagemap =
         File::open("/proc/self/pagemap").map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;
     // Not yet write-protected pages count as written: the first pass

@@ -74,21 +74,17 @@ pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<V
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
     let scratch = inj.map_scratch(None, SCRATCH)?;
-    let mut chunks = Vec::new();
-    let mut batch: Vec<(u64, u64)> = Vec::new();
-    let mut batch_bytes = 0u64;
+    let mut pinner = Pinner {
+        scratch: scratch.addr,
+        cap,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        chunks: Vec::new(),
+    };
     let result = (|| -> Result<()> {
         for r in runs.iter().filter(|r| !r.in_parent) {
             if !r.readable {
-                flush(
-                    inj,
-                    pidfd,
-                    scratch.addr,
-                    cap,
-                    &mut batch,
-                    &mut batch_bytes,
-                    &mut chunks,
-                )?;
+                pinner.flush(inj, pidfd)?;
                 let mut buf = vec![0u8; (r.pages * PAGE) as usize];
                 mem.read_exact_at(&mut buf, r.vaddr).map_err(|e| {
                     Error::io(
@@ -97,68 +93,70 @@ pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<V
                         e,
                     )
                 })?;
-                chunks.push(Chunk::Bytes(buf));
+                pinner.chunks.push(Chunk::Bytes(buf));
                 continue;
             }
             let (mut addr, mut left) = (r.vaddr, r.pages * PAGE);
             while left > 0 {
-                let n = left.min(cap - batch_bytes);
-                batch.push((addr, n));
-                batch_bytes += n;
+                let n = left.min(cap - pinner.batch_bytes);
+                pinner.batch.push((addr, n));
+                pinner.batch_bytes += n;
                 addr += n;
                 left -= n;
-                if batch_bytes == cap || batch.len() == MAX_IOVS {
-                    flush(
-                        inj,
-                        pidfd,
-                        scratch.addr,
-                        cap,
-                        &mut batch,
-                        &mut batch_bytes,
-                        &mut chunks,
-                    )?;
+                if pinner.batch_bytes == cap || pinner.batch.len() == MAX_IOVS {
+                    pinner.flush(inj, pidfd)?;
                 }
             }
         }
-        flush(
-            inj,
-            pidfd,
-            scratch.addr,
-            cap,
-            &mut batch,
-            &mut batch_bytes,
-            &mut chunks,
-        )
+        pinner.flush(inj, pidfd)
     })();
     inj.unmap_scratch()?;
-    result.map(|()| chunks)
+    result.map(|()| pinner.chunks)
 }
 
-/// One pipe: created in the task, grown, filled with vmsplice, taken over.
-fn flush(
-    inj: &mut Injector,
-    pidfd: &OwnedFd,
+/// Ranges queued for the next pipe, and the chunks made so far.
+struct Pinner {
     scratch: u64,
     cap: u64,
-    batch: &mut Vec<(u64, u64)>,
-    batch_bytes: &mut u64,
-    chunks: &mut Vec<Chunk>,
-) -> Result<()> {
-    if batch.is_empty() {
-        return Ok(());
+    batch: Vec<(u64, u64)>,
+    batch_bytes: u64,
+    chunks: Vec<Chunk>,
+}
+
+impl Pinner {
+    /// One pipe: created in the task, grown, filled with vmsplice, taken over.
+    fn flush(&mut self, inj: &mut Injector, pidfd: &OwnedFd) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        inj.call(
+            "pipe2",
+            libc::SYS_pipe2,
+            &[self.scratch, libc::O_CLOEXEC as u64],
+        )?;
+        let b = inj.get(0, 8)?;
+        let (r, w) = (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64,
+        );
+        let filled = self.fill(inj, pidfd, r, w);
+        inj.call("close", libc::SYS_close, &[r])?;
+        inj.call("close", libc::SYS_close, &[w])?;
+        self.chunks
+            .push(Chunk::Pipe(filled?, self.batch_bytes as usize));
+        self.batch.clear();
+        self.batch_bytes = 0;
+        Ok(())
     }
-    let pid = inj.pid();
-    inj.call("pipe2", libc::SYS_pipe2, &[scratch, libc::O_CLOEXEC as u64])?;
-    let b = inj.get(0, 8)?;
-    let (r, w) = (
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
-        u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64,
-    );
-    let filled = (|| -> Result<OwnedFd> {
+
+    /// vmsplices the batch into the task's pipe `w` and takes its read end `r`.
+    fn fill(&self, inj: &mut Injector, pidfd: &OwnedFd, r: u64, w: u64) -> Result<OwnedFd> {
+        let pid = inj.pid();
+        let batch = &self.batch;
         inj.call(
             "fcntl(F_SETPIPE_SZ)",
             libc::SYS_fcntl,
-            &[w, libc::F_SETPIPE_SZ as u64, cap],
+            &[w, libc::F_SETPIPE_SZ as u64, self.cap],
         )?;
         let iovs: Vec<u8> = batch
             .iter()
@@ -166,9 +164,8 @@ fn flush(
             .collect();
         let ptr = inj.put(IOV_OFF, &iovs)?;
         let mut done = 0u64;
-        let total = *batch_bytes;
-        while done < total {
-            // vmsplice takes the whole array again from where it stopped.
+        while done < self.batch_bytes {
+            // vmsplice takes the array again from where it stopped.
             let (mut skip, mut idx) = (done, 0usize);
             while skip >= batch[idx].1 {
                 skip -= batch[idx].1;
@@ -190,13 +187,7 @@ fn flush(
             done += n;
         }
         pidfd_getfd(pidfd, pid, r as i32)
-    })();
-    inj.call("close", libc::SYS_close, &[r])?;
-    inj.call("close", libc::SYS_close, &[w])?;
-    chunks.push(Chunk::Pipe(filled?, *batch_bytes as usize));
-    batch.clear();
-    *batch_bytes = 0;
-    Ok(())
+    }
 }
 
 /// Writes the chunks, in order, into the pages file; returns bytes written.

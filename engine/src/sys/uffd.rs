@@ -97,16 +97,14 @@ pub fn register_wp(uffd: &OwnedFd, start: u64, len: u64) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
-/// Appends to `out` the (start, end, categories) regions of [start, end)
-/// with any of `any_of` set, as PAGEMAP_SCAN reports them (each region is
-/// uniform in the `returned` categories). No write-protection changes.
-pub fn scan_regions(
+/// Runs PAGEMAP_SCAN over [start, end) until the whole range is walked,
+/// handing each reported region to `f`. `template` gives flags and masks.
+fn scan(
     pagemap: &File,
     start: u64,
     end: u64,
-    any_of: u64,
-    returned: u64,
-    out: &mut Vec<(u64, u64, u64)>,
+    template: &PmScanArg,
+    mut f: impl FnMut(&PageRegion),
 ) -> Result<(), Errno> {
     const VEC: usize = 512;
     let mut regions = [PageRegion::default(); VEC];
@@ -114,12 +112,14 @@ pub fn scan_regions(
     while at < end {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: template.flags,
             start: at,
             end,
             vec: regions.as_mut_ptr() as u64,
             vec_len: VEC as u64,
-            category_anyof_mask: any_of,
-            return_mask: returned,
+            category_mask: template.category_mask,
+            category_anyof_mask: template.category_anyof_mask,
+            return_mask: template.return_mask,
             ..PmScanArg::default()
         };
         // SAFETY: arg points at `regions` (vec_len entries), which outlives
@@ -132,17 +132,34 @@ pub fn scan_regions(
             )
         };
         let n = Errno::result(n)? as usize;
-        out.extend(
-            regions[..n.min(VEC)]
-                .iter()
-                .map(|r| (r.start, r.end, r.categories)),
-        );
+        regions[..n.min(VEC)].iter().for_each(&mut f);
         if arg.walk_end <= at {
             break;
         }
         at = arg.walk_end;
     }
     Ok(())
+}
+
+/// Appends to `out` the (start, end, categories) regions of [start, end)
+/// with any of `any_of` set, as PAGEMAP_SCAN reports them (each region is
+/// uniform in the `returned` categories). No write-protection changes.
+pub fn scan_regions(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    any_of: u64,
+    returned: u64,
+    out: &mut Vec<(u64, u64, u64)>,
+) -> Result<(), Errno> {
+    let template = PmScanArg {
+        category_anyof_mask: any_of,
+        return_mask: returned,
+        ..PmScanArg::default()
+    };
+    scan(pagemap, start, end, &template, |r| {
+        out.push((r.start, r.end, r.categories))
+    })
 }
 
 /// Appends to `out` the [start, end) ranges of pages written since they
@@ -155,43 +172,16 @@ pub fn scan_written(
     end: u64,
     out: &mut Vec<(u64, u64)>,
 ) -> Result<(), Errno> {
-    const VEC: usize = 512;
-    let mut regions = [PageRegion::default(); VEC];
-    let mut at = start;
-    while at < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-            start: at,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: VEC as u64,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_WRITTEN,
-            ..PmScanArg::default()
-        };
-        // SAFETY: arg points at `regions` (vec_len entries), which outlives
-        // the call; the kernel fills at most vec_len regions and updates arg.
-        let n = unsafe {
-            libc::ioctl(
-                pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg,
-            )
-        };
-        let n = Errno::result(n)? as usize;
-        for r in &regions[..n.min(VEC)] {
-            match out.last_mut() {
-                Some(last) if last.1 == r.start => last.1 = r.end,
-                _ => out.push((r.start, r.end)),
-            }
-        }
-        if arg.walk_end <= at {
-            break;
-        }
-        at = arg.walk_end;
-    }
-    Ok(())
+    let template = PmScanArg {
+        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..PmScanArg::default()
+    };
+    scan(pagemap, start, end, &template, |r| match out.last_mut() {
+        Some(last) if last.1 == r.start => last.1 = r.end,
+        _ => out.push((r.start, r.end)),
+    })
 }
 
 #[cfg(test)]
