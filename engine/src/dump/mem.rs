@@ -370,12 +370,20 @@ impl PageFinder {
         if self.scan {
             self.regions.clear();
             let any = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+            // Each category costs: FILE makes the kernel look at every
+            // page's struct page, so it is asked only where it decides.
+            let returned = any
+                | match kind {
+                    VmaKind::AnonPrivate => PAGE_IS_PFNZERO,
+                    VmaKind::FilePrivate => PAGE_IS_FILE,
+                    _ => 0,
+                };
             match crate::sys::uffd::scan_regions(
                 &self.pagemap,
                 v.start,
                 v.end,
                 any,
-                any | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+                returned,
                 &mut self.regions,
             ) {
                 Ok(()) => {
@@ -469,33 +477,76 @@ pub(crate) fn plan(
     vmas: &[ProcVma],
     brk: u64,
     parent: Option<&LayerMap>,
+    tracker: Option<&mut dyn DirtyTracker>,
+) -> Result<Plan> {
+    let known = track(pid, vmas, tracker)?;
+    plan_pages(pid, vmas, brk, parent, &known)
+}
+
+/// What the tracker said about one VMA.
+pub(crate) struct Known {
+    knowledge: Knowledge,
+    written: Vec<Range>,
+}
+
+/// The part of planning that must happen while the task is frozen: read
+/// and re-arm the tracker, VMA by VMA (atomically per page with uffd-wp).
+pub(crate) fn track(
+    pid: pid_t,
+    vmas: &[ProcVma],
     mut tracker: Option<&mut dyn DirtyTracker>,
+) -> Result<Vec<Known>> {
+    let mut out = Vec::with_capacity(vmas.len());
+    for v in vmas {
+        let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
+        let mut written = Vec::new();
+        let knowledge = match (tracker.as_deref_mut(), holds_pages(kind)) {
+            (Some(t), true) => t.scan(v, &mut written)?,
+            _ => Knowledge::Untracked,
+        };
+        out.push(Known { knowledge, written });
+    }
+    if let Some(t) = tracker {
+        t.rearm()?;
+    }
+    Ok(out)
+}
+
+fn holds_pages(kind: VmaKind) -> bool {
+    matches!(
+        kind,
+        VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::AnonShared
+    )
+}
+
+/// The pages to store and to leave to the parent, from what the tracker
+/// said. A read-mode pre-dump runs this after letting the task go: a page
+/// that changes after the tracker was re-armed is reported written next
+/// time, so whatever this pre-dump records for it (or misses) is stored
+/// again by the next dump.
+pub(crate) fn plan_pages(
+    pid: pid_t,
+    vmas: &[ProcVma],
+    brk: u64,
+    parent: Option<&LayerMap>,
+    known: &[Known],
 ) -> Result<Plan> {
     let mut mm = mm_header(pid, brk)?;
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = PlanStats::default();
     let mut finder = PageFinder::new(pid)?;
-    let mut written = Vec::new();
-    for v in vmas {
+    for (v, k) in vmas.iter().zip(known) {
         let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
         mm.vmas.push(to_image_vma(v, kind));
-        if !matches!(
-            kind,
-            VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::AnonShared
-        ) {
+        if !holds_pages(kind) {
             continue;
         }
-        written.clear();
-        let knowledge = match tracker.as_deref_mut() {
-            Some(t) => t.scan(v, &mut written)?,
-            None => Knowledge::Untracked,
-        };
         let wanted = finder.wanted(v, kind)?;
         let in_parent =
             |p: &LayerMap| ranges::intersect(&wanted, &parent_ranges(p, v.start, v.end));
-        let (clean, by_content) = match (parent, knowledge) {
+        let (clean, by_content) = match (parent, k.knowledge) {
             (Some(p), Knowledge::Written) => {
-                (ranges::subtract(&in_parent(p), &written), Vec::new())
+                (ranges::subtract(&in_parent(p), &k.written), Vec::new())
             }
             (Some(p), Knowledge::ByContent) => (Vec::new(), in_parent(p)),
             _ => (Vec::new(), Vec::new()),
@@ -520,9 +571,6 @@ pub(crate) fn plan(
                 by_content,
             });
         }
-    }
-    if let Some(t) = tracker {
-        t.rearm()?;
     }
     Ok(Plan { mm, runs, stats })
 }

@@ -331,7 +331,9 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     phases.mark("freeze");
     single_thread(pid)?;
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
-    let vmas = proc::maps::read_smaps(pid)?;
+    // maps, not smaps: smaps walks every page table entry, and the VmFlags
+    // it adds are not needed here (the final dump reads and checks them).
+    let mut vmas = proc::maps::read_maps(pid)?;
     mem::check_vmas(pid, &vmas, prev_tracker.is_some())?;
     let splice = opts.mode == PreDumpMode::Splice;
     let gadget = if splice || opts.track.track_mem {
@@ -354,6 +356,9 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         )?,
         None => None,
     };
+    if started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags()) {
+        vmas = proc::maps::read_smaps(pid)?;
+    }
     let content = started.as_ref().is_some_and(|s| s.name == track::CONTENT);
     if splice && content {
         return Err(Error::Other(
@@ -365,15 +370,22 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let planned =
-        mem::plan(pid, &vmas, 0, parent.as_ref().map(|p| &p.layer), tracker).and_then(|plan| {
-            let chunks = match gadget.filter(|_| splice) {
-                Some(g) => Some(splice::pin(&mut frozen.injector(g), &pidfd, &plan.runs)?),
-                None => None,
-            };
-            Ok((plan, chunks))
-        });
-    let (plan, chunks) = match planned {
+    let layer = parent.as_ref().map(|p| &p.layer);
+    // Frozen: the tracker is read and re-armed; in splice mode the pages are
+    // also pinned. Read mode lists the pages after the task runs again.
+    let frozen_part = mem::track(pid, &vmas, tracker).and_then(|known| {
+        if !splice {
+            return Ok((known, None));
+        }
+        let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
+        let chunks = splice::pin(
+            &mut frozen.injector(gadget.unwrap_or_default()),
+            &pidfd,
+            &plan.runs,
+        )?;
+        Ok((known, Some((plan, chunks))))
+    });
+    let (known, pinned) = match frozen_part {
         Ok(p) => p,
         Err(e) => {
             // A tracker made just now would outlive a failed pre-dump.
@@ -385,27 +397,30 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
             return Err(e);
         }
     };
-    phases.mark(if splice { "plan and pin" } else { "plan" });
+    phases.mark(if splice { "track and pin" } else { "track" });
     frozen.resume()?;
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
-    let copied = match chunks {
-        Some(chunks) => {
+    let (plan, copied) = match pinned {
+        Some((plan, chunks)) => {
             let mut out = PagesWriter::create(&images.file(Kind::Pages, Some(pid)))?;
             let bytes = splice::drain(pid, chunks, &mut out)?;
             out.finish()?;
-            mem::Copied {
+            let copied = mem::Copied {
                 pagemap: mem::pagemap_of(pid, &plan.runs),
                 pages_written: bytes / 4096,
                 content_in_parent: 0,
                 digests: None,
-            }
+            };
+            (plan, copied)
         }
         None => {
+            let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
             let parent_digests = started
                 .as_ref()
                 .filter(|_| content)
                 .map(|s| s.parent_digests.as_ref());
-            mem::copy(pid, &plan.runs, &images, true, parent_digests)?
+            let copied = mem::copy(pid, &plan.runs, &images, true, parent_digests)?;
+            (plan, copied)
         }
     };
     let (pagemap, written) = (copied.pagemap, copied.pages_written);

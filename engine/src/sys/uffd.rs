@@ -16,6 +16,7 @@ pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 pub const PAGEMAP_SCAN: libc::Ioctl = 0xc060_6610;
 pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 pub const PAGE_IS_FILE: u64 = 1 << 2;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;

@@ -48,4 +48,10 @@ pub trait DirtyTracker {
     fn rearm(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// Whether `scan` needs the VmFlags of /proc/PID/smaps (reading smaps
+    /// walks every page table entry: a pre-dump avoids it when it can).
+    fn needs_vm_flags(&self) -> bool {
+        false
+    }
 }

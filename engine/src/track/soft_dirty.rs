@@ -71,6 +71,10 @@ impl DirtyTracker for SoftDirty {
         Ok(Knowledge::Written)
     }
 
+    fn needs_vm_flags(&self) -> bool {
+        true // VM_SOFTDIRTY marks VMAs created or changed since clear_refs
+    }
+
     fn rearm(&mut self) -> Result<()> {
         let path = format!("/proc/{}/clear_refs", self.pid);
         std::fs::write(&path, "4").map_err(|e| Error::io("writing 4 to", &path, e))

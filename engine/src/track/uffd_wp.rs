@@ -110,6 +110,29 @@ impl UffdWp {
             .map_err(|e| Error::task(self.pid, format!("PAGEMAP_SCAN {start:#x}-{end:#x}: {e}")))
     }
 
+    /// Whether [start, end) is registered with an async write-protect
+    /// userfaultfd (ours: the task may not have its own, see check_vmas),
+    /// asked of the kernel with a one-page PAGEMAP_SCAN (PAGE_IS_WPALLOWED
+    /// is a property of the VMA), so no smaps is needed.
+    pub fn registered(&self, start: u64) -> Result<bool> {
+        let mut out = Vec::new();
+        uffd::scan_regions(
+            &self.pagemap,
+            start,
+            start + 4096,
+            uffd::PAGE_IS_WPALLOWED,
+            uffd::PAGE_IS_WPALLOWED,
+            &mut out,
+        )
+        .map_err(|e| {
+            Error::task(
+                self.pid,
+                format!("PAGEMAP_SCAN(WPALLOWED) at {start:#x}: {e}"),
+            )
+        })?;
+        Ok(!out.is_empty())
+    }
+
     /// Ends tracking: closes the task's descriptor (and so, with ours
     /// dropped, every registration).
     pub fn remove(self, inj: &mut Injector) -> Result<()> {
@@ -129,8 +152,9 @@ impl DirtyTracker for UffdWp {
         if !v.write {
             return Ok(Knowledge::Untracked);
         }
-        let tracked = self.continued && v.vm_flags.uffd_wp();
-        if !v.vm_flags.uffd_wp() {
+        let registered = self.registered(v.start)?;
+        let tracked = self.continued && registered;
+        if !registered {
             self.register(v.start, v.end)?;
         }
         self.written(v.start, v.end, written)?;
