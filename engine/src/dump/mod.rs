@@ -181,7 +181,8 @@ pub struct PreDumpOptions {
 
 /// The parent image a new one builds on.
 struct Parent {
-    dir: PathBuf,
+    /// The content tracker's digests, read before the task is frozen.
+    digests: Option<Digests>,
     rel: String,
     inv: Inventory,
     layer: LayerMap,
@@ -201,8 +202,12 @@ fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Pa
         )));
     }
     let layer = chain::load_layer(&pdir, pid)?;
+    let digests = match inv.tracker == track::CONTENT {
+        true => Some(ImageDir::open(&pdir)?.read::<Digests>(Kind::Digests, Some(pid))?),
+        false => None,
+    };
     Ok(Some(Parent {
-        dir: pdir,
+        digests,
         rel: rel.to_string_lossy().into_owned(),
         inv,
         layer,
@@ -307,10 +312,9 @@ fn start_tracker(
             Err(_) => {}
         }
     }
-    let parent_digests = match parent.filter(|_| continued(track::CONTENT)) {
-        Some(p) => Some(ImageDir::open(&p.dir)?.read::<Digests>(Kind::Digests, Some(pid))?),
-        None => None,
-    };
+    let parent_digests = parent
+        .filter(|_| continued(track::CONTENT))
+        .and_then(|p| p.digests.clone());
     let tracker = Box::new(Content::new(parent_digests.is_some()));
     Ok(Some(Started {
         tracker,
