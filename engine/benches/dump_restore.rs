@@ -21,29 +21,20 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const CRUST: &str = env!("CARGO_BIN_EXE_crust");
 /// Chunk size of every streamed copy (the engine's dump buffer is 8 MiB).
 const CHUNK: usize = 8 << 20;
 const SEED: u64 = 0x6372_7573_7462_6e63;
 
-type Res<T> = Result<T, String>;
+mod common;
+
+use common::{env_usize, errno, kill_and_reap, reap, Res};
 
 /// The word the target stores at `addr`: never zero, different per word.
 fn pattern(addr: u64) -> u64 {
     (addr ^ SEED).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
-}
-
-fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
-}
-
-fn env_usize(name: &str, default: usize) -> Res<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// A private anonymous mapping owned by the benchmark. It is marked
@@ -98,38 +89,6 @@ impl Drop for Mapping {
         // SAFETY: unmapping the mapping created in `new`; no slice into it
         // outlives `self`.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// Kills `pid` and reaps it (it is our child, or was reparented to us as
-/// the child subreaper). Falls back to polling if it is not our child.
-fn kill_and_reap(pid: i32) {
-    // SAFETY: plain kill(2) of a process this benchmark created.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = reap(pid);
-}
-
-fn reap(pid: i32) -> Res<libc::c_int> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            return Ok(status);
-        }
-        let e = errno();
-        if e.raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        if e.raw_os_error() == Some(libc::ECHILD) {
-            // Not our child: wait for it to disappear.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // SAFETY: kill with signal 0 only checks for existence.
-            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        return Err(format!("waitpid({pid}): {e}"));
     }
 }
 

@@ -41,7 +41,9 @@ const SEED: u64 = 0x6372_7573_7470_7265;
 const FROZEN_TARGET_MS: f64 = 10.0;
 const TRACKER_PREFIX: &str = "pre-dump tracker ";
 
-type Res<T> = Result<T, String>;
+mod common;
+
+use common::{env_usize, errno, kill_and_reap, reap, Res};
 
 /// What the target reports back, read by the bench with
 /// `process_vm_readv` at the same address in the target (a forked child,
@@ -67,17 +69,6 @@ static SHARED: Shared = Shared {
 
 const VERDICT_OK: u64 = 1;
 const VERDICT_BAD: u64 = 2;
-
-fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
-}
-
-fn env_usize(name: &str, default: usize) -> Res<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
-    }
-}
 
 fn env_f64(name: &str, default: f64) -> Res<f64> {
     match std::env::var(name) {
@@ -166,38 +157,6 @@ unsafe fn fill_page(d: &Dirt, page: u64, version: u64) {
                 .add(w)
                 .write_volatile(pattern(addr + w as u64 * 8, version))
         };
-    }
-}
-
-/// Kills `pid` and reaps it (it is our child, or was reparented to us as
-/// the child subreaper). Falls back to polling if it is not our child.
-fn kill_and_reap(pid: i32) {
-    // SAFETY: plain kill(2) of a process this benchmark created.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = reap(pid);
-}
-
-fn reap(pid: i32) -> Res<libc::c_int> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            return Ok(status);
-        }
-        let e = errno();
-        if e.raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        if e.raw_os_error() == Some(libc::ECHILD) {
-            // Not our child: wait for it to disappear.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // SAFETY: kill with signal 0 only checks for existence.
-            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        return Err(format!("waitpid({pid}): {e}"));
     }
 }
 
