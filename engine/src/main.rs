@@ -233,7 +233,8 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     log.line(&format!(
-                        "crust: pre-dump of pid {pid} failed: {e}; the process was left running"
+                        "crust: pre-dump of pid {pid} failed: {e}{}",
+                        left_running(&e)
                     ));
                     ExitCode::FAILURE
                 }
@@ -281,7 +282,8 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     log.line(&format!(
-                        "crust: dump of pid {pid} failed: {e}; the process was left running"
+                        "crust: dump of pid {pid} failed: {e}{}",
+                        left_running(&e)
                     ));
                     ExitCode::FAILURE
                 }
@@ -357,6 +359,17 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Says the process runs on, unless there is no such process.
+fn left_running(e: &crust::Error) -> &'static str {
+    match e {
+        crust::Error::Sys {
+            errno: nix::errno::Errno::ESRCH,
+            ..
+        } => "",
+        _ => "; the process was left running",
     }
 }
 

@@ -466,6 +466,13 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
 
 /// Dumps the single-threaded task `pid` into `dir`.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    if pid == 1 && !opts.leave_running {
+        // A dump kills the task, and init's death brings the system down.
+        return Err(Error::unsupported(
+            pid,
+            "init (pid 1) cannot be killed after the dump: use --leave-running",
+        ));
+    }
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
     let start = Instant::now();
