@@ -138,6 +138,16 @@ impl<'t> Injector<'t> {
         Ok(r as u64)
     }
 
+    /// Creates a pipe in the task (`pipe2` with `flags`, through the scratch
+    /// area) and returns its (read, write) descriptor numbers there.
+    pub fn pipe2(&mut self, flags: i32) -> Result<(u64, u64)> {
+        let buf = self.scratch()?.addr;
+        self.call("pipe2", libc::SYS_pipe2, &[buf, flags as u64])?;
+        let b = self.get(0, 8)?;
+        let fd = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as u64;
+        Ok((fd(0), fd(4)))
+    }
+
     /// Maps a read-write scratch area in the task, at `at` if given.
     pub fn map_scratch(&mut self, at: Option<u64>, len: u64) -> Result<Scratch> {
         let mut flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;

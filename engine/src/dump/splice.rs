@@ -73,9 +73,8 @@ pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<V
     }
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
-    let scratch = inj.map_scratch(None, SCRATCH)?;
+    inj.map_scratch(None, SCRATCH)?;
     let mut pinner = Pinner {
-        scratch: scratch.addr,
         cap,
         batch: Vec::new(),
         batch_bytes: 0,
@@ -116,7 +115,6 @@ pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<V
 
 /// Ranges queued for the next pipe, and the chunks made so far.
 struct Pinner {
-    scratch: u64,
     cap: u64,
     batch: Vec<(u64, u64)>,
     batch_bytes: u64,
@@ -129,16 +127,7 @@ impl Pinner {
         if self.batch.is_empty() {
             return Ok(());
         }
-        inj.call(
-            "pipe2",
-            libc::SYS_pipe2,
-            &[self.scratch, libc::O_CLOEXEC as u64],
-        )?;
-        let b = inj.get(0, 8)?;
-        let (r, w) = (
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
-            u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64,
-        );
+        let (r, w) = inj.pipe2(libc::O_CLOEXEC)?;
         let filled = self.fill(inj, pidfd, r, w);
         inj.call("close", libc::SYS_close, &[r])?;
         inj.call("close", libc::SYS_close, &[w])?;

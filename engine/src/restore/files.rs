@@ -52,13 +52,7 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
     // Pipes: one pipe2 per pipe id; both ends parked high.
     let mut pipe_ends: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for p in &fds.pipes {
-        let buf = inj.scratch()?.addr;
-        inj.call("pipe2", libc::SYS_pipe2, &[buf, libc::O_CLOEXEC as u64])?;
-        let b = inj.get(0, 8)?;
-        let (r, w) = (
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
-            u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64,
-        );
+        let (r, w) = inj.pipe2(libc::O_CLOEXEC)?;
         let hr = inj.call(
             "fcntl(F_DUPFD_CLOEXEC)",
             libc::SYS_fcntl,

@@ -146,11 +146,6 @@ pub(crate) fn place_specials(
             .iter()
             .any(|&(_, l2, to)| to < from + len && from < to + l2 && to != from)
     });
-    let vdso_from = stub
-        .iter()
-        .find(|v| v.path == "[vdso]")
-        .map(|v| v.start)
-        .unwrap_or(0);
     let mut gadget = gadget;
     let mut do_move = |inj: &mut Injector, from: u64, len: u64, to: u64| -> Result<()> {
         if from == to {
@@ -180,7 +175,6 @@ pub(crate) fn place_specials(
     for &(from, len, to) in &moves {
         do_move(inj, from, len, to)?;
     }
-    let _ = vdso_from;
     Ok(gadget)
 }
 

@@ -17,7 +17,7 @@ use libc::pid_t;
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
-use crate::image::chain::Chain;
+use crate::image::chain::{Chain, Source};
 use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
 use crate::image::{ImageDir, Kind};
 use crate::inject::{find_syscall_gadget, Injector};
@@ -53,6 +53,8 @@ struct TaskImages {
     fds: Fds,
     /// The dump and its parents; page data of every layer.
     chain: Chain,
+    /// Where every stored page's bytes are, resolved through the chain.
+    sources: Vec<Source>,
 }
 
 fn bad(dir: &Path, what: impl Into<String>) -> Error {
@@ -100,7 +102,7 @@ fn load(dir: &Path) -> Result<TaskImages> {
     // Opens every layer, checks each pages file against its pagemap, and
     // that in-parent pages really are in the parents.
     let chain = Chain::open(dir, pid)?;
-    chain.resolve()?;
+    let sources = chain.resolve()?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
     Ok(TaskImages {
         task,
@@ -108,6 +110,7 @@ fn load(dir: &Path) -> Result<TaskImages> {
         mm,
         fds,
         chain,
+        sources,
     })
 }
 
@@ -239,8 +242,11 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm)?;
     phases.mark("map");
-    let sources = img.chain.resolve()?;
-    mem::populate_and_fill(&mut inj, &mem::pieces(&img.mm, &sources), &img.chain.pages)?;
+    mem::populate_and_fill(
+        &mut inj,
+        &mem::pieces(&img.mm, &img.sources),
+        &img.chain.pages,
+    )?;
     phases.mark("pages");
     mem::finish_vmas(&mut inj, &img.mm)?;
     task::set_mm(&mut inj, &img.mm)?;

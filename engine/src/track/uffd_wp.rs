@@ -132,13 +132,6 @@ impl UffdWp {
         })?;
         Ok(!out.is_empty())
     }
-
-    /// Ends tracking: closes the task's descriptor (and so, with ours
-    /// dropped, every registration).
-    pub fn remove(self, inj: &mut Injector) -> Result<()> {
-        inj.call("close(tracker)", libc::SYS_close, &[self.task_fd as u64])
-            .map(drop)
-    }
 }
 
 impl DirtyTracker for UffdWp {
