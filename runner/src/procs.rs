@@ -387,37 +387,13 @@ pub fn install_interrupt_handler() -> nix::Result<()> {
     Ok(())
 }
 
-/// The pids of the processes whose parent is `parent`, from `/proc/*/stat`.
-pub fn children_of(parent: Pid) -> Vec<Pid> {
+/// (pid, parent pid) of every process, from `/proc/*/stat`; processes
+/// that vanish while being read are skipped.
+fn parent_links() -> Vec<(i32, i32)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if parse_stat_ppid(&stat) == Some(parent.as_raw()) {
-            out.push(Pid::from_raw(pid));
-        }
-    }
-    out
-}
-
-/// Every descendant of `root` (not `root` itself), parents before their
-/// children, from `/proc/*/stat`.
-pub fn descendants_of(root: Pid) -> Vec<Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut parent_of = Vec::new();
+    let mut links = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -430,9 +406,25 @@ pub fn descendants_of(root: Pid) -> Vec<Pid> {
             .ok()
             .and_then(|stat| parse_stat_ppid(&stat))
         {
-            parent_of.push((pid, ppid));
+            links.push((pid, ppid));
         }
     }
+    links
+}
+
+/// The pids of the processes whose parent is `parent`, from `/proc/*/stat`.
+pub fn children_of(parent: Pid) -> Vec<Pid> {
+    parent_links()
+        .into_iter()
+        .filter(|&(_, ppid)| ppid == parent.as_raw())
+        .map(|(pid, _)| Pid::from_raw(pid))
+        .collect()
+}
+
+/// Every descendant of `root` (not `root` itself), parents before their
+/// children, from `/proc/*/stat`.
+pub fn descendants_of(root: Pid) -> Vec<Pid> {
+    let parent_of = parent_links();
     let mut out = Vec::new();
     let mut frontier = vec![root.as_raw()];
     while let Some(parent) = frontier.pop() {
