@@ -39,6 +39,9 @@ pub enum Error {
     /// The task changed under us or behaved in a way we do not handle.
     #[error("pid {pid}: {what}")]
     Task { pid: i32, what: String },
+    /// The task went away (exited or was killed) while we worked on it.
+    #[error("pid {pid} is gone: {what}")]
+    Gone { pid: i32, what: String },
     #[error("{0}")]
     Other(String),
 }

@@ -6,6 +6,7 @@
 
 mod files;
 mod mem;
+pub(crate) mod refuse;
 mod splice;
 mod task;
 
@@ -223,7 +224,7 @@ fn parent_tracker_fd(pid: pid_t, parent: Option<&Parent>) -> Option<i32> {
         .filter(|&fd| is_tracker_fd(pid, fd))
 }
 
-fn single_thread(pid: pid_t) -> Result<Vec<i32>> {
+pub(crate) fn single_thread(pid: pid_t) -> Result<Vec<i32>> {
     let threads = proc::task::task_ids(pid)?;
     if threads.len() != 1 {
         return Err(Error::unsupported(
@@ -329,6 +330,8 @@ fn start_tracker(
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
+    // Refused now, before pages are copied, what the final dump would refuse.
+    refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()))?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
@@ -485,6 +488,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
+    refuse::task_state(pid, our_tracker)?;
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
     let fd_plan = files::plan(pid, our_tracker)?;
