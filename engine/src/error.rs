@@ -48,6 +48,21 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// crust's documented exit codes (docs/cli.md), so that scripts can tell
+/// "retry" from "data lost".
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// Failed; the source process runs on untouched (dump, pre-dump), or
+    /// nothing was restored and the images are as they were (restore).
+    pub const FAILED: u8 = 1;
+    /// Bad command line: nothing was done.
+    pub const USAGE: u8 = 2;
+    /// Failed, and the process is gone: it exited or was killed while the
+    /// engine worked on it. Its images are incomplete.
+    pub const GONE: u8 = 3;
+}
+
 /// Adds what was being done to an error, keeping the error itself.
 pub trait Context<T> {
     fn context(self, pid: i32, what: impl FnOnce() -> String) -> Result<T>;
@@ -80,6 +95,19 @@ impl Error {
             pid,
             what: what.into(),
         }
+    }
+
+    /// The task exited or was killed while we worked on it: a failure in
+    /// which the source did not survive (exit code 3), whatever caused it.
+    pub fn process_gone(&self) -> bool {
+        matches!(
+            self,
+            Error::Gone { .. }
+                | Error::Sys {
+                    errno: Errno::ESRCH,
+                    ..
+                }
+        )
     }
 
     pub fn unsupported(pid: i32, what: impl Into<String>) -> Self {

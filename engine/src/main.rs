@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crust::dump::{
     dump, pre_dump, DumpOptions, PreDumpMode, PreDumpOptions, TrackOptions, TrackerChoice,
 };
+use crust::error::exit;
 use crust::restore::{restore, RestoreOptions};
 
 #[derive(Parser)]
@@ -86,9 +87,9 @@ enum Cmd {
         /// Leave the restored process stopped (SIGSTOP).
         #[arg(long)]
         leave_stopped: bool,
-        /// Seconds to wait for the original pid to become free.
-        #[arg(long, default_value_t = 5.0)]
-        pid_wait: f64,
+        /// Seconds to wait for the original pid to become free (0 to 3600).
+        #[arg(long, default_value = "5", value_parser = parse_pid_wait, allow_hyphen_values = true)]
+        pid_wait: Duration,
         #[arg(long)]
         display_stats: bool,
         #[command(flatten)]
@@ -205,7 +206,7 @@ fn main() -> ExitCode {
         } => {
             if let Err(e) = crust::image::ImageDir::create(&dir) {
                 eprintln!("crust: pre-dump of pid {pid} failed: {e}");
-                return ExitCode::FAILURE;
+                return ExitCode::from(exit::FAILED);
             }
             let mut log = Log::open(&common, &dir);
             let mode = match pre_dump_mode {
@@ -234,9 +235,9 @@ fn main() -> ExitCode {
                 Err(e) => {
                     log.line(&format!(
                         "crust: pre-dump of pid {pid} failed: {e}{}",
-                        left_running(&e)
+                        left_running(pid, &e)
                     ));
-                    ExitCode::FAILURE
+                    failure_code(pid, &e)
                 }
             }
         }
@@ -250,7 +251,7 @@ fn main() -> ExitCode {
         } => {
             if let Err(e) = crust::image::ImageDir::create(&dir) {
                 eprintln!("crust: dump of pid {pid} failed: {e}");
-                return ExitCode::FAILURE;
+                return ExitCode::from(exit::FAILED);
             }
             let mut log = Log::open(&common, &dir);
             let t = Instant::now();
@@ -283,9 +284,9 @@ fn main() -> ExitCode {
                 Err(e) => {
                     log.line(&format!(
                         "crust: dump of pid {pid} failed: {e}{}",
-                        left_running(&e)
+                        left_running(pid, &e)
                     ));
-                    ExitCode::FAILURE
+                    failure_code(pid, &e)
                 }
             }
         }
@@ -301,17 +302,33 @@ fn main() -> ExitCode {
             let mut log = Log::open(&common, &dir);
             let opts = RestoreOptions {
                 leave_stopped,
-                pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
+                pid_wait,
+            };
+            // The pidfile is written before the process exists (its pid is
+            // the image's), so that nothing can fail once it runs: a
+            // restore either fails with no process, or succeeds whole.
+            let pidfile = match pidfile.map(|p| Pidfile::write(p, &dir)).transpose() {
+                Ok(p) => p,
+                Err(msg) => {
+                    log.line(&format!(
+                        "crust: restore from {} failed: {msg}",
+                        dir.display()
+                    ));
+                    return ExitCode::from(exit::FAILED);
+                }
             };
             let t = Instant::now();
             let restored = match restore(&dir, &opts) {
                 Ok(r) => r,
                 Err(e) => {
+                    if let Some(p) = pidfile {
+                        p.remove();
+                    }
                     log.line(&format!(
                         "crust: restore from {} failed: {e}",
                         dir.display()
                     ));
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(exit::FAILED);
                 }
             };
             let msg = format!(
@@ -324,12 +341,6 @@ fn main() -> ExitCode {
                 common.verbose > 0,
                 &format!("crust: restore phases: {}", restored.phases.render()),
             );
-            if let Some(p) = pidfile {
-                if let Err(e) = std::fs::write(&p, format!("{}\n", restored.pid)) {
-                    log.line(&format!("crust: cannot write pidfile {}: {e}", p.display()));
-                    return ExitCode::FAILURE;
-                }
-            }
             if detach {
                 return ExitCode::SUCCESS;
             }
@@ -342,7 +353,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("crust: show: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(exit::FAILED)
             }
         },
         Cmd::Check { json } => {
@@ -362,14 +373,63 @@ fn main() -> ExitCode {
     }
 }
 
-/// Says the process runs on, unless there is no such process.
-fn left_running(e: &crust::Error) -> &'static str {
-    match e {
-        crust::Error::Sys {
-            errno: nix::errno::Errno::ESRCH,
-            ..
-        } => "",
-        _ => "; the process was left running",
+/// After a failed dump or pre-dump: did the source not survive it? Either
+/// the error says so, or the process is no more (or only a zombie), however
+/// the error was phrased.
+fn source_gone(pid: i32, e: &crust::Error) -> bool {
+    e.process_gone()
+        || match crust::proc::stat::read_stat(pid) {
+            Ok(st) => matches!(st.state, 'Z' | 'X'),
+            Err(_) => true,
+        }
+}
+
+/// Says the process runs on, unless it is gone.
+fn left_running(pid: i32, e: &crust::Error) -> &'static str {
+    match source_gone(pid, e) {
+        true => "; the process is gone",
+        false => "; the process was left running",
+    }
+}
+
+/// Exit code of a failed dump or pre-dump: 3 if the process is gone,
+/// else 1 (it runs on untouched).
+fn failure_code(pid: i32, e: &crust::Error) -> ExitCode {
+    ExitCode::from(match source_gone(pid, e) {
+        true => exit::GONE,
+        false => exit::FAILED,
+    })
+}
+
+/// `--pid-wait`: finite, non-negative seconds, at most an hour (a restore
+/// must never wait for ever).
+fn parse_pid_wait(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || !(0.0..=3600.0).contains(&secs) {
+        return Err(format!("{s} is out of range: give 0 to 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The restore's pidfile, written before the process exists.
+struct Pidfile(PathBuf);
+
+impl Pidfile {
+    fn write(path: PathBuf, dir: &Path) -> Result<Pidfile, String> {
+        use crust::image::messages::Inventory;
+        let inv: Inventory = crust::image::ImageDir::open(dir)
+            .and_then(|i| i.read(crust::image::Kind::Inventory, None))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&path, format!("{}\n", inv.root_pid))
+            .map_err(|e| format!("cannot write pidfile {}: {e}", path.display()))?;
+        Ok(Pidfile(path))
+    }
+
+    /// Undoes `write` when the restore failed.
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -399,7 +459,7 @@ fn wait_exit(pid: i32) -> ExitCode {
                 "crust: waiting for pid {pid}: {}",
                 std::io::Error::last_os_error()
             );
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::FAILED);
         }
     }
     if libc::WIFEXITED(status) {

@@ -436,6 +436,20 @@ impl Output {
         self.assert_no_panic()
     }
 
+    /// Asserts the exit code (docs/cli.md documents them) and no panic.
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "crust {:?} should exit with {code}, got {}:\nstdout: {}\nstderr: {}",
+            self.args,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self.assert_no_panic()
+    }
+
     pub fn assert_no_panic(&self) -> &Self {
         assert!(
             !self.stderr.contains("panicked") && !self.stdout.contains("panicked"),
