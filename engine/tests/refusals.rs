@@ -21,14 +21,22 @@ fn refusal_leaves_process_untouched(extra: &str, named: &str) {
     let mut p = spawn_daemon(Command::new(bin).arg(&log).arg("16").arg("0").arg(extra));
     wait_tick(&log, 3);
 
-    let images = tmp.path().join("images");
     let pid = p.pid.to_string();
-    let out = crust(["dump", "-t", &pid, "-D", path_str(&images)]);
-    out.assert_failed().stderr_has(named);
-    assert!(
-        !images.join("inventory.img").exists(),
-        "a refused dump left a complete-looking image directory"
-    );
+    // A pre-dump refuses what the final dump would refuse, before it copies
+    // any memory: a migration is never pre-copied only to be refused.
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        let out = crust([op, "-t", &pid, "-D", path_str(&images)]);
+        out.assert_failed().stderr_has(named);
+        assert!(
+            !images.join("inventory.img").exists(),
+            "a refused {op} left a complete-looking image directory"
+        );
+        assert!(
+            !images.join(format!("pages-{pid}.img")).exists(),
+            "a refused {op} copied memory first"
+        );
+    }
 
     assert_eq!(p.try_wait(), None, "the refused process died");
     p.assert_running_untraced();

@@ -488,10 +488,9 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    refuse::task_state(pid, our_tracker)?;
+    let fd_plan = refuse::task_state(pid, our_tracker)?;
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
-    let fd_plan = files::plan(pid, our_tracker)?;
 
     frozen.block_signals()?;
     let gadget = syscall_gadget(pid, &vmas)?;

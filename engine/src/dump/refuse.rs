@@ -8,13 +8,35 @@
 
 use libc::pid_t;
 
-use crate::error::Result;
+use super::files::{self, FdPlan};
+use crate::error::{Error, Result};
+use crate::proc;
 
-/// Every refusal that does not need the task stopped or injected into.
+/// Every refusal that does not need the task stopped or injected into;
+/// returns the descriptors' plan, which the dump goes on with.
 /// `our_tracker`: the descriptor of the engine's own dirty tracker in the
 /// task, if any (not the task's state, so never refused).
-pub(crate) fn task_state(pid: pid_t, our_tracker: Option<i32>) -> Result<()> {
-    let _ = our_tracker;
+pub(crate) fn task_state(pid: pid_t, our_tracker: Option<i32>) -> Result<FdPlan> {
     super::single_thread(pid)?;
+    root_and_cwd(pid)?;
+    files::plan(pid, our_tracker)
+}
+
+/// A chroot is not restored, and a removed working directory cannot be.
+fn root_and_cwd(pid: pid_t) -> Result<()> {
+    let root = proc::read_link(format!("/proc/{pid}/root"))?;
+    if root != "/" {
+        return Err(Error::unsupported(
+            pid,
+            format!("root directory {root} (chroot)"),
+        ));
+    }
+    let cwd = proc::read_link(format!("/proc/{pid}/cwd"))?;
+    if cwd.ends_with(" (deleted)") {
+        return Err(Error::unsupported(
+            pid,
+            format!("working directory was removed: {cwd}"),
+        ));
+    }
     Ok(())
 }

@@ -115,19 +115,7 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
     core.umask = status
         .umask
         .ok_or_else(|| Error::task(pid, "no Umask in /proc/PID/status"))?;
-    let root = proc::read_link(format!("/proc/{pid}/root"))?;
-    if root != "/" {
-        return Err(Error::unsupported(
-            pid,
-            format!("root directory {root} (chroot)"),
-        ));
-    }
+    // refuse::task_state has refused a chroot and a removed cwd.
     core.cwd = proc::read_link(format!("/proc/{pid}/cwd"))?;
-    if core.cwd.ends_with(" (deleted)") {
-        return Err(Error::unsupported(
-            pid,
-            format!("working directory was removed: {}", core.cwd),
-        ));
-    }
     Ok(())
 }
