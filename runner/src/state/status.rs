@@ -1,9 +1,16 @@
 //! `/proc/PID/status`: the fields that must survive a checkpoint/restore.
 
-/// The compared fields, in report order. Left out on purpose: `State` and
-/// `TracerPid` (the runner's own ptrace stop), `SigQ` and every counter or
-/// memory statistic (they legitimately change), `Cpus_allowed`/`Mems_allowed`
-/// (machine-dependent, not part of this check yet).
+/// The compared fields, in report order: identity, credentials (`Uid` and
+/// `Gid` hold real, effective, saved and fs ids; `Groups` the supplementary
+/// groups), signals, capabilities, no_new_privs, seccomp (mode and number
+/// of filters), THP disable (`THP_enabled`, PR_SET_THP_DISABLE), the
+/// speculation-control prctls, the tagged-address mask, x86 thread
+/// features (shadow stack, where the kernel shows them) and CPU and memory
+/// node affinity (the list forms; the mask forms say the same). Left out
+/// on purpose: `State` and `TracerPid` (the runner's own ptrace stop),
+/// `SigQ` and every counter or memory statistic (they legitimately
+/// change), `Ngid` (the NUMA balancer's choice), `Kthread`,
+/// `CoreDumping`.
 pub const COMPARED_FIELDS: &[&str] = &[
     "Name",
     "Umask",
@@ -30,6 +37,15 @@ pub const COMPARED_FIELDS: &[&str] = &[
     "CapAmb",
     "NoNewPrivs",
     "Seccomp",
+    "Seccomp_filters",
+    "THP_enabled",
+    "Speculation_Store_Bypass",
+    "SpeculationIndirectBranch",
+    "untag_mask",
+    "x86_Thread_features",
+    "x86_Thread_features_locked",
+    "Cpus_allowed_list",
+    "Mems_allowed_list",
 ];
 
 /// Every `Key: value` line, values with runs of whitespace collapsed to one
