@@ -48,7 +48,7 @@ pub fn compare(before: &VisibleState, after: &VisibleState) -> Vec<Difference> {
     }
     out.extend(compare_fds(&before.fds, &after.fds));
     out.extend(compare_maps(&before.maps, &after.maps));
-    let flags = vmflags::compare(&before.vmflags, &after.vmflags, &before.maps);
+    let flags = vmflags::compare(&before.vmflags, &after.vmflags, &before.maps, &after.maps);
     if !flags.is_empty() {
         out.push(Difference::new(
             "vmflags",

@@ -6,9 +6,12 @@
 //! Flags are compared by address, not by VMA: the kernel may split or
 //! merge VMAs differently after a restore (see [`super::maps`]), so each
 //! side is reduced to ranges of equal flags ([`normalise`]) and
-//! [`compare`] walks the ranges of both, reporting every range where both
-//! sides have a VMA and the flags differ (a range mapped on one side only
-//! is the business of the maps check), with the flags lost and gained.
+//! [`compare`] walks the ranges of both, reporting every range where the
+//! flags differ, with the flags lost and gained. Only ranges whose
+//! (normalised) maps entry is the same on both sides are compared: a range
+//! mapped on one side only, or with other perms, is the business of the
+//! maps check (`rd`, `wr`, `ex`, `sh` mirror the perms), which a test
+//! whose layout changes all the time skips.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -118,9 +121,19 @@ fn at(entries: &[VmaFlags], addr: u64) -> Option<&VmaFlags> {
 
 /// Every range where both sides have flags and they differ, as report
 /// lines: `7f00-7f10 rw-p [heap]: VmFlags rd wr mr mw me ac -> rd wr mr mw
-/// me ac dc (gained dc)`. `maps` (normalised, of the "before" side) names
-/// the VMA of each range.
-pub fn compare(before: &[VmaFlags], after: &[VmaFlags], maps: &[MapEntry]) -> Vec<String> {
+/// me ac dc (gained dc)`. `maps` and `after_maps` are the normalised maps
+/// of both sides: a range is compared only where its entry is the same on
+/// both, and that entry names it.
+pub fn compare(
+    before: &[VmaFlags],
+    after: &[VmaFlags],
+    maps: &[MapEntry],
+    after_maps: &[MapEntry],
+) -> Vec<String> {
+    let entry_at = |list: &[MapEntry], addr: u64| {
+        let i = list.partition_point(|m| m.end <= addr);
+        list.get(i).filter(|m| m.start <= addr).cloned()
+    };
     let mut cuts: Vec<u64> = before
         .iter()
         .chain(after)
@@ -137,6 +150,10 @@ pub fn compare(before: &[VmaFlags], after: &[VmaFlags], maps: &[MapEntry]) -> Ve
             continue;
         };
         if b.flags == a.flags {
+            continue;
+        }
+        let vma = entry_at(maps, lo);
+        if vma.is_none() || vma != entry_at(after_maps, lo) {
             continue;
         }
         match pieces.last_mut() {
@@ -229,7 +246,7 @@ VmFlags: rd wr sh mr mw me ms dc sd
         let split = normalise(vec![v(0x1000, 0x2000, "rd wr"), v(0x2000, 0x3000, "rd wr")]);
         let whole = normalise(vec![v(0x1000, 0x3000, "rd wr")]);
         assert_eq!(split, whole);
-        assert!(compare(&split, &whole, &[]).is_empty());
+        assert!(compare(&split, &whole, &[], &[]).is_empty());
     }
 
     #[test]
@@ -251,7 +268,7 @@ VmFlags: rd wr sh mr mw me ms dc sd
             v(0x4000, 0x5000, "rd wr mr mw me"),
         ];
         assert_eq!(
-            compare(&before, &after, &maps),
+            compare(&before, &after, &maps, &maps),
             [
                 "1000-2000 rw-p [anon]: VmFlags ac me mr mw rd wr -> me mr mw rd wr (lost ac)",
                 "2000-4000 rw-p [anon]: VmFlags ac me mr mw rd wr -> dc me mr mw rd wr \
@@ -259,8 +276,12 @@ VmFlags: rd wr sh mr mw me ms dc sd
                 "4000-5000 rw-p [anon]: VmFlags ac me mr mw rd wr -> me mr mw rd wr (lost ac)",
             ]
         );
-        // Ranges mapped on one side only are left to the maps check.
-        assert!(compare(&before, &[v(0x9000, 0xa000, "rd")], &maps).is_empty());
+        // Ranges mapped on one side only, or whose maps entry changed, are
+        // left to the maps check.
+        assert!(compare(&before, &[v(0x9000, 0xa000, "rd")], &maps, &maps).is_empty());
+        let mut moved = maps.clone();
+        moved[0].perms = "r--p".into();
+        assert!(compare(&before, &after, &maps, &moved).is_empty());
     }
 
     #[test]
