@@ -38,6 +38,7 @@ impl Difference {
 pub fn compare(before: &VisibleState, after: &VisibleState) -> Vec<Difference> {
     let mut out = Vec::new();
     compare_status(&before.status, &after.status, &mut out);
+    compare_thread_status(&before.thread_status, &after.thread_status, &mut out);
     for (check, b, a) in [
         ("cwd", &before.cwd, &after.cwd),
         ("root", &before.root, &after.root),
@@ -189,6 +190,30 @@ pub fn compare_attrs(before: &Attrs, after: &Attrs) -> Vec<Difference> {
         ),
     );
     out
+}
+
+/// The per-thread status fields of the threads present on both sides
+/// (a thread missing on one side shows in `status:Threads`), reported
+/// under the same check names as the process's: `status:SigBlk` with
+/// detail `tid 43: "..." -> "..."`.
+fn compare_thread_status(
+    before: &[(i32, Vec<(String, String)>)],
+    after: &[(i32, Vec<(String, String)>)],
+    out: &mut Vec<Difference>,
+) {
+    let after: BTreeMap<i32, &Vec<(String, String)>> = after.iter().map(|(t, f)| (*t, f)).collect();
+    for (tid, fields) in before {
+        let Some(other) = after.get(tid) else {
+            continue;
+        };
+        let mut diffs = Vec::new();
+        compare_status(fields, other, &mut diffs);
+        out.extend(
+            diffs
+                .into_iter()
+                .map(|d| Difference::new(d.check, format!("tid {tid}: {}", d.detail))),
+        );
+    }
 }
 
 /// Compares descriptor tables, by descriptor number.
@@ -348,6 +373,7 @@ mod tests {
                 ("Name".into(), "t".into()),
                 ("SigBlk".into(), "0000000000000000".into()),
             ],
+            thread_status: vec![(43, vec![("SigBlk".into(), "0000000000004000".into())])],
             cwd: "/work".into(),
             root: "/".into(),
             fds: vec![
@@ -428,6 +454,20 @@ mod tests {
                 Difference::new("status:Seccomp", "(absent) -> \"2\""),
                 Difference::new("cwd", "/work -> /elsewhere"),
             ]
+        );
+    }
+
+    #[test]
+    fn reports_thread_status_changes() {
+        let before = state();
+        let mut after = state();
+        after.thread_status[0].1[0].1 = "0000000000000000".into();
+        assert_eq!(
+            compare(&before, &after),
+            vec![Difference::new(
+                "status:SigBlk",
+                "tid 43: \"0000000000004000\" -> \"0000000000000000\""
+            )]
         );
     }
 

@@ -2,7 +2,8 @@
 //! and the runner can observe from outside through `/proc`.
 //!
 //! [`capture`] freezes the task with ptrace ([`crate::freeze`]), reads
-//! - `/proc/PID/status` fields ([`status::COMPARED_FIELDS`]),
+//! - `/proc/PID/status` fields ([`status::COMPARED_FIELDS`]), and the
+//!   per-thread ones of every other thread ([`status::THREAD_FIELDS`]),
 //! - the cwd and root links,
 //! - every descriptor with its target, position and flags ([`fds`]),
 //! - `/proc/PID/maps`, normalised ([`maps`]),
@@ -73,6 +74,8 @@ pub struct VisibleState {
     /// Selected `/proc/PID/status` fields, in [`status::COMPARED_FIELDS`]
     /// order.
     pub status: Vec<(String, String)>,
+    /// [`status::THREAD_FIELDS`] of every thread but the main one, by tid.
+    pub thread_status: Vec<(i32, Vec<(String, String)>)>,
     /// `/proc/PID/cwd` target.
     pub cwd: String,
     /// `/proc/PID/root` target.
@@ -105,6 +108,13 @@ pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, Captu
     let status_text =
         std::fs::read_to_string(&status_path).map_err(|e| CaptureError::io(&status_path, e))?;
     let status = status::select(&status::parse(&status_text));
+    let mut thread_status = Vec::new();
+    for &tid in tids.iter().filter(|&&t| t != pid) {
+        let path = format!("/proc/{pid}/task/{tid}/status");
+        let text = std::fs::read_to_string(&path).map_err(|e| CaptureError::io(&path, e))?;
+        thread_status.push((tid.as_raw(), status::select_thread(&status::parse(&text))));
+    }
+    thread_status.sort_by_key(|(tid, _)| *tid);
     let cwd = read_link(format!("/proc/{pid}/cwd"))?;
     let root = read_link(format!("/proc/{pid}/root"))?;
     let fds = fds::read(pid)?;
@@ -129,6 +139,7 @@ pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, Captu
     Ok(VisibleState {
         pid: pid.as_raw(),
         status,
+        thread_status,
         cwd,
         root,
         fds,
@@ -158,6 +169,12 @@ impl VisibleState {
         let _ = writeln!(out, "[status]");
         for (k, v) in &self.status {
             let _ = writeln!(out, "{k}: {v}");
+        }
+        for (tid, fields) in &self.thread_status {
+            let _ = writeln!(out, "[status of thread {tid}]");
+            for (k, v) in fields {
+                let _ = writeln!(out, "{k}: {v}");
+            }
         }
         let _ = writeln!(out, "[cwd]\n{}\n[root]\n{}", self.cwd, self.root);
         let _ = writeln!(out, "[fds]");
