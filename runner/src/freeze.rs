@@ -98,18 +98,79 @@ pub fn blocked_syscalls(pid: Pid) -> Option<Vec<String>> {
     Some(lines)
 }
 
-/// Waits up to `timeout` for `pid` to be quiescent: every thread blocked,
-/// in the same place on two looks 10 ms apart. A test signals readiness a
-/// little before it blocks for good (between its pidfile and its `pause()`
-/// it still writes its stack); capturing in that window would record a
-/// state that is not the one dumped. Returns whether it settled.
+/// One look at one thread: its scheduler state and where it is blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadLook {
+    /// The thread.
+    pub tid: i32,
+    /// The state letter of `/proc/PID/task/TID/stat` (`R`, `S`, `D`...).
+    pub state: char,
+    /// Its `/proc/PID/task/TID/syscall` line: syscall number, arguments,
+    /// stack and instruction pointers, or `running`.
+    pub syscall: String,
+}
+
+impl ThreadLook {
+    /// Whether the thread sleeps where only a signal or an event of its own
+    /// making wakes it: interruptibly asleep (`S`) inside a system call.
+    ///
+    /// Uninterruptible sleep (`D`) does not count: a thread in `D` is in the
+    /// middle of some work (a `rename` on a discard-mounted ext4 waits there
+    /// for tens of milliseconds, with a syscall line that does not change)
+    /// and goes on changing its state when it comes out. Nor does a stopped
+    /// thread (`T`, `t`): it runs on once continued.
+    pub fn is_asleep(&self) -> bool {
+        self.state == 'S' && !self.syscall.starts_with("running")
+    }
+}
+
+/// The state letter of a `/proc/PID/stat` line (after the last `)`: the
+/// comm may hold anything).
+pub fn stat_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// A look at every thread of `pid`, by tid; `None` if the task is gone.
+pub fn look(pid: Pid) -> Option<Vec<ThreadLook>> {
+    let mut out = Vec::new();
+    for tid in list_threads(pid).ok()? {
+        // The syscall line first, then the state: a thread seen asleep in
+        // the state was asleep there when its syscall line was read, or
+        // went back to sleep in between (the next look decides).
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        out.push(ThreadLook {
+            tid: tid.as_raw(),
+            state: stat_state(&stat)?,
+            syscall: syscall.trim_end().to_string(),
+        });
+    }
+    Some(out)
+}
+
+/// Whether two consecutive looks show a settled task: the same threads,
+/// every one interruptibly asleep ([`ThreadLook::is_asleep`]) in the same
+/// system call with the same registers both times.
+pub fn settled(previous: &[ThreadLook], now: &[ThreadLook]) -> bool {
+    !now.is_empty() && previous == now && now.iter().all(ThreadLook::is_asleep)
+}
+
+/// Waits up to `timeout` for `pid` to be quiescent: [`settled`] on two
+/// looks 10 ms apart. A test signals readiness a little before it blocks
+/// for good (between its pidfile and its `pause()` it still writes its
+/// stack), and may finish earlier work in uninterruptible sleep; capturing
+/// in that window would record a state that is not the one dumped.
+/// Returns whether it settled.
 pub fn wait_quiescent(pid: Pid, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    let mut last = None;
+    let mut last: Option<Vec<ThreadLook>> = None;
     loop {
-        let now = blocked_syscalls(pid);
-        if now.is_some() && now == last {
-            return true;
+        let now = look(pid);
+        if let (Some(prev), Some(now)) = (&last, &now) {
+            if settled(prev, now) {
+                return true;
+            }
         }
         if Instant::now() >= deadline {
             return false;
@@ -290,5 +351,62 @@ impl Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = self.detach_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(tid: i32, state: char, syscall: &str) -> ThreadLook {
+        ThreadLook {
+            tid,
+            state,
+            syscall: syscall.into(),
+        }
+    }
+
+    const PAUSE: &str = "34 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd0 0x7f10";
+    const RENAME: &str = "82 0x7ffd1 0x7ffd2 0x0 0x0 0x0 0x0 0x7ffd0 0x7f20";
+
+    #[test]
+    fn asleep_means_interruptible_sleep_in_a_syscall() {
+        assert!(t(1, 'S', PAUSE).is_asleep());
+        // Uninterruptible sleep (a rename on a discard-mounted ext4), a
+        // runnable thread, a stopped one: not asleep.
+        assert!(!t(1, 'D', RENAME).is_asleep());
+        assert!(!t(1, 'R', "running").is_asleep());
+        assert!(!t(1, 'S', "running").is_asleep());
+        assert!(!t(1, 'T', PAUSE).is_asleep());
+        assert!(!t(1, 't', PAUSE).is_asleep());
+    }
+
+    #[test]
+    fn a_thread_in_d_state_is_not_settled() {
+        // The case that made the runner capture too early: a thread stuck
+        // for two looks in the same uninterruptible syscall.
+        let look = vec![t(10, 'S', PAUSE), t(11, 'D', RENAME)];
+        assert!(!settled(&look, &look));
+        let look = vec![t(10, 'D', RENAME)];
+        assert!(!settled(&look, &look));
+        // Once it sleeps interruptibly, twice in the same place: settled.
+        let look = vec![t(10, 'S', PAUSE), t(11, 'S', PAUSE)];
+        assert!(settled(&look, &look));
+    }
+
+    #[test]
+    fn settled_needs_the_same_place_twice() {
+        let a = vec![t(10, 'S', PAUSE)];
+        let b = vec![t(10, 'S', RENAME.replacen("82", "202", 1).as_str())];
+        assert!(!settled(&a, &b));
+        assert!(!settled(&a, &[t(10, 'S', PAUSE), t(11, 'S', PAUSE)]));
+        assert!(!settled(&[], &[]));
+    }
+
+    #[test]
+    fn stat_state_parsing() {
+        assert_eq!(stat_state("12 (a) b) c) D 1 2 3"), Some('D'));
+        assert_eq!(stat_state("12 (zdtm) S 1"), Some('S'));
+        assert_eq!(stat_state("garbage"), None);
     }
 }

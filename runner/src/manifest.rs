@@ -77,7 +77,22 @@ pub struct TestEntry {
 /// The state checks `skip_checks` may name: these, `status` (every status
 /// field) or `status:FIELD` for one field of
 /// [`crate::state::status::COMPARED_FIELDS`].
-pub const CHECKS: &[&str] = &["status", "cwd", "root", "fds", "maps", "rseq", "memory"];
+pub const CHECKS: &[&str] = &[
+    "status",
+    "cwd",
+    "root",
+    "fds",
+    "maps",
+    "vmflags",
+    "personality",
+    "oom_score_adj",
+    "timerslack_ns",
+    "rlimits",
+    "sched",
+    "timers",
+    "rseq",
+    "memory",
+];
 
 /// Whether `check` is a valid `skip_checks` entry.
 pub fn valid_check(check: &str) -> bool {

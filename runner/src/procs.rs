@@ -447,6 +447,43 @@ pub fn parse_stat_ppid(stat: &str) -> Option<i32> {
     fields.next()?.parse().ok()
 }
 
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+const PF_EXITING: u64 = 0x4;
+
+/// The flags field (the 9th) of a `/proc/PID/stat` line.
+pub fn parse_stat_flags(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // state ppid pgrp session tty_nr tpgid flags
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
+/// Whether a `/proc/PID/status` text shows SIGKILL pending, for the thread
+/// (`SigPnd`) or the whole process (`ShdPnd`).
+pub fn sigkill_pending(status: &str) -> bool {
+    let bit = 1u64 << (libc::SIGKILL - 1);
+    status.lines().any(|line| {
+        line.split_once(':').is_some_and(|(key, value)| {
+            matches!(key, "SigPnd" | "ShdPnd")
+                && u64::from_str_radix(value.trim(), 16).is_ok_and(|v| v & bit != 0)
+        })
+    })
+}
+
+/// Whether `pid` is on its way out: SIGKILL pending or already exiting.
+///
+/// `kill(pid, SIGKILL)` returns before the task has exited: whoever sent
+/// it (a crust that killed the task, or a test's fake one) may exit first,
+/// and a liveness check right after would still see the task. The kill
+/// itself is recorded synchronously, though: a group-wide SIGKILL stays in
+/// `ShdPnd` until the task is reaped, and `PF_EXITING` is set before the
+/// thread's exit begins. So a task that is neither dying nor gone by these
+/// signs was alive when this was called.
+pub fn is_dying(pid: Pid) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    sigkill_pending(&status) || parse_stat_flags(&stat).is_some_and(|f| f & PF_EXITING != 0)
+}
+
 /// Last resort at exit: reaps every zombie child and SIGKILLs (then reaps)
 /// every remaining child, repeatedly, since killing one may reparent its own
 /// children to us. Returns the pids that had to be killed. Only call it
@@ -515,6 +552,37 @@ mod tests {
     }
 
     #[test]
+    fn dying_signs() {
+        assert_eq!(
+            parse_stat_flags("12 (a b) c) R 34 12 12 0 -1 4194564 0 0"),
+            Some(4194564)
+        );
+        assert_eq!(parse_stat_flags("12 (x) S 1"), None);
+        assert!(sigkill_pending(
+            "SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n"
+        ));
+        assert!(sigkill_pending("SigPnd:\t0000000000000100\n"));
+        assert!(!sigkill_pending(
+            "SigPnd:\t0000000000000200\nShdPnd:\t0000000000000000\n"
+        ));
+
+        // A real kill: the kill is visible as soon as kill() returned,
+        // before the task is gone.
+        let pid = spawn("sleep 30");
+        assert!(!is_dying(pid));
+        kill(pid, Signal::SIGKILL).expect("SIGKILL");
+        if is_dying(pid) {
+            assert!(wait_exit(pid, KILL_TIMEOUT).expect("our child").is_some());
+        } else {
+            let state = poll_child(pid);
+            assert!(
+                matches!(state, Ok(ChildState::Reaped(_))),
+                "a SIGKILLed child is neither dying nor gone: {state:?}"
+            );
+        }
+    }
+
+    #[test]
     fn wait_exit_reports_status_and_timeout() {
         let pid = spawn("exit 3");
         let exit = wait_exit(pid, Duration::from_secs(10))
@@ -575,8 +643,22 @@ mod tests {
         let mut tracker = Tracker::default();
         tracker.track(sleeper);
         tracker.track(quick);
-        // Let the quick one exit.
-        std::thread::sleep(Duration::from_millis(100));
+        // Let the quick one exit: wait until it is a zombie (not reaped).
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        while std::fs::read_to_string(format!("/proc/{quick}/stat"))
+            .ok()
+            .and_then(|s| {
+                s[s.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .as_deref()
+            != Some("Z")
+        {
+            assert!(Instant::now() < deadline, "`exit 0` did not exit");
+            std::thread::yield_now();
+        }
         let notes = tracker.cleanup();
         assert_eq!(notes, vec![format!("killed pid {sleeper}")]);
         assert!(tracker.pids().is_empty());

@@ -36,7 +36,7 @@ use crate::locate::check_executable;
 use crate::manifest::{is_skipped, TestEntry, DEFAULT_TIMEOUT_SECS};
 use crate::procs::{self, clean_command, poll_child, wait_exit, Backoff, ChildState, Tracker};
 use crate::report::{tail_file, Failure, Outcome, Verdict, TAIL_LINES};
-use crate::state::{self, diff, status, VisibleState};
+use crate::state::{self, diff, status, vmflags, VisibleState};
 
 /// How long to wait for a test to block for good before capturing it.
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -383,8 +383,21 @@ impl Steps<'_> {
         let mut before = self.capture(pid, "before")?;
         if let Some(fd) = self.tracker_fd() {
             // The engine's dirty tracker: its state, not the test's, and by
-            // design neither dumped nor restored.
+            // design neither dumped nor restored. That is the userfaultfd
+            // the pre-dumps left in the task, and the `uw` (VM_UFFD_WP)
+            // VmFlag of every VMA it is registered on: the restored task
+            // has no tracker, so neither. A test's own uffd-wp
+            // registration cannot hide behind this: crust refuses to dump
+            // userfaultfd-registered memory of the task's own.
             before.fds.retain(|f| f.fd != fd);
+            before.vmflags = vmflags::without(&before.vmflags, "uw");
+        }
+        if pre_dumps > 0 {
+            // `sd` (VM_SOFTDIRTY) marks a VMA created since the last
+            // clear_refs; the engine's soft-dirty tracker writes clear_refs
+            // at each pre-dump by design, while a restore creates every VMA
+            // anew. Compared without pre-dumps (no one cleared it then).
+            before.vmflags = vmflags::without(&before.vmflags, "sd");
         }
         self.dump(pid)?;
         self.reap_dumped(pid)?;
@@ -392,7 +405,11 @@ impl Steps<'_> {
         let after = self.capture(pid, "after");
         // Resume it whatever happened, so it can be terminated.
         let _ = kill(pid, Signal::SIGCONT);
-        let after = after?;
+        let mut after = after?;
+        if pre_dumps > 0 {
+            // See `sd` above.
+            after.vmflags = vmflags::without(&after.vmflags, "sd");
+        }
         let diffs: Vec<_> = diff::compare(&before, &after)
             .into_iter()
             .filter(|d| !self.test.skips(&d.check))
@@ -637,7 +654,18 @@ impl Steps<'_> {
                 ))
             }
         }
-        match poll_child(pid) {
+        let mut state = poll_child(pid);
+        if state == Ok(ChildState::Alive) && procs::is_dying(pid) {
+            // Killed, but not dead yet: crust (or whatever killed it) may
+            // exit before the task does. Wait for the exit rather than race
+            // it.
+            state = match wait_exit(pid, self.timeout()) {
+                Ok(Some(exit)) => Ok(ChildState::Reaped(exit)),
+                Ok(None) => Ok(ChildState::Alive),
+                Err(e) => Err(e),
+            };
+        }
+        match state {
             Ok(ChildState::Alive) => {}
             Ok(ChildState::Reaped(exit)) => {
                 self.tracker.forget(pid);

@@ -1,5 +1,5 @@
 //! Visible state capture on real processes (needs root for ptrace of any
-//! task and /proc/PID/pagemap; skipped otherwise).
+//! task and /proc/PID/pagemap; they fail, saying so, without it).
 
 mod common;
 
@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use zdtm_runner::freeze::Frozen;
 use zdtm_runner::state::{capture, diff::compare, VisibleState};
 
-use common::{root_or_skip, spawn, spawn_dummy, state_of, thread_states, wait_until};
+use common::{require_root, spawn, spawn_dummy, state_of, thread_states, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,9 +23,7 @@ fn field<'a>(state: &'a VisibleState, name: &str) -> Option<&'a str> {
 
 #[test]
 fn idle_task_captures_are_equal() {
-    if !root_or_skip("idle_task_captures_are_equal") {
-        return;
-    }
+    require_root("idle_task_captures_are_equal");
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_dummy(dir.path(), &[]);
     let first = capture(child.pid, TIMEOUT).expect("first capture");
@@ -48,9 +46,7 @@ fn idle_task_captures_are_equal() {
 
 #[test]
 fn every_thread_is_frozen() {
-    if !root_or_skip("every_thread_is_frozen") {
-        return;
-    }
+    require_root("every_thread_is_frozen");
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_dummy(dir.path(), &["--threads=3"]);
     let frozen = Frozen::freeze(child.pid, TIMEOUT).expect("freeze");
@@ -71,9 +67,7 @@ fn every_thread_is_frozen() {
 
 #[test]
 fn stopped_task_stays_stopped() {
-    if !root_or_skip("stopped_task_stays_stopped") {
-        return;
-    }
+    require_root("stopped_task_stays_stopped");
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_dummy(dir.path(), &["--threads=1"]);
     let running = capture(child.pid, TIMEOUT).expect("capture while running");
@@ -109,9 +103,7 @@ fn stopped_task_stays_stopped() {
 
 #[test]
 fn busy_task_memory_change_is_reported() {
-    if !root_or_skip("busy_task_memory_change_is_reported") {
-        return;
-    }
+    require_root("busy_task_memory_change_is_reported");
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_dummy(dir.path(), &["--mode=busy"]);
     let first = capture(child.pid, TIMEOUT).expect("first capture");
@@ -130,9 +122,7 @@ fn sleep_is_not_quiescent() {
     // nanosleep writes the remaining time to user memory whenever it is
     // interrupted, a ptrace freeze included: tests must wait in pause() or
     // similar (docs/test-protocol.md). This pins that reasoning down.
-    if !root_or_skip("sleep_is_not_quiescent") {
-        return;
-    }
+    require_root("sleep_is_not_quiescent");
     let child = spawn("sleep", &["30"]);
     assert!(wait_until(TIMEOUT, || state_of(child.pid) == Some('S')));
     let first = capture(child.pid, TIMEOUT).expect("first capture");
@@ -149,9 +139,7 @@ fn migrating_to_another_cpu_changes_nothing() {
     // glibc registers an rseq area per thread; the kernel writes the
     // current CPU into it when the thread returns to user space after a
     // migration. The capture must not see that as a memory change.
-    if !root_or_skip("migrating_to_another_cpu_changes_nothing") {
-        return;
-    }
+    require_root("migrating_to_another_cpu_changes_nothing");
     use nix::sched::{sched_setaffinity, CpuSet};
     let cpus: Vec<usize> = (0..CpuSet::count())
         .filter(|&c| {
@@ -163,10 +151,11 @@ fn migrating_to_another_cpu_changes_nothing() {
         })
         .take(2)
         .collect();
-    if cpus.len() < 2 {
-        eprintln!("migrating_to_another_cpu_changes_nothing: skipped, needs 2 CPUs");
-        return;
-    }
+    assert!(
+        cpus.len() >= 2,
+        "migrating_to_another_cpu_changes_nothing needs 2 CPUs in its affinity mask, has \
+         {cpus:?}: run it where it can migrate, or leave it out by name (--skip)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_dummy(dir.path(), &[]);
     let pin = |cpu: usize| {
@@ -180,29 +169,98 @@ fn migrating_to_another_cpu_changes_nothing() {
     };
     let on_first = pin(cpus[0]);
     let on_second = pin(cpus[1]);
-    assert_eq!(compare(&on_first, &on_second), vec![]);
+    // Only the affinity the test changed differs (the check sees it).
+    let diffs = compare(&on_first, &on_second);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(diffs[0].check, "status:Cpus_allowed_list");
+    assert_eq!(
+        diffs[0].detail,
+        format!("\"{}\" -> \"{}\"", cpus[0], cpus[1])
+    );
 }
 
 #[test]
 fn quiescence_is_detected() {
-    if !root_or_skip("quiescence_is_detected") {
-        return;
-    }
+    require_root("quiescence_is_detected");
     use zdtm_runner::freeze::{blocked_syscalls, wait_quiescent};
     let dir = tempfile::tempdir().expect("tempdir");
     let idle = spawn_dummy(dir.path(), &["--threads=2"]);
     assert!(wait_quiescent(idle.pid, TIMEOUT));
     let lines = blocked_syscalls(idle.pid).expect("all blocked");
     assert_eq!(lines.len(), 3);
-    let pause = libc::SYS_pause.to_string();
-    assert!(
-        lines
-            .iter()
-            .all(|l| l.split_whitespace().next() == Some(pause.as_str())),
+    // The main thread waits for SIGTERM in a futex wait, the others in
+    // pause().
+    let (pause, futex) = (libc::SYS_pause.to_string(), libc::SYS_futex.to_string());
+    let numbers: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        numbers.iter().filter(|n| **n == futex).count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        numbers.iter().filter(|n| **n == pause).count(),
+        2,
         "{lines:?}"
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let busy = spawn_dummy(dir.path(), &["--mode=busy"]);
     assert!(!wait_quiescent(busy.pid, Duration::from_millis(200)));
+}
+
+#[test]
+fn a_thread_in_uninterruptible_sleep_is_not_settled() {
+    // The dummy's main thread sits in vfork(), in state D, with the same
+    // /proc syscall line on every look: blocked, but not settled (a task
+    // in D finishes some work when it wakes, then changes its state).
+    use zdtm_runner::freeze::{look, settled, wait_quiescent};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("pid");
+    let dummy = spawn(
+        common::DUMMY,
+        &[
+            &format!("--pidfile={}", pidfile.display()),
+            &format!("--outfile={}", dir.path().join("out").display()),
+            "--foreground",
+            "--mode=vfork",
+        ],
+    );
+    assert!(wait_until(TIMEOUT, || pidfile.exists()), "not ready");
+    assert!(
+        wait_until(TIMEOUT, || state_of(dummy.pid) == Some('D')),
+        "never in D: {}",
+        thread_states(dummy.pid)
+    );
+    let first = look(dummy.pid).expect("look");
+    let vfork = libc::SYS_vfork.to_string();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].state, 'D', "{first:?}");
+    assert_eq!(
+        first[0].syscall.split_whitespace().next(),
+        Some(vfork.as_str()),
+        "{first:?}"
+    );
+    assert!(!settled(&first, &first), "a thread in D counted as settled");
+    assert!(!wait_quiescent(dummy.pid, Duration::from_millis(300)));
+
+    // Kill the vfork child: the dummy goes on to its SIGTERM wait, where
+    // it sleeps interruptibly, and settles.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dummy.pid))
+        .expect("children");
+    let child: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no vfork child in {children:?}"));
+    kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL).expect("kill the vfork child");
+    assert!(
+        wait_quiescent(dummy.pid, TIMEOUT),
+        "never settled: {}",
+        thread_states(dummy.pid)
+    );
+    // The vfork child is the dummy's zombie; the dummy's own exit (its
+    // drop kills it) hands it to init, which reaps it.
 }

@@ -1,6 +1,6 @@
 //! The `zdtm` binary end to end, with fake crust scripts (the real engine
 //! is driven by the lead's integration test). `zdtm run` needs root: those
-//! tests are skipped otherwise.
+//! tests fail, saying so, without it.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use common::{root_or_skip, script, DUMMY, ZDTM};
+use common::{require_root, script, DUMMY, ZDTM};
 
 /// Tests that write scripts and start processes run one at a time: an
 /// executable being written while another thread forks can fail to exec
@@ -245,9 +245,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn run_checks_names_and_crust() {
-    if !root_or_skip("run_checks_names_and_crust") {
-        return;
-    }
+    require_root("run_checks_names_and_crust");
     let _serial = serial();
     let setup = Setup::new();
     let crust = setup.crust("exit 1", "exit 1");
@@ -272,9 +270,7 @@ fn run_checks_names_and_crust() {
 
 #[test]
 fn excluded_flavor_is_skipped() {
-    if !root_or_skip("excluded_flavor_is_skipped") {
-        return;
-    }
+    require_root("excluded_flavor_is_skipped");
     let _serial = serial();
     let setup = Setup::new();
     let crust = setup.crust("exit 1", "exit 1");
@@ -298,9 +294,7 @@ fn excluded_flavor_is_skipped() {
 
 #[test]
 fn failed_dump_is_reported_and_cleaned_up() {
-    if !root_or_skip("failed_dump_is_reported_and_cleaned_up") {
-        return;
-    }
+    require_root("failed_dump_is_reported_and_cleaned_up");
     let _serial = serial();
     let setup = Setup::new();
     let crust = setup.crust("echo \"cannot dump $pid\" > $log; exit 1", "exit 1");
@@ -327,9 +321,7 @@ fn failed_dump_is_reported_and_cleaned_up() {
 
 #[test]
 fn failed_restore_is_reported() {
-    if !root_or_skip("failed_restore_is_reported") {
-        return;
-    }
+    require_root("failed_restore_is_reported");
     let _serial = serial();
     let setup = Setup::new();
     // The dump "succeeds" by killing the task, as crust does.
@@ -350,9 +342,7 @@ fn failed_restore_is_reported() {
 
 #[test]
 fn dump_that_leaves_the_task_alive_is_a_failure() {
-    if !root_or_skip("dump_that_leaves_the_task_alive_is_a_failure") {
-        return;
-    }
+    require_root("dump_that_leaves_the_task_alive_is_a_failure");
     let _serial = serial();
     let setup = Setup::new();
     std::fs::write(
@@ -383,9 +373,7 @@ fn dump_that_leaves_the_task_alive_is_a_failure() {
 
 #[test]
 fn launch_failures_are_reported() {
-    if !root_or_skip("launch_failures_are_reported") {
-        return;
-    }
+    require_root("launch_failures_are_reported");
     let _serial = serial();
     let setup = Setup::new();
     let crust = setup.crust("exit 1", "exit 1");
@@ -408,9 +396,7 @@ fn launch_failures_are_reported() {
 
 #[test]
 fn hanging_launcher_is_killed_with_its_daemon() {
-    if !root_or_skip("hanging_launcher_is_killed_with_its_daemon") {
-        return;
-    }
+    require_root("hanging_launcher_is_killed_with_its_daemon");
     let _serial = serial();
     let setup = Setup::new();
     std::fs::write(
@@ -455,9 +441,7 @@ fn hanging_launcher_is_killed_with_its_daemon() {
 
 #[test]
 fn pre_dump_sequence_and_steps() {
-    if !root_or_skip("pre_dump_sequence_and_steps") {
-        return;
-    }
+    require_root("pre_dump_sequence_and_steps");
     let _serial = serial();
     let setup = Setup::new();
     std::fs::write(
@@ -552,9 +536,7 @@ fn pre_dump_sequence_and_steps() {
 
 #[test]
 fn no_steps_without_pre_dumps_or_without_the_key() {
-    if !root_or_skip("no_steps_without_pre_dumps_or_without_the_key") {
-        return;
-    }
+    require_root("no_steps_without_pre_dumps_or_without_the_key");
     let _serial = serial();
     let setup = Setup::new();
     let crust = setup.logging_crust("exit 0", KILLING_DUMP, FAILING_RESTORE);
@@ -592,9 +574,7 @@ fn no_steps_without_pre_dumps_or_without_the_key() {
 
 #[test]
 fn pre_dump_and_step_failures() {
-    if !root_or_skip("pre_dump_and_step_failures") {
-        return;
-    }
+    require_root("pre_dump_and_step_failures");
     let _serial = serial();
     let setup = Setup::new();
     setup.dummy_manifest("steps = true\nopts = [\"--steps\"]\n");
@@ -651,9 +631,7 @@ fn pre_dump_and_step_failures() {
 
 #[test]
 fn unused_pre_dump_mode_is_a_usage_error() {
-    if !root_or_skip("unused_pre_dump_mode_is_a_usage_error") {
-        return;
-    }
+    require_root("unused_pre_dump_mode_is_a_usage_error");
     let _serial = serial();
     let setup = Setup::new();
     let crust = setup.crust("exit 1", "exit 1");

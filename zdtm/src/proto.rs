@@ -4,13 +4,14 @@ use std::ffi::CString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use crate::{Args, TestResult};
 
-/// Set by the SIGTERM handler.
-static SIGTERM: AtomicBool = AtomicBool::new(false);
+/// Set to 1 by the SIGTERM handler; the futex word [`wait_for_sigterm`]
+/// sleeps on.
+static SIGTERM: AtomicU32 = AtomicU32::new(0);
 /// Write end of the readiness pipe to the daemonising parent, or -1.
 static READY_FD: AtomicI32 = AtomicI32::new(-1);
 /// Absolute path of the outfile, once [`init`] ran.
@@ -28,7 +29,7 @@ const MSG_FAIL: u8 = b'F';
 extern "C" fn sigterm_handler(_sig: libc::c_int) {
     // Keep this trivial: an atomic store only (no vector registers, no
     // allocation, async-signal-safe).
-    SIGTERM.store(true, Ordering::SeqCst);
+    SIGTERM.store(1, Ordering::SeqCst);
     crate::steps::wake();
 }
 
@@ -39,13 +40,17 @@ pub(crate) fn outfile() -> Option<&'static Path> {
 
 /// Whether SIGTERM has been received.
 pub fn sigterm_received() -> bool {
-    SIGTERM.load(Ordering::SeqCst)
+    SIGTERM.load(Ordering::SeqCst) != 0
 }
 
-/// The flag the SIGTERM handler sets. Tests that install their own SIGTERM
-/// handler must set it (`store(true, SeqCst)`) from that handler so that
-/// [`wait_for_sigterm`] and [`sigterm_received`] keep working.
-pub fn sigterm_flag() -> &'static AtomicBool {
+/// The flag the SIGTERM handler sets to 1 (0 before). Tests that install
+/// their own SIGTERM handler must set it (`store(1, SeqCst)`) from that
+/// handler so that [`wait_for_sigterm`] and [`sigterm_received`] keep
+/// working. It is a futex word: a test that waits for SIGTERM by itself
+/// (in assembly, say) must sleep with `FUTEX_WAIT(word, 0)`, which cannot
+/// miss a SIGTERM that lands between its check and its sleep, never with
+/// `pause()`, which can.
+pub fn sigterm_flag() -> &'static AtomicU32 {
     &SIGTERM
 }
 
@@ -211,7 +216,12 @@ fn daemonize(pidfile: &Path) {
     unsafe { libc::_exit(code) }
 }
 
-/// Reads from the readiness pipe until the ready byte or EOF.
+/// Reads from the readiness pipe until EOF: the ready byte (or a failure
+/// message) comes first, then EOF once the daemon closed its end. Waiting
+/// for EOF, not just the byte, makes sure the daemon no longer holds the
+/// readiness fd when the pidfile appears: the runner's "before" snapshot
+/// must not see a descriptor the dump will not (a child forked before
+/// [`ready`] must close [`ready_fd`] too, or the launcher waits for it).
 fn read_until_ready(fd: libc::c_int) -> Vec<u8> {
     let mut msg = Vec::new();
     let mut buf = [0u8; 512];
@@ -228,9 +238,6 @@ fn read_until_ready(fd: libc::c_int) -> Vec<u8> {
             break;
         }
         msg.extend_from_slice(&buf[..n as usize]);
-        if msg.first() == Some(&MSG_READY) {
-            break;
-        }
     }
     msg
 }
@@ -267,11 +274,44 @@ pub fn ready() {
     }
 }
 
+/// Sleeps until `word` is no longer 0, without a lost wake-up: the futex
+/// wait only sleeps while the word still holds 0, so a signal handler that
+/// sets it between the check and the call makes the call return at once
+/// (`EAGAIN`), and one that runs during the sleep interrupts it (`EINTR`,
+/// or a restart that finds the word changed). `between` runs between the
+/// check and the sleep: the worst moment for a signal, where the tests
+/// deliver one.
+pub(crate) fn wait_until_set(word: &AtomicU32, mut between: impl FnMut()) {
+    while word.load(Ordering::SeqCst) == 0 {
+        between();
+        // SAFETY: `word` is a live, aligned 32-bit atomic for the duration
+        // of the call; FUTEX_WAIT only reads it; a null timeout waits
+        // forever.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                0u32,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+        if rc != 0 {
+            let e = crate::errno();
+            if e != libc::EINTR && e != libc::EAGAIN {
+                fail(&crate::os_err("futex wait for SIGTERM"));
+            }
+        }
+    }
+}
+
 /// Blocks until SIGTERM has been received.
 ///
-/// The process sleeps in `pause()` (no CPU use, no memory writes), which the
-/// SIGTERM handler interrupts. SIGTERM must not be blocked; this fails the
-/// test instead of hanging if it is.
+/// The process sleeps in `futex(FUTEX_WAIT)` on the SIGTERM flag (no CPU
+/// use, no memory writes), which the SIGTERM handler interrupts; a SIGTERM
+/// that arrives just before the sleep is not lost ([`sigterm_flag`]). A
+/// checkpoint restarts the wait transparently. SIGTERM must not be
+/// blocked; this fails the test instead of hanging if it is.
 pub fn wait_for_sigterm() {
     // SAFETY: a zeroed sigset_t is valid storage; sigprocmask with a null
     // new set only queries the mask.
@@ -283,10 +323,7 @@ pub fn wait_for_sigterm() {
     if blocked {
         fail("SIGTERM is blocked, the test cannot wait for it");
     }
-    while !sigterm_received() {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
-    }
+    wait_until_set(&SIGTERM, || {});
 }
 
 fn write_outfile(text: &str) {
@@ -374,4 +411,92 @@ pub fn run<S>(
     ready();
     wait_for_sigterm();
     finish(check(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Set by the SIGUSR1 handler of these tests (SIGTERM's flag belongs
+    /// to the library, and other tests of this crate read it).
+    static WORD: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" fn set_word(_sig: libc::c_int) {
+        WORD.store(1, Ordering::SeqCst);
+    }
+
+    fn install_usr1() {
+        // SAFETY: an all-zero sigaction is valid; the handler only stores
+        // to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = set_word as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+    }
+
+    /// One test at a time owns WORD and SIGUSR1.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_signal_between_check_and_sleep_is_not_lost() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        install_usr1();
+        for _ in 0..100 {
+            WORD.store(0, Ordering::SeqCst);
+            // The signal arrives after the flag was seen clear and before
+            // the sleep: `while !flag { pause() }` sleeps for ever here.
+            let (done, finished) = mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                wait_until_set(&WORD, || {
+                    // SAFETY: raise sends SIGUSR1 to this thread, whose
+                    // handler only stores to an atomic.
+                    assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+                });
+                let _ = done.send(());
+            });
+            finished
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the wait missed a signal delivered between its check and its sleep");
+            waiter.join().expect("waiter");
+        }
+    }
+
+    #[test]
+    fn signals_at_random_moments_always_end_the_wait() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        install_usr1();
+        let mut rng = crate::rng::Rng::new(0x5eed_7e57);
+        for round in 0..2000 {
+            WORD.store(0, Ordering::SeqCst);
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (done, finished) = mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                wait_until_set(&WORD, || {});
+                let _ = done.send(());
+            });
+            let tid = tid_rx.recv().expect("tid");
+            // A few hundred nanoseconds to a few microseconds: around the
+            // waiter's check and its entry into the kernel.
+            let spins = rng.below(4000);
+            for _ in 0..spins {
+                std::hint::spin_loop();
+            }
+            // SAFETY: tgkill to a live thread of ours (it cannot exit
+            // before the flag is set); the handler only stores an atomic.
+            let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) };
+            assert_eq!(rc, 0, "tgkill");
+            finished
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| {
+                    panic!("round {round} (seed 0x5eed7e57, {spins} spins): the wait never ended")
+                });
+            waiter.join().expect("waiter");
+        }
+    }
 }

@@ -9,7 +9,10 @@
 //! asked to`), `launcher-fail` (the launcher exits 3), `no-pidfile` (the
 //! launcher exits 0 without writing the pidfile), `launcher-hang` (the
 //! launcher never exits, its daemon runs), `busy` (a thread keeps
-//! writing memory: the task is not quiescent). `--threads=N` starts N extra
+//! writing memory: the task is not quiescent), `vfork` (once ready, the main
+//! thread sits in `vfork()`, in uninterruptible sleep (state `D`), until its
+//! vfork child, which loops in `pause()`, is killed: a task that is blocked
+//! but not settled). `--threads=N` starts N extra
 //! threads that sleep in `pause()` with SIGTERM blocked. `--foreground`
 //! does not daemonise: the process writes its own pidfile and waits.
 //! `--steps` follows the step protocol (manifest `steps = true`): on each
@@ -21,10 +24,11 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-static TERMINATED: AtomicBool = AtomicBool::new(false);
+/// 0 until SIGTERM: the futex word the main thread waits on.
+static TERMINATED: AtomicU32 = AtomicU32::new(0);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Steps taken so far.
@@ -37,7 +41,60 @@ static STEP_BUF: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
 static STEP_FILES: OnceLock<(CString, CString)> = OnceLock::new();
 
 extern "C" fn on_sigterm(_: libc::c_int) {
-    TERMINATED.store(true, Ordering::SeqCst);
+    TERMINATED.store(1, Ordering::SeqCst);
+}
+
+/// Sleeps until SIGTERM's handler has run, without a lost wake-up: the
+/// futex wait only sleeps while the word still holds 0, so a SIGTERM that
+/// lands between the check and the call makes it return at once (a
+/// `while !flag { pause() }` loop would sleep for ever then).
+fn wait_for_sigterm() {
+    while TERMINATED.load(Ordering::SeqCst) == 0 {
+        // SAFETY: TERMINATED is a live, aligned 32-bit word for the whole
+        // program; FUTEX_WAIT only reads it; a null timeout waits forever.
+        // EINTR (a handler ran) and EAGAIN (the word changed) both mean:
+        // look again.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                TERMINATED.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                0u32,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+    }
+}
+
+/// `--mode=vfork`: vfork a child that loops in `pause()` without touching
+/// memory; this thread waits in the kernel, uninterruptibly (state `D`),
+/// until the child dies. Returns then.
+fn hold_in_vfork() {
+    let ret: i64;
+    // SAFETY: a raw vfork: the child shares our memory and stack, so it
+    // runs only the instructions below, which touch neither (a `pause`
+    // syscall in a loop), until it is killed. The parent resumes once the
+    // child is gone, with rax = the child's pid (or -errno); syscall
+    // clobbers rcx and r11 only.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "3:",
+            "mov eax, 34", // SYS_pause, in the child
+            "syscall",
+            "jmp 3b",
+            "2:",
+            inout("rax") libc::SYS_vfork => ret,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        die("vfork", std::io::Error::from_raw_os_error(-ret as i32));
+    }
 }
 
 /// The step signal's handler: takes the step and acknowledges it. Only
@@ -109,7 +166,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("zdtm-dummy: {msg}");
     eprintln!(
         "usage: zdtm-dummy --pidfile=P --outfile=O \
-         [--mode=pass|fail|launcher-fail|launcher-hang|no-pidfile|busy] \
+         [--mode=pass|fail|launcher-fail|launcher-hang|no-pidfile|busy|vfork] \
          [--threads=N] [--steps] [--foreground]"
     );
     std::process::exit(2);
@@ -235,10 +292,10 @@ fn daemon(args: &Args, ready: impl FnOnce()) -> ! {
         std::thread::yield_now();
     }
     ready();
-    while !TERMINATED.load(Ordering::SeqCst) {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
+    if args.mode == "vfork" {
+        hold_in_vfork();
     }
+    wait_for_sigterm();
     let verdict = if args.mode == "fail" {
         "FAIL: asked to\n".to_string()
     } else if let Err(reason) = check_steps() {
@@ -290,10 +347,20 @@ fn main() {
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(write_end);
-            let mut byte = [0u8; 1];
-            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&read_end), &mut byte) {
-                Ok(1) => {}
-                _ => die("daemon", "exited before it was ready"),
+            // The ready byte, then EOF: the daemon closed its end (so the
+            // runner's snapshot cannot see it) before the pidfile exists.
+            let mut seen = Vec::new();
+            loop {
+                let mut buf = [0u8; 16];
+                match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&read_end), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => die("reading the readiness pipe", e),
+                }
+            }
+            if seen.first() != Some(&b'R') {
+                die("daemon", "exited before it was ready");
             }
             if args.mode == "launcher-hang" {
                 loop {

@@ -2,14 +2,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::attrs::Attrs;
 use super::fds::FdEntry;
 use super::maps::MapEntry;
 use super::memory::{describe_page, diff_pages};
+use super::vmflags;
 use super::VisibleState;
 use crate::freeze::Rseq;
 
 /// One difference between the states before and after: a check name
-/// (`maps`, `fds`, `status:SigBlk`, `cwd`, `root`, `memory`) and a detail
+/// (`maps`, `fds`, `status:SigBlk`, `cwd`, `root`, `vmflags`, `rlimits`,
+/// `sched`, `timers`, `personality`, `oom_score_adj`, `timerslack_ns`,
+/// `rseq`, `memory`) and a detail
 /// whose first line summarises and whose other lines give the specifics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Difference {
@@ -29,10 +33,12 @@ impl Difference {
 }
 
 /// Every difference between `before` and `after`, in a fixed order:
-/// status fields, cwd, root, fds, maps, rseq, memory.
+/// status fields, cwd, root, fds, maps, vmflags, personality,
+/// oom_score_adj, timerslack_ns, rlimits, sched, timers, rseq, memory.
 pub fn compare(before: &VisibleState, after: &VisibleState) -> Vec<Difference> {
     let mut out = Vec::new();
     compare_status(&before.status, &after.status, &mut out);
+    compare_thread_status(&before.thread_status, &after.thread_status, &mut out);
     for (check, b, a) in [
         ("cwd", &before.cwd, &after.cwd),
         ("root", &before.root, &after.root),
@@ -43,6 +49,14 @@ pub fn compare(before: &VisibleState, after: &VisibleState) -> Vec<Difference> {
     }
     out.extend(compare_fds(&before.fds, &after.fds));
     out.extend(compare_maps(&before.maps, &after.maps));
+    let flags = vmflags::compare(&before.vmflags, &after.vmflags, &before.maps, &after.maps);
+    if !flags.is_empty() {
+        out.push(Difference::new(
+            "vmflags",
+            format!("{} range(s) differ\n{}", flags.len(), flags.join("\n")),
+        ));
+    }
+    out.extend(compare_attrs(&before.attrs, &after.attrs));
     out.extend(compare_rseq(&before.rseq, &after.rseq));
     out.extend(compare_memory(before, after));
     out
@@ -81,6 +95,124 @@ fn compare_status(
                 format!("{} -> {}", show(vb), show(va)),
             ));
         }
+    }
+}
+
+/// Lines for two lists keyed by `key`: `name: before -> after`, `name:
+/// missing after restore (was ...)`, `name: new after restore (...)`.
+fn keyed_lines<T: PartialEq, K: Ord + Clone>(
+    before: &[T],
+    after: &[T],
+    key: impl Fn(&T) -> K,
+    name: impl Fn(&K) -> String,
+    show: impl Fn(&T) -> String,
+) -> Vec<String> {
+    let b: BTreeMap<K, &T> = before.iter().map(|x| (key(x), x)).collect();
+    let a: BTreeMap<K, &T> = after.iter().map(|x| (key(x), x)).collect();
+    let keys: BTreeSet<K> = b.keys().chain(a.keys()).cloned().collect();
+    let mut lines = Vec::new();
+    for k in keys {
+        match (b.get(&k), a.get(&k)) {
+            (Some(x), Some(y)) if x != y => {
+                lines.push(format!("{}: {} -> {}", name(&k), show(x), show(y)));
+            }
+            (Some(x), None) => {
+                lines.push(format!(
+                    "{}: missing after restore (was {})",
+                    name(&k),
+                    show(x)
+                ));
+            }
+            (None, Some(y)) => lines.push(format!("{}: new after restore ({})", name(&k), show(y))),
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// Compares the attributes of [`Attrs`]: one difference per check
+/// (`personality`, `oom_score_adj`, `timerslack_ns`, `rlimits`, `sched`,
+/// `timers`), naming each limit, thread or timer that changed.
+pub fn compare_attrs(before: &Attrs, after: &Attrs) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for (check, b, a) in [
+        ("personality", &before.personality, &after.personality),
+        ("oom_score_adj", &before.oom_score_adj, &after.oom_score_adj),
+        ("timerslack_ns", &before.timerslack_ns, &after.timerslack_ns),
+    ] {
+        if b != a {
+            out.push(Difference::new(check, format!("{b} -> {a}")));
+        }
+    }
+    let mut push = |check: &str, what: &str, lines: Vec<String>| {
+        if !lines.is_empty() {
+            out.push(Difference::new(
+                check,
+                format!("{} {what} differ\n{}", lines.len(), lines.join("\n")),
+            ));
+        }
+    };
+    push(
+        "rlimits",
+        "limit(s)",
+        keyed_lines(
+            &before.rlimits,
+            &after.rlimits,
+            |l| l.name.clone(),
+            |k| k.clone(),
+            |l| format!("soft {} hard {}", l.soft, l.hard),
+        ),
+    );
+    push(
+        "sched",
+        "thread(s)",
+        keyed_lines(
+            &before.sched,
+            &after.sched,
+            |t| t.tid,
+            |k| format!("tid {k}"),
+            |t| {
+                let full = t.to_string();
+                full.split_once(": ")
+                    .map_or(full.clone(), |(_, v)| v.to_string())
+            },
+        ),
+    );
+    push(
+        "timers",
+        "timer(s)",
+        keyed_lines(
+            &before.timers,
+            &after.timers,
+            |t| t.id,
+            |k| format!("timer {k}"),
+            |t| t.fields.join(", "),
+        ),
+    );
+    out
+}
+
+/// The per-thread status fields of the threads present on both sides
+/// (a thread missing on one side shows in `status:Threads`), reported
+/// under the same check names as the process's: `status:SigBlk` with
+/// detail `tid 43: "..." -> "..."`.
+fn compare_thread_status(
+    before: &[(i32, Vec<(String, String)>)],
+    after: &[(i32, Vec<(String, String)>)],
+    out: &mut Vec<Difference>,
+) {
+    let after: BTreeMap<i32, &Vec<(String, String)>> = after.iter().map(|(t, f)| (*t, f)).collect();
+    for (tid, fields) in before {
+        let Some(other) = after.get(tid) else {
+            continue;
+        };
+        let mut diffs = Vec::new();
+        compare_status(fields, other, &mut diffs);
+        out.extend(
+            diffs
+                .into_iter()
+                .map(|d| Difference::new(d.check, format!("tid {tid}: {}", d.detail))),
+        );
     }
 }
 
@@ -223,18 +355,25 @@ pub fn compare_memory(before: &VisibleState, after: &VisibleState) -> Option<Dif
     })
 }
 
+/// The fixture of the tests below, for the other test module.
+#[cfg(test)]
+fn tests_state() -> VisibleState {
+    tests::state()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::memory::{Source, VmaDigest};
     use super::*;
 
-    fn state() -> VisibleState {
+    pub(super) fn state() -> VisibleState {
         VisibleState {
             pid: 42,
             status: vec![
                 ("Name".into(), "t".into()),
                 ("SigBlk".into(), "0000000000000000".into()),
             ],
+            thread_status: vec![(43, vec![("SigBlk".into(), "0000000000004000".into())])],
             cwd: "/work".into(),
             root: "/".into(),
             fds: vec![
@@ -271,6 +410,8 @@ mod tests {
                     path: "/lib".into(),
                 },
             ],
+            vmflags: vec![],
+            attrs: Attrs::default(),
             memory: vec![VmaDigest {
                 start: 0x1000,
                 end: 0x3000,
@@ -313,6 +454,20 @@ mod tests {
                 Difference::new("status:Seccomp", "(absent) -> \"2\""),
                 Difference::new("cwd", "/work -> /elsewhere"),
             ]
+        );
+    }
+
+    #[test]
+    fn reports_thread_status_changes() {
+        let before = state();
+        let mut after = state();
+        after.thread_status[0].1[0].1 = "0000000000000000".into();
+        assert_eq!(
+            compare(&before, &after),
+            vec![Difference::new(
+                "status:SigBlk",
+                "tid 43: \"0000000000004000\" -> \"0000000000000000\""
+            )]
         );
     }
 
@@ -387,5 +542,108 @@ mod tests {
         // A VMA missing on one side is left to the maps check.
         after.memory.clear();
         assert_eq!(compare_memory(&before, &after), None);
+    }
+}
+
+#[cfg(test)]
+mod attr_tests {
+    use super::super::attrs::{Rlimit, Sched, Timer};
+    use super::super::vmflags::VmaFlags;
+    use super::*;
+
+    fn attrs() -> Attrs {
+        Attrs {
+            personality: "00000000".into(),
+            oom_score_adj: "0".into(),
+            timerslack_ns: "50000".into(),
+            rlimits: vec![
+                Rlimit {
+                    name: "Max open files".into(),
+                    soft: "1024".into(),
+                    hard: "4096".into(),
+                },
+                Rlimit {
+                    name: "Max core file size".into(),
+                    soft: "0".into(),
+                    hard: "unlimited".into(),
+                },
+            ],
+            sched: vec![Sched {
+                tid: 42,
+                policy: 0,
+                flags: 0,
+                nice: 0,
+                priority: 0,
+                deadline: [0; 3],
+                util: [0, 1024],
+            }],
+            timers: vec![Timer {
+                id: 0,
+                fields: vec!["signal: 14/0000000000000000".into(), "ClockID: 1".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn equal_attrs_have_no_difference() {
+        assert_eq!(compare_attrs(&attrs(), &attrs()), vec![]);
+    }
+
+    #[test]
+    fn names_each_changed_attribute() {
+        let before = attrs();
+        let mut after = attrs();
+        after.personality = "00400000".into();
+        after.oom_score_adj = "500".into();
+        after.rlimits[0].soft = "512".into();
+        after.sched[0].nice = 5;
+        after.sched[0].flags = 1;
+        after.timers.clear();
+        assert_eq!(
+            compare_attrs(&before, &after),
+            vec![
+                Difference::new("personality", "00000000 -> 00400000"),
+                Difference::new("oom_score_adj", "0 -> 500"),
+                Difference::new(
+                    "rlimits",
+                    "1 limit(s) differ\nMax open files: soft 1024 hard 4096 -> soft 512 hard 4096"
+                ),
+                Difference::new(
+                    "sched",
+                    "1 thread(s) differ\ntid 42: SCHED_OTHER flags 0x0 nice 0 rt priority 0 \
+                     runtime/deadline/period 0/0/0 util 0-1024 -> SCHED_OTHER flags 0x1 nice 5 \
+                     rt priority 0 runtime/deadline/period 0/0/0 util 0-1024"
+                ),
+                Difference::new(
+                    "timers",
+                    "1 timer(s) differ\ntimer 0: missing after restore (was signal: \
+                     14/0000000000000000, ClockID: 1)"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn vmflags_differences_are_one_check() {
+        let mut before = super::tests_state();
+        let mut after = super::tests_state();
+        let flags = |f: &str| f.split_whitespace().map(str::to_string).collect();
+        before.vmflags = vec![VmaFlags {
+            start: 0x1000,
+            end: 0x3000,
+            flags: flags("rd wr lo"),
+        }];
+        after.vmflags = vec![VmaFlags {
+            start: 0x1000,
+            end: 0x3000,
+            flags: flags("rd wr"),
+        }];
+        assert_eq!(
+            compare(&before, &after),
+            vec![Difference::new(
+                "vmflags",
+                "1 range(s) differ\n1000-3000 rw-p [heap]: VmFlags lo rd wr -> rd wr (lost lo)"
+            )]
+        );
     }
 }

@@ -1,12 +1,18 @@
-//! Memory contents: a hash of every readable page, per VMA.
+//! Memory contents: a hash of every page, per VMA, `PROT_NONE` ones
+//! included.
 //!
-//! For private anonymous VMAs (`[heap]`, `[stack]`, `[anon:...]`, plain
-//! anonymous) only the pages `/proc/PID/pagemap` reports present (bit 63) or
-//! swapped (bit 62) are read, through `/proc/PID/mem`; the others count as
-//! zero pages and are not read, since reading would fault them in. Other
-//! readable VMAs (file-backed, shared, `[vdso]`) are read whole. `[vvar]`,
-//! `[vvar_vclock]` and `[vsyscall]` are skipped: their contents are the
-//! kernel's, not the task's.
+//! Pages are read through `/proc/PID/mem`, which reads with `FOLL_FORCE`:
+//! the contents of a `PROT_NONE` (or write-only) mapping are read as well
+//! as any other, and must survive a restore as well (a task may
+//! `mprotect` them readable later). For private anonymous VMAs (`[heap]`,
+//! `[stack]`, `[anon:...]`, plain anonymous) only the pages
+//! `/proc/PID/pagemap` reports present (bit 63) or swapped (bit 62) are
+//! read; the others count as zero pages and are not read, since reading
+//! would fault them in. Other VMAs (file-backed, shared, `[vdso]`) are read
+//! whole. `[vvar]`, `[vvar_vclock]` and `[vsyscall]` are skipped: their
+//! contents are the kernel's, not the task's. A guard region page
+//! (`MADV_GUARD_INSTALL`, pagemap bit 58) gets the marker [`GUARD`]: a
+//! restore must keep it a guard page, not turn it into a zero page.
 //!
 //! Each page is hashed with XXH3-64. Pages whose contents are all zero (or
 //! that were not read) are not stored, so "absent" and "present but zero"
@@ -30,6 +36,10 @@ use super::CaptureError;
 
 /// Pseudo-hash of a page `/proc/PID/mem` could not read.
 pub const UNREADABLE: u64 = u64::MAX;
+/// Pseudo-hash of a guard region page.
+pub const GUARD: u64 = u64::MAX - 1;
+/// Pagemap bit: the PTE is a guard region marker (since Linux 6.15).
+pub const PAGEMAP_GUARD: u64 = 1 << 58;
 /// Pagemap bit: page present in RAM.
 pub const PAGEMAP_PRESENT: u64 = 1 << 63;
 /// Pagemap bit: page swapped out.
@@ -70,9 +80,10 @@ pub struct VmaDigest {
     pub digest: u64,
 }
 
-/// Whether the contents of this VMA are compared.
+/// Whether the contents of this VMA are compared: all but the kernel's
+/// pseudo-VMAs, unreadable ones included (read with `FOLL_FORCE`).
 pub fn wants_digest(entry: &MapEntry) -> bool {
-    entry.is_readable() && !SKIPPED_PATHS.contains(&entry.path.as_str())
+    !SKIPPED_PATHS.contains(&entry.path.as_str())
 }
 
 /// Whether only the pages pagemap reports are read.
@@ -91,6 +102,7 @@ pub fn page_size() -> usize {
 /// Reads and hashes pages of one task.
 struct PageReader {
     mem: File,
+    pagemap: File,
     page: usize,
     zero: u64,
     buf: Vec<u8>,
@@ -141,6 +153,7 @@ impl PageReader {
                             apply_masks(&self.masks, one, at);
                             xxh3_64(one)
                         }
+                        Err(_) if self.is_guard(at) => GUARD,
                         Err(_) => UNREADABLE,
                     };
                     Self::record(self.zero, out, at, hash);
@@ -150,14 +163,23 @@ impl PageReader {
         }
     }
 
-    /// Hashes the present or swapped pages of `[start, end)`.
+    /// Whether pagemap says the page at `addr` is a guard region.
+    fn is_guard(&self, addr: u64) -> bool {
+        let mut raw = [0u8; 8];
+        let at = addr / self.page as u64 * 8;
+        self.pagemap.read_exact_at(&mut raw, at).is_ok()
+            && u64::from_ne_bytes(raw) & PAGEMAP_GUARD != 0
+    }
+
+    /// Hashes the present or swapped pages of `[start, end)`; guard pages
+    /// get [`GUARD`].
     fn hash_pagemap(
         &mut self,
-        pagemap: &File,
         start: u64,
         end: u64,
         out: &mut Vec<(u64, u64)>,
     ) -> std::io::Result<()> {
+        let pagemap = self.pagemap.try_clone()?;
         let page = self.page as u64;
         let total = (end - start) / page;
         let mut entries = vec![0u8; PAGEMAP_CHUNK * 8];
@@ -166,17 +188,24 @@ impl PageReader {
             let n = (total - done).min(PAGEMAP_CHUNK as u64) as usize;
             let bytes = &mut entries[..n * 8];
             pagemap.read_exact_at(bytes, (start / page + done) * 8)?;
-            let present: Vec<bool> = bytes
+            let entries: Vec<u64> = bytes
                 .chunks_exact(8)
                 .map(|b| {
                     let mut raw = [0u8; 8];
                     raw.copy_from_slice(b);
-                    u64::from_ne_bytes(raw) & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0
+                    u64::from_ne_bytes(raw)
                 })
+                .collect();
+            let present: Vec<bool> = entries
+                .iter()
+                .map(|e| e & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0)
                 .collect();
             let mut i = 0;
             while i < n {
                 if !present[i] {
+                    if entries[i] & PAGEMAP_GUARD != 0 {
+                        out.push((start + (done + i as u64) * page, GUARD));
+                    }
                     i += 1;
                     continue;
                 }
@@ -208,6 +237,7 @@ pub fn digest(
     let page = page_size();
     let mut reader = PageReader {
         mem,
+        pagemap,
         page,
         zero: xxh3_64(&vec![0u8; page]),
         buf: vec![0u8; CHUNK_PAGES * page],
@@ -218,7 +248,7 @@ pub fn digest(
         let mut pages = Vec::new();
         let source = if uses_pagemap(entry) {
             reader
-                .hash_pagemap(&pagemap, entry.start, entry.end, &mut pages)
+                .hash_pagemap(entry.start, entry.end, &mut pages)
                 .map_err(|e| CaptureError::io(&pagemap_path, e))?;
             Source::Pagemap
         } else {
@@ -291,11 +321,12 @@ pub fn diff_pages(before: &[(u64, u64)], after: &[(u64, u64)]) -> Option<PageDif
     first.map(|first| PageDiff { count, first })
 }
 
-/// "zero page", "unreadable" or "data (hash ...)".
+/// "zero page", "unreadable", "guard page" or "data (hash ...)".
 pub fn describe_page(hash: Option<u64>) -> String {
     match hash {
         None => "zero page".to_string(),
         Some(UNREADABLE) => "unreadable".to_string(),
+        Some(GUARD) => "guard page".to_string(),
         Some(h) => format!("data {h:016x}"),
     }
 }
@@ -386,6 +417,105 @@ mod tests {
         assert!(masked[0].pages.is_empty(), "{:?}", masked[0].pages);
     }
 
+    /// A private anonymous mapping of `pages` pages of this process,
+    /// unmapped on drop.
+    struct Mapping {
+        addr: *mut libc::c_void,
+        len: usize,
+    }
+
+    impl Mapping {
+        fn new(pages: usize) -> Mapping {
+            let len = pages * page_size();
+            // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(addr, libc::MAP_FAILED, "mmap");
+            Mapping { addr, len }
+        }
+
+        fn start(&self) -> u64 {
+            self.addr as u64
+        }
+
+        fn entry(&self, perms: &str) -> MapEntry {
+            MapEntry {
+                start: self.start(),
+                end: self.start() + self.len as u64,
+                perms: perms.into(),
+                offset: 0,
+                dev: "00:00".into(),
+                inode: 0,
+                path: String::new(),
+            }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: our own mapping, no longer referenced.
+            unsafe { libc::munmap(self.addr, self.len) };
+        }
+    }
+
+    #[test]
+    fn prot_none_contents_are_read() {
+        let page = page_size();
+        let m = Mapping::new(2);
+        // SAFETY: the mapping is ours, read-write, 2 pages long.
+        unsafe { std::ptr::write_bytes(m.addr.cast::<u8>(), 0x5a, page) };
+        // SAFETY: changing the protection of our own mapping.
+        assert_eq!(unsafe { libc::mprotect(m.addr, m.len, libc::PROT_NONE) }, 0);
+        let pid = nix::unistd::getpid();
+        let d = digest(pid, &[m.entry("---p")], &[]).expect("digest");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].pages, vec![(m.start(), xxh3_64(&vec![0x5a; page]))]);
+    }
+
+    #[test]
+    fn guard_pages_are_marked() {
+        const MADV_GUARD_INSTALL: libc::c_int = 102;
+        let page = page_size();
+        let m = Mapping::new(3);
+        // SAFETY: the mapping is ours, read-write, 3 pages long.
+        unsafe { std::ptr::write_bytes(m.addr.cast::<u8>(), 1, 3 * page) };
+        // SAFETY: installs a guard marker on the middle page of our own
+        // mapping (its contents are dropped); nothing references it.
+        let rc = unsafe {
+            libc::madvise(
+                m.addr.cast::<u8>().add(page).cast(),
+                page,
+                MADV_GUARD_INSTALL,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "MADV_GUARD_INSTALL: {}",
+            std::io::Error::last_os_error()
+        );
+        let pid = nix::unistd::getpid();
+        let d = digest(pid, &[m.entry("rw-p")], &[]).expect("digest");
+        let ones = xxh3_64(&vec![1u8; page]);
+        assert_eq!(
+            d[0].pages,
+            vec![
+                (m.start(), ones),
+                (m.start() + page as u64, GUARD),
+                (m.start() + 2 * page as u64, ones)
+            ]
+        );
+        assert_eq!(describe_page(Some(GUARD)), "guard page");
+    }
+
     #[test]
     fn masks_zero_only_the_overlap() {
         let mut buf = [1u8; 8];
@@ -414,7 +544,8 @@ mod tests {
         assert!(!uses_pagemap(&e));
         e.path = "[stack]".into();
         assert!(uses_pagemap(&e));
+        // PROT_NONE contents are compared too (read with FOLL_FORCE).
         e.perms = "---p".into();
-        assert!(!wants_digest(&e));
+        assert!(wants_digest(&e));
     }
 }

@@ -2,22 +2,28 @@
 //! and the runner can observe from outside through `/proc`.
 //!
 //! [`capture`] freezes the task with ptrace ([`crate::freeze`]), reads
-//! - `/proc/PID/status` fields ([`status::COMPARED_FIELDS`]),
+//! - `/proc/PID/status` fields ([`status::COMPARED_FIELDS`]), and the
+//!   per-thread ones of every other thread ([`status::THREAD_FIELDS`]),
 //! - the cwd and root links,
 //! - every descriptor with its target, position and flags ([`fds`]),
 //! - `/proc/PID/maps`, normalised ([`maps`]),
-//! - a hash of every readable page ([`memory`]),
+//! - the `VmFlags` of `/proc/PID/smaps`, by address range ([`vmflags`]),
+//! - resource limits, personality, `oom_score_adj`, timer slack, each
+//!   thread's scheduling attributes and the POSIX timers ([`attrs`]),
+//! - a hash of every page, `PROT_NONE` ones included ([`memory`]),
 //! - the rseq registration of each thread (with ptrace; its kernel-written
 //!   fields are masked out of the memory hashes),
 //!
 //! then detaches. [`diff::compare`] lists the differences between two
 //! captures.
 
+pub mod attrs;
 pub mod diff;
 pub mod fds;
 pub mod maps;
 pub mod memory;
 pub mod status;
+pub mod vmflags;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,9 +32,11 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use crate::freeze::{FreezeError, Frozen, Rseq};
+use attrs::Attrs;
 use fds::FdEntry;
 use maps::MapEntry;
 use memory::{Source, VmaDigest};
+use vmflags::VmaFlags;
 
 /// Why a state could not be captured.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +74,8 @@ pub struct VisibleState {
     /// Selected `/proc/PID/status` fields, in [`status::COMPARED_FIELDS`]
     /// order.
     pub status: Vec<(String, String)>,
+    /// [`status::THREAD_FIELDS`] of every thread but the main one, by tid.
+    pub thread_status: Vec<(i32, Vec<(String, String)>)>,
     /// `/proc/PID/cwd` target.
     pub cwd: String,
     /// `/proc/PID/root` target.
@@ -74,6 +84,10 @@ pub struct VisibleState {
     pub fds: Vec<FdEntry>,
     /// Normalised maps, canonical form.
     pub maps: Vec<MapEntry>,
+    /// `VmFlags` of smaps, merged into ranges of equal flags.
+    pub vmflags: Vec<VmaFlags>,
+    /// Limits, personality, oom_score_adj, timer slack, scheduling, timers.
+    pub attrs: Attrs,
     /// Page hashes of the readable VMAs of the normalised maps.
     pub memory: Vec<VmaDigest>,
     /// rseq registrations, by thread id.
@@ -87,13 +101,20 @@ fn read_link(path: String) -> Result<String, CaptureError> {
 }
 
 /// Reads the state of `pid` without freezing it (the caller must make sure
-/// it does not change meanwhile: [`capture`] does). `rseq` are its threads'
-/// rseq registrations (only ptrace can tell them).
-pub fn read(pid: Pid, rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
+/// it does not change meanwhile: [`capture`] does). `tids` are its threads,
+/// `rseq` their rseq registrations (only ptrace can tell them).
+pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
     let status_path = format!("/proc/{pid}/status");
     let status_text =
         std::fs::read_to_string(&status_path).map_err(|e| CaptureError::io(&status_path, e))?;
     let status = status::select(&status::parse(&status_text));
+    let mut thread_status = Vec::new();
+    for &tid in tids.iter().filter(|&&t| t != pid) {
+        let path = format!("/proc/{pid}/task/{tid}/status");
+        let text = std::fs::read_to_string(&path).map_err(|e| CaptureError::io(&path, e))?;
+        thread_status.push((tid.as_raw(), status::select_thread(&status::parse(&text))));
+    }
+    thread_status.sort_by_key(|(tid, _)| *tid);
     let cwd = read_link(format!("/proc/{pid}/cwd"))?;
     let root = read_link(format!("/proc/{pid}/root"))?;
     let fds = fds::read(pid)?;
@@ -105,15 +126,26 @@ pub fn read(pid: Pid, rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
         message,
     })?;
     let normalised = maps::normalise(raw);
+    let smaps_path = format!("/proc/{pid}/smaps");
+    let smaps_text =
+        std::fs::read_to_string(&smaps_path).map_err(|e| CaptureError::io(&smaps_path, e))?;
+    let vmflags = vmflags::parse(&smaps_text).map_err(|message| CaptureError::Parse {
+        path: smaps_path.into(),
+        message,
+    })?;
+    let attrs = attrs::read(pid, tids)?;
     let masks: Vec<(u64, u64)> = rseq.iter().flat_map(Rseq::kernel_written).collect();
     let memory = memory::digest(pid, &normalised, &masks)?;
     Ok(VisibleState {
         pid: pid.as_raw(),
         status,
+        thread_status,
         cwd,
         root,
         fds,
         maps: maps::canonical(&normalised),
+        vmflags: vmflags::normalise(vmflags),
+        attrs,
         memory,
         rseq: rseq.to_vec(),
     })
@@ -123,7 +155,7 @@ pub fn read(pid: Pid, rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
 /// unfreezes it. A task that was group-stopped stays stopped.
 pub fn capture(pid: Pid, timeout: Duration) -> Result<VisibleState, CaptureError> {
     let frozen = Frozen::freeze(pid, timeout)?;
-    let state = read(pid, &frozen.rseq());
+    let state = read(pid, frozen.threads(), &frozen.rseq());
     frozen.release()?;
     state
 }
@@ -138,6 +170,12 @@ impl VisibleState {
         for (k, v) in &self.status {
             let _ = writeln!(out, "{k}: {v}");
         }
+        for (tid, fields) in &self.thread_status {
+            let _ = writeln!(out, "[status of thread {tid}]");
+            for (k, v) in fields {
+                let _ = writeln!(out, "{k}: {v}");
+            }
+        }
         let _ = writeln!(out, "[cwd]\n{}\n[root]\n{}", self.cwd, self.root);
         let _ = writeln!(out, "[fds]");
         for fd in &self.fds {
@@ -146,6 +184,28 @@ impl VisibleState {
         let _ = writeln!(out, "[maps]");
         for m in &self.maps {
             let _ = writeln!(out, "{m}");
+        }
+        let _ = writeln!(out, "[vmflags]");
+        for v in &self.vmflags {
+            let _ = writeln!(out, "{v}");
+        }
+        let a = &self.attrs;
+        let _ = writeln!(
+            out,
+            "[attrs]\npersonality: {}\noom_score_adj: {}\ntimerslack_ns: {}",
+            a.personality, a.oom_score_adj, a.timerslack_ns
+        );
+        let _ = writeln!(out, "[rlimits]");
+        for l in &a.rlimits {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = writeln!(out, "[sched]");
+        for t in &a.sched {
+            let _ = writeln!(out, "{t}");
+        }
+        let _ = writeln!(out, "[timers]");
+        for t in &a.timers {
+            let _ = writeln!(out, "{t}");
         }
         let _ = writeln!(out, "[rseq]");
         for r in &self.rseq {

@@ -1,9 +1,16 @@
 //! `/proc/PID/status`: the fields that must survive a checkpoint/restore.
 
-/// The compared fields, in report order. Left out on purpose: `State` and
-/// `TracerPid` (the runner's own ptrace stop), `SigQ` and every counter or
-/// memory statistic (they legitimately change), `Cpus_allowed`/`Mems_allowed`
-/// (machine-dependent, not part of this check yet).
+/// The compared fields, in report order: identity, credentials (`Uid` and
+/// `Gid` hold real, effective, saved and fs ids; `Groups` the supplementary
+/// groups), signals, capabilities, no_new_privs, seccomp (mode and number
+/// of filters), THP disable (`THP_enabled`, PR_SET_THP_DISABLE), the
+/// speculation-control prctls, the tagged-address mask, x86 thread
+/// features (shadow stack, where the kernel shows them) and CPU and memory
+/// node affinity (the list forms; the mask forms say the same). Left out
+/// on purpose: `State` and `TracerPid` (the runner's own ptrace stop),
+/// `SigQ` and every counter or memory statistic (they legitimately
+/// change), `Ngid` (the NUMA balancer's choice), `Kthread`,
+/// `CoreDumping`.
 pub const COMPARED_FIELDS: &[&str] = &[
     "Name",
     "Umask",
@@ -30,7 +37,50 @@ pub const COMPARED_FIELDS: &[&str] = &[
     "CapAmb",
     "NoNewPrivs",
     "Seccomp",
+    "Seccomp_filters",
+    "THP_enabled",
+    "Speculation_Store_Bypass",
+    "SpeculationIndirectBranch",
+    "untag_mask",
+    "x86_Thread_features",
+    "x86_Thread_features_locked",
+    "Cpus_allowed_list",
+    "Mems_allowed_list",
 ];
+
+/// The fields of [`COMPARED_FIELDS`] that belong to each thread rather than
+/// to the process: compared for every thread but the main one (whose values
+/// are the process's lines), from `/proc/PID/task/TID/status`.
+pub const THREAD_FIELDS: &[&str] = &[
+    "Name",
+    "Uid",
+    "Gid",
+    "Groups",
+    "SigPnd",
+    "SigBlk",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+    "Seccomp",
+    "Seccomp_filters",
+    "Speculation_Store_Bypass",
+    "SpeculationIndirectBranch",
+    "x86_Thread_features",
+    "x86_Thread_features_locked",
+    "Cpus_allowed_list",
+    "Mems_allowed_list",
+];
+
+/// The [`THREAD_FIELDS`] present in `fields`, in that order.
+pub fn select_thread(fields: &[(String, String)]) -> Vec<(String, String)> {
+    THREAD_FIELDS
+        .iter()
+        .filter_map(|name| fields.iter().find(|(k, _)| k == name).cloned())
+        .collect()
+}
 
 /// Every `Key: value` line, values with runs of whitespace collapsed to one
 /// space (`Uid:\t0\t0\t0\t0` gives `("Uid", "0 0 0 0")`).
@@ -77,6 +127,18 @@ mod tests {
         assert!(fields.contains(&("VmRSS".into(), "1024 kB".into())));
         assert_eq!(state_letter(SAMPLE), Some('S'));
         assert_eq!(state_letter("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn thread_fields_are_compared_fields() {
+        for f in THREAD_FIELDS {
+            assert!(COMPARED_FIELDS.contains(f), "{f}");
+        }
+        let keys: Vec<_> = select_thread(&parse(SAMPLE))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["Name", "Uid", "Gid", "Groups", "SigPnd", "SigBlk"]);
     }
 
     #[test]

@@ -14,13 +14,16 @@ pub const ZDTM: &str = env!("CARGO_BIN_EXE_zdtm");
 /// The protocol-following dummy test.
 pub const DUMMY: &str = env!("CARGO_BIN_EXE_zdtm-dummy");
 
-/// Whether we can run the tests that need root (ptrace, subreaper, zdtm run).
-pub fn root_or_skip(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("{test}: skipped, needs root");
-    }
-    root
+/// Fails the test unless it runs as root (ptrace of any task, pagemap,
+/// the subreaper, `zdtm run`): a test that needs root must not pass
+/// without having run.
+pub fn require_root(test: &str) {
+    let euid = nix::unistd::geteuid();
+    assert!(
+        euid.is_root(),
+        "{test} needs root (ptrace, /proc/PID/pagemap, zdtm run) and runs as uid {euid}: \
+         run the runner's tests as root"
+    );
 }
 
 /// Polls `cond` every 5 ms up to `timeout`.

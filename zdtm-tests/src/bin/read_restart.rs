@@ -17,7 +17,7 @@ extern "C" fn on_sigterm(_sig: i32) {
     let fd = WRITE_FD.load(SeqCst);
     // SAFETY: write(2) is async-signal-safe; the buffer is a static byte.
     unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
-    zdtm::sigterm_flag().store(true, SeqCst);
+    zdtm::sigterm_flag().store(1, SeqCst);
 }
 
 fn setup() -> TestResult<i32> {
