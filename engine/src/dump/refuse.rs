@@ -14,7 +14,8 @@ use crate::error::Result;
 /// `our_tracker`: the descriptor of the engine's own dirty tracker in the
 /// task, if any (not the task's state, so never refused).
 pub(crate) fn task_state(pid: pid_t, our_tracker: Option<i32>) -> Result<()> {
-    let _ = our_tracker;
     super::single_thread(pid)?;
+    super::task::refuse_attrs(pid)?;
+    super::mem::refuse_layout(pid, our_tracker.is_some())?;
     Ok(())
 }

@@ -2,9 +2,12 @@
 //! futexes, credentials-free process attributes.
 
 use crate::error::{Error, Result};
-use crate::image::messages::{AltStack, Core, PendingSignal, Rlimit, Rseq, SigAction};
+use crate::image::messages::{
+    AltStack, Attrs, Core, Itimer, PendingSignal, Rlimit, Rseq, Sched, SigAction,
+};
 use crate::inject::Injector;
 use crate::proc;
+use crate::sys::sched;
 use crate::sys::syscalls::{get_robust_list, prlimit};
 use crate::sys::Tracee;
 
@@ -19,6 +22,8 @@ pub(crate) const RLIMITS: u32 = 16;
 pub(crate) struct Collected {
     pub core: Core,
     pub brk: u64,
+    /// mlockall(MCL_FUTURE[|MCL_ONFAULT]) in force (see `probe_lock_future`).
+    pub lock_future: u32,
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -31,6 +36,7 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
     let scratch = inj.map_scratch(None, 4096)?;
     let buf = scratch.addr;
+    let lock_future = probe_lock_future(inj.pid(), buf)?;
     let mut core = Core::default();
     for sig in 1..=64 {
         if is_fixed_signal(sig) {
@@ -77,8 +83,108 @@ pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
         &[libc::PR_GET_PDEATHSIG as u64, buf],
     )?;
     core.pdeath_signal = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
+    core.attrs = Some(collect_attrs_injected(inj, buf)?);
     inj.unmap_scratch()?;
-    Ok(Collected { core, brk })
+    Ok(Collected {
+        core,
+        brk,
+        lock_future,
+    })
+}
+
+/// mlockall(MCL_FUTURE) lives in the mm's default VMA flags, which /proc
+/// does not show; but every new mapping gets them. The scratch page just
+/// mapped by an injected mmap is such a mapping: its smaps VmFlags show
+/// `lo` (and `lf` for MCL_ONFAULT) exactly when MCL_FUTURE is in force.
+fn probe_lock_future(pid: i32, scratch: u64) -> Result<u32> {
+    let vmas = proc::maps::read_smaps(pid)?;
+    let v = vmas
+        .iter()
+        .find(|v| v.start <= scratch && scratch < v.end)
+        .ok_or_else(|| Error::task(pid, format!("scratch page {scratch:#x} not in smaps")))?;
+    let mut flags = 0;
+    if v.vm_flags.locked() {
+        flags |= libc::MCL_FUTURE as u32;
+        if v.vm_flags.lock_on_fault() {
+            flags |= libc::MCL_ONFAULT as u32;
+        }
+    }
+    Ok(flags)
+}
+
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_GET_TSC: u64 = 25;
+const PR_GET_DUMPABLE: u64 = 3;
+const ARCH_GET_CPUID: u64 = 0x1011;
+const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
+/// prctl and arch_prctl state, membarrier registrations and interval
+/// timers: only the task can tell (one injected call each).
+fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
+    let pid = inj.pid();
+    let prctl = |inj: &mut Injector, name, op: u64, arg: u64| {
+        inj.call(name, libc::SYS_prctl, &[op, arg, 0, 0, 0])
+    };
+    let mut a = Attrs {
+        thp_disable: prctl(inj, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32,
+        mce_kill: prctl(inj, "prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0)? as i32,
+        dumpable: prctl(inj, "prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0)? as i32,
+        ..Default::default()
+    };
+    prctl(
+        inj,
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        PR_GET_CHILD_SUBREAPER,
+        buf,
+    )?;
+    a.child_subreaper = u64_at(&inj.get(0, 8)?, 0) as u32 != 0;
+    prctl(inj, "prctl(PR_GET_TSC)", PR_GET_TSC, buf)?;
+    a.tsc = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
+    // ENODEV: no CPUID faulting on this CPU, so cpuid always works.
+    a.cpuid = match inj.raw(libc::SYS_arch_prctl, &[ARCH_GET_CPUID, 0])? {
+        r if r >= 0 => r as i32,
+        r if r == -(libc::ENODEV as i64) => 1,
+        r => {
+            return Err(Error::task(
+                pid,
+                format!("arch_prctl(ARCH_GET_CPUID) failed: errno {}", -r),
+            ))
+        }
+    };
+    inj.call(
+        "arch_prctl(ARCH_GET_XCOMP_PERM)",
+        libc::SYS_arch_prctl,
+        &[ARCH_GET_XCOMP_PERM, buf],
+    )?;
+    a.xcomp_perm = u64_at(&inj.get(0, 8)?, 0);
+    a.membarrier = inj.call(
+        "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)",
+        libc::SYS_membarrier,
+        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+    )? as u32;
+    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+        inj.call("getitimer", libc::SYS_getitimer, &[which as u64, buf])?;
+        let b = inj.get(0, 32)?;
+        let us = |off| u64_at(&b, off) * 1_000_000 + u64_at(&b, off + 8);
+        let t = Itimer {
+            which,
+            interval_us: us(0),
+            value_us: us(16),
+        };
+        if t.value_us != 0 {
+            a.itimers.push(t);
+        }
+    }
+    if a.dumpable == 2 {
+        return Err(Error::unsupported(
+            pid,
+            "dumpable 2 (suid_dumpable after a set-id exec): prctl cannot set it back",
+        ));
+    }
+    Ok(a)
 }
 
 /// State readable from outside: ptrace requests, /proc, prlimit.
@@ -122,11 +228,117 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
             format!("root directory {root} (chroot)"),
         ));
     }
+    collect_attrs_external(pid, core)?;
     core.cwd = proc::read_link(format!("/proc/{pid}/cwd"))?;
     if core.cwd.ends_with(" (deleted)") {
         return Err(Error::unsupported(
             pid,
             format!("working directory was removed: {}", core.cwd),
+        ));
+    }
+    Ok(())
+}
+
+fn read_proc(pid: i32, file: &str) -> Result<String> {
+    let path = proc::pid_path(pid, file);
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+}
+
+fn proc_number<T: std::str::FromStr>(pid: i32, file: &str) -> Result<T> {
+    let text = read_proc(pid, file)?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::task(pid, format!("/proc/{pid}/{file} reads {:?}", text.trim())))
+}
+
+/// The Speculation* lines of a /proc/PID/status.
+fn speculation(pid: i32) -> Result<String> {
+    Ok(read_proc(pid, "status")?
+        .lines()
+        .filter(|l| l.starts_with("Speculation"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Scheduling, affinity, OOM score, timer slack and speculation control:
+/// read from outside.
+fn collect_attrs_external(pid: i32, core: &mut Core) -> Result<()> {
+    let a = core.attrs.get_or_insert_with(Attrs::default);
+    let s = sched::sched_getattr(pid)?;
+    a.sched = Some(Sched {
+        policy: s.policy,
+        flags: s.flags & (sched::SCHED_FLAG_RESET_ON_FORK | sched::SCHED_FLAG_DL),
+        nice: s.nice,
+        priority: s.priority,
+        runtime: s.runtime,
+        deadline: s.deadline,
+        period: s.period,
+        util_min: s.util_min,
+        util_max: s.util_max,
+        affinity: sched::getaffinity(pid)?,
+    });
+    a.oom_score_adj = proc_number(pid, "oom_score_adj")?;
+    a.timer_slack_ns = proc_number(pid, "timerslack_ns")?;
+    a.speculation = speculation(pid)?;
+    Ok(())
+}
+
+/// PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE: what PR_SET_IO_FLUSHER sets.
+const PF_IO_FLUSHER: u32 = 0x0008_0000 | 0x0010_0000;
+
+/// Process attributes that cannot be restored yet, refused by name from
+/// outside (run by pre-dump and dump through `refuse::task_state`).
+pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
+    let kids = proc::task::children(pid)?;
+    if !kids.is_empty() {
+        let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "{} child process(es) ({}), live or zombie: process trees are not supported yet",
+                kids.len(),
+                list.join(", ")
+            ),
+        ));
+    }
+    let timers = read_proc(pid, "timers")?;
+    let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
+    if n > 0 {
+        return Err(Error::unsupported(
+            pid,
+            format!("{n} POSIX timer(s) (timer_create): not supported yet"),
+        ));
+    }
+    let stat = proc::stat::read_stat(pid)?;
+    if stat.flags & PF_IO_FLUSHER == PF_IO_FLUSHER {
+        return Err(Error::unsupported(
+            pid,
+            "PR_SET_IO_FLUSHER is set: restoring it needs CAP_SYS_RESOURCE",
+        ));
+    }
+    // The restored task starts from this engine's speculation control
+    // (a forked stub inherits it), which prctl can only tighten.
+    let theirs = speculation(pid)?;
+    let ours = speculation(std::process::id() as i32)?;
+    if theirs != ours {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "speculation control differs from the engine's ({:?} vs {:?})",
+                theirs, ours
+            ),
+        ));
+    }
+    let adj: i32 = proc_number(pid, "oom_score_adj")?;
+    let ours: i32 = proc_number(std::process::id() as i32, "oom_score_adj")?;
+    let cap_resource = proc::status::read_status(std::process::id() as i32)?
+        .has_cap_eff(proc::status::cap::SYS_RESOURCE);
+    if adj < ours && !cap_resource {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "oom_score_adj {adj} is below the engine's ({ours}): setting it needs CAP_SYS_RESOURCE"
+            ),
         ));
     }
     Ok(())

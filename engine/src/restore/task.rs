@@ -1,8 +1,9 @@
 //! Per-task state: mm fields, signals, cwd, umask, rseq, robust list...
 
 use crate::error::{Error, Result};
-use crate::image::messages::{Core, Mm, TaskEntry};
+use crate::image::messages::{Attrs, Core, Mm, TaskEntry};
 use crate::inject::Injector;
+use crate::sys::sched::{self, SchedAttr};
 use crate::sys::syscalls::prlimit;
 
 const PR_SET_MM: u64 = 35;
@@ -174,6 +175,166 @@ pub(crate) fn restore_rlimits(pid: i32, core: &Core) -> Result<()> {
             Error::Sys { errno: nix::errno::Errno::EPERM, .. } => Error::task(pid, format!("cannot set rlimit {} to {}/{}: the hard limit is above this engine's own (no CAP_SYS_RESOURCE)", r.resource, r.cur, r.max)),
             e => e,
         })?;
+    }
+    Ok(())
+}
+
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_MCE_KILL: u64 = 33;
+const PR_MCE_KILL_CLEAR: u64 = 0;
+const PR_MCE_KILL_SET: u64 = 1;
+const PR_MCE_KILL_DEFAULT: i32 = 2;
+const PR_SET_TSC: u64 = 26;
+const PR_SET_DUMPABLE: u64 = 4;
+const ARCH_SET_CPUID: u64 = 0x1012;
+const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+
+fn write_proc(pid: i32, file: &str, value: String) -> Result<()> {
+    let path = crate::proc::pid_path(pid, file);
+    std::fs::write(&path, value).map_err(|e| Error::io("writing", path, e))
+}
+
+fn read_proc(pid: i32, file: &str) -> Result<String> {
+    let path = crate::proc::pid_path(pid, file);
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+}
+
+/// Scheduling, affinity, OOM score and timer slack, set from outside on
+/// the stub's pid; speculation control checked (it cannot be set back).
+pub(crate) fn restore_attrs_external(pid: i32, a: &Attrs) -> Result<()> {
+    if let Some(s) = &a.sched {
+        // Affinity first: a deadline task's mask cannot shrink afterwards.
+        if !s.affinity.is_empty() {
+            sched::setaffinity(pid, &s.affinity)?;
+        }
+        let clamps = !(s.util_min == 0 && (s.util_max == 1024 || s.util_max == 0));
+        let attr = SchedAttr {
+            size: sched::SCHED_ATTR_SIZE,
+            policy: s.policy,
+            flags: s.flags
+                | if clamps {
+                    sched::SCHED_FLAG_UTIL_CLAMP
+                } else {
+                    0
+                },
+            nice: s.nice,
+            priority: s.priority,
+            runtime: s.runtime,
+            deadline: s.deadline,
+            period: s.period,
+            util_min: s.util_min,
+            util_max: s.util_max,
+        };
+        sched::sched_setattr(pid, &attr)?;
+    }
+    // After the policy: a real-time policy resets the slack.
+    write_proc(pid, "timerslack_ns", a.timer_slack_ns.to_string())?;
+    write_proc(pid, "oom_score_adj", a.oom_score_adj.to_string()).map_err(|e| {
+        Error::task(
+            pid,
+            format!("cannot set oom_score_adj to {}: {e}", a.oom_score_adj),
+        )
+    })?;
+    let now: String = read_proc(pid, "status")?
+        .lines()
+        .filter(|l| l.starts_with("Speculation"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if now != a.speculation {
+        return Err(Error::task(
+            pid,
+            format!(
+                "speculation control is {now:?} here but was {:?} at dump",
+                a.speculation
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// prctl and arch_prctl state, membarrier registrations and interval
+/// timers, by injected calls.
+pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    let prctl = |inj: &mut Injector, name, args: [u64; 3]| {
+        inj.call(name, libc::SYS_prctl, &[args[0], args[1], args[2], 0, 0])
+    };
+    prctl(
+        inj,
+        "prctl(PR_SET_THP_DISABLE)",
+        [
+            PR_SET_THP_DISABLE,
+            (a.thp_disable & 1) as u64,
+            (a.thp_disable & !1) as u64,
+        ],
+    )?;
+    prctl(
+        inj,
+        "prctl(PR_SET_CHILD_SUBREAPER)",
+        [PR_SET_CHILD_SUBREAPER, a.child_subreaper as u64, 0],
+    )?;
+    let mce = if a.mce_kill == PR_MCE_KILL_DEFAULT {
+        [PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0]
+    } else {
+        [PR_MCE_KILL, PR_MCE_KILL_SET, a.mce_kill as u64]
+    };
+    prctl(inj, "prctl(PR_MCE_KILL)", mce)?;
+    if a.tsc != 0 {
+        prctl(inj, "prctl(PR_SET_TSC)", [PR_SET_TSC, a.tsc as u64, 0])?;
+    }
+    if a.cpuid == 0 {
+        inj.call(
+            "arch_prctl(ARCH_SET_CPUID)",
+            libc::SYS_arch_prctl,
+            &[ARCH_SET_CPUID, 0],
+        )?;
+    }
+    let buf = inj.scratch()?.addr;
+    inj.call(
+        "arch_prctl(ARCH_GET_XCOMP_PERM)",
+        libc::SYS_arch_prctl,
+        &[ARCH_GET_XCOMP_PERM, buf],
+    )?;
+    let b = inj.get(0, 8)?;
+    let have = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    for bit in 0..64u64 {
+        if (a.xcomp_perm & !have) >> bit & 1 != 0 {
+            inj.call(
+                "arch_prctl(ARCH_REQ_XCOMP_PERM)",
+                libc::SYS_arch_prctl,
+                &[ARCH_REQ_XCOMP_PERM, bit],
+            )?;
+        }
+    }
+    for bit in 0..32u32 {
+        let cmd = a.membarrier & (1 << bit);
+        if cmd != 0 {
+            inj.call(
+                "membarrier(REGISTER)",
+                libc::SYS_membarrier,
+                &[cmd as u64, 0, 0],
+            )?;
+        }
+    }
+    for t in &a.itimers {
+        let tv = |us: u64| [us / 1_000_000, us % 1_000_000];
+        let words = [tv(t.interval_us), tv(t.value_us)].concat();
+        let p = inj.put(0, &le(&words))?;
+        inj.call("setitimer", libc::SYS_setitimer, &[t.which as u64, p, 0])?;
+    }
+    Ok(())
+}
+
+/// Dumpable goes last among the task's own calls: credential changes
+/// reset it.
+pub(crate) fn restore_dumpable(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    if a.dumpable != 1 {
+        inj.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            &[PR_SET_DUMPABLE, a.dumpable as u64, 0, 0, 0],
+        )?;
     }
     Ok(())
 }
