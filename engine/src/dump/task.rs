@@ -174,7 +174,10 @@ fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
             interval_us: us(0),
             value_us: us(16),
         };
-        if t.value_us != 0 {
+        // An expired ITIMER_REAL whose SIGALRM is still queued reads 0
+        // with its interval: the kernel re-arms it when the signal is
+        // taken, so the interval alone is state too.
+        if t.value_us != 0 || t.interval_us != 0 {
             a.itimers.push(t);
         }
     }

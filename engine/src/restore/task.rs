@@ -318,11 +318,48 @@ pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()
         }
     }
     for t in &a.itimers {
-        let tv = |us: u64| [us / 1_000_000, us % 1_000_000];
-        let words = [tv(t.interval_us), tv(t.value_us)].concat();
-        let p = inj.put(0, &le(&words))?;
-        inj.call("setitimer", libc::SYS_setitimer, &[t.which as u64, p, 0])?;
+        if t.which == libc::ITIMER_REAL {
+            // Expired with its SIGALRM still queued (value 0): the kernel
+            // re-arms it when the signal is taken, but setitimer with a
+            // zero value would forget the interval. Expiring it again at
+            // once gives the same state: the interval kept, a SIGALRM
+            // pending (merged with the one restored), re-armed on delivery.
+            set_itimer(inj, t.which, t.interval_us, t.value_us.max(1))?;
+            continue;
+        }
+        set_itimer(inj, t.which, t.interval_us, t.value_us)?;
+        // The kernel adds one tick to a CPU-time timer it arms, so a
+        // timer read and set back would gain a tick per checkpoint. The
+        // stopped stub uses no CPU time: what it reads back now, less what
+        // was asked, is exactly that tick.
+        inj.call("getitimer", libc::SYS_getitimer, &[t.which as u64, buf])?;
+        let b = inj.get(0, 32)?;
+        let w = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let got = w(16) * 1_000_000 + w(24);
+        let extra = got.saturating_sub(t.value_us);
+        if extra > 0 && extra < t.value_us {
+            set_itimer(inj, t.which, t.interval_us, t.value_us - extra)?;
+        }
     }
+    Ok(())
+}
+
+fn set_itimer(inj: &mut Injector, which: i32, interval_us: u64, value_us: u64) -> Result<()> {
+    let tv = |us: u64| [us / 1_000_000, us % 1_000_000];
+    let words = [tv(interval_us), tv(value_us)].concat();
+    let p = inj.put(0, &le(&words))?;
+    inj.call("setitimer", libc::SYS_setitimer, &[which as u64, p, 0])?;
     Ok(())
 }
 
