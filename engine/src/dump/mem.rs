@@ -1060,6 +1060,77 @@ fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages:
 mod tests {
     use super::*;
 
+    fn smaps_vma(header: &str, flags: &str) -> ProcVma {
+        let text = format!("{header}\nVmFlags: {flags}\n");
+        proc::maps::parse_smaps(&text).expect("parse").remove(0)
+    }
+
+    #[test]
+    fn vm_flags_policy_names_what_it_cannot_restore() {
+        let anon = "7f0000000000-7f0000010000 rw-p 00000000 00:00 0 ";
+        let restorable = smaps_vma(
+            anon,
+            "rd wr mr mw me ac lo lf sr dd wf dc hg mg nr sl gu sd",
+        );
+        assert!(refused_vm_flags(&restorable, false).is_empty());
+        let v = smaps_vma(anon, "rd wr mr mw me nr wf dd dp");
+        assert_eq!(refused_vm_flags(&v, false), ["dp"]);
+        let v = smaps_vma(anon, "rd wr mr mw me ht");
+        assert_eq!(refused_vm_flags(&v, false), ["ht"]);
+        let v = smaps_vma(anon, "rd wr mr mw me uw zz");
+        assert_eq!(refused_vm_flags(&v, false), ["uw", "zz"]);
+        assert_eq!(refused_vm_flags(&v, true), ["zz"], "uw is our tracker's");
+        let err = check_vmas(1, &[smaps_vma(anon, "rd wr ss")], false).unwrap_err();
+        assert!(err.to_string().contains("shadow stack"), "{err}");
+        // The kernel's own mappings carry driver flags and are not refused.
+        let vdso = smaps_vma(
+            "7fff00000000-7fff00002000 r-xp 00000000 00:00 0 [vdso]",
+            "rd ex mr mw me de sd",
+        );
+        assert!(check_vmas(1, &[vdso], false).is_ok());
+    }
+
+    #[test]
+    fn madvise_bits_and_names_come_from_smaps() {
+        let v = smaps_vma(
+            "7f0000000000-7f0000010000 rw-p 00000000 00:00 0 [anon:my buf]",
+            "rd wr mr mw me sr nr lo lf sl",
+        );
+        let m = madvise_bits(&v);
+        for bit in [
+            madv::SEQUENTIAL,
+            madv::NORESERVE,
+            madv::LOCKED,
+            madv::LOCKONFAULT,
+            madv::SEALED,
+        ] {
+            assert_ne!(m & bit, 0, "bit {bit:#x}");
+        }
+        assert_eq!(m & (madv::RANDOM | madv::DONTDUMP), 0);
+        assert_eq!(anon_name(&v), Some("my buf"));
+        let shm = smaps_vma(
+            "7f0000000000-7f0000010000 rw-s 00000000 00:01 1234 [anon_shmem:ring]",
+            "rd wr sh mr mw me ms",
+        );
+        assert_eq!(anon_name(&shm), Some("ring"));
+        let plain = smaps_vma(
+            "7f0000000000-7f0000010000 rw-p 00000000 00:00 0 [heap]",
+            "rd wr",
+        );
+        assert_eq!(anon_name(&plain), None);
+    }
+
+    #[test]
+    fn guard_entries_old_and_new_style() {
+        assert!(is_guard(PM_GUARD_REGION | (1 << 62) | 0x9f));
+        assert!(
+            is_guard((1 << 62) | 0x9f),
+            "marker type 31, offset PTE_MARKER_GUARD"
+        );
+        assert!(!is_guard((1 << 62) | 0x3f), "uffd-wp marker only");
+        assert!(!is_guard(1 << 63));
+    }
+
     #[test]
     fn runs_merge_when_contiguous() {
         let mut e = Vec::new();

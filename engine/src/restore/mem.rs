@@ -658,6 +658,55 @@ mod tests {
     }
 
     #[test]
+    fn vm_flag_mismatches_are_named_and_tracker_bits_ignored() {
+        let flags = |codes: &str| VmFlags::parse(codes).bits();
+        let v = Vma {
+            start: 0x1000_0000,
+            end: 0x1001_0000,
+            prot: 3,
+            kind: VmaKind::AnonPrivate as i32,
+            vm_flags: flags("rd wr mr mw me ac lo"),
+            ..Default::default()
+        };
+        let mm = Mm {
+            vmas: vec![v],
+            ..Default::default()
+        };
+        let now = |codes: &str| {
+            let text = format!("10000000-10010000 rw-p 00000000 00:00 0 \nVmFlags: {codes}\n");
+            crate::proc::maps::parse_smaps(&text).unwrap()
+        };
+        assert!(vm_flag_mismatches(&mm, &now("rd wr mr mw me ac lo sd uw")).is_empty());
+        let bad = vm_flag_mismatches(&mm, &now("rd wr mr mw me ac"));
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0].contains("dumped `rd wr mr mw me lo ac`"),
+            "{}",
+            bad[0]
+        );
+        assert!(
+            bad[0].contains("restored `rd wr mr mw me ac`"),
+            "{}",
+            bad[0]
+        );
+    }
+
+    #[test]
+    fn unaccounted_means_never_writable_private() {
+        let mut v = Vma {
+            prot: libc::PROT_READ as u32,
+            kind: VmaKind::FilePrivate as i32,
+            vm_flags: VmFlags::READ | VmFlags::MAYREAD,
+            ..Default::default()
+        };
+        assert!(unaccounted(&v));
+        v.vm_flags |= VmFlags::ACCOUNT;
+        assert!(!unaccounted(&v), "was writable once: charged");
+        v.vm_flags = 0;
+        assert!(!unaccounted(&v), "old images without VmFlags");
+    }
+
+    #[test]
     fn free_area_avoids_taken_ranges() {
         let taken = [
             (0x5555_0000_0000, 0x5555_0010_0000),

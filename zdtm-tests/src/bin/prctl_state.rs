@@ -1,13 +1,16 @@
 //! prctl state kept across checkpoint/restore: THP disabled (with
 //! PR_THP_DISABLE_EXCEPT_ADVISED where the kernel has it), child
 //! subreaper, timer slack, parent-death signal, machine-check kill policy
-//! (early), not dumpable, and a coredump filter. Each is read back with
+//! (early), not dumpable, KSM merge-any (PR_SET_MEMORY_MERGE) and a
+//! coredump filter. Each is read back with
 //! its getter after restore.
 
 use zdtm::{ensure_eq, TestResult};
 
 const PR_SET_THP_DISABLE: i32 = 41;
 const PR_GET_THP_DISABLE: i32 = 42;
+const PR_SET_MEMORY_MERGE: i32 = 67;
+const PR_GET_MEMORY_MERGE: i32 = 68;
 const PR_THP_DISABLE_EXCEPT_ADVISED: libc::c_ulong = 1 << 1;
 const SLACK_NS: libc::c_ulong = 123_457;
 const COREDUMP_FILTER: u32 = 0x3b;
@@ -20,6 +23,7 @@ struct Prctl {
     pdeath: i32,
     mce: i32,
     dumpable: i32,
+    memory_merge: i32,
     coredump_filter: String,
 }
 
@@ -58,6 +62,7 @@ fn read() -> TestResult<Prctl> {
         pdeath,
         mce: prctl(libc::PR_MCE_KILL_GET, 0)?,
         dumpable: prctl(libc::PR_GET_DUMPABLE, 0)?,
+        memory_merge: prctl(PR_GET_MEMORY_MERGE, 0)?,
         coredump_filter: std::fs::read_to_string("/proc/self/coredump_filter")
             .map_err(|e| format!("coredump_filter: {e}"))?
             .trim()
@@ -103,8 +108,10 @@ fn setup(_: &zdtm::Args) -> TestResult<Prctl> {
         format!("{COREDUMP_FILTER:#x}"),
     )
     .map_err(|e| format!("writing coredump_filter: {e}"))?;
+    prctl(PR_SET_MEMORY_MERGE, 1)?;
     prctl(libc::PR_SET_DUMPABLE, 0)?;
     let s = read()?;
+    ensure_eq!(s.memory_merge, 1, "KSM merge-any before the dump");
     ensure_eq!(s.subreaper, 1, "subreaper before the dump");
     ensure_eq!(s.dumpable, 0, "dumpable before the dump");
     ensure_eq!(s.slack, SLACK_NS as i32, "timer slack before the dump");
