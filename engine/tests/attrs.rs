@@ -1,6 +1,7 @@
 //! Process attributes crust cannot restore yet are refused by name, at
 //! dump and at pre-dump time, and the process runs on untouched: children
-//! (live or zombie), POSIX timers, and a VMA flag restore cannot
+//! (live or zombie), a POSIX timer on another process's CPU clock, and a
+//! VMA flag restore cannot
 //! reproduce (MAP_DROPPABLE, smaps `dp`).
 
 mod common;
@@ -14,8 +15,8 @@ use test_case::test_case;
 #[test_case("child", "child process", true ; "live child at pre-dump")]
 #[test_case("zombie", "child process", false ; "zombie child at dump")]
 #[test_case("zombie", "child process", true ; "zombie child at pre-dump")]
-#[test_case("posixtimer", "POSIX timer", false ; "posix timer at dump")]
-#[test_case("posixtimer", "POSIX timer", true ; "posix timer at pre-dump")]
+#[test_case("cputimer", "CPU clock of pid", false ; "timer on another cpu clock at dump")]
+#[test_case("cputimer", "CPU clock of pid", true ; "timer on another cpu clock at pre-dump")]
 #[test_case("droppable", "`dp`", false ; "droppable mapping at dump")]
 #[test_case("droppable", "`dp`", true ; "droppable mapping at pre-dump")]
 fn attribute_refused_by_name(state: &str, named: &str, pre_dump: bool) {

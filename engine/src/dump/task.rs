@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::messages::{
-    AltStack, Attrs, Core, Itimer, PendingSignal, Rlimit, Rseq, Sched, SigAction,
+    AltStack, Attrs, Core, Itimer, PendingSignal, PosixTimer, Rlimit, Rseq, Sched, SigAction,
 };
 use crate::inject::Injector;
 use crate::proc;
@@ -181,6 +181,18 @@ fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
             a.itimers.push(t);
         }
     }
+    for mut t in posix_timers(pid)? {
+        inj.call(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            &[t.id as u64, buf],
+        )?;
+        let b = inj.get(0, 32)?;
+        let ns = |off| u64_at(&b, off) * 1_000_000_000 + u64_at(&b, off + 8);
+        t.interval_ns = ns(0);
+        t.remaining_ns = ns(16);
+        a.posix_timers.push(t);
+    }
     if a.dumpable == 2 {
         return Err(Error::unsupported(
             pid,
@@ -304,12 +316,14 @@ pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
             ),
         ));
     }
-    let timers = read_proc(pid, "timers")?;
-    let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
-    if n > 0 {
+    let timers = posix_timers(pid)?;
+    if !timers.is_empty() && !can_restore_timer_ids() {
         return Err(Error::unsupported(
             pid,
-            format!("{n} POSIX timer(s) (timer_create): not supported yet"),
+            format!(
+                "{} POSIX timer(s): this kernel cannot recreate them with their ids (no PR_TIMER_CREATE_RESTORE_IDS)",
+                timers.len()
+            ),
         ));
     }
     let stat = proc::stat::read_stat(pid)?;
@@ -345,4 +359,138 @@ pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+const PR_TIMER_CREATE_RESTORE_IDS_GET: libc::c_ulong = 2;
+const SIGEV_SIGNAL: i32 = 0;
+const SIGEV_NONE: i32 = 1;
+const SIGEV_THREAD_ID: i32 = 4;
+
+/// Whether this kernel can create a POSIX timer with a chosen id.
+fn can_restore_timer_ids() -> bool {
+    // SAFETY: a getter prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            PR_TIMER_CREATE_RESTORE_IDS,
+            PR_TIMER_CREATE_RESTORE_IDS_GET,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    r >= 0
+}
+
+/// The task's POSIX timers as /proc/PID/timers lists them (no times yet).
+/// Refuses what restore could not recreate: a timer signalling another
+/// task, or on another process's CPU clock.
+pub(crate) fn posix_timers(pid: i32) -> Result<Vec<PosixTimer>> {
+    parse_timers(pid, &read_proc(pid, "timers")?)
+}
+
+fn parse_timers(pid: i32, text: &str) -> Result<Vec<PosixTimer>> {
+    let bad = |what: String| Error::unsupported(pid, what);
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let (key, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        if key == "ID" {
+            let id = value
+                .parse()
+                .map_err(|_| bad(format!("/proc/{pid}/timers: bad ID {value:?}")))?;
+            out.push(PosixTimer {
+                id,
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else {
+            continue;
+        };
+        match key {
+            "signal" => {
+                let (signo, val) = value.split_once('/').unwrap_or((value, "0"));
+                t.signo = signo.parse().unwrap_or(-1);
+                t.value = u64::from_str_radix(val, 16).unwrap_or(u64::MAX);
+                if t.signo < 0 || t.value == u64::MAX {
+                    return Err(bad(format!("POSIX timer {}: signal {value:?}", t.id)));
+                }
+            }
+            "notify" => {
+                // "signal/pid.N", "signal/tid.N", "none/pid.N"
+                let (how, target) = value.split_once('/').unwrap_or((value, ""));
+                let (kind, who) = target.split_once('.').unwrap_or((target, ""));
+                let base = match how {
+                    "signal" => SIGEV_SIGNAL,
+                    "none" => SIGEV_NONE,
+                    _ => {
+                        return Err(bad(format!(
+                            "POSIX timer {} with notification {value:?}",
+                            t.id
+                        )))
+                    }
+                };
+                t.notify = base | if kind == "tid" { SIGEV_THREAD_ID } else { 0 };
+                if who.parse::<i32>().ok() != Some(pid) {
+                    return Err(bad(format!(
+                        "POSIX timer {} signals another task ({value:?})",
+                        t.id
+                    )));
+                }
+            }
+            "ClockID" => {
+                t.clock_id = value
+                    .parse()
+                    .map_err(|_| bad(format!("POSIX timer {}: clock {value:?}", t.id)))?;
+                // CPU clocks encode a pid: ~(clock >> 3); 0 means "self".
+                if t.clock_id < 0 && !(t.clock_id >> 3) != 0 {
+                    return Err(bad(format!(
+                        "POSIX timer {} on the CPU clock of pid {}",
+                        t.id,
+                        !(t.clock_id >> 3)
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As 6.18 prints them (newest first).
+    const TIMERS: &str = "ID: 45\nsignal: 0/0000000000000000\nnotify: none/pid.100\nClockID: -6\n\
+ID: 44\nsignal: 12/0000000000000000\nnotify: signal/tid.100\nClockID: 7\n\
+ID: 42\nsignal: 10/0000000000001234\nnotify: signal/pid.100\nClockID: 1\n";
+
+    #[test]
+    fn timers_parse() {
+        let t = parse_timers(100, TIMERS).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!((t[0].id, t[0].notify, t[0].clock_id), (45, SIGEV_NONE, -6));
+        assert_eq!(
+            (t[1].signo, t[1].notify),
+            (12, SIGEV_SIGNAL | SIGEV_THREAD_ID)
+        );
+        assert_eq!(
+            (t[2].id, t[2].signo, t[2].value, t[2].clock_id),
+            (42, 10, 0x1234, 1)
+        );
+    }
+
+    #[test]
+    fn timers_of_others_are_refused() {
+        let other = TIMERS.replace("signal/pid.100", "signal/pid.7");
+        let e = parse_timers(100, &other).unwrap_err().to_string();
+        assert!(e.contains("signals another task"), "{e}");
+        // make_process_cpuclock(55, CPUCLOCK_SCHED) = (~55 << 3) | 2
+        let clock = (!55i32 << 3) | 2;
+        let other = TIMERS.replace("ClockID: -6", &format!("ClockID: {clock}"));
+        let e = parse_timers(100, &other).unwrap_err().to_string();
+        assert!(e.contains("CPU clock of pid 55"), "{e}");
+    }
 }

@@ -554,4 +554,29 @@ pub struct Attrs {
     /// outside: restore checks the new task shows the same).
     #[prost(string, tag = "13")]
     pub speculation: String,
+    #[prost(message, repeated, tag = "14")]
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// One POSIX timer (timer_create), from /proc/PID/timers and an injected
+/// timer_gettime; recreated with the same id (PR_TIMER_CREATE_RESTORE_IDS).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PosixTimer {
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    #[prost(int32, tag = "2")]
+    pub clock_id: i32,
+    /// SIGEV_SIGNAL, SIGEV_NONE, or SIGEV_SIGNAL | SIGEV_THREAD_ID.
+    #[prost(int32, tag = "3")]
+    pub notify: i32,
+    #[prost(int32, tag = "4")]
+    pub signo: i32,
+    /// sigev_value, as the kernel prints it.
+    #[prost(uint64, tag = "5")]
+    pub value: u64,
+    #[prost(uint64, tag = "6")]
+    pub interval_ns: u64,
+    /// Time to the next expiry; 0: disarmed.
+    #[prost(uint64, tag = "7")]
+    pub remaining_ns: u64,
 }

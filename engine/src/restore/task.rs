@@ -352,6 +352,7 @@ pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()
             set_itimer(inj, t.which, t.interval_us, t.value_us - extra)?;
         }
     }
+    restore_posix_timers(inj, a)?;
     Ok(())
 }
 
@@ -360,6 +361,64 @@ fn set_itimer(inj: &mut Injector, which: i32, interval_us: u64, value_us: u64) -
     let words = [tv(interval_us), tv(value_us)].concat();
     let p = inj.put(0, &le(&words))?;
     inj.call("setitimer", libc::SYS_setitimer, &[which as u64, p, 0])?;
+    Ok(())
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+const SIGEV_THREAD_ID: i32 = 4;
+
+/// POSIX timers, each recreated with its id, clock, notification and
+/// sigev_value, then armed with its remaining time and interval.
+fn restore_posix_timers(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    if a.posix_timers.is_empty() {
+        return Ok(());
+    }
+    let pid = inj.pid();
+    inj.call(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)",
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
+    )?;
+    for t in &a.posix_timers {
+        // struct sigevent: sigev_value (8), sigev_signo (4), sigev_notify
+        // (4), then the union whose first int is the thread id; 64 bytes.
+        let mut ev = vec![0u8; 64];
+        ev[0..8].copy_from_slice(&t.value.to_le_bytes());
+        ev[8..12].copy_from_slice(&t.signo.to_le_bytes());
+        ev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+        if t.notify & SIGEV_THREAD_ID != 0 {
+            ev[16..20].copy_from_slice(&pid.to_le_bytes());
+        }
+        let evp = inj.put(0, &ev)?;
+        let idp = inj.put(64, &t.id.to_le_bytes())?;
+        inj.call(
+            "timer_create",
+            libc::SYS_timer_create,
+            &[t.clock_id as i64 as u64, evp, idp],
+        )?;
+        let got = inj.get(64, 4)?;
+        let got = i32::from_le_bytes([got[0], got[1], got[2], got[3]]);
+        if got != t.id {
+            return Err(Error::task(
+                pid,
+                format!("timer_create gave POSIX timer id {got}, not {}", t.id),
+            ));
+        }
+        if t.remaining_ns != 0 {
+            let ts = |ns: u64| [ns / 1_000_000_000, ns % 1_000_000_000];
+            let spec = inj.put(128, &le(&[ts(t.interval_ns), ts(t.remaining_ns)].concat()))?;
+            inj.call(
+                "timer_settime",
+                libc::SYS_timer_settime,
+                &[t.id as u64, 0, spec, 0],
+            )?;
+        }
+    }
+    inj.call(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)",
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
+    )?;
     Ok(())
 }
 

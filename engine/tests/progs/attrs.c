@@ -9,7 +9,7 @@
  * STATE, each something crust must refuse by name:
  *   child      a live child (killed with us: PR_SET_PDEATHSIG)
  *   zombie     a child that exited and is not reaped
- *   posixtimer a POSIX timer (timer_create), armed
+ *   cputimer   a POSIX timer on the parent's CPU clock, armed
  *   droppable  a MAP_DROPPABLE mapping (smaps `dp`)
  */
 #define _GNU_SOURCE
@@ -84,12 +84,15 @@ static void setup(int fd, const char *state) {
             if (waitid(P_PID, (id_t)kid, &si, WEXITED | WNOWAIT))
                 die(fd, "waitid");
         }
-    } else if (!strcmp(state, "posixtimer")) {
+    } else if (!strcmp(state, "cputimer")) {
         struct sigevent ev;
+        clockid_t clock;
         memset(&ev, 0, sizeof ev);
         ev.sigev_notify = SIGEV_NONE;
         struct itimerspec its = {.it_value = {.tv_sec = 1000}};
-        if (timer_create(CLOCK_MONOTONIC, &ev, &timer) || timer_settime(timer, 0, &its, NULL))
+        if (clock_getcpuclockid(getppid(), &clock))
+            die(fd, "clock_getcpuclockid");
+        if (timer_create(clock, &ev, &timer) || timer_settime(timer, 0, &its, NULL))
             die(fd, "timer_create");
     } else if (!strcmp(state, "droppable")) {
         dropped = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_DROPPABLE_FLAG | MAP_ANONYMOUS,
@@ -111,7 +114,7 @@ static const char *still_there(const char *state) {
         memset(&si, 0, sizeof si);
         if (waitid(P_PID, (id_t)kid, &si, WEXITED | WNOHANG) || si.si_pid != kid)
             return "zombie child not there to reap";
-    } else if (!strcmp(state, "posixtimer")) {
+    } else if (!strcmp(state, "cputimer")) {
         struct itimerspec its;
         if (timer_gettime(timer, &its) || its.it_value.tv_sec == 0)
             return "timer gone or disarmed";
