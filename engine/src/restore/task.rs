@@ -228,6 +228,9 @@ pub(crate) fn restore_attrs_external(pid: i32, a: &Attrs) -> Result<()> {
             util_max: s.util_max,
         };
         sched::sched_setattr(pid, &attr)?;
+        // sched_setattr sets nice for SCHED_OTHER and SCHED_BATCH only,
+        // but a SCHED_IDLE (or real-time) task has one too.
+        sched::set_nice(pid, s.nice)?;
     }
     // After the policy: a real-time policy resets the slack.
     write_proc(pid, "timerslack_ns", a.timer_slack_ns.to_string())?;

@@ -87,3 +87,13 @@ pub fn setaffinity(pid: pid_t, mask: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// setpriority(PRIO_PROCESS, pid, nice).
+pub fn set_nice(pid: pid_t, nice: i32) -> Result<()> {
+    // SAFETY: setpriority with integer arguments.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) };
+    if r != 0 {
+        return Err(Error::sys("setpriority", pid, Errno::last()));
+    }
+    Ok(())
+}

@@ -1,8 +1,9 @@
 //! prctl state kept across checkpoint/restore: THP disabled (with
 //! PR_THP_DISABLE_EXCEPT_ADVISED where the kernel has it), child
 //! subreaper, timer slack, parent-death signal, machine-check kill policy
-//! (early), not dumpable, KSM merge-any (PR_SET_MEMORY_MERGE) and a
-//! coredump filter. Each is read back with
+//! (early), not dumpable, KSM merge-any (PR_SET_MEMORY_MERGE), a
+//! personality (ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT) and a coredump
+//! filter. Each is read back with
 //! its getter after restore.
 
 use zdtm::{ensure_eq, TestResult};
@@ -24,6 +25,7 @@ struct Prctl {
     mce: i32,
     dumpable: i32,
     memory_merge: i32,
+    personality: i32,
     coredump_filter: String,
 }
 
@@ -63,6 +65,8 @@ fn read() -> TestResult<Prctl> {
         mce: prctl(libc::PR_MCE_KILL_GET, 0)?,
         dumpable: prctl(libc::PR_GET_DUMPABLE, 0)?,
         memory_merge: prctl(PR_GET_MEMORY_MERGE, 0)?,
+        // SAFETY: 0xffffffff only queries the persona.
+        personality: unsafe { libc::personality(0xffff_ffff) },
         coredump_filter: std::fs::read_to_string("/proc/self/coredump_filter")
             .map_err(|e| format!("coredump_filter: {e}"))?
             .trim()
@@ -109,6 +113,13 @@ fn setup(_: &zdtm::Args) -> TestResult<Prctl> {
     )
     .map_err(|e| format!("writing coredump_filter: {e}"))?;
     prctl(PR_SET_MEMORY_MERGE, 1)?;
+    // SAFETY: changes only how this process's later mmaps are placed.
+    if unsafe {
+        libc::personality((libc::ADDR_NO_RANDOMIZE | libc::ADDR_COMPAT_LAYOUT) as libc::c_ulong)
+    } < 0
+    {
+        return Err(zdtm::os_err("personality"));
+    }
     prctl(libc::PR_SET_DUMPABLE, 0)?;
     let s = read()?;
     ensure_eq!(s.memory_merge, 1, "KSM merge-any before the dump");

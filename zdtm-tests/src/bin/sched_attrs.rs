@@ -10,7 +10,7 @@ const NICE: i32 = 7;
 const OOM_ADJ: &str = "321";
 
 #[derive(Debug, PartialEq, Eq, Clone)]
-struct Sched {
+pub struct Sched {
     policy: i32,
     nice: i32,
     cpus: Vec<usize>,
@@ -51,12 +51,13 @@ fn read() -> TestResult<Sched> {
     })
 }
 
-fn setup(_: &zdtm::Args) -> TestResult<Sched> {
+/// Sets `policy` (with SCHED_RESET_ON_FORK) and nice 7, one CPU, an OOM
+/// score and a timer slack; shared with `sched_idle`.
+pub fn setup_policy(policy: i32) -> TestResult<Sched> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: param is a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH | SCHED_RESET_ON_FORK, &param) } != 0
-    {
-        return Err(zdtm::os_err("sched_setscheduler(SCHED_BATCH)"));
+    if unsafe { libc::sched_setscheduler(0, policy | SCHED_RESET_ON_FORK, &param) } != 0 {
+        return Err(zdtm::os_err("sched_setscheduler"));
     }
     // SAFETY: lowers our own priority.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) } != 0 {
@@ -84,7 +85,7 @@ fn setup(_: &zdtm::Args) -> TestResult<Sched> {
     let s = read()?;
     ensure_eq!(
         s.policy,
-        libc::SCHED_BATCH | SCHED_RESET_ON_FORK,
+        policy | SCHED_RESET_ON_FORK,
         "policy before the dump"
     );
     ensure_eq!(s.nice, NICE, "nice before the dump");
@@ -92,7 +93,11 @@ fn setup(_: &zdtm::Args) -> TestResult<Sched> {
     Ok(s)
 }
 
-fn check(before: Sched) -> TestResult {
+fn setup(_: &zdtm::Args) -> TestResult<Sched> {
+    setup_policy(libc::SCHED_BATCH)
+}
+
+pub fn check(before: Sched) -> TestResult {
     ensure_eq!(read()?, before, "scheduling state after restore");
     Ok(())
 }
