@@ -478,7 +478,7 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
         auxv,
         exe_path,
         lock_future: 0,
-        coredump_filter: Some(coredump_filter(pid)?),
+        coredump_filter: coredump_filter(pid)?,
         ksm_merge_any: ksm_merge_any(pid)?,
     })
 }
@@ -488,10 +488,14 @@ fn read_proc(pid: pid_t, file: &str) -> Result<String> {
     std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
 }
 
-/// /proc/PID/coredump_filter (hexadecimal).
-fn coredump_filter(pid: pid_t) -> Result<u32> {
+/// /proc/PID/coredump_filter (hexadecimal); absent without ELF core dumps.
+fn coredump_filter(pid: pid_t) -> Result<Option<u32>> {
+    if !proc::pid_path(pid, "coredump_filter").exists() {
+        return Ok(None);
+    }
     let text = read_proc(pid, "coredump_filter")?;
     u32::from_str_radix(text.trim(), 16)
+        .map(Some)
         .map_err(|_| Error::task(pid, format!("coredump_filter reads {:?}", text.trim())))
 }
 

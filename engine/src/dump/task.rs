@@ -121,6 +121,47 @@ const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: u64 = 1 << 3;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: u64 = 1 << 5;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: u64 = 1 << 7;
+
+/// The task's membarrier registrations, as the REGISTER_* command bits.
+/// Kernels before 6.3 have no GET_REGISTRATIONS: there each private
+/// expedited barrier is tried (it fails with EPERM unless registered, and
+/// is harmless otherwise); a GLOBAL_EXPEDITED registration cannot be seen
+/// that way (the global barrier works without it) and is not restored.
+fn membarrier_registrations(inj: &mut Injector) -> Result<u32> {
+    let pid = inj.pid();
+    let r = inj.raw(
+        libc::SYS_membarrier,
+        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+    )?;
+    if r >= 0 {
+        return Ok(r as u32);
+    }
+    if r != -(libc::EINVAL as i64) {
+        return Err(Error::task(
+            pid,
+            format!(
+                "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) failed: errno {}",
+                -r
+            ),
+        ));
+    }
+    let mut regs = 0;
+    for cmd in [
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE,
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+    ] {
+        // The REGISTER_ command is the barrier's bit shifted once.
+        if inj.raw(libc::SYS_membarrier, &[cmd, 0, 0])? == 0 {
+            regs |= (cmd << 1) as u32;
+        }
+    }
+    Ok(regs)
+}
+
 /// prctl and arch_prctl state, membarrier registrations and interval
 /// timers: only the task can tell (one injected call each).
 fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
@@ -154,17 +195,18 @@ fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
             ))
         }
     };
-    inj.call(
-        "arch_prctl(ARCH_GET_XCOMP_PERM)",
-        libc::SYS_arch_prctl,
-        &[ARCH_GET_XCOMP_PERM, buf],
-    )?;
-    a.xcomp_perm = u64_at(&inj.get(0, 8)?, 0);
-    a.membarrier = inj.call(
-        "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)",
-        libc::SYS_membarrier,
-        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
-    )? as u32;
+    // EINVAL before 5.16: no dynamically permitted xfeatures at all.
+    a.xcomp_perm = match inj.raw(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, buf])? {
+        0 => u64_at(&inj.get(0, 8)?, 0),
+        r if r == -(libc::EINVAL as i64) => 0,
+        r => {
+            return Err(Error::task(
+                pid,
+                format!("arch_prctl(ARCH_GET_XCOMP_PERM) failed: errno {}", -r),
+            ))
+        }
+    };
+    a.membarrier = membarrier_registrations(inj)?;
     for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
         inj.call("getitimer", libc::SYS_getitimer, &[which as u64, buf])?;
         let b = inj.get(0, 32)?;

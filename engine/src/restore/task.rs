@@ -294,13 +294,17 @@ pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()
         )?;
     }
     let buf = inj.scratch()?.addr;
-    inj.call(
-        "arch_prctl(ARCH_GET_XCOMP_PERM)",
-        libc::SYS_arch_prctl,
-        &[ARCH_GET_XCOMP_PERM, buf],
-    )?;
-    let b = inj.get(0, 8)?;
-    let have = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let have = if a.xcomp_perm == 0 {
+        0
+    } else {
+        inj.call(
+            "arch_prctl(ARCH_GET_XCOMP_PERM)",
+            libc::SYS_arch_prctl,
+            &[ARCH_GET_XCOMP_PERM, buf],
+        )?;
+        let b = inj.get(0, 8)?;
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    };
     for bit in 0..64u64 {
         if (a.xcomp_perm & !have) >> bit & 1 != 0 {
             inj.call(
