@@ -376,15 +376,18 @@ pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
         ));
     }
     // The restored task starts from this engine's speculation control
-    // (a forked stub inherits it), which prctl can only tighten.
-    let theirs = speculation(pid)?;
-    let ours = speculation(std::process::id() as i32)?;
-    if theirs != ours {
+    // (a forked stub inherits it); only per-task states can be set back.
+    let theirs = read_proc(pid, "status")?;
+    let ours = read_proc(std::process::id() as i32, "status")?;
+    let theirs = crate::speculation::lines(&theirs);
+    let ours = crate::speculation::lines(&ours);
+    let bad = crate::speculation::unreachable(&theirs, &ours);
+    if !bad.is_empty() {
         return Err(Error::unsupported(
             pid,
             format!(
-                "speculation control differs from the engine's ({:?} vs {:?})",
-                theirs, ours
+                "speculation control {:?} is system-wide and differs from the engine's {:?}",
+                bad, ours
             ),
         ));
     }

@@ -202,7 +202,7 @@ fn read_proc(pid: i32, file: &str) -> Result<String> {
 }
 
 /// Scheduling, affinity, OOM score and timer slack, set from outside on
-/// the stub's pid; speculation control checked (it cannot be set back).
+/// the stub's pid.
 pub(crate) fn restore_attrs_external(pid: i32, a: &Attrs) -> Result<()> {
     if let Some(s) = &a.sched {
         // Affinity first: a deadline task's mask cannot shrink afterwards.
@@ -240,11 +240,26 @@ pub(crate) fn restore_attrs_external(pid: i32, a: &Attrs) -> Result<()> {
             format!("cannot set oom_score_adj to {}: {e}", a.oom_score_adj),
         )
     })?;
-    let now: String = read_proc(pid, "status")?
-        .lines()
-        .filter(|l| l.starts_with("Speculation"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    Ok(())
+}
+
+const PR_SET_SPECULATION_CTRL: u64 = 53;
+
+/// Per-task speculation control set back with prctl, then the whole
+/// state (system-wide parts too) checked against the dump's.
+fn restore_speculation(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    let pid = inj.pid();
+    for line in a.speculation.lines() {
+        if let Some((which, value)) = crate::speculation::settable(line) {
+            inj.call(
+                "prctl(PR_SET_SPECULATION_CTRL)",
+                libc::SYS_prctl,
+                &[PR_SET_SPECULATION_CTRL, which, value, 0, 0],
+            )?;
+        }
+    }
+    let status = read_proc(pid, "status")?;
+    let now = crate::speculation::lines(&status).join("\n");
     if now != a.speculation {
         return Err(Error::task(
             pid,
@@ -360,6 +375,7 @@ pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()
         }
     }
     restore_posix_timers(inj, a)?;
+    restore_speculation(inj, a)?;
     Ok(())
 }
 
