@@ -58,3 +58,48 @@ fn attribute_refused_by_name(state: &str, named: &str, pre_dump: bool) {
     assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
     assert_ticker_ok(&log);
 }
+
+/// Restore checks the rebuilt VMAs' smaps VmFlags against the dump's: an
+/// image claiming a flag restore does not set (here `dd` recorded without
+/// its madvise bit) fails the restore by name, and no process is left.
+#[test]
+fn restore_refuses_vm_flags_it_did_not_reproduce() {
+    use crust::image::container::{read_message, write_message};
+    use crust::image::messages::{Mm, VmaKind};
+    use crust::image::{ImageDir, Kind};
+    use crust::proc::maps::VmFlags;
+
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "attrs.c", &[]);
+    let log = tmp.path().join("ticks.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log).arg("none"));
+    wait_tick(&log, 3);
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+
+    let path = ImageDir::open(&images)
+        .expect("open images")
+        .file(Kind::Mm, Some(p.pid));
+    let mut mm: Mm = read_message(&path, Kind::Mm).expect("read mm");
+    let v = mm
+        .vmas
+        .iter_mut()
+        .find(|v| v.kind == VmaKind::AnonPrivate as i32 && v.vm_flags != 0)
+        .expect("an anonymous VMA with VmFlags");
+    assert_eq!(v.vm_flags & VmFlags::DONTDUMP, 0);
+    v.vm_flags |= VmFlags::DONTDUMP;
+    let at = format!("{:#x}-{:#x}", v.start, v.end);
+    write_message(&path, Kind::Mm, &mm).expect("write mm");
+
+    let out = crust(["restore", "-d", "-D", path_str(&images)]);
+    // Should the restore wrongly succeed, the task is ours to kill.
+    let _restored = std::path::Path::new(&format!("/proc/{}", p.pid))
+        .exists()
+        .then(|| Proc::adopt(p.pid));
+    out.assert_failed()
+        .stderr_has("smaps VmFlags")
+        .stderr_has(&at)
+        .stderr_has(" dd");
+    assert_pid_free(p.pid, "after the refused restore");
+}

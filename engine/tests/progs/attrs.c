@@ -6,7 +6,7 @@
  * every 50 ms. On SIGTERM it verifies the buffer and that STATE is as it
  * set it up, appends "OK <ticks>" or "BAD <what>", and exits 0.
  *
- * STATE, each something crust must refuse by name:
+ * STATE: "none", or something crust must refuse by name:
  *   child      a live child (killed with us: PR_SET_PDEATHSIG)
  *   zombie     a child that exited and is not reaped
  *   cputimer   a POSIX timer on the parent's CPU clock, armed
@@ -65,7 +65,9 @@ static void *dropped;
 
 static void setup(int fd, const char *state) {
     pid_t parent = getpid();
-    if (!strcmp(state, "child") || !strcmp(state, "zombie")) {
+    if (!strcmp(state, "none")) {
+        return;
+    } else if (!strcmp(state, "child") || !strcmp(state, "zombie")) {
         kid = fork();
         if (kid < 0)
             die(fd, "fork");
