@@ -18,4 +18,5 @@ pub mod phases;
 pub mod ranges;
 pub mod regs;
 pub mod restore;
+pub(crate) mod speculation;
 pub mod track;

@@ -19,7 +19,7 @@ use crate::image::messages::{
 };
 use crate::image::{ImageDir, Kind, PagesWriter};
 use crate::proc;
-use crate::proc::maps::Vma as ProcVma;
+use crate::proc::maps::{VmFlags, Vma as ProcVma};
 use crate::proc::pagemap::{PageEntry, PagemapReader};
 use crate::ranges::{self, Range};
 use crate::sys::syscalls::{iov, process_vm_read, IOV_MAX};
@@ -70,20 +70,112 @@ pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
     Ok(kind)
 }
 
+/// smaps VmFlags that restore reproduces, by how it maps the VMA (rd wr
+/// ex sh mr mw me ms gd ac), by madvise (dc dd wf sr rr hg nh mg), by
+/// mmap flags (nr), by mlock (lo lf), by mseal (sl), by guard regions
+/// (gu), or that are not the task's state (sd: the soft-dirty tracker).
+/// Every other code is refused by name.
+const RESTORED_VM_FLAGS: u64 = VmFlags::READ
+    | VmFlags::WRITE
+    | VmFlags::EXEC
+    | VmFlags::SHARED
+    | VmFlags::MAYREAD
+    | VmFlags::MAYWRITE
+    | VmFlags::MAYEXEC
+    | VmFlags::MAYSHARE
+    | VmFlags::GROWSDOWN
+    | VmFlags::ACCOUNT
+    | VmFlags::DONTCOPY
+    | VmFlags::DONTDUMP
+    | VmFlags::WIPEONFORK
+    | VmFlags::SEQ_READ
+    | VmFlags::RAND_READ
+    | VmFlags::HUGEPAGE
+    | VmFlags::NOHUGEPAGE
+    | VmFlags::MERGEABLE
+    | VmFlags::NORESERVE
+    | VmFlags::LOCKED
+    | VmFlags::LOCKONFAULT
+    | VmFlags::SEALED
+    | VmFlags::MAYBE_GUARD
+    | VmFlags::SOFTDIRTY;
+
+/// What a refused VmFlags code is, for the error message.
+fn vm_flag_name(code: &str) -> &'static str {
+    match code {
+        "ht" => "hugetlb memory",
+        "io" => "memory-mapped I/O",
+        "pf" => "a raw PFN mapping",
+        "mm" => "a mixed PFN/page mapping",
+        "ar" => "an architecture-specific (PAT) mapping",
+        "de" => "a driver mapping that must not expand",
+        "dw" => "a deny-write mapping",
+        "sf" => "a synchronous-fault (DAX) mapping",
+        "ss" => "a shadow stack",
+        "dp" => "droppable memory (MAP_DROPPABLE)",
+        "um" => "userfaultfd-registered memory (missing)",
+        "uw" => "userfaultfd-registered memory (write-protect)",
+        "ui" => "userfaultfd-registered memory (minor)",
+        "bt" | "mt" | "tg" => "an arm64 BTI/MTE mapping",
+        _ => "an unknown kind of mapping",
+    }
+}
+
+/// The VmFlags of `v` restore could not reproduce, by code. `our_tracker`:
+/// write-protect registrations (`uw`) are the engine's own tracker's.
+pub(crate) fn refused_vm_flags(v: &ProcVma, our_tracker: bool) -> Vec<String> {
+    let f = &v.vm_flags;
+    let allowed = RESTORED_VM_FLAGS | if our_tracker { VmFlags::UFFD_WP } else { 0 };
+    let mut out: Vec<String> = f
+        .codes()
+        .into_iter()
+        .filter(|c| VmFlags::parse(c).bits() & !allowed != 0)
+        .map(str::to_string)
+        .collect();
+    out.extend(f.unknown().iter().cloned());
+    out
+}
+
 /// Refuses VMAs restore could not recreate. `our_tracker`: the task
 /// holds the uffd-wp tracker of a previous pre-dump, so write-protect
-/// registrations (smaps `uw`) are ours, not the task's own.
+/// registrations (smaps `uw`) are ours, not the task's own. VmFlags are
+/// checked when `vmas` comes from smaps (maps has none).
 pub(crate) fn check_vmas(pid: pid_t, vmas: &[ProcVma], our_tracker: bool) -> Result<()> {
     for v in vmas {
-        classify(v).map_err(|what| Error::unsupported(pid, what))?;
+        let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
         if v.vm_flags.uffd_missing() || (v.vm_flags.uffd_wp() && !our_tracker) {
             return Err(Error::unsupported(
                 pid,
                 format!("userfaultfd-registered memory at {:#x}", v.start),
             ));
         }
+        // The kernel's own mappings (vDSO, vvar) carry driver flags.
+        if matches!(
+            kind,
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+        ) {
+            continue;
+        }
+        if let Some(code) = refused_vm_flags(v, our_tracker).first() {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "{} at {:#x}-{:#x} (smaps VmFlags `{code}`)",
+                    vm_flag_name(code),
+                    v.start,
+                    v.end
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// Refusals of the memory layout, for `refuse::task_state`: reads smaps,
+/// so that pre-dump (which otherwise reads only maps) refuses the VmFlags
+/// the final dump would refuse.
+pub(crate) fn refuse_layout(pid: pid_t, our_tracker: bool) -> Result<()> {
+    check_vmas(pid, &proc::maps::read_smaps(pid)?, our_tracker)
 }
 
 fn madvise_bits(v: &ProcVma) -> u32 {
@@ -96,12 +188,64 @@ fn madvise_bits(v: &ProcVma) -> u32 {
         (f.huge_page(), madv::HUGEPAGE),
         (f.no_huge_page(), madv::NOHUGEPAGE),
         (f.mergeable(), madv::MERGEABLE),
+        (f.contains(VmFlags::SEQ_READ), madv::SEQUENTIAL),
+        (f.contains(VmFlags::RAND_READ), madv::RANDOM),
+        (f.contains(VmFlags::NORESERVE), madv::NORESERVE),
+        (f.locked(), madv::LOCKED),
+        (f.lock_on_fault(), madv::LOCKONFAULT),
+        (f.contains(VmFlags::SEALED), madv::SEALED),
     ] {
         if on {
             m |= bit;
         }
     }
     m
+}
+
+/// The name a VMA was given with PR_SET_VMA_ANON_NAME, if any.
+pub(crate) fn anon_name(v: &ProcVma) -> Option<&str> {
+    ["[anon:", "[anon_shmem:"]
+        .iter()
+        .find_map(|p| v.path.strip_prefix(p))
+        .and_then(|rest| rest.strip_suffix(']'))
+}
+
+/// Pagemap bit 58: the page is a guard region (6.15+).
+const PM_GUARD_REGION: u64 = 1 << 58;
+/// Older kernels show a guard marker only as a "swapped" PTE marker
+/// (swap type 31) whose offset holds PTE_MARKER_GUARD.
+fn is_guard(e: u64) -> bool {
+    let swapped_marker = e & (1 << 62) != 0 && e & 0x1f == 0x1f && (e >> 5) & 4 != 0;
+    e & PM_GUARD_REGION != 0 || swapped_marker
+}
+
+/// The guard regions of a VMA smaps marks `gu`, as (start, pages) pairs.
+fn guard_ranges(pid: pid_t, v: &ProcVma) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    if !v.vm_flags.contains(VmFlags::MAYBE_GUARD) {
+        return Ok(out);
+    }
+    let mut reader = PagemapReader::open(pid)?;
+    let mut entries = Vec::new();
+    reader.read(v.start, ((v.end - v.start) / PAGE) as usize, &mut entries)?;
+    let mut run: Option<(u64, u64)> = None;
+    for (i, &e) in entries.iter().enumerate() {
+        let addr = v.start + i as u64 * PAGE;
+        match (is_guard(e), run) {
+            (true, Some((s, n))) if s + n * PAGE == addr => run = Some((s, n + 1)),
+            (true, prev) => {
+                if let Some((s, n)) = prev {
+                    out.extend([s, n]);
+                }
+                run = Some((addr, 1));
+            }
+            (false, _) => {}
+        }
+    }
+    if let Some((s, n)) = run {
+        out.extend([s, n]);
+    }
+    Ok(out)
 }
 
 fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
@@ -128,6 +272,9 @@ fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
         inode: v.inode,
         may_write: v.vm_flags.may_write(),
         madvise: madvise_bits(v),
+        anon_name: anon_name(v).unwrap_or_default().to_string(),
+        vm_flags: v.vm_flags.bits(),
+        guards: Vec::new(),
     }
 }
 
@@ -330,7 +477,39 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
         env_end: stat.env_end,
         auxv,
         exe_path,
+        lock_future: 0,
+        coredump_filter: coredump_filter(pid)?,
+        ksm_merge_any: ksm_merge_any(pid)?,
     })
+}
+
+fn read_proc(pid: pid_t, file: &str) -> Result<String> {
+    let path = proc::pid_path(pid, file);
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+}
+
+/// /proc/PID/coredump_filter (hexadecimal); absent without ELF core dumps.
+fn coredump_filter(pid: pid_t) -> Result<Option<u32>> {
+    if !proc::pid_path(pid, "coredump_filter").exists() {
+        return Ok(None);
+    }
+    let text = read_proc(pid, "coredump_filter")?;
+    u32::from_str_radix(text.trim(), 16)
+        .map(Some)
+        .map_err(|_| Error::task(pid, format!("coredump_filter reads {:?}", text.trim())))
+}
+
+/// PR_SET_MEMORY_MERGE, as /proc/PID/ksm_stat shows it (absent without KSM).
+fn ksm_merge_any(pid: pid_t) -> Result<bool> {
+    let path = proc::pid_path(pid, "ksm_stat");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t.lines().any(|l| {
+            l.strip_prefix("ksm_merge_any:")
+                .is_some_and(|v| v.trim() == "yes")
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
 }
 
 /// Where the pages worth storing are in one VMA, as ranges. Uses
@@ -537,7 +716,9 @@ pub(crate) fn plan_pages(
     let mut finder = PageFinder::new(pid)?;
     for (v, k) in vmas.iter().zip(known) {
         let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
-        mm.vmas.push(to_image_vma(v, kind));
+        let mut img = to_image_vma(v, kind);
+        img.guards = guard_ranges(pid, v)?;
+        mm.vmas.push(img);
         if !holds_pages(kind) {
             continue;
         }
@@ -882,6 +1063,77 @@ fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn smaps_vma(header: &str, flags: &str) -> ProcVma {
+        let text = format!("{header}\nVmFlags: {flags}\n");
+        proc::maps::parse_smaps(&text).expect("parse").remove(0)
+    }
+
+    #[test]
+    fn vm_flags_policy_names_what_it_cannot_restore() {
+        let anon = "7f0000000000-7f0000010000 rw-p 00000000 00:00 0 ";
+        let restorable = smaps_vma(
+            anon,
+            "rd wr mr mw me ac lo lf sr dd wf dc hg mg nr sl gu sd",
+        );
+        assert!(refused_vm_flags(&restorable, false).is_empty());
+        let v = smaps_vma(anon, "rd wr mr mw me nr wf dd dp");
+        assert_eq!(refused_vm_flags(&v, false), ["dp"]);
+        let v = smaps_vma(anon, "rd wr mr mw me ht");
+        assert_eq!(refused_vm_flags(&v, false), ["ht"]);
+        let v = smaps_vma(anon, "rd wr mr mw me uw zz");
+        assert_eq!(refused_vm_flags(&v, false), ["uw", "zz"]);
+        assert_eq!(refused_vm_flags(&v, true), ["zz"], "uw is our tracker's");
+        let err = check_vmas(1, &[smaps_vma(anon, "rd wr ss")], false).unwrap_err();
+        assert!(err.to_string().contains("shadow stack"), "{err}");
+        // The kernel's own mappings carry driver flags and are not refused.
+        let vdso = smaps_vma(
+            "7fff00000000-7fff00002000 r-xp 00000000 00:00 0 [vdso]",
+            "rd ex mr mw me de sd",
+        );
+        assert!(check_vmas(1, &[vdso], false).is_ok());
+    }
+
+    #[test]
+    fn madvise_bits_and_names_come_from_smaps() {
+        let v = smaps_vma(
+            "7f0000000000-7f0000010000 rw-p 00000000 00:00 0 [anon:my buf]",
+            "rd wr mr mw me sr nr lo lf sl",
+        );
+        let m = madvise_bits(&v);
+        for bit in [
+            madv::SEQUENTIAL,
+            madv::NORESERVE,
+            madv::LOCKED,
+            madv::LOCKONFAULT,
+            madv::SEALED,
+        ] {
+            assert_ne!(m & bit, 0, "bit {bit:#x}");
+        }
+        assert_eq!(m & (madv::RANDOM | madv::DONTDUMP), 0);
+        assert_eq!(anon_name(&v), Some("my buf"));
+        let shm = smaps_vma(
+            "7f0000000000-7f0000010000 rw-s 00000000 00:01 1234 [anon_shmem:ring]",
+            "rd wr sh mr mw me ms",
+        );
+        assert_eq!(anon_name(&shm), Some("ring"));
+        let plain = smaps_vma(
+            "7f0000000000-7f0000010000 rw-p 00000000 00:00 0 [heap]",
+            "rd wr",
+        );
+        assert_eq!(anon_name(&plain), None);
+    }
+
+    #[test]
+    fn guard_entries_old_and_new_style() {
+        assert!(is_guard(PM_GUARD_REGION | (1 << 62) | 0x9f));
+        assert!(
+            is_guard((1 << 62) | 0x9f),
+            "marker type 31, offset PTE_MARKER_GUARD"
+        );
+        assert!(!is_guard((1 << 62) | 0x3f), "uffd-wp marker only");
+        assert!(!is_guard(1 << 63));
+    }
 
     #[test]
     fn runs_merge_when_contiguous() {

@@ -528,13 +528,14 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let plan = mem::plan(
+    let mut plan = mem::plan(
         pid,
         &vmas,
         core.brk,
         parent.as_ref().map(|p| &p.layer),
         tracker,
     )?;
+    plan.mm.lock_future = core.lock_future;
     let copied = mem::copy(
         pid,
         &plan.runs,

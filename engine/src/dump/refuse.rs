@@ -19,6 +19,8 @@ use crate::proc;
 pub(crate) fn task_state(pid: pid_t, our_tracker: Option<i32>) -> Result<FdPlan> {
     super::single_thread(pid)?;
     root_and_cwd(pid)?;
+    super::task::refuse_attrs(pid)?;
+    super::mem::refuse_layout(pid, our_tracker.is_some())?;
     files::plan(pid, our_tracker)
 }
 

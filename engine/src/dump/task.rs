@@ -2,9 +2,12 @@
 //! futexes, credentials-free process attributes.
 
 use crate::error::{Error, Result};
-use crate::image::messages::{AltStack, Core, PendingSignal, Rlimit, Rseq, SigAction};
+use crate::image::messages::{
+    AltStack, Attrs, Core, Itimer, PendingSignal, PosixTimer, Rlimit, Rseq, Sched, SigAction,
+};
 use crate::inject::Injector;
 use crate::proc;
+use crate::sys::sched;
 use crate::sys::syscalls::{get_robust_list, prlimit};
 use crate::sys::Tracee;
 
@@ -19,6 +22,8 @@ pub(crate) const RLIMITS: u32 = 16;
 pub(crate) struct Collected {
     pub core: Core,
     pub brk: u64,
+    /// mlockall(MCL_FUTURE[|MCL_ONFAULT]) in force (see `probe_lock_future`).
+    pub lock_future: u32,
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -31,6 +36,7 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
     let scratch = inj.map_scratch(None, 4096)?;
     let buf = scratch.addr;
+    let lock_future = probe_lock_future(inj.pid(), buf)?;
     let mut core = Core::default();
     for sig in 1..=64 {
         if is_fixed_signal(sig) {
@@ -77,8 +83,165 @@ pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
         &[libc::PR_GET_PDEATHSIG as u64, buf],
     )?;
     core.pdeath_signal = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
+    core.attrs = Some(collect_attrs_injected(inj, buf)?);
     inj.unmap_scratch()?;
-    Ok(Collected { core, brk })
+    Ok(Collected {
+        core,
+        brk,
+        lock_future,
+    })
+}
+
+/// mlockall(MCL_FUTURE) lives in the mm's default VMA flags, which /proc
+/// does not show; but every new mapping gets them. The scratch page just
+/// mapped by an injected mmap is such a mapping: its smaps VmFlags show
+/// `lo` (and `lf` for MCL_ONFAULT) exactly when MCL_FUTURE is in force.
+fn probe_lock_future(pid: i32, scratch: u64) -> Result<u32> {
+    let vmas = proc::maps::read_smaps(pid)?;
+    let v = vmas
+        .iter()
+        .find(|v| v.start <= scratch && scratch < v.end)
+        .ok_or_else(|| Error::task(pid, format!("scratch page {scratch:#x} not in smaps")))?;
+    let mut flags = 0;
+    if v.vm_flags.locked() {
+        flags |= libc::MCL_FUTURE as u32;
+        if v.vm_flags.lock_on_fault() {
+            flags |= libc::MCL_ONFAULT as u32;
+        }
+    }
+    Ok(flags)
+}
+
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_GET_TSC: u64 = 25;
+const PR_GET_DUMPABLE: u64 = 3;
+const ARCH_GET_CPUID: u64 = 0x1011;
+const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: u64 = 1 << 3;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: u64 = 1 << 5;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: u64 = 1 << 7;
+
+/// The task's membarrier registrations, as the REGISTER_* command bits.
+/// Kernels before 6.3 have no GET_REGISTRATIONS: there each private
+/// expedited barrier is tried (it fails with EPERM unless registered, and
+/// is harmless otherwise); a GLOBAL_EXPEDITED registration cannot be seen
+/// that way (the global barrier works without it) and is not restored.
+fn membarrier_registrations(inj: &mut Injector) -> Result<u32> {
+    let pid = inj.pid();
+    let r = inj.raw(
+        libc::SYS_membarrier,
+        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+    )?;
+    if r >= 0 {
+        return Ok(r as u32);
+    }
+    if r != -(libc::EINVAL as i64) {
+        return Err(Error::task(
+            pid,
+            format!(
+                "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) failed: errno {}",
+                -r
+            ),
+        ));
+    }
+    let mut regs = 0;
+    for cmd in [
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE,
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+    ] {
+        // The REGISTER_ command is the barrier's bit shifted once.
+        if inj.raw(libc::SYS_membarrier, &[cmd, 0, 0])? == 0 {
+            regs |= (cmd << 1) as u32;
+        }
+    }
+    Ok(regs)
+}
+
+/// prctl and arch_prctl state, membarrier registrations and interval
+/// timers: only the task can tell (one injected call each).
+fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
+    let pid = inj.pid();
+    let prctl = |inj: &mut Injector, name, op: u64, arg: u64| {
+        inj.call(name, libc::SYS_prctl, &[op, arg, 0, 0, 0])
+    };
+    let mut a = Attrs {
+        thp_disable: prctl(inj, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32,
+        mce_kill: prctl(inj, "prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0)? as i32,
+        dumpable: prctl(inj, "prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0)? as i32,
+        ..Default::default()
+    };
+    prctl(
+        inj,
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        PR_GET_CHILD_SUBREAPER,
+        buf,
+    )?;
+    a.child_subreaper = u64_at(&inj.get(0, 8)?, 0) as u32 != 0;
+    prctl(inj, "prctl(PR_GET_TSC)", PR_GET_TSC, buf)?;
+    a.tsc = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
+    // ENODEV: no CPUID faulting on this CPU, so cpuid always works.
+    a.cpuid = match inj.raw(libc::SYS_arch_prctl, &[ARCH_GET_CPUID, 0])? {
+        r if r >= 0 => r as i32,
+        r if r == -(libc::ENODEV as i64) => 1,
+        r => {
+            return Err(Error::task(
+                pid,
+                format!("arch_prctl(ARCH_GET_CPUID) failed: errno {}", -r),
+            ))
+        }
+    };
+    // EINVAL before 5.16: no dynamically permitted xfeatures at all.
+    a.xcomp_perm = match inj.raw(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, buf])? {
+        0 => u64_at(&inj.get(0, 8)?, 0),
+        r if r == -(libc::EINVAL as i64) => 0,
+        r => {
+            return Err(Error::task(
+                pid,
+                format!("arch_prctl(ARCH_GET_XCOMP_PERM) failed: errno {}", -r),
+            ))
+        }
+    };
+    a.membarrier = membarrier_registrations(inj)?;
+    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+        inj.call("getitimer", libc::SYS_getitimer, &[which as u64, buf])?;
+        let b = inj.get(0, 32)?;
+        let us = |off| u64_at(&b, off) * 1_000_000 + u64_at(&b, off + 8);
+        let t = Itimer {
+            which,
+            interval_us: us(0),
+            value_us: us(16),
+        };
+        // An expired ITIMER_REAL whose SIGALRM is still queued reads 0
+        // with its interval: the kernel re-arms it when the signal is
+        // taken, so the interval alone is state too.
+        if t.value_us != 0 || t.interval_us != 0 {
+            a.itimers.push(t);
+        }
+    }
+    for mut t in posix_timers(pid)? {
+        inj.call(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            &[t.id as u64, buf],
+        )?;
+        let b = inj.get(0, 32)?;
+        let ns = |off| u64_at(&b, off) * 1_000_000_000 + u64_at(&b, off + 8);
+        t.interval_ns = ns(0);
+        t.remaining_ns = ns(16);
+        a.posix_timers.push(t);
+    }
+    if a.dumpable == 2 {
+        return Err(Error::unsupported(
+            pid,
+            "dumpable 2 (suid_dumpable after a set-id exec): prctl cannot set it back",
+        ));
+    }
+    Ok(a)
 }
 
 /// State readable from outside: ptrace requests, /proc, prlimit.
@@ -116,6 +279,251 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
         .umask
         .ok_or_else(|| Error::task(pid, "no Umask in /proc/PID/status"))?;
     // refuse::task_state has refused a chroot and a removed cwd.
+    collect_attrs_external(pid, core)?;
     core.cwd = proc::read_link(format!("/proc/{pid}/cwd"))?;
     Ok(())
+}
+
+fn read_proc(pid: i32, file: &str) -> Result<String> {
+    let path = proc::pid_path(pid, file);
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+}
+
+fn proc_number<T: std::str::FromStr>(pid: i32, file: &str) -> Result<T> {
+    let text = read_proc(pid, file)?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::task(pid, format!("/proc/{pid}/{file} reads {:?}", text.trim())))
+}
+
+/// The Speculation* lines of a /proc/PID/status.
+fn speculation(pid: i32) -> Result<String> {
+    Ok(read_proc(pid, "status")?
+        .lines()
+        .filter(|l| l.starts_with("Speculation"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Scheduling, affinity, OOM score, timer slack and speculation control:
+/// read from outside.
+fn collect_attrs_external(pid: i32, core: &mut Core) -> Result<()> {
+    let a = core.attrs.get_or_insert_with(Attrs::default);
+    let s = sched::sched_getattr(pid)?;
+    a.sched = Some(Sched {
+        policy: s.policy,
+        flags: s.flags & (sched::SCHED_FLAG_RESET_ON_FORK | sched::SCHED_FLAG_DL),
+        nice: s.nice,
+        priority: s.priority,
+        runtime: s.runtime,
+        deadline: s.deadline,
+        period: s.period,
+        util_min: s.util_min,
+        util_max: s.util_max,
+        affinity: sched::getaffinity(pid)?,
+    });
+    a.oom_score_adj = proc_number(pid, "oom_score_adj")?;
+    a.timer_slack_ns = proc_number(pid, "timerslack_ns")?;
+    a.speculation = speculation(pid)?;
+    Ok(())
+}
+
+/// PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE: what PR_SET_IO_FLUSHER sets.
+const PF_IO_FLUSHER: u32 = 0x0008_0000 | 0x0010_0000;
+
+/// Process attributes that cannot be restored yet, refused by name from
+/// outside (run by pre-dump and dump through `refuse::task_state`).
+pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
+    let kids = proc::task::children(pid)?;
+    if !kids.is_empty() {
+        let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "{} child process(es) ({}), live or zombie: process trees are not supported yet",
+                kids.len(),
+                list.join(", ")
+            ),
+        ));
+    }
+    let timers = posix_timers(pid)?;
+    if !timers.is_empty() && !can_restore_timer_ids() {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "{} POSIX timer(s): this kernel cannot recreate them with their ids (no PR_TIMER_CREATE_RESTORE_IDS)",
+                timers.len()
+            ),
+        ));
+    }
+    let stat = proc::stat::read_stat(pid)?;
+    if stat.flags & PF_IO_FLUSHER == PF_IO_FLUSHER {
+        return Err(Error::unsupported(
+            pid,
+            "PR_SET_IO_FLUSHER is set: restoring it needs CAP_SYS_RESOURCE",
+        ));
+    }
+    // The restored task starts from this engine's speculation control
+    // (a forked stub inherits it); only per-task states can be set back.
+    let theirs = read_proc(pid, "status")?;
+    let ours = read_proc(std::process::id() as i32, "status")?;
+    let theirs = crate::speculation::lines(&theirs);
+    let ours = crate::speculation::lines(&ours);
+    let bad = crate::speculation::unreachable(&theirs, &ours);
+    if !bad.is_empty() {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "speculation control {:?} is system-wide and differs from the engine's {:?}",
+                bad, ours
+            ),
+        ));
+    }
+    let adj: i32 = proc_number(pid, "oom_score_adj")?;
+    let ours: i32 = proc_number(std::process::id() as i32, "oom_score_adj")?;
+    let cap_resource = proc::status::read_status(std::process::id() as i32)?
+        .has_cap_eff(proc::status::cap::SYS_RESOURCE);
+    if adj < ours && !cap_resource {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "oom_score_adj {adj} is below the engine's ({ours}): setting it needs CAP_SYS_RESOURCE"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+const PR_TIMER_CREATE_RESTORE_IDS_GET: libc::c_ulong = 2;
+const SIGEV_SIGNAL: i32 = 0;
+const SIGEV_NONE: i32 = 1;
+const SIGEV_THREAD_ID: i32 = 4;
+
+/// Whether this kernel can create a POSIX timer with a chosen id.
+fn can_restore_timer_ids() -> bool {
+    // SAFETY: a getter prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            PR_TIMER_CREATE_RESTORE_IDS,
+            PR_TIMER_CREATE_RESTORE_IDS_GET,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    r >= 0
+}
+
+/// The task's POSIX timers as /proc/PID/timers lists them (no times yet).
+/// Refuses what restore could not recreate: a timer signalling another
+/// task, or on another process's CPU clock.
+pub(crate) fn posix_timers(pid: i32) -> Result<Vec<PosixTimer>> {
+    parse_timers(pid, &read_proc(pid, "timers")?)
+}
+
+fn parse_timers(pid: i32, text: &str) -> Result<Vec<PosixTimer>> {
+    let bad = |what: String| Error::unsupported(pid, what);
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let (key, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        if key == "ID" {
+            let id = value
+                .parse()
+                .map_err(|_| bad(format!("/proc/{pid}/timers: bad ID {value:?}")))?;
+            out.push(PosixTimer {
+                id,
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else {
+            continue;
+        };
+        match key {
+            "signal" => {
+                let (signo, val) = value.split_once('/').unwrap_or((value, "0"));
+                t.signo = signo.parse().unwrap_or(-1);
+                t.value = u64::from_str_radix(val, 16).unwrap_or(u64::MAX);
+                if t.signo < 0 || t.value == u64::MAX {
+                    return Err(bad(format!("POSIX timer {}: signal {value:?}", t.id)));
+                }
+            }
+            "notify" => {
+                // "signal/pid.N", "signal/tid.N", "none/pid.N"
+                let (how, target) = value.split_once('/').unwrap_or((value, ""));
+                let (kind, who) = target.split_once('.').unwrap_or((target, ""));
+                let base = match how {
+                    "signal" => SIGEV_SIGNAL,
+                    "none" => SIGEV_NONE,
+                    _ => {
+                        return Err(bad(format!(
+                            "POSIX timer {} with notification {value:?}",
+                            t.id
+                        )))
+                    }
+                };
+                t.notify = base | if kind == "tid" { SIGEV_THREAD_ID } else { 0 };
+                if who.parse::<i32>().ok() != Some(pid) {
+                    return Err(bad(format!(
+                        "POSIX timer {} signals another task ({value:?})",
+                        t.id
+                    )));
+                }
+            }
+            "ClockID" => {
+                t.clock_id = value
+                    .parse()
+                    .map_err(|_| bad(format!("POSIX timer {}: clock {value:?}", t.id)))?;
+                // CPU clocks encode a pid: ~(clock >> 3); 0 means "self".
+                if t.clock_id < 0 && !(t.clock_id >> 3) != 0 {
+                    return Err(bad(format!(
+                        "POSIX timer {} on the CPU clock of pid {}",
+                        t.id,
+                        !(t.clock_id >> 3)
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As 6.18 prints them (newest first).
+    const TIMERS: &str = "ID: 45\nsignal: 0/0000000000000000\nnotify: none/pid.100\nClockID: -6\n\
+ID: 44\nsignal: 12/0000000000000000\nnotify: signal/tid.100\nClockID: 7\n\
+ID: 42\nsignal: 10/0000000000001234\nnotify: signal/pid.100\nClockID: 1\n";
+
+    #[test]
+    fn timers_parse() {
+        let t = parse_timers(100, TIMERS).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!((t[0].id, t[0].notify, t[0].clock_id), (45, SIGEV_NONE, -6));
+        assert_eq!(
+            (t[1].signo, t[1].notify),
+            (12, SIGEV_SIGNAL | SIGEV_THREAD_ID)
+        );
+        assert_eq!(
+            (t[2].id, t[2].signo, t[2].value, t[2].clock_id),
+            (42, 10, 0x1234, 1)
+        );
+    }
+
+    #[test]
+    fn timers_of_others_are_refused() {
+        let other = TIMERS.replace("signal/pid.100", "signal/pid.7");
+        let e = parse_timers(100, &other).unwrap_err().to_string();
+        assert!(e.contains("signals another task"), "{e}");
+        // make_process_cpuclock(55, CPUCLOCK_SCHED) = (~55 << 3) | 2
+        let clock = (!55i32 << 3) | 2;
+        let other = TIMERS.replace("ClockID: -6", &format!("ClockID: {clock}"));
+        let e = parse_timers(100, &other).unwrap_err().to_string();
+        assert!(e.contains("CPU clock of pid 55"), "{e}");
+    }
 }

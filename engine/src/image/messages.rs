@@ -216,6 +216,9 @@ pub struct Core {
     pub rlimits: Vec<Rlimit>,
     #[prost(int32, tag = "16")]
     pub pdeath_signal: i32,
+    /// Process attributes (memstate): prctl, scheduling, timers...
+    #[prost(message, optional, tag = "30")]
+    pub attrs: Option<Attrs>,
 }
 
 /// What backs a VMA, which decides how restore recreates it.
@@ -240,6 +243,18 @@ pub mod madv {
     pub const HUGEPAGE: u32 = 1 << 3;
     pub const NOHUGEPAGE: u32 = 1 << 4;
     pub const MERGEABLE: u32 = 1 << 5;
+    /// MADV_SEQUENTIAL (smaps `sr`).
+    pub const SEQUENTIAL: u32 = 1 << 6;
+    /// MADV_RANDOM (smaps `rr`).
+    pub const RANDOM: u32 = 1 << 7;
+    /// Mapped with MAP_NORESERVE (smaps `nr`).
+    pub const NORESERVE: u32 = 1 << 8;
+    /// mlock (smaps `lo`).
+    pub const LOCKED: u32 = 1 << 9;
+    /// mlock2(MLOCK_ONFAULT) (smaps `lo lf`).
+    pub const LOCKONFAULT: u32 = 1 << 10;
+    /// mseal (smaps `sl`).
+    pub const SEALED: u32 = 1 << 11;
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -270,6 +285,16 @@ pub struct Vma {
     pub may_write: bool,
     #[prost(uint32, tag = "11")]
     pub madvise: u32,
+    /// The name given with PR_SET_VMA_ANON_NAME ([anon:NAME]).
+    #[prost(string, tag = "12")]
+    pub anon_name: String,
+    /// The smaps VmFlags seen at dump, in crust's bits (proc::maps::VmFlags):
+    /// restore checks the rebuilt VMA shows the same.
+    #[prost(uint64, tag = "13")]
+    pub vm_flags: u64,
+    /// Guard regions (MADV_GUARD_INSTALL), as (start, pages) pairs.
+    #[prost(uint64, repeated, tag = "14")]
+    pub guards: Vec<u64>,
 }
 
 fn vma_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
@@ -309,6 +334,16 @@ pub struct Mm {
     pub auxv: Vec<u64>,
     #[prost(string, tag = "14")]
     pub exe_path: String,
+    /// mlockall(MCL_FUTURE) state (mm->def_flags): 0, MCL_FUTURE, or
+    /// MCL_FUTURE | MCL_ONFAULT, as probed with a fresh mapping.
+    #[prost(uint32, tag = "20")]
+    pub lock_future: u32,
+    /// /proc/PID/coredump_filter.
+    #[prost(uint32, optional, tag = "21")]
+    pub coredump_filter: Option<u32>,
+    /// PR_SET_MEMORY_MERGE (ksm_stat ksm_merge_any).
+    #[prost(bool, tag = "22")]
+    pub ksm_merge_any: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration, Serialize)]
@@ -435,4 +470,113 @@ pub struct Digests {
     pub vaddr: Vec<u64>,
     #[prost(fixed64, repeated, tag = "2")]
     pub hash: Vec<u64>,
+}
+
+// ---- memstate: process attributes -------------------------------------
+
+/// One interval timer (getitimer), in microseconds.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Itimer {
+    /// ITIMER_REAL, ITIMER_VIRTUAL or ITIMER_PROF.
+    #[prost(int32, tag = "1")]
+    pub which: i32,
+    #[prost(uint64, tag = "2")]
+    pub interval_us: u64,
+    #[prost(uint64, tag = "3")]
+    pub value_us: u64,
+}
+
+/// sched_getattr of the task, and its CPU affinity.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Sched {
+    #[prost(uint32, tag = "1")]
+    pub policy: u32,
+    /// SCHED_FLAG_RESET_ON_FORK only (the others are request flags).
+    #[prost(uint64, tag = "2")]
+    pub flags: u64,
+    #[prost(int32, tag = "3")]
+    pub nice: i32,
+    #[prost(uint32, tag = "4")]
+    pub priority: u32,
+    #[prost(uint64, tag = "5")]
+    pub runtime: u64,
+    #[prost(uint64, tag = "6")]
+    pub deadline: u64,
+    #[prost(uint64, tag = "7")]
+    pub period: u64,
+    #[prost(uint32, tag = "8")]
+    pub util_min: u32,
+    #[prost(uint32, tag = "9")]
+    pub util_max: u32,
+    /// sched_getaffinity mask, as bytes.
+    #[prost(bytes = "vec", tag = "10")]
+    #[serde(serialize_with = "hex")]
+    pub affinity: Vec<u8>,
+}
+
+/// Process attributes beside signals and memory: prctl state, scheduling,
+/// OOM score, membarrier registrations, interval timers.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Attrs {
+    /// PR_GET_THP_DISABLE (bit 0: disabled; bit 1: except advised).
+    #[prost(uint32, tag = "1")]
+    pub thp_disable: u32,
+    #[prost(bool, tag = "2")]
+    pub child_subreaper: bool,
+    /// /proc/PID/timerslack_ns.
+    #[prost(uint64, tag = "3")]
+    pub timer_slack_ns: u64,
+    /// PR_MCE_KILL_GET.
+    #[prost(int32, tag = "4")]
+    pub mce_kill: i32,
+    /// PR_GET_TSC (PR_TSC_ENABLE or PR_TSC_SIGSEGV).
+    #[prost(int32, tag = "5")]
+    pub tsc: i32,
+    /// PR_GET_DUMPABLE.
+    #[prost(int32, tag = "6")]
+    pub dumpable: i32,
+    /// ARCH_GET_CPUID (1: cpuid works, 0: it faults).
+    #[prost(int32, tag = "7")]
+    pub cpuid: i32,
+    /// ARCH_GET_XCOMP_PERM.
+    #[prost(uint64, tag = "8")]
+    pub xcomp_perm: u64,
+    /// MEMBARRIER_CMD_GET_REGISTRATIONS.
+    #[prost(uint32, tag = "9")]
+    pub membarrier: u32,
+    #[prost(message, repeated, tag = "10")]
+    pub itimers: Vec<Itimer>,
+    #[prost(message, optional, tag = "11")]
+    pub sched: Option<Sched>,
+    #[prost(int32, tag = "12")]
+    pub oom_score_adj: i32,
+    /// The Speculation* lines of /proc/PID/status (not settable from
+    /// outside: restore checks the new task shows the same).
+    #[prost(string, tag = "13")]
+    pub speculation: String,
+    #[prost(message, repeated, tag = "14")]
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// One POSIX timer (timer_create), from /proc/PID/timers and an injected
+/// timer_gettime; recreated with the same id (PR_TIMER_CREATE_RESTORE_IDS).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PosixTimer {
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    #[prost(int32, tag = "2")]
+    pub clock_id: i32,
+    /// SIGEV_SIGNAL, SIGEV_NONE, or SIGEV_SIGNAL | SIGEV_THREAD_ID.
+    #[prost(int32, tag = "3")]
+    pub notify: i32,
+    #[prost(int32, tag = "4")]
+    pub signo: i32,
+    /// sigev_value, as the kernel prints it.
+    #[prost(uint64, tag = "5")]
+    pub value: u64,
+    #[prost(uint64, tag = "6")]
+    pub interval_ns: u64,
+    /// Time to the next expiry; 0: disarmed.
+    #[prost(uint64, tag = "7")]
+    pub remaining_ns: u64,
 }

@@ -103,6 +103,8 @@ vm_flags! {
     ARM64_MTE = 37, "mt";
     /// "tg" arm64 MTE allowed
     ARM64_MTE_ALLOWED = 38, "tg";
+    /// "gu" may hold guard regions (MADV_GUARD_INSTALL, 6.18)
+    MAYBE_GUARD = 39, "gu";
 }
 
 impl VmFlags {
@@ -116,6 +118,14 @@ impl VmFlags {
             }
         }
         flags
+    }
+
+    /// The flags of a bit set made by [`VmFlags::bits`].
+    pub fn from_bits(bits: u64) -> VmFlags {
+        VmFlags {
+            bits,
+            unknown: Vec::new(),
+        }
     }
 
     /// Crust's bit set (see the `VmFlags::*` consts).

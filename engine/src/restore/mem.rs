@@ -9,7 +9,7 @@ use crate::image::chain::Source;
 use crate::image::messages::{madv, Mm, Pagemap, Vma, VmaKind};
 use crate::image::PagesReader;
 use crate::inject::Injector;
-use crate::proc::maps::Vma as ProcVma;
+use crate::proc::maps::{VmFlags, Vma as ProcVma};
 use crate::sys::syscalls::{iov, process_vm_write, IOV_MAX};
 
 pub(crate) const PAGE: u64 = 4096;
@@ -29,6 +29,18 @@ fn special_name(k: VmaKind) -> Option<&'static str> {
         VmaKind::VvarVclock => Some("[vvar_vclock]"),
         _ => None,
     }
+}
+
+/// A private VMA that was never writable: the kernel did not charge it
+/// to the commit limit (no `ac` in smaps). Mapping it writable to fill it
+/// would charge it for good, so it is mapped with its final protection
+/// and its stored pages (COW pages a debugger poked) are written through
+/// /proc/PID/mem, which writes past the protection.
+fn unaccounted(v: &Vma) -> bool {
+    v.vm_flags != 0
+        && v.vm_flags & VmFlags::ACCOUNT == 0
+        && v.prot & libc::PROT_WRITE as u32 == 0
+        && matches!(kind(v), VmaKind::AnonPrivate | VmaKind::FilePrivate)
 }
 
 /// Checks that the memory images describe a layout restore can build.
@@ -186,22 +198,27 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     for v in &mm.vmas {
         let len = v.end - v.start;
         let fixed = libc::MAP_FIXED as u64;
-        let growsdown = if v.growsdown {
+        let extra = if v.growsdown {
             libc::MAP_GROWSDOWN as u64
+        } else {
+            0
+        } | if v.madvise & madv::NORESERVE != 0 {
+            libc::MAP_NORESERVE as u64
         } else {
             0
         };
         match kind(v) {
             VmaKind::AnonPrivate => {
-                let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | fixed | growsdown;
+                let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | fixed | extra;
+                let prot = if unaccounted(v) { v.prot as u64 } else { rw };
                 inj.call(
                     "mmap",
                     libc::SYS_mmap,
-                    &[v.start, len, rw, flags, u64::MAX, 0],
+                    &[v.start, len, prot, flags, u64::MAX, 0],
                 )?;
             }
             VmaKind::AnonShared => {
-                let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64 | fixed;
+                let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64 | fixed | extra;
                 inj.call(
                     "mmap",
                     libc::SYS_mmap,
@@ -246,13 +263,15 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
                 // pages come from the file, never from the image.
                 let (prot, flags) = if shared {
                     (v.prot as u64, libc::MAP_SHARED as u64)
+                } else if unaccounted(v) {
+                    (v.prot as u64, libc::MAP_PRIVATE as u64)
                 } else {
                     (rw, libc::MAP_PRIVATE as u64)
                 };
                 inj.call(
                     "mmap",
                     libc::SYS_mmap,
-                    &[v.start, len, prot, flags | fixed | growsdown, fd, v.pgoff],
+                    &[v.start, len, prot, flags | fixed | extra, fd, v.pgoff],
                 )?;
             }
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {}
@@ -281,6 +300,9 @@ pub(crate) struct Piece {
     pub layer: usize,
     pub data_off: u64,
     pub populate: bool,
+    /// In a VMA mapped without write permission: written through
+    /// /proc/PID/mem (see `unaccounted`).
+    pub force: bool,
 }
 
 /// Splits the resolved page runs into pieces of at most CHUNK bytes.
@@ -295,7 +317,8 @@ pub(crate) fn pieces(mm: &Mm, sources: &[Source]) -> Vec<Piece> {
             .vmas
             .get(vi)
             .is_some_and(|v| matches!(kind(v), VmaKind::AnonPrivate | VmaKind::AnonShared));
-        let populate = anon && src.len >= POPULATE_MIN_PAGES * PAGE;
+        let force = mm.vmas.get(vi).is_some_and(unaccounted);
+        let populate = anon && !force && src.len >= POPULATE_MIN_PAGES * PAGE;
         let (mut vaddr, mut data_off, mut left) = (src.vaddr, src.data_off, src.len);
         while left > 0 {
             let len = left.min(CHUNK);
@@ -305,6 +328,7 @@ pub(crate) fn pieces(mm: &Mm, sources: &[Source]) -> Vec<Piece> {
                 layer: src.layer,
                 data_off,
                 populate,
+                force,
             });
             vaddr += len;
             data_off += len;
@@ -344,6 +368,14 @@ pub(crate) fn populate_and_fill(
         let mut bytes = 0;
         let mut sent = Ok(());
         for (i, p) in pieces.iter().enumerate() {
+            if p.force {
+                if let Err(e) = force_write(pid, p, pages) {
+                    sent = Err(e);
+                    break;
+                }
+                start = i + 1;
+                continue;
+            }
             if p.populate {
                 if let Err(e) = inj.call(
                     "madvise(MADV_POPULATE_WRITE)",
@@ -356,9 +388,9 @@ pub(crate) fn populate_and_fill(
             }
             bytes += p.len;
             // A batch is one contiguous stretch of one pages file.
-            let next_joins = pieces
-                .get(i + 1)
-                .is_some_and(|n| n.layer == p.layer && n.data_off == p.data_off + p.len);
+            let next_joins = pieces.get(i + 1).is_some_and(|n| {
+                n.layer == p.layer && n.data_off == p.data_off + p.len && !n.force
+            });
             if bytes >= CHUNK || i + 1 - start == IOV_MAX || !next_joins {
                 if tx.send(&pieces[start..=i]).is_err() {
                     break; // the filler failed: its error is reported below
@@ -373,6 +405,28 @@ pub(crate) fn populate_and_fill(
             .map_err(|_| Error::task(pid, "page filler thread panicked"))??;
         sent.map(|_| copied)
     })
+}
+
+/// Writes one piece through /proc/PID/mem (FOLL_FORCE: past a missing
+/// write permission, as a debugger's poke).
+fn force_write(pid: i32, p: &Piece, pages: &[PagesReader]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let reader = pages
+        .get(p.layer)
+        .ok_or_else(|| Error::task(pid, "page data from a missing image layer"))?;
+    let src = reader
+        .ptr(p.data_off, p.len)
+        .ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
+    // SAFETY: ptr() checked that the mapped pages file holds p.len bytes
+    // at this offset; the mapping lives as long as `reader`.
+    let data = unsafe { std::slice::from_raw_parts(src as *const u8, p.len as usize) };
+    let path = format!("/proc/{pid}/mem");
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening", &path, e))?;
+    mem.write_all_at(data, p.vaddr)
+        .map_err(|e| Error::io("writing pages through", &path, e))
 }
 
 /// Copies one batch of pieces, contiguous in the pages file.
@@ -402,7 +456,13 @@ fn fill_batch(pid: i32, batch: &[Piece], pages: &PagesReader) -> Result<u64> {
     Ok(total)
 }
 
-/// Final protections and madvise flags.
+const MADV_GUARD_INSTALL: u64 = 102;
+const MLOCK_ONFAULT: u64 = 1;
+const PR_SET_VMA: u64 = 0x53564d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+const PR_SET_MEMORY_MERGE: u64 = 67;
+
+/// Final protections, madvise flags, names, guard regions, locks and seals.
 pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     for v in &mm.vmas {
@@ -428,13 +488,122 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
             (madv::HUGEPAGE, libc::MADV_HUGEPAGE),
             (madv::NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
             (madv::MERGEABLE, libc::MADV_MERGEABLE),
+            (madv::SEQUENTIAL, libc::MADV_SEQUENTIAL),
+            (madv::RANDOM, libc::MADV_RANDOM),
         ] {
             if v.madvise & bit != 0 {
                 inj.call("madvise", libc::SYS_madvise, &[v.start, len, advice as u64])?;
             }
         }
+        if !v.anon_name.is_empty() {
+            let p = inj.put_cstr(0, &v.anon_name)?;
+            inj.call(
+                "prctl(PR_SET_VMA_ANON_NAME)",
+                libc::SYS_prctl,
+                &[PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, len, p],
+            )?;
+        }
+        // Guards before locks: the kernel refuses guards in locked VMAs.
+        for g in v.guards.chunks_exact(2) {
+            inj.call(
+                "madvise(MADV_GUARD_INSTALL)",
+                libc::SYS_madvise,
+                &[g[0], g[1] * PAGE, MADV_GUARD_INSTALL],
+            )?;
+        }
+        if v.madvise & madv::LOCKONFAULT != 0 {
+            inj.call(
+                "mlock2(MLOCK_ONFAULT)",
+                libc::SYS_mlock2,
+                &[v.start, len, MLOCK_ONFAULT],
+            )?;
+        } else if v.madvise & madv::LOCKED != 0 {
+            inj.call("mlock", libc::SYS_mlock, &[v.start, len])?;
+        }
     }
     Ok(())
+}
+
+/// mm-wide state, set last (mlockall(MCL_FUTURE) would lock the engine's
+/// own later mappings, mseal forbids later changes): the future-lock
+/// flags, KSM merge-any, the coredump filter, and seals.
+pub(crate) fn finish_mm(inj: &mut Injector, mm: &Mm) -> Result<()> {
+    let pid = inj.pid();
+    if mm.ksm_merge_any {
+        inj.call(
+            "prctl(PR_SET_MEMORY_MERGE)",
+            libc::SYS_prctl,
+            &[PR_SET_MEMORY_MERGE, 1, 0, 0, 0],
+        )?;
+    }
+    if let Some(filter) = mm.coredump_filter {
+        let path = format!("/proc/{pid}/coredump_filter");
+        std::fs::write(&path, format!("{filter:#x}")).map_err(|e| Error::io("writing", path, e))?;
+    }
+    if mm.lock_future != 0 {
+        // Without MCL_CURRENT this only sets the mm's default flags.
+        let allowed = (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32;
+        inj.call(
+            "mlockall(MCL_FUTURE)",
+            libc::SYS_mlockall,
+            &[(mm.lock_future & allowed) as u64],
+        )?;
+    }
+    for v in mm.vmas.iter().filter(|v| v.madvise & madv::SEALED != 0) {
+        inj.call("mseal", libc::SYS_mseal, &[v.start, v.end - v.start, 0])?;
+    }
+    Ok(())
+}
+
+/// VmFlags that may differ without the task seeing a difference: the
+/// soft-dirty bit (tracker state) and userfaultfd registrations (the
+/// engine's own tracker; the task's own are refused at dump).
+const UNCHECKED_VM_FLAGS: u64 =
+    VmFlags::SOFTDIRTY | VmFlags::UFFD_WP | VmFlags::UFFD_MISSING | VmFlags::UFFD_MINOR;
+
+/// The VMAs of the image whose rebuilt VmFlags differ from the dumped
+/// ones, described; empty when all match. `now` is the restored task's
+/// smaps. Images without VmFlags (older dumps) are not checked.
+pub(crate) fn vm_flag_mismatches(mm: &Mm, now: &[ProcVma]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in mm.vmas.iter().filter(|v| v.vm_flags != 0) {
+        if special_name(kind(v)).is_some() || kind(v) == VmaKind::Vsyscall {
+            continue;
+        }
+        let want = v.vm_flags & !UNCHECKED_VM_FLAGS;
+        for n in now.iter().filter(|n| n.start < v.end && v.start < n.end) {
+            let have = n.vm_flags.bits() & !UNCHECKED_VM_FLAGS;
+            if have != want || !n.vm_flags.unknown().is_empty() {
+                let codes = |b: u64| VmFlags::from_bits(b).codes().join(" ");
+                out.push(format!(
+                    "{:#x}-{:#x}: dumped `{}`, restored `{}`",
+                    v.start,
+                    v.end,
+                    codes(want),
+                    codes(have)
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Checks every rebuilt VMA shows the smaps VmFlags it had when dumped:
+/// a flag the engine does not know how to restore fails the restore
+/// before the task runs, never silently.
+pub(crate) fn verify_vm_flags(pid: i32, mm: &Mm) -> Result<()> {
+    let now = crate::proc::maps::read_smaps(pid)?;
+    let bad = vm_flag_mismatches(mm, &now);
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::task(
+        pid,
+        format!(
+            "restored VMAs differ from the dump in their smaps VmFlags: {}",
+            bad.join("; ")
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -486,6 +655,55 @@ mod tests {
             assert_eq!(x.data_off, off);
             off += x.len;
         }
+    }
+
+    #[test]
+    fn vm_flag_mismatches_are_named_and_tracker_bits_ignored() {
+        let flags = |codes: &str| VmFlags::parse(codes).bits();
+        let v = Vma {
+            start: 0x1000_0000,
+            end: 0x1001_0000,
+            prot: 3,
+            kind: VmaKind::AnonPrivate as i32,
+            vm_flags: flags("rd wr mr mw me ac lo"),
+            ..Default::default()
+        };
+        let mm = Mm {
+            vmas: vec![v],
+            ..Default::default()
+        };
+        let now = |codes: &str| {
+            let text = format!("10000000-10010000 rw-p 00000000 00:00 0 \nVmFlags: {codes}\n");
+            crate::proc::maps::parse_smaps(&text).unwrap()
+        };
+        assert!(vm_flag_mismatches(&mm, &now("rd wr mr mw me ac lo sd uw")).is_empty());
+        let bad = vm_flag_mismatches(&mm, &now("rd wr mr mw me ac"));
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0].contains("dumped `rd wr mr mw me lo ac`"),
+            "{}",
+            bad[0]
+        );
+        assert!(
+            bad[0].contains("restored `rd wr mr mw me ac`"),
+            "{}",
+            bad[0]
+        );
+    }
+
+    #[test]
+    fn unaccounted_means_never_writable_private() {
+        let mut v = Vma {
+            prot: libc::PROT_READ as u32,
+            kind: VmaKind::FilePrivate as i32,
+            vm_flags: VmFlags::READ | VmFlags::MAYREAD,
+            ..Default::default()
+        };
+        assert!(unaccounted(&v));
+        v.vm_flags |= VmFlags::ACCOUNT;
+        assert!(!unaccounted(&v), "was writable once: charged");
+        v.vm_flags = 0;
+        assert!(!unaccounted(&v), "old images without VmFlags");
     }
 
     #[test]

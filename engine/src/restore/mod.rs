@@ -256,6 +256,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     files::restore(&mut inj, &pidfd, &img.fds)?;
     task::restore(&mut inj, &img.core, &img.task)?;
     task::restore_rlimits(pid, &img.core)?;
+    if let Some(a) = &img.core.attrs {
+        task::restore_attrs_external(pid, a)?;
+        task::restore_attrs_injected(&mut inj, a)?;
+        task::restore_dumpable(&mut inj, a)?;
+    }
+    mem::finish_mm(&mut inj, &img.mm)?;
+    mem::verify_vm_flags(pid, &img.mm)?;
     // The last injected call removes the scratch area; from its syscall
     // exit the task leaves with its own registers.
     inj.unmap_scratch()?;

@@ -1,8 +1,9 @@
 //! Per-task state: mm fields, signals, cwd, umask, rseq, robust list...
 
 use crate::error::{Error, Result};
-use crate::image::messages::{Core, Mm, TaskEntry};
+use crate::image::messages::{Attrs, Core, Mm, TaskEntry};
 use crate::inject::Injector;
+use crate::sys::sched::{self, SchedAttr};
 use crate::sys::syscalls::prlimit;
 
 const PR_SET_MM: u64 = 35;
@@ -174,6 +175,285 @@ pub(crate) fn restore_rlimits(pid: i32, core: &Core) -> Result<()> {
             Error::Sys { errno: nix::errno::Errno::EPERM, .. } => Error::task(pid, format!("cannot set rlimit {} to {}/{}: the hard limit is above this engine's own (no CAP_SYS_RESOURCE)", r.resource, r.cur, r.max)),
             e => e,
         })?;
+    }
+    Ok(())
+}
+
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_MCE_KILL: u64 = 33;
+const PR_MCE_KILL_CLEAR: u64 = 0;
+const PR_MCE_KILL_SET: u64 = 1;
+const PR_MCE_KILL_DEFAULT: i32 = 2;
+const PR_SET_TSC: u64 = 26;
+const PR_SET_DUMPABLE: u64 = 4;
+const ARCH_SET_CPUID: u64 = 0x1012;
+const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+
+fn write_proc(pid: i32, file: &str, value: String) -> Result<()> {
+    let path = crate::proc::pid_path(pid, file);
+    std::fs::write(&path, value).map_err(|e| Error::io("writing", path, e))
+}
+
+fn read_proc(pid: i32, file: &str) -> Result<String> {
+    let path = crate::proc::pid_path(pid, file);
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+}
+
+/// Scheduling, affinity, OOM score and timer slack, set from outside on
+/// the stub's pid.
+pub(crate) fn restore_attrs_external(pid: i32, a: &Attrs) -> Result<()> {
+    if let Some(s) = &a.sched {
+        // Affinity first: a deadline task's mask cannot shrink afterwards.
+        if !s.affinity.is_empty() {
+            sched::setaffinity(pid, &s.affinity)?;
+        }
+        let clamps = !(s.util_min == 0 && (s.util_max == 1024 || s.util_max == 0));
+        let attr = SchedAttr {
+            size: sched::SCHED_ATTR_SIZE,
+            policy: s.policy,
+            flags: s.flags
+                | if clamps {
+                    sched::SCHED_FLAG_UTIL_CLAMP
+                } else {
+                    0
+                },
+            nice: s.nice,
+            priority: s.priority,
+            runtime: s.runtime,
+            deadline: s.deadline,
+            period: s.period,
+            util_min: s.util_min,
+            util_max: s.util_max,
+        };
+        sched::sched_setattr(pid, &attr)?;
+        // sched_setattr sets nice for SCHED_OTHER and SCHED_BATCH only,
+        // but a SCHED_IDLE (or real-time) task has one too.
+        sched::set_nice(pid, s.nice)?;
+    }
+    // After the policy: a real-time policy resets the slack.
+    write_proc(pid, "timerslack_ns", a.timer_slack_ns.to_string())?;
+    write_proc(pid, "oom_score_adj", a.oom_score_adj.to_string()).map_err(|e| {
+        Error::task(
+            pid,
+            format!("cannot set oom_score_adj to {}: {e}", a.oom_score_adj),
+        )
+    })?;
+    Ok(())
+}
+
+const PR_SET_SPECULATION_CTRL: u64 = 53;
+
+/// Per-task speculation control set back with prctl, then the whole
+/// state (system-wide parts too) checked against the dump's.
+fn restore_speculation(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    let pid = inj.pid();
+    for line in a.speculation.lines() {
+        if let Some((which, value)) = crate::speculation::settable(line) {
+            inj.call(
+                "prctl(PR_SET_SPECULATION_CTRL)",
+                libc::SYS_prctl,
+                &[PR_SET_SPECULATION_CTRL, which, value, 0, 0],
+            )?;
+        }
+    }
+    let status = read_proc(pid, "status")?;
+    let now = crate::speculation::lines(&status).join("\n");
+    if now != a.speculation {
+        return Err(Error::task(
+            pid,
+            format!(
+                "speculation control is {now:?} here but was {:?} at dump",
+                a.speculation
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// prctl and arch_prctl state, membarrier registrations and interval
+/// timers, by injected calls.
+pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    let prctl = |inj: &mut Injector, name, args: [u64; 3]| {
+        inj.call(name, libc::SYS_prctl, &[args[0], args[1], args[2], 0, 0])
+    };
+    prctl(
+        inj,
+        "prctl(PR_SET_THP_DISABLE)",
+        [
+            PR_SET_THP_DISABLE,
+            (a.thp_disable & 1) as u64,
+            (a.thp_disable & !1) as u64,
+        ],
+    )?;
+    prctl(
+        inj,
+        "prctl(PR_SET_CHILD_SUBREAPER)",
+        [PR_SET_CHILD_SUBREAPER, a.child_subreaper as u64, 0],
+    )?;
+    let mce = if a.mce_kill == PR_MCE_KILL_DEFAULT {
+        [PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0]
+    } else {
+        [PR_MCE_KILL, PR_MCE_KILL_SET, a.mce_kill as u64]
+    };
+    prctl(inj, "prctl(PR_MCE_KILL)", mce)?;
+    if a.tsc != 0 {
+        prctl(inj, "prctl(PR_SET_TSC)", [PR_SET_TSC, a.tsc as u64, 0])?;
+    }
+    if a.cpuid == 0 {
+        inj.call(
+            "arch_prctl(ARCH_SET_CPUID)",
+            libc::SYS_arch_prctl,
+            &[ARCH_SET_CPUID, 0],
+        )?;
+    }
+    let buf = inj.scratch()?.addr;
+    let have = if a.xcomp_perm == 0 {
+        0
+    } else {
+        inj.call(
+            "arch_prctl(ARCH_GET_XCOMP_PERM)",
+            libc::SYS_arch_prctl,
+            &[ARCH_GET_XCOMP_PERM, buf],
+        )?;
+        let b = inj.get(0, 8)?;
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    };
+    for bit in 0..64u64 {
+        if (a.xcomp_perm & !have) >> bit & 1 != 0 {
+            inj.call(
+                "arch_prctl(ARCH_REQ_XCOMP_PERM)",
+                libc::SYS_arch_prctl,
+                &[ARCH_REQ_XCOMP_PERM, bit],
+            )?;
+        }
+    }
+    for bit in 0..32u32 {
+        let cmd = a.membarrier & (1 << bit);
+        if cmd != 0 {
+            inj.call(
+                "membarrier(REGISTER)",
+                libc::SYS_membarrier,
+                &[cmd as u64, 0, 0],
+            )?;
+        }
+    }
+    for t in &a.itimers {
+        if t.which == libc::ITIMER_REAL {
+            // Expired with its SIGALRM still queued (value 0): the kernel
+            // re-arms it when the signal is taken, but setitimer with a
+            // zero value would forget the interval. Expiring it again at
+            // once gives the same state: the interval kept, a SIGALRM
+            // pending (merged with the one restored), re-armed on delivery.
+            set_itimer(inj, t.which, t.interval_us, t.value_us.max(1))?;
+            continue;
+        }
+        set_itimer(inj, t.which, t.interval_us, t.value_us)?;
+        // The kernel adds one tick to a CPU-time timer it arms, so a
+        // timer read and set back would gain a tick per checkpoint. The
+        // stopped stub uses no CPU time: what it reads back now, less what
+        // was asked, is exactly that tick.
+        inj.call("getitimer", libc::SYS_getitimer, &[t.which as u64, buf])?;
+        let b = inj.get(0, 32)?;
+        let w = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let got = w(16) * 1_000_000 + w(24);
+        let extra = got.saturating_sub(t.value_us);
+        if extra > 0 && extra < t.value_us {
+            set_itimer(inj, t.which, t.interval_us, t.value_us - extra)?;
+        }
+    }
+    restore_posix_timers(inj, a)?;
+    restore_speculation(inj, a)?;
+    Ok(())
+}
+
+fn set_itimer(inj: &mut Injector, which: i32, interval_us: u64, value_us: u64) -> Result<()> {
+    let tv = |us: u64| [us / 1_000_000, us % 1_000_000];
+    let words = [tv(interval_us), tv(value_us)].concat();
+    let p = inj.put(0, &le(&words))?;
+    inj.call("setitimer", libc::SYS_setitimer, &[which as u64, p, 0])?;
+    Ok(())
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+const SIGEV_THREAD_ID: i32 = 4;
+
+/// POSIX timers, each recreated with its id, clock, notification and
+/// sigev_value, then armed with its remaining time and interval.
+fn restore_posix_timers(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    if a.posix_timers.is_empty() {
+        return Ok(());
+    }
+    let pid = inj.pid();
+    inj.call(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)",
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
+    )?;
+    for t in &a.posix_timers {
+        // struct sigevent: sigev_value (8), sigev_signo (4), sigev_notify
+        // (4), then the union whose first int is the thread id; 64 bytes.
+        let mut ev = vec![0u8; 64];
+        ev[0..8].copy_from_slice(&t.value.to_le_bytes());
+        ev[8..12].copy_from_slice(&t.signo.to_le_bytes());
+        ev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+        if t.notify & SIGEV_THREAD_ID != 0 {
+            ev[16..20].copy_from_slice(&pid.to_le_bytes());
+        }
+        let evp = inj.put(0, &ev)?;
+        let idp = inj.put(64, &t.id.to_le_bytes())?;
+        inj.call(
+            "timer_create",
+            libc::SYS_timer_create,
+            &[t.clock_id as i64 as u64, evp, idp],
+        )?;
+        let got = inj.get(64, 4)?;
+        let got = i32::from_le_bytes([got[0], got[1], got[2], got[3]]);
+        if got != t.id {
+            return Err(Error::task(
+                pid,
+                format!("timer_create gave POSIX timer id {got}, not {}", t.id),
+            ));
+        }
+        if t.remaining_ns != 0 {
+            let ts = |ns: u64| [ns / 1_000_000_000, ns % 1_000_000_000];
+            let spec = inj.put(128, &le(&[ts(t.interval_ns), ts(t.remaining_ns)].concat()))?;
+            inj.call(
+                "timer_settime",
+                libc::SYS_timer_settime,
+                &[t.id as u64, 0, spec, 0],
+            )?;
+        }
+    }
+    inj.call(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)",
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// Dumpable goes last among the task's own calls: credential changes
+/// reset it.
+pub(crate) fn restore_dumpable(inj: &mut Injector, a: &Attrs) -> Result<()> {
+    if a.dumpable != 1 {
+        inj.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            &[PR_SET_DUMPABLE, a.dumpable as u64, 0, 0, 0],
+        )?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `unsafe` about talking to the kernel lives here and in `inject`.
 
 pub mod ptrace;
+pub mod sched;
 pub mod syscalls;
 pub mod uffd;
 
