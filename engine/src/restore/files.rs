@@ -288,6 +288,19 @@ pub(crate) fn restore(
         };
         inj.call("dup3", libc::SYS_dup3, &[temp[fd], *fd as u64, cloexec])?;
     }
+    // O_ASYNC last: the kernel records the fd number it was set through
+    // and reports it as si_fd with the signal. The dumped task set it
+    // through one of the fds of that open file; the lowest is taken.
+    for fd in fds.fds.iter().filter(|f| f.dup_of.is_none()) {
+        let status = fd.flags as i32 & SETFL_MASK;
+        if status & libc::O_ASYNC != 0 {
+            inj.call(
+                "fcntl(F_SETFL)",
+                libc::SYS_fcntl,
+                &[fd.fd as u64, libc::F_SETFL as u64, status as u64],
+            )?;
+        }
+    }
     let numbers: BTreeSet<u64> = fds.fds.iter().map(|f| f.fd as u64).collect();
     let highs: BTreeSet<u64> = temp
         .values()
@@ -354,7 +367,8 @@ fn restore_one(
             .ok_or_else(|| Error::task(pid, format!("fd {}: original fd {orig} missing", fd.fd)))?;
         return Ok(high);
     }
-    let status = fd.flags as i32 & SETFL_MASK;
+    // O_ASYNC is set once the fd has its final number (see `restore`).
+    let status = fd.flags as i32 & SETFL_MASK & !libc::O_ASYNC;
     let (high, setfl) = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
         FdKind::Path => {
             let p = inj.put_cstr(0, &fd.path)?;
@@ -378,7 +392,7 @@ fn restore_one(
                 )?;
             }
             // openat() set every flag but O_ASYNC.
-            (high, status & libc::O_ASYNC != 0)
+            (high, false)
         }
         k @ (FdKind::PipeRead | FdKind::PipeWrite) if !fd.external.is_empty() => {
             let mode = if k == FdKind::PipeRead {
