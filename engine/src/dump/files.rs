@@ -113,7 +113,12 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
         if Some(n) == tracker {
             continue;
         }
-        let info = proc::fd::read_fdinfo(pid, n)?;
+        // A pre-dump looks at a running task: an fd closed since the
+        // listing is simply not there any more.
+        let info = match proc::fd::read_fdinfo(pid, n) {
+            Err(e) if e.is_gone() => continue,
+            r => r?,
+        };
         if let Some(lock) = info.locks().first() {
             return Err(Error::unsupported(
                 pid,
@@ -297,6 +302,18 @@ fn copy_of(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<OwnedFd> {
     pidfd_getfd(pidfd, pid, n)
 }
 
+/// As [`copy_of`], but None if the task closed `n` meanwhile (a running
+/// task, during pre-dump's checks).
+fn copy_if_open(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<Option<OwnedFd>> {
+    match pidfd_getfd(pidfd, pid, n) {
+        Err(Error::Sys {
+            errno: Errno::EBADF,
+            ..
+        }) if std::fs::symlink_metadata(format!("/proc/{pid}/fd/{n}")).is_err() => Ok(None),
+        r => r.map(Some),
+    }
+}
+
 /// The signal owner and signal of every open file description, refused
 /// unless the owner is the task itself (restore cannot point it at a
 /// process it does not recreate).
@@ -312,7 +329,9 @@ fn owners(pid: pid_t, pidfd: &OwnedFd, fds: &mut [Fd]) -> Result<()> {
             (fd.owner_type, fd.owner_pid, fd.signal) = (kind, owner, sig);
             continue;
         }
-        let copy = copy_of(pidfd, pid, fd.fd)?;
+        let Some(copy) = copy_if_open(pidfd, pid, fd.fd)? else {
+            continue;
+        };
         let mut owner = OwnerEx::default();
         // SAFETY: F_GETOWN_EX writes one struct f_owner_ex to the pointer.
         let r = unsafe { libc::fcntl(copy.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) };
@@ -445,7 +464,9 @@ fn pipes(
             .find(|f| f.kind == FdKind::PipeWrite as i32)
             .map(|f| f.fd);
         let packet = ends.iter().any(|f| f.flags as i32 & libc::O_DIRECT != 0);
-        let copy = copy_of(pidfd, pid, first)?;
+        let Some(copy) = copy_if_open(pidfd, pid, first)? else {
+            continue;
+        };
         // The task holds only one end: if the other is open, someone else
         // holds it, even a process /proc does not let us see (or a
         // descriptor in flight in a unix socket).
