@@ -61,11 +61,16 @@ fn crust_with_fd(args: &[&str], fd: &OwnedFd, at: i32) -> Output {
         .stdin(Stdio::null())
         .stdout(stdout.try_clone().expect("dup"))
         .stderr(stderr.try_clone().expect("dup"));
-    // SAFETY: dup2 is async-signal-safe; it leaves the copy without
-    // FD_CLOEXEC, so crust inherits it at `at`.
+    // SAFETY: dup2 and fcntl are async-signal-safe. dup2 leaves the copy
+    // without FD_CLOEXEC, so crust inherits it at `at`; if the fd is
+    // already there, dup2 does nothing and FD_CLOEXEC is cleared instead.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, at) < 0 {
+            let r = match raw == at {
+                true => libc::fcntl(at, libc::F_SETFD, 0),
+                false => libc::dup2(raw, at),
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
