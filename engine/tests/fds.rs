@@ -356,3 +356,31 @@ fn pty_slave_stdin_is_refused() {
     );
     drop(master);
 }
+
+/// Pre-dump looks at a running task: descriptors it closes meanwhile are
+/// simply not there (they used to fail the pre-dump with EBADF).
+#[test]
+fn pre_dump_of_a_task_opening_and_closing_fds() {
+    init();
+    let tmp = tempdir();
+    let (mut p, log) = holder(tmp.path(), "churn", Stdio::null());
+    let pid = p.pid.to_string();
+    for i in 0..20 {
+        let images = tmp.path().join(format!("pre{i}"));
+        crust([
+            "pre-dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&images),
+            "--pre-dump-mode",
+            "read",
+        ])
+        .assert_ok();
+        p.assert_running_untraced();
+    }
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    let text = read_string(&log);
+    assert!(text.ends_with("OK\n"), "holder log: {text}");
+}

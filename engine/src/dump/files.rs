@@ -86,6 +86,9 @@ struct PipePlan {
 pub(crate) struct FdPlan {
     fds: Vec<Fd>,
     pipes: BTreeMap<u64, PipePlan>,
+    /// Descriptors that went away while being looked at: normal for a
+    /// running task (pre-dump), impossible for a frozen one (dump).
+    vanished: BTreeSet<i32>,
 }
 
 /// The key `--external` and `--inherit-fd` name a pipe by.
@@ -108,101 +111,115 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
     }
     let pidfd = pidfd_open(pid)?;
     let mut fds: Vec<Fd> = Vec::new();
+    let mut vanished = BTreeSet::new();
     for link in proc::fd::list_fds(pid)? {
         let n = link.fd;
         if Some(n) == tracker {
             continue;
         }
-        // A pre-dump looks at a running task: an fd closed since the
-        // listing is simply not there any more.
-        let info = match proc::fd::read_fdinfo(pid, n) {
-            Err(e) if e.is_gone() => continue,
-            r => r?,
-        };
-        if let Some(lock) = info.locks().first() {
-            return Err(Error::unsupported(
-                pid,
-                format!(
-                    "fd {n} ({}): holds a {} {} {} on bytes {} (file locks and leases are not restored yet)",
-                    link.target,
-                    lock.kind,
-                    lock.access,
-                    if lock.kind == "LEASE" { "lease" } else { "lock" },
-                    lock.range
-                ),
-            ));
-        }
-        let mut fd = Fd {
-            fd: n,
-            flags: info.flags,
-            pos: info.pos,
-            ..Default::default()
-        };
-        match FdTarget::parse(&link.target) {
-            FdTarget::File(path) => {
-                classify_path(pid, &mut fd, &info, path)?;
-                for earlier in fds.iter().filter(|e| {
-                    e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == fd.path
-                }) {
-                    if same_file(pid, earlier.fd, n)? {
-                        fd.dup_of = Some(earlier.fd);
-                        break;
-                    }
-                }
-            }
-            FdTarget::Pipe(ino) => {
-                let end = match info.flags as i32 & libc::O_ACCMODE {
-                    libc::O_RDONLY => FdKind::PipeRead,
-                    libc::O_WRONLY => FdKind::PipeWrite,
-                    _ => {
-                        return Err(Error::unsupported(
-                            pid,
-                            format!("fd {n}: pipe:[{ino}] open read-write"),
-                        ))
-                    }
-                };
-                check_flags(pid, n, &link.target, info.flags, PIPE_FLAGS)?;
-                fd.kind = end as i32;
-                fd.pipe_id = ino;
-                if let Some(e) = fds
-                    .iter()
-                    .find(|e| e.pipe_id == ino && e.kind == fd.kind && e.dup_of.is_none())
-                {
-                    if !same_file(pid, e.fd, n)? {
-                        return Err(Error::unsupported(
-                            pid,
-                            format!(
-                                "fd {n}: a second open file description of the {} end of pipe:[{ino}] (fd {} is the first; reopened through /proc?)",
-                                if end == FdKind::PipeRead { "read" } else { "write" },
-                                e.fd
-                            ),
-                        ));
-                    }
-                    fd.dup_of = Some(e.fd);
-                }
-            }
-            FdTarget::Deleted(path) => {
+        let one = || -> Result<Option<Fd>> {
+            // A pre-dump looks at a running task: an fd closed since the
+            // listing is simply not there any more.
+            let info = proc::fd::read_fdinfo(pid, n)?;
+            if let Some(lock) = info.locks().first() {
                 return Err(Error::unsupported(
                     pid,
-                    format!("fd {n}: unlinked file {path}"),
-                ))
+                    format!(
+                        "fd {n} ({}): holds a {} {} {} on bytes {} (file locks and leases are not restored yet)",
+                        link.target,
+                        lock.kind,
+                        lock.access,
+                        if lock.kind == "LEASE" { "lease" } else { "lock" },
+                        lock.range
+                    ),
+                ));
             }
-            FdTarget::Socket(ino) => {
-                return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]")))
+            let mut fd = Fd {
+                fd: n,
+                flags: info.flags,
+                pos: info.pos,
+                ..Default::default()
+            };
+            match FdTarget::parse(&link.target) {
+                FdTarget::File(path) => {
+                    classify_path(pid, &mut fd, &info, path)?;
+                    for earlier in fds.iter().filter(|e| {
+                        e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == fd.path
+                    }) {
+                        if same_file(pid, earlier.fd, n)? {
+                            fd.dup_of = Some(earlier.fd);
+                            break;
+                        }
+                    }
+                }
+                FdTarget::Pipe(ino) => {
+                    let end = match info.flags as i32 & libc::O_ACCMODE {
+                        libc::O_RDONLY => FdKind::PipeRead,
+                        libc::O_WRONLY => FdKind::PipeWrite,
+                        _ => {
+                            return Err(Error::unsupported(
+                                pid,
+                                format!("fd {n}: pipe:[{ino}] open read-write"),
+                            ))
+                        }
+                    };
+                    check_flags(pid, n, &link.target, info.flags, PIPE_FLAGS)?;
+                    fd.kind = end as i32;
+                    fd.pipe_id = ino;
+                    if let Some(e) = fds
+                        .iter()
+                        .find(|e| e.pipe_id == ino && e.kind == fd.kind && e.dup_of.is_none())
+                    {
+                        if !same_file(pid, e.fd, n)? {
+                            return Err(Error::unsupported(
+                                pid,
+                                format!(
+                                    "fd {n}: a second open file description of the {} end of pipe:[{ino}] (fd {} is the first; reopened through /proc?)",
+                                    if end == FdKind::PipeRead { "read" } else { "write" },
+                                    e.fd
+                                ),
+                            ));
+                        }
+                        fd.dup_of = Some(e.fd);
+                    }
+                }
+                FdTarget::Deleted(path) => {
+                    return Err(Error::unsupported(
+                        pid,
+                        format!("fd {n}: unlinked file {path}"),
+                    ))
+                }
+                FdTarget::Socket(ino) => {
+                    return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]")))
+                }
+                FdTarget::AnonInode(kind) => {
+                    return Err(Error::unsupported(
+                        pid,
+                        format!("fd {n}: anon_inode:{kind}"),
+                    ))
+                }
+                FdTarget::Other(t) => return Err(Error::unsupported(pid, format!("fd {n}: {t}"))),
             }
-            FdTarget::AnonInode(kind) => {
-                return Err(Error::unsupported(
-                    pid,
-                    format!("fd {n}: anon_inode:{kind}"),
-                ))
+            Ok(Some(fd))
+        };
+        match one() {
+            Ok(Some(fd)) => fds.push(fd),
+            Ok(None) => {}
+            // Closed meanwhile (pre-dump looks at a running task), this fd
+            // or the earlier one it was compared with: nothing to refuse.
+            Err(e) if is_vanished(&e) => {
+                vanished.insert(n);
             }
-            FdTarget::Other(t) => return Err(Error::unsupported(pid, format!("fd {n}: {t}"))),
+            Err(e) => return Err(e),
         }
-        fds.push(fd);
     }
-    owners(pid, &pidfd, &mut fds)?;
-    let pipes = pipes(pid, &pidfd, &mut fds, external)?;
-    Ok(FdPlan { fds, pipes })
+    owners(pid, &pidfd, &mut fds, &mut vanished)?;
+    let pipes = pipes(pid, &pidfd, &mut fds, external, &mut vanished)?;
+    Ok(FdPlan {
+        fds,
+        pipes,
+        vanished,
+    })
 }
 
 /// A regular file, directory, device or O_PATH descriptor: reopened by
@@ -302,14 +319,35 @@ fn copy_of(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<OwnedFd> {
     pidfd_getfd(pidfd, pid, n)
 }
 
-/// As [`copy_of`], but None if the task closed `n` meanwhile (a running
-/// task, during pre-dump's checks).
-fn copy_if_open(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<Option<OwnedFd>> {
-    match pidfd_getfd(pidfd, pid, n) {
-        Err(Error::Sys {
+/// Whether an error says that a descriptor is not there any more: its
+/// /proc entries are gone (ENOENT), or a syscall on it (pidfd_getfd,
+/// kcmp) finds no such fd (EBADF). Only a running task's table changes
+/// like that.
+fn is_vanished(e: &Error) -> bool {
+    match e {
+        Error::Sys {
             errno: Errno::EBADF,
             ..
-        }) if std::fs::symlink_metadata(format!("/proc/{pid}/fd/{n}")).is_err() => Ok(None),
+        } => true,
+        Error::Proc(p) => p.is_gone(),
+        Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// As [`copy_of`], but None (and `n` noted as vanished) if the task
+/// closed `n` meanwhile (a running task, during pre-dump's checks).
+fn copy_if_open(
+    pidfd: &OwnedFd,
+    pid: pid_t,
+    n: i32,
+    vanished: &mut BTreeSet<i32>,
+) -> Result<Option<OwnedFd>> {
+    match copy_of(pidfd, pid, n) {
+        Err(e) if is_vanished(&e) => {
+            vanished.insert(n);
+            Ok(None)
+        }
         r => r.map(Some),
     }
 }
@@ -317,7 +355,7 @@ fn copy_if_open(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<Option<OwnedFd>> 
 /// The signal owner and signal of every open file description, refused
 /// unless the owner is the task itself (restore cannot point it at a
 /// process it does not recreate).
-fn owners(pid: pid_t, pidfd: &OwnedFd, fds: &mut [Fd]) -> Result<()> {
+fn owners(pid: pid_t, pidfd: &OwnedFd, fds: &mut [Fd], vanished: &mut BTreeSet<i32>) -> Result<()> {
     let mut pgrp = None;
     let mut seen: BTreeMap<i32, (i32, i32, i32)> = BTreeMap::new();
     for fd in fds.iter_mut() {
@@ -329,7 +367,7 @@ fn owners(pid: pid_t, pidfd: &OwnedFd, fds: &mut [Fd]) -> Result<()> {
             (fd.owner_type, fd.owner_pid, fd.signal) = (kind, owner, sig);
             continue;
         }
-        let Some(copy) = copy_if_open(pidfd, pid, fd.fd)? else {
+        let Some(copy) = copy_if_open(pidfd, pid, fd.fd, vanished)? else {
             continue;
         };
         let mut owner = OwnerEx::default();
@@ -414,6 +452,7 @@ fn pipes(
     pidfd: &OwnedFd,
     fds: &mut [Fd],
     external: &[String],
+    vanished: &mut BTreeSet<i32>,
 ) -> Result<BTreeMap<u64, PipePlan>> {
     let is_pipe = |f: &Fd| f.kind != FdKind::Path as i32;
     let inos: BTreeSet<u64> = fds
@@ -464,7 +503,7 @@ fn pipes(
             .find(|f| f.kind == FdKind::PipeWrite as i32)
             .map(|f| f.fd);
         let packet = ends.iter().any(|f| f.flags as i32 & libc::O_DIRECT != 0);
-        let Some(copy) = copy_if_open(pidfd, pid, first)? else {
+        let Some(copy) = copy_if_open(pidfd, pid, first, vanished)? else {
             continue;
         };
         // The task holds only one end: if the other is open, someone else
@@ -539,6 +578,12 @@ fn fionread(pid: pid_t, fd: &OwnedFd) -> Result<usize> {
 
 /// Collects the descriptors and the data buffered in their pipes.
 pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
+    if let Some(n) = plan.vanished.first() {
+        return Err(Error::task(
+            pid,
+            format!("fd {n} went away while the task was frozen"),
+        ));
+    }
     let pidfd = pidfd_open(pid)?;
     let mut pipes = Vec::new();
     for (&id, p) in &plan.pipes {

@@ -15,6 +15,9 @@
  *   kmsg    /dev/kmsg, a character device with state
  *   owner   a pipe whose signal owner (F_SETOWN) is the parent process
  *   packet  a packet-mode pipe (O_DIRECT) holding two packets
+ *   churn   nothing to refuse: opens 32 fds of /dev/null and closes them,
+ *           in a loop until SIGTERM is pending (fds come and go under a
+ *           pre-dump's feet)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -125,11 +128,32 @@ int main(int argc, char **argv) {
             die("pipe2(O_DIRECT)");
         if (write(pfd[1], "one", 3) != 3 || write(pfd[1], "two", 3) != 3)
             die("write packets");
+    } else if (!strcmp(mode, "churn")) {
+        /* below */
     } else {
         errno = EINVAL;
         die(mode);
     }
     say("ready\n");
+    if (!strcmp(mode, "churn")) {
+        sigset_t pending;
+        unsigned long rounds = 0;
+        for (;;) {
+            int t[32];
+            for (int i = 0; i < 32; i++)
+                if ((t[i] = open("/dev/null", O_RDONLY)) < 0)
+                    die("open /dev/null");
+            for (int i = 0; i < 32; i++)
+                if (close(t[i]))
+                    die("close");
+            rounds++;
+            sigpending(&pending);
+            if (sigismember(&pending, SIGTERM))
+                break;
+        }
+        say(rounds > 0 ? "OK\n" : "BAD no rounds\n");
+        return 0;
+    }
     while (!stop)
         sigsuspend(&none);
 
