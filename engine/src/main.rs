@@ -12,7 +12,7 @@ use crust::dump::{
     dump, pre_dump, DumpOptions, PreDumpMode, PreDumpOptions, TrackOptions, TrackerChoice,
 };
 use crust::error::exit;
-use crust::restore::{restore, RestoreOptions};
+use crust::restore::{restore, InheritFd, RestoreOptions};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,10 @@ enum Cmd {
         /// Let the process run on after the dump.
         #[arg(long)]
         leave_running: bool,
+        /// A resource held outside the process, accepted as such
+        /// (`pipe:[INODE]`); repeatable. Restore then needs --inherit-fd.
+        #[arg(long, value_name = "pipe:[INODE]", value_parser = external_key)]
+        external: Vec<String>,
         #[command(flatten)]
         track: Track,
         /// Print timing and page counts.
@@ -67,6 +71,9 @@ enum Cmd {
         /// copies them after the task runs again.
         #[arg(long, value_enum, default_value_t = Mode::Splice)]
         pre_dump_mode: Mode,
+        /// As for dump: a pipe held outside the process, accepted as such.
+        #[arg(long, value_name = "pipe:[INODE]", value_parser = external_key)]
+        external: Vec<String>,
         #[command(flatten)]
         track: Track,
         #[arg(long)]
@@ -90,6 +97,10 @@ enum Cmd {
         /// Seconds to wait for the original pid to become free (0 to 3600).
         #[arg(long, default_value = "5", value_parser = parse_pid_wait, allow_hyphen_values = true)]
         pid_wait: Duration,
+        /// Descriptor N of this command becomes the process's end of the
+        /// external pipe dumped with --external pipe:[INODE]; repeatable.
+        #[arg(long, value_name = "fd[N]:pipe:[INODE]")]
+        inherit_fd: Vec<InheritFd>,
         #[arg(long)]
         display_stats: bool,
         #[command(flatten)]
@@ -200,6 +211,7 @@ fn main() -> ExitCode {
             pid,
             dir,
             pre_dump_mode,
+            external,
             track,
             display_stats,
             common,
@@ -219,6 +231,7 @@ fn main() -> ExitCode {
                 &PreDumpOptions {
                     mode,
                     track: track.options(),
+                    external,
                 },
             ) {
                 Ok(stats) => {
@@ -245,6 +258,7 @@ fn main() -> ExitCode {
             pid,
             dir,
             leave_running,
+            external,
             track,
             display_stats,
             common,
@@ -261,6 +275,7 @@ fn main() -> ExitCode {
                 &DumpOptions {
                     leave_running,
                     track: track.options(),
+                    external,
                 },
             ) {
                 Ok(stats) => {
@@ -296,6 +311,7 @@ fn main() -> ExitCode {
             pidfile,
             leave_stopped,
             pid_wait,
+            inherit_fd,
             display_stats,
             common,
         } => {
@@ -303,6 +319,7 @@ fn main() -> ExitCode {
             let opts = RestoreOptions {
                 leave_stopped,
                 pid_wait,
+                inherit_fds: inherit_fd,
             };
             // The pidfile is written before the process exists (its pid is
             // the image's), so that nothing can fail once it runs: a
@@ -399,6 +416,18 @@ fn failure_code(pid: i32, e: &crust::Error) -> ExitCode {
         true => exit::GONE,
         false => exit::FAILED,
     })
+}
+
+/// `--external` names: only pipes so far.
+fn external_key(s: &str) -> Result<String, String> {
+    let ino = s
+        .strip_prefix("pipe:[")
+        .and_then(|k| k.strip_suffix(']'))
+        .and_then(|k| k.parse::<u64>().ok());
+    match ino {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!("{s:?}: only pipes can be external: pipe:[INODE]")),
+    }
 }
 
 /// `--pid-wait`: finite, non-negative seconds, at most an hour (a restore

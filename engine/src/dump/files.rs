@@ -1,7 +1,17 @@
-//! File descriptors: regular files, directories, character devices and
-//! pipes. Anything else is refused by name.
+//! File descriptors: regular files and directories, the stateless
+//! character devices, O_PATH descriptors of anything, and pipes, each with
+//! its open flags, signal owner (F_SETOWN_EX) and signal (F_SETSIG).
+//! Everything else is refused by name: sockets, anon-inode fds, ttys and
+//! other devices, FIFOs, unlinked files, locks and leases, flags that
+//! cannot be set again, a signal owner other than the task itself, and a
+//! pipe that a process outside the dump also holds (unless named with
+//! `--external pipe:[INODE]`, see [`plan`]).
+//!
+//! [`plan`] only looks (from /proc and through pidfd_getfd copies), so the
+//! same checks run for pre-dump before the task is frozen, and for dump
+//! while it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -14,93 +24,279 @@ use crate::proc;
 use crate::proc::fd::FdTarget;
 use crate::sys::syscalls::{pidfd_getfd, pidfd_open, same_file, tee};
 
-pub(crate) struct FdPlan {
-    fds: Vec<Fd>,
+// fcntl commands and owner types (linux/fcntl.h, asm-generic/fcntl.h).
+const F_GETSIG: i32 = 11;
+const F_GETOWN_EX: i32 = 16;
+const F_OWNER_TID: i32 = 0;
+const F_OWNER_PID: i32 = 1;
+const F_OWNER_PGRP: i32 = 2;
+
+/// `struct f_owner_ex`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct OwnerEx {
+    kind: i32,
+    pid: i32,
 }
 
-/// Classifies every descriptor, refusing what restore could not recreate.
-/// `tracker` is the dirty tracker's own descriptor: never part of an image.
-pub(crate) fn plan(pid: pid_t, tracker: Option<i32>) -> Result<FdPlan> {
-    let mut fds = Vec::new();
+/// The kernel's O_LARGEFILE (forced on every open by 64-bit processes);
+/// the C library's constant is 0 on x86_64.
+const O_LARGEFILE: i32 = 0o100000;
+
+/// Open flags a reopened regular file, directory or device gets back
+/// exactly: openat() sets all but O_ASYNC, which F_SETFL sets.
+const FILE_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DSYNC
+    | libc::O_SYNC
+    | libc::O_ASYNC
+    | libc::O_DIRECT
+    | O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC;
+/// What an O_PATH descriptor can carry (the kernel drops everything else).
+const PATH_FLAGS: i32 =
+    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | O_LARGEFILE | libc::O_CLOEXEC;
+/// What pipe2() + F_SETFL give a pipe end.
+const PIPE_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_NOATIME
+    | libc::O_ASYNC
+    | libc::O_CLOEXEC;
+
+/// Character devices that hold no state a reopen would lose, by (major,
+/// minor): /dev/null, zero, full, random, urandom.
+const STATELESS_DEVICES: [(u32, u32); 5] = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)];
+
+/// A pipe dumped with its data (not external).
+struct PipePlan {
+    /// Capacity (F_GETPIPE_SZ).
+    size: u32,
+    /// A read end the task holds, to copy the data from.
+    read_fd: Option<i32>,
+    /// Some end the task holds.
+    any_fd: i32,
+}
+
+pub(crate) struct FdPlan {
+    fds: Vec<Fd>,
+    pipes: BTreeMap<u64, PipePlan>,
+    /// Descriptors that went away while being looked at: normal for a
+    /// running task (pre-dump), impossible for a frozen one (dump).
+    vanished: BTreeSet<i32>,
+}
+
+/// The key `--external` and `--inherit-fd` name a pipe by.
+pub(crate) fn pipe_key(ino: u64) -> String {
+    format!("pipe:[{ino}]")
+}
+
+/// Classifies every descriptor, refusing what restore could not recreate
+/// exactly. `tracker` is the dirty tracker's own descriptor: never part of
+/// an image. `external`: pipes (`pipe:[INODE]`) that the user says are
+/// held outside the dump; their ends are recorded as external, without
+/// data, for `restore --inherit-fd`.
+pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Result<FdPlan> {
+    for name in external {
+        if parse_pipe_key(name).is_none() {
+            return Err(Error::Other(format!(
+                "--external {name}: only pipes (pipe:[INODE]) can be external"
+            )));
+        }
+    }
+    let pidfd = pidfd_open(pid)?;
+    let mut fds: Vec<Fd> = Vec::new();
+    let mut vanished = BTreeSet::new();
     for link in proc::fd::list_fds(pid)? {
         let n = link.fd;
         if Some(n) == tracker {
             continue;
         }
-        let info = proc::fd::read_fdinfo(pid, n)?;
-        let mut fd = Fd {
-            fd: n,
-            flags: info.flags,
-            pos: info.pos,
-            ..Default::default()
-        };
-        match FdTarget::parse(&link.target) {
-            FdTarget::File(path) => {
-                let proc_path = format!("/proc/{pid}/fd/{n}");
-                let md =
-                    std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
-                let ft = md.file_type();
-                if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
+        let one = || -> Result<Option<Fd>> {
+            // A pre-dump looks at a running task: an fd closed since the
+            // listing is simply not there any more.
+            let info = proc::fd::read_fdinfo(pid, n)?;
+            if let Some(lock) = info.locks().first() {
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {n} ({}): holds a {} {} {} on bytes {} (file locks and leases are not restored yet)",
+                        link.target,
+                        lock.kind,
+                        lock.access,
+                        if lock.kind == "LEASE" { "lease" } else { "lock" },
+                        lock.range
+                    ),
+                ));
+            }
+            let mut fd = Fd {
+                fd: n,
+                flags: info.flags,
+                pos: info.pos,
+                ..Default::default()
+            };
+            match FdTarget::parse(&link.target) {
+                FdTarget::File(path) => {
+                    classify_path(pid, &mut fd, &info, path)?;
+                    for earlier in fds.iter().filter(|e| {
+                        e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == fd.path
+                    }) {
+                        if same_file(pid, earlier.fd, n)? {
+                            fd.dup_of = Some(earlier.fd);
+                            break;
+                        }
+                    }
+                }
+                FdTarget::Pipe(ino) => {
+                    let end = match info.flags as i32 & libc::O_ACCMODE {
+                        libc::O_RDONLY => FdKind::PipeRead,
+                        libc::O_WRONLY => FdKind::PipeWrite,
+                        _ => {
+                            return Err(Error::unsupported(
+                                pid,
+                                format!("fd {n}: pipe:[{ino}] open read-write"),
+                            ))
+                        }
+                    };
+                    check_flags(pid, n, &link.target, info.flags, PIPE_FLAGS)?;
+                    fd.kind = end as i32;
+                    fd.pipe_id = ino;
+                    if let Some(e) = fds
+                        .iter()
+                        .find(|e| e.pipe_id == ino && e.kind == fd.kind && e.dup_of.is_none())
+                    {
+                        if !same_file(pid, e.fd, n)? {
+                            return Err(Error::unsupported(
+                                pid,
+                                format!(
+                                    "fd {n}: a second open file description of the {} end of pipe:[{ino}] (fd {} is the first; reopened through /proc?)",
+                                    if end == FdKind::PipeRead { "read" } else { "write" },
+                                    e.fd
+                                ),
+                            ));
+                        }
+                        fd.dup_of = Some(e.fd);
+                    }
+                }
+                FdTarget::Deleted(path) => {
                     return Err(Error::unsupported(
                         pid,
-                        format!("fd {n}: {path} is a {}", file_type_name(&md)),
-                    ));
+                        format!("fd {n}: unlinked file {path}"),
+                    ))
                 }
-                // The path must still name the very file the task holds.
-                match std::fs::metadata(&path) {
-                    Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {}
-                    _ => {
-                        return Err(Error::unsupported(
-                            pid,
-                            format!("fd {n}: {path} was replaced or renamed since it was opened"),
-                        ))
-                    }
+                FdTarget::Socket(ino) => {
+                    return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]")))
                 }
-                fd.kind = FdKind::Path as i32;
-                fd.mode = md.mode();
-                for earlier in fds.iter().filter(|e: &&Fd| {
-                    e.kind == FdKind::Path as i32 && e.dup_of.is_none() && e.path == path
-                }) {
-                    if same_file(pid, earlier.fd, n)? {
-                        fd.dup_of = Some(earlier.fd);
-                        break;
-                    }
+                FdTarget::AnonInode(kind) => {
+                    return Err(Error::unsupported(
+                        pid,
+                        format!("fd {n}: anon_inode:{kind}"),
+                    ))
                 }
-                fd.path = path;
+                FdTarget::Other(t) => return Err(Error::unsupported(pid, format!("fd {n}: {t}"))),
             }
-            FdTarget::Pipe(ino) => {
-                fd.kind = match info.flags as i32 & libc::O_ACCMODE {
-                    libc::O_RDONLY => FdKind::PipeRead,
-                    libc::O_WRONLY => FdKind::PipeWrite,
-                    _ => {
-                        return Err(Error::unsupported(
-                            pid,
-                            format!("fd {n}: pipe:[{ino}] open read-write"),
-                        ))
-                    }
-                } as i32;
-                fd.pipe_id = ino;
+            Ok(Some(fd))
+        };
+        match one() {
+            Ok(Some(fd)) => fds.push(fd),
+            Ok(None) => {}
+            // Closed meanwhile (pre-dump looks at a running task), this fd
+            // or the earlier one it was compared with: nothing to refuse.
+            Err(e) if is_vanished(&e) => {
+                vanished.insert(n);
             }
-            FdTarget::Deleted(path) => {
-                return Err(Error::unsupported(
-                    pid,
-                    format!("fd {n}: unlinked file {path}"),
-                ))
-            }
-            FdTarget::Socket(ino) => {
-                return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]")))
-            }
-            FdTarget::AnonInode(kind) => {
-                return Err(Error::unsupported(
-                    pid,
-                    format!("fd {n}: anon_inode:{kind}"),
-                ))
-            }
-            FdTarget::Other(t) => return Err(Error::unsupported(pid, format!("fd {n}: {t}"))),
+            Err(e) => return Err(e),
         }
-        fds.push(fd);
     }
-    Ok(FdPlan { fds })
+    owners(pid, &pidfd, &mut fds, &mut vanished)?;
+    let pipes = pipes(pid, &pidfd, &mut fds, external, &mut vanished)?;
+    Ok(FdPlan {
+        fds,
+        pipes,
+        vanished,
+    })
+}
+
+/// A regular file, directory, device or O_PATH descriptor: reopened by
+/// path at restore, so the path must still name the very same file.
+fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String) -> Result<()> {
+    let n = fd.fd;
+    let proc_path = format!("/proc/{pid}/fd/{n}");
+    // stat() through the magic link lands on the open file itself (a
+    // symlink, for O_PATH | O_NOFOLLOW).
+    let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
+    let ft = md.file_type();
+    let o_path = info.flags as i32 & libc::O_PATH != 0;
+    if o_path {
+        // An O_PATH descriptor only names a file: nothing of a device,
+        // FIFO or socket is open, so any kind comes back by its path.
+        check_flags(pid, n, &path, info.flags, PATH_FLAGS)?;
+    } else if ft.is_char_device() {
+        let dev = (libc::major(md.rdev()), libc::minor(md.rdev()));
+        if !STATELESS_DEVICES.contains(&dev) {
+            let what = if is_terminal(dev) || info.get("tty-index").is_some() {
+                "is a terminal (ttys and ptys are not supported yet)"
+            } else {
+                "is a character device with state (only /dev/null, zero, full, random and urandom are restored)"
+            };
+            return Err(Error::unsupported(
+                pid,
+                format!("fd {n}: {path} (char {}:{}) {what}", dev.0, dev.1),
+            ));
+        }
+        check_flags(pid, n, &path, info.flags, FILE_FLAGS)?;
+    } else if ft.is_file() || ft.is_dir() {
+        check_flags(pid, n, &path, info.flags, FILE_FLAGS)?;
+    } else {
+        return Err(Error::unsupported(
+            pid,
+            format!("fd {n}: {path} is a {}", file_type_name(&md)),
+        ));
+    }
+    // The path must still name the very file the task holds.
+    let now = match ft.is_symlink() {
+        true => std::fs::symlink_metadata(&path),
+        false => std::fs::metadata(&path),
+    };
+    match now {
+        Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {}
+        _ => {
+            return Err(Error::unsupported(
+                pid,
+                format!("fd {n}: {path} was replaced or renamed since it was opened"),
+            ))
+        }
+    }
+    fd.kind = FdKind::Path as i32;
+    fd.mode = md.mode();
+    fd.path = path;
+    Ok(())
+}
+
+/// Terminal majors: virtual consoles and serial lines (4), /dev/tty,
+/// console and ptmx (5), legacy BSD ptys (2, 3), Unix98 pty masters
+/// (128-135) and slaves (136-143), and common serial drivers.
+fn is_terminal((major, _): (u32, u32)) -> bool {
+    matches!(major, 2..=5 | 128..=143 | 166 | 188 | 204)
+}
+
+/// Refuses open flags outside `allowed`: restore could not set them again.
+fn check_flags(pid: pid_t, n: i32, what: &str, flags: u32, allowed: i32) -> Result<()> {
+    let extra = flags as i32 & !allowed;
+    if extra != 0 {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "fd {n} ({what}): open flags {flags:#o} include {extra:#o}, which cannot be set again"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn file_type_name(md: &std::fs::Metadata) -> &'static str {
@@ -111,51 +307,308 @@ fn file_type_name(md: &std::fs::Metadata) -> &'static str {
         "unix socket file"
     } else if ft.is_block_device() {
         "block device"
+    } else if ft.is_symlink() {
+        "symbolic link"
     } else {
         "special file"
     }
 }
 
+/// A copy of the task's fd `n`, for fcntl and ioctl queries.
+fn copy_of(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<OwnedFd> {
+    pidfd_getfd(pidfd, pid, n)
+}
+
+/// Whether an error says that a descriptor is not there any more: its
+/// /proc entries are gone (ENOENT), or a syscall on it (pidfd_getfd,
+/// kcmp) finds no such fd (EBADF). Only a running task's table changes
+/// like that.
+fn is_vanished(e: &Error) -> bool {
+    match e {
+        Error::Sys {
+            errno: Errno::EBADF,
+            ..
+        } => true,
+        Error::Proc(p) => p.is_gone(),
+        Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// As [`copy_of`], but None (and `n` noted as vanished) if the task
+/// closed `n` meanwhile (a running task, during pre-dump's checks).
+fn copy_if_open(
+    pidfd: &OwnedFd,
+    pid: pid_t,
+    n: i32,
+    vanished: &mut BTreeSet<i32>,
+) -> Result<Option<OwnedFd>> {
+    match copy_of(pidfd, pid, n) {
+        Err(e) if is_vanished(&e) => {
+            vanished.insert(n);
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
+}
+
+/// The signal owner and signal of every open file description, refused
+/// unless the owner is the task itself (restore cannot point it at a
+/// process it does not recreate).
+fn owners(pid: pid_t, pidfd: &OwnedFd, fds: &mut [Fd], vanished: &mut BTreeSet<i32>) -> Result<()> {
+    let mut pgrp = None;
+    let mut seen: BTreeMap<i32, (i32, i32, i32)> = BTreeMap::new();
+    for fd in fds.iter_mut() {
+        if fd.flags as i32 & libc::O_PATH != 0 {
+            // fcntl() refuses F_GETOWN on O_PATH files: they have none.
+            continue;
+        }
+        if let Some(&(kind, owner, sig)) = fd.dup_of.and_then(|o| seen.get(&o)) {
+            (fd.owner_type, fd.owner_pid, fd.signal) = (kind, owner, sig);
+            continue;
+        }
+        let Some(copy) = copy_if_open(pidfd, pid, fd.fd, vanished)? else {
+            continue;
+        };
+        let mut owner = OwnerEx::default();
+        // SAFETY: F_GETOWN_EX writes one struct f_owner_ex to the pointer.
+        let r = unsafe { libc::fcntl(copy.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) };
+        Errno::result(r).map_err(|e| Error::sys("fcntl(F_GETOWN_EX)", pid, e))?;
+        // SAFETY: F_GETSIG takes no argument.
+        let sig = unsafe { libc::fcntl(copy.as_raw_fd(), F_GETSIG) };
+        let sig = Errno::result(sig).map_err(|e| Error::sys("fcntl(F_GETSIG)", pid, e))?;
+        if owner.pid != 0 {
+            let ours = match owner.kind {
+                F_OWNER_TID | F_OWNER_PID => owner.pid == pid,
+                F_OWNER_PGRP if owner.pid == pid => {
+                    let g = match pgrp {
+                        Some(g) => g,
+                        None => *pgrp.insert(proc::stat::read_stat(pid)?.pgrp),
+                    };
+                    g == pid
+                }
+                _ => false,
+            };
+            if !ours {
+                let whom = match owner.kind {
+                    F_OWNER_TID => "thread",
+                    F_OWNER_PGRP => "process group",
+                    _ => "process",
+                };
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {} ({}): its signal owner (F_SETOWN) is {whom} {}, not the dumped process",
+                        fd.fd,
+                        describe(fd),
+                        owner.pid
+                    ),
+                ));
+            }
+        }
+        (fd.owner_type, fd.owner_pid, fd.signal) = (owner.kind, owner.pid, sig);
+        seen.insert(fd.fd, (owner.kind, owner.pid, sig));
+    }
+    Ok(())
+}
+
+fn describe(fd: &Fd) -> String {
+    match fd.path.is_empty() {
+        true => pipe_key(fd.pipe_id),
+        false => fd.path.clone(),
+    }
+}
+
+fn parse_pipe_key(s: &str) -> Option<u64> {
+    s.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn pipe_max_size() -> u32 {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has CAP_SYS_RESOURCE (pipes above pipe-max-size).
+fn have_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Finds the pipes held outside the task: refused, or recorded as
+/// external when named in `external`. The others are planned for dumping
+/// with their capacity and data.
+fn pipes(
+    pid: pid_t,
+    pidfd: &OwnedFd,
+    fds: &mut [Fd],
+    external: &[String],
+    vanished: &mut BTreeSet<i32>,
+) -> Result<BTreeMap<u64, PipePlan>> {
+    let is_pipe = |f: &Fd| f.kind != FdKind::Path as i32;
+    let inos: BTreeSet<u64> = fds
+        .iter()
+        .filter(|f| is_pipe(f))
+        .map(|f| f.pipe_id)
+        .collect();
+    for name in external {
+        if !parse_pipe_key(name).is_some_and(|i| inos.contains(&i)) {
+            return Err(Error::task(
+                pid,
+                format!("--external {name}: the process holds no such pipe"),
+            ));
+        }
+    }
+    let holders = proc::fd::pipe_holders(&inos, &[pid])?;
+    let mut plans = BTreeMap::new();
+    for &ino in &inos {
+        let key = pipe_key(ino);
+        let ends: Vec<&mut Fd> = fds
+            .iter_mut()
+            .filter(|f| f.kind != FdKind::Path as i32 && f.pipe_id == ino)
+            .collect();
+        let first = ends.first().map(|f| f.fd).unwrap_or(-1);
+        if external.contains(&key) {
+            for f in ends {
+                f.external = key.clone();
+            }
+            continue;
+        }
+        if let Some(others) = holders.get(&ino) {
+            let (opid, ofd) = others[0];
+            let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "fd {first}: {key} is also held by pid {opid} ({}) as its fd {ofd}: dumping this process alone would break that pipe; name it with --external {key} and restore with --inherit-fd fd[N]:{key}",
+                    comm.trim()
+                ),
+            ));
+        }
+        let read_fd = ends
+            .iter()
+            .find(|f| f.kind == FdKind::PipeRead as i32)
+            .map(|f| f.fd);
+        let write_fd = ends
+            .iter()
+            .find(|f| f.kind == FdKind::PipeWrite as i32)
+            .map(|f| f.fd);
+        let packet = ends.iter().any(|f| f.flags as i32 & libc::O_DIRECT != 0);
+        let Some(copy) = copy_if_open(pidfd, pid, first, vanished)? else {
+            continue;
+        };
+        // The task holds only one end: if the other is open, someone else
+        // holds it, even a process /proc does not let us see (or a
+        // descriptor in flight in a unix socket).
+        if read_fd.is_none() || write_fd.is_none() {
+            let other = if read_fd.is_some() { "write" } else { "read" };
+            if peer_open(pid, &copy, read_fd.is_some())? {
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {first}: the {other} end of {key} is open outside the dumped process (in a process crust cannot inspect): dumping this process alone would break that pipe; name it with --external {key} and restore with --inherit-fd fd[N]:{key}"
+                    ),
+                ));
+            }
+        }
+        // SAFETY: fcntl on a descriptor we own.
+        let size = unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let size =
+            Errno::result(size).map_err(|e| Error::sys("fcntl(F_GETPIPE_SZ)", pid, e))? as u32;
+        if packet && fionread(pid, &copy)? > 0 {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "fd {first}: {key} is in packet mode (O_DIRECT) and holds data: packet boundaries are not kept yet"
+                ),
+            ));
+        }
+        if size > pipe_max_size() && !have_sys_resource() {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "fd {first}: {key} has a capacity of {size} bytes, above /proc/sys/fs/pipe-max-size, which restore cannot set without CAP_SYS_RESOURCE"
+                ),
+            ));
+        }
+        plans.insert(
+            ino,
+            PipePlan {
+                size,
+                read_fd,
+                any_fd: first,
+            },
+        );
+    }
+    Ok(plans)
+}
+
+/// Whether the other end of the pipe `end` (a read end if `read`) is
+/// still open somewhere: poll() reports POLLHUP on a read end without
+/// writers and POLLERR on a write end without readers.
+fn peer_open(pid: pid_t, end: &OwnedFd, read: bool) -> Result<bool> {
+    let mut p = libc::pollfd {
+        fd: end.as_raw_fd(),
+        events: if read { libc::POLLIN } else { libc::POLLOUT },
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    Errno::result(r).map_err(|e| Error::sys("poll(pipe end)", pid, e))?;
+    let closed = if read { libc::POLLHUP } else { libc::POLLERR };
+    Ok(p.revents & closed == 0)
+}
+
+fn fionread(pid: pid_t, fd: &OwnedFd) -> Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the valid pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    Errno::result(r).map_err(|e| Error::sys("ioctl(FIONREAD)", pid, e))?;
+    Ok(n.max(0) as usize)
+}
+
 /// Collects the descriptors and the data buffered in their pipes.
 pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
-    let mut pipes: BTreeMap<u64, Pipe> = BTreeMap::new();
-    let mut pidfd = None;
-    for fd in &plan.fds {
-        if fd.kind == FdKind::Path as i32 {
-            continue;
-        }
-        let entry = pipes.entry(fd.pipe_id).or_insert_with(|| Pipe {
-            id: fd.pipe_id,
-            ..Default::default()
-        });
-        // size 0: not peeked at yet. Only a read end can be peeked at: tee()
-        // copies the buffered bytes into our own pipe without consuming them.
-        // A pipe held only by its write end has no reader left to care.
-        if fd.kind != FdKind::PipeRead as i32 || entry.size != 0 {
-            continue;
-        }
-        if pidfd.is_none() {
-            pidfd = Some(pidfd_open(pid)?);
-        }
-        let theirs = pidfd_getfd(
-            pidfd.as_ref().ok_or_else(|| Error::task(pid, "no pidfd"))?,
+    if let Some(n) = plan.vanished.first() {
+        return Err(Error::task(
             pid,
-            fd.fd,
-        )?;
-        let (data, size) = peek_pipe(pid, &theirs)?;
-        entry.data = data;
-        entry.size = size;
+            format!("fd {n} went away while the task was frozen"),
+        ));
+    }
+    let pidfd = pidfd_open(pid)?;
+    let mut pipes = Vec::new();
+    for (&id, p) in &plan.pipes {
+        let data = match p.read_fd {
+            // tee() copies the buffered bytes into our own pipe without
+            // consuming them.
+            Some(r) => peek_pipe(pid, &copy_of(&pidfd, pid, r)?, p.size)?,
+            // Nobody can read these bytes any more (the read end is gone
+            // for good); only their count shows (FIONREAD on the write end),
+            // so that many placeholder bytes are stored.
+            None => vec![0; fionread(pid, &copy_of(&pidfd, pid, p.any_fd)?)?],
+        };
+        pipes.push(Pipe {
+            id,
+            size: p.size,
+            data,
+        });
     }
     Ok(Fds {
         fds: plan.fds.clone(),
-        pipes: pipes.into_values().collect(),
+        pipes,
     })
 }
 
-fn peek_pipe(pid: pid_t, theirs: &OwnedFd) -> Result<(Vec<u8>, u32)> {
-    // SAFETY: fcntl on a descriptor we own.
-    let size = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_GETPIPE_SZ) };
-    let size = Errno::result(size).map_err(|e| Error::sys("fcntl(F_GETPIPE_SZ)", pid, e))? as u32;
+fn peek_pipe(pid: pid_t, theirs: &OwnedFd, size: u32) -> Result<Vec<u8>> {
     let mut ends = [0i32; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     Errno::result(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })
@@ -188,5 +641,5 @@ fn peek_pipe(pid: pid_t, theirs: &OwnedFd) -> Result<(Vec<u8>, u32)> {
         got += r as usize;
     }
     data.truncate(got);
-    Ok((data, size))
+    Ok(data)
 }

@@ -36,6 +36,9 @@ pub struct DumpOptions {
     /// Resume the task after dumping instead of killing it.
     pub leave_running: bool,
     pub track: TrackOptions,
+    /// Resources held outside the process, accepted as such (--external
+    /// pipe:[INODE]); restore takes them from --inherit-fd.
+    pub external: Vec<String>,
 }
 
 /// What a dump did, for the log and `--display-stats`.
@@ -178,6 +181,8 @@ pub enum PreDumpMode {
 pub struct PreDumpOptions {
     pub mode: PreDumpMode,
     pub track: TrackOptions,
+    /// As [`DumpOptions::external`].
+    pub external: Vec<String>,
 }
 
 /// The parent image a new one builds on.
@@ -331,7 +336,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
     // Refused now, before pages are copied, what the final dump would refuse.
-    refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()))?;
+    refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()), &opts.external)?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
@@ -488,7 +493,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    let fd_plan = refuse::task_state(pid, our_tracker)?;
+    let fd_plan = refuse::task_state(pid, our_tracker, &opts.external)?;
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
 

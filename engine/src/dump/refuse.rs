@@ -15,13 +15,18 @@ use crate::proc;
 /// Every refusal that does not need the task stopped or injected into;
 /// returns the descriptors' plan, which the dump goes on with.
 /// `our_tracker`: the descriptor of the engine's own dirty tracker in the
-/// task, if any (not the task's state, so never refused).
-pub(crate) fn task_state(pid: pid_t, our_tracker: Option<i32>) -> Result<FdPlan> {
+/// task, if any (not the task's state, so never refused). `external`:
+/// resources named with --external (accepted as held outside).
+pub(crate) fn task_state(
+    pid: pid_t,
+    our_tracker: Option<i32>,
+    external: &[String],
+) -> Result<FdPlan> {
     super::single_thread(pid)?;
     root_and_cwd(pid)?;
     super::task::refuse_attrs(pid)?;
     super::mem::refuse_layout(pid, our_tracker.is_some())?;
-    files::plan(pid, our_tracker)
+    files::plan(pid, our_tracker, external)
 }
 
 /// A chroot is not restored, and a removed working directory cannot be.

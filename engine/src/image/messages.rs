@@ -379,6 +379,21 @@ pub struct Fd {
     /// dup): restored as a dup of it, so offset and flags stay shared.
     #[prost(int32, optional, tag = "8")]
     pub dup_of: Option<i32>,
+    // Descriptors (fds helper): tags 9-14.
+    /// F_GETOWN_EX: who gets SIGIO/SIGURG (F_OWNER_TID 0, F_OWNER_PID 1,
+    /// F_OWNER_PGRP 2) and its id; owner_pid 0 means no owner.
+    #[prost(int32, tag = "9")]
+    pub owner_type: i32,
+    #[prost(int32, tag = "10")]
+    pub owner_pid: i32,
+    /// F_GETSIG: the signal sent instead of SIGIO, 0 for SIGIO.
+    #[prost(int32, tag = "11")]
+    pub signal: i32,
+    /// Set for an end of a resource held outside the dumped process and
+    /// named at dump with --external (e.g. "pipe:[1234]"): restore takes it
+    /// from --inherit-fd; the image holds no pipe entry or data for it.
+    #[prost(string, tag = "12")]
+    pub external: String,
 }
 
 fn fd_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {

@@ -1,10 +1,18 @@
 //! Recreating descriptors at their numbers.
 //!
 //! Everything is first opened at a high temporary number (above every fd
-//! of the image) so that no temporary can sit on a number still to be
-//! restored, then dup3'd into place, then the temporaries are closed.
+//! of the image and every inherited fd) so that no temporary can sit on a
+//! number still to be restored, then dup3'd into place, then the
+//! temporaries are closed. Each open file description gets back its open
+//! flags, signal owner and signal; the flags are then read back from
+//! /proc/PID/fdinfo and compared with the image.
+//!
+//! Ends of pipes held outside the dumped process (`external` in the image)
+//! come from descriptors of `crust restore` itself (`--inherit-fd
+//! fd[N]:pipe:[INODE]`): the stub is forked from crust, so it holds them
+//! at the same numbers until they are moved into place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -13,7 +21,153 @@ use nix::errno::Errno;
 use crate::error::{Context, Error, Result};
 use crate::image::messages::{Fd, FdKind, Fds};
 use crate::inject::Injector;
+use crate::proc;
 use crate::sys::syscalls::pidfd_getfd;
+
+// fcntl commands (asm-generic/fcntl.h).
+const F_SETSIG: u64 = 10;
+const F_SETOWN_EX: u64 = 15;
+
+/// The status flags F_SETFL can change.
+const SETFL_MASK: i32 =
+    libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
+
+/// `--inherit-fd fd[N]:KEY`: descriptor N of `crust restore` becomes the
+/// dumped process's end of the external resource KEY (`pipe:[INODE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritFd {
+    pub fd: i32,
+    pub key: String,
+}
+
+impl std::str::FromStr for InheritFd {
+    type Err = String;
+
+    /// Parses `fd[N]:KEY`, as CRIU's --inherit-fd.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?}: expected fd[N]:pipe:[INODE]");
+        let rest = s.strip_prefix("fd[").ok_or_else(bad)?;
+        let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+        let fd: i32 = n.parse().map_err(|_| bad())?;
+        let ino = key
+            .strip_prefix("pipe:[")
+            .and_then(|k| k.strip_suffix(']'))
+            .and_then(|k| k.parse::<u64>().ok());
+        if fd < 0 || ino.is_none() {
+            return Err(bad());
+        }
+        Ok(InheritFd {
+            fd,
+            key: key.to_string(),
+        })
+    }
+}
+
+/// The inherited descriptor (of crust, and so of the fresh stub) for each
+/// (external key, access mode) the image needs.
+#[derive(Debug, Default)]
+pub(crate) struct Inherited {
+    ends: BTreeMap<(String, i32), i32>,
+}
+
+fn end_name(accmode: i32) -> &'static str {
+    if accmode == libc::O_RDONLY {
+        "read"
+    } else {
+        "write"
+    }
+}
+
+/// Matches the image's external pipe ends with `--inherit-fd` descriptors,
+/// before any process exists: every external end needs an inherited pipe
+/// end of the same direction, and every inherited fd must be used.
+pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherited> {
+    let mut needed: BTreeMap<(String, i32), i32> = BTreeMap::new();
+    for f in fds.fds.iter().filter(|f| !f.external.is_empty()) {
+        needed
+            .entry((f.external.clone(), f.flags as i32 & libc::O_ACCMODE))
+            .or_insert(f.fd);
+    }
+    let mut ends = BTreeMap::new();
+    for g in given {
+        if !needed.keys().any(|(k, _)| *k == g.key) {
+            return Err(Error::Other(format!(
+                "--inherit-fd fd[{}]:{}: the image has no external {}",
+                g.fd, g.key, g.key
+            )));
+        }
+        // SAFETY: fstat into a zeroed stat buffer; the fd is only queried.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, valid pointer to a stat buffer.
+        if unsafe { libc::fstat(g.fd, &mut st) } != 0 {
+            return Err(Error::Other(format!(
+                "--inherit-fd fd[{}]:{}: fd {} of crust: {}",
+                g.fd,
+                g.key,
+                g.fd,
+                std::io::Error::last_os_error()
+            )));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return Err(Error::Other(format!(
+                "--inherit-fd fd[{}]:{}: fd {} is not a pipe",
+                g.fd, g.key, g.fd
+            )));
+        }
+        // SAFETY: F_GETFL takes no argument.
+        let fl = unsafe { libc::fcntl(g.fd, libc::F_GETFL) };
+        let mode = fl & libc::O_ACCMODE;
+        let k = (g.key.clone(), mode);
+        if !needed.contains_key(&k) {
+            return Err(Error::Other(format!(
+                "--inherit-fd fd[{}]:{}: fd {} is a {} end, but the process held no {} end of {}",
+                g.fd,
+                g.key,
+                g.fd,
+                end_name(mode),
+                end_name(mode),
+                g.key
+            )));
+        }
+        if let Some(other) = ends.insert(k, g.fd) {
+            return Err(Error::Other(format!(
+                "--inherit-fd: fds {other} and {} both give the {} end of {}",
+                g.fd,
+                end_name(mode),
+                g.key
+            )));
+        }
+    }
+    for ((key, mode), fd) in &needed {
+        if !ends.contains_key(&(key.clone(), *mode)) {
+            return Err(Error::Other(format!(
+                "fd {fd} of the dumped process is the {} end of {key}, held outside it when dumped: restore with --inherit-fd fd[N]:{key}, N a {} end of that pipe open in crust",
+                end_name(*mode),
+                end_name(*mode)
+            )));
+        }
+    }
+    Ok(Inherited { ends })
+}
+
+/// Closes every descriptor the stub inherited from crust, except those
+/// that will become external ends.
+pub(crate) fn close_all_but(inj: &mut Injector, inherited: &Inherited) -> Result<()> {
+    let keep: BTreeSet<u64> = inherited.ends.values().map(|&fd| fd as u64).collect();
+    let mut from = 0u64;
+    for &k in &keep {
+        if k > from {
+            inj.call("close_range", libc::SYS_close_range, &[from, k - 1, 0])?;
+        }
+        from = k + 1;
+    }
+    inj.call(
+        "close_range",
+        libc::SYS_close_range,
+        &[from, u32::MAX as u64, 0],
+    )?;
+    Ok(())
+}
 
 pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
     let mut seen = std::collections::BTreeSet::new();
@@ -25,8 +179,11 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             Ok(FdKind::Path) if fd.path.is_empty() => {
                 return Err(format!("fd {} has no path", fd.fd))
             }
+            Ok(FdKind::Path) if !fd.external.is_empty() => {
+                return Err(format!("fd {} is a file marked external", fd.fd))
+            }
             Ok(FdKind::PipeRead | FdKind::PipeWrite)
-                if !fds.pipes.iter().any(|p| p.id == fd.pipe_id) =>
+                if fd.external.is_empty() && !fds.pipes.iter().any(|p| p.id == fd.pipe_id) =>
             {
                 return Err(format!(
                     "fd {} refers to unknown pipe {}",
@@ -36,19 +193,50 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             Err(_) => return Err(format!("fd {} has unknown kind {}", fd.fd, fd.kind)),
             _ => {}
         }
+        if let Some(orig) = fd.dup_of {
+            if orig >= fd.fd || !seen.contains(&orig) {
+                return Err(format!(
+                    "fd {} is a dup of fd {orig}, which is not listed before it",
+                    fd.fd
+                ));
+            }
+        }
     }
     Ok(())
 }
 
 fn reopen_flags(flags: u32) -> u64 {
-    let keep = flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+    let keep = flags as i32
+        & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_ASYNC);
     (keep | libc::O_NOCTTY | libc::O_CLOEXEC) as u64
 }
 
-pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<()> {
+pub(crate) fn restore(
+    inj: &mut Injector,
+    pidfd: &OwnedFd,
+    fds: &Fds,
+    inherited: &Inherited,
+) -> Result<()> {
     let pid = inj.pid();
-    let base = fds.fds.iter().map(|f| f.fd).max().unwrap_or(-1) as u64 + 1;
+    let top = fds
+        .fds
+        .iter()
+        .map(|f| f.fd)
+        .chain(inherited.ends.values().copied())
+        .max()
+        .unwrap_or(-1);
+    let base = top as u64 + 1;
     let mut temp: BTreeMap<i32, u64> = BTreeMap::new();
+    // External ends: the inherited descriptors, moved high.
+    let mut external: BTreeMap<(String, i32), u64> = BTreeMap::new();
+    for (k, &fd) in &inherited.ends {
+        let high = inj.call(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            &[fd as u64, libc::F_DUPFD_CLOEXEC as u64, base],
+        )?;
+        external.insert(k.clone(), high);
+    }
     // Pipes: one pipe2 per pipe id; both ends parked high.
     let mut pipe_ends: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for p in &fds.pipes {
@@ -80,12 +268,16 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         pipe_ends.insert(p.id, (hr, hw));
     }
     for fd in &fds.fds {
-        let high =
-            restore_one(inj, fd, base, &temp, &pipe_ends).context(pid, || match fd.dup_of {
+        let high = restore_one(inj, fd, base, &temp, &pipe_ends, &external).context(pid, || {
+            match fd.dup_of {
                 Some(orig) => format!("fd {} (dup of fd {orig})", fd.fd),
+                None if !fd.external.is_empty() => {
+                    format!("fd {} (external {})", fd.fd, fd.external)
+                }
                 None if fd.path.is_empty() => format!("fd {} (pipe:[{}])", fd.fd, fd.pipe_id),
                 None => format!("fd {} ({})", fd.fd, fd.path),
-            })?;
+            }
+        })?;
         temp.insert(fd.fd, high);
     }
     for Fd { fd, flags, .. } in &fds.fds {
@@ -96,13 +288,63 @@ pub(crate) fn restore(inj: &mut Injector, pidfd: &OwnedFd, fds: &Fds) -> Result<
         };
         inj.call("dup3", libc::SYS_dup3, &[temp[fd], *fd as u64, cloexec])?;
     }
-    let highs: std::collections::BTreeSet<u64> = temp
+    // O_ASYNC last: the kernel records the fd number it was set through
+    // and reports it as si_fd with the signal. The dumped task set it
+    // through one of the fds of that open file; the lowest is taken.
+    for fd in fds.fds.iter().filter(|f| f.dup_of.is_none()) {
+        let status = fd.flags as i32 & SETFL_MASK;
+        if status & libc::O_ASYNC != 0 {
+            inj.call(
+                "fcntl(F_SETFL)",
+                libc::SYS_fcntl,
+                &[fd.fd as u64, libc::F_SETFL as u64, status as u64],
+            )?;
+        }
+    }
+    let numbers: BTreeSet<u64> = fds.fds.iter().map(|f| f.fd as u64).collect();
+    let highs: BTreeSet<u64> = temp
         .values()
         .copied()
         .chain(pipe_ends.values().flat_map(|&(r, w)| [r, w]))
+        .chain(external.values().copied())
+        // Inherited descriptors still at crust's numbers, unless a dup3
+        // above has put an image fd there.
+        .chain(
+            inherited
+                .ends
+                .values()
+                .map(|&fd| fd as u64)
+                .filter(|n| !numbers.contains(n)),
+        )
         .collect();
     for h in highs {
         inj.call("close", libc::SYS_close, &[h])?;
+    }
+    verify(pid, fds)
+}
+
+/// Reads the flags of every restored descriptor back from /proc and
+/// compares them with the image: restored exactly, or the restore fails.
+fn verify(pid: i32, fds: &Fds) -> Result<()> {
+    for fd in &fds.fds {
+        let got = proc::fd::read_fdinfo(pid, fd.fd)?.flags;
+        // An inherited end is the caller's open file: only what F_SETFL and
+        // dup3 set is ours to compare.
+        let mask = match fd.external.is_empty() {
+            true => !0u32,
+            false => (libc::O_ACCMODE | SETFL_MASK | libc::O_CLOEXEC) as u32,
+        };
+        if got & mask != fd.flags & mask {
+            return Err(Error::task(
+                pid,
+                format!(
+                    "fd {}: restored with open flags {:#o}, dumped with {:#o}",
+                    fd.fd,
+                    got & mask,
+                    fd.flags & mask
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -114,6 +356,7 @@ fn restore_one(
     base: u64,
     temp: &BTreeMap<i32, u64>,
     pipe_ends: &BTreeMap<u64, (u64, u64)>,
+    external: &BTreeMap<(String, i32), u64>,
 ) -> Result<u64> {
     let pid = inj.pid();
     if let Some(orig) = fd.dup_of {
@@ -124,7 +367,9 @@ fn restore_one(
             .ok_or_else(|| Error::task(pid, format!("fd {}: original fd {orig} missing", fd.fd)))?;
         return Ok(high);
     }
-    let high = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
+    // O_ASYNC is set once the fd has its final number (see `restore`).
+    let status = fd.flags as i32 & SETFL_MASK & !libc::O_ASYNC;
+    let (high, setfl) = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
         FdKind::Path => {
             let p = inj.put_cstr(0, &fd.path)?;
             let low = inj.call(
@@ -138,30 +383,90 @@ fn restore_one(
                 &[low, libc::F_DUPFD_CLOEXEC as u64, base],
             )?;
             inj.call("close", libc::SYS_close, &[low])?;
-            if fd.mode & libc::S_IFMT != libc::S_IFCHR {
+            let o_path = fd.flags as i32 & libc::O_PATH != 0;
+            if fd.mode & libc::S_IFMT != libc::S_IFCHR && !o_path {
                 inj.call(
                     "lseek",
                     libc::SYS_lseek,
                     &[high, fd.pos, libc::SEEK_SET as u64],
                 )?;
             }
-            high
+            // openat() set every flag but O_ASYNC.
+            (high, false)
+        }
+        k @ (FdKind::PipeRead | FdKind::PipeWrite) if !fd.external.is_empty() => {
+            let mode = if k == FdKind::PipeRead {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            };
+            let high = external
+                .get(&(fd.external.clone(), mode))
+                .copied()
+                .ok_or_else(|| {
+                    Error::task(
+                        pid,
+                        format!("fd {}: no inherited fd for {}", fd.fd, fd.external),
+                    )
+                })?;
+            (high, true)
         }
         k @ (FdKind::PipeRead | FdKind::PipeWrite) => {
             let (r, w) = pipe_ends
                 .get(&fd.pipe_id)
                 .copied()
                 .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
-            let end = if k == FdKind::PipeRead { r } else { w };
-            let status = fd.flags as i32
-                & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_ASYNC);
-            inj.call(
-                "fcntl(F_SETFL)",
-                libc::SYS_fcntl,
-                &[end, libc::F_SETFL as u64, status as u64],
-            )?;
-            end
+            (if k == FdKind::PipeRead { r } else { w }, true)
         }
     };
+    if fd.owner_pid != 0 {
+        let owner = [fd.owner_type.to_le_bytes(), fd.owner_pid.to_le_bytes()].concat();
+        let p = inj.put(0, &owner)?;
+        inj.call(
+            "fcntl(F_SETOWN_EX)",
+            libc::SYS_fcntl,
+            &[high, F_SETOWN_EX, p],
+        )?;
+    }
+    if fd.signal != 0 {
+        inj.call(
+            "fcntl(F_SETSIG)",
+            libc::SYS_fcntl,
+            &[high, F_SETSIG, fd.signal as u64],
+        )?;
+    }
+    if setfl {
+        inj.call(
+            "fcntl(F_SETFL)",
+            libc::SYS_fcntl,
+            &[high, libc::F_SETFL as u64, status as u64],
+        )?;
+    }
     Ok(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherit_fd_syntax() {
+        assert_eq!(
+            "fd[7]:pipe:[1234]".parse::<InheritFd>(),
+            Ok(InheritFd {
+                fd: 7,
+                key: "pipe:[1234]".into()
+            })
+        );
+        for bad in [
+            "7:pipe:[1]",
+            "fd[x]:pipe:[1]",
+            "fd[-1]:pipe:[1]",
+            "fd[3]:socket:[1]",
+            "fd[3]:pipe:[]",
+            "fd[3]pipe:[1]",
+        ] {
+            assert!(bad.parse::<InheritFd>().is_err(), "{bad}");
+        }
+    }
 }

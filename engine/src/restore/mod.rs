@@ -10,6 +10,8 @@ mod files;
 mod mem;
 mod task;
 
+pub use files::InheritFd;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,9 @@ pub struct RestoreOptions {
     pub leave_stopped: bool,
     /// How long to wait for the original pid to become free.
     pub pid_wait: Duration,
+    /// Descriptors of this process that become the ends of external pipes
+    /// (--inherit-fd).
+    pub inherit_fds: Vec<InheritFd>,
 }
 
 impl Default for RestoreOptions {
@@ -39,6 +44,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             leave_stopped: false,
             pid_wait: Duration::from_secs(5),
+            inherit_fds: Vec::new(),
         }
     }
 }
@@ -194,6 +200,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
     let img = load(dir)?;
     let pid = img.task.pid;
+    let inherited = files::match_inherited(&img.fds, &opts.inherit_fds)?;
     for pages in &img.chain.pages {
         pages.will_need();
     }
@@ -226,11 +233,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             ],
         )?;
     }
-    inj.call(
-        "close_range",
-        libc::SYS_close_range,
-        &[0, u32::MAX as u64, 0],
-    )?;
+    files::close_all_but(&mut inj, &inherited)?;
     mem::clear_stub(&mut inj, &stub_vmas)?;
     let gadget = mem::place_specials(&mut inj, &stub_vmas, &img.mm, gadget)?;
     inj.set_gadget(gadget);
@@ -253,7 +256,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 
     let pidfd = pidfd_open(pid)?;
     task::open_fd_limit(pid)?;
-    files::restore(&mut inj, &pidfd, &img.fds)?;
+    files::restore(&mut inj, &pidfd, &img.fds, &inherited)?;
     task::restore(&mut inj, &img.core, &img.task)?;
     task::restore_rlimits(pid, &img.core)?;
     if let Some(a) = &img.core.attrs {

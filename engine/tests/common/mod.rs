@@ -314,17 +314,19 @@ impl Drop for Proc {
 }
 
 /// Starts a helper program daemon-like: its own session, stdin, stdout and
-/// stderr on /dev/null.
+/// stderr on /dev/null, no other descriptor.
 pub fn spawn_daemon(cmd: &mut Command) -> Proc {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: the closure only calls setsid, which is async-signal-safe.
+    // SAFETY: the closure only calls setsid and close_range, which are
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            close_inherited_fds();
             Ok(())
         });
     }
@@ -333,6 +335,17 @@ pub fn spawn_daemon(cmd: &mut Command) -> Proc {
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     // The std Child holds no pipes; dropping it neither waits nor kills.
     Proc::adopt(child.id() as i32)
+}
+
+/// In a child between fork and exec: marks every descriptor above stderr
+/// close-on-exec, so that the program starts with 0, 1 and 2 only, not
+/// with whatever this test process inherited (a pipe shared with the shell
+/// that ran cargo would make crust refuse it, rightly). Marked rather than
+/// closed, so that std's exec-error pipe keeps working until the exec.
+pub fn close_inherited_fds() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range is a plain syscall on our own fd table.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
 }
 
 /// One field of /proc/PID/status ("State", "TracerPid"...).
