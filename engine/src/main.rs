@@ -89,6 +89,10 @@ enum Cmd {
         /// Seconds to wait for the original pid to become free.
         #[arg(long, default_value_t = 5.0)]
         pid_wait: f64,
+        /// Restore even if the executable, mapped files or opened files
+        /// changed since the dump (size, mtime, device or inode).
+        #[arg(long)]
+        skip_file_checks: bool,
         #[arg(long)]
         display_stats: bool,
         #[command(flatten)]
@@ -161,12 +165,25 @@ impl Log {
             } else {
                 dir.join(p)
             };
-            std::fs::OpenOptions::new()
+            // Never through a symbolic link, and 0600 even if it existed.
+            let opened = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&p)
-                .ok()
+                .and_then(|f| {
+                    use std::os::unix::fs::PermissionsExt;
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    Ok(f)
+                });
+            match opened {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("crust: cannot open the log file {}: {e}", p.display());
+                    None
+                }
+            }
         });
         Log { file }
     }
@@ -295,6 +312,7 @@ fn main() -> ExitCode {
             pidfile,
             leave_stopped,
             pid_wait,
+            skip_file_checks,
             display_stats,
             common,
         } => {
@@ -302,6 +320,7 @@ fn main() -> ExitCode {
             let opts = RestoreOptions {
                 leave_stopped,
                 pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
+                skip_file_checks,
             };
             let t = Instant::now();
             let restored = match restore(&dir, &opts) {

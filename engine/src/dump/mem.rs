@@ -128,6 +128,7 @@ fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
         inode: v.inode,
         may_write: v.vm_flags.may_write(),
         madvise: madvise_bits(v),
+        file_id: None,
     }
 }
 
@@ -330,6 +331,7 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
         env_end: stat.env_end,
         auxv,
         exe_path,
+        exe_id: None,
     })
 }
 
@@ -876,6 +878,7 @@ fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages:
         vaddr,
         nr_pages,
         flags,
+        checksum: None,
     });
 }
 

@@ -32,6 +32,9 @@ pub struct RestoreOptions {
     pub leave_stopped: bool,
     /// How long to wait for the original pid to become free.
     pub pid_wait: Duration,
+    /// Restore even if the executable, mapped or opened files changed
+    /// since the dump (--skip-file-checks).
+    pub skip_file_checks: bool,
 }
 
 impl Default for RestoreOptions {
@@ -39,6 +42,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             leave_stopped: false,
             pid_wait: Duration::from_secs(5),
+            skip_file_checks: false,
         }
     }
 }
@@ -64,7 +68,7 @@ fn bad(dir: &Path, what: impl Into<String>) -> Error {
     })
 }
 
-fn load(dir: &Path) -> Result<TaskImages> {
+fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
     let images = ImageDir::open(dir)?;
     let inv: Inventory = images.read(Kind::Inventory, None)?;
     if inv.kind != "dump" {
@@ -101,9 +105,19 @@ fn load(dir: &Path) -> Result<TaskImages> {
     mem::validate(&mm, &pagemap).map_err(|w| bad(dir, w))?;
     // Opens every layer, checks each pages file against its pagemap, and
     // that in-parent pages really are in the parents.
-    let chain = Chain::open(dir, pid)?;
+    // Page data of every layer is checked against its run checksums here,
+    // before any process exists.
+    let chain = Chain::open(dir, pid, true)?;
     let sources = chain.resolve()?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
+    if !opts.skip_file_checks {
+        crate::image::identity::check_restore(
+            &images.file(Kind::Mm, Some(pid)),
+            &mm,
+            &images.file(Kind::Fds, Some(pid)),
+            &fds,
+        )?;
+    }
     Ok(TaskImages {
         task,
         core,
@@ -192,7 +206,7 @@ pub struct Restored {
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
-    let img = load(dir)?;
+    let img = load(dir, opts)?;
     let pid = img.task.pid;
     for pages in &img.chain.pages {
         pages.will_need();
