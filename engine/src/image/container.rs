@@ -397,7 +397,16 @@ pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()>
 /// Opens an image file for reading: O_NOFOLLOW and O_NONBLOCK (a FIFO in
 /// its place must not block us), then checked to be a regular file.
 pub fn open_image(path: &Path) -> Result<File> {
-    let f = open_nofollow(path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let f = open_nofollow(path, libc::O_RDONLY | libc::O_NONBLOCK).map_err(|e| {
+        // Name what sits there (a socket cannot even be opened).
+        match fs::symlink_metadata(path) {
+            Ok(md) if !md.is_file() => ImageError::bad(
+                path,
+                format!("is a {}, not a regular image file", file_type_name(&md)),
+            ),
+            _ => e,
+        }
+    })?;
     let md = f.metadata().map_err(|e| ImageError::io(path, e))?;
     if !md.is_file() {
         return Err(ImageError::bad(
