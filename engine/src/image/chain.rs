@@ -231,9 +231,10 @@ fn open_pages(d: &Path, layer: &LayerMap) -> Result<PagesReader> {
     Ok(reader)
 }
 
-/// The checksum of one run of page data.
-pub fn run_checksum(data: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(data)
+/// The checksum of one run of page data: xxh3-64 of its bytes, seeded
+/// with its address, so that data moved to another address fails too.
+pub fn run_checksum(vaddr: u64, data: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(data, vaddr)
 }
 
 /// Fills in the checksum of every stored run of `pagemap`, reading the
@@ -251,7 +252,7 @@ pub fn add_checksums(dir: &Path, pid: i32, pagemap: &mut Pagemap) -> Result<()> 
             let data = reader
                 .bytes(*off, e.nr_pages * PAGE)
                 .ok_or_else(|| bad(dir, format!("pages of pid {pid} end early")))?;
-            e.checksum = Some(run_checksum(data));
+            e.checksum = Some(run_checksum(e.vaddr, data));
         }
     }
     *pagemap = pm;
@@ -273,7 +274,7 @@ fn verify_checksums(layer: &LayerMap, reader: &PagesReader) -> Result<()> {
                     format!("page run at {:#x} has no checksum", e.vaddr),
                 ))
             }
-            Some(c) if c != run_checksum(data) => {
+            Some(c) if c != run_checksum(e.vaddr, data) => {
                 return Err(bad(
                     &file,
                     format!(
