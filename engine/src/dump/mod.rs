@@ -543,8 +543,9 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         content.as_ref().map(|d| d.as_ref()),
     )?;
     let (mut pagemap, written) = (copied.pagemap, copied.pages_written);
-    chain::add_checksums(&images.path, pid, &mut pagemap)?;
     phases.mark("memory");
+    chain::add_checksums(&images.path, pid, &mut pagemap)?;
+    phases.mark("checksums");
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
     let mut plan = plan;
