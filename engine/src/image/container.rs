@@ -701,6 +701,92 @@ mod tests {
     }
 
     #[test]
+    fn image_names() {
+        for n in ["inventory.img", "core-12.img", "pages-1.img", "stats.img"] {
+            assert!(is_image_name(n), "{n}");
+        }
+        for n in [
+            "dump.log",
+            "core.img.bak",
+            "core-.img",
+            "core-1x.img",
+            "foo-1.img",
+        ] {
+            assert!(!is_image_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn create_refuses_a_symlink_and_tightens_the_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = ImageDir::create(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(
+            fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        ImageDir::create(&real).unwrap();
+        assert_eq!(
+            fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let nested = tmp.path().join("a/b/c");
+        ImageDir::create(&nested).unwrap();
+        assert!(nested.is_dir());
+    }
+
+    #[test]
+    fn stale_images_go_and_new_ones_are_exclusive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(tmp.path()).unwrap();
+        dir.write(Kind::Inventory, None, &sample()).unwrap();
+        let err = dir
+            .write(Kind::Inventory, None, &sample())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already exists"), "{err}");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.file(Kind::Core, Some(7))).unwrap();
+        fs::write(tmp.path().join("dump.log"), b"log").unwrap();
+        dir.clear_stale().unwrap();
+        let mut left: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["dump.log", "victim"]);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        fs::create_dir(dir.file(Kind::Mm, Some(7))).unwrap();
+        let err = dir.clear_stale().unwrap_err().to_string();
+        assert!(err.contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn non_regular_images_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("core-1.img");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read_message::<Inventory>(&fifo, Kind::Core)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FIFO"), "{err}");
+        let link = tmp.path().join("mm-1.img");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let err = read_message::<Inventory>(&link, Kind::Mm)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
     fn pages_roundtrip_and_bounds() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("pages-1.img");
