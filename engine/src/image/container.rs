@@ -276,6 +276,22 @@ impl ImageDir {
             Err(e) => return Err(ImageError::io(path, e)),
         }
         let dir = open_nofollow(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        // A directory someone else owns could be emptied, refilled or
+        // opened up again by its owner after we wrote into it.
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            dir.metadata().map_err(|e| ImageError::io(path, e))?.uid()
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if owner != me {
+            return Err(ImageError::bad(
+                path,
+                format!(
+                    "the images directory is owned by uid {owner}, not by us (uid {me}): refused"
+                ),
+            ));
+        }
         // SAFETY: fchmod on a descriptor we own.
         if unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) } != 0 {
             return Err(ImageError::io(path, io::Error::last_os_error()));
@@ -735,6 +751,11 @@ mod tests {
             fs::metadata(&real).unwrap().permissions().mode() & 0o777,
             0o700
         );
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let err = ImageDir::create(&theirs).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
         let nested = tmp.path().join("a/b/c");
         ImageDir::create(&nested).unwrap();
         assert!(nested.is_dir());
