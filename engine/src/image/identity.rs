@@ -51,6 +51,17 @@ fn reachable(path: &str, dev: u64, ino: u64) -> std::result::Result<Metadata, St
     }
 }
 
+/// The device and inode of the file mapped at [start, end), as stat(2)
+/// reports them (through /proc/PID/map_files, so that they compare with
+/// stat(path) even where /proc/PID/maps prints another device number, as
+/// on btrfs subvolumes); the numbers from maps if that link cannot be read.
+fn mapped_id(pid: pid_t, start: u64, end: u64, maps_dev: u64, maps_ino: u64) -> (u64, u64) {
+    match std::fs::metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}")) {
+        Ok(md) if md.ino() == maps_ino => (md.dev(), md.ino()),
+        _ => (maps_dev, maps_ino),
+    }
+}
+
 /// The executable's path and its identity through /proc/PID/exe.
 fn exe(pid: pid_t) -> Result<Option<(String, Metadata)>> {
     let path = proc::read_link(format!("/proc/{pid}/exe"))?;
@@ -75,11 +86,12 @@ pub fn check_reachable(pid: pid_t) -> Result<()> {
         if v.inode == 0 || !is_plain_path(&v.path) {
             continue;
         }
-        let dev = libc::makedev(v.dev_major, v.dev_minor);
-        if seen.get(&v.path) == Some(&(dev, v.inode)) {
+        let maps_dev = libc::makedev(v.dev_major, v.dev_minor);
+        if seen.get(&v.path) == Some(&(maps_dev, v.inode)) {
             continue;
         }
-        reachable(&v.path, dev, v.inode).map_err(|why| {
+        let (dev, ino) = mapped_id(pid, v.start, v.end, maps_dev, v.inode);
+        reachable(&v.path, dev, ino).map_err(|why| {
             Error::unsupported(
                 pid,
                 format!(
@@ -88,7 +100,7 @@ pub fn check_reachable(pid: pid_t) -> Result<()> {
                 ),
             )
         })?;
-        seen.insert(v.path.clone(), (dev, v.inode));
+        seen.insert(v.path.clone(), (maps_dev, v.inode));
     }
     Ok(())
 }
@@ -112,7 +124,8 @@ pub fn record_mm(pid: pid_t, mm: &mut Mm) -> Result<()> {
         if !file {
             continue;
         }
-        let md = reachable(&v.path, v.dev, v.inode).map_err(|why| {
+        let (dev, ino) = mapped_id(pid, v.start, v.end, v.dev, v.inode);
+        let md = reachable(&v.path, dev, ino).map_err(|why| {
             Error::unsupported(
                 pid,
                 format!(
