@@ -89,12 +89,12 @@ enum Cmd {
         /// Seconds to wait for the original pid to become free.
         #[arg(long, default_value_t = 5.0)]
         pid_wait: f64,
+        #[arg(long)]
+        display_stats: bool,
         /// Restore even if the executable, mapped files or opened files
         /// changed since the dump (size, mtime, device or inode).
         #[arg(long)]
         skip_file_checks: bool,
-        #[arg(long)]
-        display_stats: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -312,15 +312,15 @@ fn main() -> ExitCode {
             pidfile,
             leave_stopped,
             pid_wait,
-            skip_file_checks,
             display_stats,
+            skip_file_checks,
             common,
         } => {
             let mut log = Log::open(&common, &dir);
             let opts = RestoreOptions {
+                skip_file_checks,
                 leave_stopped,
                 pid_wait: Duration::from_secs_f64(pid_wait.max(0.0)),
-                skip_file_checks,
             };
             let t = Instant::now();
             let restored = match restore(&dir, &opts) {

@@ -488,12 +488,12 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
     let fd_plan = files::plan(pid, our_tracker)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    images.clear_stale()?;
 
     frozen.block_signals()?;
     let gadget = syscall_gadget(pid, &vmas)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    images.clear_stale()?;
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
