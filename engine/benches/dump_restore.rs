@@ -309,6 +309,9 @@ struct Samples {
     write: Vec<f64>,
     populate: Vec<f64>,
     memcpy: Vec<f64>,
+    /// The page-run checksum (xxh3) over the same bytes: what the dump
+    /// adds to compute it, and restore to verify it.
+    checksum: Vec<f64>,
     dump: Vec<f64>,
     restore: Vec<f64>,
 }
@@ -337,9 +340,13 @@ fn run_once(
     s.populate.push(fresh);
     s.memcpy.push(populated);
 
+    let t = Instant::now();
+    std::hint::black_box(crust::image::chain::run_checksum(addr, copy.bytes()));
+    s.checksum.push(t.elapsed().as_secs_f64());
+
     let dir_s = dir.to_str().ok_or("image directory path is not UTF-8")?;
     let pid_s = pid.to_string();
-    let (secs, log) = crust(&["dump", "-t", &pid_s, "-D", dir_s, "--display-stats"])?;
+    let (secs, log) = crust(&["dump", "-t", &pid_s, "-D", dir_s, "--display-stats", "-v"])?;
     s.dump.push(secs);
     logs.push(log);
     // crust killed it; we reap it so the pid is free for restore at once.
@@ -356,6 +363,7 @@ fn run_once(
         "--pidfile",
         pidfile_s,
         "--display-stats",
+        "-v",
     ]);
     // On failure crust killed its half-built task itself; the pid is not
     // ours to kill then.
@@ -533,6 +541,12 @@ fn report(r: &Report) {
         &s.populate,
     );
     row("ref", "memcpy (populated)", rate(&s.memcpy), &s.memcpy);
+    row(
+        "ref",
+        "page checksum (xxh3)",
+        rate(&s.checksum),
+        &s.checksum,
+    );
     row("crust", "dump", rate(&s.dump), &s.dump);
     row("crust", "restore", rate(&s.restore), &s.restore);
     println!();
@@ -544,6 +558,13 @@ fn report(r: &Report) {
         rate(&s.populate),
         "materialisation",
         70.0,
+    );
+    println!(
+        "checksums: computing them is {:.1}% of the dump's time, verifying them {:.1}% of the \
+         restore's (best runs; both include them, the dump in its \"checksums\" phase, \
+         restore in \"read images\")",
+        best(&s.checksum) / best(&s.dump) * 100.0,
+        best(&s.checksum) / best(&s.restore) * 100.0
     );
     println!();
     println!("engine stats (last run):");

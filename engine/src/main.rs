@@ -103,6 +103,10 @@ enum Cmd {
         inherit_fd: Vec<InheritFd>,
         #[arg(long)]
         display_stats: bool,
+        /// Restore even if the executable, mapped files or opened files
+        /// changed since the dump (size, mtime, device or inode).
+        #[arg(long)]
+        skip_file_checks: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -173,12 +177,25 @@ impl Log {
             } else {
                 dir.join(p)
             };
-            std::fs::OpenOptions::new()
+            // Never through a symbolic link, and 0600 even if it existed.
+            let opened = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&p)
-                .ok()
+                .and_then(|f| {
+                    use std::os::unix::fs::PermissionsExt;
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    Ok(f)
+                });
+            match opened {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("crust: cannot open the log file {}: {e}", p.display());
+                    None
+                }
+            }
         });
         Log { file }
     }
@@ -313,10 +330,12 @@ fn main() -> ExitCode {
             pid_wait,
             inherit_fd,
             display_stats,
+            skip_file_checks,
             common,
         } => {
             let mut log = Log::open(&common, &dir);
             let opts = RestoreOptions {
+                skip_file_checks,
                 leave_stopped,
                 pid_wait,
                 inherit_fds: inherit_fd,

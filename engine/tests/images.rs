@@ -399,3 +399,467 @@ fn missing_file_fails_cleanly() {
     assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
     assert_ticker_ok(&log);
 }
+
+// ------------------------------------------------- image directory safety
+
+/// Starts `mapper FILE` (a private read-only mapping of FILE, descriptor
+/// closed) and waits until it has mapped it.
+fn start_mapper(dir: &Path, file: &Path) -> (Proc, PathBuf) {
+    let bin = compile_c(dir, "mapper.c", &[]);
+    let out = dir.join("mapper.out");
+    let p = spawn_daemon(Command::new(bin).arg(file).arg(&out));
+    wait_file_contains(&out, "ready", TIMEOUT);
+    (p, out)
+}
+
+/// A dump that must fail cleanly (status 1, no panic) and leave `p`
+/// running, untraced.
+fn refused(p: &Proc, args: &[&str], says: &str) -> Output {
+    let out = crust(args);
+    out.assert_failed().stderr_has(says);
+    p.assert_running_untraced();
+    out
+}
+
+/// A symbolic link planted in the images directory under an image's name
+/// is removed, never written through: its target keeps its contents, and
+/// the image written in its place is a new 0600 regular file.
+#[test]
+fn planted_symlink_is_not_followed() {
+    init();
+    let tmp = tempdir();
+    let (mut p, _log) = small_ticker(tmp.path());
+    let pid = p.pid;
+    let images = tmp.path().join("images");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&images)
+        .expect("mkdir");
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"precious\n").expect("write victim");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).expect("chmod");
+    for name in ["stats.img".to_string(), format!("pages-{pid}.img")] {
+        std::os::unix::fs::symlink(&victim, images.join(name)).expect("plant symlink");
+    }
+    dump_and_reap(&mut p, &images);
+    assert_eq!(fs::read(&victim).expect("read victim"), b"precious\n");
+    assert_eq!(format!("{:o}", mode(&victim)), "644", "victim chmodded");
+    assert_private(&images);
+}
+
+/// An old file with loose permissions in the images directory is
+/// replaced by a 0600 one; a log file the dump appends to is made 0600.
+#[test]
+fn old_files_get_private_modes() {
+    init();
+    let tmp = tempdir();
+    let (mut p, _log) = small_ticker(tmp.path());
+    let images = tmp.path().join("images");
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&images)
+        .expect("mkdir");
+    for name in ["stats.img", "inventory.img", "dump.log"] {
+        let f = images.join(name);
+        fs::write(&f, b"old").expect("write old file");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).expect("chmod");
+    }
+    dump(p.pid, &images, &["-o", "dump.log"]);
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    assert_private(&images);
+}
+
+/// `-D` naming a symbolic link is refused before the process is touched,
+/// and nothing is chmodded through it.
+#[test]
+fn images_dir_symlink_is_refused() {
+    init();
+    let tmp = tempdir();
+    let (p, _log) = small_ticker(tmp.path());
+    let target = tmp.path().join("elsewhere");
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&target)
+        .expect("mkdir");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let pid = p.pid.to_string();
+    for cmd in ["dump", "pre-dump"] {
+        refused(
+            &p,
+            &[cmd, "-t", &pid, "-D", path_str(&link)],
+            "symbolic link",
+        );
+    }
+    assert_eq!(format!("{:o}", mode(&target)), "755", "target chmodded");
+    assert_eq!(fs::read_dir(&target).expect("read").count(), 0);
+}
+
+/// A FIFO, a symbolic link to /dev/zero, a directory or a socket in place
+/// of an image: restore and show fail at once, naming the file, and never
+/// hang; no process is left behind.
+#[test]
+fn non_regular_images_are_refused() {
+    init();
+    let tmp = tempdir();
+    let (mut p, _log) = small_ticker(tmp.path());
+    let pid = p.pid;
+    let good = tmp.path().join("images");
+    dump_and_reap(&mut p, &good);
+    type Make<'a> = &'a dyn Fn(&Path);
+    let kinds: [(&str, Make); 4] = [
+        ("FIFO", &|f| {
+            let c = std::ffi::CString::new(path_str(f)).expect("path");
+            // SAFETY: mkfifo with a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        }),
+        ("symbolic link", &|f| {
+            std::os::unix::fs::symlink("/dev/zero", f).expect("symlink")
+        }),
+        ("directory", &|f| fs::create_dir(f).expect("mkdir")),
+        ("socket", &|f| {
+            std::os::unix::net::UnixListener::bind(f).expect("bind");
+        }),
+    ];
+    for (i, (what, make)) in kinds.iter().enumerate() {
+        for file in [
+            "inventory.img".to_string(),
+            format!("core-{pid}.img"),
+            format!("pages-{pid}.img"),
+        ] {
+            let dir = tmp.path().join(format!("bad-{i}-{file}"));
+            copy_dir(&good, &dir);
+            let f = dir.join(&file);
+            fs::remove_file(&f).expect("rm image");
+            make(&f);
+            let out = crust(["restore", "-d", "--pid-wait", "0", "-D", path_str(&dir)]);
+            out.assert_failed().stderr_has(&file).stderr_has(what);
+            assert_pid_free(pid, &format!("{what} as {file}"));
+            crust(["show", path_str(&f)])
+                .assert_failed()
+                .stderr_has(what);
+            crust(["show", path_str(&dir)]).assert_failed();
+        }
+    }
+}
+
+/// A dump into a directory holding an older dump replaces it whole; a
+/// dump that fails there leaves nothing restore accepts (the old
+/// inventory goes first), and the process runs on.
+#[test]
+fn stale_images_never_mix() {
+    init();
+    let tmp = tempdir();
+    let (p, _log) = small_ticker(tmp.path());
+    let pid = p.pid;
+    let images = tmp.path().join("images");
+    dump(pid, &images, &["--leave-running"]);
+    // Leftovers of another dump: removed by the next one.
+    let foreign = images.join("core-999999.img");
+    fs::copy(images.join(format!("core-{pid}.img")), &foreign).expect("copy");
+    let first: String = crust(["show", path_str(&images.join("inventory.img"))]).json()["message"]
+        ["image_id"]
+        .to_string();
+    dump(pid, &images, &["--leave-running"]);
+    assert!(!foreign.exists(), "a stale image survived a new dump");
+    let second: String = crust(["show", path_str(&images.join("inventory.img"))]).json()["message"]
+        ["image_id"]
+        .to_string();
+    assert_ne!(first, second, "the new dump has a new image id");
+
+    // Now a dump that fails after the refusals: a directory sits where an
+    // image must go.
+    fs::create_dir(images.join(format!("pagemap-{pid}.img.d"))).expect("mkdir");
+    fs::remove_file(images.join(format!("pagemap-{pid}.img"))).expect("rm");
+    fs::create_dir(images.join(format!("pagemap-{pid}.img"))).expect("mkdir");
+    let pid_s = pid.to_string();
+    refused(
+        &p,
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            path_str(&images),
+            "--leave-running",
+        ],
+        "directory",
+    );
+    assert!(!images.join("inventory.img").exists(), "old inventory kept");
+    let out = crust(["restore", "-d", "--pid-wait", "0", "-D", path_str(&images)]);
+    out.assert_failed().stderr_has("inventory.img");
+}
+
+/// Parent chains are checked when the pre-dump or dump starts, with the
+/// process untouched: `--prev-images-dir .`, a loop through the directory
+/// being written, a parent without its inventory, a parent of another
+/// pid, a parent that is a dump. A parent re-dumped after its child was
+/// made breaks the child loudly at restore.
+#[test]
+fn parent_chain_is_checked() {
+    init();
+    let tmp = tempdir();
+    let (p, log) = small_ticker(tmp.path());
+    let (other, _log2) = {
+        let sub = tmp.path().join("other");
+        fs::create_dir(&sub).expect("mkdir");
+        let bin = compile_c(&sub, "ticker.c", &["-pthread"]);
+        let l = tmp.path().join("other.log");
+        let o = spawn_daemon(Command::new(bin).arg(&l).arg("0").arg("0"));
+        wait_tick(&l, 1);
+        (o, l)
+    };
+    let pid = p.pid.to_string();
+    let d = |n: &str| tmp.path().join(n);
+    let pre = |dir: &str, parent: Option<&str>| {
+        let mut a = vec!["pre-dump", "-t", &pid, "-D"];
+        let dir = d(dir);
+        a.push(path_str(&dir));
+        a.extend(["--pre-dump-mode", "read"]);
+        if let Some(par) = parent {
+            a.extend(["--prev-images-dir", par]);
+        }
+        crust(&a)
+    };
+    pre("a", None).assert_ok();
+    // Its own parent.
+    let out = pre("a", Some("."));
+    out.assert_failed().stderr_has("directory being written");
+    p.assert_running_untraced();
+    assert!(
+        d("a").join("inventory.img").exists(),
+        "a refused pre-dump removed a"
+    );
+    // a <- b, then a on top of b: a loop through a.
+    pre("b", Some("../a")).assert_ok();
+    let out = pre("a", Some("../b"));
+    out.assert_failed().stderr_has("directory being written");
+    p.assert_running_untraced();
+    refused(
+        &p,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&d("a")),
+            "--prev-images-dir",
+            "../b",
+            "--leave-running",
+        ],
+        "directory being written",
+    );
+    // A parent of another pid.
+    let opid = other.pid.to_string();
+    let od = d("o");
+    crust([
+        "pre-dump",
+        "-t",
+        &opid,
+        "-D",
+        path_str(&od),
+        "--pre-dump-mode",
+        "read",
+    ])
+    .assert_ok();
+    refused(
+        &p,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&d("x")),
+            "--prev-images-dir",
+            "../o",
+            "--leave-running",
+        ],
+        "not",
+    );
+    // A parent that is a dump, not a pre-dump.
+    crust([
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&d("full")),
+        "--leave-running",
+    ])
+    .assert_ok();
+    refused(
+        &p,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&d("x")),
+            "--prev-images-dir",
+            "../full",
+            "--leave-running",
+        ],
+        "not a pre-dump",
+    );
+    // An incomplete parent: no inventory.
+    pre("c", None).assert_ok();
+    fs::remove_file(d("c").join("inventory.img")).expect("rm");
+    refused(
+        &p,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&d("x")),
+            "--prev-images-dir",
+            "../c",
+            "--leave-running",
+        ],
+        "inventory.img",
+    );
+    // A child made on b, then b re-dumped: the child no longer restores.
+    crust([
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&d("top")),
+        "--prev-images-dir",
+        "../b",
+        "--leave-running",
+    ])
+    .assert_ok();
+    pre("b", Some("../a")).assert_ok();
+    p.signal(libc::SIGTERM);
+    let mut p = p;
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    let out = crust([
+        "restore",
+        "-d",
+        "--pid-wait",
+        "0",
+        "-D",
+        path_str(&d("top")),
+    ]);
+    out.assert_failed().stderr_has("re-dumped");
+    assert_pid_free(p.pid, "restore on a re-dumped parent");
+    let _ = log;
+}
+
+/// The files a restore maps are recorded at dump time: a mapped file that
+/// changed since is refused by name, unless --skip-file-checks.
+#[test]
+fn changed_mapped_file_is_refused() {
+    init();
+    let tmp = tempdir();
+    let data = tmp.path().join("data.bin");
+    fs::write(&data, vec![b'A'; 8192]).expect("write data");
+    let (mut p, out) = start_mapper(tmp.path(), &data);
+    let pid = p.pid;
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+
+    // Same size, new contents: the mtime tells.
+    let mtime = fs::metadata(&data)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    fs::write(&data, vec![b'B'; 8192]).expect("rewrite data");
+    let f = fs::File::options().write(true).open(&data).expect("open");
+    f.set_modified(mtime + Duration::from_secs(5))
+        .expect("set mtime");
+    drop(f);
+    let r = crust(["restore", "-d", "--pid-wait", "0", "-D", path_str(&images)]);
+    r.assert_failed()
+        .stderr_has("data.bin")
+        .stderr_has("--skip-file-checks");
+    assert_pid_free(pid, "restore refused on a changed mapped file");
+
+    let pidfile = tmp.path().join("pid");
+    crust([
+        "restore",
+        "-d",
+        "--skip-file-checks",
+        "-D",
+        path_str(&images),
+        "--pidfile",
+        path_str(&pidfile),
+    ])
+    .assert_ok();
+    let mut r = Proc::adopt(pid);
+    r.assert_running_untraced();
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
+    // The private mapping came back from the file as it is now.
+    let text = read_string(&out);
+    assert!(text.contains("ready"), "{text}");
+}
+
+/// The executable changed since the dump: refused by name.
+#[test]
+fn changed_executable_is_refused() {
+    init();
+    let tmp = tempdir();
+    let (mut p, _log) = small_ticker(tmp.path());
+    let pid = p.pid;
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+    let exe = tmp.path().join("ticker");
+    let f = fs::File::options()
+        .write(true)
+        .open(&exe)
+        .expect("open exe");
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .expect("set mtime");
+    drop(f);
+    let r = crust(["restore", "-d", "--pid-wait", "0", "-D", path_str(&images)]);
+    r.assert_failed()
+        .stderr_has("executable")
+        .stderr_has("ticker");
+    assert_pid_free(pid, "restore refused on a changed executable");
+}
+
+/// A file mapped from a lazily unmounted filesystem cannot be found again
+/// by its path: dump and pre-dump refuse it by name, the process runs on.
+#[test]
+fn lazily_unmounted_file_is_refused() {
+    init();
+    let tmp = tempdir();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir mnt");
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "crust-itest",
+            path_str(&mnt),
+        ])
+        .status()
+        .expect("run mount");
+    assert!(st.success(), "mount tmpfs on {}", mnt.display());
+    let data = mnt.join("data.bin");
+    fs::write(&data, vec![b'A'; 4096]).expect("write data");
+    let (mut p, out) = start_mapper(tmp.path(), &data);
+    let st = Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .status()
+        .expect("run umount");
+    assert!(st.success(), "umount -l {}", mnt.display());
+    let pid = p.pid.to_string();
+    let images = tmp.path().join("images");
+    for cmd in ["pre-dump", "dump"] {
+        refused(
+            &p,
+            &[cmd, "-t", &pid, "-D", path_str(&images)],
+            "not reachable",
+        );
+    }
+    assert!(!images.join("inventory.img").exists());
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert!(read_string(&out).contains("OK"), "{}", read_string(&out));
+}

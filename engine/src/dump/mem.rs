@@ -275,6 +275,7 @@ fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
         anon_name: anon_name(v).unwrap_or_default().to_string(),
         vm_flags: v.vm_flags.bits(),
         guards: Vec::new(),
+        file_id: None,
     }
 }
 
@@ -480,6 +481,7 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
         lock_future: 0,
         coredump_filter: coredump_filter(pid)?,
         ksm_merge_any: ksm_merge_any(pid)?,
+        exe_id: None,
     })
 }
 
@@ -1057,6 +1059,7 @@ fn push_run(entries: &mut Vec<PagemapEntry>, floor: usize, vaddr: u64, nr_pages:
         vaddr,
         nr_pages,
         flags,
+        checksum: None,
     });
 }
 

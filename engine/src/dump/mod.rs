@@ -18,7 +18,7 @@ use libc::pid_t;
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
 use crate::image::messages::{Digests, Inventory, PsTree, Stats, TaskEntry};
-use crate::image::{ImageDir, Kind, PagesWriter, FORMAT_VERSION};
+use crate::image::{identity, ImageDir, Kind, PagesWriter, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::proc;
 use crate::sys::syscalls::pidfd_open;
@@ -199,14 +199,8 @@ fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Pa
         return Ok(None);
     };
     let pdir = dir.join(rel);
-    let inv: Inventory = ImageDir::open(&pdir)?.read(Kind::Inventory, None)?;
-    if inv.root_pid != pid {
-        return Err(Error::Other(format!(
-            "parent image {} is of pid {}, not {pid}",
-            pdir.display(),
-            inv.root_pid
-        )));
-    }
+    // The whole chain, before anything is written or the task touched.
+    let inv = chain::check_parents(dir, &pdir, pid)?;
     let layer = chain::load_layer(&pdir, pid)?;
     let digests = match inv.tracker == track::CONTENT {
         true => Some(ImageDir::open(&pdir)?.read::<Digests>(Kind::Digests, Some(pid))?),
@@ -337,6 +331,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let parent = load_parent(dir, &opts.track, pid)?;
     // Refused now, before pages are copied, what the final dump would refuse.
     refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()), &opts.external)?;
+    images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
@@ -435,7 +430,8 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
             (plan, copied)
         }
     };
-    let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    let (mut pagemap, written) = (copied.pagemap, copied.pages_written);
+    chain::add_checksums(&images.path, pid, &mut pagemap)?;
     let in_parent = plan.stats.in_parent + copied.content_in_parent;
     if let Some(d) = &copied.digests {
         images.write(Kind::Digests, Some(pid), d)?;
@@ -499,6 +495,9 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
 
     frozen.block_signals()?;
     let gadget = syscall_gadget(pid, &vmas)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    images.clear_stale()?;
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
@@ -548,9 +547,13 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         false,
         content.as_ref().map(|d| d.as_ref()),
     )?;
-    let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    let (mut pagemap, written) = (copied.pagemap, copied.pages_written);
     phases.mark("memory");
-    let fds = files::dump(pid, &fd_plan)?;
+    chain::add_checksums(&images.path, pid, &mut pagemap)?;
+    phases.mark("checksums");
+    let mut fds = files::dump(pid, &fd_plan)?;
+    identity::record_fds(pid, &mut fds)?;
+    identity::record_mm(pid, &mut plan.mm)?;
 
     let stat = proc::stat::read_stat(pid)?;
     images.write(Kind::Core, Some(pid), &core.core)?;
@@ -629,5 +632,24 @@ fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
         parent: parent.map(|p| p.rel.clone()).unwrap_or_default(),
         tracker: String::new(),
         tracker_fd: -1,
+        image_id: new_image_id(),
+        parent_id: parent.map(|p| p.inv.image_id).unwrap_or(0),
     }
+}
+
+/// A random, non-zero image id.
+fn new_image_id() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+    let mut id = u64::from_le_bytes(b);
+    if n != b.len() as isize {
+        // No entropy source: time and pid still tell images apart.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        id = t ^ ((std::process::id() as u64) << 32);
+    }
+    id.max(1)
 }

@@ -26,6 +26,7 @@ pub(crate) fn task_state(
     root_and_cwd(pid)?;
     super::task::refuse_attrs(pid)?;
     super::mem::refuse_layout(pid, our_tracker.is_some())?;
+    crate::image::identity::check_reachable(pid)?;
     files::plan(pid, our_tracker, external)
 }
 

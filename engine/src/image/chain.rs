@@ -98,15 +98,6 @@ impl LayerMap {
     }
 }
 
-/// Reads the parent directory of `dir`, if its inventory names one.
-fn parent_of(dir: &Path) -> Result<Option<(PathBuf, Inventory)>> {
-    let inv: Inventory = ImageDir::open(dir)?.read(Kind::Inventory, None)?;
-    if inv.parent.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some((dir.join(&inv.parent), inv)))
-}
-
 /// Loads the pagemap of task `pid` in the image directory `dir`.
 pub fn load_layer(dir: &Path, pid: i32) -> Result<LayerMap> {
     let pagemap: Pagemap = ImageDir::open(dir)?.read(Kind::Pagemap, Some(pid))?;
@@ -129,48 +120,189 @@ pub struct Chain {
     pub pages: Vec<PagesReader>,
 }
 
-impl Chain {
-    pub fn open(dir: &Path, pid: i32) -> Result<Chain> {
-        let mut layers = Vec::new();
-        let mut pages = Vec::new();
-        let mut seen = HashSet::new();
-        let mut cur = Some(dir.to_path_buf());
-        while let Some(d) = cur {
-            let canon = std::fs::canonicalize(&d).map_err(|e| ImageError::Io {
-                path: d.clone(),
-                source: e,
-            })?;
-            if !seen.insert(canon) {
-                return Err(bad(&d, "the parent links form a loop"));
-            }
-            let layer = load_layer(&d, pid)?;
-            let name = &layer.pagemap.pages_file;
-            if name.is_empty() || name.contains('/') {
-                return Err(bad(&d, format!("bad pages file name {name:?}")));
-            }
-            let reader = PagesReader::open(&d.join(name))?;
-            if reader.data_len() != layer.data_bytes() {
+/// Follows the parent links from `start`: every directory must hold an
+/// inventory of pid `pid`, be the very image its child names (image ids),
+/// and appear once (no loops); `forbidden` (the directory a dump is about
+/// to write) must not be in the chain at all. Every directory after the
+/// first must be a pre-dump, and the first too if `first_is_parent`.
+fn walk(
+    start: &Path,
+    pid: i32,
+    forbidden: Option<&Path>,
+    first_is_parent: bool,
+) -> Result<Vec<(PathBuf, Inventory)>> {
+    let mut out: Vec<(PathBuf, Inventory)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut cur = Some(start.to_path_buf());
+    while let Some(d) = cur {
+        let canon = std::fs::canonicalize(&d).map_err(|e| ImageError::Io {
+            path: d.clone(),
+            source: e,
+        })?;
+        let child = out.last().map(|(p, _)| p.as_path());
+        if forbidden == Some(canon.as_path()) {
+            return Err(bad(
+                child.unwrap_or(&d),
+                format!(
+                    "the parent image chain leads back to {}, the directory being written: refused",
+                    d.display()
+                ),
+            ));
+        }
+        if !seen.insert(canon) {
+            return Err(bad(
+                child.unwrap_or(&d),
+                format!("the parent links form a loop at {}", d.display()),
+            ));
+        }
+        let inv: Inventory = ImageDir::open(&d)?.read(Kind::Inventory, None)?;
+        if inv.root_pid != pid {
+            return Err(bad(
+                &d,
+                format!("image is of pid {}, not {pid}", inv.root_pid),
+            ));
+        }
+        if inv.image_id == 0 {
+            return Err(bad(&d, "inventory has no image id"));
+        }
+        if let Some((cdir, cinv)) = out.last() {
+            if cinv.parent_id != inv.image_id {
                 return Err(bad(
-                    &d,
+                    cdir,
                     format!(
-                        "pagemap covers {} bytes but the pages file holds {}",
-                        layer.data_bytes(),
-                        reader.data_len()
+                        "parent image {} is not the one this image was made on (image id {:#x}, expected {:#x}): it was re-dumped since",
+                        d.display(),
+                        inv.image_id,
+                        cinv.parent_id
                     ),
                 ));
             }
-            let next = parent_of(&d)?;
-            if let Some((_, inv)) = &next {
-                if inv.root_pid != pid {
-                    return Err(bad(
-                        &d,
-                        format!("parent image is of pid {}, not {pid}", inv.root_pid),
-                    ));
-                }
+        }
+        if (first_is_parent || !out.is_empty()) && inv.kind != "pre-dump" {
+            return Err(bad(
+                &d,
+                format!("parent image is a {}, not a pre-dump", inv.kind),
+            ));
+        }
+        cur = (!inv.parent.is_empty()).then(|| d.join(&inv.parent));
+        out.push((d, inv));
+    }
+    Ok(out)
+}
+
+/// Checks, before a dump or pre-dump into `target` touches anything, the
+/// parent chain starting at `parent`: no loop, `target` not in it, every
+/// parent a complete pre-dump of `pid` (inventory, pagemap, pages file of
+/// the right length), linked by image ids. Returns the parent's inventory.
+pub fn check_parents(target: &Path, parent: &Path, pid: i32) -> Result<Inventory> {
+    let target = std::fs::canonicalize(target).map_err(|e| ImageError::Io {
+        path: target.to_path_buf(),
+        source: e,
+    })?;
+    let links = walk(parent, pid, Some(&target), true)?;
+    for (d, _) in &links {
+        let layer = load_layer(d, pid)?;
+        open_pages(d, &layer)?;
+    }
+    links
+        .into_iter()
+        .next()
+        .map(|(_, inv)| inv)
+        .ok_or_else(|| bad(parent, "no parent image"))
+}
+
+/// Opens a layer's pages file and checks it holds what its pagemap says.
+fn open_pages(d: &Path, layer: &LayerMap) -> Result<PagesReader> {
+    let name = &layer.pagemap.pages_file;
+    if name.is_empty() || name.contains('/') || !name.ends_with(".img") {
+        return Err(bad(d, format!("bad pages file name {name:?}")));
+    }
+    let reader = PagesReader::open(&d.join(name))?;
+    if reader.data_len() != layer.data_bytes() {
+        return Err(bad(
+            d,
+            format!(
+                "pagemap covers {} bytes but the pages file holds {}",
+                layer.data_bytes(),
+                reader.data_len()
+            ),
+        ));
+    }
+    Ok(reader)
+}
+
+/// The checksum of one run of page data: xxh3-64 of its bytes, seeded
+/// with its address, so that data moved to another address fails too.
+pub fn run_checksum(vaddr: u64, data: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(data, vaddr)
+}
+
+/// Fills in the checksum of every stored run of `pagemap`, reading the
+/// data back from its pages file in `dir` (written and complete).
+pub fn add_checksums(dir: &Path, pid: i32, pagemap: &mut Pagemap) -> Result<()> {
+    let layer = LayerMap::new(dir, std::mem::take(pagemap))?;
+    let reader = open_pages(dir, &layer)?;
+    let LayerMap {
+        pagemap: mut pm,
+        offsets,
+        ..
+    } = layer;
+    for (e, off) in pm.entries.iter_mut().zip(&offsets) {
+        if let Some(off) = off {
+            let data = reader
+                .bytes(*off, e.nr_pages * PAGE)
+                .ok_or_else(|| bad(dir, format!("pages of pid {pid} end early")))?;
+            e.checksum = Some(run_checksum(e.vaddr, data));
+        }
+    }
+    *pagemap = pm;
+    Ok(())
+}
+
+/// Checks every stored run of a layer against its checksum.
+fn verify_checksums(layer: &LayerMap, reader: &PagesReader) -> Result<()> {
+    let file = layer.dir.join(&layer.pagemap.pages_file);
+    for (e, off) in layer.pagemap.entries.iter().zip(&layer.offsets) {
+        let Some(off) = off else { continue };
+        let data = reader
+            .bytes(*off, e.nr_pages * PAGE)
+            .ok_or_else(|| bad(&file, "page data ends early"))?;
+        match e.checksum {
+            None => {
+                return Err(bad(
+                    &file,
+                    format!("page run at {:#x} has no checksum", e.vaddr),
+                ))
+            }
+            Some(c) if c != run_checksum(e.vaddr, data) => {
+                return Err(bad(
+                    &file,
+                    format!(
+                        "checksum mismatch in the {} pages at {:#x}: the page data is corrupted",
+                        e.nr_pages, e.vaddr
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl Chain {
+    /// Opens the dump in `dir` and its parents: ids, kinds, loops, page
+    /// file lengths and (if `verify_data`) every run's checksum.
+    pub fn open(dir: &Path, pid: i32, verify_data: bool) -> Result<Chain> {
+        let mut layers = Vec::new();
+        let mut pages = Vec::new();
+        for (d, _) in walk(dir, pid, None, false)? {
+            let layer = load_layer(&d, pid)?;
+            let reader = open_pages(&d, &layer)?;
+            if verify_data {
+                verify_checksums(&layer, &reader)?;
             }
             layers.push(layer);
             pages.push(reader);
-            cur = next.map(|(p, _)| p);
         }
         Ok(Chain { layers, pages })
     }
@@ -250,6 +382,7 @@ mod tests {
                     vaddr: v,
                     nr_pages: n,
                     flags: if p { PE_IN_PARENT } else { 0 },
+                    checksum: None,
                 })
                 .collect(),
         };
@@ -275,11 +408,13 @@ mod tests {
                     vaddr: 0x2000,
                     nr_pages: 2,
                     flags: 0,
+                    checksum: None,
                 },
                 PagemapEntry {
                     vaddr: 0x3000,
                     nr_pages: 1,
                     flags: 0,
+                    checksum: None,
                 },
             ],
         };

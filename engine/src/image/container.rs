@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -188,18 +189,113 @@ pub struct ImageDir {
     pub path: PathBuf,
 }
 
+/// What kind of file `md` describes, for messages.
+pub fn file_type_name(md: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
+/// Whether `name` is the name of an image file this engine writes:
+/// `KIND.img` or `KIND-PID.img`.
+pub fn is_image_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".img") else {
+        return false;
+    };
+    let kind = match stem.split_once('-') {
+        Some((k, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => k,
+        Some(_) => return false,
+        None => stem,
+    };
+    ALL_KINDS.iter().any(|k| k.name() == kind)
+}
+
+const ALL_KINDS: [Kind; 9] = [
+    Kind::Inventory,
+    Kind::PsTree,
+    Kind::Core,
+    Kind::Mm,
+    Kind::Fds,
+    Kind::Pagemap,
+    Kind::Pages,
+    Kind::Stats,
+    Kind::Digests,
+];
+
 impl ImageDir {
-    /// Creates the directory, and any missing parent, mode 0700; or takes
-    /// an existing one and tightens its mode.
+    /// Creates the directory (and any missing parent) mode 0700, or takes
+    /// an existing one and tightens its mode to 0700. The directory itself
+    /// must not be a symbolic link: it is opened O_NOFOLLOW and chmodded
+    /// through that descriptor, so nothing outside it is ever changed.
     pub fn create(path: &Path) -> Result<ImageDir> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| ImageError::io(path, e))?;
-        // An existing directory keeps its mode through create(): tighten it.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ImageError::io(path, e))?;
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(ImageError::bad(
+                    path,
+                    "the images directory is a symbolic link: refused (give its target instead)",
+                ))
+            }
+            Ok(md) if !md.is_dir() => {
+                return Err(ImageError::bad(
+                    path,
+                    format!("is a {}, not a directory", file_type_name(&md)),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| ImageError::io(parent, e))?;
+                }
+                match fs::DirBuilder::new().mode(0o700).create(path) {
+                    Ok(()) => {}
+                    // Made by someone else meanwhile: checked below.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(ImageError::io(path, e)),
+                }
+            }
+            Err(e) => return Err(ImageError::io(path, e)),
+        }
+        let dir = open_nofollow(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        // A directory someone else owns could be emptied, refilled or
+        // opened up again by its owner after we wrote into it.
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            dir.metadata().map_err(|e| ImageError::io(path, e))?.uid()
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if owner != me {
+            return Err(ImageError::bad(
+                path,
+                format!(
+                    "the images directory is owned by uid {owner}, not by us (uid {me}): refused"
+                ),
+            ));
+        }
+        // SAFETY: fchmod on a descriptor we own.
+        if unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) } != 0 {
+            return Err(ImageError::io(path, io::Error::last_os_error()));
+        }
         Ok(ImageDir {
             path: path.to_path_buf(),
         })
@@ -215,6 +311,25 @@ impl ImageDir {
         })
     }
 
+    /// Removes every image file a previous dump or pre-dump left here, the
+    /// inventory first: from the first unlink on, the directory no longer
+    /// holds anything restore accepts. Other files (a log) are kept. An
+    /// entry with an image's name that is not a regular file or symbolic
+    /// link (a directory, say) is refused by name.
+    pub fn clear_stale(&self) -> Result<()> {
+        let inv = self.file(Kind::Inventory, None);
+        remove_entry(&inv)?;
+        let rd = fs::read_dir(&self.path).map_err(|e| ImageError::io(&self.path, e))?;
+        for e in rd {
+            let e = e.map_err(|e| ImageError::io(&self.path, e))?;
+            let name = e.file_name();
+            if is_image_name(&name.to_string_lossy()) {
+                remove_entry(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn file(&self, kind: Kind, pid: Option<i32>) -> PathBuf {
         self.path.join(kind.file_name(pid))
     }
@@ -228,14 +343,57 @@ impl ImageDir {
     }
 }
 
-fn create_file(path: &Path) -> Result<File> {
+/// Unlinks a stale image (never following a symbolic link: the link
+/// itself goes); a missing file is fine.
+fn remove_entry(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ImageError::io(path, e)),
+        Ok(md) if md.is_dir() => {
+            return Err(ImageError::bad(
+                path,
+                "a directory in place of an image file: refused",
+            ))
+        }
+        Ok(_) => {}
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ImageError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn open_nofollow(path: &Path, flags: i32) -> Result<File> {
     OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
+        .read(true)
+        .custom_flags(flags | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| ImageError::io(path, e))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ImageError::bad(path, "is a symbolic link: refused"),
+            _ => ImageError::io(path, e),
+        })
+}
+
+/// Creates a new image file: never through a symbolic link, never over an
+/// existing file (stale images were removed first), mode 0600 whatever the
+/// umask.
+fn create_file(path: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => ImageError::bad(
+                path,
+                "already exists (something else writes into this images directory): refused",
+            ),
+            _ => ImageError::io(path, e),
+        })?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| ImageError::io(path, e))?;
+    Ok(f)
 }
 
 pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()> {
@@ -252,10 +410,33 @@ pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()>
         .map_err(|e| ImageError::io(path, e))
 }
 
+/// Opens an image file for reading: O_NOFOLLOW and O_NONBLOCK (a FIFO in
+/// its place must not block us), then checked to be a regular file.
+pub fn open_image(path: &Path) -> Result<File> {
+    let f = open_nofollow(path, libc::O_RDONLY | libc::O_NONBLOCK).map_err(|e| {
+        // Name what sits there (a socket cannot even be opened).
+        match fs::symlink_metadata(path) {
+            Ok(md) if !md.is_file() => ImageError::bad(
+                path,
+                format!("is a {}, not a regular image file", file_type_name(&md)),
+            ),
+            _ => e,
+        }
+    })?;
+    let md = f.metadata().map_err(|e| ImageError::io(path, e))?;
+    if !md.is_file() {
+        return Err(ImageError::bad(
+            path,
+            format!("is a {}, not a regular image file", file_type_name(&md)),
+        ));
+    }
+    Ok(f)
+}
+
 /// Opens an image file and checks its header; the file is left just past
 /// the common header. Returns the header and the full header length.
 fn open_checked(path: &Path) -> Result<(File, Header, u64)> {
-    let mut f = File::open(path).map_err(|e| ImageError::io(path, e))?;
+    let mut f = open_image(path)?;
     let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
     let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
     f.read_exact(&mut head)
@@ -343,7 +524,6 @@ impl PagesWriter {
     /// The file, for data written into it by other means (splice) at its
     /// current position; report those bytes with `account`.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
         self.file.as_raw_fd()
     }
 
@@ -373,7 +553,6 @@ pub struct PagesReader {
 
 impl PagesReader {
     pub fn open(path: &Path) -> Result<PagesReader> {
-        use std::os::fd::AsRawFd;
         let (f, header, header_len) = open_checked(path)?;
         let file_len = header_len + header.payload_len;
         if header.kind != Kind::Pages || header_len != PAGES_DATA_OFFSET {
@@ -419,6 +598,15 @@ impl PagesReader {
             unsafe { (self.map as *const u8).add((PAGES_DATA_OFFSET + offset) as usize) }
                 as *const libc::c_void,
         )
+    }
+
+    /// Page data at `offset` (relative to the data start), `len` bytes;
+    /// None if out of bounds.
+    pub fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let p = self.ptr(offset, len)?;
+        // SAFETY: ptr() checked that [offset, offset+len) lies inside the
+        // read-only mapping, which lives as long as &self.
+        Some(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) })
     }
 
     /// Asks the kernel to read the file ahead.
@@ -526,6 +714,97 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected core"), "{err}");
+    }
+
+    #[test]
+    fn image_names() {
+        for n in ["inventory.img", "core-12.img", "pages-1.img", "stats.img"] {
+            assert!(is_image_name(n), "{n}");
+        }
+        for n in [
+            "dump.log",
+            "core.img.bak",
+            "core-.img",
+            "core-1x.img",
+            "foo-1.img",
+        ] {
+            assert!(!is_image_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn create_refuses_a_symlink_and_tightens_the_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = ImageDir::create(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(
+            fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        ImageDir::create(&real).unwrap();
+        assert_eq!(
+            fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let err = ImageDir::create(&theirs).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        let nested = tmp.path().join("a/b/c");
+        ImageDir::create(&nested).unwrap();
+        assert!(nested.is_dir());
+    }
+
+    #[test]
+    fn stale_images_go_and_new_ones_are_exclusive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(tmp.path()).unwrap();
+        dir.write(Kind::Inventory, None, &sample()).unwrap();
+        let err = dir
+            .write(Kind::Inventory, None, &sample())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already exists"), "{err}");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.file(Kind::Core, Some(7))).unwrap();
+        fs::write(tmp.path().join("dump.log"), b"log").unwrap();
+        dir.clear_stale().unwrap();
+        let mut left: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["dump.log", "victim"]);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        fs::create_dir(dir.file(Kind::Mm, Some(7))).unwrap();
+        let err = dir.clear_stale().unwrap_err().to_string();
+        assert!(err.contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn non_regular_images_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("core-1.img");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read_message::<Inventory>(&fifo, Kind::Core)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FIFO"), "{err}");
+        let link = tmp.path().join("mm-1.img");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let err = read_message::<Inventory>(&link, Kind::Mm)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]

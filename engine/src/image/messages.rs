@@ -39,6 +39,13 @@ pub struct Inventory {
     /// userfaultfd's descriptor number), -1 if nowhere. Never dumped itself.
     #[prost(int32, tag = "9")]
     pub tracker_fd: i32,
+    /// Random id of this image, never 0 in images this crust writes.
+    #[prost(fixed64, tag = "10")]
+    pub image_id: u64,
+    /// The parent's `image_id` (0 without a parent): a parent re-dumped
+    /// since then no longer matches, and restore refuses the chain.
+    #[prost(fixed64, tag = "11")]
+    pub parent_id: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -295,6 +302,9 @@ pub struct Vma {
     /// Guard regions (MADV_GUARD_INSTALL), as (start, pages) pairs.
     #[prost(uint64, repeated, tag = "14")]
     pub guards: Vec<u64>,
+    /// The mapped file as it was at dump time (file kinds only).
+    #[prost(message, optional, tag = "16")]
+    pub file_id: Option<FileId>,
 }
 
 fn vma_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
@@ -344,6 +354,9 @@ pub struct Mm {
     /// PR_SET_MEMORY_MERGE (ksm_stat ksm_merge_any).
     #[prost(bool, tag = "22")]
     pub ksm_merge_any: bool,
+    /// The executable as it was at dump time (checked at restore).
+    #[prost(message, optional, tag = "15")]
+    pub exe_id: Option<FileId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration, Serialize)]
@@ -394,6 +407,9 @@ pub struct Fd {
     /// from --inherit-fd; the image holds no pipe entry or data for it.
     #[prost(string, tag = "12")]
     pub external: String,
+    /// A regular file as it was at dump time (checked at restore).
+    #[prost(message, optional, tag = "15")]
+    pub file_id: Option<FileId>,
 }
 
 fn fd_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
@@ -435,6 +451,9 @@ pub struct PagemapEntry {
     pub nr_pages: u64,
     #[prost(uint32, tag = "3")]
     pub flags: u32,
+    /// xxh3-64 of the run's bytes in the pages file (runs stored here).
+    #[prost(fixed64, optional, tag = "4")]
+    pub checksum: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -594,4 +613,21 @@ pub struct PosixTimer {
     /// Time to the next expiry; 0: disarmed.
     #[prost(uint64, tag = "7")]
     pub remaining_ns: u64,
+}
+
+// ---- images and file identities (point 3/4 of issue 6) ----
+
+/// What restore relies on from outside: a file as stat(2) saw it at dump
+/// time. Restore refuses a file that changed (unless --skip-file-checks).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FileId {
+    #[prost(uint64, tag = "1")]
+    pub dev: u64,
+    #[prost(uint64, tag = "2")]
+    pub ino: u64,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    #[prost(int64, tag = "4")]
+    pub mtime_ns: i64,
 }

@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod container;
+pub mod identity;
 pub mod messages;
 pub mod show;
 

@@ -56,6 +56,12 @@ pub fn show(path: &Path) -> Result<Value, ImageError> {
         .filter(|p| p.extension().is_some_and(|x| x == "img"))
         .collect();
     names.sort();
+    if names.is_empty() {
+        return Err(ImageError::Bad {
+            path: path.to_path_buf(),
+            what: "is a directory holding no image files".into(),
+        });
+    }
     let mut out = serde_json::Map::new();
     for p in names {
         let name = p

@@ -37,6 +37,9 @@ pub struct RestoreOptions {
     /// Descriptors of this process that become the ends of external pipes
     /// (--inherit-fd).
     pub inherit_fds: Vec<InheritFd>,
+    /// Restore even if the executable, mapped or opened files changed
+    /// since the dump (--skip-file-checks).
+    pub skip_file_checks: bool,
 }
 
 impl Default for RestoreOptions {
@@ -45,6 +48,7 @@ impl Default for RestoreOptions {
             leave_stopped: false,
             pid_wait: Duration::from_secs(5),
             inherit_fds: Vec::new(),
+            skip_file_checks: false,
         }
     }
 }
@@ -70,7 +74,7 @@ fn bad(dir: &Path, what: impl Into<String>) -> Error {
     })
 }
 
-fn load(dir: &Path) -> Result<TaskImages> {
+fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
     let images = ImageDir::open(dir)?;
     let inv: Inventory = images.read(Kind::Inventory, None)?;
     if inv.kind != "dump" {
@@ -107,9 +111,19 @@ fn load(dir: &Path) -> Result<TaskImages> {
     mem::validate(&mm, &pagemap).map_err(|w| bad(dir, w))?;
     // Opens every layer, checks each pages file against its pagemap, and
     // that in-parent pages really are in the parents.
-    let chain = Chain::open(dir, pid)?;
+    // Page data of every layer is checked against its run checksums here,
+    // before any process exists.
+    let chain = Chain::open(dir, pid, true)?;
     let sources = chain.resolve()?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
+    if !opts.skip_file_checks {
+        crate::image::identity::check_restore(
+            &images.file(Kind::Mm, Some(pid)),
+            &mm,
+            &images.file(Kind::Fds, Some(pid)),
+            &fds,
+        )?;
+    }
     Ok(TaskImages {
         task,
         core,
@@ -198,7 +212,7 @@ pub struct Restored {
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
-    let img = load(dir)?;
+    let img = load(dir, opts)?;
     let pid = img.task.pid;
     let inherited = files::match_inherited(&img.fds, &opts.inherit_fds)?;
     for pages in &img.chain.pages {
