@@ -4,6 +4,7 @@
 //! drops the `Frozen` guard, which puts the registers and signal mask back
 //! and detaches, so the task runs on as if never touched.
 
+pub(crate) mod creds;
 mod files;
 mod mem;
 pub(crate) mod refuse;
@@ -337,6 +338,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
     single_thread(pid)?;
+    creds::filters(&frozen)?;
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
     // it adds are not needed here (the final dump reads and checks them).
@@ -499,6 +501,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
     let mut core = task::collect_injected(&mut frozen.injector(gadget))?;
+    core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
     let mut started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,

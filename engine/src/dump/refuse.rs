@@ -16,5 +16,6 @@ use crate::error::Result;
 pub(crate) fn task_state(pid: pid_t, our_tracker: Option<i32>) -> Result<()> {
     let _ = our_tracker;
     super::single_thread(pid)?;
+    super::creds::refuse(pid)?;
     Ok(())
 }

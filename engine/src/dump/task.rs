@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::image::messages::{AltStack, Core, PendingSignal, Rlimit, Rseq, SigAction};
 use crate::inject::Injector;
 use crate::proc;
-use crate::sys::syscalls::{get_robust_list, prlimit};
+use crate::sys::syscalls::get_robust_list;
 use crate::sys::Tracee;
 
 /// Signals whose action cannot be read or changed.
@@ -107,7 +107,7 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
     core.robust_list_head = head;
     core.robust_list_len = len;
     for resource in 0..RLIMITS {
-        let (cur, max) = prlimit(pid, resource, None)?;
+        let (cur, max) = super::creds::rlimit(pid, resource)?;
         core.rlimits.push(Rlimit { resource, cur, max });
     }
     let status = proc::status::read_status(pid)?;

@@ -6,6 +6,7 @@
 //! killed on any error, so a failed restore never leaves a half-built
 //! process behind.
 
+mod creds;
 mod files;
 mod mem;
 mod task;
@@ -104,6 +105,7 @@ fn load(dir: &Path) -> Result<TaskImages> {
     let chain = Chain::open(dir, pid)?;
     let sources = chain.resolve()?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
+    creds::validate(pid, &core).map_err(|w| bad(dir, w))?;
     Ok(TaskImages {
         task,
         core,
@@ -256,9 +258,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     files::restore(&mut inj, &pidfd, &img.fds)?;
     task::restore(&mut inj, &img.core, &img.task)?;
     task::restore_rlimits(pid, &img.core)?;
-    // The last injected call removes the scratch area; from its syscall
-    // exit the task leaves with its own registers.
+    creds::restore(&mut inj, &img.core)?;
+    // The scratch area goes, then the seccomp filters are installed: the
+    // last injected call; from its syscall exit the task leaves with its
+    // own registers.
     inj.unmap_scratch()?;
+    creds::install_seccomp(&mut inj, &img.core, &img.mm)?;
 
     let regs_img = img
         .core

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::inject::Injector;
 use crate::proc::maps::Vma;
 use crate::ranges::Range;
-use crate::sys::syscalls::{pidfd_getfd, prlimit};
+use crate::sys::syscalls::pidfd_getfd;
 use crate::sys::uffd;
 
 /// The tracker's descriptor is put at the lowest free number at or above
@@ -70,7 +70,7 @@ impl UffdWp {
         }
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         let low = inj.call("userfaultfd", libc::SYS_userfaultfd, &[flags])?;
-        let (soft, _) = prlimit(pid, RLIMIT_NOFILE, None)?;
+        let (soft, _) = crate::dump::creds::rlimit(pid, RLIMIT_NOFILE)?;
         let base = soft.saturating_sub(FD_HEADROOM).max(3);
         let high = inj.call(
             "fcntl(F_DUPFD_CLOEXEC)",
