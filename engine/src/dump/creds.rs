@@ -309,8 +309,6 @@ Max realtime timeout      unlimited            unlimited            us        \n
         assert_eq!(parse_limit(t, 16), None);
     }
 
-    use super::*;
-
     #[test]
     fn parses_groups_and_filter_count() {
         let t = "Name:\tx\nGroups:\t4 24 27 \nSeccomp:\t2\nSeccomp_filters:\t3\n";
