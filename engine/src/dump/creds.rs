@@ -162,18 +162,13 @@ pub(crate) fn filters(frozen: &Frozen) -> Result<Vec<SeccompFilter>> {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    // Index 0 is the most recent filter.
-    for (n, (insns, flags)) in frozen
-        .tracee
-        .seccomp_filters()?
-        .into_iter()
-        .enumerate()
-        .rev()
-    {
+    // Index 0 is the oldest filter (the kernel counts from the first one
+    // installed): the order they are reinstalled in.
+    for (n, (insns, flags)) in frozen.tracee.seccomp_filters()?.into_iter().enumerate() {
         if let Some(why) = unrebuildable(&insns) {
             return Err(Error::unsupported(
                 pid,
-                format!("seccomp filter {n} (0 = most recent): {why}"),
+                format!("seccomp filter {n} (0 = the first installed): {why}"),
             ));
         }
         out.push(SeccompFilter { insns, flags });

@@ -307,8 +307,8 @@ struct SeccompMetadata {
 }
 
 impl Tracee {
-    /// The task's seccomp filters, most recent first (index 0 is the last
-    /// installed), each as raw `struct sock_filter` bytes with the
+    /// The task's seccomp filters, oldest first (PTRACE_SECCOMP_GET_FILTER
+    /// index 0 is the first installed), each as raw `struct sock_filter` bytes with the
     /// SECCOMP_FILTER_FLAG_* that PTRACE_SECCOMP_GET_METADATA reports. The
     /// task must be in a ptrace stop; needs CAP_SYS_ADMIN.
     pub fn seccomp_filters(&self) -> Result<Vec<(Vec<u8>, u64)>> {
