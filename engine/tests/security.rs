@@ -65,6 +65,7 @@ fn finish(p: &mut Proc, log: &Path) {
 #[test_case(&[], "strict", "seccomp strict mode" ; "seccomp strict")]
 #[test_case(&[], "notif", "SECCOMP_RET_USER_NOTIF" ; "seccomp user notification")]
 #[test_case(&[], "nonnp", "without no_new_privs" ; "seccomp without no_new_privs or CAP_SYS_ADMIN")]
+#[test_case(&[], "killer", "would kill the process on the engine's injected personality" ; "seccomp filter against injected calls")]
 fn refusal_leaves_process_running(wrapper: &[&str], modes: &str, named: &str) {
     init();
     let tmp = tempdir();

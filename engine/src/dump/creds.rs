@@ -185,6 +185,94 @@ pub(crate) fn filters(frozen: &Frozen) -> Result<Vec<SeccompFilter>> {
     Ok(out)
 }
 
+/// Names of the calls the engine injects, for refusals.
+fn syscall_name(nr: i64) -> String {
+    let known = [
+        (libc::SYS_mmap, "mmap"),
+        (libc::SYS_munmap, "munmap"),
+        (libc::SYS_rt_sigaction, "rt_sigaction"),
+        (libc::SYS_sigaltstack, "sigaltstack"),
+        (libc::SYS_brk, "brk"),
+        (libc::SYS_prctl, "prctl"),
+        (libc::SYS_personality, "personality"),
+        (libc::SYS_close, "close"),
+        (libc::SYS_fcntl, "fcntl"),
+        (libc::SYS_userfaultfd, "userfaultfd"),
+        (libc::SYS_pipe2, "pipe2"),
+        (libc::SYS_vmsplice, "vmsplice"),
+    ];
+    known
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_else(|| format!("syscall {nr}"))
+}
+
+/// Reads the task's filters (refusing what cannot be rebuilt) and returns
+/// the check every injected call must pass: the filters would let it run.
+/// The calls every dump injects are checked at once, with the arguments
+/// known in advance, so that a filter refusing them is found before
+/// anything in the task changes.
+pub(crate) fn seccomp_guard(frozen: &Frozen) -> Result<Option<crate::inject::Guard>> {
+    let pid = frozen.tracee.pid;
+    let filters: Vec<Vec<u8>> = self::filters(frozen)?
+        .into_iter()
+        .map(|f| f.insns)
+        .collect();
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let check = move |nr: i64, args: &[u64; 6], ip: u64| -> Result<()> {
+        let data = super::bpf::seccomp_data(nr, ip, args);
+        match super::bpf::verdict(&filters, &data) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(Error::unsupported(
+                pid,
+                format!(
+                    "{why} on the engine's injected {}({})",
+                    syscall_name(nr),
+                    args.iter()
+                        .map(|a| format!("{a:#x}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            Err(e) => Err(Error::unsupported(
+                pid,
+                format!("cannot evaluate the task's {e}"),
+            )),
+        }
+    };
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let mut calls: Vec<(i64, [u64; 6])> = vec![
+        (libc::SYS_mmap, [0, 4096, rw, anon, u64::MAX, 0]),
+        (libc::SYS_munmap, [0, 4096, 0, 0, 0, 0]),
+        (libc::SYS_sigaltstack, [0; 6]),
+        (libc::SYS_brk, [0; 6]),
+        (libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0]),
+    ];
+    for sig in 1..=64u64 {
+        if sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64 {
+            calls.push((libc::SYS_rt_sigaction, [sig, 0, 0, 8, 0, 0]));
+        }
+    }
+    for op in [
+        libc::PR_GET_TID_ADDRESS as u64,
+        libc::PR_GET_PDEATHSIG as u64,
+        PR_GET_SECUREBITS,
+        PR_GET_NO_NEW_PRIVS,
+        PR_GET_DUMPABLE,
+        PR_GET_MDWE,
+    ] {
+        calls.push((libc::SYS_prctl, [op, 0, 0, 0, 0, 0]));
+    }
+    for (nr, args) in &calls {
+        check(*nr, args, 0)?;
+    }
+    Ok(Some(std::rc::Rc::new(check)))
+}
+
 /// Everything about the task's credentials. Reads ids and capabilities
 /// from /proc, the prctl-only state with four injected prctl calls (no
 /// memory needed), and the seccomp filters through ptrace.

@@ -4,6 +4,7 @@
 //! drops the `Frozen` guard, which puts the registers and signal mask back
 //! and detaches, so the task runs on as if never touched.
 
+mod bpf;
 pub(crate) mod creds;
 mod files;
 mod mem;
@@ -60,6 +61,8 @@ pub(crate) struct Frozen {
     regs_dirty: bool,
     mask_dirty: bool,
     released: bool,
+    /// Checks every injected call against the task's seccomp filters.
+    guard: Option<crate::inject::Guard>,
 }
 
 impl Frozen {
@@ -72,6 +75,7 @@ impl Frozen {
             regs_dirty: false,
             mask_dirty: false,
             released: false,
+            guard: None,
         };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
@@ -88,7 +92,9 @@ impl Frozen {
 
     fn injector(&mut self, gadget: u64) -> Injector<'_> {
         self.regs_dirty = true;
-        Injector::new(&self.tracee, self.regs, gadget)
+        let mut inj = Injector::new(&self.tracee, self.regs, gadget);
+        inj.set_guard(self.guard.clone());
+        inj
     }
 
     fn resume(&mut self) -> Result<()> {
@@ -338,7 +344,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
     single_thread(pid)?;
-    creds::filters(&frozen)?;
+    frozen.guard = creds::seccomp_guard(&frozen)?;
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
     // it adds are not needed here (the final dump reads and checks them).
@@ -491,6 +497,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
     refuse::task_state(pid, our_tracker)?;
+    frozen.guard = creds::seccomp_guard(&frozen)?;
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
     let fd_plan = files::plan(pid, our_tracker)?;

@@ -9,6 +9,9 @@
  *   strict   seccomp strict mode
  *   notif    no_new_privs and a filter returning SECCOMP_RET_USER_NOTIF
  *            for getppid (its listener closed at once)
+ *   killer   no_new_privs and a filter that kills the process on
+ *            personality(2) and sends SIGSYS on prctl(PR_GET_DUMPABLE):
+ *            calls the engine injects
  *   nonnp    a filter installed without no_new_privs, then CAP_SYS_ADMIN
  *            dropped (a restored task could not install it)
  * It opens LOGFILE first, sets the state up, writes "ready", then sleeps
@@ -104,6 +107,23 @@ static void notif(void) {
     close(listener);
 }
 
+static void killer(void) {
+    struct sock_filter f[] = {
+        ARCH_CHECK,
+        LOAD_NR,
+        RULE(SYS_personality, SECCOMP_RET_KILL_PROCESS),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_prctl, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PR_GET_DUMPABLE, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+        ALLOW,
+    };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        die("PR_SET_NO_NEW_PRIVS");
+    if (install(f, sizeof f / sizeof *f, 0))
+        die("seccomp");
+}
+
 static void nonnp(void) {
     struct sock_filter f[] = {ARCH_CHECK, LOAD_NR, RULE(SYS_acct, SECCOMP_RET_ERRNO | 42), ALLOW};
     struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
@@ -136,6 +156,8 @@ int main(int argc, char **argv) {
         notif();
     if (strstr(m, "nonnp"))
         nonnp();
+    if (strstr(m, "killer"))
+        killer();
     out("ready\n");
     if (strstr(m, "strict") && prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0))
         die("strict");
