@@ -100,6 +100,20 @@ pub(crate) fn refuse(pid: pid_t) -> Result<()> {
             ),
         ));
     }
+    // An LSM confinement (AppArmor profile, SELinux context) is not
+    // restored: the restored task would get the engine's.
+    let label = |p: &str| std::fs::read(p).ok();
+    let theirs = label(&format!("/proc/{pid}/attr/current"));
+    if theirs.is_some() && theirs != label("/proc/self/attr/current") {
+        let shown = String::from_utf8_lossy(theirs.as_deref().unwrap_or_default());
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "security label {:?} differs from the engine's (LSM state is not restored)",
+                shown.trim_end_matches(['\n', '\0'])
+            ),
+        ));
+    }
     let st = proc::read_status(pid)?;
     if st.seccomp == 1 {
         return Err(Error::unsupported(pid, "seccomp strict mode"));
