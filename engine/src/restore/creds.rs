@@ -28,7 +28,9 @@ use crate::inject::Injector;
 use crate::proc;
 
 const CAP_SETPCAP: u32 = 8;
+const PR_GET_DUMPABLE: u64 = 3;
 const PR_SET_DUMPABLE: u64 = 4;
+const PR_GET_SECUREBITS: u64 = 27;
 const PR_CAPBSET_DROP: u64 = 24;
 const PR_SET_SECUREBITS: u64 = 28;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
@@ -36,6 +38,7 @@ const PR_CAP_AMBIENT: u64 = 47;
 const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const PR_CAP_AMBIENT_CLEAR_ALL: u64 = 4;
 const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
 const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
 const SECBIT_KEEP_CAPS: u64 = 1 << 4;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -198,6 +201,35 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
             &[PR_SET_MDWE, c.mdwe as u64, 0, 0, 0],
         )?;
     }
+    // What /proc does not show, asked back from the task.
+    for (what, op, want) in [
+        ("securebits", PR_GET_SECUREBITS, c.securebits as u64),
+        ("dumpable", PR_GET_DUMPABLE, c.dumpable as u64),
+    ] {
+        let got = inj.call("prctl(PR_GET_*)", libc::SYS_prctl, &[op, 0, 0, 0, 0])?;
+        if got != want {
+            return Err(Error::task(
+                pid,
+                format!("restored {what} is {got:#x}, the image has {want:#x}"),
+            ));
+        }
+    }
+    if c.mdwe != 0 {
+        let got = inj.call(
+            "prctl(PR_GET_MDWE)",
+            libc::SYS_prctl,
+            &[PR_GET_MDWE, 0, 0, 0, 0],
+        )?;
+        if got != c.mdwe as u64 {
+            return Err(Error::task(
+                pid,
+                format!(
+                    "restored MDWE flags are {got:#x}, the image has {:#x}",
+                    c.mdwe
+                ),
+            ));
+        }
+    }
     verify(pid, c)
 }
 
@@ -332,4 +364,40 @@ pub(crate) fn install_seccomp(inj: &mut Injector, core: &Core, mm: &Mm) -> Resul
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::messages::Vma;
+
+    fn vma(start: u64, end: u64, prot: i32, kind: VmaKind) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: prot as u32,
+            kind: kind as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn borrows_the_stack_above_sp_or_another_writable_map() {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let mm = Mm {
+            vmas: vec![
+                vma(0x1000, 0x3000, libc::PROT_READ, VmaKind::AnonPrivate),
+                vma(0x10000, 0x20000, rw, VmaKind::AnonShared),
+                vma(0x40000, 0x50000, rw, VmaKind::AnonPrivate),
+                vma(0x7000_0000, 0x7000_4000, rw, VmaKind::AnonPrivate),
+            ],
+            ..Default::default()
+        };
+        // Above sp, in the stack.
+        assert_eq!(borrow_area(&mm, 0x7000_1003, 0x100), Some(0x7000_1000));
+        // Too close to the top: another private writable map; never a
+        // shared or read-only one.
+        assert_eq!(borrow_area(&mm, 0x7000_3f00, 0x200), Some(0x40000));
+        assert_eq!(borrow_area(&mm, 0, 0x20000), None);
+    }
 }
