@@ -199,6 +199,13 @@ pub(crate) fn filters(frozen: &Frozen) -> Result<Vec<SeccompFilter>> {
     Ok(out)
 }
 
+/// The fs.suid_dumpable sysctl, trimmed.
+pub(crate) fn suid_dumpable() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// Names of the calls the engine injects, for refusals.
 fn syscall_name(nr: i64) -> String {
     let known = [
@@ -323,11 +330,16 @@ pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
         };
         (securebits, nnp, dumpable, mdwe)
     };
-    if dumpable > 1 {
+    // SUID_DUMP_ROOT cannot be set with prctl: the restore gets it from the
+    // kernel, which gives fs.suid_dumpable on a credential change.
+    if dumpable == 2 && suid_dumpable().as_deref() != Some("2") {
         return Err(Error::unsupported(
             pid,
-            format!("dumpable {dumpable} (SUID_DUMP_ROOT cannot be set back with prctl)"),
+            "dumpable 2 (SUID_DUMP_ROOT) while fs.suid_dumpable is not 2: it cannot be restored",
         ));
+    }
+    if dumpable > 2 {
+        return Err(Error::task(pid, format!("PR_GET_DUMPABLE gave {dumpable}")));
     }
     let text = status_text(pid)?;
     let st = proc::parse_status(&text).map_err(|e| Error::task(pid, format!("status: {e}")))?;

@@ -11,7 +11,9 @@
 //!    change leaves the capability sets alone; setresuid, setfsuid;
 //! 4. capset to the dumped sets plus CAP_SETPCAP, raise the ambient set,
 //!    set the dumped securebits (both need that), capset exactly;
-//! 5. no_new_privs, dumpable (a uid change resets it), MDWE.
+//! 5. no_new_privs, dumpable (a uid change resets it; dumpable 2, which
+//!    prctl cannot set, comes from a change of fsuid in step 3 when
+//!    fs.suid_dumpable is 2), MDWE.
 //!
 //! Then the engine checks /proc/PID/status against the image. Seccomp
 //! filters come last of all ([`install_seccomp`]), after the scratch area is
@@ -79,6 +81,15 @@ pub(crate) fn validate(pid: pid_t, core: &Core) -> std::result::Result<(), Strin
         if f.flags & !SECCOMP_FILTER_FLAG_LOG != 0 {
             return Err(format!("seccomp filter {i} has flags {:#x}", f.flags));
         }
+    }
+    if c.dumpable > 2 {
+        return Err(format!("dumpable {}", c.dumpable));
+    }
+    if c.dumpable == 2 && crate::dump::creds::suid_dumpable().as_deref() != Some("2") {
+        return Err(
+            "dumpable 2 (SUID_DUMP_ROOT) needs fs.suid_dumpable = 2 here, as where it was dumped"
+                .into(),
+        );
     }
     if c.seccomp_mode == 2 && c.seccomp_filters.is_empty() {
         return Err("seccomp filter mode without filters".into());
@@ -157,6 +168,13 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     let [ru, eu, su, fu] = [c.uid[0], c.uid[1], c.uid[2], c.uid[3]].map(u64::from);
     inj.call("setresuid", libc::SYS_setresuid, &[ru, eu, su])?;
     inj.call("setfsuid", libc::SYS_setfsuid, &[fu])?;
+    if c.dumpable == 2 {
+        // SUID_DUMP_ROOT cannot be set with prctl; the kernel sets
+        // fs.suid_dumpable (checked to be 2) on a change of fsuid, and the
+        // later steps (securebits, capset to subsets) keep it.
+        inj.call("setfsuid", libc::SYS_setfsuid, &[fu ^ 1])?;
+        inj.call("setfsuid", libc::SYS_setfsuid, &[fu])?;
+    }
 
     let setpcap = 1u64 << CAP_SETPCAP;
     capset(inj, c.cap_eff | setpcap, c.cap_prm | setpcap, c.cap_inh)?;
@@ -186,14 +204,13 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
             &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0],
         )?;
     }
-    if c.dumpable > 1 {
-        return Err(Error::task(pid, format!("dumpable {}", c.dumpable)));
+    if c.dumpable < 2 {
+        inj.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            &[PR_SET_DUMPABLE, c.dumpable as u64],
+        )?;
     }
-    inj.call(
-        "prctl(PR_SET_DUMPABLE)",
-        libc::SYS_prctl,
-        &[PR_SET_DUMPABLE, c.dumpable as u64],
-    )?;
     if c.mdwe != 0 {
         inj.call(
             "prctl(PR_SET_MDWE)",

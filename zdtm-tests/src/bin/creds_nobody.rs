@@ -1,8 +1,8 @@
 //! An unprivileged task: real/effective/saved/fs uids 65534/65533/65532/65532
 //! and gids likewise, supplementary groups 4 24 100, no capabilities at all
-//! (the bounding set cut to CAP_NET_BIND_SERVICE), and dumpable 0 (what a
-//! uid change leaves). It holds its outfile open, since it cannot reach the
-//! runner's directory by path. After restore: getresuid/getresgid,
+//! (the bounding set cut to CAP_NET_BIND_SERVICE), and dumpable 0. It
+//! holds its outfile open, since it cannot reach the runner's directory by
+//! path. After restore: getresuid/getresgid,
 //! getgroups, capget, the bounding set, PR_GET_DUMPABLE and the status
 //! lines are unchanged, and setuid(0) / setgroups are still refused.
 
@@ -61,6 +61,11 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
         sys(libc::setresuid(IDS[0], IDS[1], IDS[2]), "setresuid")?;
         libc::setfsgid(IDS[2]);
         libc::setfsuid(IDS[2]);
+        // What the uid change left depends on fs.suid_dumpable: make it 0.
+        sys(
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+            "PR_SET_DUMPABLE",
+        )?;
     }
     Ok(State {
         status: cred_lines()?,
