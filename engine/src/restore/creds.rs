@@ -6,7 +6,9 @@
 //! dumped set. Order matters:
 //!
 //! 1. setgroups, setresgid, setfsgid (CAP_SETGID);
-//! 2. drop from the bounding set what the task lacked (CAP_SETPCAP);
+//! 2. the inheritable set (capset wants it within the bounding set, which
+//!    the task may have shrunk since), then drop from the bounding set what
+//!    the task lacked (CAP_SETPCAP);
 //! 3. securebits NO_SETUID_FIXUP | KEEP_CAPS for a moment, so that the uid
 //!    change leaves the capability sets alone; setresuid, setfsuid;
 //! 4. capset to the dumped sets plus CAP_SETPCAP, raise the ambient set,
@@ -143,6 +145,11 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     // setfsgid returns the previous fsgid, never an error: checked below.
     inj.call("setfsgid", libc::SYS_setfsgid, &[fg])?;
 
+    // The inheritable set before the bounding set shrinks: capset only
+    // accepts inheritable capabilities that are in the bounding set (or
+    // already inheritable), and a task may keep some it later dropped
+    // from its bounding set.
+    capset(inj, now.cap_eff, now.cap_prm, c.cap_inh)?;
     if c.cap_bnd & !now.cap_bnd != 0 {
         return Err(Error::task(
             pid,

@@ -1,7 +1,8 @@
 //! A root task with a partial capability set: bounding set cut to
 //! {CHOWN, DAC_OVERRIDE, FOWNER, KILL, SETPCAP, NET_BIND_SERVICE, NET_RAW},
 //! permitted {CHOWN, DAC_OVERRIDE, KILL, SETPCAP, NET_BIND_SERVICE},
-//! effective {CHOWN}, inheritable {KILL, NET_BIND_SERVICE}, ambient
+//! effective {CHOWN}, inheritable {KILL, NET_BIND_SERVICE, SYS_TIME} (not
+//! in the bounding set), ambient
 //! {NET_BIND_SERVICE}, and securebits KEEP_CAPS | NOROOT | NOROOT_LOCKED |
 //! NO_CAP_AMBIENT_RAISE. After restore capget, the bounding and ambient
 //! sets, PR_GET_SECUREBITS and PR_GET_KEEPCAPS are unchanged, the locked
@@ -16,6 +17,7 @@ const KILL: u32 = 5;
 const SETPCAP: u32 = 8;
 const NET_BIND_SERVICE: u32 = 10;
 const NET_RAW: u32 = 13;
+const SYS_TIME: u32 = 25;
 
 const SECBIT_NOROOT: i32 = 1 << 0;
 const SECBIT_NOROOT_LOCKED: i32 = 1 << 1;
@@ -45,7 +47,7 @@ const BND: u64 = set(&[
 ]);
 const PRM: u64 = set(&[CHOWN, DAC_OVERRIDE, KILL, SETPCAP, NET_BIND_SERVICE]);
 const EFF: u64 = set(&[CHOWN]);
-const INH: u64 = set(&[KILL, NET_BIND_SERVICE]);
+const INH: u64 = set(&[KILL, NET_BIND_SERVICE, SYS_TIME]);
 const AMB: u64 = set(&[NET_BIND_SERVICE]);
 
 /// (effective, permitted, inheritable) with capget.
@@ -118,12 +120,14 @@ fn sets() -> TestResult<(u64, u64)> {
 }
 
 fn setup(_: &zdtm::Args) -> TestResult<()> {
+    // The inheritable set first: it keeps SYS_TIME, which the bounding set
+    // then loses (allowed: only raising needs it in the bounding set).
+    capset(EFF | (1 << SETPCAP), PRM, INH)?;
     for cap in 0..=last_cap()? {
         if BND & (1 << cap) == 0 {
             prctl(libc::PR_CAPBSET_DROP, cap as u64, "PR_CAPBSET_DROP")?;
         }
     }
-    capset(EFF | (1 << SETPCAP), PRM, INH)?;
     // SAFETY: prctl with integer arguments.
     let r = unsafe {
         libc::prctl(
