@@ -108,12 +108,13 @@ fn refusal_leaves_process_running(wrapper: &[&str], modes: &str, named: &str) {
 /// SECCOMP_FILTER_FLAG_LOG: after dump and restore, /proc shows the same
 /// credentials, a second dump of the restored task records the same state
 /// (filter programs, their order and flags, securebits, dumpable), and the
-/// filters still act (the task checks their errnos itself).
+/// filters still act and the parent death signal, which a uid change
+/// clears, is still set (the task checks both itself).
 #[test]
 fn credentials_and_filters_round_trip() {
     init();
     let tmp = tempdir();
-    let (mut p, log) = start(tmp.path(), &[], "nobody,filters");
+    let (mut p, log) = start(tmp.path(), &[], "nobody,filters,pdeath");
     let before = cred_lines(p.pid);
     assert!(
         before

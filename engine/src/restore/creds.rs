@@ -13,7 +13,8 @@
 //!    change leaves the capability sets alone; setresuid, setfsuid;
 //! 4. capset to the dumped sets plus CAP_SETPCAP, raise the ambient set,
 //!    set the dumped securebits (both need that), capset exactly;
-//! 5. no_new_privs, dumpable (a uid change resets it; dumpable 2, which
+//! 5. no_new_privs, the parent death signal again (a uid change clears
+//!    it), dumpable (a uid change resets it; dumpable 2, which
 //!    prctl cannot set, comes from a change of fsuid in step 3 when
 //!    fs.suid_dumpable is 2), MDWE.
 //!
@@ -224,6 +225,32 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
             libc::SYS_prctl,
             &[PR_SET_MDWE, c.mdwe as u64, 0, 0, 0],
         )?;
+    }
+    // A change of euid/egid/fsuid/fsgid (commit_creds) clears the parent
+    // death signal task::restore set: set it again.
+    if core.pdeath_signal != 0 {
+        inj.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64],
+        )?;
+    }
+    let p = inj.put(0, &[0u8; 8])?;
+    inj.call(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        &[libc::PR_GET_PDEATHSIG as u64, p],
+    )?;
+    let b = inj.get(0, 4)?;
+    let pdeath = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    if pdeath != core.pdeath_signal {
+        return Err(Error::task(
+            pid,
+            format!(
+                "restored parent death signal is {pdeath}, the image has {}",
+                core.pdeath_signal
+            ),
+        ));
     }
     // What /proc does not show, asked back from the task.
     for (what, op, want) in [

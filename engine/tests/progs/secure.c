@@ -12,6 +12,7 @@
  *   killer   no_new_privs and a filter that kills the process on
  *            personality(2) and sends SIGSYS on prctl(PR_GET_DUMPABLE):
  *            calls the engine injects
+ *   pdeath   parent death signal SIGURG (ignored by default)
  *   nonnp    a filter installed without no_new_privs, then CAP_SYS_ADMIN
  *            dropped (a restored task could not install it)
  * It opens LOGFILE first, sets the state up, writes "ready", then sleeps
@@ -158,6 +159,8 @@ int main(int argc, char **argv) {
         nonnp();
     if (strstr(m, "killer"))
         killer();
+    if (strstr(m, "pdeath") && prctl(PR_SET_PDEATHSIG, SIGURG, 0, 0, 0))
+        die("PR_SET_PDEATHSIG");
     out("ready\n");
     if (strstr(m, "strict") && prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0))
         die("strict");
@@ -166,6 +169,11 @@ int main(int argc, char **argv) {
             die("read");
     if (strstr(m, "filters") && !check_filters())
         die("filters lost");
+    if (strstr(m, "pdeath")) {
+        int sig = 0;
+        if (prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0) || sig != SIGURG)
+            die("parent death signal lost");
+    }
     out("OK\n");
     syscall(SYS_exit, 0);
     return 0;
