@@ -217,8 +217,8 @@ pub struct Core {
     #[prost(int32, tag = "16")]
     pub pdeath_signal: i32,
     /// Credentials, capabilities, securebits, seccomp... (absent in images
-    /// from before they were dumped: then the restored task keeps the
-    /// engine's).
+    /// from before they were dumped: restore refuses those rather than
+    /// give the task the engine's own).
     #[prost(message, optional, tag = "17")]
     pub creds: Option<Creds>,
 }
