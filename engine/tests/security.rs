@@ -182,3 +182,36 @@ fn image_without_credentials_is_refused() {
         .stderr_has("no credentials");
     assert_pid_free(p.pid, "after a refused restore");
 }
+
+/// An engine that lacks a capability the task holds refuses the dump (a
+/// restore could not hand it back), and the task runs on.
+#[test]
+fn capability_the_engine_lacks_is_refused() {
+    init();
+    let tmp = tempdir();
+    let (mut p, log) = start(tmp.path(), &[], "none");
+    let images = tmp.path().join("images");
+    // Exec'd by root with CAP_NET_RAW out of its bounding set, crust runs
+    // without it in its permitted set; the task still holds it.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-net_raw", "--", CRUST, "dump", "-t"])
+        .arg(p.pid.to_string())
+        .arg("-D")
+        .arg(&images)
+        .output()
+        .expect("run setpriv crust dump");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the dump succeeded: {stderr}");
+    assert!(
+        stderr.contains("permitted capabilities 13 that the engine does not hold"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert!(
+        !images.join("inventory.img").exists(),
+        "a refused dump left images"
+    );
+    assert_eq!(p.try_wait(), None, "the refused process died");
+    p.assert_running_untraced();
+    finish(&mut p, &log);
+}
