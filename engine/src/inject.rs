@@ -42,8 +42,14 @@ pub struct Scratch {
     pub len: u64,
 }
 
+/// Checked before every injected call with (nr, args, rip): an error
+/// stops the call from running (the dump uses it to refuse calls the
+/// task's seccomp filters would not let through).
+pub type Guard = std::rc::Rc<dyn Fn(i64, &[u64; 6], u64) -> Result<()>>;
+
 pub struct Injector<'t> {
     tracee: &'t Tracee,
+    guard: Option<Guard>,
     /// Register template: the task's own registers, so that segment
     /// registers and flags stay sane while it runs injected calls.
     base: Regs,
@@ -55,6 +61,7 @@ impl<'t> Injector<'t> {
     pub fn new(tracee: &'t Tracee, base: Regs, gadget: u64) -> Self {
         Injector {
             tracee,
+            guard: None,
             base,
             gadget,
             scratch: None,
@@ -63,6 +70,11 @@ impl<'t> Injector<'t> {
 
     pub fn pid(&self) -> pid_t {
         self.tracee.pid
+    }
+
+    /// Sets the check every later injected call must pass.
+    pub fn set_guard(&mut self, guard: Option<Guard>) {
+        self.guard = guard;
     }
 
     /// Moves the gadget (after the mapping holding it was moved).
@@ -82,6 +94,9 @@ impl<'t> Injector<'t> {
         regs.rip = self.gadget;
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
+        if let Some(guard) = &self.guard {
+            guard(nr, &a, self.gadget)?;
+        }
         regs.rdi = a[0];
         regs.rsi = a[1];
         regs.rdx = a[2];

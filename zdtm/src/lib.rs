@@ -78,8 +78,8 @@ mod tempdir;
 
 pub use args::Args;
 pub use proto::{
-    fail, finish, init, log, pass, ready, ready_fd, run, sigterm_flag, sigterm_received, test_name,
-    wait_for_sigterm,
+    fail, finish, hold_outfile, init, log, pass, ready, ready_fd, run, sigterm_flag,
+    sigterm_received, test_name, wait_for_sigterm,
 };
 pub use steps::{
     init_steps, next_event, poll_event, run_steps, step_done, step_path, step_signal, wait_event,

@@ -16,6 +16,8 @@ static SIGTERM: AtomicU32 = AtomicU32::new(0);
 static READY_FD: AtomicI32 = AtomicI32::new(-1);
 /// Absolute path of the outfile, once [`init`] ran.
 static OUTFILE: OnceLock<PathBuf> = OnceLock::new();
+/// The outfile opened in advance by [`hold_outfile`], or -1.
+static OUTFILE_FD: AtomicI32 = AtomicI32::new(-1);
 /// The test's name (basename of argv\[0\]).
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -326,7 +328,49 @@ pub fn wait_for_sigterm() {
     wait_until_set(&SIGTERM, || {});
 }
 
+/// Opens the outfile now and keeps it open, for a test that will lose
+/// the right to open it by path (it drops its credentials after [`init`]).
+/// The verdict is then written through this descriptor, which the test
+/// holds (and crust dumps) like any other open file. Call it before
+/// [`ready`], so that the descriptor exists in the dumped state.
+pub fn hold_outfile() -> TestResult<i32> {
+    let path = OUTFILE.get().ok_or("hold_outfile before init")?;
+    let cpath =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| "bad outfile path".to_string())?;
+    // SAFETY: cpath is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::open(
+            cpath.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(crate::os_err(&format!("open {}", path.display())));
+    }
+    OUTFILE_FD.store(fd, Ordering::SeqCst);
+    Ok(fd)
+}
+
 fn write_outfile(text: &str) {
+    let held = OUTFILE_FD.swap(-1, Ordering::SeqCst);
+    if held >= 0 {
+        // SAFETY: held is the outfile descriptor opened by hold_outfile.
+        let res = if unsafe { libc::ftruncate(held, 0) } == 0 {
+            // SAFETY: lseek on our own descriptor.
+            unsafe { libc::lseek(held, 0, libc::SEEK_SET) };
+            write_all_fd(held, text.as_bytes())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        // SAFETY: held is owned here.
+        unsafe { libc::close(held) };
+        if let Err(e) = res {
+            test_msg!("writing the held outfile: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let Some(path) = OUTFILE.get() else {
         test_msg!("no outfile (init() not called): {}", text.trim_end());
         return;

@@ -4,6 +4,8 @@
 //! drops the `Frozen` guard, which puts the registers and signal mask back
 //! and detaches, so the task runs on as if never touched.
 
+mod bpf;
+pub(crate) mod creds;
 mod files;
 mod mem;
 pub(crate) mod refuse;
@@ -62,6 +64,8 @@ pub(crate) struct Frozen {
     regs_dirty: bool,
     mask_dirty: bool,
     released: bool,
+    /// Checks every injected call against the task's seccomp filters.
+    guard: Option<crate::inject::Guard>,
 }
 
 impl Frozen {
@@ -74,6 +78,7 @@ impl Frozen {
             regs_dirty: false,
             mask_dirty: false,
             released: false,
+            guard: None,
         };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
@@ -90,7 +95,9 @@ impl Frozen {
 
     fn injector(&mut self, gadget: u64) -> Injector<'_> {
         self.regs_dirty = true;
-        Injector::new(&self.tracee, self.regs, gadget)
+        let mut inj = Injector::new(&self.tracee, self.regs, gadget);
+        inj.set_guard(self.guard.clone());
+        inj
     }
 
     fn resume(&mut self) -> Result<()> {
@@ -337,6 +344,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
     single_thread(pid)?;
+    frozen.guard = creds::seccomp_guard(&frozen)?;
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
     // it adds are not needed here (the final dump reads and checks them).
@@ -490,6 +498,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
     let fd_plan = refuse::task_state(pid, our_tracker, &opts.external)?;
+    frozen.guard = creds::seccomp_guard(&frozen)?;
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
 
@@ -502,6 +511,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
     let mut core = task::collect_injected(&mut frozen.injector(gadget))?;
+    core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
     let mut started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,

@@ -23,6 +23,7 @@ pub(crate) fn task_state(
     external: &[String],
 ) -> Result<FdPlan> {
     super::single_thread(pid)?;
+    super::creds::refuse(pid)?;
     root_and_cwd(pid)?;
     super::task::refuse_attrs(pid)?;
     super::mem::refuse_layout(pid, our_tracker.is_some())?;

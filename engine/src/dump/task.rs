@@ -8,7 +8,7 @@ use crate::image::messages::{
 use crate::inject::Injector;
 use crate::proc;
 use crate::sys::sched;
-use crate::sys::syscalls::{get_robust_list, prlimit};
+use crate::sys::syscalls::get_robust_list;
 use crate::sys::Tracee;
 
 /// Signals whose action cannot be read or changed.
@@ -116,7 +116,6 @@ const PR_GET_CHILD_SUBREAPER: u64 = 37;
 const PR_GET_THP_DISABLE: u64 = 42;
 const PR_MCE_KILL_GET: u64 = 34;
 const PR_GET_TSC: u64 = 25;
-const PR_GET_DUMPABLE: u64 = 3;
 const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
@@ -172,7 +171,6 @@ fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
     let mut a = Attrs {
         thp_disable: prctl(inj, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32,
         mce_kill: prctl(inj, "prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0)? as i32,
-        dumpable: prctl(inj, "prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0)? as i32,
         ..Default::default()
     };
     prctl(
@@ -235,12 +233,6 @@ fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
         t.remaining_ns = ns(16);
         a.posix_timers.push(t);
     }
-    if a.dumpable == 2 {
-        return Err(Error::unsupported(
-            pid,
-            "dumpable 2 (suid_dumpable after a set-id exec): prctl cannot set it back",
-        ));
-    }
     Ok(a)
 }
 
@@ -270,7 +262,7 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
     core.robust_list_head = head;
     core.robust_list_len = len;
     for resource in 0..RLIMITS {
-        let (cur, max) = prlimit(pid, resource, None)?;
+        let (cur, max) = super::creds::rlimit(pid, resource)?;
         core.rlimits.push(Rlimit { resource, cur, max });
     }
     let status = proc::status::read_status(pid)?;

@@ -226,6 +226,11 @@ pub struct Core {
     /// Process attributes (memstate): prctl, scheduling, timers...
     #[prost(message, optional, tag = "30")]
     pub attrs: Option<Attrs>,
+    /// Credentials, capabilities, securebits, seccomp... (absent in images
+    /// from before they were dumped: restore refuses those rather than
+    /// give the task the engine's own).
+    #[prost(message, optional, tag = "17")]
+    pub creds: Option<Creds>,
 }
 
 /// What backs a VMA, which decides how restore recreates it.
@@ -506,7 +511,7 @@ pub struct Digests {
     pub hash: Vec<u64>,
 }
 
-// ---- memstate: process attributes -------------------------------------
+// ---- process attributes -------------------------------------
 
 /// One interval timer (getitimer), in microseconds.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -566,9 +571,7 @@ pub struct Attrs {
     /// PR_GET_TSC (PR_TSC_ENABLE or PR_TSC_SIGSEGV).
     #[prost(int32, tag = "5")]
     pub tsc: i32,
-    /// PR_GET_DUMPABLE.
-    #[prost(int32, tag = "6")]
-    pub dumpable: i32,
+    // Tag 6 (dumpable) moved to Creds, which restores it after the uids.
     /// ARCH_GET_CPUID (1: cpuid works, 0: it faults).
     #[prost(int32, tag = "7")]
     pub cpuid: i32,
@@ -615,7 +618,7 @@ pub struct PosixTimer {
     pub remaining_ns: u64,
 }
 
-// ---- images and file identities (point 3/4 of issue 6) ----
+// ---- images and file identities ----
 
 /// What restore relies on from outside: a file as stat(2) saw it at dump
 /// time. Restore refuses a file that changed (unless --skip-file-checks).
@@ -630,4 +633,59 @@ pub struct FileId {
     /// Modification time, nanoseconds since the epoch.
     #[prost(int64, tag = "4")]
     pub mtime_ns: i64,
+}
+
+// ---- security: credentials, capabilities, seccomp (Core tag 17) ----
+
+/// Who the task is and what it may do.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Creds {
+    /// Real, effective, saved, filesystem.
+    #[prost(uint32, repeated, tag = "1")]
+    pub uid: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub gid: Vec<u32>,
+    /// Supplementary groups.
+    #[prost(uint32, repeated, tag = "3")]
+    pub groups: Vec<u32>,
+    #[prost(uint64, tag = "4")]
+    pub cap_inh: u64,
+    #[prost(uint64, tag = "5")]
+    pub cap_prm: u64,
+    #[prost(uint64, tag = "6")]
+    pub cap_eff: u64,
+    #[prost(uint64, tag = "7")]
+    pub cap_bnd: u64,
+    #[prost(uint64, tag = "8")]
+    pub cap_amb: u64,
+    /// PR_GET_SECUREBITS.
+    #[prost(uint32, tag = "9")]
+    pub securebits: u32,
+    #[prost(bool, tag = "10")]
+    pub no_new_privs: bool,
+    /// PR_GET_DUMPABLE: 0, 1 or 2 (SUID_DUMP_ROOT).
+    #[prost(uint32, tag = "11")]
+    pub dumpable: u32,
+    /// PR_GET_MDWE flags (0 if unset or unknown to the kernel).
+    #[prost(uint32, tag = "12")]
+    pub mdwe: u32,
+    /// 0 disabled, 2 filter (strict mode is refused at dump).
+    #[prost(uint32, tag = "13")]
+    pub seccomp_mode: u32,
+    /// Installed filters, oldest first (the order they are reinstalled in).
+    #[prost(message, repeated, tag = "14")]
+    pub seccomp_filters: Vec<SeccompFilter>,
+}
+
+/// One classic-BPF seccomp program, as PTRACE_SECCOMP_GET_FILTER gives it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SeccompFilter {
+    /// `struct sock_filter` array, 8 bytes per instruction.
+    #[prost(bytes = "vec", tag = "1")]
+    #[serde(serialize_with = "hex")]
+    pub insns: Vec<u8>,
+    /// SECCOMP_FILTER_FLAG_* it was installed with, as far as
+    /// PTRACE_SECCOMP_GET_METADATA tells (LOG).
+    #[prost(uint64, tag = "2")]
+    pub flags: u64,
 }

@@ -6,6 +6,7 @@
 //! killed on any error, so a failed restore never leaves a half-built
 //! process behind.
 
+mod creds;
 mod files;
 mod mem;
 mod task;
@@ -124,6 +125,7 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
             &fds,
         )?;
     }
+    creds::validate(pid, &core).map_err(|w| bad(dir, w))?;
     Ok(TaskImages {
         task,
         core,
@@ -276,13 +278,17 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     if let Some(a) = &img.core.attrs {
         task::restore_attrs_external(pid, a)?;
         task::restore_attrs_injected(&mut inj, a)?;
-        task::restore_dumpable(&mut inj, a)?;
     }
     mem::finish_mm(&mut inj, &img.mm)?;
     mem::verify_vm_flags(pid, &img.mm)?;
-    // The last injected call removes the scratch area; from its syscall
-    // exit the task leaves with its own registers.
+    // Credentials drop the privileges everything above needs: they come
+    // last (dumpable and the pdeath signal, which a uid change resets,
+    // with them). The scratch area goes, then the seccomp filters are
+    // installed: the last injected call; from its syscall exit the task
+    // leaves with its own registers.
+    creds::restore(&mut inj, &img.core)?;
     inj.unmap_scratch()?;
+    creds::install_seccomp(&mut inj, &img.core, &img.mm)?;
 
     let regs_img = img
         .core

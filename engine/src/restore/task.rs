@@ -186,7 +186,6 @@ const PR_MCE_KILL_CLEAR: u64 = 0;
 const PR_MCE_KILL_SET: u64 = 1;
 const PR_MCE_KILL_DEFAULT: i32 = 2;
 const PR_SET_TSC: u64 = 26;
-const PR_SET_DUMPABLE: u64 = 4;
 const ARCH_SET_CPUID: u64 = 0x1012;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
@@ -442,18 +441,5 @@ fn restore_posix_timers(inj: &mut Injector, a: &Attrs) -> Result<()> {
         libc::SYS_prctl,
         &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
     )?;
-    Ok(())
-}
-
-/// Dumpable goes last among the task's own calls: credential changes
-/// reset it.
-pub(crate) fn restore_dumpable(inj: &mut Injector, a: &Attrs) -> Result<()> {
-    if a.dumpable != 1 {
-        inj.call(
-            "prctl(PR_SET_DUMPABLE)",
-            libc::SYS_prctl,
-            &[PR_SET_DUMPABLE, a.dumpable as u64, 0, 0, 0],
-        )?;
-    }
     Ok(())
 }

@@ -295,6 +295,61 @@ impl Tracee {
     }
 }
 
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+
+/// `struct seccomp_metadata`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct SeccompMetadata {
+    filter_off: u64,
+    flags: u64,
+}
+
+impl Tracee {
+    /// The task's seccomp filters, oldest first (PTRACE_SECCOMP_GET_FILTER
+    /// index 0 is the first installed), each as raw `struct sock_filter` bytes with the
+    /// SECCOMP_FILTER_FLAG_* that PTRACE_SECCOMP_GET_METADATA reports. The
+    /// task must be in a ptrace stop; needs CAP_SYS_ADMIN.
+    pub fn seccomp_filters(&self) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut out = Vec::new();
+        for index in 0usize.. {
+            let n = match ptrace_raw(PTRACE_SECCOMP_GET_FILTER, self.pid, index, 0) {
+                Ok(n) => n as usize,
+                Err(Errno::ENOENT) => break,
+                Err(e) => return Err(Error::sys("PTRACE_SECCOMP_GET_FILTER", self.pid, e)),
+            };
+            let mut buf = vec![0u8; n * 8];
+            let got = ptrace_raw(
+                PTRACE_SECCOMP_GET_FILTER,
+                self.pid,
+                index,
+                buf.as_mut_ptr() as usize,
+            )
+            .map_err(|e| Error::sys("PTRACE_SECCOMP_GET_FILTER", self.pid, e))?;
+            if got as usize != n {
+                return Err(Error::task(
+                    self.pid,
+                    format!("seccomp filter {index} changed size while read"),
+                ));
+            }
+            let mut md = SeccompMetadata {
+                filter_off: index as u64,
+                flags: 0,
+            };
+            ptrace_raw(
+                PTRACE_SECCOMP_GET_METADATA,
+                self.pid,
+                std::mem::size_of::<SeccompMetadata>(),
+                &mut md as *mut _ as usize,
+            )
+            .map_err(|e| Error::sys("PTRACE_SECCOMP_GET_METADATA", self.pid, e))?;
+            out.push((buf, md.flags));
+        }
+        Ok(out)
+    }
+}
+
 fn decode_status(status: i32) -> Stop {
     if libc::WIFEXITED(status) {
         return Stop::Exited(libc::WEXITSTATUS(status));

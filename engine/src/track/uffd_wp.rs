@@ -21,13 +21,14 @@ use crate::error::{Error, Result};
 use crate::inject::Injector;
 use crate::proc::maps::Vma;
 use crate::ranges::Range;
-use crate::sys::syscalls::{pidfd_getfd, prlimit};
+use crate::sys::syscalls::pidfd_getfd;
 use crate::sys::uffd;
 
 /// The tracker's descriptor is put at the lowest free number at or above
 /// this distance below the task's RLIMIT_NOFILE soft limit.
 const FD_HEADROOM: u64 = 64;
 const RLIMIT_NOFILE: u32 = 7;
+const UFFD_USER_MODE_ONLY: u64 = 1;
 const UFFD_LINK: &str = "anon_inode:[userfaultfd]";
 
 pub struct UffdWp {
@@ -68,9 +69,12 @@ impl UffdWp {
                 continued: true,
             });
         }
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        // UFFD_USER_MODE_ONLY: lets a task without CAP_SYS_PTRACE create it
+        // (vm.unprivileged_userfaultfd 0); WP_ASYNC faults never reach the
+        // uffd, so kernel-mode writes are tracked all the same.
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY;
         let low = inj.call("userfaultfd", libc::SYS_userfaultfd, &[flags])?;
-        let (soft, _) = prlimit(pid, RLIMIT_NOFILE, None)?;
+        let (soft, _) = crate::dump::creds::rlimit(pid, RLIMIT_NOFILE)?;
         let base = soft.saturating_sub(FD_HEADROOM).max(3);
         let high = inj.call(
             "fcntl(F_DUPFD_CLOEXEC)",
