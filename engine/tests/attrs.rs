@@ -90,6 +90,8 @@ fn restore_refuses_vm_flags_it_did_not_reproduce() {
     assert_eq!(v.vm_flags & VmFlags::DONTDUMP, 0);
     v.vm_flags |= VmFlags::DONTDUMP;
     let at = format!("{:#x}-{:#x}", v.start, v.end);
+    // Image files are created exclusively: replace, never overwrite.
+    std::fs::remove_file(&path).expect("remove mm");
     write_message(&path, Kind::Mm, &mm).expect("write mm");
 
     let out = crust(["restore", "-d", "-D", path_str(&images)]);
