@@ -88,16 +88,12 @@ fn region_flags(addr: usize) -> TestResult<Vec<String>> {
 fn expect(s: &State) -> TestResult {
     let (mut r, mut e, mut sv) = (0, 0, 0);
     // SAFETY: valid pointers to u32s.
-    sys(
-        unsafe { libc::getresuid(&mut r, &mut e, &mut sv) },
-        "getresuid",
-    )?;
+    let rc = unsafe { libc::getresuid(&mut r, &mut e, &mut sv) };
+    sys(rc, "getresuid")?;
     ensure_eq!([r, e, sv], [ID; 3], "getresuid");
     // SAFETY: valid pointers to u32s.
-    sys(
-        unsafe { libc::getresgid(&mut r, &mut e, &mut sv) },
-        "getresgid",
-    )?;
+    let rc = unsafe { libc::getresgid(&mut r, &mut e, &mut sv) };
+    sys(rc, "getresgid")?;
     ensure_eq!([r, e, sv], [ID; 3], "getresgid");
     for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
         let line = s
