@@ -229,6 +229,13 @@ fn main() -> ExitCode {
                         common.verbose > 0,
                         &format!("crust: pre-dump phases: {}", stats.phases.render()),
                     );
+                    log.stats(
+                        common.verbose > 0,
+                        &format!(
+                            "crust: injected in {} bursts, longest {:.0} us",
+                            stats.bursts, stats.longest_burst_us
+                        ),
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -277,6 +284,13 @@ fn main() -> ExitCode {
                     log.stats(
                         common.verbose > 0,
                         &format!("crust: dump phases: {}", stats.phases.render()),
+                    );
+                    log.stats(
+                        common.verbose > 0,
+                        &format!(
+                            "crust: injected in {} bursts, longest {:.0} us",
+                            stats.bursts, stats.longest_burst_us
+                        ),
                     );
                     ExitCode::SUCCESS
                 }

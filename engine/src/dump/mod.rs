@@ -49,16 +49,29 @@ pub struct DumpStats {
     pub pages_in_parent: u64,
     pub pages_written: u64,
     pub bytes_written: u64,
+    /// Bursts of injected syscalls, and the longest: the only time the
+    /// task was out of its own registers and signal mask.
+    pub bursts: usize,
+    pub longest_burst_us: f64,
 }
 
 /// A task held in a ptrace stop. Dropping it resumes the task unharmed.
+///
+/// Between injections the task is *parked*: stopped at a PTRACE_EVENT_STOP
+/// inside the kernel's get_signal(), with its own registers and its own
+/// signal mask. If the engine dies there, ptrace unlinks the task, it
+/// wakes up in get_signal(), and goes on exactly as if never stopped.
+/// Injected syscalls run only in short bursts ([`Frozen::burst`]); only
+/// during a burst are the task's registers and mask not its own.
 pub(crate) struct Frozen {
     pub tracee: Tracee,
     pub regs: Regs,
     pub sigmask: u64,
-    regs_dirty: bool,
-    mask_dirty: bool,
+    /// Inside a burst: registers and mask are the engine's.
+    injecting: bool,
     released: bool,
+    /// How long each burst kept the task out of its own registers and mask.
+    pub bursts: Vec<std::time::Duration>,
 }
 
 impl Frozen {
@@ -68,9 +81,9 @@ impl Frozen {
             tracee,
             regs: zeroed_regs(),
             sigmask: 0,
-            regs_dirty: false,
-            mask_dirty: false,
+            injecting: false,
             released: false,
+            bursts: Vec::new(),
         };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
@@ -78,31 +91,50 @@ impl Frozen {
         Ok(f)
     }
 
-    /// Blocks every signal while we inject, so none is delivered (and lost
-    /// to us) in the middle; the original mask is restored on release.
-    fn block_signals(&mut self) -> Result<()> {
-        self.mask_dirty = true;
-        self.tracee.set_sigmask(!0)
+    /// Runs injected syscalls: blocks every signal (so none is delivered,
+    /// and lost to us, in the middle), lets `f` inject, then parks the task
+    /// again in its own registers and mask, whatever `f` returned. A
+    /// scratch area `f` left mapped (on an error) is removed first.
+    fn burst<T>(&mut self, gadget: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        self.injecting = true;
+        self.tracee.set_sigmask(!0)?;
+        let mut inj = Injector::new(&self.tracee, self.regs, gadget);
+        let out = f(&mut inj);
+        let cleaned = inj.unmap_scratch();
+        let parked = self.park();
+        self.bursts.push(start.elapsed());
+        let out = out?;
+        cleaned?;
+        parked?;
+        Ok(out)
     }
 
-    fn injector(&mut self, gadget: u64) -> Injector<'_> {
-        self.regs_dirty = true;
-        Injector::new(&self.tracee, self.regs, gadget)
+    /// Puts the task's own registers back and moves it to a stop inside
+    /// get_signal(), then gives it its own mask back. Signals stay blocked
+    /// until the task is in that stop, so none is delivered on the way and
+    /// the registers parked are exactly the ones dumped.
+    fn park(&mut self) -> Result<()> {
+        self.tracee.set_regs(&self.regs)?;
+        self.tracee.trap_in_signal_path()?;
+        self.tracee.set_sigmask(self.sigmask)?;
+        self.injecting = false;
+        Ok(())
     }
 
+    /// Lets the task go: parked, it leaves through the signal path, so that
+    /// an interrupted syscall restarts as the kernel would have done.
     fn resume(&mut self) -> Result<()> {
         self.released = true;
-        if self.mask_dirty {
-            self.tracee.set_sigmask(self.sigmask)?;
-        }
-        if self.regs_dirty {
-            // Injection left the task at a syscall-exit stop: put its own
-            // registers back and leave through the signal path, so that an
-            // interrupted syscall restarts as the kernel would have done.
-            self.tracee.set_regs(&self.regs)?;
-            self.tracee.trap_in_signal_path()?;
+        if self.injecting {
+            self.park()?;
         }
         self.tracee.detach()
+    }
+
+    /// The longest burst, for the log.
+    fn longest_burst(&self) -> std::time::Duration {
+        self.bursts.iter().max().copied().unwrap_or_default()
     }
 
     /// The point of no return: the images are complete, the task goes.
@@ -283,7 +315,9 @@ fn start_tracker(
         if final_dump && prev_uffd.is_none() {
             return Ok(None);
         }
-        match UffdWp::attach_or_create(&mut frozen.injector(gadget), pidfd, prev_uffd) {
+        match frozen.burst(gadget, |inj| {
+            UffdWp::attach_or_create(inj, pidfd, prev_uffd)
+        }) {
             Ok(t) => {
                 let (task_fd, created_fd) = (t.task_fd, (!t.continued).then_some(t.task_fd));
                 return Ok(Some(Started {
@@ -344,7 +378,6 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     mem::check_vmas(pid, &vmas, prev_tracker.is_some())?;
     let splice = opts.mode == PreDumpMode::Splice;
     let gadget = if splice || opts.track.track_mem {
-        frozen.block_signals()?;
         Some(syscall_gadget(pid, &vmas)?)
     } else {
         None
@@ -385,11 +418,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
             return Ok((known, None));
         }
         let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
-        let chunks = splice::pin(
-            &mut frozen.injector(gadget.unwrap_or_default()),
-            &pidfd,
-            &plan.runs,
-        )?;
+        let chunks = splice::pin(&mut frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
         Ok((known, Some((plan, chunks))))
     });
     let (known, pinned) = match frozen_part {
@@ -397,9 +426,9 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         Err(e) => {
             // A tracker made just now would outlive a failed pre-dump.
             if let (Some(fd), Some(g)) = (started.as_ref().and_then(|s| s.created_fd), gadget) {
-                let _ = frozen
-                    .injector(g)
-                    .call("close(tracker)", libc::SYS_close, &[fd as u64]);
+                let _ = frozen.burst(g, |inj| {
+                    inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+                });
             }
             return Err(e);
         }
@@ -458,6 +487,8 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     images.write(Kind::Inventory, None, &inv)?;
     phases.mark("images");
     Ok(DumpStats {
+        bursts: frozen.bursts.len(),
+        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
         phases,
         frozen_ms,
         pages_scanned: plan.stats.scanned,
@@ -493,12 +524,11 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
     let fd_plan = files::plan(pid, our_tracker)?;
 
-    frozen.block_signals()?;
     let gadget = syscall_gadget(pid, &vmas)?;
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
-    let mut core = task::collect_injected(&mut frozen.injector(gadget))?;
+    let mut core = frozen.burst(gadget, task::collect_injected)?;
     let mut started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,
@@ -586,9 +616,9 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         // Tracking ends with the final dump.
         drop(started);
         if let Some(fd) = our_tracker {
-            frozen
-                .injector(gadget)
-                .call("close(tracker)", libc::SYS_close, &[fd as u64])?;
+            frozen.burst(gadget, |inj| {
+                inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+            })?;
         }
         frozen.resume()?;
     } else {
@@ -596,6 +626,8 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     }
     phases.mark("release");
     Ok(DumpStats {
+        bursts: frozen.bursts.len(),
+        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
         phases,
         frozen_ms,
         pages_scanned: plan.stats.scanned,
