@@ -194,6 +194,13 @@ impl Log {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // dump and pre-dump work in a worker process: killing this one makes
+    // the worker stop at its next safe point and let the task go.
+    if matches!(cli.cmd, Cmd::Dump { .. } | Cmd::PreDump { .. }) {
+        if let Some(code) = crust::dump::guard::split() {
+            return code;
+        }
+    }
     match cli.cmd {
         Cmd::PreDump {
             pid,

@@ -5,6 +5,7 @@
 //! and detaches, so the task runs on as if never touched.
 
 mod files;
+pub mod guard;
 mod mem;
 pub(crate) mod refuse;
 mod splice;
@@ -76,6 +77,7 @@ pub(crate) struct Frozen {
 
 impl Frozen {
     fn freeze(pid: pid_t) -> Result<Frozen> {
+        guard::check()?;
         let tracee = Tracee::seize(pid, false)?;
         let mut f = Frozen {
             tracee,
@@ -96,6 +98,7 @@ impl Frozen {
     /// again in its own registers and mask, whatever `f` returned. A
     /// scratch area `f` left mapped (on an error) is removed first.
     fn burst<T>(&mut self, gadget: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
+        guard::check()?;
         let start = Instant::now();
         self.injecting = true;
         self.tracee.set_sigmask(!0)?;
@@ -107,6 +110,7 @@ impl Frozen {
         let out = out?;
         cleaned?;
         parked?;
+        guard::check()?;
         Ok(out)
     }
 
@@ -139,6 +143,7 @@ impl Frozen {
 
     /// The point of no return: the images are complete, the task goes.
     fn kill(&mut self) -> Result<()> {
+        guard::check()?;
         self.released = true;
         let pid = self.tracee.pid;
         // SAFETY: plain kill(2) of the task we hold.
@@ -434,6 +439,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         }
     };
     phases.mark(if splice { "track and pin" } else { "track" });
+    guard::check()?;
     frozen.resume()?;
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     let (plan, copied) = match pinned {
@@ -465,6 +471,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         images.write(Kind::Digests, Some(pid), d)?;
     }
     phases.mark("copy");
+    guard::check()?;
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     let mut inv = inventory(pid, "pre-dump", parent.as_ref());
@@ -484,6 +491,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         total_us: start.elapsed().as_micros() as u64,
     };
     images.write(Kind::Stats, None, &stats)?;
+    guard::check()?;
     images.write(Kind::Inventory, None, &inv)?;
     phases.mark("images");
     Ok(DumpStats {
@@ -547,6 +555,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     core.core.xstate = xstate;
     core.core.sigmask = frozen.sigmask;
     phases.mark("task state");
+    guard::check()?;
 
     // Memory: the layout is read again now that the scratch page is gone.
     let vmas = proc::maps::read_smaps(pid)?;
@@ -575,6 +584,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     )?;
     let (pagemap, written) = (copied.pagemap, copied.pages_written);
     phases.mark("memory");
+    guard::check()?;
     let fds = files::dump(pid, &fd_plan)?;
 
     let stat = proc::stat::read_stat(pid)?;
@@ -606,6 +616,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     };
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
+    guard::check()?;
     images.write(
         Kind::Inventory,
         None,

@@ -1,0 +1,397 @@
+//! Fault injection: the engine is killed (SIGKILL) at random moments of
+//! every operation, its image directory runs out of space, its target
+//! dies under it. After each fault the source must be alive, running,
+//! untraced, and its own checks (memory, signal mask, descriptor table,
+//! mappings: progs/selfcheck.c) must pass; a later dump of it must
+//! restore every page.
+//!
+//! Kill moments are drawn from a seeded generator; the seed is printed and
+//! `CRUST_FAULT_SEED=N` replays a run. Delays are spread uniformly over the
+//! operation's measured duration (plus a margin past its end).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Size of the target's checked memory: dumps of it last tens of ms.
+const TARGET_MIB: u32 = 64;
+
+/// A small xorshift generator: reproducible kill moments.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("CRUST_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            })
+            | 1;
+        eprintln!("{test}: CRUST_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, max).
+    fn below(&mut self, max: Duration) -> Duration {
+        let us = max.as_micros().max(1) as u64;
+        Duration::from_micros(self.next() % us)
+    }
+}
+
+/// A running selfcheck target and how many times we asked it for a report.
+struct Target {
+    p: Proc,
+    status: PathBuf,
+    asked: u32,
+}
+
+fn start_target(tmp: &Path, bin: &Path, name: &str) -> Target {
+    let pidfile = tmp.join(format!("{name}.pid"));
+    let status = tmp.join(format!("{name}.status"));
+    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(&status);
+    let p = spawn_daemon(
+        Command::new(bin)
+            .arg(&pidfile)
+            .arg(&status)
+            .arg(TARGET_MIB.to_string()),
+    );
+    wait_file_contains(&pidfile, "\n", TIMEOUT);
+    let mut t = Target {
+        p,
+        status,
+        asked: 0,
+    };
+    t.check("at start");
+    t
+}
+
+/// Whether `pid` has a VMA registered with a userfaultfd (`uw` in VmFlags).
+fn has_uffd_wp(pid: i32) -> bool {
+    read_string(Path::new(&format!("/proc/{pid}/smaps")))
+        .lines()
+        .filter_map(|l| l.strip_prefix("VmFlags:"))
+        .any(|f| f.split_whitespace().any(|w| w == "uw"))
+}
+
+impl Target {
+    /// The target runs freely, and its own checks pass.
+    fn check(&mut self, context: &str) {
+        let pid = self.p.pid;
+        if let Some(exit) = self.p.try_wait() {
+            panic!("{context}: target pid {pid} died: {exit:?}");
+        }
+        self.p.assert_running_untraced();
+        self.asked += 1;
+        self.p.signal(libc::SIGUSR1);
+        let want = format!("n={} ", self.asked);
+        let mut text = String::new();
+        let status = self.status.clone();
+        let p = &mut self.p;
+        wait_until(TIMEOUT, &format!("{context}: report {want}"), || {
+            text = read_string(&status);
+            if text.starts_with(&want) {
+                return Ok(());
+            }
+            if let Some(exit) = p.try_wait() {
+                panic!("{context}: target pid {pid} died: {exit:?}");
+            }
+            Err(format!("status holds {text:?}"))
+        });
+        assert!(
+            text.contains(" OK "),
+            "{context}: target pid {pid} found itself harmed: {text}"
+        );
+    }
+
+    /// Nothing of a tracker is left in the task.
+    fn assert_untracked(&self, context: &str) {
+        assert!(
+            !has_uffd_wp(self.p.pid),
+            "{context}: pid {} still has memory registered with a userfaultfd",
+            self.p.pid
+        );
+    }
+}
+
+/// Runs crust with `args` and kills it with SIGKILL `delay` after its
+/// worker process started, unless it finished first. Returns its exit
+/// status, None if it was killed. Returns only once the worker is gone
+/// too (reaped by crust, or by us: we are the orphan's subreaper).
+fn crust_killed_after(args: &[String], delay: Duration) -> Option<i32> {
+    use std::io::Read;
+    // dump and pre-dump work in a worker; restore's first child is the
+    // task it restores, not a worker.
+    let has_worker = args[0] != "restore";
+    let mut child = Command::new(CRUST)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if has_worker {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("spawn crust");
+    let pid = child.id();
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    let mut worker = None;
+    wait_until(TIMEOUT, "crust's worker to start", || {
+        if !has_worker {
+            return Ok(());
+        }
+        worker = read_string(Path::new(&children))
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse::<i32>().ok());
+        if worker.is_some() || !Path::new(&children).exists() {
+            return Ok(());
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => Ok(()),
+            _ => Err("no worker yet".into()),
+        }
+    });
+    // The kill moment is the point of the test, not a synchronisation.
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let st = child.wait().expect("wait for crust");
+    // The worker holds the pipe's write end until it exits.
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if let Some(w) = worker {
+        let mut ws = 0;
+        // SAFETY: waitpid on one pid with a valid status pointer; ECHILD
+        // (crust reaped it) is fine.
+        unsafe { libc::waitpid(w, &mut ws, libc::__WALL) };
+    }
+    assert!(!err.contains("panicked"), "crust {args:?} panicked: {err}");
+    st.code()
+}
+
+/// How long `args` takes when left alone (the best of three runs).
+fn duration_of(args: &[String], dir: &Path) -> Duration {
+    (0..3)
+        .map(|_| {
+            let _ = std::fs::remove_dir_all(dir);
+            let t = Instant::now();
+            crust(args).assert_ok();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A full pre-dump + dump + restore of the target: every page right.
+/// (Without --track-mem: the tracker still lives in the task's fd table,
+/// which the target would rightly report as a change.)
+fn dump_restore_check(t: &mut Target, tmp: &Path, context: &str) {
+    let img = tmp.join("final");
+    let _ = std::fs::remove_dir_all(&img);
+    let pid = t.p.pid;
+    crust(args(&[
+        "pre-dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        path_str(&img.join("pre")),
+    ]))
+    .assert_ok();
+    dump(pid, &img.join("dump"), &["--prev-images-dir", "../pre"]);
+    assert_eq!(t.p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    t.p = restore_detached(&img.join("dump"), pid);
+    t.check(&format!("{context}: after restore"));
+    t.p.signal(libc::SIGTERM);
+    assert_eq!(
+        t.p.wait(TIMEOUT),
+        Exit::Code(0),
+        "{context}: restored target"
+    );
+    let _ = std::fs::remove_dir_all(&img);
+}
+
+/// Kills `crust <op>` at random moments, `trials` times, on one target
+/// (a new one when a dump completed and took the old one away).
+fn kill_trials(name: &str, op: &[&str], trials: u32) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "selfcheck.c", &[]);
+    let mut rng = Rng::from_env(name);
+    let mut t = start_target(tmp.path(), &bin, "target");
+    let img = tmp.path().join("img");
+    let cmd = |pid: i32| {
+        let mut a = args(op);
+        a.extend(args(&["-t", &pid.to_string(), "-D", path_str(&img)]));
+        a
+    };
+    let kills_target = op[0] == "dump" && !op.contains(&"--leave-running");
+    // Measured on a target that is not needed afterwards.
+    let span = if kills_target {
+        let mut spare = start_target(tmp.path(), &bin, "spare");
+        let _ = std::fs::remove_dir_all(&img);
+        let t0 = Instant::now();
+        crust(cmd(spare.p.pid)).assert_ok();
+        let d = t0.elapsed();
+        spare.p.wait(TIMEOUT);
+        d
+    } else {
+        duration_of(&cmd(t.p.pid), &img)
+    };
+    t.check(&format!("{name}: after measuring"));
+    let max = span + span / 5;
+    eprintln!("{name}: {op:?} takes {span:?}; killing within {max:?}");
+    let (mut killed, mut finished) = (0, 0);
+    for trial in 0..trials {
+        let _ = std::fs::remove_dir_all(&img);
+        let delay = rng.below(max);
+        let context = format!("{name} trial {trial} (kill after {delay:?})");
+        let code = crust_killed_after(&cmd(t.p.pid), delay);
+        match code {
+            None => killed += 1,
+            Some(0) => finished += 1,
+            Some(c) => panic!("{context}: crust failed with {c} before the kill"),
+        }
+        if kills_target {
+            if let Some(exit) = t.p.try_wait() {
+                // Allowed only once the images were complete.
+                assert!(
+                    img.join("inventory.img").exists(),
+                    "{context}: the target died ({exit:?}) without complete images"
+                );
+                t = start_target(tmp.path(), &bin, "target");
+                continue;
+            }
+        }
+        t.check(&context);
+        t.assert_untracked(&context);
+    }
+    eprintln!("{name}: {trials} trials, {killed} killed, {finished} finished first");
+    assert!(killed > 0, "{name}: no trial killed crust in time");
+    dump_restore_check(&mut t, tmp.path(), name);
+}
+
+#[test]
+fn kill_dump() {
+    kill_trials("kill_dump", &["dump"], 40);
+}
+
+#[test]
+fn kill_dump_leave_running() {
+    kill_trials("kill_dump_leave_running", &["dump", "--leave-running"], 60);
+}
+
+#[test]
+fn kill_pre_dump_read() {
+    kill_trials(
+        "kill_pre_dump_read",
+        &["pre-dump", "--pre-dump-mode", "read"],
+        60,
+    );
+}
+
+#[test]
+fn kill_pre_dump_splice() {
+    kill_trials(
+        "kill_pre_dump_splice",
+        &["pre-dump", "--pre-dump-mode", "splice"],
+        60,
+    );
+}
+
+/// A restore killed at any moment leaves no process with the image's pid.
+#[test]
+fn kill_restore() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "selfcheck.c", &[]);
+    let mut rng = Rng::from_env("kill_restore");
+    let mut t = start_target(tmp.path(), &bin, "target");
+    let pid = t.p.pid;
+    let img = tmp.path().join("img");
+    dump(pid, &img, &[]);
+    assert_eq!(t.p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let cmd = args(&["restore", "-d", "-D", path_str(&img)]);
+    let t0 = Instant::now();
+    crust(&cmd).assert_ok();
+    let span = t0.elapsed();
+    let mut restored = Proc::adopt(pid);
+    restored.signal(libc::SIGKILL);
+    restored.wait(TIMEOUT);
+    let max = span + span / 5;
+    let (mut killed, mut finished) = (0, 0);
+    for trial in 0..40 {
+        let delay = rng.below(max);
+        let context = format!("kill_restore trial {trial} (kill after {delay:?})");
+        match crust_killed_after(&cmd, delay) {
+            Some(0) => {
+                finished += 1;
+                let mut r = Proc::adopt(pid);
+                r.signal(libc::SIGKILL);
+                r.wait(TIMEOUT);
+            }
+            Some(c) => panic!("{context}: restore failed with {c}"),
+            None => {
+                killed += 1;
+                // A half-built task dies with the engine (EXITKILL: the
+                // SIGKILL is queued before crust's exit is reported) and,
+                // orphaned, becomes ours to reap. A task still alive,
+                // untraced and not being killed was complete: crust was
+                // killed after letting it go.
+                let mut complete = false;
+                wait_until(TIMEOUT, &format!("{context}: pid {pid} to go"), || {
+                    let mut st = 0;
+                    // SAFETY: waitpid on one pid with a valid status pointer.
+                    unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
+                    let Some(state) = status_field(pid, "State") else {
+                        return Ok(());
+                    };
+                    let pending = |f: &str| {
+                        status_field(pid, f)
+                            .and_then(|m| u64::from_str_radix(&m, 16).ok())
+                            .is_some_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+                    };
+                    let dying = state.starts_with('Z')
+                        || state.starts_with('X')
+                        || pending("SigPnd")
+                        || pending("ShdPnd");
+                    if !dying && status_field(pid, "TracerPid").as_deref() == Some("0") {
+                        complete = true;
+                        return Ok(());
+                    }
+                    Err(format!("pid {pid} is in state {state}"))
+                });
+                if complete {
+                    let mut r = Proc::adopt(pid);
+                    r.assert_running_untraced();
+                    r.signal(libc::SIGKILL);
+                    r.wait(TIMEOUT);
+                }
+                assert_pid_free(pid, &context);
+            }
+        }
+    }
+    eprintln!("kill_restore: 40 trials, {killed} killed, {finished} finished first");
+    assert!(killed > 0, "kill_restore: no trial killed crust in time");
+}
