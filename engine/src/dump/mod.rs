@@ -73,11 +73,17 @@ pub(crate) struct Frozen {
     released: bool,
     /// How long each burst kept the task out of its own registers and mask.
     pub bursts: Vec<std::time::Duration>,
+    /// Stop at safe points when crust is killed (not while cleaning up).
+    guarded: bool,
 }
 
 impl Frozen {
     fn freeze(pid: pid_t) -> Result<Frozen> {
         guard::check()?;
+        Self::freeze_with(pid, true)
+    }
+
+    fn freeze_with(pid: pid_t, guarded: bool) -> Result<Frozen> {
         let tracee = Tracee::seize(pid, false)?;
         let mut f = Frozen {
             tracee,
@@ -86,6 +92,7 @@ impl Frozen {
             injecting: false,
             released: false,
             bursts: Vec::new(),
+            guarded,
         };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
@@ -98,7 +105,7 @@ impl Frozen {
     /// again in its own registers and mask, whatever `f` returned. A
     /// scratch area `f` left mapped (on an error) is removed first.
     fn burst<T>(&mut self, gadget: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
-        guard::check()?;
+        self.check()?;
         let start = Instant::now();
         self.injecting = true;
         self.tracee.set_sigmask(!0)?;
@@ -110,8 +117,15 @@ impl Frozen {
         let out = out?;
         cleaned?;
         parked?;
-        guard::check()?;
+        self.check()?;
         Ok(out)
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.guarded {
+            true => guard::check(),
+            false => Ok(()),
+        }
     }
 
     /// Puts the task's own registers back and moves it to a stop inside
@@ -365,8 +379,48 @@ fn start_tracker(
     }))
 }
 
-/// Copies the memory of `pid` into `dir` while it keeps running.
+/// Copies the memory of `pid` into `dir` while it keeps running. A
+/// pre-dump that fails (or is stopped) after it started or took over a
+/// uffd-wp tracker removes it from the task: its state may already have
+/// been re-armed past the last complete image, and a later pre-dump must
+/// then store every page instead of trusting it.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
+    let mut tracker = None;
+    let out = pre_dump_inner(pid, dir, opts, &mut tracker);
+    if out.is_err() {
+        if let Some(fd) = tracker {
+            remove_tracker(pid, fd);
+        }
+    }
+    out
+}
+
+/// Closes our uffd-wp tracker at `fd` in the task, if it is still there,
+/// after a failed (pre-)dump. Best effort: a task that is gone has no
+/// tracker left.
+fn remove_tracker(pid: pid_t, fd: i32) {
+    let removed = (|| -> Result<()> {
+        if !is_tracker_fd(pid, fd) {
+            return Ok(());
+        }
+        let mut frozen = Frozen::freeze_with(pid, false)?;
+        let gadget = syscall_gadget(pid, &proc::maps::read_maps(pid)?)?;
+        frozen.burst(gadget, |inj| {
+            inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+        })?;
+        frozen.resume()
+    })();
+    if let Err(e) = removed {
+        eprintln!("crust: could not remove the dirty tracker (fd {fd}) from pid {pid}: {e}");
+    }
+}
+
+fn pre_dump_inner(
+    pid: pid_t,
+    dir: &Path,
+    opts: &PreDumpOptions,
+    tracker_fd: &mut Option<i32>,
+) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
     // Refused now, before pages are copied, what the final dump would refuse.
@@ -401,6 +455,10 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         )?,
         None => None,
     };
+    *tracker_fd = started
+        .as_ref()
+        .filter(|s| s.task_fd >= 0)
+        .map(|s| s.task_fd);
     if started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags()) {
         vmas = proc::maps::read_smaps(pid)?;
     }
@@ -506,8 +564,25 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     })
 }
 
-/// Dumps the single-threaded task `pid` into `dir`.
+/// Dumps the single-threaded task `pid` into `dir`. Tracking ends with the
+/// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    let mut tracker = None;
+    let out = dump_inner(pid, dir, opts, &mut tracker);
+    if out.is_err() {
+        if let Some(fd) = tracker {
+            remove_tracker(pid, fd);
+        }
+    }
+    out
+}
+
+fn dump_inner(
+    pid: pid_t,
+    dir: &Path,
+    opts: &DumpOptions,
+    tracker_fd: &mut Option<i32>,
+) -> Result<DumpStats> {
     if pid == 1 && !opts.leave_running {
         // A dump kills the task, and init's death brings the system down.
         return Err(Error::unsupported(
@@ -517,6 +592,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     }
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
+    *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
