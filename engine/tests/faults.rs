@@ -496,3 +496,106 @@ fn kill_restore() {
     eprintln!("kill_restore: 40 trials, {killed} killed, {finished} finished first");
     assert!(killed > 0, "kill_restore: no trial killed crust in time");
 }
+
+/// A tmpfs mounted for one test, unmounted (and its mount point removed)
+/// on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: PathBuf, size: &str) -> SmallFs {
+        std::fs::create_dir_all(&at).expect("mkdir mount point");
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -t tmpfs on {}: {st}", at.display());
+        SmallFs(at)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// An image directory too small for the pages: every operation fails with
+/// a clear error, and the source runs on unharmed, without a tracker.
+#[test]
+fn enospc_leaves_the_source_unharmed() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "selfcheck.c", &[]);
+    let mut t = start_target(tmp.path(), &bin, "target");
+    let fs = SmallFs::mount(tmp.path().join("small"), "8m");
+    let pid = t.p.pid.to_string();
+    let dir = fs.0.join("img");
+    for op in [
+        &["dump"][..],
+        &["dump", "--leave-running"],
+        &["pre-dump", "--pre-dump-mode", "read"],
+        &["pre-dump", "--pre-dump-mode", "splice"],
+        &["pre-dump", "--pre-dump-mode", "read", "--track-mem"],
+        &["pre-dump", "--pre-dump-mode", "splice", "--track-mem"],
+    ] {
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut a = args(op);
+        a.extend(args(&["-t", &pid, "-D", path_str(&dir)]));
+        let out = crust(&a);
+        out.assert_failed().stderr_has("No space left on device");
+        let context = format!("{op:?} into a full tmpfs");
+        t.check(&context);
+        t.assert_untracked(&context);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(fs);
+    dump_restore_check(&mut t, tmp.path(), "enospc");
+}
+
+/// The target dies under the engine (SIGKILL at random moments of a
+/// dump): crust reports it, without hanging or panicking.
+#[test]
+fn target_killed_mid_dump() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "selfcheck.c", &[]);
+    let mut rng = Rng::from_env("target_killed_mid_dump");
+    let img = tmp.path().join("img");
+    let mut span = Duration::from_millis(200);
+    for trial in 0..20 {
+        let mut t = start_target(tmp.path(), &bin, "target");
+        let _ = std::fs::remove_dir_all(&img);
+        let delay = rng.below(span);
+        let pid = t.p.pid.to_string();
+        let run = crust_spawn(["dump", "-t", &pid, "-D", path_str(&img)]);
+        // The kill moment is the point of the test, not a synchronisation.
+        std::thread::sleep(delay);
+        t.p.signal(libc::SIGKILL);
+        let out = run.wait(TIMEOUT);
+        out.assert_no_panic();
+        if out.success() {
+            span = span.max(out.elapsed);
+        } else {
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "trial {trial} (kill after {delay:?}): {}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains(&pid),
+                "trial {trial}: the error should name pid {pid}: {}",
+                out.stderr
+            );
+        }
+        assert_eq!(t.p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    }
+}
