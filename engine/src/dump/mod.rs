@@ -289,11 +289,17 @@ pub(crate) fn single_thread(pid: pid_t) -> Result<Vec<i32>> {
     Ok(threads)
 }
 
+/// A `syscall` instruction to inject from: in the vDSO, or, for a task
+/// that unmapped its vDSO, in any executable mapping (read through
+/// /proc/PID/mem, which also reads execute-only pages).
 fn syscall_gadget(pid: pid_t, vmas: &[proc::maps::Vma]) -> Result<u64> {
-    let vdso = vmas.iter().find(|v| v.path == "[vdso]").ok_or_else(|| {
-        Error::unsupported(pid, "no [vdso] mapping to run injected syscalls from")
-    })?;
-    find_syscall_gadget(pid, vdso.start, vdso.end)
+    if let Some(vdso) = vmas.iter().find(|v| v.path == "[vdso]") {
+        return find_syscall_gadget(pid, vdso.start, vdso.end);
+    }
+    crate::inject::find_syscall_gadget_in(
+        pid,
+        vmas.iter().filter(|v| v.exec).map(|v| (v.start, v.end)),
+    )
 }
 
 /// A running dirty tracker and what the images must say about it.

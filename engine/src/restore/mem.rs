@@ -129,6 +129,20 @@ pub(crate) fn place_specials(
                 }
                 moves.push((h.start, h.end - h.start, w.start));
             }
+            // A task that had unmapped its vDSO: the stub's stays, out of
+            // the image's way, as the gadget, until the last injected call
+            // removes it (`unmap_kept_vdso`).
+            (Some(h), None) if name == "[vdso]" => {
+                let mut taken: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+                taken.extend(
+                    stub.iter()
+                        .filter(|v| v.path != "[vsyscall]")
+                        .map(|v| (v.start, v.end)),
+                );
+                let to = free_area(&taken, h.end - h.start)
+                    .ok_or_else(|| Error::task(pid, "no free area to keep the stub's vDSO in"))?;
+                moves.push((h.start, h.end - h.start, to));
+            }
             (Some(h), None) => inj
                 .call("munmap", libc::SYS_munmap, &[h.start, h.end - h.start])
                 .map(drop)?,
@@ -176,6 +190,29 @@ pub(crate) fn place_specials(
         do_move(inj, from, len, to)?;
     }
     Ok(gadget)
+}
+
+/// For an image without a vDSO: removes the stub's, which held the gadget,
+/// so this must be the last injected call (the task leaves from its
+/// syscall-exit stop without running user code there).
+pub(crate) fn unmap_kept_vdso(inj: &mut Injector, mm: &Mm) -> Result<()> {
+    if mm
+        .vmas
+        .iter()
+        .any(|v| special_name(kind(v)) == Some("[vdso]"))
+    {
+        return Ok(());
+    }
+    let pid = inj.pid();
+    let maps = crate::proc::maps::read_maps(pid)?;
+    if let Some(v) = maps.iter().find(|v| v.path == "[vdso]") {
+        inj.call(
+            "munmap([vdso])",
+            libc::SYS_munmap,
+            &[v.start, v.end - v.start],
+        )?;
+    }
+    Ok(())
 }
 
 /// Maps every non-special VMA, writable for now so pages can be filled.
