@@ -337,10 +337,78 @@ fn kill_pre_dump_splice() {
     );
 }
 
-/// `pre-dump --track-mem` on top of a complete tracked pre-dump, killed
-/// at random moments: a killed pre-dump that did not complete leaves no
-/// tracker (its re-armed state may no longer match the last complete
-/// image); one that completed leaves the tracker the next one continues.
+fn pre_dump_args(pid: &str, dir: &Path, parent: Option<&str>) -> Vec<String> {
+    let mut a = args(&["pre-dump", "-t", pid, "-D", path_str(dir), "--track-mem"]);
+    if let Some(p) = parent {
+        a.extend(args(&["--prev-images-dir", &format!("../{p}")]));
+    }
+    a
+}
+
+/// The first `pre-dump --track-mem` (it creates the tracker), killed at
+/// random moments: unless it completed, no tracker is left in the task.
+#[test]
+fn kill_first_tracked_pre_dump() {
+    init();
+    let name = "kill_first_tracked_pre_dump";
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "selfcheck.c", &[]);
+    let mut rng = Rng::from_env(name);
+    let mut t = start_target(tmp.path(), &bin, "target");
+    let pid = t.p.pid.to_string();
+    let img = tmp.path().join("img");
+    // Ends the tracking a completed pre-dump started.
+    let end = |dir: &Path| {
+        let _ = std::fs::remove_dir_all(img.join("end"));
+        crust(args(&[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&img.join("end")),
+            "--leave-running",
+            "--track-mem",
+            "--prev-images-dir",
+            &format!(
+                "../{}",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("")
+            ),
+        ]))
+        .assert_ok();
+    };
+    let first = img.join("first");
+    let t0 = Instant::now();
+    crust(pre_dump_args(&pid, &first, None)).assert_ok();
+    let span = t0.elapsed();
+    end(&first);
+    t.assert_untracked(&format!("{name}: after the tracking ended"));
+    let (mut killed, mut completed) = (0, 0);
+    for trial in 0..40 {
+        let _ = std::fs::remove_dir_all(&first);
+        let delay = rng.below(span + span / 5);
+        let context = format!("{name} trial {trial} (kill after {delay:?})");
+        let code = crust_killed_after(&pre_dump_args(&pid, &first, None), delay);
+        if let Some(c) = code {
+            assert_eq!(c, 0, "{context}: pre-dump failed by itself");
+        }
+        t.check(&context);
+        if first.join("inventory.img").exists() {
+            completed += 1;
+            end(&first);
+        } else {
+            killed += 1;
+        }
+        t.assert_untracked(&context);
+    }
+    eprintln!("{name}: 40 trials, {killed} killed before completing, {completed} completed");
+    assert!(killed > 0, "{name}: no trial killed crust in time");
+}
+
+/// `pre-dump --track-mem` on top of the last complete tracked pre-dump,
+/// killed at random moments, the chain going on from the last complete
+/// image each time; then a final dump on top of it and a restore: every
+/// page must be right, so no killed pre-dump (which may have re-armed the
+/// tracker) made a later one miss a write.
 #[test]
 fn kill_pre_dump_track_mem_chain() {
     init();
@@ -351,74 +419,41 @@ fn kill_pre_dump_track_mem_chain() {
     let mut t = start_target(tmp.path(), &bin, "target");
     let pid = t.p.pid.to_string();
     let chain = tmp.path().join("chain");
-    let pre = |dir: &str, parent: Option<&str>| {
-        let mut a = args(&[
-            "pre-dump",
-            "-t",
-            &pid,
-            "-D",
-            path_str(&chain.join(dir)),
-            "--track-mem",
-        ]);
-        if let Some(p) = parent {
-            a.extend(args(&["--prev-images-dir", &format!("../{p}")]));
-        }
-        a
-    };
-    // The last complete, tracked image; None when the task has no tracker.
-    let mut base: Option<String> = None;
-    let mut span = Duration::ZERO;
+    let t0 = Instant::now();
+    crust(pre_dump_args(&pid, &chain.join("p0"), None)).assert_ok();
+    let span = t0.elapsed();
+    let mut base = "p0".to_string();
     let (mut killed, mut completed) = (0, 0);
-    for trial in 0..60 {
-        let b = match &base {
-            Some(b) => b.clone(),
-            None => {
-                let b = format!("base{trial}");
-                let t0 = Instant::now();
-                crust(pre(&b, None)).assert_ok();
-                span = span.max(t0.elapsed());
-                b
-            }
-        };
+    for trial in 1..=40 {
         let dir = format!("p{trial}");
         let delay = rng.below(span + span / 5);
         let context = format!("{name} trial {trial} (kill after {delay:?})");
-        let code = crust_killed_after(&pre(&dir, Some(&b)), delay);
+        let code = crust_killed_after(&pre_dump_args(&pid, &chain.join(&dir), Some(&base)), delay);
         if let Some(c) = code {
             assert_eq!(c, 0, "{context}: pre-dump failed by itself");
         }
         t.check(&context);
-        let _ = std::fs::remove_dir_all(chain.join(&b));
         if chain.join(&dir).join("inventory.img").exists() {
             completed += 1;
-            base = Some(dir);
+            base = dir;
         } else {
             killed += 1;
-            t.assert_untracked(&context);
             let _ = std::fs::remove_dir_all(chain.join(&dir));
-            base = None;
         }
     }
-    eprintln!("{name}: 60 trials, {killed} killed before completing, {completed} completed");
+    eprintln!("{name}: 40 trials, {killed} killed before completing, {completed} completed");
     assert!(killed > 0, "{name}: no trial killed crust in time");
-    // End tracking (a final dump with --leave-running removes the
-    // tracker), then check a fresh chain restores every page.
-    if let Some(b) = base {
-        crust(args(&[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            path_str(&chain.join("end")),
-            "--leave-running",
-            "--track-mem",
-            "--prev-images-dir",
-            &format!("../{b}"),
-        ]))
-        .assert_ok();
-    }
-    t.assert_untracked(&format!("{name}: after the chain ended"));
-    dump_restore_check(&mut t, tmp.path(), name);
+    dump(
+        t.p.pid,
+        &chain.join("dump"),
+        &["--track-mem", "--prev-images-dir", &format!("../{base}")],
+    );
+    assert_eq!(t.p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let pid = t.p.pid;
+    t.p = restore_detached(&chain.join("dump"), pid);
+    t.check(&format!("{name}: after restore"));
+    t.p.signal(libc::SIGTERM);
+    assert_eq!(t.p.wait(TIMEOUT), Exit::Code(0), "{name}: restored target");
 }
 
 /// A restore killed at any moment leaves no process with the image's pid.

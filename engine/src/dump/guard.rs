@@ -8,7 +8,7 @@
 //! SIGKILL is aimed at) only waits for it. When that process dies, the
 //! kernel sends the worker SIGHUP (PR_SET_PDEATHSIG); SIGINT, SIGTERM and
 //! SIGHUP sent to the worker itself do the same. Each only raises a flag:
-//! the worker stops at its next safe point (before and after each burst,
+//! the worker stops at its next safe point (before each burst,
 //! between phases, before killing the task), which leaves the task parked,
 //! and lets it go as on any other error.
 //!

@@ -85,7 +85,10 @@ static size_t list_fds(char *buf, size_t cap) {
             char link[64] = "", lp[4200];
             snprintf(lp, sizeof lp, "/proc/self/fd/%s", name);
             ssize_t ll = readlink(lp, link, sizeof link - 1);
-            if (ll > 0 && !strncmp(link, "anon_inode:[userfaultfd]", (size_t)ll)) {
+            /* A descriptor gone between getdents and readlink (the
+             * engine closed its tracker meanwhile) is not there. */
+            if ((ll > 0 && !strncmp(link, "anon_inode:[userfaultfd]", (size_t)ll)) ||
+                (ll < 0 && strcmp(name, ".") && strcmp(name, ".."))) {
                 off += reclen;
                 continue;
             }
