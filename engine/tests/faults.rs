@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +52,13 @@ impl Rng {
         let us = max.as_micros().max(1) as u64;
         Duration::from_micros(self.next() % us)
     }
+}
+
+fn pidfd_of(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh descriptor returned by pidfd_open, owned from here on.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A running selfcheck target and how many times we asked it for a report.
@@ -483,46 +491,55 @@ fn kill_restore() {
         match crust_killed_after(&cmd, delay) {
             Some(0) => {
                 finished += 1;
-                let mut r = Proc::adopt(pid);
-                r.signal(libc::SIGKILL);
-                r.wait(TIMEOUT);
+                // A report left by an earlier restored instance says nothing.
+                let _ = std::fs::remove_file(&t.status);
+                let mut r = Target {
+                    p: Proc::adopt(pid),
+                    status: t.status.clone(),
+                    asked: t.asked,
+                };
+                r.check(&format!("{context}: restored"));
+                r.p.signal(libc::SIGKILL);
+                r.p.wait(TIMEOUT);
             }
             Some(c) => panic!("{context}: restore failed with {c}"),
             None => {
                 killed += 1;
-                // A half-built task dies with the engine (EXITKILL: the
-                // SIGKILL is queued before crust's exit is reported) and,
-                // orphaned, becomes ours to reap. A task still alive,
-                // untraced and not being killed was complete: crust was
-                // killed after letting it go.
-                let mut complete = false;
-                wait_until(TIMEOUT, &format!("{context}: pid {pid} to go"), || {
+                // A half-built task dies with the engine (EXITKILL) and,
+                // orphaned, becomes ours to reap. One that does not die
+                // was complete (crust was killed after letting it go): it
+                // must then pass its own check.
+                let pidfd = pidfd_of(pid);
+                let exited = match &pidfd {
+                    None => true,
+                    Some(fd) => {
+                        let mut pfd = libc::pollfd {
+                            fd: fd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: polling one valid pollfd. A dying task
+                        // exits within milliseconds; the bound only decides
+                        // when a living one counts as complete.
+                        unsafe { libc::poll(&mut pfd, 1, 3000) != 0 }
+                    }
+                };
+                drop(pidfd);
+                if exited {
                     let mut st = 0;
                     // SAFETY: waitpid on one pid with a valid status pointer.
-                    unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
-                    let Some(state) = status_field(pid, "State") else {
-                        return Ok(());
+                    unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+                } else {
+                    // A report left by an earlier restored instance says nothing.
+                    let _ = std::fs::remove_file(&t.status);
+                    let mut r = Target {
+                        p: Proc::adopt(pid),
+                        status: t.status.clone(),
+                        asked: t.asked,
                     };
-                    let pending = |f: &str| {
-                        status_field(pid, f)
-                            .and_then(|m| u64::from_str_radix(&m, 16).ok())
-                            .is_some_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
-                    };
-                    let dying = state.starts_with('Z')
-                        || state.starts_with('X')
-                        || pending("SigPnd")
-                        || pending("ShdPnd");
-                    if !dying && status_field(pid, "TracerPid").as_deref() == Some("0") {
-                        complete = true;
-                        return Ok(());
-                    }
-                    Err(format!("pid {pid} is in state {state}"))
-                });
-                if complete {
-                    let mut r = Proc::adopt(pid);
-                    r.assert_running_untraced();
-                    r.signal(libc::SIGKILL);
-                    r.wait(TIMEOUT);
+                    r.check(&format!("{context}: a restore that completed"));
+                    r.p.signal(libc::SIGKILL);
+                    r.p.wait(TIMEOUT);
                 }
                 assert_pid_free(pid, &context);
             }
