@@ -35,6 +35,28 @@ pub fn find_syscall_gadget(pid: pid_t, start: u64, end: u64) -> Result<u64> {
         })
 }
 
+/// Finds a `syscall` instruction in any of `ranges` (executable mappings),
+/// read through /proc/PID/mem, which reads with FOLL_FORCE and so also
+/// sees execute-only pages.
+pub fn find_syscall_gadget_in(pid: pid_t, ranges: impl Iterator<Item = (u64, u64)>) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{pid}/mem");
+    let mem = std::fs::File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+    for (start, end) in ranges {
+        let mut buf = vec![0u8; (end - start) as usize];
+        let Ok(n) = mem.read_at(&mut buf, start) else {
+            continue;
+        };
+        if let Some(off) = buf[..n].windows(2).position(|w| w == [0x0f, 0x05]) {
+            return Ok(start + off as u64);
+        }
+    }
+    Err(Error::unsupported(
+        pid,
+        "no [vdso] and no syscall instruction in any executable mapping to inject syscalls from",
+    ))
+}
+
 /// A mapping inside the task used to pass syscall arguments.
 #[derive(Debug, Clone, Copy)]
 pub struct Scratch {

@@ -223,6 +223,13 @@ impl Log {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // dump and pre-dump work in a worker process: killing this one makes
+    // the worker stop at its next safe point and let the task go.
+    if matches!(cli.cmd, Cmd::Dump { .. } | Cmd::PreDump { .. }) {
+        if let Some(code) = crust::dump::guard::split() {
+            return code;
+        }
+    }
     match cli.cmd {
         Cmd::PreDump {
             pid,
@@ -259,6 +266,13 @@ fn main() -> ExitCode {
                     log.stats(
                         common.verbose > 0,
                         &format!("crust: pre-dump phases: {}", stats.phases.render()),
+                    );
+                    log.stats(
+                        common.verbose > 0,
+                        &format!(
+                            "crust: injected in {} bursts, longest {:.0} us",
+                            stats.bursts, stats.longest_burst_us
+                        ),
                     );
                     ExitCode::SUCCESS
                 }
@@ -310,6 +324,13 @@ fn main() -> ExitCode {
                     log.stats(
                         common.verbose > 0,
                         &format!("crust: dump phases: {}", stats.phases.render()),
+                    );
+                    log.stats(
+                        common.verbose > 0,
+                        &format!(
+                            "crust: injected in {} bursts, longest {:.0} us",
+                            stats.bursts, stats.longest_burst_us
+                        ),
                     );
                     ExitCode::SUCCESS
                 }

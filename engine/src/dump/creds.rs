@@ -300,8 +300,7 @@ pub(crate) fn seccomp_guard(frozen: &Frozen) -> Result<Option<crate::inject::Gua
 pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
     let pid = frozen.tracee.pid;
     let seccomp_filters = filters(frozen)?;
-    let (securebits, nnp, dumpable, mdwe) = {
-        let mut inj = frozen.injector(gadget);
+    let (securebits, nnp, dumpable, mdwe) = frozen.burst(gadget, |inj| {
         let securebits = inj.call(
             "prctl(PR_GET_SECUREBITS)",
             libc::SYS_prctl,
@@ -328,8 +327,8 @@ pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
             }
             r => r as u64,
         };
-        (securebits, nnp, dumpable, mdwe)
-    };
+        Ok((securebits, nnp, dumpable, mdwe))
+    })?;
     // SUID_DUMP_ROOT cannot be set with prctl: the restore gets it from the
     // kernel, which gives fs.suid_dumpable on a credential change.
     if dumpable == 2 && suid_dumpable().as_deref() != Some("2") {

@@ -7,6 +7,7 @@
 mod bpf;
 pub(crate) mod creds;
 mod files;
+pub mod guard;
 mod mem;
 pub(crate) mod refuse;
 mod splice;
@@ -54,31 +55,52 @@ pub struct DumpStats {
     pub pages_in_parent: u64,
     pub pages_written: u64,
     pub bytes_written: u64,
+    /// Bursts of injected syscalls, and the longest: the only time the
+    /// task was out of its own registers and signal mask.
+    pub bursts: usize,
+    pub longest_burst_us: f64,
 }
 
 /// A task held in a ptrace stop. Dropping it resumes the task unharmed.
+///
+/// Between injections the task is *parked*: stopped at a PTRACE_EVENT_STOP
+/// inside the kernel's get_signal(), with its own registers and its own
+/// signal mask. If the engine dies there, ptrace unlinks the task, it
+/// wakes up in get_signal(), and goes on exactly as if never stopped.
+/// Injected syscalls run only in short bursts ([`Frozen::burst`]); only
+/// during a burst are the task's registers and mask not its own.
 pub(crate) struct Frozen {
     pub tracee: Tracee,
     pub regs: Regs,
     pub sigmask: u64,
-    regs_dirty: bool,
-    mask_dirty: bool,
+    /// Inside a burst: registers and mask are the engine's.
+    injecting: bool,
     released: bool,
     /// Checks every injected call against the task's seccomp filters.
     guard: Option<crate::inject::Guard>,
+    /// How long each burst kept the task out of its own registers and mask.
+    pub bursts: Vec<std::time::Duration>,
+    /// Stop at safe points when crust is killed (not while cleaning up).
+    guarded: bool,
 }
 
 impl Frozen {
     fn freeze(pid: pid_t) -> Result<Frozen> {
+        guard::check()?;
+        Self::freeze_with(pid, true)
+    }
+
+    fn freeze_with(pid: pid_t, guarded: bool) -> Result<Frozen> {
         let tracee = Tracee::seize(pid, false)?;
         let mut f = Frozen {
             tracee,
             regs: zeroed_regs(),
             sigmask: 0,
-            regs_dirty: false,
-            mask_dirty: false,
+            injecting: false,
             released: false,
             guard: None,
+            bursts: Vec::new(),
+            guarded,
         };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
@@ -86,37 +108,67 @@ impl Frozen {
         Ok(f)
     }
 
-    /// Blocks every signal while we inject, so none is delivered (and lost
-    /// to us) in the middle; the original mask is restored on release.
-    fn block_signals(&mut self) -> Result<()> {
-        self.mask_dirty = true;
-        self.tracee.set_sigmask(!0)
-    }
-
-    fn injector(&mut self, gadget: u64) -> Injector<'_> {
-        self.regs_dirty = true;
+    /// Runs injected syscalls: blocks every signal (so none is delivered,
+    /// and lost to us, in the middle), lets `f` inject, then parks the task
+    /// again in its own registers and mask, whatever `f` returned. A
+    /// scratch area `f` left mapped (on an error) is removed first.
+    fn burst<T>(&mut self, gadget: u64, f: impl FnOnce(&mut Injector) -> Result<T>) -> Result<T> {
+        self.check()?;
+        let start = Instant::now();
+        self.injecting = true;
+        self.tracee.set_sigmask(!0)?;
         let mut inj = Injector::new(&self.tracee, self.regs, gadget);
         inj.set_guard(self.guard.clone());
-        inj
+        let out = f(&mut inj);
+        let cleaned = inj.unmap_scratch();
+        let parked = self.park();
+        self.bursts.push(start.elapsed());
+        let out = out?;
+        cleaned?;
+        // No stop check here: the caller must learn what the burst made
+        // (a tracker descriptor to remove on failure); the next safe point
+        // stops.
+        parked?;
+        Ok(out)
     }
 
+    fn check(&self) -> Result<()> {
+        match self.guarded {
+            true => guard::check(),
+            false => Ok(()),
+        }
+    }
+
+    /// Puts the task's own registers back and moves it to a stop inside
+    /// get_signal(), then gives it its own mask back. Signals stay blocked
+    /// until the task is in that stop, so none is delivered on the way and
+    /// the registers parked are exactly the ones dumped.
+    fn park(&mut self) -> Result<()> {
+        self.tracee.set_regs(&self.regs)?;
+        self.tracee.trap_in_signal_path()?;
+        self.tracee.set_sigmask(self.sigmask)?;
+        self.injecting = false;
+        Ok(())
+    }
+
+    /// Lets the task go: parked, it leaves through the signal path, so that
+    /// an interrupted syscall restarts as the kernel would have done.
     fn resume(&mut self) -> Result<()> {
         self.released = true;
-        if self.mask_dirty {
-            self.tracee.set_sigmask(self.sigmask)?;
-        }
-        if self.regs_dirty {
-            // Injection left the task at a syscall-exit stop: put its own
-            // registers back and leave through the signal path, so that an
-            // interrupted syscall restarts as the kernel would have done.
-            self.tracee.set_regs(&self.regs)?;
-            self.tracee.trap_in_signal_path()?;
+        if self.injecting {
+            self.park()?;
         }
         self.tracee.detach()
     }
 
+    /// The longest burst, for the log.
+    fn longest_burst(&self) -> std::time::Duration {
+        self.bursts.iter().max().copied().unwrap_or_default()
+    }
+
     /// The point of no return: the images are complete, the task goes.
     fn kill(&mut self) -> Result<()> {
+        guard::check()?;
         self.released = true;
         let pid = self.tracee.pid;
         // SAFETY: plain kill(2) of the task we hold.
@@ -244,11 +296,17 @@ pub(crate) fn single_thread(pid: pid_t) -> Result<Vec<i32>> {
     Ok(threads)
 }
 
+/// A `syscall` instruction to inject from: in the vDSO, or, for a task
+/// that unmapped its vDSO, in any executable mapping (read through
+/// /proc/PID/mem, which also reads execute-only pages).
 fn syscall_gadget(pid: pid_t, vmas: &[proc::maps::Vma]) -> Result<u64> {
-    let vdso = vmas.iter().find(|v| v.path == "[vdso]").ok_or_else(|| {
-        Error::unsupported(pid, "no [vdso] mapping to run injected syscalls from")
-    })?;
-    find_syscall_gadget(pid, vdso.start, vdso.end)
+    if let Some(vdso) = vmas.iter().find(|v| v.path == "[vdso]") {
+        return find_syscall_gadget(pid, vdso.start, vdso.end);
+    }
+    crate::inject::find_syscall_gadget_in(
+        pid,
+        vmas.iter().filter(|v| v.exec).map(|v| (v.start, v.end)),
+    )
 }
 
 /// A running dirty tracker and what the images must say about it.
@@ -289,7 +347,9 @@ fn start_tracker(
         if final_dump && prev_uffd.is_none() {
             return Ok(None);
         }
-        match UffdWp::attach_or_create(&mut frozen.injector(gadget), pidfd, prev_uffd) {
+        match frozen.burst(gadget, |inj| {
+            UffdWp::attach_or_create(inj, pidfd, prev_uffd)
+        }) {
             Ok(t) => {
                 let (task_fd, created_fd) = (t.task_fd, (!t.continued).then_some(t.task_fd));
                 return Ok(Some(Started {
@@ -332,8 +392,48 @@ fn start_tracker(
     }))
 }
 
-/// Copies the memory of `pid` into `dir` while it keeps running.
+/// Copies the memory of `pid` into `dir` while it keeps running. A
+/// pre-dump that fails (or is stopped) after it started or took over a
+/// uffd-wp tracker removes it from the task: its state may already have
+/// been re-armed past the last complete image, and a later pre-dump must
+/// then store every page instead of trusting it.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
+    let mut tracker = None;
+    let out = pre_dump_inner(pid, dir, opts, &mut tracker);
+    if out.is_err() {
+        if let Some(fd) = tracker {
+            remove_tracker(pid, fd);
+        }
+    }
+    out
+}
+
+/// Closes our uffd-wp tracker at `fd` in the task, if it is still there,
+/// after a failed (pre-)dump. Best effort: a task that is gone has no
+/// tracker left.
+fn remove_tracker(pid: pid_t, fd: i32) {
+    let removed = (|| -> Result<()> {
+        if !is_tracker_fd(pid, fd) {
+            return Ok(());
+        }
+        let mut frozen = Frozen::freeze_with(pid, false)?;
+        let gadget = syscall_gadget(pid, &proc::maps::read_maps(pid)?)?;
+        frozen.burst(gadget, |inj| {
+            inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+        })?;
+        frozen.resume()
+    })();
+    if let Err(e) = removed {
+        eprintln!("crust: could not remove the dirty tracker (fd {fd}) from pid {pid}: {e}");
+    }
+}
+
+fn pre_dump_inner(
+    pid: pid_t,
+    dir: &Path,
+    opts: &PreDumpOptions,
+    tracker_fd: &mut Option<i32>,
+) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
     // Refused now, before pages are copied, what the final dump would refuse.
@@ -352,7 +452,6 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     mem::check_vmas(pid, &vmas, prev_tracker.is_some())?;
     let splice = opts.mode == PreDumpMode::Splice;
     let gadget = if splice || opts.track.track_mem {
-        frozen.block_signals()?;
         Some(syscall_gadget(pid, &vmas)?)
     } else {
         None
@@ -371,6 +470,10 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         )?,
         None => None,
     };
+    *tracker_fd = started
+        .as_ref()
+        .filter(|s| s.task_fd >= 0)
+        .map(|s| s.task_fd);
     if started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags()) {
         vmas = proc::maps::read_smaps(pid)?;
     }
@@ -393,11 +496,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
             return Ok((known, None));
         }
         let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
-        let chunks = splice::pin(
-            &mut frozen.injector(gadget.unwrap_or_default()),
-            &pidfd,
-            &plan.runs,
-        )?;
+        let chunks = splice::pin(&mut frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
         Ok((known, Some((plan, chunks))))
     });
     let (known, pinned) = match frozen_part {
@@ -405,14 +504,15 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         Err(e) => {
             // A tracker made just now would outlive a failed pre-dump.
             if let (Some(fd), Some(g)) = (started.as_ref().and_then(|s| s.created_fd), gadget) {
-                let _ = frozen
-                    .injector(g)
-                    .call("close(tracker)", libc::SYS_close, &[fd as u64]);
+                let _ = frozen.burst(g, |inj| {
+                    inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+                });
             }
             return Err(e);
         }
     };
     phases.mark(if splice { "track and pin" } else { "track" });
+    guard::check()?;
     frozen.resume()?;
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     let (plan, copied) = match pinned {
@@ -445,6 +545,7 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         images.write(Kind::Digests, Some(pid), d)?;
     }
     phases.mark("copy");
+    guard::check()?;
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     let mut inv = inventory(pid, "pre-dump", parent.as_ref());
@@ -464,9 +565,12 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
         total_us: start.elapsed().as_micros() as u64,
     };
     images.write(Kind::Stats, None, &stats)?;
+    guard::check()?;
     images.write(Kind::Inventory, None, &inv)?;
     phases.mark("images");
     Ok(DumpStats {
+        bursts: frozen.bursts.len(),
+        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
         phases,
         frozen_ms,
         pages_scanned: plan.stats.scanned,
@@ -476,8 +580,25 @@ pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpSta
     })
 }
 
-/// Dumps the single-threaded task `pid` into `dir`.
+/// Dumps the single-threaded task `pid` into `dir`. Tracking ends with the
+/// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    let mut tracker = None;
+    let out = dump_inner(pid, dir, opts, &mut tracker);
+    if out.is_err() {
+        if let Some(fd) = tracker {
+            remove_tracker(pid, fd);
+        }
+    }
+    out
+}
+
+fn dump_inner(
+    pid: pid_t,
+    dir: &Path,
+    opts: &DumpOptions,
+    tracker_fd: &mut Option<i32>,
+) -> Result<DumpStats> {
     if pid == 1 && !opts.leave_running {
         // A dump kills the task, and init's death brings the system down.
         return Err(Error::unsupported(
@@ -487,6 +608,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     }
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
+    *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
@@ -502,7 +624,6 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
 
-    frozen.block_signals()?;
     let gadget = syscall_gadget(pid, &vmas)?;
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
@@ -510,7 +631,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
-    let mut core = task::collect_injected(&mut frozen.injector(gadget))?;
+    let mut core = frozen.burst(gadget, task::collect_injected)?;
     core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
     let mut started = match opts.track.track_mem {
         true => start_tracker(
@@ -530,6 +651,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     core.core.xstate = xstate;
     core.core.sigmask = frozen.sigmask;
     phases.mark("task state");
+    guard::check()?;
 
     // Memory: the layout is read again now that the scratch page is gone.
     let vmas = proc::maps::read_smaps(pid)?;
@@ -561,6 +683,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     phases.mark("memory");
     chain::add_checksums(&images.path, pid, &mut pagemap)?;
     phases.mark("checksums");
+    guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
     identity::record_mm(pid, &mut plan.mm)?;
@@ -594,6 +717,7 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     };
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
+    guard::check()?;
     images.write(
         Kind::Inventory,
         None,
@@ -604,9 +728,9 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         // Tracking ends with the final dump.
         drop(started);
         if let Some(fd) = our_tracker {
-            frozen
-                .injector(gadget)
-                .call("close(tracker)", libc::SYS_close, &[fd as u64])?;
+            frozen.burst(gadget, |inj| {
+                inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+            })?;
         }
         frozen.resume()?;
     } else {
@@ -614,6 +738,8 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     }
     phases.mark("release");
     Ok(DumpStats {
+        bursts: frozen.bursts.len(),
+        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
         phases,
         frozen_ms,
         pages_scanned: plan.stats.scanned,

@@ -20,6 +20,7 @@ use libc::pid_t;
 use nix::errno::Errno;
 
 use super::mem::Run;
+use super::Frozen;
 use crate::error::{Error, Result};
 use crate::image::PagesWriter;
 use crate::inject::Injector;
@@ -50,8 +51,13 @@ fn pipe_size() -> u64 {
 
 /// Pins the data runs of `runs` into pipes (or copies unreadable ones),
 /// while the task is frozen.
-pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<Vec<Chunk>> {
-    let pid = inj.pid();
+pub(crate) fn pin(
+    frozen: &mut Frozen,
+    gadget: u64,
+    pidfd: &OwnedFd,
+    runs: &[Run],
+) -> Result<Vec<Chunk>> {
+    let pid = frozen.tracee.pid;
     let cap = pipe_size();
     let bytes: u64 = runs
         .iter()
@@ -73,110 +79,119 @@ pub(crate) fn pin(inj: &mut Injector, pidfd: &OwnedFd, runs: &[Run]) -> Result<V
     }
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
-    inj.map_scratch(None, SCRATCH)?;
-    let mut pinner = Pinner {
-        cap,
-        batch: Vec::new(),
-        batch_bytes: 0,
-        chunks: Vec::new(),
+    // Each pipe is one burst of injected calls, with its own scratch area:
+    // between pipes the task is parked in its own registers and mask.
+    let mut chunks = Vec::new();
+    let mut batch: Vec<(u64, u64)> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let flush = |frozen: &mut Frozen, batch: &mut Vec<(u64, u64)>, bytes: &mut u64| {
+        if batch.is_empty() {
+            return Ok::<_, Error>(None);
+        }
+        let fd = frozen.burst(gadget, |inj| {
+            inj.map_scratch(None, SCRATCH)?;
+            one_pipe(inj, pidfd, cap, batch, *bytes)
+        })?;
+        let chunk = Chunk::Pipe(fd, *bytes as usize);
+        batch.clear();
+        *bytes = 0;
+        Ok(Some(chunk))
     };
-    let result = (|| -> Result<()> {
-        for r in runs.iter().filter(|r| !r.in_parent) {
-            if !r.readable {
-                pinner.flush(inj, pidfd)?;
-                let mut buf = vec![0u8; (r.pages * PAGE) as usize];
-                mem.read_exact_at(&mut buf, r.vaddr).map_err(|e| {
-                    Error::io(
-                        "reading memory through",
-                        format!("{mem_path} at {:#x}", r.vaddr),
-                        e,
-                    )
-                })?;
-                pinner.chunks.push(Chunk::Bytes(buf));
-                continue;
-            }
-            let (mut addr, mut left) = (r.vaddr, r.pages * PAGE);
-            while left > 0 {
-                let n = left.min(cap - pinner.batch_bytes);
-                pinner.batch.push((addr, n));
-                pinner.batch_bytes += n;
-                addr += n;
-                left -= n;
-                if pinner.batch_bytes == cap || pinner.batch.len() == MAX_IOVS {
-                    pinner.flush(inj, pidfd)?;
-                }
+    for r in runs.iter().filter(|r| !r.in_parent) {
+        if !r.readable {
+            chunks.extend(flush(frozen, &mut batch, &mut batch_bytes)?);
+            let mut buf = vec![0u8; (r.pages * PAGE) as usize];
+            mem.read_exact_at(&mut buf, r.vaddr).map_err(|e| {
+                Error::io(
+                    "reading memory through",
+                    format!("{mem_path} at {:#x}", r.vaddr),
+                    e,
+                )
+            })?;
+            chunks.push(Chunk::Bytes(buf));
+            continue;
+        }
+        let (mut addr, mut left) = (r.vaddr, r.pages * PAGE);
+        while left > 0 {
+            let n = left.min(cap - batch_bytes);
+            batch.push((addr, n));
+            batch_bytes += n;
+            addr += n;
+            left -= n;
+            if batch_bytes == cap || batch.len() == MAX_IOVS {
+                chunks.extend(flush(frozen, &mut batch, &mut batch_bytes)?);
             }
         }
-        pinner.flush(inj, pidfd)
-    })();
-    inj.unmap_scratch()?;
-    result.map(|()| pinner.chunks)
+    }
+    chunks.extend(flush(frozen, &mut batch, &mut batch_bytes)?);
+    Ok(chunks)
 }
 
-/// Ranges queued for the next pipe, and the chunks made so far.
-struct Pinner {
+/// One pipe: created in the task, grown, filled with vmsplice, taken over,
+/// and closed in the task again, all in one burst.
+fn one_pipe(
+    inj: &mut Injector,
+    pidfd: &OwnedFd,
     cap: u64,
-    batch: Vec<(u64, u64)>,
-    batch_bytes: u64,
-    chunks: Vec<Chunk>,
+    batch: &[(u64, u64)],
+    bytes: u64,
+) -> Result<OwnedFd> {
+    let (r, w) = inj.pipe2(libc::O_CLOEXEC)?;
+    let filled = fill(inj, pidfd, cap, batch, bytes, r, w);
+    let closed_r = inj.call("close", libc::SYS_close, &[r]);
+    let closed_w = inj.call("close", libc::SYS_close, &[w]);
+    let fd = filled?;
+    closed_r?;
+    closed_w?;
+    inj.unmap_scratch()?;
+    Ok(fd)
 }
 
-impl Pinner {
-    /// One pipe: created in the task, grown, filled with vmsplice, taken over.
-    fn flush(&mut self, inj: &mut Injector, pidfd: &OwnedFd) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
+/// vmsplices the batch into the task's pipe `w` and takes its read end `r`.
+fn fill(
+    inj: &mut Injector,
+    pidfd: &OwnedFd,
+    cap: u64,
+    batch: &[(u64, u64)],
+    bytes: u64,
+    r: u64,
+    w: u64,
+) -> Result<OwnedFd> {
+    let pid = inj.pid();
+    inj.call(
+        "fcntl(F_SETPIPE_SZ)",
+        libc::SYS_fcntl,
+        &[w, libc::F_SETPIPE_SZ as u64, cap],
+    )?;
+    let iovs: Vec<u8> = batch
+        .iter()
+        .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+        .collect();
+    let ptr = inj.put(IOV_OFF, &iovs)?;
+    let mut done = 0u64;
+    while done < bytes {
+        // vmsplice takes the array again from where it stopped.
+        let (mut skip, mut idx) = (done, 0usize);
+        while skip >= batch[idx].1 {
+            skip -= batch[idx].1;
+            idx += 1;
         }
-        let (r, w) = inj.pipe2(libc::O_CLOEXEC)?;
-        let filled = self.fill(inj, pidfd, r, w);
-        inj.call("close", libc::SYS_close, &[r])?;
-        inj.call("close", libc::SYS_close, &[w])?;
-        self.chunks
-            .push(Chunk::Pipe(filled?, self.batch_bytes as usize));
-        self.batch.clear();
-        self.batch_bytes = 0;
-        Ok(())
-    }
-
-    /// vmsplices the batch into the task's pipe `w` and takes its read end `r`.
-    fn fill(&self, inj: &mut Injector, pidfd: &OwnedFd, r: u64, w: u64) -> Result<OwnedFd> {
-        let pid = inj.pid();
-        let batch = &self.batch;
-        inj.call(
-            "fcntl(F_SETPIPE_SZ)",
-            libc::SYS_fcntl,
-            &[w, libc::F_SETPIPE_SZ as u64, self.cap],
+        let first = (batch[idx].0 + skip, batch[idx].1 - skip);
+        inj.put(
+            IOV_OFF + idx as u64 * 16,
+            &[first.0.to_le_bytes(), first.1.to_le_bytes()].concat(),
         )?;
-        let iovs: Vec<u8> = batch
-            .iter()
-            .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
-            .collect();
-        let ptr = inj.put(IOV_OFF, &iovs)?;
-        let mut done = 0u64;
-        while done < self.batch_bytes {
-            // vmsplice takes the array again from where it stopped.
-            let (mut skip, mut idx) = (done, 0usize);
-            while skip >= batch[idx].1 {
-                skip -= batch[idx].1;
-                idx += 1;
-            }
-            let first = (batch[idx].0 + skip, batch[idx].1 - skip);
-            inj.put(
-                IOV_OFF + idx as u64 * 16,
-                &[first.0.to_le_bytes(), first.1.to_le_bytes()].concat(),
-            )?;
-            let n = inj.call(
-                "vmsplice",
-                libc::SYS_vmsplice,
-                &[w, ptr + idx as u64 * 16, (batch.len() - idx) as u64, 0],
-            )?;
-            if n == 0 {
-                return Err(Error::task(pid, "vmsplice made no progress"));
-            }
-            done += n;
+        let n = inj.call(
+            "vmsplice",
+            libc::SYS_vmsplice,
+            &[w, ptr + idx as u64 * 16, (batch.len() - idx) as u64, 0],
+        )?;
+        if n == 0 {
+            return Err(Error::task(pid, "vmsplice made no progress"));
         }
-        pidfd_getfd(pidfd, pid, r as i32)
+        done += n;
     }
+    pidfd_getfd(pidfd, pid, r as i32)
 }
 
 /// Writes the chunks, in order, into the pages file; returns bytes written.

@@ -141,6 +141,20 @@ pub(crate) fn place_specials(
                 }
                 moves.push((h.start, h.end - h.start, w.start));
             }
+            // A task that had unmapped its vDSO: the stub's stays, out of
+            // the image's way, as the gadget, until the last injected call
+            // removes it (`unmap_kept_vdso`).
+            (Some(h), None) if name == "[vdso]" => {
+                let mut taken: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+                taken.extend(
+                    stub.iter()
+                        .filter(|v| v.path != "[vsyscall]")
+                        .map(|v| (v.start, v.end)),
+                );
+                let to = free_area(&taken, h.end - h.start)
+                    .ok_or_else(|| Error::task(pid, "no free area to keep the stub's vDSO in"))?;
+                moves.push((h.start, h.end - h.start, to));
+            }
             (Some(h), None) => inj
                 .call("munmap", libc::SYS_munmap, &[h.start, h.end - h.start])
                 .map(drop)?,
@@ -188,6 +202,41 @@ pub(crate) fn place_specials(
         do_move(inj, from, len, to)?;
     }
     Ok(gadget)
+}
+
+/// For an image without a vDSO: removes the stub's, which held the gadget.
+/// `calls_after`: injected calls follow (seccomp filters, which must come
+/// last): they run from a `syscall` instruction in the task's own text.
+pub(crate) fn unmap_kept_vdso(inj: &mut Injector, mm: &Mm, calls_after: bool) -> Result<()> {
+    if mm
+        .vmas
+        .iter()
+        .any(|v| special_name(kind(v)) == Some("[vdso]"))
+    {
+        return Ok(());
+    }
+    let pid = inj.pid();
+    let maps = crate::proc::maps::read_maps(pid)?;
+    if let Some(v) = maps.iter().find(|v| v.path == "[vdso]") {
+        let text = mm
+            .vmas
+            .iter()
+            .filter(|t| t.prot & libc::PROT_EXEC as u32 != 0)
+            .map(|t| (t.start, t.end));
+        let own_gadget = match calls_after {
+            true => Some(crate::inject::find_syscall_gadget_in(pid, text)?),
+            false => None,
+        };
+        inj.call(
+            "munmap([vdso])",
+            libc::SYS_munmap,
+            &[v.start, v.end - v.start],
+        )?;
+        if let Some(g) = own_gadget {
+            inj.set_gadget(g);
+        }
+    }
+    Ok(())
 }
 
 /// Maps every non-special VMA, writable for now so pages can be filled.

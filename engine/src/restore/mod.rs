@@ -253,7 +253,14 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     mem::clear_stub(&mut inj, &stub_vmas)?;
     let gadget = mem::place_specials(&mut inj, &stub_vmas, &img.mm, gadget)?;
     inj.set_gadget(gadget);
-    let taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let mut taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    // What the stub still has (a vDSO kept as the gadget) is taken too.
+    taken.extend(
+        proc::maps::read_maps(pid)?
+            .iter()
+            .filter(|v| v.path != "[vsyscall]")
+            .map(|v| (v.start, v.end)),
+    );
     let at = mem::free_area(&taken, SCRATCH_LEN)
         .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
     inj.map_scratch(Some(at), SCRATCH_LEN)?;
@@ -288,6 +295,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // leaves with its own registers.
     creds::restore(&mut inj, &img.core)?;
     inj.unmap_scratch()?;
+    let filters = img
+        .core
+        .creds
+        .as_ref()
+        .is_some_and(|c| !c.seccomp_filters.is_empty());
+    mem::unmap_kept_vdso(&mut inj, &img.mm, filters)?;
     creds::install_seccomp(&mut inj, &img.core, &img.mm)?;
 
     let regs_img = img

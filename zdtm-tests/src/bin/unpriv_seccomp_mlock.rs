@@ -142,10 +142,8 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
         .map_err(|e| format!("cap_last_cap: {e}"))?;
     for cap in 0..=last_cap {
         // SAFETY: prctl with integer arguments.
-        sys(
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) },
-            "PR_CAPBSET_DROP",
-        )?;
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        sys(rc, "PR_CAPBSET_DROP")?;
     }
     // SAFETY: plain credential syscalls on ourselves.
     unsafe {

@@ -1,0 +1,96 @@
+//! The engine's own death must not harm the task it holds.
+//!
+//! A tracee whose tracer dies is detached and runs on with whatever
+//! registers and signal mask it has at that moment. Parked between bursts
+//! (see `Frozen`), that is its own state; inside a burst of injected
+//! syscalls it is not. So `crust dump` and `crust pre-dump` do their work
+//! in a worker process, and the process the user started (the one a
+//! SIGKILL is aimed at) only waits for it. When that process dies, the
+//! kernel sends the worker SIGHUP (PR_SET_PDEATHSIG); SIGINT, SIGTERM and
+//! SIGHUP sent to the worker itself do the same. Each only raises a flag:
+//! the worker stops at its next safe point (before each burst,
+//! between phases, before killing the task), which leaves the task parked,
+//! and lets it go as on any other error.
+//!
+//! What remains: a SIGKILL aimed at the worker itself (or at the whole
+//! process group or cgroup, or the OOM killer) during a burst. The window
+//! is the longest burst; docs/architecture.md gives its measured size.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, Result};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Forks the worker. Returns None in the worker, which goes on with the
+/// command; in the original process, waits for the worker and returns its
+/// exit code. If the fork fails, the command runs unguarded (None).
+pub fn split() -> Option<ExitCode> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the engine is single-threaded at this point (only argument
+    // parsing ran), so the child may run any code after fork.
+    let child = unsafe { libc::fork() };
+    match child {
+        -1 => None,
+        0 => {
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: a zeroed sigaction with a handler that only
+                // stores to an atomic, which is async-signal-safe.
+                unsafe {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = on_stop_signal as *const () as usize;
+                    sa.sa_flags = libc::SA_RESTART;
+                    libc::sigaction(sig, &sa, std::ptr::null_mut());
+                }
+            }
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP as libc::c_ulong) };
+            // The parent may have died before PR_SET_PDEATHSIG took effect.
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != parent {
+                STOP.store(true, Ordering::SeqCst);
+            }
+            None
+        }
+        pid => {
+            // A signal meant for the user's process group also reaches the
+            // worker, which stops by itself: wait for it either way.
+            let mut status = 0;
+            loop {
+                // SAFETY: waitpid on our child with a valid status pointer.
+                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+                if r == pid {
+                    break;
+                }
+                if r == -1 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+                    return Some(ExitCode::FAILURE);
+                }
+            }
+            if libc::WIFEXITED(status) {
+                Some(ExitCode::from(libc::WEXITSTATUS(status) as u8))
+            } else {
+                eprintln!(
+                    "crust: the worker (pid {pid}) died by signal {}",
+                    libc::WTERMSIG(status)
+                );
+                Some(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// Fails if the engine was asked to stop: called at safe points only.
+pub(crate) fn check() -> Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        return Err(Error::Other(
+            "stopped: crust was killed or interrupted; the task was left running as it was".into(),
+        ));
+    }
+    Ok(())
+}
