@@ -159,11 +159,29 @@ impl Target {
 /// status, None if it was killed. Returns only once the worker is gone
 /// too (reaped by crust, or by us: we are the orphan's subreaper).
 fn crust_killed_after(args: &[String], delay: Duration) -> Option<i32> {
+    crust_killed_after_as(args, delay, Kill::Crust)
+}
+
+/// What a fault-injection kill is aimed at.
+#[derive(Clone, Copy, PartialEq)]
+enum Kill {
+    /// The crust process the user started.
+    Crust,
+    /// Its whole process group (as `timeout -s KILL` or `kill -9 -PGID`).
+    Group,
+}
+
+fn crust_killed_after_as(args: &[String], delay: Duration, aim: Kill) -> Option<i32> {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     // dump and pre-dump work in a worker; restore's first child is the
     // task it restores, not a worker.
     let has_worker = args[0] != "restore";
-    let mut child = Command::new(CRUST)
+    let mut cmd = Command::new(CRUST);
+    if aim == Kill::Group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -195,7 +213,16 @@ fn crust_killed_after(args: &[String], delay: Duration) -> Option<i32> {
     });
     // The kill moment is the point of the test, not a synchronisation.
     std::thread::sleep(delay);
-    let _ = child.kill();
+    match aim {
+        Kill::Crust => {
+            let _ = child.kill();
+        }
+        // SAFETY: kill(2) of the process group crust leads (it was
+        // spawned with process_group(0) and not reaped yet).
+        Kill::Group => unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        },
+    }
     let st = child.wait().expect("wait for crust");
     // The worker holds the pipe's write end until it exits.
     let mut err = String::new();
@@ -260,6 +287,10 @@ fn dump_restore_check(t: &mut Target, tmp: &Path, context: &str) {
 /// Kills `crust <op>` at random moments, `trials` times, on one target
 /// (a new one when a dump completed and took the old one away).
 fn kill_trials(name: &str, op: &[&str], trials: u32) {
+    kill_trials_as(name, op, trials, Kill::Crust)
+}
+
+fn kill_trials_as(name: &str, op: &[&str], trials: u32, aim: Kill) {
     init();
     let tmp = tempdir();
     let bin = compile_c(tmp.path(), "selfcheck.c", &[]);
@@ -292,7 +323,7 @@ fn kill_trials(name: &str, op: &[&str], trials: u32) {
         let _ = std::fs::remove_dir_all(&img);
         let delay = rng.below(max);
         let context = format!("{name} trial {trial} (kill after {delay:?})");
-        let code = crust_killed_after(&cmd(t.p.pid), delay);
+        let code = crust_killed_after_as(&cmd(t.p.pid), delay, aim);
         match code {
             None => killed += 1,
             Some(0) => finished += 1,
@@ -325,6 +356,19 @@ fn kill_dump() {
 #[test]
 fn kill_dump_leave_running() {
     kill_trials("kill_dump_leave_running", &["dump", "--leave-running"], 60);
+}
+
+/// SIGKILL to crust's whole process group: the worker leads a group of
+/// its own, so only the waiting process dies and the worker stops at a
+/// safe point.
+#[test]
+fn kill_dump_process_group() {
+    kill_trials_as(
+        "kill_dump_process_group",
+        &["dump", "--leave-running"],
+        40,
+        Kill::Group,
+    );
 }
 
 #[test]
@@ -613,7 +657,8 @@ fn enospc_leaves_the_source_unharmed() {
 }
 
 /// The target dies under the engine (SIGKILL at random moments of a
-/// dump): crust reports it, without hanging or panicking.
+/// dump): crust reports it, without hanging or panicking, with the exit
+/// code that says the process is gone (3, docs/cli.md).
 #[test]
 fn target_killed_mid_dump() {
     init();
@@ -638,8 +683,13 @@ fn target_killed_mid_dump() {
         } else {
             assert_eq!(
                 out.status.code(),
-                Some(1),
+                Some(3),
                 "trial {trial} (kill after {delay:?}): {}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains("the process is gone"),
+                "trial {trial}: crust should say the process is gone: {}",
                 out.stderr
             );
             assert!(

@@ -12,9 +12,11 @@
 //! between phases, before killing the task), which leaves the task parked,
 //! and lets it go as on any other error.
 //!
-//! What remains: a SIGKILL aimed at the worker itself (or at the whole
-//! process group or cgroup, or the OOM killer) during a burst. The window
-//! is the longest burst; docs/architecture.md gives its measured size.
+//! The worker leads its own process group, so a SIGKILL sent to the
+//! user's group reaches only the process that waits. What remains: a
+//! SIGKILL aimed at the worker itself (its pid, its cgroup, or the OOM
+//! killer) during a burst. The window is the longest burst;
+//! docs/architecture.md gives its measured size.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,16 @@ pub fn split() -> Option<ExitCode> {
             }
             // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP as libc::c_ulong) };
+            // Its own process group: a signal sent to the user's group
+            // (`timeout -s KILL`, `kill -9 -PGID`) kills crust, not the
+            // worker, which then stops at a safe point. It may write to a
+            // terminal it is now in the background of: SIGTTOU ignored
+            // lets those writes through even with `stty tostop`.
+            // SAFETY: setpgid and signal with integer arguments only.
+            unsafe {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::setpgid(0, 0);
+            }
             // The parent may have died before PR_SET_PDEATHSIG took effect.
             // SAFETY: getppid has no preconditions.
             if unsafe { libc::getppid() } != parent {
@@ -59,8 +71,8 @@ pub fn split() -> Option<ExitCode> {
             None
         }
         pid => {
-            // A signal meant for the user's process group also reaches the
-            // worker, which stops by itself: wait for it either way.
+            // SIGINT/SIGTERM/SIGHUP here end this process (the worker then
+            // stops at a safe point, by PR_SET_PDEATHSIG); wait for it.
             let mut status = 0;
             loop {
                 // SAFETY: waitpid on our child with a valid status pointer.
