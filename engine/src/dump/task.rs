@@ -34,9 +34,10 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 
 /// State only the task itself can tell: read with injected syscalls.
 pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
+    let locked_before = locked_kb(inj.pid())?;
     let scratch = inj.map_scratch(None, 4096)?;
     let buf = scratch.addr;
-    let lock_future = probe_lock_future(inj.pid(), buf)?;
+    let lock_future = probe_lock_future(inj.pid(), buf, locked_before)?;
     let mut core = Core::default();
     for sig in 1..=64 {
         if is_fixed_signal(sig) {
@@ -92,24 +93,34 @@ pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
     })
 }
 
+/// VmLck of /proc/PID/status (mm->locked_vm), in kB.
+fn locked_kb(pid: i32) -> Result<u64> {
+    let text = read_proc(pid, "status")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| Error::task(pid, "no VmLck in /proc/PID/status"))
+}
+
 /// mlockall(MCL_FUTURE) lives in the mm's default VMA flags, which /proc
 /// does not show; but every new mapping gets them. The scratch page just
-/// mapped by an injected mmap is such a mapping: its smaps VmFlags show
-/// `lo` (and `lf` for MCL_ONFAULT) exactly when MCL_FUTURE is in force.
-fn probe_lock_future(pid: i32, scratch: u64) -> Result<u32> {
-    let vmas = proc::maps::read_smaps(pid)?;
-    let v = vmas
-        .iter()
-        .find(|v| v.start <= scratch && scratch < v.end)
-        .ok_or_else(|| Error::task(pid, format!("scratch page {scratch:#x} not in smaps")))?;
-    let mut flags = 0;
-    if v.vm_flags.locked() {
-        flags |= libc::MCL_FUTURE as u32;
-        if v.vm_flags.lock_on_fault() {
-            flags |= libc::MCL_ONFAULT as u32;
-        }
+/// mapped by an injected mmap is such a mapping: it is counted in VmLck
+/// exactly when MCL_FUTURE is in force, and mmap populated it unless
+/// MCL_ONFAULT is in force too. (Reading its VmFlags in smaps would say the
+/// same, but smaps walks every page table of the task: ~14 ms per GiB of
+/// memory, inside a burst of injected calls.) Must run before anything
+/// touches the scratch page.
+fn probe_lock_future(pid: i32, scratch: u64, locked_before_kb: u64) -> Result<u32> {
+    if locked_kb(pid)? <= locked_before_kb {
+        return Ok(0);
     }
-    Ok(flags)
+    let populated = proc::pagemap::PagemapReader::open(pid)?
+        .entry(scratch)?
+        .present();
+    Ok(match populated {
+        true => libc::MCL_FUTURE as u32,
+        false => (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32,
+    })
 }
 
 const PR_GET_CHILD_SUBREAPER: u64 = 37;

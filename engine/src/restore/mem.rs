@@ -567,7 +567,19 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
                 &[v.start, len, MLOCK_ONFAULT],
             )?;
         } else if v.madvise & madv::LOCKED != 0 {
-            inj.call("mlock", libc::SYS_mlock, &[v.start, len])?;
+            // mlock sets VM_LOCKED, then populates the range. A PROT_NONE
+            // VMA cannot be populated: mlock says ENOMEM with the flag set
+            // (mmap under mlockall(MCL_FUTURE) leaves such a VMA locked and
+            // empty the same way). verify_vm_flags checks the flag.
+            let r = inj.raw(libc::SYS_mlock, &[v.start, len])?;
+            if r < 0 && !(r == -(libc::ENOMEM as i64) && v.prot == 0) {
+                return Err(Error::Injected {
+                    name: "mlock",
+                    args: format!("{:#x}, {len:#x}", v.start),
+                    pid: inj.pid(),
+                    errno: nix::errno::Errno::from_raw(-r as i32),
+                });
+            }
         }
     }
     Ok(())
