@@ -621,10 +621,9 @@ fn dump_inner(
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
     let fd_plan = refuse::task_state(pid, our_tracker, &opts.external)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
-    let vmas = proc::maps::read_smaps(pid)?;
-    mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
-
-    let gadget = syscall_gadget(pid, &vmas)?;
+    // refuse::task_state checked the VMAs (smaps); finding the gadget
+    // needs only maps, which does not walk the page tables.
+    let gadget = syscall_gadget(pid, &proc::maps::read_maps(pid)?)?;
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
     images.clear_stale()?;
