@@ -55,6 +55,25 @@ fn reachable(path: &str, dev: u64, ino: u64) -> std::result::Result<Metadata, St
 /// reports them (through /proc/PID/map_files, so that they compare with
 /// stat(path) even where /proc/PID/maps prints another device number, as
 /// on btrfs subvolumes); the numbers from maps if that link cannot be read.
+/// The file mapped at `start..end` (see `mapped_id`), checked to be what
+/// its path names; the error names the mapping.
+fn reachable_mapping(
+    pid: pid_t,
+    path: &str,
+    start: u64,
+    end: u64,
+    maps_dev: u64,
+    maps_ino: u64,
+) -> Result<Metadata> {
+    let (dev, ino) = mapped_id(pid, start, end, maps_dev, maps_ino);
+    reachable(path, dev, ino).map_err(|why| {
+        Error::unsupported(
+            pid,
+            format!("mapped file {path} at {start:#x} is not reachable by its path: {why}"),
+        )
+    })
+}
+
 fn mapped_id(pid: pid_t, start: u64, end: u64, maps_dev: u64, maps_ino: u64) -> (u64, u64) {
     match std::fs::metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}")) {
         Ok(md) if md.ino() == maps_ino => (md.dev(), md.ino()),
@@ -90,16 +109,7 @@ pub fn check_reachable(pid: pid_t) -> Result<()> {
         if seen.get(&v.path) == Some(&(maps_dev, v.inode)) {
             continue;
         }
-        let (dev, ino) = mapped_id(pid, v.start, v.end, maps_dev, v.inode);
-        reachable(&v.path, dev, ino).map_err(|why| {
-            Error::unsupported(
-                pid,
-                format!(
-                    "mapped file {} at {:#x} is not reachable by its path: {why}",
-                    v.path, v.start
-                ),
-            )
-        })?;
+        reachable_mapping(pid, &v.path, v.start, v.end, maps_dev, v.inode)?;
         seen.insert(v.path.clone(), (maps_dev, v.inode));
     }
     Ok(())
@@ -124,16 +134,7 @@ pub fn record_mm(pid: pid_t, mm: &mut Mm) -> Result<()> {
         if !file {
             continue;
         }
-        let (dev, ino) = mapped_id(pid, v.start, v.end, v.dev, v.inode);
-        let md = reachable(&v.path, dev, ino).map_err(|why| {
-            Error::unsupported(
-                pid,
-                format!(
-                    "mapped file {} at {:#x} is not reachable by its path: {why}",
-                    v.path, v.start
-                ),
-            )
-        })?;
+        let md = reachable_mapping(pid, &v.path, v.start, v.end, v.dev, v.inode)?;
         v.file_id = Some(file_id(&md));
     }
     Ok(())
