@@ -362,8 +362,8 @@ fn main() -> ExitCode {
                 inherit_fds: inherit_fd,
             };
             // The pidfile is written before the process exists (its pid is
-            // the image's), so that nothing can fail once it runs: a
-            // restore either fails with no process, or succeeds whole.
+            // the image's) and renamed into place once it runs: a restore
+            // either fails with no process and no pidfile, or succeeds whole.
             let pidfile = match pidfile.map(|p| Pidfile::write(p, &dir)).transpose() {
                 Ok(p) => p,
                 Err(msg) => {
@@ -398,6 +398,20 @@ fn main() -> ExitCode {
                 common.verbose > 0,
                 &format!("crust: restore phases: {}", restored.phases.render()),
             );
+            if let Some(Err(msg)) = pidfile.map(Pidfile::commit) {
+                // Nothing half done: the restored process (our child) goes,
+                // and the images are as they were.
+                // SAFETY: kill and reap our own child, not yet reaped.
+                unsafe {
+                    libc::kill(restored.pid, libc::SIGKILL);
+                    libc::waitpid(restored.pid, std::ptr::null_mut(), 0);
+                }
+                log.line(&format!(
+                    "crust: restore from {} failed: {msg}; the restored process was killed",
+                    dir.display()
+                ));
+                return ExitCode::from(exit::FAILED);
+            }
             if detach {
                 return ExitCode::SUCCESS;
             }
@@ -482,8 +496,14 @@ fn parse_pid_wait(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// The restore's pidfile, written before the process exists.
-struct Pidfile(PathBuf);
+/// The restore's pidfile: written under a temporary name before the
+/// process exists (so an unwritable pidfile fails the restore while nothing
+/// runs), renamed into place once it runs (so nobody reads a pid that does
+/// not exist yet).
+struct Pidfile {
+    path: PathBuf,
+    tmp: PathBuf,
+}
 
 impl Pidfile {
     fn write(path: PathBuf, dir: &Path) -> Result<Pidfile, String> {
@@ -491,14 +511,29 @@ impl Pidfile {
         let inv: Inventory = crust::image::ImageDir::open(dir)
             .and_then(|i| i.read(crust::image::Kind::Inventory, None))
             .map_err(|e| e.to_string())?;
-        std::fs::write(&path, format!("{}\n", inv.root_pid))
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("pidfile {} names no file", path.display()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".crust-{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        std::fs::write(&tmp, format!("{}\n", inv.root_pid))
             .map_err(|e| format!("cannot write pidfile {}: {e}", path.display()))?;
-        Ok(Pidfile(path))
+        Ok(Pidfile { path, tmp })
+    }
+
+    /// Puts the pidfile in place once the process runs.
+    fn commit(self) -> Result<(), String> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| {
+            let _ = std::fs::remove_file(&self.tmp);
+            format!("cannot write pidfile {}: {e}", self.path.display())
+        })
     }
 
     /// Undoes `write` when the restore failed.
     fn remove(self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

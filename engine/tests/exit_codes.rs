@@ -94,6 +94,13 @@ fn failed_restore_leaves_no_pidfile() {
     ]);
     out.assert_code(1);
     assert!(!pidfile.exists(), "a failed restore left its pidfile");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("list the temp dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restored.pid"))
+        .collect();
+    assert!(leftovers.is_empty(), "a failed restore left {leftovers:?}");
     assert_pid_free(pid, "after a failed restore");
 }
 
