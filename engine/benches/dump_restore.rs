@@ -561,8 +561,8 @@ fn report(r: &Report) {
     );
     println!(
         "checksums: computing them is {:.1}% of the dump's time, verifying them {:.1}% of the \
-         restore's (best runs; both include them, the dump in its \"checksums\" phase, \
-         restore in \"read images\")",
+         restore's (best runs; the dump computes them on its page writer thread as it writes, \
+         overlapping the copy; restore verifies them in \"read images\")",
         best(&s.checksum) / best(&s.dump) * 100.0,
         best(&s.checksum) / best(&s.restore) * 100.0
     );

@@ -13,7 +13,7 @@ use std::thread;
 use libc::pid_t;
 
 use crate::error::{Error, Result};
-use crate::image::chain::LayerMap;
+use crate::image::chain::{run_hasher, LayerMap};
 use crate::image::messages::{
     madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT,
 };
@@ -360,28 +360,108 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// A stretch of a filled buffer that belongs to one pagemap entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    /// Index of the entry in the pagemap being built.
+    entry: usize,
+    /// The entry's first address: the seed of its checksum.
+    vaddr: u64,
+    len: usize,
+}
+
+/// The checksum of each stored pagemap entry, computed as its data goes
+/// by: an entry's bytes may arrive over several buffers, always in order
+/// and without another stored entry's bytes in between.
+#[derive(Default)]
+struct StreamedChecksums {
+    current: Option<(usize, u64, xxhash_rust::xxh3::Xxh3)>,
+    /// In entry order.
+    done: Vec<RunSum>,
+}
+
+/// The checksum of one stored pagemap entry, and what it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunSum {
+    /// Index of the entry in the pagemap.
+    entry: usize,
+    /// Bytes hashed.
+    bytes: u64,
+    sum: u64,
+}
+
+impl StreamedChecksums {
+    fn feed(&mut self, seg: Segment, data: &[u8]) {
+        match &mut self.current {
+            Some((entry, bytes, h)) if *entry == seg.entry => {
+                h.update(data);
+                *bytes += data.len() as u64;
+            }
+            _ => {
+                self.close();
+                let mut h = run_hasher(seg.vaddr);
+                h.update(data);
+                self.current = Some((seg.entry, data.len() as u64, h));
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((entry, bytes, h)) = self.current.take() {
+            self.done.push(RunSum {
+                entry,
+                bytes,
+                sum: h.digest(),
+            });
+        }
+    }
+
+    fn finish(mut self) -> Vec<RunSum> {
+        self.close();
+        self.done
+    }
+}
+
+/// A filled buffer: its length and which entries its bytes belong to.
+type Filled = (AlignedBuf, usize, Vec<Segment>);
+/// What the writer thread hands back: the file, and the checksums.
+type WriterDone = (PagesWriter, StreamedChecksums);
+
 /// Writes filled buffers to the pages file on its own thread, so that
 /// reading the task (process_vm_readv) and writing the image overlap.
+/// The same thread checksums every stored run as it writes it.
 struct PageSink {
-    filled: Option<mpsc::SyncSender<(AlignedBuf, usize)>>,
+    filled: Option<mpsc::SyncSender<Filled>>,
     free: mpsc::Receiver<AlignedBuf>,
-    writer: Option<thread::JoinHandle<Result<PagesWriter>>>,
+    writer: Option<thread::JoinHandle<Result<WriterDone>>>,
 }
 
 impl PageSink {
     fn start(mut out: PagesWriter) -> PageSink {
-        let (filled_tx, filled_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(BUFFERS);
+        let (filled_tx, filled_rx) = mpsc::sync_channel::<Filled>(BUFFERS);
         let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(BUFFERS);
         for _ in 0..BUFFERS - 1 {
             let _ = free_tx.send(AlignedBuf::new(BUF_BYTES));
         }
         let writer = thread::spawn(move || {
-            for (buf, len) in filled_rx {
+            let mut sums = StreamedChecksums::default();
+            for (buf, len, segments) in filled_rx {
+                let mut at = 0;
+                for seg in segments {
+                    let end = (at + seg.len).min(len);
+                    sums.feed(seg, &buf[at..end]);
+                    at = end;
+                }
+                if at != len {
+                    return Err(Error::Other(format!(
+                        "page writer: {at} of {len} buffered bytes belong to a pagemap entry"
+                    )));
+                }
                 out.write(&buf[..len])?;
                 // The reader may be gone after an error; then nobody needs it.
                 let _ = free_tx.send(buf);
             }
-            Ok(out)
+            Ok((out, sums))
         });
         PageSink {
             filled: Some(filled_tx),
@@ -390,13 +470,18 @@ impl PageSink {
         }
     }
 
-    /// Hands the filled buffer to the writer, putting an empty one in its place.
-    fn swap(&mut self, buf: &mut AlignedBuf, len: usize) -> Result<()> {
+    /// Hands the filled buffer to the writer, putting an empty one in its
+    /// place. `segments` cover its `len` bytes, in order.
+    fn swap(&mut self, buf: &mut AlignedBuf, len: usize, segments: Vec<Segment>) -> Result<()> {
         let Ok(empty) = self.free.recv() else {
             return Err(self.join_error());
         };
         let full = std::mem::replace(buf, empty);
-        match self.filled.as_ref().map(|tx| tx.send((full, len))) {
+        match self
+            .filled
+            .as_ref()
+            .map(|tx| tx.send((full, len, segments)))
+        {
             Some(Ok(())) => Ok(()),
             _ => Err(self.join_error()),
         }
@@ -410,10 +495,11 @@ impl PageSink {
         }
     }
 
-    fn finish(mut self) -> Result<u64> {
+    /// Bytes written, and the checksums of the entries they belong to.
+    fn finish(mut self) -> Result<(u64, Vec<RunSum>)> {
         self.filled = None;
         match self.writer.take().map(|h| h.join()) {
-            Some(Ok(Ok(out))) => Ok(out.finish()?),
+            Some(Ok(Ok((out, sums)))) => Ok((out.finish()?, sums.finish())),
             Some(Ok(Err(e))) => Err(e),
             _ => Err(Error::Other("the page writer thread panicked".into())),
         }
@@ -901,6 +987,7 @@ impl PageCopier<'_> {
         self.flush_remote()?;
         let mut read_at = 0usize;
         let mut write_at = 0usize;
+        let mut segments = Vec::new();
         for p in std::mem::take(&mut self.pending) {
             if p.first_of_vma {
                 self.floor = self.entries.len();
@@ -919,6 +1006,7 @@ impl PageCopier<'_> {
                 // Nothing to leave out or compare: the whole piece is stored
                 // (and nothing was compacted before it either).
                 push_run(&mut self.entries, self.floor, p.vaddr, p.len / PAGE, 0);
+                stored_segment(&mut segments, &self.entries, p.len as usize);
                 read_at += p.len as usize;
                 write_at += p.len as usize;
                 self.stored_pages += p.len / PAGE;
@@ -944,6 +1032,7 @@ impl PageCopier<'_> {
                             .copy_within(read_at..read_at + PAGE as usize, write_at);
                     }
                     push_run(&mut self.entries, self.floor, page, 1, 0);
+                    stored_segment(&mut segments, &self.entries, PAGE as usize);
                     write_at += PAGE as usize;
                     self.stored_pages += 1;
                 }
@@ -951,7 +1040,7 @@ impl PageCopier<'_> {
             }
         }
         if write_at > 0 {
-            self.sink.swap(&mut self.buf, write_at)?;
+            self.sink.swap(&mut self.buf, write_at, segments)?;
         }
         self.used = 0;
         Ok(())
@@ -1002,7 +1091,7 @@ pub(crate) fn copy(
         copier.add(r)?;
     }
     copier.flush()?;
-    let written = copier.sink.finish()?;
+    let (written, sums) = copier.sink.finish()?;
     if written != copier.stored_pages * PAGE {
         return Err(Error::task(
             pid,
@@ -1012,6 +1101,7 @@ pub(crate) fn copy(
             ),
         ));
     }
+    set_checksums(pid, &mut copier.entries, &sums)?;
     Ok(Copied {
         pagemap: Pagemap {
             pages_file: pages_name,
@@ -1021,6 +1111,54 @@ pub(crate) fn copy(
         content_in_parent: copier.content_in_parent,
         digests: copier.digests,
     })
+}
+
+/// Records the `len` bytes just placed in the buffer as data of the last
+/// pagemap entry (a stored one, just pushed or extended).
+fn stored_segment(segments: &mut Vec<Segment>, entries: &[PagemapEntry], len: usize) {
+    let Some(entry) = entries.len().checked_sub(1) else {
+        return;
+    };
+    match segments.last_mut() {
+        Some(s) if s.entry == entry => s.len += len,
+        _ => segments.push(Segment {
+            entry,
+            vaddr: entries[entry].vaddr,
+            len,
+        }),
+    }
+}
+
+/// Puts the streamed checksums into the pagemap, checking that every
+/// stored entry got one, over exactly its bytes.
+fn set_checksums(pid: pid_t, entries: &mut [PagemapEntry], sums: &[RunSum]) -> Result<()> {
+    let mut sums = sums.iter().peekable();
+    for (i, e) in entries.iter_mut().enumerate() {
+        if e.flags & PE_IN_PARENT != 0 {
+            continue;
+        }
+        match sums.next() {
+            Some(s) if s.entry == i && s.bytes == e.nr_pages * PAGE => {
+                e.checksum = Some(s.sum);
+            }
+            other => {
+                return Err(Error::task(
+                    pid,
+                    format!(
+                        "page run at {:#x} ({} pages): checksummed {other:?} as it was written",
+                        e.vaddr, e.nr_pages
+                    ),
+                ))
+            }
+        }
+    }
+    if let Some(extra) = sums.peek() {
+        return Err(Error::task(
+            pid,
+            format!("checksum {extra:?} written for no stored page run"),
+        ));
+    }
+    Ok(())
 }
 
 /// The pagemap of `runs` when every data run is stored whole (splice mode).
@@ -1152,6 +1290,194 @@ mod tests {
         // In-parent runs do not merge with stored ones.
         push_run(&mut e, 0, 0x7000, 1, PE_IN_PARENT);
         assert_eq!(e.len(), 4);
+    }
+
+    /// A small deterministic generator (xorshift64*), for test data and splits.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn fill(&mut self, buf: &mut [u8]) {
+            for c in buf.chunks_mut(8) {
+                let w = self.next().to_le_bytes();
+                c.copy_from_slice(&w[..c.len()]);
+            }
+        }
+    }
+
+    /// Runs of 1..=max_pages pages with random data, at random addresses.
+    fn random_runs(rng: &mut Rng, count: usize, max_pages: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut addr = 0x7f00_0000_0000u64;
+        (0..count)
+            .map(|_| {
+                addr += (1 + rng.below(4)) * PAGE;
+                let pages = 1 + rng.below(max_pages);
+                let mut data = vec![0u8; (pages * PAGE) as usize];
+                rng.fill(&mut data);
+                let run = (addr, data);
+                addr += pages * PAGE;
+                run
+            })
+            .collect()
+    }
+
+    /// Cuts the concatenated runs into batches at random page boundaries
+    /// (a run may span several batches, a batch several runs), as the
+    /// copier's buffers do; returns each batch's segments.
+    fn batches(rng: &mut Rng, runs: &[(u64, Vec<u8>)], max_batch_pages: u64) -> Vec<Vec<Segment>> {
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        let mut room = 1 + rng.below(max_batch_pages);
+        for (entry, (vaddr, data)) in runs.iter().enumerate() {
+            let mut left = data.len() as u64 / PAGE;
+            while left > 0 {
+                let n = left.min(room);
+                batch.push(Segment {
+                    entry,
+                    vaddr: *vaddr,
+                    len: (n * PAGE) as usize,
+                });
+                left -= n;
+                room -= n;
+                if room == 0 {
+                    out.push(std::mem::take(&mut batch));
+                    room = 1 + rng.below(max_batch_pages);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            out.push(batch);
+        }
+        out
+    }
+
+    #[test]
+    fn streamed_checksum_equals_run_checksum_at_any_split() {
+        use crate::image::chain::run_checksum;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..200 {
+            let count = 1 + rng.below(6) as usize;
+            let runs = random_runs(&mut rng, count, 40);
+            let max_batch = 1 + rng.below(50);
+            let cuts = batches(&mut rng, &runs, max_batch);
+            let mut sums = StreamedChecksums::default();
+            let mut at: Vec<usize> = vec![0; runs.len()];
+            for seg in cuts.into_iter().flatten() {
+                let data = &runs[seg.entry].1[at[seg.entry]..at[seg.entry] + seg.len];
+                at[seg.entry] += seg.len;
+                sums.feed(seg, data);
+            }
+            let got = sums.finish();
+            assert_eq!(got.len(), runs.len(), "round {round}");
+            for (i, ((vaddr, data), s)) in runs.iter().zip(&got).enumerate() {
+                assert_eq!((s.entry, s.bytes), (i, data.len() as u64), "round {round}");
+                assert_eq!(
+                    s.sum,
+                    run_checksum(*vaddr, data),
+                    "round {round}: run {i} at {vaddr:#x}, {} pages",
+                    data.len() as u64 / PAGE
+                );
+            }
+        }
+        // Every split of one 5-page run, page by page.
+        let runs = random_runs(&mut rng, 1, 1);
+        let (vaddr, _) = runs[0];
+        let mut data = vec![0u8; 5 * PAGE as usize];
+        rng.fill(&mut data);
+        let want = run_checksum(vaddr, &data);
+        for mask in 0u32..16 {
+            let mut sums = StreamedChecksums::default();
+            let mut start = 0;
+            for page in 1..=5 {
+                if page == 5 || mask & (1 << (page - 1)) != 0 {
+                    let len = (page * PAGE) as usize - start;
+                    let seg = Segment {
+                        entry: 0,
+                        vaddr,
+                        len,
+                    };
+                    sums.feed(seg, &data[start..start + len]);
+                    start += len;
+                }
+            }
+            let whole = RunSum {
+                entry: 0,
+                bytes: 5 * PAGE,
+                sum: want,
+            };
+            assert_eq!(sums.finish(), [whole], "cuts {mask:#06b}");
+        }
+    }
+
+    #[test]
+    fn page_sink_checksums_what_it_writes() {
+        use crate::image::chain::run_checksum;
+        use crate::image::PagesReader;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pages-1.img");
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        // Runs of up to 3000 pages (12 MiB) against 8 MiB buffers.
+        let runs = random_runs(&mut rng, 8, 3000);
+        let cuts = batches(&mut rng, &runs, BUF_BYTES as u64 / PAGE);
+        let mut sink = PageSink::start(PagesWriter::create(&path).expect("create pages file"));
+        let mut buf = AlignedBuf::new(BUF_BYTES);
+        let mut at: Vec<usize> = vec![0; runs.len()];
+        for segments in cuts {
+            let mut used = 0;
+            for seg in &segments {
+                let src = &runs[seg.entry].1[at[seg.entry]..at[seg.entry] + seg.len];
+                buf[used..used + seg.len].copy_from_slice(src);
+                at[seg.entry] += seg.len;
+                used += seg.len;
+            }
+            sink.swap(&mut buf, used, segments).expect("hand over");
+        }
+        let (written, sums) = sink.finish().expect("finish");
+        let total: usize = runs.iter().map(|r| r.1.len()).sum();
+        assert_eq!(written, total as u64);
+        let reader = PagesReader::open(&path).expect("open pages file");
+        let mut off = 0;
+        assert_eq!(sums.len(), runs.len());
+        for (i, ((vaddr, data), s)) in runs.iter().zip(&sums).enumerate() {
+            assert_eq!((s.entry, s.bytes), (i, data.len() as u64));
+            let stored = reader.bytes(off, s.bytes).expect("run in the file");
+            assert_eq!(stored, &data[..], "run {i} stored as given");
+            assert_eq!(s.sum, run_checksum(*vaddr, stored), "run {i} at {vaddr:#x}");
+            off += s.bytes;
+        }
+    }
+
+    #[test]
+    fn checksums_go_to_the_stored_entries() {
+        let entry = |vaddr, nr_pages, flags| PagemapEntry {
+            vaddr,
+            nr_pages,
+            flags,
+            checksum: None,
+        };
+        let mut e = vec![
+            entry(0x1000, 2, 0),
+            entry(0x3000, 1, PE_IN_PARENT),
+            entry(0x4000, 3, 0),
+        ];
+        let sum = |entry, bytes, sum| RunSum { entry, bytes, sum };
+        set_checksums(1, &mut e, &[sum(0, 2 * PAGE, 11), sum(2, 3 * PAGE, 33)]).expect("set");
+        assert_eq!(
+            e.iter().map(|e| e.checksum).collect::<Vec<_>>(),
+            [Some(11), None, Some(33)]
+        );
+        // A run hashed over the wrong length, or missing, is an error.
+        assert!(set_checksums(1, &mut e, &[sum(0, PAGE, 11), sum(2, 3 * PAGE, 33)]).is_err());
+        assert!(set_checksums(1, &mut e, &[sum(0, 2 * PAGE, 11)]).is_err());
+        let extra = [sum(0, 2 * PAGE, 1), sum(2, 3 * PAGE, 3), sum(3, PAGE, 1)];
+        assert!(set_checksums(1, &mut e, &extra).is_err());
     }
 
     #[test]

@@ -539,7 +539,10 @@ fn pre_dump_inner(
         }
     };
     let (mut pagemap, written) = (copied.pagemap, copied.pages_written);
-    chain::add_checksums(&images.path, pid, &mut pagemap)?;
+    if splice {
+        // Spliced data never passed through mem::copy, which checksums as it writes.
+        chain::add_checksums(&images.path, pid, &mut pagemap)?;
+    }
     let in_parent = plan.stats.in_parent + copied.content_in_parent;
     if let Some(d) = &copied.digests {
         images.write(Kind::Digests, Some(pid), d)?;
@@ -678,10 +681,8 @@ fn dump_inner(
         false,
         content.as_ref().map(|d| d.as_ref()),
     )?;
-    let (mut pagemap, written) = (copied.pagemap, copied.pages_written);
+    let (pagemap, written) = (copied.pagemap, copied.pages_written);
     phases.mark("memory");
-    chain::add_checksums(&images.path, pid, &mut pagemap)?;
-    phases.mark("checksums");
     guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;

@@ -237,6 +237,12 @@ pub fn run_checksum(vaddr: u64, data: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(data, vaddr)
 }
 
+/// `run_checksum` computed piece by piece, for data that arrives in
+/// batches: feeding a run's bytes in any split gives the same value.
+pub fn run_hasher(vaddr: u64) -> xxhash_rust::xxh3::Xxh3 {
+    xxhash_rust::xxh3::Xxh3::with_seed(vaddr)
+}
+
 /// Fills in the checksum of every stored run of `pagemap`, reading the
 /// data back from its pages file in `dir` (written and complete).
 pub fn add_checksums(dir: &Path, pid: i32, pagemap: &mut Pagemap) -> Result<()> {
