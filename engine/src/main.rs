@@ -445,12 +445,15 @@ fn main() -> ExitCode {
 }
 
 /// After a failed dump or pre-dump: did the source not survive it? Either
-/// the error says so, or the process is no more (or only a zombie), however
-/// the error was phrased.
+/// the error says so, or the process is no more (a zombie, or exiting),
+/// however the error was phrased.
 fn source_gone(pid: i32, e: &crust::Error) -> bool {
+    // PF_EXITING: killed and on its way out, though not a zombie yet (a
+    // traced task can wait in its exit for a while).
+    const PF_EXITING: u32 = 0x4;
     e.process_gone()
         || match crust::proc::stat::read_stat(pid) {
-            Ok(st) => matches!(st.state, 'Z' | 'X'),
+            Ok(st) => matches!(st.state, 'Z' | 'X') || st.flags & PF_EXITING != 0,
             Err(_) => true,
         }
 }
