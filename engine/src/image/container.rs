@@ -36,19 +36,7 @@ pub enum Kind {
 
 impl Kind {
     pub fn from_magic(m: u32) -> Option<Kind> {
-        [
-            Kind::Inventory,
-            Kind::PsTree,
-            Kind::Core,
-            Kind::Mm,
-            Kind::Fds,
-            Kind::Pagemap,
-            Kind::Pages,
-            Kind::Stats,
-            Kind::Digests,
-        ]
-        .into_iter()
-        .find(|k| *k as u32 == m)
+        ALL_KINDS.into_iter().find(|&k| k as u32 == m)
     }
 
     pub fn name(self) -> &'static str {
