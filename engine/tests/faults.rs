@@ -236,6 +236,10 @@ fn crust_killed_after_as(args: &[String], delay: Duration, aim: Kill) -> Option<
         unsafe { libc::waitpid(w, &mut ws, libc::__WALL) };
     }
     assert!(!err.contains("panicked"), "crust {args:?} panicked: {err}");
+    if st.code().is_some_and(|c| c != 0) {
+        // A failure before the kill fails the caller's test: say why.
+        eprintln!("crust {args:?} exited with {st} by itself: {err}");
+    }
     st.code()
 }
 
