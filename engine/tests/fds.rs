@@ -31,26 +31,6 @@ fn pipe_ino(fd: &OwnedFd) -> u64 {
         .unwrap_or_else(|| panic!("not a pipe: {s}"))
 }
 
-/// Starts `cmd` in its own session with the given stdin and stdout,
-/// stderr on /dev/null, and no other descriptor.
-fn spawn_with(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> Proc {
-    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::null());
-    // SAFETY: the closure only calls setsid and close_range, which are
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            close_inherited_fds();
-            Ok(())
-        });
-    }
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    Proc::adopt(child.id() as i32)
-}
-
 /// Runs crust with `fd` of this process given to it as descriptor `at`.
 fn crust_with_fd(args: &[&str], fd: &OwnedFd, at: i32) -> Output {
     let stdout = tempfile::tempfile().expect("temp file");
@@ -133,9 +113,9 @@ fn pipeline(dir: &Path, keep_read_end: bool) -> Pipeline {
     let ino = pipe_ino(&b_r);
     let out = dir.join("out.gz");
     let gz = File::create(&out).expect("create out.gz");
-    let cat = spawn_with(&mut Command::new("cat"), a_r.into(), b_w.into());
+    let cat = spawn_daemon_with(&mut Command::new("cat"), a_r.into(), b_w.into());
     let keep = keep_read_end.then(|| b_r.try_clone().expect("dup"));
-    let gzip = spawn_with(Command::new("gzip").arg("-c"), b_r.into(), gz.into());
+    let gzip = spawn_daemon_with(Command::new("gzip").arg("-c"), b_r.into(), gz.into());
     Pipeline {
         cat,
         gzip,
@@ -279,7 +259,7 @@ fn gzip_with_external_pipe_restores_with_inherit_fd() {
 fn holder(dir: &Path, mode: &str, stdin: Stdio) -> (Proc, std::path::PathBuf) {
     let bin = compile_c(dir, "fdholder.c", &[]);
     let log = dir.join(format!("{mode}.log"));
-    let p = spawn_with(Command::new(bin).arg(mode).arg(&log), stdin, Stdio::null());
+    let p = spawn_daemon_with(Command::new(bin).arg(mode).arg(&log), stdin, Stdio::null());
     wait_file_contains(&log, "ready", TIMEOUT);
     (p, log)
 }

@@ -316,9 +316,13 @@ impl Drop for Proc {
 /// Starts a helper program daemon-like: its own session, stdin, stdout and
 /// stderr on /dev/null, no other descriptor.
 pub fn spawn_daemon(cmd: &mut Command) -> Proc {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    spawn_daemon_with(cmd, Stdio::null(), Stdio::null())
+}
+
+/// As [`spawn_daemon`], with the given stdin and stdout (stderr on
+/// /dev/null).
+pub fn spawn_daemon_with(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> Proc {
+    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::null());
     // SAFETY: the closure only calls setsid and close_range, which are
     // async-signal-safe.
     unsafe {
