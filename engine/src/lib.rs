@@ -9,6 +9,8 @@ pub mod check;
 pub mod error;
 pub mod image;
 pub mod inject;
+pub mod lazy;
+pub mod pageio;
 pub mod proc;
 pub mod sys;
 

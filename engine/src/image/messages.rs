@@ -446,6 +446,10 @@ pub struct Fds {
 /// PagemapEntry flag: the run's data is in the parent image chain, not in
 /// this directory's pages file.
 pub const PE_IN_PARENT: u32 = 1;
+/// PagemapEntry flag: the run was present in the task but its data is not
+/// in any image: a lazy dump left it at the source, which serves it to
+/// `crust lazy-pages --page-server`. Only `restore --lazy-pages` accepts it.
+pub const PE_LAZY: u32 = 2;
 
 /// A run of pages with data in the pages file, in file order.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
