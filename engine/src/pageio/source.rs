@@ -10,4 +10,10 @@ pub trait PageSource: Send {
     /// page-aligned, the range within pages the images list as stored,
     /// in the parents, or lazy.
     fn read_pages(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Every page the consumer wanted from this source is delivered (or the
+    /// task it was for is gone): a remote source tells the server, which
+    /// may then exit. Called once, by whoever owns the source.
+    fn all_delivered(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
