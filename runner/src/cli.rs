@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::flavors::{Overrides, PreDumpMode, MAX_PRE_DUMPS};
+use crate::flavors::{Lazy, Overrides, PreDumpMode, MAX_PRE_DUMPS};
 
 /// zdtm: checkpoint/restore conformance harness for crust.
 ///
@@ -86,6 +86,20 @@ pub struct RunArgs {
     /// memory.
     #[arg(long = "pre-dump-mode", value_name = "MODE")]
     pub pre_dump_mode: Option<PreDumpMode>,
+    /// Every selected flavor restores lazily, its pages served from the
+    /// images by `crust lazy-pages` (post-copy, local).
+    #[arg(long = "lazy-pages", conflicts_with = "remote_lazy_pages")]
+    pub lazy_pages: bool,
+    /// Every selected flavor dumps lazily (`crust dump --lazy-pages`) and
+    /// restores lazily, its pages served by the dump over a veth pair to
+    /// `crust lazy-pages --page-server` in a network namespace of its own.
+    #[arg(long = "remote-lazy-pages")]
+    pub remote_lazy_pages: bool,
+    /// With remote lazy flavors: set the veth link down for SECS seconds
+    /// while each run's background transfer is going on, then up again
+    /// (the run must still pass: no page is lost).
+    #[arg(long = "cut-link", value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub cut_link: Option<u32>,
     /// Keep the work dir (images, logs) of passing runs too.
     #[arg(long)]
     pub keep_img: bool,
@@ -111,9 +125,17 @@ pub struct RunArgs {
 impl RunArgs {
     /// The flavor settings overridden by `--pre` and `--pre-dump-mode`.
     pub fn overrides(&self) -> Overrides {
+        let lazy = if self.remote_lazy_pages {
+            Some(Lazy::Remote)
+        } else if self.lazy_pages {
+            Some(Lazy::Local)
+        } else {
+            None
+        };
         Overrides {
             pre_dumps: self.pre,
             pre_dump_mode: self.pre_dump_mode,
+            lazy,
         }
     }
 }
@@ -174,7 +196,8 @@ mod tests {
             r.overrides(),
             Overrides {
                 pre_dumps: None,
-                pre_dump_mode: Some(PreDumpMode::Read)
+                pre_dump_mode: Some(PreDumpMode::Read),
+                lazy: None,
             }
         );
         let r = parse(&[
@@ -192,13 +215,37 @@ mod tests {
             r.overrides(),
             Overrides {
                 pre_dumps: Some(2),
-                pre_dump_mode: Some(PreDumpMode::Splice)
+                pre_dump_mode: Some(PreDumpMode::Splice),
+                lazy: None,
             }
         );
         assert_eq!(parse(&["-a", "--pre", "0"]).expect("ok").pre, Some(0));
         assert!(parse(&["-a", "--pre-dump-mode", "copy"]).is_err());
         assert!(parse(&["-a", "--pre", "-1"]).is_err());
         assert!(parse(&["-a", "--pre", "65"]).is_err());
+    }
+
+    #[test]
+    fn lazy_switches() {
+        assert_eq!(parse(&["-a"]).expect("ok").overrides().lazy, None);
+        let r = parse(&["-a", "--lazy-pages"]).expect("ok");
+        assert_eq!(r.overrides().lazy, Some(Lazy::Local));
+        let r = parse(&["-a", "--remote-lazy-pages", "--pre", "2"]).expect("ok");
+        assert_eq!(
+            r.overrides(),
+            Overrides {
+                pre_dumps: Some(2),
+                pre_dump_mode: None,
+                lazy: Some(Lazy::Remote),
+            }
+        );
+        let err = parse(&["-a", "--lazy-pages", "--remote-lazy-pages"]).expect_err("conflict");
+        assert!(err.contains("cannot be used with"), "{err}");
+        assert_eq!(
+            parse(&["-a", "--cut-link", "3"]).expect("ok").cut_link,
+            Some(3)
+        );
+        assert!(parse(&["-a", "--cut-link", "0"]).is_err());
     }
 
     #[test]

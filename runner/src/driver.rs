@@ -3,8 +3,19 @@
 //! ```text
 //! crust pre-dump -t PID -D DIR [--prev-images-dir ../preK] --pre-dump-mode MODE --track-mem -o LOGFILE -v
 //! crust dump -t PID -D DIR [--track-mem --prev-images-dir ../preN] -o LOGFILE -v
-//! crust restore -D DIR -d --pidfile FILE --leave-stopped -o LOGFILE
+//! crust restore -D DIR [--lazy-pages] -d --pidfile FILE --leave-stopped -o LOGFILE
 //! ```
+//!
+//! Lazy (post-copy) flavors add:
+//!
+//! ```text
+//! crust lazy-pages -D DIR [--page-server --address A --port P] -d --pidfile FILE -o LOGFILE -v
+//! crust dump -t PID -D DIR --lazy-pages --address A --port P [--track-mem --prev-images-dir ../preN] -d [--pidfile FILE] -o LOGFILE -v
+//! ```
+//!
+//! The remote ones (`--page-server`) run the daemon as `ip netns exec NS
+//! crust lazy-pages ...`: in the network namespace at the other end of the
+//! session's veth pair.
 //!
 //! As in CRIU, `--prev-images-dir` is relative to `-D`: the pre-dumps of
 //! a run go to `img/pre1` ... `img/preN`, the final dump to `img/dump`, each
@@ -52,10 +63,43 @@ pub struct Crust {
     pub path: PathBuf,
 }
 
+/// Where a remote lazy dump serves its pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LazyServer {
+    /// `--address`: the source side of the veth pair.
+    pub address: std::net::Ipv4Addr,
+    /// `--port`.
+    pub port: u16,
+}
+
+impl LazyServer {
+    fn args(&self) -> [OsString; 4] {
+        [
+            "--address".into(),
+            self.address.to_string().into(),
+            "--port".into(),
+            self.port.to_string().into(),
+        ]
+    }
+}
+
 impl Crust {
     /// The arguments of a dump; `prev` (relative to `images`) is the last
     /// pre-dump's directory when there were pre-dumps.
     pub fn dump_args(pid: Pid, images: &Path, prev: Option<&Path>, log: &Path) -> Vec<OsString> {
+        Self::lazy_dump_args(pid, images, prev, None, log)
+    }
+
+    /// The arguments of a dump, lazy with `server`: `--lazy-pages
+    /// --address A --port P -d [--pidfile F]` (it returns once the images
+    /// are complete and the server listens, and serves in the background).
+    pub fn lazy_dump_args(
+        pid: Pid,
+        images: &Path,
+        prev: Option<&Path>,
+        server: Option<(&LazyServer, Option<&Path>)>,
+        log: &Path,
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "dump".into(),
             "-t".into(),
@@ -70,7 +114,39 @@ impl Crust {
                 prev.into(),
             ]);
         }
+        if let Some((server, pidfile)) = server {
+            args.push("--lazy-pages".into());
+            args.extend(server.args());
+            args.push("-d".into());
+            if let Some(pidfile) = pidfile {
+                args.extend(["--pidfile".into(), pidfile.into()]);
+            }
+        }
         args.extend(["-o".into(), log.into(), "-v".into()]);
+        args
+    }
+
+    /// The arguments of the lazy-pages daemon: from the images, or from
+    /// the dump's `server`.
+    pub fn lazy_pages_args(
+        images: &Path,
+        server: Option<&LazyServer>,
+        pidfile: &Path,
+        log: &Path,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["lazy-pages".into(), "-D".into(), images.into()];
+        if let Some(server) = server {
+            args.push("--page-server".into());
+            args.extend(server.args());
+        }
+        args.extend([
+            "-d".into(),
+            "--pidfile".into(),
+            pidfile.into(),
+            "-o".into(),
+            log.into(),
+            "-v".into(),
+        ]);
         args
     }
 
@@ -104,24 +180,52 @@ impl Crust {
         args
     }
 
-    /// The arguments of a restore.
-    pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<OsString> {
-        vec![
-            "restore".into(),
-            "-D".into(),
-            images.into(),
+    /// The arguments of a restore (`lazy`: `--lazy-pages`).
+    pub fn restore_args(images: &Path, lazy: bool, pidfile: &Path, log: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["restore".into(), "-D".into(), images.into()];
+        if lazy {
+            args.push("--lazy-pages".into());
+        }
+        args.extend([
             "-d".into(),
             "--pidfile".into(),
             pidfile.into(),
             "--leave-stopped".into(),
             "-o".into(),
             log.into(),
-        ]
+        ]);
+        args
     }
 
     /// Runs crust with `args` in `cwd`, waits up to `timeout`.
     pub fn run(
         &self,
+        args: &[OsString],
+        cwd: &Path,
+        files: &CrustFiles,
+        timeout: Duration,
+        tracker: &mut Tracker,
+    ) -> std::io::Result<CrustOutcome> {
+        self.run_in(None, args, cwd, files, timeout, tracker)
+    }
+
+    /// Whether `crust dump` takes `--pidfile` (read from its `--help`):
+    /// then a lazy dump's serving process is found by it, else by its
+    /// command line among the runner's children.
+    pub fn dump_takes_pidfile(&self) -> bool {
+        clean_command(&self.path)
+            .args(["dump", "--help"])
+            .stdin(Stdio::null())
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).contains("--pidfile"))
+            .unwrap_or(false)
+    }
+
+    /// [`Crust::run`], in the network namespace `netns` if given (`ip
+    /// netns exec NETNS crust ...`).
+    pub fn run_in(
+        &self,
+        netns: Option<&str>,
         args: &[OsString],
         cwd: &Path,
         files: &CrustFiles,
@@ -134,7 +238,15 @@ impl Crust {
             .mode(0o600)
             .open(&files.out)?;
         let err = out.try_clone()?;
-        let child = clean_command(&self.path)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = clean_command(crate::netns::IP);
+                c.args(["netns", "exec", ns]).arg(&self.path);
+                c
+            }
+            None => clean_command(&self.path),
+        };
+        let child = command
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
@@ -225,6 +337,88 @@ mod tests {
                 "-o",
                 "/w/pre1.log",
                 "-v"
+            ]
+        );
+        let server = LazyServer {
+            address: std::net::Ipv4Addr::new(10, 1, 2, 1),
+            port: 4321,
+        };
+        assert_eq!(
+            strings(&Crust::lazy_dump_args(
+                pid,
+                Path::new("/w/img/dump"),
+                Some(Path::new("../pre2")),
+                Some((&server, Some(Path::new("/w/dump.pid")))),
+                Path::new("/w/dump.log")
+            ))[5..],
+            [
+                "--track-mem",
+                "--prev-images-dir",
+                "../pre2",
+                "--lazy-pages",
+                "--address",
+                "10.1.2.1",
+                "--port",
+                "4321",
+                "-d",
+                "--pidfile",
+                "/w/dump.pid",
+                "-o",
+                "/w/dump.log",
+                "-v"
+            ]
+        );
+        assert_eq!(
+            strings(&Crust::lazy_pages_args(
+                Path::new("/w/img"),
+                Some(&server),
+                Path::new("/w/lazy.pid"),
+                Path::new("/w/lazy.log")
+            )),
+            [
+                "lazy-pages",
+                "-D",
+                "/w/img",
+                "--page-server",
+                "--address",
+                "10.1.2.1",
+                "--port",
+                "4321",
+                "-d",
+                "--pidfile",
+                "/w/lazy.pid",
+                "-o",
+                "/w/lazy.log",
+                "-v"
+            ]
+        );
+        assert_eq!(
+            strings(&Crust::lazy_pages_args(
+                Path::new("/w/img"),
+                None,
+                Path::new("/w/lazy.pid"),
+                Path::new("/w/lazy.log")
+            ))[3..5],
+            ["-d", "--pidfile"]
+        );
+        assert_eq!(
+            strings(&Crust::restore_args(
+                Path::new("/w/img"),
+                true,
+                Path::new("/w/restore.pid"),
+                Path::new("/w/restore.log")
+            )),
+            [
+                "restore",
+                "-D",
+                "/w/img",
+                "--lazy-pages",
+                "-d",
+                "--pidfile",
+                "/w/restore.pid",
+                "--leave-stopped",
+                "-o",
+                "/w/restore.log"
             ]
         );
         assert_eq!(

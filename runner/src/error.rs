@@ -62,6 +62,10 @@ pub enum SetupError {
         #[source]
         source: nix::Error,
     },
+    /// The network namespace and veth pair of the remote lazy flavors
+    /// could not be set up.
+    #[error("remote lazy flavors: cannot set up the network namespace and veth pair: {message}")]
+    Network { message: String },
 }
 
 impl SetupError {

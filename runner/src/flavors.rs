@@ -6,16 +6,18 @@
 //! description = "Full dump (task killed), restore, compare"
 //! pre_dumps = 0               # optional: pre-dumps before the final dump
 //! pre_dump_mode = "splice"    # optional: "splice" (default) or "read"
+//! lazy = "local"              # optional: post-copy restore, "local" or "remote"
 //! ```
 //!
 //! Unknown keys are rejected on purpose: a flavor file written for a newer
-//! runner (say with `lazy = "local"`) must not silently run as a plain dump
+//! runner (say with a key this one does not know) must not silently run as a plain dump
 //! and report a PASS for something that was never exercised; a typo must
 //! not either. Adding a key therefore means teaching the runner about it.
 //!
-//! The command line may override the pre-dump settings of every selected
-//! flavor (`--pre N`, `--pre-dump-mode MODE`): [`Overrides`] turns the
-//! selected flavors into the [`Effective`] ones that run.
+//! The command line may override the pre-dump and lazy settings of every
+//! selected flavor (`--pre N`, `--pre-dump-mode MODE`, `--lazy-pages`,
+//! `--remote-lazy-pages`): [`Overrides`] turns the selected flavors into
+//! the [`Effective`] ones that run.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,48 @@ pub struct Flavor {
     /// (the file may only give it then).
     #[serde(default)]
     pub pre_dump_mode: Option<PreDumpMode>,
+    /// Post-copy: the task is restored lazily (`crust restore
+    /// --lazy-pages` served by `crust lazy-pages`), its pages coming from
+    /// the images (`local`) or from the dump itself over a veth pair
+    /// (`remote`); `None` for an eager restore.
+    #[serde(default)]
+    pub lazy: Option<Lazy>,
+}
+
+/// Where a lazy restore's pages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lazy {
+    /// `crust lazy-pages -D img`: from the image files.
+    Local,
+    /// `crust dump --lazy-pages --address A --port P` keeps the pages and
+    /// serves them to `crust lazy-pages --page-server`, run in a network
+    /// namespace of its own joined by a veth pair.
+    Remote,
+}
+
+impl Lazy {
+    /// The value of the flavor key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lazy::Local => "local",
+            Lazy::Remote => "remote",
+        }
+    }
+
+    /// How labels name it (after the switches: `lazy`, `remote-lazy`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Lazy::Local => "lazy",
+            Lazy::Remote => "remote-lazy",
+        }
+    }
+}
+
+impl fmt::Display for Lazy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How `crust pre-dump` copies the task's memory (`--pre-dump-mode`), as
@@ -119,7 +163,14 @@ impl Flavor {
 
     /// What `zdtm list` says about the settings, if anything.
     pub fn settings(&self) -> Option<String> {
-        (self.pre_dumps > 0).then(|| format!("pre {} {}", self.pre_dumps, self.mode()))
+        let mut parts = Vec::new();
+        if self.pre_dumps > 0 {
+            parts.push(format!("pre {} {}", self.pre_dumps, self.mode()));
+        }
+        if let Some(lazy) = self.lazy {
+            parts.push(format!("lazy {lazy}"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 
     /// This flavor with the command line's overrides applied.
@@ -131,12 +182,16 @@ impl Flavor {
             Some(mode) if pre_dumps > 0 => mode,
             _ => self.mode(),
         };
-        let overridden = pre_dumps != self.pre_dumps || (pre_dumps > 0 && mode != self.mode());
+        let pre_overridden = pre_dumps != self.pre_dumps || (pre_dumps > 0 && mode != self.mode());
+        let lazy = overrides.lazy.or(self.lazy);
         Effective {
             name: self.name.clone(),
             pre_dumps,
             pre_dump_mode: mode,
-            overridden,
+            lazy,
+            pre_overridden,
+            lazy_overridden: lazy != self.lazy,
+            overridden: pre_overridden || lazy != self.lazy,
         }
     }
 }
@@ -152,6 +207,9 @@ pub struct Overrides {
     /// `--pre-dump-mode MODE`: mode of every selected flavor that
     /// pre-dumps (after `--pre`).
     pub pre_dump_mode: Option<PreDumpMode>,
+    /// `--lazy-pages` (local) or `--remote-lazy-pages` (remote): every
+    /// selected flavor restores lazily, that way.
+    pub lazy: Option<Lazy>,
 }
 
 /// A flavor as it runs: its file's settings, overridden by the command
@@ -164,6 +222,12 @@ pub struct Effective {
     pub pre_dumps: u32,
     /// Their mode (meaningless without pre-dumps).
     pub pre_dump_mode: PreDumpMode,
+    /// Lazy restore, and where its pages come from.
+    pub lazy: Option<Lazy>,
+    /// Whether the command line changed the pre-dumps or their mode.
+    pub pre_overridden: bool,
+    /// Whether the command line changed `lazy`.
+    pub lazy_overridden: bool,
     /// Whether the command line changed what the flavor file says.
     pub overridden: bool,
 }
@@ -175,25 +239,31 @@ impl Effective {
     }
 
     /// How result lines name it: the flavor's name, followed by what runs
-    /// when the command line changed it (`dump, pre 2 read`).
+    /// when the command line changed it (`dump, pre 2 read`, `dump, lazy`,
+    /// `predump-read, pre 0, remote-lazy`).
     pub fn label(&self) -> String {
-        if !self.overridden {
-            return self.name.clone();
+        let mut label = self.name.clone();
+        if self.pre_overridden {
+            if self.pre_dumps == 0 {
+                label.push_str(", pre 0");
+            } else {
+                label.push_str(&format!(", pre {} {}", self.pre_dumps, self.pre_dump_mode));
+            }
         }
-        if self.pre_dumps == 0 {
-            format!("{}, pre 0", self.name)
-        } else {
-            format!(
-                "{}, pre {} {}",
-                self.name, self.pre_dumps, self.pre_dump_mode
-            )
+        if self.lazy_overridden {
+            // The switches only ever turn lazy on.
+            if let Some(lazy) = self.lazy {
+                label.push_str(&format!(", {}", lazy.label()));
+            }
         }
+        label
     }
 
     /// Whether `self` and `other` run the same way (names aside).
     pub fn same_run(&self, other: &Effective) -> bool {
         self.pre_dumps == other.pre_dumps
             && (self.pre_dumps == 0 || self.pre_dump_mode == other.pre_dump_mode)
+            && self.lazy == other.lazy
     }
 }
 
@@ -372,9 +442,14 @@ mod tests {
 
     #[rstest]
     #[case::unknown_key(
-        "name = \"dump\"\ndescription = \"d\"\nlazy = \"local\"\n",
-        "unknown field `lazy`"
+        "name = \"dump\"\ndescription = \"d\"\nlink_cut = true\n",
+        "unknown field `link_cut`"
     )]
+    #[case::bad_lazy(
+        "name = \"dump\"\ndescription = \"d\"\nlazy = \"yes\"\n",
+        "unknown variant `yes`"
+    )]
+    #[case::lazy_not_a_string("name = \"dump\"\ndescription = \"d\"\nlazy = true\n", "lazy")]
     #[case::misspelt_key(
         "name = \"dump\"\ndescription = \"d\"\npre_dump = 2\n",
         "unknown field `pre_dump`"
@@ -411,6 +486,30 @@ mod tests {
         assert!(
             err.starts_with("/x/dump.toml: "),
             "error {err:?} lacks the path"
+        );
+    }
+
+    #[test]
+    fn parses_lazy() {
+        let f = Flavor::parse(
+            "name = \"lazy\"\ndescription = \"d\"\nlazy = \"local\"\n",
+            Path::new("/x/lazy.toml"),
+        )
+        .expect("valid");
+        assert_eq!((f.lazy, f.pre_dumps), (Some(Lazy::Local), 0));
+        assert_eq!(f.settings().as_deref(), Some("lazy local"));
+        let f = Flavor::parse(
+            "name = \"pc\"\ndescription = \"d\"\npre_dumps = 2\npre_dump_mode = \"read\"\n\
+             lazy = \"remote\"\n",
+            Path::new("/x/pc.toml"),
+        )
+        .expect("valid");
+        assert_eq!(f.lazy, Some(Lazy::Remote));
+        assert_eq!(f.settings().as_deref(), Some("pre 2 read, lazy remote"));
+        let e = Effective::plain(&f);
+        assert_eq!(
+            (e.lazy, e.overridden, e.label()),
+            (Some(Lazy::Remote), false, "pc".into())
         );
     }
 
@@ -455,6 +554,13 @@ mod tests {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../flavors"));
         let set = FlavorSet::load(dir).expect("shipped flavors");
         assert!(set.get("dump").is_some());
+        let lazy = |name: &str| set.get(name).map(|f| (f.pre_dumps, f.mode(), f.lazy));
+        assert_eq!(lazy("lazy"), Some((0, Splice, Some(Lazy::Local))));
+        assert_eq!(lazy("remote-lazy"), Some((0, Splice, Some(Lazy::Remote))));
+        assert_eq!(
+            lazy("precopy-postcopy"),
+            Some((2, Read, Some(Lazy::Remote)))
+        );
     }
 
     fn flavor(name: &str, pre_dumps: u32, mode: Option<PreDumpMode>) -> Flavor {
@@ -463,6 +569,14 @@ mod tests {
             description: "d".into(),
             pre_dumps,
             pre_dump_mode: mode,
+            lazy: None,
+        }
+    }
+
+    fn lazy_flavor(name: &str, pre_dumps: u32, mode: Option<PreDumpMode>, lazy: Lazy) -> Flavor {
+        Flavor {
+            lazy: Some(lazy),
+            ..flavor(name, pre_dumps, mode)
         }
     }
 
@@ -470,6 +584,14 @@ mod tests {
         Overrides {
             pre_dumps: pre,
             pre_dump_mode: mode,
+            lazy: None,
+        }
+    }
+
+    fn lazy_overrides(pre: Option<u32>, mode: Option<PreDumpMode>, lazy: Lazy) -> Overrides {
+        Overrides {
+            lazy: Some(lazy),
+            ..overrides(pre, mode)
         }
     }
 
@@ -561,6 +683,70 @@ mod tests {
         let plan = apply_overrides(&set, &overrides(Some(0), None)).expect("ok");
         assert_eq!(labels(&plan), ["dump"]);
         assert_eq!(plan.duplicates.len(), 2);
+    }
+
+    #[test]
+    fn lazy_switches() {
+        use Lazy::{Local, Remote};
+        let set = [
+            flavor("dump", 0, None),
+            flavor("predump-read", 2, Some(Read)),
+            lazy_flavor("lazy", 0, None, Local),
+            lazy_flavor("remote-lazy", 0, None, Remote),
+            lazy_flavor("precopy-postcopy", 2, Some(Read), Remote),
+        ];
+        // -a --lazy-pages: everything restores lazily from local images;
+        // dump and remote-lazy run like the lazy flavor (kept, its file
+        // says so); precopy-postcopy like predump-read, lazy.
+        let plan = apply_overrides(&set, &lazy_overrides(None, None, Local)).expect("ok");
+        assert_eq!(labels(&plan), ["predump-read, lazy", "lazy"]);
+        assert_eq!(
+            plan.duplicates,
+            [
+                ("dump, lazy".to_string(), "lazy".to_string()),
+                ("remote-lazy, lazy".to_string(), "lazy".to_string()),
+                (
+                    "precopy-postcopy, lazy".to_string(),
+                    "predump-read, lazy".to_string()
+                ),
+            ]
+        );
+        assert!(plan.flavors.iter().all(|e| e.lazy == Some(Local)));
+
+        // -a --remote-lazy-pages.
+        let plan = apply_overrides(&set, &lazy_overrides(None, None, Remote)).expect("ok");
+        assert_eq!(
+            labels(&plan),
+            ["remote-lazy", "precopy-postcopy"],
+            "{:?}",
+            plan.duplicates
+        );
+        assert_eq!(plan.duplicates.len(), 3);
+        assert!(plan.flavors.iter().all(|e| e.lazy == Some(Remote)));
+
+        // Composes with --pre and --pre-dump-mode.
+        let plan =
+            apply_overrides(&set[..1], &lazy_overrides(Some(2), Some(Read), Remote)).expect("ok");
+        assert_eq!(labels(&plan), ["dump, pre 2 read, remote-lazy"]);
+        let e = &plan.flavors[0];
+        assert_eq!(
+            (e.pre_dumps, e.pre_dump_mode, e.lazy),
+            (2, Read, Some(Remote))
+        );
+        // ... and it runs like precopy-postcopy, which is kept.
+        let plan = apply_overrides(&set, &lazy_overrides(Some(2), Some(Read), Remote)).expect("ok");
+        assert_eq!(labels(&plan), ["precopy-postcopy"]);
+        let plan = apply_overrides(&set[2..3], &lazy_overrides(Some(0), None, Local)).expect("ok");
+        assert_eq!(labels(&plan), ["lazy"], "changes nothing: plain name");
+        let plan = apply_overrides(&set[4..], &overrides(Some(0), None)).expect("ok");
+        assert_eq!(labels(&plan), ["precopy-postcopy, pre 0"]);
+        assert_eq!(plan.flavors[0].lazy, Some(Remote), "--pre keeps lazy");
+
+        // --pre-dump-mode still needs a flavor that pre-dumps.
+        let err = apply_overrides(&set[2..4], &lazy_overrides(None, Some(Read), Local))
+            .expect_err("nothing pre-dumps")
+            .to_string();
+        assert!(err.contains("--pre-dump-mode read"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod flavors;
 pub mod freeze;
 pub mod locate;
 pub mod manifest;
+pub mod netns;
 pub mod procs;
 pub mod report;
 pub mod run;

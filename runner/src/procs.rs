@@ -367,6 +367,7 @@ pub fn install_interrupt_handler() -> nix::Result<()> {
                 let _ = wait_exit(Pid::from_raw(pid), KILL_TIMEOUT);
             }
             let swept = sweep_children();
+            crate::netns::teardown_registered();
             eprintln!(
                 "zdtm: interrupted by {name}: killed {} process(es); work dirs are kept",
                 pids.len() + swept.len(),

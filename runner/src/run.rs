@@ -9,12 +9,18 @@
 //! 4. wait (up to 5 s) for every thread to block (not for a `continuous`
 //!    test), then capture the visible state "before";
 //! 5. `crust dump` (kills the task), on top of the last pre-dump if any;
+//!    lazy and remote (`--lazy-pages --address A --port P -d`): it returns
+//!    once the images are written and keeps serving the lazy pages;
 //! 6. reap the dumped task;
-//! 7. `crust restore --leave-stopped`, check its pidfile, wait for the task
-//!    to be stopped;
-//! 8. capture the state "after", then SIGCONT;
+//! 7. lazy: start `crust lazy-pages -d` (remote: `--page-server`, in the
+//!    session's network namespace); `crust restore [--lazy-pages]
+//!    --leave-stopped`, check its pidfile, wait for the task to be stopped;
+//!    with `--cut-link` (remote), the veth link goes down for a while now;
+//! 8. capture the state "after" (lazy: the daemon must be alive or have
+//!    exited 0), then SIGCONT;
 //! 9. compare (not memory for a `continuous` test);
 //! 10. SIGTERM, wait for the exit, read the verdict in the outfile;
+//!     lazy: wait for the daemon (and the serving dump) to exit 0;
 //! 11. kill and reap whatever the run started that still lives; keep the
 //!     work dir on failure (or with `--keep-img`), remove it otherwise.
 
@@ -29,11 +35,12 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::driver::{Crust, CrustFiles, CrustOutcome};
-use crate::flavors::Effective;
+use crate::driver::{Crust, CrustFiles, CrustOutcome, LazyServer};
+use crate::flavors::{Effective, Lazy};
 use crate::freeze::wait_quiescent;
 use crate::locate::check_executable;
 use crate::manifest::{is_skipped, TestEntry, DEFAULT_TIMEOUT_SECS};
+use crate::netns::Link;
 use crate::procs::{self, clean_command, poll_child, wait_exit, Backoff, ChildState, Tracker};
 use crate::report::{tail_file, Failure, Outcome, Verdict, TAIL_LINES};
 use crate::state::{self, diff, status, vmflags, VisibleState};
@@ -66,6 +73,14 @@ pub struct RunContext {
     pub keep_img: bool,
     /// `/proc/cpuinfo` flags, for `needs`.
     pub cpu_flags: BTreeSet<String>,
+    /// The session's network namespace and veth pair, when a remote lazy
+    /// flavor runs.
+    pub link: Option<std::sync::Arc<Link>>,
+    /// Whether `crust dump` takes `--pidfile` (see
+    /// [`Crust::dump_takes_pidfile`]).
+    pub dump_pidfile: bool,
+    /// `--cut-link SECS`: how long remote runs cut the link.
+    pub cut_link: Option<Duration>,
 }
 
 /// A test ready to run.
@@ -197,6 +212,12 @@ pub struct WorkDir {
     pub restore: CrustFiles,
     /// `--pidfile` of crust restore.
     pub restore_pidfile: PathBuf,
+    /// crust lazy-pages.
+    pub lazy: CrustFiles,
+    /// `--pidfile` of crust lazy-pages.
+    pub lazy_pidfile: PathBuf,
+    /// `--pidfile` of a remote lazy dump (its serving process).
+    pub dump_pidfile: PathBuf,
     /// State dumps.
     pub state_before: PathBuf,
     /// State dumps.
@@ -238,6 +259,12 @@ impl WorkDir {
                 out: f("restore.out"),
             },
             restore_pidfile: f("restore.pid"),
+            lazy: CrustFiles {
+                log: f("lazy.log"),
+                out: f("lazy.out"),
+            },
+            lazy_pidfile: f("lazy.pid"),
+            dump_pidfile: f("dump.pid"),
             state_before: f("state-before.txt"),
             state_after: f("state-after.txt"),
             root,
@@ -310,6 +337,7 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         work: &work,
         tracker: &mut tracker,
         failures: &mut failures,
+        lazy: LazyState::default(),
     }
     .run();
     let leftovers = tracker.cleanup();
@@ -336,6 +364,21 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
     outcome(Verdict::Fail(failures), Some(work.root))
 }
 
+/// The lazy side of a run: the processes that serve its pages.
+#[derive(Debug, Default)]
+struct LazyState {
+    /// Where the remote lazy dump serves (remote flavors).
+    server: Option<LazyServer>,
+    /// The dump process still serving the pages (remote).
+    dump_server: Option<Pid>,
+    /// `crust lazy-pages`.
+    daemon: Option<Pid>,
+    /// The daemon's exit, once reaped.
+    daemon_exit: Option<procs::Exit>,
+    /// The link cut in progress (`--cut-link`).
+    cut: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
 /// The steps of one run; each returns `None` when the run cannot go on
 /// (its failure has been recorded).
 struct Steps<'a> {
@@ -345,6 +388,7 @@ struct Steps<'a> {
     work: &'a WorkDir,
     tracker: &'a mut Tracker,
     failures: &'a mut Vec<Failure>,
+    lazy: LazyState,
 }
 
 impl Steps<'_> {
@@ -363,6 +407,16 @@ impl Steps<'_> {
 
     fn run(mut self) {
         let _ = self.run_inner();
+        // Whatever happened, the link comes up again before the run ends.
+        if let Some(cut) = self.lazy.cut.take() {
+            match cut.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.failures.push(Failure::new("cut-link", e)),
+                Err(_) => self
+                    .failures
+                    .push(Failure::new("cut-link", "the link cutter panicked")),
+            }
+        }
     }
 
     fn run_inner(&mut self) -> Option<()> {
@@ -401,14 +455,28 @@ impl Steps<'_> {
         }
         self.dump(pid)?;
         self.reap_dumped(pid)?;
+        if self.flavor.lazy.is_some() {
+            self.start_lazy_pages()?;
+        }
         self.restore(pid)?;
-        let after = self.capture(pid, "after");
+        self.start_cut();
+        let after = match self.lazy_alive() {
+            Some(()) => self.capture_after(pid, &before),
+            None => None,
+        };
         // Resume it whatever happened, so it can be terminated.
         let _ = kill(pid, Signal::SIGCONT);
         let mut after = after?;
         if pre_dumps > 0 {
             // See `sd` above.
             after.vmflags = vmflags::without(&after.vmflags, "sd");
+        }
+        if self.flavor.lazy.is_some() {
+            // `um` (VM_UFFD_MISSING): the lazy ranges are registered on
+            // the daemon's userfaultfd until it has delivered them: the
+            // engine's state, not the task's (the task holds no uffd: its
+            // descriptors are compared as always).
+            after.vmflags = vmflags::without(&after.vmflags, "um");
         }
         let diffs: Vec<_> = diff::compare(&before, &after)
             .into_iter()
@@ -427,7 +495,11 @@ impl Steps<'_> {
         for d in diffs {
             self.failures.push(Failure::new(d.check, d.detail));
         }
-        self.finish(pid)
+        self.finish(pid)?;
+        if self.flavor.lazy.is_some() {
+            self.wait_lazy()?;
+        }
+        Some(())
     }
 
     /// Step 2: launch the test and get the daemon's pid.
@@ -574,8 +646,24 @@ impl Steps<'_> {
         i32::try_from(fd).ok().filter(|&fd| fd >= 0)
     }
 
+    /// Step 8: the state after the restore; after a lazy one, the pages
+    /// that held data before are read even if not delivered yet.
+    fn capture_after(&mut self, pid: Pid, before: &VisibleState) -> Option<VisibleState> {
+        let before = self.flavor.lazy.is_some().then_some(before);
+        self.capture_with(pid, "after", before)
+    }
+
     fn capture(&mut self, pid: Pid, when: &str) -> Option<VisibleState> {
-        match state::capture(pid, self.timeout()) {
+        self.capture_with(pid, when, None)
+    }
+
+    fn capture_with(
+        &mut self,
+        pid: Pid,
+        when: &str,
+        before: Option<&VisibleState>,
+    ) -> Option<VisibleState> {
+        match state::capture_with(pid, self.timeout(), before) {
             Ok(state) => {
                 let path = if when == "before" {
                     &self.work.state_before
@@ -797,7 +885,34 @@ impl Steps<'_> {
     fn dump(&mut self, pid: Pid) -> Option<()> {
         let last = self.work.pre.len();
         let prev = (last > 0).then(|| PathBuf::from(format!("../pre{last}")));
-        let args = Crust::dump_args(pid, &self.work.images, prev.as_deref(), &self.work.dump.log);
+        if self.flavor.lazy == Some(Lazy::Remote) {
+            let Some(link) = self.ctx.link.clone() else {
+                return self.fail(Failure::new(
+                    "setup",
+                    "a remote lazy flavor without the session's veth pair",
+                ));
+            };
+            match link.next_port() {
+                Ok(port) => {
+                    self.lazy.server = Some(LazyServer {
+                        address: link.source,
+                        port,
+                    })
+                }
+                Err(e) => return self.fail(Failure::new("setup", e)),
+            }
+        }
+        let pidfile = self
+            .ctx
+            .dump_pidfile
+            .then_some(self.work.dump_pidfile.as_path());
+        let args = Crust::lazy_dump_args(
+            pid,
+            &self.work.images,
+            prev.as_deref(),
+            self.lazy.server.as_ref().map(|s| (s, pidfile)),
+            &self.work.dump.log,
+        );
         let result = self.ctx.crust.run(
             &args,
             &self.work.root,
@@ -806,16 +921,262 @@ impl Steps<'_> {
             self.tracker,
         );
         match result {
-            Ok(CrustOutcome::Success) => Some(()),
+            Ok(CrustOutcome::Success) => {}
             Ok(outcome) => {
                 let failure = self.crust_failure("dump", "dump", &outcome, &self.work.dump);
-                self.fail(failure)
+                return self.fail(failure);
             }
-            Err(e) => self.fail(Failure::new(
-                "dump",
-                format!("cannot run {}: {e}", self.ctx.crust.path.display()),
-            )),
+            Err(e) => {
+                return self.fail(Failure::new(
+                    "dump",
+                    format!("cannot run {}: {e}", self.ctx.crust.path.display()),
+                ))
+            }
         }
+        if self.lazy.server.is_some() {
+            self.find_dump_server()?;
+        }
+        Some(())
+    }
+
+    /// The process a remote lazy dump left serving the pages: from its
+    /// pidfile, or else the runner's child (it reparents to the subreaper)
+    /// running `crust dump` on this run's images.
+    fn find_dump_server(&mut self) -> Option<()> {
+        let work = self.work;
+        let found = if self.ctx.dump_pidfile {
+            std::fs::read_to_string(&work.dump_pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|&p| p > 0)
+                .map(Pid::from_raw)
+        } else {
+            let images = work.images.as_os_str().as_encoded_bytes().to_vec();
+            procs::children_of(nix::unistd::getpid())
+                .into_iter()
+                .find(|child| {
+                    let cmdline =
+                        std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+                    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                    args.contains(&b"dump".as_slice()) && args.contains(&images.as_slice())
+                })
+        };
+        match found.map(|p| (p, poll_child(p))) {
+            Some((p, Ok(ChildState::Alive))) => {
+                self.tracker.track(p);
+                self.lazy.dump_server = Some(p);
+                Some(())
+            }
+            Some((p, Ok(ChildState::Reaped(exit)))) => self.fail(
+                Failure::new(
+                    "dump",
+                    format!("the lazy dump's serving process {p} {exit} before the restore"),
+                )
+                .with_tail(&work.dump.log),
+            ),
+            Some((p, _)) => self.fail(Failure::new(
+                "dump",
+                format!("the lazy dump's serving process {p} is not a child of the runner"),
+            )),
+            None => self.fail(
+                Failure::new(
+                    "dump",
+                    "crust dump --lazy-pages -d succeeded but no process of it is left to serve \
+                     the lazy pages",
+                )
+                .with_tail(&work.dump.log),
+            ),
+        }
+    }
+
+    /// Step 7, lazy: `crust lazy-pages -d` (returns once its socket
+    /// listens); remote: in the session's network namespace, fetching
+    /// from the dump's server.
+    fn start_lazy_pages(&mut self) -> Option<()> {
+        let work = self.work;
+        let args = Crust::lazy_pages_args(
+            &work.images,
+            self.lazy.server.as_ref(),
+            &work.lazy_pidfile,
+            &work.lazy.log,
+        );
+        let netns = match (&self.lazy.server, &self.ctx.link) {
+            (Some(_), Some(link)) => Some(link.ns.clone()),
+            _ => None,
+        };
+        let result = self.ctx.crust.run_in(
+            netns.as_deref(),
+            &args,
+            &work.root,
+            &work.lazy,
+            self.timeout(),
+            self.tracker,
+        );
+        match result {
+            Ok(CrustOutcome::Success) => {}
+            Ok(outcome) => {
+                let failure = self.crust_failure("lazy-pages", "lazy-pages", &outcome, &work.lazy);
+                return self.fail(failure);
+            }
+            Err(e) => {
+                return self.fail(Failure::new(
+                    "lazy-pages",
+                    format!("cannot run {}: {e}", self.ctx.crust.path.display()),
+                ))
+            }
+        }
+        let pid = std::fs::read_to_string(&work.lazy_pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|&p| p > 0)
+            .map(Pid::from_raw);
+        let Some(pid) = pid else {
+            return self.fail(
+                Failure::new(
+                    "lazy-pages",
+                    format!(
+                        "crust lazy-pages -d succeeded but its pidfile {} holds no pid",
+                        work.lazy_pidfile.display()
+                    ),
+                )
+                .with_tail(&work.lazy.log),
+            );
+        };
+        match poll_child(pid) {
+            Ok(ChildState::Alive) => {
+                self.tracker.track(pid);
+                self.lazy.daemon = Some(pid);
+                Some(())
+            }
+            Ok(ChildState::Reaped(exit)) => self.fail(
+                Failure::new(
+                    "lazy-pages",
+                    format!("the lazy-pages daemon {pid} {exit} before the restore"),
+                )
+                .with_tail(&work.lazy.log),
+            ),
+            Ok(ChildState::NotOurChild) => self.fail(Failure::new(
+                "lazy-pages",
+                format!("the lazy-pages daemon {pid} is not a child of the runner"),
+            )),
+            Err(e) => self.fail(Failure::new("lazy-pages", format!("waitpid({pid}): {e}"))),
+        }
+    }
+
+    /// `--cut-link` on a remote run: the veth link goes down for the
+    /// given time in the background, right after the restore (the
+    /// background transfer is running), then up again.
+    fn start_cut(&mut self) {
+        let (Some(secs), Some(link), Some(_)) =
+            (self.ctx.cut_link, self.ctx.link.clone(), &self.lazy.server)
+        else {
+            return;
+        };
+        self.lazy.cut = Some(std::thread::spawn(move || {
+            link.cut()?;
+            // Not a synchronisation: the outage itself.
+            std::thread::sleep(secs);
+            link.restore()
+        }));
+    }
+
+    /// Before reading a lazily restored task's memory (which waits for
+    /// the daemon to deliver pages): the daemon must be alive, or have
+    /// exited 0 (every page delivered).
+    fn lazy_alive(&mut self) -> Option<()> {
+        let Some(pid) = self.lazy.daemon else {
+            return Some(());
+        };
+        if self.lazy.daemon_exit.is_some() {
+            return Some(());
+        }
+        match poll_child(pid) {
+            Ok(ChildState::Alive) => Some(()),
+            Ok(ChildState::Reaped(exit)) => {
+                self.tracker.forget(pid);
+                self.lazy.daemon_exit = Some(exit);
+                if exit.success() {
+                    return Some(());
+                }
+                let failure = Failure::new(
+                    "lazy-pages",
+                    format!("the lazy-pages daemon {pid} {exit} before the state after the restore could be read"),
+                );
+                self.fail(self.lazy_tails(failure))
+            }
+            Ok(ChildState::NotOurChild) => self.fail(Failure::new(
+                "lazy-pages",
+                format!("the lazy-pages daemon {pid} is not a child of the runner"),
+            )),
+            Err(e) => self.fail(Failure::new("lazy-pages", format!("waitpid({pid}): {e}"))),
+        }
+    }
+
+    /// The logs of the lazy side, for a failure.
+    fn lazy_tails(&self, failure: Failure) -> Failure {
+        let work = self.work;
+        let failure = failure.with_tail(&work.lazy.log);
+        let tail = |path| tail_file(path, TAIL_LINES);
+        let failure = if tail(&work.lazy.out) != tail(&work.lazy.log) {
+            failure.with_tail(&work.lazy.out)
+        } else {
+            failure
+        };
+        if self.lazy.dump_server.is_some() {
+            failure.with_tail(&work.dump.log)
+        } else {
+            failure
+        }
+    }
+
+    /// Step 10, lazy: the daemon (and a remote dump's serving process)
+    /// must exit 0 by themselves now that the task is gone.
+    fn wait_lazy(&mut self) -> Option<()> {
+        let timeout = self.timeout() + self.ctx.cut_link.unwrap_or_default();
+        let serving = [
+            ("lazy-pages", "the lazy-pages daemon", self.lazy.daemon),
+            (
+                "dump",
+                "the lazy dump's serving process",
+                self.lazy.dump_server,
+            ),
+        ];
+        for (check, what, pid) in serving {
+            let Some(pid) = pid else { continue };
+            let exit = if check == "lazy-pages" && self.lazy.daemon_exit.is_some() {
+                self.lazy.daemon_exit
+            } else {
+                match wait_exit(pid, timeout) {
+                    Ok(exit) => exit,
+                    Err(e) => {
+                        self.failures.push(Failure::new(
+                            check,
+                            format!("waiting for {what} {pid}: {e}"),
+                        ));
+                        continue;
+                    }
+                }
+            };
+            let failure = match exit {
+                Some(exit) => {
+                    self.tracker.forget(pid);
+                    if exit.success() {
+                        continue;
+                    }
+                    Failure::new(check, format!("{what} {pid} {exit}"))
+                }
+                None => Failure::new(
+                    check,
+                    format!(
+                        "{what} {pid} did not exit within {}s of the test's exit",
+                        timeout.as_secs()
+                    ),
+                ),
+            };
+            let failure = self.lazy_tails(failure);
+            self.failures.push(failure);
+        }
+        Some(())
     }
 
     /// Step 6: crust dump killed the task; it is our child: reap it.
@@ -843,7 +1204,12 @@ impl Steps<'_> {
     /// Step 7.
     fn restore(&mut self, pid: Pid) -> Option<()> {
         let work = self.work;
-        let args = Crust::restore_args(&work.images, &work.restore_pidfile, &work.restore.log);
+        let args = Crust::restore_args(
+            &work.images,
+            self.flavor.lazy.is_some(),
+            &work.restore_pidfile,
+            &work.restore.log,
+        );
         let result = self.ctx.crust.run(
             &args,
             &work.root,
@@ -1033,6 +1399,7 @@ mod tests {
             description: "d".into(),
             pre_dumps: 0,
             pre_dump_mode: None,
+            lazy: None,
         })
     }
 

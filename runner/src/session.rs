@@ -9,9 +9,10 @@ use nix::unistd::geteuid;
 use crate::cli::{ListArgs, RunArgs};
 use crate::driver::Crust;
 use crate::error::{SetupError, EXIT_FAILED};
-use crate::flavors::{apply_overrides, Effective, FlavorSet};
+use crate::flavors::{apply_overrides, Effective, FlavorSet, Lazy};
 use crate::locate;
 use crate::manifest::Manifest;
+use crate::netns::Link;
 use crate::procs;
 use crate::report::{Outcome, Summary};
 use crate::run::{parse_cpu_flags, run_one, RunContext, TestSpec};
@@ -151,6 +152,14 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         eprintln!("zdtm: note: flavor ({dropped}) runs like ({kept}): running it once");
     }
     let flavors = plan.flavors;
+    if let Some(secs) = args.cut_link {
+        if !flavors.iter().any(|f| f.lazy == Some(Lazy::Remote)) {
+            return Err(SetupError::Usage(format!(
+                "--cut-link {secs}: none of the selected flavors is remote lazy; select one (-f \
+                 remote-lazy) or add --remote-lazy-pages"
+            )));
+        }
+    }
     let tests = select_tests(args)?;
     let crust_path = locate::crust_path(args.crust.as_deref())?;
     locate::check_executable(&crust_path).map_err(|reason| SetupError::Crust {
@@ -181,11 +190,25 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         source,
     })?;
 
+    let remote = flavors.iter().any(|f| f.lazy == Some(Lazy::Remote));
+    let link = if remote {
+        let link =
+            Link::create(std::process::id()).map_err(|message| SetupError::Network { message })?;
+        Some(std::sync::Arc::new(link))
+    } else {
+        None
+    };
+    let crust = Crust { path: crust_path };
     let ctx = RunContext {
-        crust: Crust { path: crust_path },
+        dump_pidfile: remote && crust.dump_takes_pidfile(),
+        crust,
         log_dir: log_dir.clone(),
         keep_img: args.keep_img,
         cpu_flags: parse_cpu_flags(&cpuinfo),
+        link,
+        cut_link: args
+            .cut_link
+            .map(|s| std::time::Duration::from_secs(u64::from(s))),
     };
     let jobs: Vec<(&TestSpec, &Effective)> = tests
         .iter()
@@ -202,6 +225,8 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
             pids.join(" ")
         );
     }
+    // Tears down the session's network namespace and veth pair, if any.
+    drop(ctx);
     // Leave no empty log dir behind (only removed if empty).
     if !log_dir_existed {
         let _ = std::fs::remove_dir(&log_dir);
@@ -270,12 +295,14 @@ mod tests {
                     description: "Full dump".into(),
                     pre_dumps: 0,
                     pre_dump_mode: None,
+                    lazy: None,
                 },
                 Flavor {
                     name: "pre".into(),
                     description: "Pre-dumps".into(),
                     pre_dumps: 2,
                     pre_dump_mode: None,
+                    lazy: None,
                 },
             ],
         };

@@ -20,6 +20,13 @@
 //! Pages that `/proc/PID/mem` cannot read (e.g. past the end of a mapped
 //! file) get the hash [`UNREADABLE`].
 //!
+//! After a lazy (post-copy) restore, pages not delivered yet are absent
+//! from pagemap although the task has them: the capture is then given the
+//! pages that held data before the dump ([`digest_with`]), and reads those
+//! too, with `process_vm_readv` when `/proc/PID/mem` cannot (a read of a
+//! page registered missing on a userfaultfd makes the kernel ask the
+//! lazy-pages daemon for it, which is what the task itself would get).
+//!
 //! Bytes the kernel rewrites on its own are masked (zeroed) before hashing:
 //! the CPU and node fields of each thread's rseq area
 //! ([`crate::freeze::Rseq::kernel_written`]), which change whenever the
@@ -101,12 +108,42 @@ pub fn page_size() -> usize {
 
 /// Reads and hashes pages of one task.
 struct PageReader {
+    pid: Pid,
     mem: File,
     pagemap: File,
     page: usize,
     zero: u64,
     buf: Vec<u8>,
     masks: Vec<(u64, u64)>,
+    /// Pages to read even where pagemap says absent (sorted).
+    also: Vec<u64>,
+}
+
+/// Reads `buf.len()` bytes at `addr` of `pid` with `process_vm_readv`
+/// (which may wait for a userfaultfd's handler to provide the pages).
+fn read_remote(pid: Pid, buf: &mut [u8], addr: u64) -> bool {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let Ok(at) = usize::try_from(addr + done as u64) else {
+            return false;
+        };
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: `local` covers the rest of `buf`, which we own mutably;
+        // the remote iovec is only read by the kernel in the other task.
+        let n = unsafe { libc::process_vm_readv(pid.as_raw(), &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            return false;
+        }
+        done += n as usize;
+    }
+    true
 }
 
 /// Zeroes the bytes of `buf` (read from address `addr`) that fall in one of
@@ -138,7 +175,9 @@ impl PageReader {
                 .unwrap_or(usize::MAX)
                 .min(CHUNK_PAGES * page);
             let buf = &mut self.buf[..len];
-            if self.mem.read_exact_at(buf, addr).is_ok() {
+            if self.mem.read_exact_at(buf, addr).is_ok()
+                || (!self.also.is_empty() && read_remote(self.pid, buf, addr))
+            {
                 apply_masks(&self.masks, buf, addr);
                 for (i, chunk) in buf.chunks_exact(page).enumerate() {
                     Self::record(self.zero, out, addr + (i * page) as u64, xxh3_64(chunk));
@@ -148,13 +187,15 @@ impl PageReader {
                 for i in 0..len / page {
                     let at = addr + (i * page) as u64;
                     let one = &mut self.buf[..page];
-                    let hash = match self.mem.read_exact_at(one, at) {
-                        Ok(()) => {
+                    let read = self.mem.read_exact_at(one, at).is_ok()
+                        || (!self.also.is_empty() && read_remote(self.pid, one, at));
+                    let hash = match read {
+                        true => {
                             apply_masks(&self.masks, one, at);
                             xxh3_64(one)
                         }
-                        Err(_) if self.is_guard(at) => GUARD,
-                        Err(_) => UNREADABLE,
+                        false if self.is_guard(at) => GUARD,
+                        false => UNREADABLE,
                     };
                     Self::record(self.zero, out, at, hash);
                 }
@@ -196,9 +237,15 @@ impl PageReader {
                     u64::from_ne_bytes(raw)
                 })
                 .collect();
+            let first = start + done * page;
             let present: Vec<bool> = entries
                 .iter()
-                .map(|e| e & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0)
+                .enumerate()
+                .map(|(i, e)| {
+                    e & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0
+                        || (!self.also.is_empty()
+                            && self.also.binary_search(&(first + i as u64 * page)).is_ok())
+                })
                 .collect();
             let mut i = 0;
             while i < n {
@@ -230,18 +277,34 @@ pub fn digest(
     maps: &[MapEntry],
     masks: &[(u64, u64)],
 ) -> Result<Vec<VmaDigest>, CaptureError> {
+    digest_with(pid, maps, masks, Vec::new())
+}
+
+/// [`digest`], also reading the pages at the addresses of `also` where
+/// pagemap says absent (for a lazily restored task: the non-zero pages of
+/// the capture before the dump).
+pub fn digest_with(
+    pid: Pid,
+    maps: &[MapEntry],
+    masks: &[(u64, u64)],
+    mut also: Vec<u64>,
+) -> Result<Vec<VmaDigest>, CaptureError> {
+    also.sort_unstable();
+    also.dedup();
     let mem_path = format!("/proc/{pid}/mem");
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let mem = File::open(&mem_path).map_err(|e| CaptureError::io(&mem_path, e))?;
     let pagemap = File::open(&pagemap_path).map_err(|e| CaptureError::io(&pagemap_path, e))?;
     let page = page_size();
     let mut reader = PageReader {
+        pid,
         mem,
         pagemap,
         page,
         zero: xxh3_64(&vec![0u8; page]),
         buf: vec![0u8; CHUNK_PAGES * page],
         masks: masks.to_vec(),
+        also,
     };
     let mut out = Vec::new();
     for entry in maps.iter().filter(|e| wants_digest(e)) {

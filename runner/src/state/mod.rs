@@ -104,6 +104,18 @@ fn read_link(path: String) -> Result<String, CaptureError> {
 /// it does not change meanwhile: [`capture`] does). `tids` are its threads,
 /// `rseq` their rseq registrations (only ptrace can tell them).
 pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
+    read_with(pid, tids, rseq, None)
+}
+
+/// [`read`]; with `before`, also reads the pages that held data in that
+/// earlier capture where pagemap now says absent (see
+/// [`memory::digest_with`]): for a task restored lazily.
+pub fn read_with(
+    pid: Pid,
+    tids: &[Pid],
+    rseq: &[Rseq],
+    before: Option<&VisibleState>,
+) -> Result<VisibleState, CaptureError> {
     let status_path = format!("/proc/{pid}/status");
     let status_text =
         std::fs::read_to_string(&status_path).map_err(|e| CaptureError::io(&status_path, e))?;
@@ -135,7 +147,13 @@ pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, Captu
     })?;
     let attrs = attrs::read(pid, tids)?;
     let masks: Vec<(u64, u64)> = rseq.iter().flat_map(Rseq::kernel_written).collect();
-    let memory = memory::digest(pid, &normalised, &masks)?;
+    let also: Vec<u64> = before
+        .iter()
+        .flat_map(|b| &b.memory)
+        .filter(|v| v.source == Source::Pagemap)
+        .flat_map(|v| v.pages.iter().map(|&(addr, _)| addr))
+        .collect();
+    let memory = memory::digest_with(pid, &normalised, &masks, also)?;
     Ok(VisibleState {
         pid: pid.as_raw(),
         status,
@@ -154,8 +172,17 @@ pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, Captu
 /// Freezes `pid` (each thread gets `timeout` to stop), reads its state and
 /// unfreezes it. A task that was group-stopped stays stopped.
 pub fn capture(pid: Pid, timeout: Duration) -> Result<VisibleState, CaptureError> {
+    capture_with(pid, timeout, None)
+}
+
+/// [`capture`], reading the pages of `before` as [`read_with`] does.
+pub fn capture_with(
+    pid: Pid,
+    timeout: Duration,
+    before: Option<&VisibleState>,
+) -> Result<VisibleState, CaptureError> {
     let frozen = Frozen::freeze(pid, timeout)?;
-    let state = read(pid, frozen.threads(), &frozen.rseq());
+    let state = read_with(pid, frozen.threads(), &frozen.rseq(), before);
     frozen.release()?;
     state
 }
