@@ -131,13 +131,34 @@ impl Setup {
                 "cmd=$1; shift; all=\"$*\"\n\
                  echo \"$cmd $all step=$(cat test.out.step 2>/dev/null || echo -)\" >> {argv}\n\
                  while [ $# -gt 0 ]; do\n\
-                 case $1 in -t) pid=$2; shift;; -D) dir=$2; shift;; -o) log=$2; shift;; esac\n\
+                 case $1 in -t) pid=$2; shift;; -D) dir=$2; shift;; -o) log=$2; shift;; --pidfile) pidfile=$2; shift;; esac\n\
                  shift\n\
                  done\n\
                  case $cmd in\n\
                  pre-dump) {pre_dump_body};;\n\
                  dump) {dump_body};;\n\
                  restore) {restore_body};;\n\
+                 esac\n",
+                argv = self.argv_log().display()
+            ),
+        )
+    }
+
+    /// [`Setup::logging_crust`] with a `lazy-pages` command too.
+    fn lazy_crust(&self, dump_body: &str, lazy_body: &str) -> PathBuf {
+        script(
+            &self.path().join("crust"),
+            &format!(
+                "cmd=$1; shift; all=\"$*\"\n\
+                 echo \"$cmd $all step=$(cat test.out.step 2>/dev/null || echo -)\" >> {argv}\n\
+                 while [ $# -gt 0 ]; do\n\
+                 case $1 in -t) pid=$2; shift;; -D) dir=$2; shift;; -o) log=$2; shift;; --pidfile) pidfile=$2; shift;; esac\n\
+                 shift\n\
+                 done\n\
+                 case $cmd in\n\
+                 dump) {dump_body};;\n\
+                 lazy-pages) {lazy_body};;\n\
+                 restore) {FAILING_RESTORE};;\n\
                  esac\n",
                 argv = self.argv_log().display()
             ),
@@ -666,4 +687,174 @@ fn list_shows_pre_dumps_and_steps() {
         stdout.contains("  pre2  two read pre-dumps [pre 2 read]\n"),
         "{stdout}"
     );
+}
+
+/// A fake lazy-pages daemon: a sleeper (its pid in the pidfile), and the
+/// network namespace it ran in, in `netns.txt`.
+const FAKE_LAZY_PAGES: &str = "ip netns identify $$ > netns.txt; sleep 300 & echo $! > $pidfile; \
+                               echo listening > $log; exit 0";
+
+fn pid_in(path: &Path) -> nix::unistd::Pid {
+    let text = std::fs::read_to_string(path).expect("pidfile");
+    nix::unistd::Pid::from_raw(text.trim().parse().expect("a pid"))
+}
+
+fn assert_gone(pid: nix::unistd::Pid, what: &str) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(!text(&cmdline).contains("sleep"), "{what} {pid} still runs");
+}
+
+#[test]
+fn lazy_sequence() {
+    require_root("lazy_sequence");
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("lazy.toml"),
+        "name = \"lazy\"\ndescription = \"lazy\"\nlazy = \"local\"\n",
+    )
+    .expect("write flavor");
+    setup.dummy_manifest("");
+    let crust = setup.lazy_crust(KILLING_DUMP, FAKE_LAZY_PAGES);
+    let out = setup.run_test(&crust, &["-f", "lazy"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (lazy): restore: crust restore exited with status 1\n"),
+        "{stdout}"
+    );
+    let work = setup.logs().join("zdtm-dummy").join("lazy");
+    assert_eq!(
+        setup.invocations(&work),
+        [
+            "dump -t PID -D W/img -o W/dump.log -v step=-",
+            "lazy-pages -D W/img -d --pidfile W/lazy.pid -o W/lazy.log -v step=-",
+            "restore -D W/img --lazy-pages -d --pidfile W/restore.pid --leave-stopped -o \
+             W/restore.log step=-",
+        ]
+    );
+    // Local: the daemon ran in the runner's own network namespace.
+    assert_eq!(
+        std::fs::read_to_string(work.join("netns.txt"))
+            .expect("netns.txt")
+            .trim(),
+        ""
+    );
+    // The failed run killed its daemon.
+    assert_gone(pid_in(&work.join("lazy.pid")), "the lazy-pages daemon");
+
+    // The dump flavor with --lazy-pages: the same, labelled.
+    std::fs::remove_file(setup.argv_log()).expect("rm");
+    let out = setup.run_test(&crust, &["-f", "dump", "--lazy-pages"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (dump, lazy): restore: "),
+        "{stdout}"
+    );
+    let calls = setup.invocations(&setup.work_dir());
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[1].starts_with("lazy-pages -D W/img -d "), "{calls:?}");
+}
+
+#[test]
+fn remote_lazy_sequence() {
+    require_root("remote_lazy_sequence");
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("rl.toml"),
+        "name = \"rl\"\ndescription = \"remote lazy\"\npre_dumps = 1\nlazy = \"remote\"\n",
+    )
+    .expect("write flavor");
+    setup.dummy_manifest("");
+    // The lazy dump kills the task and leaves a process serving pages,
+    // its pid in the --pidfile (`crust dump --help` mentions it).
+    let dump = "[ -n \"$pid\" ] || { echo --pidfile; exit 0; }; kill -9 $pid; \
+                sleep 300 & echo $! > $pidfile; cp $pidfile server.pid; echo dumped > $log; exit 0";
+    let crust = setup.lazy_crust(dump, FAKE_LAZY_PAGES);
+    let out = setup.zdtm(&[
+        "run",
+        "-t",
+        "zdtm-dummy",
+        "--crust",
+        crust.to_str().expect("utf-8"),
+        "--log-dir",
+        setup.logs().to_str().expect("utf-8"),
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    // Only rl runs the task; dump runs too (the plain flavor).
+    assert!(
+        stdout.contains("FAIL zdtm-dummy (rl): restore: crust restore exited with status 1\n"),
+        "{stdout}{stderr}"
+    );
+    let work = setup.logs().join("zdtm-dummy").join("rl");
+    let calls: Vec<String> = setup
+        .invocations(&work)
+        .into_iter()
+        .filter(|c| c.contains("W/"))
+        .collect();
+    let netns = std::fs::read_to_string(work.join("netns.txt")).expect("netns.txt");
+    let netns = netns.trim();
+    assert!(netns.starts_with("zdtm-"), "{netns:?}");
+    // The address and port of the dump are those the daemon fetches from.
+    assert!(calls[0].starts_with("pre-dump "), "{calls:?}");
+    assert!(calls[1].starts_with("show "), "{calls:?}");
+    let words: Vec<&str> = calls[2].split(' ').collect();
+    let value = |flag: &str| {
+        let i = words.iter().position(|w| *w == flag).expect(flag);
+        words[i + 1].to_string()
+    };
+    let (address, port) = (value("--address"), value("--port"));
+    assert!(address.starts_with("10."), "{address}");
+    assert_eq!(
+        calls[2..],
+        [
+            format!(
+                "dump -t PID -D W/img/dump --track-mem --prev-images-dir ../pre1 --lazy-pages \
+                 --address {address} --port {port} -d --pidfile W/dump.pid -o W/dump.log -v step=-"
+            ),
+            format!(
+                "lazy-pages -D W/img/dump --page-server --address {address} --port {port} -d \
+                 --pidfile W/lazy.pid -o W/lazy.log -v step=-"
+            ),
+            "restore -D W/img/dump --lazy-pages -d --pidfile W/restore.pid --leave-stopped -o \
+             W/restore.log step=-"
+                .to_string(),
+        ],
+        "{calls:?}"
+    );
+    // Both serving processes were killed, the namespace and the veth pair
+    // are gone.
+    assert_gone(pid_in(&work.join("lazy.pid")), "the lazy-pages daemon");
+    assert_gone(pid_in(&work.join("server.pid")), "the dump's server");
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    assert!(
+        !text(&list.stdout).contains(netns),
+        "{netns} left: {}",
+        text(&list.stdout)
+    );
+    let links = Command::new("ip").args(["link"]).output().expect("ip link");
+    let host_if = format!("zdtm{}s", &netns["zdtm-".len()..]);
+    assert!(!text(&links.stdout).contains(&host_if), "{host_if} left");
+}
+
+#[test]
+fn cut_link_needs_a_remote_flavor() {
+    require_root("cut_link_needs_a_remote_flavor");
+    let _serial = serial();
+    let setup = Setup::new();
+    let crust = setup.crust("exit 1", "exit 1");
+    let out = setup.run_test(&crust, &["--cut-link", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--cut-link 2: none of the selected flavors is remote lazy"),
+        "{stderr}"
+    );
+    let out = setup.run_test(&crust, &["--lazy-pages", "--remote-lazy-pages"]);
+    assert_eq!(out.status.code(), Some(2));
 }
