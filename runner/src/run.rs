@@ -657,13 +657,20 @@ impl Steps<'_> {
         self.capture_with(pid, when, None)
     }
 
+    /// A test that skips the memory check gets no page read: after a lazy
+    /// restore, that leaves the transfer to the daemon and the test alone.
     fn capture_with(
         &mut self,
         pid: Pid,
         when: &str,
         before: Option<&VisibleState>,
     ) -> Option<VisibleState> {
-        match state::capture_with(pid, self.timeout(), before) {
+        let memory = if self.test.skips("memory") {
+            state::Memory::Skip
+        } else {
+            state::Memory::Read(before)
+        };
+        match state::capture_with(pid, self.timeout(), memory) {
             Ok(state) => {
                 let path = if when == "before" {
                     &self.work.state_before

@@ -104,17 +104,28 @@ fn read_link(path: String) -> Result<String, CaptureError> {
 /// it does not change meanwhile: [`capture`] does). `tids` are its threads,
 /// `rseq` their rseq registrations (only ptrace can tell them).
 pub fn read(pid: Pid, tids: &[Pid], rseq: &[Rseq]) -> Result<VisibleState, CaptureError> {
-    read_with(pid, tids, rseq, None)
+    read_with(pid, tids, rseq, Memory::Read(None))
 }
 
-/// [`read`]; with `before`, also reads the pages that held data in that
-/// earlier capture where pagemap now says absent (see
-/// [`memory::digest_with`]): for a task restored lazily.
+/// Whether and how [`read_with`] reads the task's memory.
+#[derive(Debug, Clone, Copy)]
+pub enum Memory<'a> {
+    /// Not at all (the memory check is skipped): no page is touched, so a
+    /// lazily restored task gets no page it did not ask for itself.
+    Skip,
+    /// Present pages; with an earlier capture, also the pages that held
+    /// data then (see [`memory::digest_with`]).
+    Read(Option<&'a VisibleState>),
+}
+
+/// [`read`], reading memory as `memory` says: with an earlier capture,
+/// also the pages that held data then where pagemap now says absent (see
+/// [`memory::digest_with`]), for a task restored lazily.
 pub fn read_with(
     pid: Pid,
     tids: &[Pid],
     rseq: &[Rseq],
-    before: Option<&VisibleState>,
+    memory: Memory<'_>,
 ) -> Result<VisibleState, CaptureError> {
     let status_path = format!("/proc/{pid}/status");
     let status_text =
@@ -147,13 +158,18 @@ pub fn read_with(
     })?;
     let attrs = attrs::read(pid, tids)?;
     let masks: Vec<(u64, u64)> = rseq.iter().flat_map(Rseq::kernel_written).collect();
-    let also: Vec<u64> = before
-        .iter()
-        .flat_map(|b| &b.memory)
-        .filter(|v| v.source == Source::Pagemap)
-        .flat_map(|v| v.pages.iter().map(|&(addr, _)| addr))
-        .collect();
-    let memory = memory::digest_with(pid, &normalised, &masks, also)?;
+    let memory = match memory {
+        Memory::Skip => Vec::new(),
+        Memory::Read(before) => {
+            let also: Vec<u64> = before
+                .iter()
+                .flat_map(|b| &b.memory)
+                .filter(|v| v.source == Source::Pagemap)
+                .flat_map(|v| v.pages.iter().map(|&(addr, _)| addr))
+                .collect();
+            memory::digest_with(pid, &normalised, &masks, also)?
+        }
+    };
     Ok(VisibleState {
         pid: pid.as_raw(),
         status,
@@ -172,17 +188,17 @@ pub fn read_with(
 /// Freezes `pid` (each thread gets `timeout` to stop), reads its state and
 /// unfreezes it. A task that was group-stopped stays stopped.
 pub fn capture(pid: Pid, timeout: Duration) -> Result<VisibleState, CaptureError> {
-    capture_with(pid, timeout, None)
+    capture_with(pid, timeout, Memory::Read(None))
 }
 
-/// [`capture`], reading the pages of `before` as [`read_with`] does.
+/// [`capture`], reading memory as [`read_with`] does.
 pub fn capture_with(
     pid: Pid,
     timeout: Duration,
-    before: Option<&VisibleState>,
+    memory: Memory<'_>,
 ) -> Result<VisibleState, CaptureError> {
     let frozen = Frozen::freeze(pid, timeout)?;
-    let state = read_with(pid, frozen.threads(), &frozen.rseq(), before);
+    let state = read_with(pid, frozen.threads(), &frozen.rseq(), memory);
     frozen.release()?;
     state
 }

@@ -1,4 +1,4 @@
-//! mremap right after the restore: a whole 64 MiB region (`--size-mib=N`)
+//! mremap right after the restore: a whole 128 MiB region (`--size-mib=N`)
 //! is moved to a new address and grown to twice its size, and the middle
 //! half of a second region is moved elsewhere (splitting it), before
 //! anything of them is read.
@@ -22,7 +22,7 @@ struct State {
 }
 
 fn setup(args: &zdtm::Args) -> TestResult<State> {
-    let len = args.get_or("size-mib", 64usize)? << 20;
+    let len = args.get_or("size-mib", 128usize)? << 20;
     let a = mem::mmap_guarded(len, RW)?;
     let b = mem::mmap_guarded(len / 4, RW)?;
     // SAFETY: fresh read-write mappings owned by the test.
