@@ -247,12 +247,22 @@ fn bad_files_are_setup_errors() {
     let setup = Setup::new();
     std::fs::write(
         setup.flavors().join("dump.toml"),
-        "name = \"dump\"\ndescription = \"d\"\nlazy = \"local\"\n",
+        "name = \"dump\"\ndescription = \"d\"\nlazy = \"remote\"\nlink_cut = 3\n",
     )
     .expect("write");
     let out = setup.zdtm(&["list"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown field `lazy`"));
+    assert!(text(&out.stderr).contains("unknown field `link_cut`"));
+
+    // A value the runner does not know is rejected too.
+    std::fs::write(
+        setup.flavors().join("dump.toml"),
+        "name = \"dump\"\ndescription = \"d\"\nlazy = \"eager\"\n",
+    )
+    .expect("write");
+    let out = setup.zdtm(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown variant `eager`"));
 }
 
 #[test]
