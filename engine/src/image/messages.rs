@@ -757,4 +757,10 @@ pub struct LazyStats {
     /// Background transfer unit.
     #[prost(uint64, tag = "20")]
     pub chunk_bytes: u64,
+    /// Pages still pending in each child when it forked (its lazy pages:
+    /// delivered, dropped or gone like the task's own). Every lazy page is
+    /// accounted once: pages_lazy + pages_forked = pages_fault +
+    /// pages_background + pages_dropped + pages_gone.
+    #[prost(uint64, tag = "21")]
+    pub pages_forked: u64,
 }

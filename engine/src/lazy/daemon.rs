@@ -93,6 +93,8 @@ struct Counters {
     dropped: u64,
     gone: u64,
     forks: u64,
+    /// Pages pending in children when they forked.
+    forked: u64,
     remaps: u64,
     removes: u64,
     unmaps: u64,
@@ -249,11 +251,12 @@ fn detach_stdio() {
 
 pub fn stats_line(s: &LazyStats) -> String {
     format!(
-        "crust: lazy restore of pid {}: eager {} pages from the dump, {} from parents; lazy {} pages: {} by fault, {} in background, {} zero pages, {} dropped by events, {} left when the task went; {} mm(s); {:.1} ms; fault service p50 {:.1} us p99 {:.1} us",
+        "crust: lazy restore of pid {}: eager {} pages from the dump, {} from parents; lazy {} pages (+{} pending in forked children): {} by fault, {} in background, {} zero pages, {} dropped by events, {} left when the task went; {} mm(s); {:.1} ms; fault service p50 {:.1} us p99 {:.1} us",
         s.pid,
         s.pages_eager_dump,
         s.pages_eager_parent,
         s.pages_lazy,
+        s.pages_forked,
         s.pages_fault,
         s.pages_background,
         s.pages_zero,
@@ -353,6 +356,7 @@ fn serve(
         fault_p50_ns: pct(0.5),
         fault_p99_ns: pct(0.99),
         forks: c.forks,
+        pages_forked: c.forked,
         remaps: c.remaps,
         removes: c.removes,
         unmaps: c.unmaps,
@@ -525,6 +529,7 @@ fn handle(sh: &Shared, i: usize, msg: UffdMsg, queued: &mut Vec<Fault>) {
                 })
                 .collect();
             let c = st.mms[i].fork(child, &claimed);
+            st.c.forked += c.pending.total() / PAGE;
             st.mms.push(c);
             st.c.forks += 1;
         }
@@ -554,9 +559,11 @@ fn serve_fault(
     f: Fault,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Fault>> {
+    let claimed = matches!(f.action, Action::Copy { .. }) as u64;
     let fd = {
-        let st = lock(&sh.state);
+        let mut st = lock(&sh.state);
         if st.mms[f.mm].gone {
+            st.c.gone += claimed;
             return Ok(None);
         }
         st.mms[f.mm].uffd.clone()
@@ -584,13 +591,14 @@ fn serve_fault(
             }
             let _ = uffd::wake(fd.as_fd(), live, PAGE);
         }
-        Err(Errno::ESRCH) => st.gone(f.mm),
+        Err(Errno::ESRCH) => {
+            st.c.gone += claimed;
+            st.gone(f.mm);
+        }
         // The page's VMA went away under the fault (the task raced with
         // its own munmap): wake the thread, which then sees the new map.
         Err(_) => {
-            if let Action::Copy { .. } = f.action {
-                st.c.dropped += 1;
-            }
+            st.c.dropped += claimed;
             let _ = uffd::wake(fd.as_fd(), live, PAGE);
         }
     }
@@ -662,8 +670,10 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
             Some(Errno::EEXIST) => {
                 // That page is there already: skip it.
                 back.0 += PAGE;
+                st.c.background += 1;
             }
             Some(Errno::ESRCH) => {
+                st.c.gone += (back.1 - back.0) / PAGE;
                 st.gone(i);
                 back.0 = back.1;
             }

@@ -8,11 +8,13 @@
  * lines "N OP [ARGS]"; each N greater than the last one done runs once and
  * appends "N RESULT" to OUTFILE. Offsets and lengths are in pages.
  *   check               every page still mapped holds what it must
- *   fork                a child checks every page, the parent waits
+ *   fork                starts a child that checks every page
+ *   wait                waits for that child: "ok" if it found all right
  *   remap OFF LEN NEW   mremap [OFF, OFF+LEN) to a new place, grown to NEW
  *                       pages: data follows, the grown part reads zero
  *   dontneed OFF LEN    madvise(DONTNEED), then the range reads zero
  *   unmap OFF LEN       munmap
+ *   dirty OFF LEN       rewrites the pages with another pattern
  *   touch N             first-touch N random pages (not yet touched by
  *                       the process itself), reports p50/p99 latency (ns)
  *   exit                exits 0
@@ -36,6 +38,7 @@ static unsigned char *base;
 static size_t pages;
 /* Per page: 0 pattern, 1 zero, 2 gone (unmapped or moved away). */
 static unsigned char *expect;
+static pid_t child;
 
 static uint64_t mix(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
@@ -44,11 +47,14 @@ static uint64_t mix(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-/* Checks page `pg` of the pattern, found at `at`: 0 if right. */
-static int check_page(const unsigned char *at, size_t pg, int zero) {
+#define DIRTY_SEED 0x5eed5eedULL
+
+/* Checks page `pg` found at `at`: pattern (kind 0), zero (1), rewritten
+ * pattern (4). 0 if right. */
+static int check_page(const unsigned char *at, size_t pg, int kind) {
     const uint64_t *w = (const uint64_t *)at;
     for (size_t i = 0; i < WORDS; i++) {
-        uint64_t want = zero ? 0 : mix(seed + pg * WORDS + i);
+        uint64_t want = kind == 1 ? 0 : mix((kind == 4 ? seed ^ DIRTY_SEED : seed) + pg * WORDS + i);
         if (w[i] != want)
             return -1;
     }
@@ -59,7 +65,7 @@ static long check_all(void) {
     for (size_t p = 0; p < pages; p++) {
         if (expect[p] == 2)
             continue;
-        if (check_page(base + p * PAGE, p, expect[p] == 1))
+        if (check_page(base + p * PAGE, p, expect[p]))
             return (long)p;
     }
     return -1;
@@ -84,14 +90,17 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
         else
             dprintf(out, "%ld check bad page %ld\n", n, bad);
     } else if (!strcmp(op, "fork")) {
-        pid_t child = fork();
+        child = fork();
         if (child == 0)
             _exit(check_all() < 0 ? 0 : 1);
+        dprintf(out, "%ld fork %s\n", n, child > 0 ? "started" : "failed");
+    } else if (!strcmp(op, "wait")) {
         int st = 0;
-        if (child < 0 || waitpid(child, &st, 0) != child)
-            dprintf(out, "%ld fork failed\n", n);
+        if (child <= 0 || waitpid(child, &st, 0) != child)
+            dprintf(out, "%ld wait failed\n", n);
         else
-            dprintf(out, "%ld fork %s\n", n, WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ok" : "bad");
+            dprintf(out, "%ld wait %s\n", n, WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ok" : "bad");
+        child = 0;
     } else if (!strcmp(op, "remap")) {
         if (a + b > pages || c < b) {
             dprintf(out, "%ld remap bad args\n", n);
@@ -104,7 +113,7 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
         }
         int ok = to != base + a * PAGE;
         for (size_t p = 0; ok && p < c; p++)
-            ok = !check_page(to + p * PAGE, a + p, p >= b);
+            ok = !check_page(to + p * PAGE, a + p, p >= b ? 1 : expect[a + p]);
         for (size_t p = a; p < a + b; p++)
             expect[p] = 2;
         dprintf(out, "%ld remap %s\n", n, ok ? "ok" : "bad");
@@ -119,6 +128,18 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
             ok = ok && !check_page(base + p * PAGE, p, 1);
         }
         dprintf(out, "%ld dontneed %s\n", n, ok ? "ok" : "bad");
+    } else if (!strcmp(op, "dirty")) {
+        if (a + b > pages) {
+            dprintf(out, "%ld dirty bad args\n", n);
+            return;
+        }
+        for (size_t p = a; p < a + b; p++) {
+            uint64_t *w = (uint64_t *)(base + p * PAGE);
+            for (size_t i = 0; i < WORDS; i++)
+                w[i] = mix((seed ^ DIRTY_SEED) + p * WORDS + i);
+            expect[p] = 4;
+        }
+        dprintf(out, "%ld dirty ok\n", n);
     } else if (!strcmp(op, "unmap")) {
         if (a + b > pages || munmap(base + a * PAGE, b * PAGE)) {
             dprintf(out, "%ld unmap failed\n", n);
