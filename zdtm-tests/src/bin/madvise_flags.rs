@@ -196,7 +196,13 @@ fn check(s: State) -> TestResult {
     let ps = page_size();
     let len = PAGES * ps;
     for r in &s.regions {
-        let now = maps::vm_flags(r.addr)?;
+        let mut now = maps::vm_flags(r.addr)?;
+        // `um` (VM_UFFD_MISSING): after a lazy restore, the range stays
+        // registered on the lazy-pages daemon's userfaultfd until the
+        // daemon has delivered it, which may still be under way now. The
+        // engine's state, not ours (this test has no userfaultfd), as the
+        // runner's comparison says too (docs/test-protocol.md).
+        now.retain(|f| f != "um");
         ensure_eq!(now, r.flags, "{} region VmFlags", r.what);
     }
     check_guard(&s)?;
