@@ -179,4 +179,10 @@ fn a_cut_link_loses_nothing() {
     );
     let work = logs.path().join("lazy_many_faults/remote-lazy");
     assert_lazy(&work, &work.join("img"));
+    // The cut fell inside the transfer: it lasted longer than the cut.
+    let s = stats(&work.join("img"));
+    assert!(
+        count(&s, "total_us") >= 5_000_000,
+        "the transfer ended before the link came back: {s}"
+    );
 }
