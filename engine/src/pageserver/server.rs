@@ -486,3 +486,89 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> std::result::Result<usize, Errn
 pub fn read_one(sock: &mut TcpStream) -> std::io::Result<(Header, Vec<u8>)> {
     read_frame(sock)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pageserver::proto::hello_payload;
+    use std::io::Write;
+
+    /// Feeds `stream` to a receiver over a loopback connection; returns
+    /// its result and whether an inventory was left.
+    fn feed(stream: &[u8]) -> (Result<Received>, bool) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ImageDir::create(tmp.path()).expect("image dir");
+        let (l, addr) = listen("127.0.0.1", 0).expect("listen");
+        let data = stream.to_vec();
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let _ = s.write_all(&data);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let out = serve(&dir, &l);
+        client.join().expect("client thread");
+        let inv = dir.file(Kind::Inventory, None).exists();
+        (out, inv)
+    }
+
+    fn frame(kind: FrameKind, arg: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = Header::new(kind, arg, payload.len() as u32)
+            .encode()
+            .to_vec();
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Random streams, raw or after a valid HELLO, made of random and
+    /// well-formed frames cut anywhere: always an error, never a panic,
+    /// never an inventory.
+    #[test]
+    fn random_streams_fail_cleanly() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..150 {
+            let mut s = Vec::new();
+            if round % 3 != 0 {
+                s.extend(frame(FrameKind::Hello, 0, &hello_payload()));
+            }
+            for _ in 0..(next() % 6) {
+                let pid = 1 + (next() % 3) as u32;
+                let f = match next() % 6 {
+                    0 => frame(FrameKind::PagesBegin, pid, &[]),
+                    1 => frame(
+                        FrameKind::PagesData,
+                        pid,
+                        &vec![7u8; 4096 * (next() % 3) as usize],
+                    ),
+                    2 => frame(
+                        FrameKind::PagesEnd,
+                        pid,
+                        &(4096 * (next() % 3)).to_le_bytes(),
+                    ),
+                    3 => frame(
+                        FrameKind::File,
+                        0,
+                        &proto::file_payload("stats.img", b"CRSTxx"),
+                    ),
+                    4 => frame(FrameKind::Commit, 0, &[0u8; 40]),
+                    _ => (0..(next() % 64)).map(|_| next() as u8).collect(),
+                };
+                s.extend(f);
+            }
+            if next() % 2 == 0 && !s.is_empty() {
+                let cut = (next() as usize) % s.len();
+                s.truncate(cut);
+            }
+            let (out, inv) = feed(&s);
+            assert!(out.is_err(), "round {round}: accepted {s:?}");
+            assert!(!inv, "round {round}: an inventory was left");
+        }
+    }
+}
