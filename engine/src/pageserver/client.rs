@@ -14,8 +14,11 @@ use crate::error::{Error, Result};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the client waits for the server's answer to HELLO and COMMIT.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the client waits for the server's answer to HELLO.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long it waits for the answer to COMMIT (a splice-mode image is
+/// checksummed at the server before it answers).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A connection to a page server, after the HELLO exchange.
 pub struct Conn {
@@ -102,7 +105,7 @@ impl Conn {
         tune(sock.as_raw_fd(), true);
         let mut c = Conn { sock, addr };
         c.send(FrameKind::Hello, 0, &proto::hello_payload(), "the hello")?;
-        let (h, p) = c.answer("the hello")?;
+        let (h, p) = c.answer("the hello", HELLO_TIMEOUT)?;
         if h.kind != FrameKind::Hello {
             return Err(c.err("the hello", format!("answered with a {:?} frame", h.kind)));
         }
@@ -156,8 +159,8 @@ impl Conn {
     }
 
     /// The server's answer: OK, HELLO, or its ERROR as an error.
-    fn answer(&mut self, what: &str) -> Result<(Header, Vec<u8>)> {
-        let _ = self.sock.set_read_timeout(Some(ANSWER_TIMEOUT));
+    fn answer(&mut self, what: &str, timeout: Duration) -> Result<(Header, Vec<u8>)> {
+        let _ = self.sock.set_read_timeout(Some(timeout));
         match read_frame(&mut self.sock) {
             Ok((h, p)) if h.kind == FrameKind::Error => Err(self.err(
                 what,
@@ -251,7 +254,7 @@ impl Conn {
     /// image at the server is then complete.
     pub fn commit(&mut self, inventory: &[u8]) -> Result<()> {
         self.send(FrameKind::Commit, 0, inventory, "sending the inventory")?;
-        let (h, _) = self.answer("committing the image")?;
+        let (h, _) = self.answer("committing the image", COMMIT_TIMEOUT)?;
         if h.kind != FrameKind::Ok {
             return Err(self.err(
                 "committing the image",
