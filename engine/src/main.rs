@@ -134,6 +134,24 @@ enum Cmd {
         /// changed since the dump (size, mtime, device or inode).
         #[arg(long)]
         skip_file_checks: bool,
+        /// Leave the dump's private anonymous pages to the lazy-pages
+        /// daemon (`crust lazy-pages -D DIR`), which must listen already.
+        #[arg(long)]
+        lazy_pages: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Serve the pages of a lazy restore from DIR (post-copy): start it
+    /// before `crust restore -D DIR --lazy-pages`.
+    LazyPages {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return once the socket listens; the daemon goes on alone.
+        #[arg(short = 'd', long = "daemon")]
+        detach: bool,
+        /// Write the daemon's pid here.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -433,11 +451,13 @@ fn main() -> ExitCode {
             inherit_fd,
             display_stats,
             skip_file_checks,
+            lazy_pages,
             common,
         } => {
             let mut log = Log::open(&common, &dir);
             let opts = RestoreOptions {
                 skip_file_checks,
+                lazy_pages,
                 leave_stopped,
                 pid_wait,
                 inherit_fds: inherit_fd,
@@ -479,6 +499,13 @@ fn main() -> ExitCode {
                 common.verbose > 0,
                 &format!("crust: restore phases: {}", restored.phases.render()),
             );
+            log.stats(
+                common.verbose > 0,
+                &format!(
+                    "crust: restore pages: {} eager from the dump, {} eager from parent images, {} lazy",
+                    restored.pages_eager_dump, restored.pages_eager_parent, restored.pages_lazy
+                ),
+            );
             if let Some(Err(msg)) = pidfile.map(Pidfile::commit) {
                 // Nothing half done: the restored process (our child) goes,
                 // and the images are as they were.
@@ -506,6 +533,12 @@ fn main() -> ExitCode {
             pidfile,
             common,
         } => page_server(&dir, &address, port, daemon, pidfile.as_deref(), &common),
+        Cmd::LazyPages {
+            dir,
+            detach,
+            pidfile,
+            common,
+        } => lazy_pages(&dir, detach, pidfile, &common),
         Cmd::Show { path } => match crust::image::show::show(&path) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -648,6 +681,52 @@ fn serve_one(
         Err(e) => {
             log.line(&format!("crust: page-server on {addr} failed: {e}"));
             ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// `crust lazy-pages`: local pages, from the image chain of DIR (checked
+/// against their checksums once, before the socket listens).
+fn lazy_pages(dir: &Path, detach: bool, pidfile: Option<PathBuf>, common: &Common) -> ExitCode {
+    use crust::lazy::daemon::{run, Channel, DaemonOptions, Outcome};
+    use crust::pageio::{source::ChainSource, PageSource};
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("crust: lazy-pages for {} failed: {e}", dir.display());
+        ExitCode::from(exit::FAILED)
+    };
+    let inv: crust::image::messages::Inventory = match crust::image::ImageDir::open(dir)
+        .and_then(|i| i.read(crust::image::Kind::Inventory, None))
+    {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    let source = match ChainSource::open(dir, inv.root_pid, true) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let log_file = common
+        .log_file
+        .as_ref()
+        .map(|p| match p.is_absolute() || p.starts_with(".") {
+            true => p.clone(),
+            false => dir.join(p),
+        });
+    let opts = DaemonOptions {
+        detach,
+        pidfile,
+        log_file,
+        verbose: common.verbose > 0,
+    };
+    let open = |_: Channel| -> crust::Result<Box<dyn PageSource>> { Ok(Box::new(source.clone())) };
+    match run(dir, &opts, &open) {
+        Ok(Outcome::Detached { .. }) => ExitCode::SUCCESS,
+        Ok(Outcome::Done(_)) => ExitCode::SUCCESS,
+        Err(e) => {
+            if detach {
+                // Failures of the detached daemon are in its log.
+                return ExitCode::from(exit::FAILED);
+            }
+            fail(&e)
         }
     }
 }

@@ -23,15 +23,16 @@ const MAX_MESSAGE: u64 = 256 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Kind {
-    Inventory = 0x4e564e49, // "INVN"
-    PsTree = 0x45525450,    // "PTRE"
-    Core = 0x45524f43,      // "CORE"
-    Mm = 0x5f5f4d4d,        // "MM__"
-    Fds = 0x5f534446,       // "FDS_"
-    Pagemap = 0x504d4750,   // "PGMP"
-    Pages = 0x53454750,     // "PGES"
-    Stats = 0x54415453,     // "STAT"
-    Digests = 0x54534744,   // "DGST"
+    Inventory = 0x4e564e49,  // "INVN"
+    PsTree = 0x45525450,     // "PTRE"
+    Core = 0x45524f43,       // "CORE"
+    Mm = 0x5f5f4d4d,         // "MM__"
+    Fds = 0x5f534446,        // "FDS_"
+    Pagemap = 0x504d4750,    // "PGMP"
+    Pages = 0x53454750,      // "PGES"
+    Stats = 0x54415453,      // "STAT"
+    Digests = 0x54534744,    // "DGST"
+    LazyStats = 0x5453_5a4c, // "LZST"
 }
 
 impl Kind {
@@ -50,6 +51,7 @@ impl Kind {
             Kind::Pages => "pages",
             Kind::Stats => "stats",
             Kind::Digests => "digests",
+            Kind::LazyStats => "lazy-stats",
         }
     }
 
@@ -212,24 +214,22 @@ pub fn is_image_name(name: &str) -> bool {
 /// -1: still an image name, never one this engine writes.
 pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     let stem = name.strip_suffix(".img")?;
-    let (kind, pid) = match stem.split_once('-') {
-        Some((k, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
-            (k, Some(pid))
-        }
-        Some(_) => return None,
-        None => (stem, None),
-    };
+    // Kind names may hold a '-' themselves (lazy-stats).
+    if let Some(k) = ALL_KINDS.into_iter().find(|k| k.name() == stem) {
+        return Some((k, None));
+    }
+    let (kind, pid) = stem.rsplit_once('-')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let kind = ALL_KINDS.into_iter().find(|k| k.name() == kind)?;
-    match pid {
-        None => Some((kind, None)),
-        Some(p) => match p.parse::<i32>() {
-            Ok(n) if n > 0 && n.to_string() == p => Some((kind, Some(n))),
-            _ => Some((kind, Some(-1))),
-        },
+    match pid.parse::<i32>() {
+        Ok(n) if n > 0 && n.to_string() == pid => Some((kind, Some(n))),
+        _ => Some((kind, Some(-1))),
     }
 }
 
-const ALL_KINDS: [Kind; 9] = [
+const ALL_KINDS: [Kind; 10] = [
     Kind::Inventory,
     Kind::PsTree,
     Kind::Core,
@@ -239,6 +239,7 @@ const ALL_KINDS: [Kind; 9] = [
     Kind::Pages,
     Kind::Stats,
     Kind::Digests,
+    Kind::LazyStats,
 ];
 
 impl ImageDir {
