@@ -202,9 +202,13 @@ pub fn check_parents(target: &Path, parent: &Path, pid: i32) -> Result<Inventory
         source: e,
     })?;
     let links = walk(parent, pid, Some(&target), true)?;
-    for (d, _) in &links {
+    for (d, inv) in &links {
         let layer = load_layer(d, pid)?;
-        open_pages(d, &layer)?;
+        // A pre-dump whose pages went to a page server has no pages file
+        // here: its pagemap is all the next image needs of it.
+        if inv.pages_at.is_empty() {
+            open_pages(d, &layer)?;
+        }
     }
     links
         .into_iter()
@@ -311,7 +315,16 @@ impl Chain {
     pub fn open(dir: &Path, pid: i32, verify_data: bool) -> Result<Chain> {
         let mut layers = Vec::new();
         let mut pages = Vec::new();
-        for (d, _) in walk(dir, pid, None, false)? {
+        for (d, inv) in walk(dir, pid, None, false)? {
+            if !inv.pages_at.is_empty() {
+                return Err(bad(
+                    &d,
+                    format!(
+                        "the page data of this image went to the page server at {}, not into this directory: restore from the directory that page server wrote",
+                        inv.pages_at
+                    ),
+                ));
+            }
             let layer = load_layer(&d, pid)?;
             let reader = open_pages(&d, &layer)?;
             if verify_data {

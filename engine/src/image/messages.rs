@@ -46,6 +46,14 @@ pub struct Inventory {
     /// since then no longer matches, and restore refuses the chain.
     #[prost(fixed64, tag = "11")]
     pub parent_id: u64,
+    // Page server (tags 12-13).
+    /// The page data of this (pre-)dump went to the page server at this
+    /// address ("ADDR:PORT"), not into this directory: the directory can
+    /// be a parent of the next pre-dump or dump made here, but not be
+    /// restored. Empty when the pages file is here.
+    #[prost(string, tag = "12")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pages_at: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
