@@ -54,6 +54,8 @@ enum Cmd {
         external: Vec<String>,
         #[command(flatten)]
         track: Track,
+        #[command(flatten)]
+        lazy: LazyDumpArgs,
         /// Print timing and page counts.
         #[arg(long)]
         display_stats: bool,
@@ -117,6 +119,40 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Remote lazy dump (post-copy source), docs/cli.md.
+#[derive(clap::Args)]
+struct LazyDumpArgs {
+    /// Leave the pages of private anonymous memory at the source and serve
+    /// them to `crust lazy-pages --page-server` after the task is killed.
+    #[arg(long)]
+    lazy_pages: bool,
+    /// Address the page server listens on (with --lazy-pages).
+    #[arg(long, default_value = "0.0.0.0", requires = "lazy_pages")]
+    address: String,
+    /// Port of the page server; 0 lets the kernel choose (the inventory
+    /// records the real one).
+    #[arg(long, default_value_t = 0, requires = "lazy_pages")]
+    port: u16,
+    /// Seconds with no destination connected after which the source writes
+    /// the pages it holds into the images dir and exits.
+    #[arg(long, default_value_t = 60.0, requires = "lazy_pages", value_parser = parse_lazy_timeout)]
+    lazy_timeout: f64,
+    /// Return once the images are written and the page server listens;
+    /// serving goes on in the background.
+    #[arg(short = 'd', long = "daemon", requires = "lazy_pages")]
+    daemon: bool,
+}
+
+fn parse_lazy_timeout(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=86400.0).contains(&v) {
+        return Err(format!("{s} is out of range: give 0 to 86400 seconds"));
+    }
+    Ok(v)
 }
 
 #[derive(clap::Args)]
@@ -225,7 +261,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // dump and pre-dump work in a worker process: killing this one makes
     // the worker stop at its next safe point and let the task go.
-    if matches!(cli.cmd, Cmd::Dump { .. } | Cmd::PreDump { .. }) {
+    let mut ready = None;
+    if let Cmd::Dump {
+        lazy: LazyDumpArgs { daemon: true, .. },
+        ..
+    } = &cli.cmd
+    {
+        let (code, fd) = crust::dump::guard::split_ready();
+        if let Some(code) = code {
+            return code;
+        }
+        ready = fd;
+    } else if matches!(cli.cmd, Cmd::Dump { .. } | Cmd::PreDump { .. }) {
         if let Some(code) = crust::dump::guard::split() {
             return code;
         }
@@ -291,6 +338,7 @@ fn main() -> ExitCode {
             leave_running,
             external,
             track,
+            lazy,
             display_stats,
             common,
         } => {
@@ -299,6 +347,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::FAILED);
             }
             let mut log = Log::open(&common, &dir);
+            if lazy.lazy_pages {
+                let opts = DumpOptions {
+                    leave_running,
+                    track: track.options(),
+                    external,
+                };
+                let show = display_stats || common.verbose > 0;
+                return lazy_dump(pid, &dir, &opts, &lazy, ready, show, &mut log);
+            }
             let t = Instant::now();
             match dump(
                 pid,
@@ -441,6 +498,130 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `dump --lazy-pages`: the dump, then the page server until the
+/// destination has every page (or is gone for good: pages written back).
+fn lazy_dump(
+    pid: i32,
+    dir: &Path,
+    opts: &DumpOptions,
+    args: &LazyDumpArgs,
+    ready: Option<std::os::fd::OwnedFd>,
+    show: bool,
+    log: &mut Log,
+) -> ExitCode {
+    use crust::lazy::remote::server::{serve, Outcome, ServeOptions};
+    use std::net::ToSocketAddrs;
+    let addr = match (args.address.as_str(), args.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(a) => a,
+        None => {
+            log.line(&format!(
+                "crust: dump of pid {pid} failed: --address {:?} is not an address to listen on; the process was left running",
+                args.address
+            ));
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let t = Instant::now();
+    let (stats, held) = match crust::dump::dump_lazy(pid, dir, opts, addr) {
+        Ok(x) => x,
+        Err(e) => {
+            log.line(&format!(
+                "crust: dump of pid {pid} failed: {e}{}",
+                left_running(pid, &e)
+            ));
+            return failure_code(pid, &e);
+        }
+    };
+    log.stats(
+        show,
+        &format!(
+            "crust: dumped pid {pid} into {} for lazy migration: {} pages written, {} lazy, {} left to the parent, in {:.1} ms, frozen {:.1} ms",
+            dir.display(),
+            stats.pages_written,
+            stats.pages_lazy,
+            stats.pages_in_parent,
+            t.elapsed().as_secs_f64() * 1e3,
+            stats.frozen_ms
+        ),
+    );
+    log.stats(
+        show,
+        &format!("crust: dump phases: {}", stats.phases.render()),
+    );
+    log.line(&format!(
+        "crust: serving {} lazy pages of pid {pid} on {} (held by pid {})",
+        held.lazy_pages, held.addr, held.twin.pid
+    ));
+    if let Some(fd) = ready {
+        use std::os::fd::AsRawFd;
+        // SAFETY: prctl with integer arguments; then one byte written from
+        // a live buffer to our pipe. The waiting process exits on it, and
+        // its death must not stop us.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+            libc::write(fd.as_raw_fd(), b"R".as_ptr() as *const libc::c_void, 1);
+        }
+        drop(fd);
+        detach_stdio(log.file.is_some());
+    }
+    let serve_opts = ServeOptions {
+        timeout: Duration::from_secs_f64(args.lazy_timeout),
+    };
+    match serve(held, &serve_opts, &mut |l| log.line(l)) {
+        Ok(Outcome::Delivered {
+            bytes_served,
+            after_confirm,
+        }) => {
+            log.stats(
+                show,
+                &format!(
+                    "crust: every lazy page of pid {pid} delivered ({:.1} MiB served); exiting {:.0} us after the confirmation",
+                    bytes_served as f64 / (1 << 20) as f64,
+                    after_confirm.as_secs_f64() * 1e6
+                ),
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::WroteBack { pages, why }) => {
+            log.line(&format!(
+                "crust: {why}: wrote the {pages} lazy pages into {}; it now restores without --lazy-pages",
+                dir.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log.line(&format!(
+                "crust: serving the lazy pages of pid {pid} failed: {e}"
+            ));
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// A backgrounded lazy dump lets go of the caller's stdin and stdout (and
+/// of stderr when a log file keeps the messages), so that a caller
+/// reading them to their end is not held until the last page.
+fn detach_stdio(log_file: bool) {
+    // SAFETY: open a path we name, dup2 it over our own standard
+    // descriptors, close the temporary one.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        if log_file {
+            libc::dup2(null, 2);
+        }
+        libc::close(null);
     }
 }
 

@@ -1,0 +1,252 @@
+//! The destination's side: a [`PageSource`] that reads the pages a lazy
+//! dump left at its source, over TCP. A dropped connection is retried
+//! (reconnect with backoff, the outstanding request sent again) for
+//! `retry_for`; only protocol errors and the server's refusals are final.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::image::messages::Inventory;
+use crate::image::{ImageDir, Kind};
+use crate::pageio::PageSource;
+
+use super::protocol::{self, Channel, Frame, WireError};
+use super::tune;
+
+/// How long a client keeps trying to reach its source by default: longer
+/// than the source's default --lazy-timeout (60 s), so that the client
+/// never gives up while the source still waits for it.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(90);
+
+/// Reads lazy pages from the source's page server.
+pub struct RemotePageSource {
+    addr: SocketAddr,
+    channel: Channel,
+    image_id: u64,
+    conn: Option<TcpStream>,
+    /// How long to keep reconnecting before a request fails.
+    pub retry_for: Duration,
+    /// Connections made after the first (for tests and the log).
+    pub reconnects: u64,
+    connected_once: bool,
+    /// The task pid the server holds pages of.
+    pub pid: i32,
+    /// Pages the dump left at the source.
+    pub lazy_pages: u64,
+}
+
+/// Why one attempt failed.
+enum Attempt {
+    /// The connection broke or could not be made: try again.
+    Retry(String),
+    /// The server refused, or spoke nonsense: final.
+    Fatal(Error),
+}
+
+impl From<std::io::Error> for Attempt {
+    fn from(e: std::io::Error) -> Self {
+        Attempt::Retry(e.to_string())
+    }
+}
+
+impl From<WireError> for Attempt {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Io(e) => Attempt::Retry(e.to_string()),
+            WireError::Protocol(m) => Attempt::Fatal(Error::Other(format!("page server: {m}"))),
+        }
+    }
+}
+
+impl RemotePageSource {
+    /// Connects to the source at `addr` serving the dump `image_id`.
+    pub fn connect(addr: SocketAddr, channel: Channel, image_id: u64) -> Result<Self> {
+        let mut s = RemotePageSource {
+            addr,
+            channel,
+            image_id,
+            conn: None,
+            retry_for: DEFAULT_RETRY_FOR,
+            reconnects: 0,
+            connected_once: false,
+            pid: 0,
+            lazy_pages: 0,
+        };
+        s.with_retry(|s| s.ensure().map(drop))?;
+        Ok(s)
+    }
+
+    /// Connects to the source of the lazy dump in `dir`, at `addr` or at
+    /// the address its inventory records.
+    pub fn for_images(dir: &Path, channel: Channel, addr: Option<SocketAddr>) -> Result<Self> {
+        let inv: Inventory = ImageDir::open(dir)?.read(Kind::Inventory, None)?;
+        let addr = match addr {
+            Some(a) => a,
+            None => inv.lazy_address.parse().map_err(|_| {
+                Error::Other(format!(
+                    "{}: the inventory records no page server address ({:?}): not a remote lazy dump",
+                    dir.display(),
+                    inv.lazy_address
+                ))
+            })?,
+        };
+        Self::connect(addr, channel, inv.image_id)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The current connection, made (HELLO, WELCOME) if there is none.
+    fn ensure(&mut self) -> std::result::Result<&mut TcpStream, Attempt> {
+        if self.conn.is_none() {
+            let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(3))?;
+            tune(&s)?;
+            // Bounds a source that stops answering without the link dying
+            // (stopped, say); keepalive covers a dead link sooner.
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            protocol::send(
+                &mut s,
+                &Frame::Hello {
+                    channel: self.channel,
+                    image_id: self.image_id,
+                },
+            )?;
+            match protocol::recv(&mut s)? {
+                Frame::Welcome { pid, lazy_pages } => {
+                    self.pid = pid;
+                    self.lazy_pages = lazy_pages;
+                }
+                Frame::Error(m) => {
+                    return Err(Attempt::Fatal(Error::Other(format!(
+                        "page server {}: {m}",
+                        self.addr
+                    ))))
+                }
+                other => {
+                    return Err(Attempt::Fatal(Error::Other(format!(
+                        "page server {}: expected WELCOME, got {other:?}",
+                        self.addr
+                    ))))
+                }
+            }
+            if self.connected_once {
+                self.reconnects += 1;
+            }
+            self.connected_once = true;
+            self.conn = Some(s);
+        }
+        match self.conn.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(Attempt::Retry("not connected".into())),
+        }
+    }
+
+    /// Runs `f` until it succeeds, fails for good, or `retry_for` passed.
+    fn with_retry<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Self) -> std::result::Result<T, Attempt>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match f(self) {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(e)) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+                Err(Attempt::Retry(why)) => {
+                    self.conn = None;
+                    if Instant::now() >= deadline {
+                        return Err(Error::Other(format!(
+                            "page server {} unreachable for {:.0} s: {why}",
+                            self.addr,
+                            self.retry_for.as_secs_f64()
+                        )));
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn read_once(
+        &mut self,
+        pid: i32,
+        vaddr: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), Attempt> {
+        let addr = self.addr;
+        let c = self.ensure()?;
+        protocol::send(
+            c,
+            &Frame::Read {
+                pid,
+                vaddr,
+                len: buf.len() as u64,
+            },
+        )?;
+        match protocol::recv(c)? {
+            Frame::Data { vaddr: v, len } if v == vaddr && len == buf.len() as u64 => {
+                c.read_exact(buf)?;
+                Ok(())
+            }
+            Frame::Error(m) => Err(Attempt::Fatal(Error::Other(format!(
+                "page server {addr}: {m}"
+            )))),
+            other => Err(Attempt::Fatal(Error::Other(format!(
+                "page server {addr}: asked {vaddr:#x}+{:#x}, got {other:?}",
+                buf.len()
+            )))),
+        }
+    }
+
+    fn done_once(&mut self) -> std::result::Result<(), Attempt> {
+        let c = match self.ensure() {
+            Ok(c) => c,
+            // No server any more: it exited after an earlier DONE whose
+            // answer we lost, or it gave up and wrote its pages back. Either
+            // way it holds nothing.
+            Err(Attempt::Retry(why)) if why.contains("refused") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        protocol::send(c, &Frame::Done)?;
+        match protocol::recv(c)? {
+            Frame::DoneAck => Ok(()),
+            Frame::Error(m) => Err(Attempt::Fatal(Error::Other(format!("page server: {m}")))),
+            other => Err(Attempt::Fatal(Error::Other(format!(
+                "page server: expected DONE_ACK, got {other:?}"
+            )))),
+        }
+    }
+}
+
+impl PageSource for RemotePageSource {
+    fn read_pages(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let max = protocol::MAX_READ as usize;
+        let mut at = 0;
+        while at < buf.len() {
+            let n = (buf.len() - at).min(max);
+            let chunk = &mut buf[at..at + n];
+            let v = vaddr + at as u64;
+            self.with_retry(|s| s.read_once(pid, v, chunk))?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Tells the source every page arrived; it exits at once.
+    fn all_delivered(&mut self) -> Result<()> {
+        self.with_retry(|s| s.done_once())?;
+        self.conn = None;
+        Ok(())
+    }
+}
