@@ -35,6 +35,22 @@ struct Src {
     pages: u64,
 }
 
+/// Where the pattern lies.
+#[derive(Clone, Copy)]
+struct Region {
+    base: u64,
+    pages: u64,
+}
+
+impl Src {
+    fn region(&self) -> Region {
+        Region {
+            base: self.base,
+            pages: self.pages,
+        }
+    }
+}
+
 fn start_src(tmp: &Path, mib: u64) -> Src {
     let bin = compile_c(tmp, "lazysrc.c", &[]);
     let out = tmp.join("lazysrc.out");
@@ -54,7 +70,7 @@ fn start_src(tmp: &Path, mib: u64) -> Src {
 
 /// Checks `data`, read at `vaddr`, against the pattern where it lies in
 /// the source's region; `version` gives each page's version.
-fn check_bytes(src: &Src, vaddr: u64, data: &[u8], version: &dyn Fn(u64) -> u64) -> u64 {
+fn check_bytes(src: Region, vaddr: u64, data: &[u8], version: &dyn Fn(u64) -> u64) -> u64 {
     let mut checked = 0;
     for (i, page) in data.chunks(4096).enumerate() {
         let addr = vaddr + i as u64 * 4096;
@@ -168,7 +184,7 @@ fn fetch_all(
     pid: i32,
     runs: &[(u64, u64)],
     chunk: u64,
-    src: &Src,
+    src: Region,
     version: &dyn Fn(u64) -> u64,
 ) -> u64 {
     let mut buf = vec![0u8; chunk as usize];
@@ -239,10 +255,10 @@ fn lazy_pages_are_served_after_the_source_is_gone() {
         let p = seed % src.pages;
         let addr = src.base + p * 4096;
         urgent.read_pages(pid, addr, &mut page).expect("fault read");
-        faults += check_bytes(&src, addr, &page, &|_| 0);
+        faults += check_bytes(src.region(), addr, &page, &|_| 0);
     }
     assert_eq!(faults, 256);
-    let checked = fetch_all(&mut bulk, pid, &runs, 4 << 20, &src, &|_| 0);
+    let checked = fetch_all(&mut bulk, pid, &runs, 4 << 20, src.region(), &|_| 0);
     assert_eq!(checked, src.pages, "every page of the region was checked");
     // A range the dump never listed is refused, not served.
     let mut one = vec![0u8; 4096];
@@ -359,7 +375,7 @@ fn a_dropped_connection_loses_nothing() {
     let mut bulk =
         RemotePageSource::for_images(&dir, Channel::Bulk, Some(proxy.addr)).expect("connect");
     let runs = lazy_runs(&pagemap(&dir, pid));
-    let checked = fetch_all(&mut bulk, pid, &runs, 1 << 20, &src, &|_| 0);
+    let checked = fetch_all(&mut bulk, pid, &runs, 1 << 20, src.region(), &|_| 0);
     assert_eq!(checked, src.pages);
     assert_eq!(
         proxy.cuts.load(Ordering::SeqCst),
@@ -418,7 +434,7 @@ fn precopy_then_lazy_leaves_only_dirty_pages_lazy() {
     );
     let runs = lazy_runs(&pagemap(&dir, pid));
     let mut bulk = RemotePageSource::for_images(&dir, Channel::Bulk, None).expect("connect");
-    let checked = fetch_all(&mut bulk, pid, &runs, 1 << 20, &src, &|p| {
+    let checked = fetch_all(&mut bulk, pid, &runs, 1 << 20, src.region(), &|p| {
         u64::from(p % 100 == 0)
     });
     assert_eq!(
@@ -437,4 +453,182 @@ fn precopy_then_lazy_leaves_only_dirty_pages_lazy() {
     let text = wait_file_contains(&src.out, "OK", TIMEOUT);
     assert!(!text.contains("BAD"), "{text}");
     assert_eq!(restored.wait(TIMEOUT), Exit::Code(0));
+}
+
+/// A network namespace joined to the root one by a veth pair, with a /30
+/// of its own; torn down on drop.
+struct Netns {
+    name: String,
+    root_if: String,
+    root_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Netns {
+    fn new(tag: u32) -> Netns {
+        let me = std::process::id();
+        let name = format!("crl-{me}-{tag}");
+        // Unique per process and test: 10.213.X.Y/30.
+        let (x, y) = ((me % 250) as u8, (tag * 4 % 252) as u8);
+        let root_if = format!("crl{}r{tag}", me % 100000);
+        let ns_if = format!("crl{}n{tag}", me % 100000);
+        let n = Netns {
+            name: name.clone(),
+            root_if: root_if.clone(),
+            root_ip: format!("10.213.{x}.{}", y + 1),
+            ns_ip: format!("10.213.{x}.{}", y + 2),
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &root_if, "type", "veth", "peer", "name", &ns_if, "netns", &name,
+        ]);
+        ip(&["addr", "add", &format!("{}/30", n.root_ip), "dev", &root_if]);
+        ip(&["link", "set", &root_if, "up"]);
+        let ns = |a: &[&str]| {
+            let mut v = vec!["netns", "exec", &name, "ip"];
+            v.extend_from_slice(a);
+            ip(&v);
+        };
+        ns(&["addr", "add", &format!("{}/30", n.ns_ip), "dev", &ns_if]);
+        ns(&["link", "set", &ns_if, "up"]);
+        ns(&["link", "set", "lo", "up"]);
+        n
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.root_if, if up { "up" } else { "down" }]);
+    }
+}
+
+/// Moves the calling thread into the network namespace `name` (sockets it
+/// makes from now on live there).
+fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
+    // SAFETY: setns on a namespace descriptor we opened; it affects only
+    // the calling thread.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.root_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// (c) over a real interface: the client lives in another network
+/// namespace, joined by a veth pair; the link goes down mid-transfer for
+/// longer than TCP_USER_TIMEOUT; both ends notice within seconds, the
+/// client reconnects once the link is back, and nothing is lost.
+#[test]
+fn a_link_cut_over_veth_loses_nothing() {
+    init();
+    let tmp = tempdir();
+    let mut src = start_src(tmp.path(), 32);
+    let pid = src.proc.pid;
+    let net = Netns::new(1);
+    let dir = tmp.path().join("img");
+    let pids = pid.to_string();
+    let out = crust([
+        "dump",
+        "-t",
+        &pids,
+        "-D",
+        path_str(&dir),
+        "--lazy-pages",
+        "--address",
+        &net.root_ip,
+        "--port",
+        "0",
+        "-d",
+        "--lazy-timeout",
+        "30",
+    ]);
+    out.assert_ok();
+    assert_eq!(src.proc.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let twin_pid: i32 = out
+        .stderr
+        .split("held by pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .expect("twin pid");
+    let tracer: i32 = status_field(twin_pid, "TracerPid")
+        .and_then(|t| t.parse().ok())
+        .expect("tracer");
+    let served = Served {
+        worker: Proc::adopt(tracer),
+        twin: Proc::adopt(twin_pid),
+        twin_pid,
+    };
+    let runs = lazy_runs(&pagemap(&dir, pid));
+    let (half_tx, half_rx) = std::sync::mpsc::channel::<Arc<AtomicU64>>();
+    let (cut_tx, cut_rx) = std::sync::mpsc::channel::<()>();
+    let (base, pages) = (src.base, src.pages);
+    let net_name = net.name.clone();
+    let dir2 = dir.clone();
+    let client = std::thread::spawn(move || {
+        enter_netns(&net_name);
+        let src = Region { base, pages };
+        let mut bulk = RemotePageSource::for_images(&dir2, Channel::Bulk, None).expect("connect");
+        let failures = bulk.failures();
+        let (first, rest): (Vec<_>, Vec<_>) = runs.iter().partition(|r| r.0 != base);
+        let mut checked = fetch_all(&mut bulk, pid, &first, 1 << 20, src, &|_| 0);
+        // The big region: half, then the link goes down, then the rest.
+        let region = rest[0];
+        let half = (region.1 / 2) & !4095;
+        checked += fetch_all(&mut bulk, pid, &[(region.0, half)], 1 << 20, src, &|_| 0);
+        half_tx.send(failures).expect("send");
+        cut_rx.recv().expect("cut");
+        let t = Instant::now();
+        checked += fetch_all(
+            &mut bulk,
+            pid,
+            &[(region.0 + half, region.1 - half)],
+            1 << 20,
+            src,
+            &|_| 0,
+        );
+        let reconnects = bulk.reconnects;
+        bulk.all_delivered().expect("all delivered");
+        (checked, reconnects, t.elapsed())
+    });
+    let failures = half_rx.recv().expect("half way");
+    net.link(false);
+    let down = Instant::now();
+    cut_tx.send(()).expect("cut");
+    wait_until(
+        Duration::from_secs(15),
+        "the dead link to be noticed",
+        || match failures.load(Ordering::SeqCst) {
+            0 => Err("no failed attempt yet".into()),
+            _ => Ok(()),
+        },
+    );
+    let noticed = down.elapsed();
+    net.link(true);
+    let (checked, reconnects, _) = client.join().expect("client thread");
+    assert_eq!(checked, src.pages, "every page of the region arrived");
+    assert!(reconnects >= 1, "the client reconnected");
+    assert!(
+        noticed < Duration::from_secs(8),
+        "the dead link was noticed after {noticed:?}"
+    );
+    eprintln!("dead link noticed after {:.1} s", noticed.as_secs_f64());
+    served.wait_exit();
 }

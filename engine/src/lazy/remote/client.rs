@@ -31,6 +31,9 @@ pub struct RemotePageSource {
     pub retry_for: Duration,
     /// Connections made after the first (for tests and the log).
     pub reconnects: u64,
+    /// Failed attempts so far (a broken or refused connection), shared so
+    /// that another thread can watch a dead link being noticed.
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
     connected_once: bool,
     /// The task pid the server holds pages of.
     pub pid: i32,
@@ -71,6 +74,7 @@ impl RemotePageSource {
             conn: None,
             retry_for: DEFAULT_RETRY_FOR,
             reconnects: 0,
+            failures: Default::default(),
             connected_once: false,
             pid: 0,
             lazy_pages: 0,
@@ -98,6 +102,11 @@ impl RemotePageSource {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Counts failed attempts (each one retried until `retry_for`).
+    pub fn failures(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.failures.clone()
     }
 
     /// The current connection, made (HELLO, WELCOME) if there is none.
@@ -161,6 +170,8 @@ impl RemotePageSource {
                 }
                 Err(Attempt::Retry(why)) => {
                     self.conn = None;
+                    self.failures
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if Instant::now() >= deadline {
                         return Err(Error::Other(format!(
                             "page server {} unreachable for {:.0} s: {why}",
