@@ -569,7 +569,7 @@ fn lazy_dump(
             libc::write(fd.as_raw_fd(), b"R".as_ptr() as *const libc::c_void, 1);
         }
         drop(fd);
-        detach_stdio(log.file.is_some());
+        detach_stdio();
     }
     let serve_opts = ServeOptions {
         timeout: Duration::from_secs_f64(args.lazy_timeout),
@@ -605,10 +605,10 @@ fn lazy_dump(
     }
 }
 
-/// A backgrounded lazy dump lets go of the caller's stdin and stdout (and
-/// of stderr when a log file keeps the messages), so that a caller
-/// reading them to their end is not held until the last page.
-fn detach_stdio(log_file: bool) {
+/// A backgrounded lazy dump lets go of the caller's stdin, stdout and
+/// stderr (a caller reading them to their end must not be held until the
+/// last page); from here its messages go to the log file (-o) only.
+fn detach_stdio() {
     // SAFETY: open a path we name, dup2 it over our own standard
     // descriptors, close the temporary one.
     unsafe {
@@ -616,10 +616,8 @@ fn detach_stdio(log_file: bool) {
         if null < 0 {
             return;
         }
-        libc::dup2(null, 0);
-        libc::dup2(null, 1);
-        if log_file {
-            libc::dup2(null, 2);
+        for fd in 0..3 {
+            libc::dup2(null, fd);
         }
         libc::close(null);
     }

@@ -1,9 +1,9 @@
 //! The holder: the dumped task's memory kept alive after the task is
 //! killed, in a twin process that shares its address space.
 //!
-//! While the task is frozen, an injected `clone(CLONE_VM | SIGCHLD)` makes
+//! While the task is frozen, an injected `clone(CLONE_VM)` makes
 //! a new process (new pid, own descriptor table and signal handlers) that
-//! shares the task's `mm`. With PTRACE_O_TRACEFORK set on the task for that
+//! shares the task's `mm`. With PTRACE_O_TRACECLONE set on the task for that
 //! one call, the kernel attaches the twin to us and stops it before it runs
 //! a single instruction; we give it PTRACE_O_EXITKILL (it dies when the
 //! serving crust dies, whatever the reason) and inject `close_range(0, ~0,
@@ -65,10 +65,12 @@ fn set_options(pid: pid_t, opts: i32) -> Result<()> {
         .map_err(|e| Error::sys("PTRACE_SETOPTIONS", pid, e))
 }
 
-/// What `clone` gets: CLONE_VM (share the address space), SIGCHLD as the
-/// exit signal (so the kernel reports a fork event, and the reaper that
-/// inherits the twin is told when it dies).
-const CLONE_FLAGS: u64 = libc::CLONE_VM as u64 | libc::SIGCHLD as u64;
+/// What `clone` gets: CLONE_VM (share the address space) and no exit
+/// signal, so that while the task lives its own wait() never sees the twin
+/// (only __WALL/__WCLONE would); once the task is dead the twin's new
+/// parent gets SIGCHLD as usual (reparenting resets the exit signal). The
+/// kernel reports it to us as PTRACE_EVENT_CLONE.
+const CLONE_FLAGS: u64 = libc::CLONE_VM as u64;
 
 impl Twin {
     /// Makes the twin of `task`, which must be in a burst (signals blocked,
@@ -82,7 +84,10 @@ impl Twin {
             g(libc::SYS_clone, &args, gadget)?;
         }
         let tracee = Tracee { pid: task };
-        set_options(task, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACEFORK)?;
+        set_options(
+            task,
+            libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+        )?;
         let forked = clone_in(&tracee, base, gadget, &args);
         // The task's options as Frozen set them, whatever happened.
         let reset = set_options(task, libc::PTRACE_O_TRACESYSGOOD);
@@ -162,7 +167,7 @@ fn clone_in(t: &Tracee, base: Regs, gadget: u64, args: &[u64; 6]) -> Result<pid_
         match stop {
             Stop::Syscall if !entered => entered = true,
             Stop::Syscall => break,
-            Stop::OtherEvent(e) if e == libc::PTRACE_EVENT_FORK => {
+            Stop::OtherEvent(e) if e == libc::PTRACE_EVENT_CLONE => {
                 let mut msg: u64 = 0;
                 ptrace(
                     libc::PTRACE_GETEVENTMSG,
@@ -218,11 +223,12 @@ impl Drop for Twin {
         if !self.alive {
             return;
         }
-        // SAFETY: kill and reap (as its tracer) the twin we made.
+        // Not waited for: tearing down a large address space takes the
+        // kernel a while (~0.4 s per GiB here), and the source must not
+        // linger for it. Its parent reaps it.
+        // SAFETY: kill(2) of the twin we made.
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
-            let mut st = 0;
-            libc::waitpid(self.pid, &mut st, libc::__WALL);
         }
     }
 }
