@@ -109,6 +109,35 @@ enum Cmd {
         /// changed since the dump (size, mtime, device or inode).
         #[arg(long)]
         skip_file_checks: bool,
+        /// Leave the dump's private anonymous pages to the lazy-pages
+        /// daemon (`crust lazy-pages -D DIR`), which must listen already.
+        #[arg(long)]
+        lazy_pages: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Serve the pages of a lazy restore from DIR (post-copy): start it
+    /// before `crust restore -D DIR --lazy-pages`.
+    LazyPages {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return once the socket listens; the daemon goes on alone.
+        #[arg(short = 'd', long = "daemon")]
+        detach: bool,
+        /// Write the daemon's pid here.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// Take the lazy pages from the page server of the source's
+        /// `dump --lazy-pages` (address and port default to what its
+        /// inventory records).
+        #[arg(long)]
+        page_server: bool,
+        /// The page server's address (with --page-server).
+        #[arg(long, requires = "page_server")]
+        address: Option<String>,
+        /// The page server's port (with --page-server).
+        #[arg(long, requires = "page_server")]
+        port: Option<u16>,
         #[command(flatten)]
         common: Common,
     },
@@ -409,11 +438,13 @@ fn main() -> ExitCode {
             inherit_fd,
             display_stats,
             skip_file_checks,
+            lazy_pages,
             common,
         } => {
             let mut log = Log::open(&common, &dir);
             let opts = RestoreOptions {
                 skip_file_checks,
+                lazy_pages,
                 leave_stopped,
                 pid_wait,
                 inherit_fds: inherit_fd,
@@ -455,6 +486,13 @@ fn main() -> ExitCode {
                 common.verbose > 0,
                 &format!("crust: restore phases: {}", restored.phases.render()),
             );
+            log.stats(
+                common.verbose > 0,
+                &format!(
+                    "crust: restore pages: {} eager from the dump, {} eager from parent images, {} lazy",
+                    restored.pages_eager_dump, restored.pages_eager_parent, restored.pages_lazy
+                ),
+            );
             if let Some(Err(msg)) = pidfile.map(Pidfile::commit) {
                 // Nothing half done: the restored process (our child) goes,
                 // and the images are as they were.
@@ -473,6 +511,18 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             wait_exit(restored.pid)
+        }
+        Cmd::LazyPages {
+            dir,
+            detach,
+            pidfile,
+            page_server,
+            address,
+            port,
+            common,
+        } => {
+            let remote = page_server.then_some((address, port));
+            lazy_pages(&dir, detach, pidfile, remote, &common)
         }
         Cmd::Show { path } => match crust::image::show::show(&path) {
             Ok(v) => {
@@ -603,6 +653,107 @@ fn lazy_dump(
             ExitCode::from(exit::FAILED)
         }
     }
+}
+
+/// `crust lazy-pages`: local pages, from the image chain of DIR (checked
+/// against their checksums once, before the socket listens).
+fn lazy_pages(
+    dir: &Path,
+    detach: bool,
+    pidfile: Option<PathBuf>,
+    remote: Option<(Option<String>, Option<u16>)>,
+    common: &Common,
+) -> ExitCode {
+    use crust::lazy::daemon::{run, Channel, DaemonOptions, Outcome};
+    use crust::pageio::{source::ChainSource, PageSource};
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("crust: lazy-pages for {} failed: {e}", dir.display());
+        ExitCode::from(exit::FAILED)
+    };
+    let inv: crust::image::messages::Inventory = match crust::image::ImageDir::open(dir)
+        .and_then(|i| i.read(crust::image::Kind::Inventory, None))
+    {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    let source = match ChainSource::open(dir, inv.root_pid, true) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let log_file = common
+        .log_file
+        .as_ref()
+        .map(|p| match p.is_absolute() || p.starts_with(".") {
+            true => p.clone(),
+            false => dir.join(p),
+        });
+    let opts = DaemonOptions {
+        detach,
+        pidfile,
+        log_file,
+        verbose: common.verbose > 0,
+    };
+    let server = match remote
+        .map(|(a, p)| page_server_addr(&inv, a, p))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let open = |ch: Channel| -> crust::Result<Box<dyn PageSource>> {
+        use crust::lazy::remote::{client::SplitSource, Channel as Wire, RemotePageSource};
+        let Some(addr) = server else {
+            return Ok(Box::new(source.clone()));
+        };
+        let wire = match ch {
+            Channel::Fault => Wire::Urgent,
+            Channel::Background => Wire::Bulk,
+        };
+        let r = RemotePageSource::for_images(dir, wire, Some(addr))?;
+        Ok(Box::new(SplitSource::new(source.clone(), r)))
+    };
+    match run(dir, &opts, &open) {
+        Ok(Outcome::Detached { .. }) => ExitCode::SUCCESS,
+        Ok(Outcome::Done(_)) => ExitCode::SUCCESS,
+        Err(e) => {
+            if detach {
+                // Failures of the detached daemon are in its log.
+                return ExitCode::from(exit::FAILED);
+            }
+            fail(&e)
+        }
+    }
+}
+
+/// The source's page server: --address/--port, each defaulting to what
+/// the lazy dump's inventory records.
+fn page_server_addr(
+    inv: &crust::image::messages::Inventory,
+    address: Option<String>,
+    port: Option<u16>,
+) -> Result<std::net::SocketAddr, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let recorded: Option<SocketAddr> = inv.lazy_address.parse().ok();
+    let host = match (&address, recorded) {
+        (Some(a), _) => a.clone(),
+        (None, Some(r)) => r.ip().to_string(),
+        (None, None) => {
+            return Err(format!(
+                "the images record no page server (not a `dump --lazy-pages`, or its pages were written back: {:?}); give --address and --port",
+                inv.lazy_address
+            ))
+        }
+    };
+    let port = match (port, recorded) {
+        (Some(p), _) => p,
+        (None, Some(r)) => r.port(),
+        (None, None) => return Err("give --port: the images record no page server".into()),
+    };
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("--address {host:?} is not an address"))
 }
 
 /// A backgrounded lazy dump lets go of the caller's stdin, stdout and

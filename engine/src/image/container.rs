@@ -23,15 +23,16 @@ const MAX_MESSAGE: u64 = 256 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Kind {
-    Inventory = 0x4e564e49, // "INVN"
-    PsTree = 0x45525450,    // "PTRE"
-    Core = 0x45524f43,      // "CORE"
-    Mm = 0x5f5f4d4d,        // "MM__"
-    Fds = 0x5f534446,       // "FDS_"
-    Pagemap = 0x504d4750,   // "PGMP"
-    Pages = 0x53454750,     // "PGES"
-    Stats = 0x54415453,     // "STAT"
-    Digests = 0x54534744,   // "DGST"
+    Inventory = 0x4e564e49,  // "INVN"
+    PsTree = 0x45525450,     // "PTRE"
+    Core = 0x45524f43,       // "CORE"
+    Mm = 0x5f5f4d4d,         // "MM__"
+    Fds = 0x5f534446,        // "FDS_"
+    Pagemap = 0x504d4750,    // "PGMP"
+    Pages = 0x53454750,      // "PGES"
+    Stats = 0x54415453,      // "STAT"
+    Digests = 0x54534744,    // "DGST"
+    LazyStats = 0x5453_5a4c, // "LZST"
 }
 
 impl Kind {
@@ -50,6 +51,7 @@ impl Kind {
             Kind::Pages => "pages",
             Kind::Stats => "stats",
             Kind::Digests => "digests",
+            Kind::LazyStats => "lazy-stats",
         }
     }
 
@@ -206,6 +208,10 @@ pub fn is_image_name(name: &str) -> bool {
     let Some(stem) = name.strip_suffix(".img") else {
         return false;
     };
+    // Kind names may hold a '-' themselves (lazy-stats).
+    if ALL_KINDS.iter().any(|k| k.name() == stem) {
+        return true;
+    }
     let kind = match stem.split_once('-') {
         Some((k, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => k,
         Some(_) => return false,
@@ -214,7 +220,7 @@ pub fn is_image_name(name: &str) -> bool {
     ALL_KINDS.iter().any(|k| k.name() == kind)
 }
 
-const ALL_KINDS: [Kind; 9] = [
+const ALL_KINDS: [Kind; 10] = [
     Kind::Inventory,
     Kind::PsTree,
     Kind::Core,
@@ -224,6 +230,7 @@ const ALL_KINDS: [Kind; 9] = [
     Kind::Pages,
     Kind::Stats,
     Kind::Digests,
+    Kind::LazyStats,
 ];
 
 impl ImageDir {

@@ -39,7 +39,19 @@ pub struct RemotePageSource {
     pub pid: i32,
     /// Pages the dump left at the source.
     pub lazy_pages: u64,
+    /// Bulk connection: each request fetches up to this much more of the
+    /// same run (the source's memory never changes, so the copy stays
+    /// right); the background thread's next small reads come from it.
+    readahead: u64,
+    /// Page runs the server serves (merged), for the readahead's bounds.
+    runs: Vec<(u64, u64)>,
+    /// Readahead data: (pid, vaddr, bytes).
+    cache: Option<(i32, u64, Vec<u8>)>,
 }
+
+/// Readahead of the bulk connection: large enough that a request's round
+/// trip is small next to its transfer.
+pub const BULK_READAHEAD: u64 = 4 << 20;
 
 /// Why one attempt failed.
 enum Attempt {
@@ -78,6 +90,9 @@ impl RemotePageSource {
             connected_once: false,
             pid: 0,
             lazy_pages: 0,
+            readahead: 0,
+            runs: Vec::new(),
+            cache: None,
         };
         s.with_retry(|s| s.ensure().map(drop))?;
         Ok(s)
@@ -97,7 +112,41 @@ impl RemotePageSource {
                 ))
             })?,
         };
-        Self::connect(addr, channel, inv.image_id)
+        let mut s = Self::connect(addr, channel, inv.image_id)?;
+        if channel == Channel::Bulk {
+            let pm: crate::image::messages::Pagemap =
+                ImageDir::open(dir)?.read(Kind::Pagemap, Some(inv.root_pid))?;
+            s.runs = super::server::merged_ranges(&pm);
+            s.readahead = BULK_READAHEAD;
+        }
+        Ok(s)
+    }
+
+    /// Serves `buf` from the readahead if it holds all of it.
+    fn cached(&self, pid: i32, vaddr: u64, buf: &mut [u8]) -> bool {
+        match &self.cache {
+            Some((p, start, data))
+                if *p == pid
+                    && vaddr >= *start
+                    && vaddr + buf.len() as u64 <= start + data.len() as u64 =>
+            {
+                let o = (vaddr - start) as usize;
+                buf.copy_from_slice(&data[o..o + buf.len()]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How much to fetch for a read of `len` at `vaddr`: up to the
+    /// readahead, within the run that holds it.
+    fn fetch_len(&self, vaddr: u64, len: u64) -> u64 {
+        let want = len.max(self.readahead).min(protocol::MAX_READ);
+        let i = self.runs.partition_point(|r| r.1 <= vaddr);
+        match self.runs.get(i) {
+            Some(&(s, e)) if s <= vaddr && vaddr + len <= e => want.min(e - vaddr),
+            _ => len,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -242,6 +291,18 @@ impl PageSource for RemotePageSource {
         if buf.is_empty() {
             return Ok(());
         }
+        if self.cached(pid, vaddr, buf) {
+            return Ok(());
+        }
+        let fetch = self.fetch_len(vaddr, buf.len() as u64);
+        if fetch > buf.len() as u64 {
+            let mut data = self.cache.take().map(|c| c.2).unwrap_or_default();
+            data.resize(fetch as usize, 0);
+            self.with_retry(|s| s.read_once(pid, vaddr, &mut data))?;
+            buf.copy_from_slice(&data[..buf.len()]);
+            self.cache = Some((pid, vaddr, data));
+            return Ok(());
+        }
         let max = protocol::MAX_READ as usize;
         let mut at = 0;
         while at < buf.len() {
@@ -259,5 +320,67 @@ impl PageSource for RemotePageSource {
         self.with_retry(|s| s.done_once())?;
         self.conn = None;
         Ok(())
+    }
+}
+
+/// The page source of `crust lazy-pages --page-server`: PE_LAZY runs from
+/// the source's page server, everything else from the local image chain
+/// (the images the lazy dump wrote, and their parents).
+pub struct SplitSource {
+    local: crate::pageio::source::ChainSource,
+    remote: RemotePageSource,
+    /// PE_LAZY runs of the dump, sorted: (vaddr, len).
+    lazy: Vec<(u64, u64)>,
+}
+
+impl SplitSource {
+    pub fn new(local: crate::pageio::source::ChainSource, remote: RemotePageSource) -> Self {
+        let lazy = local.chain().lazy_runs();
+        SplitSource {
+            local,
+            remote,
+            lazy,
+        }
+    }
+
+    /// The lazy run holding `at`, or the next one after it.
+    fn lazy_from(&self, at: u64) -> Option<(u64, u64)> {
+        let i = self.lazy.partition_point(|r| r.0 + r.1 <= at);
+        self.lazy.get(i).copied()
+    }
+}
+
+impl PageSource for SplitSource {
+    fn read_pages(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> Result<()> {
+        let end = vaddr + buf.len() as u64;
+        let mut at = vaddr;
+        while at < end {
+            let o = (at - vaddr) as usize;
+            match self.lazy_from(at) {
+                Some((s, l)) if s <= at => {
+                    let n = ((s + l).min(end) - at) as usize;
+                    self.remote.read_pages(pid, at, &mut buf[o..o + n])?;
+                    at += n as u64;
+                }
+                next => {
+                    let stop = next.map_or(end, |(s, _)| s.min(end));
+                    let n = (stop - at) as usize;
+                    self.local.read_pages(pid, at, &mut buf[o..o + n])?;
+                    at = stop;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mapped(&self, pid: i32, vaddr: u64, len: u64) -> Option<&[u8]> {
+        match self.lazy_from(vaddr) {
+            Some((s, _)) if s < vaddr + len => None,
+            _ => self.local.mapped(pid, vaddr, len),
+        }
+    }
+
+    fn all_delivered(&mut self) -> Result<()> {
+        self.remote.all_delivered()
     }
 }

@@ -8,7 +8,10 @@
 //! a single instruction; we give it PTRACE_O_EXITKILL (it dies when the
 //! serving crust dies, whatever the reason) and inject `close_range(0, ~0,
 //! 0)` in it so it holds none of the task's descriptors (a pipe's reader
-//! sees EOF when the task dies, files are released). The task is then
+//! sees EOF when the task dies, files are released), and `setsid()` so it
+//! leaves the task's process group and session (whose ids may be the
+//! task's pid, which would stay in use as long as the twin is in them).
+//! The task is then
 //! killed as by any dump: its pid is free at once, while the `mm` lives on
 //! in the twin, which never runs user code; pages are read from it with
 //! process_vm_readv, at random, as fast as from the task itself.
@@ -129,6 +132,10 @@ impl Twin {
             libc::SYS_close_range,
             &[0, u32::MAX as u64, 0],
         )?;
+        // Out of the task's session and process group: a group or session
+        // whose id is the task's pid keeps that pid in use (a restore with
+        // the same pid would get EEXIST) as long as any member lives.
+        inj.call("setsid", libc::SYS_setsid, &[])?;
         Ok(())
     }
 

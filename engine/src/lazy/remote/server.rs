@@ -101,7 +101,7 @@ pub(crate) fn read_held(pid: i32, task: i32, vaddr: u64, buf: &mut [u8]) -> Resu
     Ok(())
 }
 
-fn merged_ranges(pm: &Pagemap) -> Vec<(u64, u64)> {
+pub(crate) fn merged_ranges(pm: &Pagemap) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for e in &pm.entries {
         let (s, end) = (
