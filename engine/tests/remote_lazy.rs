@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crust::image::messages::{Inventory, Pagemap, PE_LAZY};
+use crust::image::messages::{Inventory, LazyStats, Pagemap, PE_LAZY};
 use crust::image::{ImageDir, Kind};
 use crust::lazy::remote::{Channel, RemotePageSource};
 use crust::pageio::PageSource;
@@ -310,8 +310,8 @@ struct CuttingProxy {
     cuts: Arc<AtomicU64>,
 }
 
-fn cutting_proxy(upstream: SocketAddr, cut_after: u64) -> CuttingProxy {
-    let l = TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+fn cutting_proxy(bind: &str, upstream: SocketAddr, cut_after: u64) -> CuttingProxy {
+    let l = TcpListener::bind((bind, 0)).expect("proxy listen");
     let addr = l.local_addr().expect("proxy addr");
     let cuts = Arc::new(AtomicU64::new(0));
     let cut_done = Arc::new(AtomicBool::new(false));
@@ -371,7 +371,7 @@ fn a_dropped_connection_loses_nothing() {
     let dir = tmp.path().join("img");
     let served = lazy_dump(&mut src, &dir, &["--lazy-timeout", "30"]);
     let server: SocketAddr = inventory(&dir).lazy_address.parse().expect("address");
-    let proxy = cutting_proxy(server, 10 << 20);
+    let proxy = cutting_proxy("127.0.0.1", server, 10 << 20);
     let mut bulk =
         RemotePageSource::for_images(&dir, Channel::Bulk, Some(proxy.addr)).expect("connect");
     let runs = lazy_runs(&pagemap(&dir, pid));
@@ -631,4 +631,149 @@ fn a_link_cut_over_veth_loses_nothing() {
     );
     eprintln!("dead link noticed after {:.1} s", noticed.as_secs_f64());
     served.wait_exit();
+}
+
+/// (d) The whole remote migration, as a user runs it: the source dumped
+/// with --lazy-pages (optionally on top of a pre-dump, after 1% of its
+/// pages were dirtied), `crust lazy-pages --page-server` inside another
+/// network namespace joined by a veth pair, `crust restore --lazy-pages`
+/// with the same pid while the source still serves; the connection is
+/// cut once mid-transfer (a forwarder on the root side of the veth closes
+/// it after a third of the lazy bytes); every byte arrives, the daemon and the source exit 0
+/// by themselves. With the pre-dump, only the dirtied pages travel lazily;
+/// the others come from the parent images at restore.
+#[test_case::test_case(false ; "dump only")]
+#[test_case::test_case(true ; "pre-copy then post-copy")]
+fn remote_lazy_migration_over_veth_with_a_cut(precopy: bool) {
+    init();
+    let tmp = tempdir();
+    let mut src = start_src(tmp.path(), 64);
+    let pid = src.proc.pid;
+    let pids = pid.to_string();
+    let net = Netns::new(if precopy { 3 } else { 2 });
+    let mut extra: Vec<&str> = Vec::new();
+    if precopy {
+        crust([
+            "pre-dump",
+            "-t",
+            &pids,
+            "-D",
+            path_str(&tmp.path().join("pre1")),
+            "--track-mem",
+        ])
+        .assert_ok();
+        src.proc.signal(libc::SIGUSR1);
+        wait_file_contains(&src.out, "dirtied", TIMEOUT);
+        extra.extend(["--track-mem", "--prev-images-dir", "../pre1"]);
+    }
+    let dir = tmp.path().join("img");
+    let out = crust(
+        [
+            "dump",
+            "-t",
+            &pids,
+            "-D",
+            path_str(&dir),
+            "--lazy-pages",
+            "--address",
+            &net.root_ip,
+            "--port",
+            "0",
+            "-d",
+            "--lazy-timeout",
+            "30",
+            "-o",
+            "dump.log",
+            "-v",
+        ]
+        .iter()
+        .copied()
+        .chain(extra.iter().copied()),
+    );
+    out.assert_ok();
+    assert_eq!(src.proc.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let twin_pid: i32 = out
+        .stderr
+        .split("held by pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .expect("twin pid");
+    let tracer: i32 = status_field(twin_pid, "TracerPid")
+        .and_then(|t| t.parse().ok())
+        .expect("tracer");
+    let served = Served {
+        worker: Proc::adopt(tracer),
+        twin: Proc::adopt(twin_pid),
+        twin_pid,
+    };
+    let inv = inventory(&dir);
+    if precopy {
+        let dirtied = src.pages.div_ceil(100);
+        assert!(
+            inv.lazy_pages >= dirtied && inv.lazy_pages < dirtied + 64,
+            "{} lazy pages for {dirtied} dirtied",
+            inv.lazy_pages
+        );
+    }
+    let server: SocketAddr = inv.lazy_address.parse().expect("address");
+    // Cut once a third of the lazy bytes went through.
+    let proxy = cutting_proxy(&net.root_ip, server, inv.lazy_pages * 4096 / 3);
+    let pidfile = tmp.path().join("lazy.pid");
+    let port = proxy.addr.port().to_string();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &net.name, CRUST, "lazy-pages", "-D"])
+        .arg(&dir)
+        .args(["--page-server", "--address", &net.root_ip, "--port", &port])
+        .args(["-d", "-o", "lazy.log", "--pidfile"])
+        .arg(&pidfile)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run lazy-pages");
+    assert!(
+        o.status.success(),
+        "lazy-pages: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut daemon = Proc::adopt(read_string(&pidfile).trim().parse().expect("daemon pid"));
+    let rpid = tmp.path().join("restored.pid");
+    let r = crust([
+        "restore",
+        "-D",
+        path_str(&dir),
+        "--lazy-pages",
+        "-d",
+        "--pidfile",
+        path_str(&rpid),
+    ]);
+    r.assert_ok();
+    let mut restored = Proc::adopt(pid);
+    assert_eq!(read_string(&rpid).trim(), pids);
+    assert_eq!(
+        daemon.wait(TIMEOUT),
+        Exit::Code(0),
+        "lazy-pages: {}",
+        std::fs::read_to_string(dir.join("lazy.log")).unwrap_or_default()
+    );
+    served.wait_exit();
+    assert!(
+        proxy.cuts.load(Ordering::SeqCst) >= 1,
+        "the connection was cut"
+    );
+    let stats: LazyStats = ImageDir::open(&dir)
+        .and_then(|d| d.read(Kind::LazyStats, None))
+        .expect("lazy stats");
+    assert_eq!(stats.pages_lazy, inv.lazy_pages, "{stats:?}");
+    if precopy {
+        assert!(
+            stats.pages_eager_parent >= src.pages - src.pages.div_ceil(100),
+            "unchanged pages came from the parent: {stats:?}"
+        );
+    }
+    restored.signal(libc::SIGTERM);
+    let text = wait_file_contains(&src.out, "OK", TIMEOUT);
+    assert!(!text.contains("BAD"), "{text}");
+    assert_eq!(restored.wait(TIMEOUT), Exit::Code(0));
+    let log = read_string(&dir.join("dump.log"));
+    assert!(log.contains("every lazy page"), "{log}");
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::image::messages::Inventory;
+use crate::image::messages::{Inventory, Pagemap, PE_LAZY};
 use crate::image::{ImageDir, Kind};
 use crate::pageio::PageSource;
 
@@ -43,11 +43,14 @@ pub struct RemotePageSource {
     /// same run (the source's memory never changes, so the copy stays
     /// right); the background thread's next small reads come from it.
     readahead: u64,
-    /// Page runs the server serves (merged), for the readahead's bounds.
+    /// The dump's PE_LAZY runs (merged), the readahead's bounds.
     runs: Vec<(u64, u64)>,
     /// Readahead data: (pid, vaddr, bytes).
     cache: Option<(i32, u64, Vec<u8>)>,
 }
+
+/// The image whose source confirmed DONE (this process's last).
+static CONFIRMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Readahead of the bulk connection: large enough that a request's round
 /// trip is small next to its transfer.
@@ -114,9 +117,17 @@ impl RemotePageSource {
         };
         let mut s = Self::connect(addr, channel, inv.image_id)?;
         if channel == Channel::Bulk {
-            let pm: crate::image::messages::Pagemap =
-                ImageDir::open(dir)?.read(Kind::Pagemap, Some(inv.root_pid))?;
-            s.runs = super::server::merged_ranges(&pm);
+            let pm: Pagemap = ImageDir::open(dir)?.read(Kind::Pagemap, Some(inv.root_pid))?;
+            // Only within a lazy run: nothing else is ever asked of us.
+            let lazy = Pagemap {
+                entries: pm
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.flags & PE_LAZY != 0)
+                    .collect(),
+                ..pm
+            };
+            s.runs = super::server::merged_ranges(&lazy);
             s.readahead = BULK_READAHEAD;
         }
         Ok(s)
@@ -315,9 +326,17 @@ impl PageSource for RemotePageSource {
         Ok(())
     }
 
-    /// Tells the source every page arrived; it exits at once.
+    /// Tells the source every page arrived; it exits at once. Once one
+    /// source of this process got the answer, the others (the daemon's
+    /// other thread) have nothing left to say: the server is gone.
     fn all_delivered(&mut self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if CONFIRMED.load(Ordering::SeqCst) == self.image_id && self.image_id != 0 {
+            self.conn = None;
+            return Ok(());
+        }
         self.with_retry(|s| s.done_once())?;
+        CONFIRMED.store(self.image_id, Ordering::SeqCst);
         self.conn = None;
         Ok(())
     }
