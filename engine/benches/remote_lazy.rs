@@ -196,6 +196,76 @@ fn pidfd(pid: i32) -> Res<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Starts lazysrc holding `mib` MiB and lazily dumps it into tmp/NAME,
+/// serving on the veth's root side; returns its pid, the images dir and
+/// the dump's output.
+fn start_and_dump(
+    bin: &Path,
+    tmp: &Path,
+    out: &Path,
+    mib: usize,
+    net: &Net,
+    name: &str,
+) -> Res<(i32, PathBuf, String)> {
+    let _ = std::fs::remove_file(out);
+    let mut cmd = Command::new(bin);
+    cmd.arg(out)
+        .arg(mib.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid and close_range are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| e.to_string())?;
+    let pid = child.id() as i32;
+    let t = Instant::now();
+    while !std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        if t.elapsed() > Duration::from_secs(120) {
+            kill_and_reap(pid);
+            return Err("lazysrc never got ready".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = tmp.join(name);
+    let pids = pid.to_string();
+    let log = run(Command::new(CRUST).args([
+        "dump",
+        "-t",
+        &pids,
+        "-D",
+        dir.to_str().unwrap_or_default(),
+        "--lazy-pages",
+        "--address",
+        &net.root_ip,
+        "--port",
+        "0",
+        "-d",
+        "-v",
+        "-o",
+        "dump.log",
+        "--lazy-timeout",
+        "120",
+    ]));
+    let log = match log {
+        Ok(l) => l,
+        Err(e) => {
+            kill_and_reap(pid);
+            return Err(e);
+        }
+    };
+    reap(pid)?;
+    Ok((pid, dir, log))
+}
+
 fn bench() -> Res<()> {
     let mib = env_usize("CRUST_BENCH_MIB", 1024)?;
     // SAFETY: prctl with integer arguments: the serving crust (orphaned
@@ -213,59 +283,7 @@ fn bench() -> Res<()> {
     let link = veth_bandwidth(&net, mib << 20)?;
 
     let out = tmp.join("src.out");
-    let mut cmd = Command::new(&bin);
-    cmd.arg(&out)
-        .arg(mib.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid and close_range are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| e.to_string())?;
-    let pid = child.id() as i32;
-    let t = Instant::now();
-    while !std::fs::read_to_string(&out)
-        .unwrap_or_default()
-        .contains("ready")
-    {
-        if t.elapsed() > Duration::from_secs(120) {
-            kill_and_reap(pid);
-            return Err("lazysrc never got ready".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let dir = tmp.join("img");
-    let pids = pid.to_string();
-    let log = run(Command::new(CRUST).args([
-        "dump",
-        "-t",
-        &pids,
-        "-D",
-        dir.to_str().unwrap_or_default(),
-        "--lazy-pages",
-        "--address",
-        &net.root_ip,
-        "--port",
-        "0",
-        "-d",
-        "-v",
-        "--lazy-timeout",
-        "120",
-    ]));
-    let log = match log {
-        Ok(l) => l,
-        Err(e) => {
-            kill_and_reap(pid);
-            return Err(e);
-        }
-    };
-    reap(pid)?;
+    let (pid, dir, log) = start_and_dump(&bin, &tmp, &out, mib, &net, "img")?;
     let field = |after: &str, until: char| -> String {
         log.split(after)
             .nth(1)
@@ -393,6 +411,98 @@ fn bench() -> Res<()> {
         "  source exit after DONE sent: {:.2} ms (DONE_ACK received after {:.2} ms)",
         gone.as_secs_f64() * 1e3,
         acked.as_secs_f64() * 1e3
+    );
+    end_to_end(&bin, &tmp, mib, &net, link, false)?;
+    end_to_end(&bin, &tmp, mib, &net, link, true)?;
+    Ok(())
+}
+
+/// The whole migration: lazy dump, `crust lazy-pages --page-server` in the
+/// namespace, `crust restore --lazy-pages` (same host, same pid). `busy`:
+/// the restored process reads every page at once (SIGTERM makes lazysrc
+/// check them all), so faults race the background transfer.
+fn end_to_end(bin: &Path, tmp: &Path, mib: usize, net: &Net, link: f64, busy: bool) -> Res<()> {
+    let name = if busy { "e2e-busy" } else { "e2e-idle" };
+    let out = tmp.join(format!("{name}.out"));
+    let (pid, dir, log) = start_and_dump(bin, tmp, &out, mib, net, name)?;
+    let d = dir.to_str().unwrap_or_default();
+    let twin: i32 = log
+        .split("held by pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or("no holder pid in the dump's output")?;
+    let worker: i32 = std::fs::read_to_string(format!("/proc/{twin}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse().ok())
+        .ok_or("no tracer of the twin")?;
+    let lpid = tmp.join(format!("{name}.lazy.pid"));
+    run(Command::new("ip")
+        .args(["netns", "exec", &net.name, CRUST, "lazy-pages", "-D", d])
+        .args(["--page-server", "-d", "-o", "lazy.log", "--pidfile"])
+        .arg(&lpid)
+        .stdin(Stdio::null()))?;
+    let daemon: i32 = std::fs::read_to_string(&lpid)
+        .map_err(|e| e.to_string())?
+        .trim()
+        .parse()
+        .map_err(|_| "daemon pidfile".to_string())?;
+    let _procs = Reap(vec![worker, twin, daemon, pid]);
+    let rpid = tmp.join(format!("{name}.restored.pid"));
+    let t = Instant::now();
+    run(Command::new(CRUST)
+        .args([
+            "restore",
+            "-D",
+            d,
+            "--lazy-pages",
+            "-d",
+            "--pid-wait",
+            "30",
+            "--pidfile",
+        ])
+        .arg(&rpid)
+        .stdin(Stdio::null()))?;
+    let restored_in = t.elapsed();
+    if busy {
+        // SAFETY: kill(2) of the process we just restored (our child).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    reap(daemon)?;
+    let stats: crust::image::messages::LazyStats = ImageDir::open(&dir)
+        .and_then(|i| i.read(Kind::LazyStats, None))
+        .map_err(|e| e.to_string())?;
+    reap(worker)?;
+    if !busy {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    reap(pid)?;
+    let verdict = std::fs::read_to_string(&out).unwrap_or_default();
+    if !verdict.contains("OK") {
+        return Err(format!("{name}: restored memory differs: {verdict}"));
+    }
+    let dlog = std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default();
+    let after = dlog
+        .split("exiting ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("?")
+        .to_string();
+    let bytes = stats.pages_lazy as f64 * 4096.0;
+    let gbs = bytes / (stats.total_us as f64 / 1e6) / 1e9;
+    println!(
+        "  end to end, {}: restore returned after {:.1} ms; all {} MiB delivered in {:.0} ms = {gbs:.2} GB/s = {:.0}% of the link; {} faults p50 {:.0} us p99 {:.0} us; source exited {after} us after the confirmation; memory checked OK",
+        if busy { "process reading every page" } else { "process idle" },
+        restored_in.as_secs_f64() * 1e3,
+        stats.pages_lazy >> 8,
+        stats.total_us as f64 / 1e3,
+        gbs / link * 100.0,
+        stats.faults,
+        stats.fault_p50_ns as f64 / 1e3,
+        stats.fault_p99_ns as f64 / 1e3,
     );
     Ok(())
 }
