@@ -47,6 +47,11 @@ pub struct RemotePageSource {
     runs: Vec<(u64, u64)>,
     /// Readahead data: (pid, vaddr, bytes).
     cache: Option<(i32, u64, Vec<u8>)>,
+    /// The next readahead window, asked for and not read yet: its bytes
+    /// travel while the caller works on the previous ones.
+    pending: Option<(i32, u64, u64)>,
+    /// A buffer to receive the next window into.
+    spare: Vec<u8>,
 }
 
 /// The image whose source confirmed DONE (this process's last).
@@ -55,6 +60,7 @@ static CONFIRMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// Readahead of the bulk connection: large enough that a request's round
 /// trip is small next to its transfer.
 pub const BULK_READAHEAD: u64 = 4 << 20;
+const PAGE: u64 = 4096;
 
 /// Why one attempt failed.
 enum Attempt {
@@ -96,6 +102,8 @@ impl RemotePageSource {
             readahead: 0,
             runs: Vec::new(),
             cache: None,
+            pending: None,
+            spare: Vec::new(),
         };
         s.with_retry(|s| s.ensure().map(drop))?;
         Ok(s)
@@ -226,10 +234,12 @@ impl RemotePageSource {
                 Ok(v) => return Ok(v),
                 Err(Attempt::Fatal(e)) => {
                     self.conn = None;
+                    self.pending = None;
                     return Err(e);
                 }
                 Err(Attempt::Retry(why)) => {
                     self.conn = None;
+                    self.pending = None;
                     self.failures
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if Instant::now() >= deadline {
@@ -277,6 +287,66 @@ impl RemotePageSource {
         }
     }
 
+    /// Reads the DATA of the readahead in flight into the cache.
+    fn recv_pending(&mut self) -> std::result::Result<(), Attempt> {
+        let Some((pid, vaddr, len)) = self.pending.take() else {
+            return Ok(());
+        };
+        let addr = self.addr;
+        let mut data = std::mem::take(&mut self.spare);
+        data.resize(len as usize, 0);
+        let Some(c) = self.conn.as_mut() else {
+            return Err(Attempt::Retry("not connected".into()));
+        };
+        match protocol::recv(c)? {
+            Frame::Data { vaddr: v, len: l } if v == vaddr && l == len => {
+                c.read_exact(&mut data)?;
+                if let Some((_, _, old)) = self.cache.replace((pid, vaddr, data)) {
+                    self.spare = old;
+                }
+                Ok(())
+            }
+            Frame::Error(m) => Err(Attempt::Fatal(Error::Other(format!(
+                "page server {addr}: {m}"
+            )))),
+            other => Err(Attempt::Fatal(Error::Other(format!(
+                "page server {addr}: readahead {vaddr:#x}+{len:#x}, got {other:?}"
+            )))),
+        }
+    }
+
+    /// Asks for the window after the cached one (inside its lazy run), on
+    /// the open connection, without waiting for it.
+    fn prefetch_next(&mut self) {
+        if self.pending.is_some() || self.conn.is_none() {
+            return;
+        }
+        let Some((pid, start, data)) = &self.cache else {
+            return;
+        };
+        let (pid, next) = (*pid, start + data.len() as u64);
+        let n = self.fetch_len(next, PAGE);
+        let i = self.runs.partition_point(|r| r.1 <= next);
+        let inside = self.runs.get(i).is_some_and(|r| r.0 <= next);
+        if !inside {
+            return;
+        }
+        let sent = self.conn.as_mut().map(|c| {
+            protocol::send(
+                c,
+                &Frame::Read {
+                    pid,
+                    vaddr: next,
+                    len: n,
+                },
+            )
+        });
+        match sent {
+            Some(Ok(())) => self.pending = Some((pid, next, n)),
+            _ => self.conn = None,
+        }
+    }
+
     fn done_once(&mut self) -> std::result::Result<(), Attempt> {
         let c = match self.ensure() {
             Ok(c) => c,
@@ -302,16 +372,31 @@ impl PageSource for RemotePageSource {
         if buf.is_empty() {
             return Ok(());
         }
+        let len = buf.len() as u64;
+        if !self.cached(pid, vaddr, buf) && self.readahead > 0 {
+            // The window in flight: take it (wanted or not, its bytes are
+            // on their way; a broken connection just drops it).
+            if self.pending.is_some() && self.recv_pending().is_err() {
+                self.conn = None;
+                self.pending = None;
+            }
+            if self.cached(pid, vaddr, buf) {
+                self.prefetch_next();
+                return Ok(());
+            }
+        }
         if self.cached(pid, vaddr, buf) {
+            self.prefetch_next();
             return Ok(());
         }
-        let fetch = self.fetch_len(vaddr, buf.len() as u64);
-        if fetch > buf.len() as u64 {
+        let fetch = self.fetch_len(vaddr, len);
+        if fetch > len {
             let mut data = self.cache.take().map(|c| c.2).unwrap_or_default();
             data.resize(fetch as usize, 0);
             self.with_retry(|s| s.read_once(pid, vaddr, &mut data))?;
             buf.copy_from_slice(&data[..buf.len()]);
             self.cache = Some((pid, vaddr, data));
+            self.prefetch_next();
             return Ok(());
         }
         let max = protocol::MAX_READ as usize;
@@ -334,6 +419,11 @@ impl PageSource for RemotePageSource {
         if CONFIRMED.load(Ordering::SeqCst) == self.image_id && self.image_id != 0 {
             self.conn = None;
             return Ok(());
+        }
+        // A readahead still in flight comes before the answer to DONE.
+        if self.pending.is_some() && self.recv_pending().is_err() {
+            self.conn = None;
+            self.pending = None;
         }
         self.with_retry(|s| s.done_once())?;
         CONFIRMED.store(self.image_id, Ordering::SeqCst);
