@@ -15,7 +15,7 @@ use libc::pid_t;
 use crate::error::{Error, Result};
 use crate::image::chain::{run_hasher, LayerMap};
 use crate::image::messages::{
-    madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT,
+    madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT, PE_LAZY,
 };
 use crate::image::Kind;
 use crate::pageio::PageSink;
@@ -521,6 +521,9 @@ pub(crate) struct Run {
     /// Content tracker: read it, and leave each page to the parent if its
     /// digest is the parent's.
     pub by_content: bool,
+    /// Remote lazy dump: not copied; the pagemap marks it PE_LAZY and the
+    /// source serves it later (see lazy::remote).
+    pub lazy: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -752,6 +755,28 @@ pub(crate) fn plan(
     plan_pages(pid, vmas, brk, parent, &known)
 }
 
+/// Remote lazy dump: marks lazy the runs to read (not in the parent, not
+/// compared by content) that lie in VMAs `lazy::eligible` accepts, so that
+/// `copy` leaves them out. Returns the number of lazy pages.
+pub(crate) fn mark_lazy(plan: &mut Plan) -> u64 {
+    let vmas = &plan.mm.vmas;
+    let mut lazy = 0;
+    for r in plan.runs.iter_mut() {
+        if r.in_parent || r.by_content {
+            continue;
+        }
+        let i = vmas.partition_point(|v| v.end <= r.vaddr);
+        let inside = vmas
+            .get(i)
+            .filter(|v| v.start <= r.vaddr && r.vaddr + r.pages * PAGE <= v.end);
+        if inside.is_some_and(crate::lazy::eligible) {
+            r.lazy = true;
+            lazy += r.pages;
+        }
+    }
+    lazy
+}
+
 /// What the tracker said about one VMA.
 pub(crate) struct Known {
     knowledge: Knowledge,
@@ -840,6 +865,7 @@ pub(crate) fn plan_pages(
                 readable: v.read,
                 first_of_vma: i == 0,
                 by_content,
+                lazy: false,
             });
         }
     }
@@ -854,6 +880,7 @@ struct Pending {
     in_parent: bool,
     first_of_vma: bool,
     by_content: bool,
+    lazy: bool,
 }
 
 /// Copies page runs out of the task into buffers for the sink, and builds
@@ -884,13 +911,15 @@ impl PageCopier<'_> {
     fn add(&mut self, run: &Run) -> Result<()> {
         let (mut addr, mut len) = (run.vaddr, run.pages * PAGE);
         let mut first = run.first_of_vma;
-        if run.in_parent {
+        if run.in_parent || run.lazy {
+            // Neither is read: the parent holds the one, the source the other.
             self.pending.push(Pending {
                 vaddr: addr,
                 len,
-                in_parent: true,
+                in_parent: run.in_parent,
                 first_of_vma: first,
                 by_content: false,
+                lazy: run.lazy && !run.in_parent,
             });
             return Ok(());
         }
@@ -916,6 +945,7 @@ impl PageCopier<'_> {
                 in_parent: false,
                 first_of_vma: first,
                 by_content: run.by_content,
+                lazy: false,
             });
             first = false;
             self.used += n as usize;
@@ -994,14 +1024,9 @@ impl PageCopier<'_> {
             if p.first_of_vma {
                 self.floor = self.entries.len();
             }
-            if p.in_parent {
-                push_run(
-                    &mut self.entries,
-                    self.floor,
-                    p.vaddr,
-                    p.len / PAGE,
-                    PE_IN_PARENT,
-                );
+            if p.in_parent || p.lazy {
+                let flag = if p.in_parent { PE_IN_PARENT } else { PE_LAZY };
+                push_run(&mut self.entries, self.floor, p.vaddr, p.len / PAGE, flag);
                 continue;
             }
             if self.failed.is_empty() && self.digests.is_none() {
@@ -1136,7 +1161,7 @@ fn stored_segment(segments: &mut Vec<Segment>, entries: &[PagemapEntry], len: us
 fn set_checksums(pid: pid_t, entries: &mut [PagemapEntry], sums: &[RunSum]) -> Result<()> {
     let mut sums = sums.iter().peekable();
     for (i, e) in entries.iter_mut().enumerate() {
-        if e.flags & PE_IN_PARENT != 0 {
+        if e.flags & (PE_IN_PARENT | PE_LAZY) != 0 {
             continue;
         }
         match sums.next() {
@@ -1176,7 +1201,11 @@ pub(crate) fn pagemap_of(pid: pid_t, runs: &[Run]) -> Pagemap {
             floor,
             r.vaddr,
             r.pages,
-            if r.in_parent { PE_IN_PARENT } else { 0 },
+            match (r.in_parent, r.lazy) {
+                (true, _) => PE_IN_PARENT,
+                (false, true) => PE_LAZY,
+                _ => 0,
+            },
         );
     }
     Pagemap {

@@ -63,6 +63,8 @@ pub struct DumpStats {
     /// task was out of its own registers and signal mask.
     pub bursts: usize,
     pub longest_burst_us: f64,
+    /// Remote lazy dump: pages left at the source (PE_LAZY), not copied.
+    pub pages_lazy: u64,
 }
 
 /// A task held in a ptrace stop. Dropping it resumes the task unharmed.
@@ -588,6 +590,7 @@ fn pre_dump_inner(
         pages_in_parent: in_parent,
         pages_written: written,
         bytes_written: written * 4096,
+        pages_lazy: 0,
     })
 }
 
@@ -595,7 +598,7 @@ fn pre_dump_inner(
 /// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let mut tracker = None;
-    let out = dump_inner(pid, dir, opts, &mut tracker);
+    let out = dump_inner(pid, dir, opts, &mut tracker, None);
     if out.is_err() {
         if let Some(fd) = tracker {
             remove_tracker(pid, fd);
@@ -604,11 +607,72 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     out
 }
 
+/// A remote lazy dump (`dump --lazy-pages`): as [`dump`], but the pages
+/// of lazy-eligible VMAs are not copied (PE_LAZY in the pagemap); they
+/// stay in a twin process that outlives the task (lazy::remote::holder),
+/// to be served from `addr` (bound before the task is touched, so a bad
+/// address fails with the task untouched). Returns what serving needs.
+pub fn dump_lazy(
+    pid: pid_t,
+    dir: &Path,
+    opts: &DumpOptions,
+    addr: std::net::SocketAddr,
+) -> Result<(DumpStats, crate::lazy::remote::server::Held)> {
+    if opts.leave_running {
+        return Err(Error::Other(
+            "--lazy-pages kills the task like any dump: --leave-running is refused".into(),
+        ));
+    }
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| Error::Other(format!("page server: cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Other(format!("page server on {addr}: {e}")))?;
+    let mut lazy = LazyDump {
+        addr: bound,
+        twin: None,
+        pagemap: None,
+        image_id: 0,
+    };
+    let mut tracker = None;
+    let out = dump_inner(pid, dir, opts, &mut tracker, Some(&mut lazy));
+    if out.is_err() {
+        if let Some(fd) = tracker {
+            remove_tracker(pid, fd);
+        }
+    }
+    let stats = out?;
+    match (lazy.twin, lazy.pagemap) {
+        (Some(twin), Some(pagemap)) => Ok((
+            stats.clone(),
+            crate::lazy::remote::server::Held {
+                twin,
+                listener,
+                addr: bound,
+                dir: dir.to_path_buf(),
+                image_id: lazy.image_id,
+                pagemap,
+                lazy_pages: stats.pages_lazy,
+            },
+        )),
+        _ => Err(Error::Other("lazy dump: no holder was made".into())),
+    }
+}
+
+/// What a remote lazy dump adds to a dump.
+struct LazyDump {
+    addr: std::net::SocketAddr,
+    twin: Option<crate::lazy::remote::holder::Twin>,
+    pagemap: Option<crate::image::messages::Pagemap>,
+    image_id: u64,
+}
+
 fn dump_inner(
     pid: pid_t,
     dir: &Path,
     opts: &DumpOptions,
     tracker_fd: &mut Option<i32>,
+    mut lazy: Option<&mut LazyDump>,
 ) -> Result<DumpStats> {
     if pid == 1 && !opts.leave_running {
         // A dump kills the task, and init's death brings the system down.
@@ -683,6 +747,11 @@ fn dump_inner(
         tracker,
     )?;
     plan.mm.lock_future = core.lock_future;
+    // Lazy: the frozen part copies none of these pages.
+    let pages_lazy = match lazy {
+        Some(_) => mem::mark_lazy(&mut plan),
+        None => 0,
+    };
     let copied = mem::copy(
         pid,
         &plan.runs,
@@ -712,6 +781,27 @@ fn dump_inner(
         }],
     };
     images.write(Kind::PsTree, None, &tree)?;
+    // Lazy: the twin that keeps the memory after the kill (holder.rs).
+    if let Some(l) = lazy.as_deref_mut() {
+        let (guard, regs) = (frozen.guard.clone(), frozen.regs);
+        let twin = frozen.burst(gadget, |inj| {
+            let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
+            // The task must not write into the shared memory as it dies.
+            inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+            inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
+            Ok(twin)
+        });
+        let twin = match twin {
+            Ok(t) => t,
+            Err(e) => {
+                undo_lazy(&mut frozen, gadget, &core.core);
+                return Err(e);
+            }
+        };
+        phases.mark("holder");
+        l.twin = Some(twin);
+        l.pagemap = Some(pagemap.clone());
+    }
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     let stats = Stats {
         kind: "dump".into(),
@@ -726,8 +816,22 @@ fn dump_inner(
     };
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
-    guard::check()?;
-    images.commit(&inventory(pid, "dump", parent.as_ref()))?;
+    let mut inv = inventory(pid, "dump", parent.as_ref());
+    let inv_written = guard::check().and_then(|_| {
+        if let Some(l) = lazy.as_deref_mut() {
+            inv.lazy_address = l.addr.to_string();
+            inv.lazy_pages = pages_lazy;
+            l.image_id = inv.image_id;
+        }
+        images.commit(&inv)
+    });
+    if let Err(e) = inv_written {
+        if let Some(l) = lazy {
+            l.twin = None;
+            undo_lazy(&mut frozen, gadget, &core.core);
+        }
+        return Err(e);
+    }
     phases.mark("files and images");
     if opts.leave_running {
         // Tracking ends with the final dump.
@@ -751,7 +855,26 @@ fn dump_inner(
         pages_in_parent: plan.stats.in_parent,
         pages_written: written,
         bytes_written: written * 4096,
+        pages_lazy,
     })
+}
+
+/// A lazy dump failed after the task was prepared for its kill: its
+/// thread-exit addresses go back as they were (best effort; the task is
+/// resumed next).
+fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Core) {
+    let (tid, head, len) = (
+        core.clear_child_tid,
+        core.robust_list_head,
+        core.robust_list_len,
+    );
+    let _ = frozen.burst(gadget, |inj| {
+        inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
+        if head != 0 {
+            inj.call("set_robust_list", libc::SYS_set_robust_list, &[head, len])?;
+        }
+        Ok(())
+    });
 }
 
 fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
@@ -776,6 +899,8 @@ fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
         image_id: new_image_id(),
         parent_id: parent.map(|p| p.inv.image_id).unwrap_or(0),
         pages_at: String::new(),
+        lazy_address: String::new(),
+        lazy_pages: 0,
     }
 }
 

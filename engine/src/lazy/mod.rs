@@ -1,5 +1,7 @@
 //! Post-copy: lazy restore through userfaultfd.
 
+pub mod remote;
+
 use crate::image::messages::{madv, Vma, VmaKind};
 use crate::proc::maps::VmFlags;
 
