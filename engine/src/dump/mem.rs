@@ -728,28 +728,6 @@ fn parent_ranges(parent: &LayerMap, start: u64, end: u64) -> Vec<Range> {
     out
 }
 
-/// Decides, while the task is frozen, which pages to store and which the
-/// parent already holds. With a tracker, this also re-arms it: the next
-/// dump sees what is written from now on.
-///
-/// A page is left to the parent only when all of these hold: its VMA was
-/// tracked since the parent (registered before, `uw` still set), the
-/// tracker says it was not written, and the parent chain holds it. Pages
-/// not present now are not listed at all, so they come back empty even if
-/// a parent holds old data for them (MADV_DONTNEED between pre-dumps).
-/// All of it is range arithmetic: the time spent here does not grow with
-/// the amount of memory, only with how fragmented it is.
-pub(crate) fn plan(
-    pid: pid_t,
-    vmas: &[ProcVma],
-    brk: u64,
-    parent: Option<&LayerMap>,
-    tracker: Option<&mut dyn DirtyTracker>,
-) -> Result<Plan> {
-    let known = track(pid, vmas, tracker)?;
-    plan_pages(pid, vmas, brk, parent, &known)
-}
-
 /// What the tracker said about one VMA.
 pub(crate) struct Known {
     knowledge: Knowledge,

@@ -630,6 +630,7 @@ fn dump_inner(
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
     images.clear_stale()?;
+    phases.mark("refuse");
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
@@ -648,6 +649,7 @@ fn dump_inner(
         )?,
         false => None,
     };
+    phases.mark("inject");
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
@@ -658,6 +660,7 @@ fn dump_inner(
     // Memory: the layout is read again now that the scratch page is gone.
     let vmas = proc::maps::read_smaps(pid)?;
     mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+    phases.mark("vmas");
     let content = started
         .as_ref()
         .filter(|s| s.name == track::CONTENT)
@@ -666,14 +669,17 @@ fn dump_inner(
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let mut plan = mem::plan(
+    let known = mem::track(pid, &vmas, tracker)?;
+    phases.mark("track");
+    let mut plan = mem::plan_pages(
         pid,
         &vmas,
         core.brk,
         parent.as_ref().map(|p| &p.layer),
-        tracker,
+        &known,
     )?;
     plan.mm.lock_future = core.lock_future;
+    phases.mark("plan");
     let copied = mem::copy(
         pid,
         &plan.runs,
@@ -682,11 +688,12 @@ fn dump_inner(
         content.as_ref().map(|d| d.as_ref()),
     )?;
     let (pagemap, written) = (copied.pagemap, copied.pages_written);
-    phases.mark("memory");
+    phases.mark("copy");
     guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
     identity::record_mm(pid, &mut plan.mm)?;
+    phases.mark("files");
 
     let stat = proc::stat::read_stat(pid)?;
     images.write(Kind::Core, Some(pid), &core.core)?;
@@ -723,7 +730,7 @@ fn dump_inner(
         None,
         &inventory(pid, "dump", parent.as_ref()),
     )?;
-    phases.mark("files and images");
+    phases.mark("images");
     if opts.leave_running {
         // Tracking ends with the final dump.
         drop(started);
