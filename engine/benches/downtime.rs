@@ -23,7 +23,9 @@
 //! Environment: `CRUST_BENCH_RUNS` (default 5; medians are printed),
 //! `CRUST_BENCH_MIB` (default 1024), `CRUST_DOWNTIME_PREDUMPS` (default 3),
 //! `CRUST_BENCH_DIR` (parent of the image directories; default the system
-//! temporary directory), `CRUST_DOWNTIME_WRAP` (a command line the final
+//! temporary directory), `CRUST_DOWNTIME_AB` (another crust binary: each
+//! run then measures both, in alternating order, and both are reported),
+//! `CRUST_DOWNTIME_WRAP` (a command line the final
 //! dump runs under, e.g. `perf record -g -o /tmp/dump.perf --`).
 //!
 //! GB/s means 1e9 bytes per second; MB/s 1e6.
@@ -34,6 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CRUST: &str = env!("CARGO_BIN_EXE_crust");
+
+std::thread_local! {
+    /// The crust binary the current run uses (see CRUST_DOWNTIME_AB).
+    static BIN: std::cell::RefCell<String> = std::cell::RefCell::new(CRUST.to_string());
+}
 const PAGE: usize = 4096;
 const SEED: u64 = 0x646f_776e_7469_6d65;
 const FROZEN_TARGET_MS: f64 = 20.0;
@@ -407,13 +414,14 @@ fn crust(args: &[&str]) -> Res<String> {
 
 /// Runs crust under `wrap` (a profiler command line, say), if not empty.
 fn crust_wrapped(wrap: &[String], args: &[&str]) -> Res<String> {
+    let bin = BIN.with(|b| b.borrow().clone());
     let mut cmd = match wrap.split_first() {
         Some((prog, rest)) => {
             let mut c = Command::new(prog);
-            c.args(rest).arg(CRUST);
+            c.args(rest).arg(&bin);
             c
         }
-        None => Command::new(CRUST),
+        None => Command::new(&bin),
     };
     let out = cmd
         .args(args)
@@ -421,7 +429,7 @@ fn crust_wrapped(wrap: &[String], args: &[&str]) -> Res<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("running {CRUST}: {e}"))?;
+        .map_err(|e| format!("running {bin}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
@@ -642,21 +650,43 @@ fn bench() -> Res<()> {
         parent.display(),
         load_average()
     );
-    let mut samples = Vec::new();
-    for i in 0..runs {
-        let s = run(len, k, predumps, root.path(), i)?;
-        eprintln!(
-            "run {}: frozen {:.2} ms, copy {:.2} GB/s, process_vm_readv scattered {:.2} GB/s, \
-             contiguous {:.2} GB/s; restored and verified",
-            i + 1,
-            s.frozen_ms,
-            s.copy_gbs,
-            s.pvr_scattered_gbs,
-            s.pvr_contiguous_gbs
-        );
-        samples.push(s);
+    let mut builds = vec![("this build".to_string(), CRUST.to_string())];
+    if let Ok(other) = std::env::var("CRUST_DOWNTIME_AB") {
+        builds.push((other.clone(), other));
     }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); builds.len()];
+    for i in 0..runs {
+        // Alternating: A B, B A, A B...
+        let mut order: Vec<usize> = (0..builds.len()).collect();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for b in order {
+            BIN.with(|bin| *bin.borrow_mut() = builds[b].1.clone());
+            let s = run(len, k, predumps, root.path(), i)?;
+            eprintln!(
+                "run {} ({}): frozen {:.2} ms, copy {:.2} GB/s, process_vm_readv scattered \
+                 {:.2} GB/s, contiguous {:.2} GB/s; restored and verified",
+                i + 1,
+                builds[b].0,
+                s.frozen_ms,
+                s.copy_gbs,
+                s.pvr_scattered_gbs,
+                s.pvr_contiguous_gbs
+            );
+            samples[b].push(s);
+        }
+    }
+    for ((name, _), samples) in builds.iter().zip(&samples) {
+        report(name, runs, samples);
+    }
+    println!("load average at the end: {}", load_average());
+    Ok(())
+}
+
+fn report(build: &str, runs: usize, samples: &[Sample]) {
     println!();
+    println!("{build}:");
     println!(
         "{:<5} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10}  phases (ms) / bursts",
         "run", "frozen ms", "written", "parent", "copy GB/s", "pvr scat", "pvr 1GiB"
@@ -699,8 +729,7 @@ fn bench() -> Res<()> {
             format!("{n} {m:.1}")
         })
         .collect();
-    println!();
-    println!("medians of {runs} runs:");
+    println!("medians of {runs} runs ({build}):");
     println!(
         "  frozen time of the final dump: {frozen:.2} ms (target < {FROZEN_TARGET_MS} ms) {}",
         pass(frozen < FROZEN_TARGET_MS)
@@ -716,8 +745,6 @@ fn bench() -> Res<()> {
         pass(copy >= COPY_TARGET * scat),
         contig * 1e3
     );
-    println!("load average at the end: {}", load_average());
-    Ok(())
 }
 
 fn main() -> ExitCode {
