@@ -676,19 +676,19 @@ fn dump_inner(
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
 
-    // Refuse what we cannot restore before touching anything.
+    // What would make an injected call unsafe is refused before the
+    // first one (another thread, seccomp strict mode, a filter that would
+    // not let one through); the rest of the refusals after the bursts,
+    // while smaps is read (they all ran before freezing too).
     let threads = single_thread(pid)?;
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
+    creds::refuse(pid)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
     let maps = proc::maps::read_maps(pid)?;
     mem::check_vmas(pid, &maps, our_tracker.is_some())?;
     let gadget = syscall_gadget(pid, &maps)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    images.clear_stale()?;
     phases.mark("refuse");
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
@@ -714,6 +714,10 @@ fn dump_inner(
     // mmap would wait for the walk's mmap lock), and checked against the
     // layout read above (maps, which does not walk them).
     let layout = Layout::start(pid);
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    images.clear_stale()?;
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
