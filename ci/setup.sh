@@ -6,6 +6,9 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The remote-lazy flavors put the destination in a network namespace joined
+# by a veth pair: ip(8) from iproute2.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

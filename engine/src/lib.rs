@@ -11,6 +11,7 @@ pub mod image;
 pub mod inject;
 pub mod lazy;
 pub mod pageio;
+pub mod pageserver;
 pub mod proc;
 pub mod sys;
 

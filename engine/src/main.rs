@@ -54,6 +54,8 @@ enum Cmd {
         external: Vec<String>,
         #[command(flatten)]
         track: Track,
+        #[command(flatten)]
+        server: PageServerTarget,
         /// Print timing and page counts.
         #[arg(long)]
         display_stats: bool,
@@ -76,8 +78,33 @@ enum Cmd {
         external: Vec<String>,
         #[command(flatten)]
         track: Track,
+        #[command(flatten)]
+        server: PageServerTarget,
         #[arg(long)]
         display_stats: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Receive the images of one dump or pre-dump over TCP
+    /// (`--page-server` on the sending side), then exit.
+    PageServer {
+        /// Image directory to write (created 0700; stale images removed).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long)]
+        address: String,
+        /// Port to listen on; 0 lets the kernel choose. The address
+        /// listened on is printed on stdout as one line, ADDR:PORT.
+        #[arg(long)]
+        port: u16,
+        /// Return once the socket listens; the server goes on in the
+        /// background.
+        #[arg(short = 'd', long = "daemon")]
+        daemon: bool,
+        /// Write the server's pid here.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -107,6 +134,24 @@ enum Cmd {
         /// changed since the dump (size, mtime, device or inode).
         #[arg(long)]
         skip_file_checks: bool,
+        /// Leave the dump's private anonymous pages to the lazy-pages
+        /// daemon (`crust lazy-pages -D DIR`), which must listen already.
+        #[arg(long)]
+        lazy_pages: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Serve the pages of a lazy restore from DIR (post-copy): start it
+    /// before `crust restore -D DIR --lazy-pages`.
+    LazyPages {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return once the socket listens; the daemon goes on alone.
+        #[arg(short = 'd', long = "daemon")]
+        detach: bool,
+        /// Write the daemon's pid here.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -133,6 +178,40 @@ struct Track {
     /// soft-dirty, then content digests.
     #[arg(long, value_enum, default_value_t = TrackerArg::Auto)]
     tracker: TrackerArg,
+}
+
+/// Where page data goes instead of the pages file.
+#[derive(clap::Args)]
+struct PageServerTarget {
+    /// Send page data to a page server (`crust page-server`) instead of
+    /// the pages file; the other images are written here and sent too.
+    #[arg(long, requires_all = ["address", "port"])]
+    page_server: bool,
+    /// The page server's address.
+    #[arg(long)]
+    address: Option<String>,
+    /// The page server's port.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+impl PageServerTarget {
+    /// The server's socket address, if --page-server was given.
+    fn resolve(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        use std::net::ToSocketAddrs;
+        if !self.page_server {
+            return Ok(None);
+        }
+        let (Some(a), Some(p)) = (self.address.as_deref(), self.port) else {
+            return Err("--page-server needs --address and --port".into());
+        };
+        (a, p)
+            .to_socket_addrs()
+            .map_err(|e| format!("page server address {a}:{p}: {e}"))?
+            .next()
+            .map(Some)
+            .ok_or_else(|| format!("page server address {a}:{p} resolves to nothing"))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -237,6 +316,7 @@ fn main() -> ExitCode {
             pre_dump_mode,
             external,
             track,
+            server,
             display_stats,
             common,
         } => {
@@ -244,6 +324,15 @@ fn main() -> ExitCode {
                 eprintln!("crust: pre-dump of pid {pid} failed: {e}");
                 return ExitCode::from(exit::FAILED);
             }
+            let page_server = match server.resolve() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "crust: pre-dump of pid {pid} failed: {e}; the process was left running"
+                    );
+                    return ExitCode::from(exit::FAILED);
+                }
+            };
             let mut log = Log::open(&common, &dir);
             let mode = match pre_dump_mode {
                 Mode::Read => PreDumpMode::Read,
@@ -256,6 +345,7 @@ fn main() -> ExitCode {
                     mode,
                     track: track.options(),
                     external,
+                    page_server,
                 },
             ) {
                 Ok(stats) => {
@@ -291,6 +381,7 @@ fn main() -> ExitCode {
             leave_running,
             external,
             track,
+            server,
             display_stats,
             common,
         } => {
@@ -298,6 +389,13 @@ fn main() -> ExitCode {
                 eprintln!("crust: dump of pid {pid} failed: {e}");
                 return ExitCode::from(exit::FAILED);
             }
+            let page_server = match server.resolve() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("crust: dump of pid {pid} failed: {e}; the process was left running");
+                    return ExitCode::from(exit::FAILED);
+                }
+            };
             let mut log = Log::open(&common, &dir);
             let t = Instant::now();
             match dump(
@@ -307,6 +405,7 @@ fn main() -> ExitCode {
                     leave_running,
                     track: track.options(),
                     external,
+                    page_server,
                 },
             ) {
                 Ok(stats) => {
@@ -352,11 +451,13 @@ fn main() -> ExitCode {
             inherit_fd,
             display_stats,
             skip_file_checks,
+            lazy_pages,
             common,
         } => {
             let mut log = Log::open(&common, &dir);
             let opts = RestoreOptions {
                 skip_file_checks,
+                lazy_pages,
                 leave_stopped,
                 pid_wait,
                 inherit_fds: inherit_fd,
@@ -398,6 +499,13 @@ fn main() -> ExitCode {
                 common.verbose > 0,
                 &format!("crust: restore phases: {}", restored.phases.render()),
             );
+            log.stats(
+                common.verbose > 0,
+                &format!(
+                    "crust: restore pages: {} eager from the dump, {} eager from parent images, {} lazy",
+                    restored.pages_eager_dump, restored.pages_eager_parent, restored.pages_lazy
+                ),
+            );
             if let Some(Err(msg)) = pidfile.map(Pidfile::commit) {
                 // Nothing half done: the restored process (our child) goes,
                 // and the images are as they were.
@@ -417,6 +525,20 @@ fn main() -> ExitCode {
             }
             wait_exit(restored.pid)
         }
+        Cmd::PageServer {
+            dir,
+            address,
+            port,
+            daemon,
+            pidfile,
+            common,
+        } => page_server(&dir, &address, port, daemon, pidfile.as_deref(), &common),
+        Cmd::LazyPages {
+            dir,
+            detach,
+            pidfile,
+            common,
+        } => lazy_pages(&dir, detach, pidfile, &common),
         Cmd::Show { path } => match crust::image::show::show(&path) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -440,6 +562,171 @@ fn main() -> ExitCode {
                 report.print_text(&mut out);
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `crust page-server`: prepares the directory, listens, says where
+/// (stdout), then receives one image, in the foreground or (-d) in a
+/// child that outlives this command.
+fn page_server(
+    dir: &Path,
+    address: &str,
+    port: u16,
+    daemon: bool,
+    pidfile: Option<&Path>,
+    common: &Common,
+) -> ExitCode {
+    use crust::pageserver::server;
+    let fail = |log: Option<&mut Log>, msg: String| {
+        let line = format!("crust: page-server into {} failed: {msg}", dir.display());
+        match log {
+            Some(l) => l.line(&line),
+            None => eprintln!("{line}"),
+        }
+        ExitCode::from(exit::FAILED)
+    };
+    let images = match crust::image::ImageDir::create(dir).and_then(|d| {
+        d.clear_stale()?;
+        Ok(d)
+    }) {
+        Ok(d) => d,
+        Err(e) => return fail(None, e.to_string()),
+    };
+    let mut log = Log::open(common, dir);
+    let (listener, addr) = match server::listen(address, port) {
+        Ok(l) => l,
+        Err(e) => return fail(Some(&mut log), e.to_string()),
+    };
+    let server_pid = if daemon {
+        // SAFETY: fork while this process has a single thread; the child
+        // goes on with its own copy of the listening socket.
+        match unsafe { libc::fork() } {
+            -1 => {
+                return fail(
+                    Some(&mut log),
+                    format!("fork: {}", std::io::Error::last_os_error()),
+                )
+            }
+            0 => {
+                detach_from_caller();
+                return serve_one(&images, &listener, addr, &mut log, common.verbose);
+            }
+            child => child,
+        }
+    } else {
+        std::process::id() as i32
+    };
+    if let Some(p) = pidfile {
+        if let Err(e) = std::fs::write(p, format!("{server_pid}\n")) {
+            if daemon {
+                // SAFETY: kill our own child, which serves nobody yet.
+                unsafe { libc::kill(server_pid, libc::SIGKILL) };
+            }
+            return fail(
+                Some(&mut log),
+                format!("cannot write pidfile {}: {e}", p.display()),
+            );
+        }
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{addr}").and_then(|_| out.flush());
+    if daemon {
+        return ExitCode::SUCCESS;
+    }
+    serve_one(&images, &listener, addr, &mut log, common.verbose)
+}
+
+/// The -d child: its own session, no terminal, stdio to /dev/null (the
+/// caller may read our stdout through a pipe until it closes).
+fn detach_from_caller() {
+    // SAFETY: setsid, open and dup2 on descriptors we own.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            libc::close(null);
+        }
+    }
+}
+
+fn serve_one(
+    images: &crust::image::ImageDir,
+    listener: &std::net::TcpListener,
+    addr: std::net::SocketAddr,
+    log: &mut Log,
+    verbose: u8,
+) -> ExitCode {
+    let t = Instant::now();
+    match crust::pageserver::server::serve(images, listener) {
+        Ok(got) => {
+            log.stats(
+                verbose > 0,
+                &format!(
+                    "crust: page-server on {addr}: received the {} of pid {} from {} into {}: {} image files, {:.1} MiB of pages in {:.1} ms",
+                    got.kind,
+                    got.root_pid,
+                    got.peer.map(|p| p.to_string()).unwrap_or_default(),
+                    images.path.display(),
+                    got.files,
+                    got.page_bytes as f64 / (1 << 20) as f64,
+                    t.elapsed().as_secs_f64() * 1e3
+                ),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log.line(&format!("crust: page-server on {addr} failed: {e}"));
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// `crust lazy-pages`: local pages, from the image chain of DIR (checked
+/// against their checksums once, before the socket listens).
+fn lazy_pages(dir: &Path, detach: bool, pidfile: Option<PathBuf>, common: &Common) -> ExitCode {
+    use crust::lazy::daemon::{run, Channel, DaemonOptions, Outcome};
+    use crust::pageio::{source::ChainSource, PageSource};
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("crust: lazy-pages for {} failed: {e}", dir.display());
+        ExitCode::from(exit::FAILED)
+    };
+    let inv: crust::image::messages::Inventory = match crust::image::ImageDir::open(dir)
+        .and_then(|i| i.read(crust::image::Kind::Inventory, None))
+    {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    let source = match ChainSource::open(dir, inv.root_pid, true) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let log_file = common
+        .log_file
+        .as_ref()
+        .map(|p| match p.is_absolute() || p.starts_with(".") {
+            true => p.clone(),
+            false => dir.join(p),
+        });
+    let opts = DaemonOptions {
+        detach,
+        pidfile,
+        log_file,
+        verbose: common.verbose > 0,
+    };
+    let open = |_: Channel| -> crust::Result<Box<dyn PageSource>> { Ok(Box::new(source.clone())) };
+    match run(dir, &opts, &open) {
+        Ok(Outcome::Detached { .. }) => ExitCode::SUCCESS,
+        Ok(Outcome::Done(_)) => ExitCode::SUCCESS,
+        Err(e) => {
+            if detach {
+                // Failures of the detached daemon are in its log.
+                return ExitCode::from(exit::FAILED);
+            }
+            fail(&e)
         }
     }
 }

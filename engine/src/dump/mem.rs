@@ -17,7 +17,8 @@ use crate::image::chain::{run_hasher, LayerMap};
 use crate::image::messages::{
     madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT,
 };
-use crate::image::{ImageDir, Kind, PagesWriter};
+use crate::image::Kind;
+use crate::pageio::PageSink;
 use crate::proc;
 use crate::proc::maps::{VmFlags, Vma as ProcVma};
 use crate::proc::pagemap::{PageEntry, PagemapReader};
@@ -478,20 +479,21 @@ impl StreamedChecksums {
 
 /// A filled buffer: its length and which entries its bytes belong to.
 type Filled = (AlignedBuf, usize, Vec<Segment>);
-/// What the writer thread hands back: the file, and the checksums.
-type WriterDone = (PagesWriter, StreamedChecksums);
+/// What the writer thread hands back: the sink, and the checksums.
+type WriterDone = (Box<dyn PageSink>, StreamedChecksums);
 
-/// Writes filled buffers to the pages file on its own thread, so that
-/// reading the task (process_vm_readv) and writing the image overlap.
-/// The same thread checksums every stored run as it writes it.
-struct PageSink {
+/// Writes filled buffers into the page sink (pages file or page server)
+/// on its own thread, so that reading the task (process_vm_readv) and
+/// writing the image overlap. The same thread checksums every stored run
+/// as it writes it.
+struct PageWriterThread {
     filled: Option<mpsc::SyncSender<Filled>>,
     free: mpsc::Receiver<AlignedBuf>,
     writer: Option<thread::JoinHandle<Result<WriterDone>>>,
 }
 
-impl PageSink {
-    fn start(mut out: PagesWriter) -> PageSink {
+impl PageWriterThread {
+    fn start(mut out: Box<dyn PageSink>) -> PageWriterThread {
         let (filled_tx, filled_rx) = mpsc::sync_channel::<Filled>(BUFFERS);
         let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(BUFFERS);
         for _ in 0..BUFFERS - 1 {
@@ -517,7 +519,7 @@ impl PageSink {
             }
             Ok((out, sums))
         });
-        PageSink {
+        PageWriterThread {
             filled: Some(filled_tx),
             free: free_rx,
             writer: Some(writer),
@@ -910,7 +912,7 @@ struct Pending {
 struct PageCopier<'a> {
     pid: pid_t,
     mem: &'a File,
-    sink: PageSink,
+    sink: PageWriterThread,
     buf: AlignedBuf,
     used: usize,
     remote: Vec<libc::iovec>,
@@ -1108,13 +1110,13 @@ pub(crate) struct Copied {
     pub digests: Option<Digests>,
 }
 
-/// Copies the planned runs into the pages file of `images`. With
-/// `content` (the content tracker: the parent's digests, if any), every
-/// page is digested and unchanged ones are left to the parent.
+/// Copies the planned runs into `sink` (the task's pages file, or a page
+/// server). With `content` (the content tracker: the parent's digests, if
+/// any), every page is digested and unchanged ones are left to the parent.
 pub(crate) fn copy(
     pid: pid_t,
     runs: &[Run],
-    images: &ImageDir,
+    sink: Box<dyn PageSink>,
     tolerant: bool,
     content: Option<Option<&Digests>>,
 ) -> Result<Copied> {
@@ -1124,7 +1126,7 @@ pub(crate) fn copy(
     let mut copier = PageCopier {
         pid,
         mem: &mem,
-        sink: PageSink::start(PagesWriter::create(&images.path.join(&pages_name))?),
+        sink: PageWriterThread::start(sink),
         buf: AlignedBuf::new(BUF_BYTES),
         used: 0,
         remote: Vec::with_capacity(IOV_MAX),
@@ -1477,7 +1479,8 @@ mod tests {
         // Runs of up to 3000 pages (12 MiB) against 8 MiB buffers.
         let runs = random_runs(&mut rng, 8, 3000);
         let cuts = batches(&mut rng, &runs, BUF_BYTES as u64 / PAGE);
-        let mut sink = PageSink::start(PagesWriter::create(&path).expect("create pages file"));
+        let file = crate::pageio::FileSink::create(&path).expect("create pages file");
+        let mut sink = PageWriterThread::start(Box::new(file));
         let mut buf = AlignedBuf::new(BUF_BYTES);
         let mut at: Vec<usize> = vec![0; runs.len()];
         for segments in cuts {

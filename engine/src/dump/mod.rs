@@ -21,8 +21,9 @@ use libc::pid_t;
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
 use crate::image::messages::{Digests, Inventory, PsTree, Stats, TaskEntry};
-use crate::image::{identity, ImageDir, Kind, PagesWriter, FORMAT_VERSION};
+use crate::image::{identity, ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
+use crate::pageio::ImageOut;
 use crate::proc;
 use crate::sys::syscalls::pidfd_open;
 use crate::sys::{Regs, Stop, Tracee};
@@ -42,6 +43,9 @@ pub struct DumpOptions {
     /// Resources held outside the process, accepted as such (--external
     /// pipe:[INODE]); restore takes them from --inherit-fd.
     pub external: Vec<String>,
+    /// Send the page data to this page server instead of the pages file
+    /// (--page-server); the small images go there and into the directory.
+    pub page_server: Option<std::net::SocketAddr>,
 }
 
 /// What a dump did, for the log and `--display-stats`.
@@ -282,6 +286,8 @@ pub struct PreDumpOptions {
     pub track: TrackOptions,
     /// As [`DumpOptions::external`].
     pub external: Vec<String>,
+    /// As [`DumpOptions::page_server`].
+    pub page_server: Option<std::net::SocketAddr>,
 }
 
 /// The parent image a new one builds on.
@@ -490,6 +496,7 @@ fn pre_dump_inner(
 ) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
+    let images = ImageOut::new(images, opts.page_server)?;
     // Refused now, before pages are copied, what the final dump would refuse.
     refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()), &opts.external)?;
     images.clear_stale()?;
@@ -571,8 +578,8 @@ fn pre_dump_inner(
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     let (plan, copied) = match pinned {
         Some((plan, chunks)) => {
-            let mut out = PagesWriter::create(&images.file(Kind::Pages, Some(pid)))?;
-            let bytes = splice::drain(pid, chunks, &mut out)?;
+            let mut out = images.pages(pid)?;
+            let bytes = splice::drain(pid, chunks, &mut *out)?;
             out.finish()?;
             let copied = mem::Copied {
                 pagemap: mem::pagemap_of(pid, &plan.runs),
@@ -588,14 +595,15 @@ fn pre_dump_inner(
                 .as_ref()
                 .filter(|_| content)
                 .map(|s| s.parent_digests.as_ref());
-            let copied = mem::copy(pid, &plan.runs, &images, true, parent_digests)?;
+            let copied = mem::copy(pid, &plan.runs, images.pages(pid)?, true, parent_digests)?;
             (plan, copied)
         }
     };
     let (mut pagemap, written) = (copied.pagemap, copied.pages_written);
-    if splice {
-        // Spliced data never passed through mem::copy, which checksums as it writes.
-        chain::add_checksums(&images.path, pid, &mut pagemap)?;
+    if splice && images.pages_here() {
+        // Spliced data never passed through mem::copy, which checksums as
+        // it writes. (A page server computes them on its side.)
+        chain::add_checksums(&images.dir.path, pid, &mut pagemap)?;
     }
     let in_parent = plan.stats.in_parent + copied.content_in_parent;
     if let Some(d) = &copied.digests {
@@ -623,7 +631,7 @@ fn pre_dump_inner(
     };
     images.write(Kind::Stats, None, &stats)?;
     guard::check()?;
-    images.write(Kind::Inventory, None, &inv)?;
+    images.commit(&inv)?;
     phases.mark("images");
     Ok(DumpStats {
         bursts: frozen.bursts.len(),
@@ -665,6 +673,7 @@ fn dump_inner(
     }
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
+    let images = ImageOut::new(images, opts.page_server)?;
     *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
@@ -755,7 +764,7 @@ fn dump_inner(
     let copied = mem::copy(
         pid,
         &plan.runs,
-        &images,
+        images.pages(pid)?,
         false,
         content.as_ref().map(|d| d.as_ref()),
     )?;
@@ -803,11 +812,7 @@ fn dump_inner(
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
     guard::check()?;
-    images.write(
-        Kind::Inventory,
-        None,
-        &inventory(pid, "dump", parent.as_ref()),
-    )?;
+    images.commit(&inventory(pid, "dump", parent.as_ref()))?;
     phases.mark("images");
     if opts.leave_running {
         // Tracking ends with the final dump.
@@ -855,6 +860,7 @@ fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
         tracker_fd: -1,
         image_id: new_image_id(),
         parent_id: parent.map(|p| p.inv.image_id).unwrap_or(0),
+        pages_at: String::new(),
     }
 }
 

@@ -13,17 +13,16 @@
 //! those pages written, so the next dump stores them again.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use libc::pid_t;
-use nix::errno::Errno;
 
 use super::mem::Run;
 use super::Frozen;
 use crate::error::{Error, Result};
-use crate::image::PagesWriter;
 use crate::inject::Injector;
+use crate::pageio::PageSink;
 use crate::sys::syscalls::{pidfd_getfd, prlimit};
 
 const PAGE: u64 = 4096;
@@ -194,8 +193,9 @@ fn fill(
     pidfd_getfd(pidfd, pid, r as i32)
 }
 
-/// Writes the chunks, in order, into the pages file; returns bytes written.
-pub(crate) fn drain(pid: pid_t, chunks: Vec<Chunk>, out: &mut PagesWriter) -> Result<u64> {
+/// Writes the chunks, in order, into the page sink (pipes are spliced:
+/// the data never passes through the engine); returns bytes written.
+pub(crate) fn drain(pid: pid_t, chunks: Vec<Chunk>, out: &mut dyn PageSink) -> Result<u64> {
     let mut total = 0u64;
     for c in chunks {
         match c {
@@ -204,29 +204,8 @@ pub(crate) fn drain(pid: pid_t, chunks: Vec<Chunk>, out: &mut PagesWriter) -> Re
                 total += b.len() as u64;
             }
             Chunk::Pipe(fd, len) => {
-                let mut left = len;
-                while left > 0 {
-                    // SAFETY: splice between a pipe we own and the pages
-                    // file, at its current position; no memory is passed.
-                    let n = unsafe {
-                        libc::splice(
-                            fd.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            out.raw_fd(),
-                            std::ptr::null_mut(),
-                            left,
-                            libc::SPLICE_F_MOVE,
-                        )
-                    };
-                    let n = Errno::result(n)
-                        .map_err(|e| Error::sys("splice(pipe -> pages file)", pid, e))?
-                        as usize;
-                    if n == 0 {
-                        return Err(Error::task(pid, format!("pipe ended {left} bytes early")));
-                    }
-                    left -= n;
-                }
-                out.account(len as u64);
+                out.splice_from(fd.as_fd(), len)
+                    .map_err(|e| Error::task(pid, format!("writing pinned pages: {e}")))?;
                 total += len as u64;
             }
         }

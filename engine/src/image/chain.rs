@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::container::{ImageDir, ImageError, Kind, PagesReader};
-use super::messages::{Inventory, Pagemap, PE_IN_PARENT};
+use super::messages::{Inventory, Pagemap, PE_IN_PARENT, PE_LAZY};
 
 const PAGE: u64 = 4096;
 
@@ -54,7 +54,9 @@ impl LayerMap {
                 ));
             }
             prev_end = end;
-            if e.flags & PE_IN_PARENT != 0 {
+            // In-parent runs have their data in a parent, lazy ones in no
+            // image at all (the lazy dump's source serves them).
+            if e.flags & (PE_IN_PARENT | PE_LAZY) != 0 {
                 offsets.push(None);
             } else {
                 offsets.push(Some(off));
@@ -200,9 +202,13 @@ pub fn check_parents(target: &Path, parent: &Path, pid: i32) -> Result<Inventory
         source: e,
     })?;
     let links = walk(parent, pid, Some(&target), true)?;
-    for (d, _) in &links {
+    for (d, inv) in &links {
         let layer = load_layer(d, pid)?;
-        open_pages(d, &layer)?;
+        // A pre-dump whose pages went to a page server has no pages file
+        // here: its pagemap is all the next image needs of it.
+        if inv.pages_at.is_empty() {
+            open_pages(d, &layer)?;
+        }
     }
     links
         .into_iter()
@@ -265,11 +271,19 @@ pub fn add_checksums(dir: &Path, pid: i32, pagemap: &mut Pagemap) -> Result<()> 
     Ok(())
 }
 
-/// Checks every stored run of a layer against its checksum.
-fn verify_checksums(layer: &LayerMap, reader: &PagesReader) -> Result<()> {
+/// Checks every stored run of a layer (those `keep` accepts) against its
+/// checksum.
+fn verify_checksums(
+    layer: &LayerMap,
+    reader: &PagesReader,
+    keep: impl Fn(&super::messages::PagemapEntry) -> bool,
+) -> Result<()> {
     let file = layer.dir.join(&layer.pagemap.pages_file);
     for (e, off) in layer.pagemap.entries.iter().zip(&layer.offsets) {
         let Some(off) = off else { continue };
+        if !keep(e) {
+            continue;
+        }
         let data = reader
             .bytes(*off, e.nr_pages * PAGE)
             .ok_or_else(|| bad(&file, "page data ends early"))?;
@@ -301,11 +315,20 @@ impl Chain {
     pub fn open(dir: &Path, pid: i32, verify_data: bool) -> Result<Chain> {
         let mut layers = Vec::new();
         let mut pages = Vec::new();
-        for (d, _) in walk(dir, pid, None, false)? {
+        for (d, inv) in walk(dir, pid, None, false)? {
+            if !inv.pages_at.is_empty() {
+                return Err(bad(
+                    &d,
+                    format!(
+                        "the page data of this image went to the page server at {}, not into this directory: restore from the directory that page server wrote",
+                        inv.pages_at
+                    ),
+                ));
+            }
             let layer = load_layer(&d, pid)?;
             let reader = open_pages(&d, &layer)?;
             if verify_data {
-                verify_checksums(&layer, &reader)?;
+                verify_checksums(&layer, &reader, |_| true)?;
             }
             layers.push(layer);
             pages.push(reader);
@@ -313,13 +336,42 @@ impl Chain {
         Ok(Chain { layers, pages })
     }
 
+    /// Checks the stored runs `keep(layer index, run)` accepts against
+    /// their checksums (for a chain opened without `verify_data`: lazy
+    /// restore checks only what it fills itself, the daemon the rest).
+    pub fn verify_runs(
+        &self,
+        keep: impl Fn(usize, &super::messages::PagemapEntry) -> bool,
+    ) -> Result<()> {
+        for (i, (layer, reader)) in self.layers.iter().zip(&self.pages).enumerate() {
+            verify_checksums(layer, reader, |e| keep(i, e))?;
+        }
+        Ok(())
+    }
+
+    /// The runs of the top layer marked PE_LAZY: (vaddr, len) of pages a
+    /// lazy dump left at its source, whose data is in no image.
+    pub fn lazy_runs(&self) -> Vec<(u64, u64)> {
+        self.layers[0]
+            .pagemap
+            .entries
+            .iter()
+            .filter(|e| e.flags & PE_LAZY != 0)
+            .map(|e| (e.vaddr, e.nr_pages * PAGE))
+            .collect()
+    }
+
     /// Every run of the top layer, with in-parent runs resolved down the
-    /// chain into runs of stored data.
+    /// chain into runs of stored data. PE_LAZY runs are left out (see
+    /// `lazy_runs`).
     pub fn resolve(&self) -> Result<Vec<Source>> {
         let mut out = Vec::new();
         let top = &self.layers[0];
         for (e, off) in top.pagemap.entries.iter().zip(&top.offsets) {
             let len = e.nr_pages * PAGE;
+            if e.flags & PE_LAZY != 0 {
+                continue;
+            }
             match off {
                 Some(off) => out.push(Source {
                     vaddr: e.vaddr,
@@ -353,6 +405,15 @@ impl Chain {
             }
             let e_end = e.vaddr + e.nr_pages * PAGE;
             let piece_end = e_end.min(end);
+            if e.flags & PE_LAZY != 0 {
+                return Err(bad(
+                    &l.dir,
+                    format!(
+                        "parent image has lazy pages at {:#x}: a parent must be a pre-dump",
+                        e.vaddr
+                    ),
+                ));
+            }
             match off {
                 Some(off) => out.push(Source {
                     vaddr: at,

@@ -23,15 +23,16 @@ const MAX_MESSAGE: u64 = 256 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Kind {
-    Inventory = 0x4e564e49, // "INVN"
-    PsTree = 0x45525450,    // "PTRE"
-    Core = 0x45524f43,      // "CORE"
-    Mm = 0x5f5f4d4d,        // "MM__"
-    Fds = 0x5f534446,       // "FDS_"
-    Pagemap = 0x504d4750,   // "PGMP"
-    Pages = 0x53454750,     // "PGES"
-    Stats = 0x54415453,     // "STAT"
-    Digests = 0x54534744,   // "DGST"
+    Inventory = 0x4e564e49,  // "INVN"
+    PsTree = 0x45525450,     // "PTRE"
+    Core = 0x45524f43,       // "CORE"
+    Mm = 0x5f5f4d4d,         // "MM__"
+    Fds = 0x5f534446,        // "FDS_"
+    Pagemap = 0x504d4750,    // "PGMP"
+    Pages = 0x53454750,      // "PGES"
+    Stats = 0x54415453,      // "STAT"
+    Digests = 0x54534744,    // "DGST"
+    LazyStats = 0x5453_5a4c, // "LZST"
 }
 
 impl Kind {
@@ -50,6 +51,7 @@ impl Kind {
             Kind::Pages => "pages",
             Kind::Stats => "stats",
             Kind::Digests => "digests",
+            Kind::LazyStats => "lazy-stats",
         }
     }
 
@@ -203,18 +205,31 @@ pub fn file_type_name(md: &fs::Metadata) -> &'static str {
 /// Whether `name` is the name of an image file this engine writes:
 /// `KIND.img` or `KIND-PID.img`.
 pub fn is_image_name(name: &str) -> bool {
-    let Some(stem) = name.strip_suffix(".img") else {
-        return false;
-    };
-    let kind = match stem.split_once('-') {
-        Some((k, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => k,
-        Some(_) => return false,
-        None => stem,
-    };
-    ALL_KINDS.iter().any(|k| k.name() == kind)
+    parse_image_name(name).is_some()
 }
 
-const ALL_KINDS: [Kind; 9] = [
+/// The kind and pid an image file name stands for (`KIND.img`,
+/// `KIND-PID.img`), if it is one. A pid that is not a positive number
+/// written the way `Kind::file_name` writes it (`core-007.img`) reads as
+/// -1: still an image name, never one this engine writes.
+pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
+    let stem = name.strip_suffix(".img")?;
+    // Kind names may hold a '-' themselves (lazy-stats).
+    if let Some(k) = ALL_KINDS.into_iter().find(|k| k.name() == stem) {
+        return Some((k, None));
+    }
+    let (kind, pid) = stem.rsplit_once('-')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let kind = ALL_KINDS.into_iter().find(|k| k.name() == kind)?;
+    match pid.parse::<i32>() {
+        Ok(n) if n > 0 && n.to_string() == pid => Some((kind, Some(n))),
+        _ => Some((kind, Some(-1))),
+    }
+}
+
+const ALL_KINDS: [Kind; 10] = [
     Kind::Inventory,
     Kind::PsTree,
     Kind::Core,
@@ -224,6 +239,7 @@ const ALL_KINDS: [Kind; 9] = [
     Kind::Pages,
     Kind::Stats,
     Kind::Digests,
+    Kind::LazyStats,
 ];
 
 impl ImageDir {
@@ -385,6 +401,11 @@ fn create_file(path: &Path) -> Result<File> {
 }
 
 pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()> {
+    write_bytes(path, &encode_message(kind, msg))
+}
+
+/// A message image file's whole content: header, then payload.
+pub fn encode_message<M: Message>(kind: Kind, msg: &M) -> Vec<u8> {
     let payload = msg.encode_to_vec();
     let header = encode_header(
         kind,
@@ -392,10 +413,37 @@ pub fn write_message<M: Message>(path: &Path, kind: Kind, msg: &M) -> Result<()>
         crc32fast::hash(&payload),
         HEADER_LEN as u32,
     );
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Checks a message image file's whole content as `read_payload` would
+/// (header, length, checksum); returns its header and payload. `path`
+/// only names it in errors.
+pub fn check_message_bytes<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8])> {
+    let (header, header_len) = parse_header(path, bytes, bytes.len() as u64)?;
+    if header.kind == Kind::Pages {
+        return Err(ImageError::bad(
+            path,
+            "a pages image is not a message image",
+        ));
+    }
+    let payload = &bytes[header_len as usize..];
+    if crc32fast::hash(payload) != header.crc32 {
+        return Err(ImageError::bad(
+            path,
+            "checksum mismatch: the image is corrupted",
+        ));
+    }
+    Ok((header, payload))
+}
+
+/// Writes a new image file holding `bytes` (created as `create_file` does).
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = create_file(path)?;
-    f.write_all(&header)
-        .and_then(|_| f.write_all(&payload))
-        .map_err(|e| ImageError::io(path, e))
+    f.write_all(bytes).map_err(|e| ImageError::io(path, e))
 }
 
 /// Opens an image file for reading: O_NOFOLLOW and O_NONBLOCK (a FIFO in

@@ -46,6 +46,14 @@ pub struct Inventory {
     /// since then no longer matches, and restore refuses the chain.
     #[prost(fixed64, tag = "11")]
     pub parent_id: u64,
+    // Page server (tags 12-13).
+    /// The page data of this (pre-)dump went to the page server at this
+    /// address ("ADDR:PORT"), not into this directory: the directory can
+    /// be a parent of the next pre-dump or dump made here, but not be
+    /// restored. Empty when the pages file is here.
+    #[prost(string, tag = "12")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pages_at: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -692,4 +700,75 @@ pub struct SeccompFilter {
     /// PTRACE_SECCOMP_GET_METADATA tells (LOG).
     #[prost(uint64, tag = "2")]
     pub flags: u64,
+}
+
+// ---- lazy restore (issue 7: the lazy-pages daemon) ----
+
+/// What one lazy restore did (DIR/lazy-stats.img, written by `crust
+/// lazy-pages` when it exits): where every page came from.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct LazyStats {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// Filled by restore before the task ran: from the dump itself (VMAs
+    /// that cannot be lazy) and from parent images (pre-copy).
+    #[prost(uint64, tag = "2")]
+    pub pages_eager_dump: u64,
+    #[prost(uint64, tag = "3")]
+    pub pages_eager_parent: u64,
+    /// Handed to the daemon.
+    #[prost(uint64, tag = "4")]
+    pub pages_lazy: u64,
+    /// Delivered when the task touched them.
+    #[prost(uint64, tag = "5")]
+    pub pages_fault: u64,
+    /// Delivered by the background transfer.
+    #[prost(uint64, tag = "6")]
+    pub pages_background: u64,
+    /// Faults on pages the image has nothing for: zero page.
+    #[prost(uint64, tag = "7")]
+    pub pages_zero: u64,
+    /// Lazy pages the task dropped (madvise DONTNEED, munmap, mremap over
+    /// them) before they were delivered: never copied.
+    #[prost(uint64, tag = "8")]
+    pub pages_dropped: u64,
+    /// Lazy pages still pending when their task (mm) went away.
+    #[prost(uint64, tag = "9")]
+    pub pages_gone: u64,
+    /// Address spaces followed: the restored task and its forked children.
+    #[prost(uint32, tag = "10")]
+    pub mms: u32,
+    /// Lazy pages delivered by the time restore reported the task running
+    /// (absent if it never did).
+    #[prost(uint64, optional, tag = "11")]
+    pub delivered_at_restore_end: Option<u64>,
+    /// From the handoff until the daemon was done.
+    #[prost(uint64, tag = "12")]
+    pub total_us: u64,
+    /// Fault messages served, and the daemon's service time for them
+    /// (message read to page mapped).
+    #[prost(uint64, tag = "13")]
+    pub faults: u64,
+    #[prost(uint64, tag = "14")]
+    pub fault_p50_ns: u64,
+    #[prost(uint64, tag = "15")]
+    pub fault_p99_ns: u64,
+    /// Events followed.
+    #[prost(uint64, tag = "16")]
+    pub forks: u64,
+    #[prost(uint64, tag = "17")]
+    pub remaps: u64,
+    #[prost(uint64, tag = "18")]
+    pub removes: u64,
+    #[prost(uint64, tag = "19")]
+    pub unmaps: u64,
+    /// Background transfer unit.
+    #[prost(uint64, tag = "20")]
+    pub chunk_bytes: u64,
+    /// Pages still pending in each child when it forked (its lazy pages:
+    /// delivered, dropped or gone like the task's own). Every lazy page is
+    /// accounted once: pages_lazy + pages_forked = pages_fault +
+    /// pages_background + pages_dropped + pages_gone.
+    #[prost(uint64, tag = "21")]
+    pub pages_forked: u64,
 }

@@ -4,8 +4,14 @@
 //! above these traits knows whether pages travel to a file or a socket.
 //! See docs/architecture.md ("Page I/O").
 
+pub mod file;
+pub mod out;
+pub mod server;
 pub mod sink;
 pub mod source;
 
+pub use file::FileSink;
+pub use out::ImageOut;
+pub use server::ServerSink;
 pub use sink::PageSink;
 pub use source::PageSource;

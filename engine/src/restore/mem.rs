@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use crate::error::{Error, Result};
 use crate::image::chain::Source;
 use crate::image::messages::{madv, Mm, Pagemap, Vma, VmaKind};
-use crate::image::PagesReader;
 use crate::inject::Injector;
+use crate::pageio::PageSource;
 use crate::proc::maps::{VmFlags, Vma as ProcVma};
 use crate::sys::syscalls::{iov, process_vm_write, IOV_MAX};
 
@@ -393,23 +393,28 @@ pub(crate) fn pieces(mm: &Mm, sources: &[Source]) -> Vec<Piece> {
 /// the data. The task faults its pages in by batches through an injected
 /// MADV_POPULATE_WRITE (process_vm_writev alone would fault them one 4 KiB
 /// page at a time), while a second thread of ours copies the previous
-/// batch with process_vm_writev straight from the mapped pages file, so
-/// the two overlap on two cores.
+/// batch with process_vm_writev straight from the source's memory (the
+/// mapped pages files: `PageSource::mapped`), so the two overlap on two
+/// cores. A source without such a view is read into a buffer first.
 pub(crate) fn populate_and_fill(
     inj: &mut Injector,
     pieces: &[Piece],
-    pages: &[PagesReader],
+    source: &mut dyn PageSource,
+    image_pid: i32,
 ) -> Result<u64> {
     let pid = inj.pid();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<&[Piece]>(2);
         let filler = scope.spawn(move || -> Result<u64> {
             let mut copied = 0;
+            let mut buf = Vec::new();
             for batch in rx {
-                let reader = pages
-                    .get(batch[0].layer)
-                    .ok_or_else(|| Error::task(pid, "page data from a missing image layer"))?;
-                copied += fill_batch(pid, batch, reader)?;
+                if batch[0].force {
+                    force_write(pid, &batch[0], source, image_pid, &mut buf)?;
+                    copied += batch[0].len;
+                } else {
+                    copied += fill_batch(pid, batch, source, image_pid, &mut buf)?;
+                }
             }
             Ok(copied)
         });
@@ -418,8 +423,7 @@ pub(crate) fn populate_and_fill(
         let mut sent = Ok(());
         for (i, p) in pieces.iter().enumerate() {
             if p.force {
-                if let Err(e) = force_write(pid, p, pages) {
-                    sent = Err(e);
+                if tx.send(&pieces[i..=i]).is_err() {
                     break;
                 }
                 start = i + 1;
@@ -456,19 +460,38 @@ pub(crate) fn populate_and_fill(
     })
 }
 
+/// The bytes of one piece: a view of the source's memory, or read into
+/// `buf`.
+fn piece_bytes<'a>(
+    pid: i32,
+    p: &Piece,
+    source: &'a mut dyn PageSource,
+    image_pid: i32,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    if source.mapped(image_pid, p.vaddr, p.len).is_none() {
+        buf.resize(p.len as usize, 0);
+        source
+            .read_pages(image_pid, p.vaddr, buf)
+            .map_err(|e| Error::task(pid, format!("reading pages at {:#x}: {e}", p.vaddr)))?;
+        return Ok(buf.as_slice());
+    }
+    source
+        .mapped(image_pid, p.vaddr, p.len)
+        .ok_or_else(|| Error::task(pid, "page data out of bounds"))
+}
+
 /// Writes one piece through /proc/PID/mem (FOLL_FORCE: past a missing
 /// write permission, as a debugger's poke).
-fn force_write(pid: i32, p: &Piece, pages: &[PagesReader]) -> Result<()> {
+fn force_write(
+    pid: i32,
+    p: &Piece,
+    source: &mut dyn PageSource,
+    image_pid: i32,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let reader = pages
-        .get(p.layer)
-        .ok_or_else(|| Error::task(pid, "page data from a missing image layer"))?;
-    let src = reader
-        .ptr(p.data_off, p.len)
-        .ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
-    // SAFETY: ptr() checked that the mapped pages file holds p.len bytes
-    // at this offset; the mapping lives as long as `reader`.
-    let data = unsafe { std::slice::from_raw_parts(src as *const u8, p.len as usize) };
+    let data = piece_bytes(pid, p, source, image_pid, buf)?;
     let path = format!("/proc/{pid}/mem");
     let mem = std::fs::OpenOptions::new()
         .write(true)
@@ -478,20 +501,45 @@ fn force_write(pid: i32, p: &Piece, pages: &[PagesReader]) -> Result<()> {
         .map_err(|e| Error::io("writing pages through", &path, e))
 }
 
-/// Copies one batch of pieces, contiguous in the pages file.
-fn fill_batch(pid: i32, batch: &[Piece], pages: &PagesReader) -> Result<u64> {
-    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+/// Copies one batch of pieces with one process_vm_writev: each piece's
+/// bytes straight from the source's memory where it has them mapped.
+fn fill_batch(
+    pid: i32,
+    batch: &[Piece],
+    source: &mut dyn PageSource,
+    image_pid: i32,
+    buf: &mut Vec<u8>,
+) -> Result<u64> {
+    let (Some(first), Some(_)) = (batch.first(), batch.last()) else {
         return Ok(0);
     };
-    let total = last.data_off + last.len - first.data_off;
-    let src = pages
-        .ptr(first.data_off, total)
-        .ok_or_else(|| Error::task(pid, "page data out of bounds"))?;
+    let total: u64 = batch.iter().map(|p| p.len).sum();
     let remote: Vec<libc::iovec> = batch
         .iter()
         .map(|p| iov(p.vaddr as _, p.len as usize))
         .collect();
-    let n = process_vm_write(pid, &[iov(src, total as usize)], &remote)
+    let all_mapped = batch
+        .iter()
+        .all(|p| source.mapped(image_pid, p.vaddr, p.len).is_some());
+    let local: Vec<libc::iovec> = if all_mapped {
+        batch
+            .iter()
+            .filter_map(|p| source.mapped(image_pid, p.vaddr, p.len))
+            .map(|d| iov(d.as_ptr() as *mut libc::c_void, d.len()))
+            .collect()
+    } else {
+        buf.resize(total as usize, 0);
+        let mut off = 0usize;
+        for p in batch {
+            let n = p.len as usize;
+            source
+                .read_pages(image_pid, p.vaddr, &mut buf[off..off + n])
+                .map_err(|e| Error::task(pid, format!("reading pages at {:#x}: {e}", p.vaddr)))?;
+            off += n;
+        }
+        vec![iov(buf.as_mut_ptr() as *mut libc::c_void, buf.len())]
+    };
+    let n = process_vm_write(pid, &local, &remote)
         .map_err(|e| Error::sys("process_vm_writev", pid, e))?;
     if n as u64 != total {
         return Err(Error::task(

@@ -20,10 +20,11 @@ use libc::pid_t;
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
-use crate::image::chain::{Chain, Source};
+use crate::image::chain::Chain;
 use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
 use crate::image::{ImageDir, Kind};
 use crate::inject::{find_syscall_gadget, Injector};
+use crate::pageio::source::ChainSource;
 use crate::proc;
 use crate::regs::from_image;
 use crate::sys::syscalls::{fork_with_pid, pidfd_open, Forked};
@@ -41,6 +42,9 @@ pub struct RestoreOptions {
     /// Restore even if the executable, mapped or opened files changed
     /// since the dump (--skip-file-checks).
     pub skip_file_checks: bool,
+    /// Leave the dump's private anonymous pages to the lazy-pages daemon
+    /// listening on DIR/lazy-pages.socket (--lazy-pages).
+    pub lazy_pages: bool,
 }
 
 impl Default for RestoreOptions {
@@ -50,6 +54,7 @@ impl Default for RestoreOptions {
             pid_wait: Duration::from_secs(5),
             inherit_fds: Vec::new(),
             skip_file_checks: false,
+            lazy_pages: false,
         }
     }
 }
@@ -62,10 +67,10 @@ struct TaskImages {
     core: Core,
     mm: Mm,
     fds: Fds,
-    /// The dump and its parents; page data of every layer.
-    chain: Chain,
-    /// Where every stored page's bytes are, resolved through the chain.
-    sources: Vec<Source>,
+    /// The dump and its parents: where every stored page's bytes are.
+    source: ChainSource,
+    /// Which pages restore fills and which the lazy-pages daemon does.
+    plan: crate::lazy::Plan,
 }
 
 fn bad(dir: &Path, what: impl Into<String>) -> Error {
@@ -113,9 +118,26 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
     // Opens every layer, checks each pages file against its pagemap, and
     // that in-parent pages really are in the parents.
     // Page data of every layer is checked against its run checksums here,
-    // before any process exists.
-    let chain = Chain::open(dir, pid, true)?;
-    let sources = chain.resolve()?;
+    // before any process exists; with --lazy-pages, only what restore
+    // fills itself (the daemon checked the rest when it started).
+    let chain = Chain::open(dir, pid, !opts.lazy_pages)?;
+    if opts.lazy_pages {
+        let vma_at = |addr: u64| {
+            let i = mm.vmas.partition_point(|v| v.end <= addr);
+            mm.vmas.get(i).filter(|v| v.start <= addr)
+        };
+        chain.verify_runs(|layer, e| {
+            layer > 0 || !vma_at(e.vaddr).is_some_and(crate::lazy::eligible)
+        })?;
+    }
+    let source = ChainSource::new(chain, pid)?;
+    let plan = crate::lazy::plan(
+        &mm,
+        source.sources(),
+        &source.chain().lazy_runs(),
+        opts.lazy_pages,
+    )
+    .map_err(|w| bad(dir, w))?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
     if !opts.skip_file_checks {
         crate::image::identity::check_restore(
@@ -131,8 +153,8 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
         core,
         mm,
         fds,
-        chain,
-        sources,
+        source,
+        plan,
     })
 }
 
@@ -210,15 +232,31 @@ fn spawn_stub(pid: pid_t, wait: Duration) -> Result<Stub> {
 pub struct Restored {
     pub pid: pid_t,
     pub phases: crate::phases::Phases,
+    /// Pages filled from the dump and from parent images, and left to the
+    /// lazy-pages daemon.
+    pub pages_eager_dump: u64,
+    pub pages_eager_parent: u64,
+    pub pages_lazy: u64,
 }
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
-    let img = load(dir, opts)?;
+    // Refused before any process exists: no daemon, or a kernel without
+    // the userfaultfd events lazy restore follows.
+    let mut lazy_conn = match opts.lazy_pages {
+        true => {
+            crate::lazy::check_kernel()?;
+            Some(crate::lazy::handoff::connect(dir)?)
+        }
+        false => None,
+    };
+    let mut img = load(dir, opts)?;
     let pid = img.task.pid;
     let inherited = files::match_inherited(&img.fds, &opts.inherit_fds)?;
-    for pages in &img.chain.pages {
-        pages.will_need();
+    if !opts.lazy_pages {
+        for pages in &img.source.chain().pages {
+            pages.will_need();
+        }
     }
     phases.mark("read images");
     let mut stub = spawn_stub(pid, opts.pid_wait)?;
@@ -268,12 +306,32 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm)?;
     phases.mark("map");
+    // Lazy: the userfaultfd is armed before any page of a registered VMA
+    // is filled (see lazy::Plan::eager_uffd).
+    let uffd = match &lazy_conn {
+        Some(_) => Some(crate::lazy::arm(&mut inj, &pidfd_open(pid)?, &img.plan)?),
+        None => None,
+    };
     mem::populate_and_fill(
         &mut inj,
-        &mem::pieces(&img.mm, &img.sources),
-        &img.chain.pages,
+        &mem::pieces(&img.mm, &img.plan.eager),
+        &mut img.source,
+        pid,
     )?;
+    if let Some(uffd) = &uffd {
+        crate::lazy::fill_registered(pid, pid, uffd, &img.plan, &mut img.source)?;
+    }
     phases.mark("pages");
+    if let (Some(conn), Some(uffd)) = (lazy_conn.as_mut(), uffd) {
+        let h = crate::lazy::handoff::Handoff {
+            pid,
+            eager_dump_pages: img.plan.eager_dump_pages,
+            eager_parent_pages: img.plan.eager_parent_pages,
+            lazy: img.plan.lazy.clone(),
+        };
+        crate::lazy::handoff::send(dir, conn, &h, &uffd)?;
+        phases.mark("lazy handoff");
+    }
     mem::finish_vmas(&mut inj, &img.mm)?;
     task::set_mm(&mut inj, &img.mm)?;
 
@@ -325,5 +383,14 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     tracee.detach()?;
     stub.released = true;
     phases.mark("task state");
-    Ok(Restored { pid, phases })
+    if let Some(conn) = lazy_conn.as_mut() {
+        crate::lazy::handoff::restore_done(conn);
+    }
+    Ok(Restored {
+        pid,
+        phases,
+        pages_eager_dump: img.plan.eager_dump_pages,
+        pages_eager_parent: img.plan.eager_parent_pages,
+        pages_lazy: img.plan.lazy_pages(),
+    })
 }

@@ -1,0 +1,262 @@
+//! Restore hands the restored task's userfaultfd to the lazy-pages daemon
+//! over the unix socket DIR/lazy-pages.socket.
+//!
+//! The protocol, one connection per restore (little-endian):
+//! 1. restore → daemon: a 48-byte header (magic "CRLZ", version, pid,
+//!    eager page counts, number of lazy ranges) carrying the uffd as
+//!    SCM_RIGHTS, then the lazy ranges (start, end) of image addresses;
+//! 2. daemon → restore: one byte `K` once it serves the uffd (restore
+//!    fails if it never comes: nobody would serve the faults);
+//! 3. restore → daemon: one byte `D` once the task runs (the daemon notes
+//!    how far it got by then); the connection then closes. A connection
+//!    closed without `D` means the restore failed and its task is gone.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub const SOCKET_NAME: &str = "lazy-pages.socket";
+const MAGIC: u32 = u32::from_le_bytes(*b"CRLZ");
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 48;
+/// Sanity bound on the ranges of one handoff (a corrupt count).
+const MAX_RANGES: u64 = 1 << 28;
+
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(SOCKET_NAME)
+}
+
+/// What the daemon learns about one restored task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handoff {
+    pub pid: i32,
+    pub eager_dump_pages: u64,
+    pub eager_parent_pages: u64,
+    /// Lazy image ranges, sorted and disjoint.
+    pub lazy: Vec<(u64, u64)>,
+}
+
+fn io_err(what: &'static str, dir: &Path, e: std::io::Error) -> Error {
+    Error::io(what, socket_path(dir), e)
+}
+
+/// Restore's side: connects to the daemon of `dir`, or says to start one.
+pub fn connect(dir: &Path) -> Result<UnixStream> {
+    let path = socket_path(dir);
+    UnixStream::connect(&path).map_err(|e| {
+        Error::Other(format!(
+            "no lazy-pages daemon listens on {} ({e}): start `crust lazy-pages -D {}` first",
+            path.display(),
+            dir.display()
+        ))
+    })
+}
+
+fn encode_header(h: &Handoff) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
+    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    b[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&h.pid.to_le_bytes());
+    b[16..24].copy_from_slice(&h.eager_dump_pages.to_le_bytes());
+    b[24..32].copy_from_slice(&h.eager_parent_pages.to_le_bytes());
+    b[32..40].copy_from_slice(&(h.lazy.len() as u64).to_le_bytes());
+    b
+}
+
+/// Sends `h` and the uffd, then waits for the daemon's acknowledgement.
+pub fn send(dir: &Path, conn: &mut UnixStream, h: &Handoff, uffd: &OwnedFd) -> Result<()> {
+    let header = encode_header(h);
+    let fd = uffd.as_raw_fd();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: header.as_ptr() as *mut libc::c_void,
+        iov_len: HEADER_LEN,
+    };
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at `space` bytes, enough for one cmsg
+    // carrying one int; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::copy_nonoverlapping(&fd, libc::CMSG_DATA(c) as *mut i32, 1);
+    }
+    let mut sent = 0usize;
+    while sent == 0 {
+        // SAFETY: msg describes the header buffer and the control buffer,
+        // both alive for the call.
+        let r = unsafe { libc::sendmsg(conn.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(io_err("handing the userfaultfd over", dir, e));
+        }
+        sent = r as usize;
+    }
+    let mut rest = header[sent..].to_vec();
+    for &(a, b) in &h.lazy {
+        rest.extend_from_slice(&a.to_le_bytes());
+        rest.extend_from_slice(&b.to_le_bytes());
+    }
+    conn.write_all(&rest)
+        .map_err(|e| io_err("sending the lazy ranges to", dir, e))?;
+    let mut ack = [0u8; 1];
+    match conn.read(&mut ack) {
+        Ok(1) if ack[0] == b'K' => Ok(()),
+        Ok(_) => Err(Error::Other(format!(
+            "the lazy-pages daemon on {} refused the task (see its log)",
+            socket_path(dir).display()
+        ))),
+        Err(e) => Err(io_err("waiting for the daemon on", dir, e)),
+    }
+}
+
+/// Tells the daemon the restored task runs.
+pub fn restore_done(conn: &mut UnixStream) {
+    let _ = conn.write_all(b"D");
+}
+
+/// The daemon's side: binds DIR/lazy-pages.socket, mode 0600. A socket
+/// file left by a daemon that died is replaced; one a live daemon
+/// listens on is not.
+pub fn listen(dir: &Path) -> Result<UnixListener> {
+    let path = socket_path(dir);
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            return Err(Error::Other(format!(
+                "another lazy-pages daemon already listens on {}",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    // The socket is created with the umask's mode: make that 0600 before
+    // any other thread exists, then put the umask back.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(&path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l.map_err(|e| io_err("listening on", dir, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_err("setting the mode of", dir, e))?;
+    Ok(l)
+}
+
+fn word<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut w = [0u8; N];
+    w.copy_from_slice(&b[at..at + N]);
+    w
+}
+
+/// Reads one handoff (header, uffd, ranges) from a restore.
+pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd), String> {
+    let mut header = [0u8; HEADER_LEN];
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: header.as_mut_ptr() as *mut libc::c_void,
+        iov_len: HEADER_LEN,
+    };
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space;
+    let n = loop {
+        // SAFETY: msg describes `header` and `cbuf`, alive for the call;
+        // MSG_CMSG_CLOEXEC marks a received descriptor close-on-exec.
+        let r = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("receiving the handoff: {e}"));
+        }
+    };
+    if n == 0 {
+        return Err("the restore closed the connection without handing a task over".into());
+    }
+    let mut uffd = None;
+    // SAFETY: walking the control messages the kernel wrote into cbuf,
+    // within msg_controllen, with the CMSG_* helpers.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let mut fd = -1i32;
+                std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c) as *const i32, &mut fd, 1);
+                if fd >= 0 {
+                    uffd = Some(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let uffd = uffd.ok_or("the handoff carried no userfaultfd")?;
+    conn.read_exact(&mut header[n..])
+        .map_err(|e| format!("reading the handoff header: {e}"))?;
+    if u32::from_le_bytes(word(&header, 0)) != MAGIC {
+        return Err("not a crust handoff (bad magic)".into());
+    }
+    let v = u32::from_le_bytes(word(&header, 4));
+    if v != VERSION {
+        return Err(format!("handoff version {v}, this daemon speaks {VERSION}"));
+    }
+    let count = u64::from_le_bytes(word(&header, 32));
+    if count > MAX_RANGES {
+        return Err(format!("{count} lazy ranges: corrupt handoff"));
+    }
+    let mut raw = vec![0u8; count as usize * 16];
+    conn.read_exact(&mut raw)
+        .map_err(|e| format!("reading the lazy ranges: {e}"))?;
+    let lazy: Vec<(u64, u64)> = raw
+        .chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(word(c, 0)),
+                u64::from_le_bytes(word(c, 8)),
+            )
+        })
+        .collect();
+    let mut prev = 0;
+    for &(a, b) in &lazy {
+        if a < prev || a >= b || a % 4096 != 0 || b % 4096 != 0 {
+            return Err(format!(
+                "lazy range {a:#x}-{b:#x} is misaligned or out of order"
+            ));
+        }
+        prev = b;
+    }
+    Ok((
+        Handoff {
+            pid: i32::from_le_bytes(word(&header, 8)),
+            eager_dump_pages: u64::from_le_bytes(word(&header, 16)),
+            eager_parent_pages: u64::from_le_bytes(word(&header, 24)),
+            lazy,
+        },
+        uffd,
+    ))
+}
+
+/// The daemon serves the uffd.
+pub fn ack(conn: &mut UnixStream) -> std::io::Result<()> {
+    conn.write_all(b"K")
+}

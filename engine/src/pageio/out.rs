@@ -1,0 +1,81 @@
+//! Where a dump or pre-dump puts its images: the local image directory
+//! and, with `--page-server`, a page server as well. Page data goes to
+//! exactly one place (the pages file here, or the server); the small
+//! images go to both, so that the next pre-dump made here finds its
+//! parent's pagemap.
+
+use std::net::SocketAddr;
+
+use prost::Message;
+
+use super::{FileSink, PageSink, ServerSink};
+use crate::error::Result;
+use crate::image::container::encode_message;
+use crate::image::messages::Inventory;
+use crate::image::{ImageDir, Kind};
+use crate::pageserver::client::{lock, Conn, Shared};
+
+pub struct ImageOut {
+    pub dir: ImageDir,
+    server: Option<Shared>,
+}
+
+impl ImageOut {
+    /// Connects to the page server, if any: one that is not there fails
+    /// here, before the task is touched.
+    pub fn new(dir: ImageDir, page_server: Option<SocketAddr>) -> Result<ImageOut> {
+        let server = page_server
+            .map(|a| Conn::connect(a).map(Conn::shared))
+            .transpose()?;
+        Ok(ImageOut { dir, server })
+    }
+
+    /// The page server's address, if pages go there.
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.server
+            .as_ref()
+            .and_then(|s| lock(s).ok().map(|c| c.addr()))
+    }
+
+    pub fn clear_stale(&self) -> Result<()> {
+        Ok(self.dir.clear_stale()?)
+    }
+
+    /// Writes a small image here, and sends it to the server.
+    pub fn write<M: Message>(&self, kind: Kind, pid: Option<i32>, msg: &M) -> Result<()> {
+        self.dir.write(kind, pid, msg)?;
+        if let Some(s) = &self.server {
+            lock(s)?.send_file(&kind.file_name(pid), &encode_message(kind, msg))?;
+        }
+        Ok(())
+    }
+
+    /// The sink for the page data of `pid`.
+    pub fn pages(&self, pid: i32) -> Result<Box<dyn PageSink>> {
+        Ok(match &self.server {
+            Some(s) => Box::new(ServerSink::begin(s.clone(), pid)?),
+            None => Box::new(FileSink::create(&self.dir.file(Kind::Pages, Some(pid)))?),
+        })
+    }
+
+    /// Whether the pages file is written here (else: at the server).
+    pub fn pages_here(&self) -> bool {
+        self.server.is_none()
+    }
+
+    /// The inventory, last. With a server, the server's copy goes first and
+    /// is confirmed (the server's directory is then complete); the local one
+    /// then records where the pages went.
+    pub fn commit(&self, inv: &Inventory) -> Result<()> {
+        let Some(s) = &self.server else {
+            return Ok(self.dir.write(Kind::Inventory, None, inv)?);
+        };
+        let mut c = lock(s)?;
+        c.commit(&encode_message(Kind::Inventory, inv))?;
+        let local = Inventory {
+            pages_at: c.addr().to_string(),
+            ..inv.clone()
+        };
+        Ok(self.dir.write(Kind::Inventory, None, &local)?)
+    }
+}

@@ -1,0 +1,313 @@
+//! Post-copy: `crust lazy-pages` + `crust restore --lazy-pages` on real
+//! processes (progs/lazymem.c: a pseudo-random pattern it can check
+//! itself, and commands it runs as soon as it runs).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// One lazymem process and its files.
+struct Target {
+    proc: Proc,
+    out: PathBuf,
+    cmd: PathBuf,
+}
+
+fn start(tmp: &Path, mib: u32) -> Target {
+    let bin = compile_c(tmp, "lazymem.c", &[]);
+    let out = tmp.join("out");
+    let cmd = tmp.join("cmd");
+    let proc = spawn_daemon(
+        Command::new(bin)
+            .arg(mib.to_string())
+            .arg("12345")
+            .arg(&out)
+            .arg(&cmd),
+    );
+    wait_file_contains(&out, "ready\n", TIMEOUT);
+    Target { proc, out, cmd }
+}
+
+impl Target {
+    /// Replaces the command file (atomically: the target polls it).
+    fn commands(&self, lines: &[&str]) {
+        let tmp = self.cmd.with_extension("new");
+        std::fs::write(&tmp, lines.join("\n") + "\n").expect("write commands");
+        std::fs::rename(&tmp, &self.cmd).expect("rename commands");
+    }
+
+    /// Waits for command `n`'s result line and returns what follows "n ".
+    fn result(&self, n: u32) -> String {
+        let prefix = format!("{n} ");
+        let mut line = String::new();
+        wait_until(TIMEOUT, &format!("result of command {n}"), || {
+            let text = read_string(&self.out);
+            match text
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .filter(|_| text.ends_with('\n'))
+            {
+                Some(l) => {
+                    line = l[prefix.len()..].to_string();
+                    Ok(())
+                }
+                None => Err(text),
+            }
+        });
+        line
+    }
+}
+
+/// Dumps the target into `dir` (it dies) and reaps it.
+fn dump_target(t: &mut Target, dir: &Path, extra: &[&str]) {
+    dump(t.proc.pid, dir, extra);
+    assert_eq!(t.proc.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+}
+
+/// `crust lazy-pages -D DIR -d`: returns the daemon (ours: we are a
+/// subreaper) once it listens.
+fn start_daemon(dir: &Path) -> Proc {
+    let pidfile = dir.with_extension("daemon.pid");
+    crust([
+        "lazy-pages",
+        "-D",
+        path_str(dir),
+        "-d",
+        "--pidfile",
+        path_str(&pidfile),
+        "-o",
+        "lazy.log",
+        "-v",
+    ])
+    .assert_ok();
+    let pid: i32 = read_string(&pidfile).trim().parse().expect("daemon pid");
+    let sock = dir.join("lazy-pages.socket");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    Proc::adopt(pid)
+}
+
+/// `crust restore -d --lazy-pages`; returns the restored task.
+fn restore_lazy(dir: &Path, pid: i32) -> Proc {
+    let pidfile = dir.with_extension("restored.pid");
+    let out = crust([
+        "restore",
+        "-d",
+        "--lazy-pages",
+        "-D",
+        path_str(dir),
+        "--pidfile",
+        path_str(&pidfile),
+        "-v",
+    ]);
+    out.assert_ok().stderr_has("lazy");
+    let p = Proc::adopt(pid);
+    assert_eq!(read_string(&pidfile).trim(), pid.to_string());
+    p
+}
+
+/// Waits for the daemon to exit by itself (0), checks it cleaned up, and
+/// returns its stats.
+fn daemon_done(d: &mut Proc, dir: &Path) -> Value {
+    assert_eq!(d.wait(TIMEOUT), Exit::Code(0), "{}", log(dir));
+    assert!(
+        !dir.join("lazy-pages.socket").exists(),
+        "the daemon left its socket"
+    );
+    let out = crust(["show", path_str(&dir.join("lazy-stats.img"))]);
+    out.assert_ok();
+    let s = out.json()["message"].clone();
+    // Every lazy page is accounted for exactly once.
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        n("pages_lazy") + n("pages_forked"),
+        n("pages_fault") + n("pages_background") + n("pages_dropped") + n("pages_gone"),
+        "stats do not add up: {s}"
+    );
+    s
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("lazy.log")).unwrap_or_default()
+}
+
+fn n(s: &Value, k: &str) -> u64 {
+    s[k].as_u64()
+        .unwrap_or_else(|| panic!("no {k} in the stats: {s}"))
+}
+
+/// 64 MiB restored lazily: every byte right, the daemon done by itself.
+#[test]
+fn lazy_restore_keeps_every_byte() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 64);
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let mut d = start_daemon(&img);
+    let _r = restore_lazy(&img, t.proc.pid);
+    t.commands(&["1 check"]);
+    assert_eq!(t.result(1), "check ok");
+    let s = daemon_done(&mut d, &img);
+    assert!(n(&s, "pages_lazy") >= 64 * 256, "{s}");
+    assert_eq!(n(&s, "pages_gone"), 0, "{s}");
+    assert_eq!(n(&s, "mms"), 1, "{s}");
+    assert!(log(&img).contains("lazy restore of pid"), "{}", log(&img));
+}
+
+/// After a lazy restore the task forks (the child reads all its memory
+/// while the parent goes on), moves and grows a range not copied yet (data follows, the grown part
+/// is zero), drops one (DONTNEED: zeros) and unmaps one; the daemon
+/// follows each, and restore had returned long before the last page.
+#[test]
+fn events_after_lazy_restore() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 256);
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let mut d = start_daemon(&img);
+    // Written before the restore: the task runs them at once, while the
+    // end of its 65536 pages is still at the daemon.
+    t.commands(&[
+        "1 fork",
+        "2 remap 60000 256 512",
+        "3 dontneed 58000 512",
+        "4 unmap 56000 512",
+        "5 wait",
+        "6 check",
+    ]);
+    let _r = restore_lazy(&img, t.proc.pid);
+    assert_eq!(t.result(1), "fork started");
+    assert_eq!(t.result(2), "remap ok");
+    assert_eq!(t.result(3), "dontneed ok");
+    assert_eq!(t.result(4), "unmap ok");
+    assert_eq!(t.result(5), "wait ok");
+    assert_eq!(t.result(6), "check ok");
+    let s = daemon_done(&mut d, &img);
+    for k in ["forks", "remaps", "removes", "unmaps"] {
+        assert!(n(&s, k) >= 1, "no {k} followed: {s}");
+    }
+    assert_eq!(n(&s, "mms"), 2, "{s}");
+    assert!(n(&s, "pages_dropped") >= 512, "{s}");
+    let at_end = n(&s, "delivered_at_restore_end");
+    assert!(
+        at_end < n(&s, "pages_lazy"),
+        "restore returned only after every page was delivered: {s}"
+    );
+}
+
+/// Pre-copy + post-copy: pages pre-dumped and unchanged since come from
+/// the parent at once; only the pages dirtied since are lazy.
+#[test]
+fn lazy_restore_on_top_of_a_pre_dump() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 64);
+    let img = tmp.path().join("img");
+    let pid = t.proc.pid.to_string();
+    crust([
+        "pre-dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&img.join("pre")),
+        "--track-mem",
+    ])
+    .assert_ok();
+    t.commands(&["1 dirty 100 256"]);
+    assert_eq!(t.result(1), "dirty ok");
+    dump_target(
+        &mut t,
+        &img.join("dump"),
+        &["--track-mem", "--prev-images-dir", "../pre"],
+    );
+    let dir = img.join("dump");
+    let mut d = start_daemon(&dir);
+    let _r = restore_lazy(&dir, t.proc.pid);
+    t.commands(&["2 check"]);
+    assert_eq!(t.result(2), "check ok");
+    let s = daemon_done(&mut d, &dir);
+    let lazy = n(&s, "pages_lazy");
+    assert!(
+        (256..256 + 64).contains(&lazy),
+        "only the dirtied pages should be lazy: {s}"
+    );
+    assert!(
+        n(&s, "pages_eager_parent") >= 64 * 256 - 256,
+        "pre-dumped pages should come from the parent: {s}"
+    );
+}
+
+/// The task is killed mid-transfer: the daemon notices and exits 0.
+#[test]
+fn daemon_exits_when_the_task_is_killed() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 256);
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let mut d = start_daemon(&img);
+    let mut r = restore_lazy(&img, t.proc.pid);
+    r.signal(libc::SIGKILL);
+    assert_eq!(r.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let s = daemon_done(&mut d, &img);
+    assert!(n(&s, "pages_gone") > 0, "{s}");
+}
+
+/// Without a daemon, restore --lazy-pages is refused before any process
+/// exists.
+#[test]
+fn lazy_restore_without_daemon_is_refused() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 1);
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let out = crust(["restore", "-d", "--lazy-pages", "-D", path_str(&img)]);
+    out.assert_failed().stderr_has("crust lazy-pages");
+    assert_pid_free(t.proc.pid, "after a refused lazy restore");
+}
+
+/// An image whose dump left pages at its source (PE_LAZY) is refused by
+/// a plain restore, with the way out named.
+#[test]
+fn lazy_image_needs_lazy_pages() {
+    use crust::image::messages::{Pagemap, PE_LAZY};
+    use crust::image::{ImageDir, Kind, PagesReader, PagesWriter};
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 1);
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let pid = t.proc.pid;
+    // Turn the last stored run into a lazy one: its data leaves the
+    // pages file, as a lazy dump would have written it.
+    let dir = ImageDir::open(&img).expect("open");
+    let mut pm: Pagemap = dir.read(Kind::Pagemap, Some(pid)).expect("pagemap");
+    let pages = img.join(&pm.pages_file);
+    let reader = PagesReader::open(&pages).expect("pages");
+    let last = pm.entries.last_mut().expect("a run");
+    last.flags |= PE_LAZY;
+    last.checksum = None;
+    let keep = reader.data_len() - last.nr_pages * 4096;
+    let data = reader.bytes(0, keep).expect("data").to_vec();
+    drop(reader);
+    std::fs::remove_file(&pages).expect("rm pages");
+    let mut w = PagesWriter::create(&pages).expect("pages writer");
+    w.write(&data).expect("write");
+    w.finish().expect("finish");
+    std::fs::remove_file(dir.file(Kind::Pagemap, Some(pid))).expect("rm pagemap");
+    dir.write(Kind::Pagemap, Some(pid), &pm).expect("pagemap");
+    let out = crust(["restore", "-d", "-D", path_str(&img)]);
+    out.assert_failed().stderr_has("--lazy-pages");
+    assert_pid_free(pid, "after a refused restore");
+}
