@@ -202,6 +202,46 @@ impl Drop for Frozen {
     }
 }
 
+/// The task's VMAs with their VmFlags (/proc/PID/smaps), read on a thread
+/// of its own while the frozen dump goes on.
+struct Layout {
+    pid: pid_t,
+    reader: std::thread::JoinHandle<std::result::Result<Vec<proc::maps::Vma>, proc::ProcError>>,
+}
+
+impl Layout {
+    fn start(pid: pid_t) -> Layout {
+        Layout {
+            pid,
+            reader: std::thread::spawn(move || proc::maps::read_smaps(pid)),
+        }
+    }
+
+    /// The VMAs with VmFlags, checked (every VmFlags code restore does not
+    /// reproduce is refused) and proved to be the layout `maps` (read while
+    /// frozen, after the last scratch page was gone) shows; smaps is read
+    /// again if the thread failed.
+    fn finish(
+        self,
+        maps: &[proc::maps::Vma],
+        our_tracker: Option<i32>,
+    ) -> Result<Vec<proc::maps::Vma>> {
+        let pid = self.pid;
+        let vmas = match self.reader.join() {
+            Ok(Ok(v)) => v,
+            _ => proc::maps::read_smaps(pid)?,
+        };
+        if !proc::maps::same_layout(&vmas, maps) {
+            return Err(Error::task(
+                pid,
+                "the memory layout changed while the task was frozen",
+            ));
+        }
+        mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+        Ok(vmas)
+    }
+}
+
 pub(crate) fn zeroed_regs() -> Regs {
     // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
@@ -352,8 +392,22 @@ fn start_tracker(
     };
     let continued = |name: &str| parent_name == name;
     if wanted == track::UFFD_WP || wanted.is_empty() {
-        if final_dump && prev_uffd.is_none() {
-            return Ok(None);
+        if final_dump {
+            // No burst: the tracker is only read.
+            let Some(t) = prev_uffd
+                .map(|fd| UffdWp::attach_last(pid, pidfd, fd))
+                .transpose()?
+                .flatten()
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Started {
+                task_fd: t.task_fd,
+                tracker: Box::new(t),
+                name: track::UFFD_WP,
+                created_fd: None,
+                parent_digests: None,
+            }));
         }
         match frozen.burst(gadget, |inj| {
             UffdWp::attach_or_create(inj, pidfd, prev_uffd)
@@ -685,24 +739,30 @@ fn dump_inner(
     let parent = load_parent(dir, &opts.track, pid)?;
     let images = ImageOut::new(images, opts.page_server)?;
     *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
+    // Refused before freezing, as pre-dump does: the task is not even
+    // stopped, and the old images stay. Checked again below, frozen.
+    refuse::task_state(pid, *tracker_fd, &opts.external)?;
+    // What the page copy needs, made before the task is frozen.
+    mem::warm_buffers();
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
 
-    // Refuse what we cannot restore before touching anything.
+    // What would make an injected call unsafe is refused before the
+    // first one (another thread, seccomp strict mode, a filter that would
+    // not let one through); the rest of the refusals after the bursts,
+    // while smaps is read (they all ran before freezing too).
     let threads = single_thread(pid)?;
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    let fd_plan = refuse::task_state(pid, our_tracker, &opts.external)?;
+    creds::refuse(pid)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
-    // refuse::task_state checked the VMAs (smaps); finding the gadget
-    // needs only maps, which does not walk the page tables.
-    let gadget = syscall_gadget(pid, &proc::maps::read_maps(pid)?)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    images.clear_stale()?;
+    let maps = proc::maps::read_maps(pid)?;
+    mem::check_vmas(pid, &maps, our_tracker.is_some())?;
+    let gadget = syscall_gadget(pid, &maps)?;
+    phases.mark("refuse");
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
@@ -721,6 +781,16 @@ fn dump_inner(
         )?,
         false => None,
     };
+    phases.mark("inject");
+    // smaps (the VmFlags) walks every page table entry: read on a thread
+    // of its own while the rest goes on (after the bursts: their scratch
+    // mmap would wait for the walk's mmap lock), and checked against the
+    // layout read above (maps, which does not walk them).
+    let layout = Layout::start(pid);
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    images.clear_stale()?;
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
@@ -728,9 +798,18 @@ fn dump_inner(
     phases.mark("task state");
     guard::check()?;
 
-    // Memory: the layout is read again now that the scratch page is gone.
-    let vmas = proc::maps::read_smaps(pid)?;
-    mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+    // Memory. The injected calls changed no VMA but for the scratch page,
+    // which is gone. Only the soft-dirty tracker and a lazy dump need
+    // VmFlags to plan.
+    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
+    // (locked, never writable, growing down), which maps does not show.
+    let needs_flags =
+        lazy.is_some() || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    let (vmas, layout) = match needs_flags {
+        true => (layout.finish(&maps, our_tracker)?, None),
+        false => (maps, Some(layout)),
+    };
+    phases.mark("vmas");
     let content = started
         .as_ref()
         .filter(|s| s.name == track::CONTENT)
@@ -739,12 +818,14 @@ fn dump_inner(
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let mut plan = mem::plan(
+    let known = mem::track(pid, &vmas, tracker)?;
+    phases.mark("track");
+    let mut plan = mem::plan_pages(
         pid,
         &vmas,
         core.brk,
         parent.as_ref().map(|p| &p.layer),
-        tracker,
+        &known,
     )?;
     plan.mm.lock_future = core.lock_future;
     // Lazy: the frozen part copies none of these pages.
@@ -752,6 +833,7 @@ fn dump_inner(
         Some(_) => mem::mark_lazy(&mut plan),
         None => 0,
     };
+    phases.mark("plan");
     let copied = mem::copy(
         pid,
         &plan.runs,
@@ -760,10 +842,17 @@ fn dump_inner(
         content.as_ref().map(|d| d.as_ref()),
     )?;
     let (pagemap, written) = (copied.pagemap, copied.pages_written);
-    phases.mark("memory");
+    phases.mark("copy");
     guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
+    phases.mark("files");
+    if let Some(layout) = layout {
+        // The VMAs as the image records them, now with their VmFlags.
+        let smaps = layout.finish(&vmas, our_tracker)?;
+        plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
+        phases.mark("smaps");
+    }
     identity::record_mm(pid, &mut plan.mm)?;
 
     let stat = proc::stat::read_stat(pid)?;
@@ -832,7 +921,7 @@ fn dump_inner(
         }
         return Err(e);
     }
-    phases.mark("files and images");
+    phases.mark("images");
     if opts.leave_running {
         // Tracking ends with the final dump.
         drop(started);
