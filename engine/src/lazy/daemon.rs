@@ -41,6 +41,15 @@ const PAGE: u64 = 4096;
 /// the copy (measured: docs/performance.md, "Lazy restore").
 pub const CHUNK: u64 = 64 << 10;
 
+/// CHUNK, or CRUST_LAZY_CHUNK_KIB (for measurements: docs/performance.md).
+fn chunk() -> u64 {
+    std::env::var("CRUST_LAZY_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&k| (4..=65536).contains(&k))
+        .map_or(CHUNK, |k| (k << 10) & !(PAGE - 1))
+}
+
 /// Which of the daemon's threads a page source is for: a remote source
 /// can give faults a connection of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +140,8 @@ struct Shared {
     /// thread while it reads and handles messages.
     gate: Mutex<()>,
     urgent: AtomicBool,
+    urgent_m: Mutex<()>,
+    urgent_cv: std::sync::Condvar,
     finished: AtomicBool,
     /// The background thread wakes the fault thread's poll through it.
     wake: OwnedFd,
@@ -167,6 +178,15 @@ pub fn run(dir: &Path, opts: &DaemonOptions, open_source: OpenSource<'_>) -> Res
     let fault_src = open_source(Channel::Fault)?;
     let bg_src = open_source(Channel::Background)?;
     let listener = handoff::listen(dir)?;
+    // A previous lazy restore's stats: this run writes its own.
+    let old_stats = ImageDir::open(dir)?.file(Kind::LazyStats, None);
+    match std::fs::remove_file(&old_stats) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_file(handoff::socket_path(dir));
+            return Err(Error::io("removing", old_stats, e));
+        }
+        _ => {}
+    }
     let sock = handoff::socket_path(dir);
     let file = match &opts.log_file {
         Some(p) => Some(
@@ -304,6 +324,8 @@ fn serve(
         }),
         gate: Mutex::new(()),
         urgent: AtomicBool::new(false),
+        urgent_m: Mutex::new(()),
+        urgent_cv: std::sync::Condvar::new(),
         finished: AtomicBool::new(false),
         wake: eventfd()?,
         image_pid: inv.root_pid,
@@ -360,7 +382,7 @@ fn serve(
         remaps: c.remaps,
         removes: c.removes,
         unmaps: c.unmaps,
-        chunk_bytes: CHUNK,
+        chunk_bytes: chunk(),
     };
     drop(st);
     ImageDir::open(dir)?.write(Kind::LazyStats, None, &stats)?;
@@ -497,7 +519,11 @@ fn fault_loop(
             }
         }
         drop(gate);
-        sh.urgent.store(false, Ordering::SeqCst);
+        {
+            let _g = lock(&sh.urgent_m);
+            sh.urgent.store(false, Ordering::SeqCst);
+        }
+        sh.urgent_cv.notify_one();
     }
 }
 
@@ -605,13 +631,33 @@ fn serve_fault(
     Ok(None)
 }
 
+/// Lets the fault thread go first: spins briefly (a fault holds the gate
+/// for a few microseconds), then sleeps until it is done, so that a busy
+/// machine does not take the CPU away from us for a whole time slice.
+fn wait_not_urgent(sh: &Shared) {
+    let spin = Instant::now();
+    while spin.elapsed() < Duration::from_micros(100) {
+        if !sh.urgent.load(Ordering::SeqCst) {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    let mut g = lock(&sh.urgent_m);
+    while sh.urgent.load(Ordering::SeqCst) {
+        g = sh
+            .urgent_cv
+            .wait_timeout(g, Duration::from_millis(1))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
 fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
+    let chunk = chunk();
     let mut buf = Vec::new();
     let mut next_mm = 0usize;
     while !sh.finished.load(Ordering::SeqCst) {
-        while sh.urgent.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        wait_not_urgent(sh);
         let gate = lock(&sh.gate);
         let pick = {
             let mut st = lock(&sh.state);
@@ -623,7 +669,7 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
                     continue;
                 }
                 let mut dropped = 0;
-                let c = st.mms[i].claim(CHUNK, &mut dropped);
+                let c = st.mms[i].claim(chunk, &mut dropped);
                 st.c.dropped += dropped;
                 if let Some((live, image, len)) = c {
                     st.in_flight = true;

@@ -16,7 +16,8 @@
  *   unmap OFF LEN       munmap
  *   dirty OFF LEN       rewrites the pages with another pattern
  *   touch N             first-touch N random pages (not yet touched by
- *                       the process itself), reports p50/p99 latency (ns)
+ *                       the process itself): how many faulted (took 2 us
+ *                       or more), and their p50/p99 latency (ns)
  *   exit                exits 0
  */
 #define _GNU_SOURCE
@@ -170,10 +171,16 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
         for (size_t p = 0; p < pages; p++)
             if (expect[p] == 3)
                 expect[p] = 0;
-        qsort(lat, done, sizeof *lat, cmp_u64);
-        dprintf(out, "%ld touch %zu p50 %llu p99 %llu\n", n, done,
-                done ? (unsigned long long)lat[done / 2] : 0ULL,
-                done ? (unsigned long long)lat[(done - 1) * 99 / 100] : 0ULL);
+        /* Faults only: a touch of a page already delivered takes well
+         * under 2 us, one the daemon serves takes more. */
+        size_t faults = 0;
+        for (size_t i = 0; i < done; i++)
+            if (lat[i] >= 2000)
+                lat[faults++] = lat[i];
+        qsort(lat, faults, sizeof *lat, cmp_u64);
+        dprintf(out, "%ld touch %zu faults %zu p50 %llu p99 %llu\n", n, done, faults,
+                faults ? (unsigned long long)lat[faults / 2] : 0ULL,
+                faults ? (unsigned long long)lat[(faults - 1) * 99 / 100] : 0ULL);
         free(lat);
     } else if (!strcmp(op, "exit")) {
         dprintf(out, "%ld exit\n", n);
