@@ -9,12 +9,14 @@
 //!   (UFFDIO_COPY_MODE_DONTWAKE) from the moment the task is handed over,
 //!   starting after the last fault (locality), round-robin over the mms.
 //!
-//! Faults go first: the fault thread raises `urgent` and takes the gate;
-//! the background thread never starts a chunk while `urgent` is up, so a
-//! fault waits at most for the one chunk in flight. The gate also orders
-//! events against background copies: a REMOVE is completed in the kernel
-//! when it is read, and the pages are zapped after that, so no background
-//! copy may run between reading a REMOVE and dropping its pages.
+//! Faults go first: to read its messages the fault thread raises `urgent`
+//! and takes the gate; the background thread never starts a chunk while
+//! `urgent` is up, so a fault waits at most for the one chunk in flight.
+//! The gate orders events against background copies: a REMOVE is
+//! completed in the kernel when it is read, and the pages are zapped after
+//! that, so no background copy may run between reading a REMOVE and
+//! dropping its pages. Faults are then served outside the gate, alongside
+//! the next background chunk.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -508,8 +510,20 @@ fn fault_loop(
                 }
             }
         }
-        // Serve faults in arrival order; those that meet pending events
-        // (EAGAIN) wait for the next round.
+        // The background thread may go on: what it copies from now on
+        // follows the events just applied, and the pages of these faults
+        // are claimed (no longer pending), so it never copies them.
+        drop(gate);
+        {
+            let _g = lock(&sh.urgent_m);
+            sh.urgent.store(false, Ordering::SeqCst);
+        }
+        sh.urgent_cv.notify_one();
+        // Serve faults in arrival order, alongside the background copy
+        // (the kernel orders both against later events: an event waits for
+        // copies in flight, and copies fail with EAGAIN while one is
+        // pending); faults that meet a pending event wait for the next
+        // round.
         let pending = std::mem::take(&mut queued);
         for f in pending {
             if let Some(f) = serve_fault(sh, src, f, &mut buf)? {
@@ -518,12 +532,6 @@ fn fault_loop(
                 latencies.push(f.at.elapsed().as_nanos().min(u32::MAX as u128) as u32);
             }
         }
-        drop(gate);
-        {
-            let _g = lock(&sh.urgent_m);
-            sh.urgent.store(false, Ordering::SeqCst);
-        }
-        sh.urgent_cv.notify_one();
     }
 }
 
