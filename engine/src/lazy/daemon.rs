@@ -32,7 +32,7 @@ use nix::errno::Errno;
 use super::events::{Action, MmState};
 use super::handoff;
 use crate::error::{Error, Result};
-use crate::image::messages::{Inventory, LazyStats};
+use crate::image::messages::{madv, Inventory, LazyStats, Mm};
 use crate::image::{ImageDir, Kind};
 use crate::pageio::PageSource;
 use crate::sys::uffd::{self, UffdMsg, UffdMsgRaw};
@@ -147,6 +147,8 @@ struct Shared {
     finished: AtomicBool,
     /// The background thread wakes the fault thread's poll through it.
     wake: OwnedFd,
+    /// Image ranges of VMAs a forked child does not inherit as they are.
+    not_inherited: Vec<(u64, u64)>,
     image_pid: i32,
 }
 
@@ -313,11 +315,18 @@ fn serve(
             inv.root_pid
         )));
     }
+    let image_mm: Mm = ImageDir::open(dir)?.read(Kind::Mm, Some(inv.root_pid))?;
+    let not_inherited: Vec<(u64, u64)> = image_mm
+        .vmas
+        .iter()
+        .filter(|v| v.madvise & (madv::WIPEONFORK | madv::DONTFORK) != 0)
+        .map(|v| (v.start, v.end))
+        .collect();
     let t0 = Instant::now();
     let lazy_pages = crate::ranges::total(&h.lazy) / PAGE;
-    // The live map starts as the lazy ranges themselves: anything else
-    // that faults is not an image page (zero page).
-    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.lazy);
+    // The live map starts as the registered VMAs, one entry each, so that
+    // no background chunk spans two VMAs (UFFDIO_COPY needs one).
+    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.registered);
     let shared = Shared {
         state: Mutex::new(State {
             mms: vec![mm],
@@ -330,6 +339,7 @@ fn serve(
         urgent_cv: std::sync::Condvar::new(),
         finished: AtomicBool::new(false),
         wake: eventfd()?,
+        not_inherited,
         image_pid: inv.root_pid,
     };
     handoff::ack(&mut conn).map_err(|e| Error::io("answering on", handoff::socket_path(dir), e))?;
@@ -562,7 +572,7 @@ fn handle(sh: &Shared, i: usize, msg: UffdMsg, queued: &mut Vec<Fault>) {
                     Action::Zero { .. } => None,
                 })
                 .collect();
-            let c = st.mms[i].fork(child, &claimed);
+            let c = st.mms[i].fork(child, &claimed, &sh.not_inherited);
             st.c.forked += c.pending.total() / PAGE;
             st.mms.push(c);
             st.c.forks += 1;
@@ -660,6 +670,34 @@ fn wait_not_urgent(sh: &Shared) {
     }
 }
 
+/// Copies [image, end) (at `live`) one page at a time; returns (pages
+/// copied or already there, pages dropped, mm gone) and where it stopped
+/// (EAGAIN: events to read first; the rest goes back to pending).
+fn pagewise(
+    fd: BorrowedFd<'_>,
+    live: u64,
+    image: u64,
+    end: u64,
+    src: &mut dyn PageSource,
+    sh: &Shared,
+    buf: &mut Vec<u8>,
+) -> Result<((u64, u64, bool), u64)> {
+    let (mut copied, mut dropped) = (0, 0);
+    let mut at = image;
+    while at < end {
+        let p = page_data(src, sh.image_pid, at, PAGE, buf)?;
+        // SAFETY: p points at PAGE readable bytes, alive for the call.
+        match unsafe { uffd::copy(fd, live + (at - image), p, PAGE, true) } {
+            Ok(_) | Err((_, Errno::EEXIST)) => copied += 1,
+            Err((_, Errno::EAGAIN)) => break,
+            Err((_, Errno::ESRCH)) => return Ok(((copied, dropped, true), at)),
+            Err(_) => dropped += 1,
+        }
+        at += PAGE;
+    }
+    Ok(((copied, dropped, false), at))
+}
+
 fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
     let chunk = chunk();
     let mut buf = Vec::new();
@@ -732,10 +770,28 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
                 back.0 = back.1;
             }
             Some(_) => {
-                // Not mapped there any more (unmapped, or not in a forked
-                // child): nothing to deliver.
-                st.c.dropped += (back.1 - back.0) / PAGE;
-                back.0 = back.1;
+                // The range is not one registered VMA there any more (the
+                // task split it with mprotect, unmapped part of it, or a
+                // forked child lacks it): page by page, dropping only the
+                // pages that are really not there.
+                drop(st);
+                let (done, end) = pagewise(
+                    fd.as_fd(),
+                    live + (back.0 - image),
+                    back.0,
+                    back.1,
+                    src,
+                    sh,
+                    &mut buf,
+                )?;
+                st = lock(&sh.state);
+                st.c.background += done.0;
+                st.c.dropped += done.1;
+                if done.2 {
+                    st.c.gone += (back.1 - end) / PAGE;
+                    st.gone(i);
+                }
+                back.0 = end;
             }
         }
         if !st.mms[i].gone && back.0 < back.1 {

@@ -15,6 +15,9 @@
  *   dontneed OFF LEN    madvise(DONTNEED), then the range reads zero
  *   unmap OFF LEN       munmap
  *   dirty OFF LEN       rewrites the pages with another pattern
+ *   wipeonfork OFF LEN  madvise(WIPEONFORK): a child sees zeros there
+ *   protect OFF LEN     mprotect(PROT_READ): splits the VMA (reads only
+ *                       after that: "touch", "check")
  *   touch N             first-touch N random pages (not yet touched by
  *                       the process itself): how many faulted (took 2 us
  *                       or more), and their p50/p99 latency (ns)
@@ -40,6 +43,7 @@ static size_t pages;
 /* Per page: 0 pattern, 1 zero, 2 gone (unmapped or moved away). */
 static unsigned char *expect;
 static pid_t child;
+static size_t wipe_off, wipe_len;
 
 static uint64_t mix(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
@@ -92,8 +96,11 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
             dprintf(out, "%ld check bad page %ld\n", n, bad);
     } else if (!strcmp(op, "fork")) {
         child = fork();
-        if (child == 0)
+        if (child == 0) {
+            for (size_t p = wipe_off; p < wipe_off + wipe_len; p++)
+                expect[p] = 1;
             _exit(check_all() < 0 ? 0 : 1);
+        }
         dprintf(out, "%ld fork %s\n", n, child > 0 ? "started" : "failed");
     } else if (!strcmp(op, "wait")) {
         int st = 0;
@@ -141,6 +148,20 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
             expect[p] = 4;
         }
         dprintf(out, "%ld dirty ok\n", n);
+    } else if (!strcmp(op, "wipeonfork")) {
+        if (a + b > pages || madvise(base + a * PAGE, b * PAGE, MADV_WIPEONFORK)) {
+            dprintf(out, "%ld wipeonfork failed\n", n);
+            return;
+        }
+        wipe_off = a;
+        wipe_len = b;
+        dprintf(out, "%ld wipeonfork ok\n", n);
+    } else if (!strcmp(op, "protect")) {
+        if (a + b > pages || mprotect(base + a * PAGE, b * PAGE, PROT_READ)) {
+            dprintf(out, "%ld protect failed\n", n);
+            return;
+        }
+        dprintf(out, "%ld protect ok\n", n);
     } else if (!strcmp(op, "unmap")) {
         if (a + b > pages || munmap(base + a * PAGE, b * PAGE)) {
             dprintf(out, "%ld unmap failed\n", n);
