@@ -69,6 +69,10 @@ pub struct Scratch {
 /// task's seccomp filters would not let through).
 pub type Guard = std::rc::Rc<dyn Fn(i64, &[u64; 6], u64) -> Result<()>>;
 
+/// How long the engine polls for the stops of an injected call before
+/// sleeping (see [`Tracee::wait_spin`]).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
 pub struct Injector<'t> {
     tracee: &'t Tracee,
     guard: Option<Guard>,
@@ -128,7 +132,7 @@ impl<'t> Injector<'t> {
         self.tracee.set_regs(&regs)?;
         for phase in ["entry", "exit"] {
             self.tracee.resume_to_syscall()?;
-            match self.tracee.wait()? {
+            match self.tracee.wait_spin(SPIN)? {
                 Stop::Syscall => {}
                 Stop::Exited(c) => {
                     return Err(Error::task(

@@ -56,6 +56,8 @@ enum Cmd {
         track: Track,
         #[command(flatten)]
         server: PageServerTarget,
+        #[command(flatten)]
+        lazy: LazyDumpArgs,
         /// Print timing and page counts.
         #[arg(long)]
         display_stats: bool,
@@ -152,6 +154,17 @@ enum Cmd {
         /// Write the daemon's pid here.
         #[arg(long)]
         pidfile: Option<PathBuf>,
+        /// Take the lazy pages from the page server of the source's
+        /// `dump --lazy-pages` (address and port default to what its
+        /// inventory records).
+        #[arg(long)]
+        page_server: bool,
+        /// The page server's address (with --page-server).
+        #[arg(long, requires = "page_server")]
+        address: Option<String>,
+        /// The page server's port (with --page-server).
+        #[arg(long, requires = "page_server")]
+        port: Option<u16>,
         #[command(flatten)]
         common: Common,
     },
@@ -162,6 +175,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Remote lazy dump (post-copy source), docs/cli.md.
+#[derive(clap::Args)]
+struct LazyDumpArgs {
+    /// Leave the pages of private anonymous memory at the source and serve
+    /// them to `crust lazy-pages --page-server` after the task is killed,
+    /// on --address (default 0.0.0.0) and --port (default 0: the kernel
+    /// chooses; the inventory records the real one).
+    #[arg(long, conflicts_with = "page_server")]
+    lazy_pages: bool,
+    /// Seconds with no destination connected after which the source writes
+    /// the pages it holds into the images dir and exits.
+    #[arg(long, default_value_t = 60.0, requires = "lazy_pages", value_parser = parse_lazy_timeout)]
+    lazy_timeout: f64,
+    /// Return once the images are written and the page server listens;
+    /// serving goes on in the background.
+    #[arg(short = 'd', long = "daemon", requires = "lazy_pages")]
+    daemon: bool,
+}
+
+fn parse_lazy_timeout(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=86400.0).contains(&v) {
+        return Err(format!("{s} is out of range: give 0 to 86400 seconds"));
+    }
+    Ok(v)
 }
 
 #[derive(clap::Args)]
@@ -187,19 +229,25 @@ struct PageServerTarget {
     /// the pages file; the other images are written here and sent too.
     #[arg(long, requires_all = ["address", "port"])]
     page_server: bool,
-    /// The page server's address.
+    /// With --page-server: the page server's address. With dump
+    /// --lazy-pages: the address to serve lazy pages on.
     #[arg(long)]
     address: Option<String>,
-    /// The page server's port.
+    /// With --page-server: the page server's port. With dump --lazy-pages:
+    /// the port to serve on (0: the kernel chooses).
     #[arg(long)]
     port: Option<u16>,
 }
 
 impl PageServerTarget {
     /// The server's socket address, if --page-server was given.
-    fn resolve(&self) -> Result<Option<std::net::SocketAddr>, String> {
+    /// `lazy`: dump --lazy-pages, which listens on --address/--port.
+    fn resolve(&self, lazy: bool) -> Result<Option<std::net::SocketAddr>, String> {
         use std::net::ToSocketAddrs;
         if !self.page_server {
+            if !lazy && (self.address.is_some() || self.port.is_some()) {
+                return Err("--address and --port go with --page-server (or dump --lazy-pages)".into());
+            }
             return Ok(None);
         }
         let (Some(a), Some(p)) = (self.address.as_deref(), self.port) else {
@@ -304,7 +352,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // dump and pre-dump work in a worker process: killing this one makes
     // the worker stop at its next safe point and let the task go.
-    if matches!(cli.cmd, Cmd::Dump { .. } | Cmd::PreDump { .. }) {
+    let mut ready = None;
+    if let Cmd::Dump {
+        lazy: LazyDumpArgs { daemon: true, .. },
+        ..
+    } = &cli.cmd
+    {
+        let (code, fd) = crust::dump::guard::split_ready();
+        if let Some(code) = code {
+            return code;
+        }
+        ready = fd;
+    } else if matches!(cli.cmd, Cmd::Dump { .. } | Cmd::PreDump { .. }) {
         if let Some(code) = crust::dump::guard::split() {
             return code;
         }
@@ -324,13 +383,13 @@ fn main() -> ExitCode {
                 eprintln!("crust: pre-dump of pid {pid} failed: {e}");
                 return ExitCode::from(exit::FAILED);
             }
-            let page_server = match server.resolve() {
+            let page_server = match server.resolve(false) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!(
                         "crust: pre-dump of pid {pid} failed: {e}; the process was left running"
                     );
-                    return ExitCode::from(exit::FAILED);
+                    return ExitCode::from(exit::USAGE);
                 }
             };
             let mut log = Log::open(&common, &dir);
@@ -382,6 +441,7 @@ fn main() -> ExitCode {
             external,
             track,
             server,
+            lazy,
             display_stats,
             common,
         } => {
@@ -389,14 +449,28 @@ fn main() -> ExitCode {
                 eprintln!("crust: dump of pid {pid} failed: {e}");
                 return ExitCode::from(exit::FAILED);
             }
-            let page_server = match server.resolve() {
+            let page_server = match server.resolve(lazy.lazy_pages) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("crust: dump of pid {pid} failed: {e}; the process was left running");
-                    return ExitCode::from(exit::FAILED);
+                    return ExitCode::from(exit::USAGE);
                 }
             };
             let mut log = Log::open(&common, &dir);
+            if lazy.lazy_pages {
+                let opts = DumpOptions {
+                    leave_running,
+                    track: track.options(),
+                    external,
+                    page_server: None,
+                };
+                let show = display_stats || common.verbose > 0;
+                let address = server.address.clone().unwrap_or_else(|| "0.0.0.0".into());
+                let port = server.port.unwrap_or(0);
+                return lazy_dump(
+                    pid, &dir, &opts, &lazy, (&address, port), ready, show, &mut log,
+                );
+            }
             let t = Instant::now();
             match dump(
                 pid,
@@ -537,8 +611,14 @@ fn main() -> ExitCode {
             dir,
             detach,
             pidfile,
+            page_server,
+            address,
+            port,
             common,
-        } => lazy_pages(&dir, detach, pidfile, &common),
+        } => {
+            let remote = page_server.then_some((address, port));
+            lazy_pages(&dir, detach, pidfile, remote, &common)
+        }
         Cmd::Show { path } => match crust::image::show::show(&path) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -685,9 +765,119 @@ fn serve_one(
     }
 }
 
+/// `dump --lazy-pages`: the dump, then the page server until the
+/// destination has every page (or is gone for good: pages written back).
+fn lazy_dump(
+    pid: i32,
+    dir: &Path,
+    opts: &DumpOptions,
+    args: &LazyDumpArgs,
+    (address, port): (&str, u16),
+    ready: Option<std::os::fd::OwnedFd>,
+    show: bool,
+    log: &mut Log,
+) -> ExitCode {
+    use crust::lazy::remote::server::{serve, Outcome, ServeOptions};
+    use std::net::ToSocketAddrs;
+    let addr = match (address, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(a) => a,
+        None => {
+            log.line(&format!(
+                "crust: dump of pid {pid} failed: --address {address:?} is not an address to listen on; the process was left running"
+            ));
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let t = Instant::now();
+    let (stats, held) = match crust::dump::dump_lazy(pid, dir, opts, addr) {
+        Ok(x) => x,
+        Err(e) => {
+            log.line(&format!(
+                "crust: dump of pid {pid} failed: {e}{}",
+                left_running(pid, &e)
+            ));
+            return failure_code(pid, &e);
+        }
+    };
+    log.stats(
+        show,
+        &format!(
+            "crust: dumped pid {pid} into {} for lazy migration: {} pages written, {} lazy, {} left to the parent, in {:.1} ms, frozen {:.1} ms",
+            dir.display(),
+            stats.pages_written,
+            stats.pages_lazy,
+            stats.pages_in_parent,
+            t.elapsed().as_secs_f64() * 1e3,
+            stats.frozen_ms
+        ),
+    );
+    log.stats(
+        show,
+        &format!("crust: dump phases: {}", stats.phases.render()),
+    );
+    log.line(&format!(
+        "crust: serving {} lazy pages of pid {pid} on {} (held by pid {})",
+        held.lazy_pages, held.addr, held.twin.pid
+    ));
+    if let Some(fd) = ready {
+        use std::os::fd::AsRawFd;
+        // SAFETY: prctl with integer arguments; then one byte written from
+        // a live buffer to our pipe. The waiting process exits on it, and
+        // its death must not stop us.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+            libc::write(fd.as_raw_fd(), b"R".as_ptr() as *const libc::c_void, 1);
+        }
+        drop(fd);
+        detach_stdio();
+    }
+    let serve_opts = ServeOptions {
+        timeout: Duration::from_secs_f64(args.lazy_timeout),
+    };
+    match serve(held, &serve_opts, &mut |l| log.line(l)) {
+        Ok(Outcome::Delivered {
+            bytes_served,
+            after_confirm,
+        }) => {
+            log.stats(
+                show,
+                &format!(
+                    "crust: every lazy page of pid {pid} delivered ({:.1} MiB served); exiting {:.0} us after the confirmation",
+                    bytes_served as f64 / (1 << 20) as f64,
+                    after_confirm.as_secs_f64() * 1e6
+                ),
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::WroteBack { pages, why }) => {
+            log.line(&format!(
+                "crust: {why}: wrote the {pages} lazy pages into {}; it now restores without --lazy-pages",
+                dir.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log.line(&format!(
+                "crust: serving the lazy pages of pid {pid} failed: {e}"
+            ));
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
 /// `crust lazy-pages`: local pages, from the image chain of DIR (checked
 /// against their checksums once, before the socket listens).
-fn lazy_pages(dir: &Path, detach: bool, pidfile: Option<PathBuf>, common: &Common) -> ExitCode {
+fn lazy_pages(
+    dir: &Path,
+    detach: bool,
+    pidfile: Option<PathBuf>,
+    remote: Option<(Option<String>, Option<u16>)>,
+    common: &Common,
+) -> ExitCode {
     use crust::lazy::daemon::{run, Channel, DaemonOptions, Outcome};
     use crust::pageio::{source::ChainSource, PageSource};
     let fail = |e: &dyn std::fmt::Display| {
@@ -717,7 +907,25 @@ fn lazy_pages(dir: &Path, detach: bool, pidfile: Option<PathBuf>, common: &Commo
         log_file,
         verbose: common.verbose > 0,
     };
-    let open = |_: Channel| -> crust::Result<Box<dyn PageSource>> { Ok(Box::new(source.clone())) };
+    let server = match remote
+        .map(|(a, p)| page_server_addr(&inv, a, p))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let open = |ch: Channel| -> crust::Result<Box<dyn PageSource>> {
+        use crust::lazy::remote::{client::SplitSource, Channel as Wire, RemotePageSource};
+        let Some(addr) = server else {
+            return Ok(Box::new(source.clone()));
+        };
+        let wire = match ch {
+            Channel::Fault => Wire::Urgent,
+            Channel::Background => Wire::Bulk,
+        };
+        let r = RemotePageSource::for_images(dir, wire, Some(addr))?;
+        Ok(Box::new(SplitSource::new(source.clone(), r)))
+    };
     match run(dir, &opts, &open) {
         Ok(Outcome::Detached { .. }) => ExitCode::SUCCESS,
         Ok(Outcome::Done(_)) => ExitCode::SUCCESS,
@@ -728,6 +936,55 @@ fn lazy_pages(dir: &Path, detach: bool, pidfile: Option<PathBuf>, common: &Commo
             }
             fail(&e)
         }
+    }
+}
+
+/// The source's page server: --address/--port, each defaulting to what
+/// the lazy dump's inventory records.
+fn page_server_addr(
+    inv: &crust::image::messages::Inventory,
+    address: Option<String>,
+    port: Option<u16>,
+) -> Result<std::net::SocketAddr, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let recorded: Option<SocketAddr> = inv.lazy_address.parse().ok();
+    let host = match (&address, recorded) {
+        (Some(a), _) => a.clone(),
+        (None, Some(r)) => r.ip().to_string(),
+        (None, None) => {
+            return Err(format!(
+                "the images record no page server (not a `dump --lazy-pages`, or its pages were written back: {:?}); give --address and --port",
+                inv.lazy_address
+            ))
+        }
+    };
+    let port = match (port, recorded) {
+        (Some(p), _) => p,
+        (None, Some(r)) => r.port(),
+        (None, None) => return Err("give --port: the images record no page server".into()),
+    };
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("--address {host:?} is not an address"))
+}
+
+/// A backgrounded lazy dump lets go of the caller's stdin, stdout and
+/// stderr (a caller reading them to their end must not be held until the
+/// last page); from here its messages go to the log file (-o) only.
+fn detach_stdio() {
+    // SAFETY: open a path we name, dup2 it over our own standard
+    // descriptors, close the temporary one.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        libc::close(null);
     }
 }
 

@@ -205,6 +205,51 @@ fn events_after_lazy_restore() {
     );
 }
 
+/// A child forked after a lazy restore gets zeros, not the parent's lazy
+/// pages, in a MADV_WIPEONFORK range; the parent keeps its data.
+#[test]
+fn fork_after_lazy_restore_respects_wipeonfork() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 64);
+    t.commands(&["1 wipeonfork 4096 1024"]);
+    assert_eq!(t.result(1), "wipeonfork ok");
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let mut d = start_daemon(&img);
+    t.commands(&["2 fork", "3 wait", "4 check"]);
+    let _r = restore_lazy(&img, t.proc.pid);
+    assert_eq!(t.result(2), "fork started");
+    assert_eq!(t.result(3), "wait ok");
+    assert_eq!(t.result(4), "check ok");
+    daemon_done(&mut d, &img);
+}
+
+/// The task splits its lazy VMA with mprotect at odd page boundaries
+/// right after the restore: the background transfer, whose chunks no
+/// longer fit one VMA there, still delivers every page.
+#[test]
+fn vma_split_after_lazy_restore_loses_nothing() {
+    init();
+    let tmp = tempdir();
+    let mut t = start(tmp.path(), 256);
+    let img = tmp.path().join("img");
+    dump_target(&mut t, &img, &[]);
+    let mut d = start_daemon(&img);
+    t.commands(&[
+        "1 protect 60001 3",
+        "2 protect 62007 1",
+        "3 protect 65000 17",
+    ]);
+    let _r = restore_lazy(&img, t.proc.pid);
+    assert_eq!(t.result(3), "protect ok");
+    t.commands(&["4 check"]);
+    assert_eq!(t.result(4), "check ok");
+    let s = daemon_done(&mut d, &img);
+    assert_eq!(n(&s, "pages_dropped"), 0, "{s}");
+    assert_eq!(n(&s, "pages_gone"), 0, "{s}");
+}
+
 /// Pre-copy + post-copy: pages pre-dumped and unchanged since come from
 /// the parent at once; only the pages dirtied since are lazy.
 #[test]

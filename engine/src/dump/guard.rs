@@ -33,14 +33,46 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 /// command; in the original process, waits for the worker and returns its
 /// exit code. If the fork fails, the command runs unguarded (None).
 pub fn split() -> Option<ExitCode> {
+    split_with(None).0
+}
+
+/// As [`split`], for a command that goes on in the background (`dump
+/// --lazy-pages -d`): the original process returns 0 as soon as the worker
+/// writes a byte into the returned descriptor (its readiness), or, if the
+/// worker ends first, the worker's exit code.
+pub fn split_ready() -> (Option<ExitCode>, Option<std::os::fd::OwnedFd>) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return (None, None);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors were just created and are ours alone.
+    let (rd, wr) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    split_with(Some((rd, wr)))
+}
+
+fn split_with(
+    ready: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+) -> (Option<ExitCode>, Option<std::os::fd::OwnedFd>) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the engine is single-threaded at this point (only argument
     // parsing ran), so the child may run any code after fork.
     let child = unsafe { libc::fork() };
+    let (ready_rd, ready_wr) = match ready {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
+    };
     match child {
-        -1 => None,
+        -1 => (None, ready_wr),
         0 => {
+            drop(ready_rd);
             for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
                 // SAFETY: a zeroed sigaction with a handler that only
                 // stores to an atomic, which is async-signal-safe.
@@ -68,9 +100,24 @@ pub fn split() -> Option<ExitCode> {
             if unsafe { libc::getppid() } != parent {
                 STOP.store(true, Ordering::SeqCst);
             }
-            None
+            (None, ready_wr)
         }
         pid => {
+            drop(ready_wr);
+            if let Some(rd) = ready_rd {
+                use std::os::fd::AsRawFd;
+                let mut b = [0u8; 1];
+                loop {
+                    // SAFETY: read into a live 1-byte buffer.
+                    let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr() as *mut _, 1) };
+                    if n == 1 {
+                        return (Some(ExitCode::SUCCESS), None);
+                    }
+                    if n == 0 || nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+                        break;
+                    }
+                }
+            }
             // SIGINT/SIGTERM/SIGHUP here end this process (the worker then
             // stops at a safe point, by PR_SET_PDEATHSIG); wait for it.
             let mut status = 0;
@@ -81,17 +128,17 @@ pub fn split() -> Option<ExitCode> {
                     break;
                 }
                 if r == -1 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
-                    return Some(ExitCode::FAILURE);
+                    return (Some(ExitCode::FAILURE), None);
                 }
             }
             if libc::WIFEXITED(status) {
-                Some(ExitCode::from(libc::WEXITSTATUS(status) as u8))
+                (Some(ExitCode::from(libc::WEXITSTATUS(status) as u8)), None)
             } else {
                 eprintln!(
                     "crust: the worker (pid {pid}) died by signal {}",
                     libc::WTERMSIG(status)
                 );
-                Some(ExitCode::FAILURE)
+                (Some(ExitCode::FAILURE), None)
             }
         }
     }

@@ -15,7 +15,7 @@ use libc::pid_t;
 use crate::error::{Error, Result};
 use crate::image::chain::{run_hasher, LayerMap};
 use crate::image::messages::{
-    madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT,
+    madv, Digests, Mm, Pagemap, PagemapEntry, Vma, VmaKind, PE_IN_PARENT, PE_LAZY,
 };
 use crate::image::Kind;
 use crate::pageio::PageSink;
@@ -312,37 +312,78 @@ fn swap_active() -> bool {
 /// page-aligned sources; with a destination a few bytes off a page
 /// boundary (where a plain Vec lands) the kernel's copy runs about three
 /// times slower on this machine's CPUs.
+///
+/// It is an anonymous mapping of its own, not a heap block: the
+/// allocator's aligned zeroed allocation memsets every byte (8 MiB: ~7 ms
+/// of page faults and zeroing, three times per copy, inside a final
+/// dump's frozen window). Fresh buffers come from a pool that
+/// [`warm_buffers`] fills with populated ones before the task is frozen.
 struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the buffer is uniquely owned heap memory, like a Vec<u8>.
+// SAFETY: the buffer is a uniquely owned private mapping, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
 
+/// Populated buffers made before a freeze, taken by `AlignedBuf::new`.
+static POOL: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes the buffers a page copy needs, populated, before the task is
+/// frozen: faulting in 24 MiB of fresh memory costs ~10 ms on this
+/// machine, which a final dump would otherwise spend frozen.
+pub(crate) fn warm_buffers() {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    while pool.len() < BUFFERS {
+        match AlignedBuf::map(BUF_BYTES, true) {
+            Some(b) => pool.push(b),
+            None => break,
+        }
+    }
+}
+
 impl AlignedBuf {
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len, PAGE as usize)
-            .unwrap_or_else(|_| std::alloc::Layout::new::<u8>())
+    fn map(len: usize, populate: bool) -> Option<AlignedBuf> {
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing touches no existing memory; the result is checked.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(raw.cast::<u8>())?;
+        Some(AlignedBuf { ptr, len })
     }
 
     fn new(len: usize) -> AlignedBuf {
-        let layout = Self::layout(len);
-        // SAFETY: the layout has a non-zero size (BUF_BYTES).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr =
-            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf {
-            ptr,
-            len: layout.size(),
+        if len == BUF_BYTES {
+            if let Some(b) = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return b;
+            }
         }
+        Self::map(len, false).unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(len, PAGE as usize)
+                    .unwrap_or_else(|_| std::alloc::Layout::new::<u8>()),
+            )
+        })
     }
 }
 
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: ptr points at len initialised (zeroed) bytes we own.
+        // SAFETY: ptr maps len readable bytes we own.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -355,9 +396,22 @@ impl std::ops::DerefMut for AlignedBuf {
 }
 
 impl Drop for AlignedBuf {
+    /// A full-size buffer goes back to the pool (unmapping 8 MiB of
+    /// populated memory costs a millisecond, and a later copy can use it).
     fn drop(&mut self) {
-        // SAFETY: allocated in new() with the same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        if self.len == BUF_BYTES {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < BUFFERS {
+                pool.push(AlignedBuf {
+                    ptr: self.ptr,
+                    len: self.len,
+                });
+                return;
+            }
+        }
+        // SAFETY: mapped in map() with this length; no slice outlives
+        // self, and the pool holds no other owner of it.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -521,6 +575,9 @@ pub(crate) struct Run {
     /// Content tracker: read it, and leave each page to the parent if its
     /// digest is the parent's.
     pub by_content: bool,
+    /// Remote lazy dump: not copied; the pagemap marks it PE_LAZY and the
+    /// source serves it later (see lazy::remote).
+    pub lazy: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -730,26 +787,39 @@ fn parent_ranges(parent: &LayerMap, start: u64, end: u64) -> Vec<Range> {
     out
 }
 
-/// Decides, while the task is frozen, which pages to store and which the
-/// parent already holds. With a tracker, this also re-arms it: the next
-/// dump sees what is written from now on.
-///
-/// A page is left to the parent only when all of these hold: its VMA was
-/// tracked since the parent (registered before, `uw` still set), the
-/// tracker says it was not written, and the parent chain holds it. Pages
-/// not present now are not listed at all, so they come back empty even if
-/// a parent holds old data for them (MADV_DONTNEED between pre-dumps).
-/// All of it is range arithmetic: the time spent here does not grow with
-/// the amount of memory, only with how fragmented it is.
-pub(crate) fn plan(
-    pid: pid_t,
-    vmas: &[ProcVma],
-    brk: u64,
-    parent: Option<&LayerMap>,
-    tracker: Option<&mut dyn DirtyTracker>,
-) -> Result<Plan> {
-    let known = track(pid, vmas, tracker)?;
-    plan_pages(pid, vmas, brk, parent, &known)
+/// The VMAs as the image records them, guard regions included (found
+/// where smaps says `gu`: VMAs from maps have no VmFlags, hence none).
+pub(crate) fn image_vmas(pid: pid_t, vmas: &[ProcVma]) -> Result<Vec<Vma>> {
+    vmas.iter()
+        .map(|v| {
+            let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
+            let mut img = to_image_vma(v, kind);
+            img.guards = guard_ranges(pid, v)?;
+            Ok(img)
+        })
+        .collect()
+}
+
+/// Remote lazy dump: marks lazy the runs to read (not in the parent, not
+/// compared by content) that lie in VMAs `lazy::eligible` accepts, so that
+/// `copy` leaves them out. Returns the number of lazy pages.
+pub(crate) fn mark_lazy(plan: &mut Plan) -> u64 {
+    let vmas = &plan.mm.vmas;
+    let mut lazy = 0;
+    for r in plan.runs.iter_mut() {
+        if r.in_parent || r.by_content {
+            continue;
+        }
+        let i = vmas.partition_point(|v| v.end <= r.vaddr);
+        let inside = vmas
+            .get(i)
+            .filter(|v| v.start <= r.vaddr && r.vaddr + r.pages * PAGE <= v.end);
+        if inside.is_some_and(crate::lazy::eligible) {
+            r.lazy = true;
+            lazy += r.pages;
+        }
+    }
+    lazy
 }
 
 /// What the tracker said about one VMA.
@@ -759,7 +829,15 @@ pub(crate) struct Known {
 }
 
 /// The part of planning that must happen while the task is frozen: read
-/// and re-arm the tracker, VMA by VMA (atomically per page with uffd-wp).
+/// and re-arm the tracker, VMA by VMA (atomically per page with uffd-wp;
+/// a final dump only reads it). [`plan_pages`] then decides, from what it
+/// said: a page is left to the parent only when all of these hold: its
+/// VMA was tracked since the parent (registered before, `uw` still set),
+/// the tracker says it was not written, and the parent chain holds it.
+/// Pages not present now are not listed at all, so they come back empty
+/// even if a parent holds old data for them (MADV_DONTNEED between
+/// pre-dumps). All of it is range arithmetic: the time spent here does
+/// not grow with the amount of memory, only with how fragmented it is.
 pub(crate) fn track(
     pid: pid_t,
     vmas: &[ProcVma],
@@ -804,11 +882,9 @@ pub(crate) fn plan_pages(
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = PlanStats::default();
     let mut finder = PageFinder::new(pid)?;
+    mm.vmas = image_vmas(pid, vmas)?;
     for (v, k) in vmas.iter().zip(known) {
         let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
-        let mut img = to_image_vma(v, kind);
-        img.guards = guard_ranges(pid, v)?;
-        mm.vmas.push(img);
         if !holds_pages(kind) {
             continue;
         }
@@ -840,6 +916,7 @@ pub(crate) fn plan_pages(
                 readable: v.read,
                 first_of_vma: i == 0,
                 by_content,
+                lazy: false,
             });
         }
     }
@@ -854,6 +931,7 @@ struct Pending {
     in_parent: bool,
     first_of_vma: bool,
     by_content: bool,
+    lazy: bool,
 }
 
 /// Copies page runs out of the task into buffers for the sink, and builds
@@ -884,13 +962,15 @@ impl PageCopier<'_> {
     fn add(&mut self, run: &Run) -> Result<()> {
         let (mut addr, mut len) = (run.vaddr, run.pages * PAGE);
         let mut first = run.first_of_vma;
-        if run.in_parent {
+        if run.in_parent || run.lazy {
+            // Neither is read: the parent holds the one, the source the other.
             self.pending.push(Pending {
                 vaddr: addr,
                 len,
-                in_parent: true,
+                in_parent: run.in_parent,
                 first_of_vma: first,
                 by_content: false,
+                lazy: run.lazy && !run.in_parent,
             });
             return Ok(());
         }
@@ -916,6 +996,7 @@ impl PageCopier<'_> {
                 in_parent: false,
                 first_of_vma: first,
                 by_content: run.by_content,
+                lazy: false,
             });
             first = false;
             self.used += n as usize;
@@ -994,14 +1075,9 @@ impl PageCopier<'_> {
             if p.first_of_vma {
                 self.floor = self.entries.len();
             }
-            if p.in_parent {
-                push_run(
-                    &mut self.entries,
-                    self.floor,
-                    p.vaddr,
-                    p.len / PAGE,
-                    PE_IN_PARENT,
-                );
+            if p.in_parent || p.lazy {
+                let flag = if p.in_parent { PE_IN_PARENT } else { PE_LAZY };
+                push_run(&mut self.entries, self.floor, p.vaddr, p.len / PAGE, flag);
                 continue;
             }
             if self.failed.is_empty() && self.digests.is_none() {
@@ -1136,7 +1212,7 @@ fn stored_segment(segments: &mut Vec<Segment>, entries: &[PagemapEntry], len: us
 fn set_checksums(pid: pid_t, entries: &mut [PagemapEntry], sums: &[RunSum]) -> Result<()> {
     let mut sums = sums.iter().peekable();
     for (i, e) in entries.iter_mut().enumerate() {
-        if e.flags & PE_IN_PARENT != 0 {
+        if e.flags & (PE_IN_PARENT | PE_LAZY) != 0 {
             continue;
         }
         match sums.next() {
@@ -1176,7 +1252,11 @@ pub(crate) fn pagemap_of(pid: pid_t, runs: &[Run]) -> Pagemap {
             floor,
             r.vaddr,
             r.pages,
-            if r.in_parent { PE_IN_PARENT } else { 0 },
+            match (r.in_parent, r.lazy) {
+                (true, _) => PE_IN_PARENT,
+                (false, true) => PE_LAZY,
+                _ => 0,
+            },
         );
     }
     Pagemap {

@@ -63,6 +63,8 @@ pub struct DumpStats {
     /// task was out of its own registers and signal mask.
     pub bursts: usize,
     pub longest_burst_us: f64,
+    /// Remote lazy dump: pages left at the source (PE_LAZY), not copied.
+    pub pages_lazy: u64,
 }
 
 /// A task held in a ptrace stop. Dropping it resumes the task unharmed.
@@ -197,6 +199,46 @@ impl Drop for Frozen {
                 eprintln!("crust: could not resume pid {}: {e}", self.tracee.pid);
             }
         }
+    }
+}
+
+/// The task's VMAs with their VmFlags (/proc/PID/smaps), read on a thread
+/// of its own while the frozen dump goes on.
+struct Layout {
+    pid: pid_t,
+    reader: std::thread::JoinHandle<std::result::Result<Vec<proc::maps::Vma>, proc::ProcError>>,
+}
+
+impl Layout {
+    fn start(pid: pid_t) -> Layout {
+        Layout {
+            pid,
+            reader: std::thread::spawn(move || proc::maps::read_smaps(pid)),
+        }
+    }
+
+    /// The VMAs with VmFlags, checked (every VmFlags code restore does not
+    /// reproduce is refused) and proved to be the layout `maps` (read while
+    /// frozen, after the last scratch page was gone) shows; smaps is read
+    /// again if the thread failed.
+    fn finish(
+        self,
+        maps: &[proc::maps::Vma],
+        our_tracker: Option<i32>,
+    ) -> Result<Vec<proc::maps::Vma>> {
+        let pid = self.pid;
+        let vmas = match self.reader.join() {
+            Ok(Ok(v)) => v,
+            _ => proc::maps::read_smaps(pid)?,
+        };
+        if !proc::maps::same_layout(&vmas, maps) {
+            return Err(Error::task(
+                pid,
+                "the memory layout changed while the task was frozen",
+            ));
+        }
+        mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+        Ok(vmas)
     }
 }
 
@@ -350,8 +392,22 @@ fn start_tracker(
     };
     let continued = |name: &str| parent_name == name;
     if wanted == track::UFFD_WP || wanted.is_empty() {
-        if final_dump && prev_uffd.is_none() {
-            return Ok(None);
+        if final_dump {
+            // No burst: the tracker is only read.
+            let Some(t) = prev_uffd
+                .map(|fd| UffdWp::attach_last(pid, pidfd, fd))
+                .transpose()?
+                .flatten()
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Started {
+                task_fd: t.task_fd,
+                tracker: Box::new(t),
+                name: track::UFFD_WP,
+                created_fd: None,
+                parent_digests: None,
+            }));
         }
         match frozen.burst(gadget, |inj| {
             UffdWp::attach_or_create(inj, pidfd, prev_uffd)
@@ -588,6 +644,7 @@ fn pre_dump_inner(
         pages_in_parent: in_parent,
         pages_written: written,
         bytes_written: written * 4096,
+        pages_lazy: 0,
     })
 }
 
@@ -595,7 +652,7 @@ fn pre_dump_inner(
 /// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let mut tracker = None;
-    let out = dump_inner(pid, dir, opts, &mut tracker);
+    let out = dump_inner(pid, dir, opts, &mut tracker, None);
     if out.is_err() {
         if let Some(fd) = tracker {
             remove_tracker(pid, fd);
@@ -604,11 +661,72 @@ pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     out
 }
 
+/// A remote lazy dump (`dump --lazy-pages`): as [`dump`], but the pages
+/// of lazy-eligible VMAs are not copied (PE_LAZY in the pagemap); they
+/// stay in a twin process that outlives the task (lazy::remote::holder),
+/// to be served from `addr` (bound before the task is touched, so a bad
+/// address fails with the task untouched). Returns what serving needs.
+pub fn dump_lazy(
+    pid: pid_t,
+    dir: &Path,
+    opts: &DumpOptions,
+    addr: std::net::SocketAddr,
+) -> Result<(DumpStats, crate::lazy::remote::server::Held)> {
+    if opts.leave_running {
+        return Err(Error::Other(
+            "--lazy-pages kills the task like any dump: --leave-running is refused".into(),
+        ));
+    }
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| Error::Other(format!("page server: cannot listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Other(format!("page server on {addr}: {e}")))?;
+    let mut lazy = LazyDump {
+        addr: bound,
+        twin: None,
+        pagemap: None,
+        image_id: 0,
+    };
+    let mut tracker = None;
+    let out = dump_inner(pid, dir, opts, &mut tracker, Some(&mut lazy));
+    if out.is_err() {
+        if let Some(fd) = tracker {
+            remove_tracker(pid, fd);
+        }
+    }
+    let stats = out?;
+    match (lazy.twin, lazy.pagemap) {
+        (Some(twin), Some(pagemap)) => Ok((
+            stats.clone(),
+            crate::lazy::remote::server::Held {
+                twin,
+                listener,
+                addr: bound,
+                dir: dir.to_path_buf(),
+                image_id: lazy.image_id,
+                pagemap,
+                lazy_pages: stats.pages_lazy,
+            },
+        )),
+        _ => Err(Error::Other("lazy dump: no holder was made".into())),
+    }
+}
+
+/// What a remote lazy dump adds to a dump.
+struct LazyDump {
+    addr: std::net::SocketAddr,
+    twin: Option<crate::lazy::remote::holder::Twin>,
+    pagemap: Option<crate::image::messages::Pagemap>,
+    image_id: u64,
+}
+
 fn dump_inner(
     pid: pid_t,
     dir: &Path,
     opts: &DumpOptions,
     tracker_fd: &mut Option<i32>,
+    mut lazy: Option<&mut LazyDump>,
 ) -> Result<DumpStats> {
     if pid == 1 && !opts.leave_running {
         // A dump kills the task, and init's death brings the system down.
@@ -621,24 +739,30 @@ fn dump_inner(
     let parent = load_parent(dir, &opts.track, pid)?;
     let images = ImageOut::new(images, opts.page_server)?;
     *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
+    // Refused before freezing, as pre-dump does: the task is not even
+    // stopped, and the old images stay. Checked again below, frozen.
+    refuse::task_state(pid, *tracker_fd, &opts.external)?;
+    // What the page copy needs, made before the task is frozen.
+    mem::warm_buffers();
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
 
-    // Refuse what we cannot restore before touching anything.
+    // What would make an injected call unsafe is refused before the
+    // first one (another thread, seccomp strict mode, a filter that would
+    // not let one through); the rest of the refusals after the bursts,
+    // while smaps is read (they all ran before freezing too).
     let threads = single_thread(pid)?;
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    let fd_plan = refuse::task_state(pid, our_tracker, &opts.external)?;
+    creds::refuse(pid)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
-    // refuse::task_state checked the VMAs (smaps); finding the gadget
-    // needs only maps, which does not walk the page tables.
-    let gadget = syscall_gadget(pid, &proc::maps::read_maps(pid)?)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    images.clear_stale()?;
+    let maps = proc::maps::read_maps(pid)?;
+    mem::check_vmas(pid, &maps, our_tracker.is_some())?;
+    let gadget = syscall_gadget(pid, &maps)?;
+    phases.mark("refuse");
     let xstate = frozen.tracee.xstate()?;
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
@@ -657,6 +781,16 @@ fn dump_inner(
         )?,
         false => None,
     };
+    phases.mark("inject");
+    // smaps (the VmFlags) walks every page table entry: read on a thread
+    // of its own while the rest goes on (after the bursts: their scratch
+    // mmap would wait for the walk's mmap lock), and checked against the
+    // layout read above (maps, which does not walk them).
+    let layout = Layout::start(pid);
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    images.clear_stale()?;
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
@@ -664,9 +798,18 @@ fn dump_inner(
     phases.mark("task state");
     guard::check()?;
 
-    // Memory: the layout is read again now that the scratch page is gone.
-    let vmas = proc::maps::read_smaps(pid)?;
-    mem::check_vmas(pid, &vmas, our_tracker.is_some())?;
+    // Memory. The injected calls changed no VMA but for the scratch page,
+    // which is gone. Only the soft-dirty tracker and a lazy dump need
+    // VmFlags to plan.
+    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
+    // (locked, never writable, growing down), which maps does not show.
+    let needs_flags =
+        lazy.is_some() || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    let (vmas, layout) = match needs_flags {
+        true => (layout.finish(&maps, our_tracker)?, None),
+        false => (maps, Some(layout)),
+    };
+    phases.mark("vmas");
     let content = started
         .as_ref()
         .filter(|s| s.name == track::CONTENT)
@@ -675,14 +818,22 @@ fn dump_inner(
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let mut plan = mem::plan(
+    let known = mem::track(pid, &vmas, tracker)?;
+    phases.mark("track");
+    let mut plan = mem::plan_pages(
         pid,
         &vmas,
         core.brk,
         parent.as_ref().map(|p| &p.layer),
-        tracker,
+        &known,
     )?;
     plan.mm.lock_future = core.lock_future;
+    // Lazy: the frozen part copies none of these pages.
+    let pages_lazy = match lazy {
+        Some(_) => mem::mark_lazy(&mut plan),
+        None => 0,
+    };
+    phases.mark("plan");
     let copied = mem::copy(
         pid,
         &plan.runs,
@@ -691,10 +842,17 @@ fn dump_inner(
         content.as_ref().map(|d| d.as_ref()),
     )?;
     let (pagemap, written) = (copied.pagemap, copied.pages_written);
-    phases.mark("memory");
+    phases.mark("copy");
     guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
+    phases.mark("files");
+    if let Some(layout) = layout {
+        // The VMAs as the image records them, now with their VmFlags.
+        let smaps = layout.finish(&vmas, our_tracker)?;
+        plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
+        phases.mark("smaps");
+    }
     identity::record_mm(pid, &mut plan.mm)?;
 
     let stat = proc::stat::read_stat(pid)?;
@@ -712,6 +870,27 @@ fn dump_inner(
         }],
     };
     images.write(Kind::PsTree, None, &tree)?;
+    // Lazy: the twin that keeps the memory after the kill (holder.rs).
+    if let Some(l) = lazy.as_deref_mut() {
+        let (guard, regs) = (frozen.guard.clone(), frozen.regs);
+        let twin = frozen.burst(gadget, |inj| {
+            let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
+            // The task must not write into the shared memory as it dies.
+            inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+            inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
+            Ok(twin)
+        });
+        let twin = match twin {
+            Ok(t) => t,
+            Err(e) => {
+                undo_lazy(&mut frozen, gadget, &core.core);
+                return Err(e);
+            }
+        };
+        phases.mark("holder");
+        l.twin = Some(twin);
+        l.pagemap = Some(pagemap.clone());
+    }
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     let stats = Stats {
         kind: "dump".into(),
@@ -726,9 +905,23 @@ fn dump_inner(
     };
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
-    guard::check()?;
-    images.commit(&inventory(pid, "dump", parent.as_ref()))?;
-    phases.mark("files and images");
+    let mut inv = inventory(pid, "dump", parent.as_ref());
+    let inv_written = guard::check().and_then(|_| {
+        if let Some(l) = lazy.as_deref_mut() {
+            inv.lazy_address = l.addr.to_string();
+            inv.lazy_pages = pages_lazy;
+            l.image_id = inv.image_id;
+        }
+        images.commit(&inv)
+    });
+    if let Err(e) = inv_written {
+        if let Some(l) = lazy {
+            l.twin = None;
+            undo_lazy(&mut frozen, gadget, &core.core);
+        }
+        return Err(e);
+    }
+    phases.mark("images");
     if opts.leave_running {
         // Tracking ends with the final dump.
         drop(started);
@@ -751,7 +944,26 @@ fn dump_inner(
         pages_in_parent: plan.stats.in_parent,
         pages_written: written,
         bytes_written: written * 4096,
+        pages_lazy,
     })
+}
+
+/// A lazy dump failed after the task was prepared for its kill: its
+/// thread-exit addresses go back as they were (best effort; the task is
+/// resumed next).
+fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Core) {
+    let (tid, head, len) = (
+        core.clear_child_tid,
+        core.robust_list_head,
+        core.robust_list_len,
+    );
+    let _ = frozen.burst(gadget, |inj| {
+        inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
+        if head != 0 {
+            inj.call("set_robust_list", libc::SYS_set_robust_list, &[head, len])?;
+        }
+        Ok(())
+    });
 }
 
 fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
@@ -776,6 +988,8 @@ fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
         image_id: new_image_id(),
         parent_id: parent.map(|p| p.inv.image_id).unwrap_or(0),
         pages_at: String::new(),
+        lazy_address: String::new(),
+        lazy_pages: 0,
     }
 }
 

@@ -22,11 +22,35 @@ pub(crate) fn task_state(
     our_tracker: Option<i32>,
     external: &[String],
 ) -> Result<FdPlan> {
+    checks(pid, our_tracker, external, true)
+}
+
+/// As [`task_state`] but for the memory layout's VmFlags (smaps, which
+/// walks every page table entry: ~14 ms per GiB of present memory). The
+/// final dump runs this while frozen and reads smaps on a thread of its
+/// own meanwhile (`dump::Layout`), after it ran [`task_state`] in full
+/// before freezing.
+pub(crate) fn task_state_but_layout(
+    pid: pid_t,
+    our_tracker: Option<i32>,
+    external: &[String],
+) -> Result<FdPlan> {
+    checks(pid, our_tracker, external, false)
+}
+
+fn checks(
+    pid: pid_t,
+    our_tracker: Option<i32>,
+    external: &[String],
+    layout: bool,
+) -> Result<FdPlan> {
     super::single_thread(pid)?;
     super::creds::refuse(pid)?;
     root_and_cwd(pid)?;
     super::task::refuse_attrs(pid)?;
-    super::mem::refuse_layout(pid, our_tracker.is_some())?;
+    if layout {
+        super::mem::refuse_layout(pid, our_tracker.is_some())?;
+    }
     crate::image::identity::check_reachable(pid)?;
     files::plan(pid, our_tracker, external)
 }

@@ -54,6 +54,14 @@ pub struct Inventory {
     #[prost(string, tag = "12")]
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pages_at: String,
+    // Remote lazy dump (lazy::remote), tags 14-15.
+    /// Where the source serves the PE_LAZY pages (`IP:PORT`, the port the
+    /// kernel gave for `--port 0`); empty unless `dump --lazy-pages`.
+    #[prost(string, tag = "14")]
+    pub lazy_address: String,
+    /// Pages the dump left at the source (PE_LAZY), 0 once written back.
+    #[prost(uint64, tag = "15")]
+    pub lazy_pages: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

@@ -9,12 +9,14 @@
 //!   (UFFDIO_COPY_MODE_DONTWAKE) from the moment the task is handed over,
 //!   starting after the last fault (locality), round-robin over the mms.
 //!
-//! Faults go first: the fault thread raises `urgent` and takes the gate;
-//! the background thread never starts a chunk while `urgent` is up, so a
-//! fault waits at most for the one chunk in flight. The gate also orders
-//! events against background copies: a REMOVE is completed in the kernel
-//! when it is read, and the pages are zapped after that, so no background
-//! copy may run between reading a REMOVE and dropping its pages.
+//! Faults go first: to read its messages the fault thread raises `urgent`
+//! and takes the gate; the background thread never starts a chunk while
+//! `urgent` is up, so a fault waits at most for the one chunk in flight.
+//! The gate orders events against background copies: a REMOVE is
+//! completed in the kernel when it is read, and the pages are zapped after
+//! that, so no background copy may run between reading a REMOVE and
+//! dropping its pages. Faults are then served outside the gate, alongside
+//! the next background chunk.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,7 +32,7 @@ use nix::errno::Errno;
 use super::events::{Action, MmState};
 use super::handoff;
 use crate::error::{Error, Result};
-use crate::image::messages::{Inventory, LazyStats};
+use crate::image::messages::{madv, Inventory, LazyStats, Mm};
 use crate::image::{ImageDir, Kind};
 use crate::pageio::PageSource;
 use crate::sys::uffd::{self, UffdMsg, UffdMsgRaw};
@@ -40,6 +42,15 @@ const PAGE: u64 = 4096;
 /// (64 KiB copy ≈ 30-40 µs here), and per-call costs stay small next to
 /// the copy (measured: docs/performance.md, "Lazy restore").
 pub const CHUNK: u64 = 64 << 10;
+
+/// CHUNK, or CRUST_LAZY_CHUNK_KIB (for measurements: docs/performance.md).
+fn chunk() -> u64 {
+    std::env::var("CRUST_LAZY_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&k| (4..=65536).contains(&k))
+        .map_or(CHUNK, |k| (k << 10) & !(PAGE - 1))
+}
 
 /// Which of the daemon's threads a page source is for: a remote source
 /// can give faults a connection of their own.
@@ -131,9 +142,13 @@ struct Shared {
     /// thread while it reads and handles messages.
     gate: Mutex<()>,
     urgent: AtomicBool,
+    urgent_m: Mutex<()>,
+    urgent_cv: std::sync::Condvar,
     finished: AtomicBool,
     /// The background thread wakes the fault thread's poll through it.
     wake: OwnedFd,
+    /// Image ranges of VMAs a forked child does not inherit as they are.
+    not_inherited: Vec<(u64, u64)>,
     image_pid: i32,
 }
 
@@ -167,6 +182,15 @@ pub fn run(dir: &Path, opts: &DaemonOptions, open_source: OpenSource<'_>) -> Res
     let fault_src = open_source(Channel::Fault)?;
     let bg_src = open_source(Channel::Background)?;
     let listener = handoff::listen(dir)?;
+    // A previous lazy restore's stats: this run writes its own.
+    let old_stats = ImageDir::open(dir)?.file(Kind::LazyStats, None);
+    match std::fs::remove_file(&old_stats) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_file(handoff::socket_path(dir));
+            return Err(Error::io("removing", old_stats, e));
+        }
+        _ => {}
+    }
     let sock = handoff::socket_path(dir);
     let file = match &opts.log_file {
         Some(p) => Some(
@@ -291,11 +315,18 @@ fn serve(
             inv.root_pid
         )));
     }
+    let image_mm: Mm = ImageDir::open(dir)?.read(Kind::Mm, Some(inv.root_pid))?;
+    let not_inherited: Vec<(u64, u64)> = image_mm
+        .vmas
+        .iter()
+        .filter(|v| v.madvise & (madv::WIPEONFORK | madv::DONTFORK) != 0)
+        .map(|v| (v.start, v.end))
+        .collect();
     let t0 = Instant::now();
     let lazy_pages = crate::ranges::total(&h.lazy) / PAGE;
-    // The live map starts as the lazy ranges themselves: anything else
-    // that faults is not an image page (zero page).
-    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.lazy);
+    // The live map starts as the registered VMAs, one entry each, so that
+    // no background chunk spans two VMAs (UFFDIO_COPY needs one).
+    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.registered);
     let shared = Shared {
         state: Mutex::new(State {
             mms: vec![mm],
@@ -304,8 +335,11 @@ fn serve(
         }),
         gate: Mutex::new(()),
         urgent: AtomicBool::new(false),
+        urgent_m: Mutex::new(()),
+        urgent_cv: std::sync::Condvar::new(),
         finished: AtomicBool::new(false),
         wake: eventfd()?,
+        not_inherited,
         image_pid: inv.root_pid,
     };
     handoff::ack(&mut conn).map_err(|e| Error::io("answering on", handoff::socket_path(dir), e))?;
@@ -360,7 +394,7 @@ fn serve(
         remaps: c.remaps,
         removes: c.removes,
         unmaps: c.unmaps,
-        chunk_bytes: CHUNK,
+        chunk_bytes: chunk(),
     };
     drop(st);
     ImageDir::open(dir)?.write(Kind::LazyStats, None, &stats)?;
@@ -486,8 +520,20 @@ fn fault_loop(
                 }
             }
         }
-        // Serve faults in arrival order; those that meet pending events
-        // (EAGAIN) wait for the next round.
+        // The background thread may go on: what it copies from now on
+        // follows the events just applied, and the pages of these faults
+        // are claimed (no longer pending), so it never copies them.
+        drop(gate);
+        {
+            let _g = lock(&sh.urgent_m);
+            sh.urgent.store(false, Ordering::SeqCst);
+        }
+        sh.urgent_cv.notify_one();
+        // Serve faults in arrival order, alongside the background copy
+        // (the kernel orders both against later events: an event waits for
+        // copies in flight, and copies fail with EAGAIN while one is
+        // pending); faults that meet a pending event wait for the next
+        // round.
         let pending = std::mem::take(&mut queued);
         for f in pending {
             if let Some(f) = serve_fault(sh, src, f, &mut buf)? {
@@ -496,8 +542,6 @@ fn fault_loop(
                 latencies.push(f.at.elapsed().as_nanos().min(u32::MAX as u128) as u32);
             }
         }
-        drop(gate);
-        sh.urgent.store(false, Ordering::SeqCst);
     }
 }
 
@@ -528,7 +572,7 @@ fn handle(sh: &Shared, i: usize, msg: UffdMsg, queued: &mut Vec<Fault>) {
                     Action::Zero { .. } => None,
                 })
                 .collect();
-            let c = st.mms[i].fork(child, &claimed);
+            let c = st.mms[i].fork(child, &claimed, &sh.not_inherited);
             st.c.forked += c.pending.total() / PAGE;
             st.mms.push(c);
             st.c.forks += 1;
@@ -605,13 +649,61 @@ fn serve_fault(
     Ok(None)
 }
 
+/// Lets the fault thread go first: spins briefly (a fault holds the gate
+/// for a few microseconds), then sleeps until it is done, so that a busy
+/// machine does not take the CPU away from us for a whole time slice.
+fn wait_not_urgent(sh: &Shared) {
+    let spin = Instant::now();
+    while spin.elapsed() < Duration::from_micros(100) {
+        if !sh.urgent.load(Ordering::SeqCst) {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    let mut g = lock(&sh.urgent_m);
+    while sh.urgent.load(Ordering::SeqCst) {
+        g = sh
+            .urgent_cv
+            .wait_timeout(g, Duration::from_millis(1))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
+/// Copies [image, end) (at `live`) one page at a time; returns (pages
+/// copied or already there, pages dropped, mm gone) and where it stopped
+/// (EAGAIN: events to read first; the rest goes back to pending).
+fn pagewise(
+    fd: BorrowedFd<'_>,
+    live: u64,
+    image: u64,
+    end: u64,
+    src: &mut dyn PageSource,
+    sh: &Shared,
+    buf: &mut Vec<u8>,
+) -> Result<((u64, u64, bool), u64)> {
+    let (mut copied, mut dropped) = (0, 0);
+    let mut at = image;
+    while at < end {
+        let p = page_data(src, sh.image_pid, at, PAGE, buf)?;
+        // SAFETY: p points at PAGE readable bytes, alive for the call.
+        match unsafe { uffd::copy(fd, live + (at - image), p, PAGE, true) } {
+            Ok(_) | Err((_, Errno::EEXIST)) => copied += 1,
+            Err((_, Errno::EAGAIN)) => break,
+            Err((_, Errno::ESRCH)) => return Ok(((copied, dropped, true), at)),
+            Err(_) => dropped += 1,
+        }
+        at += PAGE;
+    }
+    Ok(((copied, dropped, false), at))
+}
+
 fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
+    let chunk = chunk();
     let mut buf = Vec::new();
     let mut next_mm = 0usize;
     while !sh.finished.load(Ordering::SeqCst) {
-        while sh.urgent.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        wait_not_urgent(sh);
         let gate = lock(&sh.gate);
         let pick = {
             let mut st = lock(&sh.state);
@@ -623,7 +715,7 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
                     continue;
                 }
                 let mut dropped = 0;
-                let c = st.mms[i].claim(CHUNK, &mut dropped);
+                let c = st.mms[i].claim(chunk, &mut dropped);
                 st.c.dropped += dropped;
                 if let Some((live, image, len)) = c {
                     st.in_flight = true;
@@ -678,10 +770,28 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
                 back.0 = back.1;
             }
             Some(_) => {
-                // Not mapped there any more (unmapped, or not in a forked
-                // child): nothing to deliver.
-                st.c.dropped += (back.1 - back.0) / PAGE;
-                back.0 = back.1;
+                // The range is not one registered VMA there any more (the
+                // task split it with mprotect, unmapped part of it, or a
+                // forked child lacks it): page by page, dropping only the
+                // pages that are really not there.
+                drop(st);
+                let (done, end) = pagewise(
+                    fd.as_fd(),
+                    live + (back.0 - image),
+                    back.0,
+                    back.1,
+                    src,
+                    sh,
+                    &mut buf,
+                )?;
+                st = lock(&sh.state);
+                st.c.background += done.0;
+                st.c.dropped += done.1;
+                if done.2 {
+                    st.c.gone += (back.1 - end) / PAGE;
+                    st.gone(i);
+                }
+                back.0 = end;
             }
         }
         if !st.mms[i].gone && back.0 < back.1 {

@@ -240,15 +240,38 @@ impl MmState {
     /// The state of a child forked now: the same pages pending, at the
     /// same addresses, plus `claimed` (pages being served to the parent,
     /// which the child does not have yet).
-    pub fn fork(&self, uffd: Arc<OwnedFd>, claimed: &[u64]) -> MmState {
+    ///
+    /// `not_inherited`: image ranges of VMAs a child does not get as they
+    /// are (MADV_WIPEONFORK: empty in the child; MADV_DONTFORK: absent):
+    /// nothing of them is delivered to the child, its faults there get
+    /// zeros.
+    pub fn fork(
+        &self,
+        uffd: Arc<OwnedFd>,
+        claimed: &[u64],
+        not_inherited: &[(u64, u64)],
+    ) -> MmState {
         let mut pending = self.pending.clone();
         for &img in claimed {
             pending.insert(img, img + PAGE);
         }
+        let mut map = self.map.clone();
+        let entries: Vec<(u64, u64, u64)> =
+            map.0.iter().map(|(&s, &(e, img))| (s, e, img)).collect();
+        for (s, e, img) in entries {
+            let img_end = img + (e - s);
+            for &(a, b) in not_inherited {
+                let (x, y) = (a.max(img), b.min(img_end));
+                if x < y {
+                    map.cut(s + (x - img), s + (y - img));
+                    pending.remove(x, y);
+                }
+            }
+        }
         MmState {
             uffd,
             pending,
-            map: self.map.clone(),
+            map,
             cursor: self.cursor,
             gone: false,
         }
@@ -361,8 +384,24 @@ mod tests {
             panic!()
         };
         let fd = std::fs::File::open("/dev/null").unwrap();
-        let c = m.fork(Arc::new(fd.into()), &[image]);
+        let c = m.fork(Arc::new(fd.into()), &[image], &[]);
         assert_eq!(c.pending.total(), 2 * P);
         assert_eq!(m.pending.total(), P);
+    }
+
+    #[test]
+    fn fork_child_gets_nothing_of_wipeonfork_vmas() {
+        let mut m = state(&[(0x10000, 0x20000)], &[(0x10000, 0x20000)]);
+        m.remap(0x18000, 0x40000, 0x8000);
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        // The VMA that was at image 0x1c000-0x20000 (now at 0x44000) is
+        // wiped in the child.
+        let mut c = m.fork(Arc::new(fd.into()), &[], &[(0x1c000, 0x20000)]);
+        assert_eq!(c.pending.total(), 12 * P);
+        assert_eq!(c.fault(0x44000), Action::Zero { live: 0x44000 });
+        assert!(matches!(
+            c.fault(0x43000),
+            Action::Copy { image: 0x1b000, .. }
+        ));
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! The protocol, one connection per restore (little-endian):
 //! 1. restore → daemon: a 48-byte header (magic "CRLZ", version, pid,
-//!    eager page counts, number of lazy ranges) carrying the uffd as
-//!    SCM_RIGHTS, then the lazy ranges (start, end) of image addresses;
+//!    eager page counts, number of lazy ranges, number of registered
+//!    VMAs) carrying the uffd as SCM_RIGHTS, then the lazy ranges and the
+//!    registered VMAs as (start, end) pairs of image addresses;
 //! 2. daemon → restore: one byte `K` once it serves the uffd (restore
 //!    fails if it never comes: nobody would serve the faults);
 //! 3. restore → daemon: one byte `D` once the task runs (the daemon notes
@@ -37,6 +38,9 @@ pub struct Handoff {
     pub eager_parent_pages: u64,
     /// Lazy image ranges, sorted and disjoint.
     pub lazy: Vec<(u64, u64)>,
+    /// The VMAs registered MISSING, sorted (a UFFDIO_COPY must stay
+    /// within one VMA: the daemon's live map starts as these ranges).
+    pub registered: Vec<(u64, u64)>,
 }
 
 fn io_err(what: &'static str, dir: &Path, e: std::io::Error) -> Error {
@@ -63,6 +67,7 @@ fn encode_header(h: &Handoff) -> [u8; HEADER_LEN] {
     b[16..24].copy_from_slice(&h.eager_dump_pages.to_le_bytes());
     b[24..32].copy_from_slice(&h.eager_parent_pages.to_le_bytes());
     b[32..40].copy_from_slice(&(h.lazy.len() as u64).to_le_bytes());
+    b[40..48].copy_from_slice(&(h.registered.len() as u64).to_le_bytes());
     b
 }
 
@@ -107,7 +112,7 @@ pub fn send(dir: &Path, conn: &mut UnixStream, h: &Handoff, uffd: &OwnedFd) -> R
         sent = r as usize;
     }
     let mut rest = header[sent..].to_vec();
-    for &(a, b) in &h.lazy {
+    for &(a, b) in h.lazy.iter().chain(&h.registered) {
         rest.extend_from_slice(&a.to_le_bytes());
         rest.extend_from_slice(&b.to_le_bytes());
     }
@@ -220,37 +225,42 @@ pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd),
     if v != VERSION {
         return Err(format!("handoff version {v}, this daemon speaks {VERSION}"));
     }
-    let count = u64::from_le_bytes(word(&header, 32));
-    if count > MAX_RANGES {
-        return Err(format!("{count} lazy ranges: corrupt handoff"));
-    }
-    let mut raw = vec![0u8; count as usize * 16];
-    conn.read_exact(&mut raw)
-        .map_err(|e| format!("reading the lazy ranges: {e}"))?;
-    let lazy: Vec<(u64, u64)> = raw
-        .chunks_exact(16)
-        .map(|c| {
-            (
-                u64::from_le_bytes(word(c, 0)),
-                u64::from_le_bytes(word(c, 8)),
-            )
-        })
-        .collect();
-    let mut prev = 0;
-    for &(a, b) in &lazy {
-        if a < prev || a >= b || a % 4096 != 0 || b % 4096 != 0 {
-            return Err(format!(
-                "lazy range {a:#x}-{b:#x} is misaligned or out of order"
-            ));
-        }
-        prev = b;
-    }
+    let read_ranges =
+        |conn: &mut UnixStream, at: usize| -> std::result::Result<Vec<(u64, u64)>, String> {
+            let count = u64::from_le_bytes(word(&header, at));
+            if count > MAX_RANGES {
+                return Err(format!("{count} ranges: corrupt handoff"));
+            }
+            let mut raw = vec![0u8; count as usize * 16];
+            conn.read_exact(&mut raw)
+                .map_err(|e| format!("reading the handoff's ranges: {e}"))?;
+            let ranges: Vec<(u64, u64)> = raw
+                .chunks_exact(16)
+                .map(|c| {
+                    (
+                        u64::from_le_bytes(word(c, 0)),
+                        u64::from_le_bytes(word(c, 8)),
+                    )
+                })
+                .collect();
+            let mut prev = 0;
+            for &(a, b) in &ranges {
+                if a < prev || a >= b || a % 4096 != 0 || b % 4096 != 0 {
+                    return Err(format!("range {a:#x}-{b:#x} is misaligned or out of order"));
+                }
+                prev = b;
+            }
+            Ok(ranges)
+        };
+    let lazy = read_ranges(conn, 32)?;
+    let registered = read_ranges(conn, 40)?;
     Ok((
         Handoff {
             pid: i32::from_le_bytes(word(&header, 8)),
             eager_dump_pages: u64::from_le_bytes(word(&header, 16)),
             eager_parent_pages: u64::from_le_bytes(word(&header, 24)),
             lazy,
+            registered,
         },
         uffd,
     ))

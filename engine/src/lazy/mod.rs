@@ -1,5 +1,7 @@
 //! Post-copy: lazy restore through userfaultfd.
 
+pub mod remote;
+
 use crate::image::messages::{madv, Vma, VmaKind};
 use crate::proc::maps::VmFlags;
 
@@ -125,15 +127,18 @@ pub fn plan(
     for r in lazy_ranges {
         crate::ranges::push(&mut p.lazy, r);
     }
-    let mut reg: Vec<(u64, u64)> = Vec::new();
-    for &(a, _) in &p.lazy {
-        if let Some(v) = vma_at(a) {
-            if reg.last() != Some(&(v.start, v.end)) {
-                reg.push((v.start, v.end));
-            }
-        }
-    }
-    p.register = reg;
+    // Every eligible VMA any lazy range touches (touching runs of
+    // neighbouring VMAs were joined into one range above).
+    p.register = mm
+        .vmas
+        .iter()
+        .filter(|v| eligible(v))
+        .map(|v| (v.start, v.end))
+        .filter(|&(s, e)| {
+            let i = p.lazy.partition_point(|r| r.1 <= s);
+            p.lazy.get(i).is_some_and(|r| r.0 < e)
+        })
+        .collect();
     // Parent pages in eligible VMAs that hold no lazy pages stay with the
     // usual fill: those VMAs are not registered.
     let registered = |a: u64| {

@@ -445,6 +445,19 @@ pub fn read_smaps(pid: i32) -> Result<Vec<Vma>> {
     read_parsed(&pid_path(pid, "smaps"), parse_smaps)
 }
 
+/// Whether two VMA lists describe the same layout: the same VMAs, with
+/// the same bounds, permissions, offsets, files and names (VmFlags and
+/// sizes aside, which maps does not show).
+pub fn same_layout(a: &[Vma], b: &[Vma]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            (x.start, x.end, x.read, x.write, x.exec, x.shared, x.offset)
+                == (y.start, y.end, y.read, y.write, y.exec, y.shared, y.offset)
+                && (x.dev_major, x.dev_minor, x.inode) == (y.dev_major, y.dev_minor, y.inode)
+                && x.path == y.path
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -328,6 +328,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             eager_dump_pages: img.plan.eager_dump_pages,
             eager_parent_pages: img.plan.eager_parent_pages,
             lazy: img.plan.lazy.clone(),
+            registered: img.plan.register.clone(),
         };
         crate::lazy::handoff::send(dir, conn, &h, &uffd)?;
         phases.mark("lazy handoff");

@@ -130,6 +130,36 @@ impl Tracee {
         Ok(decode_status(status))
     }
 
+    /// As [`Tracee::wait`], but polls (waitpid with WNOHANG) for up to
+    /// `spin` before sleeping. For the stops of an injected syscall, which
+    /// come within microseconds: a tracer that sleeps lets its CPU go idle,
+    /// and every stop then pays for waking it (on a virtual machine a
+    /// halt and an inter-processor interrupt, tens of microseconds each).
+    pub fn wait_spin(&self, spin: std::time::Duration) -> Result<Stop> {
+        let start = std::time::Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: plain waitpid on our tracee with a valid status pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
+            match r {
+                // Yielding, not spinning: on a busy machine the tracee
+                // may be waiting for this very CPU.
+                // SAFETY: sched_yield takes no arguments.
+                0 if start.elapsed() < spin => unsafe {
+                    libc::sched_yield();
+                },
+                0 => return self.wait(),
+                -1 => {
+                    let e = Errno::last();
+                    if e != Errno::EINTR {
+                        return Err(Error::sys("waitpid", self.pid, e));
+                    }
+                }
+                _ => return Ok(decode_status(status)),
+            }
+        }
+    }
+
     pub fn cont(&self, sig: i32) -> Result<()> {
         ptrace_raw(libc::PTRACE_CONT, self.pid, 0, sig as usize)
             .map(drop)

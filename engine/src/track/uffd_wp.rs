@@ -40,6 +40,10 @@ pub struct UffdWp {
     /// Whether this tracker already ran before this dump (so registered
     /// VMAs' unwritten pages are known clean).
     pub continued: bool,
+    /// The final dump: read what was written, arm nothing (no VMA is
+    /// registered, no page write-protected again: no dump follows, and
+    /// registering could merge VMAs while the layout is being read).
+    pub last: bool,
 }
 
 /// Whether descriptor `fd` of `pid` is a userfaultfd.
@@ -48,6 +52,26 @@ pub fn is_tracker_fd(pid: pid_t, fd: i32) -> bool {
 }
 
 impl UffdWp {
+    /// Takes over the tracker a previous pre-dump left at `fd`, for the
+    /// final dump (read only, see `last`); None if it is gone. Injects
+    /// nothing.
+    pub fn attach_last(pid: pid_t, pidfd: &OwnedFd, fd: i32) -> Result<Option<UffdWp>> {
+        if !is_tracker_fd(pid, fd) {
+            return Ok(None);
+        }
+        let pagemap_path = format!("/proc/{pid}/pagemap");
+        let pagemap =
+            File::open(&pagemap_path).map_err(|e| Error::io("opening", &pagemap_path, e))?;
+        Ok(Some(UffdWp {
+            pid,
+            uffd: pidfd_getfd(pidfd, pid, fd)?,
+            pagemap,
+            task_fd: fd,
+            continued: true,
+            last: true,
+        }))
+    }
+
     /// Takes over the tracker a previous pre-dump left at `prev_fd`, or,
     /// when there is none (or it is gone), creates a new one in the task.
     pub fn attach_or_create(
@@ -67,6 +91,7 @@ impl UffdWp {
                 pagemap,
                 task_fd: fd,
                 continued: true,
+                last: false,
             });
         }
         // UFFD_USER_MODE_ONLY: lets a task without CAP_SYS_PTRACE create it
@@ -95,6 +120,7 @@ impl UffdWp {
             pagemap,
             task_fd,
             continued: false,
+            last: false,
         })
     }
 
@@ -112,6 +138,27 @@ impl UffdWp {
     pub fn written(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
         uffd::scan_written(&self.pagemap, start, end, out)
             .map_err(|e| Error::task(self.pid, format!("PAGEMAP_SCAN {start:#x}-{end:#x}: {e}")))
+    }
+
+    /// Ranges written since the previous scan, without re-arming them.
+    fn written_only(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+        let mut regions = Vec::new();
+        uffd::scan_regions(
+            &self.pagemap,
+            start,
+            end,
+            uffd::PAGE_IS_WRITTEN,
+            uffd::PAGE_IS_WRITTEN,
+            &mut regions,
+        )
+        .map_err(|e| Error::task(self.pid, format!("PAGEMAP_SCAN {start:#x}-{end:#x}: {e}")))?;
+        for (s, e, _) in regions {
+            match out.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => out.push((s, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Whether [start, end) is registered with an async write-protect
@@ -151,6 +198,13 @@ impl DirtyTracker for UffdWp {
         }
         let registered = self.registered(v.start)?;
         let tracked = self.continued && registered;
+        if self.last {
+            if tracked {
+                self.written_only(v.start, v.end, written)?;
+                return Ok(Knowledge::Written);
+            }
+            return Ok(Knowledge::Untracked);
+        }
         if !registered {
             self.register(v.start, v.end)?;
         }

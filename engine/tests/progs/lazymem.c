@@ -15,8 +15,12 @@
  *   dontneed OFF LEN    madvise(DONTNEED), then the range reads zero
  *   unmap OFF LEN       munmap
  *   dirty OFF LEN       rewrites the pages with another pattern
+ *   wipeonfork OFF LEN  madvise(WIPEONFORK): a child sees zeros there
+ *   protect OFF LEN     mprotect(PROT_READ): splits the VMA (reads only
+ *                       after that: "touch", "check")
  *   touch N             first-touch N random pages (not yet touched by
- *                       the process itself), reports p50/p99 latency (ns)
+ *                       the process itself): how many faulted (took 2 us
+ *                       or more), and their p50/p99 latency (ns)
  *   exit                exits 0
  */
 #define _GNU_SOURCE
@@ -39,6 +43,7 @@ static size_t pages;
 /* Per page: 0 pattern, 1 zero, 2 gone (unmapped or moved away). */
 static unsigned char *expect;
 static pid_t child;
+static size_t wipe_off, wipe_len;
 
 static uint64_t mix(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
@@ -91,8 +96,11 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
             dprintf(out, "%ld check bad page %ld\n", n, bad);
     } else if (!strcmp(op, "fork")) {
         child = fork();
-        if (child == 0)
+        if (child == 0) {
+            for (size_t p = wipe_off; p < wipe_off + wipe_len; p++)
+                expect[p] = 1;
             _exit(check_all() < 0 ? 0 : 1);
+        }
         dprintf(out, "%ld fork %s\n", n, child > 0 ? "started" : "failed");
     } else if (!strcmp(op, "wait")) {
         int st = 0;
@@ -140,6 +148,20 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
             expect[p] = 4;
         }
         dprintf(out, "%ld dirty ok\n", n);
+    } else if (!strcmp(op, "wipeonfork")) {
+        if (a + b > pages || madvise(base + a * PAGE, b * PAGE, MADV_WIPEONFORK)) {
+            dprintf(out, "%ld wipeonfork failed\n", n);
+            return;
+        }
+        wipe_off = a;
+        wipe_len = b;
+        dprintf(out, "%ld wipeonfork ok\n", n);
+    } else if (!strcmp(op, "protect")) {
+        if (a + b > pages || mprotect(base + a * PAGE, b * PAGE, PROT_READ)) {
+            dprintf(out, "%ld protect failed\n", n);
+            return;
+        }
+        dprintf(out, "%ld protect ok\n", n);
     } else if (!strcmp(op, "unmap")) {
         if (a + b > pages || munmap(base + a * PAGE, b * PAGE)) {
             dprintf(out, "%ld unmap failed\n", n);
@@ -170,10 +192,16 @@ static void run(int out, long n, const char *op, unsigned long a, unsigned long 
         for (size_t p = 0; p < pages; p++)
             if (expect[p] == 3)
                 expect[p] = 0;
-        qsort(lat, done, sizeof *lat, cmp_u64);
-        dprintf(out, "%ld touch %zu p50 %llu p99 %llu\n", n, done,
-                done ? (unsigned long long)lat[done / 2] : 0ULL,
-                done ? (unsigned long long)lat[(done - 1) * 99 / 100] : 0ULL);
+        /* Faults only: a touch of a page already delivered takes well
+         * under 2 us, one the daemon serves takes more. */
+        size_t faults = 0;
+        for (size_t i = 0; i < done; i++)
+            if (lat[i] >= 2000)
+                lat[faults++] = lat[i];
+        qsort(lat, faults, sizeof *lat, cmp_u64);
+        dprintf(out, "%ld touch %zu faults %zu p50 %llu p99 %llu\n", n, done, faults,
+                faults ? (unsigned long long)lat[faults / 2] : 0ULL,
+                faults ? (unsigned long long)lat[(faults - 1) * 99 / 100] : 0ULL);
         free(lat);
     } else if (!strcmp(op, "exit")) {
         dprintf(out, "%ld exit\n", n);
