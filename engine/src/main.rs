@@ -194,6 +194,18 @@ struct LazyDumpArgs {
     /// serving goes on in the background.
     #[arg(short = 'd', long = "daemon", requires = "lazy_pages")]
     daemon: bool,
+    /// Write the pid of the process that serves the lazy pages here (the
+    /// one that stays in the background with -d), once it serves.
+    #[arg(long, requires = "lazy_pages")]
+    pidfile: Option<PathBuf>,
+}
+
+/// Where and how a lazy dump serves its pages.
+struct LazyServeOn<'a> {
+    address: &'a str,
+    port: u16,
+    timeout: f64,
+    pidfile: Option<&'a Path>,
 }
 
 fn parse_lazy_timeout(s: &str) -> Result<f64, String> {
@@ -246,7 +258,9 @@ impl PageServerTarget {
         use std::net::ToSocketAddrs;
         if !self.page_server {
             if !lazy && (self.address.is_some() || self.port.is_some()) {
-                return Err("--address and --port go with --page-server (or dump --lazy-pages)".into());
+                return Err(
+                    "--address and --port go with --page-server (or dump --lazy-pages)".into(),
+                );
             }
             return Ok(None);
         }
@@ -467,9 +481,13 @@ fn main() -> ExitCode {
                 let show = display_stats || common.verbose > 0;
                 let address = server.address.clone().unwrap_or_else(|| "0.0.0.0".into());
                 let port = server.port.unwrap_or(0);
-                return lazy_dump(
-                    pid, &dir, &opts, &lazy, (&address, port), ready, show, &mut log,
-                );
+                let on = LazyServeOn {
+                    address: &address,
+                    port,
+                    timeout: lazy.lazy_timeout,
+                    pidfile: lazy.pidfile.as_deref(),
+                };
+                return lazy_dump(pid, &dir, &opts, &on, ready, show, &mut log);
             }
             let t = Instant::now();
             match dump(
@@ -771,14 +789,14 @@ fn lazy_dump(
     pid: i32,
     dir: &Path,
     opts: &DumpOptions,
-    args: &LazyDumpArgs,
-    (address, port): (&str, u16),
+    on: &LazyServeOn<'_>,
     ready: Option<std::os::fd::OwnedFd>,
     show: bool,
     log: &mut Log,
 ) -> ExitCode {
     use crust::lazy::remote::server::{serve, Outcome, ServeOptions};
     use std::net::ToSocketAddrs;
+    let (address, port) = (on.address, on.port);
     let addr = match (address, port)
         .to_socket_addrs()
         .ok()
@@ -823,6 +841,20 @@ fn lazy_dump(
         "crust: serving {} lazy pages of pid {pid} on {} (held by pid {})",
         held.lazy_pages, held.addr, held.twin.pid
     ));
+    if let Some(p) = on.pidfile {
+        // The task is gone and its pages are held here: a pidfile that
+        // cannot be written is reported, but serving goes on.
+        let tmp = p.with_extension(format!("crust-{}", std::process::id()));
+        let written = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|_| std::fs::rename(&tmp, p));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            log.line(&format!(
+                "crust: cannot write pidfile {}: {e}; serving anyway",
+                p.display()
+            ));
+        }
+    }
     if let Some(fd) = ready {
         use std::os::fd::AsRawFd;
         // SAFETY: prctl with integer arguments; then one byte written from
@@ -836,7 +868,7 @@ fn lazy_dump(
         detach_stdio();
     }
     let serve_opts = ServeOptions {
-        timeout: Duration::from_secs_f64(args.lazy_timeout),
+        timeout: Duration::from_secs_f64(on.timeout),
     };
     match serve(held, &serve_opts, &mut |l| log.line(l)) {
         Ok(Outcome::Delivered {

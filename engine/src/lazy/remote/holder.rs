@@ -31,6 +31,9 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::inject::{Guard, Injector};
+use crate::sys::sched::{
+    sched_getattr, sched_setattr, SchedAttr, SCHED_DEADLINE, SCHED_FLAG_RESET_ON_FORK,
+};
 use crate::sys::{Regs, Stop, Tracee};
 
 /// The process holding the lazy pages.
@@ -91,9 +94,23 @@ impl Twin {
             task,
             libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
         )?;
+        // The kernel refuses (EAGAIN) to clone a SCHED_DEADLINE task unless
+        // reset-on-fork is set: set it for this one call, so the twin starts
+        // as SCHED_OTHER, then give the task back its exact attributes.
+        let deadline = deadline_without_reset_on_fork(task)?;
+        if let Some(attr) = &deadline {
+            let with_reset = SchedAttr {
+                flags: attr.flags | SCHED_FLAG_RESET_ON_FORK,
+                ..*attr
+            };
+            sched_setattr(task, &with_reset)?;
+        }
         let forked = clone_in(&tracee, base, gadget, &args);
         // The task's options as Frozen set them, whatever happened.
         let reset = set_options(task, libc::PTRACE_O_TRACESYSGOOD);
+        if let Some(attr) = &deadline {
+            sched_setattr(task, attr)?;
+        }
         let child = forked?;
         let mut twin = Twin {
             pid: child,
@@ -238,4 +255,14 @@ impl Drop for Twin {
             libc::kill(self.pid, libc::SIGKILL);
         }
     }
+}
+
+/// The task's scheduling attributes if it is a SCHED_DEADLINE task without
+/// reset-on-fork (one the kernel will not let clone).
+fn deadline_without_reset_on_fork(task: pid_t) -> Result<Option<SchedAttr>> {
+    let attr = sched_getattr(task)?;
+    Ok(
+        (attr.policy == SCHED_DEADLINE && attr.flags & SCHED_FLAG_RESET_ON_FORK == 0)
+            .then_some(attr),
+    )
 }
