@@ -364,3 +364,37 @@ fn pre_dump_of_a_task_opening_and_closing_fds() {
     let text = read_string(&log);
     assert!(text.ends_with("OK\n"), "holder log: {text}");
 }
+
+/// A running task that keeps closing a descriptor and opening another file
+/// under the same number: the checks a pre-dump makes before freezing see
+/// the number change between reading its link and stat'ing it. That is a
+/// descriptor that changed meanwhile, not a file replaced under the task:
+/// never a refusal (the frozen pass of a dump judges what it holds then).
+#[test]
+fn a_descriptor_reused_while_checked_is_not_refused() {
+    init();
+    let tmp = tempdir();
+    let mut p = spawn_daemon(Command::new("/bin/sh").args([
+        "-c",
+        "while :; do exec 3</proc/self/maps; exec 3<&-; exec 3</etc/hostname; exec 3<&-; done",
+    ]));
+    let pid = p.pid.to_string();
+    for i in 0..100 {
+        let images = tmp.path().join(format!("pre{i}"));
+        let out = crust([
+            "pre-dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&images),
+            "--pre-dump-mode",
+            "read",
+        ]);
+        out.assert_ok();
+        std::fs::remove_dir_all(&images).expect("remove a pre-dump");
+    }
+    assert_eq!(p.try_wait(), None, "the pre-dumped shell died");
+    p.assert_running_untraced();
+    p.signal(libc::SIGKILL);
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+}

@@ -265,6 +265,17 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
     };
     match now {
         Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {}
+        _ if descriptor_changed(&proc_path, &path, &md) => {
+            // A running task (pre-dump, and dump before it freezes) closed
+            // fd n and opened another file as n while we looked: the link
+            // and the stat above are of two different files. Nothing to
+            // refuse here; the frozen pass judges what it holds then.
+            return Err(Error::io(
+                "examining (it changed meanwhile)",
+                &proc_path,
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
         _ => {
             return Err(Error::unsupported(
                 pid,
@@ -276,6 +287,17 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
     fd.mode = md.mode();
     fd.path = path;
     Ok(())
+}
+
+/// Whether the descriptor at `proc_path` no longer is the file that was
+/// read as `path` and stat'ed as `md` (it was closed and the number reused).
+fn descriptor_changed(proc_path: &str, path: &str, md: &std::fs::Metadata) -> bool {
+    let link = std::fs::read_link(proc_path);
+    let stat = std::fs::metadata(proc_path);
+    match (link, stat) {
+        (Ok(l), Ok(m)) => l.as_os_str() != path || m.dev() != md.dev() || m.ino() != md.ino(),
+        _ => true,
+    }
 }
 
 /// Terminal majors: virtual consoles and serial lines (4), /dev/tty,
