@@ -45,8 +45,12 @@ pub struct RemotePageSource {
     readahead: u64,
     /// The dump's PE_LAZY runs (merged), the readahead's bounds.
     runs: Vec<(u64, u64)>,
-    /// Readahead data: (pid, vaddr, bytes).
-    cache: Option<(i32, u64, Vec<u8>)>,
+    /// Readahead windows (pid, vaddr, bytes), least recently used first.
+    /// Several: the daemon's background thread walks one stream of image
+    /// addresses per process (a restored task and its forked children
+    /// read the same image pages at different positions); one window
+    /// would be thrown away by every switch and fetched again.
+    cache: Vec<(i32, u64, Vec<u8>)>,
     /// The next readahead window, asked for and not read yet: its bytes
     /// travel while the caller works on the previous ones.
     pending: Option<(i32, u64, u64)>,
@@ -60,6 +64,10 @@ static CONFIRMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// Readahead of the bulk connection: large enough that a request's round
 /// trip is small next to its transfer.
 pub const BULK_READAHEAD: u64 = 4 << 20;
+/// Readahead windows kept (at most this many times BULK_READAHEAD bytes):
+/// two per stream (the one read and the next, in flight) for a task and
+/// a few forked children.
+const WINDOWS: usize = 12;
 const PAGE: u64 = 4096;
 
 /// Why one attempt failed.
@@ -101,7 +109,7 @@ impl RemotePageSource {
             lazy_pages: 0,
             readahead: 0,
             runs: Vec::new(),
-            cache: None,
+            cache: Vec::new(),
             pending: None,
             spare: Vec::new(),
         };
@@ -141,19 +149,29 @@ impl RemotePageSource {
         Ok(s)
     }
 
-    /// Serves `buf` from the readahead if it holds all of it.
-    fn cached(&self, pid: i32, vaddr: u64, buf: &mut [u8]) -> bool {
-        match &self.cache {
-            Some((p, start, data))
-                if *p == pid
-                    && vaddr >= *start
-                    && vaddr + buf.len() as u64 <= start + data.len() as u64 =>
-            {
-                let o = (vaddr - start) as usize;
-                buf.copy_from_slice(&data[o..o + buf.len()]);
-                true
-            }
-            _ => false,
+    /// Serves `buf` from a readahead window if one holds all of it, and
+    /// makes that window the most recently used.
+    fn cached(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> bool {
+        let hit = self.cache.iter().position(|(p, start, data)| {
+            *p == pid && vaddr >= *start && vaddr + buf.len() as u64 <= start + data.len() as u64
+        });
+        let Some(i) = hit else {
+            return false;
+        };
+        let w = self.cache.remove(i);
+        let o = (vaddr - w.1) as usize;
+        buf.copy_from_slice(&w.2[o..o + buf.len()]);
+        self.cache.push(w);
+        true
+    }
+
+    /// Adds a window as the most recently used, dropping the least
+    /// recently used one beyond WINDOWS (its buffer becomes the spare).
+    fn insert_window(&mut self, w: (i32, u64, Vec<u8>)) {
+        self.cache.push(w);
+        if self.cache.len() > WINDOWS {
+            let old = self.cache.remove(0);
+            self.spare = old.2;
         }
     }
 
@@ -301,9 +319,7 @@ impl RemotePageSource {
         match protocol::recv(c)? {
             Frame::Data { vaddr: v, len: l } if v == vaddr && l == len => {
                 c.read_exact(&mut data)?;
-                if let Some((_, _, old)) = self.cache.replace((pid, vaddr, data)) {
-                    self.spare = old;
-                }
+                self.insert_window((pid, vaddr, data));
                 Ok(())
             }
             Frame::Error(m) => Err(Attempt::Fatal(Error::Other(format!(
@@ -315,16 +331,24 @@ impl RemotePageSource {
         }
     }
 
-    /// Asks for the window after the cached one (inside its lazy run), on
-    /// the open connection, without waiting for it.
+    /// Asks for the window after the most recently used one (inside its
+    /// lazy run, unless it is there already), on the open connection,
+    /// without waiting for it.
     fn prefetch_next(&mut self) {
         if self.pending.is_some() || self.conn.is_none() {
             return;
         }
-        let Some((pid, start, data)) = &self.cache else {
+        let Some((pid, start, data)) = self.cache.last() else {
             return;
         };
         let (pid, next) = (*pid, start + data.len() as u64);
+        if self
+            .cache
+            .iter()
+            .any(|(p, s, d)| *p == pid && *s <= next && next < s + d.len() as u64)
+        {
+            return;
+        }
         let n = self.fetch_len(next, PAGE);
         let i = self.runs.partition_point(|r| r.1 <= next);
         let inside = self.runs.get(i).is_some_and(|r| r.0 <= next);
@@ -391,11 +415,11 @@ impl PageSource for RemotePageSource {
         }
         let fetch = self.fetch_len(vaddr, len);
         if fetch > len {
-            let mut data = self.cache.take().map(|c| c.2).unwrap_or_default();
+            let mut data = std::mem::take(&mut self.spare);
             data.resize(fetch as usize, 0);
             self.with_retry(|s| s.read_once(pid, vaddr, &mut data))?;
             buf.copy_from_slice(&data[..buf.len()]);
-            self.cache = Some((pid, vaddr, data));
+            self.insert_window((pid, vaddr, data));
             self.prefetch_next();
             return Ok(());
         }
