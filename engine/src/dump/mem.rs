@@ -802,23 +802,45 @@ pub(crate) fn image_vmas(pid: pid_t, vmas: &[ProcVma]) -> Result<Vec<Vma>> {
 
 /// Remote lazy dump: marks lazy the runs to read (not in the parent, not
 /// compared by content) that lie in VMAs `lazy::eligible` accepts, so that
-/// `copy` leaves them out. Returns the number of lazy pages.
-pub(crate) fn mark_lazy(plan: &mut Plan) -> u64 {
+/// `copy` leaves them out, except the pages in `eager` (page-aligned
+/// ranges): those the kernel touches while restore still runs (the rseq
+/// area it writes at registration, ...), which must not wait for the
+/// network. Returns the number of lazy pages.
+pub(crate) fn mark_lazy(plan: &mut Plan, eager: &[Range]) -> u64 {
     let vmas = &plan.mm.vmas;
     let mut lazy = 0;
-    for r in plan.runs.iter_mut() {
-        if r.in_parent || r.by_content {
+    let mut out = Vec::with_capacity(plan.runs.len());
+    for r in plan.runs.drain(..) {
+        let end = r.vaddr + r.pages * PAGE;
+        let i = vmas.partition_point(|v| v.end <= r.vaddr);
+        let inside = vmas.get(i).filter(|v| v.start <= r.vaddr && end <= v.end);
+        if r.in_parent || r.by_content || !inside.is_some_and(crate::lazy::eligible) {
+            out.push(r);
             continue;
         }
-        let i = vmas.partition_point(|v| v.end <= r.vaddr);
-        let inside = vmas
-            .get(i)
-            .filter(|v| v.start <= r.vaddr && r.vaddr + r.pages * PAGE <= v.end);
-        if inside.is_some_and(crate::lazy::eligible) {
-            r.lazy = true;
-            lazy += r.pages;
+        let keep = ranges::intersect(&[(r.vaddr, end)], eager);
+        let mut pieces: Vec<(Range, bool)> = keep.iter().map(|&k| (k, false)).collect();
+        pieces.extend(
+            ranges::subtract(&[(r.vaddr, end)], &keep)
+                .into_iter()
+                .map(|l| (l, true)),
+        );
+        pieces.sort_unstable_by_key(|p| p.0 .0);
+        for (n, ((a, b), is_lazy)) in pieces.into_iter().enumerate() {
+            let pages = (b - a) / PAGE;
+            if is_lazy {
+                lazy += pages;
+            }
+            out.push(Run {
+                vaddr: a,
+                pages,
+                lazy: is_lazy,
+                first_of_vma: r.first_of_vma && n == 0,
+                ..r
+            });
         }
     }
+    plan.runs = out;
     lazy
 }
 

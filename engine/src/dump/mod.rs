@@ -830,7 +830,7 @@ fn dump_inner(
     plan.mm.lock_future = core.lock_future;
     // Lazy: the frozen part copies none of these pages.
     let pages_lazy = match lazy {
-        Some(_) => mem::mark_lazy(&mut plan),
+        Some(_) => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),
         None => 0,
     };
     phases.mark("plan");
@@ -1008,4 +1008,32 @@ fn new_image_id() -> u64 {
         id = t ^ ((std::process::id() as u64) << 32);
     }
     id.max(1)
+}
+
+/// The pages restore's own system calls make the kernel touch in the
+/// restored task (rseq registration writes its area; the robust list head
+/// and clear_child_tid are read or written as the task runs and exits): a
+/// lazy dump keeps them eager, so a restore never waits on the network.
+fn touched_at_restore(core: &crate::image::messages::Core) -> Vec<crate::ranges::Range> {
+    const PAGE: u64 = 4096;
+    let mut spans = Vec::new();
+    if let Some(r) = core.rseq.as_ref().filter(|r| r.ptr != 0) {
+        spans.push((r.ptr, r.ptr + u64::from(r.len.max(32))));
+    }
+    if core.robust_list_head != 0 {
+        spans.push((core.robust_list_head, core.robust_list_head + 24));
+    }
+    if core.clear_child_tid != 0 {
+        spans.push((core.clear_child_tid, core.clear_child_tid + 4));
+    }
+    let mut out = Vec::new();
+    let mut pages: Vec<_> = spans
+        .into_iter()
+        .map(|(a, b)| (a & !(PAGE - 1), (b + PAGE - 1) & !(PAGE - 1)))
+        .collect();
+    pages.sort_unstable();
+    for p in pages {
+        crate::ranges::push(&mut out, p);
+    }
+    out
 }
