@@ -398,3 +398,36 @@ fn a_descriptor_reused_while_checked_is_not_refused() {
     p.signal(libc::SIGKILL);
     assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
 }
+
+/// A process holding its own /proc/self/status open (as self-checking
+/// programs do while they read it): /proc files have no identity to check
+/// and /proc/PID does not exist before restore makes PID; the file is
+/// reopened by its path, which names the restored process again.
+#[test]
+fn own_proc_file_is_reopened_at_restore() {
+    init();
+    let tmp = tempdir();
+    let mut p = spawn_daemon(
+        Command::new("/bin/sh").args(["-c", "exec 3</proc/self/status; exec sleep 1000"]),
+    );
+    let fd3 = format!("/proc/{}/fd/3", p.pid);
+    let want = format!("/proc/{}/status", p.pid);
+    wait_until(TIMEOUT, "fd 3 on its status and sleep running", || {
+        let link = std::fs::read_link(&fd3).map_err(|e| e.to_string())?;
+        let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid)).map_err(|e| e.to_string())?;
+        match link.to_str() == Some(want.as_str()) && exe.ends_with("sleep") {
+            true => Ok(()),
+            false => Err(format!("fd 3 -> {link:?}, exe {exe:?}")),
+        }
+    });
+    let pid = p.pid.to_string();
+    let images = tmp.path().join("img");
+    crust(["dump", "-t", &pid, "-D", path_str(&images)]).assert_ok();
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    crust(["restore", "-d", "-D", path_str(&images)]).assert_ok();
+    let mut r = Proc::adopt(p.pid);
+    let link = std::fs::read_link(&fd3).expect("fd 3 of the restored process");
+    assert_eq!(link.to_str(), Some(want.as_str()));
+    r.signal(libc::SIGKILL);
+    r.wait(TIMEOUT);
+}

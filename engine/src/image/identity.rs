@@ -146,11 +146,24 @@ pub fn record_fds(pid: pid_t, fds: &mut Fds) -> Result<()> {
         if fd.kind != FdKind::Path as i32 || fd.mode & libc::S_IFMT != libc::S_IFREG {
             continue;
         }
+        if on_procfs(&fd.path) {
+            // /proc files have no identity to keep (inode numbers are made
+            // per lookup, sizes are 0) and /proc/PID/... cannot be looked
+            // at before restore made PID: they are reopened by path.
+            continue;
+        }
         let md = std::fs::metadata(&fd.path)
             .map_err(|e| Error::unsupported(pid, format!("fd {}: stat {}: {e}", fd.fd, fd.path)))?;
         fd.file_id = Some(file_id(&md));
     }
     Ok(())
+}
+
+/// Whether `path` is on a procfs (statfs magic PROC_SUPER_MAGIC).
+fn on_procfs(path: &str) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+        .unwrap_or(false)
 }
 
 /// How strictly a file must match its recorded identity.
@@ -242,7 +255,8 @@ pub fn check_restore(
         }
     }
     for fd in &fds.fds {
-        if fd.kind == FdKind::Path as i32 && fd.mode & libc::S_IFMT == libc::S_IFREG {
+        let proc_file = fd.file_id.is_none() && fd.path.starts_with("/proc/");
+        if fd.kind == FdKind::Path as i32 && fd.mode & libc::S_IFMT == libc::S_IFREG && !proc_file {
             let what = format!("fd {}: file", fd.fd);
             let how = match fd.flags as i32 & libc::O_ACCMODE {
                 libc::O_RDONLY => Match::Exact,
