@@ -66,10 +66,11 @@ impl Plan {
 }
 
 /// Splits the stored pages (`sources`, resolved through the chain) and
-/// the dump's PE_LAZY runs (`lazy_runs`): with `lazy`, every run of the
-/// dump itself (layer 0) inside an eligible VMA, and every PE_LAZY run,
-/// is left to the daemon; the rest (pages of parent images, pages in
-/// other VMAs) is filled by restore.
+/// the dump's PE_LAZY runs (`lazy_runs`): with `lazy`, every PE_LAZY run,
+/// and, for a dump that has none (a plain dump restored lazily), every run
+/// of the dump itself (layer 0) inside an eligible VMA, is left to the
+/// daemon; the rest (pages of parent images, pages in other VMAs, pages a
+/// remote lazy dump stored) is filled by restore.
 pub fn plan(
     mm: &Mm,
     sources: &[Source],
@@ -101,7 +102,12 @@ pub fn plan(
     let mut lazy_ranges = Vec::new();
     for s in sources {
         match vma_at(s.vaddr).filter(|v| eligible(v)) {
-            Some(_) if s.layer == 0 => lazy_ranges.push((s.vaddr, s.vaddr + s.len)),
+            // A remote lazy dump (it left PE_LAZY runs) chose what is lazy:
+            // the pages it stored anyway are ones restore needs at once
+            // (the rseq area...), so they are filled now, not faulted.
+            Some(_) if s.layer == 0 && lazy_runs.is_empty() => {
+                lazy_ranges.push((s.vaddr, s.vaddr + s.len))
+            }
             Some(_) => {
                 count(&mut p, s);
                 p.eager_uffd.push(*s);
