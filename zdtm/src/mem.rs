@@ -250,8 +250,16 @@ mod tests {
     #[test]
     fn fixed_noreplace() {
         let ps = page_size();
-        let a = find_free_area(4 * ps).unwrap();
-        mmap_anon_at(a + ps, ps, libc::PROT_READ, 0).unwrap();
+        // The other tests run on threads of this process and map memory
+        // too: an area found free may be taken before we map it (then the
+        // first map fails with EEXIST, rightly). Setup, not the behaviour
+        // tested: look for another free area then.
+        let a = (0..100)
+            .find_map(|_| {
+                let a = find_free_area(4 * ps).ok()?;
+                mmap_anon_at(a + ps, ps, libc::PROT_READ, 0).ok().map(|_| a)
+            })
+            .expect("no free area stayed free long enough to map it");
         assert!(mmap_anon_at(a + ps, ps, libc::PROT_READ, 0).is_err());
         maps::expect_vma(a + ps, a + 2 * ps, "r--p").unwrap();
         munmap(a + ps, ps).unwrap();
