@@ -71,18 +71,46 @@ fn dump_target(t: &mut Target, dir: &Path, extra: &[&str]) {
 /// `crust lazy-pages -D DIR -d`: returns the daemon (ours: we are a
 /// subreaper) once it listens.
 fn start_daemon(dir: &Path) -> Proc {
+    start_daemon_env(dir, &[])
+}
+
+/// A daemon whose background transfer waits for a byte in `fifo`
+/// (CRUST_LAZY_HOLD_BACKGROUND), so that the task certainly acts on pages
+/// not copied yet; see [`release`].
+fn start_daemon_held(dir: &Path, fifo: &Path) -> Proc {
+    nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    start_daemon_env(dir, &[("CRUST_LAZY_HOLD_BACKGROUND", fifo.as_os_str())])
+}
+
+/// Lets a held daemon's background transfer start.
+fn release(fifo: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .and_then(|mut f| f.write_all(b"go"))
+        .expect("the daemon holds the fifo open");
+}
+
+fn start_daemon_env(dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
     let pidfile = dir.with_extension("daemon.pid");
-    crust([
-        "lazy-pages",
-        "-D",
-        path_str(dir),
-        "-d",
-        "--pidfile",
-        path_str(&pidfile),
-        "-o",
-        "lazy.log",
-        "-v",
-    ])
+    crust_spawn_env(
+        [
+            "lazy-pages",
+            "-D",
+            path_str(dir),
+            "-d",
+            "--pidfile",
+            path_str(&pidfile),
+            "-o",
+            "lazy.log",
+            "-v",
+        ],
+        env,
+    )
+    .wait(TIMEOUT)
     .assert_ok();
     let pid: i32 = read_string(&pidfile).trim().parse().expect("daemon pid");
     let sock = dir.join("lazy-pages.socket");
@@ -174,9 +202,13 @@ fn events_after_lazy_restore() {
     let mut t = start(tmp.path(), 256);
     let img = tmp.path().join("img");
     dump_target(&mut t, &img, &[]);
-    let mut d = start_daemon(&img);
-    // Written before the restore: the task runs them at once, while the
-    // end of its 65536 pages is still at the daemon.
+    // The background transfer starts only once the task has acted: on an
+    // idle machine it would otherwise end before the task runs (seen on a
+    // fresh clone: 256 MiB delivered in 86 ms, no event to follow).
+    let fifo = tmp.path().join("hold");
+    let mut d = start_daemon_held(&img, &fifo);
+    // Written before the restore: the task runs them at once, while its
+    // pages are still at the daemon.
     t.commands(&[
         "1 fork",
         "2 remap 60000 256 512",
@@ -190,6 +222,7 @@ fn events_after_lazy_restore() {
     assert_eq!(t.result(2), "remap ok");
     assert_eq!(t.result(3), "dontneed ok");
     assert_eq!(t.result(4), "unmap ok");
+    release(&fifo);
     assert_eq!(t.result(5), "wait ok");
     assert_eq!(t.result(6), "check ok");
     let s = daemon_done(&mut d, &img);

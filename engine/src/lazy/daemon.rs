@@ -698,7 +698,36 @@ fn pagewise(
     Ok(((copied, dropped, false), at))
 }
 
+/// Tests only: with CRUST_LAZY_HOLD_BACKGROUND=FIFO the background
+/// transfer waits until a byte is written into FIFO (or all is over), so
+/// that a test can make the task act on pages certainly not yet copied
+/// (on an idle machine the whole transfer can end before the task runs).
+fn hold_background(sh: &Shared) -> Result<()> {
+    let Some(fifo) = std::env::var_os("CRUST_LAZY_HOLD_BACKGROUND") else {
+        return Ok(());
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .map_err(|e| Error::io("opening", Path::new(&fifo), e))?;
+    while !sh.finished.load(Ordering::SeqCst) {
+        let mut p = [nix::poll::PollFd::new(
+            f.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut p, nix::poll::PollTimeout::from(10u8)).unwrap_or(0) > 0 {
+            let mut b = [0u8; 1];
+            if matches!((&f).read(&mut b), Ok(1)) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
+    hold_background(sh)?;
     let chunk = chunk();
     let mut buf = Vec::new();
     let mut next_mm = 0usize;

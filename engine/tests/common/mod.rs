@@ -515,6 +515,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    crust_spawn_env(args, &[])
+}
+
+/// [`crust_spawn`] with extra environment variables.
+pub fn crust_spawn_env<I, S>(args: I, env: &[(&str, &OsStr)]) -> Running
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<String> = args
         .into_iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
@@ -523,6 +532,7 @@ where
     let stderr = tempfile::tempfile().expect("temp file");
     let child = Command::new(CRUST)
         .args(&args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout.try_clone().expect("dup"))
         .stderr(stderr.try_clone().expect("dup"))
