@@ -10,7 +10,11 @@
 //! - fault latency p50/p99 on the urgent connection while a bulk transfer
 //!   runs (targets p50 < 150 us, p99 < 1 ms), and that transfer's rate;
 //! - how long the source lives after the destination confirms the last
-//!   page.
+//!   page;
+//! - end to end (lazy dump, daemon in the namespace, restore on the same
+//!   host): restore time, delivery idle and while the process reads every
+//!   page, and pre-copy + post-copy (one pre-dump, 1% rewritten: frozen
+//!   time, pages over the link, pages from the parent images).
 //!
 //! UFFDIO_COPY is not in this loop (the destination daemon is not either):
 //! these are the source's and the link's figures.
@@ -206,6 +210,7 @@ fn start_and_dump(
     mib: usize,
     net: &Net,
     name: &str,
+    precopy: bool,
 ) -> Res<(i32, PathBuf, String)> {
     let _ = std::fs::remove_file(out);
     let mut cmd = Command::new(bin);
@@ -237,24 +242,64 @@ fn start_and_dump(
     }
     let dir = tmp.join(name);
     let pids = pid.to_string();
-    let log = run(Command::new(CRUST).args([
-        "dump",
-        "-t",
-        &pids,
-        "-D",
-        dir.to_str().unwrap_or_default(),
-        "--lazy-pages",
-        "--address",
-        &net.root_ip,
-        "--port",
-        "0",
-        "-d",
-        "-v",
-        "-o",
-        "dump.log",
-        "--lazy-timeout",
-        "120",
-    ]));
+    let mut extra: Vec<String> = Vec::new();
+    if precopy {
+        // Pre-copy: one read-mode pre-dump with tracking, then 1% of the
+        // pages rewritten (lazysrc: every 100th page on SIGUSR1).
+        let pre = tmp.join(format!("{name}-pre"));
+        let r = run(Command::new(CRUST).args([
+            "pre-dump",
+            "-t",
+            &pids,
+            "-D",
+            pre.to_str().unwrap_or_default(),
+            "--track-mem",
+            "--pre-dump-mode",
+            "read",
+        ]));
+        if let Err(e) = r {
+            kill_and_reap(pid);
+            return Err(e);
+        }
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        let t = Instant::now();
+        while !std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .contains("dirtied")
+        {
+            if t.elapsed() > Duration::from_secs(60) {
+                kill_and_reap(pid);
+                return Err("lazysrc never dirtied its pages".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        extra = vec![
+            "--track-mem".into(),
+            "--prev-images-dir".into(),
+            format!("../{name}-pre"),
+        ];
+    }
+    let log = run(Command::new(CRUST)
+        .args([
+            "dump",
+            "-t",
+            &pids,
+            "-D",
+            dir.to_str().unwrap_or_default(),
+            "--lazy-pages",
+            "--address",
+            &net.root_ip,
+            "--port",
+            "0",
+            "-d",
+            "-v",
+            "-o",
+            "dump.log",
+            "--lazy-timeout",
+            "120",
+        ])
+        .args(&extra));
     let log = match log {
         Ok(l) => l,
         Err(e) => {
@@ -283,7 +328,7 @@ fn bench() -> Res<()> {
     let link = veth_bandwidth(&net, mib << 20)?;
 
     let out = tmp.join("src.out");
-    let (pid, dir, log) = start_and_dump(&bin, &tmp, &out, mib, &net, "img")?;
+    let (pid, dir, log) = start_and_dump(&bin, &tmp, &out, mib, &net, "img", false)?;
     let field = |after: &str, until: char| -> String {
         log.split(after)
             .nth(1)
@@ -412,8 +457,9 @@ fn bench() -> Res<()> {
         gone.as_secs_f64() * 1e3,
         acked.as_secs_f64() * 1e3
     );
-    end_to_end(&bin, &tmp, mib, &net, link, false)?;
-    end_to_end(&bin, &tmp, mib, &net, link, true)?;
+    end_to_end(&bin, &tmp, mib, &net, link, false, false)?;
+    end_to_end(&bin, &tmp, mib, &net, link, true, false)?;
+    end_to_end(&bin, &tmp, mib, &net, link, false, true)?;
     Ok(())
 }
 
@@ -421,10 +467,32 @@ fn bench() -> Res<()> {
 /// namespace, `crust restore --lazy-pages` (same host, same pid). `busy`:
 /// the restored process reads every page at once (SIGTERM makes lazysrc
 /// check them all), so faults race the background transfer.
-fn end_to_end(bin: &Path, tmp: &Path, mib: usize, net: &Net, link: f64, busy: bool) -> Res<()> {
-    let name = if busy { "e2e-busy" } else { "e2e-idle" };
+///
+/// `precopy`: a read-mode pre-dump and 1% of the pages rewritten come
+/// first; the lazy dump then leaves only those to the network, and the
+/// parent's pages are delivered by the daemon from the local images.
+fn end_to_end(
+    bin: &Path,
+    tmp: &Path,
+    mib: usize,
+    net: &Net,
+    link: f64,
+    busy: bool,
+    precopy: bool,
+) -> Res<()> {
+    let name = match (busy, precopy) {
+        (_, true) => "e2e-precopy",
+        (true, false) => "e2e-busy",
+        (false, false) => "e2e-idle",
+    };
     let out = tmp.join(format!("{name}.out"));
-    let (pid, dir, log) = start_and_dump(bin, tmp, &out, mib, net, name)?;
+    let (pid, dir, log) = start_and_dump(bin, tmp, &out, mib, net, name, precopy)?;
+    let frozen = log
+        .split("frozen ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("?")
+        .to_string();
     let d = dir.to_str().unwrap_or_default();
     let twin: i32 = log
         .split("held by pid ")
@@ -493,6 +561,17 @@ fn end_to_end(bin: &Path, tmp: &Path, mib: usize, net: &Net, link: f64, busy: bo
         .to_string();
     let bytes = stats.pages_lazy as f64 * 4096.0;
     let gbs = bytes / (stats.total_us as f64 / 1e6) / 1e9;
+    if precopy {
+        println!(
+            "  pre-copy + post-copy, 1% dirtied after the pre-dump: lazy dump frozen {frozen} ms; restore returned after {:.1} ms; {} pages over the link (lazy), {} from the parent images by the daemon, {} filled by restore; all delivered {:.0} ms after the handoff; memory checked OK",
+            restored_in.as_secs_f64() * 1e3,
+            stats.pages_lazy,
+            stats.pages_parent,
+            stats.pages_eager_dump + stats.pages_eager_parent,
+            stats.total_us as f64 / 1e3,
+        );
+        return Ok(());
+    }
     println!(
         "  end to end, {}: restore returned after {:.1} ms; all {} MiB delivered in {:.0} ms = {gbs:.2} GB/s = {:.0}% of the link; {} faults p50 {:.0} us p99 {:.0} us; source exited {after} us after the confirmation; memory checked OK",
         if busy { "process reading every page" } else { "process idle" },

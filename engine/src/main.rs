@@ -594,8 +594,11 @@ fn main() -> ExitCode {
             log.stats(
                 common.verbose > 0,
                 &format!(
-                    "crust: restore pages: {} eager from the dump, {} eager from parent images, {} lazy",
-                    restored.pages_eager_dump, restored.pages_eager_parent, restored.pages_lazy
+                    "crust: restore pages: {} eager from the dump, {} eager from parent images, {} lazy, {} from parent images by the daemon",
+                    restored.pages_eager_dump,
+                    restored.pages_eager_parent,
+                    restored.pages_lazy,
+                    restored.pages_parent_lazy
                 ),
             );
             if let Some(Err(msg)) = pidfile.map(Pidfile::commit) {

@@ -766,7 +766,7 @@ fn remote_lazy_migration_over_veth_with_a_cut(precopy: bool) {
     assert_eq!(stats.pages_lazy, inv.lazy_pages, "{stats:?}");
     if precopy {
         assert!(
-            stats.pages_eager_parent >= src.pages - src.pages.div_ceil(100),
+            stats.pages_parent >= src.pages - src.pages.div_ceil(100),
             "unchanged pages came from the parent: {stats:?}"
         );
     }

@@ -719,12 +719,13 @@ pub struct LazyStats {
     #[prost(int32, tag = "1")]
     pub pid: i32,
     /// Filled by restore before the task ran: from the dump itself (VMAs
-    /// that cannot be lazy) and from parent images (pre-copy).
+    /// that cannot be lazy) and from parent images (pre-copy) outside
+    /// lazy VMAs.
     #[prost(uint64, tag = "2")]
     pub pages_eager_dump: u64,
     #[prost(uint64, tag = "3")]
     pub pages_eager_parent: u64,
-    /// Handed to the daemon.
+    /// Handed to the daemon, from the dump (remote: from the source).
     #[prost(uint64, tag = "4")]
     pub pages_lazy: u64,
     /// Delivered when the task touched them.
@@ -774,9 +775,15 @@ pub struct LazyStats {
     #[prost(uint64, tag = "20")]
     pub chunk_bytes: u64,
     /// Pages still pending in each child when it forked (its lazy pages:
-    /// delivered, dropped or gone like the task's own). Every lazy page is
-    /// accounted once: pages_lazy + pages_forked = pages_fault +
-    /// pages_background + pages_dropped + pages_gone.
+    /// delivered, dropped or gone like the task's own). Every page handed
+    /// to the daemon is accounted once: pages_lazy + pages_parent +
+    /// pages_forked = pages_fault + pages_background + pages_dropped +
+    /// pages_gone.
     #[prost(uint64, tag = "21")]
     pub pages_forked: u64,
+    /// Pages of parent images (pre-copy) in lazy VMAs, handed to the
+    /// daemon with the lazy ones so that restore does not wait for them:
+    /// delivered from the local images ahead of other background work.
+    #[prost(uint64, tag = "22")]
+    pub pages_parent: u64,
 }

@@ -275,10 +275,11 @@ fn detach_stdio() {
 
 pub fn stats_line(s: &LazyStats) -> String {
     format!(
-        "crust: lazy restore of pid {}: eager {} pages from the dump, {} from parents; lazy {} pages (+{} pending in forked children): {} by fault, {} in background, {} zero pages, {} dropped by events, {} left when the task went; {} mm(s); {:.1} ms; fault service p50 {:.1} us p99 {:.1} us",
+        "crust: lazy restore of pid {}: eager {} pages from the dump, {} from parents; daemon: {} pages from parents first, lazy {} pages (+{} pending in forked children): {} by fault, {} in background, {} zero pages, {} dropped by events, {} left when the task went; {} mm(s); {:.1} ms; fault service p50 {:.1} us p99 {:.1} us",
         s.pid,
         s.pages_eager_dump,
         s.pages_eager_parent,
+        s.pages_parent,
         s.pages_lazy,
         s.pages_forked,
         s.pages_fault,
@@ -326,7 +327,7 @@ fn serve(
     let lazy_pages = crate::ranges::total(&h.lazy) / PAGE;
     // The live map starts as the registered VMAs, one entry each, so that
     // no background chunk spans two VMAs (UFFDIO_COPY needs one).
-    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.registered);
+    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.parent, &h.registered);
     let shared = Shared {
         state: Mutex::new(State {
             mms: vec![mm],
@@ -378,6 +379,7 @@ fn serve(
         pages_eager_dump: h.eager_dump_pages,
         pages_eager_parent: h.eager_parent_pages,
         pages_lazy: lazy_pages,
+        pages_parent: crate::ranges::total(&h.parent) / PAGE,
         pages_fault: c.fault,
         pages_background: c.background,
         pages_zero: c.zero,

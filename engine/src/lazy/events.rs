@@ -86,6 +86,11 @@ impl RangeSet {
         removed
     }
 
+    /// The lowest range of the set.
+    pub fn first(&self) -> Option<(u64, u64)> {
+        self.0.iter().next().map(|(&a, &b)| (a, b))
+    }
+
     /// The first part of the set at or after `cursor` (wrapping around to
     /// the start), at most `max` bytes.
     pub fn next_from(&self, cursor: u64, max: u64) -> Option<(u64, u64)> {
@@ -171,6 +176,11 @@ pub struct MmState {
     pub uffd: Arc<OwnedFd>,
     /// Image ranges not yet delivered nor dropped.
     pub pending: RangeSet,
+    /// Image ranges the background transfer takes before any other
+    /// (pages of local parent images: no network, and restore left them
+    /// out only so as not to wait for them). Stale parts (no longer
+    /// pending) are pruned as the transfer meets them.
+    pub first: RangeSet,
     pub map: AddrMap,
     /// Where background transfer goes on (moves to just after a fault).
     pub cursor: u64,
@@ -179,10 +189,22 @@ pub struct MmState {
 }
 
 impl MmState {
-    pub fn new(uffd: Arc<OwnedFd>, lazy: &[(u64, u64)], registered: &[(u64, u64)]) -> MmState {
+    /// `lazy` and `first` (parent pages) are both delivered; `first`
+    /// goes ahead in the background.
+    pub fn new(
+        uffd: Arc<OwnedFd>,
+        lazy: &[(u64, u64)],
+        first: &[(u64, u64)],
+        registered: &[(u64, u64)],
+    ) -> MmState {
+        let mut pending = RangeSet::from_sorted(lazy);
+        for &(a, b) in first {
+            pending.insert(a, b);
+        }
         MmState {
             uffd,
-            pending: RangeSet::from_sorted(lazy),
+            pending,
+            first: RangeSet::from_sorted(first),
             map: AddrMap::identity(registered),
             cursor: 0,
             gone: false,
@@ -271,10 +293,28 @@ impl MmState {
         MmState {
             uffd,
             pending,
+            first: self.first.clone(),
             map,
             cursor: self.cursor,
             gone: false,
         }
+    }
+
+    /// The first pending piece of `first` (at most `max` bytes), pruning
+    /// what is no longer pending.
+    fn next_first(&mut self, max: u64) -> Option<(u64, u64)> {
+        while let Some((a, b)) = self.first.first() {
+            match self.pending.next_from(a, max) {
+                Some((x, y)) if x >= a && x < b => {
+                    self.first.remove(a, x);
+                    return Some((x, y.min(b)));
+                }
+                _ => {
+                    self.first.remove(a, b);
+                }
+            }
+        }
+        None
     }
 
     /// Claims the next background chunk: (live, image, len), at most
@@ -283,7 +323,10 @@ impl MmState {
     /// `dropped`).
     pub fn claim(&mut self, max: u64, dropped: &mut u64) -> Option<(u64, u64, u64)> {
         loop {
-            let (img, end) = self.pending.next_from(self.cursor, max)?;
+            let (img, end) = match self.next_first(max) {
+                Some(r) => r,
+                None => self.pending.next_from(self.cursor, max)?,
+            };
             match self.map.to_live(img, end - img) {
                 Some((live, len)) => {
                     self.pending.remove(img, img + len);
@@ -306,7 +349,32 @@ mod tests {
 
     fn state(lazy: &[(u64, u64)], reg: &[(u64, u64)]) -> MmState {
         let fd = std::fs::File::open("/dev/null").unwrap();
-        MmState::new(Arc::new(fd.into()), lazy, reg)
+        MmState::new(Arc::new(fd.into()), lazy, &[], reg)
+    }
+
+    #[test]
+    fn first_ranges_go_ahead_and_stale_parts_are_skipped() {
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        let mut m = MmState::new(
+            Arc::new(fd.into()),
+            &[(0x10000, 0x14000)],
+            &[(0x18000, 0x1a000), (0x1c000, 0x1e000)],
+            &[(0x10000, 0x20000)],
+        );
+        assert_eq!(m.pending.total(), 8 * P);
+        // A fault takes a page of the first range; a DONTNEED drops the
+        // second range whole.
+        assert!(matches!(m.fault(0x18000), Action::Copy { .. }));
+        assert_eq!(m.remove(0x1c000, 0x1e000), 2);
+        let mut dropped = 0;
+        assert_eq!(m.claim(0x4000, &mut dropped), Some((0x19000, 0x19000, P)));
+        // Then the lazy pages, from the cursor (after the first range).
+        assert_eq!(
+            m.claim(0x4000, &mut dropped),
+            Some((0x10000, 0x10000, 4 * P))
+        );
+        assert_eq!(m.claim(0x4000, &mut dropped), None);
+        assert_eq!(dropped, 0);
     }
 
     #[test]

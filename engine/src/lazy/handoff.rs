@@ -2,10 +2,11 @@
 //! over the unix socket DIR/lazy-pages.socket.
 //!
 //! The protocol, one connection per restore (little-endian):
-//! 1. restore → daemon: a 48-byte header (magic "CRLZ", version, pid,
-//!    eager page counts, number of lazy ranges, number of registered
-//!    VMAs) carrying the uffd as SCM_RIGHTS, then the lazy ranges and the
-//!    registered VMAs as (start, end) pairs of image addresses;
+//! 1. restore → daemon: a 56-byte header (magic "CRLZ", version, pid,
+//!    eager page counts, number of lazy ranges, of registered VMAs and of
+//!    parent ranges) carrying the uffd as SCM_RIGHTS, then the lazy
+//!    ranges, the registered VMAs and the parent ranges as (start, end)
+//!    pairs of image addresses;
 //! 2. daemon → restore: one byte `K` once it serves the uffd (restore
 //!    fails if it never comes: nobody would serve the faults);
 //! 3. restore → daemon: one byte `D` once the task runs (the daemon notes
@@ -21,8 +22,8 @@ use crate::error::{Error, Result};
 
 pub const SOCKET_NAME: &str = "lazy-pages.socket";
 const MAGIC: u32 = u32::from_le_bytes(*b"CRLZ");
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 48;
+const VERSION: u32 = 2;
+const HEADER_LEN: usize = 56;
 /// Sanity bound on the ranges of one handoff (a corrupt count).
 const MAX_RANGES: u64 = 1 << 28;
 
@@ -38,6 +39,9 @@ pub struct Handoff {
     pub eager_parent_pages: u64,
     /// Lazy image ranges, sorted and disjoint.
     pub lazy: Vec<(u64, u64)>,
+    /// Ranges of parent images the daemon delivers first, from the local
+    /// images (sorted, disjoint, none in `lazy`).
+    pub parent: Vec<(u64, u64)>,
     /// The VMAs registered MISSING, sorted (a UFFDIO_COPY must stay
     /// within one VMA: the daemon's live map starts as these ranges).
     pub registered: Vec<(u64, u64)>,
@@ -68,6 +72,7 @@ fn encode_header(h: &Handoff) -> [u8; HEADER_LEN] {
     b[24..32].copy_from_slice(&h.eager_parent_pages.to_le_bytes());
     b[32..40].copy_from_slice(&(h.lazy.len() as u64).to_le_bytes());
     b[40..48].copy_from_slice(&(h.registered.len() as u64).to_le_bytes());
+    b[48..56].copy_from_slice(&(h.parent.len() as u64).to_le_bytes());
     b
 }
 
@@ -112,7 +117,7 @@ pub fn send(dir: &Path, conn: &mut UnixStream, h: &Handoff, uffd: &OwnedFd) -> R
         sent = r as usize;
     }
     let mut rest = header[sent..].to_vec();
-    for &(a, b) in h.lazy.iter().chain(&h.registered) {
+    for &(a, b) in h.lazy.iter().chain(&h.registered).chain(&h.parent) {
         rest.extend_from_slice(&a.to_le_bytes());
         rest.extend_from_slice(&b.to_le_bytes());
     }
@@ -254,12 +259,14 @@ pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd),
         };
     let lazy = read_ranges(conn, 32)?;
     let registered = read_ranges(conn, 40)?;
+    let parent = read_ranges(conn, 48)?;
     Ok((
         Handoff {
             pid: i32::from_le_bytes(word(&header, 8)),
             eager_dump_pages: u64::from_le_bytes(word(&header, 16)),
             eager_parent_pages: u64::from_le_bytes(word(&header, 24)),
             lazy,
+            parent,
             registered,
         },
         uffd,

@@ -46,13 +46,19 @@ pub struct Plan {
     /// Filled by restore as usual (outside registered VMAs).
     pub eager: Vec<Source>,
     /// Filled by restore through the userfaultfd (UFFDIO_COPY), before the
-    /// handoff: pages of parent images inside registered VMAs. Never with
-    /// process_vm_writev there: a write fault in a THP-enabled VMA could
-    /// allocate a huge page over lazy pages and hide them as zeros.
+    /// handoff: the pages a remote lazy dump stored inside registered VMAs
+    /// (restore's own calls touch them). Never with process_vm_writev
+    /// there: a write fault in a THP-enabled VMA could allocate a huge
+    /// page over lazy pages and hide them as zeros.
     pub eager_uffd: Vec<Source>,
-    /// Image ranges the daemon delivers (sorted, disjoint).
+    /// Image ranges the daemon delivers from the dump (sorted, disjoint).
     pub lazy: Vec<(u64, u64)>,
-    /// The eligible VMAs holding lazy pages: registered MISSING.
+    /// Image ranges of parent images (pre-copy) in eligible VMAs: the
+    /// daemon delivers them from the local images, before the rest of
+    /// its background work, so that restore does not wait for them
+    /// (sorted, disjoint, none in `lazy`).
+    pub parent: Vec<(u64, u64)>,
+    /// The eligible VMAs holding lazy or parent pages: registered MISSING.
     pub register: Vec<(u64, u64)>,
     /// Pages restore fills from the dump itself and from parent images.
     pub eager_dump_pages: u64,
@@ -63,14 +69,19 @@ impl Plan {
     pub fn lazy_pages(&self) -> u64 {
         crate::ranges::total(&self.lazy) / PAGE
     }
+
+    pub fn parent_pages(&self) -> u64 {
+        crate::ranges::total(&self.parent) / PAGE
+    }
 }
 
 /// Splits the stored pages (`sources`, resolved through the chain) and
 /// the dump's PE_LAZY runs (`lazy_runs`): with `lazy`, every PE_LAZY run,
 /// and, for a dump that has none (a plain dump restored lazily), every run
 /// of the dump itself (layer 0) inside an eligible VMA, is left to the
-/// daemon; the rest (pages of parent images, pages in other VMAs, pages a
-/// remote lazy dump stored) is filled by restore.
+/// daemon, and so are the pages of parent images in eligible VMAs
+/// (`Plan::parent`); the rest (pages in other VMAs, pages a remote lazy
+/// dump stored) is filled by restore.
 pub fn plan(
     mm: &Mm,
     sources: &[Source],
@@ -100,6 +111,7 @@ pub fn plan(
         return Ok(p);
     }
     let mut lazy_ranges = Vec::new();
+    let mut parent_ranges = Vec::new();
     for s in sources {
         match vma_at(s.vaddr).filter(|v| eligible(v)) {
             // A remote lazy dump (it left PE_LAZY runs) chose what is lazy:
@@ -108,6 +120,7 @@ pub fn plan(
             Some(_) if s.layer == 0 && lazy_runs.is_empty() => {
                 lazy_ranges.push((s.vaddr, s.vaddr + s.len))
             }
+            Some(_) if s.layer != 0 => parent_ranges.push((s.vaddr, s.vaddr + s.len)),
             Some(_) => {
                 count(&mut p, s);
                 p.eager_uffd.push(*s);
@@ -133,20 +146,26 @@ pub fn plan(
     for r in lazy_ranges {
         crate::ranges::push(&mut p.lazy, r);
     }
-    // Every eligible VMA any lazy range touches (touching runs of
-    // neighbouring VMAs were joined into one range above).
+    parent_ranges.sort();
+    for r in parent_ranges {
+        crate::ranges::push(&mut p.parent, r);
+    }
+    // Every eligible VMA any lazy or parent range touches (touching runs
+    // of neighbouring VMAs were joined into one range above).
+    let touches = |set: &[(u64, u64)], s: u64, e: u64| {
+        let i = set.partition_point(|r| r.1 <= s);
+        set.get(i).is_some_and(|r| r.0 < e)
+    };
     p.register = mm
         .vmas
         .iter()
         .filter(|v| eligible(v))
         .map(|v| (v.start, v.end))
-        .filter(|&(s, e)| {
-            let i = p.lazy.partition_point(|r| r.1 <= s);
-            p.lazy.get(i).is_some_and(|r| r.0 < e)
-        })
+        .filter(|&(s, e)| touches(&p.lazy, s, e) || touches(&p.parent, s, e))
         .collect();
-    // Parent pages in eligible VMAs that hold no lazy pages stay with the
-    // usual fill: those VMAs are not registered.
+    // Pages a remote lazy dump stored in eligible VMAs that hold nothing
+    // for the daemon stay with the usual fill: those VMAs are not
+    // registered.
     let registered = |a: u64| {
         let i = p.register.partition_point(|r| r.1 <= a);
         p.register.get(i).is_some_and(|r| r.0 <= a)

@@ -119,15 +119,17 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
     // that in-parent pages really are in the parents.
     // Page data of every layer is checked against its run checksums here,
     // before any process exists; with --lazy-pages, only what restore
-    // fills itself (the daemon checked the rest when it started).
+    // fills itself (the daemon checked the rest when it started): pages
+    // outside eligible VMAs, and the pages a remote lazy dump stored.
     let chain = Chain::open(dir, pid, !opts.lazy_pages)?;
     if opts.lazy_pages {
         let vma_at = |addr: u64| {
             let i = mm.vmas.partition_point(|v| v.end <= addr);
             mm.vmas.get(i).filter(|v| v.start <= addr)
         };
+        let remote_lazy = !chain.lazy_runs().is_empty();
         chain.verify_runs(|layer, e| {
-            layer > 0 || !vma_at(e.vaddr).is_some_and(crate::lazy::eligible)
+            !vma_at(e.vaddr).is_some_and(crate::lazy::eligible) || (layer == 0 && remote_lazy)
         })?;
     }
     let source = ChainSource::new(chain, pid)?;
@@ -237,6 +239,9 @@ pub struct Restored {
     pub pages_eager_dump: u64,
     pub pages_eager_parent: u64,
     pub pages_lazy: u64,
+    /// Parent pages in lazy VMAs, also left to the daemon (delivered
+    /// first, from the local images).
+    pub pages_parent_lazy: u64,
 }
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
@@ -328,6 +333,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             eager_dump_pages: img.plan.eager_dump_pages,
             eager_parent_pages: img.plan.eager_parent_pages,
             lazy: img.plan.lazy.clone(),
+            parent: img.plan.parent.clone(),
             registered: img.plan.register.clone(),
         };
         crate::lazy::handoff::send(dir, conn, &h, &uffd)?;
@@ -393,5 +399,6 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         pages_eager_dump: img.plan.eager_dump_pages,
         pages_eager_parent: img.plan.eager_parent_pages,
         pages_lazy: img.plan.lazy_pages(),
+        pages_parent_lazy: img.plan.parent_pages(),
     })
 }
