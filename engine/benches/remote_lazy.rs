@@ -520,13 +520,14 @@ fn end_to_end(
     let _procs = Reap(vec![worker, twin, daemon, pid]);
     let rpid = tmp.join(format!("{name}.restored.pid"));
     let t = Instant::now();
-    run(Command::new(CRUST)
+    let rlog = run(Command::new(CRUST)
         .args([
             "restore",
             "-D",
             d,
             "--lazy-pages",
             "-d",
+            "-v",
             "--pid-wait",
             "30",
             "--pidfile",
@@ -534,6 +535,14 @@ fn end_to_end(
         .arg(&rpid)
         .stdin(Stdio::null()))?;
     let restored_in = t.elapsed();
+    // restore's own clock: from its start until the task was let go.
+    let runs_after = rlog
+        .split("restored pid ")
+        .nth(1)
+        .and_then(|r| r.split(" in ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("?")
+        .to_string();
     if busy {
         // SAFETY: kill(2) of the process we just restored (our child).
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -563,7 +572,7 @@ fn end_to_end(
     let gbs = bytes / (stats.total_us as f64 / 1e6) / 1e9;
     if precopy {
         println!(
-            "  pre-copy + post-copy, 1% dirtied after the pre-dump: lazy dump frozen {frozen} ms; restore returned after {:.1} ms; {} pages over the link (lazy), {} from the parent images by the daemon, {} filled by restore; all delivered {:.0} ms after the handoff; memory checked OK",
+            "  pre-copy + post-copy, 1% dirtied after the pre-dump: lazy dump frozen {frozen} ms; task running after {runs_after} ms (restore command returned after {:.1} ms); {} pages over the link (lazy), {} from the parent images by the daemon, {} filled by restore; all delivered {:.0} ms after the handoff; memory checked OK",
             restored_in.as_secs_f64() * 1e3,
             stats.pages_lazy,
             stats.pages_parent,
@@ -573,7 +582,7 @@ fn end_to_end(
         return Ok(());
     }
     println!(
-        "  end to end, {}: restore returned after {:.1} ms; all {} MiB delivered in {:.0} ms = {gbs:.2} GB/s = {:.0}% of the link; {} faults p50 {:.0} us p99 {:.0} us; source exited {after} us after the confirmation; memory checked OK",
+        "  end to end, {}: task running after {runs_after} ms (restore command returned after {:.1} ms); all {} MiB delivered in {:.0} ms = {gbs:.2} GB/s = {:.0}% of the link; {} faults p50 {:.0} us p99 {:.0} us; source exited {after} us after the confirmation; memory checked OK",
         if busy { "process reading every page" } else { "process idle" },
         restored_in.as_secs_f64() * 1e3,
         stats.pages_lazy >> 8,

@@ -341,18 +341,22 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     mem::finish_vmas(&mut inj, &img.mm)?;
     task::set_mm(&mut inj, &img.mm)?;
+    phases.mark("mm");
 
     let pidfd = pidfd_open(pid)?;
     task::open_fd_limit(pid)?;
     files::restore(&mut inj, &pidfd, &img.fds, &inherited)?;
+    phases.mark("files");
     task::restore(&mut inj, &img.core, &img.task)?;
     task::restore_rlimits(pid, &img.core)?;
     if let Some(a) = &img.core.attrs {
         task::restore_attrs_external(pid, a)?;
         task::restore_attrs_injected(&mut inj, a)?;
     }
+    phases.mark("task");
     mem::finish_mm(&mut inj, &img.mm)?;
     mem::verify_vm_flags(pid, &img.mm)?;
+    phases.mark("finish mm");
     // Credentials drop the privileges everything above needs: they come
     // last (dumpable and the pdeath signal, which a uid change resets,
     // with them). The scratch area goes, then the seccomp filters are
@@ -367,6 +371,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         .is_some_and(|c| !c.seccomp_filters.is_empty());
     mem::unmap_kept_vdso(&mut inj, &img.mm, filters)?;
     creds::install_seccomp(&mut inj, &img.core, &img.mm)?;
+    phases.mark("creds");
 
     let regs_img = img
         .core
@@ -389,7 +394,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     tracee.detach()?;
     stub.released = true;
-    phases.mark("task state");
+    phases.mark("registers");
     if let Some(conn) = lazy_conn.as_mut() {
         crate::lazy::handoff::restore_done(conn);
     }
