@@ -94,11 +94,37 @@ fn five_pre_dumps_then_dump_keep_every_byte(mode: &str, tracker: &str) {
         &["--track-mem", "--prev-images-dir", "../pre5"],
     );
     assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    assert_pages_file_exact(&img.join("dump"), p.pid);
     let mut r = restore_detached(&img.join("dump"), p.pid);
     r.signal(libc::SIGTERM);
     assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
     let text = read_string(&result);
     assert!(text.starts_with("OK"), "{text}");
+}
+
+/// The final dump's pages file was made ahead and filled with zeros
+/// (ImageOut::prefill_pages): it ends exactly at its data (the header's
+/// length), and the name it was made under is gone.
+fn assert_pages_file_exact(dir: &Path, pid: i32) {
+    let path = dir.join(format!("pages-{pid}.img"));
+    let len = std::fs::metadata(&path).expect("pages file").len();
+    let out = crust(["show", path_str(&path)]);
+    out.assert_ok();
+    let data_len = out.json()["message"]["data_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no data_bytes in {}", out.stdout));
+    assert_eq!(len, 4096 + data_len, "pages file not cut to its data");
+    let leftovers: Vec<String> = std::fs::read_dir(dir)
+        .expect("read images dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "left in {}: {leftovers:?}",
+        dir.display()
+    );
 }
 
 /// The tracker lives in the task at a high close-on-exec descriptor

@@ -301,6 +301,23 @@ struct Parent {
     layer: LayerMap,
 }
 
+/// What a final dump is expected to write after the pre-dump in `pdir`:
+/// what that one wrote, plus a quarter and 256 KiB (a file made too big
+/// is cut at the end; one too small grows as usual).
+fn prefill_estimate(pdir: &Path, pid: pid_t) -> u64 {
+    let pages = ImageDir {
+        path: pdir.to_path_buf(),
+    }
+    .file(Kind::Pages, Some(pid));
+    match std::fs::metadata(pages) {
+        Ok(md) if md.len() > crate::image::container::PAGES_DATA_OFFSET => {
+            let last = md.len() - crate::image::container::PAGES_DATA_OFFSET;
+            (last + last / 4 + (256 << 10)) & !4095
+        }
+        _ => 0,
+    }
+}
+
 fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Parent>> {
     let Some(rel) = &track.prev_images_dir else {
         return Ok(None);
@@ -744,6 +761,12 @@ fn dump_inner(
     refuse::task_state(pid, *tracker_fd, &opts.external)?;
     // What the page copy needs, made before the task is frozen.
     mem::warm_buffers();
+    // After pre-dumps, the final dump writes about as much as the last
+    // one did: its pages file is made and filled now, and overwritten
+    // while frozen (ImageOut::prefill_pages).
+    if let (Some(p), None) = (&parent, &lazy) {
+        images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
+    }
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;

@@ -531,6 +531,8 @@ pub struct PagesWriter {
     path: PathBuf,
     file: File,
     written: u64,
+    /// Bytes of zeros written ahead of the data (see `create_prefilled`).
+    prefilled: u64,
 }
 
 impl PagesWriter {
@@ -542,7 +544,44 @@ impl PagesWriter {
             path: path.to_path_buf(),
             file,
             written: 0,
+            prefilled: 0,
         })
+    }
+
+    /// A pages file whose first `bytes` of data are written (zeros) now:
+    /// the data written later overwrites page cache that already exists,
+    /// instead of allocating it (fresh page-cache folios cost a first-touch
+    /// fault each here: most of a final dump's frozen copy). `finish`
+    /// cuts what was not overwritten.
+    pub fn create_prefilled(path: &Path, bytes: u64) -> Result<PagesWriter> {
+        use std::os::unix::fs::FileExt;
+        let w = PagesWriter::create(path)?;
+        let zeros = vec![0u8; 4 << 20];
+        let mut at = 0;
+        while at < bytes {
+            let n = (bytes - at).min(zeros.len() as u64) as usize;
+            w.file
+                .write_all_at(&zeros[..n], PAGES_DATA_OFFSET + at)
+                .map_err(|e| ImageError::io(path, e))?;
+            at += n as u64;
+        }
+        Ok(PagesWriter {
+            prefilled: bytes,
+            ..w
+        })
+    }
+
+    /// Renames the file (same directory): a prefilled file is made under
+    /// a name that is no image's, and takes its real name once the stale
+    /// images are gone.
+    pub fn rename_to(&mut self, path: &Path) -> Result<()> {
+        fs::rename(&self.path, path).map_err(|e| ImageError::io(path, e))?;
+        self.path = path.to_path_buf();
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
@@ -572,6 +611,11 @@ impl PagesWriter {
         // Page data is not checksummed: hashing gigabytes would cost more
         // than the dump itself; its length is checked instead.
         let header = encode_header(Kind::Pages, self.written, 0, PAGES_DATA_OFFSET as u32);
+        if self.prefilled > self.written {
+            self.file
+                .set_len(PAGES_DATA_OFFSET + self.written)
+                .map_err(|e| ImageError::io(&self.path, e))?;
+        }
         self.file
             .seek(SeekFrom::Start(0))
             .and_then(|_| self.file.write_all(&header))

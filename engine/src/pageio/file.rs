@@ -21,6 +21,21 @@ impl FileSink {
             out: PagesWriter::create(path)?,
         })
     }
+
+    /// See `PagesWriter::create_prefilled`.
+    pub fn create_prefilled(path: &Path, bytes: u64) -> Result<FileSink> {
+        Ok(FileSink {
+            out: PagesWriter::create_prefilled(path, bytes)?,
+        })
+    }
+
+    pub fn rename_to(&mut self, path: &Path) -> Result<()> {
+        Ok(self.out.rename_to(path)?)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.out.path()
+    }
 }
 
 impl PageSink for FileSink {

@@ -18,6 +18,18 @@ use crate::pageserver::client::{lock, Conn, Shared};
 pub struct ImageOut {
     pub dir: ImageDir,
     server: Option<Shared>,
+    /// A pages file made before the task was frozen (`prefill_pages`),
+    /// under a name no image has, for this pid.
+    prefilled: std::sync::Mutex<Option<(i32, FileSink)>>,
+}
+
+impl Drop for ImageOut {
+    fn drop(&mut self) {
+        // Never taken (the dump failed before its copy): not an image.
+        if let Some((_, f)) = self.prefilled.get_mut().ok().and_then(|p| p.take()) {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
 }
 
 impl ImageOut {
@@ -27,7 +39,31 @@ impl ImageOut {
         let server = page_server
             .map(|a| Conn::connect(a).map(Conn::shared))
             .transpose()?;
-        Ok(ImageOut { dir, server })
+        Ok(ImageOut {
+            dir,
+            server,
+            prefilled: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Makes `pid`'s pages file now, `bytes` of it written ahead (see
+    /// `PagesWriter::create_prefilled`), for a final dump to overwrite
+    /// while the task is frozen. Only for a pages file written here.
+    pub fn prefill_pages(&self, pid: i32, bytes: u64) -> Result<()> {
+        if self.server.is_some() || bytes == 0 {
+            return Ok(());
+        }
+        let tmp = self.dir.path.join(format!(".pages-{pid}.img.prefill"));
+        // One left by a dump that was killed: never an image, not ours.
+        if std::fs::symlink_metadata(&tmp).is_ok() {
+            std::fs::remove_file(&tmp)
+                .map_err(|e| crate::error::Error::io("removing", tmp.clone(), e))?;
+        }
+        let f = FileSink::create_prefilled(&tmp, bytes)?;
+        if let Ok(mut p) = self.prefilled.lock() {
+            *p = Some((pid, f));
+        }
+        Ok(())
     }
 
     /// The page server's address, if pages go there.
@@ -52,6 +88,15 @@ impl ImageOut {
 
     /// The sink for the page data of `pid`.
     pub fn pages(&self, pid: i32) -> Result<Box<dyn PageSink>> {
+        let made = self
+            .prefilled
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take_if(|(p, _)| *p == pid));
+        if let Some((_, mut f)) = made {
+            f.rename_to(&self.dir.file(Kind::Pages, Some(pid)))?;
+            return Ok(Box::new(f));
+        }
         Ok(match &self.server {
             Some(s) => Box::new(ServerSink::begin(s.clone(), pid)?),
             None => Box::new(FileSink::create(&self.dir.file(Kind::Pages, Some(pid)))?),
