@@ -119,7 +119,12 @@ pub fn replay_switches(run: &Command, matches: &ArgMatches) -> Vec<String> {
         let value = |raw: &std::ffi::OsStr| -> String {
             let path = Path::new(raw);
             let raw = match (&cwd, is_path && path.is_relative()) {
-                (Some(cwd), true) => cwd.join(path).into_os_string(),
+                // (components() drops the `.` of `dir/.`)
+                (Some(cwd), true) => cwd
+                    .join(path)
+                    .components()
+                    .collect::<PathBuf>()
+                    .into_os_string(),
                 _ => raw.to_os_string(),
             };
             raw.to_string_lossy().into_owned()
@@ -270,6 +275,13 @@ mod tests {
         );
         let cwd = std::env::current_dir().expect("cwd");
         let abs = |p: &str| cwd.join(p).to_string_lossy().into_owned();
+        assert_eq!(
+            switches(&["-a", "--tests-dir", "."]),
+            [
+                "--tests-dir".to_string(),
+                cwd.to_string_lossy().into_owned()
+            ]
+        );
         assert_eq!(
             switches(&["-a", "--crust", "t/crust", "--tests-dir=/abs/tests"]),
             [
