@@ -44,6 +44,8 @@ pub struct Terminal {
     failed: usize,
     /// (test, flavor) of the runs going on, in start order.
     running: Vec<(String, String)>,
+    /// Every run started so far, in start order.
+    started: Vec<(String, String)>,
     outcomes: Vec<Outcome>,
     /// Whether a progress line is on the screen.
     drawn: bool,
@@ -62,6 +64,7 @@ impl Terminal {
             done: 0,
             failed: 0,
             running: Vec::new(),
+            started: Vec::new(),
             outcomes: Vec::new(),
             drawn: false,
         }
@@ -161,6 +164,7 @@ impl Reporter for Terminal {
             }
             Event::RunStarted { test, flavor } => {
                 self.running.push((test.clone(), flavor.clone()));
+                self.started.push((test.clone(), flavor.clone()));
                 self.draw();
             }
             Event::RunFinished { outcome } => {
@@ -180,6 +184,7 @@ impl Reporter for Terminal {
                 self.draw();
             }
             Event::SuiteFinished { summary, elapsed } => {
+                in_start_order(&mut self.outcomes, &self.started);
                 let text = render_summary(&self.outcomes, summary, *elapsed, self.jobs);
                 self.print(&text);
             }
@@ -190,6 +195,17 @@ impl Reporter for Terminal {
         self.erase();
         Ok(())
     }
+}
+
+/// Sorts `outcomes` (which come as runs finish) in the order their runs
+/// started (the order of the jobs, tests first, then flavors).
+pub fn in_start_order(outcomes: &mut [Outcome], started: &[(String, String)]) {
+    outcomes.sort_by_key(|o| {
+        started
+            .iter()
+            .position(|(t, f)| *t == o.test && *f == o.flavor)
+            .unwrap_or(usize::MAX)
+    });
 }
 
 /// A verdict's mark.
@@ -308,6 +324,7 @@ fn create(path: &Path) -> Result<File, String> {
 pub struct Junit {
     path: PathBuf,
     file: Option<File>,
+    started: Vec<(String, String)>,
     outcomes: Vec<Outcome>,
     elapsed: Duration,
 }
@@ -319,6 +336,7 @@ impl Junit {
         Ok(Junit {
             file: Some(create(path)?),
             path: path.to_path_buf(),
+            started: Vec::new(),
             outcomes: Vec::new(),
             elapsed: Duration::ZERO,
         })
@@ -328,9 +346,10 @@ impl Junit {
 impl Reporter for Junit {
     fn event(&mut self, event: &Event) {
         match event {
+            Event::RunStarted { test, flavor } => self.started.push((test.clone(), flavor.clone())),
             Event::RunFinished { outcome } => self.outcomes.push(outcome.clone()),
             Event::SuiteFinished { elapsed, .. } => self.elapsed = *elapsed,
-            Event::SuiteStarted { .. } | Event::RunStarted { .. } => {}
+            Event::SuiteStarted { .. } => {}
         }
     }
 
@@ -338,6 +357,7 @@ impl Reporter for Junit {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
+        in_start_order(&mut self.outcomes, &self.started);
         let xml = render_junit(&self.outcomes, self.elapsed);
         let mut w = BufWriter::new(file);
         w.write_all(xml.as_bytes())
@@ -644,6 +664,36 @@ mod tests {
             render_summary(&[], &Summary::default(), Duration::ZERO, 1),
             "zdtm: 0 passed, 0 failed, 0 skipped\n"
         );
+    }
+
+    #[test]
+    fn summary_follows_the_start_order() {
+        let out = Buf::default();
+        let mut t = Terminal::new(Box::new(out.clone()), None, 80);
+        t.event(&Event::SuiteStarted { total: 2, jobs: 2 });
+        for test in ["b", "a"] {
+            t.event(&Event::RunStarted {
+                test: test.into(),
+                flavor: "dump".into(),
+            });
+        }
+        for test in ["a", "b"] {
+            t.event(&Event::RunFinished {
+                outcome: outcome(test, "dump", Verdict::Pass, 10),
+            });
+        }
+        t.event(&Event::SuiteFinished {
+            summary: Summary::default(),
+            elapsed: Duration::ZERO,
+        });
+        let text = out.text();
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Summary"))
+            .skip(2)
+            .take(2)
+            .collect();
+        assert_eq!(rows, ["  b     PASS 0.01s", "  a     PASS 0.01s"], "{text}");
     }
 
     #[test]
