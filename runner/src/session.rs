@@ -1,7 +1,6 @@
 //! The `list` and `run` commands.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 use nix::unistd::geteuid;
@@ -297,21 +296,27 @@ fn execute(
     replay: &(dyn Fn(&TestSpec, &Effective) -> String + Sync),
     reporters: &mut Reporters,
 ) -> Summary {
-    let next = &AtomicUsize::new(0);
+    // Taking the next job and announcing it happen under one lock, so
+    // that the `RunStarted` events come in job order.
+    let next = &Mutex::new(0usize);
     let (tx, rx) = mpsc::channel::<Event>();
     let mut summary = Summary::default();
     std::thread::scope(|scope| {
         for _ in 0..parallel.max(1) {
             let tx = tx.clone();
             scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((test, flavor)) = jobs.get(i) else {
-                    break;
+                let (test, flavor) = {
+                    let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(&(test, flavor)) = jobs.get(*next) else {
+                        break;
+                    };
+                    *next += 1;
+                    let _ = tx.send(Event::RunStarted {
+                        test: test.name.clone(),
+                        flavor: flavor.label(),
+                    });
+                    (test, flavor)
                 };
-                let _ = tx.send(Event::RunStarted {
-                    test: test.name.clone(),
-                    flavor: flavor.label(),
-                });
                 let mut outcome = run_one(ctx, test, flavor);
                 outcome.replay = replay(test, flavor);
                 let _ = tx.send(Event::RunFinished { outcome });
