@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::flavors::{Lazy, Overrides, PreDumpMode, MAX_PRE_DUMPS};
+use crate::report::KeepImg;
 
 /// zdtm: checkpoint/restore conformance harness for crust.
 ///
 /// Exit status: 0 when every run passed (or was skipped), 1 when at least
 /// one failed, 2 on usage or setup errors (bad manifest or flavor file,
-/// unknown test or flavor, crust missing, not root), 130 when interrupted.
+/// unknown test or flavor, crust missing, not root, a --junit or --json
+/// file that cannot be written), 130 when interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "zdtm", version)]
 pub struct Cli {
@@ -21,6 +23,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Cmd {
     /// List the tests of the manifest and the flavors.
     List(ListArgs),
@@ -100,18 +103,37 @@ pub struct RunArgs {
     /// (the run must still pass: no page is lost).
     #[arg(long = "cut-link", value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=600))]
     pub cut_link: Option<u32>,
-    /// Keep the work dir (images, logs) of passing runs too.
-    #[arg(long)]
-    pub keep_img: bool,
+    /// Which runs keep their work dir (images, logs): `always`, `failed`
+    /// or `never`; a bare `--keep-img` means `always`.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        value_enum,
+        num_args = 0..=1,
+        default_value = "failed",
+        default_missing_value = "always"
+    )]
+    pub keep_img: KeepImg,
+    /// Also write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Also write the events as JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// The switches of the command line a replay command repeats (see
+    /// `events::replay_switches`; `None`: none).
+    #[arg(skip)]
+    pub replay_switches: Option<Vec<String>>,
     /// The crust binary [default: crust next to the zdtm binary].
     #[arg(long, value_name = "PATH")]
     pub crust: Option<PathBuf>,
     /// Where work dirs go: LOG_DIR/TEST/FLAVOR/.
     #[arg(long, value_name = "DIR", default_value = "zdtm-logs")]
     pub log_dir: PathBuf,
-    /// Number of runs in parallel.
+    /// Number of runs in parallel (`-p N` is the same).
     #[arg(
         short = 'j',
+        visible_short_alias = 'p',
         long = "jobs",
         value_name = "N",
         default_value_t = 1,
@@ -172,7 +194,24 @@ mod tests {
         assert_eq!(r.tests, ["a", "b"]);
         assert_eq!(r.flavors, ["dump"]);
         assert_eq!(r.jobs, 2);
-        assert!(r.keep_img);
+        assert_eq!(r.keep_img, KeepImg::Always);
+        assert_eq!(parse(&["-a"]).expect("ok").keep_img, KeepImg::Failed);
+        for (word, keep) in [
+            ("always", KeepImg::Always),
+            ("failed", KeepImg::Failed),
+            ("never", KeepImg::Never),
+        ] {
+            let r = parse(&["-a", "--keep-img", word]).expect("ok");
+            assert_eq!(r.keep_img, keep);
+            let r = parse(&["-a", &format!("--keep-img={word}")]).expect("ok");
+            assert_eq!(r.keep_img, keep);
+        }
+        assert!(parse(&["-a", "--keep-img", "sometimes"]).is_err());
+        let r = parse(&["--keep-img", "-a", "-p", "3"]).expect("ok");
+        assert_eq!((r.keep_img, r.jobs), (KeepImg::Always, 3));
+        let r = parse(&["-a", "--junit", "j.xml", "--json", "e.jsonl"]).expect("ok");
+        assert_eq!(r.junit, Some(PathBuf::from("j.xml")));
+        assert_eq!(r.json, Some(PathBuf::from("e.jsonl")));
 
         let r = parse(&[
             "--bin",

@@ -17,7 +17,11 @@
 //!   subreaper, the interrupt handler and the final sweep.
 //! - [`freeze`]: stopping a task with ptrace while its state is read.
 //! - [`state`]: the visible state of a task and its comparison.
-//! - [`report`]: result lines and the summary.
+//! - [`report`]: result lines and the summary counts.
+//! - [`events`]: the events the runs emit and the reporters consume; the
+//!   replay command of a run.
+//! - [`reporters`]: the terminal (result lines, progress line, summary
+//!   table), `--junit` and `--json`.
 //! - [`error`]: setup errors (exit status 2).
 //!
 //! The crate also builds `zdtm-dummy` (`src/bin/zdtm_dummy.rs`), the
@@ -27,6 +31,7 @@
 pub mod cli;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod flavors;
 pub mod freeze;
 pub mod locate;
@@ -34,6 +39,7 @@ pub mod manifest;
 pub mod netns;
 pub mod procs;
 pub mod report;
+pub mod reporters;
 pub mod run;
 pub mod session;
 pub mod state;

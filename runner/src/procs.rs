@@ -368,8 +368,14 @@ pub fn install_interrupt_handler() -> nix::Result<()> {
             }
             let swept = sweep_children();
             crate::netns::teardown_registered();
+            // On a terminal, over the progress line (see reporters).
+            let erase = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                "\r\x1b[K"
+            } else {
+                ""
+            };
             eprintln!(
-                "zdtm: interrupted by {name}: killed {} process(es); work dirs are kept",
+                "{erase}zdtm: interrupted by {name}: killed {} process(es); work dirs are kept",
                 pids.len() + swept.len(),
             );
             std::process::exit(EXIT_INTERRUPTED);

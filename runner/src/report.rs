@@ -6,9 +6,11 @@
 //! FAIL name (flavor): check: first line of the detail
 //!     further detail lines, indented
 //!     work dir: /abs/path/zdtm-logs/name/flavor
+//!     replay: zdtm run -t name -f flavor --keep-img always
 //! SKIP name (flavor): reason
 //! ```
-//! and at the end exactly `zdtm: N passed, N failed, N skipped`.
+//! and at the end (see [`crate::reporters`]) a table, the slowest runs
+//! and exactly `zdtm: N passed, N failed, N skipped`.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
@@ -37,14 +39,58 @@ impl Failure {
 
     /// Appends the tail of a log file to the detail, if it has any.
     pub fn with_tail(mut self, path: &Path) -> Self {
-        if let Some(tail) = tail_file(path, TAIL_LINES) {
-            let _ = write!(
-                self.detail,
-                "\n--- last lines of {} ---\n{tail}",
-                path.display()
-            );
-        }
+        self.push_tail(path);
         self
+    }
+
+    /// Appends the tail of a log file to the detail, if it has any.
+    pub fn push_tail(&mut self, path: &Path) {
+        if let Some(tail) = tail_file(path, TAIL_LINES) {
+            let _ = write!(self.detail, "\n{}\n{tail}", tail_header(path));
+        }
+    }
+}
+
+/// The line before a log's tail in a failure's detail.
+fn tail_header(path: &Path) -> String {
+    format!("--- last lines of {} ---", path.display())
+}
+
+/// Makes sure the failures of a run show the tail of each of `logs`
+/// (the engine's last log, the test's output) that is not empty: those
+/// not shown by any failure yet are appended to the first one.
+pub fn attach_tails(failures: &mut [Failure], logs: &[&Path]) {
+    for path in logs {
+        let header = tail_header(path);
+        if failures.iter().any(|f| f.detail.contains(&header)) {
+            continue;
+        }
+        if let Some(first) = failures.first_mut() {
+            first.push_tail(path);
+        }
+    }
+}
+
+/// Which work dirs `zdtm run` keeps (`--keep-img`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeepImg {
+    /// Every run's, passing ones too (a bare `--keep-img`).
+    Always,
+    /// Failed runs' only (the default).
+    #[default]
+    Failed,
+    /// None: even a failed run's work dir is removed.
+    Never,
+}
+
+impl KeepImg {
+    /// Whether a run's work dir is kept, given whether it passed.
+    pub fn keeps(self, passed: bool) -> bool {
+        match self {
+            KeepImg::Always => true,
+            KeepImg::Failed => !passed,
+            KeepImg::Never => false,
+        }
     }
 }
 
@@ -96,8 +142,11 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// The work dir, when kept (failure or `--keep-img`).
+    /// The work dir, when kept (see [`KeepImg`]).
     pub work_dir: Option<PathBuf>,
+    /// The one-line shell command that runs just this test in just this
+    /// flavor again, keeping its work dir (empty when unknown).
+    pub replay: String,
 }
 
 fn indent(out: &mut String, text: &str) {
@@ -137,6 +186,9 @@ impl Outcome {
                 if let Some(dir) = &self.work_dir {
                     let _ = writeln!(out, "    work dir: {}", dir.display());
                 }
+                if !self.replay.is_empty() {
+                    let _ = writeln!(out, "    replay: {}", self.replay);
+                }
             }
         }
         out
@@ -159,13 +211,18 @@ impl Summary {
     pub fn of(outcomes: &[Outcome]) -> Summary {
         let mut s = Summary::default();
         for o in outcomes {
-            match o.verdict {
-                Verdict::Pass => s.passed += 1,
-                Verdict::Fail(_) => s.failed += 1,
-                Verdict::Skip(_) => s.skipped += 1,
-            }
+            s.add(o);
         }
         s
+    }
+
+    /// Counts one more outcome.
+    pub fn add(&mut self, outcome: &Outcome) {
+        match outcome.verdict {
+            Verdict::Pass => self.passed += 1,
+            Verdict::Fail(_) => self.failed += 1,
+            Verdict::Skip(_) => self.skipped += 1,
+        }
     }
 
     /// The closing line, without newline.
@@ -188,6 +245,7 @@ mod tests {
             verdict,
             elapsed: Duration::from_millis(420),
             work_dir: None,
+            replay: String::new(),
         }
     }
 
@@ -214,6 +272,42 @@ mod tests {
              \x20   test: FAIL: bad\n\
              \x20   work dir: /logs/env00/dump\n"
         );
+        o.replay = "zdtm run -t env00 -f dump --keep-img always".into();
+        assert!(o.render().ends_with(
+            "    work dir: /logs/env00/dump\n    replay: zdtm run -t env00 -f dump --keep-img always\n"
+        ));
+    }
+
+    #[test]
+    fn keep_img_modes() {
+        assert!(KeepImg::Always.keeps(true) && KeepImg::Always.keeps(false));
+        assert!(!KeepImg::Failed.keeps(true) && KeepImg::Failed.keeps(false));
+        assert!(!KeepImg::Never.keeps(true) && !KeepImg::Never.keeps(false));
+        assert_eq!(KeepImg::default(), KeepImg::Failed);
+    }
+
+    #[test]
+    fn attaches_missing_tails_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (engine, test, empty) = (
+            dir.path().join("restore.log"),
+            dir.path().join("test.log"),
+            dir.path().join("empty.log"),
+        );
+        std::fs::write(&engine, "restoring\nerror: boom\n").expect("write");
+        std::fs::write(&test, "test says hi\n").expect("write");
+        std::fs::write(&empty, "").expect("write");
+        let mut failures = vec![
+            Failure::new("restore", "crust restore exited with status 1").with_tail(&engine),
+            Failure::new("test", "x"),
+        ];
+        attach_tails(&mut failures, &[&engine, &test, &empty]);
+        let first = &failures[0].detail;
+        assert_eq!(first.matches("last lines of").count(), 2, "{first}");
+        assert!(first.ends_with("test says hi"), "{first}");
+        assert_eq!(failures[1].detail, "x");
+        let mut none: Vec<Failure> = Vec::new();
+        attach_tails(&mut none, &[&engine]);
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! 10. SIGTERM, wait for the exit, read the verdict in the outfile;
 //!     lazy: wait for the daemon (and the serving dump) to exit 0;
 //! 11. kill and reap whatever the run started that still lives; keep the
-//!     work dir on failure (or with `--keep-img`), remove it otherwise.
+//!     work dir on failure (`--keep-img always|failed|never` says which
+//!     work dirs are kept), remove it otherwise.
 
 use std::collections::BTreeSet;
 use std::fs::{DirBuilder, OpenOptions};
@@ -42,7 +43,7 @@ use crate::locate::check_executable;
 use crate::manifest::{is_skipped, TestEntry, DEFAULT_TIMEOUT_SECS};
 use crate::netns::Link;
 use crate::procs::{self, clean_command, poll_child, wait_exit, Backoff, ChildState, Tracker};
-use crate::report::{tail_file, Failure, Outcome, Verdict, TAIL_LINES};
+use crate::report::{attach_tails, tail_file, Failure, KeepImg, Outcome, Verdict, TAIL_LINES};
 use crate::state::{self, diff, status, vmflags, VisibleState};
 
 /// How long to wait for a test to block for good before capturing it.
@@ -69,8 +70,8 @@ pub struct RunContext {
     pub crust: Crust,
     /// Absolute log directory; work dirs go below.
     pub log_dir: PathBuf,
-    /// Keep work dirs of passing runs.
-    pub keep_img: bool,
+    /// Which work dirs to keep.
+    pub keep_img: KeepImg,
     /// `/proc/cpuinfo` flags, for `needs`.
     pub cpu_flags: BTreeSet<String>,
     /// The session's network namespace and veth pair, when a remote lazy
@@ -313,6 +314,7 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         verdict,
         elapsed: started.elapsed(),
         work_dir,
+        replay: String::new(),
     };
     if let Some(reason) = skip_reason(test, flavor, &ctx.cpu_flags) {
         return outcome(Verdict::Skip(reason), None);
@@ -350,18 +352,34 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
             ),
         ));
     }
-    if failures.is_empty() {
-        if ctx.keep_img {
-            return outcome(Verdict::Pass, Some(work.root));
-        }
-        let _ = std::fs::remove_dir_all(&work.root);
-        if let Some(parent) = work.root.parent() {
-            // Only succeeds when no other flavor left anything there.
-            let _ = std::fs::remove_dir(parent);
-        }
-        return outcome(Verdict::Pass, None);
+    let passed = failures.is_empty();
+    if !passed {
+        // Whatever failed: the engine's last log and the test's output.
+        let engine_log = [&work.restore.log, &work.dump.log]
+            .into_iter()
+            .chain(work.pre.iter().rev().map(|p| &p.files.log))
+            .find(|log| log.exists());
+        let logs: Vec<&Path> = engine_log
+            .into_iter()
+            .chain([&work.test_log])
+            .map(PathBuf::as_path)
+            .collect();
+        attach_tails(&mut failures, &logs);
     }
-    outcome(Verdict::Fail(failures), Some(work.root))
+    let verdict = if passed {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(failures)
+    };
+    if ctx.keep_img.keeps(passed) {
+        return outcome(verdict, Some(work.root));
+    }
+    let _ = std::fs::remove_dir_all(&work.root);
+    if let Some(parent) = work.root.parent() {
+        // Only succeeds when no other flavor left anything there.
+        let _ = std::fs::remove_dir(parent);
+    }
+    outcome(verdict, None)
 }
 
 /// The lazy side of a run: the processes that serve its pages.

@@ -1,20 +1,21 @@
 //! The `list` and `run` commands.
 
-use std::io::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
 
 use nix::unistd::geteuid;
 
 use crate::cli::{ListArgs, RunArgs};
 use crate::driver::Crust;
-use crate::error::{SetupError, EXIT_FAILED};
+use crate::error::{SetupError, EXIT_FAILED, EXIT_SETUP};
+use crate::events::{self, Event, Reporter, Reporters};
 use crate::flavors::{apply_overrides, Effective, FlavorSet, Lazy};
 use crate::locate;
 use crate::manifest::Manifest;
 use crate::netns::Link;
 use crate::procs;
-use crate::report::{Outcome, Summary};
+use crate::report::Summary;
+use crate::reporters::{JsonLines, Junit, Terminal};
 use crate::run::{parse_cpu_flags, run_one, RunContext, TestSpec};
 
 /// `zdtm list`: tests with descriptions, then flavors.
@@ -135,8 +136,27 @@ fn select_tests(args: &RunArgs) -> Result<Vec<TestSpec>, SetupError> {
         .collect()
 }
 
-/// `zdtm run`. Returns the exit status: 0, or 1 if a run failed.
+/// The reporters of `zdtm run`: the terminal, and the `--junit` and
+/// `--json` files (created now: one that cannot be is a setup error).
+fn open_reporters(args: &RunArgs) -> Result<Reporters, SetupError> {
+    let mut reporters: Vec<Box<dyn Reporter>> = vec![Box::new(Terminal::stdio())];
+    if let Some(path) = &args.junit {
+        reporters.push(Box::new(
+            Junit::create(path).map_err(|e| SetupError::Usage(format!("--junit: {e}")))?,
+        ));
+    }
+    if let Some(path) = &args.json {
+        reporters.push(Box::new(
+            JsonLines::create(path).map_err(|e| SetupError::Usage(format!("--json: {e}")))?,
+        ));
+    }
+    Ok(Reporters(reporters))
+}
+
+/// `zdtm run`. Returns the exit status: 0, 1 if a run failed, 2 if a
+/// report file could not be written.
 pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
+    let session_start = Instant::now();
     let euid = geteuid();
     if !euid.is_root() {
         return Err(SetupError::NotRoot {
@@ -180,6 +200,7 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         .map_err(|e| SetupError::io("cannot resolve log dir", &args.log_dir, e))?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
         .map_err(|e| SetupError::io("cannot read", "/proc/cpuinfo", e))?;
+    let mut reporters = open_reporters(args)?;
 
     procs::set_subreaper().map_err(|source| SetupError::System {
         what: "prctl(PR_SET_CHILD_SUBREAPER)",
@@ -214,7 +235,22 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         .iter()
         .flat_map(|t| flavors.iter().map(move |f| (t, f)))
         .collect();
-    let outcomes = execute(&ctx, &jobs, usize::from(args.jobs));
+    let parallel = usize::from(args.jobs).clamp(1, jobs.len().max(1));
+    let program = events::program_name(std::env::args_os().next());
+    let replay = |test: &TestSpec, flavor: &Effective| match &args.replay_switches {
+        Some(switches) => events::replay_command(
+            &program,
+            args.bin.is_none().then_some(test.name.as_str()),
+            &flavor.name,
+            switches,
+        ),
+        None => String::new(),
+    };
+    reporters.event(&Event::SuiteStarted {
+        total: jobs.len(),
+        jobs: parallel,
+    });
+    let summary = execute(&ctx, &jobs, parallel, &replay, &mut reporters);
 
     let swept = procs::sweep_children();
     if !swept.is_empty() {
@@ -232,43 +268,69 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         let _ = std::fs::remove_dir(&log_dir);
     }
 
-    let summary = Summary::of(&outcomes);
-    println!("{}", summary.render());
-    let _ = std::io::stdout().flush();
-    Ok(if summary.failed > 0 { EXIT_FAILED } else { 0 })
+    reporters.event(&Event::SuiteFinished {
+        summary,
+        elapsed: session_start.elapsed(),
+    });
+    let errors = reporters.finish();
+    for e in &errors {
+        eprintln!("zdtm: error: {e}");
+    }
+    Ok(if !errors.is_empty() {
+        EXIT_SETUP
+    } else if summary.failed > 0 {
+        EXIT_FAILED
+    } else {
+        0
+    })
 }
 
-/// Runs `jobs` on `parallel` threads, printing each outcome as it comes;
-/// returns them in job order.
-fn execute(ctx: &RunContext, jobs: &[(&TestSpec, &Effective)], parallel: usize) -> Vec<Outcome> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; jobs.len()]);
-    let worker = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some((test, flavor)) = jobs.get(i) else {
-            break;
-        };
-        let outcome = run_one(ctx, test, flavor);
-        {
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(outcome.render().as_bytes());
-            let _ = stdout.flush();
-        }
-        results
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())[i] = Some(outcome);
-    };
+/// Runs `jobs` on `parallel` threads. The workers emit a
+/// [`Event::RunStarted`] and a [`Event::RunFinished`] per run on a
+/// channel; this thread hands them to the reporters as they come and
+/// counts the outcomes.
+fn execute(
+    ctx: &RunContext,
+    jobs: &[(&TestSpec, &Effective)],
+    parallel: usize,
+    replay: &(dyn Fn(&TestSpec, &Effective) -> String + Sync),
+    reporters: &mut Reporters,
+) -> Summary {
+    // Taking the next job and announcing it happen under one lock, so
+    // that the `RunStarted` events come in job order.
+    let next = &Mutex::new(0usize);
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut summary = Summary::default();
     std::thread::scope(|scope| {
-        for _ in 0..parallel.clamp(1, jobs.len().max(1)) {
-            scope.spawn(worker);
+        for _ in 0..parallel.max(1) {
+            let tx = tx.clone();
+            scope.spawn(move || loop {
+                let (test, flavor) = {
+                    let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(&(test, flavor)) = jobs.get(*next) else {
+                        break;
+                    };
+                    *next += 1;
+                    let _ = tx.send(Event::RunStarted {
+                        test: test.name.clone(),
+                        flavor: flavor.label(),
+                    });
+                    (test, flavor)
+                };
+                let mut outcome = run_one(ctx, test, flavor);
+                outcome.replay = replay(test, flavor);
+                let _ = tx.send(Event::RunFinished { outcome });
+            });
+        }
+        drop(tx);
+        for event in rx {
+            if let Event::RunFinished { outcome } = &event {
+                summary.add(outcome);
+            }
+            reporters.event(&event);
         }
     });
-    results
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .into_iter()
-        .flatten()
-        .collect()
+    summary
 }
 
 #[cfg(test)]

@@ -318,7 +318,11 @@ fn excluded_flavor_is_skipped() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "SKIP beta (dump): excluded from flavor dump\nzdtm: 0 passed, 0 failed, 1 skipped\n"
+        "SKIP beta (dump): excluded from flavor dump\n\
+         Summary (test x flavor, wall time of each run):\n\
+         \x20 test  dump\n\
+         \x20 beta  SKIP\n\
+         zdtm: 0 passed, 0 failed, 1 skipped\n"
     );
     assert!(!logs.exists(), "an empty log dir is left behind");
 }

@@ -5,8 +5,8 @@
 //!
 //! `zdtm-dummy --pidfile=P --outfile=O [--mode=M] [--threads=N] [--steps] [--foreground]`
 //!
-//! Modes: `pass` (default: write PASS on SIGTERM), `fail` (write `FAIL:
-//! asked to`), `launcher-fail` (the launcher exits 3), `no-pidfile` (the
+//! Modes: `pass` (default: write PASS on SIGTERM), `fail` (say so on
+//! stderr and write `FAIL: asked to`), `launcher-fail` (the launcher exits 3), `no-pidfile` (the
 //! launcher exits 0 without writing the pidfile), `launcher-hang` (the
 //! launcher never exits, its daemon runs), `busy` (a thread keeps
 //! writing memory: the task is not quiescent), `vfork` (once ready, the main
@@ -297,6 +297,8 @@ fn daemon(args: &Args, ready: impl FnOnce()) -> ! {
     }
     wait_for_sigterm();
     let verdict = if args.mode == "fail" {
+        // On stderr, the runner's test.log: a failure shows its tail.
+        eprintln!("zdtm-dummy: reporting FAIL as asked (--mode=fail)");
         "FAIL: asked to\n".to_string()
     } else if let Err(reason) = check_steps() {
         format!("FAIL: {reason}\n")
