@@ -366,7 +366,12 @@ impl Crust {
             Ok(out) if out.status.success() => None,
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stderr);
-                let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                // Its last message, without CRIU's `Warn  (file.c:N): `.
+                let last = text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| {
+                    l.split_once("): ")
+                        .filter(|(head, _)| head.contains(" ("))
+                        .map_or(l, |(_, message)| message)
+                });
                 Some(format!(
                     "the engine cannot track dirty memory here (`criu check --feature \
                      mem_dirty_track`: {}{}): no pre-dumps",
