@@ -135,8 +135,9 @@ impl EngineKind {
     pub fn cannot_run(self, lazy: Option<crate::flavors::Lazy>) -> Option<String> {
         match (self, lazy) {
             (EngineKind::Criu, Some(crate::flavors::Lazy::Remote)) => Some(
-                "remote lazy flavors are not driven on CRIU: its `dump --lazy-pages` serves the \
-                 pages in the foreground (no -d to return once they are ready)"
+                "remote lazy flavors are not driven on CRIU: its `dump --lazy-pages` keeps the \
+                 task, frozen, until every page is served, so its pid is not free for the \
+                 restore in the same pid namespace"
                     .to_string(),
             ),
             _ => None,
@@ -458,9 +459,10 @@ impl Crust {
 /// - `--shell-job` on dump and restore: a `--bin` program need not be a
 ///   session leader; for one that is (every zdtm test calls setsid), the
 ///   option changes nothing;
-/// - no lazy dump served in the background (`dump --lazy-pages` serves in
-///   the foreground), so remote lazy flavors are skipped
-///   ([`EngineKind::cannot_run`]);
+/// - no remote lazy runs: CRIU's `dump --lazy-pages` serves the pages in
+///   the foreground and kills the task only once every page is served,
+///   while the runner restores with the same pid in the same pid
+///   namespace, so those flavors are skipped ([`EngineKind::cannot_run`]);
 /// - no dirty tracker descriptor left in the task between pre-dumps (CRIU
 ///   tracks with soft-dirty bits): nothing to discount from the state.
 ///
