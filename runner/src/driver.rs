@@ -578,6 +578,29 @@ impl Criu {
     }
 }
 
+/// How many of CRIU's error lines a failure shows.
+pub const CRIU_ERROR_LINES: usize = 6;
+
+/// The last [`CRIU_ERROR_LINES`] `Error (file.c:N): ...` lines of a CRIU
+/// log (CRIU's own harness greps its logs the same way), as lines to
+/// append to a failure's detail: each starts with a newline; empty if
+/// there is none or the log cannot be read.
+pub fn criu_errors(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error (")).collect();
+    let skip = errors.len().saturating_sub(CRIU_ERROR_LINES);
+    let mut out = String::new();
+    if !errors.is_empty() {
+        out.push_str(&format!("\n--- errors in {} ---", log.display()));
+    }
+    for line in &errors[skip..] {
+        out.push('\n');
+        out.push_str(line.trim());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -899,5 +922,26 @@ mod tests {
         assert_eq!(EngineKind::Criu.cannot_run(Some(Lazy::Local)), None);
         assert_eq!(EngineKind::Criu.cannot_run(None), None);
         assert_eq!(EngineKind::Crust.cannot_run(Some(Lazy::Remote)), None);
+    }
+
+    #[test]
+    fn criu_error_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("dump.log");
+        assert_eq!(criu_errors(&log), "");
+        let mut text = String::from("(00.1) Dumping\n");
+        for k in 0..8 {
+            text.push_str(&format!(
+                "(00.{k}) Error (criu/x.c:{k}): e{k}\n(00.{k}) more\n"
+            ));
+        }
+        std::fs::write(&log, text).expect("write");
+        let shown = criu_errors(&log);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[0], "");
+        assert_eq!(lines[1], format!("--- errors in {} ---", log.display()));
+        assert_eq!(lines.len(), 2 + CRIU_ERROR_LINES);
+        assert_eq!(lines[2], "(00.2) Error (criu/x.c:2): e2");
+        assert_eq!(lines[7], "(00.7) Error (criu/x.c:7): e7");
     }
 }

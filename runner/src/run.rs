@@ -744,6 +744,11 @@ impl Steps<'_> {
                 format!("{engine} {command} did not finish within {}s", self.secs())
             }
         };
+        let detail = match self.ctx.crust.kind {
+            // CRIU's debug log ends far from the error: show its errors.
+            EngineKind::Criu => format!("{detail}{}", crate::driver::criu_errors(&files.log)),
+            EngineKind::Crust => detail,
+        };
         let failure = Failure::new(check, detail).with_tail(&files.log);
         // crust may log to stderr too: show its output only if it says more.
         let tail = |path| tail_file(path, TAIL_LINES);
