@@ -641,7 +641,7 @@ fn a_link_cut_over_veth_loses_nothing() {
 /// cut once mid-transfer (a forwarder on the root side of the veth closes
 /// it after a third of the lazy bytes); every byte arrives, the daemon and the source exit 0
 /// by themselves. With the pre-dump, only the dirtied pages travel lazily;
-/// the others come from the parent images at restore.
+/// the others come from the parent images (delivered by the daemon).
 #[test_case::test_case(false ; "dump only")]
 #[test_case::test_case(true ; "pre-copy then post-copy")]
 fn remote_lazy_migration_over_veth_with_a_cut(precopy: bool) {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+use crate::driver::EngineKind;
 use crate::flavors::{Lazy, Overrides, PreDumpMode, MAX_PRE_DUMPS};
 use crate::report::KeepImg;
 
@@ -74,6 +75,27 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub bin_args: Vec<String>,
+    /// Pass the --bin binary `--filename=WORKDIR/NAME.test` (CRIU's zdtm
+    /// convention for tests that work on a file).
+    #[arg(
+        long = "bin-filename",
+        requires = "bin",
+        conflicts_with_all = ["all", "tests", "bin_dirname"]
+    )]
+    pub bin_filename: bool,
+    /// Pass the --bin binary `--dirname=WORKDIR/NAME.test` (CRIU's zdtm
+    /// convention for tests that work on a directory).
+    #[arg(long = "bin-dirname", requires = "bin", conflicts_with_all = ["all", "tests"])]
+    pub bin_dirname: bool,
+    /// After `--`: more arguments for the --bin binary (after any
+    /// --bin-arg).
+    #[arg(
+        last = true,
+        value_name = "ARGS",
+        requires = "bin",
+        conflicts_with_all = ["all", "tests"]
+    )]
+    pub bin_trailing: Vec<String>,
     /// Run under this flavor (repeatable) [default: every flavor].
     #[arg(short = 'f', long = "flavor", value_name = "FLAVOR")]
     pub flavors: Vec<String>,
@@ -124,9 +146,14 @@ pub struct RunArgs {
     /// `events::replay_switches`; `None`: none).
     #[arg(skip)]
     pub replay_switches: Option<Vec<String>>,
-    /// The crust binary [default: crust next to the zdtm binary].
-    #[arg(long, value_name = "PATH")]
+    /// The engine binary: crust, or one with CRIU's command line
+    /// [default: crust next to the zdtm binary].
+    #[arg(long = "engine", visible_alias = "crust", value_name = "PATH")]
     pub crust: Option<PathBuf>,
+    /// Whose command line the engine takes [default: told by `ENGINE
+    /// --version`, else by its file name].
+    #[arg(long = "engine-kind", value_name = "KIND")]
+    pub engine_kind: Option<EngineKind>,
     /// Where work dirs go: LOG_DIR/TEST/FLAVOR/.
     #[arg(long, value_name = "DIR", default_value = "zdtm-logs")]
     pub log_dir: PathBuf,
@@ -224,6 +251,28 @@ mod tests {
         .expect("ok");
         assert_eq!(r.bin, Some(PathBuf::from("/x/t")));
         assert_eq!(r.bin_args, ["--mode=fail", "-v"]);
+
+        let r = parse(&["--bin", "/x/t", "--bin-arg", "-a", "--", "--x=1", "-t", "y"]).expect("ok");
+        assert_eq!(r.bin_args, ["-a"]);
+        assert_eq!(r.bin_trailing, ["--x=1", "-t", "y"]);
+        assert!(r.tests.is_empty() && !r.bin_filename && !r.bin_dirname);
+        let r = parse(&["--bin", "/x/t", "--bin-dirname"]).expect("ok");
+        assert!(r.bin_dirname && !r.bin_filename);
+        assert!(parse(&["--bin", "/x/t", "--bin-filename", "--bin-dirname"]).is_err());
+        assert!(parse(&["-a", "--bin-filename"]).is_err());
+        assert!(parse(&["-a", "--", "x"]).is_err(), "-- ARGS needs --bin");
+    }
+
+    #[test]
+    fn engine_options() {
+        let r = parse(&["-a"]).expect("ok");
+        assert_eq!((r.crust, r.engine_kind), (None, None));
+        let r = parse(&["-a", "--engine", "/usr/sbin/criu"]).expect("ok");
+        assert_eq!(r.crust, Some(PathBuf::from("/usr/sbin/criu")));
+        let r = parse(&["-a", "--crust", "/x/crust", "--engine-kind", "criu"]).expect("ok");
+        assert_eq!(r.crust, Some(PathBuf::from("/x/crust")));
+        assert_eq!(r.engine_kind, Some(EngineKind::Criu));
+        assert!(parse(&["-a", "--engine-kind", "runc"]).is_err());
     }
 
     #[test]

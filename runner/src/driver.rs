@@ -1,4 +1,5 @@
-//! Running the engine, `crust`, per its command-line contract:
+//! Running the engine: `crust`, or another engine with CRIU's command line
+//! (see [`EngineKind`]). crust's command lines:
 //!
 //! ```text
 //! crust pre-dump -t PID -D DIR [--prev-images-dir ../preK] --pre-dump-mode MODE --track-mem -o LOGFILE -v
@@ -21,8 +22,10 @@
 //! a run go to `img/pre1` ... `img/preN`, the final dump to `img/dump`, each
 //! naming the one before it as `../preK`.
 //!
-//! crust's own stdout and stderr go to a second file (`dump.out`,
+//! The engine's own stdout and stderr go to a second file (`dump.out`,
 //! `restore.out`) next to its log; both are shown when it fails.
+//!
+//! CRIU's spelling of the same steps is in [`Criu`].
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -56,11 +59,90 @@ pub struct CrustFiles {
     pub out: PathBuf,
 }
 
-/// The crust binary.
+/// The engine binary: crust, or another engine driven with CRIU's
+/// command line ([`Crust::kind`]).
 #[derive(Debug, Clone)]
 pub struct Crust {
     /// Path of the binary.
     pub path: PathBuf,
+    /// Whose command line it takes.
+    pub kind: EngineKind,
+    /// Why it cannot pre-dump here, if it cannot (see
+    /// [`Crust::probe_pre_dump`]).
+    pub no_pre_dump: Option<String>,
+}
+
+/// Which command line an engine takes: crust's, or CRIU's. crust follows
+/// CRIU's options; the few places where they differ are in [`Criu`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// crust.
+    Crust,
+    /// CRIU, or any engine with CRIU's command line.
+    Criu,
+}
+
+impl EngineKind {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Crust => "crust",
+            EngineKind::Criu => "criu",
+        }
+    }
+
+    /// The kind told by the binary's file name (`crust*`, `criu*`).
+    pub fn from_name(path: &Path) -> Option<EngineKind> {
+        let name = path.file_name()?.to_str()?;
+        if name.starts_with("crust") {
+            Some(EngineKind::Crust)
+        } else if name.starts_with("criu") {
+            Some(EngineKind::Criu)
+        } else {
+            None
+        }
+    }
+
+    /// The kind told by the first line of `ENGINE --version`: crust
+    /// prints `crust X.Y.Z`, CRIU `Version: X.Y`.
+    pub fn from_version(version_output: &str) -> Option<EngineKind> {
+        let first = version_output.lines().next().unwrap_or("").trim();
+        if first.starts_with("crust ") {
+            Some(EngineKind::Crust)
+        } else if first.starts_with("Version:") {
+            Some(EngineKind::Criu)
+        } else {
+            None
+        }
+    }
+
+    /// The kind of the engine at `path`: by its file name, else by what
+    /// `path --version` prints (run only then).
+    pub fn probe(path: &Path) -> Option<EngineKind> {
+        if let Some(kind) = EngineKind::from_name(path) {
+            return Some(kind);
+        }
+        let out = clean_command(path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        EngineKind::from_version(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Why a run restored `lazy` cannot be driven on this kind of engine.
+    pub fn cannot_run(self, lazy: Option<crate::flavors::Lazy>) -> Option<String> {
+        match (self, lazy) {
+            (EngineKind::Criu, Some(crate::flavors::Lazy::Remote)) => Some(
+                "remote lazy flavors are not driven on CRIU: its `dump --lazy-pages` keeps the \
+                 task, frozen, until every page is served, so its pid is not free for the \
+                 restore in the same pid namespace"
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Where a remote lazy dump serves its pages.
@@ -197,6 +279,111 @@ impl Crust {
         args
     }
 
+    /// The arguments of pre-dump `k` in this engine's spelling (see
+    /// [`Crust::pre_dump_args`]).
+    pub fn pre_dump_cmd(
+        &self,
+        pid: Pid,
+        images: &Path,
+        prev: Option<&Path>,
+        mode: PreDumpMode,
+        log: &Path,
+    ) -> Vec<OsString> {
+        match self.kind {
+            EngineKind::Crust => Crust::pre_dump_args(pid, images, prev, mode, log),
+            EngineKind::Criu => Criu::pre_dump_args(pid, images, prev, mode, log),
+        }
+    }
+
+    /// The arguments of the final dump in this engine's spelling (see
+    /// [`Crust::lazy_dump_args`]; CRIU runs never serve lazily, see
+    /// [`EngineKind::cannot_run`]).
+    pub fn dump_cmd(
+        &self,
+        pid: Pid,
+        images: &Path,
+        prev: Option<&Path>,
+        server: Option<(&LazyServer, Option<&Path>)>,
+        log: &Path,
+    ) -> Vec<OsString> {
+        match self.kind {
+            EngineKind::Crust => Crust::lazy_dump_args(pid, images, prev, server, log),
+            EngineKind::Criu => Criu::dump_args(pid, images, prev, log),
+        }
+    }
+
+    /// The arguments of the lazy-pages daemon in this engine's spelling.
+    pub fn lazy_pages_cmd(
+        &self,
+        images: &Path,
+        server: Option<&LazyServer>,
+        pidfile: &Path,
+        log: &Path,
+    ) -> Vec<OsString> {
+        match self.kind {
+            EngineKind::Crust => Crust::lazy_pages_args(images, server, pidfile, log),
+            EngineKind::Criu => Criu::lazy_pages_args(images, server, pidfile, log),
+        }
+    }
+
+    /// The arguments of the restore in this engine's spelling.
+    pub fn restore_cmd(
+        &self,
+        images: &Path,
+        lazy: bool,
+        pidfile: &Path,
+        log: &Path,
+    ) -> Vec<OsString> {
+        match self.kind {
+            EngineKind::Crust => Crust::restore_args(images, lazy, pidfile, log),
+            EngineKind::Criu => Criu::restore_args(images, lazy, pidfile, log),
+        }
+    }
+
+    /// Why a run of `flavor` is skipped on this engine, if it is.
+    pub fn cannot_run(&self, flavor: &crate::flavors::Effective) -> Option<String> {
+        if flavor.pre_dumps > 0 {
+            if let Some(reason) = &self.no_pre_dump {
+                return Some(reason.clone());
+            }
+        }
+        self.kind.cannot_run(flavor.lazy)
+    }
+
+    /// CRIU pre-dumps only with a dirty tracker of the kernel (soft-dirty):
+    /// `criu check --feature mem_dirty_track` says whether it has one.
+    /// Without, its pre-dump aborts: those flavors are skipped with the
+    /// reason this returns. crust always has a tracker (`content` at
+    /// worst): `None`.
+    pub fn probe_pre_dump(&self) -> Option<String> {
+        if self.kind != EngineKind::Criu {
+            return None;
+        }
+        let out = clean_command(&self.path)
+            .args(["check", "--feature", "mem_dirty_track"])
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stderr);
+                // Its last message, without CRIU's `Warn  (file.c:N): `.
+                let last = text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| {
+                    l.split_once("): ")
+                        .filter(|(head, _)| head.contains(" ("))
+                        .map_or(l, |(_, message)| message)
+                });
+                Some(format!(
+                    "the engine cannot track dirty memory here (`criu check --feature \
+                     mem_dirty_track`: {}{}): no pre-dumps",
+                    out.status,
+                    last.map_or(String::new(), |l| format!(": {}", l.trim()))
+                ))
+            }
+            Err(e) => Some(format!("cannot run `criu check`: {e}")),
+        }
+    }
+
     /// Runs crust with `args` in `cwd`, waits up to `timeout`.
     pub fn run(
         &self,
@@ -263,6 +450,155 @@ impl Crust {
         tracker.forget(pid);
         Ok(outcome)
     }
+}
+
+/// CRIU's spelling of the runner's command lines (as CRIU's own
+/// `test/zdtm.py` drives it). Where it differs from crust's:
+///
+/// - `-v4` (crust counts `-v`);
+/// - `--shell-job` on dump and restore: a `--bin` program need not be a
+///   session leader; for one that is (every zdtm test calls setsid), the
+///   option changes nothing;
+/// - no remote lazy runs: CRIU's `dump --lazy-pages` serves the pages in
+///   the foreground and kills the task only once every page is served,
+///   while the runner restores with the same pid in the same pid
+///   namespace, so those flavors are skipped ([`EngineKind::cannot_run`]);
+/// - no dirty tracker descriptor left in the task between pre-dumps (CRIU
+///   tracks with soft-dirty bits): nothing to discount from the state.
+///
+/// The same as crust: `-t PID`, `-D DIR` (which must exist: the runner
+/// creates every images dir), `--prev-images-dir` relative to `-D`,
+/// `--track-mem`, `--pre-dump-mode`, `--lazy-pages`, `-d` (restore
+/// detached; lazy-pages daemon), `--pidfile`, `--leave-stopped`, `-o`
+/// (absolute here: CRIU takes a relative one in its work dir); the dump
+/// kills the task; exit status 0 is success, anything else failure.
+#[derive(Debug, Clone, Copy)]
+pub struct Criu;
+
+impl Criu {
+    /// CRIU's log verbosity: debug, as zdtm.py asks.
+    const VERBOSE: &'static str = "-v4";
+
+    /// `criu dump` (never lazy: see [`EngineKind::cannot_run`]).
+    pub fn dump_args(pid: Pid, images: &Path, prev: Option<&Path>, log: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "dump".into(),
+            "-t".into(),
+            pid.to_string().into(),
+            "-D".into(),
+            images.into(),
+        ];
+        if let Some(prev) = prev {
+            args.extend([
+                "--track-mem".into(),
+                "--prev-images-dir".into(),
+                prev.into(),
+            ]);
+        }
+        args.extend([
+            "--shell-job".into(),
+            "-o".into(),
+            log.into(),
+            Self::VERBOSE.into(),
+        ]);
+        args
+    }
+
+    /// `criu pre-dump`.
+    pub fn pre_dump_args(
+        pid: Pid,
+        images: &Path,
+        prev: Option<&Path>,
+        mode: PreDumpMode,
+        log: &Path,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "pre-dump".into(),
+            "-t".into(),
+            pid.to_string().into(),
+            "-D".into(),
+            images.into(),
+        ];
+        if let Some(prev) = prev {
+            args.extend(["--prev-images-dir".into(), prev.into()]);
+        }
+        args.extend([
+            "--pre-dump-mode".into(),
+            mode.as_str().into(),
+            "--track-mem".into(),
+            "-o".into(),
+            log.into(),
+            Self::VERBOSE.into(),
+        ]);
+        args
+    }
+
+    /// `criu lazy-pages -d`: it daemonizes once its socket listens and
+    /// writes the daemon's pid to `pidfile`.
+    pub fn lazy_pages_args(
+        images: &Path,
+        server: Option<&LazyServer>,
+        pidfile: &Path,
+        log: &Path,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["lazy-pages".into(), "-D".into(), images.into()];
+        if let Some(server) = server {
+            args.push("--page-server".into());
+            args.extend(server.args());
+        }
+        args.extend([
+            "-d".into(),
+            "--pidfile".into(),
+            pidfile.into(),
+            "-o".into(),
+            log.into(),
+            Self::VERBOSE.into(),
+        ]);
+        args
+    }
+
+    /// `criu restore -d --leave-stopped`: the restored task reparents to
+    /// the runner (its child subreaper) when criu exits.
+    pub fn restore_args(images: &Path, lazy: bool, pidfile: &Path, log: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["restore".into(), "-D".into(), images.into()];
+        if lazy {
+            args.push("--lazy-pages".into());
+        }
+        args.extend([
+            "--shell-job".into(),
+            "-d".into(),
+            "--pidfile".into(),
+            pidfile.into(),
+            "--leave-stopped".into(),
+            "-o".into(),
+            log.into(),
+            Self::VERBOSE.into(),
+        ]);
+        args
+    }
+}
+
+/// How many of CRIU's error lines a failure shows.
+pub const CRIU_ERROR_LINES: usize = 6;
+
+/// The last [`CRIU_ERROR_LINES`] `Error (file.c:N): ...` lines of a CRIU
+/// log (CRIU's own harness greps its logs the same way), as lines to
+/// append to a failure's detail: each starts with a newline; empty if
+/// there is none or the log cannot be read.
+pub fn criu_errors(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error (")).collect();
+    let skip = errors.len().saturating_sub(CRIU_ERROR_LINES);
+    let mut out = String::new();
+    if !errors.is_empty() {
+        out.push_str(&format!("\n--- errors in {} ---", log.display()));
+    }
+    for line in &errors[skip..] {
+        out.push('\n');
+        out.push_str(line.trim());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -431,5 +767,181 @@ mod tests {
             ))[5..9],
             ["--prev-images-dir", "../pre1", "--pre-dump-mode", "read"]
         );
+    }
+
+    #[test]
+    fn criu_argument_lists() {
+        let pid = Pid::from_raw(42);
+        assert_eq!(
+            strings(&Criu::dump_args(
+                pid,
+                Path::new("/w/img"),
+                None,
+                Path::new("/w/dump.log")
+            )),
+            [
+                "dump",
+                "-t",
+                "42",
+                "-D",
+                "/w/img",
+                "--shell-job",
+                "-o",
+                "/w/dump.log",
+                "-v4"
+            ]
+        );
+        assert_eq!(
+            strings(&Criu::dump_args(
+                pid,
+                Path::new("/w/img/dump"),
+                Some(Path::new("../pre2")),
+                Path::new("/w/dump.log")
+            ))[5..8],
+            ["--track-mem", "--prev-images-dir", "../pre2"]
+        );
+        assert_eq!(
+            strings(&Criu::pre_dump_args(
+                pid,
+                Path::new("/w/img/pre2"),
+                Some(Path::new("../pre1")),
+                PreDumpMode::Read,
+                Path::new("/w/pre2.log")
+            )),
+            [
+                "pre-dump",
+                "-t",
+                "42",
+                "-D",
+                "/w/img/pre2",
+                "--prev-images-dir",
+                "../pre1",
+                "--pre-dump-mode",
+                "read",
+                "--track-mem",
+                "-o",
+                "/w/pre2.log",
+                "-v4"
+            ]
+        );
+        assert_eq!(
+            strings(&Criu::restore_args(
+                Path::new("/w/img"),
+                true,
+                Path::new("/w/restore.pid"),
+                Path::new("/w/restore.log")
+            )),
+            [
+                "restore",
+                "-D",
+                "/w/img",
+                "--lazy-pages",
+                "--shell-job",
+                "-d",
+                "--pidfile",
+                "/w/restore.pid",
+                "--leave-stopped",
+                "-o",
+                "/w/restore.log",
+                "-v4"
+            ]
+        );
+        assert_eq!(
+            strings(&Criu::lazy_pages_args(
+                Path::new("/w/img"),
+                None,
+                Path::new("/w/lazy.pid"),
+                Path::new("/w/lazy.log")
+            )),
+            [
+                "lazy-pages",
+                "-D",
+                "/w/img",
+                "-d",
+                "--pidfile",
+                "/w/lazy.pid",
+                "-o",
+                "/w/lazy.log",
+                "-v4"
+            ]
+        );
+    }
+
+    #[test]
+    fn engine_dispatches_on_its_kind() {
+        let pid = Pid::from_raw(7);
+        let (img, log) = (Path::new("/w/img"), Path::new("/w/dump.log"));
+        let mut engine = Crust {
+            path: "/usr/sbin/criu".into(),
+            kind: EngineKind::Criu,
+            no_pre_dump: None,
+        };
+        assert_eq!(
+            engine.dump_cmd(pid, img, None, None, log),
+            Criu::dump_args(pid, img, None, log)
+        );
+        let (pidfile, rlog) = (Path::new("/w/r.pid"), Path::new("/w/r.log"));
+        assert_eq!(
+            engine.restore_cmd(img, false, pidfile, rlog),
+            Criu::restore_args(img, false, pidfile, rlog)
+        );
+        engine.kind = EngineKind::Crust;
+        assert_eq!(
+            engine.dump_cmd(pid, img, None, None, log),
+            Crust::dump_args(pid, img, None, log)
+        );
+        assert_eq!(
+            engine.pre_dump_cmd(pid, img, None, PreDumpMode::Splice, log),
+            Crust::pre_dump_args(pid, img, None, PreDumpMode::Splice, log)
+        );
+    }
+
+    #[test]
+    fn engine_kind_detection() {
+        use crate::flavors::Lazy;
+        assert_eq!(
+            EngineKind::from_version("crust 0.1.0\n"),
+            Some(EngineKind::Crust)
+        );
+        assert_eq!(
+            EngineKind::from_version("Version: 4.2\nGitID: v4.2\n"),
+            Some(EngineKind::Criu)
+        );
+        assert_eq!(EngineKind::from_version("runc version 1.1\n"), None);
+        assert_eq!(EngineKind::from_version(""), None);
+        assert_eq!(
+            EngineKind::from_name(Path::new("/usr/sbin/criu")),
+            Some(EngineKind::Criu)
+        );
+        assert_eq!(
+            EngineKind::from_name(Path::new("/x/crust-debug")),
+            Some(EngineKind::Crust)
+        );
+        assert_eq!(EngineKind::from_name(Path::new("/opt/engine")), None);
+        assert!(EngineKind::Criu.cannot_run(Some(Lazy::Remote)).is_some());
+        assert_eq!(EngineKind::Criu.cannot_run(Some(Lazy::Local)), None);
+        assert_eq!(EngineKind::Criu.cannot_run(None), None);
+        assert_eq!(EngineKind::Crust.cannot_run(Some(Lazy::Remote)), None);
+    }
+
+    #[test]
+    fn criu_error_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("dump.log");
+        assert_eq!(criu_errors(&log), "");
+        let mut text = String::from("(00.1) Dumping\n");
+        for k in 0..8 {
+            text.push_str(&format!(
+                "(00.{k}) Error (criu/x.c:{k}): e{k}\n(00.{k}) more\n"
+            ));
+        }
+        std::fs::write(&log, text).expect("write");
+        let shown = criu_errors(&log);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[0], "");
+        assert_eq!(lines[1], format!("--- errors in {} ---", log.display()));
+        assert_eq!(lines.len(), 2 + CRIU_ERROR_LINES);
+        assert_eq!(lines[2], "(00.2) Error (criu/x.c:2): e2");
+        assert_eq!(lines[7], "(00.7) Error (criu/x.c:7): e7");
     }
 }

@@ -49,8 +49,8 @@ pub enum SetupError {
     /// The manifest lists no test.
     #[error("{manifest} lists no test")]
     NoTests { manifest: PathBuf },
-    /// The crust binary is missing or not executable.
-    #[error("crust binary {path}: {reason} (build it, or pass --crust PATH)")]
+    /// The engine binary is missing, not executable, or of no known kind.
+    #[error("engine binary {path}: {reason} (build crust, or pass --engine PATH)")]
     Crust { path: PathBuf, reason: String },
     /// The binary given to `--bin` is unusable.
     #[error("test binary {path}: {reason}")]

@@ -59,12 +59,29 @@ pub fn exe_dir() -> Result<PathBuf, SetupError> {
         })
 }
 
-/// The crust binary: `--crust PATH`, else `crust` next to `zdtm`.
+/// The engine binary: `--engine PATH` (a bare name, without `/`, is
+/// looked up in `$PATH`), else `crust` next to `zdtm`.
 pub fn crust_path(flag: Option<&Path>) -> Result<PathBuf, SetupError> {
     match flag {
-        Some(path) => Ok(path.to_path_buf()),
+        Some(path) => Ok(in_path(path, std::env::var_os("PATH").as_deref())),
         None => Ok(exe_dir()?.join("crust")),
     }
+}
+
+/// `name` found in the directories of `path_var` when it has no `/` and
+/// one of them holds it (as a shell finds `criu`); else `name` itself.
+pub fn in_path(name: &Path, path_var: Option<&std::ffi::OsStr>) -> PathBuf {
+    if !name.as_os_str().as_encoded_bytes().contains(&b'/') {
+        if let Some(found) = path_var
+            .into_iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| check_executable(candidate).is_ok())
+        {
+            return found;
+        }
+    }
+    name.to_path_buf()
 }
 
 /// Checks that `path` is an existing regular file we may execute; the
@@ -108,6 +125,26 @@ mod tests {
             PathBuf::from("/default")
         );
         assert_eq!(pick(None, None, "/default"), PathBuf::from("/default"));
+    }
+
+    #[test]
+    fn bare_names_are_looked_up_in_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = dir.path().join("my-engine");
+        std::fs::write(&engine, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path_var =
+            std::env::join_paths(["/nonexistent".into(), dir.path().to_path_buf()]).expect("join");
+        assert_eq!(in_path(Path::new("my-engine"), Some(&path_var)), engine);
+        assert_eq!(
+            in_path(Path::new("absent"), Some(&path_var)),
+            PathBuf::from("absent")
+        );
+        assert_eq!(
+            in_path(Path::new("./my-engine"), Some(&path_var)),
+            PathBuf::from("./my-engine")
+        );
+        assert_eq!(in_path(Path::new("/x/y"), None), PathBuf::from("/x/y"));
     }
 
     #[test]

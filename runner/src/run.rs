@@ -36,7 +36,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::driver::{Crust, CrustFiles, CrustOutcome, LazyServer};
+use crate::driver::{Crust, CrustFiles, CrustOutcome, EngineKind, LazyServer};
 use crate::flavors::{Effective, Lazy};
 use crate::freeze::wait_quiescent;
 use crate::locate::check_executable;
@@ -105,6 +105,31 @@ pub struct TestSpec {
     pub steps: bool,
     /// Never quiescent: no quiescence wait, no memory comparison.
     pub continuous: bool,
+    /// CRIU's zdtm convention: a file or directory path for the test.
+    pub path_arg: Option<PathArg>,
+}
+
+/// CRIU's zdtm tests that work on a file or a directory take its path as
+/// `--filename=PATH` or `--dirname=PATH`; the runner passes
+/// `WORKDIR/NAME.test` (the test creates it; it goes with the work dir).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathArg {
+    /// `--filename=WORKDIR/NAME.test`.
+    Filename,
+    /// `--dirname=WORKDIR/NAME.test`.
+    Dirname,
+}
+
+impl PathArg {
+    /// The argument for test `name` run in `work_dir`.
+    pub fn arg(self, work_dir: &Path, name: &str) -> std::ffi::OsString {
+        let mut arg = std::ffi::OsString::from(match self {
+            PathArg::Filename => "--filename=",
+            PathArg::Dirname => "--dirname=",
+        });
+        arg.push(work_dir.join(format!("{name}.test")));
+        arg
+    }
 }
 
 impl TestSpec {
@@ -120,6 +145,7 @@ impl TestSpec {
             skip_checks: entry.skip_checks.clone(),
             steps: entry.steps,
             continuous: entry.continuous,
+            path_arg: None,
         }
     }
 
@@ -136,6 +162,7 @@ impl TestSpec {
             skip_checks: Vec::new(),
             steps: false,
             continuous: false,
+            path_arg: None,
         })
     }
 
@@ -317,6 +344,9 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         replay: String::new(),
     };
     if let Some(reason) = skip_reason(test, flavor, &ctx.cpu_flags) {
+        return outcome(Verdict::Skip(reason), None);
+    }
+    if let Some(reason) = ctx.crust.cannot_run(flavor) {
         return outcome(Verdict::Skip(reason), None);
     }
     let work = WorkDir::new(
@@ -541,9 +571,11 @@ impl Steps<'_> {
             pidfile_arg.push(&work.pidfile);
             let mut outfile_arg = std::ffi::OsString::from("--outfile=");
             outfile_arg.push(&work.outfile);
+            let path_arg = test.path_arg.map(|a| a.arg(&work.root, &test.name));
             let child = clean_command(&test.binary)
                 .arg(pidfile_arg)
                 .arg(outfile_arg)
+                .args(path_arg)
                 .args(&test.opts)
                 .current_dir(&work.root)
                 .stdin(Stdio::null())
@@ -654,6 +686,10 @@ impl Steps<'_> {
     /// pre-dumps, as the last pre-dump's inventory (`tracker_fd`) says.
     fn tracker_fd(&self) -> Option<i32> {
         let last = self.work.pre.last()?;
+        if self.ctx.crust.kind != EngineKind::Crust {
+            // CRIU tracks with soft-dirty bits: no descriptor in the task.
+            return None;
+        }
         let out = std::process::Command::new(&self.ctx.crust.path)
             .arg("show")
             .arg(last.dir.join("inventory.img"))
@@ -718,12 +754,18 @@ impl Steps<'_> {
         outcome: &CrustOutcome,
         files: &CrustFiles,
     ) -> Failure {
+        let engine = self.ctx.crust.kind.name();
         let detail = match outcome {
-            CrustOutcome::Success => format!("crust {command} succeeded"),
-            CrustOutcome::Failed(how) => format!("crust {command} {how}"),
+            CrustOutcome::Success => format!("{engine} {command} succeeded"),
+            CrustOutcome::Failed(how) => format!("{engine} {command} {how}"),
             CrustOutcome::TimedOut => {
-                format!("crust {command} did not finish within {}s", self.secs())
+                format!("{engine} {command} did not finish within {}s", self.secs())
             }
+        };
+        let detail = match self.ctx.crust.kind {
+            // CRIU's debug log ends far from the error: show its errors.
+            EngineKind::Criu => format!("{detail}{}", crate::driver::criu_errors(&files.log)),
+            EngineKind::Crust => detail,
         };
         let failure = Failure::new(check, detail).with_tail(&files.log);
         // crust may log to stderr too: show its output only if it says more.
@@ -743,7 +785,7 @@ impl Steps<'_> {
             return self.fail(Failure::new(check, "no such pre-dump in the work dir"));
         };
         let prev = (k > 1).then(|| PathBuf::from(format!("../pre{}", k - 1)));
-        let args = Crust::pre_dump_args(
+        let args = self.ctx.crust.pre_dump_cmd(
             pid,
             &pre.dir,
             prev.as_deref(),
@@ -931,7 +973,7 @@ impl Steps<'_> {
             .ctx
             .dump_pidfile
             .then_some(self.work.dump_pidfile.as_path());
-        let args = Crust::lazy_dump_args(
+        let args = self.ctx.crust.dump_cmd(
             pid,
             &self.work.images,
             prev.as_deref(),
@@ -1019,7 +1061,7 @@ impl Steps<'_> {
     /// from the dump's server.
     fn start_lazy_pages(&mut self) -> Option<()> {
         let work = self.work;
-        let args = Crust::lazy_pages_args(
+        let args = self.ctx.crust.lazy_pages_cmd(
             &work.images,
             self.lazy.server.as_ref(),
             &work.lazy_pidfile,
@@ -1229,7 +1271,7 @@ impl Steps<'_> {
     /// Step 7.
     fn restore(&mut self, pid: Pid) -> Option<()> {
         let work = self.work;
-        let args = Crust::restore_args(
+        let args = self.ctx.crust.restore_cmd(
             &work.images,
             self.flavor.lazy.is_some(),
             &work.restore_pidfile,
@@ -1490,6 +1532,19 @@ mod tests {
             let mode = std::fs::metadata(dir).expect("stat").permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
         }
+    }
+
+    #[test]
+    fn path_args() {
+        let work = Path::new("/w/t/dump");
+        assert_eq!(
+            PathArg::Filename.arg(work, "t"),
+            std::ffi::OsString::from("--filename=/w/t/dump/t.test")
+        );
+        assert_eq!(
+            PathArg::Dirname.arg(work, "t"),
+            std::ffi::OsString::from("--dirname=/w/t/dump/t.test")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use nix::unistd::geteuid;
 
 use crate::cli::{ListArgs, RunArgs};
-use crate::driver::Crust;
+use crate::driver::{Crust, EngineKind};
 use crate::error::{SetupError, EXIT_FAILED, EXIT_SETUP};
 use crate::events::{self, Event, Reporter, Reporters};
 use crate::flavors::{apply_overrides, Effective, FlavorSet, Lazy};
@@ -16,7 +16,7 @@ use crate::netns::Link;
 use crate::procs;
 use crate::report::Summary;
 use crate::reporters::{JsonLines, Junit, Terminal};
-use crate::run::{parse_cpu_flags, run_one, RunContext, TestSpec};
+use crate::run::{parse_cpu_flags, run_one, PathArg, RunContext, TestSpec};
 
 /// `zdtm list`: tests with descriptions, then flavors.
 pub fn list(args: &ListArgs) -> Result<u8, SetupError> {
@@ -98,8 +98,16 @@ fn select_tests(args: &RunArgs) -> Result<Vec<TestSpec>, SetupError> {
         let bin = &bin
             .canonicalize()
             .map_err(|e| bin_error(format!("cannot resolve: {e}")))?;
-        let spec = TestSpec::from_bin(bin, &args.bin_args)
+        let bin_args = [args.bin_args.as_slice(), args.bin_trailing.as_slice()].concat();
+        let mut spec = TestSpec::from_bin(bin, &bin_args)
             .ok_or_else(|| bin_error("has no usable file name".to_string()))?;
+        spec.path_arg = if args.bin_filename {
+            Some(PathArg::Filename)
+        } else if args.bin_dirname {
+            Some(PathArg::Dirname)
+        } else {
+            None
+        };
         if !crate::manifest::valid_name(&spec.name) {
             return Err(bin_error(format!(
                 "its file name {:?} cannot name a work dir (use letters, digits, '_', '-', '.')",
@@ -219,7 +227,23 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
     } else {
         None
     };
-    let crust = Crust { path: crust_path };
+    let kind = match args.engine_kind {
+        Some(kind) => kind,
+        None => EngineKind::probe(&crust_path).ok_or_else(|| SetupError::Crust {
+            path: crust_path.clone(),
+            reason: "is neither crust nor CRIU by its --version output or file name: say which \
+                     with --engine-kind crust|criu"
+                .to_string(),
+        })?,
+    };
+    let mut crust = Crust {
+        path: crust_path,
+        kind,
+        no_pre_dump: None,
+    };
+    if flavors.iter().any(|f| f.pre_dumps > 0) {
+        crust.no_pre_dump = crust.probe_pre_dump();
+    }
     let ctx = RunContext {
         dump_pidfile: remote && crust.dump_takes_pidfile(),
         crust,

@@ -294,7 +294,7 @@ fn run_checks_names_and_crust() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("crust binary /nonexistent/crust: does not exist"),
+        stderr.contains("engine binary /nonexistent/crust: does not exist"),
         "{stderr}"
     );
 }
