@@ -892,3 +892,59 @@ fn cut_link_needs_a_remote_flavor() {
     let out = setup.run_test(&crust, &["--lazy-pages", "--remote-lazy-pages"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn snaps_are_chained_leave_running_dumps() {
+    require_root("snaps_are_chained_leave_running_dumps");
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("pre2.toml"),
+        "name = \"pre2\"\ndescription = \"two pre-dumps\"\npre_dumps = 2\n",
+    )
+    .expect("write flavor");
+    setup.dummy_manifest("");
+    // A snapshot (--leave-running) leaves the task alone; the final dump
+    // kills it.
+    let crust = setup.logging_crust(
+        "exit 1",
+        &format!("case \"$all\" in *--leave-running*) exit 0;; esac; {KILLING_DUMP}"),
+        FAILING_RESTORE,
+    );
+    let out = setup.run_test(&crust, &["-f", "pre2", "--snaps", "--tracker", "content"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (pre2, snaps, tracker content): restore: "),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let work = setup.logs().join("zdtm-dummy").join("pre2");
+    assert_eq!(
+        setup.invocations(&work),
+        [
+            "dump -t PID -D W/img/pre1 -o W/pre1.log -v --leave-running --track-mem \
+             --tracker content step=-",
+            "dump -t PID -D W/img/pre2 --track-mem --prev-images-dir ../pre1 -o W/pre2.log -v \
+             --leave-running --tracker content step=-",
+            "show W/img/pre2/inventory.img step=-",
+            "dump -t PID -D W/img/dump --track-mem --prev-images-dir ../pre2 -o W/dump.log -v \
+             --tracker content step=-",
+            "restore -D W/img/dump -d --pidfile W/restore.pid --leave-stopped -o W/restore.log step=-",
+        ]
+    );
+    assert_daemon_gone(&work);
+
+    // --snaps, like --pre-dump-mode and --tracker, needs a flavor that
+    // pre-dumps.
+    for switch in [&["--snaps"][..], &["--tracker", "uffd-wp"]] {
+        let mut args = vec!["-f", "dump"];
+        args.extend_from_slice(switch);
+        let out = setup.run_test(&crust, &args);
+        assert_eq!(out.status.code(), Some(2), "{switch:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("none of the selected flavors (dump) pre-dumps"),
+            "{stderr}"
+        );
+    }
+}
