@@ -32,7 +32,7 @@ pub enum Cmd {
 /// Where the manifest and flavors are.
 #[derive(Debug, Clone, Args)]
 pub struct Dirs {
-    /// Directory holding tests.toml [default: $ZDTM_TESTS_DIR, else the
+    /// Directory holding meta/ (one NAME.toml per test) [default: $ZDTM_TESTS_DIR, else the
     /// source tree's zdtm-tests/].
     #[arg(long, value_name = "DIR")]
     pub tests_dir: Option<PathBuf>,

@@ -8,7 +8,9 @@
 //! - [`cli`]: the command line (clap derive).
 //! - [`session`]: the `list` and `run` commands: selection, parallel jobs,
 //!   summary and exit status.
-//! - [`manifest`]: `zdtm-tests/tests.toml`, the list of tests.
+//! - [`manifest`]: `zdtm-tests/meta/NAME.toml`, the tests and their metadata.
+//! - [`select`]: which tests run: globs, `-x`, `--shard`.
+//! - [`host`]: kernel features and capabilities, for `needs_kernel`/`needs_caps`.
 //! - [`flavors`]: `flavors/*.toml`, the ways a test is checkpointed.
 //! - [`locate`]: where the manifest, flavors, test binaries and crust live.
 //! - [`run`]: one (test, flavor) run, step by step.

@@ -206,6 +206,11 @@ pub fn skip_reason(
             return Some(format!("tracker {tracker} {why}"));
         }
     }
+    if let Some(lazy) = flavor.lazy {
+        if let Some(why) = host.unmet(&[KernelFeature::Userfaultfd], &[]) {
+            return Some(format!("lazy restore ({}) {why}", lazy.label()));
+        }
+    }
     None
 }
 
@@ -1778,6 +1783,17 @@ mod tests {
         assert_eq!(
             skip_reason(&test, &pre, &flags, &host).as_deref(),
             Some("tracker uffd-wp needs kernel feature uffd-wp-async (not probed); kernel feature pagemap-scan (not probed)")
+        );
+        // A lazy flavor needs userfaultfd.
+        let mut lazy = flavor("lazy");
+        lazy.lazy = Some(crate::flavors::Lazy::Local);
+        assert_eq!(skip_reason(&test, &lazy, &flags, &host), None);
+        host.kernel
+            .insert(KernelFeature::Userfaultfd, Err("ENOSYS".into()));
+        test.needs_kernel.clear();
+        assert_eq!(
+            skip_reason(&test, &lazy, &flags, &host).as_deref(),
+            Some("lazy restore (lazy) needs kernel feature userfaultfd (ENOSYS)")
         );
         test.needs = vec!["avx".into(), "avx512f".into()];
         assert_eq!(
