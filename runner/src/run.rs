@@ -921,7 +921,11 @@ impl Steps<'_> {
     /// Step 3: pre-dump `k` (from 1); the task must keep running.
     fn pre_dump(&mut self, pid: Pid, k: u32) -> Option<()> {
         let work = self.work;
-        let check = format!("pre-dump {k}");
+        let check = if self.flavor.snaps {
+            format!("snapshot {k}")
+        } else {
+            format!("pre-dump {k}")
+        };
         let Some(pre) = usize::try_from(k - 1).ok().and_then(|i| work.pre.get(i)) else {
             return self.fail(Failure::new(check, "no such pre-dump in the work dir"));
         };
@@ -951,6 +955,11 @@ impl Steps<'_> {
         if let Some(server) = &server {
             args.extend(driver::page_server_client_args(server.address, server.port));
         }
+        let what = if self.flavor.snaps {
+            "a snapshot"
+        } else {
+            "a pre-dump"
+        };
         let result =
             self.ctx
                 .crust
@@ -990,7 +999,7 @@ impl Steps<'_> {
                     Failure::new(
                         check,
                         format!(
-                            "crust pre-dump succeeded but the task {pid} {exit}: a pre-dump \
+                            "crust {command} succeeded but the task {pid} {exit}: {what} \
                              must leave it running"
                         ),
                     )
@@ -1021,8 +1030,8 @@ impl Steps<'_> {
                     Failure::new(
                         check,
                         format!(
-                            "crust pre-dump left the task {pid} stopped (State {}) for {}s: a \
-                             pre-dump must leave it running",
+                            "crust {command} left the task {pid} stopped (State {}) for {}s: \
+                             {what} must leave it running",
                             letter.unwrap_or('?'),
                             self.secs()
                         ),
