@@ -983,6 +983,195 @@ mod tests {
     }
 
     #[test]
+    fn parses_tracker_snaps_page_server_iters() {
+        let f = Flavor::parse(
+            "name = \"pc\"\ndescription = \"d\"\npre_dumps = 3\ntracker = \"soft-dirty\"\n\
+             snaps = true\npage_server = true\niters = 2\n",
+            Path::new("/x/pc.toml"),
+        )
+        .expect("valid");
+        assert_eq!(f.tracker, Some(Tracker::SoftDirty));
+        assert!(f.snaps && f.page_server);
+        assert_eq!(f.iters, Some(2));
+        assert_eq!(
+            f.settings().as_deref(),
+            Some("pre 3 splice, snaps, tracker soft-dirty, page-server, iters 2")
+        );
+        let e = Effective::plain(&f);
+        assert_eq!(
+            (e.tracker, e.snaps, e.page_server, e.iters, e.overridden),
+            (Some(Tracker::SoftDirty), true, true, 2, false)
+        );
+        assert_eq!(e.label(), "pc");
+        assert!(e.switches().is_empty());
+        for t in ["auto", "uffd-wp", "content"] {
+            let text =
+                format!("name = \"p\"\ndescription = \"d\"\npre_dumps = 1\ntracker = \"{t}\"\n");
+            let f = Flavor::parse(&text, Path::new("/x/p.toml")).expect("valid");
+            assert_eq!(f.tracker.map(Tracker::as_str), Some(t));
+        }
+    }
+
+    #[rstest]
+    #[case::tracker_without_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\ntracker = \"content\"\n",
+        "tracker = \"content\" without pre_dumps"
+    )]
+    #[case::snaps_without_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\nsnaps = true\n",
+        "snaps = true without pre_dumps"
+    )]
+    #[case::bad_tracker(
+        "name = \"dump\"\ndescription = \"d\"\npre_dumps = 1\ntracker = \"dirty\"\n",
+        "unknown variant `dirty`"
+    )]
+    #[case::zero_iters(
+        "name = \"dump\"\ndescription = \"d\"\niters = 0\n",
+        "iters = 0: from 1 to 100"
+    )]
+    #[case::too_many_iters("name = \"dump\"\ndescription = \"d\"\niters = 101\n", "iters = 101")]
+    #[case::page_server_not_bool(
+        "name = \"dump\"\ndescription = \"d\"\npage_server = \"yes\"\n",
+        "invalid type"
+    )]
+    #[case::page_server_remote(
+        "name = \"dump\"\ndescription = \"d\"\npage_server = true\nlazy = \"remote\"\n",
+        "page_server with lazy = \"remote\""
+    )]
+    fn rejects_bad_new_keys(#[case] text: &str, #[case] expected: &str) {
+        let err = Flavor::parse(text, Path::new("/x/dump.toml"))
+            .expect_err("must be rejected")
+            .to_string();
+        assert!(err.contains(expected), "error {err:?} lacks {expected:?}");
+    }
+
+    #[test]
+    fn a_flavor_cannot_be_named_all() {
+        let err = Flavor::parse(
+            "name = \"all\"\ndescription = \"d\"\n",
+            Path::new("/x/all.toml"),
+        )
+        .expect_err("reserved")
+        .to_string();
+        assert!(err.contains("`-f all` selects every flavor"), "{err}");
+    }
+
+    #[test]
+    fn select_all() {
+        let set = FlavorSet {
+            dir: "/f".into(),
+            flavors: vec![flavor("a", 0, None), flavor("b", 1, None)],
+        };
+        assert_eq!(set.select(&["all".into()]).expect("all").len(), 2);
+        assert_eq!(
+            set.select(&["b".into(), "all".into()]).expect("all").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn switches_compose_and_replay() {
+        let set = [
+            flavor("dump", 0, None),
+            flavor("predump-read", 2, Some(Read)),
+            lazy_flavor("remote-lazy", 0, None, Lazy::Remote),
+        ];
+        let o = Overrides {
+            tracker: Some(Tracker::Content),
+            snaps: true,
+            page_server: true,
+            iters: Some(3),
+            ..Overrides::default()
+        };
+        let plan = apply_overrides(&set, &o).expect("ok");
+        // Tracker and snaps only where there are pre-dumps; no page server
+        // for the remote lazy flavor; iters everywhere.
+        assert_eq!(
+            labels(&plan),
+            [
+                "dump, page-server, iters 3",
+                "predump-read, snaps, tracker content, page-server, iters 3",
+                "remote-lazy, iters 3",
+            ]
+        );
+        let e = &plan.flavors[1];
+        assert_eq!(
+            (e.tracker, e.snaps, e.page_server, e.iters),
+            (Some(Tracker::Content), true, true, 3)
+        );
+        assert_eq!(
+            e.switches(),
+            [
+                "--snaps",
+                "--tracker",
+                "content",
+                "--page-server",
+                "--iters",
+                "3"
+            ]
+        );
+        assert!(!plan.flavors[0].snaps && plan.flavors[0].tracker.is_none());
+        assert!(!plan.flavors[2].page_server);
+        // --pre and lazy switches replay too.
+        let o = Overrides {
+            pre_dumps: Some(2),
+            pre_dump_mode: Some(Read),
+            lazy: Some(Lazy::Local),
+            ..Overrides::default()
+        };
+        let e = set[0].effective(&o);
+        assert_eq!(
+            e.switches(),
+            ["--pre", "2", "--pre-dump-mode", "read", "--lazy-pages"]
+        );
+        assert_eq!(
+            set[1].effective(&Overrides::default()).switches(),
+            Vec::<String>::new()
+        );
+
+        // The pre-dump switches need a flavor that pre-dumps; --page-server
+        // one that is not remote lazy.
+        for o in [
+            Overrides {
+                tracker: Some(Tracker::UffdWp),
+                ..Overrides::default()
+            },
+            Overrides {
+                snaps: true,
+                ..Overrides::default()
+            },
+        ] {
+            let err = apply_overrides(&set[..1], &o)
+                .expect_err("nothing pre-dumps")
+                .to_string();
+            assert!(
+                err.contains("none of the selected flavors (dump) pre-dumps"),
+                "{err}"
+            );
+        }
+        let err = apply_overrides(
+            &set[2..],
+            &Overrides {
+                page_server: true,
+                ..Overrides::default()
+            },
+        )
+        .expect_err("remote only")
+        .to_string();
+        assert!(err.starts_with("--page-server: "), "{err}");
+        // Switches that change nothing leave the plain name.
+        let f = Flavor {
+            iters: Some(2),
+            ..flavor("it", 0, None)
+        };
+        let e = f.effective(&Overrides {
+            iters: Some(2),
+            ..Overrides::default()
+        });
+        assert_eq!((e.label(), e.overridden), ("it".to_string(), false));
+    }
+
+    #[test]
     fn unused_pre_dump_mode_is_an_error() {
         let set = [flavor("dump", 0, None)];
         let err = apply_overrides(&set, &overrides(None, Some(Read)))
