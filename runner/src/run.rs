@@ -522,6 +522,11 @@ impl Steps<'_> {
     fn run(mut self) {
         let _ = self.run_inner();
         // Whatever happened, the link comes up again before the run ends.
+        self.join_cut();
+    }
+
+    /// Waits for the link cut of this cycle, if any, to end.
+    fn join_cut(&mut self) {
         if let Some(cut) = self.lazy.cut.take() {
             match cut.join() {
                 Ok(Ok(())) => {}
@@ -543,6 +548,7 @@ impl Steps<'_> {
                 // exited first.
                 if self.flavor.lazy.is_some() {
                     self.wait_lazy()?;
+                    self.join_cut();
                     if !self.failures.is_empty() {
                         return None;
                     }
