@@ -6,11 +6,11 @@
 # anon_inode fds (its fds are listed), send SIGTERM, wait for it to exit
 # and require PASS in the outfile.
 #
-# Tests with `steps = true` in the manifest first get STEPS step requests
+# Tests with `steps = true` in their metadata (meta/NAME.toml) first get STEPS step requests
 # (signal SIGRTMAX-1); each must be acknowledged in <outfile>.step within
 # 10 s. Tests with `continuous = true` keep running (state R is fine).
 #
-# Usage: zdtm-tests/smoke.sh [TEST...]      (default: every test in tests.toml)
+# Usage: zdtm-tests/smoke.sh [TEST...]      (default: every test in meta/)
 # Env:   BIN_DIR  directory of the built binaries
 #               (default: ${CARGO_TARGET_DIR:-target}/debug)
 #        HOLD     seconds to leave the test blocked before SIGTERM (default 1)
@@ -21,13 +21,12 @@ bin_dir=${BIN_DIR:-${CARGO_TARGET_DIR:-$here/../target}/debug}
 hold=${HOLD:-1}
 steps=${STEPS:-3}
 step_sig=$(( $(kill -l RTMAX) - 1 ))
-# The value of KEY in the [[test]] entry of TEST (raw, quotes kept).
+# The value of KEY in meta/TEST.toml (raw, quotes kept).
 key_of() {
-    awk -v t="$1" -v k="$2" '/^\[\[test\]\]/{n=""} /^name *=/{gsub(/"/,"",$3); n=$3}
-        n==t && $1==k {sub(/^[^=]*= */,""); print}' "$here/tests.toml"
+    awk -v k="$2" '$1==k {sub(/^[^=]*= */,""); print}' "$here/meta/$1.toml"
 }
 if [ $# -eq 0 ]; then
-    set -- $(sed -n 's/^name *= *"\(.*\)"/\1/p' "$here/tests.toml")
+    set -- $(cd "$here/meta" && for f in *.toml; do echo "${f%.toml}"; done)
 fi
 work=$(mktemp -d /tmp/zdtm-smoke.XXXXXX)
 failed=()

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::driver::EngineKind;
-use crate::flavors::{Lazy, Overrides, PreDumpMode, MAX_PRE_DUMPS};
+use crate::flavors::{Lazy, Overrides, PreDumpMode, Tracker, MAX_ITERS, MAX_PRE_DUMPS};
 use crate::report::KeepImg;
+use crate::select::Shard;
 
 /// zdtm: checkpoint/restore conformance harness for crust.
 ///
@@ -35,7 +36,7 @@ pub enum Cmd {
 /// Where the manifest and flavors are.
 #[derive(Debug, Clone, Args)]
 pub struct Dirs {
-    /// Directory holding tests.toml [default: $ZDTM_TESTS_DIR, else the
+    /// Directory holding meta/ (one NAME.toml per test) [default: $ZDTM_TESTS_DIR, else the
     /// source tree's zdtm-tests/].
     #[arg(long, value_name = "DIR")]
     pub tests_dir: Option<PathBuf>,
@@ -45,9 +46,27 @@ pub struct Dirs {
     pub flavors_dir: Option<PathBuf>,
 }
 
-/// `zdtm list`.
+/// `zdtm list`: the selected tests' names, one a line.
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
+    /// Every test (the default).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Only this test, or the tests matching this glob (repeatable).
+    #[arg(short = 't', long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
+    /// Leave out the tests matching this regex (repeatable).
+    #[arg(short = 'x', long = "exclude", value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Only shard I of N of the selection (sorted by name, dealt in turn).
+    #[arg(long = "shard", value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Describe the selected tests (metadata) and list the flavors.
+    #[arg(short = 'v', long = "verbose", conflicts_with = "flavor_names")]
+    pub verbose: bool,
+    /// Print the flavor names, one a line, instead of the tests.
+    #[arg(long = "flavors")]
+    pub flavor_names: bool,
     #[command(flatten)]
     pub dirs: Dirs,
 }
@@ -59,9 +78,23 @@ pub struct RunArgs {
     /// Run every test of the manifest.
     #[arg(short = 'a', long = "all")]
     pub all: bool,
-    /// Run this test (repeatable).
+    /// Run this test, or the tests matching this glob (`*`, `?`,
+    /// `[...]`; repeatable).
     #[arg(short = 't', long = "test", value_name = "NAME")]
     pub tests: Vec<String>,
+    /// Leave out the tests whose name matches this regex (unanchored;
+    /// repeatable).
+    #[arg(
+        short = 'x',
+        long = "exclude",
+        value_name = "REGEX",
+        conflicts_with = "bin"
+    )]
+    pub exclude: Vec<String>,
+    /// Run only shard I of N of the selected tests (sorted by name, test k
+    /// in shard ((k-1) mod N)+1), for a CI matrix.
+    #[arg(long = "shard", value_name = "I/N", conflicts_with = "bin")]
+    pub shard: Option<Shard>,
     /// Run this binary, which follows the test protocol (named after its
     /// file name).
     #[arg(long = "bin", value_name = "PATH")]
@@ -96,7 +129,8 @@ pub struct RunArgs {
         conflicts_with_all = ["all", "tests"]
     )]
     pub bin_trailing: Vec<String>,
-    /// Run under this flavor (repeatable) [default: every flavor].
+    /// Run under this flavor (repeatable; `all`: every flavor) [default:
+    /// every flavor].
     #[arg(short = 'f', long = "flavor", value_name = "FLAVOR")]
     pub flavors: Vec<String>,
     /// N pre-dumps (the task keeps running) before the final dump, in
@@ -120,6 +154,28 @@ pub struct RunArgs {
     /// `crust lazy-pages --page-server` in a network namespace of its own.
     #[arg(long = "remote-lazy-pages")]
     pub remote_lazy_pages: bool,
+    /// The dirty tracker of every selected flavor that pre-dumps (`crust
+    /// pre-dump/dump --tracker`).
+    #[arg(long = "tracker", value_name = "NAME")]
+    pub tracker: Option<Tracker>,
+    /// Pre-dumps and dumps send their pages to a `crust page-server`
+    /// (started by the runner on 127.0.0.1 for each of them), whose
+    /// images are restored.
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// Checkpoint and restore each test N times in a row (the state
+    /// compared after each restore).
+    #[arg(
+        long = "iters",
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ITERS))
+    )]
+    pub iters: Option<u32>,
+    /// In every selected flavor that pre-dumps, the pre-dumps are full
+    /// snapshots instead (`crust dump --leave-running --track-mem`, each
+    /// on top of the previous one), as CRIU's zdtm --snaps.
+    #[arg(long = "snaps")]
+    pub snaps: bool,
     /// With remote lazy flavors: set the veth link down for SECS seconds
     /// while each run's background transfer is going on, then up again
     /// (the run must still pass: no page is lost).
@@ -185,6 +241,10 @@ impl RunArgs {
             pre_dumps: self.pre,
             pre_dump_mode: self.pre_dump_mode,
             lazy,
+            tracker: self.tracker,
+            page_server: self.page_server,
+            iters: self.iters,
+            snaps: self.snaps,
         }
     }
 }
@@ -203,6 +263,61 @@ mod tests {
         {
             Cmd::Run(run) => Ok(run),
             Cmd::List(_) => Err("not run".into()),
+        }
+    }
+
+    fn parse_list(args: &[&str]) -> Result<ListArgs, String> {
+        let mut argv = vec!["zdtm", "list"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Cmd::List(list) => Ok(list),
+            Cmd::Run(_) => Err("not list".into()),
+        }
+    }
+
+    #[test]
+    fn selection_options() {
+        let r = parse(&[
+            "-t", "fpu_*", "-t", "heap", "-x", "avx", "-x", "^m", "--shard", "2/3",
+        ])
+        .expect("ok");
+        assert_eq!(r.tests, ["fpu_*", "heap"]);
+        assert_eq!(r.exclude, ["avx", "^m"]);
+        assert_eq!(r.shard, Some(Shard { index: 2, count: 3 }));
+        assert!(parse(&["-a", "--shard", "4/3"]).is_err());
+        assert!(parse(&["--bin", "/x", "-x", "a"]).is_err());
+        assert!(parse(&["--bin", "/x", "--shard", "1/2"]).is_err());
+        let l = parse_list(&[]).expect("ok");
+        assert!(l.tests.is_empty() && !l.verbose && !l.flavor_names && l.shard.is_none());
+        let l = parse_list(&["-a", "-t", "x*", "-x", "y", "--shard", "1/2", "-v"]).expect("ok");
+        assert_eq!((l.tests.len(), l.exclude.len(), l.verbose), (1, 1, true));
+        assert!(parse_list(&["--flavors"]).expect("ok").flavor_names);
+        assert!(parse_list(&["--flavors", "-v"]).is_err());
+    }
+
+    #[test]
+    fn run_switches() {
+        let r = parse(&[
+            "-a",
+            "--tracker",
+            "soft-dirty",
+            "--page-server",
+            "--iters",
+            "3",
+            "--snaps",
+        ])
+        .expect("ok");
+        let o = r.overrides();
+        assert_eq!(o.tracker, Some(Tracker::SoftDirty));
+        assert!(o.page_server && o.snaps);
+        assert_eq!(o.iters, Some(3));
+        assert!(parse(&["-a", "--tracker", "dirty"]).is_err());
+        assert!(parse(&["-a", "--iters", "0"]).is_err());
+        for t in ["auto", "uffd-wp", "content"] {
+            assert!(parse(&["-a", "--tracker", t]).is_ok(), "{t}");
         }
     }
 
@@ -286,6 +401,7 @@ mod tests {
                 pre_dumps: None,
                 pre_dump_mode: Some(PreDumpMode::Read),
                 lazy: None,
+                ..Overrides::default()
             }
         );
         let r = parse(&[
@@ -305,6 +421,7 @@ mod tests {
                 pre_dumps: Some(2),
                 pre_dump_mode: Some(PreDumpMode::Splice),
                 lazy: None,
+                ..Overrides::default()
             }
         );
         assert_eq!(parse(&["-a", "--pre", "0"]).expect("ok").pre, Some(0));
@@ -325,6 +442,7 @@ mod tests {
                 pre_dumps: Some(2),
                 pre_dump_mode: None,
                 lazy: Some(Lazy::Remote),
+                ..Overrides::default()
             }
         );
         let err = parse(&["-a", "--lazy-pages", "--remote-lazy-pages"]).expect_err("conflict");

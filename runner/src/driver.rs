@@ -601,6 +601,70 @@ pub fn criu_errors(log: &Path) -> String {
     out
 }
 
+// ---- Page server and tracker switches (helper "select", issue 9) ----
+
+/// `crust page-server -D DIR --address A --port 0 -d --pidfile F -o LOG
+/// -v`: receives one dump or pre-dump into DIR; returns once it listens
+/// and prints `ADDR:PORT` (the port the kernel chose) on stdout.
+pub fn page_server_args(
+    images: &Path,
+    address: std::net::Ipv4Addr,
+    pidfile: &Path,
+    log: &Path,
+) -> Vec<OsString> {
+    vec![
+        "page-server".into(),
+        "-D".into(),
+        images.into(),
+        "--address".into(),
+        address.to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "-d".into(),
+        "--pidfile".into(),
+        pidfile.into(),
+        "-o".into(),
+        log.into(),
+        "-v".into(),
+    ]
+}
+
+/// What a dump or pre-dump appends to send its pages to a page server.
+pub fn page_server_client_args(address: std::net::Ipv4Addr, port: u16) -> Vec<OsString> {
+    vec![
+        "--page-server".into(),
+        "--address".into(),
+        address.to_string().into(),
+        "--port".into(),
+        port.to_string().into(),
+    ]
+}
+
+/// The `ADDR:PORT` line a page server printed (the last one of `out`).
+pub fn page_server_port(out: &str) -> Option<u16> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.trim().rsplit_once(':')?.1.parse::<u16>().ok())
+        .filter(|&p| p != 0)
+}
+
+/// What a pre-dump or a dump on top of pre-dumps appends to pick the
+/// dirty tracker.
+pub fn tracker_args(tracker: crate::flavors::Tracker) -> Vec<OsString> {
+    vec!["--tracker".into(), tracker.as_str().into()]
+}
+
+/// What a dump appends to be a snapshot (`--snaps`): the task runs on,
+/// and a tracker stays for the next one.
+pub fn snapshot_args(chained: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--leave-running".into()];
+    if !chained {
+        // A chained dump already tracks memory (`dump_args`).
+        args.push("--track-mem".into());
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -943,5 +1007,50 @@ mod tests {
         assert_eq!(lines.len(), 2 + CRIU_ERROR_LINES);
         assert_eq!(lines[2], "(00.2) Error (criu/x.c:2): e2");
         assert_eq!(lines[7], "(00.7) Error (criu/x.c:7): e7");
+    }
+
+    #[test]
+    fn page_server_and_tracker_switches() {
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        assert_eq!(
+            strings(&page_server_args(
+                Path::new("/w/img/pre1"),
+                lo,
+                Path::new("/w/ps.pid"),
+                Path::new("/w/ps.log")
+            )),
+            [
+                "page-server",
+                "-D",
+                "/w/img/pre1",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "-d",
+                "--pidfile",
+                "/w/ps.pid",
+                "-o",
+                "/w/ps.log",
+                "-v"
+            ]
+        );
+        assert_eq!(
+            strings(&page_server_client_args(lo, 4242)),
+            ["--page-server", "--address", "127.0.0.1", "--port", "4242"]
+        );
+        assert_eq!(page_server_port("127.0.0.1:40123\n"), Some(40123));
+        assert_eq!(page_server_port("noise\n127.0.0.1:7\n"), Some(7));
+        assert_eq!(page_server_port("127.0.0.1:0\n"), None);
+        assert_eq!(page_server_port(""), None);
+        assert_eq!(
+            strings(&tracker_args(crate::flavors::Tracker::SoftDirty)),
+            ["--tracker", "soft-dirty"]
+        );
+        assert_eq!(
+            strings(&snapshot_args(false)),
+            ["--leave-running", "--track-mem"]
+        );
+        assert_eq!(strings(&snapshot_args(true)), ["--leave-running"]);
     }
 }

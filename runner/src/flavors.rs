@@ -7,6 +7,10 @@
 //! pre_dumps = 0               # optional: pre-dumps before the final dump
 //! pre_dump_mode = "splice"    # optional: "splice" (default) or "read"
 //! lazy = "local"              # optional: post-copy restore, "local" or "remote"
+//! tracker = "uffd-wp"         # optional (with pre_dumps): dirty tracker
+//! snaps = true                # optional (with pre_dumps): snapshots, not pre-dumps
+//! page_server = true          # optional: pages sent to a crust page-server
+//! iters = 2                   # optional: checkpoint/restore N times in a row
 //! ```
 //!
 //! Unknown keys are rejected on purpose: a flavor file written for a newer
@@ -14,10 +18,12 @@
 //! and report a PASS for something that was never exercised; a typo must
 //! not either. Adding a key therefore means teaching the runner about it.
 //!
-//! The command line may override the pre-dump and lazy settings of every
-//! selected flavor (`--pre N`, `--pre-dump-mode MODE`, `--lazy-pages`,
-//! `--remote-lazy-pages`): [`Overrides`] turns the selected flavors into
-//! the [`Effective`] ones that run.
+//! The command line may override the settings of every selected flavor
+//! (`--pre N`, `--pre-dump-mode MODE`, `--tracker NAME`, `--snaps`,
+//! `--lazy-pages`, `--remote-lazy-pages`, `--page-server`, `--iters N`):
+//! [`Overrides`] turns the selected flavors into the [`Effective`] ones
+//! that run. The pre-dump settings (mode, tracker, snaps) apply to the
+//! flavors that pre-dump and leave the others alone.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,7 +34,7 @@ use crate::error::SetupError;
 use crate::manifest::valid_name;
 
 /// One flavor file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Flavor {
     /// Flavor name; must equal the file stem (`dump` for `dump.toml`).
@@ -49,6 +55,65 @@ pub struct Flavor {
     /// (`remote`); `None` for an eager restore.
     #[serde(default)]
     pub lazy: Option<Lazy>,
+    /// The dirty tracker of the pre-dumps and of the dump on top of them
+    /// (`--tracker`); only with `pre_dumps > 0`. `None`: the engine's
+    /// choice.
+    #[serde(default)]
+    pub tracker: Option<Tracker>,
+    /// The pre-dumps are full snapshots (`crust dump --leave-running
+    /// --track-mem`, chained), as CRIU's `--snaps`; only with `pre_dumps >
+    /// 0`.
+    #[serde(default)]
+    pub snaps: bool,
+    /// Pre-dumps and dump send their pages to a `crust page-server`
+    /// started by the runner; the restore reads what it received.
+    #[serde(default)]
+    pub page_server: bool,
+    /// Checkpoint/restore the test this many times in a row (default 1).
+    #[serde(default)]
+    pub iters: Option<u32>,
+}
+
+/// The dirty tracker of `crust pre-dump/dump --tracker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tracker {
+    /// The parent's, else the first that works.
+    Auto,
+    /// userfaultfd write-protect (WP_ASYNC) read with PAGEMAP_SCAN.
+    UffdWp,
+    /// pagemap bit 55 and clear_refs.
+    SoftDirty,
+    /// Page content digests (any kernel).
+    Content,
+}
+
+impl Tracker {
+    /// The value of `--tracker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tracker::Auto => "auto",
+            Tracker::UffdWp => "uffd-wp",
+            Tracker::SoftDirty => "soft-dirty",
+            Tracker::Content => "content",
+        }
+    }
+
+    /// The kernel features it needs.
+    pub fn needs(self) -> &'static [crate::host::KernelFeature] {
+        use crate::host::KernelFeature::{PagemapScan, SoftDirty, UffdWpAsync};
+        match self {
+            Tracker::UffdWp => &[UffdWpAsync, PagemapScan],
+            Tracker::SoftDirty => &[SoftDirty],
+            Tracker::Auto | Tracker::Content => &[],
+        }
+    }
+}
+
+impl fmt::Display for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where a lazy restore's pages come from.
@@ -146,12 +211,38 @@ impl Flavor {
                 flavor.pre_dumps
             )));
         }
+        if flavor.name == ALL {
+            return Err(bad(format!(
+                "a flavor cannot be named {ALL:?}: `-f {ALL}` selects every flavor"
+            )));
+        }
         if flavor.pre_dumps == 0 {
             if let Some(mode) = flavor.pre_dump_mode {
                 return Err(bad(format!(
                     "pre_dump_mode = \"{mode}\" without pre_dumps: it would not be exercised"
                 )));
             }
+            if let Some(tracker) = flavor.tracker {
+                return Err(bad(format!(
+                    "tracker = \"{tracker}\" without pre_dumps: it would not be exercised"
+                )));
+            }
+            if flavor.snaps {
+                return Err(bad(
+                    "snaps = true without pre_dumps: it would not be exercised".to_string(),
+                ));
+            }
+        }
+        if let Some(iters) = flavor.iters {
+            if iters == 0 || iters > MAX_ITERS {
+                return Err(bad(format!("iters = {iters}: from 1 to {MAX_ITERS}")));
+            }
+        }
+        if flavor.page_server && flavor.lazy == Some(Lazy::Remote) {
+            return Err(bad(
+                "page_server with lazy = \"remote\": a remote lazy dump serves its pages itself"
+                    .to_string(),
+            ));
         }
         Ok(flavor)
     }
@@ -167,8 +258,20 @@ impl Flavor {
         if self.pre_dumps > 0 {
             parts.push(format!("pre {} {}", self.pre_dumps, self.mode()));
         }
+        if self.snaps {
+            parts.push("snaps".to_string());
+        }
+        if let Some(tracker) = self.tracker {
+            parts.push(format!("tracker {tracker}"));
+        }
         if let Some(lazy) = self.lazy {
             parts.push(format!("lazy {lazy}"));
+        }
+        if self.page_server {
+            parts.push("page-server".to_string());
+        }
+        if let Some(iters) = self.iters.filter(|&n| n > 1) {
+            parts.push(format!("iters {iters}"));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -184,20 +287,55 @@ impl Flavor {
         };
         let pre_overridden = pre_dumps != self.pre_dumps || (pre_dumps > 0 && mode != self.mode());
         let lazy = overrides.lazy.or(self.lazy);
+        // Tracker and snaps, like the mode, only with pre-dumps.
+        let (tracker, snaps) = if pre_dumps > 0 {
+            (
+                overrides.tracker.or(self.tracker),
+                overrides.snaps || self.snaps,
+            )
+        } else {
+            (None, false)
+        };
+        // A remote lazy dump serves its pages itself: no page server.
+        let page_server = (overrides.page_server || self.page_server) && lazy != Some(Lazy::Remote);
+        let iters = overrides.iters.or(self.iters).unwrap_or(1);
+        let own_tracker = if self.pre_dumps > 0 {
+            self.tracker
+        } else {
+            None
+        };
+        let own_snaps = self.pre_dumps > 0 && self.snaps;
+        let own_page_server = self.page_server && lazy != Some(Lazy::Remote);
+        let extra_overridden = tracker != own_tracker
+            || snaps != own_snaps
+            || page_server != own_page_server
+            || iters != self.iters.unwrap_or(1);
         Effective {
             name: self.name.clone(),
             pre_dumps,
             pre_dump_mode: mode,
             lazy,
+            tracker,
+            snaps,
+            page_server,
+            iters,
             pre_overridden,
             lazy_overridden: lazy != self.lazy,
-            overridden: pre_overridden || lazy != self.lazy,
+            tracker_overridden: tracker != own_tracker,
+            snaps_overridden: snaps != own_snaps,
+            page_server_overridden: page_server != own_page_server,
+            iters_overridden: iters != self.iters.unwrap_or(1),
+            overridden: pre_overridden || lazy != self.lazy || extra_overridden,
         }
     }
 }
 
 /// The most pre-dumps a flavor or `--pre` may ask for.
 pub const MAX_PRE_DUMPS: u32 = 64;
+/// The most iterations a flavor or `--iters` may ask for.
+pub const MAX_ITERS: u32 = 100;
+/// `-f all`: every flavor.
+pub const ALL: &str = "all";
 
 /// The command line's overrides of the flavors' settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -210,6 +348,14 @@ pub struct Overrides {
     /// `--lazy-pages` (local) or `--remote-lazy-pages` (remote): every
     /// selected flavor restores lazily, that way.
     pub lazy: Option<Lazy>,
+    /// `--tracker NAME`: of every selected flavor that pre-dumps.
+    pub tracker: Option<Tracker>,
+    /// `--page-server`: every selected flavor (but remote lazy ones).
+    pub page_server: bool,
+    /// `--iters N`: every selected flavor.
+    pub iters: Option<u32>,
+    /// `--snaps`: every selected flavor that pre-dumps.
+    pub snaps: bool,
 }
 
 /// A flavor as it runs: its file's settings, overridden by the command
@@ -224,10 +370,26 @@ pub struct Effective {
     pub pre_dump_mode: PreDumpMode,
     /// Lazy restore, and where its pages come from.
     pub lazy: Option<Lazy>,
+    /// The dirty tracker asked of crust (with pre-dumps only).
+    pub tracker: Option<Tracker>,
+    /// The pre-dumps are snapshots (`dump --leave-running`).
+    pub snaps: bool,
+    /// Pages go to a `crust page-server`.
+    pub page_server: bool,
+    /// Checkpoint/restore cycles (at least 1).
+    pub iters: u32,
     /// Whether the command line changed the pre-dumps or their mode.
     pub pre_overridden: bool,
     /// Whether the command line changed `lazy`.
     pub lazy_overridden: bool,
+    /// Whether the command line changed the tracker.
+    pub tracker_overridden: bool,
+    /// Whether the command line changed snaps.
+    pub snaps_overridden: bool,
+    /// Whether the command line changed page_server.
+    pub page_server_overridden: bool,
+    /// Whether the command line changed iters.
+    pub iters_overridden: bool,
     /// Whether the command line changed what the flavor file says.
     pub overridden: bool,
 }
@@ -250,13 +412,64 @@ impl Effective {
                 label.push_str(&format!(", pre {} {}", self.pre_dumps, self.pre_dump_mode));
             }
         }
+        if self.snaps_overridden && self.snaps {
+            label.push_str(", snaps");
+        }
+        if self.tracker_overridden {
+            if let Some(tracker) = self.tracker {
+                label.push_str(&format!(", tracker {tracker}"));
+            }
+        }
         if self.lazy_overridden {
             // The switches only ever turn lazy on.
             if let Some(lazy) = self.lazy {
                 label.push_str(&format!(", {}", lazy.label()));
             }
         }
+        if self.page_server_overridden && self.page_server {
+            label.push_str(", page-server");
+        }
+        if self.iters_overridden {
+            label.push_str(&format!(", iters {}", self.iters));
+        }
         label
+    }
+
+    /// The `zdtm run` switches that, after `-f NAME`, make the flavor run
+    /// this way (for a replay command line); empty when not overridden.
+    pub fn switches(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.pre_overridden {
+            out.extend(["--pre".to_string(), self.pre_dumps.to_string()]);
+            if self.pre_dumps > 0 {
+                out.extend([
+                    "--pre-dump-mode".to_string(),
+                    self.pre_dump_mode.to_string(),
+                ]);
+            }
+        }
+        if self.snaps_overridden && self.snaps {
+            out.push("--snaps".to_string());
+        }
+        if self.tracker_overridden {
+            if let Some(tracker) = self.tracker {
+                out.extend(["--tracker".to_string(), tracker.to_string()]);
+            }
+        }
+        if self.lazy_overridden {
+            match self.lazy {
+                Some(Lazy::Local) => out.push("--lazy-pages".to_string()),
+                Some(Lazy::Remote) => out.push("--remote-lazy-pages".to_string()),
+                None => {}
+            }
+        }
+        if self.page_server_overridden && self.page_server {
+            out.push("--page-server".to_string());
+        }
+        if self.iters_overridden {
+            out.extend(["--iters".to_string(), self.iters.to_string()]);
+        }
+        out
     }
 
     /// Whether `self` and `other` run the same way (names aside).
@@ -264,6 +477,10 @@ impl Effective {
         self.pre_dumps == other.pre_dumps
             && (self.pre_dumps == 0 || self.pre_dump_mode == other.pre_dump_mode)
             && self.lazy == other.lazy
+            && self.tracker == other.tracker
+            && self.snaps == other.snaps
+            && self.page_server == other.page_server
+            && self.iters == other.iters
     }
 }
 
@@ -286,10 +503,17 @@ pub struct Plan {
 /// report PASSes for a mode that was never exercised.
 pub fn apply_overrides(selected: &[Flavor], overrides: &Overrides) -> Result<Plan, SetupError> {
     let effective: Vec<Effective> = selected.iter().map(|f| f.effective(overrides)).collect();
-    if let Some(mode) = overrides.pre_dump_mode {
+    let pre_dump_switches = [
+        overrides
+            .pre_dump_mode
+            .map(|m| format!("--pre-dump-mode {m}")),
+        overrides.tracker.map(|t| format!("--tracker {t}")),
+        overrides.snaps.then(|| "--snaps".to_string()),
+    ];
+    for switch in pre_dump_switches.into_iter().flatten() {
         if !effective.iter().any(|e| e.pre_dumps > 0) {
             return Err(SetupError::Usage(format!(
-                "--pre-dump-mode {mode}: none of the selected flavors ({}) pre-dumps; add --pre N \
+                "{switch}: none of the selected flavors ({}) pre-dumps; add --pre N \
                  or select a flavor with pre_dumps",
                 selected
                     .iter()
@@ -298,6 +522,13 @@ pub fn apply_overrides(selected: &[Flavor], overrides: &Overrides) -> Result<Pla
                     .join(", ")
             )));
         }
+    }
+    if overrides.page_server && !effective.iter().any(|e| e.page_server) {
+        return Err(SetupError::Usage(
+            "--page-server: every selected flavor is remote lazy (its dump serves the pages \
+             itself)"
+                .to_string(),
+        ));
     }
     if *overrides == Overrides::default() {
         return Ok(Plan {
@@ -380,9 +611,9 @@ impl FlavorSet {
     }
 
     /// The flavors named by `-f` (deduplicated, in the given order), or all
-    /// of them when `names` is empty.
+    /// of them when `names` is empty or holds `all`.
     pub fn select(&self, names: &[String]) -> Result<Vec<Flavor>, SetupError> {
-        if names.is_empty() {
+        if names.is_empty() || names.iter().any(|n| n == ALL) {
             return Ok(self.flavors.clone());
         }
         let mut out: Vec<Flavor> = Vec::new();
@@ -570,6 +801,7 @@ mod tests {
             pre_dumps,
             pre_dump_mode: mode,
             lazy: None,
+            ..Default::default()
         }
     }
 
@@ -585,6 +817,7 @@ mod tests {
             pre_dumps: pre,
             pre_dump_mode: mode,
             lazy: None,
+            ..Default::default()
         }
     }
 
@@ -747,6 +980,195 @@ mod tests {
             .expect_err("nothing pre-dumps")
             .to_string();
         assert!(err.contains("--pre-dump-mode read"), "{err}");
+    }
+
+    #[test]
+    fn parses_tracker_snaps_page_server_iters() {
+        let f = Flavor::parse(
+            "name = \"pc\"\ndescription = \"d\"\npre_dumps = 3\ntracker = \"soft-dirty\"\n\
+             snaps = true\npage_server = true\niters = 2\n",
+            Path::new("/x/pc.toml"),
+        )
+        .expect("valid");
+        assert_eq!(f.tracker, Some(Tracker::SoftDirty));
+        assert!(f.snaps && f.page_server);
+        assert_eq!(f.iters, Some(2));
+        assert_eq!(
+            f.settings().as_deref(),
+            Some("pre 3 splice, snaps, tracker soft-dirty, page-server, iters 2")
+        );
+        let e = Effective::plain(&f);
+        assert_eq!(
+            (e.tracker, e.snaps, e.page_server, e.iters, e.overridden),
+            (Some(Tracker::SoftDirty), true, true, 2, false)
+        );
+        assert_eq!(e.label(), "pc");
+        assert!(e.switches().is_empty());
+        for t in ["auto", "uffd-wp", "content"] {
+            let text =
+                format!("name = \"p\"\ndescription = \"d\"\npre_dumps = 1\ntracker = \"{t}\"\n");
+            let f = Flavor::parse(&text, Path::new("/x/p.toml")).expect("valid");
+            assert_eq!(f.tracker.map(Tracker::as_str), Some(t));
+        }
+    }
+
+    #[rstest]
+    #[case::tracker_without_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\ntracker = \"content\"\n",
+        "tracker = \"content\" without pre_dumps"
+    )]
+    #[case::snaps_without_pre_dumps(
+        "name = \"dump\"\ndescription = \"d\"\nsnaps = true\n",
+        "snaps = true without pre_dumps"
+    )]
+    #[case::bad_tracker(
+        "name = \"dump\"\ndescription = \"d\"\npre_dumps = 1\ntracker = \"dirty\"\n",
+        "unknown variant `dirty`"
+    )]
+    #[case::zero_iters(
+        "name = \"dump\"\ndescription = \"d\"\niters = 0\n",
+        "iters = 0: from 1 to 100"
+    )]
+    #[case::too_many_iters("name = \"dump\"\ndescription = \"d\"\niters = 101\n", "iters = 101")]
+    #[case::page_server_not_bool(
+        "name = \"dump\"\ndescription = \"d\"\npage_server = \"yes\"\n",
+        "invalid type"
+    )]
+    #[case::page_server_remote(
+        "name = \"dump\"\ndescription = \"d\"\npage_server = true\nlazy = \"remote\"\n",
+        "page_server with lazy = \"remote\""
+    )]
+    fn rejects_bad_new_keys(#[case] text: &str, #[case] expected: &str) {
+        let err = Flavor::parse(text, Path::new("/x/dump.toml"))
+            .expect_err("must be rejected")
+            .to_string();
+        assert!(err.contains(expected), "error {err:?} lacks {expected:?}");
+    }
+
+    #[test]
+    fn a_flavor_cannot_be_named_all() {
+        let err = Flavor::parse(
+            "name = \"all\"\ndescription = \"d\"\n",
+            Path::new("/x/all.toml"),
+        )
+        .expect_err("reserved")
+        .to_string();
+        assert!(err.contains("`-f all` selects every flavor"), "{err}");
+    }
+
+    #[test]
+    fn select_all() {
+        let set = FlavorSet {
+            dir: "/f".into(),
+            flavors: vec![flavor("a", 0, None), flavor("b", 1, None)],
+        };
+        assert_eq!(set.select(&["all".into()]).expect("all").len(), 2);
+        assert_eq!(
+            set.select(&["b".into(), "all".into()]).expect("all").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn switches_compose_and_replay() {
+        let set = [
+            flavor("dump", 0, None),
+            flavor("predump-read", 2, Some(Read)),
+            lazy_flavor("remote-lazy", 0, None, Lazy::Remote),
+        ];
+        let o = Overrides {
+            tracker: Some(Tracker::Content),
+            snaps: true,
+            page_server: true,
+            iters: Some(3),
+            ..Overrides::default()
+        };
+        let plan = apply_overrides(&set, &o).expect("ok");
+        // Tracker and snaps only where there are pre-dumps; no page server
+        // for the remote lazy flavor; iters everywhere.
+        assert_eq!(
+            labels(&plan),
+            [
+                "dump, page-server, iters 3",
+                "predump-read, snaps, tracker content, page-server, iters 3",
+                "remote-lazy, iters 3",
+            ]
+        );
+        let e = &plan.flavors[1];
+        assert_eq!(
+            (e.tracker, e.snaps, e.page_server, e.iters),
+            (Some(Tracker::Content), true, true, 3)
+        );
+        assert_eq!(
+            e.switches(),
+            [
+                "--snaps",
+                "--tracker",
+                "content",
+                "--page-server",
+                "--iters",
+                "3"
+            ]
+        );
+        assert!(!plan.flavors[0].snaps && plan.flavors[0].tracker.is_none());
+        assert!(!plan.flavors[2].page_server);
+        // --pre and lazy switches replay too.
+        let o = Overrides {
+            pre_dumps: Some(2),
+            pre_dump_mode: Some(Read),
+            lazy: Some(Lazy::Local),
+            ..Overrides::default()
+        };
+        let e = set[0].effective(&o);
+        assert_eq!(
+            e.switches(),
+            ["--pre", "2", "--pre-dump-mode", "read", "--lazy-pages"]
+        );
+        assert_eq!(
+            set[1].effective(&Overrides::default()).switches(),
+            Vec::<String>::new()
+        );
+
+        // The pre-dump switches need a flavor that pre-dumps; --page-server
+        // one that is not remote lazy.
+        for o in [
+            Overrides {
+                tracker: Some(Tracker::UffdWp),
+                ..Overrides::default()
+            },
+            Overrides {
+                snaps: true,
+                ..Overrides::default()
+            },
+        ] {
+            let err = apply_overrides(&set[..1], &o)
+                .expect_err("nothing pre-dumps")
+                .to_string();
+            assert!(
+                err.contains("none of the selected flavors (dump) pre-dumps"),
+                "{err}"
+            );
+        }
+        let err = apply_overrides(
+            &set[2..],
+            &Overrides {
+                page_server: true,
+                ..Overrides::default()
+            },
+        )
+        .expect_err("remote only")
+        .to_string();
+        assert!(err.starts_with("--page-server: "), "{err}");
+        // Switches that change nothing leave the plain name.
+        let f = Flavor {
+            iters: Some(2),
+            ..flavor("it", 0, None)
+        };
+        let e = f.effective(&Overrides {
+            iters: Some(2),
+            ..Overrides::default()
+        });
+        assert_eq!((e.label(), e.overridden), ("it".to_string(), false));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - [`cli`]: the command line (clap derive).
 //! - [`session`]: the `list` and `run` commands: selection, parallel jobs,
 //!   summary and exit status.
-//! - [`manifest`]: `zdtm-tests/tests.toml`, the list of tests.
+//! - [`manifest`]: `zdtm-tests/meta/NAME.toml`, the tests and their metadata.
+//! - [`select`]: which tests run: globs, `-x`, `--shard`.
+//! - [`host`]: kernel features and capabilities, for `needs_kernel`/`needs_caps`.
 //! - [`flavors`]: `flavors/*.toml`, the ways a test is checkpointed.
 //! - [`locate`]: where the manifest, flavors, test binaries and crust live.
 //! - [`run`]: one (test, flavor) run, step by step.
@@ -34,6 +36,7 @@ pub mod error;
 pub mod events;
 pub mod flavors;
 pub mod freeze;
+pub mod host;
 pub mod locate;
 pub mod manifest;
 pub mod netns;
@@ -41,5 +44,6 @@ pub mod procs;
 pub mod report;
 pub mod reporters;
 pub mod run;
+pub mod select;
 pub mod session;
 pub mod state;

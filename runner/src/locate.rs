@@ -15,12 +15,15 @@ use nix::unistd::{access, AccessFlags};
 
 use crate::error::SetupError;
 
-/// Environment variable naming the directory that holds `tests.toml`.
+/// Environment variable naming the directory that holds `meta/`.
 pub const TESTS_DIR_ENV: &str = "ZDTM_TESTS_DIR";
 /// Environment variable naming the flavors directory.
 pub const FLAVORS_DIR_ENV: &str = "ZDTM_FLAVORS_DIR";
-/// File name of the manifest inside the tests directory.
-pub const MANIFEST_FILE: &str = "tests.toml";
+/// The directory of per-test metadata files (`NAME.toml`) inside the
+/// tests directory.
+pub const META_DIR: &str = "meta";
+/// The old single-file manifest, refused if still present.
+pub const LEGACY_MANIFEST_FILE: &str = "tests.toml";
 
 const DEFAULT_TESTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../zdtm-tests");
 const DEFAULT_FLAVORS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../flavors");
@@ -35,7 +38,7 @@ fn pick(flag: Option<&Path>, env: Option<OsString>, default: &str) -> PathBuf {
     }
 }
 
-/// The directory holding `tests.toml`: `--tests-dir`, else `$ZDTM_TESTS_DIR`,
+/// The directory holding `meta/`: `--tests-dir`, else `$ZDTM_TESTS_DIR`,
 /// else `zdtm-tests/` of the source tree.
 pub fn tests_dir(flag: Option<&Path>) -> PathBuf {
     pick(flag, std::env::var_os(TESTS_DIR_ENV), DEFAULT_TESTS_DIR)

@@ -36,11 +36,12 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::driver::{Crust, CrustFiles, CrustOutcome, EngineKind, LazyServer};
+use crate::driver::{self, Crust, CrustFiles, CrustOutcome, EngineKind, LazyServer};
 use crate::flavors::{Effective, Lazy};
 use crate::freeze::wait_quiescent;
+use crate::host::{Host, KernelFeature};
 use crate::locate::check_executable;
-use crate::manifest::{is_skipped, TestEntry, DEFAULT_TIMEOUT_SECS};
+use crate::manifest::{is_skipped, TestEntry, UserSpec, DEFAULT_TIMEOUT_SECS};
 use crate::netns::Link;
 use crate::procs::{self, clean_command, poll_child, wait_exit, Backoff, ChildState, Tracker};
 use crate::report::{attach_tails, tail_file, Failure, KeepImg, Outcome, Verdict, TAIL_LINES};
@@ -74,6 +75,9 @@ pub struct RunContext {
     pub keep_img: KeepImg,
     /// `/proc/cpuinfo` flags, for `needs`.
     pub cpu_flags: BTreeSet<String>,
+    /// Kernel features and capabilities, for `needs_kernel`, `needs_caps`
+    /// and the flavors' trackers.
+    pub host: Host,
     /// The session's network namespace and veth pair, when a remote lazy
     /// flavor runs.
     pub link: Option<std::sync::Arc<Link>>,
@@ -99,6 +103,12 @@ pub struct TestSpec {
     pub exclude_flavors: Vec<String>,
     /// CPU flags needed.
     pub needs: Vec<String>,
+    /// Kernel features needed.
+    pub needs_kernel: Vec<KernelFeature>,
+    /// Capabilities the runner needs for it.
+    pub needs_caps: Vec<String>,
+    /// Run it as this user.
+    pub user: Option<UserSpec>,
     /// State checks not applied.
     pub skip_checks: Vec<String>,
     /// Follows the step protocol.
@@ -142,6 +152,9 @@ impl TestSpec {
             opts: entry.opts.clone(),
             exclude_flavors: entry.exclude_flavors.clone(),
             needs: entry.needs.clone(),
+            needs_kernel: entry.needs_kernel.clone(),
+            needs_caps: entry.needs_caps.clone(),
+            user: entry.user.clone(),
             skip_checks: entry.skip_checks.clone(),
             steps: entry.steps,
             continuous: entry.continuous,
@@ -159,6 +172,9 @@ impl TestSpec {
             opts: args.to_vec(),
             exclude_flavors: Vec::new(),
             needs: Vec::new(),
+            needs_kernel: Vec::new(),
+            needs_caps: Vec::new(),
+            user: None,
             skip_checks: Vec::new(),
             steps: false,
             continuous: false,
@@ -186,11 +202,14 @@ pub fn parse_cpu_flags(cpuinfo: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Why this run is skipped, if it is.
+/// Why this run is skipped, if it is: excluded from the flavor, or a CPU
+/// flag, kernel feature or capability the test (or the flavor's tracker)
+/// needs is missing here.
 pub fn skip_reason(
     test: &TestSpec,
     flavor: &Effective,
     cpu_flags: &BTreeSet<String>,
+    host: &Host,
 ) -> Option<String> {
     if test.exclude_flavors.contains(&flavor.name) {
         return Some(format!("excluded from flavor {}", flavor.name));
@@ -201,8 +220,26 @@ pub fn skip_reason(
         .filter(|n| !cpu_flags.contains(n.as_str()))
         .map(String::as_str)
         .collect();
-    (!missing.is_empty())
-        .then(|| format!("needs {} (not in /proc/cpuinfo flags)", missing.join(", ")))
+    if !missing.is_empty() {
+        return Some(format!(
+            "needs {} (not in /proc/cpuinfo flags)",
+            missing.join(", ")
+        ));
+    }
+    if let Some(why) = host.unmet(&test.needs_kernel, &test.needs_caps) {
+        return Some(why);
+    }
+    if let Some(tracker) = flavor.tracker {
+        if let Some(why) = host.unmet(tracker.needs(), &[]) {
+            return Some(format!("tracker {tracker} {why}"));
+        }
+    }
+    if let Some(lazy) = flavor.lazy {
+        if let Some(why) = host.unmet(&[KernelFeature::Userfaultfd], &[]) {
+            return Some(format!("lazy restore ({}) {why}", lazy.label()));
+        }
+    }
+    None
 }
 
 /// The files of one pre-dump.
@@ -250,19 +287,39 @@ pub struct WorkDir {
     pub state_before: PathBuf,
     /// State dumps.
     pub state_after: PathBuf,
+    /// With a page server: where crust writes the images it sends
+    /// (mirroring `img/`).
+    pub sent: Option<PathBuf>,
+    /// `-itN` for iteration N > 1, else empty.
+    pub suffix: String,
 }
 
 impl WorkDir {
     /// The layout below `root`, for `pre_dumps` pre-dumps.
     pub fn new(root: PathBuf, pre_dumps: u32) -> WorkDir {
+        WorkDir::layout(root, pre_dumps, 1, false)
+    }
+
+    /// The layout of iteration `iter` (from 1; `--iters`): the first one
+    /// as [`WorkDir::new`], the next ones with `-itN` after each image dir
+    /// and crust file name (the test's own files are shared). With a page
+    /// server, the crust commands write below `sent/` (`sent-itN/`) and
+    /// the page servers receive into the usual image dirs, restored from.
+    pub fn layout(root: PathBuf, pre_dumps: u32, iter: u32, page_server: bool) -> WorkDir {
+        let sfx = if iter > 1 {
+            format!("-it{iter}")
+        } else {
+            String::new()
+        };
         let f = |name: &str| root.join(name);
-        let img = f("img");
+        let g = |stem: &str, ext: &str| root.join(format!("{stem}{sfx}.{ext}"));
+        let img = f(&format!("img{sfx}"));
         let pre = (1..=pre_dumps)
             .map(|k| PreDump {
                 dir: img.join(format!("pre{k}")),
                 files: CrustFiles {
-                    log: f(&format!("pre{k}.log")),
-                    out: f(&format!("pre{k}.out")),
+                    log: g(&format!("pre{k}"), "log"),
+                    out: g(&format!("pre{k}"), "out"),
                 },
             })
             .collect();
@@ -272,6 +329,7 @@ impl WorkDir {
             } else {
                 img.clone()
             },
+            sent: page_server.then(|| f(&format!("sent{sfx}"))),
             img,
             pre,
             test_log: f("test.log"),
@@ -279,24 +337,69 @@ impl WorkDir {
             outfile: f("test.out"),
             step_file: step_file(&f("test.out")),
             dump: CrustFiles {
-                log: f("dump.log"),
-                out: f("dump.out"),
+                log: g("dump", "log"),
+                out: g("dump", "out"),
             },
             restore: CrustFiles {
-                log: f("restore.log"),
-                out: f("restore.out"),
+                log: g("restore", "log"),
+                out: g("restore", "out"),
             },
-            restore_pidfile: f("restore.pid"),
+            restore_pidfile: g("restore", "pid"),
             lazy: CrustFiles {
-                log: f("lazy.log"),
-                out: f("lazy.out"),
+                log: g("lazy", "log"),
+                out: g("lazy", "out"),
             },
-            lazy_pidfile: f("lazy.pid"),
-            dump_pidfile: f("dump.pid"),
-            state_before: f("state-before.txt"),
-            state_after: f("state-after.txt"),
+            lazy_pidfile: g("lazy", "pid"),
+            dump_pidfile: g("dump", "pid"),
+            state_before: g("state-before", "txt"),
+            state_after: g("state-after", "txt"),
+            suffix: sfx,
             root,
         }
+    }
+
+    /// Where crust writes the images of `dir` (an image dir of this
+    /// layout): `dir` itself, or its mirror below `sent/` with a page
+    /// server.
+    pub fn sending(&self, dir: &Path) -> PathBuf {
+        match (&self.sent, dir.strip_prefix(&self.img)) {
+            (Some(sent), Ok(rel)) => sent.join(rel),
+            _ => dir.to_path_buf(),
+        }
+    }
+
+    /// The files of the page server receiving `what` (`pre1`, `dump`):
+    /// its log and output, and its pidfile.
+    pub fn page_server_files(&self, what: &str) -> (CrustFiles, PathBuf) {
+        let f = |ext: &str| self.root.join(format!("ps-{what}{}.{ext}", self.suffix));
+        (
+            CrustFiles {
+                log: f("log"),
+                out: f("out"),
+            },
+            f("pid"),
+        )
+    }
+
+    /// Creates the image dirs (0700) of this layout, for an iteration
+    /// after the first (the root exists).
+    pub fn create_images(&self) -> std::io::Result<()> {
+        let mut builder = DirBuilder::new();
+        builder.mode(0o700);
+        let mut dirs = vec![self.img.clone()];
+        dirs.extend(self.pre.iter().map(|p| p.dir.clone()));
+        dirs.push(self.images.clone());
+        if self.sent.is_some() {
+            let sending: Vec<PathBuf> = dirs.iter().map(|d| self.sending(d)).collect();
+            dirs.extend(sending);
+        }
+        for dir in dirs {
+            match builder.create(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     /// Removes any previous contents and creates the dirs (0700).
@@ -322,13 +425,7 @@ impl WorkDir {
                 other => break other?,
             }
         }
-        builder.create(&self.img)?;
-        for dir in self.pre.iter().map(|p| &p.dir).chain([&self.images]) {
-            if *dir != self.img {
-                builder.create(dir)?;
-            }
-        }
-        Ok(())
+        self.create_images()
     }
 }
 
@@ -343,16 +440,17 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         work_dir,
         replay: String::new(),
     };
-    if let Some(reason) = skip_reason(test, flavor, &ctx.cpu_flags) {
+    if let Some(reason) = skip_reason(test, flavor, &ctx.cpu_flags, &ctx.host) {
         return outcome(Verdict::Skip(reason), None);
     }
     if let Some(reason) = ctx.crust.cannot_run(flavor) {
         return outcome(Verdict::Skip(reason), None);
     }
-    let work = WorkDir::new(
-        ctx.log_dir.join(&test.name).join(&flavor.name),
-        flavor.pre_dumps,
-    );
+    let root = ctx.log_dir.join(&test.name).join(&flavor.name);
+    let works: Vec<WorkDir> = (1..=flavor.iters.max(1))
+        .map(|iter| WorkDir::layout(root.clone(), flavor.pre_dumps, iter, flavor.page_server))
+        .collect();
+    let work = &works[0];
     if let Err(e) = work.create() {
         let failure = Failure::new(
             "setup",
@@ -366,10 +464,12 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         ctx,
         test,
         flavor,
-        work: &work,
+        work,
+        works: &works,
         tracker: &mut tracker,
         failures: &mut failures,
         lazy: LazyState::default(),
+        steps_taken: 0,
     }
     .run();
     let leftovers = tracker.cleanup();
@@ -402,7 +502,7 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         Verdict::Fail(failures)
     };
     if ctx.keep_img.keeps(passed) {
-        return outcome(verdict, Some(work.root));
+        return outcome(verdict, Some(work.root.clone()));
     }
     let _ = std::fs::remove_dir_all(&work.root);
     if let Some(parent) = work.root.parent() {
@@ -410,6 +510,15 @@ pub fn run_one(ctx: &RunContext, test: &TestSpec, flavor: &Effective) -> Outcome
         let _ = std::fs::remove_dir(parent);
     }
     outcome(verdict, None)
+}
+
+/// A `crust page-server` receiving one (pre-)dump.
+#[derive(Debug)]
+struct PageServer {
+    pid: Pid,
+    address: std::net::Ipv4Addr,
+    port: u16,
+    files: CrustFiles,
 }
 
 /// The lazy side of a run: the processes that serve its pages.
@@ -433,7 +542,12 @@ struct Steps<'a> {
     ctx: &'a RunContext,
     test: &'a TestSpec,
     flavor: &'a Effective,
+    /// The layout of the current iteration.
     work: &'a WorkDir,
+    /// Every iteration's layout (`--iters`).
+    works: &'a [WorkDir],
+    /// Steps the test took so far (they go on across iterations).
+    steps_taken: u32,
     tracker: &'a mut Tracker,
     failures: &'a mut Vec<Failure>,
     lazy: LazyState,
@@ -456,6 +570,11 @@ impl Steps<'_> {
     fn run(mut self) {
         let _ = self.run_inner();
         // Whatever happened, the link comes up again before the run ends.
+        self.join_cut();
+    }
+
+    /// Waits for the link cut of this cycle, if any, to end.
+    fn join_cut(&mut self) {
         if let Some(cut) = self.lazy.cut.take() {
             match cut.join() {
                 Ok(Ok(())) => {}
@@ -469,15 +588,55 @@ impl Steps<'_> {
 
     fn run_inner(&mut self) -> Option<()> {
         let pid = self.launch()?;
+        let works = self.works;
+        for (i, work) in works.iter().enumerate() {
+            if i > 0 {
+                // `--iters`: the restored task, resumed, is checkpointed
+                // again; a lazy daemon must have delivered every page and
+                // exited first.
+                if self.flavor.lazy.is_some() {
+                    self.wait_lazy()?;
+                    self.join_cut();
+                    if !self.failures.is_empty() {
+                        return None;
+                    }
+                }
+                self.work = work;
+                self.lazy = LazyState::default();
+                if let Err(e) = work.create_images() {
+                    return self.fail(Failure::new(
+                        "setup",
+                        format!("cannot create the image dirs of iteration {}: {e}", i + 1),
+                    ));
+                }
+            }
+            self.cycle(pid)?;
+        }
+        self.finish(pid)?;
+        if self.flavor.lazy.is_some() {
+            self.wait_lazy()?;
+        }
+        Some(())
+    }
+
+    /// The next step of a `steps` test.
+    fn next_step(&mut self, pid: Pid) -> Option<()> {
+        self.steps_taken += 1;
+        self.step(pid, self.steps_taken)
+    }
+
+    /// One checkpoint/restore cycle of the running task `pid`: pre-dumps,
+    /// dump, restore, compare; the task runs again after it.
+    fn cycle(&mut self, pid: Pid) -> Option<()> {
         let pre_dumps = self.flavor.pre_dumps;
         for k in 1..=pre_dumps {
             if k > 1 && self.test.steps {
-                self.step(pid, k - 1)?;
+                self.next_step(pid)?;
             }
             self.pre_dump(pid, k)?;
         }
         if pre_dumps > 0 && self.test.steps {
-            self.step(pid, pre_dumps)?;
+            self.next_step(pid)?;
         }
         // A continuous test never settles: don't wait 5 s for nothing.
         let quiescent =
@@ -540,14 +699,30 @@ impl Steps<'_> {
                 ),
             ));
         }
+        let iteration = if self.works.len() > 1 {
+            format!(" (iteration {} of {})", self.iteration(), self.works.len())
+        } else {
+            String::new()
+        };
+        let failed = !diffs.is_empty();
         for d in diffs {
-            self.failures.push(Failure::new(d.check, d.detail));
+            self.failures
+                .push(Failure::new(d.check, format!("{}{iteration}", d.detail)));
         }
-        self.finish(pid)?;
-        if self.flavor.lazy.is_some() {
-            self.wait_lazy()?;
+        if failed && self.works.len() > 1 {
+            // Later iterations would only pile up the same differences.
+            self.finish(pid)?;
+            return None;
         }
         Some(())
+    }
+
+    /// The current iteration, from 1.
+    fn iteration(&self) -> usize {
+        self.works
+            .iter()
+            .position(|w| std::ptr::eq(w, self.work))
+            .map_or(1, |i| i + 1)
     }
 
     /// Step 2: launch the test and get the daemon's pid.
@@ -560,6 +735,25 @@ impl Steps<'_> {
                 format!("test binary {} {reason}", test.binary.display()),
             ));
         }
+        // `user`: the test runs as that uid/gid (no supplementary groups)
+        // and owns its work dir, where it writes its pidfile and outfile.
+        let user = match test.user.as_ref().map(UserSpec::resolve) {
+            None => None,
+            Some(Ok((uid, gid))) => {
+                if let Err(e) = nix::unistd::chown(
+                    &work.root,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                ) {
+                    return self.fail(Failure::new(
+                        "launch",
+                        format!("cannot give the work dir to uid {uid}: {e}"),
+                    ));
+                }
+                Some((uid, gid))
+            }
+            Some(Err(e)) => return self.fail(Failure::new("launch", e)),
+        };
         let spawned = (|| -> std::io::Result<u32> {
             let log = OpenOptions::new()
                 .append(true)
@@ -572,7 +766,12 @@ impl Steps<'_> {
             let mut outfile_arg = std::ffi::OsString::from("--outfile=");
             outfile_arg.push(&work.outfile);
             let path_arg = test.path_arg.map(|a| a.arg(&work.root, &test.name));
-            let child = clean_command(&test.binary)
+            let mut command = clean_command(&test.binary);
+            if let Some((uid, gid)) = user {
+                use std::os::unix::process::CommandExt;
+                command.uid(uid).gid(gid);
+            }
+            let child = command
                 .arg(pidfile_arg)
                 .arg(outfile_arg)
                 .args(path_arg)
@@ -588,10 +787,18 @@ impl Steps<'_> {
             Ok(Ok(pid)) => Pid::from_raw(pid),
             Ok(Err(e)) => return self.fail(Failure::new("launch", format!("bad pid: {e}"))),
             Err(e) => {
+                let hint = match user {
+                    Some((uid, _)) => format!(
+                        " as uid {uid} (it must be able to reach the binary and the work dir {}: \
+                         is every directory above it searchable by others?)",
+                        work.root.display()
+                    ),
+                    None => String::new(),
+                };
                 return self.fail(Failure::new(
                     "launch",
-                    format!("cannot start {}: {e}", test.binary.display()),
-                ))
+                    format!("cannot start {}{hint}: {e}", test.binary.display()),
+                ));
             }
         };
         self.tracker.track(launcher);
@@ -780,18 +987,48 @@ impl Steps<'_> {
     /// Step 3: pre-dump `k` (from 1); the task must keep running.
     fn pre_dump(&mut self, pid: Pid, k: u32) -> Option<()> {
         let work = self.work;
-        let check = format!("pre-dump {k}");
+        let check = if self.flavor.snaps {
+            format!("snapshot {k}")
+        } else {
+            format!("pre-dump {k}")
+        };
         let Some(pre) = usize::try_from(k - 1).ok().and_then(|i| work.pre.get(i)) else {
             return self.fail(Failure::new(check, "no such pre-dump in the work dir"));
         };
         let prev = (k > 1).then(|| PathBuf::from(format!("../pre{}", k - 1)));
-        let args = self.ctx.crust.pre_dump_cmd(
-            pid,
-            &pre.dir,
-            prev.as_deref(),
-            self.flavor.pre_dump_mode,
-            &pre.files.log,
-        );
+        let dir = work.sending(&pre.dir);
+        let (mut args, command) = if self.flavor.snaps {
+            let mut args =
+                self.ctx
+                    .crust
+                    .dump_cmd(pid, &dir, prev.as_deref(), None, &pre.files.log);
+            args.extend(driver::snapshot_args(prev.is_some()));
+            (args, "dump --leave-running")
+        } else {
+            let args = self.ctx.crust.pre_dump_cmd(
+                pid,
+                &dir,
+                prev.as_deref(),
+                self.flavor.pre_dump_mode,
+                &pre.files.log,
+            );
+            (args, "pre-dump")
+        };
+        if let Some(tracker) = self.flavor.tracker {
+            args.extend(driver::tracker_args(tracker));
+        }
+        let server = match self.flavor.page_server {
+            true => Some(self.start_page_server(&pre.dir, &format!("pre{k}"), &check)?),
+            false => None,
+        };
+        if let Some(server) = &server {
+            args.extend(driver::page_server_client_args(server.address, server.port));
+        }
+        let what = if self.flavor.snaps {
+            "a snapshot"
+        } else {
+            "a pre-dump"
+        };
         let result =
             self.ctx
                 .crust
@@ -799,7 +1036,7 @@ impl Steps<'_> {
         match result {
             Ok(CrustOutcome::Success) => {}
             Ok(outcome) => {
-                let failure = self.crust_failure(&check, "pre-dump", &outcome, &pre.files);
+                let failure = self.crust_failure(&check, command, &outcome, &pre.files);
                 return self.fail(failure);
             }
             Err(e) => {
@@ -808,6 +1045,9 @@ impl Steps<'_> {
                     format!("cannot run {}: {e}", self.ctx.crust.path.display()),
                 ))
             }
+        }
+        if let Some(server) = server {
+            self.end_page_server(server, &check)?;
         }
         let mut state = poll_child(pid);
         if state == Ok(ChildState::Alive) && procs::is_dying(pid) {
@@ -828,7 +1068,7 @@ impl Steps<'_> {
                     Failure::new(
                         check,
                         format!(
-                            "crust pre-dump succeeded but the task {pid} {exit}: a pre-dump \
+                            "crust {command} succeeded but the task {pid} {exit}: {what} \
                              must leave it running"
                         ),
                     )
@@ -859,8 +1099,8 @@ impl Steps<'_> {
                     Failure::new(
                         check,
                         format!(
-                            "crust pre-dump left the task {pid} stopped (State {}) for {}s: a \
-                             pre-dump must leave it running",
+                            "crust {command} left the task {pid} stopped (State {}) for {}s: \
+                             {what} must leave it running",
                             letter.unwrap_or('?'),
                             self.secs()
                         ),
@@ -973,13 +1213,23 @@ impl Steps<'_> {
             .ctx
             .dump_pidfile
             .then_some(self.work.dump_pidfile.as_path());
-        let args = self.ctx.crust.dump_cmd(
+        let mut args = self.ctx.crust.dump_cmd(
             pid,
-            &self.work.images,
+            &self.work.sending(&self.work.images),
             prev.as_deref(),
             self.lazy.server.as_ref().map(|s| (s, pidfile)),
             &self.work.dump.log,
         );
+        if let (Some(tracker), Some(_)) = (self.flavor.tracker, &prev) {
+            args.extend(driver::tracker_args(tracker));
+        }
+        let server = match self.flavor.page_server {
+            true => Some(self.start_page_server(&self.work.images, "dump", "dump")?),
+            false => None,
+        };
+        if let Some(server) = &server {
+            args.extend(driver::page_server_client_args(server.address, server.port));
+        }
         let result = self.ctx.crust.run(
             &args,
             &self.work.root,
@@ -999,6 +1249,9 @@ impl Steps<'_> {
                     format!("cannot run {}: {e}", self.ctx.crust.path.display()),
                 ))
             }
+        }
+        if let Some(server) = server {
+            self.end_page_server(server, "dump")?;
         }
         if self.lazy.server.is_some() {
             self.find_dump_server()?;
@@ -1054,6 +1307,93 @@ impl Steps<'_> {
                 .with_tail(&work.dump.log),
             ),
         }
+    }
+
+    /// `--page-server`: starts `crust page-server` receiving into `dest`
+    /// on 127.0.0.1, on a port the kernel chooses (no clash between
+    /// parallel runs), read from its output.
+    fn start_page_server(&mut self, dest: &Path, what: &str, check: &str) -> Option<PageServer> {
+        let (files, pidfile) = self.work.page_server_files(what);
+        let address = std::net::Ipv4Addr::LOCALHOST;
+        let args = driver::page_server_args(dest, address, &pidfile, &files.log);
+        let result =
+            self.ctx
+                .crust
+                .run(&args, &self.work.root, &files, self.timeout(), self.tracker);
+        match result {
+            Ok(CrustOutcome::Success) => {}
+            Ok(outcome) => {
+                let failure = self.crust_failure(check, "page-server", &outcome, &files);
+                return self.fail(failure);
+            }
+            Err(e) => {
+                return self.fail(Failure::new(
+                    check,
+                    format!("cannot run {}: {e}", self.ctx.crust.path.display()),
+                ))
+            }
+        }
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|&p| p > 0)
+            .map(Pid::from_raw);
+        let port = std::fs::read_to_string(&files.out)
+            .ok()
+            .as_deref()
+            .and_then(driver::page_server_port);
+        match (pid, port) {
+            (Some(pid), Some(port)) => {
+                if poll_child(pid) == Ok(ChildState::Alive) {
+                    self.tracker.track(pid);
+                }
+                Some(PageServer {
+                    pid,
+                    address,
+                    port,
+                    files,
+                })
+            }
+            _ => self.fail(
+                Failure::new(
+                    check,
+                    format!(
+                        "crust page-server -d succeeded but left no pid in {} or no ADDR:PORT \
+                         line in {}",
+                        pidfile.display(),
+                        files.out.display()
+                    ),
+                )
+                .with_tail(&files.out)
+                .with_tail(&files.log),
+            ),
+        }
+    }
+
+    /// The page server received one (pre-)dump: it must exit 0 by itself.
+    fn end_page_server(&mut self, server: PageServer, check: &str) -> Option<()> {
+        let failure = match wait_exit(server.pid, self.timeout()) {
+            Ok(Some(exit)) => {
+                self.tracker.forget(server.pid);
+                if exit.success() {
+                    return Some(());
+                }
+                Failure::new(check, format!("the page server {} {exit}", server.pid))
+            }
+            Ok(None) => Failure::new(
+                check,
+                format!(
+                    "the page server {} did not exit within {}s of the end of the transfer",
+                    server.pid,
+                    self.secs()
+                ),
+            ),
+            Err(e) => Failure::new(
+                check,
+                format!("waiting for the page server {}: {e}", server.pid),
+            ),
+        };
+        self.fail(failure.with_tail(&server.files.log))
     }
 
     /// Step 7, lazy: `crust lazy-pages -d` (returns once its socket
@@ -1467,6 +1807,7 @@ mod tests {
             pre_dumps: 0,
             pre_dump_mode: None,
             lazy: None,
+            ..Default::default()
         })
     }
 
@@ -1485,15 +1826,61 @@ mod tests {
         assert!(flags.contains("avx") && flags.contains("fpu"));
         let mut test = TestSpec::from_bin(Path::new("/bin/t"), &[]).expect("named");
         assert_eq!(test.name, "t");
-        assert_eq!(skip_reason(&test, &flavor("dump"), &flags), None);
+        let mut host = Host {
+            kernel: [
+                (KernelFeature::SoftDirty, Err("no bit 55".to_string())),
+                (KernelFeature::Userfaultfd, Ok(())),
+            ]
+            .into_iter()
+            .collect(),
+            cap_eff: 1 << 21,
+        };
+        assert_eq!(skip_reason(&test, &flavor("dump"), &flags, &host), None);
+        test.needs_kernel = vec![KernelFeature::Userfaultfd];
+        test.needs_caps = vec!["CAP_SYS_ADMIN".into()];
+        assert_eq!(skip_reason(&test, &flavor("dump"), &flags, &host), None);
+        test.needs_kernel.push(KernelFeature::SoftDirty);
+        assert_eq!(
+            skip_reason(&test, &flavor("dump"), &flags, &host).as_deref(),
+            Some("needs kernel feature soft-dirty (no bit 55)")
+        );
+        host.kernel.insert(KernelFeature::SoftDirty, Ok(()));
+        test.needs_caps.push("CAP_SYS_RESOURCE".into());
+        assert_eq!(
+            skip_reason(&test, &flavor("dump"), &flags, &host).as_deref(),
+            Some(
+                "needs CAP_SYS_RESOURCE (not in the runner's effective capabilities, CapEff \
+                 0x200000)"
+            )
+        );
+        test.needs_caps.clear();
+        // A flavor's tracker needs its kernel features.
+        let mut pre = flavor("pre");
+        pre.pre_dumps = 1;
+        pre.tracker = Some(crate::flavors::Tracker::UffdWp);
+        assert_eq!(
+            skip_reason(&test, &pre, &flags, &host).as_deref(),
+            Some("tracker uffd-wp needs kernel feature uffd-wp-async (not probed); kernel feature pagemap-scan (not probed)")
+        );
+        // A lazy flavor needs userfaultfd.
+        let mut lazy = flavor("lazy");
+        lazy.lazy = Some(crate::flavors::Lazy::Local);
+        assert_eq!(skip_reason(&test, &lazy, &flags, &host), None);
+        host.kernel
+            .insert(KernelFeature::Userfaultfd, Err("ENOSYS".into()));
+        test.needs_kernel.clear();
+        assert_eq!(
+            skip_reason(&test, &lazy, &flags, &host).as_deref(),
+            Some("lazy restore (lazy) needs kernel feature userfaultfd (ENOSYS)")
+        );
         test.needs = vec!["avx".into(), "avx512f".into()];
         assert_eq!(
-            skip_reason(&test, &flavor("dump"), &flags).as_deref(),
+            skip_reason(&test, &flavor("dump"), &flags, &host).as_deref(),
             Some("needs avx512f (not in /proc/cpuinfo flags)")
         );
         test.exclude_flavors = vec!["dump".into()];
         assert_eq!(
-            skip_reason(&test, &flavor("dump"), &flags).as_deref(),
+            skip_reason(&test, &flavor("dump"), &flags, &host).as_deref(),
             Some("excluded from flavor dump")
         );
     }

@@ -10,35 +10,57 @@ use crate::driver::{Crust, EngineKind};
 use crate::error::{SetupError, EXIT_FAILED, EXIT_SETUP};
 use crate::events::{self, Event, Reporter, Reporters};
 use crate::flavors::{apply_overrides, Effective, FlavorSet, Lazy};
+use crate::host::Host;
 use crate::locate;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, TestEntry};
 use crate::netns::Link;
 use crate::procs;
 use crate::report::Summary;
 use crate::reporters::{JsonLines, Junit, Terminal};
 use crate::run::{parse_cpu_flags, run_one, PathArg, RunContext, TestSpec};
+use crate::select;
+use std::path::Path;
 
-/// `zdtm list`: tests with descriptions, then flavors.
+/// `zdtm list`: the selected tests, one name a line; `-v`: with their
+/// metadata, then the flavors; `--flavors`: the flavor names.
 pub fn list(args: &ListArgs) -> Result<u8, SetupError> {
-    let manifest = Manifest::load(&locate::tests_dir(args.dirs.tests_dir.as_deref()))?;
     let flavors = FlavorSet::load(&locate::flavors_dir(args.dirs.flavors_dir.as_deref()))?;
-    print!("{}", render_list(&manifest, &flavors));
+    if args.flavor_names {
+        for f in &flavors.flavors {
+            println!("{}", f.name);
+        }
+        return Ok(0);
+    }
+    let manifest = Manifest::load(&locate::tests_dir(args.dirs.tests_dir.as_deref()))?;
+    let tests = select::select(&manifest, &args.tests, &args.exclude, args.shard)?;
+    if args.verbose {
+        print!("{}", render_list(&manifest.path, &tests, &flavors));
+    } else {
+        for t in tests {
+            println!("{}", t.name);
+        }
+    }
     Ok(0)
 }
 
-/// The text of `zdtm list`.
-pub fn render_list(manifest: &Manifest, flavors: &FlavorSet) -> String {
-    let mut out = format!("Tests ({}):\n", manifest.path.display());
-    let width = manifest
-        .tests
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(0);
-    for t in &manifest.tests {
+/// The text of `zdtm list -v`.
+pub fn render_list(path: &Path, tests: &[&TestEntry], flavors: &FlavorSet) -> String {
+    let mut out = format!("Tests ({}):\n", path.display());
+    let width = tests.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    for t in tests {
         let mut notes = Vec::new();
         if !t.needs.is_empty() {
             notes.push(format!("needs {}", t.needs.join(",")));
+        }
+        if !t.needs_kernel.is_empty() {
+            let features: Vec<&str> = t.needs_kernel.iter().map(|f| f.as_str()).collect();
+            notes.push(format!("needs kernel {}", features.join(",")));
+        }
+        if !t.needs_caps.is_empty() {
+            notes.push(format!("needs {}", t.needs_caps.join(",")));
+        }
+        if let Some(user) = &t.user {
+            notes.push(format!("as user {user}"));
         }
         if !t.exclude_flavors.is_empty() {
             notes.push(format!("not under {}", t.exclude_flavors.join(",")));
@@ -118,30 +140,24 @@ fn select_tests(args: &RunArgs) -> Result<Vec<TestSpec>, SetupError> {
     }
     let manifest = Manifest::load(&locate::tests_dir(args.dirs.tests_dir.as_deref()))?;
     let bin_dir = locate::exe_dir()?;
-    if args.all {
-        if manifest.tests.is_empty() {
-            return Err(SetupError::NoTests {
-                manifest: manifest.path,
-            });
-        }
-        return Ok(manifest
-            .tests
-            .iter()
-            .map(|t| TestSpec::from_entry(t, &bin_dir))
-            .collect());
+    if args.all && manifest.tests.is_empty() {
+        return Err(SetupError::NoTests {
+            manifest: manifest.path,
+        });
     }
-    dedup(&args.tests)
-        .iter()
-        .map(|name| {
-            manifest
-                .get(name)
-                .map(|t| TestSpec::from_entry(t, &bin_dir))
-                .ok_or_else(|| SetupError::UnknownTest {
-                    name: name.clone(),
-                    manifest: manifest.path.clone(),
-                })
-        })
-        .collect()
+    let patterns = if args.all {
+        Vec::new()
+    } else {
+        dedup(&args.tests)
+    };
+    let tests = select::select(&manifest, &patterns, &args.exclude, args.shard)?;
+    if tests.is_empty() {
+        eprintln!("zdtm: note: the selection (after -x and --shard) holds no test");
+    }
+    Ok(tests
+        .into_iter()
+        .map(|t| TestSpec::from_entry(t, &bin_dir))
+        .collect())
 }
 
 /// The reporters of `zdtm run`: the terminal, and the `--junit` and
@@ -250,6 +266,7 @@ pub fn run(args: &RunArgs) -> Result<u8, SetupError> {
         log_dir: log_dir.clone(),
         keep_img: args.keep_img,
         cpu_flags: parse_cpu_flags(&cpuinfo),
+        host: Host::probe(),
         link,
         cut_link: args
             .cut_link
@@ -362,15 +379,24 @@ mod tests {
     use super::*;
     use crate::flavors::Flavor;
     use crate::manifest::Manifest;
-    use std::path::Path;
 
     #[test]
     fn list_rendering() {
-        let manifest = Manifest::parse(
-            "[[test]]\nname = \"env00\"\ndescription = \"environment\"\n\
-             [[test]]\nname = \"avx\"\ndescription = \"avx regs\"\nneeds = [\"avx\"]\n\
-             [[test]]\nname = \"step\"\ndescription = \"stepper\"\nsteps = true\n",
-            Path::new("/t/tests.toml"),
+        let manifest = Manifest::parse_files(
+            Path::new("/t/meta"),
+            &[
+                ("env00.toml", "description = \"environment\"\n"),
+                (
+                    "avx.toml",
+                    "description = \"avx regs\"\nneeds = [\"avx\"]\n",
+                ),
+                ("step.toml", "description = \"stepper\"\nsteps = true\n"),
+                (
+                    "unpriv.toml",
+                    "description = \"u\"\nuser = \"nobody\"\nneeds_kernel = [\"soft-dirty\"]\n\
+                     needs_caps = [\"CAP_SYS_RESOURCE\"]\n",
+                ),
+            ],
         )
         .expect("valid");
         let flavors = FlavorSet {
@@ -379,24 +405,24 @@ mod tests {
                 Flavor {
                     name: "dump".into(),
                     description: "Full dump".into(),
-                    pre_dumps: 0,
-                    pre_dump_mode: None,
-                    lazy: None,
+                    ..Default::default()
                 },
                 Flavor {
                     name: "pre".into(),
                     description: "Pre-dumps".into(),
                     pre_dumps: 2,
-                    pre_dump_mode: None,
-                    lazy: None,
+                    tracker: Some(crate::flavors::Tracker::Content),
+                    ..Default::default()
                 },
             ],
         };
+        let tests: Vec<&TestEntry> = manifest.tests.iter().collect();
         assert_eq!(
-            render_list(&manifest, &flavors),
-            "Tests (/t/tests.toml):\n  env00  environment\n  avx    avx regs [needs avx]\n\
-             \x20 step   stepper [steps]\n\
-             Flavors (/f):\n  dump  Full dump\n  pre   Pre-dumps [pre 2 splice]\n"
+            render_list(&manifest.path, &tests, &flavors),
+            "Tests (/t/meta):\n  avx     avx regs [needs avx]\n  env00   environment\n\
+             \x20 step    stepper [steps]\n\
+             \x20 unpriv  u [needs kernel soft-dirty; needs CAP_SYS_RESOURCE; as user nobody]\n\
+             Flavors (/f):\n  dump  Full dump\n  pre   Pre-dumps [pre 2 splice, tracker content]\n"
         );
     }
 

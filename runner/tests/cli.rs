@@ -34,13 +34,12 @@ impl Setup {
             "name = \"dump\"\ndescription = \"Full dump\"\n",
         )
         .expect("write flavor");
-        std::fs::write(
-            setup.path().join("tests.toml"),
-            "[[test]]\nname = \"alpha\"\ndescription = \"first test\"\n\
-             [[test]]\nname = \"beta\"\ndescription = \"excluded one\"\n\
-             exclude_flavors = [\"dump\"]\n",
-        )
-        .expect("write manifest");
+        std::fs::create_dir(setup.meta()).expect("mkdir");
+        setup.meta_file("alpha", "description = \"first test\"\n");
+        setup.meta_file(
+            "beta",
+            "description = \"excluded one\"\nexclude_flavors = [\"dump\"]\n",
+        );
         setup
     }
 
@@ -50,6 +49,24 @@ impl Setup {
 
     fn flavors(&self) -> PathBuf {
         self.path().join("flavors")
+    }
+
+    fn meta(&self) -> PathBuf {
+        self.path().join("meta")
+    }
+
+    /// Writes `meta/NAME.toml`.
+    fn meta_file(&self, name: &str, text: &str) {
+        std::fs::write(self.meta().join(format!("{name}.toml")), text).expect("write metadata");
+    }
+
+    /// Leaves only these metadata files.
+    fn only_meta(&self, files: &[(&str, &str)]) {
+        std::fs::remove_dir_all(self.meta()).expect("rm meta");
+        std::fs::create_dir(self.meta()).expect("mkdir");
+        for (name, text) in files {
+            self.meta_file(name, text);
+        }
     }
 
     fn logs(&self) -> PathBuf {
@@ -108,13 +125,10 @@ impl Setup {
     /// A manifest with one test, `zdtm-dummy` (found next to zdtm, where
     /// cargo put it), with these extra keys.
     fn dummy_manifest(&self, keys: &str) {
-        std::fs::write(
-            self.path().join("tests.toml"),
-            format!(
-                "[[test]]\nname = \"zdtm-dummy\"\ndescription = \"d\"\ntimeout_secs = 5\n{keys}"
-            ),
-        )
-        .expect("write manifest");
+        self.only_meta(&[(
+            "zdtm-dummy",
+            &format!("description = \"d\"\ntimeout_secs = 5\n{keys}"),
+        )]);
     }
 
     fn argv_log(&self) -> PathBuf {
@@ -220,6 +234,11 @@ fn list_shows_tests_and_flavors() {
     let setup = Setup::new();
     let out = setup.zdtm(&["list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "alpha\nbeta\n");
+    let out = setup.zdtm(&["list", "--flavors"]);
+    assert_eq!(text(&out.stdout), "dump\n");
+    let out = setup.zdtm(&["list", "-v"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("  alpha  first test\n"), "{stdout}");
     assert!(
@@ -233,16 +252,27 @@ fn list_shows_tests_and_flavors() {
 #[test]
 fn bad_files_are_setup_errors() {
     let setup = Setup::new();
-    std::fs::write(
-        setup.path().join("tests.toml"),
-        "[[test]]\nname = \"a\"\ndescription = \"d\"\ntimeout = 3\n",
-    )
-    .expect("write");
+    setup.meta_file("a", "description = \"d\"\ntimeout = 3\n");
     let out = setup.zdtm(&["list"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("tests.toml: "), "{stderr}");
+    assert!(stderr.contains("meta/a.toml: "), "{stderr}");
     assert!(stderr.contains("unknown field `timeout`"), "{stderr}");
+    // A bad file name, with the reason.
+    setup.only_meta(&[("a b", "description = \"d\"\n")]);
+    let out = setup.zdtm(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("meta/a b.toml: invalid test name"),
+        "{stderr}"
+    );
+    // The old single-file manifest is refused, not ignored.
+    setup.only_meta(&[]);
+    std::fs::write(setup.path().join("tests.toml"), "").expect("write");
+    let out = setup.zdtm(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("tests.toml: the single-file manifest is no longer read"));
 
     let setup = Setup::new();
     std::fs::write(
@@ -380,11 +410,7 @@ fn dump_that_leaves_the_task_alive_is_a_failure() {
     require_root("dump_that_leaves_the_task_alive_is_a_failure");
     let _serial = serial();
     let setup = Setup::new();
-    std::fs::write(
-        setup.path().join("tests.toml"),
-        "[[test]]\nname = \"zdtm-dummy\"\ndescription = \"d\"\ntimeout_secs = 1\n",
-    )
-    .expect("write");
+    setup.only_meta(&[("zdtm-dummy", "description = \"d\"\ntimeout_secs = 1\n")]);
     // -t looks binaries up next to zdtm, where cargo put zdtm-dummy.
     let crust = setup.crust("exit 0", "exit 1");
     let logs = setup.logs();
@@ -434,12 +460,10 @@ fn hanging_launcher_is_killed_with_its_daemon() {
     require_root("hanging_launcher_is_killed_with_its_daemon");
     let _serial = serial();
     let setup = Setup::new();
-    std::fs::write(
-        setup.path().join("tests.toml"),
-        "[[test]]\nname = \"zdtm-dummy\"\ndescription = \"d\"\ntimeout_secs = 1\n\
-         opts = [\"--mode=launcher-hang\"]\n",
-    )
-    .expect("write");
+    setup.only_meta(&[(
+        "zdtm-dummy",
+        "description = \"d\"\ntimeout_secs = 1\nopts = [\"--mode=launcher-hang\"]\n",
+    )]);
     let crust = setup.crust("exit 1", "exit 1");
     let logs = setup.logs();
     let out = setup.zdtm(&[
@@ -690,7 +714,7 @@ fn list_shows_pre_dumps_and_steps() {
     )
     .expect("write flavor");
     setup.dummy_manifest("steps = true\ncontinuous = true\n");
-    let out = setup.zdtm(&["list"]);
+    let out = setup.zdtm(&["list", "-v"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
@@ -871,4 +895,60 @@ fn cut_link_needs_a_remote_flavor() {
     );
     let out = setup.run_test(&crust, &["--lazy-pages", "--remote-lazy-pages"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn snaps_are_chained_leave_running_dumps() {
+    require_root("snaps_are_chained_leave_running_dumps");
+    let _serial = serial();
+    let setup = Setup::new();
+    std::fs::write(
+        setup.flavors().join("pre2.toml"),
+        "name = \"pre2\"\ndescription = \"two pre-dumps\"\npre_dumps = 2\n",
+    )
+    .expect("write flavor");
+    setup.dummy_manifest("");
+    // A snapshot (--leave-running) leaves the task alone; the final dump
+    // kills it.
+    let crust = setup.logging_crust(
+        "exit 1",
+        &format!("case \"$all\" in *--leave-running*) exit 0;; esac; {KILLING_DUMP}"),
+        FAILING_RESTORE,
+    );
+    let out = setup.run_test(&crust, &["-f", "pre2", "--snaps", "--tracker", "content"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("FAIL zdtm-dummy (pre2, snaps, tracker content): restore: "),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let work = setup.logs().join("zdtm-dummy").join("pre2");
+    assert_eq!(
+        setup.invocations(&work),
+        [
+            "dump -t PID -D W/img/pre1 -o W/pre1.log -v --leave-running --track-mem \
+             --tracker content step=-",
+            "dump -t PID -D W/img/pre2 --track-mem --prev-images-dir ../pre1 -o W/pre2.log -v \
+             --leave-running --tracker content step=-",
+            "show W/img/pre2/inventory.img step=-",
+            "dump -t PID -D W/img/dump --track-mem --prev-images-dir ../pre2 -o W/dump.log -v \
+             --tracker content step=-",
+            "restore -D W/img/dump -d --pidfile W/restore.pid --leave-stopped -o W/restore.log step=-",
+        ]
+    );
+    assert_daemon_gone(&work);
+
+    // --snaps, like --pre-dump-mode and --tracker, needs a flavor that
+    // pre-dumps.
+    for switch in [&["--snaps"][..], &["--tracker", "uffd-wp"]] {
+        let mut args = vec!["-f", "dump"];
+        args.extend_from_slice(switch);
+        let out = setup.run_test(&crust, &args);
+        assert_eq!(out.status.code(), Some(2), "{switch:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("none of the selected flavors (dump) pre-dumps"),
+            "{stderr}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Shared helpers for the zdtm test programs (signals, fds, clocks).
 //!
 //! Each test is one binary in `src/bin/<name>.rs`, listed with a
-//! description in `tests.toml` (the manifest the runner reads).
+//! metadata file `meta/NAME.toml` (what the runner reads).
 //! `smoke.sh` runs them without checkpoint/restore (start, SIGTERM, expect
 //! PASS) and checks that they are single-threaded, sleeping and hold no
 //! sockets or anonymous-inode fds while waiting; tests with steps first

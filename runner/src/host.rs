@@ -1,0 +1,409 @@
+//! What this machine offers, for the tests' `needs_kernel` and `needs_caps`
+//! (and the flavors' `tracker`): kernel features probed on the running
+//! kernel by the runner itself (engine-neutral), and the runner's
+//! effective capabilities. Probed once per session.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A kernel feature a test may need (`needs_kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelFeature {
+    /// CONFIG_MEM_SOFT_DIRTY: pagemap bit 55 set by a write.
+    SoftDirty,
+    /// The PAGEMAP_SCAN ioctl on /proc/PID/pagemap (6.7+).
+    PagemapScan,
+    /// userfaultfd(2) usable.
+    Userfaultfd,
+    /// userfaultfd write-protect in async mode (UFFD_FEATURE_WP_ASYNC and
+    /// WP_UNPOPULATED, 6.7+).
+    UffdWpAsync,
+}
+
+impl KernelFeature {
+    /// Every feature, in probe order.
+    pub const ALL: [KernelFeature; 4] = [
+        KernelFeature::SoftDirty,
+        KernelFeature::PagemapScan,
+        KernelFeature::Userfaultfd,
+        KernelFeature::UffdWpAsync,
+    ];
+
+    /// The name used in metadata files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelFeature::SoftDirty => "soft-dirty",
+            KernelFeature::PagemapScan => "pagemap-scan",
+            KernelFeature::Userfaultfd => "userfaultfd",
+            KernelFeature::UffdWpAsync => "uffd-wp-async",
+        }
+    }
+}
+
+impl fmt::Display for KernelFeature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Capability names by bit number (linux/capability.h).
+pub const CAP_NAMES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The effective capability set from `/proc/PID/status` text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let value = l.strip_prefix("CapEff:")?;
+        u64::from_str_radix(value.trim(), 16).ok()
+    })
+}
+
+/// What the machine offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    /// Each feature: Ok, or why it is missing.
+    pub kernel: BTreeMap<KernelFeature, Result<(), String>>,
+    /// The runner's effective capabilities.
+    pub cap_eff: u64,
+}
+
+impl Host {
+    /// Probes the running kernel and reads the runner's capabilities.
+    pub fn probe() -> Host {
+        let kernel = KernelFeature::ALL
+            .iter()
+            .map(|&f| {
+                let result = match f {
+                    KernelFeature::SoftDirty => probe_soft_dirty(),
+                    KernelFeature::PagemapScan => probe_pagemap_scan(),
+                    KernelFeature::Userfaultfd => probe_uffd_features().map(|_| ()),
+                    KernelFeature::UffdWpAsync => probe_uffd_features().and_then(|features| {
+                        let want = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+                        if features & want == want {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "UFFDIO_API offers features {features:#x}, without WP_ASYNC and \
+                                 WP_UNPOPULATED"
+                            ))
+                        }
+                    }),
+                };
+                (f, result)
+            })
+            .collect();
+        let cap_eff = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(parse_cap_eff)
+            .unwrap_or(0);
+        Host { kernel, cap_eff }
+    }
+
+    /// Why `feature` is unavailable, if it is.
+    pub fn missing_feature(&self, feature: KernelFeature) -> Option<String> {
+        match self.kernel.get(&feature) {
+            Some(Ok(())) => None,
+            Some(Err(why)) => Some(why.clone()),
+            None => Some("not probed".to_string()),
+        }
+    }
+
+    /// Whether the runner holds capability `name` (a [`CAP_NAMES`] entry).
+    pub fn has_cap(&self, name: &str) -> bool {
+        CAP_NAMES
+            .iter()
+            .position(|&c| c == name)
+            .is_some_and(|bit| self.cap_eff & (1u64 << bit) != 0)
+    }
+
+    /// Why a test needing `features` and `caps` cannot run here, if so.
+    pub fn unmet(&self, features: &[KernelFeature], caps: &[String]) -> Option<String> {
+        let mut reasons = Vec::new();
+        for &f in features {
+            if let Some(why) = self.missing_feature(f) {
+                reasons.push(format!("kernel feature {f} ({why})"));
+            }
+        }
+        let caps: Vec<&str> = caps
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !self.has_cap(c))
+            .collect();
+        if !caps.is_empty() {
+            reasons.push(format!(
+                "{} (not in the runner's effective capabilities, CapEff {:#x})",
+                caps.join(", "),
+                self.cap_eff
+            ));
+        }
+        (!reasons.is_empty()).then(|| format!("needs {}", reasons.join("; ")))
+    }
+}
+
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// UFFD_USER_MODE_ONLY: enough for a probe, allowed to unprivileged users.
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+/// _IOWR(0xAA, 0x3F, struct uffdio_api).
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFD_API: u64 = 0xaa;
+/// _IOWR('f', 16, struct pm_scan_arg).
+const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// One private anonymous page of ours, unmapped on drop.
+struct Page(*mut libc::c_void);
+
+impl Page {
+    fn new() -> Result<Page, String> {
+        // SAFETY: an anonymous private mapping at an address of the
+        // kernel's choosing; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page_size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Page(p))
+    }
+
+    fn addr(&self) -> u64 {
+        self.0 as u64
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of one page, used by no one
+        // else.
+        unsafe { libc::munmap(self.0, page_size()) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// A page just written has pagemap bit 55 (soft-dirty) set, on a kernel
+/// with CONFIG_MEM_SOFT_DIRTY.
+fn probe_soft_dirty() -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let page = Page::new()?;
+    // SAFETY: the page is ours, mapped read-write, one page long.
+    unsafe { std::ptr::write_volatile(page.0.cast::<u8>(), 1) };
+    let pagemap = std::fs::File::open("/proc/self/pagemap")
+        .map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
+    let mut entry = [0u8; 8];
+    let offset = page.addr() / page_size() as u64 * 8;
+    pagemap
+        .read_exact_at(&mut entry, offset)
+        .map_err(|e| format!("cannot read /proc/self/pagemap: {e}"))?;
+    if u64::from_ne_bytes(entry) & (1 << 55) != 0 {
+        Ok(())
+    } else {
+        Err(
+            "pagemap bit 55 stays clear after a write: kernel built without \
+             CONFIG_MEM_SOFT_DIRTY"
+                .to_string(),
+        )
+    }
+}
+
+/// PAGEMAP_SCAN over one page of ours.
+fn probe_pagemap_scan() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let page = Page::new()?;
+    let pagemap = std::fs::File::open("/proc/self/pagemap")
+        .map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
+    let mut region = PageRegion::default();
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start: page.addr(),
+        end: page.addr() + page_size() as u64,
+        walk_end: 0,
+        vec: std::ptr::addr_of_mut!(region) as u64,
+        vec_len: 1,
+        max_pages: 0,
+        category_inverted: 0,
+        category_mask: 0,
+        category_anyof_mask: PAGE_IS_PRESENT,
+        return_mask: PAGE_IS_PRESENT,
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg whose vec points to one
+    // page_region that outlives the call; the range is a page of ours.
+    let r = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+    if r >= 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "ioctl(PAGEMAP_SCAN): {} (Linux 6.7+)",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// The features UFFDIO_API offers.
+fn probe_uffd_features() -> Result<u64, String> {
+    let open = |flags: libc::c_int| {
+        // SAFETY: userfaultfd(2) takes flags only and returns a new fd.
+        unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }
+    };
+    let mut fd = open(libc::O_CLOEXEC | UFFD_USER_MODE_ONLY);
+    if fd < 0 {
+        fd = open(libc::O_CLOEXEC);
+    }
+    if fd < 0 {
+        return Err(format!(
+            "userfaultfd(2): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|e| format!("userfaultfd(2): {e}"))?;
+    // SAFETY: `fd` was just returned by userfaultfd(2) and is owned here
+    // only.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: `api` is a valid struct uffdio_api for the duration of the
+    // call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) };
+    if r < 0 {
+        return Err(format!(
+            "ioctl(UFFDIO_API): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(api.features)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_and_names() {
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapInh:\t0\nCapEff:\t000001fffeffffff\n"),
+            Some(0x1fffeffffff)
+        );
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+        assert_eq!(CAP_NAMES[24], "CAP_SYS_RESOURCE");
+        assert_eq!(CAP_NAMES[40], "CAP_CHECKPOINT_RESTORE");
+        let host = Host {
+            kernel: BTreeMap::new(),
+            cap_eff: 0x1fffeffffff,
+        };
+        assert!(host.has_cap("CAP_SYS_ADMIN") && !host.has_cap("CAP_SYS_RESOURCE"));
+        let why = host
+            .unmet(&[], &["CAP_SYS_RESOURCE".into(), "CAP_KILL".into()])
+            .expect("unmet");
+        assert!(why.starts_with("needs CAP_SYS_RESOURCE (not in"), "{why}");
+        assert_eq!(host.unmet(&[], &["CAP_KILL".into()]), None);
+    }
+
+    #[test]
+    fn probes_agree_with_the_kernel() {
+        // Every probe answers; the ones this kernel must have (userfaultfd
+        // is needed by the lazy flavors) are there.
+        let host = Host::probe();
+        assert_eq!(host.kernel.len(), KernelFeature::ALL.len());
+        assert_eq!(host.missing_feature(KernelFeature::Userfaultfd), None);
+        // uffd-wp-async and PAGEMAP_SCAN came together (6.7).
+        assert_eq!(
+            host.missing_feature(KernelFeature::UffdWpAsync).is_none(),
+            host.missing_feature(KernelFeature::PagemapScan).is_none()
+        );
+        let own = parse_cap_eff(&std::fs::read_to_string("/proc/self/status").expect("status"));
+        assert_eq!(Some(host.cap_eff), own);
+    }
+}
