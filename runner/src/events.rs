@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(
             switches(&["-a", "--crust", "t/crust", "--tests-dir=/abs/tests"]),
             [
-                "--crust".to_string(),
+                "--engine".to_string(),
                 abs("t/crust"),
                 "--tests-dir".into(),
                 "/abs/tests".into()

@@ -42,24 +42,26 @@ impl Suite {
         let suite = Suite {
             dir: tempfile::tempdir().expect("tempdir"),
         };
-        std::fs::write(
-            suite.tests(),
-            "[[test]]\nname = \"zero_pages\"\ndescription = \"passes\"\n\
-             [[test]]\nname = \"zdtm-dummy\"\ndescription = \"broken on purpose\"\n\
-             opts = [\"--mode=fail\"]\n\
-             [[test]]\nname = \"heap\"\ndescription = \"skipped in dump\"\n\
-             exclude_flavors = [\"dump\"]\n",
-        )
-        .expect("write manifest");
+        let meta = suite.path().join("meta");
+        std::fs::create_dir(&meta).expect("mkdir meta");
+        for (name, text) in [
+            ("zero_pages", "description = \"passes\"\n"),
+            (
+                "zdtm-dummy",
+                "description = \"broken on purpose\"\nopts = [\"--mode=fail\"]\n",
+            ),
+            (
+                "heap",
+                "description = \"skipped in dump\"\nexclude_flavors = [\"dump\"]\n",
+            ),
+        ] {
+            std::fs::write(meta.join(format!("{name}.toml")), text).expect("write metadata");
+        }
         suite
     }
 
     fn path(&self) -> &Path {
         self.dir.path()
-    }
-
-    fn tests(&self) -> PathBuf {
-        self.path().join("tests.toml")
     }
 
     fn logs(&self) -> PathBuf {
