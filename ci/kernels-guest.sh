@@ -33,8 +33,11 @@ mkdir -p "$scratch"
 kver=$(uname -r)
 mods=$(readlink "/usr/lib/modules/$kver" 2>/dev/null || true)
 modprobe veth 2>/dev/null || true
-for m in /usr/lib/modules /usr/lib /usr /tmp; do
-    while mountpoint -q "$m"; do umount -l "$m" || break; done
+# Stacked: /usr hides an overlay on /usr/lib that shows once /usr is gone.
+for _ in 1 2 3; do
+    for m in /usr/lib/modules /usr/lib /usr /tmp; do
+        while mountpoint -q "$m"; do umount -l "$m" || break; done
+    done
 done
 if [ -n "$mods" ]; then
     mount -t tmpfs tmpfs /usr/lib/modules
@@ -78,13 +81,28 @@ zargs=()
 while IFS= read -r a; do zargs+=("$a"); done <"$out/zdtm-args"
 # zdtm's --tracker where it has it; else crust wrapped by
 # ci/crust-with-tracker.sh, which adds --tracker to every (pre-)dump.
-runs=(auto)
+# The first run takes crust's own choice (auto); each other tracker the
+# kernel offers then runs the flavors that pre-dump (the content tracker
+# only in read mode: it refuses splice), unless ZDTM-ARGS name flavors.
 tracker_opt=wrapper
 zdtm run --help 2>/dev/null | grep -q -- '--tracker' && tracker_opt=zdtm
+runs=(auto)
 case " ${zargs[*]} " in
     *" --tracker"*|*" --crust"*|*" --engine"*) ;;
-    *) ((${#trackers[@]})) && runs=("${trackers[@]}") ;;
+    *) for t in "${trackers[@]}"; do [ "$t" = "$auto" ] || runs+=("$t"); done ;;
 esac
+has_flavors=0
+for a in "${zargs[@]}"; do
+    case $a in -f|--flavor|--flavor=*|-f?*) has_flavors=1 ;; esac
+done
+pre_flavors() { # TRACKER
+    local f
+    for f in "${ZDTM_FLAVORS_DIR:-$repo/flavors}"/*.toml; do
+        grep -qE '^pre_dumps *= *[1-9]' "$f" || continue
+        [ "$1" != content ] || grep -qE '^pre_dump_mode *= *"read"' "$f" || continue
+        printf '%s\n' -f "$(basename "$f" .toml)"
+    done
+}
 for tr in "${runs[@]}"; do
     extra=()
     if [ "$tr" != auto ]; then
@@ -102,10 +120,14 @@ for tr in "${runs[@]}"; do
         extra+=(--junit "$kdir/junit-$label.xml")
     fi
     t0=$(date +%s)
-    CRUST_TRACKER=${CRUST_TRACKER:-${tr#auto}} zdtm run "${zargs[@]}" "${extra[@]}" --log-dir "$scratch/zdtm-logs-$label" >"$kdir/zdtm-$label.log" 2>&1
+    targs=("${zargs[@]}")
+    if [ "$tr" != auto ] && ((has_flavors == 0)); then
+        while IFS= read -r a; do targs+=("$a"); done < <(pre_flavors "$tr")
+    fi
+    CRUST_TRACKER=${CRUST_TRACKER:-${tr#auto}} zdtm run "${targs[@]}" "${extra[@]}" --log-dir "$scratch/zdtm-logs-$label" >"$kdir/zdtm-$label.log" 2>&1
     zrc=$?
     res=$(grep -E '^zdtm: [0-9]+ passed' "$kdir/zdtm-$label.log" | tail -1)
-    note "zdtm ${zargs[*]} ${extra[*]} (tracker $label): ${res:-no result} (exit $zrc, $(($(date +%s) - t0))s)"
+    note "zdtm ${targs[*]} ${extra[*]} (tracker $label): ${res:-no result} (exit $zrc, $(($(date +%s) - t0))s)"
     grep -E '^FAIL ' "$kdir/zdtm-$label.log" | sed 's/^/  /' | tee -a "$kdir/summary"
     ((zrc == 0)) || failed+=("zdtm with tracker $label")
     if [ -d "$scratch/zdtm-logs-$label" ] && [ -n "$(ls -A "$scratch/zdtm-logs-$label")" ]; then
