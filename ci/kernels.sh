@@ -159,13 +159,14 @@ resolve() {
 # Prints the path of the vmlinuz of VERSION, downloading and extracting the
 # package on first use (modules next to it, as virtme-ng expects).
 kernel() {
-    local ver=$1 pinned="$cache/pin-$1" file sha deb dir
+    local ver=$1 pinned="$cache/pin-$1" file sha stamp deb dir
     if [ -s "$pinned" ]; then
-        read -r file sha <"$pinned"
+        read -r file sha stamp <"$pinned"
     fi
     deb="$cache/debs/$(basename "${file:-none}")"
     if [ -z "${file:-}" ] || ! [ -s "$deb" ]; then
         read -r file sha < <(resolve "$ver") || true
+        stamp=$(date -u +%Y%m%dT%H%M%SZ)
         [ -n "${file:-}" ] || die "no linux-image package for $ver in the $(suite_of "$ver") index"
         deb="$cache/debs/$(basename "$file")"
     fi
@@ -173,12 +174,15 @@ kernel() {
         mkdir -p "$cache/debs"
         say "downloading $file"
         curl -fsSL -o "$deb.part" "https://deb.debian.org/debian/$file" ||
-            curl -fsSL -o "$deb.part" "https://snapshot.debian.org/archive/debian/now/$file" ||
+            curl -fsSL -o "$deb.part" "https://snapshot.debian.org/archive/debian/${stamp:-now}/$file" ||
             die "cannot download $file"
         echo "$sha  $deb.part" | sha256sum -c --quiet - >&2 || { rm -f "$deb.part"; die "sha256 mismatch for $file"; }
         mv "$deb.part" "$deb"
     fi
-    echo "$file $sha" >"$pinned"
+    # The pin: package file, its SHA256 from the index, and when it was
+    # chosen (snapshot.debian.org serves it at that time once the pool
+    # dropped it).
+    echo "$file $sha ${stamp:-}" >"$pinned"
     dir="$cache/kernels/$(basename "$deb" .deb)"
     if ! [ -e "$dir/.done" ]; then
         say "extracting $(basename "$deb")"
