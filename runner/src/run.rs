@@ -653,13 +653,13 @@ impl Steps<'_> {
             before.fds.retain(|f| f.fd != fd);
             before.vmflags = vmflags::without(&before.vmflags, "uw");
         }
-        if pre_dumps > 0 {
-            // `sd` (VM_SOFTDIRTY) marks a VMA created since the last
-            // clear_refs; the engine's soft-dirty tracker writes clear_refs
-            // at each pre-dump by design, while a restore creates every VMA
-            // anew. Compared without pre-dumps (no one cleared it then).
-            before.vmflags = vmflags::without(&before.vmflags, "sd");
-        }
+        // `sd` (VM_SOFTDIRTY) marks a VMA created since the last
+        // clear_refs: a restore creates every VMA anew (so each has it),
+        // and the engine's soft-dirty tracker clears it at each pre-dump
+        // by design; a task cannot see it but through smaps. Seen on
+        // soft-dirty kernels (6.1, 6.12): the exec-made stack lacks it
+        // and the restored one has it, in every flavor.
+        before.vmflags = vmflags::without(&before.vmflags, "sd");
         self.dump(pid)?;
         self.reap_dumped(pid)?;
         if self.flavor.lazy.is_some() {
@@ -674,10 +674,8 @@ impl Steps<'_> {
         // Resume it whatever happened, so it can be terminated.
         let _ = kill(pid, Signal::SIGCONT);
         let mut after = after?;
-        if pre_dumps > 0 {
-            // See `sd` above.
-            after.vmflags = vmflags::without(&after.vmflags, "sd");
-        }
+        // See `sd` above.
+        after.vmflags = vmflags::without(&after.vmflags, "sd");
         if self.flavor.lazy.is_some() {
             // `um` (VM_UFFD_MISSING): the lazy ranges are registered on
             // the daemon's userfaultfd until it has delivered them: the

@@ -108,12 +108,25 @@ impl UffdWp {
         );
         inj.call("close", libc::SYS_close, &[low])?;
         let task_fd = high? as i32;
-        let uffd = pidfd_getfd(pidfd, pid, task_fd)?;
-        uffd::api(
-            &uffd,
-            uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
-        )
-        .map_err(|e| Error::sys("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)", pid, e))?;
+        // A kernel without WP_ASYNC (6.1) refuses the API call: the
+        // descriptor made in the task goes again, or the next (pre-)dump,
+        // with the tracker "auto" fell back to, would find it there and
+        // refuse the task (seen on Debian's 6.1: docs/kernels.md).
+        let made = pidfd_getfd(pidfd, pid, task_fd).and_then(|uffd| {
+            uffd::api(
+                &uffd,
+                uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
+            )
+            .map_err(|e| Error::sys("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)", pid, e))?;
+            Ok(uffd)
+        });
+        let uffd = match made {
+            Ok(u) => u,
+            Err(e) => {
+                inj.call("close", libc::SYS_close, &[task_fd as u64])?;
+                return Err(e);
+            }
+        };
         Ok(UffdWp {
             pid,
             uffd,
