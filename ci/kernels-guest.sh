@@ -33,6 +33,21 @@ mkdir -p "$scratch"
 kver=$(uname -r)
 mods=$(readlink "/usr/lib/modules/$kver" 2>/dev/null || true)
 modprobe veth 2>/dev/null || true
+# The repository and the results dir are shared into the guest at their
+# host paths: one under /tmp (a CI clone there) would vanish with /tmp's
+# overlay, so it is bound aside first and back onto the new /tmp after.
+kept=()
+for d in "$repo" "$out"; do
+    case "$d" in
+    /tmp/*)
+        case "$d" in "$repo"/*) [ "$d" = "$repo" ] || continue ;; esac
+        k="$scratch/kept${#kept[@]}"
+        mkdir -p "$k"
+        mount --bind "$d" "$k"
+        kept+=("$d" "$k")
+        ;;
+    esac
+done
 # Stacked: /usr hides an overlay on /usr/lib that shows once /usr is gone.
 for _ in 1 2 3; do
     for m in /usr/lib/modules /usr/lib /usr /tmp; do
@@ -45,6 +60,11 @@ if [ -n "$mods" ]; then
 fi
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 export TMPDIR=/tmp
+for ((i = 0; i < ${#kept[@]}; i += 2)); do
+    mkdir -p "${kept[i]}"
+    mount --bind "${kept[i + 1]}" "${kept[i]}"
+done
+cd "$repo"
 
 note "kernel $(uname -r) ($(uname -v))"
 grep -E '^Cap(Eff|Bnd)' /proc/self/status | tr '\t' ' ' | while read -r l; do note "$l"; done
