@@ -504,7 +504,7 @@ impl Criu {
         args
     }
 
-    /// `criu pre-dump`.
+    /// `criu pre-dump`: crust's arguments with CRIU's verbosity.
     pub fn pre_dump_args(
         pid: Pid,
         images: &Path,
@@ -512,48 +512,26 @@ impl Criu {
         mode: PreDumpMode,
         log: &Path,
     ) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "pre-dump".into(),
-            "-t".into(),
-            pid.to_string().into(),
-            "-D".into(),
-            images.into(),
-        ];
-        if let Some(prev) = prev {
-            args.extend(["--prev-images-dir".into(), prev.into()]);
-        }
-        args.extend([
-            "--pre-dump-mode".into(),
-            mode.as_str().into(),
-            "--track-mem".into(),
-            "-o".into(),
-            log.into(),
-            Self::VERBOSE.into(),
-        ]);
-        args
+        Self::verbose(Crust::pre_dump_args(pid, images, prev, mode, log))
     }
 
     /// `criu lazy-pages -d`: it daemonizes once its socket listens and
-    /// writes the daemon's pid to `pidfile`.
+    /// writes the daemon's pid to `pidfile`. Crust's arguments with CRIU's
+    /// verbosity.
     pub fn lazy_pages_args(
         images: &Path,
         server: Option<&LazyServer>,
         pidfile: &Path,
         log: &Path,
     ) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["lazy-pages".into(), "-D".into(), images.into()];
-        if let Some(server) = server {
-            args.push("--page-server".into());
-            args.extend(server.args());
+        Self::verbose(Crust::lazy_pages_args(images, server, pidfile, log))
+    }
+
+    /// Crust's trailing `-v` as CRIU's `-v4`.
+    fn verbose(mut args: Vec<OsString>) -> Vec<OsString> {
+        if let Some(last) = args.last_mut().filter(|a| *a == "-v") {
+            *last = Self::VERBOSE.into();
         }
-        args.extend([
-            "-d".into(),
-            "--pidfile".into(),
-            pidfile.into(),
-            "-o".into(),
-            log.into(),
-            Self::VERBOSE.into(),
-        ]);
         args
     }
 
