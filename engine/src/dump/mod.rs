@@ -909,12 +909,6 @@ fn dump_inner(
     if threads != frozen.tids() {
         return Err(Error::task(pid, "its threads changed while it was frozen"));
     }
-    if lazy.is_some() && threads.len() > 1 {
-        return Err(Error::unsupported(
-            pid,
-            "a lazy dump (--lazy-pages) of a multi-threaded process is not supported yet",
-        ));
-    }
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
@@ -1039,13 +1033,24 @@ fn dump_inner(
     // Lazy: the twin that keeps the memory after the kill (holder.rs).
     if let Some(l) = lazy.as_deref_mut() {
         let (guard, regs) = (frozen.guard.clone(), frozen.regs);
-        let twin = frozen.burst(gadget, |inj| {
-            let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
-            // The task must not write into the shared memory as it dies.
-            inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
-            inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
-            Ok(twin)
-        });
+        let twin = frozen
+            .burst(gadget, |inj| {
+                let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
+                // The task must not write into the shared memory as it dies.
+                inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+                inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
+                Ok(twin)
+            })
+            .and_then(|twin| {
+                // Nor any of its threads.
+                for t in &mut frozen.threads {
+                    t.burst(gadget, |inj| {
+                        inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+                        inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])
+                    })?;
+                }
+                Ok(twin)
+            });
         let twin = match twin {
             Ok(t) => t,
             Err(e) => {
@@ -1130,6 +1135,16 @@ fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Co
         }
         Ok(())
     });
+    for (f, t) in frozen.threads.iter_mut().zip(&core.threads) {
+        let (tid, head, len) = (t.clear_child_tid, t.robust_list_head, t.robust_list_len);
+        let _ = f.burst(gadget, |inj| {
+            inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
+            if head != 0 {
+                inj.call("set_robust_list", libc::SYS_set_robust_list, &[head, len])?;
+            }
+            Ok(())
+        });
+    }
 }
 
 fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
@@ -1191,6 +1206,17 @@ fn touched_at_restore(core: &crate::image::messages::Core) -> Vec<crate::ranges:
     }
     if core.clear_child_tid != 0 {
         spans.push((core.clear_child_tid, core.clear_child_tid + 4));
+    }
+    for t in &core.threads {
+        if let Some(r) = t.rseq.as_ref().filter(|r| r.ptr != 0) {
+            spans.push((r.ptr, r.ptr + u64::from(r.len.max(32))));
+        }
+        if t.robust_list_head != 0 {
+            spans.push((t.robust_list_head, t.robust_list_head + 24));
+        }
+        if t.clear_child_tid != 0 {
+            spans.push((t.clear_child_tid, t.clear_child_tid + 4));
+        }
     }
     let mut out = Vec::new();
     let mut pages: Vec<_> = spans

@@ -119,12 +119,6 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
             ),
         ));
     }
-    if opts.lazy_pages && !others.is_empty() {
-        return Err(bad(
-            dir,
-            "lazy restore of a multi-threaded process is not supported yet",
-        ));
-    }
     let mm: Mm = images.read(Kind::Mm, Some(pid))?;
     let fds: Fds = images.read(Kind::Fds, Some(pid))?;
     let pagemap: Pagemap = images.read(Kind::Pagemap, Some(pid))?;
