@@ -197,3 +197,59 @@ fn python_threads_roundtrip() {
     assert_eq!(exit, Exit::Code(0), "log: {text}");
     assert!(text.contains("OK all"), "{text}");
 }
+
+/// Threads being created and exiting all the time: each dump either
+/// succeeds (a thread caught mid-clone is frozen with the others) or is
+/// refused naming the thread that could not be stopped or was exiting,
+/// and the process runs on unharmed; the last dump is restored and the
+/// program's own accounting still holds.
+#[test]
+fn thread_churn_dumped_or_refused_by_name() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "threadchurn.c", &["-pthread"]);
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log));
+    let pid = p.pid;
+    wait_file_contains(&log, "running", TIMEOUT);
+    let pid_s = pid.to_string();
+    let mut dumped = 0;
+    for i in 0..8 {
+        let images = tmp.path().join(format!("lr{i}"));
+        let out = crust([
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            path_str(&images),
+            "--leave-running",
+        ]);
+        if out.success() {
+            dumped += 1;
+        } else {
+            out.stderr_has("thread");
+        }
+        assert_eq!(p.try_wait(), None, "the process died at dump {i}");
+    }
+    p.assert_running_untraced();
+    assert!(dumped > 0, "no dump of the churning process succeeded");
+    // The final dump, retried while it is refused for an exiting thread.
+    let images = tmp.path().join("images");
+    let mut done = false;
+    for _ in 0..20 {
+        let out = crust(["dump", "-t", &pid_s, "-D", path_str(&images)]);
+        if out.success() {
+            done = true;
+            break;
+        }
+        out.stderr_has("thread");
+    }
+    assert!(done, "every final dump was refused");
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let mut r = restore_detached(&images, pid);
+    r.signal(libc::SIGTERM);
+    let exit = r.wait(TIMEOUT);
+    let text = read_string(&log);
+    assert_eq!(exit, Exit::Code(0), "log: {text}");
+    assert!(text.contains("OK "), "{text}");
+}
