@@ -379,7 +379,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // installed: the last injected call; from its syscall exit the task
     // leaves with its own registers.
     creds::restore(&mut inj, &img.core)?;
-    threads::restore_creds(&threads, &img.core, inj.scratch()?)?;
+    threads::restore_creds(pid, &threads, &img.core, inj.scratch()?)?;
     inj.unmap_scratch()?;
     let filters = img
         .core

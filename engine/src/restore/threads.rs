@@ -202,17 +202,50 @@ fn set_state(inj: &mut Injector, pid: pid_t, t: &ThreadCore) -> Result<()> {
 /// like change only the calling thread), with calls injected into it.
 /// `scratch`: the leader's, still mapped.
 pub(crate) fn restore_creds(
+    pid: pid_t,
     threads: &Threads,
     core: &Core,
     scratch: crate::inject::Scratch,
 ) -> Result<()> {
+    // Securebits are per thread too but not in /proc/PID/status.
+    let plain = core.creds.as_ref().is_some_and(|c| c.securebits == 0);
+    let leader = creds_lines(pid, pid).filter(|_| plain);
     for tracee in &threads.tracees {
+        // Already the same (the common case: a root process restored by
+        // root): nothing to change.
+        if leader.is_some() && creds_lines(pid, tracee.pid) == leader {
+            continue;
+        }
         let base = tracee.regs()?;
         let mut ti = Injector::new(tracee, base, gadget_of(&base));
         ti.share_scratch(scratch);
         super::creds::restore(&mut ti, core)?;
     }
     Ok(())
+}
+
+/// The credential lines of /proc/PID/task/TID/status (ids, groups,
+/// capability sets, no_new_privs, seccomp mode).
+fn creds_lines(pid: pid_t, tid: pid_t) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    const KEYS: [&str; 10] = [
+        "Uid:",
+        "Gid:",
+        "Groups:",
+        "CapInh:",
+        "CapPrm:",
+        "CapEff:",
+        "CapBnd:",
+        "CapAmb:",
+        "NoNewPrivs:",
+        "Seccomp:",
+    ];
+    Some(
+        text.lines()
+            .filter(|l| KEYS.iter().any(|k| l.starts_with(k)))
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 /// Sets each thread's own registers, xstate and mask and parks it in the
