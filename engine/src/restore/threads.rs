@@ -101,7 +101,12 @@ pub(crate) fn create(inj: &mut Injector, leader: &Tracee, core: &Core) -> Result
         // stack_size, tls, set_tid, set_tid_size, cgroup. No stack: the
         // thread never runs on the one it starts with (its registers are
         // set before it runs).
-        let args = le(&[flags, 0, 0, 0, 0, 0, 0, 0, set_tid, 1, 0]);
+        // clear_child_tid is set by the clone itself (CLONE_CHILD_CLEARTID).
+        let (flags, ctid) = match t.clear_child_tid {
+            0 => (flags, 0),
+            a => (flags | libc::CLONE_CHILD_CLEARTID as u64, a),
+        };
+        let args = le(&[flags, 0, ctid, 0, 0, 0, 0, 0, set_tid, 1, 0]);
         let p = inj.put(0, &args)?;
         let got = inj.call(
             "clone3(CLONE_THREAD, set_tid)",
@@ -117,7 +122,7 @@ pub(crate) fn create(inj: &mut Injector, leader: &Tracee, core: &Core) -> Result
             ));
         }
         loop {
-            match tracee.wait()? {
+            match tracee.wait_spin(std::time::Duration::from_micros(200))? {
                 Stop::Event { .. } => break,
                 Stop::Exited(_) | Stop::Killed(_) => {
                     return Err(Error::task(pid, format!("new thread {tid} died")))
@@ -133,7 +138,7 @@ pub(crate) fn create(inj: &mut Injector, leader: &Tracee, core: &Core) -> Result
         let base = tracee.regs()?;
         let mut ti = Injector::new(tracee, base, gadget_of(&base));
         ti.share_scratch(scratch);
-        set_state(&mut ti, pid, t)?;
+        set_state(&mut ti, pid, t, &core.comm)?;
     }
     Ok(threads)
 }
@@ -144,19 +149,22 @@ fn gadget_of(r: &Regs) -> u64 {
     r.rip - 2
 }
 
-fn set_state(inj: &mut Injector, pid: pid_t, t: &ThreadCore) -> Result<()> {
-    let p = inj.put_cstr(0, &t.comm)?;
-    inj.call(
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        &[libc::PR_SET_NAME as u64, p],
-    )?;
-    let ss = match &t.altstack {
-        Some(a) => le(&[a.sp, a.flags as u32 as u64, a.size]),
-        None => le(&[0, libc::SS_DISABLE as u64, 0]),
-    };
-    let p = inj.put(0, &ss)?;
-    inj.call("sigaltstack", libc::SYS_sigaltstack, &[p, 0])?;
+/// Only what differs from a thread just cloned from the leader: it has the
+/// leader's name, no altstack (cleared by a CLONE_VM clone), no robust
+/// list, no rseq, and its clear_child_tid from the clone.
+fn set_state(inj: &mut Injector, pid: pid_t, t: &ThreadCore, leader_comm: &str) -> Result<()> {
+    if t.comm != leader_comm {
+        let p = inj.put_cstr(0, &t.comm)?;
+        inj.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, p],
+        )?;
+    }
+    if let Some(a) = &t.altstack {
+        let p = inj.put(0, &le(&[a.sp, a.flags as u32 as u64, a.size]))?;
+        inj.call("sigaltstack", libc::SYS_sigaltstack, &[p, 0])?;
+    }
     if t.robust_list_head != 0 {
         inj.call(
             "set_robust_list",
@@ -164,11 +172,6 @@ fn set_state(inj: &mut Injector, pid: pid_t, t: &ThreadCore) -> Result<()> {
             &[t.robust_list_head, t.robust_list_len],
         )?;
     }
-    inj.call(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        &[t.clear_child_tid],
-    )?;
     if let Some(r) = &t.rseq {
         inj.call(
             "rseq",
