@@ -132,7 +132,14 @@ impl<'t> Injector<'t> {
         self.tracee.set_regs(&regs)?;
         for phase in ["entry", "exit"] {
             self.tracee.resume_to_syscall()?;
-            match self.tracee.wait_spin(SPIN)? {
+            let mut stop = self.tracee.wait_spin(SPIN)?;
+            // An injected clone of a thread traced with
+            // PTRACE_O_TRACECLONE stops once more before its exit.
+            if stop == Stop::OtherEvent(libc::PTRACE_EVENT_CLONE) && phase == "exit" {
+                self.tracee.resume_to_syscall()?;
+                stop = self.tracee.wait_spin(SPIN)?;
+            }
+            match stop {
                 Stop::Syscall => {}
                 Stop::Exited(c) => {
                     return Err(Error::task(
@@ -211,6 +218,12 @@ impl<'t> Injector<'t> {
             self.call("munmap", libc::SYS_munmap, &[s.addr, s.len])?;
         }
         Ok(())
+    }
+
+    /// Uses a scratch area another injector (into another thread of the
+    /// same process) mapped; it stays that injector's to remove.
+    pub fn share_scratch(&mut self, s: Scratch) {
+        self.scratch = Some(s);
     }
 
     pub fn scratch(&self) -> Result<Scratch> {

@@ -17,6 +17,7 @@
 //! use, and the FPU test shared by `fpu_avx` and `fpu_sse` ([`fpu`]).
 
 pub mod fpu;
+pub mod threads;
 
 use std::ffi::CString;
 use std::time::Duration;

@@ -88,12 +88,60 @@ pub(crate) struct Frozen {
     pub bursts: Vec<std::time::Duration>,
     /// Stop at safe points when crust is killed (not while cleaning up).
     guarded: bool,
+    /// The process's other threads, each held the same way (by tid,
+    /// ascending); empty for a single-threaded one or a leader-only freeze.
+    pub threads: Vec<Frozen>,
 }
 
 impl Frozen {
+    /// Freezes every thread of the process `pid`: the leader, then each
+    /// thread /proc/PID/task lists, again and again until a listing shows
+    /// none not yet held. A thread is held only once it is in its stop, and
+    /// a stopped thread creates none, so when no new one shows up every
+    /// thread is stopped (a clone that was under way when its thread was
+    /// stopped has finished by then: the stop is taken on the way back to
+    /// user space, after the new thread joined the group). Nothing is read
+    /// before this returns; on any error every thread held so far is let
+    /// go untouched (each `Frozen` resumes on drop).
     fn freeze(pid: pid_t) -> Result<Frozen> {
         guard::check()?;
-        Self::freeze_with(pid, true)
+        let mut f = Self::freeze_with(pid, true)?;
+        loop {
+            let tids = proc::task::task_ids(pid)?;
+            let new: Vec<pid_t> = tids
+                .into_iter()
+                .filter(|&t| t != pid && !f.threads.iter().any(|h| h.tracee.pid == t))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                guard::check()?;
+                match Self::freeze_with(tid, true) {
+                    Ok(t) => f.threads.push(t),
+                    // Exited meanwhile: it is no longer part of the process.
+                    Err(_) if thread_gone(pid, tid) => {}
+                    Err(e) => {
+                        return Err(Error::unsupported(
+                            pid,
+                            format!(
+                                "thread {tid} could not be stopped ({e}){}",
+                                thread_state(pid, tid)
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        f.threads.sort_by_key(|t| t.tracee.pid);
+        Ok(f)
+    }
+
+    /// The tids of every thread held, the leader first.
+    fn tids(&self) -> Vec<pid_t> {
+        std::iter::once(self.tracee.pid)
+            .chain(self.threads.iter().map(|t| t.tracee.pid))
+            .collect()
     }
 
     fn freeze_with(pid: pid_t, guarded: bool) -> Result<Frozen> {
@@ -107,6 +155,7 @@ impl Frozen {
             guard: None,
             bursts: Vec::new(),
             guarded,
+            threads: Vec::new(),
         };
         f.tracee.interrupt()?;
         f.regs = f.tracee.regs()?;
@@ -160,11 +209,18 @@ impl Frozen {
     /// Lets the task go: parked, it leaves through the signal path, so that
     /// an interrupted syscall restarts as the kernel would have done.
     fn resume(&mut self) -> Result<()> {
+        let mut out = Ok(());
+        for t in &mut self.threads {
+            if let Err(e) = t.resume() {
+                out = Err(e);
+            }
+        }
         self.released = true;
         if self.injecting {
             self.park()?;
         }
-        self.tracee.detach()
+        self.tracee.detach()?;
+        out
     }
 
     /// The longest burst, for the log.
@@ -176,19 +232,27 @@ impl Frozen {
     fn kill(&mut self) -> Result<()> {
         guard::check()?;
         self.released = true;
+        for t in &mut self.threads {
+            t.released = true;
+        }
         let pid = self.tracee.pid;
         // SAFETY: plain kill(2) of the task we hold.
         if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
             return Err(Error::sys("kill", pid, nix::errno::Errno::last()));
         }
-        loop {
-            match self.tracee.wait()? {
-                Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
-                _ => {
-                    let _ = self.tracee.cont(0);
+        // Traced threads stay zombies until their tracer reaps them, and
+        // the leader's exit is reported only after the others are gone.
+        for t in self.threads.iter().map(|t| &t.tracee).chain([&self.tracee]) {
+            loop {
+                match t.wait()? {
+                    Stop::Exited(_) | Stop::Killed(_) => break,
+                    _ => {
+                        let _ = t.cont(0);
+                    }
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -347,18 +411,96 @@ fn parent_tracker_fd(pid: pid_t, parent: Option<&Parent>) -> Option<i32> {
         .filter(|&fd| is_tracker_fd(pid, fd))
 }
 
-pub(crate) fn single_thread(pid: pid_t) -> Result<Vec<i32>> {
-    let threads = proc::task::task_ids(pid)?;
-    if threads.len() != 1 {
+/// Whether thread `tid` of `pid` is gone (exited and reaped).
+fn thread_gone(pid: pid_t, tid: pid_t) -> bool {
+    !proc::pid_path(pid, &format!("task/{tid}")).exists()
+}
+
+/// ", state X (name)" of thread `tid`, for an error message.
+fn thread_state(pid: pid_t, tid: pid_t) -> String {
+    std::fs::read_to_string(proc::pid_path(pid, &format!("task/{tid}/stat")))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(')')?;
+            rest.split_whitespace()
+                .next()
+                .map(|st| format!("; state {st}"))
+        })
+        .unwrap_or_default()
+}
+
+/// Refuses the threads a dump cannot take: one that is exiting (a zombie
+/// or dead thread keeps its tid in /proc until its leader reaps it, and
+/// has no registers to restore), and one whose credentials differ from the
+/// leader's (restore gives every thread the leader's). Returns the tids,
+/// the leader first.
+pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
+    let mut tids = proc::task::task_ids(pid)?;
+    if let Some(i) = tids.iter().position(|&t| t == pid) {
+        let leader = tids.remove(i);
+        tids.insert(0, leader);
+    }
+    if tids.len() == 1 {
+        return Ok(tids);
+    }
+    let creds = |tid: pid_t| -> Option<Vec<String>> {
+        let text =
+            std::fs::read_to_string(proc::pid_path(pid, &format!("task/{tid}/status"))).ok()?;
+        Some(
+            text.lines()
+                .filter(|l| {
+                    [
+                        "Uid:",
+                        "Gid:",
+                        "Groups:",
+                        "CapInh:",
+                        "CapPrm:",
+                        "CapEff:",
+                        "CapBnd:",
+                        "CapAmb:",
+                        "NoNewPrivs:",
+                        "Seccomp:",
+                    ]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+                })
+                .map(str::to_string)
+                .collect(),
+        )
+    };
+    let leader = creds(pid);
+    let filtered = leader.as_ref().is_some_and(|c| {
+        c.iter()
+            .any(|l| l.starts_with("Seccomp:") && l.trim_end() != "Seccomp:\t0")
+    });
+    if filtered {
         return Err(Error::unsupported(
             pid,
             format!(
-                "{} threads (only single-threaded tasks are supported yet)",
-                threads.len()
+                "seccomp filters in a process with {} threads: not supported yet (restore installs them in the leader only)",
+                tids.len()
             ),
         ));
     }
-    Ok(threads)
+    for &tid in &tids[1..] {
+        let st = thread_state(pid, tid);
+        if st.contains("state Z") || st.contains("state X") {
+            return Err(Error::unsupported(
+                pid,
+                format!("thread {tid} is exiting{st}: dump again once it is gone"),
+            ));
+        }
+        let c = creds(tid);
+        if c.is_some() && leader.is_some() && c != leader {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "thread {tid} has credentials (uids, gids, capabilities or seccomp) of its own, unlike its leader: not supported yet"
+                ),
+            ));
+        }
+    }
+    Ok(tids)
 }
 
 /// A `syscall` instruction to inject from: in the vDSO, or, for a task
@@ -523,7 +665,7 @@ fn pre_dump_inner(
     let mut phases = crate::phases::Phases::default();
     let mut frozen = Frozen::freeze(pid)?;
     phases.mark("freeze");
-    single_thread(pid)?;
+    check_threads(pid)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
@@ -776,7 +918,10 @@ fn dump_inner(
     // first one (another thread, seccomp strict mode, a filter that would
     // not let one through); the rest of the refusals after the bursts,
     // while smaps is read (they all ran before freezing too).
-    let threads = single_thread(pid)?;
+    let threads = check_threads(pid)?;
+    if threads != frozen.tids() {
+        return Err(Error::task(pid, "its threads changed while it was frozen"));
+    }
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
@@ -790,6 +935,11 @@ fn dump_inner(
     let regs = frozen.regs;
     let pidfd = pidfd_open(pid)?;
     let mut core = frozen.burst(gadget, task::collect_injected)?;
+    for t in &mut frozen.threads {
+        t.guard = creds::seccomp_guard(t)?;
+        let thread = task::collect_thread(t, gadget)?;
+        core.core.threads.push(thread);
+    }
     core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
     let mut started = match opts.track.track_mem {
         true => start_tracker(
@@ -896,13 +1046,24 @@ fn dump_inner(
     // Lazy: the twin that keeps the memory after the kill (holder.rs).
     if let Some(l) = lazy.as_deref_mut() {
         let (guard, regs) = (frozen.guard.clone(), frozen.regs);
-        let twin = frozen.burst(gadget, |inj| {
-            let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
-            // The task must not write into the shared memory as it dies.
-            inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
-            inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
-            Ok(twin)
-        });
+        let twin = frozen
+            .burst(gadget, |inj| {
+                let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
+                // The task must not write into the shared memory as it dies.
+                inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+                inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
+                Ok(twin)
+            })
+            .and_then(|twin| {
+                // Nor any of its threads.
+                for t in &mut frozen.threads {
+                    t.burst(gadget, |inj| {
+                        inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+                        inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])
+                    })?;
+                }
+                Ok(twin)
+            });
         let twin = match twin {
             Ok(t) => t,
             Err(e) => {
@@ -987,6 +1148,16 @@ fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Co
         }
         Ok(())
     });
+    for (f, t) in frozen.threads.iter_mut().zip(&core.threads) {
+        let (tid, head, len) = (t.clear_child_tid, t.robust_list_head, t.robust_list_len);
+        let _ = f.burst(gadget, |inj| {
+            inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
+            if head != 0 {
+                inj.call("set_robust_list", libc::SYS_set_robust_list, &[head, len])?;
+            }
+            Ok(())
+        });
+    }
 }
 
 fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
@@ -1048,6 +1219,17 @@ fn touched_at_restore(core: &crate::image::messages::Core) -> Vec<crate::ranges:
     }
     if core.clear_child_tid != 0 {
         spans.push((core.clear_child_tid, core.clear_child_tid + 4));
+    }
+    for t in &core.threads {
+        if let Some(r) = t.rseq.as_ref().filter(|r| r.ptr != 0) {
+            spans.push((r.ptr, r.ptr + u64::from(r.len.max(32))));
+        }
+        if t.robust_list_head != 0 {
+            spans.push((t.robust_list_head, t.robust_list_head + 24));
+        }
+        if t.clear_child_tid != 0 {
+            spans.push((t.clear_child_tid, t.clear_child_tid + 4));
+        }
     }
     let mut out = Vec::new();
     let mut pages: Vec<_> = spans

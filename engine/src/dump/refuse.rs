@@ -44,7 +44,7 @@ fn checks(
     external: &[String],
     layout: bool,
 ) -> Result<FdPlan> {
-    super::single_thread(pid)?;
+    super::check_threads(pid)?;
     super::creds::refuse(pid)?;
     root_and_cwd(pid)?;
     super::task::refuse_attrs(pid)?;

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::image::messages::{
     AltStack, Attrs, Core, Itimer, PendingSignal, PosixTimer, Rlimit, Rseq, Sched, SigAction,
+    ThreadCore,
 };
 use crate::inject::Injector;
 use crate::proc;
@@ -91,6 +92,60 @@ pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
         brk,
         lock_future,
     })
+}
+
+/// The state of one non-leader thread: read with ptrace and from /proc,
+/// and (altstack, clear_child_tid) with a burst of calls injected into
+/// that thread itself.
+pub(crate) fn collect_thread(f: &mut super::Frozen, gadget: u64) -> Result<ThreadCore> {
+    let tid = f.tracee.pid;
+    let mut t = ThreadCore {
+        tid,
+        regs: Some(crate::regs::to_image(&f.regs)),
+        xstate: f.tracee.xstate()?,
+        sigmask: f.sigmask,
+        ..Default::default()
+    };
+    for info in f.tracee.pending_signals(false)? {
+        let signo = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
+        t.pending.push(PendingSignal {
+            shared: false,
+            signo,
+            siginfo: info.to_vec(),
+        });
+    }
+    let rseq = f.tracee.rseq_config()?;
+    if rseq.rseq_abi_pointer != 0 {
+        t.rseq = Some(Rseq {
+            ptr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            signature: rseq.signature,
+        });
+    }
+    (t.robust_list_head, t.robust_list_len) = get_robust_list(tid)?;
+    t.comm = proc::task::read_comm(tid)?;
+    let (altstack, ctid) = f.burst(gadget, |inj| {
+        let buf = inj.map_scratch(None, 4096)?.addr;
+        inj.call("sigaltstack", libc::SYS_sigaltstack, &[0, buf])?;
+        let b = inj.get(0, 24)?;
+        let flags = u64_at(&b, 8) as u32 as i32;
+        let altstack = (flags & libc::SS_DISABLE == 0).then(|| AltStack {
+            sp: u64_at(&b, 0),
+            flags: flags & !libc::SS_ONSTACK,
+            size: u64_at(&b, 16),
+        });
+        inj.call(
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_TID_ADDRESS as u64, buf],
+        )?;
+        let ctid = u64_at(&inj.get(0, 8)?, 0);
+        inj.unmap_scratch()?;
+        Ok((altstack, ctid))
+    })?;
+    t.altstack = altstack;
+    t.clear_child_tid = ctid;
+    Ok(t)
 }
 
 /// VmLck of /proc/PID/status (mm->locked_vm), in kB.

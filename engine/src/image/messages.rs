@@ -247,6 +247,10 @@ pub struct Core {
     /// give the task the engine's own).
     #[prost(message, optional, tag = "17")]
     pub creds: Option<Creds>,
+    /// Every thread but the leader (whose state is the fields above), by
+    /// tid, ascending.
+    #[prost(message, repeated, tag = "40")]
+    pub threads: Vec<ThreadCore>,
 }
 
 /// What backs a VMA, which decides how restore recreates it.
@@ -786,4 +790,38 @@ pub struct LazyStats {
     /// delivered from the local images ahead of other background work.
     #[prost(uint64, tag = "22")]
     pub pages_parent: u64,
+}
+
+/// One thread of a multi-threaded process other than its leader: what is
+/// per thread. Everything else (memory, files, signal actions, shared
+/// pending signals, credentials, which must match the leader's) is the
+/// process's, in the leader's `Core`.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct ThreadCore {
+    #[prost(int32, tag = "1")]
+    pub tid: i32,
+    /// Exactly as stopped: fs/gs base (TLS) included, and rax = -ERESTART*
+    /// for a thread stopped inside a syscall (restarted as the leader's).
+    #[prost(message, optional, tag = "2")]
+    pub regs: Option<Regs>,
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "hex")]
+    pub xstate: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub sigmask: u64,
+    /// The thread's own queue (shared = false in every entry).
+    #[prost(message, repeated, tag = "5")]
+    pub pending: Vec<PendingSignal>,
+    #[prost(message, optional, tag = "6")]
+    pub altstack: Option<AltStack>,
+    #[prost(message, optional, tag = "7")]
+    pub rseq: Option<Rseq>,
+    #[prost(uint64, tag = "8")]
+    pub robust_list_head: u64,
+    #[prost(uint64, tag = "9")]
+    pub robust_list_len: u64,
+    #[prost(uint64, tag = "10")]
+    pub clear_child_tid: u64,
+    #[prost(string, tag = "11")]
+    pub comm: String,
 }

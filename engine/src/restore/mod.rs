@@ -10,6 +10,7 @@ mod creds;
 mod files;
 mod mem;
 mod task;
+mod threads;
 
 pub use files::InheritFd;
 
@@ -100,14 +101,24 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
             ))
         }
     };
-    if task.threads.len() != 1 || task.pid <= 0 {
+    if task.threads.first() != Some(&task.pid) || task.pid <= 0 {
         return Err(bad(
             dir,
-            format!("task {} has {} threads", task.pid, task.threads.len()),
+            format!("task {} does not list itself as its first thread", task.pid),
         ));
     }
     let pid = task.pid;
     let core: Core = images.read(Kind::Core, Some(pid))?;
+    let others: Vec<i32> = core.threads.iter().map(|t| t.tid).collect();
+    if task.threads[1..] != others[..] || core.threads.iter().any(|t| t.regs.is_none()) {
+        return Err(bad(
+            dir,
+            format!(
+                "task {}: the threads of the core image ({others:?}) are not those of the tree ({:?}), or lack registers",
+                task.pid, task.threads
+            ),
+        ));
+    }
     let mm: Mm = images.read(Kind::Mm, Some(pid))?;
     let fds: Fds = images.read(Kind::Fds, Some(pid))?;
     let pagemap: Pagemap = images.read(Kind::Pagemap, Some(pid))?;
@@ -353,6 +364,11 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         task::restore_attrs_external(pid, a)?;
         task::restore_attrs_injected(&mut inj, a)?;
     }
+    // Threads are created while the leader is still privileged (set_tid).
+    let mut threads = threads::create(&mut inj, tracee, &img.core)?;
+    if !threads.tracees.is_empty() {
+        phases.mark("threads");
+    }
     phases.mark("task");
     mem::finish_mm(&mut inj, &img.mm)?;
     mem::verify_vm_flags(pid, &img.mm)?;
@@ -363,6 +379,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // installed: the last injected call; from its syscall exit the task
     // leaves with its own registers.
     creds::restore(&mut inj, &img.core)?;
+    threads::restore_creds(pid, &threads, &img.core, inj.scratch()?)?;
     inj.unmap_scratch()?;
     let filters = img
         .core
@@ -386,6 +403,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     tracee.set_regs(&from_image(regs_img, base))?;
     tracee.set_xstate(&img.core.xstate)?;
     tracee.set_sigmask(img.core.sigmask)?;
+    threads::finish(&threads, &img.core)?;
     tracee.trap_in_signal_path()?;
     if opts.leave_stopped {
         // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
@@ -394,6 +412,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     tracee.detach()?;
     stub.released = true;
+    threads.release()?;
     phases.mark("registers");
     if let Some(conn) = lazy_conn.as_mut() {
         crate::lazy::handoff::restore_done(conn);

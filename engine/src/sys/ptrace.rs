@@ -86,6 +86,14 @@ impl Tracee {
         Ok(Tracee { pid })
     }
 
+    /// Sets the ptrace options (PTRACE_SETOPTIONS), replacing the ones
+    /// given at seize.
+    pub fn set_options(&self, opts: i32) -> Result<()> {
+        ptrace_raw(libc::PTRACE_SETOPTIONS, self.pid, 0, opts as usize)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_SETOPTIONS", self.pid, e))
+    }
+
     /// Stops the task with PTRACE_INTERRUPT and waits for that stop. A
     /// signal that is being delivered meanwhile is passed on, as it would
     /// have been without us, and the interrupt asked for again: the

@@ -6,8 +6,10 @@
  * "tick N" to OUTFILE every 50 ms. On SIGTERM it verifies its memory,
  * appends "OK <ticks>" or "BAD <what>", and exits with EXITCODE.
  *
- * EXTRA holds something crust refuses to dump: socketpair, tcp, thread,
- * unlinked, eventfd (or "none").
+ * EXTRA holds something crust refuses to dump: socketpair, tcp,
+ * thread-creds (a second thread whose effective uid is not the main
+ * thread's), unlinked, eventfd; or "thread" (a second thread, which crust
+ * dumps) or "none".
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -16,6 +18,7 @@
 #include <libgen.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -57,6 +60,24 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static pthread_mutex_t creds_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t creds_cond = PTHREAD_COND_INITIALIZER;
+static int creds_done;
+
+/* Changes its own effective uid only (the raw call, not glibc's, which
+ * would change every thread's), then parks. */
+static void *creds_worker(void *arg) {
+    (void)arg;
+    long r = syscall(SYS_setresuid, -1, 65534, -1);
+    pthread_mutex_lock(&creds_lock);
+    creds_done = r == 0 ? 1 : -1;
+    pthread_cond_broadcast(&creds_cond);
+    pthread_mutex_unlock(&creds_lock);
+    for (;;)
+        pause();
+    return NULL;
+}
+
 static void die(int fd, const char *what) {
     say(fd, "BAD setup %s: %s\n", what, strerror(errno));
     exit(4);
@@ -79,6 +100,16 @@ static void setup_extra(int fd, const char *extra, const char *outfile) {
         pthread_t t;
         if (pthread_create(&t, NULL, worker, NULL))
             die(fd, "pthread_create");
+    } else if (!strcmp(extra, "thread-creds")) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, creds_worker, NULL))
+            die(fd, "pthread_create");
+        pthread_mutex_lock(&creds_lock);
+        while (!creds_done)
+            pthread_cond_wait(&creds_cond, &creds_lock);
+        pthread_mutex_unlock(&creds_lock);
+        if (creds_done < 0)
+            die(fd, "setresuid in a thread");
     } else if (!strcmp(extra, "unlinked")) {
         char *copy = strdup(outfile);
         char path[4096];
