@@ -124,6 +124,8 @@ pub(crate) fn collect_thread(f: &mut super::Frozen, gadget: u64) -> Result<Threa
     }
     (t.robust_list_head, t.robust_list_len) = get_robust_list(tid)?;
     t.comm = proc::task::read_comm(tid)?;
+    t.sched = Some(sched_of(tid)?);
+    t.timer_slack_ns = proc_number(tid, "timerslack_ns")?;
     let (altstack, ctid) = f.burst(gadget, |inj| {
         let buf = inj.map_scratch(None, 4096)?.addr;
         inj.call("sigaltstack", libc::SYS_sigaltstack, &[0, buf])?;
@@ -363,12 +365,11 @@ fn speculation(pid: i32) -> Result<String> {
         .join("\n"))
 }
 
-/// Scheduling, affinity, OOM score, timer slack and speculation control:
-/// read from outside.
-fn collect_attrs_external(pid: i32, core: &mut Core) -> Result<()> {
-    let a = core.attrs.get_or_insert_with(Attrs::default);
-    let s = sched::sched_getattr(pid)?;
-    a.sched = Some(Sched {
+/// Scheduling attributes and CPU affinity of one task (a process's leader
+/// or any of its threads), read from outside.
+fn sched_of(tid: i32) -> Result<Sched> {
+    let s = sched::sched_getattr(tid)?;
+    Ok(Sched {
         policy: s.policy,
         flags: s.flags & (sched::SCHED_FLAG_RESET_ON_FORK | sched::SCHED_FLAG_DL),
         nice: s.nice,
@@ -378,8 +379,15 @@ fn collect_attrs_external(pid: i32, core: &mut Core) -> Result<()> {
         period: s.period,
         util_min: s.util_min,
         util_max: s.util_max,
-        affinity: sched::getaffinity(pid)?,
-    });
+        affinity: sched::getaffinity(tid)?,
+    })
+}
+
+/// Scheduling, affinity, OOM score, timer slack and speculation control:
+/// read from outside.
+fn collect_attrs_external(pid: i32, core: &mut Core) -> Result<()> {
+    let a = core.attrs.get_or_insert_with(Attrs::default);
+    a.sched = Some(sched_of(pid)?);
     a.oom_score_adj = proc_number(pid, "oom_score_adj")?;
     a.timer_slack_ns = proc_number(pid, "timerslack_ns")?;
     a.speculation = speculation(pid)?;
@@ -480,6 +488,12 @@ pub(crate) fn posix_timers(pid: i32) -> Result<Vec<PosixTimer>> {
     parse_timers(pid, &read_proc(pid, "timers")?)
 }
 
+/// Whether `tid` is a thread of process `pid` (thread ids live in the
+/// same space as pids: /proc/PID/task/TID exists only for its own).
+fn is_thread_of(pid: i32, tid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
 fn parse_timers(pid: i32, text: &str) -> Result<Vec<PosixTimer>> {
     let bad = |what: String| Error::unsupported(pid, what);
     let mut out: Vec<PosixTimer> = Vec::new();
@@ -523,11 +537,17 @@ fn parse_timers(pid: i32, text: &str) -> Result<Vec<PosixTimer>> {
                     }
                 };
                 t.notify = base | if kind == "tid" { SIGEV_THREAD_ID } else { 0 };
-                if who.parse::<i32>().ok() != Some(pid) {
-                    return Err(bad(format!(
-                        "POSIX timer {} signals another task ({value:?})",
-                        t.id
-                    )));
+                let who = who.parse::<i32>().ok();
+                match who {
+                    Some(w) if w == pid => {}
+                    // A thread of this process: recreated after the threads.
+                    Some(w) if kind == "tid" && is_thread_of(pid, w) => t.target_tid = w,
+                    _ => {
+                        return Err(bad(format!(
+                            "POSIX timer {} signals another task ({value:?})",
+                            t.id
+                        )))
+                    }
                 }
             }
             "ClockID" => {
@@ -571,6 +591,34 @@ ID: 42\nsignal: 10/0000000000001234\nnotify: signal/pid.100\nClockID: 1\n";
             (t[2].id, t[2].signo, t[2].value, t[2].clock_id),
             (42, 10, 0x1234, 1)
         );
+    }
+
+    /// A SIGEV_THREAD_ID timer aimed at one of the process's own threads
+    /// is kept with its target; one aimed at a thread of another process
+    /// is refused.
+    #[test]
+    fn timers_aimed_at_own_threads_are_kept() {
+        let pid = std::process::id() as i32;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).ok();
+            done_rx.recv().ok();
+        });
+        let tid = tid_rx.recv().expect("thread started");
+        let text = format!("ID: 1\nsignal: 12/0\nnotify: signal/tid.{tid}\nClockID: 1\n");
+        let t = parse_timers(pid, &text);
+        done_tx.send(()).ok();
+        thread.join().ok();
+        let t = t.expect("own thread's timer kept");
+        assert_eq!(
+            (t[0].target_tid, t[0].notify),
+            (tid, SIGEV_SIGNAL | SIGEV_THREAD_ID)
+        );
+        let e = parse_timers(pid, &text.replace(&format!("tid.{tid}"), "tid.1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("signals another task"), "{e}");
     }
 
     #[test]

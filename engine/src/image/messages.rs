@@ -640,6 +640,9 @@ pub struct PosixTimer {
     /// Time to the next expiry; 0: disarmed.
     #[prost(uint64, tag = "7")]
     pub remaining_ns: u64,
+    /// The thread a SIGEV_THREAD_ID timer signals; 0: the leader.
+    #[prost(int32, tag = "8")]
+    pub target_tid: i32,
 }
 
 // ---- images and file identities ----
@@ -824,4 +827,11 @@ pub struct ThreadCore {
     pub clear_child_tid: u64,
     #[prost(string, tag = "11")]
     pub comm: String,
+    /// Scheduling policy, priority, nice, clamps and CPU affinity are per
+    /// thread; a thread does not keep what it inherits at clone (reset on
+    /// fork, or the leader's set after the clone).
+    #[prost(message, optional, tag = "12")]
+    pub sched: Option<Sched>,
+    #[prost(uint64, tag = "13")]
+    pub timer_slack_ns: u64,
 }

@@ -361,14 +361,20 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     task::restore(&mut inj, &img.core, &img.task)?;
     task::restore_rlimits(pid, &img.core)?;
     if let Some(a) = &img.core.attrs {
-        task::restore_attrs_external(pid, a)?;
         task::restore_attrs_injected(&mut inj, a)?;
     }
-    // Threads are created while the leader is still privileged (set_tid).
+    // Threads are created while the leader is still privileged (set_tid),
+    // and before the leader's scheduling (a deadline task cannot clone);
+    // each thread then gets its own.
     let mut threads = threads::create(&mut inj, tracee, &img.core)?;
     if !threads.tracees.is_empty() {
         phases.mark("threads");
     }
+    if let Some(a) = &img.core.attrs {
+        task::restore_attrs_external(pid, a)?;
+        task::restore_posix_timers(&mut inj, a)?;
+    }
+    threads::restore_sched(&img.core)?;
     phases.mark("task");
     mem::finish_mm(&mut inj, &img.mm)?;
     mem::verify_vm_flags(pid, &img.mm)?;

@@ -1,7 +1,7 @@
 //! Per-task state: mm fields, signals, cwd, umask, rseq, robust list...
 
 use crate::error::{Error, Result};
-use crate::image::messages::{Attrs, Core, Mm, TaskEntry};
+use crate::image::messages::{Attrs, Core, Mm, Sched, TaskEntry};
 use crate::inject::Injector;
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::syscalls::prlimit;
@@ -200,36 +200,49 @@ fn read_proc(pid: i32, file: &str) -> Result<String> {
     std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
 }
 
+/// Scheduling attributes and affinity of one task (the leader or one of
+/// its threads: each has its own), set from outside.
+pub(crate) fn restore_sched(tid: i32, s: &Sched) -> Result<()> {
+    // Affinity first: a deadline task's mask cannot shrink afterwards.
+    if !s.affinity.is_empty() {
+        sched::setaffinity(tid, &s.affinity)?;
+    }
+    let clamps = !(s.util_min == 0 && (s.util_max == 1024 || s.util_max == 0));
+    let attr = SchedAttr {
+        size: sched::SCHED_ATTR_SIZE,
+        policy: s.policy,
+        flags: s.flags
+            | if clamps {
+                sched::SCHED_FLAG_UTIL_CLAMP
+            } else {
+                0
+            },
+        nice: s.nice,
+        priority: s.priority,
+        runtime: s.runtime,
+        deadline: s.deadline,
+        period: s.period,
+        util_min: s.util_min,
+        util_max: s.util_max,
+    };
+    sched::sched_setattr(tid, &attr)?;
+    // sched_setattr sets nice for SCHED_OTHER and SCHED_BATCH only,
+    // but a SCHED_IDLE (or real-time) task has one too.
+    sched::set_nice(tid, s.nice)
+}
+
+/// A thread's timer slack (per task, like its scheduling), after its
+/// policy: a real-time policy resets the slack.
+pub(crate) fn restore_timer_slack(tid: i32, ns: u64) -> Result<()> {
+    write_proc(tid, "timerslack_ns", ns.to_string())
+}
+
 /// Scheduling, affinity, OOM score and timer slack, set from outside on
-/// the stub's pid.
+/// the stub's pid (after its threads exist: a deadline task cannot clone,
+/// and a thread must not keep what it inherited).
 pub(crate) fn restore_attrs_external(pid: i32, a: &Attrs) -> Result<()> {
     if let Some(s) = &a.sched {
-        // Affinity first: a deadline task's mask cannot shrink afterwards.
-        if !s.affinity.is_empty() {
-            sched::setaffinity(pid, &s.affinity)?;
-        }
-        let clamps = !(s.util_min == 0 && (s.util_max == 1024 || s.util_max == 0));
-        let attr = SchedAttr {
-            size: sched::SCHED_ATTR_SIZE,
-            policy: s.policy,
-            flags: s.flags
-                | if clamps {
-                    sched::SCHED_FLAG_UTIL_CLAMP
-                } else {
-                    0
-                },
-            nice: s.nice,
-            priority: s.priority,
-            runtime: s.runtime,
-            deadline: s.deadline,
-            period: s.period,
-            util_min: s.util_min,
-            util_max: s.util_max,
-        };
-        sched::sched_setattr(pid, &attr)?;
-        // sched_setattr sets nice for SCHED_OTHER and SCHED_BATCH only,
-        // but a SCHED_IDLE (or real-time) task has one too.
-        sched::set_nice(pid, s.nice)?;
+        restore_sched(pid, s)?;
     }
     // After the policy: a real-time policy resets the slack.
     write_proc(pid, "timerslack_ns", a.timer_slack_ns.to_string())?;
@@ -373,7 +386,6 @@ pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()
             set_itimer(inj, t.which, t.interval_us, t.value_us - extra)?;
         }
     }
-    restore_posix_timers(inj, a)?;
     restore_speculation(inj, a)?;
     Ok(())
 }
@@ -391,7 +403,8 @@ const SIGEV_THREAD_ID: i32 = 4;
 
 /// POSIX timers, each recreated with its id, clock, notification and
 /// sigev_value, then armed with its remaining time and interval.
-fn restore_posix_timers(inj: &mut Injector, a: &Attrs) -> Result<()> {
+/// Runs after the threads exist: a SIGEV_THREAD_ID timer may signal one.
+pub(crate) fn restore_posix_timers(inj: &mut Injector, a: &Attrs) -> Result<()> {
     if a.posix_timers.is_empty() {
         return Ok(());
     }
@@ -409,7 +422,8 @@ fn restore_posix_timers(inj: &mut Injector, a: &Attrs) -> Result<()> {
         ev[8..12].copy_from_slice(&t.signo.to_le_bytes());
         ev[12..16].copy_from_slice(&t.notify.to_le_bytes());
         if t.notify & SIGEV_THREAD_ID != 0 {
-            ev[16..20].copy_from_slice(&pid.to_le_bytes());
+            let target = if t.target_tid != 0 { t.target_tid } else { pid };
+            ev[16..20].copy_from_slice(&target.to_le_bytes());
         }
         let evp = inj.put(0, &ev)?;
         let idp = inj.put(64, &t.id.to_le_bytes())?;

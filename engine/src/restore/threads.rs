@@ -201,6 +201,18 @@ fn set_state(inj: &mut Injector, pid: pid_t, t: &ThreadCore, leader_comm: &str) 
     Ok(())
 }
 
+/// Each thread's own scheduling attributes, affinity and timer slack,
+/// set from outside once every thread exists.
+pub(crate) fn restore_sched(core: &Core) -> Result<()> {
+    for t in &core.threads {
+        if let Some(s) = &t.sched {
+            super::task::restore_sched(t.tid, s)?;
+        }
+        super::task::restore_timer_slack(t.tid, t.timer_slack_ns)?;
+    }
+    Ok(())
+}
+
 /// Gives each thread the process's credentials (a raw setresuid and the
 /// like change only the calling thread), with calls injected into it.
 /// `scratch`: the leader's, still mapped.

@@ -12,6 +12,11 @@
  * a byte into the pipe, a flag); each checks that its state is still its
  * own and reports "OK tN" or "BAD tN ..."; the main thread joins them and
  * writes "OK all" (exit 0) or "BAD ..." (exit 1).
+ *
+ * Per-thread state beyond registers: each thread has its own nice value,
+ * timer slack, thread 1 the SCHED_BATCH policy, thread 3 an affinity of
+ * CPU 0 alone; thread 0 owns a POSIX timer aimed at it (SIGEV_THREAD_ID),
+ * which it arms after the wake-up and must then receive itself.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +47,8 @@ static volatile sig_atomic_t woken;
 static volatile int stop_sleep;
 static __thread uint64_t tls_value;
 static pid_t tids[NTHREADS];
+static timer_t thread_timer;
+#define TIMER_SIG (SIGRTMIN + 6)
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...) {
@@ -91,7 +100,40 @@ static void *run(void *arg) {
     sigemptyset(&mask);
     sigaddset(&mask, SIGUSR1);
     sigaddset(&mask, mysig);
+    sigaddset(&mask, TIMER_SIG);
     pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    if (setpriority(PRIO_PROCESS, (id_t)tids[id], id + 1) ||
+        prctl(PR_SET_TIMERSLACK, 50000UL * (unsigned long)(id + 1))) {
+        say("BAD t%d nice/slack: %s\n", id, strerror(errno));
+        return NULL;
+    }
+    if (id == 1) {
+        struct sched_param sp = {0};
+        if (sched_setscheduler(0, SCHED_BATCH, &sp)) {
+            say("BAD t1 SCHED_BATCH: %s\n", strerror(errno));
+            return NULL;
+        }
+    }
+    if (id == 3) {
+        cpu_set_t cpus;
+        CPU_ZERO(&cpus);
+        CPU_SET(0, &cpus);
+        if (sched_setaffinity(0, sizeof cpus, &cpus)) {
+            say("BAD t3 affinity: %s\n", strerror(errno));
+            return NULL;
+        }
+    }
+    if (id == 0) {
+        struct sigevent ev;
+        memset(&ev, 0, sizeof ev);
+        ev.sigev_notify = SIGEV_THREAD_ID;
+        ev.sigev_signo = TIMER_SIG;
+        ev._sigev_un._tid = tids[0];
+        if (timer_create(CLOCK_MONOTONIC, &ev, &thread_timer)) {
+            say("BAD t0 timer_create: %s\n", strerror(errno));
+            return NULL;
+        }
+    }
     static uint8_t stacks[NTHREADS][65536];
     stack_t ss = {.ss_sp = stacks[id], .ss_size = sizeof stacks[id], .ss_flags = 0};
     if (sigaltstack(&ss, NULL)) {
@@ -147,6 +189,30 @@ static void *run(void *arg) {
         bad = "altstack";
     else if (tids[id] != (pid_t)syscall(SYS_gettid))
         bad = "tid";
+    else if (getpriority(PRIO_PROCESS, (id_t)tids[id]) != id + 1)
+        bad = "nice";
+    else if ((unsigned long)prctl(PR_GET_TIMERSLACK) != 50000UL * (unsigned long)(id + 1))
+        bad = "timer slack";
+    else if (sched_getscheduler(0) != (id == 1 ? SCHED_BATCH : SCHED_OTHER))
+        bad = "policy";
+    if (!bad && id == 3) {
+        cpu_set_t cpus;
+        if (sched_getaffinity(0, sizeof cpus, &cpus) || CPU_COUNT(&cpus) != 1 ||
+            !CPU_ISSET(0, &cpus))
+            bad = "affinity";
+    }
+    if (!bad && id == 0) {
+        /* Aimed at this thread: it must come here, not to the leader. */
+        struct itimerspec its = {.it_value = {0, 1000 * 1000}};
+        sigset_t ts;
+        sigemptyset(&ts);
+        sigaddset(&ts, TIMER_SIG);
+        struct timespec limit = {10, 0};
+        if (timer_settime(thread_timer, 0, &its, NULL))
+            bad = "timer_settime";
+        else if (sigtimedwait(&ts, NULL, &limit) != TIMER_SIG)
+            bad = "timer signal not received by its thread";
+    }
     if (!bad && id == 3) {
         sigpending(&pend);
         int sig = 0;
@@ -173,6 +239,11 @@ int main(int argc, char **argv) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, NULL);
+    /* The timer signal is for thread 0 alone. */
+    sigset_t timer_only;
+    sigemptyset(&timer_only);
+    sigaddset(&timer_only, TIMER_SIG);
+    pthread_sigmask(SIG_BLOCK, &timer_only, NULL);
     pthread_t th[NTHREADS];
     for (int i = 0; i < NTHREADS; i++)
         if (pthread_create(&th[i], NULL, run, (void *)(intptr_t)i))
