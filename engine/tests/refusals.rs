@@ -10,7 +10,7 @@ use test_case::test_case;
 
 #[test_case("socketpair", "socket" ; "unix socketpair")]
 #[test_case("tcp", "socket" ; "tcp listen socket")]
-#[test_case("thread-creds", "credentials" ; "thread with its own uid")]
+#[test_case("thread-seccomp", "seccomp mode of its own" ; "thread with its own seccomp filter")]
 #[test_case("unlinked", "unlinked" ; "unlinked open file")]
 #[test_case("eventfd", "eventfd" ; "eventfd")]
 fn refusal_leaves_process_untouched(extra: &str, named: &str) {

@@ -364,6 +364,77 @@ pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
     })
 }
 
+/// A thread's securebits and no_new_privs (per thread, like its ids), by
+/// calls injected into that thread.
+pub(crate) fn thread_prctl_state(inj: &mut crate::inject::Injector) -> Result<(u32, bool)> {
+    let securebits = inj.call(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        &[PR_GET_SECUREBITS],
+    )?;
+    let nnp = inj.call(
+        "prctl(PR_GET_NO_NEW_PRIVS)",
+        libc::SYS_prctl,
+        &[PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0],
+    )?;
+    Ok((securebits as u32, nnp != 0))
+}
+
+/// A thread's own credentials from /proc/TID/status and its prctl state;
+/// the process-wide fields are filled in by [`keep_own_thread_creds`].
+pub(crate) fn thread_creds(tid: pid_t, (securebits, no_new_privs): (u32, bool)) -> Result<Creds> {
+    let text = status_text(tid)?;
+    let st = proc::parse_status(&text).map_err(|e| Error::task(tid, format!("status: {e}")))?;
+    let groups = parse_groups(&text).map_err(|e| Error::task(tid, format!("status: {e}")))?;
+    Ok(Creds {
+        uid: st.uid.to_vec(),
+        gid: st.gid.to_vec(),
+        groups,
+        cap_inh: st.cap_inh,
+        cap_prm: st.cap_prm,
+        cap_eff: st.cap_eff,
+        cap_bnd: st.cap_bnd,
+        cap_amb: st.cap_amb,
+        securebits,
+        no_new_privs,
+        seccomp_mode: st.seccomp,
+        ..Default::default()
+    })
+}
+
+/// Keeps a thread's credentials only where they differ from the leader's
+/// (the common case stores none); the kept ones get the process-wide
+/// fields (dumpable, MDWE, seccomp filters) of the leader. A thread whose
+/// seccomp mode differs from its leader's is refused (filters are
+/// restored process-wide only).
+pub(crate) fn keep_own_thread_creds(
+    pid: pid_t,
+    leader: &Creds,
+    threads: &mut [crate::image::messages::ThreadCore],
+) -> Result<()> {
+    for t in threads {
+        let Some(mut own) = t.creds.take() else {
+            continue;
+        };
+        if own.seccomp_mode != leader.seccomp_mode {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "thread {} has seccomp mode {}, its leader {}: per-thread seccomp is not restored",
+                    t.tid, own.seccomp_mode, leader.seccomp_mode
+                ),
+            ));
+        }
+        own.dumpable = leader.dumpable;
+        own.mdwe = leader.mdwe;
+        own.seccomp_filters = leader.seccomp_filters.clone();
+        if own != *leader {
+            t.creds = Some(own);
+        }
+    }
+    Ok(())
+}
+
 /// One resource limit (soft, hard) of `pid`, from /proc/PID/limits:
 /// prlimit64 on another user's task needs CAP_SYS_RESOURCE, this does not.
 pub(crate) fn rlimit(pid: pid_t, resource: u32) -> Result<(u64, u64)> {

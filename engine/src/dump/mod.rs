@@ -443,36 +443,16 @@ pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
     if tids.len() == 1 {
         return Ok(tids);
     }
-    let creds = |tid: pid_t| -> Option<Vec<String>> {
+    // Each task's "Seccomp:" line of /proc/PID/task/TID/status.
+    let seccomp = |tid: pid_t| -> Option<String> {
         let text =
             std::fs::read_to_string(proc::pid_path(pid, &format!("task/{tid}/status"))).ok()?;
-        Some(
-            text.lines()
-                .filter(|l| {
-                    [
-                        "Uid:",
-                        "Gid:",
-                        "Groups:",
-                        "CapInh:",
-                        "CapPrm:",
-                        "CapEff:",
-                        "CapBnd:",
-                        "CapAmb:",
-                        "NoNewPrivs:",
-                        "Seccomp:",
-                    ]
-                    .iter()
-                    .any(|k| l.starts_with(k))
-                })
-                .map(str::to_string)
-                .collect(),
-        )
+        text.lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .map(|l| l.trim_end().to_string())
     };
-    let leader = creds(pid);
-    let filtered = leader.as_ref().is_some_and(|c| {
-        c.iter()
-            .any(|l| l.starts_with("Seccomp:") && l.trim_end() != "Seccomp:\t0")
-    });
+    let leader = seccomp(pid);
+    let filtered = leader.as_deref().is_some_and(|l| l != "Seccomp:\t0");
     if filtered {
         return Err(Error::unsupported(
             pid,
@@ -490,12 +470,15 @@ pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
                 format!("thread {tid} is exiting{st}: dump again once it is gone"),
             ));
         }
-        let c = creds(tid);
-        if c.is_some() && leader.is_some() && c != leader {
+        // Own ids, groups and capabilities are dumped per thread; a seccomp
+        // mode of its own is not (filters are restored process-wide).
+        let mine = seccomp(tid);
+        if mine.is_some() && mine != leader {
             return Err(Error::unsupported(
                 pid,
                 format!(
-                    "thread {tid} has credentials (uids, gids, capabilities or seccomp) of its own, unlike its leader: not supported yet"
+                    "thread {tid} has a seccomp mode of its own ({}), unlike its leader: per-thread seccomp is not restored",
+                    mine.unwrap_or_default().trim()
                 ),
             ));
         }
@@ -940,7 +923,9 @@ fn dump_inner(
         let thread = task::collect_thread(t, gadget)?;
         core.core.threads.push(thread);
     }
-    core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
+    let leader_creds = creds::collect(&mut frozen, gadget)?;
+    creds::keep_own_thread_creds(pid, &leader_creds, &mut core.core.threads)?;
+    core.core.creds = Some(leader_creds);
     let mut started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,

@@ -126,7 +126,7 @@ pub(crate) fn collect_thread(f: &mut super::Frozen, gadget: u64) -> Result<Threa
     t.comm = proc::task::read_comm(tid)?;
     t.sched = Some(sched_of(tid)?);
     t.timer_slack_ns = proc_number(tid, "timerslack_ns")?;
-    let (altstack, ctid) = f.burst(gadget, |inj| {
+    let (altstack, ctid, own) = f.burst(gadget, |inj| {
         let buf = inj.map_scratch(None, 4096)?.addr;
         inj.call("sigaltstack", libc::SYS_sigaltstack, &[0, buf])?;
         let b = inj.get(0, 24)?;
@@ -142,11 +142,20 @@ pub(crate) fn collect_thread(f: &mut super::Frozen, gadget: u64) -> Result<Threa
             &[libc::PR_GET_TID_ADDRESS as u64, buf],
         )?;
         let ctid = u64_at(&inj.get(0, 8)?, 0);
+        inj.call(
+            "prctl(PR_GET_PDEATHSIG)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_PDEATHSIG as u64, buf],
+        )?;
+        let pdeath = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
+        let own = super::creds::thread_prctl_state(inj)?;
         inj.unmap_scratch()?;
-        Ok((altstack, ctid))
+        Ok((altstack, ctid, (pdeath, own)))
     })?;
     t.altstack = altstack;
     t.clear_child_tid = ctid;
+    t.pdeath_signal = own.0;
+    t.creds = Some(super::creds::thread_creds(tid, own.1)?);
     Ok(t)
 }
 

@@ -834,4 +834,13 @@ pub struct ThreadCore {
     pub sched: Option<Sched>,
     #[prost(uint64, tag = "13")]
     pub timer_slack_ns: u64,
+    /// The thread's own credentials (ids, groups, capabilities,
+    /// securebits, no_new_privs) where they differ from the leader's; the
+    /// process-wide fields (dumpable, MDWE, seccomp) are the leader's.
+    /// None: the leader's.
+    #[prost(message, optional, tag = "14")]
+    pub creds: Option<Creds>,
+    /// PR_SET_PDEATHSIG is per thread (a new thread starts with none).
+    #[prost(int32, tag = "15")]
+    pub pdeath_signal: i32,
 }

@@ -120,12 +120,31 @@ fn each_bit(mask: u64) -> impl Iterator<Item = u64> {
     (0..64u64).filter(move |b| mask & (1 << b) != 0)
 }
 
+/// PR_SET_PDEATHSIG (per task; 0 needs no call on a new task).
+pub(crate) fn set_pdeath_signal(inj: &mut Injector, signal: i32) -> Result<()> {
+    if signal != 0 {
+        inj.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_PDEATHSIG as u64, signal as u64],
+        )?;
+    }
+    Ok(())
+}
+
 /// Drops the stub's credentials to the dumped ones (steps 1-5 above).
 /// Runs after everything that needs the engine's privileges (memory, mm,
 /// fds, rlimits), before the scratch area is removed.
 pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
+    let c = creds_of(inj.pid(), core)?;
+    restore_creds(inj, c, core.pdeath_signal)
+}
+
+/// Drops the credentials of the task `inj` drives (a process's leader or
+/// one of its threads: each has its own) to `c`; `pdeath_signal`, which a
+/// credential change resets, is set again after.
+pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -> Result<()> {
     let pid = inj.pid();
-    let c = creds_of(pid, core)?;
     let now = proc::read_status(pid)?;
 
     if c.groups.len() * 4 > 60 * 1024 {
@@ -228,13 +247,7 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     }
     // A change of euid/egid/fsuid/fsgid (commit_creds) clears the parent
     // death signal task::restore set: set it again.
-    if core.pdeath_signal != 0 {
-        inj.call(
-            "prctl(PR_SET_PDEATHSIG)",
-            libc::SYS_prctl,
-            &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64],
-        )?;
-    }
+    set_pdeath_signal(inj, pdeath_signal)?;
     let p = inj.put(0, &[0u8; 8])?;
     inj.call(
         "prctl(PR_GET_PDEATHSIG)",
@@ -243,13 +256,10 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     )?;
     let b = inj.get(0, 4)?;
     let pdeath = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    if pdeath != core.pdeath_signal {
+    if pdeath != pdeath_signal {
         return Err(Error::task(
             pid,
-            format!(
-                "restored parent death signal is {pdeath}, the image has {}",
-                core.pdeath_signal
-            ),
+            format!("restored parent death signal is {pdeath}, the image has {pdeath_signal}"),
         ));
     }
     // What /proc does not show, asked back from the task.

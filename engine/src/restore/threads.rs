@@ -213,8 +213,9 @@ pub(crate) fn restore_sched(core: &Core) -> Result<()> {
     Ok(())
 }
 
-/// Gives each thread the process's credentials (a raw setresuid and the
-/// like change only the calling thread), with calls injected into it.
+/// Gives each thread its credentials, its own or the process's (a raw
+/// setresuid and the like change only the calling thread), and its parent
+/// death signal, with calls injected into it.
 /// `scratch`: the leader's, still mapped.
 pub(crate) fn restore_creds(
     pid: pid_t,
@@ -225,16 +226,22 @@ pub(crate) fn restore_creds(
     // Securebits are per thread too but not in /proc/PID/status.
     let plain = core.creds.as_ref().is_some_and(|c| c.securebits == 0);
     let leader = creds_lines(pid, pid).filter(|_| plain);
-    for tracee in &threads.tracees {
-        // Already the same (the common case: a root process restored by
-        // root): nothing to change.
-        if leader.is_some() && creds_lines(pid, tracee.pid) == leader {
-            continue;
-        }
+    let process = core
+        .creds
+        .as_ref()
+        .ok_or_else(|| Error::task(pid, "the image holds no credentials"))?;
+    for (t, tracee) in core.threads.iter().zip(&threads.tracees) {
         let base = tracee.regs()?;
         let mut ti = Injector::new(tracee, base, gadget_of(&base));
         ti.share_scratch(scratch);
-        super::creds::restore(&mut ti, core)?;
+        // Already the leader's (the common case: a root process restored
+        // by root): only the parent death signal may be missing.
+        if t.creds.is_none() && leader.is_some() && creds_lines(pid, tracee.pid) == leader {
+            super::creds::set_pdeath_signal(&mut ti, t.pdeath_signal)?;
+            continue;
+        }
+        let c = t.creds.as_ref().unwrap_or(process);
+        super::creds::restore_creds(&mut ti, c, t.pdeath_signal)?;
     }
     Ok(())
 }

@@ -16,7 +16,10 @@
  * Per-thread state beyond registers: each thread has its own nice value,
  * timer slack, thread 1 the SCHED_BATCH policy, thread 3 an affinity of
  * CPU 0 alone; thread 0 owns a POSIX timer aimed at it (SIGEV_THREAD_ID),
- * which it arms after the wake-up and must then receive itself.
+ * which it arms after the wake-up and must then receive itself. Thread 2
+ * drops to uid/gid 65534 by raw syscalls (its own credentials: the others
+ * stay root), thread 1 has a parent death signal of its own (SIGWINCH,
+ * harmless if it comes).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -123,6 +126,15 @@ static void *run(void *arg) {
             return NULL;
         }
     }
+    if (id == 2 && (syscall(SYS_setresgid, 65534, 65534, 65534) ||
+                    syscall(SYS_setresuid, 65534, 65534, 65534))) {
+        say("BAD t2 setresuid: %s\n", strerror(errno));
+        return NULL;
+    }
+    if (id == 1 && prctl(PR_SET_PDEATHSIG, SIGWINCH)) {
+        say("BAD t1 pdeathsig: %s\n", strerror(errno));
+        return NULL;
+    }
     if (id == 0) {
         struct sigevent ev;
         memset(&ev, 0, sizeof ev);
@@ -195,6 +207,14 @@ static void *run(void *arg) {
         bad = "timer slack";
     else if (sched_getscheduler(0) != (id == 1 ? SCHED_BATCH : SCHED_OTHER))
         bad = "policy";
+    uid_t ru, eu, su;
+    int pdeath = -1;
+    getresuid(&ru, &eu, &su);
+    prctl(PR_GET_PDEATHSIG, &pdeath);
+    if (!bad && (id == 2 ? (ru != 65534 || eu != 65534 || su != 65534) : (ru || eu || su)))
+        bad = "uids";
+    else if (!bad && pdeath != (id == 1 ? SIGWINCH : 0))
+        bad = "parent death signal";
     if (!bad && id == 3) {
         cpu_set_t cpus;
         if (sched_getaffinity(0, sizeof cpus, &cpus) || CPU_COUNT(&cpus) != 1 ||
@@ -269,6 +289,10 @@ int main(int argc, char **argv) {
         void *r;
         pthread_join(th[i], &r);
         bad |= r != NULL;
+    }
+    if (geteuid() != 0) {
+        say("BAD leader euid %d\n", (int)geteuid());
+        bad = 1;
     }
     say(bad ? "BAD some thread\n" : "OK all\n");
     return bad;

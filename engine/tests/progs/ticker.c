@@ -7,8 +7,8 @@
  * appends "OK <ticks>" or "BAD <what>", and exits with EXITCODE.
  *
  * EXTRA holds something crust refuses to dump: socketpair, tcp,
- * thread-creds (a second thread whose effective uid is not the main
- * thread's), unlinked, eventfd; or "thread" (a second thread, which crust
+ * thread-seccomp (a second thread with a seccomp filter its main thread
+ * does not have), unlinked, eventfd; or "thread" (a second thread, which crust
  * dumps) or "none".
  */
 #define _GNU_SOURCE
@@ -25,7 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -64,11 +67,15 @@ static pthread_mutex_t creds_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t creds_cond = PTHREAD_COND_INITIALIZER;
 static int creds_done;
 
-/* Changes its own effective uid only (the raw call, not glibc's, which
- * would change every thread's), then parks. */
-static void *creds_worker(void *arg) {
+/* Installs a seccomp filter (allow everything) in this thread only (no
+ * TSYNC), then parks: a seccomp mode of its own, unlike its leader. */
+static void *seccomp_worker(void *arg) {
     (void)arg;
-    long r = syscall(SYS_setresuid, -1, 65534, -1);
+    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = 1, .filter = &allow};
+    long r = prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    if (r == 0)
+        r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
     pthread_mutex_lock(&creds_lock);
     creds_done = r == 0 ? 1 : -1;
     pthread_cond_broadcast(&creds_cond);
@@ -100,16 +107,16 @@ static void setup_extra(int fd, const char *extra, const char *outfile) {
         pthread_t t;
         if (pthread_create(&t, NULL, worker, NULL))
             die(fd, "pthread_create");
-    } else if (!strcmp(extra, "thread-creds")) {
+    } else if (!strcmp(extra, "thread-seccomp")) {
         pthread_t t;
-        if (pthread_create(&t, NULL, creds_worker, NULL))
+        if (pthread_create(&t, NULL, seccomp_worker, NULL))
             die(fd, "pthread_create");
         pthread_mutex_lock(&creds_lock);
         while (!creds_done)
             pthread_cond_wait(&creds_cond, &creds_lock);
         pthread_mutex_unlock(&creds_lock);
         if (creds_done < 0)
-            die(fd, "setresuid in a thread");
+            die(fd, "seccomp in a thread");
     } else if (!strcmp(extra, "unlinked")) {
         char *copy = strdup(outfile);
         char path[4096];
