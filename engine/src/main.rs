@@ -1024,17 +1024,21 @@ fn detach_stdio() {
 }
 
 /// After a failed dump or pre-dump: did the source not survive it? Either
-/// the error says so, or the process is no more (a zombie, or exiting),
-/// however the error was phrased.
+/// the error says so, or no task of the process lives on (each a zombie,
+/// or exiting), however the error was phrased. A leader that left with
+/// pthread_exit is a zombie while its other threads run on.
 fn source_gone(pid: i32, e: &crust::Error) -> bool {
     // PF_EXITING: killed and on its way out, though not a zombie yet (a
     // traced task can wait in its exit for a while).
     const PF_EXITING: u32 = 0x4;
+    let alive = |tid: i32| match crust::proc::stat::read_stat(tid) {
+        Ok(st) => !matches!(st.state, 'Z' | 'X') && st.flags & PF_EXITING == 0,
+        Err(_) => false,
+    };
     e.process_gone()
-        || match crust::proc::stat::read_stat(pid) {
-            Ok(st) => matches!(st.state, 'Z' | 'X') || st.flags & PF_EXITING != 0,
-            Err(_) => true,
-        }
+        || !(alive(pid)
+            || crust::proc::task::task_ids(pid)
+                .is_ok_and(|tids| tids.into_iter().any(|t| t != pid && alive(t))))
 }
 
 /// Says the process runs on, unless it is gone.

@@ -253,3 +253,44 @@ fn thread_churn_dumped_or_refused_by_name() {
     assert_eq!(exit, Exit::Code(0), "log: {text}");
     assert!(text.contains("OK "), "{text}");
 }
+
+/// A process whose main thread left with pthread_exit while another thread
+/// runs on (its leader a zombie) is refused by name, by pre-dump and dump
+/// alike, and the thread that runs on is left running, untraced.
+#[test]
+fn exited_leader_is_refused_by_name() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "leaderexit.c", &["-pthread"]);
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log));
+    let pid = p.pid;
+    wait_file_contains(&log, "running", TIMEOUT);
+    let state = |tid: i32| {
+        let s = read_string(Path::new(&format!("/proc/{pid}/task/{tid}/status")));
+        s.lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    wait_until(TIMEOUT, "the leader to be a zombie", || match state(pid) {
+        s if s.starts_with('Z') => Ok(()),
+        s => Err(s),
+    });
+    let pid_s = pid.to_string();
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        crust([op, "-t", &pid_s, "-D", path_str(&images)])
+            .assert_failed()
+            .stderr_has("main thread has exited");
+    }
+    let others: Vec<i32> = tids(pid).into_iter().filter(|&t| t != pid).collect();
+    assert_eq!(others.len(), 1, "threads: {others:?}");
+    let st = state(others[0]);
+    assert!(st.starts_with('S'), "the running thread is {st:?}");
+    let status = read_string(Path::new(&format!("/proc/{pid}/task/{}/status", others[0])));
+    assert!(status.contains("TracerPid:\t0"), "still traced: {status}");
+    p.signal(libc::SIGKILL);
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+}

@@ -431,9 +431,11 @@ fn thread_state(pid: pid_t, tid: pid_t) -> String {
 
 /// Refuses the threads a dump cannot take: one that is exiting (a zombie
 /// or dead thread keeps its tid in /proc until its leader reaps it, and
-/// has no registers to restore), and one whose credentials differ from the
-/// leader's (restore gives every thread the leader's). Returns the tids,
-/// the leader first.
+/// has no registers to restore), one whose seccomp mode differs from the
+/// leader's (filters are restored process-wide), and a process whose
+/// leader has exited (pthread_exit) while other threads run on: the leader
+/// is a zombie that cannot be injected into or recreated. Returns the
+/// tids, the leader first.
 pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
     let mut tids = proc::task::task_ids(pid)?;
     if let Some(i) = tids.iter().position(|&t| t == pid) {
@@ -442,6 +444,16 @@ pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
     }
     if tids.len() == 1 {
         return Ok(tids);
+    }
+    let st = thread_state(pid, pid);
+    if st.contains("state Z") || st.contains("state X") {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "its main thread has exited (pthread_exit){st} while {} other threads run on: a process without its leader thread is not supported",
+                tids.len() - 1
+            ),
+        ));
     }
     // Each task's "Seccomp:" line of /proc/PID/task/TID/status.
     let seccomp = |tid: pid_t| -> Option<String> {
