@@ -59,9 +59,13 @@ fn wait_all_blocked(pid: i32, n: usize) {
 }
 
 fn start_c(tmp: &Path) -> (Proc, PathBuf) {
+    start_c_with(tmp, &[])
+}
+
+fn start_c_with(tmp: &Path, args: &[&str]) -> (Proc, PathBuf) {
     let bin = compile_c(tmp, "threads.c", &["-pthread"]);
     let log = tmp.join("result.log");
-    let p = spawn_daemon(Command::new(bin).arg(&log));
+    let p = spawn_daemon(Command::new(bin).arg(&log).args(args));
     wait_file_contains(&log, "blocking", TIMEOUT);
     wait_all_blocked(p.pid, 5);
     (p, log)
@@ -94,6 +98,33 @@ fn pthreads_roundtrip() {
     let r = restore_detached(&images, pid);
     assert_eq!(comms(pid), before, "tids and names after restore");
     wait_all_blocked(pid, 5);
+    finish_c(r, &log);
+}
+
+/// A seccomp filter every thread has (installed with TSYNC) is installed
+/// once at restore and synced to every thread: each still has it, with
+/// no_new_privs, and the engine's own calls got through it at dump.
+#[test]
+fn pthreads_with_seccomp_filter() {
+    init();
+    let tmp = tempdir();
+    let (mut p, log) = start_c_with(tmp.path(), &["seccomp"]);
+    let pid = p.pid;
+    let pre = tmp.path().join("pre");
+    crust(["pre-dump", "-t", &pid.to_string(), "-D", path_str(&pre)]).assert_ok();
+    let images = tmp.path().join("images");
+    dump(pid, &images, &["--prev-images-dir", "../pre"]);
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let r = restore_detached(&images, pid);
+    for tid in tids(pid) {
+        let status = read_string(Path::new(&format!("/proc/{pid}/task/{tid}/status")));
+        for want in ["Seccomp:\t2", "Seccomp_filters:\t1", "NoNewPrivs:\t1"] {
+            assert!(
+                status.contains(want),
+                "thread {tid}: no {want:?} in {status}"
+            );
+        }
+    }
     finish_c(r, &log);
 }
 

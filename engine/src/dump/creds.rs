@@ -364,6 +364,30 @@ pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
     })
 }
 
+/// Every thread of a process with seccomp filters must have the leader's
+/// (a thread inherits its creator's at clone, SECCOMP_FILTER_FLAG_TSYNC
+/// gives all threads the caller's): restore installs them once and syncs
+/// them to every thread. A thread with filters of its own is refused.
+pub(crate) fn check_thread_filters(frozen: &Frozen) -> Result<()> {
+    if frozen.threads.is_empty() {
+        return Ok(());
+    }
+    let pid = frozen.tracee.pid;
+    let leader = filters(frozen)?;
+    for t in &frozen.threads {
+        if filters(t)? != leader {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "thread {} has seccomp filters of its own, unlike its leader: per-thread seccomp is not restored",
+                    t.tracee.pid
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A thread's securebits and no_new_privs (per thread, like its ids), by
 /// calls injected into that thread.
 pub(crate) fn thread_prctl_state(inj: &mut crate::inject::Injector) -> Result<(u32, bool)> {

@@ -464,16 +464,6 @@ pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
             .map(|l| l.trim_end().to_string())
     };
     let leader = seccomp(pid);
-    let filtered = leader.as_deref().is_some_and(|l| l != "Seccomp:\t0");
-    if filtered {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "seccomp filters in a process with {} threads: not supported yet (restore installs them in the leader only)",
-                tids.len()
-            ),
-        ));
-    }
     for &tid in &tids[1..] {
         let st = thread_state(pid, tid);
         if st.contains("state Z") || st.contains("state X") {
@@ -662,6 +652,7 @@ fn pre_dump_inner(
     phases.mark("freeze");
     check_threads(pid)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
+    creds::check_thread_filters(&frozen)?;
     let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
     // it adds are not needed here (the final dump reads and checks them).
@@ -922,6 +913,7 @@ fn dump_inner(
     let our_tracker = parent_tracker_fd(pid, parent.as_ref());
     creds::refuse(pid)?;
     frozen.guard = creds::seccomp_guard(&frozen)?;
+    creds::check_thread_filters(&frozen)?;
     let maps = proc::maps::read_maps(pid)?;
     mem::check_vmas(pid, &maps, our_tracker.is_some())?;
     let gadget = syscall_gadget(pid, &maps)?;

@@ -371,8 +371,11 @@ fn borrow_area(mm: &Mm, sp: u64, len: u64) -> Option<u64> {
         .map(|v| v.start)
 }
 
-/// Installs the dumped seccomp filters, oldest first. Must be the last
-/// injected calls: each filter applies to every later one.
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
+
+/// Installs the dumped seccomp filters, oldest first, and gives them to
+/// every thread. Must be the last injected calls: each filter applies to
+/// every later one.
 pub(crate) fn install_seccomp(inj: &mut Injector, core: &Core, mm: &Mm) -> Result<()> {
     let pid = inj.pid();
     let c = creds_of(pid, core)?;
@@ -394,6 +397,7 @@ pub(crate) fn install_seccomp(inj: &mut Injector, core: &Core, mm: &Mm) -> Resul
         )
     })?;
     let saved = inj.read_mem(at, len as usize)?;
+    let last = c.seccomp_filters.len() - 1;
     let result = (|| -> Result<()> {
         for (i, f) in c.seccomp_filters.iter().enumerate() {
             let mut prog = Vec::with_capacity(16 + f.insns.len());
@@ -401,28 +405,59 @@ pub(crate) fn install_seccomp(inj: &mut Injector, core: &Core, mm: &Mm) -> Resul
             prog.extend_from_slice(&(at + 16).to_le_bytes());
             prog.extend_from_slice(&f.insns);
             inj.write_mem(at, &prog)?;
-            inj.call(
-                "seccomp(SECCOMP_SET_MODE_FILTER)",
-                libc::SYS_seccomp,
-                &[SECCOMP_SET_MODE_FILTER, f.flags, at],
-            )
-            .map_err(|e| Error::task(pid, format!("seccomp filter {i}: {e}")))?;
+            // The threads (created without filters, every one with the
+            // leader's at dump) get the whole chain with the last filter.
+            let tsync = match i == last && !core.threads.is_empty() {
+                true => SECCOMP_FILTER_FLAG_TSYNC,
+                false => 0,
+            };
+            let r = inj
+                .call(
+                    "seccomp(SECCOMP_SET_MODE_FILTER)",
+                    libc::SYS_seccomp,
+                    &[SECCOMP_SET_MODE_FILTER, f.flags | tsync, at],
+                )
+                .map_err(|e| Error::task(pid, format!("seccomp filter {i}: {e}")))?;
+            // TSYNC returns the tid of a thread it could not sync.
+            if r != 0 {
+                return Err(Error::task(
+                    pid,
+                    format!("seccomp filter {i}: thread {r} could not take the filters"),
+                ));
+            }
         }
         Ok(())
     })();
     inj.write_mem(at, &saved)?;
     result?;
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-    let n = crate::dump::creds::parse_filter_count(&text);
-    if n != c.seccomp_filters.len() {
-        return Err(Error::task(
-            pid,
-            format!(
-                "{n} seccomp filters installed, the image has {}",
-                c.seccomp_filters.len()
-            ),
-        ));
+    let tasks = std::iter::once((pid, c.no_new_privs)).chain(core.threads.iter().map(|t| {
+        let nnp = t
+            .creds
+            .as_ref()
+            .map_or(c.no_new_privs, |own| own.no_new_privs);
+        (t.tid, nnp)
+    }));
+    for (tid, nnp) in tasks {
+        let path = format!("/proc/{pid}/task/{tid}/status");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let n = crate::dump::creds::parse_filter_count(&text);
+        if n != c.seccomp_filters.len() {
+            return Err(Error::task(
+                tid,
+                format!(
+                    "{n} seccomp filters installed, the image has {}",
+                    c.seccomp_filters.len()
+                ),
+            ));
+        }
+        // TSYNC gives the caller's no_new_privs to every thread.
+        let got = text.lines().any(|l| l.trim_end() == "NoNewPrivs:\t1");
+        if got != nnp {
+            return Err(Error::task(
+                tid,
+                format!("no_new_privs is {got} after the seccomp filters, the image has {nnp}"),
+            ));
+        }
     }
     Ok(())
 }

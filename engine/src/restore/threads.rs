@@ -75,16 +75,6 @@ pub(crate) fn create(inj: &mut Injector, leader: &Tracee, core: &Core) -> Result
         return Ok(threads);
     }
     let pid = inj.pid();
-    if core
-        .creds
-        .as_ref()
-        .is_some_and(|c| !c.seccomp_filters.is_empty())
-    {
-        return Err(Error::unsupported(
-            pid,
-            "seccomp filters in a multi-threaded process are not restored yet",
-        ));
-    }
     leader.set_options(
         libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE,
     )?;

@@ -1,5 +1,5 @@
 /*
- * threads OUTFILE
+ * threads OUTFILE [seccomp]
  *
  * A pthread program for dump/restore: the main thread starts four threads,
  * each with its own name, signal mask, altstack, TLS value and 1 MiB of
@@ -20,6 +20,10 @@
  * drops to uid/gid 65534 by raw syscalls (its own credentials: the others
  * stay root), thread 1 has a parent death signal of its own (SIGWINCH,
  * harmless if it comes).
+ *
+ * With "seccomp", once its threads run, the main thread installs a filter
+ * (uname fails with errno 123) with SECCOMP_FILTER_FLAG_TSYNC, so every
+ * thread has it; each checks it still does after restore.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,7 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
+#include <stddef.h>
+#include <sys/utsname.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -51,6 +59,22 @@ static volatile int stop_sleep;
 static __thread uint64_t tls_value;
 static pid_t tids[NTHREADS];
 static timer_t thread_timer;
+static int seccomp_on;
+
+/* uname fails with errno 123, everything else is allowed; TSYNC gives the
+ * filter to every thread. */
+static int install_filter(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_uname, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 123),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = 4, .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        return -1;
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
+}
 #define TIMER_SIG (SIGRTMIN + 6)
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -183,6 +207,10 @@ static void *run(void *arg) {
     }
 
     const char *bad = NULL;
+    struct utsname uts;
+    errno = 0;
+    if (seccomp_on && !(syscall(SYS_uname, &uts) == -1 && errno == 123))
+        bad = "seccomp filter";
     sigset_t now, pend;
     pthread_sigmask(SIG_SETMASK, NULL, &now);
     stack_t cur;
@@ -250,8 +278,9 @@ static void *run(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2)
+    if (argc != 2 && argc != 3)
         return 2;
+    seccomp_on = argc == 3 && !strcmp(argv[2], "seccomp");
     out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (out < 0 || pipe(pipefd))
         return 2;
@@ -272,6 +301,10 @@ int main(int argc, char **argv) {
     while (ready < NTHREADS)
         pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
+    if (seccomp_on && install_filter()) {
+        say("BAD seccomp: %s\n", strerror(errno));
+        return 2;
+    }
     /* Thread 3 blocks its signal: it stays pending in its own queue. */
     pthread_kill(th[3], SIGRTMIN + 3);
     say("blocking\n");
