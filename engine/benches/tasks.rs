@@ -1,0 +1,241 @@
+//! Per-task cost of dump and restore: a process with many threads next to
+//! the same program with one thread, measured in the same run, alternating.
+//!
+//! The target (C, compiled here with `cc`) starts N-1 threads that each
+//! touch 64 KiB of their own and block in a futex wait (pthread_cond_wait),
+//! then says "ready" and waits in pause(). For each run and each shape
+//! (1 thread, then N), the bench dumps it (`crust dump -v`: wall time and
+//! the frozen time from stats.img), restores it (`crust restore -d`: wall
+//! time until the task runs), checks the restored process has every
+//! thread, and kills it. Medians over the runs; the per-thread cost is
+//! (median with N - median with 1) / (N - 1).
+//!
+//! Target: per-task overhead under 1 ms for dump (frozen and total) and
+//! restore. Missing it is reported, not an error; a failed dump or restore
+//! is.
+//!
+//! Run as root: `cargo bench -p crust --bench tasks`. Environment:
+//! `CRUST_BENCH_THREADS` (default 100), `CRUST_BENCH_RUNS` (default 5).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Instant;
+
+const CRUST: &str = env!("CARGO_BIN_EXE_crust");
+const TARGET_MS: f64 = 1.0;
+
+mod common;
+
+use common::{env_usize, kill_and_reap, reap, Res};
+
+const TARGET_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int ready;
+static void *run(void *arg) {
+    char *mine = malloc(65536);
+    if (!mine)
+        exit(3);
+    memset(mine, (int)(long)arg, 65536);
+    pthread_mutex_lock(&lock);
+    ready++;
+    pthread_cond_broadcast(&cond);
+    for (;;)
+        pthread_cond_wait(&cond, &lock);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    for (int i = 1; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, run, (void *)(long)i))
+            return 2;
+    }
+    pthread_mutex_lock(&lock);
+    while (ready < n - 1)
+        pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+"#;
+
+fn path_str(p: &Path) -> Res<&str> {
+    p.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn crust(args: &[&str]) -> Res<String> {
+    let out = Command::new(CRUST)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running crust: {e}"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("crust {args:?} failed ({}):\n{text}", out.status));
+    }
+    Ok(text)
+}
+
+fn compile(dir: &Path) -> Res<PathBuf> {
+    let src = dir.join("threads.c");
+    std::fs::write(&src, TARGET_C).map_err(|e| format!("writing {}: {e}", src.display()))?;
+    let bin = dir.join("threads");
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !st.success() {
+        return Err(format!("cc failed: {st}"));
+    }
+    Ok(bin)
+}
+
+/// The target started with `n` threads, once every thread is blocked.
+fn start(bin: &Path, n: usize) -> Res<Child> {
+    let mut cmd = Command::new(bin);
+    // Descriptors this bench inherited (a pipe of the shell that started
+    // it) are not the target's: a dump would refuse a pipe held outside.
+    // SAFETY: close_range is async-signal-safe; it runs in the child
+    // between fork and exec and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .arg(n.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the target: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the target: {e}"))?;
+    if line.trim() != "ready" {
+        kill_and_reap(child.id() as i32);
+        return Err(format!("the target said {line:?}"));
+    }
+    Ok(child)
+}
+
+fn tasks_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+struct Sample {
+    dump_ms: f64,
+    frozen_ms: f64,
+    restore_ms: f64,
+}
+
+/// One dump and restore of a target with `n` threads.
+fn one(bin: &Path, base: &Path, n: usize, run: usize) -> Res<Sample> {
+    let target = start(bin, n)?;
+    let pid = target.id() as i32;
+    let dir = base.join(format!("img-{n}-{run}"));
+    let t = Instant::now();
+    let dumped = crust(&["dump", "-t", &pid.to_string(), "-D", path_str(&dir)?]);
+    let dump_ms = t.elapsed().as_secs_f64() * 1e3;
+    if let Err(e) = dumped {
+        kill_and_reap(pid);
+        return Err(e);
+    }
+    reap(pid)?;
+    let stats = crust(&["show", path_str(&dir.join("stats.img"))?])?;
+    let v: serde_json::Value =
+        serde_json::from_str(stats.trim()).map_err(|e| format!("crust show: {e}: {stats}"))?;
+    let frozen_ms = v["message"]["frozen_us"]
+        .as_u64()
+        .ok_or_else(|| format!("no frozen_us in {stats}"))? as f64
+        / 1e3;
+    let t = Instant::now();
+    crust(&["restore", "-D", path_str(&dir)?, "-d"])?;
+    let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+    let got = tasks_of(pid);
+    kill_and_reap(pid);
+    std::fs::remove_dir_all(&dir).ok();
+    if got != n {
+        return Err(format!("restored {got} threads of {n}"));
+    }
+    Ok(Sample {
+        dump_ms,
+        frozen_ms,
+        restore_ms,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> ExitCode {
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tasks bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> Res<()> {
+    // The restored targets reparent to us: we reap them.
+    // SAFETY: prctl on ourselves with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let threads = env_usize("CRUST_BENCH_THREADS", 100)?.max(2);
+    let runs = env_usize("CRUST_BENCH_RUNS", 5)?.max(1);
+    let base = tempfile::Builder::new()
+        .prefix("crust-bench-tasks-")
+        .tempdir()
+        .map_err(|e| format!("temporary directory: {e}"))?;
+    let bin = compile(base.path())?;
+    let shapes = [1, threads];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
+    for run in 0..runs {
+        for (i, &n) in shapes.iter().enumerate() {
+            let s = one(&bin, base.path(), n, run)?;
+            println!(
+                "run {run}: {n:>4} threads: dump {:.1} ms (frozen {:.1} ms), restore {:.1} ms",
+                s.dump_ms, s.frozen_ms, s.restore_ms
+            );
+            samples[i].push(s);
+        }
+    }
+    let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    println!("medians of {runs} runs, alternating 1 and {threads} threads:");
+    let per = (threads - 1) as f64;
+    for (what, f) in [
+        ("dump total", (|s: &Sample| s.dump_ms) as fn(&Sample) -> f64),
+        ("dump frozen", |s: &Sample| s.frozen_ms),
+        ("restore", |s: &Sample| s.restore_ms),
+    ] {
+        let (one, many) = (med(0, f), med(1, f));
+        let each = (many - one) / per;
+        println!(
+            "  {what:<12} 1 thread {one:7.1} ms, {threads} threads {many:7.1} ms: {each:.3} ms per thread (target < {TARGET_MS} ms) {}",
+            if each < TARGET_MS { "met" } else { "NOT met" }
+        );
+    }
+    Ok(())
+}
