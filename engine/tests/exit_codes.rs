@@ -109,7 +109,7 @@ fn failed_restore_leaves_no_pidfile() {
 fn refused_dump_exits_1_and_leaves_the_process_running() {
     init();
     let tmp = tempdir();
-    let (p, log) = ticker(tmp.path(), "socketpair");
+    let (p, log) = ticker(tmp.path(), "tcp");
     let out = crust([
         "dump",
         "-t",

@@ -431,3 +431,58 @@ fn own_proc_file_is_reopened_at_restore() {
     r.signal(libc::SIGKILL);
     r.wait(TIMEOUT);
 }
+
+/// Unix socket pairs (stream, dgram, seqpacket) with data in flight, a
+/// shut-down end, a dup, options and O_NONBLOCK: dumped (also after a
+/// pre-dump) and restored, every queue with its message boundaries, and
+/// the pairs still talk.
+#[test_case(false ; "dump")]
+#[test_case(true ; "pre-dump then dump")]
+fn socket_pairs_with_data_in_flight(pre: bool) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sockpairs.c", &[]);
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log));
+    wait_file_contains(&log, "ready", TIMEOUT);
+    let images = tmp.path().join("images");
+    if pre {
+        let predump = tmp.path().join("pre");
+        crust([
+            "pre-dump",
+            "-t",
+            &p.pid.to_string(),
+            "-D",
+            path_str(&predump),
+        ])
+        .assert_ok();
+        dump(p.pid, &images, &["--prev-images-dir", "../pre"]);
+        assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    } else {
+        dump_and_reap(&mut p, &images);
+    }
+    let mut r = restore_detached(&images, p.pid);
+    r.signal(libc::SIGUSR1);
+    let exit = r.wait(TIMEOUT);
+    let text = read_string(&log);
+    assert_eq!(exit, Exit::Code(0), "log: {text}");
+    assert!(text.contains("OK all"), "{text}");
+}
+
+/// A dump that leaves the process running leaves its socket queues and
+/// peek offsets as they were: the program reads everything afterwards.
+#[test]
+fn socket_pairs_leave_running_untouched() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sockpairs.c", &[]);
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log));
+    wait_file_contains(&log, "ready", TIMEOUT);
+    dump(p.pid, &tmp.path().join("images"), &["--leave-running"]);
+    p.assert_running_untraced();
+    p.signal(libc::SIGUSR1);
+    let exit = p.wait(TIMEOUT);
+    let text = read_string(&log);
+    assert_eq!(exit, Exit::Code(0), "log: {text}");
+}

@@ -8,7 +8,7 @@ use std::process::Command;
 use common::*;
 use test_case::test_case;
 
-#[test_case("socketpair", "socket" ; "unix socketpair")]
+#[test_case("unix-bound", "named unix sockets" ; "bound unix socket")]
 #[test_case("tcp", "socket" ; "tcp listen socket")]
 #[test_case("thread-seccomp", "seccomp mode of its own" ; "thread with its own seccomp filter")]
 #[test_case("unlinked", "unlinked" ; "unlinked open file")]

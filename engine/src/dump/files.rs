@@ -1,7 +1,8 @@
 //! File descriptors: regular files and directories, the stateless
-//! character devices, O_PATH descriptors of anything, and pipes, each with
-//! its open flags, signal owner (F_SETOWN_EX) and signal (F_SETSIG).
-//! Everything else is refused by name: sockets, anon-inode fds, ttys and
+//! character devices, O_PATH descriptors of anything, pipes and unix
+//! socket pairs (`sockets.rs`), each with its open flags, signal owner
+//! (F_SETOWN_EX) and signal (F_SETSIG).
+//! Everything else is refused by name: other sockets, anon-inode fds, ttys and
 //! other devices, FIFOs, unlinked files, locks and leases, flags that
 //! cannot be set again, a signal owner other than the task itself, and a
 //! pipe that a process outside the dump also holds (unless named with
@@ -86,6 +87,8 @@ struct PipePlan {
 pub(crate) struct FdPlan {
     fds: Vec<Fd>,
     pipes: BTreeMap<u64, PipePlan>,
+    /// Unix sockets by inode (both ends of each pair are here).
+    sockets: BTreeMap<u64, super::sockets::SocketPlan>,
     /// Descriptors that went away while being looked at: normal for a
     /// running task (pre-dump), impossible for a frozen one (dump).
     vanished: BTreeSet<i32>,
@@ -111,13 +114,14 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
     }
     let pidfd = pidfd_open(pid)?;
     let mut fds: Vec<Fd> = Vec::new();
+    let mut sockets = BTreeMap::new();
     let mut vanished = BTreeSet::new();
     for link in proc::fd::list_fds(pid)? {
         let n = link.fd;
         if Some(n) == tracker {
             continue;
         }
-        let one = || -> Result<Option<Fd>> {
+        let mut one = || -> Result<Option<Fd>> {
             // A pre-dump looks at a running task: an fd closed since the
             // listing is simply not there any more.
             let info = proc::fd::read_fdinfo(pid, n)?;
@@ -190,7 +194,21 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
                     ))
                 }
                 FdTarget::Socket(ino) => {
-                    return Err(Error::unsupported(pid, format!("fd {n}: socket:[{ino}]")))
+                    check_flags(
+                        pid,
+                        n,
+                        &link.target,
+                        info.flags,
+                        super::sockets::SOCKET_FLAGS,
+                    )?;
+                    super::sockets::classify(pid, &mut fd, ino, &mut sockets)?;
+                    // Sockets cannot be reopened: the same inode is a dup.
+                    if let Some(e) = fds
+                        .iter()
+                        .find(|e| e.socket_id == ino && e.dup_of.is_none())
+                    {
+                        fd.dup_of = Some(e.fd);
+                    }
                 }
                 FdTarget::AnonInode(kind) => {
                     return Err(Error::unsupported(
@@ -215,9 +233,11 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, &mut vanished)?;
+    super::sockets::check_peers(pid, &sockets)?;
     Ok(FdPlan {
         fds,
         pipes,
+        sockets,
         vanished,
     })
 }
@@ -476,7 +496,7 @@ fn pipes(
     external: &[String],
     vanished: &mut BTreeSet<i32>,
 ) -> Result<BTreeMap<u64, PipePlan>> {
-    let is_pipe = |f: &Fd| f.kind != FdKind::Path as i32;
+    let is_pipe = |f: &Fd| f.kind == FdKind::PipeRead as i32 || f.kind == FdKind::PipeWrite as i32;
     let inos: BTreeSet<u64> = fds
         .iter()
         .filter(|f| is_pipe(f))
@@ -496,7 +516,7 @@ fn pipes(
         let key = pipe_key(ino);
         let ends: Vec<&mut Fd> = fds
             .iter_mut()
-            .filter(|f| f.kind != FdKind::Path as i32 && f.pipe_id == ino)
+            .filter(|f| is_pipe(f) && f.pipe_id == ino)
             .collect();
         let first = ends.first().map(|f| f.fd).unwrap_or(-1);
         if external.contains(&key) {
@@ -624,9 +644,21 @@ pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
             data,
         });
     }
+    let mut sockets = Vec::new();
+    for s in plan.sockets.values() {
+        let ours = copy_of(&pidfd, pid, s.fd)?;
+        let peer_fd = plan
+            .sockets
+            .get(&s.diag.peer)
+            .map(|p| p.fd)
+            .ok_or_else(|| Error::task(pid, format!("socket:[{}] lost its peer", s.diag.ino)))?;
+        let peer = copy_of(&pidfd, pid, peer_fd)?;
+        sockets.push(super::sockets::dump_one(pid, s, &ours, &peer)?);
+    }
     Ok(Fds {
         fds: plan.fds.clone(),
         pipes,
+        sockets,
     })
 }
 

@@ -10,6 +10,7 @@ mod files;
 pub mod guard;
 mod mem;
 pub(crate) mod refuse;
+mod sockets;
 mod splice;
 mod task;
 

@@ -391,6 +391,9 @@ pub enum FdKind {
     Path = 0,
     PipeRead = 1,
     PipeWrite = 2,
+    /// One end of a unix socket pair whose both ends are in the dump:
+    /// `socket_id` names its `UnixSocket` in `Fds.sockets`.
+    UnixSocket = 4,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -435,6 +438,9 @@ pub struct Fd {
     /// A regular file as it was at dump time (checked at restore).
     #[prost(message, optional, tag = "15")]
     pub file_id: Option<FileId>,
+    /// UnixSocket: the socket's inode (its `UnixSocket.id`).
+    #[prost(uint64, tag = "21")]
+    pub socket_id: u64,
 }
 
 fn fd_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
@@ -461,6 +467,10 @@ pub struct Fds {
     pub fds: Vec<Fd>,
     #[prost(message, repeated, tag = "2")]
     pub pipes: Vec<Pipe>,
+    /// Unix sockets connected to a peer in the dump (socketpair), each
+    /// with what its receive queue holds.
+    #[prost(message, repeated, tag = "3")]
+    pub sockets: Vec<UnixSocket>,
 }
 
 /// PagemapEntry flag: the run's data is in the parent image chain, not in
@@ -843,4 +853,54 @@ pub struct ThreadCore {
     /// PR_SET_PDEATHSIG is per thread (a new thread starts with none).
     #[prost(int32, tag = "15")]
     pub pdeath_signal: i32,
+}
+
+/// One unix socket of a connected pair (socketpair(2)) with both ends in
+/// the dump, by inode; restored by one socketpair per pair.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UnixSocket {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The peer's inode: another `UnixSocket` of the same dump.
+    #[prost(uint64, tag = "2")]
+    pub peer: u64,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    #[prost(uint32, tag = "3")]
+    pub sock_type: u32,
+    /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
+    #[prost(uint32, tag = "4")]
+    pub shutdown: u32,
+    /// The receive queue, oldest first: one entry per message (dgram,
+    /// seqpacket; an entry may be empty), or the bytes in chunks (stream).
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    #[serde(serialize_with = "hex_list")]
+    pub queue: Vec<Vec<u8>>,
+    /// SO_SNDBUF and SO_RCVBUF as getsockopt reports them (doubled).
+    #[prost(uint32, tag = "6")]
+    pub sndbuf: u32,
+    #[prost(uint32, tag = "7")]
+    pub rcvbuf: u32,
+    #[prost(bool, tag = "8")]
+    pub passcred: bool,
+    #[prost(bool, tag = "9")]
+    pub passsec: bool,
+    #[prost(uint64, tag = "10")]
+    pub rcvtimeo_us: u64,
+    #[prost(uint64, tag = "11")]
+    pub sndtimeo_us: u64,
+    /// SO_PEEK_OFF (-1: disabled).
+    #[prost(int32, tag = "12")]
+    pub peek_off: i32,
+    #[prost(int32, tag = "13")]
+    pub rcvlowat: i32,
+}
+
+fn hex_list<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for m in v {
+        let text: String = m.iter().map(|b| format!("{b:02x}")).collect();
+        seq.serialize_element(&text)?;
+    }
+    seq.end()
 }

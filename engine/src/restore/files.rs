@@ -190,6 +190,12 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
                     fd.fd, fd.pipe_id
                 ))
             }
+            Ok(FdKind::UnixSocket) if !fds.sockets.iter().any(|s| s.id == fd.socket_id) => {
+                return Err(format!(
+                    "fd {} refers to unknown socket {}",
+                    fd.fd, fd.socket_id
+                ))
+            }
             Err(_) => return Err(format!("fd {} has unknown kind {}", fd.fd, fd.kind)),
             _ => {}
         }
@@ -202,7 +208,7 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             }
         }
     }
-    Ok(())
+    super::sockets::validate(fds)
 }
 
 fn reopen_flags(flags: u32) -> u64 {
@@ -267,17 +273,19 @@ pub(crate) fn restore(
         }
         pipe_ends.insert(p.id, (hr, hw));
     }
+    let socket_ends = super::sockets::create_pairs(inj, pidfd, fds, base)?;
     for fd in &fds.fds {
-        let high = restore_one(inj, fd, base, &temp, &pipe_ends, &external).context(pid, || {
-            match fd.dup_of {
+        let high = restore_one(inj, fd, base, &temp, &pipe_ends, &socket_ends, &external).context(
+            pid,
+            || match fd.dup_of {
                 Some(orig) => format!("fd {} (dup of fd {orig})", fd.fd),
                 None if !fd.external.is_empty() => {
                     format!("fd {} (external {})", fd.fd, fd.external)
                 }
                 None if fd.path.is_empty() => format!("fd {} (pipe:[{}])", fd.fd, fd.pipe_id),
                 None => format!("fd {} ({})", fd.fd, fd.path),
-            }
-        })?;
+            },
+        )?;
         temp.insert(fd.fd, high);
     }
     for Fd { fd, flags, .. } in &fds.fds {
@@ -306,6 +314,7 @@ pub(crate) fn restore(
         .values()
         .copied()
         .chain(pipe_ends.values().flat_map(|&(r, w)| [r, w]))
+        .chain(socket_ends.values().copied())
         .chain(external.values().copied())
         // Inherited descriptors still at crust's numbers, unless a dup3
         // above has put an image fd there.
@@ -356,6 +365,7 @@ fn restore_one(
     base: u64,
     temp: &BTreeMap<i32, u64>,
     pipe_ends: &BTreeMap<u64, (u64, u64)>,
+    socket_ends: &BTreeMap<u64, u64>,
     external: &BTreeMap<(String, i32), u64>,
 ) -> Result<u64> {
     let pid = inj.pid();
@@ -417,6 +427,12 @@ fn restore_one(
                 .copied()
                 .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
             (if k == FdKind::PipeRead { r } else { w }, true)
+        }
+        FdKind::UnixSocket => {
+            let high = socket_ends.get(&fd.socket_id).copied().ok_or_else(|| {
+                Error::task(pid, format!("fd {}: no socket {}", fd.fd, fd.socket_id))
+            })?;
+            (high, true)
         }
     };
     if fd.owner_pid != 0 {

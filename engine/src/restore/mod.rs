@@ -9,6 +9,7 @@
 mod creds;
 mod files;
 mod mem;
+mod sockets;
 mod task;
 mod threads;
 

@@ -5,5 +5,6 @@ pub mod ptrace;
 pub mod sched;
 pub mod syscalls;
 pub mod uffd;
+pub mod unix_sock;
 
 pub use ptrace::{Regs, Stop, Tracee};

@@ -6,7 +6,7 @@
  * "tick N" to OUTFILE every 50 ms. On SIGTERM it verifies its memory,
  * appends "OK <ticks>" or "BAD <what>", and exits with EXITCODE.
  *
- * EXTRA holds something crust refuses to dump: socketpair, tcp,
+ * EXTRA holds something crust refuses to dump: unix-bound, tcp,
  * thread-seccomp (a second thread with a seccomp filter its main thread
  * does not have), unlinked, eventfd; or "thread" (a second thread, which crust
  * dumps) or "none".
@@ -30,6 +30,7 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t stop;
@@ -94,9 +95,14 @@ static void setup_extra(int fd, const char *extra, const char *outfile) {
     static int keep[2];
     if (!strcmp(extra, "none")) {
         return;
-    } else if (!strcmp(extra, "socketpair")) {
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, keep))
-            die(fd, "socketpair");
+    } else if (!strcmp(extra, "unix-bound")) {
+        /* A unix socket bound to an abstract name: named sockets are not
+         * restored. */
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "crust-ticker-%d", (int)getpid());
+        keep[0] = socket(AF_UNIX, SOCK_DGRAM, 0);
+        if (keep[0] < 0 || bind(keep[0], (struct sockaddr *)&a, sizeof a))
+            die(fd, "unix-bound");
     } else if (!strcmp(extra, "tcp")) {
         int s = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};

@@ -1,0 +1,226 @@
+//! Unix socket pairs (socketpair(2)) whose both ends the dumped process
+//! holds: each end with its type, shutdown state, options and the
+//! messages in its receive queue, peeked at without consuming them.
+//!
+//! Refused by name: other socket families, named (bound) or listening
+//! sockets, a socket whose peer is held outside the dump or was closed,
+//! descriptors in flight (SCM_RIGHTS), queued messages whose sender
+//! credentials or security labels the receiver asked for (SO_PASSCRED,
+//! SO_PASSSEC, SO_PASSPIDFD: a restore would send them as the engine),
+//! and a datagram socket shut down for reading with messages still queued
+//! (an empty datagram and the end of the queue read alike there).
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+use libc::pid_t;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::image::messages::{Fd, FdKind, UnixSocket};
+use crate::sys::unix_sock::{self, UnixDiag};
+
+/// Open flags a socketpair end gets back (socketpair + F_SETFL).
+pub(crate) const SOCKET_FLAGS: i32 =
+    libc::O_RDWR | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_CLOEXEC;
+
+const TCP_LISTEN: u8 = 10;
+const RCV_SHUTDOWN: u8 = 1;
+/// SO_PASSPIDFD (6.5): not in every libc yet.
+const SO_PASSPIDFD: i32 = 76;
+/// At most this many messages or chunks per queue (a guard against a
+/// queue that never ends).
+const MAX_QUEUE_ENTRIES: usize = 1 << 20;
+
+/// What the plan knows of one socket: unix_diag's view.
+pub(crate) struct SocketPlan {
+    pub(crate) diag: UnixDiag,
+    /// An fd of the task holding it.
+    pub(crate) fd: i32,
+}
+
+/// Classifies fd `n` (socket:[ino]): only an end of a connected, unnamed
+/// unix socket pair is dumped; `fd` gets its kind and socket id.
+pub(crate) fn classify(
+    pid: pid_t,
+    fd: &mut Fd,
+    ino: u64,
+    sockets: &mut BTreeMap<u64, SocketPlan>,
+) -> Result<()> {
+    let n = fd.fd;
+    let refuse = |what: String| Error::unsupported(pid, format!("fd {n}: socket:[{ino}] {what}"));
+    let d = match unix_sock::diag(ino)? {
+        Some(d) => d,
+        None => {
+            return Err(refuse(
+                "is not a unix socket (or not in the engine's network namespace): only unix socket pairs are restored".into(),
+            ))
+        }
+    };
+    match d.sock_type as i32 {
+        libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET => {}
+        t => return Err(refuse(format!("is a unix socket of type {t}"))),
+    }
+    if d.state == TCP_LISTEN {
+        return Err(refuse("is a listening unix socket".into()));
+    }
+    if let Some(name) = &d.name {
+        return Err(refuse(format!(
+            "is bound to {:?}: named unix sockets are not restored",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if d.peer == 0 {
+        return Err(refuse(
+            "is not connected, or its peer was closed: only live socket pairs are restored".into(),
+        ));
+    }
+    fd.kind = FdKind::UnixSocket as i32;
+    fd.socket_id = ino;
+    sockets.entry(ino).or_insert(SocketPlan { diag: d, fd: n });
+    Ok(())
+}
+
+/// Every socket's peer must be a socket of the dump too.
+pub(crate) fn check_peers(pid: pid_t, sockets: &BTreeMap<u64, SocketPlan>) -> Result<()> {
+    for (ino, s) in sockets {
+        if !sockets.contains_key(&s.diag.peer) {
+            return Err(Error::unsupported(
+                pid,
+                format!(
+                    "fd {}: socket:[{ino}]'s peer socket:[{}] is held outside the dumped process: dumping this process alone would break that connection",
+                    s.fd, s.diag.peer
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one socket's state and queue through `ours`, a copy of the
+/// task's descriptor (the task is frozen). `peer`: a copy of its peer.
+pub(crate) fn dump_one(
+    pid: pid_t,
+    plan: &SocketPlan,
+    ours: &OwnedFd,
+    peer: &OwnedFd,
+) -> Result<UnixSocket> {
+    let ino = plan.diag.ino;
+    let fail = |call: &str, e: Errno| Error::task(pid, format!("{call} on socket:[{ino}]: {e}"));
+    let opt = |name: &str, o: i32| {
+        unix_sock::get_int(ours, libc::SOL_SOCKET, o).map_err(|e| fail(name, e))
+    };
+    let flag = |name: &str, o: i32| -> Result<bool> {
+        match unix_sock::get_int(ours, libc::SOL_SOCKET, o) {
+            Ok(v) => Ok(v != 0),
+            // An option this kernel does not know is off.
+            Err(Errno::ENOPROTOOPT) => Ok(false),
+            Err(e) => Err(fail(name, e)),
+        }
+    };
+    let timeo = |name: &str, o: i32| unix_sock::get_timeval_us(ours, o).map_err(|e| fail(name, e));
+    let mut s = UnixSocket {
+        id: ino,
+        peer: plan.diag.peer,
+        sock_type: u32::from(plan.diag.sock_type),
+        shutdown: u32::from(plan.diag.shutdown),
+        sndbuf: opt("SO_SNDBUF", libc::SO_SNDBUF)? as u32,
+        rcvbuf: opt("SO_RCVBUF", libc::SO_RCVBUF)? as u32,
+        passcred: flag("SO_PASSCRED", libc::SO_PASSCRED)?,
+        passsec: flag("SO_PASSSEC", libc::SO_PASSSEC)?,
+        rcvtimeo_us: timeo("SO_RCVTIMEO", libc::SO_RCVTIMEO)?,
+        sndtimeo_us: timeo("SO_SNDTIMEO", libc::SO_SNDTIMEO)?,
+        peek_off: opt("SO_PEEK_OFF", libc::SO_PEEK_OFF)?,
+        rcvlowat: opt("SO_RCVLOWAT", libc::SO_RCVLOWAT)?,
+        queue: Vec::new(),
+    };
+    let passpidfd = flag("SO_PASSPIDFD", SO_PASSPIDFD)?;
+    // The walk moves the socket's peek offset: put it back whatever
+    // happens.
+    unix_sock::set_int(ours, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)
+        .map_err(|e| fail("setsockopt(SO_PEEK_OFF)", e))?;
+    let queue = peek_queue(pid, plan, ours, peer);
+    unix_sock::set_int(ours, libc::SOL_SOCKET, libc::SO_PEEK_OFF, s.peek_off)
+        .map_err(|e| fail("setsockopt(SO_PEEK_OFF)", e))?;
+    s.queue = queue?;
+    if !s.queue.is_empty() && (s.passcred || s.passsec || passpidfd) {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "fd {}: socket:[{ino}] has messages queued and asks for their senders' {}: restore would send them as the engine",
+                plan.fd,
+                if s.passsec { "security labels (SO_PASSSEC)" } else { "credentials (SO_PASSCRED/SO_PASSPIDFD)" }
+            ),
+        ));
+    }
+    if passpidfd {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "fd {}: socket:[{ino}] has SO_PASSPIDFD set, which is not restored",
+                plan.fd
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+fn peek_queue(
+    pid: pid_t,
+    plan: &SocketPlan,
+    ours: &OwnedFd,
+    peer: &OwnedFd,
+) -> Result<Vec<Vec<u8>>> {
+    let ino = plan.diag.ino;
+    let stream = plan.diag.sock_type as i32 == libc::SOCK_STREAM;
+    let refuse =
+        |what: &str| Error::unsupported(pid, format!("fd {}: socket:[{ino}] {what}", plan.fd));
+    // A message is at most the receive buffer; a stream chunk any size.
+    let max = unix_sock::get_int(ours, libc::SOL_SOCKET, libc::SO_RCVBUF)
+        .map_err(|e| Error::sys("getsockopt(SO_RCVBUF)", pid, e))?
+        .max(65536) as usize
+        * 2;
+    let mut queue = Vec::new();
+    let mut bytes = 0u64;
+    loop {
+        if queue.len() >= MAX_QUEUE_ENTRIES {
+            return Err(refuse("has more queued messages than the engine reads"));
+        }
+        if stream && bytes >= u64::from(plan.diag.rqueue) {
+            break;
+        }
+        let m = match unix_sock::peek_next(ours, max) {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(Errno::EBADMSG) => {
+                return Err(refuse(
+                    "has descriptors in flight (SCM_RIGHTS) in its receive queue",
+                ))
+            }
+            Err(e) => return Err(Error::sys("recvmsg(MSG_PEEK) of a socket copy", pid, e)),
+        };
+        if m.is_empty() && (stream || plan.diag.shutdown & RCV_SHUTDOWN != 0) {
+            // The end of a queue shut down for reading. A datagram socket
+            // may hold empty datagrams that read the same: only an empty
+            // peer send queue proves there are none.
+            if !stream && unix_sock::outq(peer).map_err(|e| Error::sys("SIOCOUTQ", pid, e))? != 0 {
+                return Err(refuse(
+                    "is shut down for reading with messages still queued: not restored",
+                ));
+            }
+            break;
+        }
+        bytes += m.len() as u64;
+        queue.push(m);
+    }
+    if stream && bytes != u64::from(plan.diag.rqueue) {
+        return Err(Error::task(
+            pid,
+            format!(
+                "socket:[{ino}]: peeked {bytes} bytes, unix_diag counts {} queued",
+                plan.diag.rqueue
+            ),
+        ));
+    }
+    Ok(queue)
+}
