@@ -430,6 +430,27 @@ fn mutated_images_never_panic_hang_or_restore_wrong_memory() {
                 out.stderr
             );
         }
+        // What the mutation changed, decoded, for the failure message.
+        let original = if d == "pre" {
+            pre.join(&name)
+        } else {
+            top.join(&name)
+        };
+        let shown = |f: &Path| {
+            let out = crust_spawn(["show", path_str(f)]).wait(RUN_TIMEOUT).stdout;
+            serde_json::from_str::<serde_json::Value>(out.trim())
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(out)
+        };
+        let (before, after) = (shown(&original), shown(&file));
+        let changed: Vec<String> = before
+            .lines()
+            .zip(after.lines())
+            .filter(|(b, a)| b != a)
+            .take(8)
+            .map(|(b, a)| format!("  was {b}\n  now {a}"))
+            .collect();
+        let case = format!("{case}\ndecoded difference:\n{}", changed.join("\n"));
         let outcome = try_restore(&ctop, pid, &log, m.memory_must_match, &case);
         *tally.entry(outcome).or_default() += 1;
         fs::remove_dir_all(&case_dir).expect("rm case");

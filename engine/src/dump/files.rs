@@ -1,7 +1,8 @@
 //! File descriptors: regular files and directories, the stateless
 //! character devices, O_PATH descriptors of anything, pipes and unix
 //! socket pairs (`sockets.rs`), each with its open flags, signal owner
-//! (F_SETOWN_EX) and signal (F_SETSIG).
+//! (F_SETOWN_EX) and signal (F_SETSIG), and epoll instances with their
+//! watches (`epoll.rs`).
 //! Everything else is refused by name: other sockets, anon-inode fds, ttys and
 //! other devices, FIFOs, unlinked files, locks and leases, flags that
 //! cannot be set again, a signal owner other than the task itself, and a
@@ -115,6 +116,7 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
     let pidfd = pidfd_open(pid)?;
     let mut fds: Vec<Fd> = Vec::new();
     let mut sockets = BTreeMap::new();
+    let mut epoll_watches = BTreeMap::new();
     let mut vanished = BTreeSet::new();
     for link in proc::fd::list_fds(pid)? {
         let n = link.fd;
@@ -210,6 +212,24 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
                         fd.dup_of = Some(e.fd);
                     }
                 }
+                FdTarget::AnonInode(kind) if kind == "eventpoll" => {
+                    check_flags(pid, n, &link.target, info.flags, super::epoll::EPOLL_FLAGS)?;
+                    let watches = super::epoll::classify(pid, &mut fd, &info)?;
+                    // Every eventpoll shares one anonymous inode: kcmp tells.
+                    for earlier in fds
+                        .iter()
+                        .filter(|e| e.kind == FdKind::Epoll as i32 && e.dup_of.is_none())
+                    {
+                        if same_file(pid, earlier.fd, n)? {
+                            fd.dup_of = Some(earlier.fd);
+                            fd.epoll.clear();
+                            break;
+                        }
+                    }
+                    if fd.dup_of.is_none() {
+                        epoll_watches.insert(n, watches);
+                    }
+                }
                 FdTarget::AnonInode(kind) => {
                     return Err(Error::unsupported(
                         pid,
@@ -234,6 +254,7 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, &mut vanished)?;
     super::sockets::check_peers(pid, &sockets)?;
+    super::epoll::check_watches(pid, &epoll_watches)?;
     Ok(FdPlan {
         fds,
         pipes,

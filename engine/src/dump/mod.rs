@@ -6,6 +6,7 @@
 
 mod bpf;
 pub(crate) mod creds;
+mod epoll;
 mod files;
 pub mod guard;
 mod mem;

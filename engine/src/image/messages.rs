@@ -394,6 +394,8 @@ pub enum FdKind {
     /// One end of a unix socket pair whose both ends are in the dump:
     /// `socket_id` names its `UnixSocket` in `Fds.sockets`.
     UnixSocket = 4,
+    /// An epoll instance: `epoll` lists what it watches.
+    Epoll = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -441,6 +443,23 @@ pub struct Fd {
     /// UnixSocket: the socket's inode (its `UnixSocket.id`).
     #[prost(uint64, tag = "21")]
     pub socket_id: u64,
+    /// Epoll: the watched descriptors, each added again at restore.
+    #[prost(message, repeated, tag = "22")]
+    pub epoll: Vec<EpollWatch>,
+}
+
+/// One descriptor an epoll instance watches, with its registration.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct EpollWatch {
+    /// The watched descriptor: one of the process's, at this number.
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    /// The event mask as registered (EPOLLET, EPOLLONESHOT... included;
+    /// a fired one-shot watch holds no events).
+    #[prost(uint32, tag = "2")]
+    pub events: u32,
+    #[prost(uint64, tag = "3")]
+    pub data: u64,
 }
 
 fn fd_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {

@@ -142,6 +142,57 @@ impl FdInfo {
     }
 }
 
+/// One file an epoll instance watches: a `tfd:` line of its fdinfo, e.g.
+/// "5 events: 4000001c data:                5  pos:0 ino:612fe8 sdev:9".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpollWatch {
+    /// The descriptor number it was added through.
+    pub tfd: i32,
+    /// The event mask as registered (EPOLLET, EPOLLONESHOT... included).
+    pub events: u32,
+    pub data: u64,
+    /// The watched file's inode and its superblock's device (the kernel's
+    /// encoding: major << 20 | minor).
+    pub ino: u64,
+    pub sdev: u64,
+}
+
+impl EpollWatch {
+    pub fn parse(v: &str) -> Option<EpollWatch> {
+        let mut words = v.split_whitespace();
+        let tfd = words.next()?.parse().ok()?;
+        let mut w = EpollWatch {
+            tfd,
+            events: 0,
+            data: 0,
+            ino: 0,
+            sdev: 0,
+        };
+        let (mut events, mut data, mut ino) = (false, false, false);
+        while let Some(word) = words.next() {
+            let (key, inline) = match word.split_once(':') {
+                Some((k, rest)) => (k, rest),
+                None => continue,
+            };
+            // "events:" and "data:" have their value in the next word.
+            let value = if inline.is_empty() {
+                words.next()?
+            } else {
+                inline
+            };
+            let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+            match key {
+                "events" => (w.events, events) = (u32::from_str_radix(value, 16).ok()?, true),
+                "data" => (w.data, data) = (hex(value)?, true),
+                "ino" => (w.ino, ino) = (hex(value)?, true),
+                "sdev" => w.sdev = hex(value)?,
+                _ => {}
+            }
+        }
+        (events && data && ino).then_some(w)
+    }
+}
+
 pub fn parse_fdinfo(text: &str) -> std::result::Result<FdInfo, ParseError> {
     let mut info = FdInfo::default();
     let (mut pos, mut flags, mut mnt) = (false, false, false);
@@ -223,6 +274,12 @@ impl FdInfo {
     /// The locks and leases listed for this descriptor. Lines that do not
     /// parse are returned with their raw text as `kind`, so that they are
     /// never silently dropped.
+    /// The files an epoll instance watches; None if a `tfd:` line does
+    /// not parse.
+    pub fn epoll_watches(&self) -> Option<Vec<EpollWatch>> {
+        self.get_all("tfd").map(EpollWatch::parse).collect()
+    }
+
     pub fn locks(&self) -> Vec<FdLock> {
         self.get_all("lock")
             .map(|l| {
@@ -419,5 +476,34 @@ lock:\tgarbage\n",
         assert_eq!(info.flags & libc::O_ACCMODE as u32, libc::O_WRONLY as u32);
         let e = read_fdinfo(me, 1 << 30).unwrap_err();
         assert!(e.is_gone(), "{e}");
+    }
+
+    #[test]
+    fn epoll_watches_parse() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1039\n\
+tfd:        5 events: 4000001c data:                5  pos:0 ino:612fe8 sdev:9\n\
+tfd:        4 events: 80000019 data: ffffffffffffffff  pos:0 ino:612fe7 sdev:9\n";
+        let info = parse_fdinfo(text).expect("parse");
+        let w = info.epoll_watches().expect("watches");
+        assert_eq!(
+            w,
+            vec![
+                EpollWatch {
+                    tfd: 5,
+                    events: 0x4000_001c,
+                    data: 5,
+                    ino: 0x612fe8,
+                    sdev: 9
+                },
+                EpollWatch {
+                    tfd: 4,
+                    events: 0x8000_0019,
+                    data: u64::MAX,
+                    ino: 0x612fe7,
+                    sdev: 9
+                },
+            ]
+        );
+        assert_eq!(EpollWatch::parse("5 events: zz data: 1 ino:1 sdev:1"), None);
     }
 }

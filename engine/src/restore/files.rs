@@ -208,7 +208,8 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             }
         }
     }
-    super::sockets::validate(fds)
+    super::sockets::validate(fds)?;
+    super::epoll::validate(fds)
 }
 
 fn reopen_flags(flags: u32) -> u64 {
@@ -296,6 +297,8 @@ pub(crate) fn restore(
         };
         inj.call("dup3", libc::SYS_dup3, &[temp[fd], *fd as u64, cloexec])?;
     }
+    // Every descriptor is at its number: the epoll watches name them.
+    super::epoll::add_watches(inj, &fds.fds)?;
     // O_ASYNC last: the kernel records the fd number it was set through
     // and reports it as si_fd with the signal. The dumped task set it
     // through one of the fds of that open file; the lowest is taken.
@@ -428,6 +431,7 @@ fn restore_one(
                 .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
             (if k == FdKind::PipeRead { r } else { w }, true)
         }
+        FdKind::Epoll => (super::epoll::create(inj, base)?, true),
         FdKind::UnixSocket => {
             let high = socket_ends.get(&fd.socket_id).copied().ok_or_else(|| {
                 Error::task(pid, format!("fd {}: no socket {}", fd.fd, fd.socket_id))

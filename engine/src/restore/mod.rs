@@ -7,6 +7,7 @@
 //! process behind.
 
 mod creds;
+mod epoll;
 mod files;
 mod mem;
 mod sockets;
