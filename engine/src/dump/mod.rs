@@ -12,6 +12,7 @@ mod mem;
 pub(crate) mod refuse;
 mod splice;
 mod task;
+pub(crate) mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
-use crate::image::messages::{Digests, Inventory, PsTree, Stats, TaskEntry};
+use crate::image::messages::{Digests, Inventory, PsTree, Stats};
 use crate::image::{identity, ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::pageio::ImageOut;
@@ -91,6 +92,9 @@ pub(crate) struct Frozen {
     /// The process's other threads, each held the same way (by tid,
     /// ascending); empty for a single-threaded one or a leader-only freeze.
     pub threads: Vec<Frozen>,
+    /// The signal of the leader's ptrace stop: SIGTRAP, or SIGSTOP (the
+    /// stop signal) when the process was in a group stop.
+    pub stop_sig: i32,
 }
 
 impl Frozen {
@@ -156,8 +160,9 @@ impl Frozen {
             bursts: Vec::new(),
             guarded,
             threads: Vec::new(),
+            stop_sig: 0,
         };
-        f.tracee.interrupt()?;
+        f.stop_sig = f.tracee.stop_seized()?;
         f.regs = f.tracee.regs()?;
         f.sigmask = f.tracee.sigmask()?;
         Ok(f)
@@ -655,6 +660,17 @@ fn pre_dump_inner(
     opts: &PreDumpOptions,
     tracker_fd: &mut Option<i32>,
 ) -> Result<DumpStats> {
+    let members = tree::list(pid)?;
+    if members.len() > 1 {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "a pre-dump of a process tree ({} processes: {:?}) is not supported yet",
+                members.len(),
+                &members[1..]
+            ),
+        ));
+    }
     let images = ImageDir::create(dir)?;
     let parent = load_parent(dir, &opts.track, pid)?;
     let images = ImageOut::new(images, opts.page_server)?;
@@ -895,12 +911,29 @@ fn dump_inner(
         ));
     }
     let images = ImageDir::create(dir)?;
+    // The tree under the task, listed without stopping anything: every
+    // member's refusals run before the freeze, as for a single task.
+    let members = tree::list(pid)?;
+    refuse_tree_flavor(pid, members.len(), opts, lazy.is_some())?;
     let parent = load_parent(dir, &opts.track, pid)?;
     let images = ImageOut::new(images, opts.page_server)?;
     *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
     refuse::task_state(pid, *tracker_fd, &opts.external)?;
+    if members.len() > 1 {
+        let mut live = vec![pid];
+        let mut places = vec![tree::Place::read(pid)?];
+        for &m in &members[1..] {
+            places.push(tree::Place::read(m)?);
+            if proc::stat::read_stat(m)?.state != 'Z' {
+                refuse::task_state(m, None, &opts.external)?;
+                live.push(m);
+            }
+        }
+        tree::check_places(&places)?;
+        tree::check_sharing(&live)?;
+    }
     // What the page copy needs, made before the task is frozen.
     mem::warm_buffers();
     // After pre-dumps, the final dump writes about as much as the last
@@ -911,138 +944,61 @@ fn dump_inner(
     }
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
-
-    // What would make an injected call unsafe is refused before the
-    // first one (another thread, seccomp strict mode, a filter that would
-    // not let one through); the rest of the refusals after the bursts,
-    // while smaps is read (they all ran before freezing too).
-    let threads = check_threads(pid)?;
-    if threads != frozen.tids() {
-        return Err(Error::task(pid, "its threads changed while it was frozen"));
+    if held.len() > 1 {
+        // Again, now that nothing of the tree runs.
+        refuse_tree_flavor(pid, held.len(), opts, lazy.is_some())?;
+        let places: Vec<tree::Place> = held
+            .iter()
+            .map(|m| tree::Place {
+                pid: m.pid,
+                ppid: m.stat.ppid,
+                pgid: m.stat.pgrp,
+                sid: m.stat.session,
+            })
+            .collect();
+        tree::check_places(&places)?;
+        let live: Vec<pid_t> = held
+            .iter()
+            .filter(|m| m.frozen.is_some())
+            .map(|m| m.pid)
+            .collect();
+        tree::check_sharing(&live)?;
+        for m in held.iter().filter(|m| m.frozen.is_none()) {
+            tree::check_zombie(m)?;
+        }
     }
-    // A tracker left by our pre-dumps is not the task's own state: its
-    // registrations are allowed and its descriptor is left out.
-    let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    creds::refuse(pid)?;
-    frozen.guard = creds::seccomp_guard(&frozen)?;
-    let maps = proc::maps::read_maps(pid)?;
-    mem::check_vmas(pid, &maps, our_tracker.is_some())?;
-    let gadget = syscall_gadget(pid, &maps)?;
-    phases.mark("refuse");
-    let xstate = frozen.tracee.xstate()?;
-    let regs = frozen.regs;
-    let pidfd = pidfd_open(pid)?;
-    let mut core = frozen.burst(gadget, task::collect_injected)?;
-    for t in &mut frozen.threads {
-        t.guard = creds::seccomp_guard(t)?;
-        let thread = task::collect_thread(t, gadget)?;
-        core.core.threads.push(thread);
+    // Each process as a single one is dumped, the root first.
+    let mut dumps: Vec<ProcessDump> = Vec::new();
+    let mut entries = Vec::new();
+    for m in held.iter_mut() {
+        let Some(frozen) = m.frozen.as_mut() else {
+            entries.push(m.entry(Vec::new()));
+            continue;
+        };
+        let root = m.pid == pid;
+        let d = dump_process(
+            m.pid,
+            frozen,
+            parent.as_ref().filter(|_| root),
+            opts,
+            root && lazy.is_some(),
+            root,
+            &images,
+            &mut phases,
+        )?;
+        entries.push(m.entry(d.threads.clone()));
+        dumps.push(d);
     }
-    core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
-    let mut started = match opts.track.track_mem {
-        true => start_tracker(
-            opts.track.tracker,
-            parent.as_ref(),
-            pid,
-            &mut frozen,
-            gadget,
-            &pidfd,
-            our_tracker,
-            true,
-        )?,
-        false => None,
+    images.write(Kind::PsTree, None, &PsTree { tasks: entries })?;
+    let (Some(d), Some(frozen)) = (
+        dumps.first_mut(),
+        held.first_mut().and_then(|m| m.frozen.as_mut()),
+    ) else {
+        return Err(Error::task(pid, "the root of the tree was not dumped"));
     };
-    phases.mark("inject");
-    // smaps (the VmFlags) walks every page table entry: read on a thread
-    // of its own while the rest goes on (after the bursts: their scratch
-    // mmap would wait for the walk's mmap lock), and checked against the
-    // layout read above (maps, which does not walk them).
-    let layout = Layout::start(pid);
-    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    images.clear_stale()?;
-    task::collect_external(&frozen.tracee, &mut core)?;
-    core.core.regs = Some(crate::regs::to_image(&regs));
-    core.core.xstate = xstate;
-    core.core.sigmask = frozen.sigmask;
-    phases.mark("task state");
-    guard::check()?;
-
-    // Memory. The injected calls changed no VMA but for the scratch page,
-    // which is gone. Only the soft-dirty tracker and a lazy dump need
-    // VmFlags to plan.
-    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
-    // (locked, never writable, growing down), which maps does not show.
-    let needs_flags =
-        lazy.is_some() || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
-    let (vmas, layout) = match needs_flags {
-        true => (layout.finish(&maps, our_tracker)?, None),
-        false => (maps, Some(layout)),
-    };
-    phases.mark("vmas");
-    let content = started
-        .as_ref()
-        .filter(|s| s.name == track::CONTENT)
-        .map(|s| s.parent_digests.clone());
-    let tracker_name = started.as_ref().map(|s| s.name).unwrap_or("");
-    let tracker = started
-        .as_mut()
-        .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let known = mem::track(pid, &vmas, tracker)?;
-    phases.mark("track");
-    let mut plan = mem::plan_pages(
-        pid,
-        &vmas,
-        core.brk,
-        parent.as_ref().map(|p| &p.layer),
-        &known,
-    )?;
-    plan.mm.lock_future = core.lock_future;
-    // Lazy: the frozen part copies none of these pages.
-    let pages_lazy = match lazy {
-        Some(_) => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),
-        None => 0,
-    };
-    phases.mark("plan");
-    let copied = mem::copy(
-        pid,
-        &plan.runs,
-        images.pages(pid)?,
-        false,
-        content.as_ref().map(|d| d.as_ref()),
-    )?;
-    let (pagemap, written) = (copied.pagemap, copied.pages_written);
-    phases.mark("copy");
-    guard::check()?;
-    let mut fds = files::dump(pid, &fd_plan)?;
-    identity::record_fds(pid, &mut fds)?;
-    phases.mark("files");
-    if let Some(layout) = layout {
-        // The VMAs as the image records them, now with their VmFlags.
-        let smaps = layout.finish(&vmas, our_tracker)?;
-        plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
-        phases.mark("smaps");
-    }
-    identity::record_mm(pid, &mut plan.mm)?;
-
-    let stat = proc::stat::read_stat(pid)?;
-    images.write(Kind::Core, Some(pid), &core.core)?;
-    images.write(Kind::Mm, Some(pid), &plan.mm)?;
-    images.write(Kind::Fds, Some(pid), &fds)?;
-    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
-    let tree = PsTree {
-        tasks: vec![TaskEntry {
-            pid,
-            ppid: stat.ppid,
-            pgid: stat.pgrp,
-            sid: stat.session,
-            threads,
-        }],
-    };
-    images.write(Kind::PsTree, None, &tree)?;
+    let gadget = d.gadget;
     // Lazy: the twin that keeps the memory after the kill (holder.rs).
     if let Some(l) = lazy.as_deref_mut() {
         let (guard, regs) = (frozen.guard.clone(), frozen.regs);
@@ -1067,24 +1023,29 @@ fn dump_inner(
         let twin = match twin {
             Ok(t) => t,
             Err(e) => {
-                undo_lazy(&mut frozen, gadget, &core.core);
+                undo_lazy(frozen, gadget, &d.core.core);
                 return Err(e);
             }
         };
         phases.mark("holder");
         l.twin = Some(twin);
-        l.pagemap = Some(pagemap.clone());
+        l.pagemap = Some(d.pagemap.clone());
     }
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let sum = |f: fn(&ProcessDump) -> u64| dumps.iter().map(f).sum::<u64>();
+    let (scanned, in_parent, written) =
+        (sum(|d| d.scanned), sum(|d| d.in_parent), sum(|d| d.written));
+    let content_in_parent = sum(|d| d.content_in_parent);
+    let pages_lazy = sum(|d| d.pages_lazy);
     let stats = Stats {
         kind: "dump".into(),
         frozen_us: (frozen_ms * 1e3) as u64,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent + copied.content_in_parent,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent + content_in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         mode: String::new(),
-        tracker: tracker_name.into(),
+        tracker: dumps[0].tracker_name.into(),
         total_us: (frozen_ms * 1e3) as u64,
     };
     images.write(Kind::Stats, None, &stats)?;
@@ -1099,36 +1060,238 @@ fn dump_inner(
         images.commit(&inv)
     });
     if let Err(e) = inv_written {
-        if let Some(l) = lazy {
+        if let (Some(l), Some(frozen)) = (lazy, held[0].frozen.as_mut()) {
             l.twin = None;
-            undo_lazy(&mut frozen, gadget, &core.core);
+            undo_lazy(frozen, gadget, &dumps[0].core.core);
         }
         return Err(e);
     }
     phases.mark("images");
+    let bursts: Vec<std::time::Duration> = held
+        .iter()
+        .filter_map(|m| m.frozen.as_ref())
+        .flat_map(|f| f.bursts.iter().copied())
+        .collect();
     if opts.leave_running {
         // Tracking ends with the final dump.
-        drop(started);
-        if let Some(fd) = our_tracker {
+        let our_tracker = dumps[0].our_tracker;
+        drop(dumps);
+        if let (Some(fd), Some(frozen)) = (our_tracker, held[0].frozen.as_mut()) {
             frozen.burst(gadget, |inj| {
                 inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
             })?;
         }
-        frozen.resume()?;
+        // Children first: a parent runs again only once its tree does.
+        for m in held.iter_mut().rev() {
+            if let Some(f) = m.frozen.as_mut() {
+                f.resume()?;
+            }
+        }
     } else {
-        frozen.kill()?;
+        for m in held.iter_mut().rev() {
+            if let Some(f) = m.frozen.as_mut() {
+                f.kill()?;
+            }
+        }
     }
     phases.mark("release");
     Ok(DumpStats {
-        bursts: frozen.bursts.len(),
-        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
+        bursts: bursts.len(),
+        longest_burst_us: bursts
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e6,
         phases,
         frozen_ms,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         pages_lazy,
+    })
+}
+
+/// What is not done yet for a tree of more than one process is refused by
+/// name (the dumped task is not touched).
+fn refuse_tree_flavor(pid: pid_t, n: usize, opts: &DumpOptions, lazy: bool) -> Result<()> {
+    if n < 2 {
+        return Ok(());
+    }
+    let what = if lazy {
+        "a lazy dump (--lazy-pages)"
+    } else if opts.track.track_mem || opts.track.prev_images_dir.is_some() {
+        "a dump on top of pre-dumps or with --track-mem"
+    } else {
+        return Ok(());
+    };
+    Err(Error::unsupported(
+        pid,
+        format!("{what} of a process tree ({n} processes) is not supported yet"),
+    ))
+}
+
+/// What dumping one process of the tree made.
+struct ProcessDump {
+    core: task::Collected,
+    threads: Vec<i32>,
+    /// The dirty tracker, kept until the tree is let go.
+    #[allow(dead_code)]
+    started: Option<Started>,
+    our_tracker: Option<i32>,
+    gadget: u64,
+    pagemap: crate::image::messages::Pagemap,
+    scanned: u64,
+    in_parent: u64,
+    content_in_parent: u64,
+    written: u64,
+    pages_lazy: u64,
+    tracker_name: &'static str,
+}
+
+/// Dumps one held process (every thread) as a single process is dumped:
+/// its core, mm, fds and pagemap images and its pages. `parent`: the
+/// images it builds on; `lazy`: a remote lazy dump's root.
+#[allow(clippy::too_many_arguments)]
+fn dump_process(
+    pid: pid_t,
+    frozen: &mut Frozen,
+    parent: Option<&Parent>,
+    opts: &DumpOptions,
+    lazy: bool,
+    first: bool,
+    images: &ImageOut,
+    phases: &mut crate::phases::Phases,
+) -> Result<ProcessDump> {
+    // What would make an injected call unsafe is refused before the
+    // first one (another thread, seccomp strict mode, a filter that would
+    // not let one through); the rest of the refusals after the bursts,
+    // while smaps is read (they all ran before freezing too).
+    let threads = check_threads(pid)?;
+    if threads != frozen.tids() {
+        return Err(Error::task(pid, "its threads changed while it was frozen"));
+    }
+    // A tracker left by our pre-dumps is not the task's own state: its
+    // registrations are allowed and its descriptor is left out.
+    let our_tracker = parent_tracker_fd(pid, parent);
+    creds::refuse(pid)?;
+    frozen.guard = creds::seccomp_guard(frozen)?;
+    let maps = proc::maps::read_maps(pid)?;
+    mem::check_vmas(pid, &maps, our_tracker.is_some())?;
+    let gadget = syscall_gadget(pid, &maps)?;
+    phases.mark("refuse");
+    let xstate = frozen.tracee.xstate()?;
+    let regs = frozen.regs;
+    let pidfd = pidfd_open(pid)?;
+    let mut core = frozen.burst(gadget, task::collect_injected)?;
+    for t in &mut frozen.threads {
+        t.guard = creds::seccomp_guard(t)?;
+        let thread = task::collect_thread(t, gadget)?;
+        core.core.threads.push(thread);
+    }
+    core.core.creds = Some(creds::collect(frozen, gadget)?);
+    let mut started = match opts.track.track_mem {
+        true => start_tracker(
+            opts.track.tracker,
+            parent,
+            pid,
+            frozen,
+            gadget,
+            &pidfd,
+            our_tracker,
+            true,
+        )?,
+        false => None,
+    };
+    phases.mark("inject");
+    // smaps (the VmFlags) walks every page table entry: read on a thread
+    // of its own while the rest goes on (after the bursts: their scratch
+    // mmap would wait for the walk's mmap lock), and checked against the
+    // layout read above (maps, which does not walk them).
+    let layout = Layout::start(pid);
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    // (Once, before the root's images.)
+    if first {
+        images.clear_stale()?;
+    }
+    task::collect_external(&frozen.tracee, &mut core)?;
+    core.core.regs = Some(crate::regs::to_image(&regs));
+    core.core.xstate = xstate;
+    core.core.sigmask = frozen.sigmask;
+    phases.mark("task state");
+    guard::check()?;
+
+    // Memory. The injected calls changed no VMA but for the scratch page,
+    // which is gone. Only the soft-dirty tracker and a lazy dump need
+    // VmFlags to plan.
+    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
+    // (locked, never writable, growing down), which maps does not show.
+    let needs_flags = lazy || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    let (vmas, layout) = match needs_flags {
+        true => (layout.finish(&maps, our_tracker)?, None),
+        false => (maps, Some(layout)),
+    };
+    phases.mark("vmas");
+    let content = started
+        .as_ref()
+        .filter(|s| s.name == track::CONTENT)
+        .map(|s| s.parent_digests.clone());
+    let tracker_name = started.as_ref().map(|s| s.name).unwrap_or("");
+    let tracker = started
+        .as_mut()
+        .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
+    let known = mem::track(pid, &vmas, tracker)?;
+    phases.mark("track");
+    let mut plan = mem::plan_pages(pid, &vmas, core.brk, parent.map(|p| &p.layer), &known)?;
+    plan.mm.lock_future = core.lock_future;
+    // Lazy: the frozen part copies none of these pages.
+    let pages_lazy = match lazy {
+        true => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),
+        false => 0,
+    };
+    phases.mark("plan");
+    let copied = mem::copy(
+        pid,
+        &plan.runs,
+        images.pages(pid)?,
+        false,
+        content.as_ref().map(|d| d.as_ref()),
+    )?;
+    let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    phases.mark("copy");
+    guard::check()?;
+    let mut fds = files::dump(pid, &fd_plan)?;
+    identity::record_fds(pid, &mut fds)?;
+    phases.mark("files");
+    if let Some(layout) = layout {
+        // The VMAs as the image records them, now with their VmFlags.
+        let smaps = layout.finish(&vmas, our_tracker)?;
+        plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
+        phases.mark("smaps");
+    }
+    identity::record_mm(pid, &mut plan.mm)?;
+
+    images.write(Kind::Core, Some(pid), &core.core)?;
+    images.write(Kind::Mm, Some(pid), &plan.mm)?;
+    images.write(Kind::Fds, Some(pid), &fds)?;
+    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
+    Ok(ProcessDump {
+        core,
+        threads,
+        started,
+        our_tracker,
+        gadget,
+        pagemap,
+        scanned: plan.stats.scanned,
+        in_parent: plan.stats.in_parent,
+        content_in_parent: copied.content_in_parent,
+        written,
+        pages_lazy,
+        tracker_name,
     })
 }
 

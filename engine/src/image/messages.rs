@@ -83,6 +83,16 @@ pub struct TaskEntry {
     pub sid: i32,
     #[prost(int32, repeated, tag = "5")]
     pub threads: Vec<i32>,
+    /// A zombie: it exited and its parent has not reaped it. It has no
+    /// other image; restore makes it exit again with `exit_status`.
+    #[prost(bool, tag = "6")]
+    pub zombie: bool,
+    /// A zombie's wait status (/proc/PID/stat field 52).
+    #[prost(int32, tag = "7")]
+    pub exit_status: i32,
+    /// In a group stop (SIGSTOP) when dumped: restored stopped.
+    #[prost(bool, tag = "8")]
+    pub stopped: bool,
 }
 
 /// x86_64 general registers, as `user_regs_struct`.
