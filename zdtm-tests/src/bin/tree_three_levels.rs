@@ -1,0 +1,188 @@
+//! A three-level process tree: the test (a session leader) and
+//!   A   a process group of its own, with
+//!       A1  in A's group, stopped by SIGSTOP
+//!       A2  a zombie that exited with status 7
+//!       A3  in the test's process group
+//!   B   a session of its own, with
+//!       B1  a process group of its own in B's session
+//!       B2  a zombie killed by SIGTERM
+//! Each live process writes its own pattern over half of a private region
+//! the test filled before forking (copy-on-write), and records its pid,
+//! ppid, pgid and sid. After restore the test checks its own, continues
+//! A1 and sends SIGUSR1 to every member: each checks its region and its
+//! ids, A and B reap their children (the zombies with their statuses) and
+//! exit 0 only if all is well.
+
+use zdtm::mem::{self, page_size};
+use zdtm::{ensure_eq, pattern, TestResult};
+use zdtm_tests::tree::{self, ids};
+use zdtm_tests::{close, pipe2};
+
+const PAGES: usize = 64;
+const ROOT_SEED: u64 = 0x7ee0_0001;
+
+struct Region {
+    addr: usize,
+    len: usize,
+}
+
+impl Region {
+    fn half(&self) -> usize {
+        self.len / 2
+    }
+
+    /// This member's pattern over the second half.
+    fn mark(&self, seed: u64) {
+        // SAFETY: the second half of the test's read-write region.
+        pattern::fill(
+            unsafe { mem::slice_mut(self.addr + self.half(), self.half()) },
+            seed,
+        );
+    }
+
+    /// The root's pattern in the first half, `seed`'s in the second.
+    fn check(&self, seed: u64) -> TestResult {
+        // SAFETY: the region is mapped read-write.
+        pattern::verify(unsafe { mem::slice(self.addr, self.half()) }, ROOT_SEED)
+            .map_err(|m| format!("first half: {m}"))?;
+        // SAFETY: as above.
+        pattern::verify(
+            unsafe { mem::slice(self.addr + self.half(), self.half()) },
+            seed,
+        )
+        .map_err(|m| format!("second half: {m}"))
+    }
+}
+
+/// A live member: marks its memory, records its ids, says it is set up
+/// (closes `ready`), optionally stops itself, and after SIGUSR1 checks.
+fn member(
+    r: &Region,
+    seed: u64,
+    ready: i32,
+    stop: bool,
+    then: impl FnOnce() -> TestResult,
+) -> TestResult {
+    r.mark(seed);
+    let before = ids();
+    close(ready)?;
+    if stop {
+        // SAFETY: raise has no preconditions.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+    tree::wait_go();
+    r.check(seed)?;
+    ensure_eq!(ids(), before, "(pid, ppid, pgid, sid)");
+    then()
+}
+
+fn setpgid(pgid: i32) -> TestResult {
+    // SAFETY: setpgid has no memory-safety preconditions.
+    if unsafe { libc::setpgid(0, pgid) } != 0 {
+        return Err(zdtm::os_err("setpgid"));
+    }
+    Ok(())
+}
+
+struct State {
+    region: Region,
+    members: Vec<i32>,
+    a1: i32,
+    a: i32,
+    b: i32,
+}
+
+fn setup(_: &zdtm::Args) -> TestResult<State> {
+    tree::prepare()?;
+    let len = PAGES * page_size();
+    let addr = mem::mmap_guarded(len, libc::PROT_READ | libc::PROT_WRITE)?;
+    // SAFETY: the fresh read-write region.
+    pattern::fill(unsafe { mem::slice_mut(addr, len) }, ROOT_SEED);
+    let region = Region { addr, len };
+    let r = &region;
+    let root = ids().0;
+    let (rd, wr) = pipe2(libc::O_CLOEXEC)?;
+    let a = tree::fork(|| {
+        close(rd)?;
+        setpgid(0)?;
+        let a1 = tree::fork(|| member(r, 11, wr, true, || Ok(())))?;
+        let a2 = tree::fork(|| {
+            close(wr)?;
+            // SAFETY: _exit ends this member with status 7.
+            unsafe { libc::_exit(7) }
+        })?;
+        let a3 = tree::fork(|| {
+            setpgid(root)?;
+            member(r, 13, wr, false, || Ok(()))
+        })?;
+        member(r, 10, wr, false, || {
+            tree::reap(a2, 7 << 8, "zombie A2")?;
+            tree::reap(a1, 0, "A1")?;
+            tree::reap(a3, 0, "A3")
+        })
+    })?;
+    let b = tree::fork(|| {
+        close(rd)?;
+        // SAFETY: setsid has no preconditions.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(zdtm::os_err("setsid"));
+        }
+        let b1 = tree::fork(|| {
+            setpgid(0)?;
+            member(r, 21, wr, false, || Ok(()))
+        })?;
+        let b2 = tree::fork(|| {
+            // SAFETY: the default action, then death by SIGTERM.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_DFL) };
+            close(wr)?;
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGTERM) };
+            Err("still alive after SIGTERM".into())
+        })?;
+        member(r, 20, wr, false, || {
+            tree::reap(b2, libc::SIGTERM, "zombie B2")?;
+            tree::reap(b1, 0, "B1")
+        })
+    })?;
+    close(wr)?;
+    tree::wait_eof(rd)?;
+    // Every member set up: find the grandchildren, wait for the stop and
+    // the zombies.
+    let kids = |p: i32| -> TestResult<Vec<i32>> {
+        let t = zdtm::procfs::read_string(&format!("/proc/{p}/task/{p}/children"))?;
+        Ok(t.split_whitespace()
+            .filter_map(|k| k.parse().ok())
+            .collect())
+    };
+    let (ak, bk) = (kids(a)?, kids(b)?);
+    ensure_eq!((ak.len(), bk.len()), (3, 2), "grandchildren of A and B");
+    tree::wait_state(ak[0], 'T')?;
+    tree::wait_state(ak[1], 'Z')?;
+    tree::wait_state(bk[1], 'Z')?;
+    let members = vec![a, ak[0], ak[2], b, bk[0]];
+    Ok(State {
+        a1: ak[0],
+        region,
+        members,
+        a,
+        b,
+    })
+}
+
+fn check(s: State) -> TestResult {
+    s.region.check(ROOT_SEED)?;
+    ensure_eq!(tree::state(s.a1)?, 'T', "state of the stopped A1");
+    // SAFETY: kill of our own descendants.
+    unsafe {
+        libc::kill(s.a1, libc::SIGCONT);
+        for &m in &s.members {
+            libc::kill(m, libc::SIGUSR1);
+        }
+    }
+    tree::reap(s.a, 0, "A")?;
+    tree::reap(s.b, 0, "B")
+}
+
+fn main() {
+    zdtm::run(setup, check)
+}
