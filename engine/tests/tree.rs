@@ -188,7 +188,20 @@ fn tree_dump_killed_midway() {
             // (crust reaped it) is fine.
             unsafe { libc::waitpid(w, &mut ws, libc::__WALL) };
         }
-        assert_eq!(tree.places(), before, "after a dump killed at {k}/8");
+        // Released, every member goes back to where it was (a stopped one
+        // stops again): running meanwhile.
+        let mut now = Vec::new();
+        wait_until(
+            TIMEOUT,
+            &format!("the tree after a dump killed at {k}/8"),
+            || {
+                now = tree.places();
+                match now == before {
+                    true => Ok(()),
+                    false => Err(format!("{now:?}, not {before:?}")),
+                }
+            },
+        );
         for &p in &tree.pids {
             assert_eq!(
                 status_field(p, "TracerPid").as_deref(),
@@ -198,4 +211,99 @@ fn tree_dump_killed_midway() {
         }
     }
     tree.finish();
+}
+
+/// Two pre-dumps of the tree with dirty tracking, a process created
+/// between them (a full dump of it, then a chain of its own), and a final
+/// dump on top: the pages of every member left to the parents, and the
+/// restored tree is whole.
+#[test]
+fn tree_predumps_then_dump() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "tree.c", &[]);
+    let mut tree = Tree::start(tmp.path(), &bin);
+    let before = tree.places();
+    let root = tree.root.pid.to_string();
+    let (pre1, pre2, img) = (
+        tmp.path().join("pre1"),
+        tmp.path().join("pre2"),
+        tmp.path().join("img"),
+    );
+    crust([
+        "pre-dump",
+        "-t",
+        &root,
+        "-D",
+        path_str(&pre1),
+        "--track-mem",
+    ])
+    .assert_ok();
+    assert_eq!(tree.places(), before, "after the first pre-dump");
+    tree.root.signal(libc::SIGUSR2);
+    let text = wait_file_contains(&tree.log, "new ", TIMEOUT);
+    let n: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("new "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the new child's pid");
+    wait_until(TIMEOUT, "the new child to wait", || {
+        match blocked_syscall(n) {
+            Some(nr) if nr == libc::SYS_rt_sigsuspend => Ok(()),
+            other => Err(format!("in syscall {other:?}")),
+        }
+    });
+    let new_place = place(n);
+    crust([
+        "pre-dump",
+        "-t",
+        &root,
+        "-D",
+        path_str(&pre2),
+        "--prev-images-dir",
+        "../pre1",
+        "--track-mem",
+    ])
+    .assert_ok();
+    assert!(
+        pre2.join(format!("pagemap-{n}.img")).exists(),
+        "the new process is in the second pre-dump"
+    );
+    let mut members: Vec<Proc> = tree.pids[1..]
+        .iter()
+        .chain([&n])
+        .map(|&p| Proc::adopt(p))
+        .collect();
+    dump(
+        tree.root.pid,
+        &img,
+        &["--prev-images-dir", "../pre2", "--track-mem"],
+    );
+    assert_eq!(tree.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    for m in &mut members {
+        m.wait(TIMEOUT);
+    }
+    let stats = crust(["show", path_str(&img.join("stats.img"))]);
+    stats.assert_ok();
+    let in_parent = stats.json()["message"]["pages_in_parent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        in_parent > 0,
+        "no page left to the parents: {}",
+        stats.stdout
+    );
+    tree.root = restore_detached(&img, tree.root.pid);
+    assert_eq!(tree.places(), before, "the tree after restore");
+    assert_eq!(place(n), new_place, "the new child after restore");
+    let log = tree.log.clone();
+    let newborn = Proc::adopt(n);
+    newborn.signal(libc::SIGUSR1);
+    tree.finish();
+    assert!(
+        read_string(&log).contains("OK N\n"),
+        "{}",
+        read_string(&log)
+    );
+    drop(newborn);
 }

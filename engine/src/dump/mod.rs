@@ -228,11 +228,6 @@ impl Frozen {
         out
     }
 
-    /// The longest burst, for the log.
-    fn longest_burst(&self) -> std::time::Duration {
-        self.bursts.iter().max().copied().unwrap_or_default()
-    }
-
     /// The point of no return: the images are complete, the task goes.
     fn kill(&mut self) -> Result<()> {
         guard::check()?;
@@ -411,9 +406,23 @@ fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Pa
 /// task still holds a userfaultfd there.
 fn parent_tracker_fd(pid: pid_t, parent: Option<&Parent>) -> Option<i32> {
     parent
-        .filter(|p| p.inv.tracker == track::UFFD_WP && p.inv.tracker_fd >= 0)
-        .map(|p| p.inv.tracker_fd)
-        .filter(|&fd| is_tracker_fd(pid, fd))
+        .filter(|p| p.inv.tracker == track::UFFD_WP)
+        .map(|p| tracker_fd_of(&p.inv, pid))
+        .filter(|&fd| fd >= 0 && is_tracker_fd(pid, fd))
+}
+
+/// Where an image says the tracker of process `pid` of its tree is, -1 if
+/// nowhere.
+fn tracker_fd_of(inv: &Inventory, pid: pid_t) -> i32 {
+    if inv.root_pid == pid {
+        return inv.tracker_fd;
+    }
+    inv.member_tracker_pids
+        .iter()
+        .zip(&inv.member_tracker_fds)
+        .find(|(&p, _)| p == pid)
+        .map(|(_, &fd)| fd)
+        .unwrap_or(-1)
 }
 
 /// Whether thread `tid` of `pid` is gone (exited and reaped).
@@ -624,11 +633,11 @@ fn start_tracker(
 /// been re-armed past the last complete image, and a later pre-dump must
 /// then store every page instead of trusting it.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
-    let mut tracker = None;
-    let out = pre_dump_inner(pid, dir, opts, &mut tracker);
+    let mut trackers = Vec::new();
+    let out = pre_dump_inner(pid, dir, opts, &mut trackers);
     if out.is_err() {
-        if let Some(fd) = tracker {
-            remove_tracker(pid, fd);
+        for (p, fd) in trackers {
+            remove_tracker(p, fd);
         }
     }
     out
@@ -654,36 +663,253 @@ fn remove_tracker(pid: pid_t, fd: i32) {
     }
 }
 
+/// The refusals of a tree that run from outside, before the freeze: each
+/// live member's (as for a single task), then the tree's own (sessions,
+/// groups, sharing). `trackers`: our tracker descriptor in each member.
+fn refuse_tree(
+    pid: pid_t,
+    members: &[pid_t],
+    trackers: &[(pid_t, i32)],
+    external: &[String],
+) -> Result<()> {
+    let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
+    refuse::task_state(pid, ours(pid), external)?;
+    if members.len() < 2 {
+        return Ok(());
+    }
+    let mut live = vec![pid];
+    let mut places = vec![tree::Place::read(pid)?];
+    for &m in &members[1..] {
+        places.push(tree::Place::read(m)?);
+        if proc::stat::read_stat(m)?.state != 'Z' {
+            refuse::task_state(m, ours(m), external)?;
+            live.push(m);
+        }
+    }
+    tree::check_places(&places)?;
+    tree::check_sharing(&live)
+}
+
+/// Closes, in each member, the copies of our trackers it inherited by
+/// forking after a pre-dump made them (the same open userfaultfd as the
+/// tracker of another member): engine state, not the process's, which no
+/// dump may carry. Done before the refusals, which would name them.
+fn drop_inherited_trackers(members: &[pid_t], trackers: &[(pid_t, i32)]) {
+    const KCMP_FILE: i32 = 0;
+    if members.len() < 2 || trackers.is_empty() {
+        return;
+    }
+    for &m in members {
+        let Ok(fds) = proc::fd::list_fds(m) else {
+            continue;
+        };
+        for f in fds.iter().filter(|f| is_tracker_fd(m, f.fd)) {
+            if trackers.contains(&(m, f.fd)) {
+                continue;
+            }
+            let copy = trackers.iter().any(|&(p, fd)| {
+                // SAFETY: kcmp compares kernel objects; no memory is passed.
+                unsafe { libc::syscall(libc::SYS_kcmp, p, m, KCMP_FILE, fd, f.fd) == 0 }
+            });
+            if copy {
+                remove_tracker(m, f.fd);
+            }
+        }
+    }
+}
+
+/// The tree's refusals again, once every member is held.
+fn refuse_held_tree(held: &[tree::Member]) -> Result<()> {
+    if held.len() < 2 {
+        return Ok(());
+    }
+    let places: Vec<tree::Place> = held
+        .iter()
+        .map(|m| tree::Place {
+            pid: m.pid,
+            ppid: m.stat.ppid,
+            pgid: m.stat.pgrp,
+            sid: m.stat.session,
+        })
+        .collect();
+    tree::check_places(&places)?;
+    let live: Vec<pid_t> = held
+        .iter()
+        .filter(|m| m.frozen.is_some())
+        .map(|m| m.pid)
+        .collect();
+    tree::check_sharing(&live)?;
+    for m in held.iter().filter(|m| m.frozen.is_none()) {
+        tree::check_zombie(m)?;
+    }
+    Ok(())
+}
+
+/// The parent image of every member of the tree (`None` for a process the
+/// parent does not hold: new since, it is dumped whole).
+fn load_parents(
+    dir: &Path,
+    track: &TrackOptions,
+    members: &[pid_t],
+) -> Result<Vec<(pid_t, Option<Parent>)>> {
+    let mut out = Vec::new();
+    for (i, &m) in members.iter().enumerate() {
+        let held = track.prev_images_dir.as_ref().is_some_and(|rel| {
+            dir.join(rel)
+                .join(Kind::Pagemap.file_name(Some(m)))
+                .exists()
+        });
+        let p = match i == 0 || held {
+            true => load_parent(dir, track, m)?,
+            false => None,
+        };
+        out.push((m, p));
+    }
+    Ok(out)
+}
+
+/// What the frozen part of a member's pre-dump leaves for the copy.
+struct PreFrozen {
+    pid: pid_t,
+    vmas: Vec<proc::maps::Vma>,
+    started: Option<Started>,
+    known: Vec<mem::Known>,
+    pinned: Option<(mem::Plan, Vec<splice::Chunk>)>,
+}
+
 fn pre_dump_inner(
     pid: pid_t,
     dir: &Path,
     opts: &PreDumpOptions,
-    tracker_fd: &mut Option<i32>,
+    trackers: &mut Vec<(pid_t, i32)>,
 ) -> Result<DumpStats> {
-    let members = tree::list(pid)?;
-    if members.len() > 1 {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "a pre-dump of a process tree ({} processes: {:?}) is not supported yet",
-                members.len(),
-                &members[1..]
-            ),
-        ));
-    }
     let images = ImageDir::create(dir)?;
-    let parent = load_parent(dir, &opts.track, pid)?;
+    let members = tree::list(pid)?;
+    let parents = load_parents(dir, &opts.track, &members)?;
     let images = ImageOut::new(images, opts.page_server)?;
+    let prev: Vec<(pid_t, i32)> = parents
+        .iter()
+        .filter_map(|(m, p)| parent_tracker_fd(*m, p.as_ref()).map(|fd| (*m, fd)))
+        .collect();
+    drop_inherited_trackers(&members, &prev);
     // Refused now, before pages are copied, what the final dump would refuse.
-    refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()), &opts.external)?;
+    refuse_tree(pid, &members, &prev, &opts.external)?;
     images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
+    refuse_held_tree(&held)?;
+    let mut frozen_parts = Vec::new();
+    for m in held.iter_mut() {
+        let Some(frozen) = m.frozen.as_mut() else {
+            continue;
+        };
+        let parent = parents
+            .iter()
+            .find(|p| p.0 == m.pid)
+            .and_then(|p| p.1.as_ref());
+        let part = pre_dump_frozen(m.pid, frozen, parent, opts, trackers)?;
+        frozen_parts.push(part);
+    }
+    phases.mark(match opts.mode {
+        PreDumpMode::Splice => "track and pin",
+        PreDumpMode::Read => "track",
+    });
+    guard::check()?;
+    // Children first, as a dump lets a tree go.
+    for m in held.iter_mut().rev() {
+        if let Some(f) = m.frozen.as_mut() {
+            f.resume()?;
+        }
+    }
+    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let bursts: Vec<std::time::Duration> = held
+        .iter()
+        .filter_map(|m| m.frozen.as_ref())
+        .flat_map(|f| f.bursts.iter().copied())
+        .collect();
+    drop(held);
+    let (mut scanned, mut in_parent, mut written) = (0, 0, 0);
+    let mut tracker_name = String::new();
+    let mut member_fds = Vec::new();
+    for part in frozen_parts {
+        let parent = parents
+            .iter()
+            .find(|p| p.0 == part.pid)
+            .and_then(|p| p.1.as_ref());
+        if let Some(t) = &part.started {
+            tracker_name = t.name.into();
+            if part.pid != pid && t.task_fd >= 0 {
+                member_fds.push((part.pid, t.task_fd));
+            }
+        }
+        let c = pre_dump_copy(part, parent, opts, &images)?;
+        scanned += c.0;
+        in_parent += c.1;
+        written += c.2;
+    }
+    phases.mark("copy");
+    guard::check()?;
+    let root_parent = parents.first().and_then(|p| p.1.as_ref());
+    let mut inv = inventory(pid, "pre-dump", root_parent);
+    inv.tracker = tracker_name;
+    inv.tracker_fd = trackers
+        .iter()
+        .find(|t| t.0 == pid)
+        .map(|t| t.1)
+        .unwrap_or(-1);
+    inv.member_tracker_pids = member_fds.iter().map(|t| t.0).collect();
+    inv.member_tracker_fds = member_fds.iter().map(|t| t.1).collect();
+    let splice = opts.mode == PreDumpMode::Splice;
+    let stats = Stats {
+        kind: "pre-dump".into(),
+        frozen_us: (frozen_ms * 1e3) as u64,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+        mode: if splice { "splice" } else { "read" }.into(),
+        tracker: inv.tracker.clone(),
+        total_us: start.elapsed().as_micros() as u64,
+    };
+    images.write(Kind::Stats, None, &stats)?;
+    guard::check()?;
+    images.commit(&inv)?;
+    phases.mark("images");
+    Ok(DumpStats {
+        bursts: bursts.len(),
+        longest_burst_us: bursts
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e6,
+        phases,
+        frozen_ms,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+        pages_lazy: 0,
+    })
+}
+
+/// The frozen part of one member's pre-dump: its tracker read and
+/// re-armed (made if needed), and in splice mode its pages pinned.
+/// `trackers` learns every tracker descriptor made or taken over (removed
+/// if the pre-dump fails).
+fn pre_dump_frozen(
+    pid: pid_t,
+    frozen: &mut Frozen,
+    parent: Option<&Parent>,
+    opts: &PreDumpOptions,
+    trackers: &mut Vec<(pid_t, i32)>,
+) -> Result<PreFrozen> {
     check_threads(pid)?;
-    frozen.guard = creds::seccomp_guard(&frozen)?;
-    let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
+    frozen.guard = creds::seccomp_guard(frozen)?;
+    let prev_tracker = parent_tracker_fd(pid, parent);
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
     // it adds are not needed here (the final dump reads and checks them).
     let mut vmas = proc::maps::read_maps(pid)?;
@@ -698,9 +924,9 @@ fn pre_dump_inner(
     let mut started = match gadget.filter(|_| opts.track.track_mem) {
         Some(g) => start_tracker(
             opts.track.tracker,
-            parent.as_ref(),
+            parent,
             pid,
-            &mut frozen,
+            frozen,
             g,
             &pidfd,
             prev_tracker,
@@ -708,10 +934,13 @@ fn pre_dump_inner(
         )?,
         None => None,
     };
-    *tracker_fd = started
+    if let Some(fd) = started
         .as_ref()
         .filter(|s| s.task_fd >= 0)
-        .map(|s| s.task_fd);
+        .map(|s| s.task_fd)
+    {
+        trackers.push((pid, fd));
+    }
     if started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags()) {
         vmas = proc::maps::read_smaps(pid)?;
     }
@@ -726,7 +955,7 @@ fn pre_dump_inner(
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let layer = parent.as_ref().map(|p| &p.layer);
+    let layer = parent.map(|p| &p.layer);
     // Frozen: the tracker is read and re-armed; in splice mode the pages are
     // also pinned. Read mode lists the pages after the task runs again.
     let frozen_part = mem::track(pid, &vmas, tracker).and_then(|known| {
@@ -734,7 +963,7 @@ fn pre_dump_inner(
             return Ok((known, None));
         }
         let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
-        let chunks = splice::pin(&mut frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
+        let chunks = splice::pin(frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
         Ok((known, Some((plan, chunks))))
     });
     let (known, pinned) = match frozen_part {
@@ -749,10 +978,33 @@ fn pre_dump_inner(
             return Err(e);
         }
     };
-    phases.mark(if splice { "track and pin" } else { "track" });
-    guard::check()?;
-    frozen.resume()?;
-    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(PreFrozen {
+        pid,
+        vmas,
+        started,
+        known,
+        pinned,
+    })
+}
+
+/// The copy of one member's pre-dump, once the tree runs again: writes
+/// its pages, mm and pagemap. Returns (scanned, in parent, written) pages.
+fn pre_dump_copy(
+    part: PreFrozen,
+    parent: Option<&Parent>,
+    opts: &PreDumpOptions,
+    images: &ImageOut,
+) -> Result<(u64, u64, u64)> {
+    let PreFrozen {
+        pid,
+        vmas,
+        started,
+        known,
+        pinned,
+    } = part;
+    let splice = opts.mode == PreDumpMode::Splice;
+    let content = started.as_ref().is_some_and(|s| s.name == track::CONTENT);
+    let layer = parent.map(|p| &p.layer);
     let (plan, copied) = match pinned {
         Some((plan, chunks)) => {
             let mut out = images.pages(pid)?;
@@ -786,51 +1038,20 @@ fn pre_dump_inner(
     if let Some(d) = &copied.digests {
         images.write(Kind::Digests, Some(pid), d)?;
     }
-    phases.mark("copy");
     guard::check()?;
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
-    let mut inv = inventory(pid, "pre-dump", parent.as_ref());
-    if let Some(t) = &started {
-        inv.tracker = t.name.into();
-        inv.tracker_fd = t.task_fd;
-    }
-    let stats = Stats {
-        kind: "pre-dump".into(),
-        frozen_us: (frozen_ms * 1e3) as u64,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: in_parent,
-        pages_written: written,
-        bytes_written: written * 4096,
-        mode: if splice { "splice" } else { "read" }.into(),
-        tracker: inv.tracker.clone(),
-        total_us: start.elapsed().as_micros() as u64,
-    };
-    images.write(Kind::Stats, None, &stats)?;
-    guard::check()?;
-    images.commit(&inv)?;
-    phases.mark("images");
-    Ok(DumpStats {
-        bursts: frozen.bursts.len(),
-        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
-        phases,
-        frozen_ms,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: in_parent,
-        pages_written: written,
-        bytes_written: written * 4096,
-        pages_lazy: 0,
-    })
+    Ok((plan.stats.scanned, in_parent, written))
 }
 
 /// Dumps the single-threaded task `pid` into `dir`. Tracking ends with the
 /// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
-    let mut tracker = None;
-    let out = dump_inner(pid, dir, opts, &mut tracker, None);
+    let mut trackers = Vec::new();
+    let out = dump_inner(pid, dir, opts, &mut trackers, None);
     if out.is_err() {
-        if let Some(fd) = tracker {
-            remove_tracker(pid, fd);
+        for (p, fd) in trackers {
+            remove_tracker(p, fd);
         }
     }
     out
@@ -863,11 +1084,11 @@ pub fn dump_lazy(
         pagemap: None,
         image_id: 0,
     };
-    let mut tracker = None;
-    let out = dump_inner(pid, dir, opts, &mut tracker, Some(&mut lazy));
+    let mut trackers = Vec::new();
+    let out = dump_inner(pid, dir, opts, &mut trackers, Some(&mut lazy));
     if out.is_err() {
-        if let Some(fd) = tracker {
-            remove_tracker(pid, fd);
+        for (p, fd) in trackers {
+            remove_tracker(p, fd);
         }
     }
     let stats = out?;
@@ -900,7 +1121,7 @@ fn dump_inner(
     pid: pid_t,
     dir: &Path,
     opts: &DumpOptions,
-    tracker_fd: &mut Option<i32>,
+    trackers: &mut Vec<(pid_t, i32)>,
     mut lazy: Option<&mut LazyDump>,
 ) -> Result<DumpStats> {
     if pid == 1 && !opts.leave_running {
@@ -914,61 +1135,33 @@ fn dump_inner(
     // The tree under the task, listed without stopping anything: every
     // member's refusals run before the freeze, as for a single task.
     let members = tree::list(pid)?;
-    refuse_tree_flavor(pid, members.len(), opts, lazy.is_some())?;
-    let parent = load_parent(dir, &opts.track, pid)?;
+    refuse_tree_flavor(pid, members.len(), lazy.is_some())?;
+    let parents = load_parents(dir, &opts.track, &members)?;
     let images = ImageOut::new(images, opts.page_server)?;
-    *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
+    *trackers = parents
+        .iter()
+        .filter_map(|(m, p)| parent_tracker_fd(*m, p.as_ref()).map(|fd| (*m, fd)))
+        .collect();
+    let parent = parents.first().and_then(|p| p.1.as_ref());
+    drop_inherited_trackers(&members, trackers);
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
-    refuse::task_state(pid, *tracker_fd, &opts.external)?;
-    if members.len() > 1 {
-        let mut live = vec![pid];
-        let mut places = vec![tree::Place::read(pid)?];
-        for &m in &members[1..] {
-            places.push(tree::Place::read(m)?);
-            if proc::stat::read_stat(m)?.state != 'Z' {
-                refuse::task_state(m, None, &opts.external)?;
-                live.push(m);
-            }
-        }
-        tree::check_places(&places)?;
-        tree::check_sharing(&live)?;
-    }
+    refuse_tree(pid, &members, trackers, &opts.external)?;
     // What the page copy needs, made before the task is frozen.
     mem::warm_buffers();
     // After pre-dumps, the final dump writes about as much as the last
     // one did: its pages file is made and filled now, and overwritten
     // while frozen (ImageOut::prefill_pages).
-    if let (Some(p), None) = (&parent, &lazy) {
+    if let (Some(p), None) = (parent, &lazy) {
         images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
     }
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
-    if held.len() > 1 {
-        // Again, now that nothing of the tree runs.
-        refuse_tree_flavor(pid, held.len(), opts, lazy.is_some())?;
-        let places: Vec<tree::Place> = held
-            .iter()
-            .map(|m| tree::Place {
-                pid: m.pid,
-                ppid: m.stat.ppid,
-                pgid: m.stat.pgrp,
-                sid: m.stat.session,
-            })
-            .collect();
-        tree::check_places(&places)?;
-        let live: Vec<pid_t> = held
-            .iter()
-            .filter(|m| m.frozen.is_some())
-            .map(|m| m.pid)
-            .collect();
-        tree::check_sharing(&live)?;
-        for m in held.iter().filter(|m| m.frozen.is_none()) {
-            tree::check_zombie(m)?;
-        }
-    }
+    // Again, now that nothing of the tree runs.
+    refuse_tree_flavor(pid, held.len(), lazy.is_some())?;
+    refuse_held_tree(&held)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
     let mut entries = Vec::new();
@@ -978,10 +1171,15 @@ fn dump_inner(
             continue;
         };
         let root = m.pid == pid;
+        // A process new since the last pre-dump has no parent image.
+        let member_parent = parents
+            .iter()
+            .find(|p| p.0 == m.pid)
+            .and_then(|p| p.1.as_ref());
         let d = dump_process(
             m.pid,
             frozen,
-            parent.as_ref().filter(|_| root),
+            member_parent,
             opts,
             root && lazy.is_some(),
             root,
@@ -1050,7 +1248,7 @@ fn dump_inner(
     };
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
-    let mut inv = inventory(pid, "dump", parent.as_ref());
+    let mut inv = inventory(pid, "dump", parent);
     let inv_written = guard::check().and_then(|_| {
         if let Some(l) = lazy.as_deref_mut() {
             inv.lazy_address = l.addr.to_string();
@@ -1074,12 +1272,21 @@ fn dump_inner(
         .collect();
     if opts.leave_running {
         // Tracking ends with the final dump.
-        let our_tracker = dumps[0].our_tracker;
+        let ours: Vec<(pid_t, Option<i32>, u64)> = dumps
+            .iter()
+            .map(|d| (d.pid, d.our_tracker, d.gadget))
+            .collect();
         drop(dumps);
-        if let (Some(fd), Some(frozen)) = (our_tracker, held[0].frozen.as_mut()) {
-            frozen.burst(gadget, |inj| {
-                inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
-            })?;
+        for (p, fd, g) in ours {
+            let frozen = held
+                .iter_mut()
+                .find(|m| m.pid == p)
+                .and_then(|m| m.frozen.as_mut());
+            if let (Some(fd), Some(frozen)) = (fd, frozen) {
+                frozen.burst(g, |inj| {
+                    inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+                })?;
+            }
         }
         // Children first: a parent runs again only once its tree does.
         for m in held.iter_mut().rev() {
@@ -1116,25 +1323,21 @@ fn dump_inner(
 
 /// What is not done yet for a tree of more than one process is refused by
 /// name (the dumped task is not touched).
-fn refuse_tree_flavor(pid: pid_t, n: usize, opts: &DumpOptions, lazy: bool) -> Result<()> {
-    if n < 2 {
+fn refuse_tree_flavor(pid: pid_t, n: usize, lazy: bool) -> Result<()> {
+    if n < 2 || !lazy {
         return Ok(());
     }
-    let what = if lazy {
-        "a lazy dump (--lazy-pages)"
-    } else if opts.track.track_mem || opts.track.prev_images_dir.is_some() {
-        "a dump on top of pre-dumps or with --track-mem"
-    } else {
-        return Ok(());
-    };
     Err(Error::unsupported(
         pid,
-        format!("{what} of a process tree ({n} processes) is not supported yet"),
+        format!(
+            "a lazy dump (--lazy-pages) of a process tree ({n} processes) is not supported yet"
+        ),
     ))
 }
 
 /// What dumping one process of the tree made.
 struct ProcessDump {
+    pid: pid_t,
     core: task::Collected,
     threads: Vec<i32>,
     /// The dirty tracker, kept until the tree is let go.
@@ -1280,6 +1483,7 @@ fn dump_process(
     images.write(Kind::Fds, Some(pid), &fds)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     Ok(ProcessDump {
+        pid,
         core,
         threads,
         started,
@@ -1347,6 +1551,8 @@ fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
         pages_at: String::new(),
         lazy_address: String::new(),
         lazy_pages: 0,
+        member_tracker_pids: Vec::new(),
+        member_tracker_fds: Vec::new(),
     }
 }
 

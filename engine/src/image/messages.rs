@@ -62,6 +62,14 @@ pub struct Inventory {
     /// Pages the dump left at the source (PE_LAZY), 0 once written back.
     #[prost(uint64, tag = "15")]
     pub lazy_pages: u64,
+    // Process trees (tags 24-25): the tracker descriptor of every member
+    // but the root (whose is `tracker_fd`), by pid, in two parallel lists.
+    #[prost(int32, repeated, tag = "24")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub member_tracker_pids: Vec<i32>,
+    #[prost(int32, repeated, tag = "25")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub member_tracker_fds: Vec<i32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

@@ -21,6 +21,10 @@
  * "OK NAME" (or "BAD NAME ...") to OUTFILE, reaps its children (checking
  * a zombie's status: exit 7, SIGTERM) and exits 0 if all is well. The
  * stopped A1 must first be continued (SIGCONT) by the test.
+ *
+ * On SIGUSR2 (before SIGUSR1) the root forks one more child, N (a live
+ * member like the others), and appends "new PID" to OUTFILE: a process
+ * created between two pre-dumps.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -38,7 +42,8 @@
 
 static const char *outfile;
 static unsigned char buf[BUF];
-static volatile sig_atomic_t go;
+static volatile sig_atomic_t go, spawn;
+static pid_t newborn;
 static int ready[2];
 static const char *name = "R";
 static pid_t ids[4];
@@ -82,6 +87,12 @@ static void on_usr1(int sig)
 {
 	(void)sig;
 	go = 1;
+}
+
+static void on_usr2(int sig)
+{
+	(void)sig;
+	spawn = 1;
 }
 
 static void record(void)
@@ -186,6 +197,8 @@ static void b2(void)
 	_exit(8);
 }
 
+static void nbody(void) { live_leaf("N", 31, 0); }
+
 static void a(void)
 {
 	if (setpgid(0, 0) < 0)
@@ -217,9 +230,11 @@ int main(int argc, char **argv)
 		return 2;
 	outfile = argv[1];
 	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR2, on_usr2);
 	sigset_t usr1;
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
+	sigaddset(&usr1, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &usr1, NULL);
 	fill(0, BUF, 1);
 	record();
@@ -248,7 +263,18 @@ int main(int argc, char **argv)
 		snprintf(list + len, sizeof list - len, "%d %s", k, kids);
 	}
 	report("pids %d %s\n", getpid(), list);
+	sigset_t none;
+	sigemptyset(&none);
+	while (!go) {
+		sigsuspend(&none);
+		if (spawn && !newborn) {
+			newborn = child(nbody);
+			report("new %d\n", newborn);
+		}
+	}
 	int ok = wait_and_check(1);
+	if (newborn)
+		ok &= reap(newborn, 0, "child");
 	ok &= reap(ka, 0, "child");
 	ok &= reap(kb, 0, "child");
 	if (ok)
