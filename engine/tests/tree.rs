@@ -1,6 +1,6 @@
-//! Process trees (progs/tree.c): a root, two children, four grandchildren,
-//! with a second session, three process groups, a stopped process and two
-//! zombies (an exit status and a signal). A dump takes the whole tree and
+//! Process trees (progs/tree.c): a root, two children, five grandchildren,
+//! with a second session, four process groups (one whose leader is gone),
+//! a stopped process and two zombies (an exit status and a signal). A dump takes the whole tree and
 //! restore rebuilds it with the same pids, parents, groups, sessions,
 //! states and zombie statuses; each live process checks its own memory
 //! (copy-on-write after fork) and ids. A dump killed mid-way leaves every
@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use common::*;
 
-const NAMES: [&str; 8] = ["R", "A", "A1", "A2", "A3", "B", "B1", "B2"];
-const LIVE: [&str; 6] = ["R", "A", "A1", "A3", "B", "B1"];
+const NAMES: [&str; 9] = ["R", "A", "A1", "A2", "A3", "A5", "B", "B1", "B2"];
+const LIVE: [&str; 7] = ["R", "A", "A1", "A3", "A5", "B", "B1"];
 
 /// What restore must bring back of one process: /proc/PID/stat's state,
 /// ppid, pgrp, session and exit code (a zombie's wait status).

@@ -686,7 +686,7 @@ fn refuse_tree(
             live.push(m);
         }
     }
-    tree::check_places(&places)?;
+    tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
     tree::check_sharing(&live)
 }
 
@@ -732,7 +732,7 @@ fn refuse_held_tree(held: &[tree::Member]) -> Result<()> {
             sid: m.stat.session,
         })
         .collect();
-    tree::check_places(&places)?;
+    tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
     let live: Vec<pid_t> = held
         .iter()
         .filter(|m| m.frozen.is_some())
@@ -741,6 +741,9 @@ fn refuse_held_tree(held: &[tree::Member]) -> Result<()> {
     tree::check_sharing(&live)?;
     for m in held.iter().filter(|m| m.frozen.is_none()) {
         tree::check_zombie(m)?;
+    }
+    for m in &held[1..] {
+        tree::check_exit_signal(m)?;
     }
     Ok(())
 }

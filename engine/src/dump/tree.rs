@@ -198,9 +198,10 @@ impl Place {
 /// calling setsid itself; a process group must be the process's own, or
 /// one whose leader is a member of the same session, or the root's when
 /// the root leads neither (the root's group and session outside the tree
-/// are those restore runs in, as for a single process). `places`: root
-/// first, every parent before its children.
-pub(crate) fn check_places(places: &[Place]) -> Result<()> {
+/// are those restore runs in, as for a single process), or one whose
+/// leader is gone (its pid free: `exists` says whether a process has it).
+/// `places`: root first, every parent before its children.
+pub(crate) fn check_places(places: &[Place], exists: &dyn Fn(pid_t) -> bool) -> Result<()> {
     let Some(root) = places.first() else {
         return Ok(());
     };
@@ -233,12 +234,17 @@ pub(crate) fn check_places(places: &[Place]) -> Result<()> {
         let led = by_pid
             .get(&p.pgid)
             .is_some_and(|l| l.pgid == l.pid && l.sid == p.sid);
-        if !outside && !led {
+        // Its leader gone: restore makes a helper with the group's pid lead
+        // it while the members join (restore/tree.rs). The pid must be
+        // free: not a member, not a process outside the tree.
+        let gone = !by_pid.contains_key(&p.pgid) && !exists(p.pgid);
+        if !outside && !led && !gone {
             return Err(Error::unsupported(
                 p.pid,
                 format!(
-                    "process group {} has no leader in its session within the dumped tree (a group whose leader is gone is not supported yet)",
-                    p.pgid
+                    "process group {}: its leader's pid is held by a process {} the group (outside the dumped tree, or a member that left it)",
+                    p.pgid,
+                    if by_pid.contains_key(&p.pgid) { "outside" } else { "other than" }
                 ),
             ));
         }
@@ -294,13 +300,49 @@ pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a zombie restore cannot make again.
+/// Refuses a zombie restore cannot make again: one that dumped core, or
+/// whose ids differ from the engine's (restore does not give a zombie its
+/// credentials back: it exits as the engine's stub).
 pub(crate) fn check_zombie(m: &Member) -> Result<()> {
     let status = m.stat.exit_code;
     if status & 0x80 != 0 {
         return Err(Error::unsupported(
             m.pid,
             format!("zombie that dumped core (status {status:#x}): not restored"),
+        ));
+    }
+    let ids = |pid: pid_t| -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(proc::pid_path(pid, "status")).ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:"))
+                .map(str::to_string)
+                .collect(),
+        )
+    };
+    let theirs = ids(m.pid);
+    if theirs.is_some() && theirs != ids(std::process::id() as pid_t) {
+        return Err(Error::unsupported(
+            m.pid,
+            format!(
+                "zombie with ids of its own ({}): a zombie's credentials are not restored",
+                theirs.unwrap_or_default().join(", ").replace('\t', " ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a child whose exit signal is not SIGCHLD (a clone with another
+/// signal): restore forks every child with SIGCHLD.
+pub(crate) fn check_exit_signal(m: &Member) -> Result<()> {
+    if m.stat.exit_signal != libc::SIGCHLD {
+        return Err(Error::unsupported(
+            m.pid,
+            format!(
+                "its exit signal is {} (a clone with a signal other than SIGCHLD): not supported",
+                m.stat.exit_signal
+            ),
         ));
     }
     Ok(())
@@ -331,24 +373,29 @@ mod tests {
             p(14, 11, 14, 14),
             p(15, 14, 14, 14),
         ];
-        check_places(&ok).unwrap();
-        // A group whose leader is gone.
+        let none = |_: pid_t| false;
+        check_places(&ok, &none).unwrap();
+        // A group whose leader is gone: fine while its pid is free.
         let gone = [p(10, 1, 10, 10), p(11, 10, 99, 10)];
-        assert!(check_places(&gone)
+        check_places(&gone, &none).unwrap();
+        assert!(check_places(&gone, &|p| p == 99)
             .unwrap_err()
             .to_string()
             .contains("process group 99"));
+        // A leader that left its group for another.
+        let left = [p(10, 1, 10, 10), p(11, 10, 12, 10), p(12, 10, 11, 10)];
+        assert!(check_places(&left, &none).is_err());
         // A session led outside the tree, below a session leader.
         let outside = [p(10, 1, 10, 10), p(11, 10, 5, 5)];
-        assert!(check_places(&outside)
+        assert!(check_places(&outside, &none)
             .unwrap_err()
             .to_string()
             .contains("session 5"));
         // The root's own outside group and session, and a child that
         // stayed in it when the root made a session later.
         let kept = [p(10, 1, 3, 3), p(11, 10, 3, 3)];
-        check_places(&kept).unwrap();
+        check_places(&kept, &none).unwrap();
         let before = [p(10, 1, 10, 10), p(11, 10, 11, 10), p(12, 11, 11, 10)];
-        check_places(&before).unwrap();
+        check_places(&before, &none).unwrap();
     }
 }

@@ -317,19 +317,10 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             threads.push(threads::Threads::default());
             continue;
         };
-        let parent = tree.tasks[1..].iter().any(|t| t.ppid == img.task.pid);
         let none = files::Inherited::default();
         let inherited = if i == 0 { &inherited } else { &none };
         let lazy = if i == 0 { lazy_conn.as_mut() } else { None };
-        threads.push(restore_one(
-            dir,
-            stub,
-            img,
-            inherited,
-            lazy,
-            parent,
-            &mut phases,
-        )?);
+        threads.push(restore_one(dir, stub, img, inherited, lazy, &mut phases)?);
     }
     // Children first: a parent runs again only once its children do (a
     // stopped one is stopped again by the kernel as it is detached).
@@ -365,14 +356,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 
 /// Turns the stub of one process into the dumped process, up to its
 /// registers: it is left parked in the signal path, to be detached.
-/// `parent`: it has children in the tree (whose making sent it SIGCHLD).
 fn restore_one(
     dir: &Path,
     stub: &Stub,
     img: &mut TaskImages,
     inherited: &files::Inherited,
     mut lazy_conn: Option<&mut std::os::unix::net::UnixStream>,
-    parent: bool,
     phases: &mut crate::phases::Phases,
 ) -> Result<threads::Threads> {
     let pid = img.task.pid;
@@ -457,9 +446,8 @@ fn restore_one(
     task::open_fd_limit(pid)?;
     files::restore(&mut inj, &pidfd, &img.fds, inherited)?;
     phases.mark("files");
-    if parent {
-        tree::flush_sigchld(&mut inj)?;
-    }
+    // What the making of the tree sent (children, a group's helper).
+    tree::flush_sigchld(&mut inj)?;
     task::restore(&mut inj, &img.core)?;
     task::restore_rlimits(pid, &img.core)?;
     if let Some(a) = &img.core.attrs {

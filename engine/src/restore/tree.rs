@@ -15,7 +15,10 @@
 //! forked the children that stay in the session it had before (they
 //! inherit it) and before the others. Process groups, once every process
 //! exists: leaders first (setpgid(0, 0)), then each other member joins its
-//! group (setpgid(0, G)), which the kernel allows within one session. Then
+//! group (setpgid(0, G)), which the kernel allows within one session; a
+//! group whose leader is gone is led meanwhile by a helper forked with its
+//! pid from a member of its session, which then exits and is reaped by
+//! that member (a group lives as long as it has members). Then
 //! stopped processes are stopped (SIGSTOP, a group stop taken under
 //! ptrace: detached at the end, the kernel stops them again), and zombies
 //! exit with their status (exit_group, or their signal with the default
@@ -128,6 +131,27 @@ pub(crate) fn create(
         ));
     }
     let mut stubs: Vec<Stub> = stubs.into_iter().flatten().collect();
+    // Groups whose leader is gone: a helper forked with the group's pid
+    // (from a member of the same session) leads it while the members join.
+    let mut helpers: Vec<(pid_t, Stub)> = Vec::new();
+    for t in tasks.iter().filter(|t| t.pgid != t.pid) {
+        let outside = t.pgid == tasks[0].pgid && tasks[0].pgid != tasks[0].pid;
+        if find(t.pgid).is_some() || outside || helpers.iter().any(|h| h.1.tracee.pid == t.pgid) {
+            continue;
+        }
+        let host = tasks
+            .iter()
+            .find(|m| m.sid == t.sid)
+            .map(|m| m.pid)
+            .unwrap_or(t.pid);
+        let helper = injected(host, gadget, |inj| {
+            fork_child(inj, &Tracee { pid: host }, t.pgid, deadline)
+        })?;
+        injected(t.pgid, gadget, |inj| {
+            inj.call("setpgid", libc::SYS_setpgid, &[0, 0])
+        })?;
+        helpers.push((host, helper));
+    }
     // Process groups: leaders first, then the members join.
     for t in tasks.iter().filter(|t| t.pgid == t.pid && t.sid != t.pid) {
         injected(t.pid, gadget, |inj| {
@@ -137,6 +161,7 @@ pub(crate) fn create(
     for t in tasks.iter().filter(|t| t.pgid != t.pid) {
         let target = match find(t.pgid) {
             Some(_) => t.pgid,
+            None if helpers.iter().any(|h| h.1.tracee.pid == t.pgid) => t.pgid,
             // The root's own group outside the tree: the engine's.
             None if t.pgid == tasks[0].pgid => root_pgid,
             None => {
@@ -152,6 +177,11 @@ pub(crate) fn create(
             })?;
         }
     }
+    // The helpers go: each exits, and its host reaps it (the group lives
+    // on while it has members).
+    for (host, mut helper) in helpers {
+        end_helper(&mut helper, host, gadget)?;
+    }
     for (t, s) in tasks.iter().zip(&stubs) {
         if t.stopped {
             stop(&s.tracee)?;
@@ -163,6 +193,36 @@ pub(crate) fn create(
         }
     }
     Ok(stubs)
+}
+
+/// Makes a group's helper exit, then reaps it from inside `host`, its
+/// parent (the engine, its tracer, hands it over first).
+fn end_helper(helper: &mut Stub, host: pid_t, gadget: u64) -> Result<()> {
+    let t = &helper.tracee;
+    let mut regs = t.regs()?;
+    regs.rax = libc::SYS_exit_group as u64;
+    regs.orig_rax = u64::MAX;
+    regs.rdi = 0;
+    regs.rip = gadget;
+    t.set_regs(&regs)?;
+    t.cont(0)?;
+    loop {
+        match t.wait()? {
+            Stop::Exited(_) | Stop::Killed(_) => break,
+            Stop::Signal(sig) => t.cont(sig)?,
+            _ => t.cont(0)?,
+        }
+    }
+    helper.released = true;
+    let pid = t.pid;
+    injected(host, gadget, |inj| {
+        inj.call(
+            "wait4(group helper)",
+            libc::SYS_wait4,
+            &[pid as u64, 0, libc::__WALL as u64, 0],
+        )
+    })?;
+    Ok(())
 }
 
 /// Runs `f` with an injector (and a scratch page) in the stub `pid`.

@@ -7,6 +7,8 @@
  *       A1  stays in A's group, stops itself with SIGSTOP
  *       A2  exits with status 7 and stays a zombie (A does not reap it yet)
  *       A3  joins the root's process group
+ *       A5  in the group of A4, a child A killed and reaped: a process
+ *           group whose leader is gone
  *   B   a session of its own (setsid); forks
  *       B1  a process group of its own in B's session
  *       B2  killed by SIGTERM, stays a zombie
@@ -14,7 +16,7 @@
  * buffer after the fork (copy-on-write: the first half keeps the root's),
  * records its pid, ppid, pgid and sid, and waits for SIGUSR1. Readiness:
  * every process closes its end of a pipe once set up; the root, at EOF,
- * appends "pids R A A1 A2 A3 B B1 B2" to OUTFILE (no descriptor of the
+ * appends "pids R A A1 A2 A3 A5 B B1 B2" to OUTFILE (no descriptor of the
  * pipe stays open, none is shared at the dump).
  *
  * On SIGUSR1 each live process checks its buffer and its ids, appends
@@ -199,16 +201,44 @@ static void b2(void)
 
 static void nbody(void) { live_leaf("N", 31, 0); }
 
+static pid_t gone_leader;
+
+static void a4(void)
+{
+	close(ready[1]);
+	for (;;)
+		pause();
+}
+
+static void a5(void)
+{
+	if (setpgid(0, gone_leader) < 0)
+		_exit(6);
+	live_leaf("A5", 15, 0);
+}
+
 static void a(void)
 {
 	if (setpgid(0, 0) < 0)
 		_exit(6);
 	pid_t k1 = child(a1), k2 = child(a2), k3 = child(a3);
+	/* A4 leads a group A5 joins; A4 then dies and is reaped. */
+	pid_t k4 = child(a4);
+	if (setpgid(k4, k4) < 0)
+		_exit(6);
+	gone_leader = k4;
+	pid_t k5 = child(a5);
+	if (setpgid(k5, k4) < 0 && errno != EACCES)
+		_exit(6);
+	kill(k4, SIGKILL);
+	if (!reap(k4, SIGKILL, "group leader"))
+		_exit(6);
 	set_up("A", 10);
 	int ok = wait_and_check(10);
 	ok &= reap(k2, 7 << 8, "zombie");
 	ok &= reap(k1, 0, "child");
 	ok &= reap(k3, 0, "child");
+	ok &= reap(k5, 0, "child");
 	_exit(ok ? 0 : 1);
 }
 

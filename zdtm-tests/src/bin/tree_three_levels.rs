@@ -3,6 +3,8 @@
 //!       A1  in A's group, stopped by SIGSTOP
 //!       A2  a zombie that exited with status 7
 //!       A3  in the test's process group
+//!       A5  in the group of A4, which A killed and reaped: a process group
+//!           whose leader is gone
 //!   B   a session of its own, with
 //!       B1  a process group of its own in B's session
 //!       B2  a zombie killed by SIGTERM
@@ -115,10 +117,34 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
             setpgid(root)?;
             member(r, 13, wr, false, || Ok(()))
         })?;
+        // A4 leads a group A5 joins, then dies and is reaped.
+        let a4 = tree::fork(|| {
+            close(wr)?;
+            loop {
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            }
+        })?;
+        // SAFETY: setpgid of our own children, in our session.
+        if unsafe { libc::setpgid(a4, a4) } != 0 {
+            return Err(zdtm::os_err("setpgid(A4)"));
+        }
+        let a5 = tree::fork(|| {
+            setpgid(a4)?;
+            member(r, 15, wr, false, || Ok(()))
+        })?;
+        // SAFETY: as above (EACCES: A5 already did it).
+        if unsafe { libc::setpgid(a5, a4) } != 0 && zdtm::errno() != libc::EACCES {
+            return Err(zdtm::os_err("setpgid(A5)"));
+        }
+        // SAFETY: kill of our own child.
+        unsafe { libc::kill(a4, libc::SIGKILL) };
+        tree::reap(a4, libc::SIGKILL, "A4")?;
         member(r, 10, wr, false, || {
             tree::reap(a2, 7 << 8, "zombie A2")?;
             tree::reap(a1, 0, "A1")?;
-            tree::reap(a3, 0, "A3")
+            tree::reap(a3, 0, "A3")?;
+            tree::reap(a5, 0, "A5")
         })
     })?;
     let b = tree::fork(|| {
@@ -155,11 +181,11 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
             .collect())
     };
     let (ak, bk) = (kids(a)?, kids(b)?);
-    ensure_eq!((ak.len(), bk.len()), (3, 2), "grandchildren of A and B");
+    ensure_eq!((ak.len(), bk.len()), (4, 2), "grandchildren of A and B");
     tree::wait_state(ak[0], 'T')?;
     tree::wait_state(ak[1], 'Z')?;
     tree::wait_state(bk[1], 'Z')?;
-    let members = vec![a, ak[0], ak[2], b, bk[0]];
+    let members = vec![a, ak[0], ak[2], ak[3], b, bk[0]];
     Ok(State {
         a1: ak[0],
         region,
