@@ -75,6 +75,25 @@ impl Tree {
         self.pids.iter().map(|&p| place(p)).collect()
     }
 
+    /// Waits until every member is where `want` says: released by crust,
+    /// a member runs until it is back in its wait (a stopped one stops).
+    fn wait_places(&self, want: &[Option<Place>], what: &str) {
+        wait_until(TIMEOUT, &format!("the tree {what}"), || {
+            let now = self.places();
+            let diff: Vec<String> = now
+                .iter()
+                .zip(want)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, (a, b))| format!("{} {:?}, not {:?}", NAMES[i], a, b))
+                .collect();
+            match diff.is_empty() {
+                true => Ok(()),
+                false => Err(diff.join("; ")),
+            }
+        });
+    }
+
     /// Wakes every live member (A1 is continued first): each checks itself,
     /// parents reap their children (zombies included, with their status),
     /// the root exits 0 with "OK all".
@@ -125,14 +144,7 @@ fn tree_dump_restore() {
     drop(out);
     let root = restore_detached(&dir, tree.root.pid);
     tree.root = root;
-    let after = tree.places();
-    for (i, n) in NAMES.iter().enumerate() {
-        assert_eq!(
-            after[i], before[i],
-            "{n} (pid {}): (state, ppid, pgid, sid, exit code) after restore",
-            tree.pids[i]
-        );
-    }
+    tree.wait_places(&before, "after restore");
     for &p in &tree.pids {
         assert_eq!(
             status_field(p, "TracerPid").as_deref(),
@@ -159,7 +171,7 @@ fn tree_dump_killed_midway() {
     let t = Instant::now();
     crust(args).assert_ok();
     let took = t.elapsed();
-    assert_eq!(tree.places(), before, "after a --leave-running dump");
+    tree.wait_places(&before, "after a --leave-running dump");
     for k in 0..10u32 {
         let _ = std::fs::remove_dir_all(&dir);
         let run = crust_spawn(args);
@@ -190,18 +202,7 @@ fn tree_dump_killed_midway() {
         }
         // Released, every member goes back to where it was (a stopped one
         // stops again): running meanwhile.
-        let mut now = Vec::new();
-        wait_until(
-            TIMEOUT,
-            &format!("the tree after a dump killed at {k}/8"),
-            || {
-                now = tree.places();
-                match now == before {
-                    true => Ok(()),
-                    false => Err(format!("{now:?}, not {before:?}")),
-                }
-            },
-        );
+        tree.wait_places(&before, &format!("after a dump killed at {k}/8"));
         for &p in &tree.pids {
             assert_eq!(
                 status_field(p, "TracerPid").as_deref(),
@@ -239,7 +240,7 @@ fn tree_predumps_then_dump() {
         "--track-mem",
     ])
     .assert_ok();
-    assert_eq!(tree.places(), before, "after the first pre-dump");
+    tree.wait_places(&before, "after the first pre-dump");
     tree.root.signal(libc::SIGUSR2);
     let text = wait_file_contains(&tree.log, "new ", TIMEOUT);
     let n: i32 = text
@@ -294,8 +295,13 @@ fn tree_predumps_then_dump() {
         stats.stdout
     );
     tree.root = restore_detached(&img, tree.root.pid);
-    assert_eq!(tree.places(), before, "the tree after restore");
-    assert_eq!(place(n), new_place, "the new child after restore");
+    tree.wait_places(&before, "after restore");
+    wait_until(TIMEOUT, "the new child after restore", || {
+        match place(n) == new_place {
+            true => Ok(()),
+            false => Err(format!("{:?}, not {new_place:?}", place(n))),
+        }
+    });
     let log = tree.log.clone();
     let newborn = Proc::adopt(n);
     newborn.signal(libc::SIGUSR1);

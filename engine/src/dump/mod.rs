@@ -673,7 +673,7 @@ fn refuse_tree(
     external: &[String],
 ) -> Result<()> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
-    refuse::task_state(pid, ours(pid), external)?;
+    refuse::task_state(pid, ours(pid), external, members)?;
     if members.len() < 2 {
         return Ok(());
     }
@@ -682,7 +682,7 @@ fn refuse_tree(
     for &m in &members[1..] {
         places.push(tree::Place::read(m)?);
         if proc::stat::read_stat(m)?.state != 'Z' {
-            refuse::task_state(m, ours(m), external)?;
+            refuse::task_state(m, ours(m), external, members)?;
             live.push(m);
         }
     }
@@ -1167,6 +1167,7 @@ fn dump_inner(
     refuse_held_tree(&held)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
+    let tree_pids: Vec<pid_t> = held.iter().map(|m| m.pid).collect();
     let mut entries = Vec::new();
     for m in held.iter_mut() {
         let Some(frozen) = m.frozen.as_mut() else {
@@ -1186,6 +1187,7 @@ fn dump_inner(
             opts,
             root && lazy.is_some(),
             root,
+            &tree_pids,
             &images,
             &mut phases,
         )?;
@@ -1368,6 +1370,7 @@ fn dump_process(
     opts: &DumpOptions,
     lazy: bool,
     first: bool,
+    tree: &[pid_t],
     images: &ImageOut,
     phases: &mut crate::phases::Phases,
 ) -> Result<ProcessDump> {
@@ -1417,7 +1420,7 @@ fn dump_process(
     // mmap would wait for the walk's mmap lock), and checked against the
     // layout read above (maps, which does not walk them).
     let layout = Layout::start(pid);
-    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, tree)?;
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
     // (Once, before the root's images.)

@@ -291,6 +291,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     };
     let pid = root.task.pid;
     let inherited = files::match_inherited(&root.fds, &opts.inherit_fds)?;
+    // Pipes between processes of the tree: made here, inherited by every
+    // stub, closed here once the stubs exist.
+    let all_fds: Vec<&Fds> = imgs.iter().flatten().map(|i| &i.fds).collect();
+    let (tree_pipes, tree_ends) = files::tree_pipes(&all_fds)?;
+    let inherited = inherited.with(&tree_ends);
+    let members_inherit = files::Inherited::default().with(&tree_ends);
     if !opts.lazy_pages {
         for img in imgs.iter().flatten() {
             for pages in &img.source.chain().pages {
@@ -310,6 +316,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         .ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;
+    drop(tree_pipes);
     phases.mark("fork stub");
     let mut threads = Vec::new();
     for (i, (img, stub)) in imgs.iter_mut().zip(&stubs).enumerate() {
@@ -317,8 +324,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             threads.push(threads::Threads::default());
             continue;
         };
-        let none = files::Inherited::default();
-        let inherited = if i == 0 { &inherited } else { &none };
+        let inherited = if i == 0 { &inherited } else { &members_inherit };
         let lazy = if i == 0 { lazy_conn.as_mut() } else { None };
         threads.push(restore_one(dir, stub, img, inherited, lazy, &mut phases)?);
     }

@@ -19,6 +19,11 @@
  * appends "pids R A A1 A2 A3 A5 B B1 B2" to OUTFILE (no descriptor of the
  * pipe stays open, none is shared at the dump).
  *
+ * A pipe runs from the root (its write end, O_NONBLOCK) to B (the read
+ * end) with "in flight" buffered in it at the dump; on SIGUSR1 the root
+ * writes " after" and closes its end, and B reads until EOF and checks it
+ * got both.
+ *
  * On SIGUSR1 each live process checks its buffer and its ids, appends
  * "OK NAME" (or "BAD NAME ...") to OUTFILE, reaps its children (checking
  * a zombie's status: exit 7, SIGTERM) and exits 0 if all is well. The
@@ -47,6 +52,7 @@ static unsigned char buf[BUF];
 static volatile sig_atomic_t go, spawn;
 static pid_t newborn;
 static int ready[2];
+static int data[2];
 static const char *name = "R";
 static pid_t ids[4];
 
@@ -187,12 +193,14 @@ static void a2(void)
 }
 static void b1(void)
 {
+	close(data[0]);
 	if (setpgid(0, 0) < 0)
 		_exit(6);
 	live_leaf("B1", 21, 0);
 }
 static void b2(void)
 {
+	close(data[0]);
 	signal(SIGTERM, SIG_DFL);
 	close(ready[1]);
 	raise(SIGTERM);
@@ -219,6 +227,8 @@ static void a5(void)
 
 static void a(void)
 {
+	close(data[0]);
+	close(data[1]);
 	if (setpgid(0, 0) < 0)
 		_exit(6);
 	pid_t k1 = child(a1), k2 = child(a2), k3 = child(a3);
@@ -244,11 +254,26 @@ static void a(void)
 
 static void b(void)
 {
+	close(data[1]);
 	if (setsid() < 0)
 		_exit(6);
 	pid_t k1 = child(b1), k2 = child(b2);
 	set_up("B", 20);
 	int ok = wait_and_check(20);
+	char got[64] = "";
+	size_t n = 0;
+	for (;;) {
+		ssize_t r = read(data[0], got + n, sizeof got - 1 - n);
+		if (r > 0)
+			n += r;
+		else if (r == 0 || errno != EINTR)
+			break;
+	}
+	got[n] = 0;
+	if (strcmp(got, "in flight after")) {
+		report("BAD B pipe: %s\n", got);
+		ok = 0;
+	}
 	ok &= reap(k2, SIGTERM, "zombie");
 	ok &= reap(k1, 0, "child");
 	_exit(ok ? 0 : 1);
@@ -268,11 +293,15 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &usr1, NULL);
 	fill(0, BUF, 1);
 	record();
-	if (pipe2(ready, O_CLOEXEC) < 0)
+	if (pipe2(ready, O_CLOEXEC) < 0 || pipe2(data, O_CLOEXEC) < 0)
 		return 2;
 	/* A3 joins the root's group: it knows the root's pid from ids[0]. */
 	pid_t ka = child(a), kb = child(b);
 	close(ready[1]);
+	close(data[0]);
+	fcntl(data[1], F_SETFL, O_NONBLOCK);
+	if (write(data[1], "in flight", 9) != 9)
+		return 2;
 	char c;
 	while (read(ready[0], &c, 1) > 0)
 		;
@@ -303,6 +332,11 @@ int main(int argc, char **argv)
 		}
 	}
 	int ok = wait_and_check(1);
+	if (write(data[1], " after", 6) != 6 || !(fcntl(data[1], F_GETFL) & O_NONBLOCK)) {
+		report("BAD R pipe\n");
+		ok = 0;
+	}
+	close(data[1]);
 	if (newborn)
 		ok &= reap(newborn, 0, "child");
 	ok &= reap(ka, 0, "child");
