@@ -8,6 +8,9 @@
 //!   B   a session of its own, with
 //!       B1  a process group of its own in B's session
 //!       B2  a zombie killed by SIGTERM
+//! A pipe runs from the test (its write end, O_NONBLOCK) to B (the read
+//! end), with "in flight" buffered in it when dumped; after restore the test
+//! writes " after" and closes its end, and B reads both up to EOF.
 //! Each live process writes its own pattern over half of a private region
 //! the test filled before forking (copy-on-write), and records its pid,
 //! ppid, pgid and sid. After restore the test checks its own, continues
@@ -88,6 +91,7 @@ fn setpgid(pgid: i32) -> TestResult {
 
 struct State {
     region: Region,
+    data_w: i32,
     members: Vec<i32>,
     a1: i32,
     a: i32,
@@ -104,8 +108,11 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
     let r = &region;
     let root = ids().0;
     let (rd, wr) = pipe2(libc::O_CLOEXEC)?;
+    let (data_r, data_w) = pipe2(libc::O_CLOEXEC)?;
     let a = tree::fork(|| {
         close(rd)?;
+        close(data_r)?;
+        close(data_w)?;
         setpgid(0)?;
         let a1 = tree::fork(|| member(r, 11, wr, true, || Ok(())))?;
         let a2 = tree::fork(|| {
@@ -149,15 +156,18 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
     })?;
     let b = tree::fork(|| {
         close(rd)?;
+        close(data_w)?;
         // SAFETY: setsid has no preconditions.
         if unsafe { libc::setsid() } < 0 {
             return Err(zdtm::os_err("setsid"));
         }
         let b1 = tree::fork(|| {
+            close(data_r)?;
             setpgid(0)?;
             member(r, 21, wr, false, || Ok(()))
         })?;
         let b2 = tree::fork(|| {
+            close(data_r)?;
             // SAFETY: the default action, then death by SIGTERM.
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_DFL) };
             close(wr)?;
@@ -166,12 +176,31 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
             Err("still alive after SIGTERM".into())
         })?;
         member(r, 20, wr, false, || {
+            let mut got = Vec::new();
+            loop {
+                let chunk = zdtm_tests::read_some(data_r, 64)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                got.extend_from_slice(&chunk);
+            }
+            ensure_eq!(
+                String::from_utf8_lossy(&got).as_ref(),
+                "in flight after",
+                "what B read from the pipe"
+            );
             tree::reap(b2, libc::SIGTERM, "zombie B2")?;
             tree::reap(b1, 0, "B1")
         })
     })?;
     close(wr)?;
     tree::wait_eof(rd)?;
+    close(data_r)?;
+    // SAFETY: F_SETFL on our own pipe end.
+    if unsafe { libc::fcntl(data_w, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(zdtm::os_err("fcntl(O_NONBLOCK)"));
+    }
+    zdtm_tests::write_all(data_w, b"in flight")?;
     // Every member set up: find the grandchildren, wait for the stop and
     // the zombies.
     let kids = |p: i32| -> TestResult<Vec<i32>> {
@@ -187,6 +216,7 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
     tree::wait_state(bk[1], 'Z')?;
     let members = vec![a, ak[0], ak[2], ak[3], b, bk[0]];
     Ok(State {
+        data_w,
         a1: ak[0],
         region,
         members,
@@ -198,6 +228,8 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
 fn check(s: State) -> TestResult {
     s.region.check(ROOT_SEED)?;
     ensure_eq!(tree::state(s.a1)?, 'T', "state of the stopped A1");
+    zdtm_tests::write_all(s.data_w, b" after")?;
+    close(s.data_w)?;
     // SAFETY: kill of our own descendants.
     unsafe {
         libc::kill(s.a1, libc::SIGCONT);
