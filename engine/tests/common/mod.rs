@@ -258,7 +258,13 @@ impl Proc {
             .collect();
         assert!(!tasks.is_empty(), "pid {pid} has no tasks");
         for tid in tasks {
-            let status = read_string(Path::new(&format!("/proc/{pid}/task/{tid}/status")));
+            // A thread that exited since the listing (a program that
+            // creates and joins threads all the time) is no longer part of
+            // the process: nothing to check.
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+            else {
+                continue;
+            };
             let field = |name: &str| field_of(&status, name).unwrap_or_default();
             let state = field("State");
             assert!(
