@@ -135,7 +135,12 @@ impl<'t> Injector<'t> {
             let mut stop = self.tracee.wait_spin(SPIN)?;
             // An injected clone of a thread traced with
             // PTRACE_O_TRACECLONE stops once more before its exit.
-            if stop == Stop::OtherEvent(libc::PTRACE_EVENT_CLONE) && phase == "exit" {
+            // (PTRACE_O_TRACEFORK: a fork, the same.)
+            if matches!(
+                stop,
+                Stop::OtherEvent(libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK)
+            ) && phase == "exit"
+            {
                 self.tracee.resume_to_syscall()?;
                 stop = self.tracee.wait_spin(SPIN)?;
             }

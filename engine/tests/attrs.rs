@@ -1,6 +1,5 @@
 //! Process attributes crust cannot restore yet are refused by name, at
-//! dump and at pre-dump time, and the process runs on untouched: children
-//! (live or zombie), a POSIX timer on another process's CPU clock, and a
+//! dump and at pre-dump time, and the process runs on untouched: a POSIX timer on another process's CPU clock, and a
 //! VMA flag restore cannot
 //! reproduce (MAP_DROPPABLE, smaps `dp`).
 
@@ -11,10 +10,6 @@ use std::process::Command;
 use common::*;
 use test_case::test_case;
 
-#[test_case("child", "child process", false ; "live child at dump")]
-#[test_case("child", "child process", true ; "live child at pre-dump")]
-#[test_case("zombie", "child process", false ; "zombie child at dump")]
-#[test_case("zombie", "child process", true ; "zombie child at pre-dump")]
 #[test_case("cputimer", "CPU clock of pid", false ; "timer on another cpu clock at dump")]
 #[test_case("cputimer", "CPU clock of pid", true ; "timer on another cpu clock at pre-dump")]
 #[test_case("droppable", "`dp`", false ; "droppable mapping at dump")]

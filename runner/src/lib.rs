@@ -19,6 +19,7 @@
 //!   subreaper, the interrupt handler and the final sweep.
 //! - [`freeze`]: stopping a task with ptrace while its state is read.
 //! - [`state`]: the visible state of a task and its comparison.
+//! - [`tree`]: the test's process tree (every descendant's place and state).
 //! - [`report`]: result lines and the summary counts.
 //! - [`events`]: the events the runs emit and the reporters consume; the
 //!   replay command of a run.
@@ -47,3 +48,4 @@ pub mod run;
 pub mod select;
 pub mod session;
 pub mod state;
+pub mod tree;

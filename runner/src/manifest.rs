@@ -114,6 +114,7 @@ pub const CHECKS: &[&str] = &[
     "timers",
     "rseq",
     "memory",
+    "tree",
 ];
 
 /// Whether `check` is a valid `skip_checks` entry.

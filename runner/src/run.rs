@@ -660,8 +660,10 @@ impl Steps<'_> {
         // soft-dirty kernels (6.1, 6.12): the exec-made stack lacks it
         // and the restored one has it, in every flavor.
         before.vmflags = vmflags::without(&before.vmflags, "sd");
+        let tree_before = crate::tree::capture(pid);
         self.dump(pid)?;
         self.reap_dumped(pid)?;
+        self.reap_tree(&tree_before)?;
         if self.flavor.lazy.is_some() {
             self.start_lazy_pages()?;
         }
@@ -671,9 +673,15 @@ impl Steps<'_> {
             Some(()) => self.capture_after(pid, &before),
             None => None,
         };
+        let tree_after = crate::tree::capture(pid);
         // Resume it whatever happened, so it can be terminated.
         let _ = kill(pid, Signal::SIGCONT);
         let mut after = after?;
+        let tree_diffs = crate::tree::compare(&tree_before, &tree_after);
+        if !tree_diffs.is_empty() && !self.test.skips("tree") {
+            self.failures
+                .push(Failure::new("tree", tree_diffs.join("\n")));
+        }
         // See `sd` above.
         after.vmflags = vmflags::without(&after.vmflags, "sd");
         if self.flavor.lazy.is_some() {
@@ -1604,6 +1612,22 @@ impl Steps<'_> {
                 format!("waiting for the dumped task {pid}: {e}"),
             )),
         }
+    }
+
+    /// The other members of a dumped tree: gone (reaped by us, their
+    /// subreaper) before the restore needs their pids.
+    fn reap_tree(&mut self, tree: &[crate::tree::Member]) -> Option<()> {
+        let left = crate::tree::reap_members(tree.get(1..).unwrap_or(&[]), self.timeout());
+        if left.is_empty() {
+            return Some(());
+        }
+        self.fail(Failure::new(
+            "dump",
+            format!(
+                "crust dump succeeded but processes {left:?} of the dumped tree were still there {}s later",
+                self.secs()
+            ),
+        ))
     }
 
     /// Step 7.

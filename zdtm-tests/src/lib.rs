@@ -18,6 +18,7 @@
 
 pub mod fpu;
 pub mod threads;
+pub mod tree;
 
 use std::ffi::CString;
 use std::time::Duration;

@@ -95,6 +95,12 @@ pub(crate) struct FdPlan {
     vanished: BTreeSet<i32>,
 }
 
+/// The key the ends of a pipe shared by processes of the dumped tree are
+/// marked with (`external` of each end).
+pub(crate) fn tree_pipe_key(ino: u64) -> String {
+    format!("tree-pipe:[{ino}]")
+}
+
 /// The key `--external` and `--inherit-fd` name a pipe by.
 pub(crate) fn pipe_key(ino: u64) -> String {
     format!("pipe:[{ino}]")
@@ -105,7 +111,12 @@ pub(crate) fn pipe_key(ino: u64) -> String {
 /// an image. `external`: pipes (`pipe:[INODE]`) that the user says are
 /// held outside the dump; their ends are recorded as external, without
 /// data, for `restore --inherit-fd`.
-pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Result<FdPlan> {
+pub(crate) fn plan(
+    pid: pid_t,
+    tracker: Option<i32>,
+    external: &[String],
+    tree: &[pid_t],
+) -> Result<FdPlan> {
     for name in external {
         if parse_pipe_key(name).is_none() {
             return Err(Error::Other(format!(
@@ -252,7 +263,7 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
         }
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
-    let pipes = pipes(pid, &pidfd, &mut fds, external, &mut vanished)?;
+    let pipes = pipes(pid, &pidfd, &mut fds, external, tree, &mut vanished)?;
     super::sockets::check_peers(pid, &sockets)?;
     super::epoll::check_watches(pid, &epoll_watches)?;
     Ok(FdPlan {
@@ -515,6 +526,7 @@ fn pipes(
     pidfd: &OwnedFd,
     fds: &mut [Fd],
     external: &[String],
+    tree: &[pid_t],
     vanished: &mut BTreeSet<i32>,
 ) -> Result<BTreeMap<u64, PipePlan>> {
     let is_pipe = |f: &Fd| f.kind == FdKind::PipeRead as i32 || f.kind == FdKind::PipeWrite as i32;
@@ -546,8 +558,27 @@ fn pipes(
             }
             continue;
         }
-        if let Some(others) = holders.get(&ino) {
-            let (opid, ofd) = others[0];
+        // Held by other processes of the dumped tree only: dumped with its
+        // data by each holder, its ends marked with the tree key; restore
+        // makes it once and gives every holder its ends.
+        let in_tree = holders
+            .get(&ino)
+            .is_some_and(|o| o.iter().all(|(p, _)| tree.contains(p)));
+        if in_tree {
+            for f in ends {
+                f.external = tree_pipe_key(ino);
+            }
+        }
+        let ends: Vec<&Fd> = fds
+            .iter()
+            .filter(|f| f.kind != FdKind::Path as i32 && f.pipe_id == ino)
+            .collect();
+        if let Some(others) = holders.get(&ino).filter(|_| !in_tree) {
+            let (opid, ofd) = others
+                .iter()
+                .copied()
+                .find(|(p, _)| !tree.contains(p))
+                .unwrap_or(others[0]);
             let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
             return Err(Error::unsupported(
                 pid,
@@ -572,7 +603,7 @@ fn pipes(
         // The task holds only one end: if the other is open, someone else
         // holds it, even a process /proc does not let us see (or a
         // descriptor in flight in a unix socket).
-        if read_fd.is_none() || write_fd.is_none() {
+        if (read_fd.is_none() || write_fd.is_none()) && !in_tree {
             let other = if read_fd.is_some() { "write" } else { "read" };
             if peer_open(pid, &copy, read_fd.is_some())? {
                 return Err(Error::unsupported(
@@ -582,6 +613,11 @@ fn pipes(
                     ),
                 ));
             }
+        }
+        // A pipe of the tree is dumped by the holders of its read end (only
+        // they can read its data); with none, its data can be read by no one.
+        if in_tree && read_fd.is_none() {
+            continue;
         }
         // SAFETY: fcntl on a descriptor we own.
         let size = unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_GETPIPE_SZ) };

@@ -14,6 +14,7 @@ pub(crate) mod refuse;
 mod sockets;
 mod splice;
 mod task;
+pub(crate) mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -22,7 +23,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
-use crate::image::messages::{Digests, Inventory, PsTree, Stats, TaskEntry};
+use crate::image::messages::{Digests, Inventory, PsTree, Stats};
 use crate::image::{identity, ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::pageio::ImageOut;
@@ -93,6 +94,9 @@ pub(crate) struct Frozen {
     /// The process's other threads, each held the same way (by tid,
     /// ascending); empty for a single-threaded one or a leader-only freeze.
     pub threads: Vec<Frozen>,
+    /// The signal of the leader's ptrace stop: SIGTRAP, or SIGSTOP (the
+    /// stop signal) when the process was in a group stop.
+    pub stop_sig: i32,
 }
 
 impl Frozen {
@@ -158,8 +162,9 @@ impl Frozen {
             bursts: Vec::new(),
             guarded,
             threads: Vec::new(),
+            stop_sig: 0,
         };
-        f.tracee.interrupt()?;
+        f.stop_sig = f.tracee.stop_seized()?;
         f.regs = f.tracee.regs()?;
         f.sigmask = f.tracee.sigmask()?;
         Ok(f)
@@ -223,11 +228,6 @@ impl Frozen {
         }
         self.tracee.detach()?;
         out
-    }
-
-    /// The longest burst, for the log.
-    fn longest_burst(&self) -> std::time::Duration {
-        self.bursts.iter().max().copied().unwrap_or_default()
     }
 
     /// The point of no return: the images are complete, the task goes.
@@ -408,9 +408,23 @@ fn load_parent(dir: &Path, track: &TrackOptions, pid: pid_t) -> Result<Option<Pa
 /// task still holds a userfaultfd there.
 fn parent_tracker_fd(pid: pid_t, parent: Option<&Parent>) -> Option<i32> {
     parent
-        .filter(|p| p.inv.tracker == track::UFFD_WP && p.inv.tracker_fd >= 0)
-        .map(|p| p.inv.tracker_fd)
-        .filter(|&fd| is_tracker_fd(pid, fd))
+        .filter(|p| p.inv.tracker == track::UFFD_WP)
+        .map(|p| tracker_fd_of(&p.inv, pid))
+        .filter(|&fd| fd >= 0 && is_tracker_fd(pid, fd))
+}
+
+/// Where an image says the tracker of process `pid` of its tree is, -1 if
+/// nowhere.
+fn tracker_fd_of(inv: &Inventory, pid: pid_t) -> i32 {
+    if inv.root_pid == pid {
+        return inv.tracker_fd;
+    }
+    inv.member_tracker_pids
+        .iter()
+        .zip(&inv.member_tracker_fds)
+        .find(|(&p, _)| p == pid)
+        .map(|(_, &fd)| fd)
+        .unwrap_or(-1)
 }
 
 /// Whether thread `tid` of `pid` is gone (exited and reaped).
@@ -606,11 +620,11 @@ fn start_tracker(
 /// been re-armed past the last complete image, and a later pre-dump must
 /// then store every page instead of trusting it.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
-    let mut tracker = None;
-    let out = pre_dump_inner(pid, dir, opts, &mut tracker);
+    let mut trackers = Vec::new();
+    let out = pre_dump_inner(pid, dir, opts, &mut trackers);
     if out.is_err() {
-        if let Some(fd) = tracker {
-            remove_tracker(pid, fd);
+        for (p, fd) in trackers {
+            remove_tracker(p, fd);
         }
     }
     out
@@ -636,26 +650,257 @@ fn remove_tracker(pid: pid_t, fd: i32) {
     }
 }
 
+/// The refusals of a tree that run from outside, before the freeze: each
+/// live member's (as for a single task), then the tree's own (sessions,
+/// groups, sharing). `trackers`: our tracker descriptor in each member.
+fn refuse_tree(
+    pid: pid_t,
+    members: &[pid_t],
+    trackers: &[(pid_t, i32)],
+    external: &[String],
+) -> Result<()> {
+    let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
+    refuse::task_state(pid, ours(pid), external, members)?;
+    if members.len() < 2 {
+        return Ok(());
+    }
+    let mut live = vec![pid];
+    let mut places = vec![tree::Place::read(pid)?];
+    for &m in &members[1..] {
+        places.push(tree::Place::read(m)?);
+        if proc::stat::read_stat(m)?.state != 'Z' {
+            refuse::task_state(m, ours(m), external, members)?;
+            live.push(m);
+        }
+    }
+    tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
+    tree::check_sharing(&live)
+}
+
+/// Closes, in each member, the copies of our trackers it inherited by
+/// forking after a pre-dump made them (the same open userfaultfd as the
+/// tracker of another member): engine state, not the process's, which no
+/// dump may carry. Done before the refusals, which would name them.
+fn drop_inherited_trackers(members: &[pid_t], trackers: &[(pid_t, i32)]) {
+    const KCMP_FILE: i32 = 0;
+    if members.len() < 2 || trackers.is_empty() {
+        return;
+    }
+    for &m in members {
+        let Ok(fds) = proc::fd::list_fds(m) else {
+            continue;
+        };
+        for f in fds.iter().filter(|f| is_tracker_fd(m, f.fd)) {
+            if trackers.contains(&(m, f.fd)) {
+                continue;
+            }
+            let copy = trackers.iter().any(|&(p, fd)| {
+                // SAFETY: kcmp compares kernel objects; no memory is passed.
+                unsafe { libc::syscall(libc::SYS_kcmp, p, m, KCMP_FILE, fd, f.fd) == 0 }
+            });
+            if copy {
+                remove_tracker(m, f.fd);
+            }
+        }
+    }
+}
+
+/// The tree's refusals again, once every member is held.
+fn refuse_held_tree(held: &[tree::Member]) -> Result<()> {
+    if held.len() < 2 {
+        return Ok(());
+    }
+    let places: Vec<tree::Place> = held
+        .iter()
+        .map(|m| tree::Place {
+            pid: m.pid,
+            ppid: m.stat.ppid,
+            pgid: m.stat.pgrp,
+            sid: m.stat.session,
+        })
+        .collect();
+    tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
+    let live: Vec<pid_t> = held
+        .iter()
+        .filter(|m| m.frozen.is_some())
+        .map(|m| m.pid)
+        .collect();
+    tree::check_sharing(&live)?;
+    for m in held.iter().filter(|m| m.frozen.is_none()) {
+        tree::check_zombie(m)?;
+    }
+    for m in &held[1..] {
+        tree::check_exit_signal(m)?;
+    }
+    Ok(())
+}
+
+/// The parent image of every member of the tree (`None` for a process the
+/// parent does not hold: new since, it is dumped whole).
+fn load_parents(
+    dir: &Path,
+    track: &TrackOptions,
+    members: &[pid_t],
+) -> Result<Vec<(pid_t, Option<Parent>)>> {
+    let mut out = Vec::new();
+    for (i, &m) in members.iter().enumerate() {
+        let held = track.prev_images_dir.as_ref().is_some_and(|rel| {
+            dir.join(rel)
+                .join(Kind::Pagemap.file_name(Some(m)))
+                .exists()
+        });
+        let p = match i == 0 || held {
+            true => load_parent(dir, track, m)?,
+            false => None,
+        };
+        out.push((m, p));
+    }
+    Ok(out)
+}
+
+/// What the frozen part of a member's pre-dump leaves for the copy.
+struct PreFrozen {
+    pid: pid_t,
+    vmas: Vec<proc::maps::Vma>,
+    started: Option<Started>,
+    known: Vec<mem::Known>,
+    pinned: Option<(mem::Plan, Vec<splice::Chunk>)>,
+}
+
 fn pre_dump_inner(
     pid: pid_t,
     dir: &Path,
     opts: &PreDumpOptions,
-    tracker_fd: &mut Option<i32>,
+    trackers: &mut Vec<(pid_t, i32)>,
 ) -> Result<DumpStats> {
     let images = ImageDir::create(dir)?;
-    let parent = load_parent(dir, &opts.track, pid)?;
+    let members = tree::list(pid)?;
+    let parents = load_parents(dir, &opts.track, &members)?;
     let images = ImageOut::new(images, opts.page_server)?;
+    let prev: Vec<(pid_t, i32)> = parents
+        .iter()
+        .filter_map(|(m, p)| parent_tracker_fd(*m, p.as_ref()).map(|fd| (*m, fd)))
+        .collect();
+    drop_inherited_trackers(&members, &prev);
     // Refused now, before pages are copied, what the final dump would refuse.
-    refuse::task_state(pid, parent_tracker_fd(pid, parent.as_ref()), &opts.external)?;
+    refuse_tree(pid, &members, &prev, &opts.external)?;
     images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
+    refuse_held_tree(&held)?;
+    let mut frozen_parts = Vec::new();
+    for m in held.iter_mut() {
+        let Some(frozen) = m.frozen.as_mut() else {
+            continue;
+        };
+        let parent = parents
+            .iter()
+            .find(|p| p.0 == m.pid)
+            .and_then(|p| p.1.as_ref());
+        let part = pre_dump_frozen(m.pid, frozen, parent, opts, trackers)?;
+        frozen_parts.push(part);
+    }
+    phases.mark(match opts.mode {
+        PreDumpMode::Splice => "track and pin",
+        PreDumpMode::Read => "track",
+    });
+    guard::check()?;
+    // Children first, as a dump lets a tree go.
+    for m in held.iter_mut().rev() {
+        if let Some(f) = m.frozen.as_mut() {
+            f.resume()?;
+        }
+    }
+    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let bursts: Vec<std::time::Duration> = held
+        .iter()
+        .filter_map(|m| m.frozen.as_ref())
+        .flat_map(|f| f.bursts.iter().copied())
+        .collect();
+    drop(held);
+    let (mut scanned, mut in_parent, mut written) = (0, 0, 0);
+    let mut tracker_name = String::new();
+    let mut member_fds = Vec::new();
+    for part in frozen_parts {
+        let parent = parents
+            .iter()
+            .find(|p| p.0 == part.pid)
+            .and_then(|p| p.1.as_ref());
+        if let Some(t) = &part.started {
+            tracker_name = t.name.into();
+            if part.pid != pid && t.task_fd >= 0 {
+                member_fds.push((part.pid, t.task_fd));
+            }
+        }
+        let c = pre_dump_copy(part, parent, opts, &images)?;
+        scanned += c.0;
+        in_parent += c.1;
+        written += c.2;
+    }
+    phases.mark("copy");
+    guard::check()?;
+    let root_parent = parents.first().and_then(|p| p.1.as_ref());
+    let mut inv = inventory(pid, "pre-dump", root_parent);
+    inv.tracker = tracker_name;
+    inv.tracker_fd = trackers
+        .iter()
+        .find(|t| t.0 == pid)
+        .map(|t| t.1)
+        .unwrap_or(-1);
+    inv.member_tracker_pids = member_fds.iter().map(|t| t.0).collect();
+    inv.member_tracker_fds = member_fds.iter().map(|t| t.1).collect();
+    let splice = opts.mode == PreDumpMode::Splice;
+    let stats = Stats {
+        kind: "pre-dump".into(),
+        frozen_us: (frozen_ms * 1e3) as u64,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+        mode: if splice { "splice" } else { "read" }.into(),
+        tracker: inv.tracker.clone(),
+        total_us: start.elapsed().as_micros() as u64,
+    };
+    images.write(Kind::Stats, None, &stats)?;
+    guard::check()?;
+    images.commit(&inv)?;
+    phases.mark("images");
+    Ok(DumpStats {
+        bursts: bursts.len(),
+        longest_burst_us: bursts
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e6,
+        phases,
+        frozen_ms,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent,
+        pages_written: written,
+        bytes_written: written * 4096,
+        pages_lazy: 0,
+    })
+}
+
+/// The frozen part of one member's pre-dump: its tracker read and
+/// re-armed (made if needed), and in splice mode its pages pinned.
+/// `trackers` learns every tracker descriptor made or taken over (removed
+/// if the pre-dump fails).
+fn pre_dump_frozen(
+    pid: pid_t,
+    frozen: &mut Frozen,
+    parent: Option<&Parent>,
+    opts: &PreDumpOptions,
+    trackers: &mut Vec<(pid_t, i32)>,
+) -> Result<PreFrozen> {
     check_threads(pid)?;
-    frozen.guard = creds::seccomp_guard(&frozen)?;
-    creds::check_thread_filters(&frozen)?;
-    let prev_tracker = parent_tracker_fd(pid, parent.as_ref());
+    frozen.guard = creds::seccomp_guard(frozen)?;
+    creds::check_thread_filters(frozen)?;
+    let prev_tracker = parent_tracker_fd(pid, parent);
     // maps, not smaps: smaps walks every page table entry, and the VmFlags
     // it adds are not needed here (the final dump reads and checks them).
     let mut vmas = proc::maps::read_maps(pid)?;
@@ -670,9 +915,9 @@ fn pre_dump_inner(
     let mut started = match gadget.filter(|_| opts.track.track_mem) {
         Some(g) => start_tracker(
             opts.track.tracker,
-            parent.as_ref(),
+            parent,
             pid,
-            &mut frozen,
+            frozen,
             g,
             &pidfd,
             prev_tracker,
@@ -680,10 +925,13 @@ fn pre_dump_inner(
         )?,
         None => None,
     };
-    *tracker_fd = started
+    if let Some(fd) = started
         .as_ref()
         .filter(|s| s.task_fd >= 0)
-        .map(|s| s.task_fd);
+        .map(|s| s.task_fd)
+    {
+        trackers.push((pid, fd));
+    }
     if started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags()) {
         vmas = proc::maps::read_smaps(pid)?;
     }
@@ -698,7 +946,7 @@ fn pre_dump_inner(
     let tracker = started
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let layer = parent.as_ref().map(|p| &p.layer);
+    let layer = parent.map(|p| &p.layer);
     // Frozen: the tracker is read and re-armed; in splice mode the pages are
     // also pinned. Read mode lists the pages after the task runs again.
     let frozen_part = mem::track(pid, &vmas, tracker).and_then(|known| {
@@ -706,7 +954,7 @@ fn pre_dump_inner(
             return Ok((known, None));
         }
         let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
-        let chunks = splice::pin(&mut frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
+        let chunks = splice::pin(frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
         Ok((known, Some((plan, chunks))))
     });
     let (known, pinned) = match frozen_part {
@@ -721,10 +969,33 @@ fn pre_dump_inner(
             return Err(e);
         }
     };
-    phases.mark(if splice { "track and pin" } else { "track" });
-    guard::check()?;
-    frozen.resume()?;
-    let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(PreFrozen {
+        pid,
+        vmas,
+        started,
+        known,
+        pinned,
+    })
+}
+
+/// The copy of one member's pre-dump, once the tree runs again: writes
+/// its pages, mm and pagemap. Returns (scanned, in parent, written) pages.
+fn pre_dump_copy(
+    part: PreFrozen,
+    parent: Option<&Parent>,
+    opts: &PreDumpOptions,
+    images: &ImageOut,
+) -> Result<(u64, u64, u64)> {
+    let PreFrozen {
+        pid,
+        vmas,
+        started,
+        known,
+        pinned,
+    } = part;
+    let splice = opts.mode == PreDumpMode::Splice;
+    let content = started.as_ref().is_some_and(|s| s.name == track::CONTENT);
+    let layer = parent.map(|p| &p.layer);
     let (plan, copied) = match pinned {
         Some((plan, chunks)) => {
             let mut out = images.pages(pid)?;
@@ -758,51 +1029,20 @@ fn pre_dump_inner(
     if let Some(d) = &copied.digests {
         images.write(Kind::Digests, Some(pid), d)?;
     }
-    phases.mark("copy");
     guard::check()?;
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
-    let mut inv = inventory(pid, "pre-dump", parent.as_ref());
-    if let Some(t) = &started {
-        inv.tracker = t.name.into();
-        inv.tracker_fd = t.task_fd;
-    }
-    let stats = Stats {
-        kind: "pre-dump".into(),
-        frozen_us: (frozen_ms * 1e3) as u64,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: in_parent,
-        pages_written: written,
-        bytes_written: written * 4096,
-        mode: if splice { "splice" } else { "read" }.into(),
-        tracker: inv.tracker.clone(),
-        total_us: start.elapsed().as_micros() as u64,
-    };
-    images.write(Kind::Stats, None, &stats)?;
-    guard::check()?;
-    images.commit(&inv)?;
-    phases.mark("images");
-    Ok(DumpStats {
-        bursts: frozen.bursts.len(),
-        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
-        phases,
-        frozen_ms,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: in_parent,
-        pages_written: written,
-        bytes_written: written * 4096,
-        pages_lazy: 0,
-    })
+    Ok((plan.stats.scanned, in_parent, written))
 }
 
 /// Dumps the single-threaded task `pid` into `dir`. Tracking ends with the
 /// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
-    let mut tracker = None;
-    let out = dump_inner(pid, dir, opts, &mut tracker, None);
+    let mut trackers = Vec::new();
+    let out = dump_inner(pid, dir, opts, &mut trackers, None);
     if out.is_err() {
-        if let Some(fd) = tracker {
-            remove_tracker(pid, fd);
+        for (p, fd) in trackers {
+            remove_tracker(p, fd);
         }
     }
     out
@@ -835,11 +1075,11 @@ pub fn dump_lazy(
         pagemap: None,
         image_id: 0,
     };
-    let mut tracker = None;
-    let out = dump_inner(pid, dir, opts, &mut tracker, Some(&mut lazy));
+    let mut trackers = Vec::new();
+    let out = dump_inner(pid, dir, opts, &mut trackers, Some(&mut lazy));
     if out.is_err() {
-        if let Some(fd) = tracker {
-            remove_tracker(pid, fd);
+        for (p, fd) in trackers {
+            remove_tracker(p, fd);
         }
     }
     let stats = out?;
@@ -872,7 +1112,7 @@ fn dump_inner(
     pid: pid_t,
     dir: &Path,
     opts: &DumpOptions,
-    tracker_fd: &mut Option<i32>,
+    trackers: &mut Vec<(pid_t, i32)>,
     mut lazy: Option<&mut LazyDump>,
 ) -> Result<DumpStats> {
     if pid == 1 && !opts.leave_running {
@@ -883,157 +1123,73 @@ fn dump_inner(
         ));
     }
     let images = ImageDir::create(dir)?;
-    let parent = load_parent(dir, &opts.track, pid)?;
+    // The tree under the task, listed without stopping anything: every
+    // member's refusals run before the freeze, as for a single task.
+    let members = tree::list(pid)?;
+    refuse_tree_flavor(pid, members.len(), lazy.is_some())?;
+    let parents = load_parents(dir, &opts.track, &members)?;
     let images = ImageOut::new(images, opts.page_server)?;
-    *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
+    *trackers = parents
+        .iter()
+        .filter_map(|(m, p)| parent_tracker_fd(*m, p.as_ref()).map(|fd| (*m, fd)))
+        .collect();
+    let parent = parents.first().and_then(|p| p.1.as_ref());
+    drop_inherited_trackers(&members, trackers);
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
-    refuse::task_state(pid, *tracker_fd, &opts.external)?;
+    refuse_tree(pid, &members, trackers, &opts.external)?;
     // What the page copy needs, made before the task is frozen.
     mem::warm_buffers();
     // After pre-dumps, the final dump writes about as much as the last
     // one did: its pages file is made and filled now, and overwritten
     // while frozen (ImageOut::prefill_pages).
-    if let (Some(p), None) = (&parent, &lazy) {
+    if let (Some(p), None) = (parent, &lazy) {
         images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
     }
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
-
-    // What would make an injected call unsafe is refused before the
-    // first one (another thread, seccomp strict mode, a filter that would
-    // not let one through); the rest of the refusals after the bursts,
-    // while smaps is read (they all ran before freezing too).
-    let threads = check_threads(pid)?;
-    if threads != frozen.tids() {
-        return Err(Error::task(pid, "its threads changed while it was frozen"));
+    // Again, now that nothing of the tree runs.
+    refuse_tree_flavor(pid, held.len(), lazy.is_some())?;
+    refuse_held_tree(&held)?;
+    // Each process as a single one is dumped, the root first.
+    let mut dumps: Vec<ProcessDump> = Vec::new();
+    let tree_pids: Vec<pid_t> = held.iter().map(|m| m.pid).collect();
+    let mut entries = Vec::new();
+    for m in held.iter_mut() {
+        let Some(frozen) = m.frozen.as_mut() else {
+            entries.push(m.entry(Vec::new()));
+            continue;
+        };
+        let root = m.pid == pid;
+        // A process new since the last pre-dump has no parent image.
+        let member_parent = parents
+            .iter()
+            .find(|p| p.0 == m.pid)
+            .and_then(|p| p.1.as_ref());
+        let d = dump_process(
+            m.pid,
+            frozen,
+            member_parent,
+            opts,
+            root && lazy.is_some(),
+            root,
+            &tree_pids,
+            &images,
+            &mut phases,
+        )?;
+        entries.push(m.entry(d.threads.clone()));
+        dumps.push(d);
     }
-    // A tracker left by our pre-dumps is not the task's own state: its
-    // registrations are allowed and its descriptor is left out.
-    let our_tracker = parent_tracker_fd(pid, parent.as_ref());
-    creds::refuse(pid)?;
-    frozen.guard = creds::seccomp_guard(&frozen)?;
-    creds::check_thread_filters(&frozen)?;
-    let maps = proc::maps::read_maps(pid)?;
-    mem::check_vmas(pid, &maps, our_tracker.is_some())?;
-    let gadget = syscall_gadget(pid, &maps)?;
-    phases.mark("refuse");
-    let xstate = frozen.tracee.xstate()?;
-    let regs = frozen.regs;
-    let pidfd = pidfd_open(pid)?;
-    let mut core = frozen.burst(gadget, task::collect_injected)?;
-    for t in &mut frozen.threads {
-        t.guard = creds::seccomp_guard(t)?;
-        let thread = task::collect_thread(t, gadget)?;
-        core.core.threads.push(thread);
-    }
-    let leader_creds = creds::collect(&mut frozen, gadget)?;
-    creds::keep_own_thread_creds(pid, &leader_creds, &mut core.core.threads)?;
-    core.core.creds = Some(leader_creds);
-    let mut started = match opts.track.track_mem {
-        true => start_tracker(
-            opts.track.tracker,
-            parent.as_ref(),
-            pid,
-            &mut frozen,
-            gadget,
-            &pidfd,
-            our_tracker,
-            true,
-        )?,
-        false => None,
+    images.write(Kind::PsTree, None, &PsTree { tasks: entries })?;
+    let (Some(d), Some(frozen)) = (
+        dumps.first_mut(),
+        held.first_mut().and_then(|m| m.frozen.as_mut()),
+    ) else {
+        return Err(Error::task(pid, "the root of the tree was not dumped"));
     };
-    phases.mark("inject");
-    // smaps (the VmFlags) walks every page table entry: read on a thread
-    // of its own while the rest goes on (after the bursts: their scratch
-    // mmap would wait for the walk's mmap lock), and checked against the
-    // layout read above (maps, which does not walk them).
-    let layout = Layout::start(pid);
-    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    images.clear_stale()?;
-    task::collect_external(&frozen.tracee, &mut core)?;
-    core.core.regs = Some(crate::regs::to_image(&regs));
-    core.core.xstate = xstate;
-    core.core.sigmask = frozen.sigmask;
-    phases.mark("task state");
-    guard::check()?;
-
-    // Memory. The injected calls changed no VMA but for the scratch page,
-    // which is gone. Only the soft-dirty tracker and a lazy dump need
-    // VmFlags to plan.
-    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
-    // (locked, never writable, growing down), which maps does not show.
-    let needs_flags =
-        lazy.is_some() || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
-    let (vmas, layout) = match needs_flags {
-        true => (layout.finish(&maps, our_tracker)?, None),
-        false => (maps, Some(layout)),
-    };
-    phases.mark("vmas");
-    let content = started
-        .as_ref()
-        .filter(|s| s.name == track::CONTENT)
-        .map(|s| s.parent_digests.clone());
-    let tracker_name = started.as_ref().map(|s| s.name).unwrap_or("");
-    let tracker = started
-        .as_mut()
-        .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
-    let known = mem::track(pid, &vmas, tracker)?;
-    phases.mark("track");
-    let mut plan = mem::plan_pages(
-        pid,
-        &vmas,
-        core.brk,
-        parent.as_ref().map(|p| &p.layer),
-        &known,
-    )?;
-    plan.mm.lock_future = core.lock_future;
-    // Lazy: the frozen part copies none of these pages.
-    let pages_lazy = match lazy {
-        Some(_) => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),
-        None => 0,
-    };
-    phases.mark("plan");
-    let copied = mem::copy(
-        pid,
-        &plan.runs,
-        images.pages(pid)?,
-        false,
-        content.as_ref().map(|d| d.as_ref()),
-    )?;
-    let (pagemap, written) = (copied.pagemap, copied.pages_written);
-    phases.mark("copy");
-    guard::check()?;
-    let mut fds = files::dump(pid, &fd_plan)?;
-    identity::record_fds(pid, &mut fds)?;
-    phases.mark("files");
-    if let Some(layout) = layout {
-        // The VMAs as the image records them, now with their VmFlags.
-        let smaps = layout.finish(&vmas, our_tracker)?;
-        plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
-        phases.mark("smaps");
-    }
-    identity::record_mm(pid, &mut plan.mm)?;
-
-    let stat = proc::stat::read_stat(pid)?;
-    images.write(Kind::Core, Some(pid), &core.core)?;
-    images.write(Kind::Mm, Some(pid), &plan.mm)?;
-    images.write(Kind::Fds, Some(pid), &fds)?;
-    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
-    let tree = PsTree {
-        tasks: vec![TaskEntry {
-            pid,
-            ppid: stat.ppid,
-            pgid: stat.pgrp,
-            sid: stat.session,
-            threads,
-        }],
-    };
-    images.write(Kind::PsTree, None, &tree)?;
+    let gadget = d.gadget;
     // Lazy: the twin that keeps the memory after the kill (holder.rs).
     if let Some(l) = lazy.as_deref_mut() {
         let (guard, regs) = (frozen.guard.clone(), frozen.regs);
@@ -1058,29 +1214,34 @@ fn dump_inner(
         let twin = match twin {
             Ok(t) => t,
             Err(e) => {
-                undo_lazy(&mut frozen, gadget, &core.core);
+                undo_lazy(frozen, gadget, &d.core.core);
                 return Err(e);
             }
         };
         phases.mark("holder");
         l.twin = Some(twin);
-        l.pagemap = Some(pagemap.clone());
+        l.pagemap = Some(d.pagemap.clone());
     }
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let sum = |f: fn(&ProcessDump) -> u64| dumps.iter().map(f).sum::<u64>();
+    let (scanned, in_parent, written) =
+        (sum(|d| d.scanned), sum(|d| d.in_parent), sum(|d| d.written));
+    let content_in_parent = sum(|d| d.content_in_parent);
+    let pages_lazy = sum(|d| d.pages_lazy);
     let stats = Stats {
         kind: "dump".into(),
         frozen_us: (frozen_ms * 1e3) as u64,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent + copied.content_in_parent,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent + content_in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         mode: String::new(),
-        tracker: tracker_name.into(),
+        tracker: dumps[0].tracker_name.into(),
         total_us: (frozen_ms * 1e3) as u64,
     };
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
-    let mut inv = inventory(pid, "dump", parent.as_ref());
+    let mut inv = inventory(pid, "dump", parent);
     let inv_written = guard::check().and_then(|_| {
         if let Some(l) = lazy.as_deref_mut() {
             inv.lazy_address = l.addr.to_string();
@@ -1090,36 +1251,248 @@ fn dump_inner(
         images.commit(&inv)
     });
     if let Err(e) = inv_written {
-        if let Some(l) = lazy {
+        if let (Some(l), Some(frozen)) = (lazy, held[0].frozen.as_mut()) {
             l.twin = None;
-            undo_lazy(&mut frozen, gadget, &core.core);
+            undo_lazy(frozen, gadget, &dumps[0].core.core);
         }
         return Err(e);
     }
     phases.mark("images");
+    let bursts: Vec<std::time::Duration> = held
+        .iter()
+        .filter_map(|m| m.frozen.as_ref())
+        .flat_map(|f| f.bursts.iter().copied())
+        .collect();
     if opts.leave_running {
         // Tracking ends with the final dump.
-        drop(started);
-        if let Some(fd) = our_tracker {
-            frozen.burst(gadget, |inj| {
-                inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
-            })?;
+        let ours: Vec<(pid_t, Option<i32>, u64)> = dumps
+            .iter()
+            .map(|d| (d.pid, d.our_tracker, d.gadget))
+            .collect();
+        drop(dumps);
+        for (p, fd, g) in ours {
+            let frozen = held
+                .iter_mut()
+                .find(|m| m.pid == p)
+                .and_then(|m| m.frozen.as_mut());
+            if let (Some(fd), Some(frozen)) = (fd, frozen) {
+                frozen.burst(g, |inj| {
+                    inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
+                })?;
+            }
         }
-        frozen.resume()?;
+        // Children first: a parent runs again only once its tree does.
+        for m in held.iter_mut().rev() {
+            if let Some(f) = m.frozen.as_mut() {
+                f.resume()?;
+            }
+        }
     } else {
-        frozen.kill()?;
+        for m in held.iter_mut().rev() {
+            if let Some(f) = m.frozen.as_mut() {
+                f.kill()?;
+            }
+        }
     }
     phases.mark("release");
     Ok(DumpStats {
-        bursts: frozen.bursts.len(),
-        longest_burst_us: frozen.longest_burst().as_secs_f64() * 1e6,
+        bursts: bursts.len(),
+        longest_burst_us: bursts
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e6,
         phases,
         frozen_ms,
-        pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent,
+        pages_scanned: scanned,
+        pages_in_parent: in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         pages_lazy,
+    })
+}
+
+/// What is not done yet for a tree of more than one process is refused by
+/// name (the dumped task is not touched).
+fn refuse_tree_flavor(pid: pid_t, n: usize, lazy: bool) -> Result<()> {
+    if n < 2 || !lazy {
+        return Ok(());
+    }
+    Err(Error::unsupported(
+        pid,
+        format!(
+            "a lazy dump (--lazy-pages) of a process tree ({n} processes) is not supported yet"
+        ),
+    ))
+}
+
+/// What dumping one process of the tree made.
+struct ProcessDump {
+    pid: pid_t,
+    core: task::Collected,
+    threads: Vec<i32>,
+    /// The dirty tracker, kept until the tree is let go.
+    #[allow(dead_code)]
+    started: Option<Started>,
+    our_tracker: Option<i32>,
+    gadget: u64,
+    pagemap: crate::image::messages::Pagemap,
+    scanned: u64,
+    in_parent: u64,
+    content_in_parent: u64,
+    written: u64,
+    pages_lazy: u64,
+    tracker_name: &'static str,
+}
+
+/// Dumps one held process (every thread) as a single process is dumped:
+/// its core, mm, fds and pagemap images and its pages. `parent`: the
+/// images it builds on; `lazy`: a remote lazy dump's root.
+#[allow(clippy::too_many_arguments)]
+fn dump_process(
+    pid: pid_t,
+    frozen: &mut Frozen,
+    parent: Option<&Parent>,
+    opts: &DumpOptions,
+    lazy: bool,
+    first: bool,
+    tree: &[pid_t],
+    images: &ImageOut,
+    phases: &mut crate::phases::Phases,
+) -> Result<ProcessDump> {
+    // What would make an injected call unsafe is refused before the
+    // first one (another thread, seccomp strict mode, a filter that would
+    // not let one through); the rest of the refusals after the bursts,
+    // while smaps is read (they all ran before freezing too).
+    let threads = check_threads(pid)?;
+    if threads != frozen.tids() {
+        return Err(Error::task(pid, "its threads changed while it was frozen"));
+    }
+    // A tracker left by our pre-dumps is not the task's own state: its
+    // registrations are allowed and its descriptor is left out.
+    let our_tracker = parent_tracker_fd(pid, parent);
+    creds::refuse(pid)?;
+    frozen.guard = creds::seccomp_guard(frozen)?;
+    creds::check_thread_filters(frozen)?;
+    let maps = proc::maps::read_maps(pid)?;
+    mem::check_vmas(pid, &maps, our_tracker.is_some())?;
+    let gadget = syscall_gadget(pid, &maps)?;
+    phases.mark("refuse");
+    let xstate = frozen.tracee.xstate()?;
+    let regs = frozen.regs;
+    let pidfd = pidfd_open(pid)?;
+    let mut core = frozen.burst(gadget, task::collect_injected)?;
+    for t in &mut frozen.threads {
+        t.guard = creds::seccomp_guard(t)?;
+        let thread = task::collect_thread(t, gadget)?;
+        core.core.threads.push(thread);
+    }
+    let leader_creds = creds::collect(frozen, gadget)?;
+    creds::keep_own_thread_creds(pid, &leader_creds, &mut core.core.threads)?;
+    core.core.creds = Some(leader_creds);
+    let mut started = match opts.track.track_mem {
+        true => start_tracker(
+            opts.track.tracker,
+            parent,
+            pid,
+            frozen,
+            gadget,
+            &pidfd,
+            our_tracker,
+            true,
+        )?,
+        false => None,
+    };
+    phases.mark("inject");
+    // smaps (the VmFlags) walks every page table entry: read on a thread
+    // of its own while the rest goes on (after the bursts: their scratch
+    // mmap would wait for the walk's mmap lock), and checked against the
+    // layout read above (maps, which does not walk them).
+    let layout = Layout::start(pid);
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, tree)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    // (Once, before the root's images.)
+    if first {
+        images.clear_stale()?;
+    }
+    task::collect_external(&frozen.tracee, &mut core)?;
+    core.core.regs = Some(crate::regs::to_image(&regs));
+    core.core.xstate = xstate;
+    core.core.sigmask = frozen.sigmask;
+    phases.mark("task state");
+    guard::check()?;
+
+    // Memory. The injected calls changed no VMA but for the scratch page,
+    // which is gone. Only the soft-dirty tracker and a lazy dump need
+    // VmFlags to plan.
+    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
+    // (locked, never writable, growing down), which maps does not show.
+    let needs_flags = lazy || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    let (vmas, layout) = match needs_flags {
+        true => (layout.finish(&maps, our_tracker)?, None),
+        false => (maps, Some(layout)),
+    };
+    phases.mark("vmas");
+    let content = started
+        .as_ref()
+        .filter(|s| s.name == track::CONTENT)
+        .map(|s| s.parent_digests.clone());
+    let tracker_name = started.as_ref().map(|s| s.name).unwrap_or("");
+    let tracker = started
+        .as_mut()
+        .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
+    let known = mem::track(pid, &vmas, tracker)?;
+    phases.mark("track");
+    let mut plan = mem::plan_pages(pid, &vmas, core.brk, parent.map(|p| &p.layer), &known)?;
+    plan.mm.lock_future = core.lock_future;
+    // Lazy: the frozen part copies none of these pages.
+    let pages_lazy = match lazy {
+        true => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),
+        false => 0,
+    };
+    phases.mark("plan");
+    let copied = mem::copy(
+        pid,
+        &plan.runs,
+        images.pages(pid)?,
+        false,
+        content.as_ref().map(|d| d.as_ref()),
+    )?;
+    let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    phases.mark("copy");
+    guard::check()?;
+    let mut fds = files::dump(pid, &fd_plan)?;
+    identity::record_fds(pid, &mut fds)?;
+    phases.mark("files");
+    if let Some(layout) = layout {
+        // The VMAs as the image records them, now with their VmFlags.
+        let smaps = layout.finish(&vmas, our_tracker)?;
+        plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
+        phases.mark("smaps");
+    }
+    identity::record_mm(pid, &mut plan.mm)?;
+
+    images.write(Kind::Core, Some(pid), &core.core)?;
+    images.write(Kind::Mm, Some(pid), &plan.mm)?;
+    images.write(Kind::Fds, Some(pid), &fds)?;
+    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
+    Ok(ProcessDump {
+        pid,
+        core,
+        threads,
+        started,
+        our_tracker,
+        gadget,
+        pagemap,
+        scanned: plan.stats.scanned,
+        in_parent: plan.stats.in_parent,
+        content_in_parent: copied.content_in_parent,
+        written,
+        pages_lazy,
+        tracker_name,
     })
 }
 
@@ -1175,6 +1548,8 @@ fn inventory(pid: pid_t, kind: &str, parent: Option<&Parent>) -> Inventory {
         pages_at: String::new(),
         lazy_address: String::new(),
         lazy_pages: 0,
+        member_tracker_pids: Vec::new(),
+        member_tracker_fds: Vec::new(),
     }
 }
 

@@ -17,12 +17,15 @@ use crate::proc;
 /// `our_tracker`: the descriptor of the engine's own dirty tracker in the
 /// task, if any (not the task's state, so never refused). `external`:
 /// resources named with --external (accepted as held outside).
+/// `tree`: the processes of the dumped tree (a pipe held by them only is
+/// dumped, not refused).
 pub(crate) fn task_state(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
+    tree: &[pid_t],
 ) -> Result<FdPlan> {
-    checks(pid, our_tracker, external, true)
+    checks(pid, our_tracker, external, tree, true)
 }
 
 /// As [`task_state`] but for the memory layout's VmFlags (smaps, which
@@ -34,14 +37,16 @@ pub(crate) fn task_state_but_layout(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
+    tree: &[pid_t],
 ) -> Result<FdPlan> {
-    checks(pid, our_tracker, external, false)
+    checks(pid, our_tracker, external, tree, false)
 }
 
 fn checks(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
+    tree: &[pid_t],
     layout: bool,
 ) -> Result<FdPlan> {
     super::check_threads(pid)?;
@@ -52,7 +57,7 @@ fn checks(
         super::mem::refuse_layout(pid, our_tracker.is_some())?;
     }
     crate::image::identity::check_reachable(pid)?;
-    files::plan(pid, our_tracker, external)
+    files::plan(pid, our_tracker, external, tree)
 }
 
 /// A chroot is not restored, and a removed working directory cannot be.

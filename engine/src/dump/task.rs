@@ -409,18 +409,6 @@ const PF_IO_FLUSHER: u32 = 0x0008_0000 | 0x0010_0000;
 /// Process attributes that cannot be restored yet, refused by name from
 /// outside (run by pre-dump and dump through `refuse::task_state`).
 pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
-    let kids = proc::task::children(pid)?;
-    if !kids.is_empty() {
-        let list: Vec<String> = kids.iter().map(|k| k.to_string()).collect();
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "{} child process(es) ({}), live or zombie: process trees are not supported yet",
-                kids.len(),
-                list.join(", ")
-            ),
-        ));
-    }
     let timers = posix_timers(pid)?;
     if !timers.is_empty() && !can_restore_timer_ids() {
         return Err(Error::unsupported(

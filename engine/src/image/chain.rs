@@ -158,7 +158,13 @@ fn walk(
             ));
         }
         let inv: Inventory = ImageDir::open(&d)?.read(Kind::Inventory, None)?;
-        if inv.root_pid != pid {
+        // A process of a tree: its images are keyed by its pid. One that
+        // a parent does not hold was new since: its chain ends there.
+        let member = d.join(Kind::Pagemap.file_name(Some(pid))).exists();
+        if inv.root_pid != pid && !member && !out.is_empty() {
+            break;
+        }
+        if inv.root_pid != pid && !member {
             return Err(bad(
                 &d,
                 format!("image is of pid {}, not {pid}", inv.root_pid),

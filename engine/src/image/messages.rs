@@ -62,6 +62,14 @@ pub struct Inventory {
     /// Pages the dump left at the source (PE_LAZY), 0 once written back.
     #[prost(uint64, tag = "15")]
     pub lazy_pages: u64,
+    // Process trees (tags 24-25): the tracker descriptor of every member
+    // but the root (whose is `tracker_fd`), by pid, in two parallel lists.
+    #[prost(int32, repeated, tag = "24")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub member_tracker_pids: Vec<i32>,
+    #[prost(int32, repeated, tag = "25")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub member_tracker_fds: Vec<i32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -83,6 +91,16 @@ pub struct TaskEntry {
     pub sid: i32,
     #[prost(int32, repeated, tag = "5")]
     pub threads: Vec<i32>,
+    /// A zombie: it exited and its parent has not reaped it. It has no
+    /// other image; restore makes it exit again with `exit_status`.
+    #[prost(bool, tag = "6")]
+    pub zombie: bool,
+    /// A zombie's wait status (/proc/PID/stat field 52).
+    #[prost(int32, tag = "7")]
+    pub exit_status: i32,
+    /// In a group stop (SIGSTOP) when dumped: restored stopped.
+    #[prost(bool, tag = "8")]
+    pub stopped: bool,
 }
 
 /// x86_64 general registers, as `user_regs_struct`.

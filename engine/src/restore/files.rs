@@ -7,6 +7,9 @@
 //! flags, signal owner and signal; the flags are then read back from
 //! /proc/PID/fdinfo and compared with the image.
 //!
+//! Pipes shared by processes of the dumped tree (`tree-pipe:[INODE]` in
+//! `external`) are made by crust before the stubs and inherited the same
+//! way ([`tree_pipes`]).
 //! Ends of pipes held outside the dumped process (`external` in the image)
 //! come from descriptors of `crust restore` itself (`--inherit-fd
 //! fd[N]:pipe:[INODE]`): the stub is forked from crust, so it holds them
@@ -14,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
@@ -83,7 +86,11 @@ fn end_name(accmode: i32) -> &'static str {
 /// end of the same direction, and every inherited fd must be used.
 pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherited> {
     let mut needed: BTreeMap<(String, i32), i32> = BTreeMap::new();
-    for f in fds.fds.iter().filter(|f| !f.external.is_empty()) {
+    for f in fds
+        .fds
+        .iter()
+        .filter(|f| !f.external.is_empty() && !is_tree_pipe(&f.external))
+    {
         needed
             .entry((f.external.clone(), f.flags as i32 & libc::O_ACCMODE))
             .or_insert(f.fd);
@@ -148,6 +155,77 @@ pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherite
         }
     }
     Ok(Inherited { ends })
+}
+
+/// Whether an external key names a pipe shared within the dumped tree.
+fn is_tree_pipe(key: &str) -> bool {
+    key.starts_with("tree-pipe:")
+}
+
+/// (external key, access mode) and the descriptor of crust that gives it.
+pub(crate) type InheritedEnd = ((String, i32), i32);
+
+impl Inherited {
+    /// These ends and `more`.
+    pub(crate) fn with(&self, more: &[InheritedEnd]) -> Inherited {
+        let mut ends = self.ends.clone();
+        ends.extend(more.iter().cloned());
+        Inherited { ends }
+    }
+}
+
+/// The pipes shared by processes of the tree (ends marked `tree-pipe:`),
+/// made here once each, with the capacity and data a holder dumped, before
+/// the root's stub is forked: every stub inherits them, and each process
+/// takes its ends as inherited ones. Returns the descriptors (to close once
+/// the stubs exist) and the (key, access mode) -> fd entries.
+pub(crate) fn tree_pipes(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
+    let mut made: BTreeMap<String, (OwnedFd, OwnedFd)> = BTreeMap::new();
+    for fds in all {
+        for f in fds.fds.iter().filter(|f| is_tree_pipe(&f.external)) {
+            if made.contains_key(&f.external) {
+                continue;
+            }
+            // Dumped by the holders of its read end; held by writers only,
+            // its data could be read by no one.
+            let none = crate::image::messages::Pipe::default();
+            let p = all
+                .iter()
+                .flat_map(|x| x.pipes.iter())
+                .find(|p| p.id == f.pipe_id)
+                .unwrap_or(&none);
+            let mut ends = [-1; 2];
+            // SAFETY: pipe2 writes two descriptors into `ends`.
+            let r = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) };
+            Errno::result(r).map_err(|e| Error::sys("pipe2", 0, e))?;
+            // SAFETY: both descriptors were just created and are ours alone.
+            let (rd, wr) =
+                unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+            if p.size > 0 {
+                // SAFETY: fcntl on our own descriptor.
+                let r = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, p.size as i32) };
+                Errno::result(r).map_err(|e| Error::sys("fcntl(F_SETPIPE_SZ)", 0, e))?;
+            }
+            if !p.data.is_empty() {
+                let copy = wr
+                    .try_clone()
+                    .map_err(|e| Error::io("dup", &f.external, e))?;
+                std::fs::File::from(copy)
+                    .write_all(&p.data)
+                    .map_err(|e| Error::io("writing pipe data into", &f.external, e))?;
+            }
+            made.insert(f.external.clone(), (rd, wr));
+        }
+    }
+    let mut entries = Vec::new();
+    let mut owned = Vec::new();
+    for (key, (rd, wr)) in made {
+        entries.push(((key.clone(), libc::O_RDONLY), rd.as_raw_fd()));
+        entries.push(((key, libc::O_WRONLY), wr.as_raw_fd()));
+        owned.push(rd);
+        owned.push(wr);
+    }
+    Ok((owned, entries))
 }
 
 /// Closes every descriptor the stub inherited from crust, except those
@@ -246,7 +324,13 @@ pub(crate) fn restore(
     }
     // Pipes: one pipe2 per pipe id; both ends parked high.
     let mut pipe_ends: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for p in &fds.pipes {
+    // (A pipe shared in the tree is an inherited one.)
+    let own = |p: &&crate::image::messages::Pipe| {
+        fds.fds
+            .iter()
+            .any(|f| f.pipe_id == p.id && f.external.is_empty())
+    };
+    for p in fds.pipes.iter().filter(own) {
         let (r, w) = inj.pipe2(libc::O_CLOEXEC)?;
         let hr = inj.call(
             "fcntl(F_DUPFD_CLOEXEC)",

@@ -13,6 +13,7 @@ mod mem;
 mod sockets;
 mod task;
 mod threads;
+mod tree;
 
 pub use files::InheritFd;
 
@@ -83,26 +84,26 @@ fn bad(dir: &Path, what: impl Into<String>) -> Error {
     })
 }
 
-fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
+/// The process tree of a dump, checked: the root first, parents before
+/// their children.
+fn load_tree(dir: &Path) -> Result<PsTree> {
     let images = ImageDir::open(dir)?;
     let inv: Inventory = images.read(Kind::Inventory, None)?;
     if inv.kind != "dump" {
         return Err(bad(dir, format!("holds a {} image, not a dump", inv.kind)));
     }
     let tree: PsTree = images.read(Kind::PsTree, None)?;
-    let task = match tree.tasks.as_slice() {
-        [t] if t.pid == inv.root_pid => t.clone(),
-        [_] => return Err(bad(dir, "process tree root differs from the inventory")),
-        ts => {
-            return Err(bad(
-                dir,
-                format!(
-                    "{} tasks: only single-task images are supported yet",
-                    ts.len()
-                ),
-            ))
-        }
-    };
+    tree::validate(&tree.tasks, inv.root_pid).map_err(|w| bad(dir, w))?;
+    Ok(tree)
+}
+
+fn load(
+    dir: &Path,
+    opts: &RestoreOptions,
+    task: &crate::image::messages::TaskEntry,
+) -> Result<TaskImages> {
+    let images = ImageDir::open(dir)?;
+    let task = task.clone();
     if task.threads.first() != Some(&task.pid) || task.pid <= 0 {
         return Err(bad(
             dir,
@@ -259,6 +260,16 @@ pub struct Restored {
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
+    let tree = load_tree(dir)?;
+    if tree.tasks.len() > 1 && opts.lazy_pages {
+        return Err(Error::unsupported(
+            tree.tasks[0].pid,
+            format!(
+                "a lazy restore of a process tree ({} processes) is not supported yet",
+                tree.tasks.len()
+            ),
+        ));
+    }
     // Refused before any process exists: no daemon, or a kernel without
     // the userfaultfd events lazy restore follows.
     let mut lazy_conn = match opts.lazy_pages {
@@ -268,17 +279,100 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         }
         false => None,
     };
-    let mut img = load(dir, opts)?;
-    let pid = img.task.pid;
-    let inherited = files::match_inherited(&img.fds, &opts.inherit_fds)?;
+    // Every live process's images, read and checked before any process
+    // exists (a zombie has none).
+    let mut imgs = Vec::new();
+    for t in &tree.tasks {
+        imgs.push(match t.zombie {
+            true => None,
+            false => Some(load(dir, opts, t)?),
+        });
+    }
+    let Some(Some(root)) = imgs.first() else {
+        return Err(bad(dir, "the root of the process tree has no images"));
+    };
+    let pid = root.task.pid;
+    let inherited = files::match_inherited(&root.fds, &opts.inherit_fds)?;
+    // Pipes between processes of the tree: made here, inherited by every
+    // stub, closed here once the stubs exist.
+    let all_fds: Vec<&Fds> = imgs.iter().flatten().map(|i| &i.fds).collect();
+    let (tree_pipes, tree_ends) = files::tree_pipes(&all_fds)?;
+    let inherited = inherited.with(&tree_ends);
+    let members_inherit = files::Inherited::default().with(&tree_ends);
     if !opts.lazy_pages {
-        for pages in &img.source.chain().pages {
-            pages.will_need();
+        for img in imgs.iter().flatten() {
+            for pages in &img.source.chain().pages {
+                pages.will_need();
+            }
         }
     }
     phases.mark("read images");
-    let mut stub = spawn_stub(pid, opts.pid_wait)?;
+    let stub = spawn_stub(pid, opts.pid_wait)?;
+    // Blocked before any child is forked (they inherit it): no signal is
+    // delivered to a stub.
+    stub.tracee.set_sigmask(!0)?;
+    let stub_vmas = proc::maps::read_maps(pid)?;
+    let vdso = stub_vmas
+        .iter()
+        .find(|v| v.path == "[vdso]")
+        .ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
+    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
+    let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;
+    drop(tree_pipes);
     phases.mark("fork stub");
+    let mut threads = Vec::new();
+    for (i, (img, stub)) in imgs.iter_mut().zip(&stubs).enumerate() {
+        let Some(img) = img else {
+            threads.push(threads::Threads::default());
+            continue;
+        };
+        let inherited = if i == 0 { &inherited } else { &members_inherit };
+        let lazy = if i == 0 { lazy_conn.as_mut() } else { None };
+        threads.push(restore_one(dir, stub, img, inherited, lazy, &mut phases)?);
+    }
+    // Children first: a parent runs again only once its children do (a
+    // stopped one is stopped again by the kernel as it is detached).
+    for (i, (stub, threads)) in stubs.iter_mut().zip(threads.iter_mut()).enumerate().rev() {
+        if stub.released {
+            continue;
+        }
+        if i == 0 && opts.leave_stopped {
+            // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
+            // and stops the task as soon as it runs.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        stub.tracee.detach()?;
+        stub.released = true;
+        threads.release()?;
+    }
+    phases.mark("registers");
+    if let Some(conn) = lazy_conn.as_mut() {
+        crate::lazy::handoff::restore_done(conn);
+    }
+    let Some(Some(img)) = imgs.first() else {
+        return Err(bad(dir, "the root of the process tree has no images"));
+    };
+    Ok(Restored {
+        pid,
+        phases,
+        pages_eager_dump: img.plan.eager_dump_pages,
+        pages_eager_parent: img.plan.eager_parent_pages,
+        pages_lazy: img.plan.lazy_pages(),
+        pages_parent_lazy: img.plan.parent_pages(),
+    })
+}
+
+/// Turns the stub of one process into the dumped process, up to its
+/// registers: it is left parked in the signal path, to be detached.
+fn restore_one(
+    dir: &Path,
+    stub: &Stub,
+    img: &mut TaskImages,
+    inherited: &files::Inherited,
+    mut lazy_conn: Option<&mut std::os::unix::net::UnixStream>,
+    phases: &mut crate::phases::Phases,
+) -> Result<threads::Threads> {
+    let pid = img.task.pid;
     let tracee = &stub.tracee;
     tracee.set_sigmask(!0)?;
     let base = tracee.regs()?;
@@ -305,7 +399,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             ],
         )?;
     }
-    files::close_all_but(&mut inj, &inherited)?;
+    files::close_all_but(&mut inj, inherited)?;
     mem::clear_stub(&mut inj, &stub_vmas)?;
     let gadget = mem::place_specials(&mut inj, &stub_vmas, &img.mm, gadget)?;
     inj.set_gadget(gadget);
@@ -358,9 +452,11 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 
     let pidfd = pidfd_open(pid)?;
     task::open_fd_limit(pid)?;
-    files::restore(&mut inj, &pidfd, &img.fds, &inherited)?;
+    files::restore(&mut inj, &pidfd, &img.fds, inherited)?;
     phases.mark("files");
-    task::restore(&mut inj, &img.core, &img.task)?;
+    // What the making of the tree sent (children, a group's helper).
+    tree::flush_sigchld(&mut inj)?;
+    task::restore(&mut inj, &img.core)?;
     task::restore_rlimits(pid, &img.core)?;
     if let Some(a) = &img.core.attrs {
         task::restore_attrs_injected(&mut inj, a)?;
@@ -368,7 +464,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // Threads are created while the leader is still privileged (set_tid),
     // and before the leader's scheduling (a deadline task cannot clone);
     // each thread then gets its own.
-    let mut threads = threads::create(&mut inj, tracee, &img.core)?;
+    let threads = threads::create(&mut inj, tracee, &img.core)?;
     if !threads.tracees.is_empty() {
         phases.mark("threads");
     }
@@ -413,24 +509,5 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     tracee.set_sigmask(img.core.sigmask)?;
     threads::finish(&threads, &img.core)?;
     tracee.trap_in_signal_path()?;
-    if opts.leave_stopped {
-        // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
-        // and stops the task as soon as it runs.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
-    }
-    tracee.detach()?;
-    stub.released = true;
-    threads.release()?;
-    phases.mark("registers");
-    if let Some(conn) = lazy_conn.as_mut() {
-        crate::lazy::handoff::restore_done(conn);
-    }
-    Ok(Restored {
-        pid,
-        phases,
-        pages_eager_dump: img.plan.eager_dump_pages,
-        pages_eager_parent: img.plan.eager_parent_pages,
-        pages_lazy: img.plan.lazy_pages(),
-        pages_parent_lazy: img.plan.parent_pages(),
-    })
+    Ok(threads)
 }

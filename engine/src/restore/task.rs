@@ -1,7 +1,7 @@
 //! Per-task state: mm fields, signals, cwd, umask, rseq, robust list...
 
 use crate::error::{Error, Result};
-use crate::image::messages::{Attrs, Core, Mm, Sched, TaskEntry};
+use crate::image::messages::{Attrs, Core, Mm, Sched};
 use crate::inject::Injector;
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::syscalls::prlimit;
@@ -68,7 +68,7 @@ pub(crate) fn open_fd_limit(pid: i32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Result<()> {
+pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     let pid = inj.pid();
     let p = inj.put_cstr(0, &core.cwd)?;
     inj.call("chdir", libc::SYS_chdir, &[p])?;
@@ -132,12 +132,7 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core, task: &TaskEntry) -> Resu
         &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64],
     )?;
 
-    if task.sid == task.pid {
-        inj.call("setsid", libc::SYS_setsid, &[])?;
-    } else if task.pgid == task.pid {
-        inj.call("setpgid", libc::SYS_setpgid, &[0, 0])?;
-    }
-
+    // The session and process group were made with the tree (tree.rs).
     // Queued from inside the task itself, so the kernel accepts siginfo
     // with any si_code (it refuses forged kernel codes from others).
     for s in &core.pending {

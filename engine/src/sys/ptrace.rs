@@ -101,12 +101,44 @@ impl Tracee {
     /// stop included, so without it a task that keeps receiving signals
     /// (a fast timer) could go on between its handler and such stops
     /// forever (seen: a pre-dump hung, 1 in ~60-1500 of a 1 ms timer).
-    pub fn interrupt(&self) -> Result<()> {
+    /// Returns the stop's signal: SIGTRAP, or the stop signal (SIGSTOP...)
+    /// of a group stop the task is in.
+    pub fn interrupt(&self) -> Result<i32> {
         ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
             .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+        self.settle(None)
+    }
+
+    /// As [`Tracee::interrupt`], for a task just seized: one that was in a
+    /// group stop is already in a trap (PTRACE_SEIZE re-traps a stopped
+    /// task before it returns), and a PTRACE_INTERRUPT on top would leave
+    /// a second trap pending, taken at the first injected call.
+    pub fn stop_seized(&self) -> Result<i32> {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our tracee with a valid status pointer.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r != self.pid {
+            return self.interrupt();
+        }
+        match decode_status(status) {
+            Stop::Event { sig } => Ok(sig),
+            other => {
+                ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
+                    .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+                self.settle(Some(other))
+            }
+        }
+    }
+
+    /// Waits for the Event stop asked for; `first`: a stop already waited.
+    fn settle(&self, mut first: Option<Stop>) -> Result<i32> {
         loop {
-            match self.wait()? {
-                Stop::Event { .. } => return Ok(()),
+            let stop = match first.take() {
+                Some(s) => s,
+                None => self.wait()?,
+            };
+            match stop {
+                Stop::Event { sig } => return Ok(sig),
                 Stop::Signal(sig) => {
                     ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
                         .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;

@@ -1,0 +1,315 @@
+//! Process trees (progs/tree.c): a root, two children, five grandchildren,
+//! with a second session, four process groups (one whose leader is gone),
+//! a stopped process and two zombies (an exit status and a signal). A dump takes the whole tree and
+//! restore rebuilds it with the same pids, parents, groups, sessions,
+//! states and zombie statuses; each live process checks its own memory
+//! (copy-on-write after fork) and ids. A dump killed mid-way leaves every
+//! process of the tree as it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+
+const NAMES: [&str; 9] = ["R", "A", "A1", "A2", "A3", "A5", "B", "B1", "B2"];
+const LIVE: [&str; 7] = ["R", "A", "A1", "A3", "A5", "B", "B1"];
+
+/// What restore must bring back of one process: /proc/PID/stat's state,
+/// ppid, pgrp, session and exit code (a zombie's wait status).
+type Place = (char, i32, i32, i32, i32);
+
+fn place(pid: i32) -> Option<Place> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i - 3)?.parse().ok();
+    Some((f[0].chars().next()?, n(4)?, n(5)?, n(6)?, n(52)?))
+}
+
+struct Tree {
+    /// The root, our child.
+    root: Proc,
+    /// Every member's pid, in NAMES order.
+    pids: Vec<i32>,
+    log: PathBuf,
+}
+
+impl Tree {
+    fn start(tmp: &Path, bin: &Path) -> Tree {
+        let log = tmp.join("tree.log");
+        let root = spawn_daemon(Command::new(bin).arg(&log));
+        let text = wait_file_contains(&log, "pids", TIMEOUT);
+        let pids: Vec<i32> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pids "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(pids.len(), NAMES.len(), "pids line in {text:?}");
+        assert_eq!(pids[0], root.pid);
+        let t = Tree { root, pids, log };
+        wait_until(TIMEOUT, "A1 stopped, A2 and B2 zombies", || {
+            let want = [("A1", 'T'), ("A2", 'Z'), ("B2", 'Z')];
+            for (name, st) in want {
+                let got = place(t.pid(name)).map(|p| p.0);
+                if got != Some(st) {
+                    return Err(format!("{name} in state {got:?}"));
+                }
+            }
+            Ok(())
+        });
+        t
+    }
+
+    fn pid(&self, name: &str) -> i32 {
+        self.pids[NAMES.iter().position(|n| *n == name).expect("a member")]
+    }
+
+    fn places(&self) -> Vec<Option<Place>> {
+        self.pids.iter().map(|&p| place(p)).collect()
+    }
+
+    /// Waits until every member is where `want` says: released by crust,
+    /// a member runs until it is back in its wait (a stopped one stops).
+    fn wait_places(&self, want: &[Option<Place>], what: &str) {
+        wait_until(TIMEOUT, &format!("the tree {what}"), || {
+            let now = self.places();
+            let diff: Vec<String> = now
+                .iter()
+                .zip(want)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, (a, b))| format!("{} {:?}, not {:?}", NAMES[i], a, b))
+                .collect();
+            match diff.is_empty() {
+                true => Ok(()),
+                false => Err(diff.join("; ")),
+            }
+        });
+    }
+
+    /// Wakes every live member (A1 is continued first): each checks itself,
+    /// parents reap their children (zombies included, with their status),
+    /// the root exits 0 with "OK all".
+    fn finish(mut self) {
+        let a1 = Proc::adopt(self.pid("A1"));
+        a1.signal(libc::SIGCONT);
+        let others: Vec<Proc> = LIVE[1..].iter().map(|n| Proc::adopt(self.pid(n))).collect();
+        for p in &others {
+            p.signal(libc::SIGUSR1);
+        }
+        self.root.signal(libc::SIGUSR1);
+        let exit = self.root.wait(TIMEOUT);
+        let text = read_string(&self.log);
+        assert_eq!(exit, Exit::Code(0), "log: {text}");
+        for n in LIVE {
+            assert!(text.contains(&format!("OK {n}\n")), "no OK {n} in: {text}");
+        }
+        assert!(text.contains("OK all"), "{text}");
+        drop(a1);
+        drop(others);
+    }
+}
+
+#[test]
+fn tree_dump_restore() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "tree.c", &[]);
+    let mut tree = Tree::start(tmp.path(), &bin);
+    let before = tree.places();
+    // Every member but the root becomes ours to reap as the tree dies.
+    let mut members: Vec<Proc> = tree.pids[1..].iter().map(|&p| Proc::adopt(p)).collect();
+    let dir = tmp.path().join("img");
+    let out = dump(tree.root.pid, &dir, &[]);
+    assert_eq!(tree.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    for m in &mut members {
+        m.wait(TIMEOUT);
+    }
+    for &p in &tree.pids {
+        assert_pid_free(p, "after the dump");
+    }
+    // The tree image: every member with its place.
+    let show = crust(["show", path_str(&dir.join("pstree.img"))]);
+    show.assert_ok();
+    for &p in &tree.pids {
+        assert!(show.stdout.contains(&p.to_string()), "{}", show.stdout);
+    }
+    drop(out);
+    let root = restore_detached(&dir, tree.root.pid);
+    tree.root = root;
+    tree.wait_places(&before, "after restore");
+    for &p in &tree.pids {
+        assert_eq!(
+            status_field(p, "TracerPid").as_deref(),
+            Some("0"),
+            "pid {p} still traced"
+        );
+    }
+    tree.finish();
+}
+
+/// Kills `crust dump --leave-running` of the tree at spread moments; after
+/// each, every member must be exactly as before (state, parent, group,
+/// session, untraced), and at the end every live member's own checks pass.
+#[test]
+fn tree_dump_killed_midway() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "tree.c", &[]);
+    let tree = Tree::start(tmp.path(), &bin);
+    let before = tree.places();
+    let dir = tmp.path().join("img");
+    let root = tree.root.pid.to_string();
+    let args = ["dump", "-t", &root, "-D", path_str(&dir), "--leave-running"];
+    let t = Instant::now();
+    crust(args).assert_ok();
+    let took = t.elapsed();
+    tree.wait_places(&before, "after a --leave-running dump");
+    for k in 0..10u32 {
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = crust_spawn(args);
+        let crust_pid = run.pid();
+        let children = format!("/proc/{crust_pid}/task/{crust_pid}/children");
+        let mut worker = None;
+        wait_until(TIMEOUT, "crust's worker", || {
+            worker = read_string(Path::new(&children))
+                .split_whitespace()
+                .next()
+                .and_then(|w| w.parse::<i32>().ok());
+            match worker {
+                Some(_) => Ok(()),
+                None if !Path::new(&children).exists() => Ok(()),
+                None => Err("no worker yet".into()),
+            }
+        });
+        // The kill moment is the point of the test, not a synchronisation.
+        std::thread::sleep(took * k / 8);
+        // SAFETY: kill(2) of the crust we started and have not reaped.
+        unsafe { libc::kill(crust_pid, libc::SIGKILL) };
+        run.wait(TIMEOUT);
+        if let Some(w) = worker {
+            let mut ws = 0;
+            // SAFETY: waitpid on one pid with a valid status pointer; ECHILD
+            // (crust reaped it) is fine.
+            unsafe { libc::waitpid(w, &mut ws, libc::__WALL) };
+        }
+        // Released, every member goes back to where it was (a stopped one
+        // stops again): running meanwhile.
+        tree.wait_places(&before, &format!("after a dump killed at {k}/8"));
+        for &p in &tree.pids {
+            assert_eq!(
+                status_field(p, "TracerPid").as_deref(),
+                Some("0"),
+                "pid {p} still traced after a dump killed at {k}/8"
+            );
+        }
+    }
+    tree.finish();
+}
+
+/// Two pre-dumps of the tree with dirty tracking, a process created
+/// between them (a full dump of it, then a chain of its own), and a final
+/// dump on top: the pages of every member left to the parents, and the
+/// restored tree is whole.
+#[test]
+fn tree_predumps_then_dump() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "tree.c", &[]);
+    let mut tree = Tree::start(tmp.path(), &bin);
+    let before = tree.places();
+    let root = tree.root.pid.to_string();
+    let (pre1, pre2, img) = (
+        tmp.path().join("pre1"),
+        tmp.path().join("pre2"),
+        tmp.path().join("img"),
+    );
+    crust([
+        "pre-dump",
+        "-t",
+        &root,
+        "-D",
+        path_str(&pre1),
+        "--track-mem",
+    ])
+    .assert_ok();
+    tree.wait_places(&before, "after the first pre-dump");
+    tree.root.signal(libc::SIGUSR2);
+    let text = wait_file_contains(&tree.log, "new ", TIMEOUT);
+    let n: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("new "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the new child's pid");
+    wait_until(TIMEOUT, "the new child to wait", || {
+        match blocked_syscall(n) {
+            Some(nr) if nr == libc::SYS_rt_sigsuspend => Ok(()),
+            other => Err(format!("in syscall {other:?}")),
+        }
+    });
+    let new_place = place(n);
+    crust([
+        "pre-dump",
+        "-t",
+        &root,
+        "-D",
+        path_str(&pre2),
+        "--prev-images-dir",
+        "../pre1",
+        "--track-mem",
+    ])
+    .assert_ok();
+    assert!(
+        pre2.join(format!("pagemap-{n}.img")).exists(),
+        "the new process is in the second pre-dump"
+    );
+    let mut members: Vec<Proc> = tree.pids[1..]
+        .iter()
+        .chain([&n])
+        .map(|&p| Proc::adopt(p))
+        .collect();
+    dump(
+        tree.root.pid,
+        &img,
+        &["--prev-images-dir", "../pre2", "--track-mem"],
+    );
+    assert_eq!(tree.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    for m in &mut members {
+        m.wait(TIMEOUT);
+    }
+    let stats = crust(["show", path_str(&img.join("stats.img"))]);
+    stats.assert_ok();
+    let in_parent = stats.json()["message"]["pages_in_parent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        in_parent > 0,
+        "no page left to the parents: {}",
+        stats.stdout
+    );
+    tree.root = restore_detached(&img, tree.root.pid);
+    tree.wait_places(&before, "after restore");
+    wait_until(TIMEOUT, "the new child after restore", || {
+        match place(n) == new_place {
+            true => Ok(()),
+            false => Err(format!("{:?}, not {new_place:?}", place(n))),
+        }
+    });
+    let log = tree.log.clone();
+    let newborn = Proc::adopt(n);
+    newborn.signal(libc::SIGUSR1);
+    tree.finish();
+    assert!(
+        read_string(&log).contains("OK N\n"),
+        "{}",
+        read_string(&log)
+    );
+    drop(newborn);
+}
