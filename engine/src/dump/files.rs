@@ -183,6 +183,19 @@ pub(crate) fn plan(pid: pid_t, tracker: Option<i32>, external: &[String]) -> Res
                         fd.dup_of = Some(e.fd);
                     }
                 }
+                FdTarget::Deleted(path) if is_memfd(pid, n, &path)? => {
+                    check_flags(pid, n, &link.target, info.flags, FILE_FLAGS)?;
+                    fd.kind = FdKind::Memfd as i32;
+                    fd.path = link.target.clone();
+                    fd.mode = libc::S_IFREG;
+                    if let Some(e) = fds.iter().find(|e| {
+                        e.kind == FdKind::Memfd as i32 && e.dup_of.is_none() && e.path == fd.path
+                    }) {
+                        if same_file(pid, e.fd, n)? {
+                            fd.dup_of = Some(e.fd);
+                        }
+                    }
+                }
                 FdTarget::Deleted(path) => {
                     return Err(Error::unsupported(
                         pid,
@@ -287,6 +300,17 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
     fd.mode = md.mode();
     fd.path = path;
     Ok(())
+}
+
+/// Whether fd `n` (an unlinked file at `path`) is a memfd: named so, and
+/// on the kernel's internal shmem mount (`dump::shared` stores it).
+fn is_memfd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
+    if !path.starts_with("/memfd:") {
+        return Ok(false);
+    }
+    let proc_path = format!("/proc/{pid}/fd/{n}");
+    let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
+    Ok(md.file_type().is_file() && crate::sys::shm::memfd_dev() == Some(md.dev()))
 }
 
 /// Whether the descriptor at `proc_path` no longer is the file that was
@@ -476,7 +500,7 @@ fn pipes(
     external: &[String],
     vanished: &mut BTreeSet<i32>,
 ) -> Result<BTreeMap<u64, PipePlan>> {
-    let is_pipe = |f: &Fd| f.kind != FdKind::Path as i32;
+    let is_pipe = |f: &Fd| f.kind == FdKind::PipeRead as i32 || f.kind == FdKind::PipeWrite as i32;
     let inos: BTreeSet<u64> = fds
         .iter()
         .filter(|f| is_pipe(f))
@@ -496,7 +520,7 @@ fn pipes(
         let key = pipe_key(ino);
         let ends: Vec<&mut Fd> = fds
             .iter_mut()
-            .filter(|f| f.kind != FdKind::Path as i32 && f.pipe_id == ino)
+            .filter(|f| is_pipe(f) && f.pipe_id == ino)
             .collect();
         let first = ends.first().map(|f| f.fd).unwrap_or(-1);
         if external.contains(&key) {

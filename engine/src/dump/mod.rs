@@ -10,6 +10,7 @@ mod files;
 pub mod guard;
 mod mem;
 pub(crate) mod refuse;
+mod shared;
 mod splice;
 mod task;
 
@@ -1026,6 +1027,10 @@ fn dump_inner(
         plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
         phases.mark("smaps");
     }
+    // Memfds and SysV segments: each object once, whole (dump/shared.rs).
+    let mut shared = shared::SharedObjects::default();
+    shared.add_task(pid, &mut plan.mm.vmas, &mut fds)?;
+    phases.mark("shared");
     identity::record_mm(pid, &mut plan.mm)?;
 
     let stat = proc::stat::read_stat(pid)?;
@@ -1033,6 +1038,7 @@ fn dump_inner(
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Fds, Some(pid), &fds)?;
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
+    shared.write(&images)?;
     let tree = PsTree {
         tasks: vec![TaskEntry {
             pid,

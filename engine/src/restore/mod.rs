@@ -9,6 +9,7 @@
 mod creds;
 mod files;
 mod mem;
+mod shared;
 mod task;
 mod threads;
 
@@ -72,6 +73,8 @@ struct TaskImages {
     source: ChainSource,
     /// Which pages restore fills and which the lazy-pages daemon does.
     plan: crate::lazy::Plan,
+    /// Memfds and SysV segments the VMAs and fds name, by id.
+    shared: std::collections::BTreeMap<u64, crate::image::messages::SharedObject>,
 }
 
 fn bad(dir: &Path, what: impl Into<String>) -> Error {
@@ -161,7 +164,9 @@ fn load(dir: &Path, opts: &RestoreOptions) -> Result<TaskImages> {
         )?;
     }
     creds::validate(pid, &core).map_err(|w| bad(dir, w))?;
+    let shared = shared::load(&images, &mm, &fds)?;
     Ok(TaskImages {
+        shared,
         task,
         core,
         mm,
@@ -268,6 +273,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     };
     let mut img = load(dir, opts)?;
     let pid = img.task.pid;
+    // Memfds and SysV segments, made before any task maps them.
+    let mut shared = shared::SharedObjects::create(&img.shared)?;
+    shared.point_fds(&mut img.fds)?;
     let inherited = files::match_inherited(&img.fds, &opts.inherit_fds)?;
     if !opts.lazy_pages {
         for pages in &img.source.chain().pages {
@@ -320,7 +328,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     inj.map_scratch(Some(at), SCRATCH_LEN)?;
 
     phases.mark("clear stub");
-    mem::map_vmas(&mut inj, &img.mm)?;
+    mem::map_vmas(&mut inj, &img.mm, &shared)?;
     phases.mark("map");
     // Lazy: the userfaultfd is armed before any page of a registered VMA
     // is filled (see lazy::Plan::eager_uffd).
@@ -357,6 +365,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let pidfd = pidfd_open(pid)?;
     task::open_fd_limit(pid)?;
     files::restore(&mut inj, &pidfd, &img.fds, &inherited)?;
+    shared.finish()?;
     phases.mark("files");
     task::restore(&mut inj, &img.core, &img.task)?;
     task::restore_rlimits(pid, &img.core)?;
