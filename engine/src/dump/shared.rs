@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use libc::pid_t;
@@ -24,7 +23,6 @@ use crate::image::Kind;
 use crate::pageio::ImageOut;
 use crate::proc;
 use crate::sys::shm;
-use crate::sys::syscalls::{pidfd_getfd, pidfd_open};
 
 /// Largest object data stored (a message image holds at most 256 MiB).
 const MAX_DATA: u64 = 192 << 20;
@@ -159,8 +157,9 @@ fn outside_holder(
     None
 }
 
-/// Where an object's data is read from: an open file of it (the task's fd
-/// through pidfd_getfd, or /proc/PID/map_files of a mapping), or for a
+/// Where an object's data is read from: a new open file of it (through
+/// /proc/PID/fd or /proc/PID/map_files: never the task's own file
+/// description, whose offset lseek would move), or for a
 /// SysV segment, whose file cannot be read(2), the task's attachment
 /// through /proc/PID/mem (llseek still finds its holes).
 enum Reader {
@@ -175,12 +174,14 @@ impl SharedObjects {
         let Some(memfd_dev) = shm::memfd_dev() else {
             return Ok(());
         };
-        let pidfd = pidfd_open(pid)?;
         for fd in fds.fds.iter_mut() {
             if fd.kind != FdKind::Memfd as i32 {
                 continue;
             }
-            let file = File::from(copy(&pidfd, pid, fd.fd)?);
+            // A new open file description of the same memfd: seeking the
+            // task's own (pidfd_getfd) would move its offset.
+            let link = format!("/proc/{pid}/fd/{}", fd.fd);
+            let file = File::open(&link).map_err(|e| Error::io("opening", &link, e))?;
             let md = file
                 .metadata()
                 .map_err(|e| Error::io("fstat", &fd.path, e))?;
@@ -300,8 +301,4 @@ impl SharedObjects {
         }
         Ok(())
     }
-}
-
-fn copy(pidfd: &OwnedFd, pid: pid_t, n: i32) -> Result<OwnedFd> {
-    pidfd_getfd(pidfd, pid, n)
 }
