@@ -1123,6 +1123,19 @@ fn dump_inner(
         frozen.resume()?;
     } else {
         frozen.kill()?;
+        // The twin keeps the task's memory for its lazy pages only.
+        if let Some(twin) = lazy.and_then(|l| l.twin.as_mut()) {
+            let shared: Vec<_> = plan
+                .mm
+                .vmas
+                .iter()
+                .filter(|v| v.shared != 0)
+                .map(|v| (v.start, v.end))
+                .collect();
+            if let Err(e) = twin.unmap(gadget, frozen.guard.clone(), &shared) {
+                eprintln!("crust: warning: the lazy source keeps its shared memory mapped: {e}");
+            }
+        }
     }
     phases.mark("release");
     Ok(DumpStats {
