@@ -74,6 +74,12 @@ pub(crate) fn refuse(pid: pid_t, tree: &[pid_t]) -> Result<()> {
             }
         }
     }
+    for ((dev, ino), path) in &memfds {
+        let data = memfd_data_bytes(pid, *dev, *ino);
+        if data > MAX_DATA {
+            return Err(too_big(pid, path, data));
+        }
+    }
     if memfds.is_empty() {
         return Ok(());
     }
@@ -86,8 +92,41 @@ pub(crate) fn refuse(pid: pid_t, tree: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
+fn too_big(pid: pid_t, what: &str, bytes: u64) -> Error {
+    Error::unsupported(
+        pid,
+        format!("{what} holds {bytes} bytes of data: shared objects over {MAX_DATA} bytes are not stored yet"),
+    )
+}
+
+/// The bytes a memfd holds in memory (st_blocks), found through the task's
+/// fd or mapping of it; 0 if it went away meanwhile.
+fn memfd_data_bytes(pid: pid_t, dev: u64, ino: u64) -> u64 {
+    let blocks = |p: &str| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| m.dev() == dev && m.ino() == ino)
+            .map(|m| m.blocks() * 512)
+    };
+    let fds = proc::fd::list_fds(pid).unwrap_or_default();
+    let by_fd = fds
+        .iter()
+        .find_map(|l| blocks(&format!("/proc/{pid}/fd/{}", l.fd)));
+    by_fd
+        .or_else(|| {
+            let maps = proc::maps::read_maps(pid).ok()?;
+            maps.iter()
+                .filter(|v| v.inode == ino)
+                .find_map(|v| blocks(&format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end)))
+        })
+        .unwrap_or(0)
+}
+
 fn refuse_segment(pid: pid_t, shmid: i32, v: &proc::maps::Vma) -> Result<()> {
     let st = shm::shm_stat(shmid).map_err(|e| Error::sys("shmctl(IPC_STAT)", pid, e))?;
+    if st.size > MAX_DATA {
+        return Err(too_big(pid, &format!("SysV segment {shmid}"), st.size));
+    }
     let whole = st.size.div_ceil(4096) * 4096;
     if v.offset != 0 || v.end - v.start != whole {
         return Err(Error::unsupported(
@@ -269,13 +308,7 @@ impl SharedObjects {
         let data = shm::data_ranges(seek, obj.size).map_err(|e| Error::sys("lseek", pid, e))?;
         let total: u64 = data.iter().map(|(a, b)| b - a).sum();
         if total > MAX_DATA {
-            return Err(Error::unsupported(
-                pid,
-                format!(
-                    "{} holds {total} bytes of data: shared objects over {MAX_DATA} bytes are not stored yet",
-                    what()
-                ),
-            ));
+            return Err(too_big(pid, &what(), total));
         }
         for (a, b) in data {
             let mut buf = vec![0u8; (b - a) as usize];

@@ -421,6 +421,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     tracee.detach()?;
     stub.released = true;
+    shared.commit();
     threads.release()?;
     phases.mark("registers");
     if let Some(conn) = lazy_conn.as_mut() {

@@ -91,18 +91,19 @@ enum Live {
     },
 }
 
-/// The objects made for a restore, by id. Dropped before `finish`, it
-/// removes the SysV segments it created (nothing else holds them).
+/// The objects made for a restore, by id. Dropped before `commit` (a
+/// failed restore, whose stubs die), it removes the SysV segments it
+/// created: nothing else holds them.
 pub(crate) struct SharedObjects {
     live: BTreeMap<u64, Live>,
-    finished: bool,
+    committed: bool,
 }
 
 impl SharedObjects {
     pub(crate) fn create(objects: &BTreeMap<u64, SharedObject>) -> Result<SharedObjects> {
         let mut out = SharedObjects {
             live: BTreeMap::new(),
-            finished: false,
+            committed: false,
         };
         for (&id, o) in objects {
             let live = match SharedKind::try_from(o.kind) {
@@ -165,14 +166,18 @@ impl SharedObjects {
                 _ => {}
             }
         }
-        self.finished = true;
         Ok(())
+    }
+
+    /// The restored tasks run: the segments made are theirs now.
+    pub(crate) fn commit(&mut self) {
+        self.committed = true;
     }
 }
 
 impl Drop for SharedObjects {
     fn drop(&mut self) {
-        if self.finished {
+        if self.committed {
             return;
         }
         for live in self.live.values() {
