@@ -1,7 +1,7 @@
 //! Shared memory objects: memfds (mapped shared twice and privately, open
 //! three times) and SysV segments (one attached twice and removed, one
 //! with a key) come back as one object each, with their data, holes,
-//! seals, ids and attributes (progs/shm.c checks itself on SIGTERM), after
+//! seals, modes (MFD_NOEXEC_SEAL), ids and attributes (progs/shm.c checks itself on SIGTERM), after
 //! a dump, and after pre-dumps whose tracker could not see every write
 //! (write(2) on the memfd, a forked child that wrote and exited).
 
@@ -75,7 +75,8 @@ fn shmem_images(dir: &Path) -> Vec<String> {
 }
 
 /// Each object is stored once, whatever maps or opens it: memfd 1 (three
-/// mappings, three fds), memfd 2, segment 1 (two attachments), segment 2.
+/// mappings, three fds), memfd 3 (MFD_NOEXEC_SEAL), memfd 2, segment 1
+/// (two attachments), segment 2.
 #[test]
 fn memfds_and_segments_roundtrip() {
     init();
@@ -85,7 +86,13 @@ fn memfds_and_segments_roundtrip() {
     dump_and_reap(&mut p, &images);
     assert_eq!(
         shmem_images(&images),
-        ["shmem-1.img", "shmem-2.img", "shmem-3.img", "shmem-4.img"]
+        [
+            "shmem-1.img",
+            "shmem-2.img",
+            "shmem-3.img",
+            "shmem-4.img",
+            "shmem-5.img"
+        ]
     );
     // Segment 1 was removed and went with its last attachment; segment 2
     // outlives its process and is attached again as it is.

@@ -195,8 +195,18 @@ impl Drop for SharedObjects {
 
 fn memfd(o: &SharedObject) -> Result<File> {
     let what = || format!("memfd {:?}", o.name);
-    let file = shm::memfd_create(&o.name, shm::MFD_CLOEXEC | shm::MFD_ALLOW_SEALING)
-        .map_err(|e| Error::sys("memfd_create", 0, e))?;
+    // Executable bits: asked for with MFD_EXEC, which vm.memfd_noexec = 1
+    // would otherwise take away (F_SEAL_EXEC, mode 0666); kernels before
+    // 6.3 do not know the flag and never take them.
+    let base = shm::MFD_CLOEXEC | shm::MFD_ALLOW_SEALING;
+    let file = match o.mode & 0o111 != 0 {
+        true => match shm::memfd_create(&o.name, base | shm::MFD_EXEC) {
+            Err(Errno::EINVAL) => shm::memfd_create(&o.name, base),
+            r => r,
+        },
+        false => shm::memfd_create(&o.name, base),
+    }
+    .map_err(|e| Error::sys("memfd_create", 0, e))?;
     file.set_len(o.size)
         .map_err(|e| Error::io("ftruncate", what(), e))?;
     for r in &o.runs {
@@ -302,4 +312,38 @@ fn segment(o: &SharedObject) -> Result<Live> {
         return Err(Error::Other(format!("cannot restore {}: {e}", name())));
     }
     Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::messages::SharedRun;
+
+    fn obj(runs: &[(u64, usize)]) -> SharedObject {
+        SharedObject {
+            id: 3,
+            size: 3 * 4096,
+            runs: runs
+                .iter()
+                .map(|&(offset, len)| SharedRun {
+                    offset,
+                    data: vec![1; len],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runs_must_be_ordered_disjoint_and_inside_the_object() {
+        assert!(validate(3, &obj(&[(0, 4096), (8192, 4096)])).is_ok());
+        assert!(validate(4, &obj(&[])).is_err(), "another id");
+        assert!(validate(3, &obj(&[(4096, 8192), (8192, 10)])).is_err());
+        assert!(validate(3, &obj(&[(8192, 4097)])).is_err());
+        assert!(validate(3, &obj(&[(u64::MAX - 1, 4)])).is_err());
+        let mut sysv = obj(&[]);
+        sysv.kind = SharedKind::SysvShm as i32;
+        sysv.shmid = -1;
+        assert!(validate(3, &sysv).is_err());
+    }
 }

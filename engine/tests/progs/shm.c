@@ -16,6 +16,8 @@
  *     SHRINK | GROW.
  *   memfd 2 "crust-maponly" (not sealable): 8 pages, page 1 written,
  *     mapped shared, its fd closed.
+ *   memfd 3 "crust-noexec" (MFD_NOEXEC_SEAL): fd 11, empty: mode 0666 and
+ *     F_SEAL_EXEC; memfd 1 keeps its mode.
  *   segment 1: IPC_PRIVATE, 3 pages + 100 bytes, mode 0640, attached
  *     read-write and read-only, then IPC_RMID'd.
  *   segment 2: key 0x7c000000 | (pid & 0xffffff), 2 pages, attached once.
@@ -31,8 +33,16 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 8U
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
 
 #define PG 4096
 #define SIZE1 (64 * PG + 123)
@@ -69,6 +79,7 @@ static int F, G, H;
 static unsigned char *A, *B, *C, *M2, *S1w, *S1r, *S2;
 static int shm1, shm2;
 static int changed;
+static mode_t mode1; /* memfd 1's mode at setup (vm.memfd_noexec decides) */
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...) {
@@ -135,6 +146,12 @@ static int check(void) {
     if (A[5 * PG + 3] != 'W' || B[PG + 3] != 'W' || C[5 * PG + 3] != 'W')
         return fail("write through the fd not seen in the mappings");
     A[5 * PG + 3] = pat(5, 3);
+    struct stat st;
+    if (fstat(11, &st) < 0 || (st.st_mode & 07777) != 0666 || fstat(F, &st) < 0 ||
+        (st.st_mode & 07777) != mode1)
+        return fail("memfd modes: %o", st.st_mode & 07777);
+    if (fcntl(11, F_GET_SEALS) != F_SEAL_EXEC || fchmod(11, 0755) == 0)
+        return fail("memfd 3: seals %#x, or chmod +x allowed", fcntl(11, F_GET_SEALS));
     if (M2[PG] != 'm' || M2[PG + 1] != 'n' || M2[0] != 0)
         return fail("memfd 2 data");
     /* Segment 1: one object behind both attachments. */
@@ -243,6 +260,15 @@ int main(int argc, char **argv) {
     close(m2);
     M2[PG] = 'm';
     M2[PG + 1] = 'n';
+
+    int m3 = memfd_create("crust-noexec", MFD_NOEXEC_SEAL);
+    if (m3 < 0 || dup2(m3, 11) != 11)
+        die("memfd 3");
+    close(m3);
+    struct stat st1;
+    if (fstat(F, &st1) < 0)
+        die("fstat");
+    mode1 = st1.st_mode & 07777;
 
     shm1 = shmget(IPC_PRIVATE, 3 * PG + 100, IPC_CREAT | 0640);
     if (shm1 < 0)
