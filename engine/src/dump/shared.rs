@@ -48,8 +48,7 @@ fn memfd_name(path: &str) -> &str {
 /// Refuses shared objects restore could not bring back exactly, before
 /// anything is changed (dump and pre-dump): a memfd also held (open or
 /// mapped) by a process outside `tree`, which would no longer share it;
-/// a SysV segment attached in part only, locked (SHM_LOCK), or created by
-/// another user than the engine (restore cannot set the creator).
+/// a SysV segment attached in part only or locked (SHM_LOCK).
 pub(crate) fn refuse(pid: pid_t, tree: &[pid_t]) -> Result<()> {
     let mut memfds: BTreeMap<(u64, u64), String> = BTreeMap::new();
     for v in proc::maps::read_maps(pid)? {
@@ -141,17 +140,6 @@ fn refuse_segment(pid: pid_t, shmid: i32, v: &proc::maps::Vma) -> Result<()> {
         return Err(Error::unsupported(
             pid,
             format!("SysV segment {shmid} is locked in memory (SHM_LOCK)"),
-        ));
-    }
-    // SAFETY: geteuid/getegid only read the caller's credentials.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if st.cuid != euid || st.cgid != egid {
-        return Err(Error::unsupported(
-            pid,
-            format!(
-                "SysV segment {shmid} was created by uid {} gid {}: a restore by this engine (uid {euid} gid {egid}) could not recreate its creator",
-                st.cuid, st.cgid
-            ),
         ));
     }
     Ok(())
@@ -292,6 +280,8 @@ impl SharedObjects {
             obj.uid = st.uid;
             obj.gid = st.gid;
             obj.destroyed = st.mode & shm::SHM_DEST != 0;
+            obj.cuid = st.cuid;
+            obj.cgid = st.cgid;
         } else {
             let md = seek.metadata().map_err(|e| Error::io("fstat", name, e))?;
             obj.name = name.to_string();

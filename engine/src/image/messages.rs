@@ -906,4 +906,10 @@ pub struct SharedObject {
     /// The data pages, in offset order.
     #[prost(message, repeated, tag = "14")]
     pub runs: Vec<SharedRun>,
+    /// SysV: the creator (shm_perm.cuid, cgid), which restore's shmget
+    /// makes again by running it with that euid and egid.
+    #[prost(uint32, tag = "15")]
+    pub cuid: u32,
+    #[prost(uint32, tag = "16")]
+    pub cgid: u32,
 }

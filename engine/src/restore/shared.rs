@@ -272,7 +272,8 @@ fn segment(o: &SharedObject) -> Result<Live> {
     } else {
         o.key
     };
-    let got = shm::shm_get(key, o.size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600);
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
+    let got = shm::shm_create_as(key, o.size, flags, o.cuid, o.cgid);
     let got = match got {
         Ok(id) => id,
         Err(e) => {

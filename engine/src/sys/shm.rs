@@ -136,6 +136,39 @@ pub fn shm_get(key: i32, size: u64, flags: i32) -> std::result::Result<i32, Errn
     Errno::result(r)
 }
 
+/// shmget with IPC_CREAT as creator `cuid`/`cgid` (the segment's cuid and
+/// cgid are the caller's euid and egid): this thread alone (raw setresuid
+/// and setresgid change only the calling thread) takes them for the call
+/// and goes back to its own after. Going back needs a real or saved uid of
+/// 0 (root), as does leaving them.
+pub fn shm_create_as(
+    key: i32,
+    size: u64,
+    flags: i32,
+    cuid: u32,
+    cgid: u32,
+) -> std::result::Result<i32, Errno> {
+    // SAFETY: geteuid/getegid only read this thread's credentials.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if (cuid, cgid) == (euid, egid) {
+        return shm_get(key, size, flags);
+    }
+    let keep = u32::MAX as libc::c_long;
+    // SAFETY: setresgid/setresuid take integers; -1 keeps an id.
+    let set = |nr: libc::c_long, id: u32| unsafe {
+        Errno::result(libc::syscall(nr, keep, id as libc::c_long, keep)).map(drop)
+    };
+    set(libc::SYS_setresgid, cgid)?;
+    if let Err(e) = set(libc::SYS_setresuid, cuid) {
+        set(libc::SYS_setresgid, egid)?;
+        return Err(e);
+    }
+    let r = shm_get(key, size, flags);
+    set(libc::SYS_setresuid, euid)?;
+    set(libc::SYS_setresgid, egid)?;
+    r
+}
+
 /// A segment attached in the engine, detached on drop.
 pub struct Attached {
     addr: *mut libc::c_void,

@@ -18,9 +18,10 @@
  *     mapped shared, its fd closed.
  *   memfd 3 "crust-noexec" (MFD_NOEXEC_SEAL): fd 11, empty: mode 0666 and
  *     F_SEAL_EXEC; memfd 1 keeps its mode.
- *   segment 1: IPC_PRIVATE, 3 pages + 100 bytes, mode 0640, attached
- *     read-write and read-only, then IPC_RMID'd.
- *   segment 2: key 0x7c000000 | (pid & 0xffffff), 2 pages, attached once.
+ *   segment 1: IPC_PRIVATE, 3 pages + 100 bytes, mode 0640, created and
+ *     owned by 65534, attached read-write and read-only, then IPC_RMID'd.
+ *   segment 2: key 0x7c000000 | (pid & 0xffffff), 2 pages, attached once,
+ *     created (cuid, cgid) and owned by 65534.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -168,13 +169,15 @@ static int check(void) {
     if (shmctl(shm1, IPC_STAT, &ds) < 0)
         return fail("IPC_STAT 1: %s", strerror(errno));
     if (!(ds.shm_perm.mode & SHM_DEST) || (ds.shm_perm.mode & 0777) != 0640 ||
-        ds.shm_segsz != 3 * PG + 100 || ds.shm_nattch != 2)
+        ds.shm_segsz != 3 * PG + 100 || ds.shm_nattch != 2 || ds.shm_perm.cuid != 65534 ||
+        ds.shm_perm.cgid != 65534 || ds.shm_perm.uid != 65534 || ds.shm_perm.gid != 65534)
         return fail("segment 1: mode %#o size %zu nattch %lu", ds.shm_perm.mode,
                     (size_t)ds.shm_segsz, (unsigned long)ds.shm_nattch);
     if (shmctl(shm2, IPC_STAT, &ds) < 0)
         return fail("IPC_STAT 2: %s", strerror(errno));
     if (ds.shm_perm.__key != (key_t)(0x7c000000 | (getpid() & 0xffffff)) ||
-        (ds.shm_perm.mode & SHM_DEST) || ds.shm_nattch != 1)
+        (ds.shm_perm.mode & SHM_DEST) || ds.shm_nattch != 1 || ds.shm_perm.cuid != 65534 ||
+        ds.shm_perm.cgid != 65534 || ds.shm_perm.uid != 65534)
         return fail("segment 2: key %#x nattch %lu", ds.shm_perm.__key,
                     (unsigned long)ds.shm_nattch);
     if (S2[0] != 's' || S2[PG + 7] != 't')
@@ -270,7 +273,12 @@ int main(int argc, char **argv) {
         die("fstat");
     mode1 = st1.st_mode & 07777;
 
+    /* Both segments are created (cuid, cgid) and owned by nobody. */
+    if (setegid(65534) < 0 || seteuid(65534) < 0)
+        die("seteuid");
     shm1 = shmget(IPC_PRIVATE, 3 * PG + 100, IPC_CREAT | 0640);
+    if (seteuid(0) < 0 || setegid(0) < 0)
+        die("seteuid back");
     if (shm1 < 0)
         die("shmget 1");
     S1w = shmat(shm1, NULL, 0);
@@ -281,7 +289,11 @@ int main(int argc, char **argv) {
         S1w[j] = (unsigned char)(j * 3);
     if (shmctl(shm1, IPC_RMID, NULL) < 0)
         die("IPC_RMID");
+    if (setegid(65534) < 0 || seteuid(65534) < 0)
+        die("seteuid");
     shm2 = shmget((key_t)(0x7c000000 | (getpid() & 0xffffff)), 2 * PG, IPC_CREAT | IPC_EXCL | 0600);
+    if (seteuid(0) < 0 || setegid(0) < 0)
+        die("seteuid back");
     if (shm2 < 0)
         die("shmget 2");
     S2 = shmat(shm2, NULL, 0);
