@@ -19,9 +19,13 @@ struct Shm {
 }
 
 fn start(tmp: &Path) -> (Proc, Shm) {
+    start_with(tmp, &[])
+}
+
+fn start_with(tmp: &Path, args: &[&str]) -> (Proc, Shm) {
     let bin = compile_c(tmp, "shm.c", &[]);
     let log = tmp.join("shm.log");
-    let p = spawn_daemon(Command::new(bin).arg(&log));
+    let p = spawn_daemon(Command::new(bin).arg(&log).args(args));
     let text = wait_file_contains(&log, "ready", TIMEOUT);
     let ids: Vec<i32> = text
         .split_whitespace()
@@ -222,4 +226,33 @@ fn memfd_held_outside_is_refused() {
     }
     drop(held);
     finish(&s, p);
+}
+
+/// A segment attached in part, or locked with SHM_LOCK: refused by name
+/// by dump and pre-dump, the task left running.
+#[test_case::test_case("partial", "is attached in part only" ; "partial attach")]
+#[test_case::test_case("locked", "is locked in memory (SHM_LOCK)" ; "shm_lock")]
+fn segment_refused(mode: &str, why: &str) {
+    init();
+    let tmp = tempdir();
+    let (mut p, s) = start_with(tmp.path(), &[mode]);
+    let images = tmp.path().join("images");
+    let pid = p.pid.to_string();
+    for args in [
+        vec!["dump", "-t", &pid, "-D", path_str(&images)],
+        vec![
+            "pre-dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&images),
+            "--track-mem",
+        ],
+    ] {
+        crust(&args).assert_failed().stderr_has(why);
+        p.assert_running_untraced();
+    }
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    cleanup(&s);
 }

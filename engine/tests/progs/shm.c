@@ -1,5 +1,5 @@
 /*
- * shm OUTFILE
+ * shm OUTFILE [partial|locked]
  *
  * Holds memfds and SysV segments for tests/shm.rs, appends "ready SHMID1
  * SHMID2" to OUTFILE and waits in sigsuspend. SIGUSR1: changes the
@@ -22,6 +22,8 @@
  *     owned by 65534, attached read-write and read-only, then IPC_RMID'd.
  *   segment 2: key 0x7c000000 | (pid & 0xffffff), 2 pages, attached once,
  *     created (cuid, cgid) and owned by 65534.
+ *   partial: the last page of segment 1's read-write attachment unmapped;
+ *   locked: segment 2 locked with SHM_LOCK (both refused by crust).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -302,6 +304,11 @@ int main(int argc, char **argv) {
     S2[0] = 's';
     S2[PG + 7] = 't';
 
+    /* State that must be refused: */
+    if (argc > 2 && !strcmp(argv[2], "partial") && munmap(S1w + 3 * PG, PG) < 0)
+        die("munmap");
+    if (argc > 2 && !strcmp(argv[2], "locked") && shmctl(shm2, SHM_LOCK, NULL) < 0)
+        die("SHM_LOCK");
     say("ready %d %d\n", shm1, shm2);
     for (;;) {
         while (!stop && !change)
