@@ -889,7 +889,17 @@ pub(crate) fn track(
         let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
         let mut written = Vec::new();
         let knowledge = match (tracker.as_deref_mut(), holds_pages(kind)) {
-            (Some(t), true) => t.scan(v, &mut written)?,
+            (Some(t), true) => match (kind, t.scan(v, &mut written)?) {
+                // Shared memory may be written by any sharer, including a
+                // child that forked, wrote and exited since: this task's
+                // page-table bits never see that. Only content digests
+                // are exact for it.
+                (VmaKind::AnonShared, Knowledge::Written) => {
+                    written.clear();
+                    Knowledge::Untracked
+                }
+                (_, k) => k,
+            },
             _ => Knowledge::Untracked,
         };
         out.push(Known { knowledge, written });
