@@ -258,8 +258,9 @@ fn segment(o: &SharedObject) -> Result<Live> {
         Err(e) => return Err(Error::sys("shmctl(IPC_STAT)", 0, e)),
     }
     // shm_next_id is used by the next shmget of this IPC namespace; the
-    // lock orders restores against each other (others' shmget calls are
-    // caught by the id check below).
+    // lock orders restores against each other. Another process's shmget
+    // in between would take the id itself: then ours gets another one,
+    // and the id check below fails the restore by name.
     let next = OpenOptions::new()
         .write(true)
         .open(SHM_NEXT_ID)
@@ -289,7 +290,7 @@ fn segment(o: &SharedObject) -> Result<Live> {
     if got != o.shmid {
         let _ = shm::shm_rmid(got);
         return Err(Error::Other(format!(
-            "cannot restore {}: the kernel gave shmid {got} (another process created a segment meanwhile?)",
+            "cannot restore {}: the kernel gave shmid {got} (another process created a segment meanwhile and has the id now?)",
             name()
         )));
     }
