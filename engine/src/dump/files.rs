@@ -200,6 +200,19 @@ pub(crate) fn plan(
                         fd.dup_of = Some(e.fd);
                     }
                 }
+                FdTarget::Deleted(path) if is_memfd(pid, n, &path)? => {
+                    check_flags(pid, n, &link.target, info.flags, FILE_FLAGS)?;
+                    fd.kind = FdKind::Memfd as i32;
+                    fd.path = link.target.clone();
+                    fd.mode = libc::S_IFREG;
+                    if let Some(e) = fds.iter().find(|e| {
+                        e.kind == FdKind::Memfd as i32 && e.dup_of.is_none() && e.path == fd.path
+                    }) {
+                        if same_file(pid, e.fd, n)? {
+                            fd.dup_of = Some(e.fd);
+                        }
+                    }
+                }
                 FdTarget::Deleted(path) => {
                     return Err(Error::unsupported(
                         pid,
@@ -339,6 +352,17 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
     fd.mode = md.mode();
     fd.path = path;
     Ok(())
+}
+
+/// Whether fd `n` (an unlinked file at `path`) is a memfd: named so, and
+/// on the kernel's internal shmem mount (`dump::shared` stores it).
+fn is_memfd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
+    if !path.starts_with("/memfd:") {
+        return Ok(false);
+    }
+    let proc_path = format!("/proc/{pid}/fd/{n}");
+    let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
+    Ok(md.file_type().is_file() && crate::sys::shm::memfd_dev() == Some(md.dev()))
 }
 
 /// Whether the descriptor at `proc_path` no longer is the file that was

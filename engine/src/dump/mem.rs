@@ -42,7 +42,13 @@ pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
         "[vvar]" => VmaKind::Vvar,
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
-        p if p.starts_with("/SYSV") => return Err(format!("SysV shared memory at {:#x}", v.start)),
+        _ if shared_object(v) => match v.shared {
+            true => VmaKind::FileShared,
+            false => VmaKind::FilePrivate,
+        },
+        p if p.starts_with("/SYSV") => {
+            return Err(format!("SysV shared memory at {:#x} ({p})", v.start))
+        }
         p if v.shared && (p.starts_with("/dev/zero (deleted)") || p.starts_with("[anon_shmem")) => {
             VmaKind::AnonShared
         }
@@ -69,6 +75,18 @@ pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
         p => return Err(format!("mapping {p:?} at {:#x}", v.start)),
     };
     Ok(kind)
+}
+
+/// Whether this VMA maps a memfd (shared or private) or attaches a SysV
+/// segment (shared): objects of the kernel's internal shmem mount, dumped
+/// once each by `dump::shared` and restored from it. Hugetlb ones (another
+/// device) are not.
+pub(crate) fn shared_object(v: &ProcVma) -> bool {
+    let on_shmem = crate::sys::shm::memfd_dev() == Some(libc::makedev(v.dev_major, v.dev_minor));
+    let deleted = v.path.ends_with(" (deleted)");
+    on_shmem
+        && deleted
+        && (v.path.starts_with("/memfd:") || (v.shared && v.path.starts_with("/SYSV")))
 }
 
 /// smaps VmFlags that restore reproduces, by how it maps the VMA (rd wr
@@ -277,6 +295,7 @@ fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
         vm_flags: v.vm_flags.bits(),
         guards: Vec::new(),
         file_id: None,
+        shared: 0,
     }
 }
 
@@ -870,7 +889,17 @@ pub(crate) fn track(
         let kind = classify(v).map_err(|what| Error::unsupported(pid, what))?;
         let mut written = Vec::new();
         let knowledge = match (tracker.as_deref_mut(), holds_pages(kind)) {
-            (Some(t), true) => t.scan(v, &mut written)?,
+            (Some(t), true) => match (kind, t.scan(v, &mut written)?) {
+                // Shared memory may be written by any sharer, including a
+                // child that forked, wrote and exited since: this task's
+                // page-table bits never see that. Only content digests
+                // are exact for it.
+                (VmaKind::AnonShared, Knowledge::Written) => {
+                    written.clear();
+                    Knowledge::Untracked
+                }
+                (_, k) => k,
+            },
             _ => Knowledge::Untracked,
         };
         out.push(Known { knowledge, written });

@@ -11,6 +11,7 @@ mod files;
 pub mod guard;
 mod mem;
 pub(crate) mod refuse;
+mod shared;
 mod sockets;
 mod splice;
 mod task;
@@ -1155,6 +1156,7 @@ fn dump_inner(
     refuse_held_tree(&held)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
+    let mut shared = shared::SharedObjects::default();
     let tree_pids: Vec<pid_t> = held.iter().map(|m| m.pid).collect();
     let mut entries = Vec::new();
     for m in held.iter_mut() {
@@ -1177,11 +1179,13 @@ fn dump_inner(
             root,
             &tree_pids,
             &images,
+            &mut shared,
             &mut phases,
         )?;
         entries.push(m.entry(d.threads.clone()));
         dumps.push(d);
     }
+    shared.write(&images)?;
     images.write(Kind::PsTree, None, &PsTree { tasks: entries })?;
     let (Some(d), Some(frozen)) = (
         dumps.first_mut(),
@@ -1293,6 +1297,15 @@ fn dump_inner(
                 f.kill()?;
             }
         }
+        // The twin keeps the task's memory for its lazy pages only.
+        if let (Some(twin), Some(frozen)) = (
+            lazy.and_then(|l| l.twin.as_mut()),
+            held.first().and_then(|m| m.frozen.as_ref()),
+        ) {
+            if let Err(e) = twin.unmap(gadget, frozen.guard.clone(), &dumps[0].shared_vmas) {
+                eprintln!("crust: warning: the lazy source keeps its shared memory mapped: {e}");
+            }
+        }
     }
     phases.mark("release");
     Ok(DumpStats {
@@ -1339,6 +1352,8 @@ struct ProcessDump {
     our_tracker: Option<i32>,
     gadget: u64,
     pagemap: crate::image::messages::Pagemap,
+    /// Its VMAs mapping shared objects (memfd, SysV), by range.
+    shared_vmas: Vec<(u64, u64)>,
     scanned: u64,
     in_parent: u64,
     content_in_parent: u64,
@@ -1360,6 +1375,7 @@ fn dump_process(
     first: bool,
     tree: &[pid_t],
     images: &ImageOut,
+    shared: &mut shared::SharedObjects,
     phases: &mut crate::phases::Phases,
 ) -> Result<ProcessDump> {
     // What would make an injected call unsafe is refused before the
@@ -1473,6 +1489,10 @@ fn dump_process(
         plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
         phases.mark("smaps");
     }
+    // Memfds and SysV segments: each object once, whole (dump/shared.rs),
+    // whichever members of the tree hold it.
+    shared.add_task(pid, &mut plan.mm.vmas, &mut fds)?;
+    phases.mark("shared");
     identity::record_mm(pid, &mut plan.mm)?;
 
     images.write(Kind::Core, Some(pid), &core.core)?;
@@ -1487,6 +1507,13 @@ fn dump_process(
         our_tracker,
         gadget,
         pagemap,
+        shared_vmas: plan
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| v.shared != 0)
+            .map(|v| (v.start, v.end))
+            .collect(),
         scanned: plan.stats.scanned,
         in_parent: plan.stats.in_parent,
         content_in_parent: copied.content_in_parent,

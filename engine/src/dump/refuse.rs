@@ -57,6 +57,7 @@ fn checks(
         super::mem::refuse_layout(pid, our_tracker.is_some())?;
     }
     crate::image::identity::check_reachable(pid)?;
+    super::shared::refuse(pid, tree)?;
     files::plan(pid, our_tracker, external, tree)
 }
 

@@ -33,6 +33,7 @@ pub enum Kind {
     Stats = 0x54415453,      // "STAT"
     Digests = 0x54534744,    // "DGST"
     LazyStats = 0x5453_5a4c, // "LZST"
+    Shared = 0x424f_4853,    // "SHOB"
 }
 
 impl Kind {
@@ -52,6 +53,7 @@ impl Kind {
             Kind::Stats => "stats",
             Kind::Digests => "digests",
             Kind::LazyStats => "lazy-stats",
+            Kind::Shared => "shmem",
         }
     }
 
@@ -229,7 +231,7 @@ pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     }
 }
 
-const ALL_KINDS: [Kind; 10] = [
+const ALL_KINDS: [Kind; 11] = [
     Kind::Inventory,
     Kind::PsTree,
     Kind::Core,
@@ -240,6 +242,7 @@ const ALL_KINDS: [Kind; 10] = [
     Kind::Stats,
     Kind::Digests,
     Kind::LazyStats,
+    Kind::Shared,
 ];
 
 impl ImageDir {

@@ -131,7 +131,8 @@ pub fn record_mm(pid: pid_t, mm: &mut Mm) -> Result<()> {
             VmaKind::try_from(v.kind),
             Ok(VmaKind::FilePrivate | VmaKind::FileShared)
         );
-        if !file {
+        // Memfds and SysV segments are restored from their images.
+        if !file || v.shared != 0 {
             continue;
         }
         let md = reachable_mapping(pid, &v.path, v.start, v.end, v.dev, v.inode)?;
@@ -248,7 +249,7 @@ pub fn check_restore(
             VmaKind::try_from(v.kind),
             Ok(VmaKind::FilePrivate | VmaKind::FileShared)
         );
-        if file {
+        if file && v.shared == 0 {
             if let Some(e) = changed(mm_image, "mapped file", &v.path, v.file_id.as_ref(), exact) {
                 return Err(e);
             }

@@ -348,6 +348,10 @@ pub struct Vma {
     /// The mapped file as it was at dump time (file kinds only).
     #[prost(message, optional, tag = "16")]
     pub file_id: Option<FileId>,
+    /// A memfd or SysV segment: the `SharedObject` (its id) this VMA maps,
+    /// 0 for none. The path is then only a name.
+    #[prost(uint64, tag = "20")]
+    pub shared: u64,
 }
 
 fn vma_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
@@ -409,6 +413,8 @@ pub enum FdKind {
     Path = 0,
     PipeRead = 1,
     PipeWrite = 2,
+    /// A memfd: `shared` names its `SharedObject`; reopened from it.
+    Memfd = 3,
     /// One end of a unix socket pair whose both ends are in the dump:
     /// `socket_id` names its `UnixSocket` in `Fds.sockets`.
     UnixSocket = 4,
@@ -458,6 +464,9 @@ pub struct Fd {
     /// A regular file as it was at dump time (checked at restore).
     #[prost(message, optional, tag = "15")]
     pub file_id: Option<FileId>,
+    /// Memfd: the `SharedObject` (its id) this descriptor opens.
+    #[prost(uint64, tag = "20")]
+    pub shared: u64,
     /// UnixSocket: the socket's inode (its `UnixSocket.id`).
     #[prost(uint64, tag = "21")]
     pub socket_id: u64,
@@ -940,4 +949,83 @@ fn hex_list<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error
         seq.serialize_element(&text)?;
     }
     seq.end()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration, Serialize)]
+#[repr(i32)]
+pub enum SharedKind {
+    /// memfd_create(): by its inode on the kernel's internal shmem mount.
+    Memfd = 0,
+    /// shmget(): by its shmid.
+    SysvShm = 1,
+}
+
+fn shared_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
+    match SharedKind::try_from(*k) {
+        Ok(k) => s.serialize_str(&format!("{k:?}")),
+        Err(_) => s.serialize_i32(*k),
+    }
+}
+
+/// Data of a shared object at `offset`: whole pages (the last may be cut
+/// at the object's size); what no run covers is a hole.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SharedRun {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "hex")]
+    pub data: Vec<u8>,
+}
+
+/// A kernel memory object that VMAs and descriptors (of any task of the
+/// dump) refer to by `id` (`Vma.shared`, `Fd.shared`): stored once, in
+/// `shmem-ID.img`, with its content, and restored as one object.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SharedObject {
+    /// The number in the file name; unique within the dump, never 0.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(enumeration = "SharedKind", tag = "2")]
+    #[serde(serialize_with = "shared_kind")]
+    pub kind: i32,
+    /// The kernel's identity at dump time: device and inode (a SysV
+    /// segment's inode is its shmid).
+    #[prost(uint64, tag = "3")]
+    pub dev: u64,
+    #[prost(uint64, tag = "4")]
+    pub inode: u64,
+    /// Bytes (i_size, or shm_segsz).
+    #[prost(uint64, tag = "5")]
+    pub size: u64,
+    /// memfd: the name given to memfd_create.
+    #[prost(string, tag = "6")]
+    pub name: String,
+    /// memfd: F_GET_SEALS (F_SEAL_SEAL alone: created without
+    /// MFD_ALLOW_SEALING).
+    #[prost(uint32, tag = "7")]
+    pub seals: u32,
+    /// Permission bits (st_mode & 07777, or shm_perm.mode & 0777), owner.
+    #[prost(uint32, tag = "8")]
+    pub mode: u32,
+    #[prost(uint32, tag = "9")]
+    pub uid: u32,
+    #[prost(uint32, tag = "10")]
+    pub gid: u32,
+    /// SysV: shmid, key, and whether IPC_RMID was done already (SHM_DEST).
+    #[prost(int32, tag = "11")]
+    pub shmid: i32,
+    #[prost(int32, tag = "12")]
+    pub key: i32,
+    #[prost(bool, tag = "13")]
+    pub destroyed: bool,
+    /// The data pages, in offset order.
+    #[prost(message, repeated, tag = "14")]
+    pub runs: Vec<SharedRun>,
+    /// SysV: the creator (shm_perm.cuid, cgid), which restore's shmget
+    /// makes again by running it with that euid and egid.
+    #[prost(uint32, tag = "15")]
+    pub cuid: u32,
+    #[prost(uint32, tag = "16")]
+    pub cgid: u32,
 }

@@ -6,7 +6,9 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::container::{read_payload, ImageError, Kind};
-use super::messages::{Core, Digests, Fds, Inventory, LazyStats, Mm, Pagemap, PsTree, Stats};
+use super::messages::{
+    Core, Digests, Fds, Inventory, LazyStats, Mm, Pagemap, PsTree, SharedObject, Stats,
+};
 
 fn decode<M: Message + Default + serde::Serialize>(
     path: &Path,
@@ -35,6 +37,7 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
         Kind::Stats => decode::<Stats>(path, &payload)?,
         Kind::Digests => decode::<Digests>(path, &payload)?,
         Kind::LazyStats => decode::<LazyStats>(path, &payload)?,
+        Kind::Shared => decode::<SharedObject>(path, &payload)?,
         Kind::Pages => {
             json!({ "data_bytes": header.payload_len, "pages": header.payload_len / 4096 })
         }

@@ -257,6 +257,9 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             Ok(FdKind::Path) if fd.path.is_empty() => {
                 return Err(format!("fd {} has no path", fd.fd))
             }
+            Ok(FdKind::Memfd) if fd.shared == 0 || !fd.external.is_empty() => {
+                return Err(format!("fd {} is a memfd without its object", fd.fd))
+            }
             Ok(FdKind::Path) if !fd.external.is_empty() => {
                 return Err(format!("fd {} is a file marked external", fd.fd))
             }
@@ -467,7 +470,8 @@ fn restore_one(
     // O_ASYNC is set once the fd has its final number (see `restore`).
     let status = fd.flags as i32 & SETFL_MASK & !libc::O_ASYNC;
     let (high, setfl) = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
-        FdKind::Path => {
+        // A memfd's path is its restored object's (restore::shared).
+        FdKind::Path | FdKind::Memfd => {
             let p = inj.put_cstr(0, &fd.path)?;
             let low = inj.call(
                 "openat",

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
+use super::shared::SharedObjects;
 use crate::error::{Error, Result};
 use crate::image::chain::Source;
 use crate::image::messages::{madv, Mm, Pagemap, Vma, VmaKind};
@@ -240,7 +241,7 @@ pub(crate) fn unmap_kept_vdso(inj: &mut Injector, mm: &Mm, calls_after: bool) ->
 }
 
 /// Maps every non-special VMA, writable for now so pages can be filled.
-pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
+pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> Result<()> {
     let pid = inj.pid();
     let mut files: HashMap<(String, bool), u64> = HashMap::new();
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -274,12 +275,19 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
                     &[v.start, len, rw, flags, u64::MAX, 0],
                 )?;
             }
+            VmaKind::FileShared if shared.shmid(v.shared).is_some() => {
+                attach_segment(inj, v, shared.shmid(v.shared).unwrap_or(-1))?;
+            }
             k @ (VmaKind::FilePrivate | VmaKind::FileShared) => {
+                let path = match v.shared {
+                    0 => v.path.clone(),
+                    id => shared.memfd_path(id)?,
+                };
                 let shared = k == VmaKind::FileShared;
                 let writable = shared && v.may_write;
                 let md =
-                    std::fs::metadata(&v.path).map_err(|e| Error::io("mapped file", &v.path, e))?;
-                if md.ino() != v.inode || md.dev() != v.dev {
+                    std::fs::metadata(&path).map_err(|e| Error::io("mapped file", &path, e))?;
+                if v.shared == 0 && (md.ino() != v.inode || md.dev() != v.dev) {
                     return Err(Error::task(
                         pid,
                         format!(
@@ -290,10 +298,10 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
                         ),
                     ));
                 }
-                let fd = match files.get(&(v.path.clone(), writable)) {
+                let fd = match files.get(&(path.clone(), writable)) {
                     Some(&fd) => fd,
                     None => {
-                        let p = inj.put_cstr(0, &v.path)?;
+                        let p = inj.put_cstr(0, &path)?;
                         let oflags = if writable {
                             libc::O_RDWR
                         } else {
@@ -304,7 +312,7 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
                             libc::SYS_openat,
                             &[libc::AT_FDCWD as i64 as u64, p, oflags as u64, 0],
                         )?;
-                        files.insert((v.path.clone(), writable), fd);
+                        files.insert((path, writable), fd);
                         fd
                     }
                 };
@@ -328,6 +336,43 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     }
     for fd in files.into_values() {
         inj.call("close", libc::SYS_close, &[fd])?;
+    }
+    Ok(())
+}
+
+/// Attaches SysV segment `shmid` where the VMA was, as the task had it:
+/// read-only (SHM_RDONLY) if it could never write it, executable
+/// (SHM_EXEC) if mapped so, then mprotect to the dumped protection.
+fn attach_segment(inj: &mut Injector, v: &Vma, shmid: i32) -> Result<()> {
+    let exec = v.prot & libc::PROT_EXEC as u32 != 0;
+    let mut flags = 0;
+    let mut prot = libc::PROT_READ as u32;
+    if v.may_write {
+        prot |= libc::PROT_WRITE as u32;
+    } else {
+        flags |= libc::SHM_RDONLY;
+    }
+    if exec {
+        prot |= libc::PROT_EXEC as u32;
+        flags |= libc::SHM_EXEC;
+    }
+    let at = inj.call(
+        "shmat",
+        libc::SYS_shmat,
+        &[shmid as u64, v.start, flags as u64],
+    )?;
+    if at != v.start {
+        return Err(Error::task(
+            inj.pid(),
+            format!("shmat({shmid}) attached at {at:#x}, not {:#x}", v.start),
+        ));
+    }
+    if prot != v.prot {
+        inj.call(
+            "mprotect",
+            libc::SYS_mprotect,
+            &[v.start, v.end - v.start, v.prot as u64],
+        )?;
     }
     Ok(())
 }

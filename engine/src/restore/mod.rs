@@ -10,6 +10,7 @@ mod creds;
 mod epoll;
 mod files;
 mod mem;
+mod shared;
 mod sockets;
 mod task;
 mod threads;
@@ -75,6 +76,8 @@ struct TaskImages {
     source: ChainSource,
     /// Which pages restore fills and which the lazy-pages daemon does.
     plan: crate::lazy::Plan,
+    /// Memfds and SysV segments the VMAs and fds name, by id.
+    shared: std::collections::BTreeMap<u64, crate::image::messages::SharedObject>,
 }
 
 fn bad(dir: &Path, what: impl Into<String>) -> Error {
@@ -164,7 +167,9 @@ fn load(
         )?;
     }
     creds::validate(pid, &core).map_err(|w| bad(dir, w))?;
+    let shared = shared::load(&images, &mm, &fds)?;
     Ok(TaskImages {
+        shared,
         task,
         core,
         mm,
@@ -292,6 +297,19 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         return Err(bad(dir, "the root of the process tree has no images"));
     };
     let pid = root.task.pid;
+    // Memfds and SysV segments, made once before any task maps them (a
+    // member's object has the same id as the root's: one per dump).
+    let mut objects = std::collections::BTreeMap::new();
+    for img in imgs.iter().flatten() {
+        objects.extend(img.shared.iter().map(|(id, o)| (*id, o.clone())));
+    }
+    let mut shared = shared::SharedObjects::create(&objects)?;
+    for img in imgs.iter_mut().flatten() {
+        shared.point_fds(&mut img.fds)?;
+    }
+    let Some(Some(root)) = imgs.first() else {
+        return Err(bad(dir, "the root of the process tree has no images"));
+    };
     let inherited = files::match_inherited(&root.fds, &opts.inherit_fds)?;
     // Pipes between processes of the tree: made here, inherited by every
     // stub, closed here once the stubs exist.
@@ -328,8 +346,18 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         };
         let inherited = if i == 0 { &inherited } else { &members_inherit };
         let lazy = if i == 0 { lazy_conn.as_mut() } else { None };
-        threads.push(restore_one(dir, stub, img, inherited, lazy, &mut phases)?);
+        threads.push(restore_one(
+            dir,
+            stub,
+            img,
+            inherited,
+            &shared,
+            lazy,
+            &mut phases,
+        )?);
     }
+    // Every task has its mappings and descriptors: seals, IPC_RMID.
+    shared.finish()?;
     // Children first: a parent runs again only once its children do (a
     // stopped one is stopped again by the kernel as it is detached).
     for (i, (stub, threads)) in stubs.iter_mut().zip(threads.iter_mut()).enumerate().rev() {
@@ -345,6 +373,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         stub.released = true;
         threads.release()?;
     }
+    shared.commit();
     phases.mark("registers");
     if let Some(conn) = lazy_conn.as_mut() {
         crate::lazy::handoff::restore_done(conn);
@@ -369,6 +398,7 @@ fn restore_one(
     stub: &Stub,
     img: &mut TaskImages,
     inherited: &files::Inherited,
+    shared: &shared::SharedObjects,
     mut lazy_conn: Option<&mut std::os::unix::net::UnixStream>,
     phases: &mut crate::phases::Phases,
 ) -> Result<threads::Threads> {
@@ -416,7 +446,7 @@ fn restore_one(
     inj.map_scratch(Some(at), SCRATCH_LEN)?;
 
     phases.mark("clear stub");
-    mem::map_vmas(&mut inj, &img.mm)?;
+    mem::map_vmas(&mut inj, &img.mm, shared)?;
     phases.mark("map");
     // Lazy: the userfaultfd is armed before any page of a registered VMA
     // is filled (see lazy::Plan::eager_uffd).

@@ -3,6 +3,7 @@
 
 pub mod ptrace;
 pub mod sched;
+pub mod shm;
 pub mod syscalls;
 pub mod uffd;
 pub mod unix_sock;

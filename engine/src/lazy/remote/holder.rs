@@ -156,6 +156,26 @@ impl Twin {
         Ok(())
     }
 
+    /// Once the task is dead: unmaps `ranges` from the held memory (the
+    /// task's memfd mappings and SysV attachments, never lazy: the twin
+    /// would otherwise keep a removed segment alive and attached, and a
+    /// same-host restore would find it still there).
+    pub fn unmap(
+        &mut self,
+        gadget: u64,
+        guard: Option<Guard>,
+        ranges: &[(u64, u64)],
+    ) -> Result<()> {
+        let t = Tracee { pid: self.pid };
+        let regs = t.regs()?;
+        let mut inj = Injector::new(&t, regs, gadget);
+        inj.set_guard(guard);
+        for &(start, end) in ranges {
+            inj.call("munmap", libc::SYS_munmap, &[start, end - start])?;
+        }
+        Ok(())
+    }
+
     /// Reads [vaddr, vaddr + buf.len()) of the held memory.
     pub fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<()> {
         super::server::read_held(self.pid, self.task, vaddr, buf)

@@ -1,0 +1,327 @@
+//! Shared memory objects: memfds (mapped shared or private, or open) and
+//! SysV segments (attached). Each kernel object is stored once, in
+//! `shmem-ID.img` with its data pages, keyed by its identity (device and
+//! inode; a segment's inode is its shmid), never by address or fd: every
+//! VMA (`Vma.shared`) and descriptor (`Fd.shared`) of any task of the
+//! dump that uses it names its id, and restore makes one object for all.
+//!
+//! The data is read whole by every final dump, while the task is frozen:
+//! any sharer may write it (through a mapping, write(2) on an fd, or a
+//! process that has exited since), and no per-task dirty tracker sees all
+//! of that, so nothing of it is ever left to a parent image. Pre-dumps
+//! store none of it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use libc::pid_t;
+
+use crate::error::{Error, Result};
+use crate::image::messages::{FdKind, Fds, SharedKind, SharedObject, SharedRun, Vma, VmaKind};
+use crate::image::Kind;
+use crate::pageio::ImageOut;
+use crate::proc;
+use crate::sys::shm;
+
+/// Largest object data stored (a message image holds at most 256 MiB).
+const MAX_DATA: u64 = 192 << 20;
+
+/// The shared objects of a dump, by kernel identity.
+#[derive(Default)]
+pub(crate) struct SharedObjects {
+    objects: Vec<SharedObject>,
+    by_identity: BTreeMap<(i32, u64, u64), u64>,
+}
+
+fn sysv_shmid(path: &str, inode: u64) -> Option<i32> {
+    path.starts_with("/SYSV").then_some(())?;
+    i32::try_from(inode).ok()
+}
+
+/// The memfd name of a "/memfd:NAME (deleted)" path.
+fn memfd_name(path: &str) -> &str {
+    let p = path.strip_suffix(" (deleted)").unwrap_or(path);
+    p.strip_prefix("/memfd:").unwrap_or(p)
+}
+
+/// Refuses shared objects restore could not bring back exactly, before
+/// anything is changed (dump and pre-dump): a memfd also held (open or
+/// mapped) by a process outside `tree`, which would no longer share it;
+/// a SysV segment attached in part only or locked (SHM_LOCK).
+pub(crate) fn refuse(pid: pid_t, tree: &[pid_t]) -> Result<()> {
+    let mut memfds: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for v in proc::maps::read_maps(pid)? {
+        if !super::mem::shared_object(&v) {
+            continue;
+        }
+        let dev = libc::makedev(v.dev_major, v.dev_minor);
+        match sysv_shmid(&v.path, v.inode) {
+            Some(shmid) => refuse_segment(pid, shmid, &v)?,
+            None => {
+                memfds.insert((dev, v.inode), v.path.clone());
+            }
+        }
+    }
+    for link in proc::fd::list_fds(pid)? {
+        if link.target.starts_with("/memfd:") {
+            let p = format!("/proc/{pid}/fd/{}", link.fd);
+            if let Ok(md) = std::fs::metadata(&p) {
+                if shm::memfd_dev() == Some(md.dev()) {
+                    memfds.insert((md.dev(), md.ino()), link.target.clone());
+                }
+            }
+        }
+    }
+    for ((dev, ino), path) in &memfds {
+        let data = memfd_data_bytes(pid, *dev, *ino);
+        if data > MAX_DATA {
+            return Err(too_big(pid, path, data));
+        }
+    }
+    if memfds.is_empty() {
+        return Ok(());
+    }
+    if let Some((other, path)) = outside_holder(&memfds, tree) {
+        return Err(Error::unsupported(
+            pid,
+            format!("{path} is also held by process {other}, which is not dumped with it"),
+        ));
+    }
+    Ok(())
+}
+
+fn too_big(pid: pid_t, what: &str, bytes: u64) -> Error {
+    Error::unsupported(
+        pid,
+        format!("{what} holds {bytes} bytes of data: shared objects over {MAX_DATA} bytes are not stored yet"),
+    )
+}
+
+/// The bytes a memfd holds in memory (st_blocks), found through the task's
+/// fd or mapping of it; 0 if it went away meanwhile.
+fn memfd_data_bytes(pid: pid_t, dev: u64, ino: u64) -> u64 {
+    let blocks = |p: &str| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|m| m.dev() == dev && m.ino() == ino)
+            .map(|m| m.blocks() * 512)
+    };
+    let fds = proc::fd::list_fds(pid).unwrap_or_default();
+    let by_fd = fds
+        .iter()
+        .find_map(|l| blocks(&format!("/proc/{pid}/fd/{}", l.fd)));
+    by_fd
+        .or_else(|| {
+            let maps = proc::maps::read_maps(pid).ok()?;
+            maps.iter()
+                .filter(|v| v.inode == ino)
+                .find_map(|v| blocks(&format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end)))
+        })
+        .unwrap_or(0)
+}
+
+fn refuse_segment(pid: pid_t, shmid: i32, v: &proc::maps::Vma) -> Result<()> {
+    let st = shm::shm_stat(shmid).map_err(|e| Error::sys("shmctl(IPC_STAT)", pid, e))?;
+    if st.size > MAX_DATA {
+        return Err(too_big(pid, &format!("SysV segment {shmid}"), st.size));
+    }
+    let whole = st.size.div_ceil(4096) * 4096;
+    if v.offset != 0 || v.end - v.start != whole {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "SysV segment {shmid} is attached in part only at {:#x}-{:#x} (offset {:#x}, segment size {})",
+                v.start, v.end, v.offset, st.size
+            ),
+        ));
+    }
+    if st.mode & shm::SHM_LOCKED != 0 {
+        return Err(Error::unsupported(
+            pid,
+            format!("SysV segment {shmid} is locked in memory (SHM_LOCK)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A process outside `tree` (and not this engine) holding one of `memfds`
+/// open or mapped, with the memfd's path.
+fn outside_holder(
+    memfds: &BTreeMap<(u64, u64), String>,
+    tree: &[pid_t],
+) -> Option<(pid_t, String)> {
+    let me = std::process::id() as pid_t;
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for e in dir.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        if other == me || tree.contains(&other) {
+            continue;
+        }
+        // Processes that go away meanwhile hold nothing.
+        if let Ok(maps) = proc::maps::read_maps(other) {
+            for v in maps {
+                let dev = libc::makedev(v.dev_major, v.dev_minor);
+                if let Some(p) = memfds.get(&(dev, v.inode)) {
+                    if v.path.starts_with("/memfd:") {
+                        return Some((other, p.clone()));
+                    }
+                }
+            }
+        }
+        if let Ok(links) = proc::fd::list_fds(other) {
+            for l in links.iter().filter(|l| l.target.starts_with("/memfd:")) {
+                if let Ok(md) = std::fs::metadata(format!("/proc/{other}/fd/{}", l.fd)) {
+                    if let Some(p) = memfds.get(&(md.dev(), md.ino())) {
+                        return Some((other, p.clone()));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Where an object's data is read from: a new open file of it (through
+/// /proc/PID/fd or /proc/PID/map_files: never the task's own file
+/// description, whose offset lseek would move), or for a
+/// SysV segment, whose file cannot be read(2), the task's attachment
+/// through /proc/PID/mem (llseek still finds its holes).
+enum Reader {
+    File(File),
+    Segment { seek: File, mem: File, at: u64 },
+}
+
+impl SharedObjects {
+    /// Adds the objects the VMAs and descriptors of `pid` use (the task
+    /// frozen), reading each new one's data, and sets their `shared` ids.
+    pub(crate) fn add_task(&mut self, pid: pid_t, vmas: &mut [Vma], fds: &mut Fds) -> Result<()> {
+        let Some(memfd_dev) = shm::memfd_dev() else {
+            return Ok(());
+        };
+        for fd in fds.fds.iter_mut() {
+            if fd.kind != FdKind::Memfd as i32 {
+                continue;
+            }
+            // A new open file description of the same memfd: seeking the
+            // task's own (pidfd_getfd) would move its offset.
+            let link = format!("/proc/{pid}/fd/{}", fd.fd);
+            let file = File::open(&link).map_err(|e| Error::io("opening", &link, e))?;
+            let md = file
+                .metadata()
+                .map_err(|e| Error::io("fstat", &fd.path, e))?;
+            let key = (SharedKind::Memfd as i32, md.dev(), md.ino());
+            fd.shared = match self.by_identity.get(&key) {
+                Some(&id) => id,
+                None => self.add(pid, key, memfd_name(&fd.path), Reader::File(file))?,
+            };
+        }
+        for v in vmas.iter_mut() {
+            let file = matches!(
+                VmaKind::try_from(v.kind),
+                Ok(VmaKind::FileShared | VmaKind::FilePrivate)
+            );
+            if !file || v.dev != memfd_dev || !v.path.ends_with(" (deleted)") {
+                continue;
+            }
+            let kind = match sysv_shmid(&v.path, v.inode) {
+                Some(_) => SharedKind::SysvShm,
+                None if v.path.starts_with("/memfd:") => SharedKind::Memfd,
+                None => continue,
+            };
+            let key = (kind as i32, v.dev, v.inode);
+            if let Some(&id) = self.by_identity.get(&key) {
+                v.shared = id;
+                continue;
+            }
+            let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+            let file = File::open(&link).map_err(|e| Error::io("opening", &link, e))?;
+            let reader = match kind {
+                SharedKind::Memfd => Reader::File(file),
+                SharedKind::SysvShm => {
+                    let mem_path = format!("/proc/{pid}/mem");
+                    let mem =
+                        File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
+                    Reader::Segment {
+                        seek: file,
+                        mem,
+                        at: v.start,
+                    }
+                }
+            };
+            v.shared = self.add(pid, key, memfd_name(&v.path), reader)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, pid: pid_t, key: (i32, u64, u64), name: &str, r: Reader) -> Result<u64> {
+        let id = self.objects.len() as u64 + 1;
+        let (kind, dev, inode) = key;
+        let mut obj = SharedObject {
+            id,
+            kind,
+            dev,
+            inode,
+            ..Default::default()
+        };
+        let seek = match &r {
+            Reader::File(f) => f,
+            Reader::Segment { seek, .. } => seek,
+        };
+        if kind == SharedKind::SysvShm as i32 {
+            let shmid = inode as i32;
+            let st = shm::shm_stat(shmid).map_err(|e| Error::sys("shmctl(IPC_STAT)", pid, e))?;
+            obj.shmid = shmid;
+            obj.key = st.key;
+            obj.size = st.size;
+            obj.mode = st.mode & 0o777;
+            obj.uid = st.uid;
+            obj.gid = st.gid;
+            obj.destroyed = st.mode & shm::SHM_DEST != 0;
+            obj.cuid = st.cuid;
+            obj.cgid = st.cgid;
+        } else {
+            let md = seek.metadata().map_err(|e| Error::io("fstat", name, e))?;
+            obj.name = name.to_string();
+            obj.size = md.size();
+            obj.mode = md.mode() & 0o7777;
+            obj.uid = md.uid();
+            obj.gid = md.gid();
+            obj.seals = shm::get_seals(seek).map_err(|e| Error::sys("F_GET_SEALS", pid, e))?;
+        }
+        let what = || match kind == SharedKind::SysvShm as i32 {
+            true => format!("SysV segment {}", obj.shmid),
+            false => format!("memfd {name:?}"),
+        };
+        let data = shm::data_ranges(seek, obj.size).map_err(|e| Error::sys("lseek", pid, e))?;
+        let total: u64 = data.iter().map(|(a, b)| b - a).sum();
+        if total > MAX_DATA {
+            return Err(too_big(pid, &what(), total));
+        }
+        for (a, b) in data {
+            let mut buf = vec![0u8; (b - a) as usize];
+            let read = match &r {
+                Reader::File(f) => f.read_exact_at(&mut buf, a),
+                Reader::Segment { mem, at, .. } => mem.read_exact_at(&mut buf, at + a),
+            };
+            read.map_err(|e| Error::io("reading", what(), e))?;
+            obj.runs.push(SharedRun {
+                offset: a,
+                data: buf,
+            });
+        }
+        self.objects.push(obj);
+        self.by_identity.insert(key, id);
+        Ok(id)
+    }
+
+    /// Writes `shmem-ID.img` for every object.
+    pub(crate) fn write(&self, images: &ImageOut) -> Result<()> {
+        for o in &self.objects {
+            images.write(Kind::Shared, Some(o.id as i32), o)?;
+        }
+        Ok(())
+    }
+}

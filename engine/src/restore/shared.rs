@@ -1,0 +1,351 @@
+//! Shared objects at restore (`shmem-ID.img`, see dump/shared.rs): one
+//! new kernel object per image, made by the engine before any task maps
+//! it, so that every VMA and descriptor naming the same id (of any task)
+//! gets the same object, and a write through one shows through all.
+//!
+//! - memfd: memfd_create in the engine with the dumped name, size, data
+//!   (holes stay holes), owner and mode. Tasks open it through
+//!   /proc/ENGINE/fd/N (an open of the same inode), map it or keep it as
+//!   their descriptor. Seals are added once every task holds its mappings
+//!   (`finish`): F_SEAL_WRITE would forbid a shared writable one.
+//! - SysV: if the dumped segment still exists (same shmid, key and size:
+//!   a `--leave-running` dump, or a segment that outlived its process) it
+//!   is attached as it is; else it is made again with the same shmid
+//!   (shm_next_id, under a lock that orders concurrent restores), filled,
+//!   given its owner and mode, and removed (IPC_RMID) in `finish` if it
+//!   was removed when dumped. Any other state of that shmid fails the
+//!   restore by name.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::image::messages::{FdKind, Fds, Mm, SharedKind, SharedObject};
+use crate::image::{ImageDir, Kind};
+use crate::sys::shm;
+
+const SHM_NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
+
+/// Reads and checks the objects `mm` and `fds` refer to.
+pub(crate) fn load(images: &ImageDir, mm: &Mm, fds: &Fds) -> Result<BTreeMap<u64, SharedObject>> {
+    let ids = mm
+        .vmas
+        .iter()
+        .map(|v| v.shared)
+        .chain(fds.fds.iter().map(|f| f.shared));
+    let mut out = BTreeMap::new();
+    for id in ids.filter(|&id| id != 0) {
+        if out.contains_key(&id) {
+            continue;
+        }
+        let name = i32::try_from(id)
+            .map_err(|_| Error::Other(format!("shared object id {id} out of range")))?;
+        let obj: SharedObject = images.read(Kind::Shared, Some(name))?;
+        let path = images.file(Kind::Shared, Some(name));
+        validate(id, &obj).map_err(|w| Error::Other(format!("image {}: {w}", path.display())))?;
+        out.insert(id, obj);
+    }
+    Ok(out)
+}
+
+fn validate(id: u64, o: &SharedObject) -> std::result::Result<(), String> {
+    if o.id != id {
+        return Err(format!("holds object {}, not {id}", o.id));
+    }
+    let kind = SharedKind::try_from(o.kind).map_err(|_| format!("unknown kind {}", o.kind))?;
+    if kind == SharedKind::SysvShm && o.shmid < 0 {
+        return Err(format!("negative shmid {}", o.shmid));
+    }
+    if o.name.contains('\0') {
+        return Err("memfd name holds a NUL byte".into());
+    }
+    let mut end = 0;
+    for r in &o.runs {
+        let r_end = r.offset.checked_add(r.data.len() as u64);
+        if r.offset < end || r_end.is_none_or(|e| e > o.size) {
+            return Err(format!(
+                "data at {:#x} (+{:#x}) overlaps or lies beyond size {}",
+                r.offset,
+                r.data.len(),
+                o.size
+            ));
+        }
+        end = r_end.unwrap_or(end);
+    }
+    Ok(())
+}
+
+enum Live {
+    Memfd {
+        file: File,
+        seals: u32,
+    },
+    Sysv {
+        shmid: i32,
+        created: bool,
+        destroy: bool,
+    },
+}
+
+/// The objects made for a restore, by id. Dropped before `commit` (a
+/// failed restore, whose stubs die), it removes the SysV segments it
+/// created: nothing else holds them.
+pub(crate) struct SharedObjects {
+    live: BTreeMap<u64, Live>,
+    committed: bool,
+}
+
+impl SharedObjects {
+    pub(crate) fn create(objects: &BTreeMap<u64, SharedObject>) -> Result<SharedObjects> {
+        let mut out = SharedObjects {
+            live: BTreeMap::new(),
+            committed: false,
+        };
+        for (&id, o) in objects {
+            let live = match SharedKind::try_from(o.kind) {
+                Ok(SharedKind::SysvShm) => segment(o)?,
+                _ => Live::Memfd {
+                    file: memfd(o)?,
+                    seals: o.seals,
+                },
+            };
+            out.live.insert(id, live);
+        }
+        Ok(out)
+    }
+
+    /// The path a task opens the memfd `id` by.
+    pub(crate) fn memfd_path(&self, id: u64) -> Result<String> {
+        match self.live.get(&id) {
+            Some(Live::Memfd { file, .. }) => Ok(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                file.as_raw_fd()
+            )),
+            _ => Err(Error::Other(format!("no memfd object {id} in the image"))),
+        }
+    }
+
+    /// The shmid of object `id`, if it is a SysV segment.
+    pub(crate) fn shmid(&self, id: u64) -> Option<i32> {
+        match self.live.get(&id) {
+            Some(Live::Sysv { shmid, .. }) => Some(*shmid),
+            _ => None,
+        }
+    }
+
+    /// Memfd descriptors take their object's path.
+    pub(crate) fn point_fds(&self, fds: &mut Fds) -> Result<()> {
+        for fd in fds
+            .fds
+            .iter_mut()
+            .filter(|f| f.kind == FdKind::Memfd as i32)
+        {
+            fd.path = self.memfd_path(fd.shared)?;
+        }
+        Ok(())
+    }
+
+    /// Once every task holds its mappings and descriptors: seals, and
+    /// IPC_RMID of segments that were removed when dumped.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        for live in self.live.values() {
+            match live {
+                Live::Memfd { file, seals } if *seals != 0 => {
+                    shm::add_seals(file, *seals).map_err(|e| Error::sys("F_ADD_SEALS", 0, e))?
+                }
+                Live::Sysv {
+                    shmid,
+                    destroy: true,
+                    ..
+                } => shm::shm_rmid(*shmid).map_err(|e| Error::sys("shmctl(IPC_RMID)", 0, e))?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The restored tasks run: the segments made are theirs now.
+    pub(crate) fn commit(&mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for SharedObjects {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for live in self.live.values() {
+            if let Live::Sysv {
+                shmid,
+                created: true,
+                ..
+            } = live
+            {
+                let _ = shm::shm_rmid(*shmid);
+            }
+        }
+    }
+}
+
+fn memfd(o: &SharedObject) -> Result<File> {
+    let what = || format!("memfd {:?}", o.name);
+    // Executable bits: asked for with MFD_EXEC, which vm.memfd_noexec = 1
+    // would otherwise take away (F_SEAL_EXEC, mode 0666); kernels before
+    // 6.3 do not know the flag and never take them.
+    let base = shm::MFD_CLOEXEC | shm::MFD_ALLOW_SEALING;
+    let file = match o.mode & 0o111 != 0 {
+        true => match shm::memfd_create(&o.name, base | shm::MFD_EXEC) {
+            Err(Errno::EINVAL) => shm::memfd_create(&o.name, base),
+            r => r,
+        },
+        false => shm::memfd_create(&o.name, base),
+    }
+    .map_err(|e| Error::sys("memfd_create", 0, e))?;
+    file.set_len(o.size)
+        .map_err(|e| Error::io("ftruncate", what(), e))?;
+    for r in &o.runs {
+        file.write_all_at(&r.data, r.offset)
+            .map_err(|e| Error::io("writing", what(), e))?;
+    }
+    std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))
+        .map_err(|e| Error::io("fchown", what(), e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(o.mode & 0o7777))
+        .map_err(|e| Error::io("fchmod", what(), e))?;
+    Ok(file)
+}
+
+fn segment(o: &SharedObject) -> Result<Live> {
+    let name = || {
+        format!(
+            "SysV segment {} (key {:#x}, {} bytes)",
+            o.shmid, o.key, o.size
+        )
+    };
+    match shm::shm_stat(o.shmid) {
+        Ok(st)
+            if st.key == o.key
+                && st.size == o.size
+                && (st.mode & shm::SHM_DEST != 0) == o.destroyed =>
+        {
+            // Still there: attach it as it is (its data is current).
+            return Ok(Live::Sysv {
+                shmid: o.shmid,
+                created: false,
+                destroy: false,
+            });
+        }
+        Ok(st) => {
+            return Err(Error::Other(format!(
+                "cannot restore {}: shmid {} is now another segment (key {:#x}, {} bytes{})",
+                name(),
+                o.shmid,
+                st.key,
+                st.size,
+                if st.mode & shm::SHM_DEST != 0 {
+                    ", removed"
+                } else {
+                    ""
+                }
+            )))
+        }
+        Err(Errno::EINVAL | Errno::EIDRM) => {}
+        Err(e) => return Err(Error::sys("shmctl(IPC_STAT)", 0, e)),
+    }
+    // shm_next_id is used by the next shmget of this IPC namespace; the
+    // lock orders restores against each other. Another process's shmget
+    // in between would take the id itself: then ours gets another one,
+    // and the id check below fails the restore by name.
+    let next = OpenOptions::new()
+        .write(true)
+        .open(SHM_NEXT_ID)
+        .map_err(|e| Error::io("opening", SHM_NEXT_ID, e))?;
+    shm::lock_exclusive(&next).map_err(|e| Error::sys("flock(shm_next_id)", 0, e))?;
+    next.write_all_at(format!("{}\n", o.shmid).as_bytes(), 0)
+        .map_err(|e| Error::io("writing", SHM_NEXT_ID, e))?;
+    let key = if o.destroyed {
+        libc::IPC_PRIVATE
+    } else {
+        o.key
+    };
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
+    let got = shm::shm_create_as(key, o.size, flags, o.cuid, o.cgid);
+    let got = match got {
+        Ok(id) => id,
+        Err(e) => {
+            // The kernel keeps next_id until a creation uses it.
+            let _ = next.write_all_at(b"-1\n", 0);
+            return Err(Error::Other(format!(
+                "cannot restore {}: shmget: {e}",
+                name()
+            )));
+        }
+    };
+    drop(next);
+    if got != o.shmid {
+        let _ = shm::shm_rmid(got);
+        return Err(Error::Other(format!(
+            "cannot restore {}: the kernel gave shmid {got} (another process created a segment meanwhile and has the id now?)",
+            name()
+        )));
+    }
+    let live = Live::Sysv {
+        shmid: got,
+        created: true,
+        destroy: o.destroyed,
+    };
+    let fill = || -> std::result::Result<(), String> {
+        let mut at = shm::Attached::new(got, o.size).map_err(|e| format!("shmat: {e}"))?;
+        for r in &o.runs {
+            if !at.write(r.offset, &r.data) {
+                return Err(format!("data at {:#x} beyond the segment", r.offset));
+            }
+        }
+        drop(at);
+        shm::shm_set(got, o.uid, o.gid, o.mode).map_err(|e| format!("IPC_SET: {e}"))
+    };
+    if let Err(e) = fill() {
+        let _ = shm::shm_rmid(got);
+        return Err(Error::Other(format!("cannot restore {}: {e}", name())));
+    }
+    Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::messages::SharedRun;
+
+    fn obj(runs: &[(u64, usize)]) -> SharedObject {
+        SharedObject {
+            id: 3,
+            size: 3 * 4096,
+            runs: runs
+                .iter()
+                .map(|&(offset, len)| SharedRun {
+                    offset,
+                    data: vec![1; len],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runs_must_be_ordered_disjoint_and_inside_the_object() {
+        assert!(validate(3, &obj(&[(0, 4096), (8192, 4096)])).is_ok());
+        assert!(validate(4, &obj(&[])).is_err(), "another id");
+        assert!(validate(3, &obj(&[(4096, 8192), (8192, 10)])).is_err());
+        assert!(validate(3, &obj(&[(8192, 4097)])).is_err());
+        assert!(validate(3, &obj(&[(u64::MAX - 1, 4)])).is_err());
+        let mut sysv = obj(&[]);
+        sysv.kind = SharedKind::SysvShm as i32;
+        sysv.shmid = -1;
+        assert!(validate(3, &sysv).is_err());
+    }
+}
