@@ -469,8 +469,10 @@ fn socket_pairs_with_data_in_flight(pre: bool) {
     assert!(text.contains("OK all"), "{text}");
 }
 
-/// A dump that leaves the process running leaves its socket queues and
-/// peek offsets as they were: the program reads everything afterwards.
+/// Dumps that leave the process running leave its socket queues as they
+/// were, for the process and for the next dump: two of them, then a final
+/// dump whose restore still has every message (the empty datagram too,
+/// which a peek marks and later peeks would skip).
 #[test]
 fn socket_pairs_leave_running_untouched() {
     init();
@@ -479,10 +481,19 @@ fn socket_pairs_leave_running_untouched() {
     let log = tmp.path().join("result.log");
     let mut p = spawn_daemon(Command::new(bin).arg(&log));
     wait_file_contains(&log, "ready", TIMEOUT);
-    dump(p.pid, &tmp.path().join("images"), &["--leave-running"]);
-    p.assert_running_untraced();
-    p.signal(libc::SIGUSR1);
-    let exit = p.wait(TIMEOUT);
+    for i in 0..2 {
+        dump(
+            p.pid,
+            &tmp.path().join(format!("lr{i}")),
+            &["--leave-running"],
+        );
+        p.assert_running_untraced();
+    }
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+    let mut r = restore_detached(&images, p.pid);
+    r.signal(libc::SIGUSR1);
+    let exit = r.wait(TIMEOUT);
     let text = read_string(&log);
     assert_eq!(exit, Exit::Code(0), "log: {text}");
 }

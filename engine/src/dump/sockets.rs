@@ -143,6 +143,9 @@ pub(crate) fn dump_one(
     unix_sock::set_int(ours, libc::SOL_SOCKET, libc::SO_PEEK_OFF, s.peek_off)
         .map_err(|e| fail("setsockopt(SO_PEEK_OFF)", e))?;
     s.queue = queue?;
+    if plan.diag.sock_type as i32 != libc::SOCK_STREAM {
+        s.queue = requeue(pid, plan, ours, peer)?;
+    }
     if !s.queue.is_empty() && (s.passcred || s.passsec || passpidfd) {
         return Err(Error::unsupported(
             pid,
@@ -163,6 +166,78 @@ pub(crate) fn dump_one(
         ));
     }
     Ok(s)
+}
+
+/// The messages of a datagram or seqpacket queue, taken out and sent
+/// again through the peer, in order (the task is frozen: nobody else reads
+/// or writes them). Peeking cannot be trusted alone: the kernel marks an
+/// empty datagram peeked, and a peek at an offset skips it from then on,
+/// so a second dump of a running process would miss it. The messages sent
+/// again are new, unmarked, and carry the engine as their sender (seen
+/// only by a receiver that asks for credentials: refused above when
+/// anything is queued).
+fn requeue(pid: pid_t, plan: &SocketPlan, ours: &OwnedFd, peer: &OwnedFd) -> Result<Vec<Vec<u8>>> {
+    let ino = plan.diag.ino;
+    // Whatever is queued here was sent by the peer: its send queue counts it.
+    if unix_sock::outq(peer).map_err(|e| Error::sys("SIOCOUTQ", pid, e))? == 0 {
+        return Ok(Vec::new());
+    }
+    let max = unix_sock::get_int(ours, libc::SOL_SOCKET, libc::SO_RCVBUF)
+        .map_err(|e| Error::sys("getsockopt(SO_RCVBUF)", pid, e))?
+        .max(65536) as usize
+        * 2;
+    let mut queue = Vec::new();
+    loop {
+        if queue.len() >= MAX_QUEUE_ENTRIES {
+            break;
+        }
+        match unix_sock::recv_one(ours, max) {
+            Ok(Some(m)) => queue.push(m),
+            Ok(None) => break,
+            Err(e) => {
+                // Put back what was taken before failing.
+                for m in &queue {
+                    unix_sock::send_all(peer, m).ok();
+                }
+                return Err(Error::task(
+                    pid,
+                    format!("socket:[{ino}]: reading its queue: {e}"),
+                ));
+            }
+        }
+    }
+    // A sender asking for credentials (SO_PASSCRED, SO_PASSPIDFD) gets an
+    // automatic name on its first send: off while the engine sends.
+    let mut asks = Vec::new();
+    for opt in [libc::SO_PASSCRED, SO_PASSPIDFD] {
+        if unix_sock::get_int(peer, libc::SOL_SOCKET, opt).is_ok_and(|v| v != 0) {
+            unix_sock::set_int(peer, libc::SOL_SOCKET, opt, 0)
+                .map_err(|e| Error::sys("setsockopt(SO_PASSCRED)", pid, e))?;
+            asks.push(opt);
+        }
+    }
+    let sent = send_back(pid, ino, peer, &queue);
+    for opt in asks {
+        unix_sock::set_int(peer, libc::SOL_SOCKET, opt, 1)
+            .map_err(|e| Error::sys("setsockopt(SO_PASSCRED)", pid, e))?;
+    }
+    sent?;
+    Ok(queue)
+}
+
+fn send_back(pid: pid_t, ino: u64, peer: &OwnedFd, queue: &[Vec<u8>]) -> Result<()> {
+    for (i, m) in queue.iter().enumerate() {
+        unix_sock::send_all(peer, m).map_err(|e| {
+            Error::task(
+                pid,
+                format!(
+                    "socket:[{ino}]: putting back message {i} of {} failed ({e}): the rest of its queue is lost",
+                    queue.len()
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn peek_queue(

@@ -284,6 +284,31 @@ pub fn peek_next(fd: &OwnedFd, max: usize) -> std::result::Result<Option<Vec<u8>
     Ok(Some(data))
 }
 
+/// Takes the next message out of the queue (MSG_DONTWAIT); None: empty.
+/// A message longer than `max` is an error (EMSGSIZE), not cut.
+pub fn recv_one(fd: &OwnedFd, max: usize) -> std::result::Result<Option<Vec<u8>>, Errno> {
+    let mut data = vec![0u8; max];
+    // SAFETY: receiving into our own buffer of that length.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            data.as_mut_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    };
+    let n = match Errno::result(r) {
+        Ok(n) => n as usize,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if n > max {
+        return Err(Errno::EMSGSIZE);
+    }
+    data.truncate(n);
+    Ok(Some(data))
+}
+
 /// SIOCOUTQ: bytes the socket has sent that its peer has not read yet
 /// (skb memory, so an empty datagram counts too).
 pub fn outq(fd: &OwnedFd) -> std::result::Result<i32, Errno> {
