@@ -677,7 +677,7 @@ fn parent_chain_is_checked() {
         ],
         "not",
     );
-    // A parent that is a dump, not a pre-dump.
+    // A parent that is a dump that ended tracking, not a pre-dump or a snapshot.
     crust([
         "dump",
         "-t",

@@ -941,6 +941,10 @@ fn dump_inner(
         core.core.threads.push(thread);
     }
     core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
+    // A snapshot (--leave-running --track-mem) tracks on, as a pre-dump:
+    // its tracker is made or taken over and re-armed, and stays in the
+    // task for the next image (chain::can_be_parent).
+    let snapshot = opts.leave_running && opts.track.track_mem;
     let mut started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,
@@ -950,10 +954,17 @@ fn dump_inner(
             gadget,
             &pidfd,
             our_tracker,
-            true,
+            !snapshot,
         )?,
         false => None,
     };
+    // The tracker's descriptor in the task from now on: left out of the
+    // images, and removed if this dump fails (dump()).
+    let our_tracker = match started.as_ref().filter(|s| s.task_fd >= 0) {
+        Some(s) => Some(s.task_fd),
+        None => our_tracker,
+    };
+    *tracker_fd = our_tracker;
     phases.mark("inject");
     // smaps (the VmFlags) walks every page table entry: read on a thread
     // of its own while the rest goes on (after the bursts: their scratch
@@ -976,8 +987,10 @@ fn dump_inner(
     // VmFlags to plan.
     // A lazy dump too: which VMAs may be lazy depends on their VmFlags
     // (locked, never writable, growing down), which maps does not show.
+    // A snapshot too: its tracker registers VMAs below, which must not
+    // happen while smaps is read.
     let needs_flags =
-        lazy.is_some() || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+        lazy.is_some() || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
     let (vmas, layout) = match needs_flags {
         true => (layout.finish(&maps, our_tracker)?, None),
         false => (maps, Some(layout)),
@@ -1015,6 +1028,10 @@ fn dump_inner(
         content.as_ref().map(|d| d.as_ref()),
     )?;
     let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    if let Some(d) = copied.digests.as_ref().filter(|_| snapshot) {
+        // The content tracker's reference for the next image.
+        images.write(Kind::Digests, Some(pid), d)?;
+    }
     phases.mark("copy");
     guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;
@@ -1090,6 +1107,10 @@ fn dump_inner(
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
     let mut inv = inventory(pid, "dump", parent.as_ref());
+    if let Some(t) = started.as_ref().filter(|_| snapshot) {
+        inv.tracker = t.name.into();
+        inv.tracker_fd = t.task_fd;
+    }
     let inv_written = guard::check().and_then(|_| {
         if let Some(l) = lazy.as_deref_mut() {
             inv.lazy_address = l.addr.to_string();
@@ -1107,9 +1128,9 @@ fn dump_inner(
     }
     phases.mark("images");
     if opts.leave_running {
-        // Tracking ends with the final dump.
+        // Tracking ends with the final dump, and goes on after a snapshot.
         drop(started);
-        if let Some(fd) = our_tracker {
+        if let Some(fd) = our_tracker.filter(|_| !snapshot) {
             frozen.burst(gadget, |inj| {
                 inj.call("close(tracker)", libc::SYS_close, &[fd as u64])
             })?;
@@ -1125,7 +1146,7 @@ fn dump_inner(
         phases,
         frozen_ms,
         pages_scanned: plan.stats.scanned,
-        pages_in_parent: plan.stats.in_parent,
+        pages_in_parent: plan.stats.in_parent + copied.content_in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         pages_lazy,
