@@ -898,6 +898,10 @@ fn dump_inner(
     let parent = load_parent(dir, &opts.track, pid)?;
     let images = ImageOut::new(images, opts.page_server)?;
     *tracker_fd = parent_tracker_fd(pid, parent.as_ref());
+    // A snapshot (--leave-running --track-mem) tracks on, as a pre-dump:
+    // its tracker is made or taken over and re-armed, and stays in the
+    // task for the next image (chain::can_be_parent).
+    let snapshot = opts.leave_running && opts.track.track_mem;
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
     refuse::task_state(pid, *tracker_fd, &opts.external)?;
@@ -941,10 +945,6 @@ fn dump_inner(
         core.core.threads.push(thread);
     }
     core.core.creds = Some(creds::collect(&mut frozen, gadget)?);
-    // A snapshot (--leave-running --track-mem) tracks on, as a pre-dump:
-    // its tracker is made or taken over and re-armed, and stays in the
-    // task for the next image (chain::can_be_parent).
-    let snapshot = opts.leave_running && opts.track.track_mem;
     let mut started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,
