@@ -25,13 +25,13 @@ note() { echo "$*" | tee -a "$kdir/summary"; }
 # host's /tmp is not ours to write.
 scratch=/run/crust-kernels
 mkdir -p "$scratch"
-# virtme-ng-init puts writable overlays over /usr, /usr/lib, /tmp...: for a
-# file on an overlay, /proc/PID/maps names the lower file's device and
-# stat(2) the overlay's, which crust's restore refuses as a replaced file
-# (docs/kernels.md). Libraries then come from the shared root itself (read
-# only), the kernel's modules stay reachable, /tmp is a plain tmpfs.
-kver=$(uname -r)
-mods=$(readlink "/usr/lib/modules/$kver" 2>/dev/null || true)
+# virtme-ng-init puts writable overlays over /usr, /usr/lib, /tmp...: they
+# stay on /usr, so every library the tests map comes from an overlayfs (on
+# 6.1 and 6.12 /proc/PID/maps names the lower layer's device there and
+# stat(2) the overlay's: crust compares stat with stat, docs/kernels.md).
+# /tmp's goes: the engine tests mount overlays of their own under $TMPDIR,
+# and an overlay cannot be the upper layer of another; /tmp becomes a
+# plain tmpfs.
 modprobe veth 2>/dev/null || true
 # The repository and the results dir are shared into the guest at their
 # host paths: one under /tmp (a CI clone there) would vanish with /tmp's
@@ -48,16 +48,7 @@ for d in "$repo" "$out"; do
         ;;
     esac
 done
-# Stacked: /usr hides an overlay on /usr/lib that shows once /usr is gone.
-for _ in 1 2 3; do
-    for m in /usr/lib/modules /usr/lib /usr /tmp; do
-        while mountpoint -q "$m"; do umount -l "$m" || break; done
-    done
-done
-if [ -n "$mods" ]; then
-    mount -t tmpfs tmpfs /usr/lib/modules
-    ln -s "$mods" "/usr/lib/modules/$kver"
-fi
+while mountpoint -q /tmp; do umount -l /tmp || break; done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 export TMPDIR=/tmp
 for ((i = 0; i < ${#kept[@]}; i += 2)); do

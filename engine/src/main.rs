@@ -30,9 +30,18 @@ struct Common {
     /// Append the log to this file (relative paths are taken in the images dir).
     #[arg(short = 'o', long = "log-file")]
     log_file: Option<PathBuf>,
-    /// More detail in the log.
+    /// More detail in the log. CRIU's `-vN` (a level, e.g. `-v4`) is
+    /// accepted too: any level above 0 is crust's `-v`.
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
+    /// CRIU's `--shell-job` / `-j`, accepted so that CRIU's command lines
+    /// run unchanged; crust does the same with or without it: a task that
+    /// led its session or process group leads a new one after restore,
+    /// any other joins the restoring crust's, and a terminal among its
+    /// descriptors is refused at dump, by name.
+    #[arg(short = 'j', long = "shell-job", action = clap::ArgAction::Count)]
+    #[allow(dead_code)] // accepted, changes nothing (see above)
+    shell_job: u8,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +183,12 @@ enum Cmd {
     Check {
         #[arg(long)]
         json: bool,
+        /// Answer for one feature only, by exit status (0: present, 1:
+        /// absent, with the reason on stderr), as `criu check --feature`.
+        /// `mem_dirty_track`: the kernel tracks dirty pages for pre-dumps
+        /// (uffd-wp or soft-dirty; crust's content tracker needs neither).
+        #[arg(long, value_name = "NAME", conflicts_with = "json")]
+        feature: Option<String>,
     },
 }
 
@@ -363,7 +378,7 @@ impl Log {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(criu_verbosity(std::env::args_os()));
     // dump and pre-dump work in a worker process: killing this one makes
     // the worker stop at its next safe point and let the task go.
     let mut ready = None;
@@ -650,7 +665,11 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::FAILED)
             }
         },
-        Cmd::Check { json } => {
+        Cmd::Check {
+            feature: Some(name),
+            ..
+        } => check_feature(&name),
+        Cmd::Check { json, .. } => {
             let report = crust::check::probe();
             let mut out = std::io::stdout();
             if json {
@@ -736,6 +755,54 @@ fn page_server(
         return ExitCode::SUCCESS;
     }
     serve_one(&images, &listener, addr, &mut log, common.verbose)
+}
+
+/// CRIU's verbosity levels (`-v0` .. `-v4`, any `-vN`) as crust's count:
+/// `-vN` becomes N times `-v` (`-v0` nothing). Other arguments, `-vv`
+/// included, pass unchanged.
+fn criu_verbosity(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    for arg in args {
+        let level = arg
+            .to_str()
+            .and_then(|a| a.strip_prefix("-v"))
+            .filter(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u8>().ok());
+        match level {
+            Some(n) => out.extend((0..n.min(8)).map(|_| "-v".into())),
+            None => out.push(arg),
+        }
+    }
+    out
+}
+
+/// `crust check --feature NAME`: 0 if the kernel offers it, 1 (with why)
+/// if not, 2 for a name crust does not know.
+fn check_feature(name: &str) -> ExitCode {
+    use crust::check::names;
+    let report = crust::check::probe();
+    let wanted: &[&str] = match name {
+        "mem_dirty_track" => &[names::UFFD_WP_TRACKING, names::SOFT_DIRTY],
+        "uffd" | "userfaultfd" => &[names::USERFAULTFD],
+        _ => {
+            eprintln!(
+                "crust: check: unknown feature {name:?} (known: mem_dirty_track, userfaultfd)"
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    if wanted.iter().any(|w| report.available(w)) {
+        return ExitCode::SUCCESS;
+    }
+    let why: Vec<String> = wanted
+        .iter()
+        .map(|w| match report.feature(w) {
+            Some(f) => format!("{w}: {}", f.detail),
+            None => format!("{w}: not probed"),
+        })
+        .collect();
+    eprintln!("crust: check: {name} is not available: {}", why.join("; "));
+    ExitCode::from(exit::FAILED)
 }
 
 /// The -d child: its own session, no terminal, stdio to /dev/null (the

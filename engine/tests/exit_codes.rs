@@ -158,3 +158,80 @@ fn show_of_garbage_exits_1() {
     std::fs::write(&f, b"not an image at all").expect("write");
     crust(["show", path_str(&f)]).assert_code(1);
 }
+
+/// CRIU's spellings run unchanged (the zdtm runner's CRIU driver uses
+/// them): `-vN` is a verbosity level (above 0: crust's `-v`, so the
+/// stats line is printed; `-v0`: quiet), `-j`/`--shell-job` change
+/// nothing, and the process comes back and ticks on.
+#[test]
+fn criu_spellings_are_accepted() {
+    init();
+    let tmp = tempdir();
+    let (mut p, log) = ticker(tmp.path(), "none");
+    let images = tmp.path().join("images");
+    let pid = p.pid.to_string();
+    let out = crust([
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&images),
+        "--shell-job",
+        "-j",
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    out.assert_ok().stderr_has("crust: dumped pid");
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let pidfile = tmp.path().join("restored.pid");
+    let out = crust([
+        "restore",
+        "-D",
+        path_str(&images),
+        "--shell-job",
+        "-d",
+        "--pidfile",
+        path_str(&pidfile),
+        "-v0",
+    ]);
+    out.assert_ok();
+    assert!(
+        !out.stderr.contains("crust: restored"),
+        "-v0 is quiet: {}",
+        out.stderr
+    );
+    let restored = Proc::adopt(p.pid);
+    assert_eq!(read_string(&pidfile).trim(), pid);
+    let at = last_tick(&log);
+    wait_tick(&log, at + 2);
+    drop(restored);
+}
+
+/// `check --feature NAME` answers by exit status, as `criu check
+/// --feature` does, and agrees with the full report.
+#[test]
+fn check_feature_answers_by_exit_status() {
+    init();
+    let report = crust(["check", "--json"]);
+    report.assert_ok();
+    let v = report.json();
+    let has = |name: &str| {
+        v["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .any(|f| f["name"] == name && f["available"] == true)
+    };
+    let tracks = has("uffd-wp dirty tracking") || has("soft-dirty");
+    let out = crust(["check", "--feature", "mem_dirty_track"]);
+    if tracks {
+        out.assert_code(0);
+    } else {
+        out.assert_code(1)
+            .stderr_has("mem_dirty_track is not available");
+    }
+    crust(["check", "--feature", "no_such_thing"])
+        .assert_code(2)
+        .stderr_has("unknown feature");
+}

@@ -422,8 +422,8 @@ fn kill_first_tracked_pre_dump() {
             &pid,
             "-D",
             path_str(&img.join("end")),
+            // Without --track-mem: a snapshot would keep the tracker.
             "--leave-running",
-            "--track-mem",
             "--prev-images-dir",
             &format!(
                 "../{}",

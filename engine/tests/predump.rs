@@ -9,14 +9,24 @@ use std::process::Command;
 use common::*;
 use test_case::test_case;
 
-/// "in parent N" from a --display-stats line.
+/// Pages left to the parent, from a --display-stats line: "in parent N"
+/// (pre-dump) or "N of M pages left to the parent" (dump).
 fn in_parent(out: &Output) -> u64 {
     let text = out.stderr.clone();
-    text.split("in parent ")
+    let pre_dump = text
+        .split("in parent ")
         .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next());
+    let dump = text
+        .split(" pages left to the parent")
+        .next()
+        .filter(|_| text.contains(" pages left to the parent"))
+        .and_then(|head| head.rsplit("; ").next())
+        .and_then(|n_of_m| n_of_m.split(" of ").next());
+    pre_dump
+        .or(dump)
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 'in parent' count in: {text}"))
+        .unwrap_or_else(|| panic!("no count of pages left to the parent in: {text}"))
 }
 
 fn pre_dump(pid: i32, dir: &Path, prev: Option<&str>, mode: &str) -> Output {
@@ -46,6 +56,40 @@ fn pre_dump_with(pid: i32, dir: &Path, prev: Option<&str>, mode: &str, tracker: 
     out
 }
 
+/// Whether this kernel offers the pre-dump tracker `tracker`, as `crust
+/// check` reports it (mode "pre-dump tracker NAME"). Tests run the trackers
+/// the kernel offers and assert the others are refused by name
+/// ([`assert_tracker_refused`]): the same test passes on 6.1 (soft-dirty,
+/// no uffd-wp), 6.12 (both) and this machine's 6.18 (uffd-wp only).
+fn tracker_offered(tracker: &str) -> bool {
+    let out = crust(["check", "--json"]);
+    out.assert_ok();
+    let mode = format!("pre-dump tracker {tracker}");
+    let v = out.json();
+    let found = v["modes"]
+        .as_array()
+        .and_then(|modes| modes.iter().find(|m| m["name"] == mode.as_str()))
+        .unwrap_or_else(|| panic!("crust check has no mode {mode:?}: {}", out.stdout));
+    found["runnable"] == true
+}
+
+/// `crust ARGS` (a pre-dump or a dump asking for a tracker this kernel does
+/// not offer) fails, names the tracker, and leaves `p` running, untraced,
+/// with the descriptors it had.
+fn assert_tracker_refused(p: &Proc, tracker: &str, args: &[&str]) {
+    let before = fd_links(p.pid);
+    crust(args)
+        .assert_failed()
+        .assert_no_panic()
+        .stderr_has(tracker);
+    p.assert_running_untraced();
+    assert_eq!(
+        fd_links(p.pid),
+        before,
+        "a refused {tracker} request left something in the task"
+    );
+}
+
 fn start_writer(tmp: &Path, pages: u32, pause_us: u32) -> (Proc, std::path::PathBuf) {
     let bin = compile_c(tmp, "writer.c", &[]);
     let pidfile = tmp.join("writer.pid");
@@ -64,14 +108,42 @@ fn start_writer(tmp: &Path, pages: u32, pause_us: u32) -> (Proc, std::path::Path
 /// A task that never stops writing is pre-dumped five times, dumped and
 /// restored with every page at its last written version; unchanged pages
 /// are left to the parents, not copied again.
+/// Each tracker runs where `crust check` offers it; elsewhere the first
+/// pre-dump must be refused by name, the task left as it was.
 #[test_case("read", "uffd-wp" ; "read mode uffd-wp")]
 #[test_case("splice", "uffd-wp" ; "splice mode uffd-wp")]
+#[test_case("read", "soft-dirty" ; "read mode soft-dirty")]
+#[test_case("splice", "soft-dirty" ; "splice mode soft-dirty")]
 #[test_case("read", "content" ; "read mode content digests")]
 fn five_pre_dumps_then_dump_keep_every_byte(mode: &str, tracker: &str) {
     init();
     let tmp = tempdir();
     let (mut p, result) = start_writer(tmp.path(), 16384, 2000);
     let img = tmp.path().join("img");
+    if !tracker_offered(tracker) {
+        let pid = p.pid.to_string();
+        let dir = img.join("pre1");
+        assert_tracker_refused(
+            &p,
+            tracker,
+            &[
+                "pre-dump",
+                "-t",
+                &pid,
+                "-D",
+                path_str(&dir),
+                "--track-mem",
+                "--pre-dump-mode",
+                mode,
+                "--tracker",
+                tracker,
+            ],
+        );
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+        assert!(read_string(&result).starts_with("OK"));
+        return;
+    }
     let mut left_to_parent = 0;
     pre_dump_with(p.pid, &img.join("pre1"), None, mode, tracker);
     for k in 2..=5 {
@@ -127,9 +199,12 @@ fn assert_pages_file_exact(dir: &Path, pid: i32) {
     );
 }
 
-/// The tracker lives in the task at a high close-on-exec descriptor
-/// between pre-dumps, is never written into an image, and a final dump
-/// with --leave-running removes it.
+/// The uffd-wp tracker lives in the task at a high close-on-exec
+/// descriptor between pre-dumps, is never written into an image, and a
+/// final dump with --leave-running removes it. On a kernel without it
+/// (6.1: userfaultfd without WP_ASYNC), the auto tracker leaves nothing
+/// in the task (it once leaked the userfaultfd it tried), and asking for
+/// uffd-wp is refused by name.
 #[test]
 fn tracker_stays_out_of_the_way_and_is_removed() {
     init();
@@ -137,7 +212,36 @@ fn tracker_stays_out_of_the_way_and_is_removed() {
     let (mut p, result) = start_writer(tmp.path(), 1024, 5000);
     let img = tmp.path().join("img");
     let before: Vec<String> = fd_links(p.pid);
-    pre_dump(p.pid, &img.join("pre1"), None, "read");
+    if !tracker_offered("uffd-wp") {
+        pre_dump(p.pid, &img.join("pre1"), None, "read");
+        pre_dump(p.pid, &img.join("pre2"), Some("../pre1"), "read");
+        assert_eq!(
+            fd_links(p.pid),
+            before,
+            "the auto tracker left a descriptor"
+        );
+        let pid = p.pid.to_string();
+        let dir = img.join("pre3");
+        assert_tracker_refused(
+            &p,
+            "uffd-wp",
+            &[
+                "pre-dump",
+                "-t",
+                &pid,
+                "-D",
+                path_str(&dir),
+                "--track-mem",
+                "--tracker",
+                "uffd-wp",
+            ],
+        );
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+        assert!(read_string(&result).starts_with("OK"));
+        return;
+    }
+    pre_dump_with(p.pid, &img.join("pre1"), None, "read", "uffd-wp");
     let during = fd_links(p.pid);
     let extra: Vec<&String> = during.iter().filter(|l| !before.contains(l)).collect();
     assert_eq!(
@@ -161,9 +265,11 @@ fn tracker_stays_out_of_the_way_and_is_removed() {
         "tracker fd not close-on-exec: {fdinfo}"
     );
 
+    // A snapshot (--leave-running --track-mem) keeps the tracker where
+    // it was, out of its images.
     dump(
         p.pid,
-        &img.join("dump"),
+        &img.join("snap"),
         &[
             "--track-mem",
             "--prev-images-dir",
@@ -172,20 +278,30 @@ fn tracker_stays_out_of_the_way_and_is_removed() {
         ],
     );
     p.assert_running_untraced();
+    assert_eq!(fd_links(p.pid), during, "a snapshot moved the tracker");
+    // --leave-running without --track-mem ends tracking.
+    dump(
+        p.pid,
+        &img.join("dump"),
+        &["--prev-images-dir", "../snap", "--leave-running"],
+    );
+    p.assert_running_untraced();
     assert_eq!(
         fd_links(p.pid),
         before,
         "the tracker descriptor must be gone after --leave-running"
     );
-    let fds = crust([
-        "show",
-        path_str(&img.join("dump").join(format!("fds-{}.img", p.pid))),
-    ]);
-    fds.assert_ok();
-    assert!(
-        !fds.stdout.contains(&format!("\"fd\": {fd},")),
-        "tracker fd written into the image"
-    );
+    for d in ["snap", "dump"] {
+        let fds = crust([
+            "show",
+            path_str(&img.join(d).join(format!("fds-{}.img", p.pid))),
+        ]);
+        fds.assert_ok();
+        assert!(
+            !fds.stdout.contains(&format!("\"fd\": {fd},")),
+            "tracker fd written into the {d} image"
+        );
+    }
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
     assert!(read_string(&result).starts_with("OK"));
@@ -243,6 +359,127 @@ fn unavailable_tracker_is_refused() {
             "a refused pre-dump left something in the task"
         );
     }
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert!(read_string(&result).starts_with("OK"));
+}
+
+/// Snapshots (CRIU's `--snaps`): full dumps that leave the task running
+/// with its dirty tracker (`dump --leave-running --track-mem`), each on
+/// top of the previous one, then a final dump on top of the last. The
+/// task never stops writing; every page written after a snapshot must be
+/// in a later image, which the restored task checks page by page (its
+/// recorded versions). Unchanged pages are left to the snapshots. Each
+/// tracker runs where the kernel offers it, and is refused by name
+/// elsewhere.
+#[test_case("uffd-wp" ; "uffd-wp")]
+#[test_case("soft-dirty" ; "soft-dirty")]
+#[test_case("content" ; "content digests")]
+fn snapshots_then_dump_keep_every_byte(tracker: &str) {
+    init();
+    let tmp = tempdir();
+    let (mut p, result) = start_writer(tmp.path(), 8192, 2000);
+    let img = tmp.path().join("img");
+    let pid = p.pid.to_string();
+    let snap = |k: u32| img.join(format!("snap{k}"));
+    let snapshot_args = |k: u32, prev: Option<String>| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            path_str(&snap(k)),
+            "--leave-running",
+            "--track-mem",
+            "--tracker",
+            tracker,
+            "--display-stats",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(prev) = prev {
+            a.extend(["--prev-images-dir".to_string(), prev]);
+        }
+        a
+    };
+    if !tracker_offered(tracker) {
+        let args = snapshot_args(1, None);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_tracker_refused(&p, tracker, &args);
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+        assert!(read_string(&result).starts_with("OK"));
+        return;
+    }
+    let mut left_to_parent = 0;
+    for k in 1..=3 {
+        let prev = (k > 1).then(|| format!("../snap{}", k - 1));
+        let out = crust(snapshot_args(k, prev));
+        out.assert_ok();
+        if k > 1 {
+            left_to_parent += in_parent(&out);
+        }
+        p.assert_running_untraced();
+        // The snapshot records its tracker, so the next image may use it.
+        let inv = crust(["show", path_str(&snap(k).join("inventory.img"))]);
+        inv.assert_ok();
+        assert_eq!(inv.json()["message"]["tracker"], tracker, "{}", inv.stdout);
+    }
+    assert!(
+        left_to_parent > 0,
+        "no snapshot left any page to its parent"
+    );
+    let out = dump(
+        p.pid,
+        &img.join("dump"),
+        &[
+            "--track-mem",
+            "--prev-images-dir",
+            "../snap3",
+            "--tracker",
+            tracker,
+            "--display-stats",
+        ],
+    );
+    assert!(
+        in_parent(&out) > 0,
+        "the dump left nothing to the snapshots"
+    );
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let mut r = restore_detached(&img.join("dump"), p.pid);
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
+    let text = read_string(&result);
+    assert!(text.starts_with("OK"), "{text}");
+}
+
+/// A dump that ended tracking (killed, or --leave-running without
+/// --track-mem) is not a parent: what the task wrote after it is not
+/// known. Refused by name, the task left running.
+#[test]
+fn a_dump_without_tracking_is_no_parent() {
+    init();
+    let tmp = tempdir();
+    let (mut p, result) = start_writer(tmp.path(), 256, 5000);
+    let img = tmp.path().join("img");
+    let pid = p.pid.to_string();
+    dump(p.pid, &img.join("full"), &["--leave-running"]);
+    let out = crust([
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&img.join("next")),
+        "--leave-running",
+        "--track-mem",
+        "--prev-images-dir",
+        "../full",
+    ]);
+    out.assert_failed()
+        .assert_no_panic()
+        .stderr_has("not a pre-dump or a snapshot");
+    p.assert_running_untraced();
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
     assert!(read_string(&result).starts_with("OK"));

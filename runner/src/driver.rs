@@ -464,7 +464,12 @@ impl Crust {
 ///   while the runner restores with the same pid in the same pid
 ///   namespace, so those flavors are skipped ([`EngineKind::cannot_run`]);
 /// - no dirty tracker descriptor left in the task between pre-dumps (CRIU
-///   tracks with soft-dirty bits): nothing to discount from the state.
+///   tracks with soft-dirty bits): its images record no `tracker_fd`, so
+///   nothing is discounted from the state.
+///
+/// crust takes these command lines too (`-v4`, `--shell-job`, `check
+/// --feature mem_dirty_track`): `--engine crust --engine-kind criu` drives
+/// crust as a CRIU-like engine (runner/tests/engine.rs).
 ///
 /// The same as crust: `-t PID`, `-D DIR` (which must exist: the runner
 /// creates every images dir), `--prev-images-dir` relative to `-D`,

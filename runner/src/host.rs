@@ -21,15 +21,25 @@ pub enum KernelFeature {
     /// userfaultfd write-protect in async mode (UFFD_FEATURE_WP_ASYNC and
     /// WP_UNPOPULATED, 6.7+).
     UffdWpAsync,
+    /// smaps VmFlags names VM_LOCKONFAULT `lf` (an mlock2(MLOCK_ONFAULT)
+    /// mapping shows it; Debian's 6.1 prints `??` instead).
+    LockOnfaultFlag,
+    /// madvise(MADV_GUARD_INSTALL) guard regions (6.13+).
+    MadvGuardInstall,
+    /// The mseal(2) system call (6.10+, 64-bit).
+    Mseal,
 }
 
 impl KernelFeature {
     /// Every feature, in probe order.
-    pub const ALL: [KernelFeature; 4] = [
+    pub const ALL: [KernelFeature; 7] = [
         KernelFeature::SoftDirty,
         KernelFeature::PagemapScan,
         KernelFeature::Userfaultfd,
         KernelFeature::UffdWpAsync,
+        KernelFeature::LockOnfaultFlag,
+        KernelFeature::MadvGuardInstall,
+        KernelFeature::Mseal,
     ];
 
     /// The name used in metadata files.
@@ -39,6 +49,9 @@ impl KernelFeature {
             KernelFeature::PagemapScan => "pagemap-scan",
             KernelFeature::Userfaultfd => "userfaultfd",
             KernelFeature::UffdWpAsync => "uffd-wp-async",
+            KernelFeature::LockOnfaultFlag => "lock-onfault-flag",
+            KernelFeature::MadvGuardInstall => "madv-guard-install",
+            KernelFeature::Mseal => "mseal",
         }
     }
 }
@@ -132,6 +145,9 @@ impl Host {
                             ))
                         }
                     }),
+                    KernelFeature::LockOnfaultFlag => probe_lock_onfault_flag(),
+                    KernelFeature::MadvGuardInstall => probe_madv_guard_install(),
+                    KernelFeature::Mseal => probe_mseal(),
                 };
                 (f, result)
             })
@@ -294,6 +310,82 @@ fn probe_soft_dirty() -> Result<(), String> {
     }
 }
 
+/// An mlock2(MLOCK_ONFAULT) page of ours shows `lf` among its smaps
+/// VmFlags (the kernel names the flag: 6.1 prints `??`).
+fn probe_lock_onfault_flag() -> Result<(), String> {
+    const MLOCK_ONFAULT: libc::c_ulong = 1;
+    let page = Page::new()?;
+    // SAFETY: locks our own one-page mapping (unlocked by its munmap).
+    let r = unsafe { libc::syscall(libc::SYS_mlock2, page.0, page_size(), MLOCK_ONFAULT) };
+    if r != 0 {
+        return Err(format!(
+            "mlock2(MLOCK_ONFAULT): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let smaps = std::fs::read_to_string("/proc/self/smaps")
+        .map_err(|e| format!("cannot read /proc/self/smaps: {e}"))?;
+    let flags = vm_flags_at(&smaps, page.addr())
+        .ok_or_else(|| format!("no VmFlags for {:#x} in /proc/self/smaps", page.addr()))?;
+    if flags.split_whitespace().any(|f| f == "lf") {
+        Ok(())
+    } else {
+        Err(format!(
+            "an mlock2(MLOCK_ONFAULT) mapping shows VmFlags \"{}\", without lf",
+            flags.trim()
+        ))
+    }
+}
+
+/// The VmFlags line of the smaps entry that starts at `addr`.
+fn vm_flags_at(smaps: &str, addr: u64) -> Option<&str> {
+    let head = format!("{addr:x}-");
+    let mut inside = false;
+    for line in smaps.lines() {
+        let is_header = line
+            .split_once(' ')
+            .is_some_and(|(range, _)| range.contains('-') && !range.ends_with(':'));
+        if is_header {
+            inside = line.starts_with(&head);
+        } else if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return Some(flags);
+            }
+        }
+    }
+    None
+}
+
+/// madvise(MADV_GUARD_INSTALL) on a page of ours (EINVAL before 6.13).
+fn probe_madv_guard_install() -> Result<(), String> {
+    const MADV_GUARD_INSTALL: libc::c_int = 102;
+    let page = Page::new()?;
+    // SAFETY: our own one-page mapping; the guard goes with its munmap.
+    if unsafe { libc::madvise(page.0, page_size(), MADV_GUARD_INSTALL) } == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "madvise(MADV_GUARD_INSTALL): {} (Linux 6.13+)",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// mseal(2) exists: sealing zero bytes succeeds without sealing anything
+/// (ENOSYS before 6.10).
+fn probe_mseal() -> Result<(), String> {
+    let page = Page::new()?;
+    // SAFETY: a zero-length range seals nothing.
+    if unsafe { libc::syscall(libc::SYS_mseal, page.0, 0usize, 0usize) } == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "mseal: {} (Linux 6.10+)",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
 /// PAGEMAP_SCAN over one page of ours.
 fn probe_pagemap_scan() -> Result<(), String> {
     use std::os::fd::AsRawFd;
@@ -405,5 +497,36 @@ mod tests {
         );
         let own = parse_cap_eff(&std::fs::read_to_string("/proc/self/status").expect("status"));
         assert_eq!(Some(host.cap_eff), own);
+        // Guard regions (6.13) came after mseal (6.10): never one without
+        // the other way round.
+        if host
+            .missing_feature(KernelFeature::MadvGuardInstall)
+            .is_none()
+        {
+            assert_eq!(host.missing_feature(KernelFeature::Mseal), None);
+        }
+    }
+
+    #[test]
+    fn vm_flags_of_one_smaps_entry() {
+        // Two entries as /proc/PID/smaps prints them (fields shortened).
+        let smaps = "\
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0 
+Size:                  4 kB
+Locked:                0 kB
+VmFlags: rd wr mr mw me lo ?? ac sd 
+7f0000001000-7f0000003000 r--p 00001000 08:01 1234    /usr/lib/x.so
+Size:                  8 kB
+VmFlags: rd mr mw me sd 
+";
+        assert_eq!(
+            vm_flags_at(smaps, 0x7f00_0000_0000).map(str::trim),
+            Some("rd wr mr mw me lo ?? ac sd")
+        );
+        assert_eq!(
+            vm_flags_at(smaps, 0x7f00_0000_1000).map(str::trim),
+            Some("rd mr mw me sd")
+        );
+        assert_eq!(vm_flags_at(smaps, 0x7f00_0000_2000), None);
     }
 }

@@ -899,10 +899,9 @@ impl Steps<'_> {
     /// pre-dumps, as the last pre-dump's inventory (`tracker_fd`) says.
     fn tracker_fd(&self) -> Option<i32> {
         let last = self.work.pre.last()?;
-        if self.ctx.crust.kind != EngineKind::Crust {
-            // CRIU tracks with soft-dirty bits: no descriptor in the task.
-            return None;
-        }
+        // Asked of any engine: crust driven with CRIU's command line
+        // leaves its tracker too; CRIU (soft-dirty bits, no descriptor in
+        // the task) has no `show` and its images no `tracker_fd`: None.
         let out = std::process::Command::new(&self.ctx.crust.path)
             .arg("show")
             .arg(last.dir.join("inventory.img"))

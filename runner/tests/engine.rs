@@ -109,6 +109,49 @@ fn engine_kind_by_version_or_flag() {
     );
 }
 
+/// crust driven as a CRIU-kind engine: CRIU's command lines (`-v4`,
+/// `--shell-job`, `check --feature mem_dirty_track`) run unchanged, and
+/// suite tests pass in a dump and both pre-dump flavors. `session_pgrp`
+/// checks that `--shell-job` changes nothing in a session leader's
+/// restore; `maps_anon` and `heap` carry memory through the pre-dumps.
+#[test]
+fn crust_as_criu_kind_engine() {
+    require_root("crust_as_criu_kind_engine");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let crust = crust();
+    // The probe the CRIU driver runs, then CRIU's spellings by hand.
+    let check = Command::new(&crust)
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .expect("crust check");
+    let dirty_track = check.status.success();
+    let dump_help = Command::new(&crust)
+        .args(["dump", "-v4", "-j", "--shell-job", "--help"])
+        .output()
+        .expect("crust dump --help");
+    assert!(dump_help.status.success(), "{}", text(&dump_help));
+    let out = Command::new(ZDTM)
+        .arg("run")
+        .args(["-t", "session_pgrp", "-t", "maps_anon", "-t", "heap"])
+        .args(["-f", "dump", "-f", "predump-read", "-f", "predump-splice"])
+        .args(["--engine", path_str(&crust), "--engine-kind", "criu"])
+        .arg("--log-dir")
+        .arg(tmp.path())
+        .env_remove("ZDTM_TESTS_DIR")
+        .env_remove("ZDTM_FLAVORS_DIR")
+        .output()
+        .expect("run zdtm");
+    for test in ["session_pgrp", "maps_anon", "heap"] {
+        assert_pass(&out, &format!("PASS {test} (dump)"));
+        for flavor in ["predump-read", "predump-splice"] {
+            // Pre-dumps run where `check --feature mem_dirty_track` says
+            // the kernel tracks; skipped with that reason otherwise.
+            let want = if dirty_track { "PASS" } else { "SKIP" };
+            assert_pass(&out, &format!("{want} {test} ({flavor})"));
+        }
+    }
+}
+
 #[test]
 fn bin_args_after_double_dash() {
     require_root("bin_args_after_double_dash");

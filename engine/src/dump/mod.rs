@@ -1136,6 +1136,10 @@ fn dump_inner(
         .collect();
     let parent = parents.first().and_then(|p| p.1.as_ref());
     drop_inherited_trackers(&members, trackers);
+    // A snapshot (--leave-running --track-mem) tracks on, as a pre-dump:
+    // each member's tracker is made or taken over and re-armed, and stays
+    // in the task for the next image (chain::can_be_parent).
+    let snapshot = opts.leave_running && opts.track.track_mem;
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
     refuse_tree(pid, &members, trackers, &opts.external)?;
@@ -1180,6 +1184,7 @@ fn dump_inner(
             &tree_pids,
             &images,
             &mut shared,
+            trackers,
             &mut phases,
         )?;
         entries.push(m.entry(d.threads.clone()));
@@ -1246,6 +1251,17 @@ fn dump_inner(
     images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
     let mut inv = inventory(pid, "dump", parent);
+    if snapshot {
+        // Where each member's tracker lives for the next image.
+        inv.tracker = dumps[0].tracker_name.into();
+        inv.tracker_fd = dumps[0].our_tracker.unwrap_or(-1);
+        let members: Vec<(pid_t, i32)> = dumps[1..]
+            .iter()
+            .filter_map(|d| d.our_tracker.map(|fd| (d.pid, fd)))
+            .collect();
+        inv.member_tracker_pids = members.iter().map(|m| m.0).collect();
+        inv.member_tracker_fds = members.iter().map(|m| m.1).collect();
+    }
     let inv_written = guard::check().and_then(|_| {
         if let Some(l) = lazy.as_deref_mut() {
             inv.lazy_address = l.addr.to_string();
@@ -1268,9 +1284,10 @@ fn dump_inner(
         .flat_map(|f| f.bursts.iter().copied())
         .collect();
     if opts.leave_running {
-        // Tracking ends with the final dump.
+        // Tracking ends with the final dump, and goes on after a snapshot.
         let ours: Vec<(pid_t, Option<i32>, u64)> = dumps
             .iter()
+            .filter(|_| !snapshot)
             .map(|d| (d.pid, d.our_tracker, d.gadget))
             .collect();
         drop(dumps);
@@ -1320,7 +1337,7 @@ fn dump_inner(
         phases,
         frozen_ms,
         pages_scanned: scanned,
-        pages_in_parent: in_parent,
+        pages_in_parent: in_parent + content_in_parent,
         pages_written: written,
         bytes_written: written * 4096,
         pages_lazy,
@@ -1376,8 +1393,11 @@ fn dump_process(
     tree: &[pid_t],
     images: &ImageOut,
     shared: &mut shared::SharedObjects,
+    trackers: &mut Vec<(pid_t, i32)>,
     phases: &mut crate::phases::Phases,
 ) -> Result<ProcessDump> {
+    // A snapshot (--leave-running --track-mem) keeps tracking (dump_inner).
+    let snapshot = opts.leave_running && opts.track.track_mem;
     // What would make an injected call unsafe is refused before the
     // first one (another thread, seccomp strict mode, a filter that would
     // not let one through); the rest of the refusals after the bursts,
@@ -1417,9 +1437,20 @@ fn dump_process(
             gadget,
             &pidfd,
             our_tracker,
-            true,
+            !snapshot,
         )?,
         false => None,
+    };
+    // The tracker's descriptor in the task from now on: left out of the
+    // images, and removed if this dump fails (dump()).
+    let our_tracker = match started.as_ref().filter(|s| s.task_fd >= 0) {
+        Some(s) => {
+            if !trackers.contains(&(pid, s.task_fd)) {
+                trackers.push((pid, s.task_fd));
+            }
+            Some(s.task_fd)
+        }
+        None => our_tracker,
     };
     phases.mark("inject");
     // smaps (the VmFlags) walks every page table entry: read on a thread
@@ -1446,7 +1477,10 @@ fn dump_process(
     // VmFlags to plan.
     // A lazy dump too: which VMAs may be lazy depends on their VmFlags
     // (locked, never writable, growing down), which maps does not show.
-    let needs_flags = lazy || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    // A snapshot too: its tracker registers VMAs below, which must not
+    // happen while smaps is read.
+    let needs_flags =
+        lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
     let (vmas, layout) = match needs_flags {
         true => (layout.finish(&maps, our_tracker)?, None),
         false => (maps, Some(layout)),
@@ -1478,6 +1512,10 @@ fn dump_process(
         content.as_ref().map(|d| d.as_ref()),
     )?;
     let (pagemap, written) = (copied.pagemap, copied.pages_written);
+    if let Some(d) = copied.digests.as_ref().filter(|_| snapshot) {
+        // The content tracker's reference for the next image.
+        images.write(Kind::Digests, Some(pid), d)?;
+    }
     phases.mark("copy");
     guard::check()?;
     let mut fds = files::dump(pid, &fd_plan)?;

@@ -122,11 +122,22 @@ pub struct Chain {
     pub pages: Vec<PagesReader>,
 }
 
+/// Whether an image may be the parent of a later pre-dump or dump: a
+/// pre-dump, or a snapshot, i.e. a dump that left the task running with
+/// its dirty tracker (`dump --leave-running --track-mem`), which is the
+/// one kind of dump whose inventory names a tracker. Any other dump either
+/// killed the task or ended tracking: what was written after it is not
+/// known.
+pub fn can_be_parent(inv: &Inventory) -> bool {
+    inv.kind == "pre-dump" || (inv.kind == "dump" && !inv.tracker.is_empty())
+}
+
 /// Follows the parent links from `start`: every directory must hold an
 /// inventory of pid `pid`, be the very image its child names (image ids),
 /// and appear once (no loops); `forbidden` (the directory a dump is about
 /// to write) must not be in the chain at all. Every directory after the
-/// first must be a pre-dump, and the first too if `first_is_parent`.
+/// first must be a pre-dump or a snapshot ([`can_be_parent`]), and the
+/// first too if `first_is_parent`.
 fn walk(
     start: &Path,
     pid: i32,
@@ -186,10 +197,14 @@ fn walk(
                 ));
             }
         }
-        if (first_is_parent || !out.is_empty()) && inv.kind != "pre-dump" {
+        if (first_is_parent || !out.is_empty()) && !can_be_parent(&inv) {
             return Err(bad(
                 &d,
-                format!("parent image is a {}, not a pre-dump", inv.kind),
+                format!(
+                    "parent image is a {} that ended dirty tracking, not a pre-dump or a snapshot \
+                     (dump --leave-running --track-mem)",
+                    inv.kind
+                ),
             ));
         }
         cur = (!inv.parent.is_empty()).then(|| d.join(&inv.parent));
@@ -200,7 +215,7 @@ fn walk(
 
 /// Checks, before a dump or pre-dump into `target` touches anything, the
 /// parent chain starting at `parent`: no loop, `target` not in it, every
-/// parent a complete pre-dump of `pid` (inventory, pagemap, pages file of
+/// parent a complete pre-dump or snapshot of `pid` (inventory, pagemap, pages file of
 /// the right length), linked by image ids. Returns the parent's inventory.
 pub fn check_parents(target: &Path, parent: &Path, pid: i32) -> Result<Inventory> {
     let target = std::fs::canonicalize(target).map_err(|e| ImageError::Io {
@@ -415,7 +430,7 @@ impl Chain {
                 return Err(bad(
                     &l.dir,
                     format!(
-                        "parent image has lazy pages at {:#x}: a parent must be a pre-dump",
+                        "parent image has lazy pages at {:#x}: a parent must be a pre-dump or a snapshot",
                         e.vaddr
                     ),
                 ));

@@ -287,14 +287,21 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
                 let writable = shared && v.may_write;
                 let md =
                     std::fs::metadata(&path).map_err(|e| Error::io("mapped file", &path, e))?;
-                if v.shared == 0 && (md.ino() != v.inode || md.dev() != v.dev) {
+                // stat(2) against stat(2) at dump (file_id): /proc/PID/maps
+                // may name another device for the same file (the layer
+                // under an overlayfs on 6.1 and 6.12, btrfs subvolumes).
+                let (dev, ino) = match &v.file_id {
+                    Some(id) => (id.dev, id.ino),
+                    None => (v.dev, v.inode),
+                };
+                if v.shared == 0 && (md.ino() != ino || md.dev() != dev) {
                     return Err(Error::task(
                         pid,
                         format!(
-                            "mapped file {} was replaced since the dump (inode {} now, {} then)",
+                            "mapped file {} was replaced since the dump (device {:#x} inode {} now, device {dev:#x} inode {ino} then)",
                             v.path,
+                            md.dev(),
                             md.ino(),
-                            v.inode
                         ),
                     ));
                 }

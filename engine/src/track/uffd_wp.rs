@@ -117,7 +117,14 @@ impl UffdWp {
                 &uffd,
                 uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
             )
-            .map_err(|e| Error::sys("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)", pid, e))?;
+            .map_err(|e| {
+                // The kernel's answer, not the task's: named as the
+                // tracker's (6.1 has userfaultfd but no WP_ASYNC).
+                Error::Other(format!(
+                    "the uffd-wp tracker cannot run here: UFFDIO_API(WP_ASYNC|WP_UNPOPULATED) \
+                     on pid {pid}: {e} (needs Linux 6.7+; `crust check` lists the trackers)"
+                ))
+            })?;
             Ok(uffd)
         });
         let uffd = match made {
