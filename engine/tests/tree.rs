@@ -313,3 +313,52 @@ fn tree_predumps_then_dump() {
     );
     drop(newborn);
 }
+
+/// An open file description a parent shares with its child over fork (one
+/// offset) stays one after restore: the child reads a byte, and the
+/// parent's next read goes on from there.
+#[test]
+fn file_shared_over_fork_keeps_one_offset() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sharedfile.c", &[]);
+    let log = tmp.path().join("result.log");
+    let data = tmp.path().join("data");
+    let mut p = spawn_daemon(Command::new(&bin).arg(&log).arg(&data));
+    let text = wait_file_contains(&log, "ready", TIMEOUT);
+    let child: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|c| c.trim().parse().ok())
+        .expect("child pid");
+    let state = |pid: i32| place(pid).map(|p| p.0);
+    wait_until(TIMEOUT, "the child to wait", || match state(child) {
+        Some('S') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+    // Killed with its parent: reparented to us (a child subreaper) or to
+    // init, which reap it.
+    wait_until(TIMEOUT, "the child to be gone", || {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid status pointer; ECHILD if not ours.
+        unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
+        match state(child) {
+            None => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    });
+    let mut r = restore_detached(&images, p.pid);
+    // SAFETY: plain kill(2) of the restored child.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    wait_until(TIMEOUT, "the child to exit", || match state(child) {
+        Some('Z') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    r.signal(libc::SIGUSR1);
+    let exit = r.wait(TIMEOUT);
+    let text = read_string(&log);
+    assert_eq!(exit, Exit::Code(0), "log: {text}");
+    assert!(text.contains("OK all"), "{text}");
+}

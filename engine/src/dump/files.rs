@@ -101,6 +101,49 @@ pub(crate) fn tree_pipe_key(ino: u64) -> String {
     format!("tree-pipe:[{ino}]")
 }
 
+/// The key of an open file description (a file reopened by path) that
+/// processes of the tree share: the lowest (pid, fd) holding it.
+pub(crate) fn tree_file_key(pid: pid_t, fd: i32) -> String {
+    format!("tree-file:[{pid}:{fd}]")
+}
+
+/// Files, directories and devices whose open file description the process
+/// shares with other processes of the tree (inherited over fork: offset
+/// and flags are one): each marked with one key for the description, so
+/// that restore opens it once and every holder inherits it.
+fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
+    const KCMP_FILE: i32 = 0;
+    let others: Vec<(pid_t, Vec<proc::fd::FdLink>)> = tree
+        .iter()
+        .filter(|&&p| p != pid)
+        // A zombie holds no descriptors.
+        .filter_map(|&p| proc::fd::list_fds(p).ok().map(|l| (p, l)))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    for f in fds
+        .iter_mut()
+        .filter(|f| f.kind == FdKind::Path as i32 && f.dup_of.is_none() && f.external.is_empty())
+    {
+        let mut holders = vec![(pid, f.fd)];
+        for (p, links) in &others {
+            for l in links.iter().filter(|l| l.target == f.path) {
+                // SAFETY: kcmp compares kernel objects; no memory is passed.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, *p, KCMP_FILE, f.fd, l.fd) };
+                if r == 0 {
+                    holders.push((*p, l.fd));
+                }
+            }
+        }
+        if holders.len() > 1 {
+            let (hp, hf) = holders.iter().copied().min().unwrap_or((pid, f.fd));
+            f.external = tree_file_key(hp, hf);
+        }
+    }
+    Ok(())
+}
+
 /// The key `--external` and `--inherit-fd` name a pipe by.
 pub(crate) fn pipe_key(ino: u64) -> String {
     format!("pipe:[{ino}]")
@@ -276,6 +319,7 @@ pub(crate) fn plan(
         }
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
+    tree_files(pid, &mut fds, tree)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, tree, &mut vanished)?;
     super::sockets::check_peers(pid, &sockets)?;
     super::epoll::check_watches(pid, &epoll_watches)?;

@@ -86,11 +86,9 @@ fn end_name(accmode: i32) -> &'static str {
 /// end of the same direction, and every inherited fd must be used.
 pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherited> {
     let mut needed: BTreeMap<(String, i32), i32> = BTreeMap::new();
-    for f in fds
-        .fds
-        .iter()
-        .filter(|f| !f.external.is_empty() && !is_tree_pipe(&f.external))
-    {
+    for f in fds.fds.iter().filter(|f| {
+        !f.external.is_empty() && !is_tree_pipe(&f.external) && !is_tree_file(&f.external)
+    }) {
         needed
             .entry((f.external.clone(), f.flags as i32 & libc::O_ACCMODE))
             .or_insert(f.fd);
@@ -160,6 +158,55 @@ pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherite
 /// Whether an external key names a pipe shared within the dumped tree.
 fn is_tree_pipe(key: &str) -> bool {
     key.starts_with("tree-pipe:")
+}
+
+/// A file, directory or device whose open file description processes of
+/// the tree share (see [`tree_files`]).
+fn is_tree_file(key: &str) -> bool {
+    key.starts_with("tree-file:")
+}
+
+/// The open file descriptions of files that processes of the tree share
+/// (marked `tree-file:`), opened here once each (flags as dumped, offset
+/// set) before the root's stub is forked: every stub inherits them, and
+/// each process takes its descriptors as inherited ones, so offset and
+/// flags stay shared. Returns the descriptors (to close once the stubs
+/// exist) and the (key, access mode) -> fd entries.
+pub(crate) fn tree_files(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
+    let mut made: BTreeMap<String, (i32, OwnedFd)> = BTreeMap::new();
+    for f in all
+        .iter()
+        .flat_map(|x| x.fds.iter())
+        .filter(|f| f.kind == FdKind::Path as i32 && is_tree_file(&f.external))
+    {
+        if made.contains_key(&f.external) {
+            continue;
+        }
+        let path = std::ffi::CString::new(f.path.as_bytes())
+            .map_err(|_| Error::Other(format!("fd {}: path {:?} holds a NUL", f.fd, f.path)))?;
+        // SAFETY: open(2) with a valid C string; the result is checked.
+        let fd = unsafe { libc::open(path.as_ptr(), reopen_flags(f.flags) as i32, 0) };
+        let fd = Errno::result(fd).map_err(|e| Error::io("opening", &f.path, e.into()))?;
+        // SAFETY: a fresh descriptor, owned from here on.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let o_path = f.flags as i32 & libc::O_PATH != 0;
+        if f.mode & libc::S_IFMT != libc::S_IFCHR && !o_path {
+            // SAFETY: lseek on our own descriptor.
+            let r = unsafe { libc::lseek(fd, f.pos as i64, libc::SEEK_SET) };
+            Errno::result(r).map_err(|e| Error::io("seeking", &f.path, e.into()))?;
+        }
+        made.insert(
+            f.external.clone(),
+            (f.flags as i32 & libc::O_ACCMODE, owned),
+        );
+    }
+    let mut entries = Vec::new();
+    let mut owned = Vec::new();
+    for (key, (mode, fd)) in made {
+        entries.push(((key, mode), fd.as_raw_fd()));
+        owned.push(fd);
+    }
+    Ok((owned, entries))
 }
 
 /// (external key, access mode) and the descriptor of crust that gives it.
@@ -260,7 +307,7 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             Ok(FdKind::Memfd) if fd.shared == 0 || !fd.external.is_empty() => {
                 return Err(format!("fd {} is a memfd without its object", fd.fd))
             }
-            Ok(FdKind::Path) if !fd.external.is_empty() => {
+            Ok(FdKind::Path) if !fd.external.is_empty() && !is_tree_file(&fd.external) => {
                 return Err(format!("fd {} is a file marked external", fd.fd))
             }
             Ok(FdKind::PipeRead | FdKind::PipeWrite)
@@ -470,6 +517,20 @@ fn restore_one(
     // O_ASYNC is set once the fd has its final number (see `restore`).
     let status = fd.flags as i32 & SETFL_MASK & !libc::O_ASYNC;
     let (high, setfl) = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
+        FdKind::Path if is_tree_file(&fd.external) => {
+            let mode = fd.flags as i32 & libc::O_ACCMODE;
+            let high = external
+                .get(&(fd.external.clone(), mode))
+                .copied()
+                .ok_or_else(|| {
+                    Error::task(
+                        pid,
+                        format!("fd {}: no inherited fd for {}", fd.fd, fd.external),
+                    )
+                })?;
+            // Opened with its flags by crust, shared with other holders.
+            (high, false)
+        }
         // A memfd's path is its restored object's (restore::shared).
         FdKind::Path | FdKind::Memfd => {
             let p = inj.put_cstr(0, &fd.path)?;

@@ -314,7 +314,10 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // Pipes between processes of the tree: made here, inherited by every
     // stub, closed here once the stubs exist.
     let all_fds: Vec<&Fds> = imgs.iter().flatten().map(|i| &i.fds).collect();
-    let (tree_pipes, tree_ends) = files::tree_pipes(&all_fds)?;
+    let (tree_pipes, mut tree_ends) = files::tree_pipes(&all_fds)?;
+    // Open files shared by processes of the tree, likewise.
+    let (tree_files, file_ends) = files::tree_files(&all_fds)?;
+    tree_ends.extend(file_ends);
     let inherited = inherited.with(&tree_ends);
     let members_inherit = files::Inherited::default().with(&tree_ends);
     if !opts.lazy_pages {
@@ -337,6 +340,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;
     drop(tree_pipes);
+    drop(tree_files);
     phases.mark("fork stub");
     let mut threads = Vec::new();
     for (i, (img, stub)) in imgs.iter_mut().zip(&stubs).enumerate() {

@@ -35,9 +35,12 @@ impl Drop for Threads {
             return;
         }
         for t in &self.tracees {
+            // kill(2) of a thread id takes its whole half-made process (a
+            // tgkill would need the group's id: with the thread's own, it
+            // found nothing, and the reaping below waited for ever).
             // SAFETY: kill and reap a thread we created and trace.
             unsafe {
-                libc::syscall(libc::SYS_tgkill, t.pid, t.pid, libc::SIGKILL);
+                libc::kill(t.pid, libc::SIGKILL);
             }
         }
         for t in &self.tracees {
