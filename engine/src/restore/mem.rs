@@ -611,6 +611,30 @@ const PR_SET_VMA: u64 = 0x53564d41;
 const PR_SET_VMA_ANON_NAME: u64 = 0;
 const PR_SET_MEMORY_MERGE: u64 = 67;
 
+/// An anonymous VMA that was charged (`ac`) and is made unwritable keeps
+/// its charge only if it has an anon_vma by then (mprotect drops
+/// VM_ACCOUNT from one that never had a page: mprotect_fixup). In the
+/// dumped process it had one (a thread stack's guard page split from its
+/// stack); restored apart from pages (a lazy restore leaves the stack next
+/// to it empty), it may not: a write fault gives it one, and the page it
+/// made goes again (MADV_DONTNEED keeps the anon_vma).
+fn keep_accounted(inj: &mut Injector, v: &Vma) -> Result<()> {
+    let pid = inj.pid();
+    let present = crate::proc::pagemap::PagemapReader::open(pid)?
+        .entry(v.start)?
+        .present();
+    if present {
+        return Ok(());
+    }
+    inj.write_mem(v.start, &[0])?;
+    inj.call(
+        "madvise(MADV_DONTNEED)",
+        libc::SYS_madvise,
+        &[v.start, PAGE, libc::MADV_DONTNEED as u64],
+    )?;
+    Ok(())
+}
+
 /// Final protections, madvise flags, names, guard regions, locks and seals.
 pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
@@ -623,6 +647,12 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
             continue;
         }
         let len = v.end - v.start;
+        if k == VmaKind::AnonPrivate
+            && v.vm_flags & VmFlags::ACCOUNT != 0
+            && v.prot & libc::PROT_WRITE as u32 == 0
+        {
+            keep_accounted(inj, v)?;
+        }
         if k != VmaKind::FileShared && v.prot != rw {
             inj.call(
                 "mprotect",
