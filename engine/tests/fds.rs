@@ -461,12 +461,7 @@ fn socket_pairs_with_data_in_flight(pre: bool) {
     } else {
         dump_and_reap(&mut p, &images);
     }
-    let mut r = restore_detached(&images, p.pid);
-    r.signal(libc::SIGUSR1);
-    let exit = r.wait(TIMEOUT);
-    let text = read_string(&log);
-    assert_eq!(exit, Exit::Code(0), "log: {text}");
-    assert!(text.contains("OK all"), "{text}");
+    wake_and_expect_ok(restore_detached(&images, p.pid), &log);
 }
 
 /// Dumps that leave the process running leave its socket queues as they
@@ -491,11 +486,7 @@ fn socket_pairs_leave_running_untouched() {
     }
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    let mut r = restore_detached(&images, p.pid);
-    r.signal(libc::SIGUSR1);
-    let exit = r.wait(TIMEOUT);
-    let text = read_string(&log);
-    assert_eq!(exit, Exit::Code(0), "log: {text}");
+    wake_and_expect_ok(restore_detached(&images, p.pid), &log);
 }
 
 /// A Python asyncio program (its event loop wakes itself through a unix
@@ -514,12 +505,7 @@ fn python_asyncio_roundtrip() {
     wait_file_contains(&log, "running", TIMEOUT);
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    let mut r = restore_detached(&images, p.pid);
-    r.signal(libc::SIGUSR1);
-    let exit = r.wait(TIMEOUT);
-    let text = read_string(&log);
-    assert_eq!(exit, Exit::Code(0), "log: {text}");
-    assert!(text.contains("OK all"), "{text}");
+    wake_and_expect_ok(restore_detached(&images, p.pid), &log);
 }
 
 /// Epoll instances come back with every watch (level and edge triggered,
@@ -535,12 +521,7 @@ fn epoll_watches_roundtrip() {
     wait_file_contains(&log, "ready", TIMEOUT);
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    let mut r = restore_detached(&images, p.pid);
-    r.signal(libc::SIGUSR1);
-    let exit = r.wait(TIMEOUT);
-    let text = read_string(&log);
-    assert_eq!(exit, Exit::Code(0), "log: {text}");
-    assert!(text.contains("OK all"), "{text}");
+    wake_and_expect_ok(restore_detached(&images, p.pid), &log);
 }
 
 /// A watch left under a descriptor number that no longer opens its file

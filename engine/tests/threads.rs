@@ -221,12 +221,7 @@ fn python_threads_roundtrip() {
     wait_file_contains(&log, "blocking", TIMEOUT);
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    let mut r = restore_detached(&images, pid);
-    r.signal(libc::SIGUSR1);
-    let exit = r.wait(TIMEOUT);
-    let text = read_string(&log);
-    assert_eq!(exit, Exit::Code(0), "log: {text}");
-    assert!(text.contains("OK all"), "{text}");
+    wake_and_expect_ok(restore_detached(&images, pid), &log);
 }
 
 /// Threads being created and exiting all the time: each dump either

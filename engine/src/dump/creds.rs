@@ -301,16 +301,7 @@ pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
     let pid = frozen.tracee.pid;
     let seccomp_filters = filters(frozen)?;
     let (securebits, nnp, dumpable, mdwe) = frozen.burst(gadget, |inj| {
-        let securebits = inj.call(
-            "prctl(PR_GET_SECUREBITS)",
-            libc::SYS_prctl,
-            &[PR_GET_SECUREBITS],
-        )?;
-        let nnp = inj.call(
-            "prctl(PR_GET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            &[PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0],
-        )?;
+        let (securebits, nnp) = thread_prctl_state(inj)?;
         let dumpable = inj.call(
             "prctl(PR_GET_DUMPABLE)",
             libc::SYS_prctl,
@@ -355,8 +346,8 @@ pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
         cap_eff: st.cap_eff,
         cap_bnd: st.cap_bnd,
         cap_amb: st.cap_amb,
-        securebits: securebits as u32,
-        no_new_privs: nnp != 0,
+        securebits,
+        no_new_privs: nnp,
         dumpable: dumpable as u32,
         mdwe: mdwe as u32,
         seccomp_mode: st.seccomp,

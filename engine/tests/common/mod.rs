@@ -643,6 +643,16 @@ pub fn dump_and_reap(p: &mut Proc, dir: &Path) -> Output {
 
 /// `crust restore -d -D DIR --pidfile F`, which must succeed and restore
 /// `pid`; returns the restored task (now our child, as we are a subreaper).
+/// Wakes a restored test program with SIGUSR1 (its cue to check itself),
+/// waits for it and asserts it exited 0 having written "OK all" to `log`.
+pub fn wake_and_expect_ok(mut p: Proc, log: &Path) {
+    p.signal(libc::SIGUSR1);
+    let exit = p.wait(TIMEOUT);
+    let text = read_string(log);
+    assert_eq!(exit, Exit::Code(0), "log: {text}");
+    assert!(text.contains("OK all"), "{text}");
+}
+
 pub fn restore_detached(dir: &Path, pid: i32) -> Proc {
     let pidfile = dir.with_extension("restored.pid");
     let _ = std::fs::remove_file(&pidfile);
