@@ -314,17 +314,17 @@ fn tree_predumps_then_dump() {
     drop(newborn);
 }
 
-/// An open file description a parent shares with its child over fork (one
-/// offset) stays one after restore: the child reads a byte, and the
-/// parent's next read goes on from there.
-#[test]
-fn file_shared_over_fork_keeps_one_offset() {
+/// Starts `prog LOG ARGS` (a parent that forks one child and writes
+/// "ready CHILD"; "{tmp}" in an argument is the test's directory), dumps the two, restores them, wakes the child (SIGUSR1), waits
+/// for it to exit and wakes the parent, which must report "OK all".
+fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "sharedfile.c", &[]);
+    let bin = compile_c(tmp.path(), prog, &[]);
     let log = tmp.path().join("result.log");
-    let data = tmp.path().join("data");
-    let mut p = spawn_daemon(Command::new(&bin).arg(&log).arg(&data));
+    let dir = path_str(tmp.path()).to_string();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{tmp}", &dir)).collect();
+    let mut p = spawn_daemon(Command::new(&bin).arg(&log).args(&args));
     let text = wait_file_contains(&log, "ready", TIMEOUT);
     let child: i32 = text
         .lines()
@@ -349,16 +349,29 @@ fn file_shared_over_fork_keeps_one_offset() {
             s => Err(format!("{s:?}")),
         }
     });
-    let mut r = restore_detached(&images, p.pid);
+    let r = restore_detached(&images, p.pid);
     // SAFETY: plain kill(2) of the restored child.
     unsafe { libc::kill(child, libc::SIGUSR1) };
     wait_until(TIMEOUT, "the child to exit", || match state(child) {
         Some('Z') => Ok(()),
         s => Err(format!("{s:?}")),
     });
-    r.signal(libc::SIGUSR1);
-    let exit = r.wait(TIMEOUT);
-    let text = read_string(&log);
-    assert_eq!(exit, Exit::Code(0), "log: {text}");
-    assert!(text.contains("OK all"), "{text}");
+    wake_and_expect_ok(r, &log);
+}
+
+/// An open file description a parent shares with its child over fork (one
+/// offset) stays one after restore: the child reads a byte, and the
+/// parent's next read goes on from there.
+#[test]
+fn file_shared_over_fork_keeps_one_offset() {
+    parent_and_child_roundtrip("sharedfile.c", &["{tmp}/data"]);
+}
+
+/// A memfd mapping and a SysV segment (removed, attached by both) shared
+/// by a parent and its child are still one object after restore: the
+/// child's write is seen by the parent.
+#[test_case::test_case("memfd" ; "memfd")]
+#[test_case::test_case("sysv" ; "sysv segment")]
+fn memory_object_shared_over_fork_stays_shared(kind: &str) {
+    parent_and_child_roundtrip("sharedmem.c", &[kind]);
 }

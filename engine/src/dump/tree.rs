@@ -277,7 +277,10 @@ pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
                 && v.path.starts_with('/')
                 && !v.path.starts_with("/SYSV")
                 && !v.path.starts_with("/memfd:");
-            if file {
+            // memfds and SysV segments are objects of the whole dump
+            // (dump/shared.rs): every member's mappings get the same one.
+            let object = v.path.starts_with("/SYSV") || v.path.starts_with("/memfd:");
+            if file || object {
                 continue;
             }
             let key = (v.dev_major, v.dev_minor, v.inode);
