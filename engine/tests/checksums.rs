@@ -96,3 +96,67 @@ fn streamed_checksums_match_the_stored_pages() {
     assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
     assert_ticker_ok(&log);
 }
+
+/// A run left to the parent has no data checksum of its own: the
+/// pagemap's layout digest binds it to its address. Moved to another
+/// address the parent also holds (data that would pass every parent
+/// checksum, at the wrong place), the image is refused naming the digest,
+/// and restored as written it comes back intact.
+#[test]
+fn moved_parent_run_is_refused_by_the_layout_digest() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "ticker.c", &["-pthread"]);
+    let log = tmp.path().join("ticks.log");
+    let mut p = spawn_daemon(Command::new(bin).arg(&log).arg("4").arg("0"));
+    wait_tick(&log, 2);
+    let pid = p.pid;
+    let pid_s = pid.to_string();
+    let pre = tmp.path().join("pre");
+    crust([
+        "pre-dump",
+        "-t",
+        &pid_s,
+        "-D",
+        path_str(&pre),
+        "--track-mem",
+    ])
+    .assert_ok();
+    let top = tmp.path().join("dump");
+    dump(pid, &top, &["--track-mem", "--prev-images-dir", "../pre"]);
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let images = ImageDir::open(&top).expect("image dir");
+    let file = images.file(Kind::Pagemap, Some(pid));
+    let original = std::fs::read(&file).expect("pagemap");
+    let mut pm: Pagemap = images.read(Kind::Pagemap, Some(pid)).expect("pagemap");
+    let runs: Vec<(u64, u64)> = pm
+        .entries
+        .iter()
+        .filter(|e| e.flags & PE_IN_PARENT != 0)
+        .map(|e| (e.vaddr, e.nr_pages))
+        .collect();
+    assert!(runs.len() >= 2, "runs left to the parent: {runs:?}");
+    // The first such run moved onto the second one's address.
+    let first = pm
+        .entries
+        .iter_mut()
+        .find(|e| e.flags & PE_IN_PARENT != 0)
+        .expect("a parent run");
+    first.vaddr = runs[1].0;
+    first.nr_pages = first.nr_pages.min(runs[1].1);
+    std::fs::remove_file(&file).expect("rm pagemap");
+    images
+        .write(Kind::Pagemap, Some(pid), &pm)
+        .expect("pagemap");
+    crust(["restore", "-d", "-D", path_str(&top)])
+        .assert_failed()
+        .stderr_has("layout digest");
+    assert_pid_free(pid, "after a refused restore");
+    std::fs::write(&file, original).expect("put the pagemap back");
+    let at_dump = last_tick(&log);
+    let mut r = restore_detached(&top, pid);
+    wait_tick(&log, at_dump + 2);
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
+    assert_ticker_ok(&log);
+}

@@ -390,6 +390,7 @@ fn lazy_image_needs_lazy_pages() {
     w.write(&data).expect("write");
     w.finish().expect("finish");
     std::fs::remove_file(dir.file(Kind::Pagemap, Some(pid))).expect("rm pagemap");
+    crust::image::chain::seal(&mut pm);
     dir.write(Kind::Pagemap, Some(pid), &pm).expect("pagemap");
     let out = crust(["restore", "-d", "-D", path_str(&img)]);
     out.assert_failed().stderr_has("--lazy-pages");

@@ -1235,6 +1235,7 @@ pub(crate) fn copy(
         pagemap: Pagemap {
             pages_file: pages_name,
             entries: copier.entries,
+            layout_digest: None,
         },
         pages_written: copier.stored_pages,
         content_in_parent: copier.content_in_parent,
@@ -1313,6 +1314,7 @@ pub(crate) fn pagemap_of(pid: pid_t, runs: &[Run]) -> Pagemap {
     Pagemap {
         pages_file: Kind::Pages.file_name(Some(pid)),
         entries,
+        layout_digest: None,
     }
 }
 

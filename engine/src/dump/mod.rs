@@ -1032,6 +1032,7 @@ fn pre_dump_copy(
     }
     guard::check()?;
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
+    chain::seal(&mut pagemap);
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     Ok((plan.stats.scanned, in_parent, written))
 }
@@ -1536,6 +1537,8 @@ fn dump_process(
     images.write(Kind::Core, Some(pid), &core.core)?;
     images.write(Kind::Mm, Some(pid), &plan.mm)?;
     images.write(Kind::Fds, Some(pid), &fds)?;
+    let mut pagemap = pagemap;
+    chain::seal(&mut pagemap);
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     Ok(ProcessDump {
         pid,

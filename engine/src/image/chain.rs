@@ -103,7 +103,40 @@ impl LayerMap {
 /// Loads the pagemap of task `pid` in the image directory `dir`.
 pub fn load_layer(dir: &Path, pid: i32) -> Result<LayerMap> {
     let pagemap: Pagemap = ImageDir::open(dir)?.read(Kind::Pagemap, Some(pid))?;
+    match pagemap.layout_digest {
+        Some(d) if d == layout_digest(&pagemap) => {}
+        Some(_) => {
+            return Err(bad(
+                dir,
+                format!("the page runs of pid {pid} do not match their layout digest: the pagemap is corrupted"),
+            ))
+        }
+        None => {
+            return Err(bad(
+                dir,
+                format!("the pagemap of pid {pid} has no layout digest (made by an older crust?)"),
+            ))
+        }
+    }
     LayerMap::new(dir, pagemap)
+}
+
+/// The digest of a pagemap's layout: its pages file and every run's
+/// address, length and flags, in order.
+pub fn layout_digest(pm: &Pagemap) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(pm.pages_file.as_bytes());
+    for e in &pm.entries {
+        h.update(&e.vaddr.to_le_bytes());
+        h.update(&e.nr_pages.to_le_bytes());
+        h.update(&e.flags.to_le_bytes());
+    }
+    h.digest()
+}
+
+/// Records the layout digest of a pagemap about to be written.
+pub fn seal(pm: &mut Pagemap) {
+    pm.layout_digest = Some(layout_digest(pm));
 }
 
 /// A run of restored memory and where its bytes are: layer index and
@@ -464,6 +497,7 @@ mod tests {
     fn layer(entries: &[(u64, u64, bool)]) -> LayerMap {
         let pm = Pagemap {
             pages_file: "p".into(),
+            layout_digest: None,
             entries: entries
                 .iter()
                 .map(|&(v, n, p)| PagemapEntry {
@@ -491,6 +525,7 @@ mod tests {
     fn rejects_overlap() {
         let pm = Pagemap {
             pages_file: "p".into(),
+            layout_digest: None,
             entries: vec![
                 PagemapEntry {
                     vaddr: 0x2000,

@@ -548,6 +548,12 @@ pub struct Pagemap {
     pub pages_file: String,
     #[prost(message, repeated, tag = "2")]
     pub entries: Vec<PagemapEntry>,
+    /// xxh3-64 of the pages file name and every run's (vaddr, nr_pages,
+    /// flags), in order (`chain::layout_digest`): binds the runs with no
+    /// data here (left to the parent, lazy), which no data checksum
+    /// covers, to their addresses.
+    #[prost(uint64, optional, tag = "3")]
+    pub layout_digest: Option<u64>,
 }
 
 /// What one dump or pre-dump did (`--display-stats` prints the same).

@@ -394,6 +394,9 @@ impl Receiver<'_> {
         if unsummed {
             chain::add_checksums(&self.dir.path, pid, &mut pm)?;
         }
+        if pm.layout_digest.is_none() {
+            chain::seal(&mut pm);
+        }
         self.dir.write(Kind::Pagemap, Some(pid), &pm)?;
         self.pagemaps.push(pid);
         self.got.files += 1;

@@ -356,6 +356,7 @@ pub fn write_back(dir: &Path, twin: &Twin, pagemap: &Pagemap) -> Result<u64> {
     }
     out.finish()?;
     sync(&tmp_pages)?;
+    crate::image::chain::seal(&mut new);
     write_message(&tmp_pagemap, Kind::Pagemap, &new)?;
     sync(&tmp_pagemap)?;
     inv.lazy_address.clear();
