@@ -1,5 +1,6 @@
-//! Per-task cost of dump and restore: a process with many threads next to
-//! the same program with one thread, measured in the same run, alternating.
+//! Per-task cost of dump and restore: a process with many threads and a
+//! tree of as many processes, next to the same program as a single task,
+//! measured in the same run, alternating.
 //!
 //! The target (C, compiled here with `cc`) starts N-1 threads that each
 //! touch 64 KiB of their own and block in a futex wait (pthread_cond_wait),
@@ -8,7 +9,8 @@
 //! the frozen time from stats.img), restores it (`crust restore -d`: wall
 //! time until the task runs), checks the restored process has every
 //! thread, and kills it. Medians over the runs; the per-thread cost is
-//! (median with N - median with 1) / (N - 1).
+//! (median with N - median with 1) / (N - 1). The tree shape forks N-1
+//! children of the root instead (each with 64 KiB of its own, in pause()).
 //!
 //! Target: per-task overhead under 1 ms for dump (frozen and total) and
 //! restore. Missing it is reported, not an error; a failed dump or restore
@@ -53,6 +55,26 @@ static void *run(void *arg) {
 }
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1;
+    if (argc > 2 && !strcmp(argv[2], "tree")) {
+        /* n-1 children, each with 64 KiB of its own, waiting in pause(). */
+        for (int i = 1; i < n; i++) {
+            pid_t c = fork();
+            if (c < 0)
+                return 2;
+            if (c == 0) {
+                char *mine = malloc(65536);
+                if (!mine)
+                    exit(3);
+                memset(mine, i, 65536);
+                for (;;)
+                    pause();
+            }
+        }
+        printf("ready\n");
+        fflush(stdout);
+        for (;;)
+            pause();
+    }
     for (int i = 1; i < n; i++) {
         pthread_t t;
         if (pthread_create(&t, NULL, run, (void *)(long)i))
@@ -105,7 +127,7 @@ fn compile(dir: &Path) -> Res<PathBuf> {
 }
 
 /// The target started with `n` threads, once every thread is blocked.
-fn start(bin: &Path, n: usize) -> Res<Child> {
+fn start(bin: &Path, n: usize, shape: Shape) -> Res<Child> {
     let mut cmd = Command::new(bin);
     // Descriptors this bench inherited (a pipe of the shell that started
     // it) are not the target's: a dump would refuse a pipe held outside.
@@ -117,8 +139,12 @@ fn start(bin: &Path, n: usize) -> Res<Child> {
             Ok(())
         });
     }
+    if shape == Shape::Tree {
+        cmd.arg(n.to_string()).arg("tree");
+    } else {
+        cmd.arg(n.to_string());
+    }
     let mut child = cmd
-        .arg(n.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -136,10 +162,49 @@ fn start(bin: &Path, n: usize) -> Res<Child> {
     Ok(child)
 }
 
+/// The two shapes measured: N threads in one process, or N processes (a
+/// root and N-1 children).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Threads,
+    Tree,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Threads => "threads",
+            Shape::Tree => "processes",
+        }
+    }
+}
+
 fn tasks_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The root's children (the tree target has no grandchildren).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills the target and whatever children it has, and reaps them all:
+/// the root first, so that its children reparent to us (the child
+/// subreaper) and are ours to reap.
+fn kill_tree(pid: i32) {
+    let kids = children_of(pid);
+    kill_and_reap(pid);
+    for &k in &kids {
+        kill_and_reap(k);
+    }
 }
 
 struct Sample {
@@ -149,18 +214,23 @@ struct Sample {
 }
 
 /// One dump and restore of a target with `n` threads.
-fn one(bin: &Path, base: &Path, n: usize, run: usize) -> Res<Sample> {
-    let target = start(bin, n)?;
+fn one(bin: &Path, base: &Path, n: usize, shape: Shape, run: usize) -> Res<Sample> {
+    let target = start(bin, n, shape)?;
     let pid = target.id() as i32;
-    let dir = base.join(format!("img-{n}-{run}"));
+    let kids = children_of(pid);
+    let dir = base.join(format!("img-{}-{n}-{run}", shape.name()));
     let t = Instant::now();
     let dumped = crust(&["dump", "-t", &pid.to_string(), "-D", path_str(&dir)?]);
     let dump_ms = t.elapsed().as_secs_f64() * 1e3;
     if let Err(e) = dumped {
-        kill_and_reap(pid);
+        kill_tree(pid);
         return Err(e);
     }
     reap(pid)?;
+    // The dump killed the children too; they were reparented to us.
+    for k in kids {
+        let _ = reap(k);
+    }
     let stats = crust(&["show", path_str(&dir.join("stats.img"))?])?;
     let v: serde_json::Value =
         serde_json::from_str(stats.trim()).map_err(|e| format!("crust show: {e}: {stats}"))?;
@@ -171,11 +241,14 @@ fn one(bin: &Path, base: &Path, n: usize, run: usize) -> Res<Sample> {
     let t = Instant::now();
     crust(&["restore", "-D", path_str(&dir)?, "-d"])?;
     let restore_ms = t.elapsed().as_secs_f64() * 1e3;
-    let got = tasks_of(pid);
-    kill_and_reap(pid);
+    let got = match shape {
+        Shape::Threads => tasks_of(pid),
+        Shape::Tree => children_of(pid).len() + 1,
+    };
+    kill_tree(pid);
     std::fs::remove_dir_all(&dir).ok();
     if got != n {
-        return Err(format!("restored {got} threads of {n}"));
+        return Err(format!("restored {got} {} of {n}", shape.name()));
     }
     Ok(Sample {
         dump_ms,
@@ -210,32 +283,43 @@ fn bench() -> Res<()> {
         .tempdir()
         .map_err(|e| format!("temporary directory: {e}"))?;
     let bin = compile(base.path())?;
-    let shapes = [1, threads];
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
+    // One task, N threads, N processes: alternating within each run.
+    let shapes = [
+        (1, Shape::Threads),
+        (threads, Shape::Threads),
+        (threads, Shape::Tree),
+    ];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new(), Vec::new()];
     for run in 0..runs {
-        for (i, &n) in shapes.iter().enumerate() {
-            let s = one(&bin, base.path(), n, run)?;
+        for (i, &(n, shape)) in shapes.iter().enumerate() {
+            let s = one(&bin, base.path(), n, shape, run)?;
             println!(
-                "run {run}: {n:>4} threads: dump {:.1} ms (frozen {:.1} ms), restore {:.1} ms",
-                s.dump_ms, s.frozen_ms, s.restore_ms
+                "run {run}: {n:>4} {:<9}: dump {:.1} ms (frozen {:.1} ms), restore {:.1} ms",
+                shape.name(),
+                s.dump_ms,
+                s.frozen_ms,
+                s.restore_ms
             );
             samples[i].push(s);
         }
     }
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
-    println!("medians of {runs} runs, alternating 1 and {threads} threads:");
+    println!("medians of {runs} runs, alternating a single task, {threads} threads and {threads} processes:");
     let per = (threads - 1) as f64;
-    for (what, f) in [
-        ("dump total", (|s: &Sample| s.dump_ms) as fn(&Sample) -> f64),
-        ("dump frozen", |s: &Sample| s.frozen_ms),
-        ("restore", |s: &Sample| s.restore_ms),
-    ] {
-        let (one, many) = (med(0, f), med(1, f));
-        let each = (many - one) / per;
-        println!(
-            "  {what:<12} 1 thread {one:7.1} ms, {threads} threads {many:7.1} ms: {each:.3} ms per thread (target < {TARGET_MS} ms) {}",
-            if each < TARGET_MS { "met" } else { "NOT met" }
-        );
+    for (i, shape) in [(1, Shape::Threads), (2, Shape::Tree)] {
+        for (what, f) in [
+            ("dump total", (|s: &Sample| s.dump_ms) as fn(&Sample) -> f64),
+            ("dump frozen", |s: &Sample| s.frozen_ms),
+            ("restore", |s: &Sample| s.restore_ms),
+        ] {
+            let (one, many) = (med(0, f), med(i, f));
+            let each = (many - one) / per;
+            println!(
+                "  {what:<12} 1 task {one:7.1} ms, {threads} {:<9} {many:7.1} ms: {each:.3} ms per task (target < {TARGET_MS} ms) {}",
+                shape.name(),
+                if each < TARGET_MS { "met" } else { "NOT met" }
+            );
+        }
     }
     Ok(())
 }
