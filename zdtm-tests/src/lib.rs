@@ -283,6 +283,28 @@ pub fn fstat(fd: i32) -> TestResult<libc::stat> {
 }
 
 /// `/proc/self/fd/N` link target.
+/// FIONREAD: bytes waiting to be read (a pipe, either end; a socket).
+pub fn fionread(fd: i32) -> TestResult<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the valid pointer.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return Err(os_err(&format!("FIONREAD on fd {fd}")));
+    }
+    Ok(n)
+}
+
+/// The fd table with the inode numbers of pipes and sockets hidden
+/// (`pipe:[123]` -> `pipe`): restore makes new ones.
+pub fn fd_table_without_inodes() -> TestResult<Vec<(i32, String)>> {
+    Ok(zdtm::procfs::list_fds()?
+        .into_iter()
+        .map(|(fd, p)| match p.split_once(":[") {
+            Some((kind @ ("pipe" | "socket"), _)) => (fd, kind.to_string()),
+            _ => (fd, p),
+        })
+        .collect())
+}
+
 pub fn fd_path(fd: i32) -> TestResult<String> {
     zdtm::procfs::readlink(&format!("/proc/self/fd/{fd}"))
 }

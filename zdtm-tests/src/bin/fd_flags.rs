@@ -88,12 +88,7 @@ fn setfl(fd: i32, add: i32) -> TestResult {
 }
 
 fn fionread(fd: i32) -> i32 {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the valid pointer.
-    match unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } {
-        0 => n,
-        _ => -1,
-    }
+    zdtm_tests::fionread(fd).unwrap_or(-1)
 }
 
 fn info(fd: i32) -> TestResult<Info> {

@@ -13,7 +13,7 @@
 //! share an inode and different pipes do not (pipefs inode numbers
 //! themselves may change), and the pipes still carry new data.
 
-use zdtm::{ensure, ensure_eq, procfs, TestResult};
+use zdtm::{ensure, ensure_eq, TestResult};
 use zdtm_tests::{
     close, fcntl_get, fd_path, pattern_bytes, pipe2, read_exact, read_some, write_all,
 };
@@ -33,32 +33,6 @@ struct State {
     nonblock: (i32, i32),
     infos: Vec<PipeInfo>,
     table: Vec<(i32, String)>,
-}
-
-fn fionread(fd: i32) -> TestResult<i32> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the valid pointer.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
-        return Err(zdtm::os_err(&format!("FIONREAD on fd {fd}")));
-    }
-    Ok(n)
-}
-
-/// The fd table with pipe inode numbers hidden (`pipe:[123]` -> `pipe`).
-fn fd_table() -> TestResult<Vec<(i32, String)>> {
-    Ok(procfs::list_fds()?
-        .into_iter()
-        .map(|(fd, p)| {
-            (
-                fd,
-                if p.starts_with("pipe:[") {
-                    "pipe".into()
-                } else {
-                    p
-                },
-            )
-        })
-        .collect())
 }
 
 fn infos(s: &State) -> TestResult<Vec<PipeInfo>> {
@@ -82,7 +56,7 @@ fn infos(s: &State) -> TestResult<Vec<PipeInfo>> {
                 fcntl_get(fd, libc::F_GETFL)?,
                 fcntl_get(fd, libc::F_GETPIPE_SZ)?,
                 // FIONREAD works on the write end too (same pipe buffer).
-                fionread(fd)?,
+                zdtm_tests::fionread(fd)?,
             ))
         })
         .collect()
@@ -114,14 +88,14 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
         writer,
         nonblock,
         infos: Vec::new(),
-        table: fd_table()?,
+        table: zdtm_tests::fd_table_without_inodes()?,
     };
     s.infos = infos(&s)?;
     Ok(s)
 }
 
 fn check(s: State) -> TestResult {
-    ensure_eq!(fd_table()?, s.table, "fd table");
+    ensure_eq!(zdtm_tests::fd_table_without_inodes()?, s.table, "fd table");
     ensure_eq!(
         infos(&s)?,
         s.infos,
@@ -162,7 +136,7 @@ fn check(s: State) -> TestResult {
 
     // full: exact data, then still a working pipe.
     ensure_eq!(
-        fionread(s.full.0)?,
+        zdtm_tests::fionread(s.full.0)?,
         FULL_LEN as i32,
         "bytes in the full pipe"
     );
@@ -180,7 +154,7 @@ fn check(s: State) -> TestResult {
 
     // reader: the data, then EOF.
     ensure_eq!(
-        fionread(s.reader)?,
+        zdtm_tests::fionread(s.reader)?,
         READER_LEN as i32,
         "bytes in the reader pipe"
     );

@@ -11,7 +11,7 @@
 //! exactly, the ends of a pair are still each other's peer (new data goes
 //! through both ways), and different pairs are still different sockets.
 
-use zdtm::{ensure, ensure_eq, procfs, TestResult};
+use zdtm::{ensure, ensure_eq, TestResult};
 use zdtm_tests::{fcntl_get, fd_path, pattern_bytes, read_exact, write_all};
 
 const STREAM_TO_1: usize = 50_000;
@@ -59,32 +59,6 @@ fn recv(fd: i32, max: usize) -> TestResult<Vec<u8>> {
     Ok(buf)
 }
 
-fn fionread(fd: i32) -> TestResult<i32> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the valid pointer.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
-        return Err(zdtm::os_err(&format!("FIONREAD on fd {fd}")));
-    }
-    Ok(n)
-}
-
-/// The fd table with socket inode numbers hidden.
-fn fd_table() -> TestResult<Vec<(i32, String)>> {
-    Ok(procfs::list_fds()?
-        .into_iter()
-        .map(|(fd, p)| {
-            (
-                fd,
-                if p.starts_with("socket:[") {
-                    "socket".into()
-                } else {
-                    p
-                },
-            )
-        })
-        .collect())
-}
-
 fn all(s: &State) -> [i32; 6] {
     [
         s.stream.0,
@@ -121,7 +95,7 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
         stream,
         dgram,
         seqpacket,
-        table: fd_table()?,
+        table: zdtm_tests::fd_table_without_inodes()?,
         flags: Vec::new(),
     };
     s.flags = all(&s)
@@ -132,7 +106,7 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
 }
 
 fn check(s: State) -> TestResult {
-    ensure_eq!(fd_table()?, s.table, "fd table");
+    ensure_eq!(zdtm_tests::fd_table_without_inodes()?, s.table, "fd table");
     let flags: Vec<i32> = all(&s)
         .iter()
         .map(|&fd| fcntl_get(fd, libc::F_GETFL))
@@ -148,7 +122,7 @@ fn check(s: State) -> TestResult {
 
     // stream: every byte, both ways.
     ensure_eq!(
-        fionread(s.stream.1)?,
+        zdtm_tests::fionread(s.stream.1)?,
         STREAM_TO_1 as i32,
         "bytes queued at stream end 1"
     );
