@@ -253,12 +253,29 @@ impl Tracker {
     }
 
     /// Kills (SIGKILL) and reaps every tracked pid that is still our live
-    /// child, newest first; returns what was done.
+    /// child, newest first, with every descendant it has (a test's process
+    /// tree: killed first, then reaped once they are ours, as the runner is
+    /// the child subreaper); returns what was done.
     pub fn cleanup(&mut self) -> Vec<String> {
         let mut notes = Vec::new();
         while let Some(pid) = self.pids.pop() {
+            let descendants = match poll_child(pid) {
+                Ok(ChildState::Alive) => descendants_of(pid),
+                _ => Vec::new(),
+            };
+            // Children first, so that none is reparented while still alive.
+            for &kid in descendants.iter().rev() {
+                let _ = kill(kid, Signal::SIGKILL);
+            }
             if let Some(note) = kill_and_reap(pid, KILL_TIMEOUT) {
                 notes.push(note);
+            }
+            // Once `pid` is reaped its children are ours (reparented before
+            // it became a zombie); their own children follow as they die.
+            for &kid in &descendants {
+                if let Ok(Some(_)) = wait_exit(kid, KILL_TIMEOUT) {
+                    notes.push(format!("killed descendant pid {kid} of {pid}"));
+                }
             }
             live().remove(&pid.as_raw());
         }

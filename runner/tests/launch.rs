@@ -4,6 +4,7 @@
 //! pidfile appears, so the runner's "before" snapshot cannot see a
 //! descriptor the dump will not. This binary is the child subreaper of the
 //! daemons (as the runner is) and kills and reaps each by pid.
+//! Also: a run's cleanup kills a tracked test with its whole tree.
 
 mod common;
 
@@ -50,6 +51,46 @@ fn daemon_holds_only_stdio_when_the_pidfile_appears() {
         assert!(
             matches!(reaped, Ok(Some(_))),
             "round {round}: {pid} not reaped: {reaped:?}"
+        );
+    }
+}
+
+/// A test that forked (a tree) and fails: the run's cleanup kills the
+/// tracked root and every descendant, and reaps them (they reparent to the
+/// runner, the subreaper), so a failing tree test leaves nothing behind.
+// The root is reaped by pid (the tracker), not through `Child`.
+#[allow(clippy::zombie_processes)]
+#[test]
+fn cleanup_kills_a_tracked_tree() {
+    use std::io::BufRead;
+    zdtm_runner::procs::set_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+    // sh (tracked) -> sh -> sleep: the inner shell prints the sleep's pid,
+    // then the outer prints the inner's.
+    let mut root = std::process::Command::new("sh")
+        .args(["-c", "sh -c 'sleep 60 & echo $!; wait' & echo $!; wait"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let mut lines = std::io::BufReader::new(root.stdout.take().expect("stdout"));
+    let mut descendants = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        lines.read_line(&mut line).expect("read a pid");
+        descendants.push(Pid::from_raw(line.trim().parse().expect("pid")));
+    }
+    let root = Pid::from_raw(i32::try_from(root.id()).expect("pid fits"));
+    let mut tracker = zdtm_runner::procs::Tracker::default();
+    tracker.track(root);
+    let notes = tracker.cleanup();
+    assert!(notes.contains(&format!("killed pid {root}")), "{notes:?}");
+    for pid in descendants {
+        assert!(
+            notes.contains(&format!("killed descendant pid {pid} of {root}")),
+            "{pid} not killed and reaped: {notes:?}"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} still exists"
         );
     }
 }
