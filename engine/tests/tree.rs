@@ -375,3 +375,57 @@ fn file_shared_over_fork_keeps_one_offset() {
 fn memory_object_shared_over_fork_stays_shared(kind: &str) {
     parent_and_child_roundtrip("sharedmem.c", &[kind]);
 }
+
+/// Unix socket pairs made before a fork (stream, datagram, seqpacket, one
+/// end held by both processes) keep their data in flight both ways, their
+/// message boundaries, shutdown state and shared flags, and the child's
+/// epoll watch of its end reports it readable after restore.
+#[test]
+fn socket_pairs_between_parent_and_child() {
+    parent_and_child_roundtrip("treesock.c", &[]);
+}
+
+/// A socket pair whose other end a process outside the dumped tree holds
+/// (here: this test) is refused by name, by pre-dump and dump, and the
+/// process runs on.
+#[test]
+fn socket_peer_outside_the_tree_is_refused_by_name() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "ticker.c", &[]);
+    let log = tmp.path().join("ticks.log");
+    let mut ends = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            ends.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh descriptors, owned from here on.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // Its stdin is one end; this test keeps the other.
+    let mut p = spawn_daemon_with(
+        Command::new(&bin).arg(&log).arg("1").arg("0").arg("none"),
+        std::process::Stdio::from(theirs),
+        std::process::Stdio::null(),
+    );
+    wait_tick(&log, 2);
+    let pid = p.pid.to_string();
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        crust([op, "-t", &pid, "-D", path_str(&images)])
+            .assert_failed()
+            .stderr_has(&format!("is also held by pid {}", std::process::id()))
+            .stderr_has("outside the dumped process");
+    }
+    p.assert_running_untraced();
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert_ticker_ok(&log);
+    drop(ours);
+}

@@ -144,6 +144,45 @@ fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an epoll instance whose open file description another process
+/// of the tree holds too (inherited over fork): restore makes one
+/// instance per process, so it would stop being one.
+fn shared_epolls(pid: pid_t, fds: &[Fd], tree: &[pid_t]) -> Result<()> {
+    const KCMP_FILE: i32 = 0;
+    let ours: Vec<&Fd> = fds
+        .iter()
+        .filter(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    for &p in tree.iter().filter(|&&p| p != pid) {
+        // A zombie holds no descriptors.
+        let Ok(links) = proc::fd::list_fds(p) else {
+            continue;
+        };
+        for l in links
+            .iter()
+            .filter(|l| matches!(l.kind(), FdTarget::AnonInode(k) if k == "eventpoll"))
+        {
+            for f in &ours {
+                // SAFETY: kcmp compares kernel objects; no memory is passed.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, p, KCMP_FILE, f.fd, l.fd) };
+                if r == 0 {
+                    return Err(Error::unsupported(
+                        pid,
+                        format!(
+                            "fd {}: its epoll instance is also process {p}'s fd {} (one instance shared by processes of the tree, inherited over fork): not restored yet",
+                            f.fd, l.fd
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The key `--external` and `--inherit-fd` name a pipe by.
 pub(crate) fn pipe_key(ino: u64) -> String {
     format!("pipe:[{ino}]")
@@ -320,8 +359,9 @@ pub(crate) fn plan(
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
     tree_files(pid, &mut fds, tree)?;
+    shared_epolls(pid, &fds, tree)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, tree, &mut vanished)?;
-    super::sockets::check_peers(pid, &sockets)?;
+    super::sockets::check_peers(pid, &mut sockets, &mut fds, tree)?;
     super::epoll::check_watches(pid, &epoll_watches)?;
     Ok(FdPlan {
         fds,
@@ -770,14 +810,19 @@ pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
         });
     }
     let mut sockets = Vec::new();
-    for s in plan.sockets.values() {
+    for s in plan.sockets.values().filter(|s| s.record) {
         let ours = copy_of(&pidfd, pid, s.fd)?;
-        let peer_fd = plan
-            .sockets
-            .get(&s.diag.peer)
-            .map(|p| p.fd)
-            .ok_or_else(|| Error::task(pid, format!("socket:[{}] lost its peer", s.diag.ino)))?;
-        let peer = copy_of(&pidfd, pid, peer_fd)?;
+        let peer = match (plan.sockets.get(&s.diag.peer), s.peer_at) {
+            (Some(p), _) => copy_of(&pidfd, pid, p.fd)?,
+            // Held by another process of the tree (frozen with this one).
+            (None, Some((other, fd))) => copy_of(&pidfd_open(other)?, other, fd)?,
+            (None, None) => {
+                return Err(Error::task(
+                    pid,
+                    format!("socket:[{}] lost its peer", s.diag.ino),
+                ))
+            }
+        };
         sockets.push(super::sockets::dump_one(pid, s, &ours, &peer)?);
     }
     Ok(Fds {

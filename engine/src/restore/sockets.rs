@@ -1,27 +1,72 @@
 //! Unix socket pairs: one injected socketpair(2) per dumped pair, then,
 //! from the engine through copies of the new ends, each end's receive
 //! queue sent again through its peer, its options and its shutdown state,
-//! each checked back.
+//! each checked back. Pairs shared by processes of a tree are made by
+//! crust itself, filled the same way, and inherited ([`tree_sockets`]).
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
+use super::files::InheritedEnd;
 use crate::error::{Error, Result};
 use crate::image::messages::{Fds, UnixSocket};
 use crate::inject::Injector;
 use crate::sys::syscalls::pidfd_getfd;
 use crate::sys::unix_sock;
 
+/// Whether an external key names a socket shared by processes of the tree.
+pub(crate) fn is_tree_socket(key: &str) -> bool {
+    key.starts_with("tree-socket:")
+}
+
+/// Whether the socket `id` of this process's image is one the tree shares
+/// (made by crust, see [`tree_sockets`]).
+fn shared_in_tree(fds: &Fds, id: u64) -> bool {
+    fds.fds
+        .iter()
+        .any(|f| f.socket_id == id && is_tree_socket(&f.external))
+}
+
 /// Checks the image's sockets before anything exists: every socket's peer
-/// is in the image, of the same type, and names it back.
+/// is in the image, of the same type, and names it back (the tree's
+/// shared sockets: [`validate_tree`]).
 pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
-    let by_id: BTreeMap<u64, &UnixSocket> = fds.sockets.iter().map(|s| (s.id, s)).collect();
-    if by_id.len() != fds.sockets.len() {
+    let own: Vec<&UnixSocket> = fds
+        .sockets
+        .iter()
+        .filter(|s| !shared_in_tree(fds, s.id))
+        .collect();
+    check_pairs(&own)
+}
+
+/// Checks the sockets the processes of the tree share: each recorded
+/// once, every one a pair with its peer, and every descriptor marked
+/// `tree-socket:` with its record.
+pub(crate) fn validate_tree(all: &[&Fds]) -> std::result::Result<(), String> {
+    let shared: Vec<&UnixSocket> = all
+        .iter()
+        .flat_map(|fds| fds.sockets.iter().filter(|s| shared_in_tree(fds, s.id)))
+        .collect();
+    check_pairs(&shared)?;
+    for f in all.iter().flat_map(|x| x.fds.iter()) {
+        if is_tree_socket(&f.external) && !shared.iter().any(|s| s.id == f.socket_id) {
+            return Err(format!(
+                "fd {} refers to socket {} of the tree, which no process recorded",
+                f.fd, f.socket_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_pairs(sockets: &[&UnixSocket]) -> std::result::Result<(), String> {
+    let by_id: BTreeMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, *s)).collect();
+    if by_id.len() != sockets.len() {
         return Err("a unix socket is listed twice".into());
     }
-    for s in &fds.sockets {
+    for s in sockets {
         let peer = by_id.get(&s.peer).ok_or_else(|| {
             format!(
                 "socket:[{}]'s peer socket:[{}] is not in the image",
@@ -54,7 +99,7 @@ pub(crate) fn create_pairs(
     let by_id: BTreeMap<u64, &UnixSocket> = fds.sockets.iter().map(|s| (s.id, s)).collect();
     let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
     for s in &fds.sockets {
-        if ends.contains_key(&s.id) {
+        if ends.contains_key(&s.id) || shared_in_tree(fds, s.id) {
             continue;
         }
         let peer = by_id
@@ -92,6 +137,56 @@ pub(crate) fn create_pairs(
         fill(pid, s, &ours, peer, &theirs)?;
     }
     Ok(ends)
+}
+
+/// The socket pairs shared by processes of the tree (descriptors marked
+/// `tree-socket:`), made here once each, with their queues, options and
+/// shutdown state, before the root's stub is forked: every stub inherits
+/// them, and each process takes its ends as inherited ones (one open file
+/// description per socket, as a socket always is). Returns the
+/// descriptors (to close once the stubs exist) and the (key, O_RDWR) ->
+/// fd entries.
+pub(crate) fn tree_sockets(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
+    let shared: BTreeMap<u64, &UnixSocket> = all
+        .iter()
+        .flat_map(|fds| fds.sockets.iter().filter(|s| shared_in_tree(fds, s.id)))
+        .map(|s| (s.id, s))
+        .collect();
+    let mut made: BTreeMap<u64, OwnedFd> = BTreeMap::new();
+    for s in shared.values() {
+        if made.contains_key(&s.id) {
+            continue;
+        }
+        let peer = shared
+            .get(&s.peer)
+            .ok_or_else(|| Error::Other(format!("socket:[{}] has no peer", s.id)))?;
+        let mut ends = [-1; 2];
+        // SAFETY: socketpair writes two descriptors into `ends`.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                s.sock_type as i32 | libc::SOCK_CLOEXEC,
+                0,
+                ends.as_mut_ptr(),
+            )
+        };
+        Errno::result(r).map_err(|e| Error::sys("socketpair(AF_UNIX)", 0, e))?;
+        // SAFETY: both descriptors were just created and are ours alone.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        fill(0, s, &a, peer, &b)?;
+        made.insert(s.id, a);
+        made.insert(peer.id, b);
+    }
+    let mut entries = Vec::new();
+    let mut owned = Vec::new();
+    for (id, fd) in made {
+        entries.push((
+            (crate::dump::sockets::tree_socket_key(id), libc::O_RDWR),
+            fd.as_raw_fd(),
+        ));
+        owned.push(fd);
+    }
+    Ok((owned, entries))
 }
 
 fn fail(pid: i32, s: &UnixSocket, what: &str, e: Errno) -> Error {
