@@ -314,9 +314,62 @@ fn tree_predumps_then_dump() {
     drop(newborn);
 }
 
-/// Starts `prog LOG ARGS` (a parent that forks one child and writes
-/// "ready CHILD"; "{tmp}" in an argument is the test's directory), dumps the two, restores them, wakes the child (SIGUSR1), waits
-/// for it to exit and wakes the parent, which must report "OK all".
+/// Starts `prog LOG ARGS` as [`parent_and_child_roundtrip`] does; pre-dump
+/// and dump must both refuse it naming `named`; the two run on untouched
+/// and finish as they would have (the parent reports "OK all").
+fn parent_and_child_refused(prog: &str, args: &[&str], named: &str) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), prog, &[]);
+    let log = tmp.path().join("result.log");
+    let p = spawn_daemon(Command::new(&bin).arg(&log).args(args));
+    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+    assert!(
+        !children.is_empty(),
+        "no child pid in {}",
+        read_string(&log)
+    );
+    let pid = p.pid.to_string();
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        crust([op, "-t", &pid, "-D", path_str(&images)])
+            .assert_failed()
+            .stderr_has(named);
+        assert!(!images.join("inventory.img").exists(), "{op} left an image");
+    }
+    p.assert_running_untraced();
+    for &child in &children {
+        let c = Proc::adopt(child);
+        if place(child).map(|p| p.0) != Some('Z') {
+            c.assert_running_untraced();
+        }
+        c.signal(libc::SIGUSR1);
+        wait_until(TIMEOUT, "the child to exit", || {
+            match place(child).map(|p| p.0) {
+                Some('Z') => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        });
+    }
+    wake_and_expect_ok(p, &log);
+}
+
+/// The pids of the "ready PID..." line of `text`.
+fn ready_pids(text: &str) -> Vec<i32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `prog LOG ARGS` (a parent that forks its children and writes
+/// "ready CHILD..."; "{tmp}" in an argument is the test's directory), dumps
+/// them, restores them, wakes each child (SIGUSR1), waits for it to exit
+/// and wakes the parent, which must report "OK all".
 fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
     init();
     let tmp = tempdir();
@@ -325,37 +378,43 @@ fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
     let dir = path_str(tmp.path()).to_string();
     let args: Vec<String> = args.iter().map(|a| a.replace("{tmp}", &dir)).collect();
     let mut p = spawn_daemon(Command::new(&bin).arg(&log).args(&args));
-    let text = wait_file_contains(&log, "ready", TIMEOUT);
-    let child: i32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ready "))
-        .and_then(|c| c.trim().parse().ok())
-        .expect("child pid");
+    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+    assert!(
+        !children.is_empty(),
+        "no child pid in {}",
+        read_string(&log)
+    );
     let state = |pid: i32| place(pid).map(|p| p.0);
-    wait_until(TIMEOUT, "the child to wait", || match state(child) {
-        Some('S') => Ok(()),
-        s => Err(format!("{s:?}")),
-    });
+    for &child in &children {
+        wait_until(TIMEOUT, "the child to wait", || match state(child) {
+            Some('S') => Ok(()),
+            s => Err(format!("{s:?}")),
+        });
+    }
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    // Killed with its parent: reparented to us (a child subreaper) or to
-    // init, which reap it.
-    wait_until(TIMEOUT, "the child to be gone", || {
-        let mut st = 0;
-        // SAFETY: waitpid with a valid status pointer; ECHILD if not ours.
-        unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
-        match state(child) {
-            None => Ok(()),
-            s => Err(format!("{s:?}")),
-        }
-    });
+    // Killed with their parent: reparented to us (a child subreaper) or to
+    // init, which reap them.
+    for &child in &children {
+        wait_until(TIMEOUT, "the child to be gone", || {
+            let mut st = 0;
+            // SAFETY: waitpid with a valid status pointer; ECHILD if not ours.
+            unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
+            match state(child) {
+                None => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        });
+    }
     let r = restore_detached(&images, p.pid);
-    // SAFETY: plain kill(2) of the restored child.
-    unsafe { libc::kill(child, libc::SIGUSR1) };
-    wait_until(TIMEOUT, "the child to exit", || match state(child) {
-        Some('Z') => Ok(()),
-        s => Err(format!("{s:?}")),
-    });
+    for &child in &children {
+        // SAFETY: plain kill(2) of the restored child.
+        unsafe { libc::kill(child, libc::SIGUSR1) };
+        wait_until(TIMEOUT, "the child to exit", || match state(child) {
+            Some('Z') => Ok(()),
+            s => Err(format!("{s:?}")),
+        });
+    }
     wake_and_expect_ok(r, &log);
 }
 
@@ -428,4 +487,38 @@ fn socket_peer_outside_the_tree_is_refused_by_name() {
     assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
     assert_ticker_ok(&log);
     drop(ours);
+}
+
+/// One epoll instance held by a parent and its child (inherited over
+/// fork) is refused by name: restore would make one per process.
+#[test]
+fn epoll_shared_by_parent_and_child_is_refused_by_name() {
+    parent_and_child_refused(
+        "treesock.c",
+        &["shared-epoll"],
+        "one instance shared by processes of the tree",
+    );
+}
+
+/// A tree whose members run as different users: the root stays root
+/// (a child subreaper), one child runs as nobody with groups of its own,
+/// a subreaper flag and a parent death signal set after its setresuid,
+/// another with uids, gids and groups of its own and some capabilities
+/// kept (and a smaller bounding set). After restore each finds exactly
+/// its own credentials, pdeath signal and subreaper flag (no capability
+/// more or less).
+#[test]
+fn members_keep_their_own_credentials() {
+    parent_and_child_roundtrip("treecreds.c", &["users"]);
+}
+
+/// A zombie whose ids differ from the engine's is refused by name: it
+/// would exit as the engine's stub.
+#[test]
+fn zombie_of_another_user_is_refused_by_name() {
+    parent_and_child_refused(
+        "treecreds.c",
+        &["zombie-nobody"],
+        "a zombie's credentials are not restored",
+    );
 }

@@ -1,5 +1,5 @@
 /*
- * treesock OUTFILE
+ * treesock OUTFILE [shared-epoll]
  *
  * Unix socket pairs between a parent and its child, made before the fork:
  * a stream, a datagram and a seqpacket pair (the parent keeps end 0, the
@@ -19,7 +19,9 @@
  * on SIGUSR1, reaps it and reads what the child sent, "bye" included, and
  * end of file on the seqpacket; the
  * shared end is empty (the child read it: one socket) and O_NONBLOCK.
- * "OK all" (exit 0) or "BAD ..." (exit 1).
+ * "OK all" (exit 0) or "BAD ..." (exit 1). With "shared-epoll", the parent
+ * also makes an epoll instance before the fork, which both then hold (one
+ * instance shared by the two: refused by crust).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -130,7 +132,9 @@ static int child(int s, int d, int q, int sh, int sync) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2)
+    if (argc != 2 && argc != 3)
+        return 2;
+    if (argc == 3 && (strcmp(argv[2], "shared-epoll") || epoll_create1(0) < 0))
         return 2;
     out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
     signal(SIGUSR1, on_usr1);
