@@ -1,5 +1,5 @@
 /*
- * treecreds OUTFILE users|zombie-nobody
+ * treecreds OUTFILE users|zombie-nobody|vfork
  *
  * users: a tree whose members run as different users. The root stays
  * root and is a child subreaper. Child A: groups {100, 200}, every uid and
@@ -17,6 +17,10 @@
  * zombie-nobody: child A sets every uid and gid to 65534 and exits at
  * once; "ready A" when it is a zombie (waitid WNOWAIT). On SIGUSR1 the
  * root reaps it and writes "OK all".
+ *
+ * vfork: child A is a vfork child that writes "ready A" itself and waits
+ * for SIGUSR1 (its parent waits in vfork meanwhile), then exits; the root
+ * then reaps it and writes "OK all".
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -132,6 +136,23 @@ int main(int argc, char **argv) {
         while (!go)
             pause();
         if (reap(a, "A"))
+            return 1;
+        dprintf(out, "OK all\n");
+        return 0;
+    }
+    if (!strcmp(argv[2], "vfork")) {
+        pid_t a = vfork();
+        if (a == 0) {
+            /* Shares the parent's memory: only write(2), pause, _exit. */
+            char line[32];
+            int n = snprintf(line, sizeof line, "ready %d\n", (int)getpid());
+            if (write(out, line, n) != n)
+                _exit(3);
+            while (!go)
+                pause();
+            _exit(0);
+        }
+        if (a < 0 || reap(a, "A"))
             return 1;
         dprintf(out, "OK all\n");
         return 0;
