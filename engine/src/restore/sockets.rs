@@ -1,11 +1,12 @@
 //! Unix socket pairs: one injected socketpair(2) per dumped pair, then,
 //! from the engine through copies of the new ends, each end's receive
 //! queue sent again through its peer, its options and its shutdown state,
-//! each checked back. Pairs shared by processes of a tree are made by
-//! crust itself, filled the same way, and inherited ([`tree_sockets`]).
+//! each checked back. Pairs shared by processes of a tree are made the
+//! same way in the root's stub before it forks, and inherited
+//! ([`tree_pairs`]).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
@@ -22,7 +23,7 @@ pub(crate) fn is_tree_socket(key: &str) -> bool {
 }
 
 /// Whether the socket `id` of this process's image is one the tree shares
-/// (made by crust, see [`tree_sockets`]).
+/// (see [`tree_pairs`]).
 fn shared_in_tree(fds: &Fds, id: u64) -> bool {
     fds.fds
         .iter()
@@ -87,19 +88,36 @@ fn check_pairs(sockets: &[&UnixSocket]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Creates every pair inside the task, its ends parked at `base` or above;
-/// returns the new descriptor of each dumped socket, by its id.
+/// Creates every pair of the process's own inside the task, its ends
+/// parked at `base` or above; returns the new descriptor of each dumped
+/// socket, by its id.
 pub(crate) fn create_pairs(
     inj: &mut Injector,
     pidfd: &OwnedFd,
     fds: &Fds,
     base: u64,
 ) -> Result<BTreeMap<u64, u64>> {
+    let own: Vec<&UnixSocket> = fds
+        .sockets
+        .iter()
+        .filter(|s| !shared_in_tree(fds, s.id))
+        .collect();
+    make_pairs(inj, pidfd, &own, base)
+}
+
+/// One injected socketpair per pair of `sockets` (both ends listed), each
+/// filled from here through copies of its new ends.
+fn make_pairs(
+    inj: &mut Injector,
+    pidfd: &OwnedFd,
+    sockets: &[&UnixSocket],
+    base: u64,
+) -> Result<BTreeMap<u64, u64>> {
     let pid = inj.pid();
-    let by_id: BTreeMap<u64, &UnixSocket> = fds.sockets.iter().map(|s| (s.id, s)).collect();
+    let by_id: BTreeMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, *s)).collect();
     let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
-    for s in &fds.sockets {
-        if ends.contains_key(&s.id) || shared_in_tree(fds, s.id) {
+    for s in sockets {
+        if ends.contains_key(&s.id) {
             continue;
         }
         let peer = by_id
@@ -121,14 +139,16 @@ pub(crate) fn create_pairs(
             u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
         ];
-        let mut high = [0u64; 2];
-        for (h, l) in high.iter_mut().zip(low) {
-            *h = inj.call(
-                "fcntl(F_DUPFD_CLOEXEC)",
-                libc::SYS_fcntl,
-                &[l, libc::F_DUPFD_CLOEXEC as u64, base],
-            )?;
-            inj.call("close", libc::SYS_close, &[l])?;
+        let mut high = low;
+        if base > 0 {
+            for (h, l) in high.iter_mut().zip(low) {
+                *h = inj.call(
+                    "fcntl(F_DUPFD_CLOEXEC)",
+                    libc::SYS_fcntl,
+                    &[l, libc::F_DUPFD_CLOEXEC as u64, base],
+                )?;
+                inj.call("close", libc::SYS_close, &[l])?;
+            }
         }
         ends.insert(s.id, high[0]);
         ends.insert(peer.id, high[1]);
@@ -140,53 +160,40 @@ pub(crate) fn create_pairs(
 }
 
 /// The socket pairs shared by processes of the tree (descriptors marked
-/// `tree-socket:`), made here once each, with their queues, options and
-/// shutdown state, before the root's stub is forked: every stub inherits
-/// them, and each process takes its ends as inherited ones (one open file
-/// description per socket, as a socket always is). Returns the
-/// descriptors (to close once the stubs exist) and the (key, O_RDWR) ->
-/// fd entries.
-pub(crate) fn tree_sockets(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
+/// `tree-socket:`), made once each inside the root's stub before any child
+/// is forked (so that SO_PEERCRED names the root, which made most such
+/// pairs), filled with their queues, options and shutdown state: every
+/// stub inherits them, and each process takes its ends as inherited ones
+/// (one open file description per socket, as a socket always is). Returns
+/// the (key, O_RDWR) -> fd entries (numbers of the root's stub).
+pub(crate) fn tree_pairs(
+    root: &crate::sys::Tracee,
+    gadget: u64,
+    all: &[&Fds],
+) -> Result<Vec<InheritedEnd>> {
     let shared: BTreeMap<u64, &UnixSocket> = all
         .iter()
         .flat_map(|fds| fds.sockets.iter().filter(|s| shared_in_tree(fds, s.id)))
         .map(|s| (s.id, s))
         .collect();
-    let mut made: BTreeMap<u64, OwnedFd> = BTreeMap::new();
-    for s in shared.values() {
-        if made.contains_key(&s.id) {
-            continue;
-        }
-        let peer = shared
-            .get(&s.peer)
-            .ok_or_else(|| Error::Other(format!("socket:[{}] has no peer", s.id)))?;
-        let mut ends = [-1; 2];
-        // SAFETY: socketpair writes two descriptors into `ends`.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                s.sock_type as i32 | libc::SOCK_CLOEXEC,
-                0,
-                ends.as_mut_ptr(),
+    if shared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sockets: Vec<&UnixSocket> = shared.values().copied().collect();
+    let pidfd = crate::sys::syscalls::pidfd_open(root.pid)?;
+    let mut inj = Injector::new(root, root.regs()?, gadget);
+    inj.map_scratch(None, 4096)?;
+    let ends = make_pairs(&mut inj, &pidfd, &sockets, 0);
+    inj.unmap_scratch()?;
+    Ok(ends?
+        .into_iter()
+        .map(|(id, fd)| {
+            (
+                (crate::dump::sockets::tree_socket_key(id), libc::O_RDWR),
+                fd as i32,
             )
-        };
-        Errno::result(r).map_err(|e| Error::sys("socketpair(AF_UNIX)", 0, e))?;
-        // SAFETY: both descriptors were just created and are ours alone.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-        fill(0, s, &a, peer, &b)?;
-        made.insert(s.id, a);
-        made.insert(peer.id, b);
-    }
-    let mut entries = Vec::new();
-    let mut owned = Vec::new();
-    for (id, fd) in made {
-        entries.push((
-            (crate::dump::sockets::tree_socket_key(id), libc::O_RDWR),
-            fd.as_raw_fd(),
-        ));
-        owned.push(fd);
-    }
-    Ok((owned, entries))
+        })
+        .collect())
 }
 
 fn fail(pid: i32, s: &UnixSocket, what: &str, e: Errno) -> Error {

@@ -19,6 +19,7 @@
  * on SIGUSR1, reaps it and reads what the child sent, "bye" included, and
  * end of file on the seqpacket; the
  * shared end is empty (the child read it: one socket) and O_NONBLOCK.
+ * Both ends name the parent as the pair's maker (SO_PEERCRED).
  * "OK all" (exit 0) or "BAD ..." (exit 1). With "shared-epoll", the parent
  * also makes an epoll instance before the fork, which both then hold (one
  * instance shared by the two: refused by crust).
@@ -109,6 +110,10 @@ static int child(int s, int d, int q, int sh, int sync) {
     close(sync);
     while (!go)
         pause();
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.pid != getppid())
+        BAD("child: SO_PEERCRED names %d, not the parent", (int)cred.pid);
     struct epoll_event got[4];
     int n = epoll_wait(ep, got, 4, 0);
     if (n != 1 || got[0].data.u64 != 0x5eed || !(got[0].events & EPOLLIN))

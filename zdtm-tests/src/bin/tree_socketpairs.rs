@@ -15,6 +15,7 @@
 //! cannot send on its shut-down end, reads "shared" off the shared end and
 //! sends "bye"; the test reads what A sent, "bye" included, end of file on
 //! the seqpacket, and finds the shared end empty (A read it: one socket).
+//! Both find the test named as the pairs' maker (SO_PEERCRED).
 
 use zdtm::{ensure, ensure_eq, TestResult};
 use zdtm_tests::tree;
@@ -36,6 +37,30 @@ struct State {
     shared: i32,
     table: Vec<(i32, String)>,
     flags: Vec<i32>,
+}
+
+/// The pid SO_PEERCRED gives for `fd`: the process that made the pair.
+fn peer_pid(fd: i32) -> TestResult<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one ucred into valid storage.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(zdtm::os_err("getsockopt(SO_PEERCRED)"));
+    }
+    Ok(cred.pid)
 }
 
 fn ends(s: &State) -> [i32; 4] {
@@ -71,6 +96,9 @@ fn child(stream: i32, dgram: i32, seqpacket: i32, shared: i32, ready: i32) -> Te
     }
     close(ready)?;
     tree::wait_go();
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    ensure_eq!(peer_pid(stream)?, parent, "SO_PEERCRED pid of A's end");
 
     let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
     // SAFETY: room for four events, no waiting.
@@ -167,6 +195,11 @@ fn check(s: State) -> TestResult {
         .map(|&fd| fcntl_get(fd, libc::F_GETFL))
         .collect::<TestResult<_>>()?;
     ensure_eq!(flags, s.flags, "F_GETFL of every end");
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    for fd in ends(&s) {
+        ensure_eq!(peer_pid(fd)?, me, "SO_PEERCRED pid of fd {fd}");
+    }
     // SAFETY: kill of our own child.
     unsafe { libc::kill(s.a, libc::SIGUSR1) };
     tree::reap(s.a, 0, "A")?;
