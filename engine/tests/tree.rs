@@ -501,13 +501,22 @@ fn socket_peer_outside_the_tree_is_refused_by_name() {
 }
 
 /// One epoll instance held by a parent and its child (inherited over
-/// fork) is refused by name: restore would make one per process.
+/// fork) stays one: after restore the child's wait reports the parent's
+/// watch, and the parent's reports the watch the child added.
 #[test]
-fn epoll_shared_by_parent_and_child_is_refused_by_name() {
+fn epoll_shared_by_parent_and_child_stays_one() {
+    parent_and_child_roundtrip("treesock.c", &["shared-epoll"]);
+}
+
+/// A shared epoll instance whose watch its lowest-pid holder (which adds
+/// the watches at restore, by number) no longer has open is refused by
+/// name.
+#[test]
+fn shared_epoll_watch_closed_in_its_recorder_is_refused_by_name() {
     parent_and_child_refused(
         "treesock.c",
-        &["shared-epoll"],
-        "one instance shared by processes of the tree",
+        &["shared-epoll-child-end"],
+        "no longer opens it",
     );
 }
 

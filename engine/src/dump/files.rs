@@ -144,40 +144,66 @@ fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses an epoll instance whose open file description another process
-/// of the tree holds too (inherited over fork): restore makes one
-/// instance per process, so it would stop being one.
-fn shared_epolls(pid: pid_t, fds: &[Fd], tree: &[pid_t]) -> Result<()> {
+/// The key of an epoll instance processes of the tree share (inherited
+/// over fork): the lowest (pid, fd) holding it.
+pub(crate) fn tree_epoll_key(pid: pid_t, fd: i32) -> String {
+    format!("tree-epoll:[{pid}:{fd}]")
+}
+
+/// Epoll instances whose open file description other processes of the
+/// tree hold too (inherited over fork): one instance, made once at
+/// restore and taken by every holder, marked with one key. Its watches are
+/// kept (and checked against the process's descriptors) by its lowest-pid
+/// holder only, which adds them at restore; the others keep none.
+fn shared_epolls(
+    pid: pid_t,
+    fds: &mut [Fd],
+    tree: &[pid_t],
+    watches: &mut BTreeMap<i32, Vec<proc::fd::EpollWatch>>,
+) -> Result<()> {
     const KCMP_FILE: i32 = 0;
-    let ours: Vec<&Fd> = fds
+    if !fds
         .iter()
-        .filter(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
-        .collect();
-    if ours.is_empty() {
+        .any(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
+    {
         return Ok(());
     }
-    for &p in tree.iter().filter(|&&p| p != pid) {
+    let others: Vec<(pid_t, Vec<i32>)> = tree
+        .iter()
+        .filter(|&&p| p != pid)
         // A zombie holds no descriptors.
-        let Ok(links) = proc::fd::list_fds(p) else {
-            continue;
-        };
-        for l in links
-            .iter()
-            .filter(|l| matches!(l.kind(), FdTarget::AnonInode(k) if k == "eventpoll"))
-        {
-            for f in &ours {
+        .filter_map(|&p| proc::fd::list_fds(p).ok().map(|l| (p, l)))
+        .map(|(p, links)| {
+            let eps = links
+                .iter()
+                .filter(|l| matches!(l.kind(), FdTarget::AnonInode(k) if k == "eventpoll"))
+                .map(|l| l.fd)
+                .collect();
+            (p, eps)
+        })
+        .collect();
+    for f in fds
+        .iter_mut()
+        .filter(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
+    {
+        let mut holders = vec![(pid, f.fd)];
+        for (p, eps) in &others {
+            for &n in eps {
                 // SAFETY: kcmp compares kernel objects; no memory is passed.
-                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, p, KCMP_FILE, f.fd, l.fd) };
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, *p, KCMP_FILE, f.fd, n) };
                 if r == 0 {
-                    return Err(Error::unsupported(
-                        pid,
-                        format!(
-                            "fd {}: its epoll instance is also process {p}'s fd {} (one instance shared by processes of the tree, inherited over fork): not restored yet",
-                            f.fd, l.fd
-                        ),
-                    ));
+                    holders.push((*p, n));
                 }
             }
+        }
+        if holders.len() < 2 {
+            continue;
+        }
+        let (hp, hf) = holders.iter().copied().min().unwrap_or((pid, f.fd));
+        f.external = tree_epoll_key(hp, hf);
+        if hp != pid {
+            f.epoll.clear();
+            watches.remove(&f.fd);
         }
     }
     Ok(())
@@ -359,7 +385,7 @@ pub(crate) fn plan(
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
     tree_files(pid, &mut fds, tree)?;
-    shared_epolls(pid, &fds, tree)?;
+    shared_epolls(pid, &mut fds, tree, &mut epoll_watches)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, tree, &mut vanished)?;
     super::sockets::check_peers(pid, &mut sockets, &mut fds, tree)?;
     super::epoll::check_watches(pid, &epoll_watches)?;

@@ -91,6 +91,7 @@ pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherite
             && !is_tree_pipe(&f.external)
             && !is_tree_file(&f.external)
             && !super::sockets::is_tree_socket(&f.external)
+            && !super::epoll::is_tree_epoll(&f.external)
     }) {
         needed
             .entry((f.external.clone(), f.flags as i32 & libc::O_ACCMODE))
@@ -320,6 +321,11 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
                     "fd {} refers to unknown pipe {}",
                     fd.fd, fd.pipe_id
                 ))
+            }
+            Ok(FdKind::Epoll)
+                if !fd.external.is_empty() && !super::epoll::is_tree_epoll(&fd.external) =>
+            {
+                return Err(format!("fd {} is an epoll marked {}", fd.fd, fd.external))
             }
             Ok(FdKind::UnixSocket)
                 if !fd.external.is_empty() && !super::sockets::is_tree_socket(&fd.external) =>
@@ -589,6 +595,19 @@ fn restore_one(
                 .copied()
                 .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
             (if k == FdKind::PipeRead { r } else { w }, true)
+        }
+        FdKind::Epoll if !fd.external.is_empty() => {
+            // Made in the root's stub, shared with the other holders.
+            let high = external
+                .get(&(fd.external.clone(), libc::O_RDWR))
+                .copied()
+                .ok_or_else(|| {
+                    Error::task(
+                        pid,
+                        format!("fd {}: no inherited fd for {}", fd.fd, fd.external),
+                    )
+                })?;
+            (high, true)
         }
         FdKind::Epoll => (super::epoll::create(inj, base)?, true),
         FdKind::UnixSocket if !fd.external.is_empty() => {

@@ -341,7 +341,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     // Socket pairs between processes of the tree: made in the root's stub,
     // inherited by every other.
-    let socket_ends = sockets::tree_pairs(&stub.tracee, gadget, &all_fds)?;
+    let mut socket_ends = sockets::tree_pairs(&stub.tracee, gadget, &all_fds)?;
+    // Epoll instances several processes share, likewise.
+    socket_ends.extend(epoll::tree_instances(&stub.tracee, gadget, &all_fds)?);
     let inherited = inherited.with(&socket_ends);
     let members_inherit = members_inherit.with(&socket_ends);
     let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;

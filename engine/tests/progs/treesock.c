@@ -1,5 +1,5 @@
 /*
- * treesock OUTFILE [shared-epoll]
+ * treesock OUTFILE [shared-epoll|shared-epoll-child-end]
  *
  * Unix socket pairs between a parent and its child, made before the fork:
  * a stream, a datagram and a seqpacket pair (the parent keeps end 0, the
@@ -20,9 +20,17 @@
  * end of file on the seqpacket; the
  * shared end is empty (the child read it: one socket) and O_NONBLOCK.
  * Both ends name the parent as the pair's maker (SO_PEERCRED).
- * "OK all" (exit 0) or "BAD ..." (exit 1). With "shared-epoll", the parent
- * also makes an epoll instance before the fork, which both then hold (one
- * instance shared by the two: refused by crust).
+ * "OK all" (exit 0) or "BAD ..." (exit 1).
+ *
+ * shared-epoll: the parent also makes an epoll instance before the fork,
+ * which both then hold, watching its stream end (data 0xabc). After
+ * restore the child's epoll_wait on it reports that end readable (what the
+ * child sent is queued there), and the child adds its end of the shared
+ * pair (data 0x77); the parent, once the child is gone, queues "again" at
+ * that end and its epoll_wait reports both: one instance.
+ * shared-epoll-child-end: the shared instance watches the child's stream
+ * end, which the parent then closes (crust refuses it by name: watches
+ * are added by the lowest-pid holder, by number).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -90,6 +98,22 @@ static const size_t P2C_DGRAMS[] = {0, 7};
 static const size_t C2P_DGRAMS[] = {5, 0, 300};
 static const size_t P2C_RECORDS[] = {11, 1000};
 
+static int shared_ep = -1;
+
+/* Events of the shared epoll instance, their data sorted. */
+static int shared_events(unsigned long long *data, int max) {
+    struct epoll_event got[8];
+    int n = epoll_wait(shared_ep, got, max < 8 ? max : 8, 0);
+    for (int i = 0; i < n; i++)
+        data[i] = got[i].data.u64;
+    if (n == 2 && data[0] > data[1]) {
+        unsigned long long t = data[0];
+        data[0] = data[1];
+        data[1] = t;
+    }
+    return n;
+}
+
 static int child(int s, int d, int q, int sh, int sync) {
     for (size_t i = 0; i < sizeof C2P_DGRAMS / sizeof *C2P_DGRAMS; i++)
         if (send_pattern(d, 20 + i, C2P_DGRAMS[i]))
@@ -118,6 +142,15 @@ static int child(int s, int d, int q, int sh, int sync) {
     int n = epoll_wait(ep, got, 4, 0);
     if (n != 1 || got[0].data.u64 != 0x5eed || !(got[0].events & EPOLLIN))
         BAD("child epoll_wait: %d events (%#x)", n, n > 0 ? got[0].events : 0);
+    if (shared_ep >= 0) {
+        unsigned long long data[8];
+        int n = shared_events(data, 8);
+        if (n != 1 || data[0] != 0xabc)
+            BAD("child: the shared epoll reports %d events (first %#llx)", n, n > 0 ? data[0] : 0);
+        struct epoll_event add = {.events = EPOLLIN, .data.u64 = 0x77};
+        if (epoll_ctl(shared_ep, EPOLL_CTL_ADD, sh, &add))
+            BAD("child: adding to the shared epoll");
+    }
     if (read_pattern(s, 1, P2C_STREAM))
         BAD("child stream read");
     for (size_t i = 0; i < sizeof P2C_DGRAMS / sizeof *P2C_DGRAMS; i++)
@@ -139,7 +172,8 @@ static int child(int s, int d, int q, int sh, int sync) {
 int main(int argc, char **argv) {
     if (argc != 2 && argc != 3)
         return 2;
-    if (argc == 3 && (strcmp(argv[2], "shared-epoll") || epoll_create1(0) < 0))
+    int child_end = argc == 3 && !strcmp(argv[2], "shared-epoll-child-end");
+    if (argc == 3 && strcmp(argv[2], "shared-epoll") && !child_end)
         return 2;
     out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
     signal(SIGUSR1, on_usr1);
@@ -149,6 +183,12 @@ int main(int argc, char **argv) {
         socketpair(AF_UNIX, SOCK_DGRAM, 0, d) || socketpair(AF_UNIX, SOCK_SEQPACKET, 0, q) ||
         socketpair(AF_UNIX, SOCK_STREAM, 0, sh) || pipe(sync))
         return 2;
+    if (argc == 3) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0xabc};
+        shared_ep = epoll_create1(0);
+        if (shared_ep < 0 || epoll_ctl(shared_ep, EPOLL_CTL_ADD, child_end ? s[1] : s[0], &ev))
+            return 2;
+    }
     pid_t pid = fork();
     if (pid < 0)
         return 2;
@@ -184,6 +224,18 @@ int main(int argc, char **argv) {
     int st = 0;
     if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
         BAD("child status %#x", st);
+    if (shared_ep >= 0) {
+        unsigned long long data[8];
+        if (send(sh[1], "again", 5, 0) != 5)
+            BAD("parent: again");
+        /* The child's stream end went with the child, and its watch. */
+        int n = shared_events(data, 8), want = child_end ? 1 : 2;
+        if (n != want || data[0] != 0x77 || (want == 2 && data[1] != 0xabc))
+            BAD("parent: the shared epoll reports %d events, not the child's watch and its own", n);
+        char again[8];
+        if (recv(sh[0], again, sizeof again, 0) != 5)
+            BAD("parent: again back");
+    }
     for (int i = 0; i < 3; i++)
         if (read_pattern(s[0], 40 + i, C2P_STREAM / 3))
             BAD("parent stream read %d", i);

@@ -8,10 +8,12 @@
 //! - a second stream pair whose end 0 both hold (one open file
 //!   description): A sets O_NONBLOCK on it, the test queues "shared" at it.
 //!
-//! A watches its stream end with epoll (level-triggered). After restore the
+//! A watches its stream end with an epoll instance of its own
+//! (level-triggered); an instance the test made before the fork, which
+//! both hold, watches the test's stream end. After restore the
 //! test's fd table and flags are unchanged (O_NONBLOCK on the shared end
 //! included); A, woken by SIGUSR1, finds its end reported readable by
-//! epoll, reads every byte, datagram (boundaries, empty ones) and record,
+//! its epoll and the test's end by the shared one, reads every byte, datagram (boundaries, empty ones) and record,
 //! cannot send on its shut-down end, reads "shared" off the shared end and
 //! sends "bye"; the test reads what A sent, "bye" included, end of file on
 //! the seqpacket, and finds the shared end empty (A read it: one socket).
@@ -28,9 +30,11 @@ const DGRAMS_TO_A: [usize; 2] = [0, 7];
 const DGRAMS_TO_TEST: [usize; 3] = [5, 0, 300];
 const RECORDS_TO_A: [usize; 2] = [11, 1000];
 const EPOLL_DATA: u64 = 0x5eed;
+const SHARED_EPOLL_DATA: u64 = 0xabc;
 
 struct State {
     a: i32,
+    shared_ep: i32,
     stream: i32,
     dgram: i32,
     seqpacket: i32,
@@ -67,8 +71,24 @@ fn ends(s: &State) -> [i32; 4] {
     [s.stream, s.dgram, s.seqpacket, s.shared]
 }
 
-/// Child A: its ends, `ready` closed once it is set up.
-fn child(stream: i32, dgram: i32, seqpacket: i32, shared: i32, ready: i32) -> TestResult {
+/// The events `ep` reports now: (events, data) of each.
+fn ready_now(ep: i32) -> Vec<(u32, u64)> {
+    let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: room for four events, no waiting.
+    let n = unsafe { libc::epoll_wait(ep, got.as_mut_ptr(), 4, 0) };
+    got[..n.max(0) as usize]
+        .iter()
+        .map(|e| (e.events, e.u64))
+        .collect()
+}
+
+/// Child A: its ends, `ready` closed once it is set up; `shared_ep` the
+/// test's epoll instance.
+fn child(
+    (stream, dgram, seqpacket, shared): (i32, i32, i32, i32),
+    shared_ep: i32,
+    ready: i32,
+) -> TestResult {
     for (i, &len) in DGRAMS_TO_TEST.iter().enumerate() {
         send_dontwait(dgram, &pattern_bytes(20 + i as u64, 0, len))?;
     }
@@ -100,13 +120,18 @@ fn child(stream: i32, dgram: i32, seqpacket: i32, shared: i32, ready: i32) -> Te
     let parent = unsafe { libc::getppid() };
     ensure_eq!(peer_pid(stream)?, parent, "SO_PEERCRED pid of A's end");
 
-    let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
-    // SAFETY: room for four events, no waiting.
-    let n = unsafe { libc::epoll_wait(ep, got.as_mut_ptr(), 4, 0) };
-    let (events, data) = (got[0].events, got[0].u64);
+    let readable = |want: u64| {
+        move |got: &[(u32, u64)]| {
+            got.len() == 1 && got[0].1 == want && got[0].0 & libc::EPOLLIN as u32 != 0
+        }
+    };
+    let got = ready_now(ep);
+    ensure!(readable(EPOLL_DATA)(&got), "A's epoll_wait: {got:x?}");
+    // What A sent waits at the test's end, which the shared one watches.
+    let got = ready_now(shared_ep);
     ensure!(
-        n == 1 && data == EPOLL_DATA && events & libc::EPOLLIN as u32 != 0,
-        "A's epoll_wait: {n} events, the first {events:#x} with data {data:#x}"
+        readable(SHARED_EPOLL_DATA)(&got),
+        "A's epoll_wait on the shared instance: {got:x?}"
     );
     zdtm_tests::diff_bytes(
         "stream towards A",
@@ -149,12 +174,23 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
     let dgram = socketpair(libc::SOCK_DGRAM)?;
     let seqpacket = socketpair(libc::SOCK_SEQPACKET)?;
     let shared = socketpair(libc::SOCK_STREAM)?;
+    // SAFETY: epoll_create1 has no preconditions.
+    let shared_ep = unsafe { libc::epoll_create1(0) };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: SHARED_EPOLL_DATA,
+    };
+    // SAFETY: a valid event for our own epoll instance and socket.
+    let added = unsafe { libc::epoll_ctl(shared_ep, libc::EPOLL_CTL_ADD, stream.0, &mut ev) };
+    if shared_ep < 0 || added != 0 {
+        return Err(zdtm::os_err("shared epoll"));
+    }
     let (rd, wr) = pipe2(libc::O_CLOEXEC)?;
     let a = tree::fork(|| {
         for fd in [stream.0, dgram.0, seqpacket.0, shared.1, rd] {
             close(fd)?;
         }
-        child(stream.1, dgram.1, seqpacket.1, shared.0, wr)
+        child((stream.1, dgram.1, seqpacket.1, shared.0), shared_ep, wr)
     })?;
     for fd in [stream.1, dgram.1, seqpacket.1, wr] {
         close(fd)?;
@@ -170,6 +206,7 @@ fn setup(_: &zdtm::Args) -> TestResult<State> {
     tree::wait_eof(rd)?;
     let mut s = State {
         a,
+        shared_ep,
         stream: stream.0,
         dgram: dgram.0,
         seqpacket: seqpacket.0,
@@ -203,6 +240,11 @@ fn check(s: State) -> TestResult {
     // SAFETY: kill of our own child.
     unsafe { libc::kill(s.a, libc::SIGUSR1) };
     tree::reap(s.a, 0, "A")?;
+    let got = ready_now(s.shared_ep);
+    ensure!(
+        got.len() == 1 && got[0].1 == SHARED_EPOLL_DATA,
+        "the test's epoll_wait on the shared instance: {got:x?}"
+    );
     zdtm_tests::diff_bytes(
         "stream towards the test",
         &read_exact(s.stream, TO_TEST)?,
