@@ -508,16 +508,20 @@ fn epoll_shared_by_parent_and_child_stays_one() {
     parent_and_child_roundtrip("treesock.c", &["shared-epoll"]);
 }
 
-/// A shared epoll instance whose watch its lowest-pid holder (which adds
-/// the watches at restore, by number) no longer has open is refused by
-/// name.
+/// A shared epoll instance watching the child's end, which the parent
+/// closed: the child, which still has that number open, adds the watch at
+/// restore.
 #[test]
-fn shared_epoll_watch_closed_in_its_recorder_is_refused_by_name() {
-    parent_and_child_refused(
-        "treesock.c",
-        &["shared-epoll-child-end"],
-        "no longer opens it",
-    );
+fn shared_epoll_watching_the_childs_end_stays_one() {
+    parent_and_child_roundtrip("treesock.c", &["shared-epoll-child-end"]);
+}
+
+/// A shared epoll instance whose watch no holder has open under its
+/// number any more (added through a dup since closed) is refused by name:
+/// watches are added by number.
+#[test]
+fn shared_epoll_watch_under_a_closed_number_is_refused_by_name() {
+    parent_and_child_refused("treesock.c", &["shared-epoll-stale"], "no longer opens it");
 }
 
 /// A tree whose members run as different users: the root stays root

@@ -153,8 +153,10 @@ pub(crate) fn tree_epoll_key(pid: pid_t, fd: i32) -> String {
 /// Epoll instances whose open file description other processes of the
 /// tree hold too (inherited over fork): one instance, made once at
 /// restore and taken by every holder, marked with one key. Its watches are
-/// kept (and checked against the process's descriptors) by its lowest-pid
-/// holder only, which adds them at restore; the others keep none.
+/// kept (and checked against the process's descriptors) by one holder
+/// only, which adds them at restore by number: the lowest-pid one whose
+/// descriptors open every watched file (else the lowest-pid one, whose
+/// check refuses it); the others keep none.
 fn shared_epolls(
     pid: pid_t,
     fds: &mut [Fd],
@@ -201,7 +203,15 @@ fn shared_epolls(
         }
         let (hp, hf) = holders.iter().copied().min().unwrap_or((pid, f.fd));
         f.external = tree_epoll_key(hp, hf);
-        if hp != pid {
+        // Every holder reads the same watches; each picks the same one.
+        let list = watches.get(&f.fd).cloned().unwrap_or_default();
+        let recorder = holders
+            .iter()
+            .map(|h| h.0)
+            .filter(|&h| list.iter().all(|w| super::epoll::watch_opens(h, w)))
+            .min()
+            .unwrap_or(hp);
+        if recorder != pid {
             f.epoll.clear();
             watches.remove(&f.fd);
         }

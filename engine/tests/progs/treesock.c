@@ -1,5 +1,5 @@
 /*
- * treesock OUTFILE [shared-epoll|shared-epoll-child-end]
+ * treesock OUTFILE [shared-epoll|shared-epoll-child-end|shared-epoll-stale]
  *
  * Unix socket pairs between a parent and its child, made before the fork:
  * a stream, a datagram and a seqpacket pair (the parent keeps end 0, the
@@ -29,8 +29,10 @@
  * pair (data 0x77); the parent, once the child is gone, queues "again" at
  * that end and its epoll_wait reports both: one instance.
  * shared-epoll-child-end: the shared instance watches the child's stream
- * end, which the parent then closes (crust refuses it by name: watches
- * are added by the lowest-pid holder, by number).
+ * end, which the parent then closes (the child alone can add that watch
+ * again by number; the parent's wait then reports the child's watch only).
+ * shared-epoll-stale: it watches the parent's end through a dup closed
+ * before the fork (no process has that number open: refused by crust).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -173,7 +175,8 @@ int main(int argc, char **argv) {
     if (argc != 2 && argc != 3)
         return 2;
     int child_end = argc == 3 && !strcmp(argv[2], "shared-epoll-child-end");
-    if (argc == 3 && strcmp(argv[2], "shared-epoll") && !child_end)
+    int stale = argc == 3 && !strcmp(argv[2], "shared-epoll-stale");
+    if (argc == 3 && strcmp(argv[2], "shared-epoll") && !child_end && !stale)
         return 2;
     out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
     signal(SIGUSR1, on_usr1);
@@ -185,9 +188,12 @@ int main(int argc, char **argv) {
         return 2;
     if (argc == 3) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0xabc};
+        int watched = child_end ? s[1] : stale ? dup(s[0]) : s[0];
         shared_ep = epoll_create1(0);
-        if (shared_ep < 0 || epoll_ctl(shared_ep, EPOLL_CTL_ADD, child_end ? s[1] : s[0], &ev))
+        if (shared_ep < 0 || epoll_ctl(shared_ep, EPOLL_CTL_ADD, watched, &ev))
             return 2;
+        if (stale)
+            close(watched);
     }
     pid_t pid = fork();
     if (pid < 0)
