@@ -65,8 +65,8 @@ pub(crate) fn is_tree_epoll(key: &str) -> bool {
 /// The epoll instances processes of the tree share (descriptors marked
 /// `tree-epoll:`), made once each inside the root's stub before it forks:
 /// every stub inherits them, each holder takes its descriptor as an
-/// inherited one, and the holder that recorded the watches (the
-/// lowest-pid one) adds them once its descriptors have their numbers.
+/// inherited one, and the one holder that recorded the watches adds them
+/// once its descriptors have their numbers.
 /// Returns the (key, O_RDWR) -> fd entries (numbers of the root's stub).
 pub(crate) fn tree_instances(
     root: &crate::sys::Tracee,
