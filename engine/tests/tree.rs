@@ -382,6 +382,12 @@ fn ready_pids(text: &str) -> Vec<i32> {
 /// them, restores them, wakes each child (SIGUSR1), waits for it to exit
 /// and wakes the parent, which must report "OK all".
 fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
+    roundtrip_after_leave_running(prog, args, 0);
+}
+
+/// As [`parent_and_child_roundtrip`], after `snapshots` dumps with
+/// `--leave-running` (each must leave the processes as they were).
+fn roundtrip_after_leave_running(prog: &str, args: &[&str], snapshots: usize) {
     init();
     let tmp = tempdir();
     let bin = compile_c(tmp.path(), prog, &[]);
@@ -401,6 +407,10 @@ fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
             Some('S') => Ok(()),
             s => Err(format!("{s:?}")),
         });
+    }
+    for i in 0..snapshots {
+        let snap = tmp.path().join(format!("snap{i}"));
+        dump(p.pid, &snap, &["--leave-running"]);
     }
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
@@ -453,6 +463,14 @@ fn memory_object_shared_over_fork_stays_shared(kind: &str) {
 #[test]
 fn socket_pairs_between_parent_and_child() {
     parent_and_child_roundtrip("treesock.c", &[]);
+}
+
+/// Dumps that leave the tree running leave its socket queues (datagram
+/// queues are taken out and sent again while frozen) and its shared epoll
+/// as they were: the final dump and restore still carry every message.
+#[test]
+fn socket_pairs_between_parent_and_child_after_leave_running_dumps() {
+    roundtrip_after_leave_running("treesock.c", &["shared-epoll"], 2);
 }
 
 /// A socket pair whose other end a process outside the dumped tree holds
