@@ -5,6 +5,12 @@
 //! states and zombie statuses; each live process checks its own memory
 //! (copy-on-write after fork) and ids. A dump killed mid-way leaves every
 //! process of the tree as it was.
+//!
+//! Parent-and-child programs: an open file, memory objects and unix socket
+//! pairs shared over fork stay shared; members running as other users keep
+//! their own credentials; what is not restored (a socket held outside the
+//! tree, one epoll in two members, a zombie of another user, a vfork parent
+//! waiting) is refused by name and the processes run on.
 
 mod common;
 
@@ -314,10 +320,74 @@ fn tree_predumps_then_dump() {
     drop(newborn);
 }
 
-/// Starts `prog LOG ARGS` (a parent that forks one child and writes
-/// "ready CHILD"; "{tmp}" in an argument is the test's directory), dumps the two, restores them, wakes the child (SIGUSR1), waits
-/// for it to exit and wakes the parent, which must report "OK all".
+/// Starts `prog LOG ARGS` as [`parent_and_child_roundtrip`] does; pre-dump
+/// and dump must both refuse it naming `named`; the two run on untouched
+/// and finish as they would have (the parent reports "OK all").
+fn parent_and_child_refused(prog: &str, args: &[&str], named: &str) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), prog, &[]);
+    let log = tmp.path().join("result.log");
+    let p = spawn_daemon(Command::new(&bin).arg(&log).args(args));
+    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+    assert!(
+        !children.is_empty(),
+        "no child pid in {}",
+        read_string(&log)
+    );
+    let pid = p.pid.to_string();
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        crust([op, "-t", &pid, "-D", path_str(&images)])
+            .assert_failed()
+            .stderr_has(named);
+        assert!(!images.join("inventory.img").exists(), "{op} left an image");
+    }
+    // A vfork parent waits in D state: only untraced.
+    match place(p.pid).map(|p| p.0) {
+        Some('D') => assert_eq!(status_field(p.pid, "TracerPid").as_deref(), Some("0")),
+        _ => p.assert_running_untraced(),
+    }
+    for &child in &children {
+        let c = Proc::adopt(child);
+        if place(child).map(|p| p.0) != Some('Z') {
+            c.assert_running_untraced();
+        }
+        c.signal(libc::SIGUSR1);
+        // Exited: a zombie, or reaped by its parent at once.
+        wait_until(TIMEOUT, "the child to exit", || {
+            match place(child).map(|p| p.0) {
+                Some('Z') | None => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        });
+    }
+    wake_and_expect_ok(p, &log);
+}
+
+/// The pids of the "ready PID..." line of `text`.
+fn ready_pids(text: &str) -> Vec<i32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `prog LOG ARGS` (a parent that forks its children and writes
+/// "ready CHILD..."; "{tmp}" in an argument is the test's directory), dumps
+/// them, restores them, wakes each child (SIGUSR1), waits for it to exit
+/// and wakes the parent, which must report "OK all".
 fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
+    roundtrip_after_leave_running(prog, args, 0);
+}
+
+/// As [`parent_and_child_roundtrip`], after `snapshots` dumps with
+/// `--leave-running` (each must leave the processes as they were).
+fn roundtrip_after_leave_running(prog: &str, args: &[&str], snapshots: usize) {
     init();
     let tmp = tempdir();
     let bin = compile_c(tmp.path(), prog, &[]);
@@ -325,37 +395,47 @@ fn parent_and_child_roundtrip(prog: &str, args: &[&str]) {
     let dir = path_str(tmp.path()).to_string();
     let args: Vec<String> = args.iter().map(|a| a.replace("{tmp}", &dir)).collect();
     let mut p = spawn_daemon(Command::new(&bin).arg(&log).args(&args));
-    let text = wait_file_contains(&log, "ready", TIMEOUT);
-    let child: i32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ready "))
-        .and_then(|c| c.trim().parse().ok())
-        .expect("child pid");
+    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+    assert!(
+        !children.is_empty(),
+        "no child pid in {}",
+        read_string(&log)
+    );
     let state = |pid: i32| place(pid).map(|p| p.0);
-    wait_until(TIMEOUT, "the child to wait", || match state(child) {
-        Some('S') => Ok(()),
-        s => Err(format!("{s:?}")),
-    });
+    for &child in &children {
+        wait_until(TIMEOUT, "the child to wait", || match state(child) {
+            Some('S') => Ok(()),
+            s => Err(format!("{s:?}")),
+        });
+    }
+    for i in 0..snapshots {
+        let snap = tmp.path().join(format!("snap{i}"));
+        dump(p.pid, &snap, &["--leave-running"]);
+    }
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    // Killed with its parent: reparented to us (a child subreaper) or to
-    // init, which reap it.
-    wait_until(TIMEOUT, "the child to be gone", || {
-        let mut st = 0;
-        // SAFETY: waitpid with a valid status pointer; ECHILD if not ours.
-        unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
-        match state(child) {
-            None => Ok(()),
-            s => Err(format!("{s:?}")),
-        }
-    });
+    // Killed with their parent: reparented to us (a child subreaper) or to
+    // init, which reap them.
+    for &child in &children {
+        wait_until(TIMEOUT, "the child to be gone", || {
+            let mut st = 0;
+            // SAFETY: waitpid with a valid status pointer; ECHILD if not ours.
+            unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
+            match state(child) {
+                None => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        });
+    }
     let r = restore_detached(&images, p.pid);
-    // SAFETY: plain kill(2) of the restored child.
-    unsafe { libc::kill(child, libc::SIGUSR1) };
-    wait_until(TIMEOUT, "the child to exit", || match state(child) {
-        Some('Z') => Ok(()),
-        s => Err(format!("{s:?}")),
-    });
+    for &child in &children {
+        // SAFETY: plain kill(2) of the restored child.
+        unsafe { libc::kill(child, libc::SIGUSR1) };
+        wait_until(TIMEOUT, "the child to exit", || match state(child) {
+            Some('Z') => Ok(()),
+            s => Err(format!("{s:?}")),
+        });
+    }
     wake_and_expect_ok(r, &log);
 }
 
@@ -374,4 +454,120 @@ fn file_shared_over_fork_keeps_one_offset() {
 #[test_case::test_case("sysv" ; "sysv segment")]
 fn memory_object_shared_over_fork_stays_shared(kind: &str) {
     parent_and_child_roundtrip("sharedmem.c", &[kind]);
+}
+
+/// Unix socket pairs made before a fork (stream, datagram, seqpacket, one
+/// end held by both processes) keep their data in flight both ways, their
+/// message boundaries, shutdown state and shared flags, and the child's
+/// epoll watch of its end reports it readable after restore.
+#[test]
+fn socket_pairs_between_parent_and_child() {
+    parent_and_child_roundtrip("treesock.c", &[]);
+}
+
+/// Dumps that leave the tree running leave its socket queues (datagram
+/// queues are taken out and sent again while frozen) and its shared epoll
+/// as they were: the final dump and restore still carry every message.
+#[test]
+fn socket_pairs_between_parent_and_child_after_leave_running_dumps() {
+    roundtrip_after_leave_running("treesock.c", &["shared-epoll"], 2);
+}
+
+/// A socket pair whose other end a process outside the dumped tree holds
+/// (here: this test) is refused by name, by pre-dump and dump, and the
+/// process runs on.
+#[test]
+fn socket_peer_outside_the_tree_is_refused_by_name() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "ticker.c", &[]);
+    let log = tmp.path().join("ticks.log");
+    let mut ends = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            ends.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh descriptors, owned from here on.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // Its stdin is one end; this test keeps the other.
+    let mut p = spawn_daemon_with(
+        Command::new(&bin).arg(&log).arg("1").arg("0").arg("none"),
+        std::process::Stdio::from(theirs),
+        std::process::Stdio::null(),
+    );
+    wait_tick(&log, 2);
+    let pid = p.pid.to_string();
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        crust([op, "-t", &pid, "-D", path_str(&images)])
+            .assert_failed()
+            .stderr_has(&format!("is also held by pid {}", std::process::id()))
+            .stderr_has("outside the dumped process");
+    }
+    p.assert_running_untraced();
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
+    assert_ticker_ok(&log);
+    drop(ours);
+}
+
+/// One epoll instance held by a parent and its child (inherited over
+/// fork) stays one: after restore the child's wait reports the parent's
+/// watch, and the parent's reports the watch the child added.
+#[test]
+fn epoll_shared_by_parent_and_child_stays_one() {
+    parent_and_child_roundtrip("treesock.c", &["shared-epoll"]);
+}
+
+/// A shared epoll instance watching the child's end, which the parent
+/// closed: the child, which still has that number open, adds the watch at
+/// restore.
+#[test]
+fn shared_epoll_watching_the_childs_end_stays_one() {
+    parent_and_child_roundtrip("treesock.c", &["shared-epoll-child-end"]);
+}
+
+/// A shared epoll instance whose watch no holder has open under its
+/// number any more (added through a dup since closed) is refused by name:
+/// watches are added by number.
+#[test]
+fn shared_epoll_watch_under_a_closed_number_is_refused_by_name() {
+    parent_and_child_refused("treesock.c", &["shared-epoll-stale"], "no longer opens it");
+}
+
+/// A tree whose members run as different users: the root stays root
+/// (a child subreaper), one child runs as nobody with groups of its own,
+/// a subreaper flag and a parent death signal set after its setresuid,
+/// another with uids, gids and groups of its own and some capabilities
+/// kept (and a smaller bounding set). After restore each finds exactly
+/// its own credentials, pdeath signal and subreaper flag (no capability
+/// more or less).
+#[test]
+fn members_keep_their_own_credentials() {
+    parent_and_child_roundtrip("treecreds.c", &["users"]);
+}
+
+/// A zombie whose ids differ from the engine's is refused by name: it
+/// would exit as the engine's stub.
+#[test]
+fn zombie_of_another_user_is_refused_by_name() {
+    parent_and_child_refused(
+        "treecreds.c",
+        &["zombie-nobody"],
+        "a zombie's credentials are not restored",
+    );
+}
+
+/// A vfork parent waiting for its child (the two share one address space)
+/// is refused by name, and both run on.
+#[test]
+fn vfork_parent_waiting_is_refused_by_name() {
+    parent_and_child_refused("treecreds.c", &["vfork"], "a vfork child or CLONE_VM");
 }

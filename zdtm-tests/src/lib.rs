@@ -226,6 +226,44 @@ pub fn pread_exact(fd: i32, len: usize, offset: u64) -> TestResult<Vec<u8>> {
     Ok(buf)
 }
 
+/// `socketpair(AF_UNIX, kind)`; returns both ends.
+pub fn socketpair(kind: i32) -> TestResult<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(os_err("socketpair"));
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// One `send(fd, data, MSG_DONTWAIT)`, which must take all of `data` (one
+/// message on a datagram or seqpacket socket).
+pub fn send_dontwait(fd: i32, data: &[u8]) -> TestResult {
+    // SAFETY: sending from a valid buffer.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
+    if n != data.len() as isize {
+        return Err(format!(
+            "send of {} bytes on fd {fd}: {n} ({})",
+            data.len(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// One `recv(fd, max, MSG_DONTWAIT)`: a whole message on a datagram or
+/// seqpacket socket.
+pub fn recv_dontwait(fd: i32, max: usize) -> TestResult<Vec<u8>> {
+    let mut buf = vec![0u8; max];
+    // SAFETY: receiving into a valid buffer.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(os_err(&format!("recv on fd {fd}")));
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 /// `open(path, flags, 0o644)`.
 pub fn open(path: &str, flags: i32) -> TestResult<i32> {
     let c = CString::new(path).map_err(|_| format!("bad path {path:?}"))?;

@@ -65,14 +65,19 @@ fn kernel_dev(st_dev: u64) -> u64 {
     (u64::from(libc::major(st_dev)) << 20) | u64::from(libc::minor(st_dev))
 }
 
+/// Whether descriptor `w.tfd` of `pid` opens the file the watch `w` was
+/// added with.
+pub(crate) fn watch_opens(pid: pid_t, w: &Watch) -> bool {
+    std::fs::metadata(format!("/proc/{pid}/fd/{}", w.tfd))
+        .is_ok_and(|md| md.ino() == w.ino && kernel_dev(md.dev()) == w.sdev)
+}
+
 /// Every watch's descriptor still opens the file it was added with.
 /// `watches`: by epoll descriptor.
 pub(crate) fn check_watches(pid: pid_t, watches: &BTreeMap<i32, Vec<Watch>>) -> Result<()> {
     for (epfd, list) in watches {
         for w in list {
-            let path = format!("/proc/{pid}/fd/{}", w.tfd);
-            let same = std::fs::metadata(&path)
-                .is_ok_and(|md| md.ino() == w.ino && kernel_dev(md.dev()) == w.sdev);
+            let same = watch_opens(pid, w);
             // A running task (pre-dump) may be closing the file right now:
             // the watch goes once the close completes. Stale only if it
             // is still listed.

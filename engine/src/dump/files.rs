@@ -144,6 +144,81 @@ fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
+/// The key of an epoll instance processes of the tree share (inherited
+/// over fork): the lowest (pid, fd) holding it.
+pub(crate) fn tree_epoll_key(pid: pid_t, fd: i32) -> String {
+    format!("tree-epoll:[{pid}:{fd}]")
+}
+
+/// Epoll instances whose open file description other processes of the
+/// tree hold too (inherited over fork): one instance, made once at
+/// restore and taken by every holder, marked with one key. Its watches are
+/// kept (and checked against the process's descriptors) by one holder
+/// only, which adds them at restore by number: the lowest-pid one whose
+/// descriptors open every watched file (else the lowest-pid one, whose
+/// check refuses it); the others keep none.
+fn shared_epolls(
+    pid: pid_t,
+    fds: &mut [Fd],
+    tree: &[pid_t],
+    watches: &mut BTreeMap<i32, Vec<proc::fd::EpollWatch>>,
+) -> Result<()> {
+    const KCMP_FILE: i32 = 0;
+    if !fds
+        .iter()
+        .any(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
+    {
+        return Ok(());
+    }
+    let others: Vec<(pid_t, Vec<i32>)> = tree
+        .iter()
+        .filter(|&&p| p != pid)
+        // A zombie holds no descriptors.
+        .filter_map(|&p| proc::fd::list_fds(p).ok().map(|l| (p, l)))
+        .map(|(p, links)| {
+            let eps = links
+                .iter()
+                .filter(|l| matches!(l.kind(), FdTarget::AnonInode(k) if k == "eventpoll"))
+                .map(|l| l.fd)
+                .collect();
+            (p, eps)
+        })
+        .collect();
+    for f in fds
+        .iter_mut()
+        .filter(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
+    {
+        let mut holders = vec![(pid, f.fd)];
+        for (p, eps) in &others {
+            for &n in eps {
+                // SAFETY: kcmp compares kernel objects; no memory is passed.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, *p, KCMP_FILE, f.fd, n) };
+                if r == 0 {
+                    holders.push((*p, n));
+                }
+            }
+        }
+        if holders.len() < 2 {
+            continue;
+        }
+        let (hp, hf) = holders.iter().copied().min().unwrap_or((pid, f.fd));
+        f.external = tree_epoll_key(hp, hf);
+        // Every holder reads the same watches; each picks the same one.
+        let list = watches.get(&f.fd).cloned().unwrap_or_default();
+        let recorder = holders
+            .iter()
+            .map(|h| h.0)
+            .filter(|&h| list.iter().all(|w| super::epoll::watch_opens(h, w)))
+            .min()
+            .unwrap_or(hp);
+        if recorder != pid {
+            f.epoll.clear();
+            watches.remove(&f.fd);
+        }
+    }
+    Ok(())
+}
+
 /// The key `--external` and `--inherit-fd` name a pipe by.
 pub(crate) fn pipe_key(ino: u64) -> String {
     format!("pipe:[{ino}]")
@@ -320,8 +395,9 @@ pub(crate) fn plan(
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
     tree_files(pid, &mut fds, tree)?;
+    shared_epolls(pid, &mut fds, tree, &mut epoll_watches)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, tree, &mut vanished)?;
-    super::sockets::check_peers(pid, &sockets)?;
+    super::sockets::check_peers(pid, &mut sockets, &mut fds, tree)?;
     super::epoll::check_watches(pid, &epoll_watches)?;
     Ok(FdPlan {
         fds,
@@ -770,14 +846,19 @@ pub(crate) fn dump(pid: pid_t, plan: &FdPlan) -> Result<Fds> {
         });
     }
     let mut sockets = Vec::new();
-    for s in plan.sockets.values() {
+    for s in plan.sockets.values().filter(|s| s.record) {
         let ours = copy_of(&pidfd, pid, s.fd)?;
-        let peer_fd = plan
-            .sockets
-            .get(&s.diag.peer)
-            .map(|p| p.fd)
-            .ok_or_else(|| Error::task(pid, format!("socket:[{}] lost its peer", s.diag.ino)))?;
-        let peer = copy_of(&pidfd, pid, peer_fd)?;
+        let peer = match (plan.sockets.get(&s.diag.peer), s.peer_at) {
+            (Some(p), _) => copy_of(&pidfd, pid, p.fd)?,
+            // Held by another process of the tree (frozen with this one).
+            (None, Some((other, fd))) => copy_of(&pidfd_open(other)?, other, fd)?,
+            (None, None) => {
+                return Err(Error::task(
+                    pid,
+                    format!("socket:[{}] lost its peer", s.diag.ino),
+                ))
+            }
+        };
         sockets.push(super::sockets::dump_one(pid, s, &ours, &peer)?);
     }
     Ok(Fds {

@@ -12,7 +12,7 @@ pub mod guard;
 mod mem;
 pub(crate) mod refuse;
 mod shared;
-mod sockets;
+pub(crate) mod sockets;
 mod splice;
 mod task;
 pub(crate) mod tree;

@@ -1,16 +1,20 @@
 //! Unix socket pairs (socketpair(2)) whose both ends the dumped process
-//! holds: each end with its type, shutdown state, options and the
-//! messages in its receive queue, peeked at without consuming them.
+//! holds, or processes of the dumped tree hold: each end with its type,
+//! shutdown state, options and the messages in its receive queue, peeked
+//! at without consuming them. A pair shared by processes of the tree is
+//! marked on their descriptors (`tree-socket:[INODE]`), and each end's
+//! record is written once, by its lowest-pid holder.
 //!
 //! Refused by name: other socket families, named (bound) or listening
-//! sockets, a socket whose peer is held outside the dump or was closed,
+//! sockets, a socket whose peer is held outside the dump or was closed, an
+//! end also held by a process outside the dump,
 //! descriptors in flight (SCM_RIGHTS), queued messages whose sender
 //! credentials or security labels the receiver asked for (SO_PASSCRED,
 //! SO_PASSSEC, SO_PASSPIDFD: a restore would send them as the engine),
 //! and a datagram socket shut down for reading with messages still queued
 //! (an empty datagram and the end of the queue read alike there).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 
 use libc::pid_t;
@@ -18,6 +22,8 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::image::messages::{Fd, FdKind, UnixSocket};
+use crate::proc;
+use crate::proc::fd::FdTarget;
 use crate::sys::unix_sock::{self, UnixDiag};
 
 /// Open flags a socketpair end gets back (socketpair + F_SETFL).
@@ -37,6 +43,20 @@ pub(crate) struct SocketPlan {
     pub(crate) diag: UnixDiag,
     /// An fd of the task holding it.
     pub(crate) fd: i32,
+    /// Where its peer is, when another process of the tree holds it and
+    /// this one does not: (pid, fd).
+    pub(crate) peer_at: Option<(pid_t, i32)>,
+    /// Whether this process writes its record (queue, options): a pair of
+    /// the process's own always; a socket several processes of the tree
+    /// hold, only its lowest-pid holder.
+    pub(crate) record: bool,
+}
+
+/// The key the descriptors of a socket shared by processes of the dumped
+/// tree are marked with (`external` of each): restore makes its pair once
+/// and every holder takes it, like a tree pipe's end.
+pub(crate) fn tree_socket_key(ino: u64) -> String {
+    format!("tree-socket:[{ino}]")
 }
 
 /// Classifies fd `n` (socket:[ino]): only an end of a connected, unnamed
@@ -77,21 +97,106 @@ pub(crate) fn classify(
     }
     fd.kind = FdKind::UnixSocket as i32;
     fd.socket_id = ino;
-    sockets.entry(ino).or_insert(SocketPlan { diag: d, fd: n });
+    sockets.entry(ino).or_insert(SocketPlan {
+        diag: d,
+        fd: n,
+        peer_at: None,
+        record: true,
+    });
     Ok(())
 }
 
-/// Every socket's peer must be a socket of the dump too.
-pub(crate) fn check_peers(pid: pid_t, sockets: &BTreeMap<u64, SocketPlan>) -> Result<()> {
-    for (ino, s) in sockets {
-        if !sockets.contains_key(&s.diag.peer) {
-            return Err(Error::unsupported(
-                pid,
-                format!(
-                    "fd {}: socket:[{ino}]'s peer socket:[{}] is held outside the dumped process: dumping this process alone would break that connection",
-                    s.fd, s.diag.peer
-                ),
-            ));
+/// Every socket's peer must be a socket of the dump too: of this process,
+/// or of another process of the dumped `tree`. A pair any end of which
+/// another member holds (a socketpair made before a fork) is marked
+/// `tree-socket:[INODE]` on this process's descriptors of it (`fds`); no
+/// end may be held by a process outside the tree.
+pub(crate) fn check_peers(
+    pid: pid_t,
+    sockets: &mut BTreeMap<u64, SocketPlan>,
+    fds: &mut [Fd],
+    tree: &[pid_t],
+) -> Result<()> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    let inos: BTreeSet<u64> = sockets
+        .iter()
+        .flat_map(|(&ino, s)| [ino, s.diag.peer])
+        .collect();
+    let members: Vec<pid_t> = tree.iter().copied().filter(|&p| p != pid).collect();
+    // Holders outside the tree (and outside this process).
+    let mut except = tree.to_vec();
+    except.push(pid);
+    if let Some((ino, others)) = proc::fd::socket_holders(&inos, &except)?.into_iter().next() {
+        let (opid, ofd) = others[0];
+        let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
+        let ours = sockets
+            .iter()
+            .find(|(&i, s)| i == ino || s.diag.peer == ino)
+            .map(|(_, s)| s.fd)
+            .unwrap_or(-1);
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "fd {ours}: socket:[{ino}] (of a pair this process holds) is also held by pid {opid} ({}) as its fd {ofd}, outside the dumped {}: dumping without it would break that connection",
+                comm.trim(),
+                if tree.len() > 1 { "tree" } else { "process" }
+            ),
+        ));
+    }
+    // Holders among the other members.
+    let mut in_tree: BTreeMap<u64, Vec<(pid_t, i32)>> = BTreeMap::new();
+    for &m in &members {
+        // A zombie holds no descriptors; one gone meanwhile neither.
+        let Ok(links) = proc::fd::list_fds(m) else {
+            continue;
+        };
+        for l in links {
+            if let FdTarget::Socket(ino) = l.kind() {
+                if inos.contains(&ino) {
+                    in_tree.entry(ino).or_default().push((m, l.fd));
+                }
+            }
+        }
+    }
+    let own: BTreeSet<u64> = sockets.keys().copied().collect();
+    for (&ino, s) in sockets.iter_mut() {
+        let peer = s.diag.peer;
+        let peer_holders = in_tree.get(&peer).map(Vec::as_slice).unwrap_or(&[]);
+        if !own.contains(&peer) {
+            let Some(&at) = peer_holders.first() else {
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {}: socket:[{ino}]'s peer socket:[{peer}] is held outside the dumped {} (or is in flight in a message): dumping without it would break that connection",
+                        s.fd,
+                        if tree.len() > 1 { "tree" } else { "process" }
+                    ),
+                ));
+            };
+            // Only pairs: a datagram socket may be connected to one that
+            // is connected elsewhere.
+            let back = unix_sock::diag(peer)?.map(|d| d.peer);
+            if back != Some(ino) {
+                return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {}: socket:[{ino}] is connected to socket:[{peer}] (held by pid {}), which is not connected back to it: only socket pairs are restored",
+                        s.fd, at.0
+                    ),
+                ));
+            }
+            s.peer_at = Some(at);
+        }
+        let holders = in_tree.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
+        if holders.is_empty() && peer_holders.is_empty() {
+            continue;
+        }
+        // Shared in the tree: written once, by its lowest-pid holder.
+        s.record = holders.iter().all(|&(m, _)| pid < m);
+        for f in fds.iter_mut().filter(|f| f.socket_id == ino) {
+            f.external = tree_socket_key(ino);
         }
     }
     Ok(())

@@ -301,6 +301,30 @@ pub fn pipe_holders(
     inos: &std::collections::BTreeSet<u64>,
     except: &[i32],
 ) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
+    holders(inos, except, |t| match t {
+        FdTarget::Pipe(ino) => Some(ino),
+        _ => None,
+    })
+}
+
+/// As [`pipe_holders`], for the sockets `inos`.
+pub fn socket_holders(
+    inos: &std::collections::BTreeSet<u64>,
+    except: &[i32],
+) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
+    holders(inos, except, |t| match t {
+        FdTarget::Socket(ino) => Some(ino),
+        _ => None,
+    })
+}
+
+/// Who else holds the objects `inos` (by the inode `pick` reads from a
+/// descriptor's link), over every process of /proc.
+fn holders(
+    inos: &std::collections::BTreeSet<u64>,
+    except: &[i32],
+    pick: fn(FdTarget) -> Option<u64>,
+) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
     let mut held = std::collections::BTreeMap::new();
     if inos.is_empty() {
         return Ok(held);
@@ -338,10 +362,8 @@ pub fn pipe_holders(
             Err(e) => return Err(e),
         };
         for l in fds {
-            if let FdTarget::Pipe(ino) = l.kind() {
-                if inos.contains(&ino) {
-                    held.entry(ino).or_insert_with(Vec::new).push((pid, l.fd));
-                }
+            if let Some(ino) = pick(l.kind()).filter(|i| inos.contains(i)) {
+                held.entry(ino).or_insert_with(Vec::new).push((pid, l.fd));
             }
         }
     }

@@ -56,14 +56,55 @@ pub(crate) fn create(inj: &mut Injector, base: u64) -> Result<u64> {
     Ok(high)
 }
 
+/// Whether an external key names an epoll instance processes of the tree
+/// share.
+pub(crate) fn is_tree_epoll(key: &str) -> bool {
+    key.starts_with("tree-epoll:")
+}
+
+/// The epoll instances processes of the tree share (descriptors marked
+/// `tree-epoll:`), made once each inside the root's stub before it forks:
+/// every stub inherits them, each holder takes its descriptor as an
+/// inherited one, and the one holder that recorded the watches adds them
+/// once its descriptors have their numbers.
+/// Returns the (key, O_RDWR) -> fd entries (numbers of the root's stub).
+pub(crate) fn tree_instances(
+    root: &crate::sys::Tracee,
+    gadget: u64,
+    all: &[&Fds],
+) -> Result<Vec<super::files::InheritedEnd>> {
+    let keys: BTreeSet<&str> = all
+        .iter()
+        .flat_map(|x| x.fds.iter())
+        .filter(|f| f.kind == FdKind::Epoll as i32 && is_tree_epoll(&f.external))
+        .map(|f| f.external.as_str())
+        .collect();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut inj = Injector::new(root, root.regs()?, gadget);
+    let mut out = Vec::new();
+    for key in keys {
+        let fd = inj.call(
+            "epoll_create1",
+            libc::SYS_epoll_create1,
+            &[libc::EPOLL_CLOEXEC as u64],
+        )?;
+        out.push(((key.to_string(), libc::O_RDWR), fd as i32));
+    }
+    Ok(out)
+}
+
 /// Adds every watch, each descriptor at its final number, and reads the
 /// registrations back.
 pub(crate) fn add_watches(inj: &mut Injector, fds: &[Fd]) -> Result<()> {
     let pid = inj.pid();
-    for fd in fds
-        .iter()
-        .filter(|f| f.kind == FdKind::Epoll as i32 && f.dup_of.is_none())
-    {
+    for fd in fds.iter().filter(|f| {
+        f.kind == FdKind::Epoll as i32
+            && f.dup_of.is_none()
+            // An instance of the tree: its watches are another holder's.
+            && !(is_tree_epoll(&f.external) && f.epoll.is_empty())
+    }) {
         for w in &fd.epoll {
             // struct epoll_event is packed on x86_64: u32 events, u64 data.
             let mut ev = Vec::with_capacity(12);

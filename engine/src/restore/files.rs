@@ -87,7 +87,11 @@ fn end_name(accmode: i32) -> &'static str {
 pub(crate) fn match_inherited(fds: &Fds, given: &[InheritFd]) -> Result<Inherited> {
     let mut needed: BTreeMap<(String, i32), i32> = BTreeMap::new();
     for f in fds.fds.iter().filter(|f| {
-        !f.external.is_empty() && !is_tree_pipe(&f.external) && !is_tree_file(&f.external)
+        !f.external.is_empty()
+            && !is_tree_pipe(&f.external)
+            && !is_tree_file(&f.external)
+            && !super::sockets::is_tree_socket(&f.external)
+            && !super::epoll::is_tree_epoll(&f.external)
     }) {
         needed
             .entry((f.external.clone(), f.flags as i32 & libc::O_ACCMODE))
@@ -318,7 +322,19 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
                     fd.fd, fd.pipe_id
                 ))
             }
-            Ok(FdKind::UnixSocket) if !fds.sockets.iter().any(|s| s.id == fd.socket_id) => {
+            Ok(FdKind::Epoll)
+                if !fd.external.is_empty() && !super::epoll::is_tree_epoll(&fd.external) =>
+            {
+                return Err(format!("fd {} is an epoll marked {}", fd.fd, fd.external))
+            }
+            Ok(FdKind::UnixSocket)
+                if !fd.external.is_empty() && !super::sockets::is_tree_socket(&fd.external) =>
+            {
+                return Err(format!("fd {} is a socket marked {}", fd.fd, fd.external))
+            }
+            Ok(FdKind::UnixSocket)
+                if fd.external.is_empty() && !fds.sockets.iter().any(|s| s.id == fd.socket_id) =>
+            {
                 return Err(format!(
                     "fd {} refers to unknown socket {}",
                     fd.fd, fd.socket_id
@@ -580,7 +596,33 @@ fn restore_one(
                 .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
             (if k == FdKind::PipeRead { r } else { w }, true)
         }
+        FdKind::Epoll if !fd.external.is_empty() => {
+            // Made in the root's stub, shared with the other holders.
+            let high = external
+                .get(&(fd.external.clone(), libc::O_RDWR))
+                .copied()
+                .ok_or_else(|| {
+                    Error::task(
+                        pid,
+                        format!("fd {}: no inherited fd for {}", fd.fd, fd.external),
+                    )
+                })?;
+            (high, true)
+        }
         FdKind::Epoll => (super::epoll::create(inj, base)?, true),
+        FdKind::UnixSocket if !fd.external.is_empty() => {
+            // Made by crust, shared with the other holders in the tree.
+            let high = external
+                .get(&(fd.external.clone(), libc::O_RDWR))
+                .copied()
+                .ok_or_else(|| {
+                    Error::task(
+                        pid,
+                        format!("fd {}: no inherited fd for {}", fd.fd, fd.external),
+                    )
+                })?;
+            (high, true)
+        }
         FdKind::UnixSocket => {
             let high = socket_ends.get(&fd.socket_id).copied().ok_or_else(|| {
                 Error::task(pid, format!("fd {}: no socket {}", fd.fd, fd.socket_id))

@@ -318,6 +318,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // Open files shared by processes of the tree, likewise.
     let (tree_files, file_ends) = files::tree_files(&all_fds)?;
     tree_ends.extend(file_ends);
+    sockets::validate_tree(&all_fds).map_err(|w| bad(dir, w))?;
     let inherited = inherited.with(&tree_ends);
     let members_inherit = files::Inherited::default().with(&tree_ends);
     if !opts.lazy_pages {
@@ -338,6 +339,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         .find(|v| v.path == "[vdso]")
         .ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
+    // Socket pairs between processes of the tree: made in the root's stub,
+    // inherited by every other.
+    let mut socket_ends = sockets::tree_pairs(&stub.tracee, gadget, &all_fds)?;
+    // Epoll instances several processes share, likewise.
+    socket_ends.extend(epoll::tree_instances(&stub.tracee, gadget, &all_fds)?);
+    let inherited = inherited.with(&socket_ends);
+    let members_inherit = members_inherit.with(&socket_ends);
     let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;
     drop(tree_pipes);
     drop(tree_files);

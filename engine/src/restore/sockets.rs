@@ -1,27 +1,73 @@
 //! Unix socket pairs: one injected socketpair(2) per dumped pair, then,
 //! from the engine through copies of the new ends, each end's receive
 //! queue sent again through its peer, its options and its shutdown state,
-//! each checked back.
+//! each checked back. Pairs shared by processes of a tree are made the
+//! same way in the root's stub before it forks, and inherited
+//! ([`tree_pairs`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
+use super::files::InheritedEnd;
 use crate::error::{Error, Result};
 use crate::image::messages::{Fds, UnixSocket};
 use crate::inject::Injector;
 use crate::sys::syscalls::pidfd_getfd;
 use crate::sys::unix_sock;
 
+/// Whether an external key names a socket shared by processes of the tree.
+pub(crate) fn is_tree_socket(key: &str) -> bool {
+    key.starts_with("tree-socket:")
+}
+
+/// Whether the socket `id` of this process's image is one the tree shares
+/// (see [`tree_pairs`]).
+fn shared_in_tree(fds: &Fds, id: u64) -> bool {
+    fds.fds
+        .iter()
+        .any(|f| f.socket_id == id && is_tree_socket(&f.external))
+}
+
 /// Checks the image's sockets before anything exists: every socket's peer
-/// is in the image, of the same type, and names it back.
+/// is in the image, of the same type, and names it back (the tree's
+/// shared sockets: [`validate_tree`]).
 pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
-    let by_id: BTreeMap<u64, &UnixSocket> = fds.sockets.iter().map(|s| (s.id, s)).collect();
-    if by_id.len() != fds.sockets.len() {
+    let own: Vec<&UnixSocket> = fds
+        .sockets
+        .iter()
+        .filter(|s| !shared_in_tree(fds, s.id))
+        .collect();
+    check_pairs(&own)
+}
+
+/// Checks the sockets the processes of the tree share: each recorded
+/// once, every one a pair with its peer, and every descriptor marked
+/// `tree-socket:` with its record.
+pub(crate) fn validate_tree(all: &[&Fds]) -> std::result::Result<(), String> {
+    let shared: Vec<&UnixSocket> = all
+        .iter()
+        .flat_map(|fds| fds.sockets.iter().filter(|s| shared_in_tree(fds, s.id)))
+        .collect();
+    check_pairs(&shared)?;
+    for f in all.iter().flat_map(|x| x.fds.iter()) {
+        if is_tree_socket(&f.external) && !shared.iter().any(|s| s.id == f.socket_id) {
+            return Err(format!(
+                "fd {} refers to socket {} of the tree, which no process recorded",
+                f.fd, f.socket_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_pairs(sockets: &[&UnixSocket]) -> std::result::Result<(), String> {
+    let by_id: BTreeMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, *s)).collect();
+    if by_id.len() != sockets.len() {
         return Err("a unix socket is listed twice".into());
     }
-    for s in &fds.sockets {
+    for s in sockets {
         let peer = by_id.get(&s.peer).ok_or_else(|| {
             format!(
                 "socket:[{}]'s peer socket:[{}] is not in the image",
@@ -42,18 +88,35 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Creates every pair inside the task, its ends parked at `base` or above;
-/// returns the new descriptor of each dumped socket, by its id.
+/// Creates every pair of the process's own inside the task, its ends
+/// parked at `base` or above; returns the new descriptor of each dumped
+/// socket, by its id.
 pub(crate) fn create_pairs(
     inj: &mut Injector,
     pidfd: &OwnedFd,
     fds: &Fds,
     base: u64,
 ) -> Result<BTreeMap<u64, u64>> {
+    let own: Vec<&UnixSocket> = fds
+        .sockets
+        .iter()
+        .filter(|s| !shared_in_tree(fds, s.id))
+        .collect();
+    make_pairs(inj, pidfd, &own, base)
+}
+
+/// One injected socketpair per pair of `sockets` (both ends listed), each
+/// filled from here through copies of its new ends.
+fn make_pairs(
+    inj: &mut Injector,
+    pidfd: &OwnedFd,
+    sockets: &[&UnixSocket],
+    base: u64,
+) -> Result<BTreeMap<u64, u64>> {
     let pid = inj.pid();
-    let by_id: BTreeMap<u64, &UnixSocket> = fds.sockets.iter().map(|s| (s.id, s)).collect();
+    let by_id: BTreeMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, *s)).collect();
     let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
-    for s in &fds.sockets {
+    for s in sockets {
         if ends.contains_key(&s.id) {
             continue;
         }
@@ -76,14 +139,16 @@ pub(crate) fn create_pairs(
             u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
         ];
-        let mut high = [0u64; 2];
-        for (h, l) in high.iter_mut().zip(low) {
-            *h = inj.call(
-                "fcntl(F_DUPFD_CLOEXEC)",
-                libc::SYS_fcntl,
-                &[l, libc::F_DUPFD_CLOEXEC as u64, base],
-            )?;
-            inj.call("close", libc::SYS_close, &[l])?;
+        let mut high = low;
+        if base > 0 {
+            for (h, l) in high.iter_mut().zip(low) {
+                *h = inj.call(
+                    "fcntl(F_DUPFD_CLOEXEC)",
+                    libc::SYS_fcntl,
+                    &[l, libc::F_DUPFD_CLOEXEC as u64, base],
+                )?;
+                inj.call("close", libc::SYS_close, &[l])?;
+            }
         }
         ends.insert(s.id, high[0]);
         ends.insert(peer.id, high[1]);
@@ -92,6 +157,43 @@ pub(crate) fn create_pairs(
         fill(pid, s, &ours, peer, &theirs)?;
     }
     Ok(ends)
+}
+
+/// The socket pairs shared by processes of the tree (descriptors marked
+/// `tree-socket:`), made once each inside the root's stub before any child
+/// is forked (so that SO_PEERCRED names the root, which made most such
+/// pairs), filled with their queues, options and shutdown state: every
+/// stub inherits them, and each process takes its ends as inherited ones
+/// (one open file description per socket, as a socket always is). Returns
+/// the (key, O_RDWR) -> fd entries (numbers of the root's stub).
+pub(crate) fn tree_pairs(
+    root: &crate::sys::Tracee,
+    gadget: u64,
+    all: &[&Fds],
+) -> Result<Vec<InheritedEnd>> {
+    let shared: BTreeMap<u64, &UnixSocket> = all
+        .iter()
+        .flat_map(|fds| fds.sockets.iter().filter(|s| shared_in_tree(fds, s.id)))
+        .map(|s| (s.id, s))
+        .collect();
+    if shared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sockets: Vec<&UnixSocket> = shared.values().copied().collect();
+    let pidfd = crate::sys::syscalls::pidfd_open(root.pid)?;
+    let mut inj = Injector::new(root, root.regs()?, gadget);
+    inj.map_scratch(None, 4096)?;
+    let ends = make_pairs(&mut inj, &pidfd, &sockets, 0);
+    inj.unmap_scratch()?;
+    Ok(ends?
+        .into_iter()
+        .map(|(id, fd)| {
+            (
+                (crate::dump::sockets::tree_socket_key(id), libc::O_RDWR),
+                fd as i32,
+            )
+        })
+        .collect())
 }
 
 fn fail(pid: i32, s: &UnixSocket, what: &str, e: Errno) -> Error {

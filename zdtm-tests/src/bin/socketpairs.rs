@@ -13,6 +13,7 @@
 
 use zdtm::{ensure, ensure_eq, TestResult};
 use zdtm_tests::{fcntl_get, fd_path, pattern_bytes, read_exact, write_all};
+use zdtm_tests::{recv_dontwait as recv, send_dontwait as send, socketpair as pair};
 
 const STREAM_TO_1: usize = 50_000;
 const STREAM_TO_0: usize = 700;
@@ -25,38 +26,6 @@ struct State {
     seqpacket: (i32, i32),
     table: Vec<(i32, String)>,
     flags: Vec<i32>,
-}
-
-fn pair(kind: i32) -> TestResult<(i32, i32)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: socketpair writes two descriptors into the array.
-    if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) } != 0 {
-        return Err(zdtm::os_err("socketpair"));
-    }
-    Ok((fds[0], fds[1]))
-}
-
-fn send(fd: i32, data: &[u8]) -> TestResult {
-    // SAFETY: sending from a valid buffer.
-    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
-    ensure_eq!(
-        n,
-        data.len() as isize,
-        "send of {} bytes on fd {fd}",
-        data.len()
-    );
-    Ok(())
-}
-
-fn recv(fd: i32, max: usize) -> TestResult<Vec<u8>> {
-    let mut buf = vec![0u8; max];
-    // SAFETY: receiving into a valid buffer.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(zdtm::os_err(&format!("recv on fd {fd}")));
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
 }
 
 fn all(s: &State) -> [i32; 6] {
