@@ -32,12 +32,16 @@ fn start(tmp: &Path, mib: u32) -> Target {
     Target { proc, out, cmd }
 }
 
+/// Replaces the command file `cmd` (atomically: the targets poll it).
+fn write_commands(cmd: &Path, lines: &[&str]) {
+    let tmp = cmd.with_extension("new");
+    std::fs::write(&tmp, lines.join("\n") + "\n").expect("write commands");
+    std::fs::rename(&tmp, cmd).expect("rename commands");
+}
+
 impl Target {
-    /// Replaces the command file (atomically: the target polls it).
     fn commands(&self, lines: &[&str]) {
-        let tmp = self.cmd.with_extension("new");
-        std::fs::write(&tmp, lines.join("\n") + "\n").expect("write commands");
-        std::fs::rename(&tmp, &self.cmd).expect("rename commands");
+        write_commands(&self.cmd, lines);
     }
 
     /// Waits for command `n`'s result line and returns what follows "n ".
@@ -95,23 +99,25 @@ fn release(fifo: &Path) {
 }
 
 fn start_daemon_env(dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
+    start_daemon_with(dir, &[], env)
+}
+
+/// `crust lazy-pages -D DIR -d` with `extra` arguments.
+fn start_daemon_with(dir: &Path, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Proc {
     let pidfile = dir.with_extension("daemon.pid");
-    crust_spawn_env(
-        [
-            "lazy-pages",
-            "-D",
-            path_str(dir),
-            "-d",
-            "--pidfile",
-            path_str(&pidfile),
-            "-o",
-            "lazy.log",
-            "-v",
-        ],
-        env,
-    )
-    .wait(TIMEOUT)
-    .assert_ok();
+    let mut args = vec![
+        "lazy-pages",
+        "-D",
+        path_str(dir),
+        "-d",
+        "--pidfile",
+        path_str(&pidfile),
+        "-o",
+        "lazy.log",
+        "-v",
+    ];
+    args.extend_from_slice(extra);
+    crust_spawn_env(args, env).wait(TIMEOUT).assert_ok();
     let pid: i32 = read_string(&pidfile).trim().parse().expect("daemon pid");
     let sock = dir.join("lazy-pages.socket");
     use std::os::unix::fs::PermissionsExt;
@@ -395,4 +401,249 @@ fn lazy_image_needs_lazy_pages() {
     let out = crust(["restore", "-d", "-D", path_str(&img)]);
     out.assert_failed().stderr_has("--lazy-pages");
     assert_pid_free(pid, "after a refused restore");
+}
+
+/// A lazytree (progs/lazytree.c): a parent and its child, whose private
+/// memory is half shared copy-on-write, half the child's own.
+struct Tree {
+    parent: Proc,
+    child: i32,
+    out: PathBuf,
+    cmd: PathBuf,
+}
+
+fn start_tree(tmp: &Path, mib: u32) -> Tree {
+    let bin = compile_c(tmp, "lazytree.c", &[]);
+    let out = tmp.join("tree.out");
+    let cmd = tmp.join("tree.cmd");
+    let parent = spawn_daemon(
+        Command::new(bin)
+            .arg(mib.to_string())
+            .arg("777")
+            .arg(&out)
+            .arg(&cmd),
+    );
+    let text = wait_file_contains(&out, "ready", TIMEOUT);
+    let child = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in {text:?}"));
+    Tree {
+        parent,
+        child,
+        out,
+        cmd,
+    }
+}
+
+impl Tree {
+    /// Waits for command `n`'s result from both processes.
+    fn results(&self, n: u32, what: &str) -> (String, String) {
+        let mut got = (String::new(), String::new());
+        wait_until(TIMEOUT, &format!("results of command {n}"), || {
+            let text = read_string(&self.out);
+            let find = |who: &str| {
+                let prefix = format!("{n} {who} {what} ");
+                text.lines()
+                    .find(|l| l.starts_with(&prefix))
+                    .map(|l| l[prefix.len()..].to_string())
+            };
+            match (find("parent"), find("child")) {
+                (Some(p), Some(c)) if text.ends_with('\n') => {
+                    got = (p, c);
+                    Ok(())
+                }
+                _ => Err(text),
+            }
+        });
+        got
+    }
+
+    /// Dumps the tree into `dir` with `extra` (both processes die), reaps
+    /// the parent, and the child, which the subreaper (us) inherits.
+    fn dump(&mut self, dir: &Path, extra: &[&str]) -> Output {
+        let mut child = Proc::adopt(self.child);
+        let out = dump(self.parent.pid, dir, extra);
+        assert_eq!(self.parent.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+        assert_eq!(child.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+        out
+    }
+
+    /// After a restore: each process checks its memory, the parent then
+    /// writes the shared half (the child must not see it), and both exit;
+    /// the parent reports its child's status.
+    fn check_and_exit(&self, restored: &mut Proc, first: u32) {
+        let n = |k: u32| (first + k).to_string();
+        let lines = [
+            format!("{} check", n(0)),
+            format!("{} write", n(1)),
+            format!("{} check", n(2)),
+        ];
+        let lines: Vec<&str> = lines.iter().map(|l| l.as_str()).collect();
+        write_commands(&self.cmd, &lines);
+        let ok = ("ok".to_string(), "ok".to_string());
+        assert_eq!(self.results(first, "check"), ok);
+        assert_eq!(self.results(first + 2, "check"), ok);
+        write_commands(&self.cmd, &[&format!("{} exit", n(3))]);
+        assert_eq!(restored.wait(TIMEOUT), Exit::Code(0), "the restored parent");
+        assert_pid_free(self.child, "after the restored child exited");
+    }
+}
+
+/// A tree restored lazily: each process's uffd is handed to the one
+/// daemon (a handoff each, on one connection), each process gets its own
+/// pages (the child's own half and the copy-on-write half it still
+/// shared with its parent), faulted while the background transfer is
+/// held back; the daemon exits once both are done.
+#[test]
+fn lazy_restore_of_a_tree_gives_each_process_its_pages() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree(tmp.path(), 16);
+    let img = tmp.path().join("img");
+    t.dump(&img, &[]);
+    let fifo = tmp.path().join("hold");
+    let mut d = start_daemon_held(&img, &fifo);
+    write_commands(&t.cmd, &["1 check"]);
+    let mut r = restore_lazy(&img, t.parent.pid);
+    // Every page checked before any background copy: by fault.
+    let ok = ("ok".to_string(), "ok".to_string());
+    assert_eq!(t.results(1, "check"), ok);
+    release(&fifo);
+    t.check_and_exit(&mut r, 2);
+    let s = daemon_done(&mut d, &img);
+    assert_eq!(n(&s, "tasks"), 2, "{s}");
+    assert_eq!(n(&s, "mms"), 2, "{s}");
+    assert!(n(&s, "pages_lazy") >= 2 * 16 * 256, "{s}");
+    assert!(n(&s, "pages_fault") >= 2 * 16 * 256, "{s}");
+    let log = log(&img);
+    for pid in [t.parent.pid, t.child] {
+        assert!(log.contains(&format!("pid {pid} handed over")), "{log}");
+    }
+}
+
+/// The source keeps each process's memory in a twin of its own and serves
+/// pages by pid: `dump --lazy-pages` of a tree, `lazy-pages --page-server`
+/// and a lazy restore give each process its own pages; the source exits 0
+/// once all are delivered, its twins with it.
+#[test]
+fn remote_lazy_migration_of_a_tree() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree(tmp.path(), 16);
+    let img = tmp.path().join("img");
+    let args = [
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "-d",
+        "-o",
+        "dump.log",
+    ];
+    let out = t.dump(&img, &args);
+    let (worker, mut twins) = served(&out);
+    assert_eq!(twins.len(), 2, "{}", out.stderr);
+    let mut worker = worker;
+    let mut d = start_daemon_with(&img, &["--page-server"], &[]);
+    let mut r = restore_lazy(&img, t.parent.pid);
+    t.check_and_exit(&mut r, 1);
+    let s = daemon_done(&mut d, &img);
+    assert_eq!(n(&s, "tasks"), 2, "{s}");
+    assert!(n(&s, "pages_lazy") >= 2 * 16 * 256, "{s}");
+    assert_eq!(worker.wait(TIMEOUT), Exit::Code(0), "the serving crust");
+    for tw in &mut twins {
+        assert_eq!(tw.wait(TIMEOUT), Exit::Signal(libc::SIGKILL), "a twin");
+    }
+}
+
+/// No destination comes: the source writes every process's lazy pages
+/// into DIR, which then restores without --lazy-pages, each process
+/// with its own memory.
+#[test]
+fn a_lazy_tree_is_written_back_when_no_destination_comes() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree(tmp.path(), 8);
+    let img = tmp.path().join("img");
+    let args = [
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "-d",
+        "--lazy-timeout",
+        "1",
+        "-o",
+        "dump.log",
+    ];
+    let out = t.dump(&img, &args);
+    let (mut worker, mut twins) = served(&out);
+    assert_eq!(worker.wait(TIMEOUT), Exit::Code(0), "the serving crust");
+    for tw in &mut twins {
+        assert_eq!(tw.wait(TIMEOUT), Exit::Signal(libc::SIGKILL), "a twin");
+    }
+    let log = read_string(&img.join("dump.log"));
+    assert!(log.contains("restores without --lazy-pages"), "{log}");
+    let mut r = restore_detached(&img, t.parent.pid);
+    t.check_and_exit(&mut r, 1);
+}
+
+/// Killing the serving crust of a tree's lazy dump kills every twin
+/// (PTRACE_O_EXITKILL): no process is left holding memory.
+#[test]
+fn killing_the_source_of_a_lazy_tree_leaves_no_twin() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree(tmp.path(), 4);
+    let img = tmp.path().join("img");
+    let args = [
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "-d",
+        "-o",
+        "dump.log",
+    ];
+    let out = t.dump(&img, &args);
+    let (mut worker, mut twins) = served(&out);
+    assert_eq!(twins.len(), 2, "{}", out.stderr);
+    worker.signal(libc::SIGKILL);
+    assert_eq!(worker.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    for tw in &mut twins {
+        assert_eq!(tw.wait(TIMEOUT), Exit::Signal(libc::SIGKILL), "a twin");
+    }
+}
+
+/// The serving crust of a lazy dump (`-d`: reparented to us) and its
+/// twins, from the "held by pid A, B" line.
+fn served(out: &Output) -> (Proc, Vec<Proc>) {
+    out.assert_ok();
+    let twins: Vec<i32> = out
+        .stderr
+        .split("held by pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .map(|l| l.split(", ").filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(!twins.is_empty(), "no twin in: {}", out.stderr);
+    let tracer: i32 = status_field(twins[0], "TracerPid")
+        .and_then(|t| t.parse().ok())
+        .expect("a twin's tracer");
+    for &tw in &twins {
+        assert_eq!(
+            status_field(tw, "TracerPid").and_then(|t| t.parse().ok()),
+            Some(tracer),
+            "every twin is traced by the serving crust"
+        );
+    }
+    (
+        Proc::adopt(tracer),
+        twins.into_iter().map(Proc::adopt).collect(),
+    )
 }
