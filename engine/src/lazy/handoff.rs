@@ -323,3 +323,60 @@ pub fn refuse(conn: &mut UnixStream, why: &str) -> std::io::Result<()> {
     m.extend_from_slice(why.as_bytes());
     conn.write_all(&m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoff(pid: i32) -> Handoff {
+        Handoff {
+            pid,
+            tasks: 2,
+            eager_dump_pages: 3,
+            eager_parent_pages: 4,
+            lazy: vec![(0x1000, 0x3000), (0x5000, 0x6000)],
+            parent: vec![(0x7000, 0x8000)],
+            registered: vec![(0x1000, 0x8000)],
+        }
+    }
+
+    /// Two tasks on one connection: the first acknowledged, the second
+    /// refused with its reason (which restore reports), then `D` and the
+    /// close, each told apart by the daemon.
+    #[test]
+    fn several_tasks_on_one_connection() {
+        let (mut restore, mut daemon) = UnixStream::pair().expect("socketpair");
+        let dir = Path::new("/nonexistent");
+        let side = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                match receive(&mut daemon).expect("a message") {
+                    Message::Task(h, _fd) => {
+                        match h.pid {
+                            10 => ack(&mut daemon).expect("ack"),
+                            _ => refuse(&mut daemon, "pid 11 was handed over already")
+                                .expect("refuse"),
+                        }
+                        got.push(format!("task {:?}", h));
+                    }
+                    Message::Done => got.push("done".into()),
+                    Message::Closed => return got,
+                }
+            }
+        });
+        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
+        send(dir, &mut restore, &handoff(10), &fd).expect("first task taken");
+        let e = send(dir, &mut restore, &handoff(11), &fd).expect_err("second refused");
+        assert!(
+            e.to_string().contains("pid 11 was handed over already"),
+            "{e}"
+        );
+        restore_done(&mut restore);
+        drop(restore);
+        let got = side.join().expect("daemon side");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], format!("task {:?}", handoff(10)));
+        assert_eq!(got[1], format!("task {:?}", handoff(11)));
+        assert_eq!(got[2], "done");
+    }
+}
