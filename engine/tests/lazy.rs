@@ -413,6 +413,10 @@ struct Tree {
 }
 
 fn start_tree(tmp: &Path, mib: u32) -> Tree {
+    start_tree_with(tmp, mib, &[])
+}
+
+fn start_tree_with(tmp: &Path, mib: u32, extra: &[&str]) -> Tree {
     let bin = compile_c(tmp, "lazytree.c", &[]);
     let out = tmp.join("tree.out");
     let cmd = tmp.join("tree.cmd");
@@ -421,7 +425,8 @@ fn start_tree(tmp: &Path, mib: u32) -> Tree {
             .arg(mib.to_string())
             .arg("777")
             .arg(&out)
-            .arg(&cmd),
+            .arg(&cmd)
+            .args(extra),
     );
     let text = wait_file_contains(&out, "ready", TIMEOUT);
     let child = text
@@ -618,6 +623,45 @@ fn killing_the_source_of_a_lazy_tree_leaves_no_twin() {
     for tw in &mut twins {
         assert_eq!(tw.wait(TIMEOUT), Exit::Signal(libc::SIGKILL), "a twin");
     }
+}
+
+/// A lazy dump of a tree that cannot make the child's twin (a seccomp
+/// filter of the child fails clone(CLONE_VM)) fails, refused by name,
+/// after the root's twin was made: that twin is killed and reaped in the
+/// root (no zombie child is left to it), every process gets its
+/// thread-exit addresses back, and the tree runs on with its memory.
+#[test]
+fn a_failed_lazy_dump_of_a_tree_leaves_it_as_it_was() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree_with(tmp.path(), 4, &["noclonevm"]);
+    let img = tmp.path().join("img");
+    let pid = t.parent.pid.to_string();
+    let out = crust([
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        path_str(&img),
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]);
+    out.assert_failed().stderr_has("seccomp");
+    let children = read_string(Path::new(&format!("/proc/{pid}/task/{pid}/children")));
+    assert_eq!(
+        children.split_whitespace().collect::<Vec<_>>(),
+        [t.child.to_string()],
+        "the root's children after the failed dump"
+    );
+    for p in [t.parent.pid, t.child] {
+        assert_eq!(status_field(p, "TracerPid").as_deref(), Some("0"));
+    }
+    let mut parent = Proc::adopt(t.parent.pid);
+    t.parent.forget();
+    t.check_and_exit(&mut parent, 1);
 }
 
 /// The serving crust of a lazy dump (`-d`: reparented to us) and its

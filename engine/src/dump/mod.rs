@@ -1238,8 +1238,12 @@ fn dump_inner(
     });
     if let Err(e) = inv_written {
         if let Some(l) = lazy {
-            let pids: Vec<pid_t> = l.tasks.drain(..).map(|t| t.twin.task).collect();
-            undo_lazy_tree(&mut held, &dumps, &pids);
+            let undo = l
+                .tasks
+                .drain(..)
+                .map(|t| (t.twin.task, Some(t.twin)))
+                .collect();
+            undo_lazy_tree(&mut held, &dumps, undo);
         }
         return Err(e);
     }
@@ -1345,10 +1349,10 @@ fn hold_lazy_memory(
                 twin,
                 pagemap: d.pagemap.clone(),
             }),
-            Err(e) => {
-                let mut pids: Vec<pid_t> = out.drain(..).map(|t| t.twin.task).collect();
-                pids.push(d.pid);
-                undo_lazy_tree(held, dumps, &pids);
+            Err((e, twin)) => {
+                let mut undo: Vec<_> = out.drain(..).map(|t| (t.twin.task, Some(t.twin))).collect();
+                undo.push((d.pid, twin));
+                undo_lazy_tree(held, dumps, undo);
                 return Err(e);
             }
         }
@@ -1357,32 +1361,51 @@ fn hold_lazy_memory(
 }
 
 /// One process's twin, in a burst, then its threads' exit addresses off.
+/// On failure, the twin if it was made (to be discarded by `undo_lazy`).
+type HoldError = (Error, Option<crate::lazy::remote::holder::Twin>);
+
 fn hold_one(
     frozen: &mut Frozen,
     pid: pid_t,
     gadget: u64,
-) -> Result<crate::lazy::remote::holder::Twin> {
+) -> std::result::Result<crate::lazy::remote::holder::Twin, HoldError> {
     let (guard, regs) = (frozen.guard.clone(), frozen.regs);
-    let twin = frozen.burst(gadget, |inj| {
-        let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
-        // The task must not write into the shared memory as it dies.
-        inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
-        inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
-        Ok(twin)
-    })?;
+    let twin = frozen
+        .burst(gadget, |inj| {
+            let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard, inj)?;
+            // The task must not write into the shared memory as it dies.
+            let off = inj
+                .call("set_tid_address", libc::SYS_set_tid_address, &[0])
+                .and_then(|_| inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24]));
+            match off {
+                Ok(_) => Ok(twin),
+                Err(e) => {
+                    twin.discard(inj);
+                    Err(e)
+                }
+            }
+        })
+        .map_err(|e| (e, None))?;
     // Nor any of its threads.
     for t in &mut frozen.threads {
-        t.burst(gadget, |inj| {
+        let off = t.burst(gadget, |inj| {
             inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
             inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])
-        })?;
+        });
+        if let Err(e) = off {
+            return Err((e, Some(twin)));
+        }
     }
     Ok(twin)
 }
 
-/// `undo_lazy` for each of `pids` (processes of the tree).
-fn undo_lazy_tree(held: &mut [tree::Member], dumps: &[ProcessDump], pids: &[pid_t]) {
-    for &p in pids {
+/// `undo_lazy` for each process of `undo` (with its twin, if made).
+fn undo_lazy_tree(
+    held: &mut [tree::Member],
+    dumps: &[ProcessDump],
+    undo: Vec<(pid_t, Option<crate::lazy::remote::holder::Twin>)>,
+) {
+    for (p, twin) in undo {
         let (Some(d), Some(frozen)) = (
             dumps.iter().find(|d| d.pid == p),
             held.iter_mut()
@@ -1391,7 +1414,7 @@ fn undo_lazy_tree(held: &mut [tree::Member], dumps: &[ProcessDump], pids: &[pid_
         ) else {
             continue;
         };
-        undo_lazy(frozen, d.gadget, &d.core.core);
+        undo_lazy(frozen, d.gadget, &d.core.core, twin);
     }
 }
 
@@ -1600,24 +1623,37 @@ fn dump_process(
     })
 }
 
-/// A lazy dump failed after the task was prepared for its kill: its
-/// thread-exit addresses go back as they were (best effort; the task is
-/// resumed next).
-fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Core) {
+/// A lazy dump failed after the task was prepared for its kill: its twin
+/// goes (reaped in the task), its thread-exit addresses go back as they
+/// were (best effort; the task is resumed next). Done even when crust was
+/// asked to stop (the bursts' stop check is off meanwhile): that is one
+/// way to get here, and the task must not run on without them.
+fn undo_lazy(
+    frozen: &mut Frozen,
+    gadget: u64,
+    core: &crate::image::messages::Core,
+    twin: Option<crate::lazy::remote::holder::Twin>,
+) {
     let (tid, head, len) = (
         core.clear_child_tid,
         core.robust_list_head,
         core.robust_list_len,
     );
+    let guarded = std::mem::replace(&mut frozen.guarded, false);
     let _ = frozen.burst(gadget, |inj| {
+        if let Some(t) = twin {
+            t.discard(inj);
+        }
         inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
         if head != 0 {
             inj.call("set_robust_list", libc::SYS_set_robust_list, &[head, len])?;
         }
         Ok(())
     });
+    frozen.guarded = guarded;
     for (f, t) in frozen.threads.iter_mut().zip(&core.threads) {
         let (tid, head, len) = (t.clear_child_tid, t.robust_list_head, t.robust_list_len);
+        let guarded = std::mem::replace(&mut f.guarded, false);
         let _ = f.burst(gadget, |inj| {
             inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
             if head != 0 {
@@ -1625,6 +1661,7 @@ fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Co
             }
             Ok(())
         });
+        f.guarded = guarded;
     }
 }
 

@@ -1,5 +1,5 @@
 /*
- * lazytree SIZE_MIB SEED OUTFILE CMDFILE
+ * lazytree SIZE_MIB SEED OUTFILE CMDFILE [noclonevm]
  *
  * A parent and a child with private anonymous memory for lazy restore.
  * The parent maps SIZE_MIB, fills it with a pseudo-random pattern (word i
@@ -18,14 +18,22 @@
  *           the child must not see it ("check" after it)
  *   exit    the child exits 0; the parent waits for it and exits 0 if
  *           the child did, 1 otherwise
+ * With "noclonevm" the child installs a seccomp filter that fails
+ * clone(CLONE_VM) with EPERM (a lazy dump cannot make its twin).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,9 +95,25 @@ static void say(long n, const char *what, long bad) {
     close(fd);
 }
 
+/* clone(CLONE_VM, ...) fails with EPERM; everything else is allowed. */
+static int deny_clone_vm(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, CLONE_VM, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof(f) / sizeof(f[0]), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: lazytree SIZE_MIB SEED OUTFILE CMDFILE\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: lazytree SIZE_MIB SEED OUTFILE CMDFILE [noclonevm]\n");
         return 2;
     }
     pages = strtoul(argv[1], NULL, 10) * 256;
@@ -110,6 +134,8 @@ int main(int argc, char **argv) {
         is_child = 1;
         close(p[0]);
         fill(pages / 2, pages, seed ^ CHILD_SEED);
+        if (argc == 6 && !strcmp(argv[5], "noclonevm") && deny_clone_vm())
+            return 2;
         if (write(p[1], "c", 1) != 1)
             return 2;
         close(p[1]);
