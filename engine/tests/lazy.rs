@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -662,6 +663,85 @@ fn a_failed_lazy_dump_of_a_tree_leaves_it_as_it_was() {
     let mut parent = Proc::adopt(t.parent.pid);
     t.parent.forget();
     t.check_and_exit(&mut parent, 1);
+}
+
+/// `crust restore --lazy-pages` of a tree killed as soon as the root's,
+/// then the child's, handoff reached the daemon: the daemon exits by
+/// itself (1 if not every process was handed over, else 0 once they are
+/// gone), every half-built process dies with the engine (EXITKILL), and
+/// any process already let go runs on untraced (killed here).
+#[test]
+fn killing_a_lazy_restore_of_a_tree_midway_leaves_nothing() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree(tmp.path(), 16);
+    let img = tmp.path().join("img");
+    t.dump(&img, &[]);
+    let (root, child) = (t.parent.pid, t.child);
+    for (trial, at) in [root, child, root, child].into_iter().enumerate() {
+        let _ = std::fs::remove_file(img.join("lazy.log"));
+        let mut d = start_daemon(&img);
+        let run = crust_spawn(["restore", "-d", "--lazy-pages", "-D", path_str(&img)]);
+        let line = format!("pid {at} handed over");
+        wait_until(TIMEOUT, &line, || match log(&img).contains(&line) {
+            true => Ok(()),
+            false => Err(log(&img)),
+        });
+        // SAFETY: kill(2) of the crust we started and have not reaped.
+        unsafe { libc::kill(run.pid(), libc::SIGKILL) };
+        run.wait(TIMEOUT);
+        // The root first: if it was let go and lives, its dying child is
+        // its zombie until it dies too.
+        for pid in [root, child] {
+            let Some(fd) = pidfd(pid) else { continue };
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polling one valid pollfd. A dying process exits
+            // within milliseconds; the bound only decides when a living
+            // one counts as let go.
+            let exited = unsafe { libc::poll(&mut pfd, 1, 3000) } != 0;
+            if !exited {
+                assert_eq!(
+                    status_field(pid, "TracerPid").as_deref(),
+                    Some("0"),
+                    "trial {trial}: pid {pid} lives on traced"
+                );
+                // SAFETY: kill(2) of a process of this test, by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let mut st = 0;
+            // SAFETY: waitpid on one pid with a valid status pointer;
+            // ECHILD if its (live) parent is to reap it.
+            unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+        }
+        let exit = d.wait(TIMEOUT);
+        assert!(
+            matches!(exit, Exit::Code(0) | Exit::Code(1)),
+            "trial {trial}: the daemon {exit:?}: {}",
+            log(&img)
+        );
+        eprintln!("trial {trial}: killed at the handoff of {at}, the daemon {exit:?}");
+        if at == root && exit == Exit::Code(1) {
+            assert!(
+                log(&img).contains("handing over 1 of the 2"),
+                "{}",
+                log(&img)
+            );
+        }
+        assert_pid_free(root, &format!("trial {trial}"));
+        assert_pid_free(child, &format!("trial {trial}"));
+    }
+}
+
+fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; returns a new descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh descriptor the kernel gave us, owned by nobody else.
+    (r >= 0)
+        .then(|| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
 /// The serving crust of a lazy dump (`-d`: reparented to us) and its
