@@ -359,8 +359,8 @@ fn serve(
         live,
         verbose,
     };
-    // The first process (the root) before anything else: a restore that
-    // hands nothing over is a failure.
+    // The first process (restore sends the root first) before anything
+    // else: a restore that hands nothing over is a failure.
     match handoff::receive(&mut conn).map_err(Error::Other)? {
         handoff::Message::Task(h, uffd) => {
             if let Err(why) = take_task(&shared, &mut conn, h, uffd, log) {
