@@ -565,6 +565,57 @@ fn remote_lazy_migration_of_a_tree() {
     }
 }
 
+/// Pre-copy then post-copy of a tree: a tracked pre-dump, the parent
+/// rewrites half its memory, then a remote lazy dump on top: only those
+/// pages travel from the source, every other page of both processes comes
+/// from the pre-dump's images (delivered by the daemon, each from its own
+/// process's chain), and each process has its own memory after.
+#[test]
+fn precopy_then_remote_lazy_of_a_tree() {
+    init();
+    let tmp = tempdir();
+    let mut t = start_tree(tmp.path(), 16);
+    let pid = t.parent.pid.to_string();
+    let pre = tmp.path().join("pre");
+    crust(["pre-dump", "-t", &pid, "-D", path_str(&pre), "--track-mem"]).assert_ok();
+    write_commands(&t.cmd, &["1 write"]);
+    let ok = ("ok".to_string(), "ok".to_string());
+    assert_eq!(t.results(1, "write"), ok);
+    let img = tmp.path().join("img");
+    let args = [
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "-d",
+        "-o",
+        "dump.log",
+        "--track-mem",
+        "--prev-images-dir",
+        "../pre",
+    ];
+    let out = t.dump(&img, &args);
+    let (mut worker, mut twins) = served(&out);
+    let mut d = start_daemon_with(&img, &["--page-server"], &[]);
+    let mut r = restore_lazy(&img, t.parent.pid);
+    t.check_and_exit(&mut r, 2);
+    let s = daemon_done(&mut d, &img);
+    assert_eq!(n(&s, "tasks"), 2, "{s}");
+    // The parent's rewritten half (8 MiB) travelled; the child's memory
+    // and the parent's other half came from the pre-dump.
+    let half = 16 * 256 / 2;
+    assert!(
+        n(&s, "pages_lazy") >= half && n(&s, "pages_lazy") < half + 256,
+        "{s}"
+    );
+    assert!(n(&s, "pages_parent") >= 3 * half, "{s}");
+    assert_eq!(worker.wait(TIMEOUT), Exit::Code(0), "the serving crust");
+    for tw in &mut twins {
+        assert_eq!(tw.wait(TIMEOUT), Exit::Signal(libc::SIGKILL), "a twin");
+    }
+}
+
 /// No destination comes: the source writes every process's lazy pages
 /// into DIR, which then restores without --lazy-pages, each process
 /// with its own memory.
