@@ -7,6 +7,7 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -714,6 +715,130 @@ fn a_failed_lazy_dump_of_a_tree_leaves_it_as_it_was() {
     let mut parent = Proc::adopt(t.parent.pid);
     t.parent.forget();
     t.check_and_exit(&mut parent, 1);
+}
+
+/// `crust dump --lazy-pages -d` of a tree, its crust killed at moments
+/// spread over the whole dump: either the dump stopped at a safe point
+/// and the tree runs on as it was (untraced, no twin left as a zombie
+/// child, each process's memory intact), or the dump was complete (the
+/// tree is gone) and the source wrote its pages back on being told to
+/// stop; in both cases the worker exits by itself and every twin dies.
+#[test]
+fn killing_a_lazy_dump_of_a_tree_never_harms_it() {
+    init();
+    let tmp = tempdir();
+    let args = |dir: &Path| -> Vec<String> {
+        [
+            "--lazy-pages",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "-d",
+            "-o",
+            "dump.log",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(["-D".to_string(), path_str(dir).to_string()])
+        .collect()
+    };
+    // How long a whole lazy dump takes here.
+    let (mut ran, mut dumped) = (0, 0);
+    let mut took = Duration::ZERO;
+    for trial in 0..10u32 {
+        let dir = tmp.path().join(format!("t{trial}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut t = start_tree_with(&dir, 4, &[]);
+        let img = dir.join("img");
+        let pid = t.parent.pid.to_string();
+        let mut a = vec!["dump".to_string(), "-t".to_string(), pid.clone()];
+        a.extend(args(&img));
+        let t0 = Instant::now();
+        let run = crust_spawn(&a);
+        let me = run.pid();
+        let children = format!("/proc/{me}/task/{me}/children");
+        let mut worker = None;
+        wait_until(TIMEOUT, "crust's worker", || {
+            worker = read_string(Path::new(&children))
+                .split_whitespace()
+                .next()
+                .and_then(|w| w.parse::<i32>().ok());
+            match worker {
+                Some(_) => Ok(()),
+                None if !Path::new(&children).exists() => Ok(()),
+                None => Err("no worker yet".into()),
+            }
+        });
+        if trial > 0 {
+            // The kill moment is the point of the test, not a
+            // synchronisation.
+            std::thread::sleep(took * (trial - 1) / 8);
+            // SAFETY: kill(2) of the crust we started and have not reaped.
+            unsafe { libc::kill(me, libc::SIGKILL) };
+        }
+        let out = run.wait(TIMEOUT);
+        if trial == 0 {
+            out.assert_ok();
+            took = t0.elapsed();
+        }
+        // Done or not, the worker is told to stop (a complete dump then
+        // writes its pages back) and exits by itself.
+        if let Some(w) = worker {
+            // SAFETY: kill(2) of crust's worker (ESRCH if gone), then
+            // waitpid of it: it is ours once crust is gone, or ECHILD.
+            unsafe {
+                libc::kill(w, libc::SIGTERM);
+                let mut st = 0;
+                libc::waitpid(w, &mut st, libc::__WALL);
+            }
+        }
+        let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+        let twins: Vec<i32> = log
+            .split("held by pid ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .map(|l| l.split(", ").filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default();
+        for tw in &twins {
+            // SAFETY: waitpid of a twin (killed with the worker), ours as
+            // the orphans' subreaper; ECHILD if its parent lives.
+            unsafe {
+                let mut st = 0;
+                libc::waitpid(*tw, &mut st, libc::__WALL);
+            }
+        }
+        let state = status_field(t.parent.pid, "State").unwrap_or_default();
+        if state.starts_with('Z') || state.is_empty() {
+            dumped += 1;
+            assert_eq!(t.parent.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+            assert!(
+                log.contains("restores without --lazy-pages"),
+                "trial {trial}: {log}"
+            );
+            let mut child = Proc::adopt(t.child);
+            assert_eq!(child.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+        } else {
+            ran += 1;
+            let children = read_string(Path::new(&format!("/proc/{pid}/task/{pid}/children")));
+            assert_eq!(
+                children.split_whitespace().collect::<Vec<_>>(),
+                [t.child.to_string()],
+                "trial {trial}: the root's children after a killed dump"
+            );
+            for p in [t.parent.pid, t.child] {
+                assert_eq!(status_field(p, "TracerPid").as_deref(), Some("0"));
+            }
+            let mut parent = Proc::adopt(t.parent.pid);
+            t.parent.forget();
+            t.check_and_exit(&mut parent, 1);
+        }
+        for tw in twins {
+            assert_pid_free(tw, &format!("trial {trial}: a twin"));
+        }
+    }
+    eprintln!("killing_a_lazy_dump_of_a_tree: {ran} ran on, {dumped} dumped");
+    assert!(ran > 0, "no trial killed the dump in time");
 }
 
 /// `crust restore --lazy-pages` of a tree killed as soon as the root's,
