@@ -617,6 +617,47 @@ fn precopy_then_remote_lazy_of_a_tree() {
     }
 }
 
+/// A memfd or SysV segment shared by a parent and its child is never
+/// lazy (made and filled by restore before the processes): after a lazy
+/// restore of the two it is still one object, the child's write seen by
+/// the parent (progs/sharedmem.c).
+#[test_case::test_case("memfd" ; "memfd")]
+#[test_case::test_case("sysv" ; "sysv segment")]
+fn memory_shared_in_a_tree_stays_shared_after_a_lazy_restore(kind: &str) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sharedmem.c", &[]);
+    let result = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(&bin).arg(&result).arg(kind));
+    let text = wait_file_contains(&result, "ready", TIMEOUT);
+    let child: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|c| c.trim().parse().ok())
+        .expect("child pid");
+    let state = |pid: i32| status_field(pid, "State").unwrap_or_default();
+    wait_until(TIMEOUT, "the child to wait", || match state(child) {
+        s if s.starts_with('S') => Ok(()),
+        s => Err(s),
+    });
+    let mut c = Proc::adopt(child);
+    let img = tmp.path().join("img");
+    dump(p.pid, &img, &[]);
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    assert_eq!(c.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    let mut d = start_daemon(&img);
+    let r = restore_lazy(&img, p.pid);
+    // SAFETY: plain kill(2) of the restored child, by pid.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    wait_until(TIMEOUT, "the child to exit", || match state(child) {
+        s if s.starts_with('Z') => Ok(()),
+        s => Err(s),
+    });
+    wake_and_expect_ok(r, &result);
+    let s = daemon_done(&mut d, &img);
+    assert_eq!(n(&s, "tasks"), 2, "{s}");
+}
+
 /// No destination comes: the source writes every process's lazy pages
 /// into DIR, which then restores without --lazy-pages, each process
 /// with its own memory.
