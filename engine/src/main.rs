@@ -909,7 +909,13 @@ fn lazy_dump(
     );
     log.line(&format!(
         "crust: serving {} lazy pages of pid {pid} on {} (held by pid {})",
-        held.lazy_pages, held.addr, held.twin.pid
+        held.lazy_pages,
+        held.addr,
+        held.twin_pids()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     if let Some(p) = on.pidfile {
         // The task is gone and its pages are held here: a pidfile that
@@ -981,7 +987,7 @@ fn lazy_pages(
     common: &Common,
 ) -> ExitCode {
     use crust::lazy::daemon::{run, Channel, DaemonOptions, Outcome};
-    use crust::pageio::{source::ChainSource, PageSource};
+    use crust::pageio::{source::TreeSource, PageSource};
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("crust: lazy-pages for {} failed: {e}", dir.display());
         ExitCode::from(exit::FAILED)
@@ -992,7 +998,7 @@ fn lazy_pages(
         Ok(i) => i,
         Err(e) => return fail(&e),
     };
-    let source = match ChainSource::open(dir, inv.root_pid, true) {
+    let source = match TreeSource::open(dir, true) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };

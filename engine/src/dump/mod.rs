@@ -1073,8 +1073,7 @@ pub fn dump_lazy(
         .map_err(|e| Error::Other(format!("page server on {addr}: {e}")))?;
     let mut lazy = LazyDump {
         addr: bound,
-        twin: None,
-        pagemap: None,
+        tasks: Vec::new(),
         image_id: 0,
     };
     let mut trackers = Vec::new();
@@ -1085,28 +1084,27 @@ pub fn dump_lazy(
         }
     }
     let stats = out?;
-    match (lazy.twin, lazy.pagemap) {
-        (Some(twin), Some(pagemap)) => Ok((
-            stats.clone(),
-            crate::lazy::remote::server::Held {
-                twin,
-                listener,
-                addr: bound,
-                dir: dir.to_path_buf(),
-                image_id: lazy.image_id,
-                pagemap,
-                lazy_pages: stats.pages_lazy,
-            },
-        )),
-        _ => Err(Error::Other("lazy dump: no holder was made".into())),
+    if lazy.tasks.is_empty() {
+        return Err(Error::Other("lazy dump: no holder was made".into()));
     }
+    Ok((
+        stats.clone(),
+        crate::lazy::remote::server::Held {
+            tasks: lazy.tasks,
+            listener,
+            addr: bound,
+            dir: dir.to_path_buf(),
+            image_id: lazy.image_id,
+            lazy_pages: stats.pages_lazy,
+        },
+    ))
 }
 
 /// What a remote lazy dump adds to a dump.
 struct LazyDump {
     addr: std::net::SocketAddr,
-    twin: Option<crate::lazy::remote::holder::Twin>,
-    pagemap: Option<crate::image::messages::Pagemap>,
+    /// Each process holding lazy pages, with the twin that keeps them.
+    tasks: Vec<crate::lazy::remote::server::HeldTask>,
     image_id: u64,
 }
 
@@ -1128,7 +1126,6 @@ fn dump_inner(
     // The tree under the task, listed without stopping anything: every
     // member's refusals run before the freeze, as for a single task.
     let members = tree::list(pid)?;
-    refuse_tree_flavor(pid, members.len(), lazy.is_some())?;
     let parents = load_parents(dir, &opts.track, &members)?;
     let images = ImageOut::new(images, opts.page_server)?;
     *trackers = parents
@@ -1157,7 +1154,6 @@ fn dump_inner(
     let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
     // Again, now that nothing of the tree runs.
-    refuse_tree_flavor(pid, held.len(), lazy.is_some())?;
     refuse_held_tree(&held)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
@@ -1180,7 +1176,7 @@ fn dump_inner(
             frozen,
             member_parent,
             opts,
-            root && lazy.is_some(),
+            lazy.is_some(),
             root,
             &tree_pids,
             &images,
@@ -1193,44 +1189,13 @@ fn dump_inner(
     }
     shared.write(&images)?;
     images.write(Kind::PsTree, None, &PsTree { tasks: entries })?;
-    let (Some(d), Some(frozen)) = (
-        dumps.first_mut(),
-        held.first_mut().and_then(|m| m.frozen.as_mut()),
-    ) else {
+    if dumps.is_empty() {
         return Err(Error::task(pid, "the root of the tree was not dumped"));
-    };
-    let gadget = d.gadget;
-    // Lazy: the twin that keeps the memory after the kill (holder.rs).
+    }
+    // Lazy: twins that keep the memory after the kill (holder.rs).
     if let Some(l) = lazy.as_deref_mut() {
-        let (guard, regs) = (frozen.guard.clone(), frozen.regs);
-        let twin = frozen
-            .burst(gadget, |inj| {
-                let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard)?;
-                // The task must not write into the shared memory as it dies.
-                inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
-                inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])?;
-                Ok(twin)
-            })
-            .and_then(|twin| {
-                // Nor any of its threads.
-                for t in &mut frozen.threads {
-                    t.burst(gadget, |inj| {
-                        inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
-                        inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])
-                    })?;
-                }
-                Ok(twin)
-            });
-        let twin = match twin {
-            Ok(t) => t,
-            Err(e) => {
-                undo_lazy(frozen, gadget, &d.core.core);
-                return Err(e);
-            }
-        };
+        l.tasks = hold_lazy_memory(&mut held, &dumps)?;
         phases.mark("holder");
-        l.twin = Some(twin);
-        l.pagemap = Some(d.pagemap.clone());
     }
     let frozen_ms = start.elapsed().as_secs_f64() * 1e3;
     let sum = |f: fn(&ProcessDump) -> u64| dumps.iter().map(f).sum::<u64>();
@@ -1272,9 +1237,13 @@ fn dump_inner(
         images.commit(&inv)
     });
     if let Err(e) = inv_written {
-        if let (Some(l), Some(frozen)) = (lazy, held[0].frozen.as_mut()) {
-            l.twin = None;
-            undo_lazy(frozen, gadget, &dumps[0].core.core);
+        if let Some(l) = lazy {
+            let undo = l
+                .tasks
+                .drain(..)
+                .map(|t| (t.twin.task, Some(t.twin)))
+                .collect();
+            undo_lazy_tree(&mut held, &dumps, undo);
         }
         return Err(e);
     }
@@ -1315,13 +1284,21 @@ fn dump_inner(
                 f.kill()?;
             }
         }
-        // The twin keeps the task's memory for its lazy pages only.
-        if let (Some(twin), Some(frozen)) = (
-            lazy.and_then(|l| l.twin.as_mut()),
-            held.first().and_then(|m| m.frozen.as_ref()),
-        ) {
-            if let Err(e) = twin.unmap(gadget, frozen.guard.clone(), &dumps[0].shared_vmas) {
-                eprintln!("crust: warning: the lazy source keeps its shared memory mapped: {e}");
+        // A twin keeps its process's memory for its lazy pages only.
+        for t in lazy.map(|l| &mut l.tasks[..]).unwrap_or_default() {
+            let (Some(d), Some(frozen)) = (
+                dumps.iter().find(|d| d.pid == t.twin.task),
+                held.iter()
+                    .find(|m| m.pid == t.twin.task)
+                    .and_then(|m| m.frozen.as_ref()),
+            ) else {
+                continue;
+            };
+            if let Err(e) = t.twin.unmap(d.gadget, frozen.guard.clone(), &d.shared_vmas) {
+                eprintln!(
+                    "crust: warning: the lazy source keeps the shared memory of pid {} mapped: {e}",
+                    d.pid
+                );
             }
         }
     }
@@ -1345,18 +1322,100 @@ fn dump_inner(
     })
 }
 
-/// What is not done yet for a tree of more than one process is refused by
-/// name (the dumped task is not touched).
-fn refuse_tree_flavor(pid: pid_t, n: usize, lazy: bool) -> Result<()> {
-    if n < 2 || !lazy {
-        return Ok(());
+/// A remote lazy dump, frozen: makes the twin of the root and of every
+/// other process that left lazy pages, each keeping that process's memory
+/// after the kill (lazy/remote/holder.rs), and stops each process's
+/// threads from writing into that memory as they die. On failure every
+/// process prepared is put back and the twins made are killed.
+fn hold_lazy_memory(
+    held: &mut [tree::Member],
+    dumps: &[ProcessDump],
+) -> Result<Vec<crate::lazy::remote::server::HeldTask>> {
+    let mut out: Vec<crate::lazy::remote::server::HeldTask> = Vec::new();
+    let root = dumps.first().map(|d| d.pid);
+    for d in dumps
+        .iter()
+        .filter(|d| Some(d.pid) == root || d.pages_lazy > 0)
+    {
+        let Some(frozen) = held
+            .iter_mut()
+            .find(|m| m.pid == d.pid)
+            .and_then(|m| m.frozen.as_mut())
+        else {
+            continue;
+        };
+        match hold_one(frozen, d.pid, d.gadget) {
+            Ok(twin) => out.push(crate::lazy::remote::server::HeldTask {
+                twin,
+                pagemap: d.pagemap.clone(),
+            }),
+            Err((e, twin)) => {
+                let mut undo: Vec<_> = out.drain(..).map(|t| (t.twin.task, Some(t.twin))).collect();
+                undo.push((d.pid, twin));
+                undo_lazy_tree(held, dumps, undo);
+                return Err(e);
+            }
+        }
     }
-    Err(Error::unsupported(
-        pid,
-        format!(
-            "a lazy dump (--lazy-pages) of a process tree ({n} processes) is not supported yet"
-        ),
-    ))
+    Ok(out)
+}
+
+/// One process's twin, in a burst, then its threads' exit addresses off.
+/// On failure, the twin if it was made (to be discarded by `undo_lazy`).
+type HoldError = (Error, Option<crate::lazy::remote::holder::Twin>);
+
+fn hold_one(
+    frozen: &mut Frozen,
+    pid: pid_t,
+    gadget: u64,
+) -> std::result::Result<crate::lazy::remote::holder::Twin, HoldError> {
+    let (guard, regs) = (frozen.guard.clone(), frozen.regs);
+    let twin = frozen
+        .burst(gadget, |inj| {
+            let twin = crate::lazy::remote::holder::Twin::spawn(pid, regs, gadget, guard, inj)?;
+            // The task must not write into the shared memory as it dies.
+            let off = inj
+                .call("set_tid_address", libc::SYS_set_tid_address, &[0])
+                .and_then(|_| inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24]));
+            match off {
+                Ok(_) => Ok(twin),
+                Err(e) => {
+                    twin.discard(inj);
+                    Err(e)
+                }
+            }
+        })
+        .map_err(|e| (e, None))?;
+    // Nor any of its threads.
+    for t in &mut frozen.threads {
+        let off = t.burst(gadget, |inj| {
+            inj.call("set_tid_address", libc::SYS_set_tid_address, &[0])?;
+            inj.call("set_robust_list", libc::SYS_set_robust_list, &[0, 24])
+        });
+        if let Err(e) = off {
+            return Err((e, Some(twin)));
+        }
+    }
+    Ok(twin)
+}
+
+/// `undo_lazy` for each process of `undo` (with its twin, if made).
+fn undo_lazy_tree(
+    held: &mut [tree::Member],
+    dumps: &[ProcessDump],
+    undo: Vec<(pid_t, Option<crate::lazy::remote::holder::Twin>)>,
+) {
+    for (p, twin) in undo {
+        let (Some(d), Some(frozen)) = (
+            dumps.iter().find(|d| d.pid == p),
+            held.iter_mut()
+                .find(|m| m.pid == p)
+                .and_then(|m| m.frozen.as_mut()),
+        ) else {
+            continue;
+        };
+        undo_lazy(frozen, d.gadget, &d.core.core, twin);
+    }
 }
 
 /// What dumping one process of the tree made.
@@ -1564,24 +1623,37 @@ fn dump_process(
     })
 }
 
-/// A lazy dump failed after the task was prepared for its kill: its
-/// thread-exit addresses go back as they were (best effort; the task is
-/// resumed next).
-fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Core) {
+/// A lazy dump failed after the task was prepared for its kill: its twin
+/// goes (reaped in the task), its thread-exit addresses go back as they
+/// were (best effort; the task is resumed next). Done even when crust was
+/// asked to stop (the bursts' stop check is off meanwhile): that is one
+/// way to get here, and the task must not run on without them.
+fn undo_lazy(
+    frozen: &mut Frozen,
+    gadget: u64,
+    core: &crate::image::messages::Core,
+    twin: Option<crate::lazy::remote::holder::Twin>,
+) {
     let (tid, head, len) = (
         core.clear_child_tid,
         core.robust_list_head,
         core.robust_list_len,
     );
+    let guarded = std::mem::replace(&mut frozen.guarded, false);
     let _ = frozen.burst(gadget, |inj| {
+        if let Some(t) = twin {
+            t.discard(inj);
+        }
         inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
         if head != 0 {
             inj.call("set_robust_list", libc::SYS_set_robust_list, &[head, len])?;
         }
         Ok(())
     });
+    frozen.guarded = guarded;
     for (f, t) in frozen.threads.iter_mut().zip(&core.threads) {
         let (tid, head, len) = (t.clear_child_tid, t.robust_list_head, t.robust_list_len);
+        let guarded = std::mem::replace(&mut f.guarded, false);
         let _ = f.burst(gadget, |inj| {
             inj.call("set_tid_address", libc::SYS_set_tid_address, &[tid])?;
             if head != 0 {
@@ -1589,6 +1661,7 @@ fn undo_lazy(frozen: &mut Frozen, gadget: u64, core: &crate::image::messages::Co
             }
             Ok(())
         });
+        f.guarded = guarded;
     }
 }
 

@@ -855,6 +855,10 @@ pub struct LazyStats {
     /// delivered from the local images ahead of other background work.
     #[prost(uint64, tag = "22")]
     pub pages_parent: u64,
+    /// Processes handed over (the live members of a restored tree); the
+    /// page counts above are their sums.
+    #[prost(uint32, tag = "23")]
+    pub tasks: u32,
 }
 
 /// One thread of a multi-threaded process other than its leader: what is

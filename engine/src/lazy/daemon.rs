@@ -32,7 +32,7 @@ use nix::errno::Errno;
 use super::events::{Action, MmState};
 use super::handoff;
 use crate::error::{Error, Result};
-use crate::image::messages::{madv, Inventory, LazyStats, Mm};
+use crate::image::messages::{madv, Inventory, LazyStats, Mm, PsTree};
 use crate::image::{ImageDir, Kind};
 use crate::pageio::PageSource;
 use crate::sys::uffd::{self, UffdMsg, UffdMsgRaw};
@@ -114,16 +114,33 @@ struct Counters {
     at_restore_end: Option<u64>,
 }
 
+/// What the handoffs of the restore brought, summed over its tasks.
+#[derive(Default)]
+struct Handed {
+    tasks: u32,
+    eager_dump: u64,
+    eager_parent: u64,
+    lazy: u64,
+    parent: u64,
+}
+
 struct State {
     mms: Vec<MmState>,
     c: Counters,
     /// A background chunk is claimed and not yet accounted for.
     in_flight: bool,
+    /// Live processes of the tree not handed over yet: the daemon is not
+    /// done before every one is (a process handed over early may finish
+    /// while the next one is being restored).
+    awaiting: Vec<i32>,
+    handed: Handed,
+    /// The restore went away before handing every process over.
+    failed: Option<String>,
 }
 
 impl State {
     fn all_finished(&self) -> bool {
-        !self.in_flight && self.mms.iter().all(MmState::finished)
+        self.awaiting.is_empty() && !self.in_flight && self.mms.iter().all(MmState::finished)
     }
 
     fn gone(&mut self, i: usize) {
@@ -151,9 +168,10 @@ struct Shared {
     task_runs_cv: std::sync::Condvar,
     /// The background thread wakes the fault thread's poll through it.
     wake: OwnedFd,
-    /// Image ranges of VMAs a forked child does not inherit as they are.
-    not_inherited: Vec<(u64, u64)>,
-    image_pid: i32,
+    dir: PathBuf,
+    /// The tree's live processes: each is handed over once.
+    live: Vec<i32>,
+    verbose: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -279,8 +297,9 @@ fn detach_stdio() {
 
 pub fn stats_line(s: &LazyStats) -> String {
     format!(
-        "crust: lazy restore of pid {}: eager {} pages from the dump, {} from parents; daemon: {} pages from parents first, lazy {} pages (+{} pending in forked children): {} by fault, {} in background, {} zero pages, {} dropped by events, {} left when the task went; {} mm(s); {:.1} ms; fault service p50 {:.1} us p99 {:.1} us",
+        "crust: lazy restore of pid {} ({} process(es)): eager {} pages from the dump, {} from parents; daemon: {} pages from parents first, lazy {} pages (+{} pending in forked children): {} by fault, {} in background, {} zero pages, {} dropped by events, {} left when the task went; {} mm(s); {:.1} ms; fault service p50 {:.1} us p99 {:.1} us",
         s.pid,
+        s.tasks,
         s.pages_eager_dump,
         s.pages_eager_parent,
         s.pages_parent,
@@ -311,32 +330,22 @@ fn serve(
         .accept()
         .map_err(|e| Error::io("accepting on", handoff::socket_path(dir), e))?;
     drop(listener);
-    let (h, uffd) = handoff::receive(&mut conn).map_err(Error::Other)?;
-    if h.pid != inv.root_pid {
-        return Err(Error::Other(format!(
-            "a restore handed over pid {}, but {} holds pid {}",
-            h.pid,
-            dir.display(),
-            inv.root_pid
-        )));
-    }
-    let image_mm: Mm = ImageDir::open(dir)?.read(Kind::Mm, Some(inv.root_pid))?;
-    let not_inherited: Vec<(u64, u64)> = image_mm
-        .vmas
+    let tree: PsTree = ImageDir::open(dir)?.read(Kind::PsTree, None)?;
+    let live: Vec<i32> = tree
+        .tasks
         .iter()
-        .filter(|v| v.madvise & (madv::WIPEONFORK | madv::DONTFORK) != 0)
-        .map(|v| (v.start, v.end))
+        .filter(|t| !t.zombie)
+        .map(|t| t.pid)
         .collect();
     let t0 = Instant::now();
-    let lazy_pages = crate::ranges::total(&h.lazy) / PAGE;
-    // The live map starts as the registered VMAs, one entry each, so that
-    // no background chunk spans two VMAs (UFFDIO_COPY needs one).
-    let mm = MmState::new(Arc::new(uffd), &h.lazy, &h.parent, &h.registered);
     let shared = Shared {
         state: Mutex::new(State {
-            mms: vec![mm],
+            mms: Vec::new(),
             c: Counters::default(),
             in_flight: false,
+            awaiting: live.clone(),
+            handed: Handed::default(),
+            failed: None,
         }),
         gate: Mutex::new(()),
         urgent: AtomicBool::new(false),
@@ -346,22 +355,28 @@ fn serve(
         task_runs: Mutex::new(false),
         task_runs_cv: std::sync::Condvar::new(),
         wake: eventfd()?,
-        not_inherited,
-        image_pid: inv.root_pid,
+        dir: dir.to_path_buf(),
+        live,
+        verbose,
     };
-    handoff::ack(&mut conn).map_err(|e| Error::io("answering on", handoff::socket_path(dir), e))?;
-    if verbose {
-        log.line(&format!(
-            "crust: lazy-pages: pid {} handed over, {} lazy pages in {} ranges",
-            h.pid,
-            lazy_pages,
-            h.lazy.len()
-        ));
+    // The first process (restore sends the root first) before anything
+    // else: a restore that hands nothing over is a failure.
+    match handoff::receive(&mut conn).map_err(Error::Other)? {
+        handoff::Message::Task(h, uffd) => {
+            if let Err(why) = take_task(&shared, &mut conn, h, uffd, log) {
+                return Err(Error::Other(why));
+            }
+        }
+        _ => {
+            return Err(Error::Other(
+                "the restore closed the connection without handing a task over".into(),
+            ))
+        }
     }
     let mut latencies: Vec<u32> = Vec::new();
     let bg_result = std::thread::scope(|scope| {
         let bg = scope.spawn(|| background(&shared, bg_src.as_mut()));
-        let r = fault_loop(&shared, fault_src.as_mut(), conn, &mut latencies);
+        let r = fault_loop(&shared, fault_src.as_mut(), conn, &mut latencies, log);
         shared.finished.store(true, Ordering::SeqCst);
         let_background_start(&shared);
         let b = bg
@@ -370,6 +385,9 @@ fn serve(
         r.and(b)
     });
     bg_result?;
+    if let Some(why) = lock(&shared.state).failed.take() {
+        return Err(Error::Other(why));
+    }
     fault_src.all_delivered()?;
     bg_src.all_delivered()?;
     latencies.sort_unstable();
@@ -382,11 +400,11 @@ fn serve(
     let st = lock(&shared.state);
     let c = &st.c;
     let stats = LazyStats {
-        pid: h.pid,
-        pages_eager_dump: h.eager_dump_pages,
-        pages_eager_parent: h.eager_parent_pages,
-        pages_lazy: lazy_pages,
-        pages_parent: crate::ranges::total(&h.parent) / PAGE,
+        pid: inv.root_pid,
+        pages_eager_dump: st.handed.eager_dump,
+        pages_eager_parent: st.handed.eager_parent,
+        pages_lazy: st.handed.lazy,
+        pages_parent: st.handed.parent,
         pages_fault: c.fault,
         pages_background: c.background,
         pages_zero: c.zero,
@@ -404,10 +422,89 @@ fn serve(
         removes: c.removes,
         unmaps: c.unmaps,
         chunk_bytes: chunk(),
+        tasks: st.handed.tasks,
     };
     drop(st);
     ImageDir::open(dir)?.write(Kind::LazyStats, None, &stats)?;
     Ok(stats)
+}
+
+/// Takes one process's handoff: checks it is a live process of the tree
+/// not handed over yet, starts following its uffd, and acknowledges it;
+/// or refuses it, saying why to the restore and returning that.
+fn take_task(
+    sh: &Shared,
+    conn: &mut std::os::unix::net::UnixStream,
+    h: handoff::Handoff,
+    uffd: OwnedFd,
+    log: &mut Logger,
+) -> std::result::Result<(), String> {
+    let checked = (|| {
+        if h.tasks as usize != sh.live.len() {
+            return Err(format!(
+                "the restore hands over {} processes, but {} holds {} live ones",
+                h.tasks,
+                sh.dir.display(),
+                sh.live.len()
+            ));
+        }
+        if !lock(&sh.state).awaiting.contains(&h.pid) {
+            return Err(match sh.live.contains(&h.pid) {
+                true => format!("pid {} was handed over already", h.pid),
+                false => format!(
+                    "pid {} is not a live process of the tree in {}",
+                    h.pid,
+                    sh.dir.display()
+                ),
+            });
+        }
+        let image_mm: Mm = ImageDir::open(&sh.dir)
+            .and_then(|d| d.read(Kind::Mm, Some(h.pid)))
+            .map_err(|e| e.to_string())?;
+        Ok(image_mm
+            .vmas
+            .iter()
+            .filter(|v| v.madvise & (madv::WIPEONFORK | madv::DONTFORK) != 0)
+            .map(|v| (v.start, v.end))
+            .collect::<Vec<_>>())
+    })();
+    let not_inherited = match checked {
+        Ok(n) => n,
+        Err(why) => {
+            let _ = handoff::refuse(conn, &why);
+            log.line(&format!("crust: lazy-pages: refused a handoff: {why}"));
+            return Err(why);
+        }
+    };
+    // The live map starts as the registered VMAs, one entry each, so that
+    // no background chunk spans two VMAs (UFFDIO_COPY needs one).
+    let mut mm = MmState::new(Arc::new(uffd), &h.lazy, &h.parent, &h.registered);
+    mm.image_pid = h.pid;
+    mm.not_inherited = Arc::new(not_inherited);
+    let lazy_pages = crate::ranges::total(&h.lazy) / PAGE;
+    {
+        let mut st = lock(&sh.state);
+        st.awaiting.retain(|&p| p != h.pid);
+        st.mms.push(mm);
+        let d = &mut st.handed;
+        d.tasks += 1;
+        d.eager_dump += h.eager_dump_pages;
+        d.eager_parent += h.eager_parent_pages;
+        d.lazy += lazy_pages;
+        d.parent += crate::ranges::total(&h.parent) / PAGE;
+    }
+    if let Err(e) = handoff::ack(conn) {
+        return Err(format!("answering the restore: {e}"));
+    }
+    if sh.verbose {
+        log.line(&format!(
+            "crust: lazy-pages: pid {} handed over, {} lazy pages in {} ranges",
+            h.pid,
+            lazy_pages,
+            h.lazy.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Pointer to `len` bytes of image page data at `image`: a view of the
@@ -440,6 +537,7 @@ fn fault_loop(
     src: &mut dyn PageSource,
     conn: std::os::unix::net::UnixStream,
     latencies: &mut Vec<u32>,
+    log: &mut Logger,
 ) -> Result<()> {
     let mut conn = Some(conn);
     let mut queued: Vec<Fault> = Vec::new();
@@ -480,7 +578,7 @@ fn fault_loop(
         // SAFETY: pfds is a live array of pollfd of the given length.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if r < 0 && Errno::last() != Errno::EINTR {
-            return Err(Error::sys("poll", sh.image_pid, Errno::last()));
+            return Err(Error::sys("poll", 0, Errno::last()));
         }
         if pfds[0].revents != 0 {
             let mut b = [0u8; 8];
@@ -488,17 +586,41 @@ fn fault_loop(
             unsafe { libc::read(sh.wake.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 8) };
         }
         if first_uffd == 2 && pfds[1].revents != 0 {
-            let mut b = [0u8; 1];
-            let n = conn.as_mut().map_or(Ok(0), |c| c.read(&mut b));
-            if matches!(n, Ok(1)) && b[0] == b'D' {
-                let mut st = lock(&sh.state);
-                st.c.at_restore_end = Some(st.c.fault + st.c.background);
-                drop(st);
-                let_background_start(sh);
-            }
-            if !matches!(n, Ok(1)) {
-                conn = None;
-                let_background_start(sh);
+            let msg = match conn.as_mut() {
+                Some(c) => handoff::receive(c),
+                None => Ok(handoff::Message::Closed),
+            };
+            match msg {
+                // The next process of the tree (restore waits for the
+                // answer: nothing of the others runs meanwhile).
+                Ok(handoff::Message::Task(h, uffd)) => {
+                    if let Some(c) = conn.as_mut() {
+                        let _ = take_task(sh, c, h, uffd, log);
+                    }
+                    continue;
+                }
+                Ok(handoff::Message::Done) => {
+                    let mut st = lock(&sh.state);
+                    st.c.at_restore_end = Some(st.c.fault + st.c.background);
+                    drop(st);
+                    let_background_start(sh);
+                }
+                Ok(handoff::Message::Closed) | Err(_) => {
+                    conn = None;
+                    let mut st = lock(&sh.state);
+                    if !st.awaiting.is_empty() {
+                        // Its tasks are killed: those handed over finish
+                        // as gone.
+                        st.failed = Some(format!(
+                            "the restore ended after handing over {} of the {} processes",
+                            sh.live.len() - st.awaiting.len(),
+                            sh.live.len()
+                        ));
+                        st.awaiting.clear();
+                    }
+                    drop(st);
+                    let_background_start(sh);
+                }
             }
         }
         let ready: Vec<usize> = pfds[first_uffd..]
@@ -573,6 +695,7 @@ fn handle(sh: &Shared, i: usize, msg: UffdMsg, queued: &mut Vec<Fault>) {
             });
         }
         UffdMsg::Fork { ufd } => {
+            let not_inherited = st.mms[i].not_inherited.clone();
             // SAFETY: the kernel installed this descriptor in our table
             // for us as it delivered the event; nobody else owns it.
             let child = Arc::new(unsafe { OwnedFd::from_raw_fd(ufd) });
@@ -584,7 +707,7 @@ fn handle(sh: &Shared, i: usize, msg: UffdMsg, queued: &mut Vec<Fault>) {
                     Action::Zero { .. } => None,
                 })
                 .collect();
-            let c = st.mms[i].fork(child, &claimed, &sh.not_inherited);
+            let c = st.mms[i].fork(child, &claimed, &not_inherited);
             st.c.forked += c.pending.total() / PAGE;
             st.mms.push(c);
             st.c.forks += 1;
@@ -616,17 +739,17 @@ fn serve_fault(
     buf: &mut Vec<u8>,
 ) -> Result<Option<Fault>> {
     let claimed = matches!(f.action, Action::Copy { .. }) as u64;
-    let fd = {
+    let (fd, image_pid) = {
         let mut st = lock(&sh.state);
         if st.mms[f.mm].gone {
             st.c.gone += claimed;
             return Ok(None);
         }
-        st.mms[f.mm].uffd.clone()
+        (st.mms[f.mm].uffd.clone(), st.mms[f.mm].image_pid)
     };
     let (live, r) = match f.action {
         Action::Copy { live, image } => {
-            let p = page_data(src, sh.image_pid, image, PAGE, buf)?;
+            let p = page_data(src, image_pid, image, PAGE, buf)?;
             // SAFETY: p points at PAGE readable bytes (the source's
             // mapping or buf), alive for the call.
             let r = unsafe { uffd::copy(fd.as_fd(), live, p, PAGE, false) };
@@ -691,13 +814,13 @@ fn pagewise(
     image: u64,
     end: u64,
     src: &mut dyn PageSource,
-    sh: &Shared,
+    image_pid: i32,
     buf: &mut Vec<u8>,
 ) -> Result<((u64, u64, bool), u64)> {
     let (mut copied, mut dropped) = (0, 0);
     let mut at = image;
     while at < end {
-        let p = page_data(src, sh.image_pid, at, PAGE, buf)?;
+        let p = page_data(src, image_pid, at, PAGE, buf)?;
         // SAFETY: p points at PAGE readable bytes, alive for the call.
         match unsafe { uffd::copy(fd, live + (at - image), p, PAGE, true) } {
             Ok(_) | Err((_, Errno::EEXIST)) => copied += 1,
@@ -778,13 +901,14 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
                 st.c.dropped += dropped;
                 if let Some((live, image, len)) = c {
                     st.in_flight = true;
-                    found = Some((i, st.mms[i].uffd.clone(), live, image, len));
+                    let m = &st.mms[i];
+                    found = Some((i, m.uffd.clone(), m.image_pid, live, image, len));
                     break;
                 }
             }
             found
         };
-        let Some((i, fd, live, image, mut len)) = pick else {
+        let Some((i, fd, image_pid, live, image, mut len)) = pick else {
             drop(gate);
             // Nothing left to copy: the fault thread decides when all is
             // done (faults may still be queued).
@@ -798,13 +922,13 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
         next_mm = i + 1;
         // A zero-copy view must lie in one piece of the source.
         let full = len;
-        while len > PAGE && src.mapped(sh.image_pid, image, len).is_none() {
+        while len > PAGE && src.mapped(image_pid, image, len).is_none() {
             len = (len / 2) & !(PAGE - 1);
         }
-        if src.mapped(sh.image_pid, image, len).is_none() {
+        if src.mapped(image_pid, image, len).is_none() {
             len = full;
         }
-        let p = page_data(src, sh.image_pid, image, len, &mut buf)?;
+        let p = page_data(src, image_pid, image, len, &mut buf)?;
         // SAFETY: p points at len readable bytes (the source's mapping or
         // buf), alive for the call.
         let r = unsafe { uffd::copy(fd.as_fd(), live, p, len, true) };
@@ -840,7 +964,7 @@ fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
                     back.0,
                     back.1,
                     src,
-                    sh,
+                    image_pid,
                     &mut buf,
                 )?;
                 st = lock(&sh.state);

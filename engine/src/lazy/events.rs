@@ -186,6 +186,12 @@ pub struct MmState {
     pub cursor: u64,
     /// The mm is gone (ESRCH): nothing more for it.
     pub gone: bool,
+    /// The dumped process whose image pages this mm gets (a forked
+    /// child's are its parent's).
+    pub image_pid: i32,
+    /// Image ranges of that process's VMAs a forked child does not
+    /// inherit as they are (see `fork`).
+    pub not_inherited: Arc<Vec<(u64, u64)>>,
 }
 
 impl MmState {
@@ -208,6 +214,8 @@ impl MmState {
             map: AddrMap::identity(registered),
             cursor: 0,
             gone: false,
+            image_pid: 0,
+            not_inherited: Arc::default(),
         }
     }
 
@@ -297,6 +305,8 @@ impl MmState {
             map,
             cursor: self.cursor,
             gone: false,
+            image_pid: self.image_pid,
+            not_inherited: self.not_inherited.clone(),
         }
     }
 

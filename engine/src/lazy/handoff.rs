@@ -1,17 +1,23 @@
-//! Restore hands the restored task's userfaultfd to the lazy-pages daemon
-//! over the unix socket DIR/lazy-pages.socket.
+//! Restore hands the restored tasks' userfaultfds to the lazy-pages
+//! daemon over the unix socket DIR/lazy-pages.socket.
 //!
-//! The protocol, one connection per restore (little-endian):
-//! 1. restore → daemon: a 56-byte header (magic "CRLZ", version, pid,
-//!    eager page counts, number of lazy ranges, of registered VMAs and of
-//!    parent ranges) carrying the uffd as SCM_RIGHTS, then the lazy
-//!    ranges, the registered VMAs and the parent ranges as (start, end)
-//!    pairs of image addresses;
-//! 2. daemon → restore: one byte `K` once it serves the uffd (restore
-//!    fails if it never comes: nobody would serve the faults);
-//! 3. restore → daemon: one byte `D` once the task runs (the daemon notes
-//!    how far it got by then); the connection then closes. A connection
-//!    closed without `D` means the restore failed and its task is gone.
+//! The protocol, one connection per restore, any number of tasks on it
+//! (little-endian):
+//! 1. restore → daemon, once per live process of the tree, parents first:
+//!    a 56-byte header (magic "CRLZ", version, pid, number of processes
+//!    this restore hands over, eager page counts, number of lazy ranges,
+//!    of registered VMAs and of parent ranges) carrying that process's
+//!    uffd as SCM_RIGHTS, then the lazy ranges, the registered VMAs and
+//!    the parent ranges as (start, end) pairs of image addresses;
+//! 2. daemon → restore, for each: one byte `K` once it serves the uffd,
+//!    or `E`, a u32 length and the reason it refuses the task (restore
+//!    fails either way without `K`: nobody would serve the faults);
+//! 3. restore → daemon: one byte `D` once every task runs (the daemon
+//!    notes how far it got by then); the connection then closes. A
+//!    connection closed without `D` means the restore failed and its
+//!    tasks are gone.
+//!
+//! Version 3 added the number of processes (bytes 12..16) and `E`.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -22,7 +28,7 @@ use crate::error::{Error, Result};
 
 pub const SOCKET_NAME: &str = "lazy-pages.socket";
 const MAGIC: u32 = u32::from_le_bytes(*b"CRLZ");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER_LEN: usize = 56;
 /// Sanity bound on the ranges of one handoff (a corrupt count).
 const MAX_RANGES: u64 = 1 << 28;
@@ -35,6 +41,9 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Handoff {
     pub pid: i32,
+    /// How many processes this restore hands over (the tree's live
+    /// members), the same in each of its handoffs.
+    pub tasks: u32,
     pub eager_dump_pages: u64,
     pub eager_parent_pages: u64,
     /// Lazy image ranges, sorted and disjoint.
@@ -68,6 +77,7 @@ fn encode_header(h: &Handoff) -> [u8; HEADER_LEN] {
     b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     b[4..8].copy_from_slice(&VERSION.to_le_bytes());
     b[8..12].copy_from_slice(&h.pid.to_le_bytes());
+    b[12..16].copy_from_slice(&h.tasks.to_le_bytes());
     b[16..24].copy_from_slice(&h.eager_dump_pages.to_le_bytes());
     b[24..32].copy_from_slice(&h.eager_parent_pages.to_le_bytes());
     b[32..40].copy_from_slice(&(h.lazy.len() as u64).to_le_bytes());
@@ -124,17 +134,32 @@ pub fn send(dir: &Path, conn: &mut UnixStream, h: &Handoff, uffd: &OwnedFd) -> R
     conn.write_all(&rest)
         .map_err(|e| io_err("sending the lazy ranges to", dir, e))?;
     let mut ack = [0u8; 1];
+    let refused = |why: &str| {
+        Error::Other(format!(
+            "the lazy-pages daemon on {} refused pid {}: {why}",
+            socket_path(dir).display(),
+            h.pid
+        ))
+    };
     match conn.read(&mut ack) {
         Ok(1) if ack[0] == b'K' => Ok(()),
-        Ok(_) => Err(Error::Other(format!(
-            "the lazy-pages daemon on {} refused the task (see its log)",
-            socket_path(dir).display()
-        ))),
+        Ok(1) if ack[0] == b'E' => {
+            let mut len = [0u8; 4];
+            let mut why = vec![0u8; 0];
+            if conn.read_exact(&mut len).is_ok() {
+                why.resize((u32::from_le_bytes(len) as usize).min(4096), 0);
+                if conn.read_exact(&mut why).is_err() {
+                    why.clear();
+                }
+            }
+            Err(refused(&String::from_utf8_lossy(&why)))
+        }
+        Ok(_) => Err(refused("it closed the connection (see its log)")),
         Err(e) => Err(io_err("waiting for the daemon on", dir, e)),
     }
 }
 
-/// Tells the daemon the restored task runs.
+/// Tells the daemon every restored task runs.
 pub fn restore_done(conn: &mut UnixStream) {
     let _ = conn.write_all(b"D");
 }
@@ -173,8 +198,18 @@ fn word<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     w
 }
 
-/// Reads one handoff (header, uffd, ranges) from a restore.
-pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd), String> {
+/// What a restore says next on its connection.
+pub enum Message {
+    /// One task's handoff (header, uffd, ranges).
+    Task(Handoff, OwnedFd),
+    /// `D`: every task runs.
+    Done,
+    /// The connection closed.
+    Closed,
+}
+
+/// Reads the next message of a restore.
+pub fn receive(conn: &mut UnixStream) -> std::result::Result<Message, String> {
     let mut header = [0u8; HEADER_LEN];
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
@@ -201,9 +236,6 @@ pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd),
             return Err(format!("receiving the handoff: {e}"));
         }
     };
-    if n == 0 {
-        return Err("the restore closed the connection without handing a task over".into());
-    }
     let mut uffd = None;
     // SAFETY: walking the control messages the kernel wrote into cbuf,
     // within msg_controllen, with the CMSG_* helpers.
@@ -219,6 +251,11 @@ pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd),
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
+    }
+    match (n, header[0], &uffd) {
+        (0, _, _) => return Ok(Message::Closed),
+        (1, b'D', None) => return Ok(Message::Done),
+        _ => {}
     }
     let uffd = uffd.ok_or("the handoff carried no userfaultfd")?;
     conn.read_exact(&mut header[n..])
@@ -260,9 +297,10 @@ pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd),
     let lazy = read_ranges(conn, 32)?;
     let registered = read_ranges(conn, 40)?;
     let parent = read_ranges(conn, 48)?;
-    Ok((
+    Ok(Message::Task(
         Handoff {
             pid: i32::from_le_bytes(word(&header, 8)),
+            tasks: u32::from_le_bytes(word(&header, 12)),
             eager_dump_pages: u64::from_le_bytes(word(&header, 16)),
             eager_parent_pages: u64::from_le_bytes(word(&header, 24)),
             lazy,
@@ -276,4 +314,69 @@ pub fn receive(conn: &mut UnixStream) -> std::result::Result<(Handoff, OwnedFd),
 /// The daemon serves the uffd.
 pub fn ack(conn: &mut UnixStream) -> std::io::Result<()> {
     conn.write_all(b"K")
+}
+
+/// The daemon refuses the task handed over, saying why.
+pub fn refuse(conn: &mut UnixStream, why: &str) -> std::io::Result<()> {
+    let mut m = vec![b'E'];
+    m.extend_from_slice(&(why.len() as u32).to_le_bytes());
+    m.extend_from_slice(why.as_bytes());
+    conn.write_all(&m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoff(pid: i32) -> Handoff {
+        Handoff {
+            pid,
+            tasks: 2,
+            eager_dump_pages: 3,
+            eager_parent_pages: 4,
+            lazy: vec![(0x1000, 0x3000), (0x5000, 0x6000)],
+            parent: vec![(0x7000, 0x8000)],
+            registered: vec![(0x1000, 0x8000)],
+        }
+    }
+
+    /// Two tasks on one connection: the first acknowledged, the second
+    /// refused with its reason (which restore reports), then `D` and the
+    /// close, each told apart by the daemon.
+    #[test]
+    fn several_tasks_on_one_connection() {
+        let (mut restore, mut daemon) = UnixStream::pair().expect("socketpair");
+        let dir = Path::new("/nonexistent");
+        let side = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                match receive(&mut daemon).expect("a message") {
+                    Message::Task(h, _fd) => {
+                        match h.pid {
+                            10 => ack(&mut daemon).expect("ack"),
+                            _ => refuse(&mut daemon, "pid 11 was handed over already")
+                                .expect("refuse"),
+                        }
+                        got.push(format!("task {:?}", h));
+                    }
+                    Message::Done => got.push("done".into()),
+                    Message::Closed => return got,
+                }
+            }
+        });
+        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
+        send(dir, &mut restore, &handoff(10), &fd).expect("first task taken");
+        let e = send(dir, &mut restore, &handoff(11), &fd).expect_err("second refused");
+        assert!(
+            e.to_string().contains("pid 11 was handed over already"),
+            "{e}"
+        );
+        restore_done(&mut restore);
+        drop(restore);
+        let got = side.join().expect("daemon side");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], format!("task {:?}", handoff(10)));
+        assert_eq!(got[1], format!("task {:?}", handoff(11)));
+        assert_eq!(got[2], "done");
+    }
 }

@@ -112,3 +112,51 @@ impl PageSource for ChainSource {
         self.layer_bytes(run.layer, run.data_off + (vaddr - run.vaddr), len)
     }
 }
+
+/// The image chains of every live process of a dumped tree, by pid: the
+/// lazy-pages daemon's local source (each uffd reads its own process's
+/// pages). Cheap to clone, like [`ChainSource`].
+#[derive(Clone)]
+pub struct TreeSource {
+    members: std::collections::BTreeMap<i32, ChainSource>,
+}
+
+impl TreeSource {
+    /// Opens the chain of each live process of the tree in `dir` (checking
+    /// every run's checksum if `verify_data`).
+    pub fn open(dir: &Path, verify_data: bool) -> Result<TreeSource> {
+        use crate::image::messages::PsTree;
+        use crate::image::{ImageDir, Kind};
+        let tree: PsTree = ImageDir::open(dir)?.read(Kind::PsTree, None)?;
+        let mut members = std::collections::BTreeMap::new();
+        for t in tree.tasks.iter().filter(|t| !t.zombie) {
+            members.insert(t.pid, ChainSource::open(dir, t.pid, verify_data)?);
+        }
+        Ok(TreeSource { members })
+    }
+
+    /// The chain of process `pid`.
+    pub fn member(&self, pid: i32) -> Option<&ChainSource> {
+        self.members.get(&pid)
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = (&i32, &ChainSource)> {
+        self.members.iter()
+    }
+}
+
+impl PageSource for TreeSource {
+    fn read_pages(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> Result<()> {
+        match self.members.get_mut(&pid) {
+            Some(m) => m.read_pages(pid, vaddr, buf),
+            None => Err(Error::task(
+                pid,
+                "no live process of the dumped tree has this pid",
+            )),
+        }
+    }
+
+    fn mapped(&self, pid: i32, vaddr: u64, len: u64) -> Option<&[u8]> {
+        self.members.get(&pid)?.mapped(pid, vaddr, len)
+    }
+}

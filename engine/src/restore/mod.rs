@@ -266,15 +266,6 @@ pub struct Restored {
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut phases = crate::phases::Phases::default();
     let tree = load_tree(dir)?;
-    if tree.tasks.len() > 1 && opts.lazy_pages {
-        return Err(Error::unsupported(
-            tree.tasks[0].pid,
-            format!(
-                "a lazy restore of a process tree ({} processes) is not supported yet",
-                tree.tasks.len()
-            ),
-        ));
-    }
     // Refused before any process exists: no daemon, or a kernel without
     // the userfaultfd events lazy restore follows.
     let mut lazy_conn = match opts.lazy_pages {
@@ -351,13 +342,16 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     drop(tree_files);
     phases.mark("fork stub");
     let mut threads = Vec::new();
+    let live_tasks = imgs.iter().flatten().count() as u32;
     for (i, (img, stub)) in imgs.iter_mut().zip(&stubs).enumerate() {
         let Some(img) = img else {
             threads.push(threads::Threads::default());
             continue;
         };
         let inherited = if i == 0 { &inherited } else { &members_inherit };
-        let lazy = if i == 0 { lazy_conn.as_mut() } else { None };
+        // Lazy: every live process hands its own uffd over, on the one
+        // connection (the daemon expects each of them).
+        let lazy = lazy_conn.as_mut().map(|c| (c, live_tasks));
         threads.push(restore_one(
             dir,
             stub,
@@ -390,16 +384,14 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     if let Some(conn) = lazy_conn.as_mut() {
         crate::lazy::handoff::restore_done(conn);
     }
-    let Some(Some(img)) = imgs.first() else {
-        return Err(bad(dir, "the root of the process tree has no images"));
-    };
+    let sum = |f: fn(&crate::lazy::Plan) -> u64| imgs.iter().flatten().map(|i| f(&i.plan)).sum();
     Ok(Restored {
         pid,
         phases,
-        pages_eager_dump: img.plan.eager_dump_pages,
-        pages_eager_parent: img.plan.eager_parent_pages,
-        pages_lazy: img.plan.lazy_pages(),
-        pages_parent_lazy: img.plan.parent_pages(),
+        pages_eager_dump: sum(|p| p.eager_dump_pages),
+        pages_eager_parent: sum(|p| p.eager_parent_pages),
+        pages_lazy: sum(|p| p.lazy_pages()),
+        pages_parent_lazy: sum(|p| p.parent_pages()),
     })
 }
 
@@ -411,7 +403,7 @@ fn restore_one(
     img: &mut TaskImages,
     inherited: &files::Inherited,
     shared: &shared::SharedObjects,
-    mut lazy_conn: Option<&mut std::os::unix::net::UnixStream>,
+    mut lazy_conn: Option<(&mut std::os::unix::net::UnixStream, u32)>,
     phases: &mut crate::phases::Phases,
 ) -> Result<threads::Threads> {
     let pid = img.task.pid;
@@ -476,9 +468,10 @@ fn restore_one(
         crate::lazy::fill_registered(pid, pid, uffd, &img.plan, &mut img.source)?;
     }
     phases.mark("pages");
-    if let (Some(conn), Some(uffd)) = (lazy_conn.as_mut(), uffd) {
+    if let (Some((conn, tasks)), Some(uffd)) = (lazy_conn.as_mut(), uffd) {
         let h = crate::lazy::handoff::Handoff {
             pid,
+            tasks: *tasks,
             eager_dump_pages: img.plan.eager_dump_pages,
             eager_parent_pages: img.plan.eager_parent_pages,
             lazy: img.plan.lazy.clone(),

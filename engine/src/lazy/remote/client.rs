@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::image::messages::{Inventory, Pagemap, PE_LAZY};
+use crate::image::messages::{Inventory, Pagemap, PsTree, PE_LAZY};
 use crate::image::{ImageDir, Kind};
 use crate::pageio::PageSource;
 
@@ -43,8 +43,8 @@ pub struct RemotePageSource {
     /// same run (the source's memory never changes, so the copy stays
     /// right); the background thread's next small reads come from it.
     readahead: u64,
-    /// The dump's PE_LAZY runs (merged), the readahead's bounds.
-    runs: Vec<(u64, u64)>,
+    /// Each process's PE_LAZY runs (merged), the readahead's bounds.
+    runs: std::collections::BTreeMap<i32, Vec<(u64, u64)>>,
     /// Readahead windows (pid, vaddr, bytes), least recently used first.
     /// Several: the daemon's background thread walks one stream of image
     /// addresses per process (a restored task and its forked children
@@ -108,7 +108,7 @@ impl RemotePageSource {
             pid: 0,
             lazy_pages: 0,
             readahead: 0,
-            runs: Vec::new(),
+            runs: Default::default(),
             cache: Vec::new(),
             pending: None,
             spare: Vec::new(),
@@ -133,17 +133,21 @@ impl RemotePageSource {
         };
         let mut s = Self::connect(addr, channel, inv.image_id)?;
         if channel == Channel::Bulk {
-            let pm: Pagemap = ImageDir::open(dir)?.read(Kind::Pagemap, Some(inv.root_pid))?;
-            // Only within a lazy run: nothing else is ever asked of us.
-            let lazy = Pagemap {
-                entries: pm
-                    .entries
-                    .into_iter()
-                    .filter(|e| e.flags & PE_LAZY != 0)
-                    .collect(),
-                ..pm
-            };
-            s.runs = super::server::merged_ranges(&lazy);
+            let images = ImageDir::open(dir)?;
+            let tree: PsTree = images.read(Kind::PsTree, None)?;
+            for t in tree.tasks.iter().filter(|t| !t.zombie) {
+                let pm: Pagemap = images.read(Kind::Pagemap, Some(t.pid))?;
+                // Only within a lazy run: nothing else is ever asked of us.
+                let lazy = Pagemap {
+                    entries: pm
+                        .entries
+                        .into_iter()
+                        .filter(|e| e.flags & PE_LAZY != 0)
+                        .collect(),
+                    ..pm
+                };
+                s.runs.insert(t.pid, super::server::merged_ranges(&lazy));
+            }
             s.readahead = BULK_READAHEAD;
         }
         Ok(s)
@@ -177,10 +181,13 @@ impl RemotePageSource {
 
     /// How much to fetch for a read of `len` at `vaddr`: up to the
     /// readahead, within the run that holds it.
-    fn fetch_len(&self, vaddr: u64, len: u64) -> u64 {
+    fn fetch_len(&self, pid: i32, vaddr: u64, len: u64) -> u64 {
         let want = len.max(self.readahead).min(protocol::MAX_READ);
-        let i = self.runs.partition_point(|r| r.1 <= vaddr);
-        match self.runs.get(i) {
+        let Some(runs) = self.runs.get(&pid) else {
+            return len;
+        };
+        let i = runs.partition_point(|r| r.1 <= vaddr);
+        match runs.get(i) {
             Some(&(s, e)) if s <= vaddr && vaddr + len <= e => want.min(e - vaddr),
             _ => len,
         }
@@ -349,9 +356,10 @@ impl RemotePageSource {
         {
             return;
         }
-        let n = self.fetch_len(next, PAGE);
-        let i = self.runs.partition_point(|r| r.1 <= next);
-        let inside = self.runs.get(i).is_some_and(|r| r.0 <= next);
+        let n = self.fetch_len(pid, next, PAGE);
+        let runs = self.runs.get(&pid).map_or(&[][..], |r| &r[..]);
+        let i = runs.partition_point(|r| r.1 <= next);
+        let inside = runs.get(i).is_some_and(|r| r.0 <= next);
         if !inside {
             return;
         }
@@ -413,7 +421,7 @@ impl PageSource for RemotePageSource {
             self.prefetch_next();
             return Ok(());
         }
-        let fetch = self.fetch_len(vaddr, len);
+        let fetch = self.fetch_len(pid, vaddr, len);
         if fetch > len {
             let mut data = std::mem::take(&mut self.spare);
             data.resize(fetch as usize, 0);
@@ -460,15 +468,18 @@ impl PageSource for RemotePageSource {
 /// the source's page server, everything else from the local image chain
 /// (the images the lazy dump wrote, and their parents).
 pub struct SplitSource {
-    local: crate::pageio::source::ChainSource,
+    local: crate::pageio::source::TreeSource,
     remote: RemotePageSource,
-    /// PE_LAZY runs of the dump, sorted: (vaddr, len).
-    lazy: Vec<(u64, u64)>,
+    /// PE_LAZY runs of each process's dump, sorted: (vaddr, len).
+    lazy: std::collections::BTreeMap<i32, Vec<(u64, u64)>>,
 }
 
 impl SplitSource {
-    pub fn new(local: crate::pageio::source::ChainSource, remote: RemotePageSource) -> Self {
-        let lazy = local.chain().lazy_runs();
+    pub fn new(local: crate::pageio::source::TreeSource, remote: RemotePageSource) -> Self {
+        let lazy = local
+            .members()
+            .map(|(&pid, m)| (pid, m.chain().lazy_runs()))
+            .collect();
         SplitSource {
             local,
             remote,
@@ -476,10 +487,11 @@ impl SplitSource {
         }
     }
 
-    /// The lazy run holding `at`, or the next one after it.
-    fn lazy_from(&self, at: u64) -> Option<(u64, u64)> {
-        let i = self.lazy.partition_point(|r| r.0 + r.1 <= at);
-        self.lazy.get(i).copied()
+    /// Process `pid`'s lazy run holding `at`, or the next one after it.
+    fn lazy_from(&self, pid: i32, at: u64) -> Option<(u64, u64)> {
+        let runs = self.lazy.get(&pid)?;
+        let i = runs.partition_point(|r| r.0 + r.1 <= at);
+        runs.get(i).copied()
     }
 }
 
@@ -489,7 +501,7 @@ impl PageSource for SplitSource {
         let mut at = vaddr;
         while at < end {
             let o = (at - vaddr) as usize;
-            match self.lazy_from(at) {
+            match self.lazy_from(pid, at) {
                 Some((s, l)) if s <= at => {
                     let n = ((s + l).min(end) - at) as usize;
                     self.remote.read_pages(pid, at, &mut buf[o..o + n])?;
@@ -507,7 +519,7 @@ impl PageSource for SplitSource {
     }
 
     fn mapped(&self, pid: i32, vaddr: u64, len: u64) -> Option<&[u8]> {
-        match self.lazy_from(vaddr) {
+        match self.lazy_from(pid, vaddr) {
             Some((s, _)) if s < vaddr + len => None,
             _ => self.local.mapped(pid, vaddr, len),
         }

@@ -79,12 +79,19 @@ fn set_options(pid: pid_t, opts: i32) -> Result<()> {
 const CLONE_FLAGS: u64 = libc::CLONE_VM as u64;
 
 impl Twin {
-    /// Makes the twin of `task`, which must be in a burst (signals blocked,
-    /// at a clean stop; `base` its registers template, `gadget` a syscall
-    /// instruction, `guard` its seccomp check). The twin is stopped,
-    /// traced by the calling thread, holds no descriptor, and dies with
-    /// this process.
-    pub fn spawn(task: pid_t, base: Regs, gadget: u64, guard: Option<Guard>) -> Result<Twin> {
+    /// Makes the twin of `task`, which must be in a burst (`inj`: signals
+    /// blocked, at a clean stop; `base` its registers template, `gadget` a
+    /// syscall instruction, `guard` its seccomp check). The twin is
+    /// stopped, traced by the calling thread, holds no descriptor, and
+    /// dies with this process. On failure a twin already made is killed
+    /// and reaped in the task (see `reap_in_task`).
+    pub fn spawn(
+        task: pid_t,
+        base: Regs,
+        gadget: u64,
+        guard: Option<Guard>,
+        inj: &mut Injector,
+    ) -> Result<Twin> {
         let args = [CLONE_FLAGS, 0, 0, 0, 0, 0];
         if let Some(g) = &guard {
             g(libc::SYS_clone, &args, gadget)?;
@@ -105,21 +112,36 @@ impl Twin {
             };
             sched_setattr(task, &with_reset)?;
         }
-        let forked = clone_in(&tracee, base, gadget, &args);
+        let mut made = None;
+        let forked = clone_in(&tracee, base, gadget, &args, &mut made);
         // The task's options as Frozen set them, whatever happened.
         let reset = set_options(task, libc::PTRACE_O_TRACESYSGOOD);
-        if let Some(attr) = &deadline {
-            sched_setattr(task, attr)?;
+        let sched = deadline.as_ref().map_or(Ok(()), |a| sched_setattr(task, a));
+        let twin = forked.and_then(|child| {
+            reset?;
+            sched?;
+            let mut twin = Twin {
+                pid: child,
+                task,
+                alive: true,
+            };
+            twin.settle(gadget, guard)?;
+            Ok(twin)
+        });
+        if twin.is_err() {
+            if let Some(c) = made {
+                reap_in_task(c, inj);
+            }
         }
-        let child = forked?;
-        let mut twin = Twin {
-            pid: child,
-            task,
-            alive: true,
-        };
-        reset?;
-        twin.settle(gadget, guard)?;
-        Ok(twin)
+        twin
+    }
+
+    /// The dump failed and the task lives on: kills the twin and reaps it
+    /// in the task (`inj`, the task's burst), which must not be left with
+    /// a zombie child.
+    pub fn discard(mut self, inj: &mut Injector) {
+        self.alive = false;
+        reap_in_task(self.pid, inj);
     }
 
     /// First stop of the auto-attached twin: EXITKILL, then close its
@@ -182,9 +204,33 @@ impl Twin {
     }
 }
 
+/// A twin made in a task that lives on: killed, reaped by us (its
+/// tracer), then by the task, its real parent. Cloned without an exit
+/// signal, it is never reaped for the task otherwise (the kernel does so
+/// only for a parent that ignores SIGCHLD), and it would stay a zombie
+/// child of the task, which a wait(__WALL) of the task would find.
+fn reap_in_task(child: pid_t, inj: &mut Injector) {
+    // SAFETY: kill and reap (as its tracer) the twin we made; ECHILD if
+    // that was done already.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, libc::__WALL);
+    }
+    let flags = (libc::__WALL | libc::WNOHANG) as u64;
+    let _ = inj.call("wait4", libc::SYS_wait4, &[child as u64, 0, flags, 0]);
+}
+
 /// Runs `clone` in the task from syscall entry through the fork event to
-/// syscall exit; returns the child's pid.
-fn clone_in(t: &Tracee, base: Regs, gadget: u64, args: &[u64; 6]) -> Result<pid_t> {
+/// syscall exit; returns the child's pid (also put in `made` as soon as
+/// it is known).
+fn clone_in(
+    t: &Tracee,
+    base: Regs,
+    gadget: u64,
+    args: &[u64; 6],
+    made: &mut Option<pid_t>,
+) -> Result<pid_t> {
     let pid = t.pid;
     let mut regs = base;
     regs.rax = libc::SYS_clone as u64;
@@ -221,6 +267,7 @@ fn clone_in(t: &Tracee, base: Regs, gadget: u64, args: &[u64; 6]) -> Result<pid_
                 )
                 .map_err(|e| Error::sys("PTRACE_GETEVENTMSG", pid, e))?;
                 child = Some(msg as pid_t);
+                *made = child;
             }
             other => {
                 kill_stray(child);

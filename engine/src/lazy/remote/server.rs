@@ -20,17 +20,32 @@ use super::{tune, FrameBuf};
 
 const PAGE: u64 = 4096;
 
+/// One dumped process whose memory is held.
+pub struct HeldTask {
+    pub twin: Twin,
+    /// Its own pagemap in the dump (layer 0), PE_LAZY runs included.
+    pub pagemap: Pagemap,
+}
+
 /// Everything a lazy dump leaves to serve its pages.
 pub struct Held {
-    pub twin: Twin,
+    /// The root first, then every other process of the tree that left
+    /// lazy pages, each with its own twin.
+    pub tasks: Vec<HeldTask>,
     pub listener: TcpListener,
     /// The address the listener has (the kernel's port for `--port 0`).
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub image_id: u64,
-    /// The dump's own pagemap (layer 0), PE_LAZY runs included.
-    pub pagemap: Pagemap,
+    /// Lazy pages of every process.
     pub lazy_pages: u64,
+}
+
+impl Held {
+    /// The twins' pids, in `tasks` order.
+    pub fn twin_pids(&self) -> Vec<i32> {
+        self.tasks.iter().map(|t| t.twin.pid).collect()
+    }
 }
 
 /// How long the source waits with no destination connected before it
@@ -56,13 +71,13 @@ pub enum Outcome {
 
 /// What every connection thread shares.
 struct Shared {
-    twin_pid: i32,
+    /// The root's pid (WELCOME names it).
     task: i32,
     image_id: u64,
     lazy_pages: u64,
-    /// Page ranges the server may serve (every run of the dump's pagemap),
-    /// merged and sorted.
-    ranges: Vec<(u64, u64)>,
+    /// By dumped pid: the twin holding its memory, and the page ranges the
+    /// server may serve (every run of its pagemap), merged and sorted.
+    tasks: std::collections::BTreeMap<i32, (i32, Vec<(u64, u64)>)>,
     active: AtomicUsize,
     /// When a connection last ended (or serving began).
     idle_since: Mutex<Instant>,
@@ -71,9 +86,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn covered(&self, vaddr: u64, len: u64) -> bool {
-        let i = self.ranges.partition_point(|r| r.1 <= vaddr);
-        self.ranges
+    fn covered(ranges: &[(u64, u64)], vaddr: u64, len: u64) -> bool {
+        let i = ranges.partition_point(|r| r.1 <= vaddr);
+        ranges
             .get(i)
             .is_some_and(|&(s, e)| s <= vaddr && vaddr + len <= e)
     }
@@ -125,11 +140,14 @@ enum Event {
 /// it alive). `say` gets progress lines (reconnections, give-up).
 pub fn serve(held: Held, opts: &ServeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let shared = Arc::new(Shared {
-        twin_pid: held.twin.pid,
-        task: held.twin.task,
+        task: held.tasks.first().map_or(0, |t| t.twin.task),
         image_id: held.image_id,
         lazy_pages: held.lazy_pages,
-        ranges: merged_ranges(&held.pagemap),
+        tasks: held
+            .tasks
+            .iter()
+            .map(|t| (t.twin.task, (t.twin.pid, merged_ranges(&t.pagemap))))
+            .collect(),
         active: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
         closing: AtomicBool::new(false),
@@ -178,7 +196,7 @@ pub fn serve(held: Held, opts: &ServeOptions, say: &mut dyn FnMut(&str)) -> Resu
         held.lazy_pages,
         held.dir.display()
     ));
-    let pages = write_back(&held.dir, &held.twin, &held.pagemap)?;
+    let pages = write_back(&held.dir, &held.tasks)?;
     Ok(Outcome::WroteBack { pages, why })
 }
 
@@ -255,10 +273,10 @@ fn connection(mut s: TcpStream, sh: &Shared, tx: &mpsc::Sender<Event>) -> Result
                         "the source gave up: its pages are in the image directory".into(),
                     ));
                 }
-                if pid != sh.task {
+                let Some((twin_pid, ranges)) = sh.tasks.get(&pid) else {
                     return Err(fail(&mut s, format!("no pages of pid {pid} here")));
-                }
-                if !sh.covered(vaddr, len) {
+                };
+                if !Shared::covered(ranges, vaddr, len) {
                     return Err(fail(
                         &mut s,
                         format!("{vaddr:#x}+{len:#x} is not a page run of the dump"),
@@ -269,7 +287,7 @@ fn connection(mut s: TcpStream, sh: &Shared, tx: &mpsc::Sender<Event>) -> Result
                     None => buf.insert(FrameBuf::new(MAX_READ as usize).map_err(io)?),
                 };
                 let n = len as usize;
-                if let Err(e) = read_held(sh.twin_pid, sh.task, vaddr, b.data(n)) {
+                if let Err(e) = read_held(*twin_pid, pid, vaddr, b.data(n)) {
                     return Err(fail(&mut s, e.to_string()));
                 }
                 let head = protocol::encode(&Frame::Data { vaddr, len });
@@ -291,74 +309,88 @@ fn connection(mut s: TcpStream, sh: &Shared, tx: &mpsc::Sender<Event>) -> Result
     }
 }
 
-/// Writes every page the source holds into `dir`: a new pages file (the
-/// stored runs' data copied from the old one, the PE_LAZY runs' read from
-/// the twin, each run checksummed as the dump does), a new pagemap without
-/// PE_LAZY, an inventory without the lazy address. Each file is written
-/// under a temporary name, synced, then renamed over the old one; the
-/// inventory is removed first and written last, so a crash in between
-/// leaves an incomplete directory (refused by name), never a wrong one.
-pub fn write_back(dir: &Path, twin: &Twin, pagemap: &Pagemap) -> Result<u64> {
+/// Writes every page the source holds into `dir`: for each held process,
+/// a new pages file (the stored runs' data copied from the old one, the
+/// PE_LAZY runs' read from its twin, each run checksummed as the dump
+/// does) and a new pagemap without PE_LAZY; then an inventory without the
+/// lazy address. Each file is written under a temporary name and synced;
+/// the inventory is removed first, the others renamed over the old ones,
+/// and the inventory written last, so a crash in between leaves an
+/// incomplete directory (refused by name), never a wrong one.
+pub fn write_back(dir: &Path, tasks: &[HeldTask]) -> Result<u64> {
     let images = ImageDir::open(dir)?;
-    let pid = twin.task;
     let inv_path = images.file(Kind::Inventory, None);
     let mut inv: Inventory = images.read(Kind::Inventory, None)?;
-    let old_pages = dir.join(&pagemap.pages_file);
-    let old = PagesReader::open(&old_pages)?;
-    let final_pages = images.file(Kind::Pages, Some(pid));
-    let final_pagemap = images.file(Kind::Pagemap, Some(pid));
     let tmp = |p: &Path| {
         let mut name = std::ffi::OsString::from(".");
         name.push(p.file_name().unwrap_or_default());
         name.push(".writeback");
         p.with_file_name(name)
     };
-    let (tmp_pages, tmp_pagemap, tmp_inv) =
-        (tmp(&final_pages), tmp(&final_pagemap), tmp(&inv_path));
-    for t in [&tmp_pages, &tmp_pagemap, &tmp_inv] {
-        let _ = std::fs::remove_file(t);
-    }
-    let mut out = PagesWriter::create(&tmp_pages)?;
-    let mut new = pagemap.clone();
-    new.pages_file = Kind::Pages.file_name(Some(pid));
+    let tmp_inv = tmp(&inv_path);
+    let _ = std::fs::remove_file(&tmp_inv);
     let mut buf = FrameBuf::new(8 << 20).map_err(|e| Error::io("allocating", dir, e))?;
-    let (mut old_off, mut lazy_pages) = (0u64, 0u64);
-    for e in new.entries.iter_mut() {
-        if e.flags & PE_IN_PARENT != 0 {
-            continue;
+    let mut lazy_pages = 0u64;
+    // (temporary, final) names to rename, and old pages files to remove.
+    let mut renames: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut old_files: Vec<PathBuf> = Vec::new();
+    for t in tasks {
+        let (twin, pagemap) = (&t.twin, &t.pagemap);
+        let pid = twin.task;
+        let old_pages = dir.join(&pagemap.pages_file);
+        let old = PagesReader::open(&old_pages)?;
+        let final_pages = images.file(Kind::Pages, Some(pid));
+        let final_pagemap = images.file(Kind::Pagemap, Some(pid));
+        let (tmp_pages, tmp_pagemap) = (tmp(&final_pages), tmp(&final_pagemap));
+        for t in [&tmp_pages, &tmp_pagemap] {
+            let _ = std::fs::remove_file(t);
         }
-        let len = e.nr_pages * PAGE;
-        if e.flags & PE_LAZY == 0 {
-            let data = old.bytes(old_off, len).ok_or_else(|| {
-                Error::Other(format!(
-                    "{}: run at {:#x} is beyond the pages file",
-                    old_pages.display(),
-                    e.vaddr
-                ))
-            })?;
-            out.write(data)?;
-            old_off += len;
-            continue;
+        let mut out = PagesWriter::create(&tmp_pages)?;
+        let mut new = pagemap.clone();
+        new.pages_file = Kind::Pages.file_name(Some(pid));
+        let mut old_off = 0u64;
+        for e in new.entries.iter_mut() {
+            if e.flags & PE_IN_PARENT != 0 {
+                continue;
+            }
+            let len = e.nr_pages * PAGE;
+            if e.flags & PE_LAZY == 0 {
+                let data = old.bytes(old_off, len).ok_or_else(|| {
+                    Error::Other(format!(
+                        "{}: run at {:#x} is beyond the pages file",
+                        old_pages.display(),
+                        e.vaddr
+                    ))
+                })?;
+                out.write(data)?;
+                old_off += len;
+                continue;
+            }
+            let mut h = crate::image::chain::run_hasher(e.vaddr);
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(8 << 20) as usize;
+                let chunk = buf.data(n);
+                read_held(twin.pid, pid, e.vaddr + at, chunk)?;
+                h.update(chunk);
+                out.write(chunk)?;
+                at += n as u64;
+            }
+            e.checksum = Some(h.digest());
+            e.flags &= !PE_LAZY;
+            lazy_pages += e.nr_pages;
         }
-        let mut h = crate::image::chain::run_hasher(e.vaddr);
-        let mut at = 0u64;
-        while at < len {
-            let n = (len - at).min(8 << 20) as usize;
-            let chunk = buf.data(n);
-            read_held(twin.pid, pid, e.vaddr + at, chunk)?;
-            h.update(chunk);
-            out.write(chunk)?;
-            at += n as u64;
+        out.finish()?;
+        sync(&tmp_pages)?;
+        crate::image::chain::seal(&mut new);
+        write_message(&tmp_pagemap, Kind::Pagemap, &new)?;
+        sync(&tmp_pagemap)?;
+        if old_pages != final_pages {
+            old_files.push(old_pages);
         }
-        e.checksum = Some(h.digest());
-        e.flags &= !PE_LAZY;
-        lazy_pages += e.nr_pages;
+        renames.push((tmp_pages, final_pages));
+        renames.push((tmp_pagemap, final_pagemap));
     }
-    out.finish()?;
-    sync(&tmp_pages)?;
-    crate::image::chain::seal(&mut new);
-    write_message(&tmp_pagemap, Kind::Pagemap, &new)?;
-    sync(&tmp_pagemap)?;
     inv.lazy_address.clear();
     inv.lazy_pages = 0;
     write_message(&tmp_inv, Kind::Inventory, &inv)?;
@@ -368,11 +400,12 @@ pub fn write_back(dir: &Path, twin: &Twin, pagemap: &Pagemap) -> Result<u64> {
     };
     std::fs::remove_file(&inv_path).map_err(|e| Error::io("removing", &inv_path, e))?;
     sync(dir)?;
-    rename(&tmp_pages, &final_pages)?;
-    if old_pages != final_pages {
-        let _ = std::fs::remove_file(&old_pages);
+    for (from, to) in &renames {
+        rename(from, to)?;
     }
-    rename(&tmp_pagemap, &final_pagemap)?;
+    for old in &old_files {
+        let _ = std::fs::remove_file(old);
+    }
     sync(dir)?;
     rename(&tmp_inv, &inv_path)?;
     sync(dir)?;
