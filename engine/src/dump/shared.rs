@@ -65,7 +65,7 @@ pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>
     }
     for &pid in pids {
         for v in proc::maps::read_maps(pid)? {
-            if !is_anon_object_vma(&v) {
+            if !v.is_shared_anon() {
                 continue;
             }
             let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
@@ -82,16 +82,18 @@ pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>
         .collect())
 }
 
-/// A MAP_SHARED anonymous mapping on the internal shmem mount (hugetlb
-/// ones, on another device, are not).
-fn is_anon_object_vma(v: &proc::maps::Vma) -> bool {
-    v.is_shared_anon() && shm::memfd_dev() == Some(libc::makedev(v.dev_major, v.dev_minor))
-}
-
 /// Refuses, at dump and pre-dump, shared anonymous memory between
-/// processes of `pids` holding more data than an object image stores.
+/// processes of `pids` that is not on the internal shmem mount (where
+/// memfds are: restore makes it there), or that holds more data than an
+/// object image stores.
 pub(crate) fn refuse_anon_objects(pids: &[pid_t]) -> Result<()> {
     for ((dev, ino), (pid, start, end)) in anon_objects(pids)? {
+        if shm::memfd_dev() != Some(dev) {
+            return Err(Error::unsupported(
+                pid,
+                format!("shared anonymous memory at {start:#x} (device {dev:#x}, inode {ino}) is mapped by several processes of the tree, and is not on the shmem mount memfds are on"),
+            ));
+        }
         let data = std::fs::metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
             .ok()
             .filter(|m| m.dev() == dev && m.ino() == ino)
