@@ -466,3 +466,44 @@ fn shared_memory_written_between_predumps(mode: &str, tracker: &str) {
     });
     wake_and_expect_ok(r, &log);
 }
+
+/// Shared anonymous memory a dumped process shares with a process outside
+/// the dump (here its parent: only the child is dumped) is refused by
+/// name, at dump and pre-dump: restored, it would no longer be shared.
+/// Both run on untouched and still share it.
+#[test]
+fn shared_anonymous_memory_held_outside_is_refused() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sharedmem.c", &[]);
+    let log = tmp.path().join("result.log");
+    let p = spawn_daemon(Command::new(&bin).arg(&log).arg("anon"));
+    let text = wait_file_contains(&log, "ready", TIMEOUT);
+    let child: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|c| c.trim().parse().ok())
+        .expect("child pid");
+    let state = |pid: i32| place(pid).map(|p| p.0);
+    wait_until(TIMEOUT, "the child to wait", || match state(child) {
+        Some('S') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    let img = tmp.path().join("img");
+    let why = format!(
+        "is also mapped by process {}, which is not dumped with it",
+        p.pid
+    );
+    for op in ["pre-dump", "dump"] {
+        crust([op, "-t", &child.to_string(), "-D", path_str(&img)])
+            .assert_failed()
+            .stderr_has(&why);
+    }
+    // SAFETY: plain kill(2) of the child, still running.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    wait_until(TIMEOUT, "the child to exit", || match state(child) {
+        Some('Z') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    wake_and_expect_ok(p, &log);
+}

@@ -662,6 +662,7 @@ fn refuse_tree(
 ) -> Result<()> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     refuse::task_state(pid, ours(pid), external, members)?;
+    shared::refuse_anon_held_outside(members)?;
     if members.len() < 2 {
         return Ok(());
     }

@@ -106,6 +106,50 @@ pub(crate) fn refuse_anon_objects(pids: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses shared anonymous memory that a process of `pids` (the dumped
+/// tree, root first) maps and a process outside the tree maps too (forked
+/// from a common ancestor before it): restored, it would no longer be
+/// shared with that process. It scans every process's maps, so it runs
+/// once per dump and pre-dump, before the freeze: a process outside the
+/// tree gains such a mapping only by forking from a holder outside it
+/// (then that one is found) or through /proc/PID/map_files.
+pub(crate) fn refuse_anon_held_outside(pids: &[pid_t]) -> Result<()> {
+    let mut ours: BTreeMap<Identity, (pid_t, u64)> = BTreeMap::new();
+    for &pid in pids {
+        // A zombie maps nothing; a process gone meanwhile neither.
+        for v in proc::maps::read_maps(pid).unwrap_or_default() {
+            if v.is_shared_anon() {
+                let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
+                ours.entry(key).or_insert((pid, v.start));
+            }
+        }
+    }
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let me = std::process::id() as pid_t;
+    let dir = std::fs::read_dir("/proc").map_err(|e| Error::io("reading", "/proc", e))?;
+    for e in dir.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        if other == me || pids.contains(&other) {
+            continue;
+        }
+        // Processes that go away meanwhile hold nothing.
+        for v in proc::maps::read_maps(other).unwrap_or_default() {
+            let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
+            if let Some(&(pid, start)) = ours.get(&key).filter(|_| v.is_shared_anon()) {
+                return Err(Error::unsupported(
+                    pid,
+                    format!("shared anonymous memory at {start:#x} is also mapped by process {other}, which is not dumped with it (dump the tree of a common ancestor)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sysv_shmid(path: &str, inode: u64) -> Option<i32> {
     path.starts_with("/SYSV").then_some(())?;
     i32::try_from(inode).ok()
