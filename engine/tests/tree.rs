@@ -371,9 +371,10 @@ fn file_shared_over_fork_keeps_one_offset() {
 /// MAP_SHARED|MAP_ANONYMOUS memory shared by a parent and its child are
 /// still one object after restore: the child's write is seen by the
 /// parent. anon-partial: the child unmapped the head and tail of the
-/// region, the parent made its tail read-only: each mapping comes back at
-/// its offset into the object, the tail only the parent maps with its
-/// data. memfd-fd: a memfd descriptor shared over fork keeps one offset.
+/// region and moved a part of it (mremap), the parent made its tail
+/// read-only: each mapping comes back at its offset into the object (the
+/// child writes through its moved part, the parent sees it), the tail
+/// only the parent maps with its data. memfd-fd: a memfd descriptor shared over fork keeps one offset.
 #[test_case::test_case("memfd" ; "memfd")]
 #[test_case::test_case("sysv" ; "sysv segment")]
 #[test_case::test_case("anon" ; "shared anonymous")]

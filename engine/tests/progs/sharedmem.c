@@ -9,11 +9,13 @@
  * reaps it and must see "child": the memory is still one object for both.
  *
  * anon-partial: 16 pages of shared anonymous memory, the string in page 4;
- * "tail" in page 13. The child unmaps pages 0-3 and 12-15 before it waits
- * (its mapping starts 4 pages into the object), the parent makes pages
- * 12-15 read-only. After restore, each checks in /proc/self/maps that its
- * mapping of page 4 is "/dev/zero (deleted)" at the offset it had; the
- * parent still sees "tail".
+ * "tail" in page 13. The child unmaps pages 0-3 and 12-15 and moves pages
+ * 8-11 elsewhere (mremap) before it waits (its mappings start 4 and 8
+ * pages into the object), the parent makes pages 12-15 read-only. After
+ * restore, each checks in /proc/self/maps that its mappings are
+ * "/dev/zero (deleted)" at the offsets they had; the child writes "moved"
+ * through its moved pages, which the parent sees at page 8; the parent
+ * still sees "tail".
  *
  * memfd-fd: a memfd descriptor (not a mapping) shared over fork, holding
  * "0123456789", offset 2: the child reads one byte ('2'), the parent the
@@ -62,7 +64,7 @@ int main(int argc, char **argv) {
         return 2;
     const char *kind = argv[2];
     int out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
-    char *base = MAP_FAILED, *m = MAP_FAILED;
+    char *base = MAP_FAILED, *m = MAP_FAILED, *moved = MAP_FAILED;
     int shmid = -1, mfd = -1;
     int partial = !strcmp(kind, "anon-partial");
     if (!strcmp(kind, "memfd")) {
@@ -99,8 +101,17 @@ int main(int argc, char **argv) {
     if (child < 0)
         return 2;
     if (child == 0) {
-        if (partial && (munmap(base, 4 * PAGE) || munmap(base + 12 * PAGE, 4 * PAGE)))
-            return 1;
+        if (partial) {
+            if (munmap(base, 4 * PAGE) || munmap(base + 12 * PAGE, 4 * PAGE))
+                return 1;
+            /* A free place for the moved pages. */
+            char *to = mmap(NULL, 4 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (to == MAP_FAILED)
+                return 1;
+            moved = mremap(base + 8 * PAGE, 4 * PAGE, 4 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+            if (moved == MAP_FAILED)
+                return 1;
+        }
         while (!go)
             pause();
         if (mfd >= 0) {
@@ -109,8 +120,10 @@ int main(int argc, char **argv) {
         }
         if (strcmp(m, "parent"))
             return 1;
-        if (partial && !maps_show(m, 4 * PAGE))
+        if (partial && (!maps_show(m, 4 * PAGE) || !maps_show(moved, 8 * PAGE)))
             return 3;
+        if (partial)
+            strcpy(moved, "moved");
         strcpy(m, "child");
         return 0;
     }
@@ -138,8 +151,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (partial && (!maps_show(m, 0) || !maps_show(base + 13 * PAGE, 12 * PAGE) ||
-                    strcmp(base + 13 * PAGE, "tail"))) {
-        dprintf(out, "BAD parent mapping not as it was (tail %.8s)\n", base + 13 * PAGE);
+                    strcmp(base + 13 * PAGE, "tail") || strcmp(base + 8 * PAGE, "moved"))) {
+        dprintf(out, "BAD parent mapping not as it was (tail %.8s, page 8 %.8s)\n",
+                base + 13 * PAGE, base + 8 * PAGE);
         return 1;
     }
     dprintf(out, "OK all\n");
