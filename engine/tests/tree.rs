@@ -447,11 +447,19 @@ fn file_shared_over_fork_keeps_one_offset() {
     parent_and_child_roundtrip("sharedfile.c", &["{tmp}/data"]);
 }
 
-/// A memfd mapping and a SysV segment (removed, attached by both) shared
-/// by a parent and its child are still one object after restore: the
-/// child's write is seen by the parent.
+/// A memfd mapping, a SysV segment (removed, attached by both) and
+/// MAP_SHARED|MAP_ANONYMOUS memory shared by a parent and its child are
+/// still one object after restore: the child's write is seen by the
+/// parent. anon-partial: the child unmapped the head and tail of the
+/// region and moved a part of it (mremap), the parent made its tail
+/// read-only: each mapping comes back at its offset into the object (the
+/// child writes through its moved part, the parent sees it), the tail
+/// only the parent maps with its data. memfd-fd: a memfd descriptor shared over fork keeps one offset.
 #[test_case::test_case("memfd" ; "memfd")]
 #[test_case::test_case("sysv" ; "sysv segment")]
+#[test_case::test_case("anon" ; "shared anonymous")]
+#[test_case::test_case("anon-partial" ; "shared anonymous partly unmapped")]
+#[test_case::test_case("memfd-fd" ; "memfd descriptor")]
 fn memory_object_shared_over_fork_stays_shared(kind: &str) {
     parent_and_child_roundtrip("sharedmem.c", &[kind]);
 }
@@ -570,4 +578,129 @@ fn zombie_of_another_user_is_refused_by_name() {
 #[test]
 fn vfork_parent_waiting_is_refused_by_name() {
     parent_and_child_refused("treecreds.c", &["vfork"], "a vfork child or CLONE_VM");
+}
+
+/// Shared memory (anonymous and memfd) of a parent and child written
+/// between pre-dumps of the tree: by the child, and by a process the
+/// parent forked, that wrote and exited between two pre-dumps (no
+/// tracker of a member sees its writes). The final dump on top stores
+/// what every sharer wrote: both see every write after restore.
+#[test_case::test_case("splice", "auto" ; "splice")]
+#[test_case::test_case("read", "auto" ; "read")]
+#[test_case::test_case("read", "content" ; "read content tracker")]
+fn shared_memory_written_between_predumps(mode: &str, tracker: &str) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sharedpre.c", &[]);
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(&bin).arg(&log));
+    let text = wait_file_contains(&log, "ready", TIMEOUT);
+    let child: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|c| c.trim().parse().ok())
+        .expect("child pid");
+    let waiting = |pid: i32, what: &str| {
+        wait_until(TIMEOUT, what, || match blocked_syscall(pid) {
+            Some(nr) if nr == libc::SYS_rt_sigsuspend => Ok(()),
+            other => Err(format!("in syscall {other:?}")),
+        })
+    };
+    waiting(child, "the child to wait");
+    waiting(p.pid, "the parent to wait");
+    let root = p.pid.to_string();
+    let (pre1, pre2, img) = (
+        tmp.path().join("pre1"),
+        tmp.path().join("pre2"),
+        tmp.path().join("img"),
+    );
+    let pre_dump = |dir: &Path, prev: Option<&str>| {
+        let mut args = vec!["pre-dump", "-t", &root, "-D", path_str(dir), "--track-mem"];
+        args.extend(["--pre-dump-mode", mode, "--tracker", tracker]);
+        if let Some(prev) = prev {
+            args.extend(["--prev-images-dir", prev]);
+        }
+        crust(&args).assert_ok();
+    };
+    pre_dump(&pre1, None);
+    // SAFETY: plain kill(2) of the child.
+    unsafe { libc::kill(child, libc::SIGUSR2) };
+    wait_file_contains(&log, "wrote1", TIMEOUT);
+    waiting(child, "the child to wait again");
+    pre_dump(&pre2, Some("../pre1"));
+    p.signal(libc::SIGUSR2);
+    wait_file_contains(&log, "transient", TIMEOUT);
+    waiting(p.pid, "the parent to wait again");
+    dump(
+        p.pid,
+        &img,
+        &["--prev-images-dir", "../pre2", "--track-mem"],
+    );
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    // The anonymous memory and the memfd, each stored once.
+    let objects = std::fs::read_dir(&img)
+        .expect("images")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shmem-"))
+        .count();
+    assert_eq!(objects, 2);
+    let state = |pid: i32| place(pid).map(|p| p.0);
+    wait_until(TIMEOUT, "the child to be gone", || {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid status pointer; ECHILD if not ours.
+        unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
+        match state(child) {
+            None => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    });
+    let r = restore_detached(&img, p.pid);
+    // SAFETY: plain kill(2) of the restored child.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    wait_until(TIMEOUT, "the child to exit", || match state(child) {
+        Some('Z') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    wake_and_expect_ok(r, &log);
+}
+
+/// Shared anonymous memory a dumped process shares with a process outside
+/// the dump (here its parent: only the child is dumped) is refused by
+/// name, at dump and pre-dump: restored, it would no longer be shared.
+/// Both run on untouched and still share it.
+#[test]
+fn shared_anonymous_memory_held_outside_is_refused() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sharedmem.c", &[]);
+    let log = tmp.path().join("result.log");
+    let p = spawn_daemon(Command::new(&bin).arg(&log).arg("anon"));
+    let text = wait_file_contains(&log, "ready", TIMEOUT);
+    let child: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|c| c.trim().parse().ok())
+        .expect("child pid");
+    let state = |pid: i32| place(pid).map(|p| p.0);
+    wait_until(TIMEOUT, "the child to wait", || match state(child) {
+        Some('S') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    let img = tmp.path().join("img");
+    let why = format!(
+        "is also mapped by process {}, which is not dumped with it",
+        p.pid
+    );
+    for op in ["pre-dump", "dump"] {
+        crust([op, "-t", &child.to_string(), "-D", path_str(&img)])
+            .assert_failed()
+            .stderr_has(&why);
+    }
+    // SAFETY: plain kill(2) of the child, still running.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    wait_until(TIMEOUT, "the child to exit", || match state(child) {
+        Some('Z') => Ok(()),
+        s => Err(format!("{s:?}")),
+    });
+    wake_and_expect_ok(p, &log);
 }

@@ -122,10 +122,12 @@ fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
     if others.is_empty() {
         return Ok(());
     }
-    for f in fds
-        .iter_mut()
-        .filter(|f| f.kind == FdKind::Path as i32 && f.dup_of.is_none() && f.external.is_empty())
-    {
+    for f in fds.iter_mut().filter(|f| {
+        // A memfd's description too: its object is restored once
+        // (dump/shared.rs), and its offset must stay one.
+        let kind = f.kind == FdKind::Path as i32 || f.kind == FdKind::Memfd as i32;
+        kind && f.dup_of.is_none() && f.external.is_empty()
+    }) {
         let mut holders = vec![(pid, f.fd)];
         for (p, links) in &others {
             for l in links.iter().filter(|l| l.target == f.path) {

@@ -286,7 +286,13 @@ fn to_image_vma(v: &ProcVma, kind: VmaKind) -> Vma {
         kind: kind as i32,
         growsdown: v.vm_flags.growsdown(),
         path: if file { v.path.clone() } else { String::new() },
-        pgoff: if file { v.offset } else { 0 },
+        // Shared anonymous memory: its offset into the shmem object, used
+        // when it is restored as an object shared by several processes.
+        pgoff: if file || kind == VmaKind::AnonShared {
+            v.offset
+        } else {
+            0
+        },
         dev: libc::makedev(v.dev_major, v.dev_minor),
         inode: v.inode,
         may_write: v.vm_flags.may_write(),

@@ -662,6 +662,7 @@ fn refuse_tree(
 ) -> Result<()> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     refuse::task_state(pid, ours(pid), external, members)?;
+    shared::refuse_anon_held_outside(members)?;
     if members.len() < 2 {
         return Ok(());
     }
@@ -791,6 +792,14 @@ fn pre_dump_inner(
     let mut held = tree::freeze(pid)?;
     phases.mark("freeze");
     refuse_held_tree(&held)?;
+    // Shared anonymous memory between members is stored by the final dump
+    // only, once, as an object (as memfds and SysV segments): left out.
+    let live: Vec<pid_t> = held
+        .iter()
+        .filter(|m| m.frozen.is_some())
+        .map(|m| m.pid)
+        .collect();
+    let objects = shared::SharedObjects::for_processes(&live)?;
     let mut frozen_parts = Vec::new();
     for m in held.iter_mut() {
         let Some(frozen) = m.frozen.as_mut() else {
@@ -800,7 +809,7 @@ fn pre_dump_inner(
             .iter()
             .find(|p| p.0 == m.pid)
             .and_then(|p| p.1.as_ref());
-        let part = pre_dump_frozen(m.pid, frozen, parent, opts, trackers)?;
+        let part = pre_dump_frozen(m.pid, frozen, parent, opts, trackers, &objects)?;
         frozen_parts.push(part);
     }
     phases.mark(match opts.mode {
@@ -835,7 +844,7 @@ fn pre_dump_inner(
                 member_fds.push((part.pid, t.task_fd));
             }
         }
-        let c = pre_dump_copy(part, parent, opts, &images)?;
+        let c = pre_dump_copy(part, parent, opts, &images, &objects)?;
         scanned += c.0;
         in_parent += c.1;
         written += c.2;
@@ -897,6 +906,7 @@ fn pre_dump_frozen(
     parent: Option<&Parent>,
     opts: &PreDumpOptions,
     trackers: &mut Vec<(pid_t, i32)>,
+    objects: &shared::SharedObjects,
 ) -> Result<PreFrozen> {
     check_threads(pid)?;
     frozen.guard = creds::seccomp_guard(frozen)?;
@@ -954,7 +964,8 @@ fn pre_dump_frozen(
         if !splice {
             return Ok((known, None));
         }
-        let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
+        let mut plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
+        objects.leave_out_pages(&mut plan);
         let chunks = splice::pin(frozen, gadget.unwrap_or_default(), &pidfd, &plan.runs)?;
         Ok((known, Some((plan, chunks))))
     });
@@ -986,6 +997,7 @@ fn pre_dump_copy(
     parent: Option<&Parent>,
     opts: &PreDumpOptions,
     images: &ImageOut,
+    objects: &shared::SharedObjects,
 ) -> Result<(u64, u64, u64)> {
     let PreFrozen {
         pid,
@@ -1011,7 +1023,8 @@ fn pre_dump_copy(
             (plan, copied)
         }
         None => {
-            let plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
+            let mut plan = mem::plan_pages(pid, &vmas, 0, layer, &known)?;
+            objects.leave_out_pages(&mut plan);
             let parent_digests = started
                 .as_ref()
                 .filter(|_| content)
@@ -1157,8 +1170,13 @@ fn dump_inner(
     refuse_held_tree(&held)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
-    let mut shared = shared::SharedObjects::default();
     let tree_pids: Vec<pid_t> = held.iter().map(|m| m.pid).collect();
+    let live: Vec<pid_t> = held
+        .iter()
+        .filter(|m| m.frozen.is_some())
+        .map(|m| m.pid)
+        .collect();
+    let mut shared = shared::SharedObjects::for_processes(&live)?;
     let mut entries = Vec::new();
     for m in held.iter_mut() {
         let Some(frozen) = m.frozen.as_mut() else {
@@ -1558,6 +1576,8 @@ fn dump_process(
     phases.mark("track");
     let mut plan = mem::plan_pages(pid, &vmas, core.brk, parent.map(|p| &p.layer), &known)?;
     plan.mm.lock_future = core.lock_future;
+    // Shared anonymous memory between members: stored once, as an object.
+    shared.leave_out_pages(&mut plan);
     // Lazy: the frozen part copies none of these pages.
     let pages_lazy = match lazy {
         true => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),

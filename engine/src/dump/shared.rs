@@ -10,19 +10,30 @@
 //! process that has exited since), and no per-task dirty tracker sees all
 //! of that, so nothing of it is ever left to a parent image. Pre-dumps
 //! store none of it.
+//!
+//! Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, "/dev/zero
+//! (deleted)": a shmem inode) mapped by several processes of a tree is
+//! such an object too ([`anon_objects`]): its mappings become `FileShared`
+//! VMAs of it, with their offsets into it, and its pages are left out of
+//! every member's pagemap. Mapped by one process only, it stays ordinary
+//! pagemap memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use libc::pid_t;
 
+use super::mem::Plan;
 use crate::error::{Error, Result};
 use crate::image::messages::{FdKind, Fds, SharedKind, SharedObject, SharedRun, Vma, VmaKind};
 use crate::image::Kind;
 use crate::pageio::ImageOut;
 use crate::proc;
 use crate::sys::shm;
+
+/// How /proc/PID/maps names shared anonymous memory.
+const ANON_PATH: &str = "/dev/zero (deleted)";
 
 /// Largest object data stored (a message image holds at most 256 MiB).
 const MAX_DATA: u64 = 192 << 20;
@@ -32,6 +43,111 @@ const MAX_DATA: u64 = 192 << 20;
 pub(crate) struct SharedObjects {
     objects: Vec<SharedObject>,
     by_identity: BTreeMap<(i32, u64, u64), u64>,
+    /// Shared anonymous memory mapped by several processes of the dump
+    /// (device, inode): stored as objects ([`anon_objects`]).
+    anon: BTreeSet<Identity>,
+}
+
+/// A shmem object's device and inode.
+type Identity = (u64, u64);
+/// One mapping of it: pid, start, end.
+type Mapping = (pid_t, u64, u64);
+
+/// Shared anonymous memory that processes of `pids` (live, held or not)
+/// map between them: (device, inode) of each shmem object mapped by at
+/// least two of them, with one of its mappings (pid, start, end). Mapped
+/// by one process only (however many VMAs), it is dumped as that
+/// process's pages, as for a single process.
+pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>> {
+    let mut holders: BTreeMap<Identity, (BTreeSet<pid_t>, Mapping)> = BTreeMap::new();
+    if pids.len() < 2 {
+        return Ok(BTreeMap::new());
+    }
+    for &pid in pids {
+        for v in proc::maps::read_maps(pid)? {
+            if !v.is_shared_anon() {
+                continue;
+            }
+            let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
+            let e = holders
+                .entry(key)
+                .or_insert_with(|| (BTreeSet::new(), (pid, v.start, v.end)));
+            e.0.insert(pid);
+        }
+    }
+    Ok(holders
+        .into_iter()
+        .filter(|(_, (p, _))| p.len() > 1)
+        .map(|(k, (_, at))| (k, at))
+        .collect())
+}
+
+/// Refuses, at dump and pre-dump, shared anonymous memory between
+/// processes of `pids` that is not on the internal shmem mount (where
+/// memfds are: restore makes it there), or that holds more data than an
+/// object image stores.
+pub(crate) fn refuse_anon_objects(pids: &[pid_t]) -> Result<()> {
+    for ((dev, ino), (pid, start, end)) in anon_objects(pids)? {
+        if shm::memfd_dev() != Some(dev) {
+            return Err(Error::unsupported(
+                pid,
+                format!("shared anonymous memory at {start:#x} (device {dev:#x}, inode {ino}) is mapped by several processes of the tree, and is not on the shmem mount memfds are on"),
+            ));
+        }
+        let data = std::fs::metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+            .ok()
+            .filter(|m| m.dev() == dev && m.ino() == ino)
+            .map_or(0, |m| m.blocks() * 512);
+        if data > MAX_DATA {
+            let what = format!("shared anonymous memory at {start:#x} (inode {ino}, mapped by several processes of the tree)");
+            return Err(too_big(pid, &what, data));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses shared anonymous memory that a process of `pids` (the dumped
+/// tree, root first) maps and a process outside the tree maps too (forked
+/// from a common ancestor before it): restored, it would no longer be
+/// shared with that process. It scans every process's maps, so it runs
+/// once per dump and pre-dump, before the freeze: a process outside the
+/// tree gains such a mapping only by forking from a holder outside it
+/// (then that one is found) or through /proc/PID/map_files.
+pub(crate) fn refuse_anon_held_outside(pids: &[pid_t]) -> Result<()> {
+    let mut ours: BTreeMap<Identity, (pid_t, u64)> = BTreeMap::new();
+    for &pid in pids {
+        // A zombie maps nothing; a process gone meanwhile neither.
+        for v in proc::maps::read_maps(pid).unwrap_or_default() {
+            if v.is_shared_anon() {
+                let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
+                ours.entry(key).or_insert((pid, v.start));
+            }
+        }
+    }
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let me = std::process::id() as pid_t;
+    let dir = std::fs::read_dir("/proc").map_err(|e| Error::io("reading", "/proc", e))?;
+    for e in dir.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        if other == me || pids.contains(&other) {
+            continue;
+        }
+        // Processes that go away meanwhile hold nothing.
+        for v in proc::maps::read_maps(other).unwrap_or_default() {
+            let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
+            if let Some(&(pid, start)) = ours.get(&key).filter(|_| v.is_shared_anon()) {
+                return Err(Error::unsupported(
+                    pid,
+                    format!("shared anonymous memory at {start:#x} is also mapped by process {other}, which is not dumped with it (dump the tree of a common ancestor)"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn sysv_shmid(path: &str, inode: u64) -> Option<i32> {
@@ -195,6 +311,46 @@ enum Reader {
 }
 
 impl SharedObjects {
+    /// The objects of a dump of the processes `pids` (live members).
+    pub(crate) fn for_processes(pids: &[pid_t]) -> Result<SharedObjects> {
+        Ok(SharedObjects {
+            anon: anon_objects(pids)?.into_keys().collect(),
+            ..Default::default()
+        })
+    }
+
+    fn anon_object(&self, v: &Vma) -> bool {
+        VmaKind::try_from(v.kind) == Ok(VmaKind::AnonShared)
+            && self.anon.contains(&(v.dev, v.inode))
+    }
+
+    /// Leaves out of a process's plan the pages of shared anonymous memory
+    /// stored as objects (`add_task` reads them once, whole).
+    pub(crate) fn leave_out_pages(&self, plan: &mut Plan) {
+        if self.anon.is_empty() {
+            return;
+        }
+        let objects: Vec<(u64, u64)> = plan
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| self.anon_object(v))
+            .map(|v| (v.start, v.end))
+            .collect();
+        // Runs never cross a VMA boundary.
+        let stats = &mut plan.stats;
+        plan.runs.retain(|r| {
+            let keep = !objects.iter().any(|&(a, b)| a <= r.vaddr && r.vaddr < b);
+            if !keep {
+                stats.scanned = stats.scanned.saturating_sub(r.pages);
+                if r.in_parent {
+                    stats.in_parent = stats.in_parent.saturating_sub(r.pages);
+                }
+            }
+            keep
+        });
+    }
+
     /// Adds the objects the VMAs and descriptors of `pid` use (the task
     /// frozen), reading each new one's data, and sets their `shared` ids.
     pub(crate) fn add_task(&mut self, pid: pid_t, vmas: &mut [Vma], fds: &mut Fds) -> Result<()> {
@@ -219,6 +375,24 @@ impl SharedObjects {
             };
         }
         for v in vmas.iter_mut() {
+            if !self.anon_object(v) {
+                continue;
+            }
+            // Mapped again at restore from the one new object, at its
+            // offset (pgoff) into it, as a shared file map of it.
+            v.kind = VmaKind::FileShared as i32;
+            v.path = ANON_PATH.to_string();
+            let key = (SharedKind::AnonShared as i32, v.dev, v.inode);
+            v.shared = match self.by_identity.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                    let file = File::open(&link).map_err(|e| Error::io("opening", &link, e))?;
+                    self.add(pid, key, "", Reader::File(file))?
+                }
+            };
+        }
+        for v in vmas.iter_mut() {
             let file = matches!(
                 VmaKind::try_from(v.kind),
                 Ok(VmaKind::FileShared | VmaKind::FilePrivate)
@@ -239,7 +413,7 @@ impl SharedObjects {
             let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             let file = File::open(&link).map_err(|e| Error::io("opening", &link, e))?;
             let reader = match kind {
-                SharedKind::Memfd => Reader::File(file),
+                SharedKind::Memfd | SharedKind::AnonShared => Reader::File(file),
                 SharedKind::SysvShm => {
                     let mem_path = format!("/proc/{pid}/mem");
                     let mem =
@@ -270,7 +444,15 @@ impl SharedObjects {
             Reader::File(f) => f,
             Reader::Segment { seek, .. } => seek,
         };
-        if kind == SharedKind::SysvShm as i32 {
+        if kind == SharedKind::AnonShared as i32 {
+            let md = seek
+                .metadata()
+                .map_err(|e| Error::io("fstat", ANON_PATH, e))?;
+            obj.size = md.size();
+            obj.mode = md.mode() & 0o7777;
+            obj.uid = md.uid();
+            obj.gid = md.gid();
+        } else if kind == SharedKind::SysvShm as i32 {
             let shmid = inode as i32;
             let st = shm::shm_stat(shmid).map_err(|e| Error::sys("shmctl(IPC_STAT)", pid, e))?;
             obj.shmid = shmid;
@@ -291,9 +473,10 @@ impl SharedObjects {
             obj.gid = md.gid();
             obj.seals = shm::get_seals(seek).map_err(|e| Error::sys("F_GET_SEALS", pid, e))?;
         }
-        let what = || match kind == SharedKind::SysvShm as i32 {
-            true => format!("SysV segment {}", obj.shmid),
-            false => format!("memfd {name:?}"),
+        let what = || match SharedKind::try_from(kind) {
+            Ok(SharedKind::SysvShm) => format!("SysV segment {}", obj.shmid),
+            Ok(SharedKind::AnonShared) => format!("shared anonymous memory (inode {inode})"),
+            _ => format!("memfd {name:?}"),
         };
         let data = shm::data_ranges(seek, obj.size).map_err(|e| Error::sys("lseek", pid, e))?;
         let total: u64 = data.iter().map(|(a, b)| b - a).sum();

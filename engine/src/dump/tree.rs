@@ -13,8 +13,8 @@
 //! What restore could not rebuild is refused here by name: a session or a
 //! process group whose leader is not in the tree (or that could not be
 //! made again in fork order), processes sharing their memory (vfork,
-//! CLONE_VM), shared memory mappings between members, a zombie that dumped
-//! core, a stop by a signal other than SIGSTOP.
+//! CLONE_VM), a zombie that dumped core, a stop by a signal other than
+//! SIGSTOP.
 
 use std::collections::BTreeMap;
 
@@ -254,7 +254,8 @@ pub(crate) fn check_places(places: &[Place], exists: &dyn Fn(pid_t) -> bool) -> 
 
 /// Refuses what restore would not bring back shared between members:
 /// processes sharing one address space (a vfork child and its waiting
-/// parent, CLONE_VM) and MAP_SHARED memory that is not a file's.
+/// parent, CLONE_VM), and shared anonymous memory between them holding
+/// more than an object image stores.
 pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
     const KCMP_VM: i32 = 1;
     for (i, &a) in pids.iter().enumerate() {
@@ -269,38 +270,9 @@ pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
             }
         }
     }
-    let mut shared: BTreeMap<(u32, u32, u64), pid_t> = BTreeMap::new();
-    for &pid in pids {
-        let vmas = proc::maps::read_maps(pid)?;
-        for v in vmas.iter().filter(|v| v.shared && v.inode != 0) {
-            let file = !v.path.ends_with(" (deleted)")
-                && v.path.starts_with('/')
-                && !v.path.starts_with("/SYSV")
-                && !v.path.starts_with("/memfd:");
-            // memfds and SysV segments are objects of the whole dump
-            // (dump/shared.rs): every member's mappings get the same one.
-            let object = v.path.starts_with("/SYSV") || v.path.starts_with("/memfd:");
-            if file || object {
-                continue;
-            }
-            let key = (v.dev_major, v.dev_minor, v.inode);
-            match shared.get(&key) {
-                Some(&other) if other != pid => {
-                    return Err(Error::unsupported(
-                        pid,
-                        format!(
-                            "shared memory {} (inode {}) is also mapped by process {other}: memory shared between processes of a tree is not supported yet",
-                            v.path, v.inode
-                        ),
-                    ))
-                }
-                _ => {
-                    shared.insert(key, pid);
-                }
-            }
-        }
-    }
-    Ok(())
+    // Shared anonymous memory between members is one object of the dump
+    // (dump/shared.rs), as memfds and SysV segments are.
+    super::shared::refuse_anon_objects(pids)
 }
 
 /// Refuses a zombie restore cannot make again: one that dumped core, or

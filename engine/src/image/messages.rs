@@ -968,6 +968,10 @@ pub enum SharedKind {
     Memfd = 0,
     /// shmget(): by its shmid.
     SysvShm = 1,
+    /// mmap(MAP_SHARED|MAP_ANONYMOUS) ("/dev/zero (deleted)"), mapped by
+    /// several processes of a tree: by its inode on the internal shmem
+    /// mount.
+    AnonShared = 2,
 }
 
 fn shared_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {

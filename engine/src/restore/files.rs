@@ -178,11 +178,11 @@ fn is_tree_file(key: &str) -> bool {
 /// exist) and the (key, access mode) -> fd entries.
 pub(crate) fn tree_files(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
     let mut made: BTreeMap<String, (i32, OwnedFd)> = BTreeMap::new();
-    for f in all
-        .iter()
-        .flat_map(|x| x.fds.iter())
-        .filter(|f| f.kind == FdKind::Path as i32 && is_tree_file(&f.external))
-    {
+    for f in all.iter().flat_map(|x| x.fds.iter()).filter(|f| {
+        // A memfd's path is its restored object's (restore::shared).
+        let kind = f.kind == FdKind::Path as i32 || f.kind == FdKind::Memfd as i32;
+        kind && is_tree_file(&f.external)
+    }) {
         if made.contains_key(&f.external) {
             continue;
         }
@@ -308,7 +308,9 @@ pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {
             Ok(FdKind::Path) if fd.path.is_empty() => {
                 return Err(format!("fd {} has no path", fd.fd))
             }
-            Ok(FdKind::Memfd) if fd.shared == 0 || !fd.external.is_empty() => {
+            Ok(FdKind::Memfd)
+                if fd.shared == 0 || (!fd.external.is_empty() && !is_tree_file(&fd.external)) =>
+            {
                 return Err(format!("fd {} is a memfd without its object", fd.fd))
             }
             Ok(FdKind::Path) if !fd.external.is_empty() && !is_tree_file(&fd.external) => {
@@ -533,7 +535,7 @@ fn restore_one(
     // O_ASYNC is set once the fd has its final number (see `restore`).
     let status = fd.flags as i32 & SETFL_MASK & !libc::O_ASYNC;
     let (high, setfl) = match FdKind::try_from(fd.kind).unwrap_or(FdKind::Path) {
-        FdKind::Path if is_tree_file(&fd.external) => {
+        FdKind::Path | FdKind::Memfd if is_tree_file(&fd.external) => {
             let mode = fd.flags as i32 & libc::O_ACCMODE;
             let high = external
                 .get(&(fd.external.clone(), mode))

@@ -15,11 +15,16 @@
 //!   given its owner and mode, and removed (IPC_RMID) in `finish` if it
 //!   was removed when dumped. Any other state of that shmid fails the
 //!   restore by name.
+//! - shared anonymous memory: mmap(MAP_SHARED|MAP_ANONYMOUS) in the engine,
+//!   kept as the file /proc/self/map_files gives for it (the shmem object
+//!   itself), the mapping then dropped; filled, owned and reached by the
+//!   tasks as a memfd is. Their mappings of it show "/dev/zero (deleted)"
+//!   with their offsets, as the dumped ones did.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 
 use nix::errno::Errno;
 
@@ -108,6 +113,10 @@ impl SharedObjects {
         for (&id, o) in objects {
             let live = match SharedKind::try_from(o.kind) {
                 Ok(SharedKind::SysvShm) => segment(o)?,
+                Ok(SharedKind::AnonShared) => Live::Memfd {
+                    file: anon(o)?,
+                    seals: 0,
+                },
                 _ => Live::Memfd {
                     file: memfd(o)?,
                     seals: o.seals,
@@ -209,6 +218,55 @@ fn memfd(o: &SharedObject) -> Result<File> {
     .map_err(|e| Error::sys("memfd_create", 0, e))?;
     file.set_len(o.size)
         .map_err(|e| Error::io("ftruncate", what(), e))?;
+    for r in &o.runs {
+        file.write_all_at(&r.data, r.offset)
+            .map_err(|e| Error::io("writing", what(), e))?;
+    }
+    std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))
+        .map_err(|e| Error::io("fchown", what(), e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(o.mode & 0o7777))
+        .map_err(|e| Error::io("fchmod", what(), e))?;
+    Ok(file)
+}
+
+/// A new shared anonymous object of `o.size` bytes, filled with its data.
+fn anon(o: &SharedObject) -> Result<File> {
+    let what = || format!("shared anonymous memory ({} bytes)", o.size);
+    let len = usize::try_from(o.size)
+        .ok()
+        .filter(|&l| l > 0)
+        .ok_or_else(|| Error::Other(format!("cannot restore {}: bad size", what())))?;
+    // SAFETY: a new mapping at an address the kernel picks; nothing of ours
+    // is there, and it is unmapped below.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(Error::sys(
+            "mmap(MAP_SHARED|MAP_ANONYMOUS)",
+            0,
+            Errno::last(),
+        ));
+    }
+    let start = at as u64;
+    let end = start + (o.size.div_ceil(4096) * 4096);
+    let link = format!("/proc/self/map_files/{start:x}-{end:x}");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&link);
+    // SAFETY: the mapping made above, used by nothing else; the file
+    // keeps the object alive.
+    unsafe { libc::munmap(at, len) };
+    let file = file.map_err(|e| Error::io("opening", &link, e))?;
     for r in &o.runs {
         file.write_all_at(&r.data, r.offset)
             .map_err(|e| Error::io("writing", what(), e))?;

@@ -1,17 +1,33 @@
 /*
- * sharedmem OUTFILE memfd|sysv
+ * sharedmem OUTFILE memfd|sysv|anon|anon-partial|memfd-fd
  *
  * Memory shared over fork: the parent maps a memfd (or attaches a SysV
- * segment) shared, writes "parent" into it and forks; both wait for
- * SIGUSR1 ("ready CHILD" in OUTFILE once the child waits). The child, on
- * SIGUSR1, checks it still sees "parent", writes "child" and exits; the
- * parent, on SIGUSR1, reaps it and must see "child": the memory is still
- * one object for both. "OK all" (exit 0) or "BAD ..." (exit 1).
+ * segment, or maps MAP_SHARED|MAP_ANONYMOUS memory) shared, writes
+ * "parent" into it and forks; both wait for SIGUSR1 ("ready CHILD" in
+ * OUTFILE once the child is forked). The child, on SIGUSR1, checks it
+ * still sees "parent", writes "child" and exits; the parent, on SIGUSR1,
+ * reaps it and must see "child": the memory is still one object for both.
+ *
+ * anon-partial: 16 pages of shared anonymous memory, the string in page 4;
+ * "tail" in page 13. The child unmaps pages 0-3 and 12-15 and moves pages
+ * 8-11 elsewhere (mremap) before it waits (its mappings start 4 and 8
+ * pages into the object), the parent makes pages 12-15 read-only. After
+ * restore, each checks in /proc/self/maps that its mappings are
+ * "/dev/zero (deleted)" at the offsets they had; the child writes "moved"
+ * through its moved pages, which the parent sees at page 8; the parent
+ * still sees "tail".
+ *
+ * memfd-fd: a memfd descriptor (not a mapping) shared over fork, holding
+ * "0123456789", offset 2: the child reads one byte ('2'), the parent the
+ * next ('3'): one open file description, one offset.
+ *
+ * "OK all" (exit 0) or "BAD ..." (exit 1).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
@@ -19,30 +35,65 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define PAGE 4096
+
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
+
+/* Whether /proc/self/maps shows the mapping holding `at` as shared
+ * anonymous memory at offset `off` into its object. */
+static int maps_show(const char *at, unsigned long off) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int ok = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long a, b, o;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %lx", &a, &b, perms, &o) != 4)
+            continue;
+        if ((unsigned long)at >= a && (unsigned long)at < b)
+            ok = o == off && perms[3] == 's' && strstr(line, "/dev/zero (deleted)") != NULL;
+    }
+    if (f)
+        fclose(f);
+    return ok;
+}
 
 int main(int argc, char **argv) {
     if (argc != 3)
         return 2;
+    const char *kind = argv[2];
     int out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
-    char *m = MAP_FAILED;
-    int shmid = -1;
-    if (!strcmp(argv[2], "memfd")) {
+    char *base = MAP_FAILED, *m = MAP_FAILED, *moved = MAP_FAILED;
+    int shmid = -1, mfd = -1;
+    int partial = !strcmp(kind, "anon-partial");
+    if (!strcmp(kind, "memfd")) {
         int fd = memfd_create("tree-shared", 0);
         if (fd < 0 || ftruncate(fd, 65536))
             return 2;
         m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         close(fd);
-    } else {
+    } else if (!strcmp(kind, "sysv")) {
         shmid = shmget(IPC_PRIVATE, 65536, IPC_CREAT | 0600);
         if (shmid < 0)
             return 2;
         m = shmat(shmid, NULL, 0);
         /* Gone once the last process detaches. */
         shmctl(shmid, IPC_RMID, NULL);
+    } else if (!strcmp(kind, "anon") || partial) {
+        base = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        m = base == MAP_FAILED ? MAP_FAILED : partial ? base + 4 * PAGE : base;
+        if (partial && base != MAP_FAILED)
+            strcpy(base + 13 * PAGE, "tail");
+    } else if (!strcmp(kind, "memfd-fd")) {
+        mfd = memfd_create("tree-shared-fd", 0);
+        if (mfd < 0 || write(mfd, "0123456789", 10) != 10 || lseek(mfd, 2, SEEK_SET) != 2)
+            return 2;
+        m = malloc(16);
+    } else {
+        return 2;
     }
-    if (out < 0 || m == MAP_FAILED || m == (char *)-1)
+    if (out < 0 || m == MAP_FAILED || m == (char *)-1 || m == NULL)
         return 2;
     strcpy(m, "parent");
     signal(SIGUSR1, on_usr1);
@@ -50,13 +101,34 @@ int main(int argc, char **argv) {
     if (child < 0)
         return 2;
     if (child == 0) {
+        if (partial) {
+            if (munmap(base, 4 * PAGE) || munmap(base + 12 * PAGE, 4 * PAGE))
+                return 1;
+            /* A free place for the moved pages. */
+            char *to = mmap(NULL, 4 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (to == MAP_FAILED)
+                return 1;
+            moved = mremap(base + 8 * PAGE, 4 * PAGE, 4 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+            if (moved == MAP_FAILED)
+                return 1;
+        }
         while (!go)
             pause();
+        if (mfd >= 0) {
+            char c = 0;
+            return read(mfd, &c, 1) == 1 && c == '2' ? 0 : 1;
+        }
         if (strcmp(m, "parent"))
             return 1;
+        if (partial && (!maps_show(m, 4 * PAGE) || !maps_show(moved, 8 * PAGE)))
+            return 3;
+        if (partial)
+            strcpy(moved, "moved");
         strcpy(m, "child");
         return 0;
     }
+    if (partial && mprotect(base + 12 * PAGE, 4 * PAGE, PROT_READ))
+        return 2;
     dprintf(out, "ready %d\n", (int)child);
     while (!go)
         pause();
@@ -65,8 +137,23 @@ int main(int argc, char **argv) {
         dprintf(out, "BAD child status %#x\n", st);
         return 1;
     }
+    if (mfd >= 0) {
+        char c = 0;
+        if (read(mfd, &c, 1) != 1 || c != '3') {
+            dprintf(out, "BAD parent read %c: the memfd offset is not shared\n", c);
+            return 1;
+        }
+        dprintf(out, "OK all\n");
+        return 0;
+    }
     if (strcmp(m, "child")) {
         dprintf(out, "BAD parent sees %.16s: the memory is no longer shared\n", m);
+        return 1;
+    }
+    if (partial && (!maps_show(m, 0) || !maps_show(base + 13 * PAGE, 12 * PAGE) ||
+                    strcmp(base + 13 * PAGE, "tail") || strcmp(base + 8 * PAGE, "moved"))) {
+        dprintf(out, "BAD parent mapping not as it was (tail %.8s, page 8 %.8s)\n",
+                base + 13 * PAGE, base + 8 * PAGE);
         return 1;
     }
     dprintf(out, "OK all\n");
