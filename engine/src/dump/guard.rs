@@ -9,7 +9,8 @@
 //! kernel sends the worker SIGHUP (PR_SET_PDEATHSIG); SIGINT, SIGTERM and
 //! SIGHUP sent to the worker itself do the same. Each only raises a flag:
 //! the worker stops at its next safe point (before each burst,
-//! between phases, before killing the task), which leaves the task parked,
+//! between phases, before the inventory is committed: after it, the
+//! dump is complete and the task is killed), which leaves the task parked,
 //! and lets it go as on any other error.
 //!
 //! The worker leads its own process group, so a SIGKILL sent to the

@@ -231,9 +231,12 @@ impl Frozen {
         out
     }
 
-    /// The point of no return: the images are complete, the task goes.
+    /// The point of no return: the images are complete (the last stop
+    /// check was before the inventory was committed), the task goes. No
+    /// check here: a stop request between the kills of two members of a
+    /// tree would leave it half dumped, half running, and the twins of a
+    /// lazy dump zombies of their live tasks.
     fn kill(&mut self) -> Result<()> {
-        guard::check()?;
         self.released = true;
         for t in &mut self.threads {
             t.released = true;
@@ -1232,7 +1235,6 @@ fn dump_inner(
         tracker: dumps[0].tracker_name.into(),
         total_us: (frozen_ms * 1e3) as u64,
     };
-    images.write(Kind::Stats, None, &stats)?;
     // The inventory goes last: an image directory without it is incomplete.
     let mut inv = inventory(pid, "dump", parent);
     if snapshot {
@@ -1246,14 +1248,20 @@ fn dump_inner(
         inv.member_tracker_pids = members.iter().map(|m| m.0).collect();
         inv.member_tracker_fds = members.iter().map(|m| m.1).collect();
     }
-    let inv_written = guard::check().and_then(|_| {
-        if let Some(l) = lazy.as_deref_mut() {
-            inv.lazy_address = l.addr.to_string();
-            inv.lazy_pages = pages_lazy;
-            l.image_id = inv.image_id;
-        }
-        images.commit(&inv)
-    });
+    // From here on every failure, a stop request included, must discard the
+    // twins in their tasks (a twin dropped is killed, not reaped: it would
+    // stay a zombie child of its live task).
+    let inv_written = images
+        .write(Kind::Stats, None, &stats)
+        .and_then(|_| guard::check())
+        .and_then(|_| {
+            if let Some(l) = lazy.as_deref_mut() {
+                inv.lazy_address = l.addr.to_string();
+                inv.lazy_pages = pages_lazy;
+                l.image_id = inv.image_id;
+            }
+            images.commit(&inv)
+        });
     if let Err(e) = inv_written {
         if let Some(l) = lazy {
             let undo = l
