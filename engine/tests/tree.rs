@@ -704,3 +704,38 @@ fn shared_anonymous_memory_held_outside_is_refused() {
     });
     wake_and_expect_ok(p, &log);
 }
+
+/// A vfork child shares its parent's memory until it execs or exits:
+/// restore cannot make that again, so dump and pre-dump refuse the pair by
+/// name (tree_scan::check_no_shared_vm) and both run on untouched.
+#[test]
+fn vfork_child_is_refused() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "vforker.c", &[]);
+    let log = tmp.path().join("vfork.log");
+    let mut parent = spawn_daemon(Command::new(bin).arg(&log));
+    let text = wait_file_contains(&log, "\n", TIMEOUT);
+    let child: i32 = text
+        .trim()
+        .strip_prefix("CHILD ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("log: {text:?}"));
+    let child = Proc::adopt(child);
+    let pid = parent.pid.to_string();
+    for op in ["pre-dump", "dump"] {
+        let images = tmp.path().join(op);
+        crust([op, "-t", &pid, "-D", path_str(&images)])
+            .assert_failed()
+            .stderr_has(&format!(
+                "shares its memory with process {} (a vfork child or CLONE_VM)",
+                child.pid
+            ));
+        assert!(!images.join("inventory.img").exists());
+    }
+    assert_eq!(parent.try_wait(), None, "the refused parent died");
+    child.assert_running_untraced();
+    // The child's end lets the parent's vfork return: it exits 0.
+    drop(child);
+    assert_eq!(parent.wait(TIMEOUT), Exit::Code(0));
+}

@@ -20,6 +20,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use libc::pid_t;
 use nix::errno::Errno;
 
+use super::tree_scan::TreeScan;
 use crate::error::{Error, Result};
 use crate::image::messages::{Fd, FdKind, Fds, Pipe};
 use crate::proc;
@@ -111,16 +112,9 @@ pub(crate) fn tree_file_key(pid: pid_t, fd: i32) -> String {
 /// shares with other processes of the tree (inherited over fork: offset
 /// and flags are one): each marked with one key for the description, so
 /// that restore opens it once and every holder inherits it.
-fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
-    const KCMP_FILE: i32 = 0;
-    let others: Vec<(pid_t, Vec<proc::fd::FdLink>)> = tree
-        .iter()
-        .filter(|&&p| p != pid)
-        // A zombie holds no descriptors.
-        .filter_map(|&p| proc::fd::list_fds(p).ok().map(|l| (p, l)))
-        .collect();
-    if others.is_empty() {
-        return Ok(());
+fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &TreeScan) {
+    if tree.len() < 2 {
+        return;
     }
     for f in fds.iter_mut().filter(|f| {
         // A memfd's description too: its object is restored once
@@ -128,22 +122,10 @@ fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &[pid_t]) -> Result<()> {
         let kind = f.kind == FdKind::Path as i32 || f.kind == FdKind::Memfd as i32;
         kind && f.dup_of.is_none() && f.external.is_empty()
     }) {
-        let mut holders = vec![(pid, f.fd)];
-        for (p, links) in &others {
-            for l in links.iter().filter(|l| l.target == f.path) {
-                // SAFETY: kcmp compares kernel objects; no memory is passed.
-                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, *p, KCMP_FILE, f.fd, l.fd) };
-                if r == 0 {
-                    holders.push((*p, l.fd));
-                }
-            }
-        }
-        if holders.len() > 1 {
-            let (hp, hf) = holders.iter().copied().min().unwrap_or((pid, f.fd));
-            f.external = tree_file_key(hp, hf);
+        if let Some(key) = tree.file_key(pid, f.fd) {
+            f.external = key.to_string();
         }
     }
-    Ok(())
 }
 
 /// The key of an epoll instance processes of the tree share (inherited
@@ -235,7 +217,7 @@ pub(crate) fn plan(
     pid: pid_t,
     tracker: Option<i32>,
     external: &[String],
-    tree: &[pid_t],
+    tree: &TreeScan,
 ) -> Result<FdPlan> {
     for name in external {
         if parse_pipe_key(name).is_none() {
@@ -396,7 +378,7 @@ pub(crate) fn plan(
         }
     }
     owners(pid, &pidfd, &mut fds, &mut vanished)?;
-    tree_files(pid, &mut fds, tree)?;
+    tree_files(pid, &mut fds, tree);
     shared_epolls(pid, &mut fds, tree, &mut epoll_watches)?;
     let pipes = pipes(pid, &pidfd, &mut fds, external, tree, &mut vanished)?;
     super::sockets::check_peers(pid, &mut sockets, &mut fds, tree)?;
@@ -672,7 +654,7 @@ fn pipes(
     pidfd: &OwnedFd,
     fds: &mut [Fd],
     external: &[String],
-    tree: &[pid_t],
+    tree: &TreeScan,
     vanished: &mut BTreeSet<i32>,
 ) -> Result<BTreeMap<u64, PipePlan>> {
     let is_pipe = |f: &Fd| f.kind == FdKind::PipeRead as i32 || f.kind == FdKind::PipeWrite as i32;
@@ -689,7 +671,7 @@ fn pipes(
             ));
         }
     }
-    let holders = proc::fd::pipe_holders(&inos, &[pid])?;
+    let holders = tree.pipe_holders(pid, &inos)?;
     let mut plans = BTreeMap::new();
     for &ino in &inos {
         let key = pipe_key(ino);

@@ -16,6 +16,7 @@ pub(crate) mod sockets;
 mod splice;
 mod task;
 pub(crate) mod tree;
+mod tree_scan;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -664,6 +665,7 @@ fn refuse_tree(
     external: &[String],
 ) -> Result<()> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
+    let members = &tree_scan::TreeScan::new(members.to_vec());
     refuse::task_state(pid, ours(pid), external, members)?;
     shared::refuse_anon_held_outside(members)?;
     if members.len() < 2 {
@@ -1173,7 +1175,7 @@ fn dump_inner(
     refuse_held_tree(&held)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
-    let tree_pids: Vec<pid_t> = held.iter().map(|m| m.pid).collect();
+    let tree_pids = tree_scan::TreeScan::new(held.iter().map(|m| m.pid).collect());
     let live: Vec<pid_t> = held
         .iter()
         .filter(|m| m.frozen.is_some())
@@ -1476,7 +1478,7 @@ fn dump_process(
     opts: &DumpOptions,
     lazy: bool,
     first: bool,
-    tree: &[pid_t],
+    tree: &tree_scan::TreeScan,
     images: &ImageOut,
     shared: &mut shared::SharedObjects,
     trackers: &mut Vec<(pid_t, i32)>,

@@ -9,6 +9,7 @@
 use libc::pid_t;
 
 use super::files::{self, FdPlan};
+use super::tree_scan::TreeScan;
 use crate::error::{Error, Result};
 use crate::proc;
 
@@ -23,7 +24,7 @@ pub(crate) fn task_state(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
-    tree: &[pid_t],
+    tree: &TreeScan,
 ) -> Result<FdPlan> {
     checks(pid, our_tracker, external, tree, true)
 }
@@ -37,7 +38,7 @@ pub(crate) fn task_state_but_layout(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
-    tree: &[pid_t],
+    tree: &TreeScan,
 ) -> Result<FdPlan> {
     checks(pid, our_tracker, external, tree, false)
 }
@@ -46,7 +47,7 @@ fn checks(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
-    tree: &[pid_t],
+    tree: &TreeScan,
     layout: bool,
 ) -> Result<FdPlan> {
     super::check_threads(pid)?;

@@ -257,19 +257,7 @@ pub(crate) fn check_places(places: &[Place], exists: &dyn Fn(pid_t) -> bool) -> 
 /// parent, CLONE_VM), and shared anonymous memory between them holding
 /// more than an object image stores.
 pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
-    const KCMP_VM: i32 = 1;
-    for (i, &a) in pids.iter().enumerate() {
-        for &b in &pids[i + 1..] {
-            // SAFETY: kcmp compares kernel objects; no memory is passed.
-            let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) };
-            if r == 0 {
-                return Err(Error::unsupported(
-                    a,
-                    format!("shares its memory with process {b} (a vfork child or CLONE_VM): not supported"),
-                ));
-            }
-        }
-    }
+    super::tree_scan::check_no_shared_vm(pids)?;
     // Shared anonymous memory between members is one object of the dump
     // (dump/shared.rs), as memfds and SysV segments are.
     super::shared::refuse_anon_objects(pids)

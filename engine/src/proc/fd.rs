@@ -307,6 +307,21 @@ pub fn pipe_holders(
     })
 }
 
+/// As [`pipe_holders`], for every pipe: one scan of /proc that serves
+/// every member of a dumped tree (dump::tree_scan).
+pub fn every_pipe_holder(
+    except: &[i32],
+) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
+    holders_where(
+        |_| true,
+        except,
+        |t| match t {
+            FdTarget::Pipe(ino) => Some(ino),
+            _ => None,
+        },
+    )
+}
+
 /// As [`pipe_holders`], for the sockets `inos`.
 pub fn socket_holders(
     inos: &std::collections::BTreeSet<u64>,
@@ -325,10 +340,20 @@ fn holders(
     except: &[i32],
     pick: fn(FdTarget) -> Option<u64>,
 ) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
-    let mut held = std::collections::BTreeMap::new();
     if inos.is_empty() {
-        return Ok(held);
+        return Ok(std::collections::BTreeMap::new());
     }
+    holders_where(|ino| inos.contains(&ino), except, pick)
+}
+
+/// Who else holds an object `wanted` picks (by the inode `pick` reads from
+/// a descriptor's link), over every process of /proc.
+fn holders_where(
+    wanted: impl Fn(u64) -> bool,
+    except: &[i32],
+    pick: fn(FdTarget) -> Option<u64>,
+) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
+    let mut held = std::collections::BTreeMap::new();
     let me = std::process::id() as i32;
     let proc_dir = Path::new("/proc");
     let entries = std::fs::read_dir(proc_dir).map_err(|e| ProcError::io(proc_dir, e))?;
@@ -362,7 +387,7 @@ fn holders(
             Err(e) => return Err(e),
         };
         for l in fds {
-            if let Some(ino) = pick(l.kind()).filter(|i| inos.contains(i)) {
+            if let Some(ino) = pick(l.kind()).filter(|i| wanted(*i)) {
                 held.entry(ino).or_insert_with(Vec::new).push((pid, l.fd));
             }
         }
