@@ -61,6 +61,11 @@ enum Cmd {
         /// (`pipe:[INODE]`); repeatable. Restore then needs --inherit-fd.
         #[arg(long, value_name = "pipe:[INODE]", value_parser = external_key)]
         external: Vec<String>,
+        /// Freeze the tree with this cgroup v2 (its directory, or its path
+        /// under the cgroup2 mount) before seizing it; the cgroup must
+        /// hold exactly the tree. Thawed once every task is seized.
+        #[arg(long, value_name = "PATH")]
+        freeze_cgroup: Option<PathBuf>,
         #[command(flatten)]
         track: Track,
         #[command(flatten)]
@@ -87,6 +92,9 @@ enum Cmd {
         /// As for dump: a pipe held outside the process, accepted as such.
         #[arg(long, value_name = "pipe:[INODE]", value_parser = external_key)]
         external: Vec<String>,
+        /// As for dump: freeze the tree with this cgroup v2 first.
+        #[arg(long, value_name = "PATH")]
+        freeze_cgroup: Option<PathBuf>,
         #[command(flatten)]
         track: Track,
         #[command(flatten)]
@@ -382,6 +390,30 @@ fn main() -> ExitCode {
     // dump and pre-dump work in a worker process: killing this one makes
     // the worker stop at its next safe point and let the task go.
     let mut ready = None;
+    // --freeze-cgroup: resolved before the worker is made, so that this
+    // process can thaw the cgroup if the worker dies with it frozen.
+    let freeze_cgroup = match &cli.cmd {
+        Cmd::Dump {
+            freeze_cgroup: Some(p),
+            pid,
+            ..
+        }
+        | Cmd::PreDump {
+            freeze_cgroup: Some(p),
+            pid,
+            ..
+        } => match crust::dump::freezer::resolve(p) {
+            Ok(dir) => {
+                crust::dump::freezer::ThawOnDeath::arm(dir.clone());
+                Some(dir)
+            }
+            Err(e) => {
+                eprintln!("crust: {e}; pid {pid} was left running");
+                return ExitCode::from(exit::USAGE);
+            }
+        },
+        _ => None,
+    };
     if let Cmd::Dump {
         lazy: LazyDumpArgs { daemon: true, .. },
         ..
@@ -403,6 +435,7 @@ fn main() -> ExitCode {
             dir,
             pre_dump_mode,
             external,
+            freeze_cgroup: _,
             track,
             server,
             display_stats,
@@ -434,6 +467,7 @@ fn main() -> ExitCode {
                     track: track.options(),
                     external,
                     page_server,
+                    freeze_cgroup,
                 },
             ) {
                 Ok(stats) => {
@@ -468,6 +502,7 @@ fn main() -> ExitCode {
             dir,
             leave_running,
             external,
+            freeze_cgroup: _,
             track,
             server,
             lazy,
@@ -492,6 +527,7 @@ fn main() -> ExitCode {
                     track: track.options(),
                     external,
                     page_server: None,
+                    freeze_cgroup,
                 };
                 let show = display_stats || common.verbose > 0;
                 let address = server.address.clone().unwrap_or_else(|| "0.0.0.0".into());
@@ -513,6 +549,7 @@ fn main() -> ExitCode {
                     track: track.options(),
                     external,
                     page_server,
+                    freeze_cgroup,
                 },
             ) {
                 Ok(stats) => {

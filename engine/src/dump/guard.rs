@@ -132,6 +132,9 @@ fn split_with(
                     return (Some(ExitCode::FAILURE), None);
                 }
             }
+            // A cgroup the worker froze and did not thaw (killed
+            // between the freeze and the thaw: dump/freezer.rs).
+            crate::dump::freezer::ThawOnDeath::after_worker(!libc::WIFEXITED(status));
             if libc::WIFEXITED(status) {
                 (Some(ExitCode::from(libc::WEXITSTATUS(status) as u8)), None)
             } else {

@@ -8,6 +8,7 @@ mod bpf;
 pub(crate) mod creds;
 mod epoll;
 mod files;
+pub mod freezer;
 pub mod guard;
 mod mem;
 pub(crate) mod refuse;
@@ -51,6 +52,9 @@ pub struct DumpOptions {
     /// Send the page data to this page server instead of the pages file
     /// (--page-server); the small images go there and into the directory.
     pub page_server: Option<std::net::SocketAddr>,
+    /// The cgroup v2 directory to freeze the tree with before seizing it
+    /// (--freeze-cgroup, dump/freezer.rs).
+    pub freeze_cgroup: Option<PathBuf>,
 }
 
 /// What a dump did, for the log and `--display-stats`.
@@ -146,7 +150,7 @@ impl Frozen {
     }
 
     /// The tids of every thread held, the leader first.
-    fn tids(&self) -> Vec<pid_t> {
+    pub(crate) fn tids(&self) -> Vec<pid_t> {
         std::iter::once(self.tracee.pid)
             .chain(self.threads.iter().map(|t| t.tracee.pid))
             .collect()
@@ -361,6 +365,8 @@ pub struct PreDumpOptions {
     pub external: Vec<String>,
     /// As [`DumpOptions::page_server`].
     pub page_server: Option<std::net::SocketAddr>,
+    /// As [`DumpOptions::freeze_cgroup`].
+    pub freeze_cgroup: Option<PathBuf>,
 }
 
 /// The parent image a new one builds on.
@@ -673,15 +679,30 @@ fn refuse_tree(
     }
     let mut live = vec![pid];
     let mut places = vec![tree::Place::read(pid)?];
+    // The tree runs: a member that exits meanwhile (a tree that forks all
+    // the time, --freeze-cgroup) is no longer one; the frozen pass judges
+    // the tree as it is then.
+    let gone =
+        |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.state == 'Z' || s.state == 'X');
     for &m in &members[1..] {
-        places.push(tree::Place::read(m)?);
-        if proc::stat::read_stat(m)?.state != 'Z' {
-            refuse::task_state(m, ours(m), external, members)?;
-            live.push(m);
+        let Ok(place) = tree::Place::read(m) else {
+            continue;
+        };
+        places.push(place);
+        if gone(m) {
+            continue;
+        }
+        match refuse::task_state(m, ours(m), external, members) {
+            Err(_) if gone(m) => {}
+            Err(e) => return Err(e),
+            Ok(_) => live.push(m),
         }
     }
     tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
-    tree::check_sharing(&live)
+    match tree::check_sharing(&live) {
+        Err(_) if live.iter().any(|&m| gone(m)) => Ok(()),
+        out => out,
+    }
 }
 
 /// Closes, in each member, the copies of our trackers it inherited by
@@ -794,7 +815,7 @@ fn pre_dump_inner(
     images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
-    let mut held = tree::freeze(pid)?;
+    let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
     phases.mark("freeze");
     refuse_held_tree(&held)?;
     // Shared anonymous memory between members is stored by the final dump
@@ -843,13 +864,27 @@ fn pre_dump_inner(
             .iter()
             .find(|p| p.0 == part.pid)
             .and_then(|p| p.1.as_ref());
+        let mut tracker_fd = None;
         if let Some(t) = &part.started {
             tracker_name = t.name.into();
             if part.pid != pid && t.task_fd >= 0 {
-                member_fds.push((part.pid, t.task_fd));
+                tracker_fd = Some((part.pid, t.task_fd));
             }
         }
-        let c = pre_dump_copy(part, parent, opts, &images, &objects)?;
+        let member = part.pid;
+        let c = match pre_dump_copy(part, parent, opts, &images, &objects) {
+            Ok(c) => c,
+            // A member that exited since the tree ran again (a tree that
+            // forks all the time) has no memory left to copy, and no state
+            // a later dump needs: it is left out of this pre-dump (no
+            // pagemap, so a later image does not build on it).
+            Err(_) if member != pid && exited(member) => {
+                let _ = std::fs::remove_file(dir.join(Kind::Pages.file_name(Some(member))));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        member_fds.extend(tracker_fd);
         scanned += c.0;
         in_parent += c.1;
         written += c.2;
@@ -899,6 +934,11 @@ fn pre_dump_inner(
         bytes_written: written * 4096,
         pages_lazy: 0,
     })
+}
+
+/// Whether `pid` exited (a zombie, or gone).
+fn exited(pid: pid_t) -> bool {
+    proc::stat::read_stat(pid).map_or(true, |s| s.state == 'Z' || s.state == 'X')
 }
 
 /// The frozen part of one member's pre-dump: its tracker read and
@@ -1169,7 +1209,7 @@ fn dump_inner(
     }
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
-    let mut held = tree::freeze(pid)?;
+    let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
     phases.mark("freeze");
     // Again, now that nothing of the tree runs.
     refuse_held_tree(&held)?;

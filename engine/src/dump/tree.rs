@@ -17,10 +17,11 @@
 //! SIGSTOP.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use libc::pid_t;
 
-use super::{guard, Frozen};
+use super::{freezer, guard, Frozen};
 use crate::error::{Error, Result};
 use crate::image::messages::TaskEntry;
 use crate::proc;
@@ -76,6 +77,27 @@ pub(crate) fn list(root: pid_t) -> Result<Vec<pid_t>> {
         }
     }
     Ok(out)
+}
+
+/// As [`freeze`], with the cgroup v2 directory `cgroup` frozen first when
+/// given (`--freeze-cgroup`, dump/freezer.rs): the tree is listed and
+/// seized while nothing in it runs, the cgroup is checked to hold exactly
+/// the tree, then thawed, every task left in its ptrace stop. On error
+/// the tasks are let go, then the cgroup thawed.
+pub(crate) fn freeze_tree(root: pid_t, cgroup: Option<&Path>) -> Result<Vec<Member>> {
+    let Some(dir) = cgroup else {
+        return freeze(root);
+    };
+    let mut cg = freezer::CgroupFreeze::freeze(dir)?;
+    cg.check_procs(&list(root)?)?;
+    let held = freeze(root)?;
+    let live: Vec<(pid_t, Vec<pid_t>)> = held
+        .iter()
+        .filter_map(|m| m.frozen.as_ref().map(|f| (m.pid, f.tids())))
+        .collect();
+    cg.check(&live)?;
+    cg.thaw()?;
+    Ok(held)
 }
 
 /// Holds the whole tree under `root`: the root, then each child of a held
