@@ -16,6 +16,13 @@
 //! restore. Missing it is reported, not an error; a failed dump or restore
 //! is.
 //!
+//! Also, in each run: a read-mode pre-dump (`crust pre-dump
+//! --pre-dump-mode read`) of the single task and of the tree, its frozen
+//! time per process, next to this machine's limit for it: stopping every
+//! process of the tree with ptrace and letting it go (PTRACE_SEIZE,
+//! PTRACE_INTERRUPT, the wait for the stop, PTRACE_DETACH; nothing read),
+//! timed by the bench itself on the same tree.
+//!
 //! Run as root: `cargo bench -p crust --bench tasks`. Environment:
 //! `CRUST_BENCH_THREADS` (default 100), `CRUST_BENCH_RUNS` (default 5).
 
@@ -257,6 +264,82 @@ fn one(bin: &Path, base: &Path, n: usize, shape: Shape, run: usize) -> Res<Sampl
     })
 }
 
+/// A read-mode pre-dump of the target started with `n` tasks: its frozen
+/// time (stats.img), and for a tree the machine's limit measured first on
+/// the same processes ([`ptrace_floor_ms`]).
+fn one_predump(bin: &Path, base: &Path, n: usize, shape: Shape, run: usize) -> Res<(f64, f64)> {
+    let target = start(bin, n, shape)?;
+    let pid = target.id() as i32;
+    let mut pids = vec![pid];
+    pids.extend(children_of(pid));
+    let floor = match shape {
+        Shape::Tree => ptrace_floor_ms(&pids),
+        Shape::Threads => Ok(0.0),
+    };
+    let floor = match floor {
+        Ok(f) => f,
+        Err(e) => {
+            kill_tree(pid);
+            return Err(e);
+        }
+    };
+    let dir = base.join(format!("pre-{}-{n}-{run}", shape.name()));
+    let args = [
+        "pre-dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        path_str(&dir)?,
+        "--pre-dump-mode",
+        "read",
+    ];
+    let out = crust(&args).and_then(|_| crust(&["show", path_str(&dir.join("stats.img"))?]));
+    kill_tree(pid);
+    std::fs::remove_dir_all(&dir).ok();
+    let stats = out?;
+    let v: serde_json::Value =
+        serde_json::from_str(stats.trim()).map_err(|e| format!("crust show: {e}: {stats}"))?;
+    let frozen_ms = v["message"]["frozen_us"]
+        .as_u64()
+        .ok_or_else(|| format!("no frozen_us in {stats}"))? as f64
+        / 1e3;
+    Ok((frozen_ms, floor))
+}
+
+/// The least a consistent freeze of these processes costs here: each
+/// seized and interrupted, all waited for in their stop, then each
+/// detached (it runs on untouched). Milliseconds, all of them.
+fn ptrace_floor_ms(pids: &[i32]) -> Res<f64> {
+    let t = Instant::now();
+    let mut seized = Vec::new();
+    let mut out = Ok(());
+    for &p in pids {
+        // SAFETY: ptrace requests on a process of ours with no memory
+        // passed; each seized one is detached below.
+        let r = unsafe {
+            libc::ptrace(libc::PTRACE_SEIZE, p, 0, 0) == 0
+                && libc::ptrace(libc::PTRACE_INTERRUPT, p, 0, 0) == 0
+        };
+        if !r {
+            out = Err(format!("ptrace floor: pid {p}: {}", common::errno()));
+            break;
+        }
+        seized.push(p);
+    }
+    for &p in &seized {
+        let mut st = 0;
+        // SAFETY: waitpid on a tracee of ours with a valid status pointer.
+        if unsafe { libc::waitpid(p, &mut st, libc::__WALL) } != p && out.is_ok() {
+            out = Err(format!("ptrace floor: waiting for {p}: {}", common::errno()));
+        }
+    }
+    for &p in &seized {
+        // SAFETY: detaching a tracee of ours, in its stop.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, p, 0, 0) };
+    }
+    out.map(|()| t.elapsed().as_secs_f64() * 1e3)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -290,6 +373,9 @@ fn bench() -> Res<()> {
         (threads, Shape::Tree),
     ];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    // Read-mode pre-dumps: frozen ms of one task, of the tree, and the
+    // ptrace floor of the tree.
+    let (mut pre_one, mut pre_tree, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         for (i, &(n, shape)) in shapes.iter().enumerate() {
             let s = one(&bin, base.path(), n, shape, run)?;
@@ -302,6 +388,14 @@ fn bench() -> Res<()> {
             );
             samples[i].push(s);
         }
+        let (one, _) = one_predump(&bin, base.path(), 1, Shape::Threads, run)?;
+        let (tree, floor) = one_predump(&bin, base.path(), threads, Shape::Tree, run)?;
+        println!(
+            "run {run}: pre-dump (read) frozen: 1 task {one:.1} ms, {threads} processes {tree:.1} ms (ptrace floor {floor:.1} ms)"
+        );
+        pre_one.push(one);
+        pre_tree.push(tree);
+        floors.push(floor);
     }
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
     println!("medians of {runs} runs, alternating a single task, {threads} threads and {threads} processes:");
@@ -321,5 +415,12 @@ fn bench() -> Res<()> {
             );
         }
     }
+    let (one, tree, floor) = (median(pre_one), median(pre_tree), median(floors));
+    let each = (tree - one) / per;
+    println!(
+        "  pre-dump --pre-dump-mode read, frozen: 1 task {one:7.1} ms, {threads} processes {tree:7.1} ms: {each:.3} ms per process (target < {TARGET_MS} ms) {}; machine limit (ptrace seize, interrupt, stop, detach): {:.3} ms per process",
+        if each < TARGET_MS { "met" } else { "NOT met" },
+        floor / threads as f64
+    );
     Ok(())
 }
