@@ -330,7 +330,10 @@ fn ptrace_floor_ms(pids: &[i32]) -> Res<f64> {
         let mut st = 0;
         // SAFETY: waitpid on a tracee of ours with a valid status pointer.
         if unsafe { libc::waitpid(p, &mut st, libc::__WALL) } != p && out.is_ok() {
-            out = Err(format!("ptrace floor: waiting for {p}: {}", common::errno()));
+            out = Err(format!(
+                "ptrace floor: waiting for {p}: {}",
+                common::errno()
+            ));
         }
     }
     for &p in &seized {

@@ -203,6 +203,8 @@ impl Drop for Stub {
 fn spawn_stub(pid: pid_t, wait: Duration) -> Result<Stub> {
     let deadline = Instant::now() + wait;
     let parent = std::process::id() as pid_t;
+    // What every stub of this restore starts with: the engine's actions.
+    task::note_stub_actions();
     loop {
         // SAFETY: the child only makes async-signal-safe calls until it is
         // taken over by ptrace.

@@ -21,6 +21,41 @@ fn le(words: &[u64]) -> Vec<u8> {
 
 /// Sets brk, code/data/stack/arg/env bounds, auxv and exe in one
 /// PR_SET_MM_MAP (the per-field PR_SET_MM calls need CAP_SYS_RESOURCE).
+/// The engine's own signal actions (handler, flags, restorer, mask as
+/// rt_sigaction gives them) when it forks a restore's first stub: every
+/// stub of the restore starts with them (fork copies them; the stubs of a
+/// tree are forked from that one before any is restored, and nothing sets
+/// an action in a stub before `restore`). `None` for a signal whose action
+/// could not be read: it is set in any case.
+static STUB_ACTIONS: std::sync::Mutex<Option<[Option<[u64; 4]>; 64]>> = std::sync::Mutex::new(None);
+
+/// Notes the engine's actions, for [`restore`], right before the first
+/// stub is forked (the engine sets none of its own afterwards).
+pub(crate) fn note_stub_actions() {
+    let mut out = [None; 64];
+    for sig in 1..=64i32 {
+        let mut words = [0u64; 4];
+        // SAFETY: rt_sigaction reading our own action for `sig` into a
+        // buffer of the kernel's struct sigaction size (4 words), with an
+        // 8-byte mask.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u64>(),
+                words.as_mut_ptr(),
+                8usize,
+            )
+        };
+        if r == 0 {
+            out[sig as usize - 1] = Some(words);
+        }
+    }
+    if let Ok(mut g) = STUB_ACTIONS.lock() {
+        *g = Some(out);
+    }
+}
+
 pub(crate) fn set_mm(inj: &mut Injector, mm: &Mm) -> Result<()> {
     let exe_path = inj.put_cstr(1024, &mm.exe_path)?;
     let exe_fd = inj.call(
@@ -81,13 +116,19 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     )?;
 
     // Every action is set, defaults included: the stub inherited the
-    // engine's (the Rust runtime ignores SIGPIPE, for one).
+    // engine's (the Rust runtime ignores SIGPIPE, for one). One the stub
+    // holds already (the same four words) is not set again: ~60 injected
+    // calls per process, for most of them a default the engine has too.
+    let stub = STUB_ACTIONS.lock().ok().and_then(|g| *g);
     for sig in 1..=64i32 {
         if is_fixed_signal(sig) {
             continue;
         }
         let act = core.sigactions.iter().find(|a| a.sig == sig);
         let words = act.map_or([0; 4], |a| [a.handler, a.flags, a.restorer, a.mask]);
+        if stub.is_some_and(|s: [Option<[u64; 4]>; 64]| s[sig as usize - 1] == Some(words)) {
+            continue;
+        }
         let p = inj.put(0, &le(&words))?;
         inj.call(
             "rt_sigaction",
