@@ -64,16 +64,23 @@ fn status_text(pid: pid_t) -> Result<String> {
 
 /// The namespaces in which `pid` differs from the engine, by name.
 fn foreign_namespaces(pid: pid_t) -> Result<Vec<&'static str>> {
+    // The engine's own, read once (they do not change while it runs; each
+    // member of a tree is checked two or three times).
+    static OURS: std::sync::OnceLock<Vec<(&'static str, std::path::PathBuf)>> =
+        std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| {
+        NAMESPACES
+            .iter()
+            // A namespace the kernel does not have is not compared.
+            .filter_map(|ns| Some((*ns, std::fs::read_link(format!("/proc/self/ns/{ns}")).ok()?)))
+            .collect()
+    });
     let mut out = Vec::new();
-    for ns in NAMESPACES {
-        let Ok(ours) = std::fs::read_link(format!("/proc/self/ns/{ns}")) else {
-            // The kernel has no such namespace.
-            continue;
-        };
+    for (ns, ours) in ours {
         let path = format!("/proc/{pid}/ns/{ns}");
         let theirs = std::fs::read_link(&path).map_err(|e| Error::io("readlink", path, e))?;
-        if theirs != ours {
-            out.push(ns);
+        if theirs != *ours {
+            out.push(*ns);
         }
     }
     Ok(out)
@@ -453,10 +460,19 @@ pub(crate) fn keep_own_thread_creds(
 /// One resource limit (soft, hard) of `pid`, from /proc/PID/limits:
 /// prlimit64 on another user's task needs CAP_SYS_RESOURCE, this does not.
 pub(crate) fn rlimit(pid: pid_t, resource: u32) -> Result<(u64, u64)> {
+    limit_of(pid, &limits_text(pid)?, resource)
+}
+
+/// The text of /proc/PID/limits, for [`limit_of`].
+pub(crate) fn limits_text(pid: pid_t) -> Result<String> {
     let path = format!("/proc/{pid}/limits");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-    parse_limit(&text, resource)
-        .ok_or_else(|| Error::task(pid, format!("no limit {resource} in {path}")))
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))
+}
+
+/// One resource limit (soft, hard) from `pid`'s /proc/PID/limits `text`.
+pub(crate) fn limit_of(pid: pid_t, text: &str, resource: u32) -> Result<(u64, u64)> {
+    parse_limit(text, resource)
+        .ok_or_else(|| Error::task(pid, format!("no limit {resource} in /proc/{pid}/limits")))
 }
 
 /// Row `resource` (RLIMIT_* order) of a /proc/PID/limits text.

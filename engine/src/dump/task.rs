@@ -338,8 +338,11 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
     let (head, len) = get_robust_list(pid)?;
     core.robust_list_head = head;
     core.robust_list_len = len;
+    // /proc/PID/limits read once for all of them (it was read once per
+    // limit: 16 times per process).
+    let limits = super::creds::limits_text(pid)?;
     for resource in 0..RLIMITS {
-        let (cur, max) = super::creds::rlimit(pid, resource)?;
+        let (cur, max) = super::creds::limit_of(pid, &limits, resource)?;
         core.rlimits.push(Rlimit { resource, cur, max });
     }
     let status = proc::status::read_status(pid)?;
