@@ -21,6 +21,50 @@ pub struct ImageOut {
     /// A pages file made before the task was frozen (`prefill_pages`),
     /// under a name no image has, for this pid.
     prefilled: std::sync::Mutex<Option<(i32, FileSink)>>,
+    /// Writes the small images here, on a thread of its own.
+    writer: std::sync::Mutex<Option<Writer>>,
+}
+
+/// The small images are written to the directory by a thread of their
+/// own while the dump goes on with the next process of a tree: creating a
+/// file on a journalled file system costs about a millisecond here, and a
+/// tree's frozen time paid five per process. The inventory, which makes
+/// the directory an image, is written only once every one of them is
+/// (`commit` waits, and fails on the first error any of them had).
+struct Writer {
+    files: std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)>,
+    thread: std::thread::JoinHandle<std::result::Result<(), crate::image::ImageError>>,
+}
+
+impl Writer {
+    fn start() -> Option<Writer> {
+        let (files, rx) = std::sync::mpsc::channel::<(std::path::PathBuf, Vec<u8>)>();
+        let thread = std::thread::Builder::new()
+            .name("image writer".into())
+            .spawn(move || {
+                let mut first = Ok(());
+                for (path, bytes) in rx {
+                    // After an error the rest is not written: the dump fails.
+                    if first.is_ok() {
+                        first = crate::image::container::write_bytes(&path, &bytes);
+                    }
+                }
+                first
+            })
+            .ok()?;
+        Some(Writer { files, thread })
+    }
+
+    /// Waits until every image sent is written.
+    fn finish(self) -> Result<()> {
+        drop(self.files);
+        match self.thread.join() {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(crate::error::Error::Other(
+                "the image writer thread panicked".into(),
+            )),
+        }
+    }
 }
 
 impl Drop for ImageOut {
@@ -29,6 +73,7 @@ impl Drop for ImageOut {
         if let Some((_, f)) = self.prefilled.get_mut().ok().and_then(|p| p.take()) {
             let _ = std::fs::remove_file(f.path());
         }
+        let _ = self.flush();
     }
 }
 
@@ -43,6 +88,7 @@ impl ImageOut {
             dir,
             server,
             prefilled: std::sync::Mutex::new(None),
+            writer: std::sync::Mutex::new(None),
         })
     }
 
@@ -78,12 +124,45 @@ impl ImageOut {
     }
 
     /// Writes a small image here, and sends it to the server.
+    /// Here, the file is written by the writer thread (see [`Writer`]):
+    /// its errors come out of [`ImageOut::commit`] or [`ImageOut::flush`].
     pub fn write<M: Message>(&self, kind: Kind, pid: Option<i32>, msg: &M) -> Result<()> {
-        self.dir.write(kind, pid, msg)?;
+        let bytes = encode_message(kind, msg);
         if let Some(s) = &self.server {
-            lock(s)?.send_file(&kind.file_name(pid), &encode_message(kind, msg))?;
+            lock(s)?.send_file(&kind.file_name(pid), &bytes)?;
         }
-        Ok(())
+        let path = self.dir.file(kind, pid);
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| crate::error::Error::Other("the image writer lock is poisoned".into()))?;
+        if w.is_none() {
+            *w = Writer::start();
+        }
+        match w.as_ref().map(|w| w.files.send((path.clone(), bytes))) {
+            Some(Ok(())) => Ok(()),
+            // No thread (it could not be made, or it ended): written here.
+            Some(Err(std::sync::mpsc::SendError((_, bytes)))) => {
+                Ok(crate::image::container::write_bytes(&path, &bytes)?)
+            }
+            None => Ok(crate::image::container::write_bytes(
+                &path,
+                &encode_message(kind, msg),
+            )?),
+        }
+    }
+
+    /// Waits until every small image sent to the writer thread is
+    /// written; the first error any had.
+    pub fn flush(&self) -> Result<()> {
+        let w = match self.writer.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        match w {
+            Some(w) => w.finish(),
+            None => Ok(()),
+        }
     }
 
     /// The sink for the page data of `pid`.
@@ -112,6 +191,7 @@ impl ImageOut {
     /// is confirmed (the server's directory is then complete); the local one
     /// then records where the pages went.
     pub fn commit(&self, inv: &Inventory) -> Result<()> {
+        self.flush()?;
         let Some(s) = &self.server else {
             return Ok(self.dir.write(Kind::Inventory, None, inv)?);
         };
