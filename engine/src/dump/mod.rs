@@ -1207,6 +1207,11 @@ fn dump_inner(
     if let (Some(p), None) = (parent, &lazy) {
         images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
     }
+    // The other members' pages files too, empty (file creation is slow:
+    // see ImageOut::precreate_pages).
+    if lazy.is_none() && members.len() > 1 {
+        images.precreate_pages(&members)?;
+    }
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;

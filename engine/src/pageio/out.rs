@@ -18,9 +18,9 @@ use crate::pageserver::client::{lock, Conn, Shared};
 pub struct ImageOut {
     pub dir: ImageDir,
     server: Option<Shared>,
-    /// A pages file made before the task was frozen (`prefill_pages`),
-    /// under a name no image has, for this pid.
-    prefilled: std::sync::Mutex<Option<(i32, FileSink)>>,
+    /// Pages files made before the task was frozen (`prefill_pages`,
+    /// `precreate_pages`), under names no image has, by pid.
+    prefilled: std::sync::Mutex<Vec<(i32, FileSink)>>,
     /// Writes the small images here, on a thread of its own.
     writer: std::sync::Mutex<Option<Writer>>,
 }
@@ -69,9 +69,12 @@ impl Writer {
 
 impl Drop for ImageOut {
     fn drop(&mut self) {
-        // Never taken (the dump failed before its copy): not an image.
-        if let Some((_, f)) = self.prefilled.get_mut().ok().and_then(|p| p.take()) {
-            let _ = std::fs::remove_file(f.path());
+        // Never taken (the dump failed before its copy, or a member
+        // turned out a zombie or gone): not an image.
+        if let Ok(p) = self.prefilled.get_mut() {
+            for (_, f) in p.drain(..) {
+                let _ = std::fs::remove_file(f.path());
+            }
         }
         let _ = self.flush();
     }
@@ -87,7 +90,7 @@ impl ImageOut {
         Ok(ImageOut {
             dir,
             server,
-            prefilled: std::sync::Mutex::new(None),
+            prefilled: std::sync::Mutex::new(Vec::new()),
             writer: std::sync::Mutex::new(None),
         })
     }
@@ -99,17 +102,48 @@ impl ImageOut {
         if self.server.is_some() || bytes == 0 {
             return Ok(());
         }
+        let tmp = self.prefill_path(pid)?;
+        let f = FileSink::create_prefilled(&tmp, bytes)?;
+        if let Ok(mut p) = self.prefilled.lock() {
+            p.push((pid, f));
+        }
+        Ok(())
+    }
+
+    /// Makes the pages file of each of `pids` (a tree's members) that has
+    /// none yet, empty, before the tree is frozen: creating a file costs
+    /// 0.5-1 ms on a journalled file system here, renaming it 20 us. Only
+    /// for pages files written here.
+    pub fn precreate_pages(&self, pids: &[i32]) -> Result<()> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        for &pid in pids {
+            let have = self
+                .prefilled
+                .lock()
+                .map(|p| p.iter().any(|(p, _)| *p == pid))
+                .unwrap_or(true);
+            if have {
+                continue;
+            }
+            let f = FileSink::create(&self.prefill_path(pid)?)?;
+            if let Ok(mut p) = self.prefilled.lock() {
+                p.push((pid, f));
+            }
+        }
+        Ok(())
+    }
+
+    /// The name a pages file is made under before the freeze; one left by
+    /// a dump that was killed (never an image, not ours) is removed.
+    fn prefill_path(&self, pid: i32) -> Result<std::path::PathBuf> {
         let tmp = self.dir.path.join(format!(".pages-{pid}.img.prefill"));
-        // One left by a dump that was killed: never an image, not ours.
         if std::fs::symlink_metadata(&tmp).is_ok() {
             std::fs::remove_file(&tmp)
                 .map_err(|e| crate::error::Error::io("removing", tmp.clone(), e))?;
         }
-        let f = FileSink::create_prefilled(&tmp, bytes)?;
-        if let Ok(mut p) = self.prefilled.lock() {
-            *p = Some((pid, f));
-        }
-        Ok(())
+        Ok(tmp)
     }
 
     /// The page server's address, if pages go there.
@@ -167,11 +201,10 @@ impl ImageOut {
 
     /// The sink for the page data of `pid`.
     pub fn pages(&self, pid: i32) -> Result<Box<dyn PageSink>> {
-        let made = self
-            .prefilled
-            .lock()
-            .ok()
-            .and_then(|mut p| p.take_if(|(p, _)| *p == pid));
+        let made = self.prefilled.lock().ok().and_then(|mut p| {
+            let i = p.iter().position(|(p, _)| *p == pid)?;
+            Some(p.swap_remove(i))
+        });
         if let Some((_, mut f)) = made {
             f.rename_to(&self.dir.file(Kind::Pages, Some(pid)))?;
             return Ok(Box::new(f));
