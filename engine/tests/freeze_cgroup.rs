@@ -277,7 +277,8 @@ fn cgroup_with_a_process_outside_the_tree_is_refused() {
 /// Kill-safety: crust (the process the user runs) or its worker killed
 /// by SIGKILL while the cgroup is frozen. A wide tree (100 idle children
 /// besides the forking ones) keeps the worker seizing for a while; the
-/// test spins on cgroup.freeze and kills as soon as it reads 1. Killed
+/// test spins on cgroup.freeze and kills as soon as it reads 1 (the
+/// worker: stopped first, killed if the cgroup is still frozen). Killed
 /// crust: its worker stops at its next safe point and thaws. Killed
 /// worker: the crust that waits for it thaws. Either way the cgroup ends
 /// thawed and the tree forks on, untraced.
@@ -321,26 +322,55 @@ fn killed_while_frozen_leaves_the_cgroup_thawed() {
             .split_whitespace()
             .next()
             .and_then(|w| w.parse().ok());
-        let frozen_now = read_string(&freeze).trim() == "1";
-        let target = match (kill_worker, worker) {
-            (true, Some(w)) => w,
-            _ => crust_pid,
+        // The worker is stopped first and killed only if the cgroup is
+        // still frozen then: stopped, it cannot thaw it meanwhile, so the
+        // kill lands between its freeze and its thaw, never in a burst of
+        // injected calls (the one window a killed worker can harm a task
+        // in, architecture.md). Otherwise it goes on (SIGCONT) and the
+        // round kills nothing. crust itself may be killed at any moment.
+        let frozen_now = match (kill_worker, worker) {
+            (true, Some(w)) => {
+                // SAFETY: kill(2) of crust's worker, which lives until its
+                // parent (that crust, not reaped yet) waits for it.
+                unsafe { libc::kill(w, libc::SIGSTOP) };
+                wait_until(TIMEOUT, "the worker to stop", || {
+                    match read_string(Path::new(&format!("/proc/{w}/stat")))
+                        .rsplit(") ")
+                        .next()
+                        .and_then(|r| r.chars().next())
+                    {
+                        Some('T') | None => Ok(()),
+                        other => Err(format!("state {other:?}")),
+                    }
+                });
+                let frozen = read_string(&freeze).trim() == "1";
+                // SAFETY: as above.
+                unsafe { libc::kill(w, if frozen { libc::SIGKILL } else { libc::SIGCONT }) };
+                frozen
+            }
+            _ => {
+                let frozen = read_string(&freeze).trim() == "1";
+                // SAFETY: kill(2) of the crust we started, not reaped yet.
+                unsafe { libc::kill(crust_pid, libc::SIGKILL) };
+                frozen
+            }
         };
-        // SAFETY: kill(2) of the crust we started or of its worker, which
-        // lives until its parent (that crust, not reaped yet) waits for it.
-        unsafe { libc::kill(target, libc::SIGKILL) };
         let out = run.wait(TIMEOUT);
         eprintln!(
             "round {round} (frozen when killed: {frozen_now}): {}",
             out.stderr.trim()
         );
+        if frozen_now && kill_worker {
+            // Thawed by the crust that waited for the worker.
+            assert!(out.stderr.contains("thawed it"), "{}", out.stderr);
+        }
         if let Some(w) = worker {
             let mut ws = 0;
             // SAFETY: waitpid on one pid with a valid status pointer; ECHILD
             // (crust reaped it) is fine.
             unsafe { libc::waitpid(w, &mut ws, libc::__WALL) };
         }
-        caught += frozen_now as u32;
+        caught += (frozen_now && kill_worker) as u32;
         wait_until(TIMEOUT, "the cgroup to be thawed", || {
             match read_string(&freeze).trim() {
                 "0" => Ok(()),
@@ -350,7 +380,10 @@ fn killed_while_frozen_leaves_the_cgroup_thawed() {
         root.assert_running_untraced();
         expect_forking(&root, &log, &pids[1..]);
     }
-    assert!(caught > 0, "no kill landed while the cgroup was frozen");
+    assert!(
+        caught > 0,
+        "no worker was killed while the cgroup was frozen"
+    );
     root.signal(libc::SIGTERM);
     assert_eq!(root.wait(TIMEOUT), Exit::Code(0));
 }
