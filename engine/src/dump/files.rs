@@ -144,7 +144,7 @@ pub(crate) fn tree_epoll_key(pid: pid_t, fd: i32) -> String {
 fn shared_epolls(
     pid: pid_t,
     fds: &mut [Fd],
-    tree: &[pid_t],
+    tree: &TreeScan,
     watches: &mut BTreeMap<i32, Vec<proc::fd::EpollWatch>>,
 ) -> Result<()> {
     const KCMP_FILE: i32 = 0;
@@ -154,11 +154,9 @@ fn shared_epolls(
     {
         return Ok(());
     }
+    // The other members' descriptors, listed once per pass over the tree.
     let others: Vec<(pid_t, Vec<i32>)> = tree
-        .iter()
-        .filter(|&&p| p != pid)
-        // A zombie holds no descriptors.
-        .filter_map(|&p| proc::fd::list_fds(p).ok().map(|l| (p, l)))
+        .others_links(pid)
         .map(|(p, links)| {
             let eps = links
                 .iter()

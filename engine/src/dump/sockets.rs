@@ -20,9 +20,9 @@ use std::os::fd::OwnedFd;
 use libc::pid_t;
 use nix::errno::Errno;
 
+use super::tree_scan::TreeScan;
 use crate::error::{Error, Result};
 use crate::image::messages::{Fd, FdKind, UnixSocket};
-use crate::proc;
 use crate::proc::fd::FdTarget;
 use crate::sys::unix_sock::{self, UnixDiag};
 
@@ -115,7 +115,7 @@ pub(crate) fn check_peers(
     pid: pid_t,
     sockets: &mut BTreeMap<u64, SocketPlan>,
     fds: &mut [Fd],
-    tree: &[pid_t],
+    tree: &TreeScan,
 ) -> Result<()> {
     if sockets.is_empty() {
         return Ok(());
@@ -124,11 +124,9 @@ pub(crate) fn check_peers(
         .iter()
         .flat_map(|(&ino, s)| [ino, s.diag.peer])
         .collect();
-    let members: Vec<pid_t> = tree.iter().copied().filter(|&p| p != pid).collect();
-    // Holders outside the tree (and outside this process).
-    let mut except = tree.to_vec();
-    except.push(pid);
-    if let Some((ino, others)) = proc::fd::socket_holders(&inos, &except)?.into_iter().next() {
+    // Holders outside the tree (and outside this process); /proc is
+    // scanned once per pass over the tree (dump/tree_scan.rs).
+    if let Some((ino, others)) = tree.outside_socket_holders(pid, &inos)?.into_iter().next() {
         let (opid, ofd) = others[0];
         let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
         let ours = sockets
@@ -147,11 +145,7 @@ pub(crate) fn check_peers(
     }
     // Holders among the other members.
     let mut in_tree: BTreeMap<u64, Vec<(pid_t, i32)>> = BTreeMap::new();
-    for &m in &members {
-        // A zombie holds no descriptors; one gone meanwhile neither.
-        let Ok(links) = proc::fd::list_fds(m) else {
-            continue;
-        };
+    for (m, links) in tree.others_links(pid) {
         for l in links {
             if let FdTarget::Socket(ino) = l.kind() {
                 if inos.contains(&ino) {

@@ -32,6 +32,10 @@ pub(crate) struct TreeScan {
     /// Every pipe descriptor of every process but this one: inode →
     /// (pid, fd) holders.
     pipe_holders: OnceCell<BTreeMap<u64, Vec<(pid_t, i32)>>>,
+    /// The same for sockets.
+    socket_holders: OnceCell<BTreeMap<u64, Vec<(pid_t, i32)>>>,
+    /// Every member's descriptors (a zombie's, or a vanished one's: none).
+    member_links: OnceCell<Vec<(pid_t, Vec<proc::fd::FdLink>)>>,
 }
 
 impl Deref for TreeScan {
@@ -47,14 +51,72 @@ impl TreeScan {
             pids,
             file_keys: OnceCell::new(),
             pipe_holders: OnceCell::new(),
+            socket_holders: OnceCell::new(),
+            member_links: OnceCell::new(),
         }
+    }
+
+    /// The descriptors of every member but `pid`.
+    pub fn others_links(
+        &self,
+        pid: pid_t,
+    ) -> impl Iterator<Item = (pid_t, &[proc::fd::FdLink])> + '_ {
+        self.links()
+            .iter()
+            .filter(move |(p, _)| *p != pid)
+            .map(|(p, l)| (*p, l.as_slice()))
+    }
+
+    fn links(&self) -> &[(pid_t, Vec<proc::fd::FdLink>)] {
+        self.member_links.get_or_init(|| {
+            self.pids
+                .iter()
+                // A zombie holds no descriptors; one gone meanwhile neither.
+                .filter_map(|&p| proc::fd::list_fds(p).ok().map(|l| (p, l)))
+                .collect()
+        })
+    }
+
+    /// The holders of each socket in `inos` outside the tree and other
+    /// than `pid`, as proc::fd::socket_holders tells.
+    pub fn outside_socket_holders(
+        &self,
+        pid: pid_t,
+        inos: &std::collections::BTreeSet<u64>,
+    ) -> Result<BTreeMap<u64, Vec<(pid_t, i32)>>> {
+        if inos.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let all = match self.socket_holders.get() {
+            Some(a) => a,
+            None => {
+                let a = proc::fd::every_socket_holder(&[])?;
+                self.socket_holders.get_or_init(|| a)
+            }
+        };
+        let mut out = BTreeMap::new();
+        for ino in inos {
+            let outside: Vec<(pid_t, i32)> = all
+                .get(ino)
+                .map(|h| {
+                    h.iter()
+                        .copied()
+                        .filter(|&(p, _)| p != pid && !self.pids.contains(&p))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !outside.is_empty() {
+                out.insert(*ino, outside);
+            }
+        }
+        Ok(out)
     }
 
     /// The key of the open file description at `pid`'s `fd` (a file,
     /// directory or device) when other members hold it too (inherited
     /// over fork: one offset, one set of flags).
     pub fn file_key(&self, pid: pid_t, fd: i32) -> Option<&str> {
-        let keys = self.file_keys.get_or_init(|| shared_files(&self.pids));
+        let keys = self.file_keys.get_or_init(|| shared_files(self.links()));
         keys.get(&(pid, fd)).map(String::as_str)
     }
 
@@ -111,15 +173,11 @@ fn kcmp(a: pid_t, b: pid_t, kind: i32, x: u64, y: u64) -> Option<std::cmp::Order
 /// Descriptors are grouped by the path their link shows, then split by
 /// kcmp against one holder of each description found so far (kcmp equality
 /// is identity of the open file, so comparing with one stands for all).
-fn shared_files(pids: &[pid_t]) -> BTreeMap<(pid_t, i32), String> {
-    let mut by_path: BTreeMap<String, Vec<(pid_t, i32)>> = BTreeMap::new();
-    for &p in pids {
-        // A zombie, or a process gone, holds no descriptors.
-        let Ok(links) = proc::fd::list_fds(p) else {
-            continue;
-        };
-        for l in links.into_iter().filter(|l| l.target.starts_with('/')) {
-            by_path.entry(l.target).or_default().push((p, l.fd));
+fn shared_files(members: &[(pid_t, Vec<proc::fd::FdLink>)]) -> BTreeMap<(pid_t, i32), String> {
+    let mut by_path: BTreeMap<&str, Vec<(pid_t, i32)>> = BTreeMap::new();
+    for (p, links) in members {
+        for l in links.iter().filter(|l| l.target.starts_with('/')) {
+            by_path.entry(&l.target).or_default().push((*p, l.fd));
         }
     }
     let mut keys = BTreeMap::new();

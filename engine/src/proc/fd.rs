@@ -322,6 +322,20 @@ pub fn every_pipe_holder(
     )
 }
 
+/// As [`every_pipe_holder`], for every socket.
+pub fn every_socket_holder(
+    except: &[i32],
+) -> Result<std::collections::BTreeMap<u64, Vec<(i32, i32)>>> {
+    holders_where(
+        |_| true,
+        except,
+        |t| match t {
+            FdTarget::Socket(ino) => Some(ino),
+            _ => None,
+        },
+    )
+}
+
 /// As [`pipe_holders`], for the sockets `inos`.
 pub fn socket_holders(
     inos: &std::collections::BTreeSet<u64>,
