@@ -669,13 +669,13 @@ fn refuse_tree(
     members: &[pid_t],
     trackers: &[(pid_t, i32)],
     external: &[String],
-) -> Result<()> {
+) -> Result<Vec<shared::OutsideHolder>> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     let members = &tree_scan::TreeScan::new(members.to_vec());
     refuse::task_state(pid, ours(pid), external, members)?;
-    shared::refuse_anon_held_outside(members)?;
+    let outside = shared::anon_held_outside(members)?;
     if members.len() < 2 {
-        return Ok(());
+        return Ok(outside);
     }
     let mut live = vec![pid];
     let mut places = vec![tree::Place::read(pid)?];
@@ -700,8 +700,9 @@ fn refuse_tree(
     }
     tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
     match tree::check_sharing(&live) {
-        Err(_) if live.iter().any(|&m| gone(m)) => Ok(()),
-        out => out,
+        Err(_) if live.iter().any(|&m| gone(m)) => Ok(outside),
+        Err(e) => Err(e),
+        Ok(()) => Ok(outside),
     }
 }
 
@@ -733,8 +734,11 @@ fn drop_inherited_trackers(members: &[pid_t], trackers: &[(pid_t, i32)]) {
     }
 }
 
-/// The tree's refusals again, once every member is held.
-fn refuse_held_tree(held: &[tree::Member]) -> Result<()> {
+/// The tree's refusals again, once every member is held (`outside`: what
+/// `refuse_tree` found mapped outside the tree as it was listed).
+fn refuse_held_tree(held: &[tree::Member], outside: &[shared::OutsideHolder]) -> Result<()> {
+    let pids: Vec<pid_t> = held.iter().map(|m| m.pid).collect();
+    shared::refuse_anon_held_outside(outside, &pids)?;
     if held.len() < 2 {
         return Ok(());
     }
@@ -811,13 +815,13 @@ fn pre_dump_inner(
         .collect();
     drop_inherited_trackers(&members, &prev);
     // Refused now, before pages are copied, what the final dump would refuse.
-    refuse_tree(pid, &members, &prev, &opts.external)?;
+    let outside = refuse_tree(pid, &members, &prev, &opts.external)?;
     images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
     phases.mark("freeze");
-    refuse_held_tree(&held)?;
+    refuse_held_tree(&held, &outside)?;
     // Shared anonymous memory between members is stored by the final dump
     // only, once, as an object (as memfds and SysV segments): left out.
     let live: Vec<pid_t> = held
@@ -1198,7 +1202,7 @@ fn dump_inner(
     let snapshot = opts.leave_running && opts.track.track_mem;
     // Refused before freezing, as pre-dump does: the task is not even
     // stopped, and the old images stay. Checked again below, frozen.
-    refuse_tree(pid, &members, trackers, &opts.external)?;
+    let outside = refuse_tree(pid, &members, trackers, &opts.external)?;
     // What the page copy needs, made before the task is frozen.
     mem::warm_buffers();
     // After pre-dumps, the final dump writes about as much as the last
@@ -1217,7 +1221,7 @@ fn dump_inner(
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
     phases.mark("freeze");
     // Again, now that nothing of the tree runs.
-    refuse_held_tree(&held)?;
+    refuse_held_tree(&held, &outside)?;
     // Each process as a single one is dumped, the root first.
     let mut dumps: Vec<ProcessDump> = Vec::new();
     let tree_pids = tree_scan::TreeScan::new(held.iter().map(|m| m.pid).collect());

@@ -106,14 +106,26 @@ pub(crate) fn refuse_anon_objects(pids: &[pid_t]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses shared anonymous memory that a process of `pids` (the dumped
-/// tree, root first) maps and a process outside the tree maps too (forked
-/// from a common ancestor before it): restored, it would no longer be
-/// shared with that process. It scans every process's maps, so it runs
-/// once per dump and pre-dump, before the freeze: a process outside the
-/// tree gains such a mapping only by forking from a holder outside it
-/// (then that one is found) or through /proc/PID/map_files.
-pub(crate) fn refuse_anon_held_outside(pids: &[pid_t]) -> Result<()> {
+/// A process outside the tree seen mapping shared anonymous memory of a
+/// member before the freeze: (member, start of its mapping, object,
+/// outside pid). Judged once the tree is held (`refuse_anon_held_outside`).
+#[derive(Debug, Clone)]
+pub(crate) struct OutsideHolder {
+    member: pid_t,
+    start: u64,
+    object: Identity,
+    other: pid_t,
+}
+
+/// The processes outside `pids` (the tree as listed before the freeze,
+/// root first) that map shared anonymous memory a member maps (forked
+/// from a common ancestor): restored, it would no longer be shared with
+/// them. It scans every process's maps, so it runs once per dump and
+/// pre-dump, before the freeze; a process outside the tree gains such a
+/// mapping only by forking from a holder (a member, whose child is then a
+/// member once the tree is held, or a holder outside, found here) or
+/// through /proc/PID/map_files.
+pub(crate) fn anon_held_outside(pids: &[pid_t]) -> Result<Vec<OutsideHolder>> {
     let mut ours: BTreeMap<Identity, (pid_t, u64)> = BTreeMap::new();
     for &pid in pids {
         // A zombie maps nothing; a process gone meanwhile neither.
@@ -124,8 +136,9 @@ pub(crate) fn refuse_anon_held_outside(pids: &[pid_t]) -> Result<()> {
             }
         }
     }
+    let mut out = Vec::new();
     if ours.is_empty() {
-        return Ok(());
+        return Ok(out);
     }
     let me = std::process::id() as pid_t;
     let dir = std::fs::read_dir("/proc").map_err(|e| Error::io("reading", "/proc", e))?;
@@ -139,12 +152,37 @@ pub(crate) fn refuse_anon_held_outside(pids: &[pid_t]) -> Result<()> {
         // Processes that go away meanwhile hold nothing.
         for v in proc::maps::read_maps(other).unwrap_or_default() {
             let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
-            if let Some(&(pid, start)) = ours.get(&key).filter(|_| v.is_shared_anon()) {
-                return Err(Error::unsupported(
-                    pid,
-                    format!("shared anonymous memory at {start:#x} is also mapped by process {other}, which is not dumped with it (dump the tree of a common ancestor)"),
-                ));
+            if let Some(&(member, start)) = ours.get(&key).filter(|_| v.is_shared_anon()) {
+                out.push(OutsideHolder {
+                    member,
+                    start,
+                    object: key,
+                    other,
+                });
+                break;
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses the holders `anon_held_outside` found that are still outside
+/// the tree now that it is held (`held`: its members): a child a member
+/// forked after the listing is a member now, not an outside holder; one
+/// that exited meanwhile maps nothing any more.
+pub(crate) fn refuse_anon_held_outside(found: &[OutsideHolder], held: &[pid_t]) -> Result<()> {
+    for h in found.iter().filter(|h| !held.contains(&h.other)) {
+        let still = proc::maps::read_maps(h.other)
+            .unwrap_or_default()
+            .iter()
+            .any(|v| {
+                v.is_shared_anon() && (libc::makedev(v.dev_major, v.dev_minor), v.inode) == h.object
+            });
+        if still {
+            return Err(Error::unsupported(
+                h.member,
+                format!("shared anonymous memory at {:#x} is also mapped by process {}, which is not dumped with it (dump the tree of a common ancestor)", h.start, h.other),
+            ));
         }
     }
     Ok(())
