@@ -313,12 +313,12 @@ pub(crate) fn plan(
                         }
                     }
                 }
-                FdTarget::Deleted(path) => {
-                    return Err(Error::unsupported(
-                        pid,
-                        format!("fd {n}: unlinked file {path}"),
-                    ))
-                }
+                FdTarget::Deleted(path) => return Err(Error::unsupported(
+                    pid,
+                    format!(
+                        "fd {n}: unlinked file {path} (unlinked files are restored on tmpfs only)"
+                    ),
+                )),
                 FdTarget::Socket(ino) => {
                     check_flags(
                         pid,
@@ -456,15 +456,26 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
     Ok(())
 }
 
-/// Whether fd `n` (an unlinked file at `path`) is a memfd: named so, and
-/// on the kernel's internal shmem mount (`dump::shared` stores it).
+/// Whether fd `n` (an unlinked file at `path`) is a shared memory object
+/// `dump::shared` stores: a memfd (named so, on the kernel's internal
+/// shmem mount), or an unlinked regular file on a tmpfs mount (kept as
+/// `FdKind::Memfd`: both are reopened from their restored object).
 fn is_memfd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
-    if !path.starts_with("/memfd:") {
-        return Ok(false);
-    }
     let proc_path = format!("/proc/{pid}/fd/{n}");
     let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
-    Ok(md.file_type().is_file() && crate::sys::shm::memfd_dev() == Some(md.dev()))
+    if !md.file_type().is_file() {
+        return Ok(false);
+    }
+    let on_shmem = crate::sys::shm::memfd_dev() == Some(md.dev());
+    Ok(match path.starts_with("/memfd:") {
+        true => on_shmem,
+        false => {
+            !on_shmem
+                && path.starts_with('/')
+                && md.nlink() == 0
+                && crate::sys::shm::tmpfs_dev(md.dev())
+        }
+    })
 }
 
 /// Whether the descriptor at `proc_path` no longer is the file that was

@@ -20,11 +20,16 @@
 //!   itself), the mapping then dropped; filled, owned and reached by the
 //!   tasks as a memfd is. Their mappings of it show "/dev/zero (deleted)"
 //!   with their offsets, as the dumped ones did.
+//! - unlinked file on tmpfs: made again at its path with O_EXCL (a path
+//!   taken by another file, or a directory gone, fails the restore by
+//!   name: no file of anyone else is ever overwritten), unlinked at once,
+//!   then filled and reached as a memfd is. Its mappings and descriptors
+//!   show "PATH (deleted)", as the dumped ones did.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use nix::errno::Errno;
 
@@ -67,6 +72,9 @@ fn validate(id: u64, o: &SharedObject) -> std::result::Result<(), String> {
     }
     if o.name.contains('\0') {
         return Err("memfd name holds a NUL byte".into());
+    }
+    if kind == SharedKind::UnlinkedFile && !o.name.starts_with('/') {
+        return Err(format!("unlinked file path {:?} is not absolute", o.name));
     }
     let mut end = 0;
     for r in &o.runs {
@@ -115,6 +123,10 @@ impl SharedObjects {
                 Ok(SharedKind::SysvShm) => segment(o)?,
                 Ok(SharedKind::AnonShared) => Live::Memfd {
                     file: anon(o)?,
+                    seals: 0,
+                },
+                Ok(SharedKind::UnlinkedFile) => Live::Memfd {
+                    file: unlinked_file(o)?,
                     seals: 0,
                 },
                 _ => Live::Memfd {
@@ -267,6 +279,63 @@ fn anon(o: &SharedObject) -> Result<File> {
     // keeps the object alive.
     unsafe { libc::munmap(at, len) };
     let file = file.map_err(|e| Error::io("opening", &link, e))?;
+    for r in &o.runs {
+        file.write_all_at(&r.data, r.offset)
+            .map_err(|e| Error::io("writing", what(), e))?;
+    }
+    std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))
+        .map_err(|e| Error::io("fchown", what(), e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(o.mode & 0o7777))
+        .map_err(|e| Error::io("fchmod", what(), e))?;
+    Ok(file)
+}
+
+/// An unlinked file made again: created at its dumped path (O_EXCL,
+/// O_NOFOLLOW: never someone else's file), unlinked at once (only the
+/// engine's descriptor holds it from then on, so a failed restore leaves
+/// nothing behind), then filled with its data, owner and mode.
+fn unlinked_file(o: &SharedObject) -> Result<File> {
+    let path = o.name.as_str();
+    let what = || format!("unlinked file {path}");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    "the path is taken by another file now".to_string()
+                }
+                std::io::ErrorKind::NotFound => "its directory is gone".to_string(),
+                _ => e.to_string(),
+            };
+            Error::Other(format!("cannot restore {}: {why}", what()))
+        })?;
+    let md = file.metadata().map_err(|e| Error::io("fstat", what(), e))?;
+    // Unlink only the file made above (nobody replaced it meanwhile).
+    match std::fs::symlink_metadata(path) {
+        Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {
+            std::fs::remove_file(path).map_err(|e| Error::io("unlinking", what(), e))?
+        }
+        _ => {
+            return Err(Error::Other(format!(
+                "cannot restore {}: the file made there was replaced meanwhile",
+                what()
+            )))
+        }
+    }
+    if !shm::tmpfs_dev(md.dev()) {
+        return Err(Error::Other(format!(
+            "cannot restore {}: {} is not on tmpfs now",
+            what(),
+            path
+        )));
+    }
+    file.set_len(o.size)
+        .map_err(|e| Error::io("ftruncate", what(), e))?;
     for r in &o.runs {
         file.write_all_at(&r.data, r.offset)
             .map_err(|e| Error::io("writing", what(), e))?;
