@@ -112,18 +112,24 @@ pub(crate) fn tree_file_key(pid: pid_t, fd: i32) -> String {
 /// shares with other processes of the tree (inherited over fork: offset
 /// and flags are one): each marked with one key for the description, so
 /// that restore opens it once and every holder inherits it.
+///
+/// An unlinked tmpfs file's description opened with O_NOFOLLOW (Python's
+/// tempfile does so) is marked even when one process holds it: restore
+/// cannot reopen it through /proc/ENGINE/fd/N (a magic link: ELOOP), so
+/// the engine opens it at its path, before it unlinks it again, and the
+/// process inherits it.
 fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &TreeScan) {
-    if tree.len() < 2 {
-        return;
-    }
     for f in fds.iter_mut().filter(|f| {
         // A memfd's description too: its object is restored once
         // (dump/shared.rs), and its offset must stay one.
         let kind = f.kind == FdKind::Path as i32 || f.kind == FdKind::Memfd as i32;
         kind && f.dup_of.is_none() && f.external.is_empty()
     }) {
-        if let Some(key) = tree.file_key(pid, f.fd) {
+        let shared = tree.len() >= 2;
+        if let Some(key) = tree.file_key(pid, f.fd).filter(|_| shared) {
             f.external = key.to_string();
+        } else if f.kind == FdKind::Memfd as i32 && f.flags as i32 & libc::O_NOFOLLOW != 0 {
+            f.external = tree_file_key(pid, f.fd);
         }
     }
 }
@@ -313,12 +319,14 @@ pub(crate) fn plan(
                         }
                     }
                 }
-                FdTarget::Deleted(path) => return Err(Error::unsupported(
-                    pid,
-                    format!(
+                FdTarget::Deleted(path) => {
+                    return Err(Error::unsupported(
+                        pid,
+                        format!(
                         "fd {n}: unlinked file {path} (unlinked files are restored on tmpfs only)"
                     ),
-                )),
+                    ))
+                }
                 FdTarget::Socket(ino) => {
                     check_flags(
                         pid,

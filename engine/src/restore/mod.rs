@@ -309,7 +309,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let all_fds: Vec<&Fds> = imgs.iter().flatten().map(|i| &i.fds).collect();
     let (tree_pipes, mut tree_ends) = files::tree_pipes(&all_fds)?;
     // Open files shared by processes of the tree, likewise.
-    let (tree_files, file_ends) = files::tree_files(&all_fds)?;
+    let (tree_files, file_ends) = files::tree_files(&all_fds, &shared)?;
+    // Unlinked files were at their paths until their descriptions opened.
+    shared.unlink_files()?;
     tree_ends.extend(file_ends);
     sockets::validate_tree(&all_fds).map_err(|w| bad(dir, w))?;
     let inherited = inherited.with(&tree_ends);

@@ -22,13 +22,18 @@
 //!   with their offsets, as the dumped ones did.
 //! - unlinked file on tmpfs: made again at its path with O_EXCL (a path
 //!   taken by another file, or a directory gone, fails the restore by
-//!   name: no file of anyone else is ever overwritten), unlinked at once,
-//!   then filled and reached as a memfd is. Its mappings and descriptors
-//!   show "PATH (deleted)", as the dumped ones did.
+//!   name: no file of anyone else is ever overwritten), filled, and
+//!   unlinked ([`SharedObjects::unlink_files`]) once the descriptions the
+//!   tree shares are opened (before any stub exists: one opened with
+//!   O_NOFOLLOW needs the path, /proc/ENGINE/fd/N is a magic link); root's
+//!   0600 until then, in a sticky directory nobody else can swap it in.
+//!   Then given its owner and mode and reached as a memfd is. Its
+//!   mappings and descriptors show "PATH (deleted)", as the dumped ones
+//!   did.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use nix::errno::Errno;
@@ -96,12 +101,40 @@ enum Live {
     Memfd {
         file: File,
         seals: u32,
+        /// An unlinked file still at its path (until `unlink_files`).
+        linked: Option<Linked>,
     },
     Sysv {
         shmid: i32,
         created: bool,
         destroy: bool,
     },
+}
+
+/// An unlinked file made again, still linked at `path`, with the owner
+/// and mode it gets once unlinked.
+struct Linked {
+    path: String,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl Linked {
+    /// Removes the path if it still names `file` (nobody swapped it).
+    fn unlink(&self, file: &File) -> Result<()> {
+        let what = || format!("unlinked file {}", self.path);
+        let md = file.metadata().map_err(|e| Error::io("fstat", what(), e))?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {
+                std::fs::remove_file(&self.path).map_err(|e| Error::io("unlinking", what(), e))
+            }
+            _ => Err(Error::Other(format!(
+                "cannot restore {}: the file made there was replaced meanwhile",
+                what()
+            ))),
+        }
+    }
 }
 
 /// The objects made for a restore, by id. Dropped before `commit` (a
@@ -124,14 +157,26 @@ impl SharedObjects {
                 Ok(SharedKind::AnonShared) => Live::Memfd {
                     file: anon(o)?,
                     seals: 0,
+                    linked: None,
                 },
-                Ok(SharedKind::UnlinkedFile) => Live::Memfd {
-                    file: unlinked_file(o)?,
-                    seals: 0,
-                },
+                Ok(SharedKind::UnlinkedFile) => {
+                    let file = unlinked_file(o)?;
+                    let linked = Linked {
+                        path: o.name.clone(),
+                        uid: o.uid,
+                        gid: o.gid,
+                        mode: o.mode,
+                    };
+                    Live::Memfd {
+                        file,
+                        seals: 0,
+                        linked: Some(linked),
+                    }
+                }
                 _ => Live::Memfd {
                     file: memfd(o)?,
                     seals: o.seals,
+                    linked: None,
                 },
             };
             out.live.insert(id, live);
@@ -159,6 +204,56 @@ impl SharedObjects {
         }
     }
 
+    /// A new open file description of memfd-like object `id` with open
+    /// `flags`: at its path while an unlinked file is still linked there
+    /// (checked to be the very file made), else through /proc/ENGINE/fd/N.
+    pub(crate) fn open_description(&self, id: u64, flags: i32) -> Result<OwnedFd> {
+        let Some(Live::Memfd { file, linked, .. }) = self.live.get(&id) else {
+            return Err(Error::Other(format!("no memfd object {id} in the image")));
+        };
+        let path = match linked {
+            Some(l) => l.path.clone(),
+            None => self.memfd_path(id)?,
+        };
+        let c = std::ffi::CString::new(path.as_bytes())
+            .map_err(|_| Error::Other(format!("path {path:?} holds a NUL")))?;
+        // SAFETY: open(2) with a valid C string; the result is checked.
+        let fd = unsafe { libc::open(c.as_ptr(), flags, 0) };
+        let fd = Errno::result(fd).map_err(|e| Error::io("opening", &path, e.into()))?;
+        // SAFETY: a fresh descriptor, owned from here on.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let got = File::from(owned.try_clone().map_err(|e| Error::io("dup", &path, e))?)
+            .metadata()
+            .map_err(|e| Error::io("fstat", &path, e))?;
+        let want = file.metadata().map_err(|e| Error::io("fstat", &path, e))?;
+        if got.dev() != want.dev() || got.ino() != want.ino() {
+            return Err(Error::Other(format!(
+                "cannot restore unlinked file {path}: the file made there was replaced meanwhile"
+            )));
+        }
+        Ok(owned)
+    }
+
+    /// Unlinks the unlinked files made again (their descriptions are
+    /// open), then gives them their owner and mode.
+    pub(crate) fn unlink_files(&mut self) -> Result<()> {
+        for live in self.live.values_mut() {
+            let Live::Memfd { file, linked, .. } = live else {
+                continue;
+            };
+            let Some(l) = linked.take() else {
+                continue;
+            };
+            l.unlink(file)?;
+            let what = || format!("unlinked file {}", l.path);
+            std::os::unix::fs::fchown(&*file, Some(l.uid), Some(l.gid))
+                .map_err(|e| Error::io("fchown", what(), e))?;
+            file.set_permissions(std::fs::Permissions::from_mode(l.mode & 0o7777))
+                .map_err(|e| Error::io("fchmod", what(), e))?;
+        }
+        Ok(())
+    }
+
     /// Memfd descriptors take their object's path.
     pub(crate) fn point_fds(&self, fds: &mut Fds) -> Result<()> {
         for fd in fds
@@ -176,7 +271,7 @@ impl SharedObjects {
     pub(crate) fn finish(&mut self) -> Result<()> {
         for live in self.live.values() {
             match live {
-                Live::Memfd { file, seals } if *seals != 0 => {
+                Live::Memfd { file, seals, .. } if *seals != 0 => {
                     shm::add_seals(file, *seals).map_err(|e| Error::sys("F_ADD_SEALS", 0, e))?
                 }
                 Live::Sysv {
@@ -198,6 +293,17 @@ impl SharedObjects {
 
 impl Drop for SharedObjects {
     fn drop(&mut self) {
+        // A restore that failed before unlinking them leaves no file.
+        for live in self.live.values() {
+            if let Live::Memfd {
+                file,
+                linked: Some(l),
+                ..
+            } = live
+            {
+                let _ = l.unlink(file);
+            }
+        }
         if self.committed {
             return;
         }
@@ -291,9 +397,9 @@ fn anon(o: &SharedObject) -> Result<File> {
 }
 
 /// An unlinked file made again: created at its dumped path (O_EXCL,
-/// O_NOFOLLOW: never someone else's file), unlinked at once (only the
-/// engine's descriptor holds it from then on, so a failed restore leaves
-/// nothing behind), then filled with its data, owner and mode.
+/// O_NOFOLLOW: never someone else's file), root's and 0600 while it is
+/// linked there (`unlink_files` removes it and gives it its owner and
+/// mode), filled with its data.
 fn unlinked_file(o: &SharedObject) -> Result<File> {
     let path = o.name.as_str();
     let what = || format!("unlinked file {path}");
@@ -315,35 +421,31 @@ fn unlinked_file(o: &SharedObject) -> Result<File> {
             Error::Other(format!("cannot restore {}: {why}", what()))
         })?;
     let md = file.metadata().map_err(|e| Error::io("fstat", what(), e))?;
-    // Unlink only the file made above (nobody replaced it meanwhile).
-    match std::fs::symlink_metadata(path) {
-        Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {
-            std::fs::remove_file(path).map_err(|e| Error::io("unlinking", what(), e))?
-        }
-        _ => {
+    let linked = Linked {
+        path: path.to_string(),
+        uid: o.uid,
+        gid: o.gid,
+        mode: o.mode,
+    };
+    let fill = || -> Result<()> {
+        if !shm::tmpfs_dev(md.dev()) {
             return Err(Error::Other(format!(
-                "cannot restore {}: the file made there was replaced meanwhile",
+                "cannot restore {}: {path} is not on tmpfs now",
                 what()
-            )))
+            )));
         }
+        file.set_len(o.size)
+            .map_err(|e| Error::io("ftruncate", what(), e))?;
+        for r in &o.runs {
+            file.write_all_at(&r.data, r.offset)
+                .map_err(|e| Error::io("writing", what(), e))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        let _ = linked.unlink(&file);
+        return Err(e);
     }
-    if !shm::tmpfs_dev(md.dev()) {
-        return Err(Error::Other(format!(
-            "cannot restore {}: {} is not on tmpfs now",
-            what(),
-            path
-        )));
-    }
-    file.set_len(o.size)
-        .map_err(|e| Error::io("ftruncate", what(), e))?;
-    for r in &o.runs {
-        file.write_all_at(&r.data, r.offset)
-            .map_err(|e| Error::io("writing", what(), e))?;
-    }
-    std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))
-        .map_err(|e| Error::io("fchown", what(), e))?;
-    file.set_permissions(std::fs::Permissions::from_mode(o.mode & 0o7777))
-        .map_err(|e| Error::io("fchmod", what(), e))?;
     Ok(file)
 }
 
