@@ -306,7 +306,7 @@ pub(crate) fn plan(
                         fd.dup_of = Some(e.fd);
                     }
                 }
-                FdTarget::Deleted(path) if is_memfd(pid, n, &path)? => {
+                FdTarget::Deleted(path) if is_object_fd(pid, n, &path)? => {
                     check_flags(pid, n, &link.target, info.flags, FILE_FLAGS)?;
                     fd.kind = FdKind::Memfd as i32;
                     fd.path = link.target.clone();
@@ -468,7 +468,7 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
 /// `dump::shared` stores: a memfd (named so, on the kernel's internal
 /// shmem mount), or an unlinked regular file on a tmpfs mount (kept as
 /// `FdKind::Memfd`: both are reopened from their restored object).
-fn is_memfd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
+fn is_object_fd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
     let proc_path = format!("/proc/{pid}/fd/{n}");
     let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
     if !md.file_type().is_file() {

@@ -296,7 +296,8 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     for img in imgs.iter().flatten() {
         objects.extend(img.shared.iter().map(|(id, o)| (*id, o.clone())));
     }
-    let mut shared = shared::SharedObjects::create(&objects)?;
+    let by_path = shared::opened_by_path(imgs.iter().flatten().map(|i| &i.fds));
+    let mut shared = shared::SharedObjects::create(&objects, &by_path)?;
     for img in imgs.iter_mut().flatten() {
         shared.point_fds(&mut img.fds)?;
     }

@@ -23,15 +23,16 @@
 //! - unlinked file on tmpfs: made again at its path with O_EXCL (a path
 //!   taken by another file, or a directory gone, fails the restore by
 //!   name: no file of anyone else is ever overwritten), filled, and
-//!   unlinked ([`SharedObjects::unlink_files`]) once the descriptions the
-//!   tree shares are opened (before any stub exists: one opened with
-//!   O_NOFOLLOW needs the path, /proc/ENGINE/fd/N is a magic link); root's
+//!   unlinked at once; or, if a description of it was opened with
+//!   O_NOFOLLOW (which needs the path: /proc/ENGINE/fd/N is a magic
+//!   link), once the descriptions the tree shares are opened
+//!   ([`SharedObjects::unlink_files`], before any stub exists), root's
 //!   0600 until then, in a sticky directory nobody else can swap it in.
 //!   Then given its owner and mode and reached as a memfd is. Its
 //!   mappings and descriptors show "PATH (deleted)", as the dumped ones
 //!   did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -135,6 +136,30 @@ impl Linked {
             ))),
         }
     }
+
+    /// Unlinks it, then gives it its owner and mode.
+    fn settle(&self, file: &File) -> Result<()> {
+        self.unlink(file)?;
+        let what = || format!("unlinked file {}", self.path);
+        std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))
+            .map_err(|e| Error::io("fchown", what(), e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))
+            .map_err(|e| Error::io("fchmod", what(), e))
+    }
+}
+
+/// The objects some descriptor of `fds` must be opened of at the object's
+/// path: an unlinked file's description opened with O_NOFOLLOW (shared
+/// as `tree-file:`), which no /proc magic link can reopen.
+pub(crate) fn opened_by_path<'a>(fds: impl Iterator<Item = &'a Fds>) -> BTreeSet<u64> {
+    fds.flat_map(|f| f.fds.iter())
+        .filter(|f| {
+            f.kind == FdKind::Memfd as i32
+                && f.flags as i32 & libc::O_NOFOLLOW != 0
+                && f.external.starts_with("tree-file:")
+        })
+        .map(|f| f.shared)
+        .collect()
 }
 
 /// The objects made for a restore, by id. Dropped before `commit` (a
@@ -146,7 +171,14 @@ pub(crate) struct SharedObjects {
 }
 
 impl SharedObjects {
-    pub(crate) fn create(objects: &BTreeMap<u64, SharedObject>) -> Result<SharedObjects> {
+    /// Makes every object. `by_path`: the unlinked files some description
+    /// must be opened of at their path ([`opened_by_path`]); they stay
+    /// linked until [`SharedObjects::unlink_files`], the others are
+    /// unlinked at once.
+    pub(crate) fn create(
+        objects: &BTreeMap<u64, SharedObject>,
+        by_path: &BTreeSet<u64>,
+    ) -> Result<SharedObjects> {
         let mut out = SharedObjects {
             live: BTreeMap::new(),
             committed: false,
@@ -160,6 +192,15 @@ impl SharedObjects {
                     linked: None,
                 },
                 Ok(SharedKind::UnlinkedFile) => {
+                    let kept = out.live.values().any(
+                        |l| matches!(l, Live::Memfd { linked: Some(k), .. } if k.path == o.name),
+                    );
+                    if kept {
+                        return Err(Error::Other(format!(
+                            "cannot restore unlinked file {}: another unlinked file of that path holds a description opened with O_NOFOLLOW, which needs the path (not supported)",
+                            o.name
+                        )));
+                    }
                     let file = unlinked_file(o)?;
                     let linked = Linked {
                         path: o.name.clone(),
@@ -167,10 +208,17 @@ impl SharedObjects {
                         gid: o.gid,
                         mode: o.mode,
                     };
+                    let linked = match by_path.contains(&id) {
+                        true => Some(linked),
+                        false => {
+                            linked.settle(&file)?;
+                            None
+                        }
+                    };
                     Live::Memfd {
                         file,
                         seals: 0,
-                        linked: Some(linked),
+                        linked,
                     }
                 }
                 _ => Live::Memfd {
@@ -241,15 +289,9 @@ impl SharedObjects {
             let Live::Memfd { file, linked, .. } = live else {
                 continue;
             };
-            let Some(l) = linked.take() else {
-                continue;
-            };
-            l.unlink(file)?;
-            let what = || format!("unlinked file {}", l.path);
-            std::os::unix::fs::fchown(&*file, Some(l.uid), Some(l.gid))
-                .map_err(|e| Error::io("fchown", what(), e))?;
-            file.set_permissions(std::fs::Permissions::from_mode(l.mode & 0o7777))
-                .map_err(|e| Error::io("fchmod", what(), e))?;
+            if let Some(l) = linked.take() {
+                l.settle(file)?;
+            }
         }
         Ok(())
     }
@@ -398,7 +440,7 @@ fn anon(o: &SharedObject) -> Result<File> {
 
 /// An unlinked file made again: created at its dumped path (O_EXCL,
 /// O_NOFOLLOW: never someone else's file), root's and 0600 while it is
-/// linked there (`unlink_files` removes it and gives it its owner and
+/// linked there (`Linked::settle` removes it and gives it its owner and
 /// mode), filled with its data.
 fn unlinked_file(o: &SharedObject) -> Result<File> {
     let path = o.name.as_str();
