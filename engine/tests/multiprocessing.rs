@@ -5,7 +5,8 @@
 //! an unlinked /dev/shm file), dumped and restored plainly, on top of a
 //! pre-dump, and lazily; the pool still computes right and its semaphores
 //! still work. Also a path taken at restore (refused by name, the file
-//! found there untouched) and a ghost file held outside the dump.
+//! found there untouched), a ghost file held outside the dump, and one
+//! opened with O_NOFOLLOW by Python's tempfile.
 
 mod common;
 
@@ -288,4 +289,25 @@ fn ghost_file_held_outside_is_refused() {
             .stderr_has(&why);
     }
     finish_ghosts(p, child, &log);
+}
+
+/// One process holding an unlinked /dev/shm file as Python's tempfile
+/// makes it (O_NOFOLLOW), mapped and open: its description is opened by
+/// crust at the path before the file is unlinked again (no /proc link
+/// can be opened with O_NOFOLLOW); flags, offset, data and sharing back.
+#[test]
+fn python_tempfile_ghost_with_o_nofollow() {
+    init();
+    let tmp = tempdir();
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(
+        Command::new("python3")
+            .arg(Path::new(PROGS).join("pyghost.py"))
+            .arg(&log),
+    );
+    wait_file_contains(&log, "blocked", TIMEOUT);
+    let img = tmp.path().join("img");
+    dump_and_reap(&mut p, &img);
+    let r = restore_detached(&img, p.pid);
+    wake_and_expect_ok(r, &log);
 }
