@@ -455,11 +455,14 @@ fn file_shared_over_fork_keeps_one_offset() {
 /// read-only: each mapping comes back at its offset into the object (the
 /// child writes through its moved part, the parent sees it), the tail
 /// only the parent maps with its data. memfd-fd: a memfd descriptor shared over fork keeps one offset.
+/// ghost: an unlinked file on /dev/shm mapped by both and another only
+/// open (one offset), restored at their paths, unlinked, holes kept.
 #[test_case::test_case("memfd" ; "memfd")]
 #[test_case::test_case("sysv" ; "sysv segment")]
 #[test_case::test_case("anon" ; "shared anonymous")]
 #[test_case::test_case("anon-partial" ; "shared anonymous partly unmapped")]
 #[test_case::test_case("memfd-fd" ; "memfd descriptor")]
+#[test_case::test_case("ghost" ; "unlinked tmpfs files mapped and open")]
 fn memory_object_shared_over_fork_stays_shared(kind: &str) {
     parent_and_child_roundtrip("sharedmem.c", &[kind]);
 }

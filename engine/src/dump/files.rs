@@ -112,18 +112,24 @@ pub(crate) fn tree_file_key(pid: pid_t, fd: i32) -> String {
 /// shares with other processes of the tree (inherited over fork: offset
 /// and flags are one): each marked with one key for the description, so
 /// that restore opens it once and every holder inherits it.
+///
+/// An unlinked tmpfs file's description opened with O_NOFOLLOW (Python's
+/// tempfile does so) is marked even when one process holds it: restore
+/// cannot reopen it through /proc/ENGINE/fd/N (a magic link: ELOOP), so
+/// the engine opens it at its path, before it unlinks it again, and the
+/// process inherits it.
 fn tree_files(pid: pid_t, fds: &mut [Fd], tree: &TreeScan) {
-    if tree.len() < 2 {
-        return;
-    }
     for f in fds.iter_mut().filter(|f| {
         // A memfd's description too: its object is restored once
         // (dump/shared.rs), and its offset must stay one.
         let kind = f.kind == FdKind::Path as i32 || f.kind == FdKind::Memfd as i32;
         kind && f.dup_of.is_none() && f.external.is_empty()
     }) {
-        if let Some(key) = tree.file_key(pid, f.fd) {
+        let shared = tree.len() >= 2;
+        if let Some(key) = tree.file_key(pid, f.fd).filter(|_| shared) {
             f.external = key.to_string();
+        } else if f.kind == FdKind::Memfd as i32 && f.flags as i32 & libc::O_NOFOLLOW != 0 {
+            f.external = tree_file_key(pid, f.fd);
         }
     }
 }
@@ -300,7 +306,7 @@ pub(crate) fn plan(
                         fd.dup_of = Some(e.fd);
                     }
                 }
-                FdTarget::Deleted(path) if is_memfd(pid, n, &path)? => {
+                FdTarget::Deleted(path) if is_object_fd(pid, n, &path)? => {
                     check_flags(pid, n, &link.target, info.flags, FILE_FLAGS)?;
                     fd.kind = FdKind::Memfd as i32;
                     fd.path = link.target.clone();
@@ -316,7 +322,9 @@ pub(crate) fn plan(
                 FdTarget::Deleted(path) => {
                     return Err(Error::unsupported(
                         pid,
-                        format!("fd {n}: unlinked file {path}"),
+                        format!(
+                        "fd {n}: unlinked file {path} (unlinked files are restored on tmpfs only)"
+                    ),
                     ))
                 }
                 FdTarget::Socket(ino) => {
@@ -456,15 +464,26 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
     Ok(())
 }
 
-/// Whether fd `n` (an unlinked file at `path`) is a memfd: named so, and
-/// on the kernel's internal shmem mount (`dump::shared` stores it).
-fn is_memfd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
-    if !path.starts_with("/memfd:") {
-        return Ok(false);
-    }
+/// Whether fd `n` (an unlinked file at `path`) is a shared memory object
+/// `dump::shared` stores: a memfd (named so, on the kernel's internal
+/// shmem mount), or an unlinked regular file on a tmpfs mount (kept as
+/// `FdKind::Memfd`: both are reopened from their restored object).
+fn is_object_fd(pid: pid_t, n: i32, path: &str) -> Result<bool> {
     let proc_path = format!("/proc/{pid}/fd/{n}");
     let md = std::fs::metadata(&proc_path).map_err(|e| Error::io("stat", &proc_path, e))?;
-    Ok(md.file_type().is_file() && crate::sys::shm::memfd_dev() == Some(md.dev()))
+    if !md.file_type().is_file() {
+        return Ok(false);
+    }
+    let on_shmem = crate::sys::shm::memfd_dev() == Some(md.dev());
+    Ok(match path.starts_with("/memfd:") {
+        true => on_shmem,
+        false => {
+            !on_shmem
+                && path.starts_with('/')
+                && md.nlink() == 0
+                && crate::sys::shm::tmpfs_dev(md.dev())
+        }
+    })
 }
 
 /// Whether the descriptor at `proc_path` no longer is the file that was

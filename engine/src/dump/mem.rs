@@ -52,8 +52,15 @@ pub(crate) fn classify(v: &ProcVma) -> std::result::Result<VmaKind, String> {
         p if v.shared && (p.starts_with("/dev/zero (deleted)") || p.starts_with("[anon_shmem")) => {
             VmaKind::AnonShared
         }
+        _ if unlinked_tmpfs_file(v) => match v.shared {
+            true => VmaKind::FileShared,
+            false => VmaKind::FilePrivate,
+        },
         p if p.ends_with(" (deleted)") => {
-            return Err(format!("mapping of unlinked file {p} at {:#x}", v.start))
+            return Err(format!(
+                "mapping of unlinked file {p} at {:#x} (unlinked files are restored on tmpfs only)",
+                v.start
+            ))
         }
         p if v.inode == 0
             && (p.is_empty() || p == "[heap]" || p == "[stack]" || p.starts_with("[anon:")) =>
@@ -87,6 +94,19 @@ pub(crate) fn shared_object(v: &ProcVma) -> bool {
     on_shmem
         && deleted
         && (v.path.starts_with("/memfd:") || (v.shared && v.path.starts_with("/SYSV")))
+}
+
+/// Whether this VMA maps an unlinked ("ghost") regular file on a tmpfs
+/// mount (a POSIX named semaphore or shm_open object after its
+/// sem_unlink/shm_unlink, say): a shmem object, stored whole once by
+/// `dump::shared` and made again at its path, then unlinked, at restore.
+pub(crate) fn unlinked_tmpfs_file(v: &ProcVma) -> bool {
+    let dev = libc::makedev(v.dev_major, v.dev_minor);
+    v.path.starts_with('/')
+        && v.path.ends_with(" (deleted)")
+        && v.inode != 0
+        && crate::sys::shm::memfd_dev() != Some(dev)
+        && crate::sys::shm::tmpfs_dev(dev)
 }
 
 /// smaps VmFlags that restore reproduces, by how it maps the VMA (rd wr

@@ -17,6 +17,11 @@
 //! VMAs of it, with their offsets into it, and its pages are left out of
 //! every member's pagemap. Mapped by one process only, it stays ordinary
 //! pagemap memory.
+//!
+//! An unlinked regular file on a tmpfs mount (a "ghost" file: a POSIX
+//! named semaphore after sem_unlink, as Python's multiprocessing makes)
+//! mapped or open is one too (`SharedKind::UnlinkedFile`): stored whole
+//! with its path, made again there at restore and unlinked at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -193,19 +198,28 @@ fn sysv_shmid(path: &str, inode: u64) -> Option<i32> {
     i32::try_from(inode).ok()
 }
 
-/// The memfd name of a "/memfd:NAME (deleted)" path.
+/// The memfd name of a "/memfd:NAME (deleted)" path; an unlinked file's
+/// path without the suffix.
 fn memfd_name(path: &str) -> &str {
     let p = path.strip_suffix(" (deleted)").unwrap_or(path);
     p.strip_prefix("/memfd:").unwrap_or(p)
 }
 
 /// Refuses shared objects restore could not bring back exactly, before
-/// anything is changed (dump and pre-dump): a memfd also held (open or
-/// mapped) by a process outside `tree`, which would no longer share it;
+/// anything is changed (dump and pre-dump): a memfd or unlinked tmpfs
+/// file also held (open or mapped) by a process outside `tree`, which
+/// would no longer share it; one with more data than an image stores;
 /// a SysV segment attached in part only or locked (SHM_LOCK).
 pub(crate) fn refuse(pid: pid_t, tree: &[pid_t]) -> Result<()> {
     let mut memfds: BTreeMap<(u64, u64), String> = BTreeMap::new();
     for v in proc::maps::read_maps(pid)? {
+        if super::mem::unlinked_tmpfs_file(&v) {
+            memfds.insert(
+                (libc::makedev(v.dev_major, v.dev_minor), v.inode),
+                v.path.clone(),
+            );
+            continue;
+        }
         if !super::mem::shared_object(&v) {
             continue;
         }
@@ -218,10 +232,13 @@ pub(crate) fn refuse(pid: pid_t, tree: &[pid_t]) -> Result<()> {
         }
     }
     for link in proc::fd::list_fds(pid)? {
-        if link.target.starts_with("/memfd:") {
+        if link.target.ends_with(" (deleted)") {
             let p = format!("/proc/{pid}/fd/{}", link.fd);
             if let Ok(md) = std::fs::metadata(&p) {
-                if shm::memfd_dev() == Some(md.dev()) {
+                let memfd =
+                    link.target.starts_with("/memfd:") && shm::memfd_dev() == Some(md.dev());
+                let ghost = md.file_type().is_file() && md.nlink() == 0 && shm::tmpfs_dev(md.dev());
+                if memfd || ghost {
                     memfds.insert((md.dev(), md.ino()), link.target.clone());
                 }
             }
@@ -319,14 +336,14 @@ fn outside_holder(
             for v in maps {
                 let dev = libc::makedev(v.dev_major, v.dev_minor);
                 if let Some(p) = memfds.get(&(dev, v.inode)) {
-                    if v.path.starts_with("/memfd:") {
+                    if v.path.ends_with(" (deleted)") {
                         return Some((other, p.clone()));
                     }
                 }
             }
         }
         if let Ok(links) = proc::fd::list_fds(other) {
-            for l in links.iter().filter(|l| l.target.starts_with("/memfd:")) {
+            for l in links.iter().filter(|l| l.target.ends_with(" (deleted)")) {
                 if let Ok(md) = std::fs::metadata(format!("/proc/{other}/fd/{}", l.fd)) {
                     if let Some(p) = memfds.get(&(md.dev(), md.ino())) {
                         return Some((other, p.clone()));
@@ -406,7 +423,11 @@ impl SharedObjects {
             let md = file
                 .metadata()
                 .map_err(|e| Error::io("fstat", &fd.path, e))?;
-            let key = (SharedKind::Memfd as i32, md.dev(), md.ino());
+            let kind = match md.dev() == memfd_dev {
+                true => SharedKind::Memfd,
+                false => SharedKind::UnlinkedFile,
+            };
+            let key = (kind as i32, md.dev(), md.ino());
             fd.shared = match self.by_identity.get(&key) {
                 Some(&id) => id,
                 None => self.add(pid, key, memfd_name(&fd.path), Reader::File(file))?,
@@ -435,10 +456,11 @@ impl SharedObjects {
                 VmaKind::try_from(v.kind),
                 Ok(VmaKind::FileShared | VmaKind::FilePrivate)
             );
-            if !file || v.dev != memfd_dev || !v.path.ends_with(" (deleted)") {
+            if !file || !v.path.ends_with(" (deleted)") || v.shared != 0 {
                 continue;
             }
             let kind = match sysv_shmid(&v.path, v.inode) {
+                _ if v.dev != memfd_dev => SharedKind::UnlinkedFile,
                 Some(_) => SharedKind::SysvShm,
                 None if v.path.starts_with("/memfd:") => SharedKind::Memfd,
                 None => continue,
@@ -451,7 +473,9 @@ impl SharedObjects {
             let link = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
             let file = File::open(&link).map_err(|e| Error::io("opening", &link, e))?;
             let reader = match kind {
-                SharedKind::Memfd | SharedKind::AnonShared => Reader::File(file),
+                SharedKind::Memfd | SharedKind::AnonShared | SharedKind::UnlinkedFile => {
+                    Reader::File(file)
+                }
                 SharedKind::SysvShm => {
                     let mem_path = format!("/proc/{pid}/mem");
                     let mem =
@@ -502,6 +526,21 @@ impl SharedObjects {
             obj.destroyed = st.mode & shm::SHM_DEST != 0;
             obj.cuid = st.cuid;
             obj.cgid = st.cgid;
+        } else if kind == SharedKind::UnlinkedFile as i32 {
+            let md = seek.metadata().map_err(|e| Error::io("fstat", name, e))?;
+            // A file named "... (deleted)" that is not unlinked: restore
+            // would make it again and unlink it.
+            if md.nlink() != 0 || !md.file_type().is_file() {
+                return Err(Error::unsupported(
+                    pid,
+                    format!("{name:?} (inode {inode}) looks unlinked by its name but is not an unlinked regular file"),
+                ));
+            }
+            obj.name = name.to_string();
+            obj.size = md.size();
+            obj.mode = md.mode() & 0o7777;
+            obj.uid = md.uid();
+            obj.gid = md.gid();
         } else {
             let md = seek.metadata().map_err(|e| Error::io("fstat", name, e))?;
             obj.name = name.to_string();
@@ -514,6 +553,7 @@ impl SharedObjects {
         let what = || match SharedKind::try_from(kind) {
             Ok(SharedKind::SysvShm) => format!("SysV segment {}", obj.shmid),
             Ok(SharedKind::AnonShared) => format!("shared anonymous memory (inode {inode})"),
+            Ok(SharedKind::UnlinkedFile) => format!("unlinked file {name}"),
             _ => format!("memfd {name:?}"),
         };
         let data = shm::data_ranges(seek, obj.size).map_err(|e| Error::sys("lseek", pid, e))?;

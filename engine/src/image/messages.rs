@@ -413,7 +413,8 @@ pub enum FdKind {
     Path = 0,
     PipeRead = 1,
     PipeWrite = 2,
-    /// A memfd: `shared` names its `SharedObject`; reopened from it.
+    /// A memfd, or an unlinked file on tmpfs (its `SharedObject`'s kind
+    /// tells): `shared` names its `SharedObject`; reopened from it.
     Memfd = 3,
     /// One end of a unix socket pair whose both ends are in the dump:
     /// `socket_id` names its `UnixSocket` in `Fds.sockets`.
@@ -972,6 +973,11 @@ pub enum SharedKind {
     /// several processes of a tree: by its inode on the internal shmem
     /// mount.
     AnonShared = 2,
+    /// An unlinked regular file on a tmpfs mount (a POSIX named semaphore
+    /// or shm_open object after sem_unlink/shm_unlink): by its device and
+    /// inode; `name` is its path (without " (deleted)"), where restore
+    /// makes it again, then unlinks it.
+    UnlinkedFile = 3,
 }
 
 fn shared_kind<S: serde::Serializer>(k: &i32, s: S) -> Result<S::Ok, S::Error> {
@@ -1012,7 +1018,7 @@ pub struct SharedObject {
     /// Bytes (i_size, or shm_segsz).
     #[prost(uint64, tag = "5")]
     pub size: u64,
-    /// memfd: the name given to memfd_create.
+    /// memfd: the name given to memfd_create; unlinked file: its path.
     #[prost(string, tag = "6")]
     pub name: String,
     /// memfd: F_GET_SEALS (F_SEAL_SEAL alone: created without

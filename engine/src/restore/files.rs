@@ -176,7 +176,13 @@ fn is_tree_file(key: &str) -> bool {
 /// each process takes its descriptors as inherited ones, so offset and
 /// flags stay shared. Returns the descriptors (to close once the stubs
 /// exist) and the (key, access mode) -> fd entries.
-pub(crate) fn tree_files(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
+///
+/// A memfd's or unlinked file's description is opened by `shared` (an
+/// unlinked file is still at its path then: O_NOFOLLOW works).
+pub(crate) fn tree_files(
+    all: &[&Fds],
+    shared: &super::shared::SharedObjects,
+) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd>)> {
     let mut made: BTreeMap<String, (i32, OwnedFd)> = BTreeMap::new();
     for f in all.iter().flat_map(|x| x.fds.iter()).filter(|f| {
         // A memfd's path is its restored object's (restore::shared).
@@ -186,13 +192,20 @@ pub(crate) fn tree_files(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd
         if made.contains_key(&f.external) {
             continue;
         }
-        let path = std::ffi::CString::new(f.path.as_bytes())
-            .map_err(|_| Error::Other(format!("fd {}: path {:?} holds a NUL", f.fd, f.path)))?;
-        // SAFETY: open(2) with a valid C string; the result is checked.
-        let fd = unsafe { libc::open(path.as_ptr(), reopen_flags(f.flags) as i32, 0) };
-        let fd = Errno::result(fd).map_err(|e| Error::io("opening", &f.path, e.into()))?;
-        // SAFETY: a fresh descriptor, owned from here on.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let owned = match f.kind == FdKind::Memfd as i32 {
+            true => shared.open_description(f.shared, reopen_flags(f.flags) as i32)?,
+            false => {
+                let path = std::ffi::CString::new(f.path.as_bytes()).map_err(|_| {
+                    Error::Other(format!("fd {}: path {:?} holds a NUL", f.fd, f.path))
+                })?;
+                // SAFETY: open(2) with a valid C string; the result is checked.
+                let fd = unsafe { libc::open(path.as_ptr(), reopen_flags(f.flags) as i32, 0) };
+                let fd = Errno::result(fd).map_err(|e| Error::io("opening", &f.path, e.into()))?;
+                // SAFETY: a fresh descriptor, owned from here on.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            }
+        };
+        let fd = owned.as_raw_fd();
         let o_path = f.flags as i32 & libc::O_PATH != 0;
         if f.mode & libc::S_IFMT != libc::S_IFCHR && !o_path {
             // SAFETY: lseek on our own descriptor.

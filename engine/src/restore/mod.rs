@@ -296,7 +296,8 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     for img in imgs.iter().flatten() {
         objects.extend(img.shared.iter().map(|(id, o)| (*id, o.clone())));
     }
-    let mut shared = shared::SharedObjects::create(&objects)?;
+    let by_path = shared::opened_by_path(imgs.iter().flatten().map(|i| &i.fds));
+    let mut shared = shared::SharedObjects::create(&objects, &by_path)?;
     for img in imgs.iter_mut().flatten() {
         shared.point_fds(&mut img.fds)?;
     }
@@ -309,7 +310,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let all_fds: Vec<&Fds> = imgs.iter().flatten().map(|i| &i.fds).collect();
     let (tree_pipes, mut tree_ends) = files::tree_pipes(&all_fds)?;
     // Open files shared by processes of the tree, likewise.
-    let (tree_files, file_ends) = files::tree_files(&all_fds)?;
+    let (tree_files, file_ends) = files::tree_files(&all_fds, &shared)?;
+    // Unlinked files were at their paths until their descriptions opened.
+    shared.unlink_files()?;
     tree_ends.extend(file_ends);
     sockets::validate_tree(&all_fds).map_err(|w| bad(dir, w))?;
     let inherited = inherited.with(&tree_ends);

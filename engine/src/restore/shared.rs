@@ -20,11 +20,22 @@
 //!   itself), the mapping then dropped; filled, owned and reached by the
 //!   tasks as a memfd is. Their mappings of it show "/dev/zero (deleted)"
 //!   with their offsets, as the dumped ones did.
+//! - unlinked file on tmpfs: made again at its path with O_EXCL (a path
+//!   taken by another file, or a directory gone, fails the restore by
+//!   name: no file of anyone else is ever overwritten), filled, and
+//!   unlinked at once; or, if a description of it was opened with
+//!   O_NOFOLLOW (which needs the path: /proc/ENGINE/fd/N is a magic
+//!   link), once the descriptions the tree shares are opened
+//!   ([`SharedObjects::unlink_files`], before any stub exists), root's
+//!   0600 until then, in a sticky directory nobody else can swap it in.
+//!   Then given its owner and mode and reached as a memfd is. Its
+//!   mappings and descriptors show "PATH (deleted)", as the dumped ones
+//!   did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use nix::errno::Errno;
 
@@ -68,6 +79,9 @@ fn validate(id: u64, o: &SharedObject) -> std::result::Result<(), String> {
     if o.name.contains('\0') {
         return Err("memfd name holds a NUL byte".into());
     }
+    if kind == SharedKind::UnlinkedFile && !o.name.starts_with('/') {
+        return Err(format!("unlinked file path {:?} is not absolute", o.name));
+    }
     let mut end = 0;
     for r in &o.runs {
         let r_end = r.offset.checked_add(r.data.len() as u64);
@@ -88,12 +102,64 @@ enum Live {
     Memfd {
         file: File,
         seals: u32,
+        /// An unlinked file still at its path (until `unlink_files`).
+        linked: Option<Linked>,
     },
     Sysv {
         shmid: i32,
         created: bool,
         destroy: bool,
     },
+}
+
+/// An unlinked file made again, still linked at `path`, with the owner
+/// and mode it gets once unlinked.
+struct Linked {
+    path: String,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl Linked {
+    /// Removes the path if it still names `file` (nobody swapped it).
+    fn unlink(&self, file: &File) -> Result<()> {
+        let what = || format!("unlinked file {}", self.path);
+        let md = file.metadata().map_err(|e| Error::io("fstat", what(), e))?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {
+                std::fs::remove_file(&self.path).map_err(|e| Error::io("unlinking", what(), e))
+            }
+            _ => Err(Error::Other(format!(
+                "cannot restore {}: the file made there was replaced meanwhile",
+                what()
+            ))),
+        }
+    }
+
+    /// Unlinks it, then gives it its owner and mode.
+    fn settle(&self, file: &File) -> Result<()> {
+        self.unlink(file)?;
+        let what = || format!("unlinked file {}", self.path);
+        std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))
+            .map_err(|e| Error::io("fchown", what(), e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))
+            .map_err(|e| Error::io("fchmod", what(), e))
+    }
+}
+
+/// The objects some descriptor of `fds` must be opened of at the object's
+/// path: an unlinked file's description opened with O_NOFOLLOW (shared
+/// as `tree-file:`), which no /proc magic link can reopen.
+pub(crate) fn opened_by_path<'a>(fds: impl Iterator<Item = &'a Fds>) -> BTreeSet<u64> {
+    fds.flat_map(|f| f.fds.iter())
+        .filter(|f| {
+            f.kind == FdKind::Memfd as i32
+                && f.flags as i32 & libc::O_NOFOLLOW != 0
+                && f.external.starts_with("tree-file:")
+        })
+        .map(|f| f.shared)
+        .collect()
 }
 
 /// The objects made for a restore, by id. Dropped before `commit` (a
@@ -105,7 +171,14 @@ pub(crate) struct SharedObjects {
 }
 
 impl SharedObjects {
-    pub(crate) fn create(objects: &BTreeMap<u64, SharedObject>) -> Result<SharedObjects> {
+    /// Makes every object. `by_path`: the unlinked files some description
+    /// must be opened of at their path ([`opened_by_path`]); they stay
+    /// linked until [`SharedObjects::unlink_files`], the others are
+    /// unlinked at once.
+    pub(crate) fn create(
+        objects: &BTreeMap<u64, SharedObject>,
+        by_path: &BTreeSet<u64>,
+    ) -> Result<SharedObjects> {
         let mut out = SharedObjects {
             live: BTreeMap::new(),
             committed: false,
@@ -116,10 +189,42 @@ impl SharedObjects {
                 Ok(SharedKind::AnonShared) => Live::Memfd {
                     file: anon(o)?,
                     seals: 0,
+                    linked: None,
                 },
+                Ok(SharedKind::UnlinkedFile) => {
+                    let kept = out.live.values().any(
+                        |l| matches!(l, Live::Memfd { linked: Some(k), .. } if k.path == o.name),
+                    );
+                    if kept {
+                        return Err(Error::Other(format!(
+                            "cannot restore unlinked file {}: another unlinked file of that path holds a description opened with O_NOFOLLOW, which needs the path (not supported)",
+                            o.name
+                        )));
+                    }
+                    let file = unlinked_file(o)?;
+                    let linked = Linked {
+                        path: o.name.clone(),
+                        uid: o.uid,
+                        gid: o.gid,
+                        mode: o.mode,
+                    };
+                    let linked = match by_path.contains(&id) {
+                        true => Some(linked),
+                        false => {
+                            linked.settle(&file)?;
+                            None
+                        }
+                    };
+                    Live::Memfd {
+                        file,
+                        seals: 0,
+                        linked,
+                    }
+                }
                 _ => Live::Memfd {
                     file: memfd(o)?,
                     seals: o.seals,
+                    linked: None,
                 },
             };
             out.live.insert(id, live);
@@ -147,6 +252,50 @@ impl SharedObjects {
         }
     }
 
+    /// A new open file description of memfd-like object `id` with open
+    /// `flags`: at its path while an unlinked file is still linked there
+    /// (checked to be the very file made), else through /proc/ENGINE/fd/N.
+    pub(crate) fn open_description(&self, id: u64, flags: i32) -> Result<OwnedFd> {
+        let Some(Live::Memfd { file, linked, .. }) = self.live.get(&id) else {
+            return Err(Error::Other(format!("no memfd object {id} in the image")));
+        };
+        let path = match linked {
+            Some(l) => l.path.clone(),
+            None => self.memfd_path(id)?,
+        };
+        let c = std::ffi::CString::new(path.as_bytes())
+            .map_err(|_| Error::Other(format!("path {path:?} holds a NUL")))?;
+        // SAFETY: open(2) with a valid C string; the result is checked.
+        let fd = unsafe { libc::open(c.as_ptr(), flags, 0) };
+        let fd = Errno::result(fd).map_err(|e| Error::io("opening", &path, e.into()))?;
+        // SAFETY: a fresh descriptor, owned from here on.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let got = File::from(owned.try_clone().map_err(|e| Error::io("dup", &path, e))?)
+            .metadata()
+            .map_err(|e| Error::io("fstat", &path, e))?;
+        let want = file.metadata().map_err(|e| Error::io("fstat", &path, e))?;
+        if got.dev() != want.dev() || got.ino() != want.ino() {
+            return Err(Error::Other(format!(
+                "cannot restore unlinked file {path}: the file made there was replaced meanwhile"
+            )));
+        }
+        Ok(owned)
+    }
+
+    /// Unlinks the unlinked files made again (their descriptions are
+    /// open), then gives them their owner and mode.
+    pub(crate) fn unlink_files(&mut self) -> Result<()> {
+        for live in self.live.values_mut() {
+            let Live::Memfd { file, linked, .. } = live else {
+                continue;
+            };
+            if let Some(l) = linked.take() {
+                l.settle(file)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Memfd descriptors take their object's path.
     pub(crate) fn point_fds(&self, fds: &mut Fds) -> Result<()> {
         for fd in fds
@@ -164,7 +313,7 @@ impl SharedObjects {
     pub(crate) fn finish(&mut self) -> Result<()> {
         for live in self.live.values() {
             match live {
-                Live::Memfd { file, seals } if *seals != 0 => {
+                Live::Memfd { file, seals, .. } if *seals != 0 => {
                     shm::add_seals(file, *seals).map_err(|e| Error::sys("F_ADD_SEALS", 0, e))?
                 }
                 Live::Sysv {
@@ -186,6 +335,17 @@ impl SharedObjects {
 
 impl Drop for SharedObjects {
     fn drop(&mut self) {
+        // A restore that failed before unlinking them leaves no file.
+        for live in self.live.values() {
+            if let Live::Memfd {
+                file,
+                linked: Some(l),
+                ..
+            } = live
+            {
+                let _ = l.unlink(file);
+            }
+        }
         if self.committed {
             return;
         }
@@ -275,6 +435,59 @@ fn anon(o: &SharedObject) -> Result<File> {
         .map_err(|e| Error::io("fchown", what(), e))?;
     file.set_permissions(std::fs::Permissions::from_mode(o.mode & 0o7777))
         .map_err(|e| Error::io("fchmod", what(), e))?;
+    Ok(file)
+}
+
+/// An unlinked file made again: created at its dumped path (O_EXCL,
+/// O_NOFOLLOW: never someone else's file), root's and 0600 while it is
+/// linked there (`Linked::settle` removes it and gives it its owner and
+/// mode), filled with its data.
+fn unlinked_file(o: &SharedObject) -> Result<File> {
+    let path = o.name.as_str();
+    let what = || format!("unlinked file {path}");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    "the path is taken by another file now".to_string()
+                }
+                std::io::ErrorKind::NotFound => "its directory is gone".to_string(),
+                _ => e.to_string(),
+            };
+            Error::Other(format!("cannot restore {}: {why}", what()))
+        })?;
+    let md = file.metadata().map_err(|e| Error::io("fstat", what(), e))?;
+    let linked = Linked {
+        path: path.to_string(),
+        uid: o.uid,
+        gid: o.gid,
+        mode: o.mode,
+    };
+    let fill = || -> Result<()> {
+        if !shm::tmpfs_dev(md.dev()) {
+            return Err(Error::Other(format!(
+                "cannot restore {}: {path} is not on tmpfs now",
+                what()
+            )));
+        }
+        file.set_len(o.size)
+            .map_err(|e| Error::io("ftruncate", what(), e))?;
+        for r in &o.runs {
+            file.write_all_at(&r.data, r.offset)
+                .map_err(|e| Error::io("writing", what(), e))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        let _ = linked.unlink(&file);
+        return Err(e);
+    }
     Ok(file)
 }
 

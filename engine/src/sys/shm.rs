@@ -40,6 +40,31 @@ pub fn memfd_dev() -> Option<u64> {
     })
 }
 
+/// Whether `dev` is the device of a tmpfs mount of the engine's mount
+/// namespace (/proc/self/mountinfo: "ID PARENT MAJ:MIN ... - tmpfs ...").
+/// Unlinked files there are shmem objects the engine stores whole
+/// (`dump::shared`); it is asked only for unlinked files, so the table is
+/// read each time (mounts come and go).
+pub fn tmpfs_dev(dev: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    text.lines().any(|l| {
+        let mut f = l.split(' ');
+        let Some(majmin) = f.nth(2) else {
+            return false;
+        };
+        let Some((maj, min)) = majmin.split_once(':') else {
+            return false;
+        };
+        let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else {
+            return false;
+        };
+        let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        libc::makedev(maj, min) == dev && fstype == Some("tmpfs")
+    })
+}
+
 /// fcntl(F_GET_SEALS).
 pub fn get_seals(f: &File) -> std::result::Result<u32, Errno> {
     // SAFETY: fcntl on a descriptor we own, no pointer argument.

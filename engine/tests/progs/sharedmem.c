@@ -1,5 +1,5 @@
 /*
- * sharedmem OUTFILE memfd|sysv|anon|anon-partial|memfd-fd
+ * sharedmem OUTFILE memfd|sysv|anon|anon-partial|memfd-fd|ghost
  *
  * Memory shared over fork: the parent maps a memfd (or attaches a SysV
  * segment, or maps MAP_SHARED|MAP_ANONYMOUS memory) shared, writes
@@ -21,6 +21,15 @@
  * "0123456789", offset 2: the child reads one byte ('2'), the parent the
  * next ('3'): one open file description, one offset.
  *
+ * ghost: unlinked ("ghost") files on tmpfs, as POSIX named semaphores
+ * are: /dev/shm/crust-ghost-PID-map is mapped shared (a shmem file mapped
+ * as the memfd above), /dev/shm/crust-ghost-PID-fd only kept open, both
+ * unlinked before the fork. The fd one holds "0123456789" at 0 and "far"
+ * at page 8 (a hole between), offset 2, and is checked as memfd-fd is;
+ * after restore the parent also checks that maps and the fd link still
+ * name the original paths + " (deleted)", that the file is unlinked
+ * (st_nlink 0) and that its hole is still one (SEEK_HOLE).
+ *
  * "OK all" (exit 0) or "BAD ..." (exit 1).
  */
 #define _GNU_SOURCE
@@ -32,6 +41,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -57,6 +67,52 @@ static int maps_show(const char *at, unsigned long off) {
     if (f)
         fclose(f);
     return ok;
+}
+
+static char ghost_map[64], ghost_fd[64];
+
+/* Whether the mapping holding `at` is still `path` + " (deleted)", shared. */
+static int maps_name(const char *at, const char *path) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512], want[128];
+    int ok = 0;
+    snprintf(want, sizeof want, "%s (deleted)\n", path);
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) != 3)
+            continue;
+        size_t n = strlen(line), w = strlen(want);
+        if ((unsigned long)at >= a && (unsigned long)at < b)
+            ok = perms[3] == 's' && n >= w && !strcmp(line + n - w, want);
+    }
+    if (f)
+        fclose(f);
+    return ok;
+}
+
+/* The ghost fd after restore: still "PATH (deleted)", unlinked, its data
+ * and its hole where they were (through a new open file: SEEK_HOLE on
+ * the shared one would move the offset). */
+static const char *ghost_fd_ok(int fd) {
+    char link[64], got[128], buf[4] = {0};
+    struct stat st;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, got, sizeof got - 1);
+    got[n < 0 ? 0 : n] = 0;
+    if (strncmp(got, ghost_fd, strlen(ghost_fd)) || strcmp(got + strlen(ghost_fd), " (deleted)"))
+        return "fd link";
+    if (fstat(fd, &st) || st.st_nlink != 0 || st.st_size != 8 * PAGE + 3 || (st.st_mode & 07777) != 0600)
+        return "fstat";
+    int again = open(link, O_RDONLY);
+    if (again < 0)
+        return "reopen";
+    off_t hole = lseek(again, 0, SEEK_HOLE), data = lseek(again, hole, SEEK_DATA);
+    int read_ok = pread(again, buf, 3, 8 * PAGE) == 3 && !strcmp(buf, "far");
+    close(again);
+    if (hole != PAGE || data != 8 * PAGE || !read_ok)
+        return "hole or data";
+    return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -85,6 +141,20 @@ int main(int argc, char **argv) {
         m = base == MAP_FAILED ? MAP_FAILED : partial ? base + 4 * PAGE : base;
         if (partial && base != MAP_FAILED)
             strcpy(base + 13 * PAGE, "tail");
+    } else if (!strcmp(kind, "ghost")) {
+        snprintf(ghost_map, sizeof ghost_map, "/dev/shm/crust-ghost-%d-map", (int)getpid());
+        snprintf(ghost_fd, sizeof ghost_fd, "/dev/shm/crust-ghost-%d-fd", (int)getpid());
+        int fd = open(ghost_map, O_RDWR | O_CREAT | O_EXCL, 0640);
+        if (fd < 0 || ftruncate(fd, 65536))
+            return 2;
+        m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        unlink(ghost_map);
+        mfd = open(ghost_fd, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (mfd < 0 || write(mfd, "0123456789", 10) != 10 || pwrite(mfd, "far", 3, 8 * PAGE) != 3 ||
+            lseek(mfd, 2, SEEK_SET) != 2)
+            return 2;
+        unlink(ghost_fd);
     } else if (!strcmp(kind, "memfd-fd")) {
         mfd = memfd_create("tree-shared-fd", 0);
         if (mfd < 0 || write(mfd, "0123456789", 10) != 10 || lseek(mfd, 2, SEEK_SET) != 2)
@@ -116,8 +186,13 @@ int main(int argc, char **argv) {
             pause();
         if (mfd >= 0) {
             char c = 0;
-            return read(mfd, &c, 1) == 1 && c == '2' ? 0 : 1;
+            if (read(mfd, &c, 1) != 1 || c != '2')
+                return 1;
+            if (!ghost_map[0])
+                return 0;
         }
+        if (ghost_map[0] && !maps_name(m, ghost_map))
+            return 4;
         if (strcmp(m, "parent"))
             return 1;
         if (partial && (!maps_show(m, 4 * PAGE) || !maps_show(moved, 8 * PAGE)))
@@ -143,8 +218,19 @@ int main(int argc, char **argv) {
             dprintf(out, "BAD parent read %c: the memfd offset is not shared\n", c);
             return 1;
         }
-        dprintf(out, "OK all\n");
-        return 0;
+        const char *bad = ghost_map[0] ? ghost_fd_ok(mfd) : NULL;
+        if (bad) {
+            dprintf(out, "BAD ghost fd: %s\n", bad);
+            return 1;
+        }
+        if (!ghost_map[0]) {
+            dprintf(out, "OK all\n");
+            return 0;
+        }
+    }
+    if (ghost_map[0] && !maps_name(m, ghost_map)) {
+        dprintf(out, "BAD ghost mapping no longer %s (deleted)\n", ghost_map);
+        return 1;
     }
     if (strcmp(m, "child")) {
         dprintf(out, "BAD parent sees %.16s: the memory is no longer shared\n", m);
