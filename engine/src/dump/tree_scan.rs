@@ -87,13 +87,7 @@ impl TreeScan {
         if inos.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let all = match self.socket_holders.get() {
-            Some(a) => a,
-            None => {
-                let a = proc::fd::every_socket_holder(&[])?;
-                self.socket_holders.get_or_init(|| a)
-            }
-        };
+        let all = cached(&self.socket_holders, || proc::fd::every_socket_holder(&[]))?;
         let mut out = BTreeMap::new();
         for ino in inos {
             let outside: Vec<(pid_t, i32)> = all
@@ -130,13 +124,7 @@ impl TreeScan {
         if inos.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let all = match self.pipe_holders.get() {
-            Some(a) => a,
-            None => {
-                let a = proc::fd::every_pipe_holder(&[])?;
-                self.pipe_holders.get_or_init(|| a)
-            }
-        };
+        let all = cached(&self.pipe_holders, || proc::fd::every_pipe_holder(&[]))?;
         let mut out = BTreeMap::new();
         for ino in inos {
             let others: Vec<(pid_t, i32)> = all
@@ -262,4 +250,17 @@ fn check_pairs(pids: &[pid_t]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The value of `cell`, made by `make` the first time (an error is not
+/// kept: the next call tries again).
+fn cached<T, E>(
+    cell: &OnceCell<T>,
+    make: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<&T, E> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = make()?;
+    Ok(cell.get_or_init(|| v))
 }

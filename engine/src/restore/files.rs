@@ -611,8 +611,9 @@ fn restore_one(
                 .ok_or_else(|| Error::task(pid, format!("fd {}: no pipe {}", fd.fd, fd.pipe_id)))?;
             (if k == FdKind::PipeRead { r } else { w }, true)
         }
-        FdKind::Epoll if !fd.external.is_empty() => {
-            // Made in the root's stub, shared with the other holders.
+        FdKind::Epoll | FdKind::UnixSocket if !fd.external.is_empty() => {
+            // Made in the root's stub, shared with the other holders in
+            // the tree.
             let high = external
                 .get(&(fd.external.clone(), libc::O_RDWR))
                 .copied()
@@ -625,19 +626,6 @@ fn restore_one(
             (high, true)
         }
         FdKind::Epoll => (super::epoll::create(inj, base)?, true),
-        FdKind::UnixSocket if !fd.external.is_empty() => {
-            // Made by crust, shared with the other holders in the tree.
-            let high = external
-                .get(&(fd.external.clone(), libc::O_RDWR))
-                .copied()
-                .ok_or_else(|| {
-                    Error::task(
-                        pid,
-                        format!("fd {}: no inherited fd for {}", fd.fd, fd.external),
-                    )
-                })?;
-            (high, true)
-        }
         FdKind::UnixSocket => {
             let high = socket_ends.get(&fd.socket_id).copied().ok_or_else(|| {
                 Error::task(pid, format!("fd {}: no socket {}", fd.fd, fd.socket_id))
