@@ -398,6 +398,46 @@ pub fn fill_page(addr: usize, seed: u64, logical: u64) {
     }
 }
 
+/// Checks pages 0.. of the mapping at `addr` against `seeds`, each as
+/// [`fill_page`] wrote it at its own offset (`page * page_size`, seed 0:
+/// zeroes), except the pages in `skip`; an error names `what` and the page.
+/// The mapping must be readable.
+pub fn check_pages(what: &str, addr: usize, seeds: &[u64], skip: &[usize]) -> TestResult {
+    let ps = zdtm::mem::page_size();
+    for (p, &seed) in seeds.iter().enumerate().filter(|(p, _)| !skip.contains(p)) {
+        check_page(addr + p * ps, seed, (p * ps) as u64)
+            .map_err(|m| format!("{what} page {p} (seed {seed:#x}): {m}"))?;
+    }
+    Ok(())
+}
+
+/// futex(2) on a word of shared memory, no timeout (FUTEX_WAIT, FUTEX_WAKE
+/// between processes).
+pub fn futex(w: &std::sync::atomic::AtomicU32, op: i32, val: u32) {
+    // SAFETY: a futex call on a valid, aligned word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            w.as_ptr(),
+            op,
+            val,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Waits until `w` is no longer `seen` and returns its new value
+/// (spurious wakes and EINTR loop).
+pub fn wait_change(w: &std::sync::atomic::AtomicU32, seen: u32) -> u32 {
+    loop {
+        let v = w.load(std::sync::atomic::Ordering::SeqCst);
+        if v != seen {
+            return v;
+        }
+        futex(w, libc::FUTEX_WAIT, seen);
+    }
+}
+
 /// Checks the page at `addr` against [`fill_page`]`(addr, seed, logical)`.
 /// `addr` must be a readable test page.
 pub fn check_page(addr: usize, seed: u64, logical: u64) -> Result<(), zdtm::pattern::Mismatch> {

@@ -12,8 +12,9 @@
 //! attach counts, and their data; W and R are still one segment (a write
 //! through W shows through R). Segment 2 is removed at the end.
 
-use zdtm::mem::{self, page_size};
-use zdtm::{ensure, ensure_eq, os_err, pattern, TestResult};
+use zdtm::mem::page_size;
+use zdtm::{ensure, ensure_eq, os_err, TestResult};
+use zdtm_tests::{check_pages, fill_page};
 
 const PAGES1: usize = 16;
 const PAGES2: usize = 4;
@@ -30,27 +31,11 @@ struct State {
 }
 
 fn fill(addr: usize, page: usize, seed: u64) {
-    let ps = page_size();
-    // SAFETY: a page of one of our read-write attachments.
-    pattern::fill_at(
-        unsafe { mem::slice_mut(addr + page * ps, ps) },
-        seed,
-        (page * ps) as u64,
-    );
+    fill_page(addr + page * page_size(), seed, (page * page_size()) as u64);
 }
 
 fn check_seg(what: &str, addr: usize, seeds: &[u64]) -> TestResult {
-    let ps = page_size();
-    for (p, &seed) in seeds.iter().enumerate() {
-        // SAFETY: a page of one of our attachments.
-        let buf = unsafe { mem::slice(addr + p * ps, ps) };
-        let r = match seed {
-            0 => pattern::verify_zero(buf),
-            s => pattern::verify_at(buf, s, (p * ps) as u64),
-        };
-        r.map_err(|m| format!("{what} page {p} (seed {seed:#x}): {m}"))?;
-    }
-    Ok(())
+    check_pages(what, addr, seeds, &[])
 }
 
 fn attach(id: i32, flags: i32) -> TestResult<usize> {

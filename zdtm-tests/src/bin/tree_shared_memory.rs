@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use zdtm::mem::{self, page_size};
 use zdtm::{ensure, ensure_eq, os_err, pattern, TestResult};
 use zdtm_tests::tree;
-use zdtm_tests::{lseek, read_some, tell};
+use zdtm_tests::{check_pages, fill_page, futex, lseek, read_some, tell, wait_change};
 
 const A_PAGES: usize = 64;
 /// A's tail: read-only in the parent, unmapped in the child.
@@ -64,52 +64,12 @@ fn word(o: &Objects, i: usize) -> &'static AtomicU32 {
     unsafe { &*((o.ctl + i * 4) as *const AtomicU32) }
 }
 
-fn futex(w: &AtomicU32, op: i32, val: u32) {
-    // SAFETY: a futex call on a valid, aligned word of a shared mapping.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            w.as_ptr(),
-            op,
-            val,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
-}
-
-/// Waits until `w` is no longer `seen` (spurious wakes and EINTR loop).
-fn wait_change(w: &AtomicU32, seen: u32) -> u32 {
-    loop {
-        let v = w.load(SeqCst);
-        if v != seen {
-            return v;
-        }
-        futex(w, libc::FUTEX_WAIT, seen);
-    }
-}
-
 fn fill(addr: usize, page: usize, seed: u64) {
-    let ps = page_size();
-    // SAFETY: a read-write page of one of the shared objects.
-    pattern::fill_at(
-        unsafe { mem::slice_mut(addr + page * ps, ps) },
-        seed,
-        (page * ps) as u64,
-    );
+    fill_page(addr + page * page_size(), seed, (page * page_size()) as u64);
 }
 
 fn verify(what: &str, addr: usize, seeds: &[u64]) -> TestResult {
-    let ps = page_size();
-    for (p, &seed) in seeds.iter().enumerate() {
-        // SAFETY: a readable page of one of the shared objects.
-        let buf = unsafe { mem::slice(addr + p * ps, ps) };
-        let r = match seed {
-            0 => pattern::verify_zero(buf),
-            s => pattern::verify_at(buf, s, (p * ps) as u64),
-        };
-        r.map_err(|m| format!("{what} page {p} (seed {seed:#x}): {m}"))?;
-    }
-    Ok(())
+    check_pages(what, addr, seeds, &[])
 }
 
 /// The pages step `n` writes: (A pages, M page, S page) of the child, of
