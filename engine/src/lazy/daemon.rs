@@ -203,6 +203,9 @@ pub fn run(dir: &Path, opts: &DaemonOptions, open_source: OpenSource<'_>) -> Res
     super::check_kernel()?;
     let fault_src = open_source(Channel::Fault)?;
     let bg_src = open_source(Channel::Background)?;
+    // Opened before the socket listens (the daemon's readiness), so that a
+    // test may write into it as soon as a restore returned.
+    let hold = hold_fifo()?;
     let listener = handoff::listen(dir)?;
     // A previous lazy restore's stats: this run writes its own.
     let old_stats = ImageDir::open(dir)?.file(Kind::LazyStats, None);
@@ -264,7 +267,7 @@ pub fn run(dir: &Path, opts: &DaemonOptions, open_source: OpenSource<'_>) -> Res
         &inv,
         listener,
         fault_src,
-        bg_src,
+        BackgroundInput { src: bg_src, hold },
         &mut log,
         opts.verbose,
     );
@@ -317,12 +320,19 @@ pub fn stats_line(s: &LazyStats) -> String {
     )
 }
 
+/// What the background thread starts with: its page source and, in tests,
+/// the FIFO that holds it back (`hold_fifo`).
+struct BackgroundInput {
+    src: Box<dyn PageSource>,
+    hold: Option<std::fs::File>,
+}
+
 fn serve(
     dir: &Path,
     inv: &Inventory,
     listener: std::os::unix::net::UnixListener,
     mut fault_src: Box<dyn PageSource>,
-    mut bg_src: Box<dyn PageSource>,
+    bg: BackgroundInput,
     log: &mut Logger,
     verbose: bool,
 ) -> Result<LazyStats> {
@@ -374,8 +384,12 @@ fn serve(
         }
     }
     let mut latencies: Vec<u32> = Vec::new();
+    let BackgroundInput {
+        src: mut bg_src,
+        hold,
+    } = bg;
     let bg_result = std::thread::scope(|scope| {
-        let bg = scope.spawn(|| background(&shared, bg_src.as_mut()));
+        let bg = scope.spawn(|| background(&shared, bg_src.as_mut(), hold));
         let r = fault_loop(&shared, fault_src.as_mut(), conn, &mut latencies, log);
         shared.finished.store(true, Ordering::SeqCst);
         let_background_start(&shared);
@@ -854,15 +868,27 @@ fn wait_task_runs(sh: &Shared) {
 /// transfer waits until a byte is written into FIFO (or all is over), so
 /// that a test can make the task act on pages certainly not yet copied
 /// (on an idle machine the whole transfer can end before the task runs).
-fn hold_background(sh: &Shared) -> Result<()> {
+/// The FIFO is opened when the daemon starts, before it listens: opened
+/// by the background thread once the task ran, a test writing into it
+/// right after the restore returned could find no reader (ENXIO: lazy.rs
+/// events_after_lazy_restore failed so once in CI).
+fn hold_fifo() -> Result<Option<std::fs::File>> {
     let Some(fifo) = std::env::var_os("CRUST_LAZY_HOLD_BACKGROUND") else {
-        return Ok(());
+        return Ok(None);
     };
-    let f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
-        .map_err(|e| Error::io("opening", Path::new(&fifo), e))?;
+        .map(Some)
+        .map_err(|e| Error::io("opening", Path::new(&fifo), e))
+}
+
+/// Waits for the byte `hold_fifo`'s FIFO lets through (or the end).
+fn hold_background(sh: &Shared, hold: Option<std::fs::File>) {
+    let Some(f) = hold else {
+        return;
+    };
     while !sh.finished.load(Ordering::SeqCst) {
         let mut p = [nix::poll::PollFd::new(
             f.as_fd(),
@@ -875,12 +901,11 @@ fn hold_background(sh: &Shared) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
-fn background(sh: &Shared, src: &mut dyn PageSource) -> Result<()> {
+fn background(sh: &Shared, src: &mut dyn PageSource, hold: Option<std::fs::File>) -> Result<()> {
     wait_task_runs(sh);
-    hold_background(sh)?;
+    hold_background(sh, hold);
     let chunk = chunk();
     let mut buf = Vec::new();
     let mut next_mm = 0usize;
