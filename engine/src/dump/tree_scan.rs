@@ -88,22 +88,9 @@ impl TreeScan {
             return Ok(BTreeMap::new());
         }
         let all = cached(&self.socket_holders, || proc::fd::every_socket_holder(&[]))?;
-        let mut out = BTreeMap::new();
-        for ino in inos {
-            let outside: Vec<(pid_t, i32)> = all
-                .get(ino)
-                .map(|h| {
-                    h.iter()
-                        .copied()
-                        .filter(|&(p, _)| p != pid && !self.pids.contains(&p))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !outside.is_empty() {
-                out.insert(*ino, outside);
-            }
-        }
-        Ok(out)
+        Ok(holders_of(all, inos, |p| {
+            p != pid && !self.pids.contains(&p)
+        }))
     }
 
     /// The key of the open file description at `pid`'s `fd` (a file,
@@ -125,17 +112,7 @@ impl TreeScan {
             return Ok(BTreeMap::new());
         }
         let all = cached(&self.pipe_holders, || proc::fd::every_pipe_holder(&[]))?;
-        let mut out = BTreeMap::new();
-        for ino in inos {
-            let others: Vec<(pid_t, i32)> = all
-                .get(ino)
-                .map(|h| h.iter().copied().filter(|&(p, _)| p != pid).collect())
-                .unwrap_or_default();
-            if !others.is_empty() {
-                out.insert(*ino, others);
-            }
-        }
-        Ok(out)
+        Ok(holders_of(all, inos, |p| p != pid))
     }
 }
 
@@ -250,6 +227,26 @@ fn check_pairs(pids: &[pid_t]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The holders in `all` of each inode of `inos` whose pid `keep` accepts;
+/// inodes left with none are left out.
+fn holders_of(
+    all: &BTreeMap<u64, Vec<(pid_t, i32)>>,
+    inos: &std::collections::BTreeSet<u64>,
+    keep: impl Fn(pid_t) -> bool,
+) -> BTreeMap<u64, Vec<(pid_t, i32)>> {
+    inos.iter()
+        .filter_map(|ino| {
+            let kept: Vec<(pid_t, i32)> = all
+                .get(ino)?
+                .iter()
+                .copied()
+                .filter(|&(p, _)| keep(p))
+                .collect();
+            (!kept.is_empty()).then_some((*ino, kept))
+        })
+        .collect()
 }
 
 /// The value of `cell`, made by `make` the first time (an error is not
