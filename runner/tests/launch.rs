@@ -82,15 +82,14 @@ fn cleanup_kills_a_tracked_tree() {
     let mut tracker = zdtm_runner::procs::Tracker::default();
     tracker.track(root);
     let notes = tracker.cleanup();
-    assert!(notes.contains(&format!("killed pid {root}")), "{notes:?}");
-    for pid in descendants {
-        assert!(
-            notes.contains(&format!("killed descendant pid {pid} of {root}")),
-            "{pid} not killed and reaped: {notes:?}"
-        );
+    // Which of them is reaped by whom varies: the shells wait for their
+    // children, so one may reap a killed child, or exit by itself once its
+    // child died, before the cleanup gets to it. What must hold: once the
+    // cleanup returns, none of them exists, not even as a zombie.
+    for pid in std::iter::once(root).chain(descendants) {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "{pid} still exists"
+            "{pid} still exists after the cleanup: {notes:?}"
         );
     }
 }
