@@ -174,14 +174,11 @@ fn step(st: &mut State, n: u32) -> TestResult {
     let o = st.o;
     request(&o, ((n as u32) << 2) | OP_STEP);
     st.record(n);
-    // SAFETY: single-threaded; the child only writes shared memory.
-    let pid = unsafe { libc::fork() };
-    ensure!(pid >= 0, "{}", os_err("fork"));
-    if pid == 0 {
+    // A child that writes shared memory and exits between two dumps.
+    let pid = tree::fork(|| {
         fill(&o, transient_page(n), seed(n, 3));
-        // SAFETY: _exit is always safe.
-        unsafe { libc::_exit(0) };
-    }
+        Ok(())
+    })?;
     tree::reap(pid, 0, "short-lived writer")?;
     st.seeds[transient_page(n)] = seed(n, 3);
     fill(&o, parent_page(n), seed(n, 4));
