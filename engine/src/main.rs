@@ -482,8 +482,10 @@ fn main() -> ExitCode {
                     log.stats(
                         common.verbose > 0,
                         &format!(
-                            "crust: injected in {} bursts, longest {:.0} us",
-                            stats.bursts, stats.longest_burst_us
+                            "crust: injected in {} bursts, longest {:.0} us; {}",
+                            stats.bursts,
+                            stats.longest_burst_us,
+                            crust::inject::counts()
                         ),
                     );
                     ExitCode::SUCCESS
@@ -571,8 +573,10 @@ fn main() -> ExitCode {
                     log.stats(
                         common.verbose > 0,
                         &format!(
-                            "crust: injected in {} bursts, longest {:.0} us",
-                            stats.bursts, stats.longest_burst_us
+                            "crust: injected in {} bursts, longest {:.0} us; {}",
+                            stats.bursts,
+                            stats.longest_burst_us,
+                            crust::inject::counts()
                         ),
                     );
                     ExitCode::SUCCESS
@@ -642,6 +646,10 @@ fn main() -> ExitCode {
             log.stats(
                 common.verbose > 0,
                 &format!("crust: restore phases: {}", restored.phases.render()),
+            );
+            log.stats(
+                common.verbose > 0,
+                &format!("crust: restore {}", crust::inject::counts()),
             );
             log.stats(
                 common.verbose > 0,

@@ -32,10 +32,10 @@ const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
 const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const BPF_RET: u16 = 0x06;
 const BPF_A: u16 = 0x10;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_GET_SECUREBITS: u64 = 27;
-const PR_GET_NO_NEW_PRIVS: u64 = 39;
-const PR_GET_MDWE: u64 = 66;
+pub(crate) const PR_GET_DUMPABLE: u64 = 3;
+pub(crate) const PR_GET_SECUREBITS: u64 = 27;
+pub(crate) const PR_GET_NO_NEW_PRIVS: u64 = 39;
+pub(crate) const PR_GET_MDWE: u64 = 66;
 
 /// The supplementary groups from a /proc/PID/status text.
 pub(crate) fn parse_groups(status: &str) -> std::result::Result<Vec<u32>, String> {
@@ -59,7 +59,7 @@ pub(crate) fn parse_filter_count(status: &str) -> usize {
 
 fn status_text(pid: pid_t) -> Result<String> {
     let path = format!("/proc/{pid}/status");
-    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+    crate::proc::read_small_string(&path).map_err(|e| Error::io("reading", path, e))
 }
 
 /// The namespaces in which `pid` differs from the engine, by name.
@@ -301,32 +301,28 @@ pub(crate) fn seccomp_guard(frozen: &Frozen) -> Result<Option<crate::inject::Gua
     Ok(Some(std::rc::Rc::new(check)))
 }
 
-/// Everything about the task's credentials. Reads ids and capabilities
-/// from /proc, the prctl-only state with four injected prctl calls (no
-/// memory needed), and the seccomp filters through ptrace.
-pub(crate) fn collect(frozen: &mut Frozen, gadget: u64) -> Result<Creds> {
+/// What only the task can tell of its credentials (prctl calls injected
+/// with the rest of its state, `task::collect_injected`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PrctlCreds {
+    pub securebits: u32,
+    pub no_new_privs: bool,
+    pub dumpable: u64,
+    pub mdwe: u64,
+}
+
+/// Everything about the task's credentials: ids and capabilities from
+/// /proc, the prctl-only state as read by the injected batch, and the
+/// seccomp filters through ptrace.
+pub(crate) fn collect(frozen: &Frozen, prctl: PrctlCreds) -> Result<Creds> {
     let pid = frozen.tracee.pid;
     let seccomp_filters = filters(frozen)?;
-    let (securebits, nnp, dumpable, mdwe) = frozen.burst(gadget, |inj| {
-        let (securebits, nnp) = thread_prctl_state(inj)?;
-        let dumpable = inj.call(
-            "prctl(PR_GET_DUMPABLE)",
-            libc::SYS_prctl,
-            &[PR_GET_DUMPABLE],
-        )?;
-        // EINVAL: a kernel without MDWE, where nothing can be set either.
-        let mdwe = match inj.raw(libc::SYS_prctl, &[PR_GET_MDWE, 0, 0, 0, 0])? {
-            r if r == -(libc::EINVAL as i64) => 0,
-            r if r < 0 => {
-                return Err(Error::task(
-                    pid,
-                    format!("injected prctl(PR_GET_MDWE) failed: {}", -r),
-                ))
-            }
-            r => r as u64,
-        };
-        Ok((securebits, nnp, dumpable, mdwe))
-    })?;
+    let PrctlCreds {
+        securebits,
+        no_new_privs: nnp,
+        dumpable,
+        mdwe,
+    } = prctl;
     // SUID_DUMP_ROOT cannot be set with prctl: the restore gets it from the
     // kernel, which gives fs.suid_dumpable on a credential change.
     if dumpable == 2 && suid_dumpable().as_deref() != Some("2") {
@@ -466,7 +462,7 @@ pub(crate) fn rlimit(pid: pid_t, resource: u32) -> Result<(u64, u64)> {
 /// The text of /proc/PID/limits, for [`limit_of`].
 pub(crate) fn limits_text(pid: pid_t) -> Result<String> {
     let path = format!("/proc/{pid}/limits");
-    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))
+    crate::proc::read_small_string(&path).map_err(|e| Error::io("reading", &path, e))
 }
 
 /// One resource limit (soft, hard) from `pid`'s /proc/PID/limits `text`.

@@ -677,7 +677,7 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
 
 fn read_proc(pid: pid_t, file: &str) -> Result<String> {
     let path = proc::pid_path(pid, file);
-    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+    crate::proc::read_small_string(&path).map_err(|e| Error::io("reading", path, e))
 }
 
 /// /proc/PID/coredump_filter (hexadecimal); absent without ELF core dumps.
@@ -694,7 +694,7 @@ fn coredump_filter(pid: pid_t) -> Result<Option<u32>> {
 /// PR_SET_MEMORY_MERGE, as /proc/PID/ksm_stat shows it (absent without KSM).
 fn ksm_merge_any(pid: pid_t) -> Result<bool> {
     let path = proc::pid_path(pid, "ksm_stat");
-    match std::fs::read_to_string(&path) {
+    match crate::proc::read_small_string(&path) {
         Ok(t) => Ok(t.lines().any(|l| {
             l.strip_prefix("ksm_merge_any:")
                 .is_some_and(|v| v.trim() == "yes")

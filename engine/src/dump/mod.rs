@@ -445,7 +445,7 @@ fn thread_gone(pid: pid_t, tid: pid_t) -> bool {
 
 /// ", state X (name)" of thread `tid`, for an error message.
 fn thread_state(pid: pid_t, tid: pid_t) -> String {
-    std::fs::read_to_string(proc::pid_path(pid, &format!("task/{tid}/stat")))
+    crate::proc::read_small_string(proc::pid_path(pid, &format!("task/{tid}/stat")))
         .ok()
         .and_then(|s| {
             let (_, rest) = s.rsplit_once(')')?;
@@ -485,7 +485,8 @@ pub(crate) fn check_threads(pid: pid_t) -> Result<Vec<i32>> {
     // Each task's "Seccomp:" line of /proc/PID/task/TID/status.
     let seccomp = |tid: pid_t| -> Option<String> {
         let text =
-            std::fs::read_to_string(proc::pid_path(pid, &format!("task/{tid}/status"))).ok()?;
+            crate::proc::read_small_string(proc::pid_path(pid, &format!("task/{tid}/status")))
+                .ok()?;
         text.lines()
             .find(|l| l.starts_with("Seccomp:"))
             .map(|l| l.trim_end().to_string())
@@ -1562,7 +1563,7 @@ fn dump_process(
         let thread = task::collect_thread(t, gadget)?;
         core.core.threads.push(thread);
     }
-    let leader_creds = creds::collect(frozen, gadget)?;
+    let leader_creds = creds::collect(frozen, core.prctl_creds)?;
     creds::keep_own_thread_creds(pid, &leader_creds, &mut core.core.threads)?;
     core.core.creds = Some(leader_creds);
     let mut started = match opts.track.track_mem {

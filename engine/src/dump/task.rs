@@ -1,12 +1,13 @@
 //! Task state that is neither memory nor files: signals, rseq, robust
 //! futexes, credentials-free process attributes.
 
+use super::creds::{PR_GET_DUMPABLE, PR_GET_MDWE, PR_GET_NO_NEW_PRIVS, PR_GET_SECUREBITS};
 use crate::error::{Error, Result};
 use crate::image::messages::{
     AltStack, Attrs, Core, Itimer, PendingSignal, PosixTimer, Rlimit, Rseq, Sched, SigAction,
     ThreadCore,
 };
-use crate::inject::Injector;
+use crate::inject::{Call, Injector};
 use crate::proc;
 use crate::sys::sched;
 use crate::sys::syscalls::get_robust_list;
@@ -25,6 +26,8 @@ pub(crate) struct Collected {
     pub brk: u64,
     /// mlockall(MCL_FUTURE[|MCL_ONFAULT]) in force (see `probe_lock_future`).
     pub lock_future: u32,
+    /// The prctl-only credentials, for [`super::creds::collect`].
+    pub prctl_creds: super::creds::PrctlCreds,
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -33,64 +36,253 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// State only the task itself can tell: read with injected syscalls.
+/// Where each injected read of [`collect_injected`] leaves its answer in
+/// the scratch area.
+mod slot {
+    /// The action of signal N at N * 32.
+    pub const SIGACTION: u64 = 0;
+    pub const ALTSTACK: u64 = 65 * 32;
+    pub const TID_ADDRESS: u64 = ALTSTACK + 32;
+    pub const PDEATHSIG: u64 = TID_ADDRESS + 8;
+    pub const SUBREAPER: u64 = PDEATHSIG + 8;
+    pub const TSC: u64 = SUBREAPER + 8;
+    pub const XCOMP_PERM: u64 = TSC + 8;
+    /// Interval timer i (ITIMER_REAL, _VIRTUAL, _PROF) at + i * 32.
+    pub const ITIMERS: u64 = XCOMP_PERM + 8;
+    /// POSIX timer i at + i * 32.
+    pub const TIMERS: u64 = ITIMERS + 3 * 32;
+}
+
+const ITIMERS: [i32; 3] = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
+
+/// State only the task itself can tell, read with injected syscalls: every
+/// read in one batch (signal actions, altstack, brk, prctl and arch_prctl
+/// state, membarrier registrations, timers, the prctl-only credentials),
+/// each answering into its own slot of the scratch area, read back at once.
 pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
-    let locked_before = locked_kb(inj.pid())?;
-    let scratch = inj.map_scratch(None, 4096)?;
-    let buf = scratch.addr;
-    let lock_future = probe_lock_future(inj.pid(), buf, locked_before)?;
+    let pid = inj.pid();
+    let locked_before = locked_kb(pid)?;
+    let timers = posix_timers(pid)?;
+    let len = (slot::TIMERS + 32 * timers.len() as u64).next_multiple_of(4096);
+    let buf = inj.map_batch_scratch(None, len)?.addr;
+    let lock_future = probe_lock_future(pid, buf, locked_before)?;
+    let at = |off: u64| buf + off;
+    let prctl = |name, op: u64, arg: u64| Call::checked(name, libc::SYS_prctl, &[op, arg, 0, 0, 0]);
+    let signals: Vec<i32> = (1..=64).filter(|&s| !is_fixed_signal(s)).collect();
+    let mut calls: Vec<Call> = signals
+        .iter()
+        .map(|&sig| {
+            let act = at(slot::SIGACTION + 32 * sig as u64);
+            Call::checked(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                &[sig as u64, 0, act, 8],
+            )
+        })
+        .collect();
+    let index = |calls: &mut Vec<Call>, c: Call| {
+        calls.push(c);
+        calls.len() - 1
+    };
+    let altstack = at(slot::ALTSTACK);
+    index(
+        &mut calls,
+        Call::checked("sigaltstack", libc::SYS_sigaltstack, &[0, altstack]),
+    );
+    let brk = index(&mut calls, Call::checked("brk", libc::SYS_brk, &[0]));
+    let tid_address = at(slot::TID_ADDRESS);
+    let op = libc::PR_GET_TID_ADDRESS as u64;
+    index(
+        &mut calls,
+        prctl("prctl(PR_GET_TID_ADDRESS)", op, tid_address),
+    );
+    let personality = Call::checked("personality", libc::SYS_personality, &[0xffff_ffff]);
+    let personality = index(&mut calls, personality);
+    let op = libc::PR_GET_PDEATHSIG as u64;
+    index(
+        &mut calls,
+        prctl("prctl(PR_GET_PDEATHSIG)", op, at(slot::PDEATHSIG)),
+    );
+    let thp = index(
+        &mut calls,
+        prctl("prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0),
+    );
+    let mce = index(
+        &mut calls,
+        prctl("prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0),
+    );
+    let subreaper = at(slot::SUBREAPER);
+    index(
+        &mut calls,
+        prctl(
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            PR_GET_CHILD_SUBREAPER,
+            subreaper,
+        ),
+    );
+    index(
+        &mut calls,
+        prctl("prctl(PR_GET_TSC)", PR_GET_TSC, at(slot::TSC)),
+    );
+    let cpuid = Call::raw(
+        "arch_prctl(ARCH_GET_CPUID)",
+        libc::SYS_arch_prctl,
+        &[ARCH_GET_CPUID, 0],
+    );
+    let cpuid = index(&mut calls, cpuid);
+    let xcomp = [ARCH_GET_XCOMP_PERM, at(slot::XCOMP_PERM)];
+    let xcomp = index(
+        &mut calls,
+        Call::raw(
+            "arch_prctl(ARCH_GET_XCOMP_PERM)",
+            libc::SYS_arch_prctl,
+            &xcomp,
+        ),
+    );
+    let registrations = [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0];
+    let membarrier = index(
+        &mut calls,
+        Call::raw("membarrier", libc::SYS_membarrier, &registrations),
+    );
+    for (i, which) in ITIMERS.iter().enumerate() {
+        let out = at(slot::ITIMERS + 32 * i as u64);
+        index(
+            &mut calls,
+            Call::checked("getitimer", libc::SYS_getitimer, &[*which as u64, out]),
+        );
+    }
+    for (i, t) in timers.iter().enumerate() {
+        let out = at(slot::TIMERS + 32 * i as u64);
+        let c = Call::checked(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            &[t.id as u64, out],
+        );
+        index(&mut calls, c);
+    }
+    let securebits = index(
+        &mut calls,
+        prctl("prctl(PR_GET_SECUREBITS)", PR_GET_SECUREBITS, 0),
+    );
+    let nnp = index(
+        &mut calls,
+        prctl("prctl(PR_GET_NO_NEW_PRIVS)", PR_GET_NO_NEW_PRIVS, 0),
+    );
+    let dumpable = index(
+        &mut calls,
+        prctl("prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0),
+    );
+    let mdwe = Call::raw(
+        "prctl(PR_GET_MDWE)",
+        libc::SYS_prctl,
+        &[PR_GET_MDWE, 0, 0, 0, 0],
+    );
+    let mdwe = index(&mut calls, mdwe);
+    let r = inj.batch(&calls)?;
+    let b = inj.get(0, len as usize)?;
+    let word = |off: u64| u64_at(&b, off as usize);
+
     let mut core = Core::default();
-    for sig in 1..=64 {
-        if is_fixed_signal(sig) {
-            continue;
-        }
-        inj.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            &[sig as u64, 0, buf, 8],
-        )?;
-        let b = inj.get(0, 32)?;
+    for &sig in &signals {
+        let off = slot::SIGACTION + 32 * sig as u64;
         let act = SigAction {
             sig,
-            handler: u64_at(&b, 0),
-            flags: u64_at(&b, 8),
-            restorer: u64_at(&b, 16),
-            mask: u64_at(&b, 24),
+            handler: word(off),
+            flags: word(off + 8),
+            restorer: word(off + 16),
+            mask: word(off + 24),
         };
         if act.handler != 0 || act.flags != 0 || act.mask != 0 {
             core.sigactions.push(act);
         }
     }
-    inj.call("sigaltstack", libc::SYS_sigaltstack, &[0, buf])?;
-    let b = inj.get(0, 24)?;
-    let flags = u64_at(&b, 8) as u32 as i32;
+    let flags = word(slot::ALTSTACK + 8) as u32 as i32;
     if flags & libc::SS_DISABLE == 0 {
         core.altstack = Some(AltStack {
-            sp: u64_at(&b, 0),
+            sp: word(slot::ALTSTACK),
             flags: flags & !libc::SS_ONSTACK,
-            size: u64_at(&b, 16),
+            size: word(slot::ALTSTACK + 16),
         });
     }
-    let brk = inj.call("brk", libc::SYS_brk, &[0])?;
-    inj.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        &[libc::PR_GET_TID_ADDRESS as u64, buf],
-    )?;
-    core.clear_child_tid = u64_at(&inj.get(0, 8)?, 0);
-    core.personality = inj.call("personality", libc::SYS_personality, &[0xffff_ffff])? as u32;
-    inj.call(
-        "prctl(PR_GET_PDEATHSIG)",
-        libc::SYS_prctl,
-        &[libc::PR_GET_PDEATHSIG as u64, buf],
-    )?;
-    core.pdeath_signal = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
-    core.attrs = Some(collect_attrs_injected(inj, buf)?);
+    core.clear_child_tid = word(slot::TID_ADDRESS);
+    core.personality = r[personality] as u32;
+    core.pdeath_signal = word(slot::PDEATHSIG) as u32 as i32;
+    let mut a = Attrs {
+        thp_disable: r[thp] as u32,
+        mce_kill: r[mce] as i32,
+        child_subreaper: word(slot::SUBREAPER) as u32 != 0,
+        tsc: word(slot::TSC) as u32 as i32,
+        ..Default::default()
+    };
+    // ENODEV: no CPUID faulting on this CPU, so cpuid always works.
+    a.cpuid = match r[cpuid] {
+        r if r >= 0 => r as i32,
+        r if r == -(libc::ENODEV as i64) => 1,
+        r => {
+            return Err(Error::task(
+                pid,
+                format!("arch_prctl(ARCH_GET_CPUID) failed: errno {}", -r),
+            ))
+        }
+    };
+    // EINVAL before 5.16: no dynamically permitted xfeatures at all.
+    a.xcomp_perm = match r[xcomp] {
+        0 => word(slot::XCOMP_PERM),
+        r if r == -(libc::EINVAL as i64) => 0,
+        r => {
+            return Err(Error::task(
+                pid,
+                format!("arch_prctl(ARCH_GET_XCOMP_PERM) failed: errno {}", -r),
+            ))
+        }
+    };
+    a.membarrier = membarrier_registrations(inj, r[membarrier])?;
+    for (i, which) in ITIMERS.iter().enumerate() {
+        let off = slot::ITIMERS + 32 * i as u64;
+        let us = |o: u64| word(off + o) * 1_000_000 + word(off + o + 8);
+        let t = Itimer {
+            which: *which,
+            interval_us: us(0),
+            value_us: us(16),
+        };
+        // An expired ITIMER_REAL whose SIGALRM is still queued reads 0
+        // with its interval: the kernel re-arms it when the signal is
+        // taken, so the interval alone is state too.
+        if t.value_us != 0 || t.interval_us != 0 {
+            a.itimers.push(t);
+        }
+    }
+    for (i, mut t) in timers.into_iter().enumerate() {
+        let off = slot::TIMERS + 32 * i as u64;
+        let ns = |o: u64| word(off + o) * 1_000_000_000 + word(off + o + 8);
+        t.interval_ns = ns(0);
+        t.remaining_ns = ns(16);
+        a.posix_timers.push(t);
+    }
+    core.attrs = Some(a);
+    // EINVAL: a kernel without MDWE, where nothing can be set either.
+    let mdwe = match r[mdwe] {
+        r if r == -(libc::EINVAL as i64) => 0,
+        r if r < 0 => {
+            return Err(Error::task(
+                pid,
+                format!("injected prctl(PR_GET_MDWE) failed: {}", -r),
+            ))
+        }
+        r => r as u64,
+    };
+    let prctl_creds = super::creds::PrctlCreds {
+        securebits: r[securebits] as u32,
+        no_new_privs: r[nnp] != 0,
+        dumpable: r[dumpable] as u64,
+        mdwe,
+    };
     inj.unmap_scratch()?;
     Ok(Collected {
         core,
-        brk,
+        brk: r[brk] as u64,
         lock_future,
+        prctl_creds,
     })
 }
 
@@ -206,12 +398,9 @@ const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: u64 = 1 << 7;
 /// expedited barrier is tried (it fails with EPERM unless registered, and
 /// is harmless otherwise); a GLOBAL_EXPEDITED registration cannot be seen
 /// that way (the global barrier works without it) and is not restored.
-fn membarrier_registrations(inj: &mut Injector) -> Result<u32> {
+/// `r`: what MEMBARRIER_CMD_GET_REGISTRATIONS gave.
+fn membarrier_registrations(inj: &mut Injector, r: i64) -> Result<u32> {
     let pid = inj.pid();
-    let r = inj.raw(
-        libc::SYS_membarrier,
-        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
-    )?;
     if r >= 0 {
         return Ok(r as u32);
     }
@@ -236,81 +425,6 @@ fn membarrier_registrations(inj: &mut Injector) -> Result<u32> {
         }
     }
     Ok(regs)
-}
-
-/// prctl and arch_prctl state, membarrier registrations and interval
-/// timers: only the task can tell (one injected call each).
-fn collect_attrs_injected(inj: &mut Injector, buf: u64) -> Result<Attrs> {
-    let pid = inj.pid();
-    let prctl = |inj: &mut Injector, name, op: u64, arg: u64| {
-        inj.call(name, libc::SYS_prctl, &[op, arg, 0, 0, 0])
-    };
-    let mut a = Attrs {
-        thp_disable: prctl(inj, "prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0)? as u32,
-        mce_kill: prctl(inj, "prctl(PR_MCE_KILL_GET)", PR_MCE_KILL_GET, 0)? as i32,
-        ..Default::default()
-    };
-    prctl(
-        inj,
-        "prctl(PR_GET_CHILD_SUBREAPER)",
-        PR_GET_CHILD_SUBREAPER,
-        buf,
-    )?;
-    a.child_subreaper = u64_at(&inj.get(0, 8)?, 0) as u32 != 0;
-    prctl(inj, "prctl(PR_GET_TSC)", PR_GET_TSC, buf)?;
-    a.tsc = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
-    // ENODEV: no CPUID faulting on this CPU, so cpuid always works.
-    a.cpuid = match inj.raw(libc::SYS_arch_prctl, &[ARCH_GET_CPUID, 0])? {
-        r if r >= 0 => r as i32,
-        r if r == -(libc::ENODEV as i64) => 1,
-        r => {
-            return Err(Error::task(
-                pid,
-                format!("arch_prctl(ARCH_GET_CPUID) failed: errno {}", -r),
-            ))
-        }
-    };
-    // EINVAL before 5.16: no dynamically permitted xfeatures at all.
-    a.xcomp_perm = match inj.raw(libc::SYS_arch_prctl, &[ARCH_GET_XCOMP_PERM, buf])? {
-        0 => u64_at(&inj.get(0, 8)?, 0),
-        r if r == -(libc::EINVAL as i64) => 0,
-        r => {
-            return Err(Error::task(
-                pid,
-                format!("arch_prctl(ARCH_GET_XCOMP_PERM) failed: errno {}", -r),
-            ))
-        }
-    };
-    a.membarrier = membarrier_registrations(inj)?;
-    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
-        inj.call("getitimer", libc::SYS_getitimer, &[which as u64, buf])?;
-        let b = inj.get(0, 32)?;
-        let us = |off| u64_at(&b, off) * 1_000_000 + u64_at(&b, off + 8);
-        let t = Itimer {
-            which,
-            interval_us: us(0),
-            value_us: us(16),
-        };
-        // An expired ITIMER_REAL whose SIGALRM is still queued reads 0
-        // with its interval: the kernel re-arms it when the signal is
-        // taken, so the interval alone is state too.
-        if t.value_us != 0 || t.interval_us != 0 {
-            a.itimers.push(t);
-        }
-    }
-    for mut t in posix_timers(pid)? {
-        inj.call(
-            "timer_gettime",
-            libc::SYS_timer_gettime,
-            &[t.id as u64, buf],
-        )?;
-        let b = inj.get(0, 32)?;
-        let ns = |off| u64_at(&b, off) * 1_000_000_000 + u64_at(&b, off + 8);
-        t.interval_ns = ns(0);
-        t.remaining_ns = ns(16);
-        a.posix_timers.push(t);
-    }
-    Ok(a)
 }
 
 /// State readable from outside: ptrace requests, /proc, prlimit.
@@ -358,7 +472,7 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
 
 fn read_proc(pid: i32, file: &str) -> Result<String> {
     let path = proc::pid_path(pid, file);
-    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+    crate::proc::read_small_string(&path).map_err(|e| Error::io("reading", path, e))
 }
 
 fn proc_number<T: std::str::FromStr>(pid: i32, file: &str) -> Result<T> {

@@ -297,7 +297,7 @@ pub(crate) fn check_zombie(m: &Member) -> Result<()> {
         ));
     }
     let ids = |pid: pid_t| -> Option<Vec<String>> {
-        let text = std::fs::read_to_string(proc::pid_path(pid, "status")).ok()?;
+        let text = crate::proc::read_small_string(proc::pid_path(pid, "status")).ok()?;
         Some(
             text.lines()
                 .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:"))

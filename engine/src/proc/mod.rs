@@ -106,9 +106,39 @@ pub fn pid_path(pid: i32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
+/// Reads a small file (/proc, /sys) whole: most in one read into an 8 KiB
+/// buffer. std's `fs::read` asks the size first (statx, which says 0 for
+/// /proc files) and then reads 32, 32, 64... bytes: ten system calls for a
+/// /proc/PID/status, read many times per process by a dump.
+pub(crate) fn read_small(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// [`read_small`] as UTF-8 (an error otherwise, as `fs::read_to_string`).
+pub(crate) fn read_small_string(path: impl AsRef<Path>) -> std::io::Result<String> {
+    String::from_utf8(read_small(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Reads a whole /proc text file (lossy UTF-8, see the module doc).
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| ProcError::io(path, e))?;
+    let bytes = read_small(path).map_err(|e| ProcError::io(path, e))?;
     Ok(match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),

@@ -29,7 +29,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::messages::{Core, Creds, Mm, VmaKind};
-use crate::inject::Injector;
+use crate::inject::{Call, Injector};
 use crate::proc;
 
 const CAP_SETPCAP: u32 = 8;
@@ -100,7 +100,9 @@ pub(crate) fn validate(pid: pid_t, core: &Core) -> std::result::Result<(), Strin
     Ok(())
 }
 
-fn capset(inj: &mut Injector, eff: u64, prm: u64, inh: u64) -> Result<()> {
+/// capset(2) with its header and data put in the scratch area at `off`
+/// (64 bytes), as a call of a batch.
+fn capset(inj: &Injector, off: u64, eff: u64, prm: u64, inh: u64) -> Result<Call> {
     let mut b = Vec::with_capacity(32);
     b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
     b.extend_from_slice(&0i32.to_le_bytes());
@@ -110,10 +112,9 @@ fn capset(inj: &mut Injector, eff: u64, prm: u64, inh: u64) -> Result<()> {
             b.extend_from_slice(&((set >> half) as u32).to_le_bytes());
         }
     }
-    let hdr = inj.put(0, &b[..8])?;
-    let data = inj.put(64, &b[8..])?;
-    inj.call("capset", libc::SYS_capset, &[hdr, data])?;
-    Ok(())
+    let hdr = inj.put(off, &b[..8])?;
+    let data = inj.put(off + 8, &b[8..])?;
+    Ok(Call::checked("capset", libc::SYS_capset, &[hdr, data]))
 }
 
 fn each_bit(mask: u64) -> impl Iterator<Item = u64> {
@@ -153,23 +154,32 @@ pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -
             format!("{} supplementary groups do not fit", c.groups.len()),
         ));
     }
+    // One batch, in this order (each step needs the ones before it; the
+    // first that fails stops it). Its arguments in the scratch area: three
+    // capsets at 0, 64, 128; the parent death signal read back at 192; the
+    // groups from 256.
+    let mut calls = Vec::new();
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-    let p = inj.put(0, &groups)?;
-    inj.call(
+    let p = inj.put(256, &groups)?;
+    calls.push(Call::checked(
         "setgroups",
         libc::SYS_setgroups,
         &[c.groups.len() as u64, p],
-    )?;
+    ));
     let [rg, eg, sg, fg] = [c.gid[0], c.gid[1], c.gid[2], c.gid[3]].map(u64::from);
-    inj.call("setresgid", libc::SYS_setresgid, &[rg, eg, sg])?;
+    calls.push(Call::checked(
+        "setresgid",
+        libc::SYS_setresgid,
+        &[rg, eg, sg],
+    ));
     // setfsgid returns the previous fsgid, never an error: checked below.
-    inj.call("setfsgid", libc::SYS_setfsgid, &[fg])?;
+    calls.push(Call::checked("setfsgid", libc::SYS_setfsgid, &[fg]));
 
     // The inheritable set before the bounding set shrinks: capset only
     // accepts inheritable capabilities that are in the bounding set (or
     // already inheritable), and a task may keep some it later dropped
     // from its bounding set.
-    capset(inj, now.cap_eff, now.cap_prm, c.cap_inh)?;
+    calls.push(capset(inj, 0, now.cap_eff, now.cap_prm, c.cap_inh)?);
     if c.cap_bnd & !now.cap_bnd != 0 {
         return Err(Error::task(
             pid,
@@ -180,81 +190,98 @@ pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -
         ));
     }
     for cap in each_bit(now.cap_bnd & !c.cap_bnd) {
-        inj.call(
+        calls.push(Call::checked(
             "prctl(PR_CAPBSET_DROP)",
             libc::SYS_prctl,
             &[PR_CAPBSET_DROP, cap],
-        )?;
+        ));
     }
 
-    inj.call(
+    calls.push(Call::checked(
         "prctl(PR_SET_SECUREBITS)",
         libc::SYS_prctl,
         &[PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS],
-    )?;
+    ));
     let [ru, eu, su, fu] = [c.uid[0], c.uid[1], c.uid[2], c.uid[3]].map(u64::from);
-    inj.call("setresuid", libc::SYS_setresuid, &[ru, eu, su])?;
-    inj.call("setfsuid", libc::SYS_setfsuid, &[fu])?;
+    calls.push(Call::checked(
+        "setresuid",
+        libc::SYS_setresuid,
+        &[ru, eu, su],
+    ));
+    calls.push(Call::checked("setfsuid", libc::SYS_setfsuid, &[fu]));
     if c.dumpable == 2 {
         // SUID_DUMP_ROOT cannot be set with prctl; the kernel sets
         // fs.suid_dumpable (checked to be 2) on a change of fsuid, and the
         // later steps (securebits, capset to subsets) keep it.
-        inj.call("setfsuid", libc::SYS_setfsuid, &[fu ^ 1])?;
-        inj.call("setfsuid", libc::SYS_setfsuid, &[fu])?;
+        calls.push(Call::checked("setfsuid", libc::SYS_setfsuid, &[fu ^ 1]));
+        calls.push(Call::checked("setfsuid", libc::SYS_setfsuid, &[fu]));
     }
 
     let setpcap = 1u64 << CAP_SETPCAP;
-    capset(inj, c.cap_eff | setpcap, c.cap_prm | setpcap, c.cap_inh)?;
-    inj.call(
+    calls.push(capset(
+        inj,
+        64,
+        c.cap_eff | setpcap,
+        c.cap_prm | setpcap,
+        c.cap_inh,
+    )?);
+    calls.push(Call::checked(
         "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
         libc::SYS_prctl,
         &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0],
-    )?;
+    ));
     for cap in each_bit(c.cap_amb) {
-        inj.call(
+        calls.push(Call::checked(
             "prctl(PR_CAP_AMBIENT_RAISE)",
             libc::SYS_prctl,
             &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0],
-        )?;
+        ));
     }
-    inj.call(
+    calls.push(Call::checked(
         "prctl(PR_SET_SECUREBITS)",
         libc::SYS_prctl,
         &[PR_SET_SECUREBITS, c.securebits as u64],
-    )?;
-    capset(inj, c.cap_eff, c.cap_prm, c.cap_inh)?;
+    ));
+    calls.push(capset(inj, 128, c.cap_eff, c.cap_prm, c.cap_inh)?);
 
     if c.no_new_privs {
-        inj.call(
+        calls.push(Call::checked(
             "prctl(PR_SET_NO_NEW_PRIVS)",
             libc::SYS_prctl,
             &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0],
-        )?;
+        ));
     }
     if c.dumpable < 2 {
-        inj.call(
+        calls.push(Call::checked(
             "prctl(PR_SET_DUMPABLE)",
             libc::SYS_prctl,
             &[PR_SET_DUMPABLE, c.dumpable as u64],
-        )?;
+        ));
     }
     if c.mdwe != 0 {
-        inj.call(
+        calls.push(Call::checked(
             "prctl(PR_SET_MDWE)",
             libc::SYS_prctl,
             &[PR_SET_MDWE, c.mdwe as u64, 0, 0, 0],
-        )?;
+        ));
     }
     // A change of euid/egid/fsuid/fsgid (commit_creds) clears the parent
-    // death signal task::restore set: set it again.
-    set_pdeath_signal(inj, pdeath_signal)?;
-    let p = inj.put(0, &[0u8; 8])?;
-    inj.call(
+    // death signal task::restore set: set it again, and read it back.
+    if pdeath_signal != 0 {
+        calls.push(Call::checked(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_PDEATHSIG as u64, pdeath_signal as u64],
+        ));
+    }
+    let p = inj.put(192, &[0u8; 8])?;
+    calls.push(Call::checked(
         "prctl(PR_GET_PDEATHSIG)",
         libc::SYS_prctl,
         &[libc::PR_GET_PDEATHSIG as u64, p],
-    )?;
-    let b = inj.get(0, 4)?;
+    ));
+    inj.batch(&calls)?;
+    let b = inj.get(192, 4)?;
     let pdeath = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     if pdeath != pdeath_signal {
         return Err(Error::task(

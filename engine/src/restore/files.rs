@@ -23,7 +23,7 @@ use nix::errno::Errno;
 
 use crate::error::{Context, Error, Result};
 use crate::image::messages::{Fd, FdKind, Fds};
-use crate::inject::Injector;
+use crate::inject::{Call, Injector};
 use crate::proc;
 use crate::sys::syscalls::pidfd_getfd;
 
@@ -454,14 +454,19 @@ pub(crate) fn restore(
         )?;
         temp.insert(fd.fd, high);
     }
-    for Fd { fd, flags, .. } in &fds.fds {
-        let cloexec = if *flags as i32 & libc::O_CLOEXEC != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
-        inj.call("dup3", libc::SYS_dup3, &[temp[fd], *fd as u64, cloexec])?;
-    }
+    let dups: Vec<Call> = fds
+        .fds
+        .iter()
+        .map(|Fd { fd, flags, .. }| {
+            let cloexec = if *flags as i32 & libc::O_CLOEXEC != 0 {
+                libc::O_CLOEXEC as u64
+            } else {
+                0
+            };
+            Call::checked("dup3", libc::SYS_dup3, &[temp[fd], *fd as u64, cloexec])
+        })
+        .collect();
+    inj.batch(&dups)?;
     // Every descriptor is at its number: the epoll watches name them.
     super::epoll::add_watches(inj, &fds.fds)?;
     // O_ASYNC last: the kernel records the fd number it was set through
@@ -494,9 +499,11 @@ pub(crate) fn restore(
                 .filter(|n| !numbers.contains(n)),
         )
         .collect();
-    for h in highs {
-        inj.call("close", libc::SYS_close, &[h])?;
-    }
+    let closes: Vec<Call> = highs
+        .into_iter()
+        .map(|h| Call::checked("close", libc::SYS_close, &[h]))
+        .collect();
+    inj.batch(&closes)?;
     verify(pid, fds)
 }
 

@@ -1,14 +1,13 @@
 //! Rebuilding the address space inside the stub: clear it, move the vDSO
 //! to its old place, map every VMA, fill pages, set final protections.
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
 use super::shared::SharedObjects;
 use crate::error::{Error, Result};
 use crate::image::chain::Source;
 use crate::image::messages::{madv, Mm, Pagemap, Vma, VmaKind};
-use crate::inject::Injector;
+use crate::inject::{Call, Injector};
 use crate::pageio::PageSource;
 use crate::proc::maps::{VmFlags, Vma as ProcVma};
 use crate::sys::syscalls::{iov, process_vm_write, IOV_MAX};
@@ -257,10 +256,17 @@ pub(crate) fn unmap_kept_vdso(inj: &mut Injector, mm: &Mm, calls_after: bool) ->
     Ok(())
 }
 
-/// Maps every non-special VMA, writable for now so pages can be filled.
+/// Maps every non-special VMA, writable for now so pages can be filled:
+/// the files first (one openat each, in one batch, each path in its own
+/// place of the scratch area), then every mmap in one batch, then the
+/// closes; SysV segments are attached one by one.
 pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> Result<()> {
     let pid = inj.pid();
-    let mut files: HashMap<(String, bool), u64> = HashMap::new();
+    // (path, writable) of each file to open, in order; mmaps name a file
+    // by its index here until its descriptor is known.
+    let mut files: Vec<(String, bool)> = Vec::new();
+    let mut maps: Vec<([u64; 6], Option<usize>)> = Vec::new();
+    let mut segments: Vec<(&Vma, i32)> = Vec::new();
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     for v in &mm.vmas {
         let len = v.end - v.start;
@@ -278,22 +284,14 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
             VmaKind::AnonPrivate => {
                 let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | fixed | extra;
                 let prot = if unaccounted(v) { v.prot as u64 } else { rw };
-                inj.call(
-                    "mmap",
-                    libc::SYS_mmap,
-                    &[v.start, len, prot, flags, u64::MAX, 0],
-                )?;
+                maps.push(([v.start, len, prot, flags, u64::MAX, 0], None));
             }
             VmaKind::AnonShared => {
                 let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64 | fixed | extra;
-                inj.call(
-                    "mmap",
-                    libc::SYS_mmap,
-                    &[v.start, len, rw, flags, u64::MAX, 0],
-                )?;
+                maps.push(([v.start, len, rw, flags, u64::MAX, 0], None));
             }
             VmaKind::FileShared if shared.shmid(v.shared).is_some() => {
-                attach_segment(inj, v, shared.shmid(v.shared).unwrap_or(-1))?;
+                segments.push((v, shared.shmid(v.shared).unwrap_or(-1)));
             }
             k @ (VmaKind::FilePrivate | VmaKind::FileShared) => {
                 let path = match v.shared {
@@ -322,22 +320,12 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
                         ),
                     ));
                 }
-                let fd = match files.get(&(path.clone(), writable)) {
-                    Some(&fd) => fd,
+                let key = (path, writable);
+                let file = match files.iter().position(|f| *f == key) {
+                    Some(i) => i,
                     None => {
-                        let p = inj.put_cstr(0, &path)?;
-                        let oflags = if writable {
-                            libc::O_RDWR
-                        } else {
-                            libc::O_RDONLY
-                        } | libc::O_CLOEXEC;
-                        let fd = inj.call(
-                            "openat",
-                            libc::SYS_openat,
-                            &[libc::AT_FDCWD as i64 as u64, p, oflags as u64, 0],
-                        )?;
-                        files.insert((path, writable), fd);
-                        fd
+                        files.push(key);
+                        files.len() - 1
                     }
                 };
                 // Shared file maps get their final protection now: their
@@ -349,19 +337,67 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
                 } else {
                     (rw, libc::MAP_PRIVATE as u64)
                 };
-                inj.call(
-                    "mmap",
-                    libc::SYS_mmap,
-                    &[v.start, len, prot, flags | fixed | extra, fd, v.pgoff],
-                )?;
+                let args = [v.start, len, prot, flags | fixed | extra, 0, v.pgoff];
+                maps.push((args, Some(file)));
             }
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {}
         }
     }
-    for fd in files.into_values() {
-        inj.call("close", libc::SYS_close, &[fd])?;
+    let fds = open_files(inj, &files)?;
+    let calls: Vec<Call> = maps
+        .iter()
+        .map(|(args, file)| {
+            let mut args = *args;
+            if let Some(i) = file {
+                args[4] = fds[*i];
+            }
+            Call::checked("mmap", libc::SYS_mmap, &args)
+        })
+        .collect();
+    inj.batch(&calls)?;
+    for (v, shmid) in segments {
+        attach_segment(inj, v, shmid)?;
     }
+    let closes: Vec<Call> = fds
+        .iter()
+        .map(|&fd| Call::checked("close", libc::SYS_close, &[fd]))
+        .collect();
+    inj.batch(&closes)?;
     Ok(())
+}
+
+/// Opens each (path, writable) in the task, O_CLOEXEC: batches of as many
+/// paths as the scratch area holds. The descriptors, in order.
+fn open_files(inj: &mut Injector, files: &[(String, bool)]) -> Result<Vec<u64>> {
+    let room = inj.scratch()?.len;
+    let mut fds = Vec::with_capacity(files.len());
+    let mut calls = Vec::new();
+    let mut off = 0u64;
+    for (path, writable) in files {
+        let need = path.len() as u64 + 1;
+        if need > room {
+            return Err(Error::task(
+                inj.pid(),
+                format!("mapped file path of {need} bytes does not fit the scratch area"),
+            ));
+        }
+        if off + need > room {
+            fds.extend(inj.batch(&calls)?.into_iter().map(|fd| fd as u64));
+            calls.clear();
+            off = 0;
+        }
+        let p = inj.put_cstr(off, path)?;
+        off += need;
+        let oflags = if *writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        } | libc::O_CLOEXEC;
+        let args = [libc::AT_FDCWD as i64 as u64, p, oflags as u64, 0];
+        calls.push(Call::checked("openat", libc::SYS_openat, &args));
+    }
+    fds.extend(inj.batch(&calls)?.into_iter().map(|fd| fd as u64));
+    Ok(fds)
 }
 
 /// Attaches SysV segment `shmid` where the VMA was, as the task had it:
@@ -652,9 +688,16 @@ fn keep_accounted(inj: &mut Injector, v: &Vma) -> Result<()> {
     Ok(())
 }
 
-/// Final protections, madvise flags, names, guard regions, locks and seals.
+/// Final protections, madvise flags, names, guard regions and locks: one
+/// batch for every VMA (names each in their own place of the scratch
+/// area; a batch is run whenever the area is full).
 pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    let room = inj.scratch()?.len;
+    let mut calls: Vec<Call> = Vec::new();
+    // (index in calls, VMA) of each mlock, whose failure is judged here.
+    let mut mlocks: Vec<(usize, &Vma)> = Vec::new();
+    let mut off = 0u64;
     for v in &mm.vmas {
         let k = kind(v);
         if !matches!(
@@ -664,6 +707,7 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
             continue;
         }
         let len = v.end - v.start;
+        // While the VMA is still writable (its mprotect is in the batch).
         if k == VmaKind::AnonPrivate
             && v.vm_flags & VmFlags::ACCOUNT != 0
             && v.prot & libc::PROT_WRITE as u32 == 0
@@ -671,11 +715,11 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
             keep_accounted(inj, v)?;
         }
         if k != VmaKind::FileShared && v.prot != rw {
-            inj.call(
+            calls.push(Call::checked(
                 "mprotect",
                 libc::SYS_mprotect,
                 &[v.start, len, v.prot as u64],
-            )?;
+            ));
         }
         for (bit, advice) in [
             (madv::DONTDUMP, libc::MADV_DONTDUMP),
@@ -688,45 +732,64 @@ pub(crate) fn finish_vmas(inj: &mut Injector, mm: &Mm) -> Result<()> {
             (madv::RANDOM, libc::MADV_RANDOM),
         ] {
             if v.madvise & bit != 0 {
-                inj.call("madvise", libc::SYS_madvise, &[v.start, len, advice as u64])?;
+                let args = [v.start, len, advice as u64];
+                calls.push(Call::checked("madvise", libc::SYS_madvise, &args));
             }
         }
         if !v.anon_name.is_empty() {
-            let p = inj.put_cstr(0, &v.anon_name)?;
-            inj.call(
+            let need = v.anon_name.len() as u64 + 1;
+            if off + need > room {
+                run_finish_batch(inj, &calls, &mlocks)?;
+                calls.clear();
+                mlocks.clear();
+                off = 0;
+            }
+            let p = inj.put_cstr(off, &v.anon_name)?;
+            off += need;
+            calls.push(Call::checked(
                 "prctl(PR_SET_VMA_ANON_NAME)",
                 libc::SYS_prctl,
                 &[PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, len, p],
-            )?;
+            ));
         }
         // Guards before locks: the kernel refuses guards in locked VMAs.
         for g in v.guards.chunks_exact(2) {
-            inj.call(
+            calls.push(Call::checked(
                 "madvise(MADV_GUARD_INSTALL)",
                 libc::SYS_madvise,
                 &[g[0], g[1] * PAGE, MADV_GUARD_INSTALL],
-            )?;
+            ));
         }
         if v.madvise & madv::LOCKONFAULT != 0 {
-            inj.call(
+            calls.push(Call::checked(
                 "mlock2(MLOCK_ONFAULT)",
                 libc::SYS_mlock2,
                 &[v.start, len, MLOCK_ONFAULT],
-            )?;
+            ));
         } else if v.madvise & madv::LOCKED != 0 {
-            // mlock sets VM_LOCKED, then populates the range. A PROT_NONE
-            // VMA cannot be populated: mlock says ENOMEM with the flag set
-            // (mmap under mlockall(MCL_FUTURE) leaves such a VMA locked and
-            // empty the same way). verify_vm_flags checks the flag.
-            let r = inj.raw(libc::SYS_mlock, &[v.start, len])?;
-            if r < 0 && !(r == -(libc::ENOMEM as i64) && v.prot == 0) {
-                return Err(Error::Injected {
-                    name: "mlock",
-                    args: format!("{:#x}, {len:#x}", v.start),
-                    pid: inj.pid(),
-                    errno: nix::errno::Errno::from_raw(-r as i32),
-                });
-            }
+            mlocks.push((calls.len(), v));
+            calls.push(Call::raw("mlock", libc::SYS_mlock, &[v.start, len]));
+        }
+    }
+    run_finish_batch(inj, &calls, &mlocks)
+}
+
+/// Runs a batch of [`finish_vmas`] and judges its mlocks: mlock sets
+/// VM_LOCKED, then populates the range. A PROT_NONE VMA cannot be
+/// populated: mlock says ENOMEM with the flag set (mmap under
+/// mlockall(MCL_FUTURE) leaves such a VMA locked and empty the same way).
+/// verify_vm_flags checks the flag.
+fn run_finish_batch(inj: &mut Injector, calls: &[Call], mlocks: &[(usize, &Vma)]) -> Result<()> {
+    let results = inj.batch(calls)?;
+    for &(i, v) in mlocks {
+        let r = results[i];
+        if r < 0 && !(r == -(libc::ENOMEM as i64) && v.prot == 0) {
+            return Err(Error::Injected {
+                name: "mlock",
+                args: format!("{:#x}, {:#x}", v.start, v.end - v.start),
+                pid: inj.pid(),
+                errno: nix::errno::Errno::from_raw(-r as i32),
+            });
         }
     }
     Ok(())

@@ -450,9 +450,10 @@ fn restore_one(
             .filter(|v| v.path != "[vsyscall]")
             .map(|v| (v.start, v.end)),
     );
-    let at = mem::free_area(&taken, SCRATCH_LEN)
+    // The scratch area, and after it the batch runner (inject/batch.rs).
+    let at = mem::free_area(&taken, SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT)
         .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
-    inj.map_scratch(Some(at), SCRATCH_LEN)?;
+    inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
 
     phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm, shared)?;

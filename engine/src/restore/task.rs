@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::messages::{Attrs, Core, Mm, Sched};
-use crate::inject::Injector;
+use crate::inject::{Call, Injector};
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::syscalls::prlimit;
 
@@ -103,17 +103,44 @@ pub(crate) fn open_fd_limit(pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Where [`restore`] puts its arguments in the scratch area.
+mod slot {
+    pub const CWD: u64 = 0;
+    pub const COMM: u64 = 8192;
+    /// The action of signal N at + N * 32.
+    pub const SIGACTION: u64 = 8448;
+    pub const ALTSTACK: u64 = SIGACTION + 65 * 32;
+    /// Pending signals (128-byte siginfos), in batches of their own.
+    pub const SIGINFO: u64 = 0;
+}
+
+/// The task's own state but memory, files and credentials, in one batch of
+/// injected calls (the pending signals in batches after it).
 pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
     let pid = inj.pid();
-    let p = inj.put_cstr(0, &core.cwd)?;
-    inj.call("chdir", libc::SYS_chdir, &[p])?;
-    inj.call("umask", libc::SYS_umask, &[core.umask as u64])?;
-    let p = inj.put_cstr(0, &core.comm)?;
-    inj.call(
+    let mut calls = Vec::new();
+    if core.cwd.len() as u64 >= slot::COMM {
+        return Err(Error::task(pid, format!("cwd of {} bytes", core.cwd.len())));
+    }
+    let p = inj.put_cstr(slot::CWD, &core.cwd)?;
+    calls.push(Call::checked("chdir", libc::SYS_chdir, &[p]));
+    calls.push(Call::checked(
+        "umask",
+        libc::SYS_umask,
+        &[core.umask as u64],
+    ));
+    if core.comm.len() as u64 >= slot::SIGACTION - slot::COMM {
+        return Err(Error::task(
+            pid,
+            format!("comm of {} bytes", core.comm.len()),
+        ));
+    }
+    let p = inj.put_cstr(slot::COMM, &core.comm)?;
+    calls.push(Call::checked(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
         &[libc::PR_SET_NAME as u64, p],
-    )?;
+    ));
 
     // Every action is set, defaults included: the stub inherited the
     // engine's (the Rust runtime ignores SIGPIPE, for one). One the stub
@@ -129,78 +156,83 @@ pub(crate) fn restore(inj: &mut Injector, core: &Core) -> Result<()> {
         if stub.is_some_and(|s: [Option<[u64; 4]>; 64]| s[sig as usize - 1] == Some(words)) {
             continue;
         }
-        let p = inj.put(0, &le(&words))?;
-        inj.call(
+        let p = inj.put(slot::SIGACTION + 32 * sig as u64, &le(&words))?;
+        calls.push(Call::checked(
             "rt_sigaction",
             libc::SYS_rt_sigaction,
             &[sig as u64, p, 0, 8],
-        )?;
+        ));
     }
     let ss = match &core.altstack {
         Some(a) => le(&[a.sp, a.flags as u32 as u64, a.size]),
         None => le(&[0, libc::SS_DISABLE as u64, 0]),
     };
-    let p = inj.put(0, &ss)?;
-    inj.call("sigaltstack", libc::SYS_sigaltstack, &[p, 0])?;
+    let p = inj.put(slot::ALTSTACK, &ss)?;
+    calls.push(Call::checked("sigaltstack", libc::SYS_sigaltstack, &[p, 0]));
 
     if core.robust_list_head != 0 {
-        inj.call(
+        calls.push(Call::checked(
             "set_robust_list",
             libc::SYS_set_robust_list,
             &[core.robust_list_head, core.robust_list_len],
-        )?;
+        ));
     }
-    inj.call(
+    calls.push(Call::checked(
         "set_tid_address",
         libc::SYS_set_tid_address,
         &[core.clear_child_tid],
-    )?;
+    ));
     if let Some(r) = &core.rseq {
-        inj.call(
+        calls.push(Call::checked(
             "rseq",
             libc::SYS_rseq,
             &[r.ptr, r.len as u64, 0, r.signature as u64],
-        )?;
+        ));
     }
-    inj.call(
+    calls.push(Call::checked(
         "personality",
         libc::SYS_personality,
         &[core.personality as u64],
-    )?;
-    inj.call(
+    ));
+    calls.push(Call::checked(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,
         &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64],
-    )?;
+    ));
+    inj.batch(&calls)?;
 
     // The session and process group were made with the tree (tree.rs).
     // Queued from inside the task itself, so the kernel accepts siginfo
     // with any si_code (it refuses forged kernel codes from others).
-    for s in &core.pending {
-        if s.siginfo.len() != 128 {
-            return Err(Error::task(
-                pid,
-                format!(
-                    "pending signal {} has a {}-byte siginfo",
-                    s.signo,
-                    s.siginfo.len()
+    let room = inj.scratch()?.len / 128;
+    for chunk in core.pending.chunks(room as usize) {
+        let mut calls = Vec::with_capacity(chunk.len());
+        for (i, s) in chunk.iter().enumerate() {
+            if s.siginfo.len() != 128 {
+                return Err(Error::task(
+                    pid,
+                    format!(
+                        "pending signal {} has a {}-byte siginfo",
+                        s.signo,
+                        s.siginfo.len()
+                    ),
+                ));
+            }
+            let p = inj.put(slot::SIGINFO + 128 * i as u64, &s.siginfo)?;
+            calls.push(match s.shared {
+                true => Call::checked(
+                    "rt_sigqueueinfo",
+                    libc::SYS_rt_sigqueueinfo,
+                    &[pid as u64, s.signo as u64, p],
                 ),
-            ));
+                false => Call::checked(
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    &[pid as u64, pid as u64, s.signo as u64, p],
+                ),
+            });
         }
-        let p = inj.put(0, &s.siginfo)?;
-        if s.shared {
-            inj.call(
-                "rt_sigqueueinfo",
-                libc::SYS_rt_sigqueueinfo,
-                &[pid as u64, s.signo as u64, p],
-            )?;
-        } else {
-            inj.call(
-                "rt_tgsigqueueinfo",
-                libc::SYS_rt_tgsigqueueinfo,
-                &[pid as u64, pid as u64, s.signo as u64, p],
-            )?;
-        }
+        inj.batch(&calls)?;
     }
     Ok(())
 }

@@ -339,6 +339,20 @@ impl Tracee {
             .map_err(|e| Error::sys("PTRACE_SETSIGMASK", self.pid, e))
     }
 
+    /// The siginfo of the signal the task is stopped to deliver
+    /// (PTRACE_GETSIGINFO at a signal-delivery stop), raw.
+    pub fn siginfo(&self) -> Result<[u8; 128]> {
+        let mut info = [0u8; 128];
+        ptrace_raw(
+            libc::PTRACE_GETSIGINFO,
+            self.pid,
+            0,
+            info.as_mut_ptr() as usize,
+        )
+        .map_err(|e| Error::sys("PTRACE_GETSIGINFO", self.pid, e))?;
+        Ok(info)
+    }
+
     /// Queued signals, without dequeuing them: the task-private queue or
     /// the process-wide one. Each entry is a raw 128-byte siginfo.
     pub fn pending_signals(&self, shared: bool) -> Result<Vec<[u8; 128]>> {
