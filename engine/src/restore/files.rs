@@ -292,23 +292,28 @@ pub(crate) fn tree_pipes(all: &[&Fds]) -> Result<(Vec<OwnedFd>, Vec<InheritedEnd
     Ok((owned, entries))
 }
 
-/// Closes every descriptor the stub inherited from crust, except those
-/// that will become external ends.
-pub(crate) fn close_all_but(inj: &mut Injector, inherited: &Inherited) -> Result<()> {
+/// The calls that close every descriptor the stub inherited from crust,
+/// except those that will become external ends.
+pub(crate) fn close_all_but(inherited: &Inherited) -> Vec<Call> {
     let keep: BTreeSet<u64> = inherited.ends.values().map(|&fd| fd as u64).collect();
+    let mut calls = Vec::new();
     let mut from = 0u64;
     for &k in &keep {
         if k > from {
-            inj.call("close_range", libc::SYS_close_range, &[from, k - 1, 0])?;
+            calls.push(Call::checked(
+                "close_range",
+                libc::SYS_close_range,
+                &[from, k - 1, 0],
+            ));
         }
         from = k + 1;
     }
-    inj.call(
+    calls.push(Call::checked(
         "close_range",
         libc::SYS_close_range,
         &[from, u32::MAX as u64, 0],
-    )?;
-    Ok(())
+    ));
+    calls
 }
 
 pub(crate) fn validate(fds: &Fds) -> std::result::Result<(), String> {

@@ -102,25 +102,30 @@ pub(crate) fn free_area(taken: &[(u64, u64)], len: u64) -> Option<u64> {
     (hi >= LOW + len + MARGIN).then(|| (hi - MARGIN - len) & !(PAGE - 1))
 }
 
-/// Unmaps everything of the stub but its vDSO/vvar (the injection gadget
-/// lives in the vDSO) and vsyscall (which cannot be unmapped). One munmap
-/// per stretch between those, holes included (munmap skips what is not
-/// mapped): a stub is a copy of the engine, with a mapping per library,
-/// thread stack and image file it had, and one injected call per mapping
-/// made clearing each member of a tree cost milliseconds.
-pub(crate) fn clear_stub(inj: &mut Injector, stub: &[ProcVma]) -> Result<()> {
+/// The calls that unmap everything of the stub but its vDSO/vvar (the
+/// injection gadget lives in the vDSO) and vsyscall (which cannot be
+/// unmapped). One munmap per stretch between those, holes included (munmap
+/// skips what is not mapped): a stub is a copy of the engine, with a
+/// mapping per library, thread stack and image file it had, and one
+/// injected call per mapping made clearing each member of a tree cost
+/// milliseconds.
+pub(crate) fn clear_stub_calls(stub: &[ProcVma]) -> Vec<Call> {
     let mut vmas: Vec<&ProcVma> = stub.iter().collect();
     vmas.sort_by_key(|v| v.start);
+    let mut calls = Vec::new();
     let mut stretch: Option<(u64, u64)> = None;
-    let unmap = |inj: &mut Injector, s: Option<(u64, u64)>| match s {
-        Some((start, end)) => inj
-            .call("munmap", libc::SYS_munmap, &[start, end - start])
-            .map(drop),
-        None => Ok(()),
+    let mut unmap = |s: Option<(u64, u64)>| {
+        if let Some((start, end)) = s {
+            calls.push(Call::checked(
+                "munmap",
+                libc::SYS_munmap,
+                &[start, end - start],
+            ));
+        }
     };
     for v in vmas {
         if v.path.starts_with("[v") {
-            unmap(inj, stretch.take())?;
+            unmap(stretch.take());
             continue;
         }
         stretch = Some(match stretch {
@@ -128,16 +133,37 @@ pub(crate) fn clear_stub(inj: &mut Injector, stub: &[ProcVma]) -> Result<()> {
             None => (v.start, v.end),
         });
     }
-    unmap(inj, stretch)
+    unmap(stretch);
+    calls
+}
+
+/// What of the address space the stub's clearing touches or keeps: the
+/// whole span of its ordinary mappings (clear_stub_calls unmaps stretches,
+/// holes included) and each special one.
+pub(crate) fn stub_footprint(stub: &[ProcVma]) -> Vec<(u64, u64)> {
+    let ordinary = stub.iter().filter(|v| !v.path.starts_with("[v"));
+    let span = ordinary.fold(None, |acc: Option<(u64, u64)>, v| match acc {
+        Some((lo, hi)) => Some((lo.min(v.start), hi.max(v.end))),
+        None => Some((v.start, v.end)),
+    });
+    span.into_iter()
+        .chain(
+            stub.iter()
+                .filter(|v| v.path.starts_with("[v"))
+                .map(|v| (v.start, v.end)),
+        )
+        .collect()
 }
 
 /// Moves the stub's vDSO and vvar areas to where the dumped task had them,
 /// and returns the new gadget address.
+/// `avoid`: a range already in use (the scratch area).
 pub(crate) fn place_specials(
     inj: &mut Injector,
     stub: &[ProcVma],
     mm: &Mm,
     gadget: u64,
+    avoid: (u64, u64),
 ) -> Result<u64> {
     let pid = inj.pid();
     let mut moves = Vec::new(); // (from, len, to)
@@ -168,6 +194,7 @@ pub(crate) fn place_specials(
                         .filter(|v| v.path != "[vsyscall]")
                         .map(|v| (v.start, v.end)),
                 );
+                taken.push(avoid);
                 let to = free_area(&taken, h.end - h.start)
                     .ok_or_else(|| Error::task(pid, "no free area to keep the stub's vDSO in"))?;
                 moves.push((h.start, h.end - h.start, to));
@@ -206,6 +233,7 @@ pub(crate) fn place_specials(
         // Park everything in a free area first so no move lands on another.
         let mut taken: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
         taken.extend(moves.iter().map(|&(f, l, _)| (f, f + l)));
+        taken.push(avoid);
         let span: u64 = moves.iter().map(|m| m.1).sum();
         let mut park = free_area(&taken, span)
             .ok_or_else(|| Error::task(pid, "no free area to park the vDSO"))?;

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::image::chain::Chain;
 use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
 use crate::image::{ImageDir, Kind};
-use crate::inject::{find_syscall_gadget, Injector};
+use crate::inject::{find_syscall_gadget, Call, Injector};
 use crate::pageio::source::ChainSource;
 use crate::proc;
 use crate::regs::from_image;
@@ -423,11 +423,23 @@ fn restore_one(
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     let mut inj = Injector::new(tracee, base, gadget);
 
-    // The stub inherited the engine's rseq registration, whose area is
-    // about to be unmapped: drop it first, or the kernel would fault on it.
+    // The scratch area (and after it the batch runner, inject/batch.rs)
+    // first, away from everything the stub has (its clearing unmaps whole
+    // stretches, holes included) and from the image's layout.
+    let mut taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    taken.extend(mem::stub_footprint(&stub_vmas));
+    let scratch_len = SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT;
+    let at = mem::free_area(&taken, scratch_len)
+        .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
+    inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
+
+    // Then the stub is cleared in one batch. It inherited the engine's
+    // rseq registration, whose area is about to be unmapped: dropped first,
+    // or the kernel would fault on it.
+    let mut calls = Vec::new();
     let rseq = tracee.rseq_config()?;
     if rseq.rseq_abi_pointer != 0 {
-        inj.call(
+        calls.push(Call::checked(
             "rseq(unregister)",
             libc::SYS_rseq,
             &[
@@ -436,24 +448,19 @@ fn restore_one(
                 1,
                 rseq.signature as u64,
             ],
-        )?;
+        ));
     }
-    files::close_all_but(&mut inj, inherited)?;
-    mem::clear_stub(&mut inj, &stub_vmas)?;
-    let gadget = mem::place_specials(&mut inj, &stub_vmas, &img.mm, gadget)?;
+    calls.extend(files::close_all_but(inherited));
+    calls.extend(mem::clear_stub_calls(&stub_vmas));
+    inj.batch(&calls)?;
+    let gadget = mem::place_specials(
+        &mut inj,
+        &stub_vmas,
+        &img.mm,
+        gadget,
+        (at, at + scratch_len),
+    )?;
     inj.set_gadget(gadget);
-    let mut taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    // What the stub still has (a vDSO kept as the gadget) is taken too.
-    taken.extend(
-        proc::maps::read_maps(pid)?
-            .iter()
-            .filter(|v| v.path != "[vsyscall]")
-            .map(|v| (v.start, v.end)),
-    );
-    // The scratch area, and after it the batch runner (inject/batch.rs).
-    let at = mem::free_area(&taken, SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT)
-        .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
-    inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
 
     phases.mark("clear stub");
     mem::map_vmas(&mut inj, &img.mm, shared)?;
