@@ -23,8 +23,15 @@
 //! PTRACE_INTERRUPT, the wait for the stop, PTRACE_DETACH; nothing read),
 //! timed by the bench itself on the same tree.
 //!
+//! And the machine's limit for a tree's image files: creating, writing
+//! (1 KiB) and closing a file in the image directory, timed on 200 files
+//! (a process has five image files: on a filesystem where creating a file
+//! is slow, that alone can exceed the target).
+//!
 //! Run as root: `cargo bench -p crust --bench tasks`. Environment:
-//! `CRUST_BENCH_THREADS` (default 100), `CRUST_BENCH_RUNS` (default 5).
+//! `CRUST_BENCH_THREADS` (default 100), `CRUST_BENCH_RUNS` (default 5),
+//! `CRUST_BENCH_DIR` (parent of the image directories; default the system
+//! temporary directory).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -364,10 +371,13 @@ fn bench() -> Res<()> {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let threads = env_usize("CRUST_BENCH_THREADS", 100)?.max(2);
     let runs = env_usize("CRUST_BENCH_RUNS", 5)?.max(1);
+    let parent = std::env::var_os("CRUST_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let base = tempfile::Builder::new()
         .prefix("crust-bench-tasks-")
-        .tempdir()
-        .map_err(|e| format!("temporary directory: {e}"))?;
+        .tempdir_in(&parent)
+        .map_err(|e| format!("temporary directory in {}: {e}", parent.display()))?;
     let bin = compile(base.path())?;
     // One task, N threads, N processes: alternating within each run.
     let shapes = [
@@ -379,7 +389,9 @@ fn bench() -> Res<()> {
     // Read-mode pre-dumps: frozen ms of one task, of the tree, and the
     // ptrace floor of the tree.
     let (mut pre_one, mut pre_tree, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut creates = Vec::new();
     for run in 0..runs {
+        creates.push(file_create_us(base.path(), run)?);
         for (i, &(n, shape)) in shapes.iter().enumerate() {
             let s = one(&bin, base.path(), n, shape, run)?;
             println!(
@@ -425,5 +437,36 @@ fn bench() -> Res<()> {
         if each < TARGET_MS { "met" } else { "NOT met" },
         floor / threads as f64
     );
+    let create = median(creates);
+    println!(
+        "  machine limit for image files: creating a 1 KiB file in {}: {create:.1} us, {:.3} ms for the 5 files of a process",
+        parent.display(),
+        5.0 * create / 1e3
+    );
     Ok(())
+}
+
+/// Creating, writing (1 KiB) and closing a file in a new directory under
+/// `base`, in microseconds per file (200 files, then removed).
+fn file_create_us(base: &Path, run: usize) -> Res<f64> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = base.join(format!("files-{run}"));
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let data = [7u8; 1024];
+    let t = Instant::now();
+    for i in 0..200 {
+        let path = dir.join(i.to_string());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(&data)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / 200.0;
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(us)
 }

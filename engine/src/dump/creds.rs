@@ -110,8 +110,12 @@ pub(crate) fn refuse(pid: pid_t) -> Result<()> {
     // An LSM confinement (AppArmor profile, SELinux context) is not
     // restored: the restored task would get the engine's.
     let label = |p: &str| std::fs::read(p).ok();
+    // The engine's own label and capabilities, read once (they do not
+    // change while it runs; each member of a tree is checked twice).
+    static OWN_LABEL: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let own_label = OWN_LABEL.get_or_init(|| label("/proc/self/attr/current"));
     let theirs = label(&format!("/proc/{pid}/attr/current"));
-    if theirs.is_some() && theirs != label("/proc/self/attr/current") {
+    if theirs.is_some() && theirs != *own_label {
         let shown = String::from_utf8_lossy(theirs.as_deref().unwrap_or_default());
         return Err(Error::unsupported(
             pid,
@@ -133,7 +137,14 @@ pub(crate) fn refuse(pid: pid_t) -> Result<()> {
         ));
     }
     // A restore can only hand out what the engine holds itself.
-    let me = proc::read_status(std::process::id() as pid_t)?;
+    static OWN: std::sync::OnceLock<proc::Status> = std::sync::OnceLock::new();
+    let me = match OWN.get() {
+        Some(me) => me,
+        None => {
+            let me = proc::read_status(std::process::id() as pid_t)?;
+            OWN.get_or_init(|| me)
+        }
+    };
     for (name, theirs, ours) in [
         ("permitted", st.cap_prm, me.cap_prm),
         ("bounding", st.cap_bnd, me.cap_bnd),

@@ -355,39 +355,40 @@ fn restore_speculation(inj: &mut Injector, a: &Attrs) -> Result<()> {
 /// prctl and arch_prctl state, membarrier registrations and interval
 /// timers, by injected calls.
 pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()> {
-    let prctl = |inj: &mut Injector, name, args: [u64; 3]| {
-        inj.call(name, libc::SYS_prctl, &[args[0], args[1], args[2], 0, 0])
+    let prctl = |name, args: [u64; 3]| {
+        Call::checked(name, libc::SYS_prctl, &[args[0], args[1], args[2], 0, 0])
     };
-    prctl(
-        inj,
-        "prctl(PR_SET_THP_DISABLE)",
-        [
-            PR_SET_THP_DISABLE,
-            (a.thp_disable & 1) as u64,
-            (a.thp_disable & !1) as u64,
-        ],
-    )?;
-    prctl(
-        inj,
-        "prctl(PR_SET_CHILD_SUBREAPER)",
-        [PR_SET_CHILD_SUBREAPER, a.child_subreaper as u64, 0],
-    )?;
+    let mut calls = vec![
+        prctl(
+            "prctl(PR_SET_THP_DISABLE)",
+            [
+                PR_SET_THP_DISABLE,
+                (a.thp_disable & 1) as u64,
+                (a.thp_disable & !1) as u64,
+            ],
+        ),
+        prctl(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            [PR_SET_CHILD_SUBREAPER, a.child_subreaper as u64, 0],
+        ),
+    ];
     let mce = if a.mce_kill == PR_MCE_KILL_DEFAULT {
         [PR_MCE_KILL, PR_MCE_KILL_CLEAR, 0]
     } else {
         [PR_MCE_KILL, PR_MCE_KILL_SET, a.mce_kill as u64]
     };
-    prctl(inj, "prctl(PR_MCE_KILL)", mce)?;
+    calls.push(prctl("prctl(PR_MCE_KILL)", mce));
     if a.tsc != 0 {
-        prctl(inj, "prctl(PR_SET_TSC)", [PR_SET_TSC, a.tsc as u64, 0])?;
+        calls.push(prctl("prctl(PR_SET_TSC)", [PR_SET_TSC, a.tsc as u64, 0]));
     }
     if a.cpuid == 0 {
-        inj.call(
+        calls.push(Call::checked(
             "arch_prctl(ARCH_SET_CPUID)",
             libc::SYS_arch_prctl,
             &[ARCH_SET_CPUID, 0],
-        )?;
+        ));
     }
+    inj.batch(&calls)?;
     let buf = inj.scratch()?.addr;
     let have = if a.xcomp_perm == 0 {
         0
