@@ -158,4 +158,23 @@ fn a_batch_reads_what_one_by_one_reads() {
     );
     p.signal(libc::SIGUSR1);
     wait_oks(&log, 2);
+
+    // And restored one call at a time (the vDSO moved by single mremaps,
+    // the gadget following it).
+    let mut p = p;
+    let pid = p.pid;
+    let last = tmp.path().join("last");
+    dump_and_reap(&mut p, &last);
+    let out = crust_spawn_env(
+        ["restore", "-d", "-v", "-D", path_str(&last)],
+        &[("CRUST_INJECT_BATCH", "0".as_ref())],
+    )
+    .wait(TIMEOUT);
+    out.assert_ok();
+    let mut r = Proc::adopt(pid);
+    assert_eq!(counts(&out.stderr, "crust: restore").2, 0, "{}", out.stderr);
+    r.signal(libc::SIGUSR1);
+    wait_oks(&log, 3);
+    r.signal(libc::SIGUSR2);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0), "{}", read_string(&log));
 }

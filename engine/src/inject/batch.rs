@@ -263,6 +263,16 @@ impl Injector<'_> {
         Ok(out)
     }
 
+    /// As [`Injector::batch`], but only through the runner: None (and
+    /// nothing run) where it cannot be used. For calls that move the
+    /// gadget one-by-one calls run from (mremap of the vDSO).
+    pub fn try_batch(&mut self, calls: &[Call]) -> Result<Option<Vec<i64>>> {
+        if calls.iter().any(changes_sigtrap) || !self.runner_usable(calls)? {
+            return Ok(None);
+        }
+        self.batch(calls).map(Some)
+    }
+
     fn one_by_one(&mut self, calls: &[Call]) -> Result<Vec<i64>> {
         let mut out = Vec::with_capacity(calls.len());
         for c in calls {

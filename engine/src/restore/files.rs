@@ -400,13 +400,20 @@ pub(crate) fn restore(
     let mut temp: BTreeMap<i32, u64> = BTreeMap::new();
     // External ends: the inherited descriptors, moved high.
     let mut external: BTreeMap<(String, i32), u64> = BTreeMap::new();
-    for (k, &fd) in &inherited.ends {
-        let high = inj.call(
-            "fcntl(F_DUPFD_CLOEXEC)",
-            libc::SYS_fcntl,
-            &[fd as u64, libc::F_DUPFD_CLOEXEC as u64, base],
-        )?;
-        external.insert(k.clone(), high);
+    let moves: Vec<Call> = inherited
+        .ends
+        .values()
+        .map(|&fd| {
+            Call::checked(
+                "fcntl(F_DUPFD_CLOEXEC)",
+                libc::SYS_fcntl,
+                &[fd as u64, libc::F_DUPFD_CLOEXEC as u64, base],
+            )
+        })
+        .collect();
+    let highs = inj.batch(&moves)?;
+    for (k, high) in inherited.ends.keys().zip(highs) {
+        external.insert(k.clone(), high as u64);
     }
     // Pipes: one pipe2 per pipe id; both ends parked high.
     let mut pipe_ends: BTreeMap<u64, (u64, u64)> = BTreeMap::new();

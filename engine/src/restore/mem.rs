@@ -211,24 +211,20 @@ pub(crate) fn place_specials(
             (None, None) => {}
         }
     }
+    // Every move in one batch where the runner can be used (the runner
+    // does not run from the gadget being moved).
+    let inj_gadget_start = gadget;
+    let mremap = |from: u64, len: u64, to: u64| {
+        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        Call::checked("mremap", libc::SYS_mremap, &[from, len, len, flags, to])
+    };
     let overlaps = moves.iter().any(|&(from, len, _)| {
         moves
             .iter()
             .any(|&(_, l2, to)| to < from + len && from < to + l2 && to != from)
     });
-    let mut gadget = gadget;
-    let mut do_move = |inj: &mut Injector, from: u64, len: u64, to: u64| -> Result<()> {
-        if from == to {
-            return Ok(());
-        }
-        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        inj.call("mremap", libc::SYS_mremap, &[from, len, len, flags, to])?;
-        if gadget >= from && gadget < from + len {
-            gadget = gadget - from + to;
-            inj.set_gadget(gadget);
-        }
-        Ok(())
-    };
+    // The moves in order, (from, len, to).
+    let mut plan: Vec<(u64, u64, u64)> = Vec::new();
     if overlaps {
         // Park everything in a free area first so no move lands on another.
         let mut taken: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
@@ -238,13 +234,33 @@ pub(crate) fn place_specials(
         let mut park = free_area(&taken, span)
             .ok_or_else(|| Error::task(pid, "no free area to park the vDSO"))?;
         for m in moves.iter_mut() {
-            do_move(inj, m.0, m.1, park)?;
+            plan.push((m.0, m.1, park));
             m.0 = park;
             park += m.1;
         }
     }
-    for &(from, len, to) in &moves {
-        do_move(inj, from, len, to)?;
+    plan.extend(moves.iter().copied());
+    plan.retain(|&(from, _, to)| from != to);
+    // Where the gadget ends up.
+    let mut gadget = gadget;
+    for &(from, len, to) in &plan {
+        if gadget >= from && gadget < from + len {
+            gadget = gadget - from + to;
+        }
+    }
+    let calls: Vec<Call> = plan.iter().map(|&(f, l, t)| mremap(f, l, t)).collect();
+    if inj.try_batch(&calls)?.is_some() {
+        inj.set_gadget(gadget);
+        return Ok(gadget);
+    }
+    // One by one, the gadget following each move of its mapping.
+    let mut at = inj_gadget_start;
+    for (c, &(from, len, to)) in calls.iter().zip(&plan) {
+        inj.call(c.name, c.nr, &c.args)?;
+        if at >= from && at < from + len {
+            at = at - from + to;
+            inj.set_gadget(at);
+        }
     }
     Ok(gadget)
 }
