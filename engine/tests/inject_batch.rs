@@ -178,3 +178,42 @@ fn a_batch_reads_what_one_by_one_reads() {
     r.signal(libc::SIGUSR2);
     assert_eq!(r.wait(TIMEOUT), Exit::Code(0), "{}", read_string(&log));
 }
+
+/// 300 files restored: reopened in batches of as many paths as the
+/// scratch area holds, each batch run in tables of 128 calls, every
+/// descriptor at its number with its file, offset and flags; batched and
+/// one by one.
+#[test_case(true ; "in batches")]
+#[test_case(false ; "one by one")]
+fn many_files_are_reopened_in_batches(batched: bool) {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "manyfiles.c", &[]);
+    let files = tmp.path().join("files");
+    std::fs::create_dir(&files).expect("mkdir");
+    let log = tmp.path().join("result.log");
+    let mut p = spawn_daemon(Command::new(bin).arg("300").arg(&files).arg(&log));
+    let pid = p.pid;
+    wait_file_contains(&log, "ready", TIMEOUT);
+    wait_oks(&log, 1);
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+    let env: &[(&str, &std::ffi::OsStr)] = match batched {
+        true => &[],
+        false => &[("CRUST_INJECT_BATCH", "0".as_ref())],
+    };
+    let out = crust_spawn_env(["restore", "-d", "-v", "-D", path_str(&images)], env).wait(TIMEOUT);
+    out.assert_ok();
+    let mut r = Proc::adopt(pid);
+    let (_, in_batches, runs) = counts(&out.stderr, "crust: restore");
+    match batched {
+        // 300 openat, 300 F_DUPFD, 300 close + 300 lseek at least: more
+        // than one table each.
+        true => assert!(in_batches >= 1200 && runs >= 10, "{}", out.stderr),
+        false => assert_eq!(runs, 0, "{}", out.stderr),
+    }
+    r.signal(libc::SIGUSR1);
+    wait_oks(&log, 2);
+    r.signal(libc::SIGUSR2);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0), "{}", read_string(&log));
+}

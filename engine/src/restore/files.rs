@@ -23,7 +23,7 @@ use nix::errno::Errno;
 
 use crate::error::{Context, Error, Result};
 use crate::image::messages::{Fd, FdKind, Fds};
-use crate::inject::{Call, Injector};
+use crate::inject::{self, Call, Injector};
 use crate::proc;
 use crate::sys::syscalls::pidfd_getfd;
 
@@ -452,7 +452,12 @@ pub(crate) fn restore(
         pipe_ends.insert(p.id, (hr, hw));
     }
     let socket_ends = super::sockets::create_pairs(inj, pidfd, fds, base)?;
+    let opened = open_paths(inj, fds, base)?;
     for fd in &fds.fds {
+        if let Some(&high) = opened.get(&fd.fd) {
+            temp.insert(fd.fd, high);
+            continue;
+        }
         let high = restore_one(inj, fd, base, &temp, &pipe_ends, &socket_ends, &external).context(
             pid,
             || match fd.dup_of {
@@ -519,6 +524,87 @@ pub(crate) fn restore(
     verify(pid, fds)
 }
 
+/// Whether `fd` is reopened by its path (a file, or a memfd through its
+/// restored object's path): what [`restore_one`] does for it otherwise.
+fn reopened_by_path(fd: &Fd) -> bool {
+    fd.dup_of.is_none()
+        && matches!(
+            FdKind::try_from(fd.kind).unwrap_or(FdKind::Path),
+            FdKind::Path | FdKind::Memfd
+        )
+        && !is_tree_file(&fd.external)
+}
+
+/// Reopens every descriptor [`reopened_by_path`] names in three batches
+/// (as many paths as the scratch area holds at a time): an openat each
+/// (O_CLOEXEC, and its flags but O_ASYNC, set later), each moved high
+/// (F_DUPFD_CLOEXEC from `base`), then the low ones closed and the
+/// positions set. Four injected calls per file made a process with many
+/// files slow to restore. The high descriptors, by fd number.
+fn open_paths(inj: &mut Injector, fds: &Fds, base: u64) -> Result<BTreeMap<i32, u64>> {
+    let pid = inj.pid();
+    let wanted: Vec<&Fd> = fds.fds.iter().filter(|f| reopened_by_path(f)).collect();
+    let room = inj.scratch()?.len;
+    let mut highs = BTreeMap::new();
+    let mut start = 0;
+    while start < wanted.len() {
+        let (mut end, mut off) = (start, 0u64);
+        let mut opens = Vec::new();
+        while let Some(fd) = wanted.get(end) {
+            let need = fd.path.len() as u64 + 1;
+            if off + need > room {
+                break;
+            }
+            let p = inj.put_cstr(off, &fd.path)?;
+            off += need;
+            let args = [libc::AT_FDCWD as i64 as u64, p, reopen_flags(fd.flags), 0];
+            opens.push(Call::raw("openat", libc::SYS_openat, &args));
+            end += 1;
+        }
+        let chunk = &wanted[start..end];
+        if chunk.is_empty() {
+            let fd = wanted[start];
+            return Err(Error::task(
+                pid,
+                format!("fd {}: a path of {} bytes", fd.fd, fd.path.len()),
+            ));
+        }
+        let lows = inj.batch(&opens)?;
+        for ((fd, &r), call) in chunk.iter().zip(&lows).zip(&opens) {
+            if inject::failed(r) {
+                let e = Error::Injected {
+                    name: "openat",
+                    args: format!("{:?}, {:#o}", fd.path, call.args[2]),
+                    pid,
+                    errno: Errno::from_raw(-r as i32),
+                };
+                return Err(e).context(pid, || format!("fd {} ({})", fd.fd, fd.path));
+            }
+        }
+        let moves: Vec<Call> = lows
+            .iter()
+            .map(|&low| {
+                let args = [low as u64, libc::F_DUPFD_CLOEXEC as u64, base];
+                Call::checked("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &args)
+            })
+            .collect();
+        let high = inj.batch(&moves)?;
+        let mut last = Vec::new();
+        for ((fd, &low), &high) in chunk.iter().zip(&lows).zip(&high) {
+            last.push(Call::checked("close", libc::SYS_close, &[low as u64]));
+            let o_path = fd.flags as i32 & libc::O_PATH != 0;
+            if fd.mode & libc::S_IFMT != libc::S_IFCHR && !o_path {
+                let args = [high as u64, fd.pos, libc::SEEK_SET as u64];
+                last.push(Call::checked("lseek", libc::SYS_lseek, &args));
+            }
+            highs.insert(fd.fd, high as u64);
+        }
+        inj.batch(&last)?;
+        start = end;
+    }
+    Ok(highs)
+}
+
 /// Reads the flags of every restored descriptor back from /proc and
 /// compares them with the image: restored exactly, or the restore fails.
 fn verify(pid: i32, fds: &Fds) -> Result<()> {
@@ -581,30 +667,12 @@ fn restore_one(
             // Opened with its flags by crust, shared with other holders.
             (high, false)
         }
-        // A memfd's path is its restored object's (restore::shared).
+        // Reopened by their paths, all at once, before (`open_paths`).
         FdKind::Path | FdKind::Memfd => {
-            let p = inj.put_cstr(0, &fd.path)?;
-            let low = inj.call(
-                "openat",
-                libc::SYS_openat,
-                &[libc::AT_FDCWD as i64 as u64, p, reopen_flags(fd.flags), 0],
-            )?;
-            let high = inj.call(
-                "fcntl(F_DUPFD_CLOEXEC)",
-                libc::SYS_fcntl,
-                &[low, libc::F_DUPFD_CLOEXEC as u64, base],
-            )?;
-            inj.call("close", libc::SYS_close, &[low])?;
-            let o_path = fd.flags as i32 & libc::O_PATH != 0;
-            if fd.mode & libc::S_IFMT != libc::S_IFCHR && !o_path {
-                inj.call(
-                    "lseek",
-                    libc::SYS_lseek,
-                    &[high, fd.pos, libc::SEEK_SET as u64],
-                )?;
-            }
-            // openat() set every flag but O_ASYNC.
-            (high, false)
+            return Err(Error::task(
+                pid,
+                format!("fd {} was to be reopened by its path already", fd.fd),
+            ))
         }
         k @ (FdKind::PipeRead | FdKind::PipeWrite) if !fd.external.is_empty() => {
             let mode = if k == FdKind::PipeRead {
