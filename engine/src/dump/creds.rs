@@ -393,22 +393,6 @@ pub(crate) fn check_thread_filters(frozen: &Frozen) -> Result<()> {
     Ok(())
 }
 
-/// A thread's securebits and no_new_privs (per thread, like its ids), by
-/// calls injected into that thread.
-pub(crate) fn thread_prctl_state(inj: &mut crate::inject::Injector) -> Result<(u32, bool)> {
-    let securebits = inj.call(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        &[PR_GET_SECUREBITS],
-    )?;
-    let nnp = inj.call(
-        "prctl(PR_GET_NO_NEW_PRIVS)",
-        libc::SYS_prctl,
-        &[PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0],
-    )?;
-    Ok((securebits as u32, nnp != 0))
-}
-
 /// A thread's own credentials from /proc/TID/status and its prctl state;
 /// the process-wide fields are filled in by [`keep_own_thread_creds`].
 pub(crate) fn thread_creds(tid: pid_t, (securebits, no_new_privs): (u32, bool)) -> Result<Creds> {

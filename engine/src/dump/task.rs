@@ -318,29 +318,37 @@ pub(crate) fn collect_thread(f: &mut super::Frozen, gadget: u64) -> Result<Threa
     t.comm = proc::task::read_comm(tid)?;
     t.sched = Some(sched_of(tid)?);
     t.timer_slack_ns = proc_number(tid, "timerslack_ns")?;
+    // One batch: altstack at 0, clear_child_tid at 32, pdeath signal at
+    // 40; securebits and no_new_privs are results.
     let (altstack, ctid, own) = f.burst(gadget, |inj| {
-        let buf = inj.map_scratch(None, 4096)?.addr;
-        inj.call("sigaltstack", libc::SYS_sigaltstack, &[0, buf])?;
-        let b = inj.get(0, 24)?;
+        let buf = inj.map_batch_scratch(None, 4096)?.addr;
+        let prctl =
+            |name, op: u64, arg: u64| Call::checked(name, libc::SYS_prctl, &[op, arg, 0, 0, 0]);
+        let r = inj.batch(&[
+            Call::checked("sigaltstack", libc::SYS_sigaltstack, &[0, buf]),
+            prctl(
+                "prctl(PR_GET_TID_ADDRESS)",
+                libc::PR_GET_TID_ADDRESS as u64,
+                buf + 32,
+            ),
+            prctl(
+                "prctl(PR_GET_PDEATHSIG)",
+                libc::PR_GET_PDEATHSIG as u64,
+                buf + 40,
+            ),
+            prctl("prctl(PR_GET_SECUREBITS)", PR_GET_SECUREBITS, 0),
+            prctl("prctl(PR_GET_NO_NEW_PRIVS)", PR_GET_NO_NEW_PRIVS, 0),
+        ])?;
+        let b = inj.get(0, 48)?;
         let flags = u64_at(&b, 8) as u32 as i32;
         let altstack = (flags & libc::SS_DISABLE == 0).then(|| AltStack {
             sp: u64_at(&b, 0),
             flags: flags & !libc::SS_ONSTACK,
             size: u64_at(&b, 16),
         });
-        inj.call(
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_TID_ADDRESS as u64, buf],
-        )?;
-        let ctid = u64_at(&inj.get(0, 8)?, 0);
-        inj.call(
-            "prctl(PR_GET_PDEATHSIG)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_PDEATHSIG as u64, buf],
-        )?;
-        let pdeath = u64_at(&inj.get(0, 8)?, 0) as u32 as i32;
-        let own = super::creds::thread_prctl_state(inj)?;
+        let ctid = u64_at(&b, 32);
+        let pdeath = u64_at(&b, 40) as u32 as i32;
+        let own = (r[3] as u32, r[4] != 0);
         inj.unmap_scratch()?;
         Ok((altstack, ctid, (pdeath, own)))
     })?;
