@@ -103,8 +103,13 @@ case " ${zargs[*]} " in
     *) for t in "${trackers[@]}"; do [ "$t" = "$auto" ] || runs+=("$t"); done ;;
 esac
 has_flavors=0
+named=() # the flavors ZDTM-ARGS name
+prev=
 for a in "${zargs[@]}"; do
     case $a in -f|--flavor|--flavor=*|-f?*) has_flavors=1 ;; esac
+    case $prev in -f|--flavor) named+=("$a") ;; esac
+    case $a in --flavor=*) named+=("${a#--flavor=}") ;; -f?*) named+=("${a#-f}") ;; esac
+    prev=$a
 done
 pre_flavors() { # TRACKER
     local f
@@ -114,7 +119,21 @@ pre_flavors() { # TRACKER
         printf '%s\n' -f "$(basename "$f" .toml)"
     done
 }
+# Whether a named flavor runs with TRACKER (pre-dumps; read mode for
+# content): else zdtm refuses --tracker for the selection (exit 2).
+named_use() { # TRACKER
+    local n
+    for n in "${named[@]}"; do
+        [ "$n" = all ] && return 0
+        pre_flavors "$1" | grep -qx -- "$n" && return 0
+    done
+    return 1
+}
 for tr in "${runs[@]}"; do
+    if [ "$tr" != auto ] && ((has_flavors == 1)) && ! named_use "$tr"; then
+        note "zdtm with tracker $tr: not run, no named flavor pre-dumps with it"
+        continue
+    fi
     extra=()
     if [ "$tr" != auto ]; then
         if [ $tracker_opt = zdtm ]; then

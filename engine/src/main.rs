@@ -1082,13 +1082,10 @@ fn lazy_pages(
     match run(dir, &opts, &open) {
         Ok(Outcome::Detached { .. }) => ExitCode::SUCCESS,
         Ok(Outcome::Done(_)) => ExitCode::SUCCESS,
-        Err(e) => {
-            if detach {
-                // Failures of the detached daemon are in its log.
-                return ExitCode::from(exit::FAILED);
-            }
-            fail(&e)
-        }
+        // Said on stderr either way: before the fork (opening the sources,
+        // the socket, the log) only the caller can hear it; the detached
+        // daemon's stderr is /dev/null and its failure is in its log too.
+        Err(e) => fail(&e),
     }
 }
 

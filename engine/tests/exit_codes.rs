@@ -149,6 +149,41 @@ fn dump_of_a_missing_process_exits_3() {
     }
 }
 
+/// A detached lazy-pages daemon that cannot start (here: its log file
+/// cannot be created) exits 1 and says why on stderr: it failed before
+/// it detached, before its log was open, and used to exit 1 without a
+/// word (zdtm showed an empty lazy.out). It leaves no socket or pidfile.
+#[test]
+fn lazy_pages_daemon_that_cannot_start_says_why() {
+    init();
+    let tmp = tempdir();
+    let (mut p, _log) = ticker(tmp.path(), "none");
+    let images = tmp.path().join("images");
+    dump_and_reap(&mut p, &images);
+    let pidfile = tmp.path().join("daemon.pid");
+    let out = crust([
+        "lazy-pages",
+        "-D",
+        path_str(&images),
+        "-d",
+        "--pidfile",
+        path_str(&pidfile),
+        "-o",
+        "/nonexistent-dir/lazy.log",
+    ]);
+    out.assert_code(1)
+        .stderr_has("crust: lazy-pages for")
+        .stderr_has("/nonexistent-dir/lazy.log");
+    assert!(
+        !pidfile.exists(),
+        "a daemon that never ran wrote its pidfile"
+    );
+    assert!(
+        !images.join("lazy-pages.socket").exists(),
+        "a daemon that never ran left its socket"
+    );
+}
+
 /// `show` of something that is not an image: exit 1, no panic.
 #[test]
 fn show_of_garbage_exits_1() {

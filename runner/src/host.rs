@@ -28,11 +28,21 @@ pub enum KernelFeature {
     MadvGuardInstall,
     /// The mseal(2) system call (6.10+, 64-bit).
     Mseal,
+    /// A file in /tmp, where the tests make their directories, opens with
+    /// O_DIRECT (tmpfs refuses it before 6.6; a disk filesystem takes it).
+    TmpODirect,
+    /// PR_SET_MEMORY_MERGE, KSM merging of the whole process (6.4+, with
+    /// CONFIG_KSM).
+    MemoryMerge,
+    /// PR_TIMER_CREATE_RESTORE_IDS: timer_create with a chosen id, which
+    /// crust needs to restore POSIX timers (older kernels give ids from a
+    /// per-process counter that nothing outside can read or set).
+    TimerCreateRestoreIds,
 }
 
 impl KernelFeature {
     /// Every feature, in probe order.
-    pub const ALL: [KernelFeature; 7] = [
+    pub const ALL: [KernelFeature; 10] = [
         KernelFeature::SoftDirty,
         KernelFeature::PagemapScan,
         KernelFeature::Userfaultfd,
@@ -40,6 +50,9 @@ impl KernelFeature {
         KernelFeature::LockOnfaultFlag,
         KernelFeature::MadvGuardInstall,
         KernelFeature::Mseal,
+        KernelFeature::TmpODirect,
+        KernelFeature::MemoryMerge,
+        KernelFeature::TimerCreateRestoreIds,
     ];
 
     /// The name used in metadata files.
@@ -52,6 +65,9 @@ impl KernelFeature {
             KernelFeature::LockOnfaultFlag => "lock-onfault-flag",
             KernelFeature::MadvGuardInstall => "madv-guard-install",
             KernelFeature::Mseal => "mseal",
+            KernelFeature::TmpODirect => "tmp-o-direct",
+            KernelFeature::MemoryMerge => "memory-merge",
+            KernelFeature::TimerCreateRestoreIds => "timer-create-restore-ids",
         }
     }
 }
@@ -148,6 +164,9 @@ impl Host {
                     KernelFeature::LockOnfaultFlag => probe_lock_onfault_flag(),
                     KernelFeature::MadvGuardInstall => probe_madv_guard_install(),
                     KernelFeature::Mseal => probe_mseal(),
+                    KernelFeature::TmpODirect => probe_tmp_o_direct(),
+                    KernelFeature::MemoryMerge => probe_memory_merge(),
+                    KernelFeature::TimerCreateRestoreIds => probe_timer_create_restore_ids(),
                 };
                 (f, result)
             })
@@ -386,6 +405,96 @@ fn probe_mseal() -> Result<(), String> {
     }
 }
 
+/// A new file in /tmp opens with O_DIRECT (the file the runner creates
+/// is removed whatever the answer).
+fn probe_tmp_o_direct() -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = std::path::PathBuf::from(format!(
+        "/tmp/zdtm-probe-o-direct-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let _ = std::fs::remove_file(&path);
+    let fs = fs_type("/tmp");
+    direct.map(drop).map_err(|e| {
+        format!(
+            "open(O_DIRECT) of a file in /tmp ({fs}): {e} (tmpfs takes O_DIRECT from Linux 6.6)"
+        )
+    })
+}
+
+/// The filesystem type of `path`, as statfs(2) tells it.
+fn fs_type(path: &str) -> String {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return "unknown filesystem".into();
+    };
+    // SAFETY: a zeroed statfs is valid storage.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid statfs to fill.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown filesystem".into();
+    }
+    #[allow(clippy::unnecessary_cast)]
+    match st.f_type as i64 {
+        TMPFS_MAGIC => "tmpfs".into(),
+        t => format!("filesystem magic {t:#x}"),
+    }
+}
+
+/// PR_GET_MEMORY_MERGE answers (EINVAL before 6.4 or without CONFIG_KSM).
+fn probe_memory_merge() -> Result<(), String> {
+    const PR_GET_MEMORY_MERGE: libc::c_int = 68;
+    // SAFETY: a getter prctl with integer arguments only.
+    let r = unsafe { libc::prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) };
+    if r >= 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "prctl(PR_GET_MEMORY_MERGE): {} (Linux 6.4+, CONFIG_KSM)",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// PR_TIMER_CREATE_RESTORE_IDS answers its getter, as crust's own check
+/// (engine/src/dump/task.rs) asks it.
+fn probe_timer_create_restore_ids() -> Result<(), String> {
+    const PR_TIMER_CREATE_RESTORE_IDS: libc::c_int = 77;
+    const PR_TIMER_CREATE_RESTORE_IDS_GET: libc::c_ulong = 2;
+    // SAFETY: a getter prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            PR_TIMER_CREATE_RESTORE_IDS,
+            PR_TIMER_CREATE_RESTORE_IDS_GET,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r >= 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS): {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
 /// PAGEMAP_SCAN over one page of ours.
 fn probe_pagemap_scan() -> Result<(), String> {
     use std::os::fd::AsRawFd;
@@ -504,6 +613,29 @@ mod tests {
             .is_none()
         {
             assert_eq!(host.missing_feature(KernelFeature::Mseal), None);
+        }
+        // The probes of features that came with a known release agree
+        // with the running kernel's release.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        let mut parts = release.trim().split(['.', '-']);
+        let major: u32 = parts.next().and_then(|p| p.parse().ok()).expect("major");
+        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).expect("minor");
+        let at_least = |a: u32, b: u32| (major, minor) >= (a, b);
+        // tmpfs takes O_DIRECT from 6.6; every disk filesystem before.
+        if at_least(6, 6) {
+            assert_eq!(host.missing_feature(KernelFeature::TmpODirect), None);
+        }
+        let ksm = std::path::Path::new("/sys/kernel/mm/ksm").exists();
+        assert_eq!(
+            host.missing_feature(KernelFeature::MemoryMerge).is_none(),
+            at_least(6, 4) && ksm,
+            "memory-merge probe against release {release} (KSM: {ksm})"
+        );
+        if !at_least(6, 4) {
+            // PR_TIMER_CREATE_RESTORE_IDS is far newer than 6.4.
+            assert!(host
+                .missing_feature(KernelFeature::TimerCreateRestoreIds)
+                .is_some());
         }
     }
 

@@ -203,6 +203,19 @@ pub fn run(dir: &Path, opts: &DaemonOptions, open_source: OpenSource<'_>) -> Res
     super::check_kernel()?;
     let fault_src = open_source(Channel::Fault)?;
     let bg_src = open_source(Channel::Background)?;
+    // Before the socket exists: a failure here leaves nothing behind.
+    let file = match &opts.log_file {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p)
+                .map_err(|e| Error::io("opening the log file", p, e))?,
+        ),
+        None => None,
+    };
     // Opened before the socket listens (the daemon's readiness), so that a
     // test may write into it as soon as a restore returned.
     let hold = hold_fifo()?;
@@ -217,18 +230,6 @@ pub fn run(dir: &Path, opts: &DaemonOptions, open_source: OpenSource<'_>) -> Res
         _ => {}
     }
     let sock = handoff::socket_path(dir);
-    let file = match &opts.log_file {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(p)
-                .map_err(|e| Error::io("opening the log file", p, e))?,
-        ),
-        None => None,
-    };
     if opts.detach {
         // SAFETY: no thread of ours exists yet; the child goes on alone.
         match unsafe { libc::fork() } {

@@ -60,10 +60,27 @@ fn io_err(what: &'static str, dir: &Path, e: std::io::Error) -> Error {
     Error::io(what, socket_path(dir), e)
 }
 
+/// Runs `f` on a name of DIR/lazy-pages.socket that fits in sun_path
+/// (108 bytes, which a deep image dir exceeds: bind and connect refuse
+/// it): /proc/self/fd/N/lazy-pages.socket through an O_PATH descriptor of
+/// `dir`, which the kernel resolves to the socket file inside `dir`.
+fn via_short_path<T>(
+    dir: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd())).join(SOCKET_NAME);
+    f(&short)
+}
+
 /// Restore's side: connects to the daemon of `dir`, or says to start one.
 pub fn connect(dir: &Path) -> Result<UnixStream> {
     let path = socket_path(dir);
-    UnixStream::connect(&path).map_err(|e| {
+    via_short_path(dir, |p| UnixStream::connect(p)).map_err(|e| {
         Error::Other(format!(
             "no lazy-pages daemon listens on {} ({e}): start `crust lazy-pages -D {}` first",
             path.display(),
@@ -170,7 +187,7 @@ pub fn restore_done(conn: &mut UnixStream) {
 pub fn listen(dir: &Path) -> Result<UnixListener> {
     let path = socket_path(dir);
     if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
+        if via_short_path(dir, |p| UnixStream::connect(p)).is_ok() {
             return Err(Error::Other(format!(
                 "another lazy-pages daemon already listens on {}",
                 path.display()
@@ -182,7 +199,7 @@ pub fn listen(dir: &Path) -> Result<UnixListener> {
     // any other thread exists, then put the umask back.
     // SAFETY: umask only changes this process's file creation mask.
     let old = unsafe { libc::umask(0o177) };
-    let l = UnixListener::bind(&path);
+    let l = via_short_path(dir, |p| UnixListener::bind(p));
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let l = l.map_err(|e| io_err("listening on", dir, e))?;
@@ -338,6 +355,37 @@ mod tests {
             parent: vec![(0x7000, 0x8000)],
             registered: vec![(0x1000, 0x8000)],
         }
+    }
+
+    /// A daemon listens, and a restore connects, in an image dir whose
+    /// socket path is longer than sun_path's 108 bytes (a zdtm work dir
+    /// under a long log dir: `lazy-pages` failed there with "path must be
+    /// shorter than SUN_LEN").
+    #[test]
+    fn socket_in_a_deep_directory() {
+        let base = std::env::temp_dir().join(format!("crust-handoff-{}", std::process::id()));
+        let deep = base
+            .join("a-long-directory-name-for-the-log-dir-of-a-test-run")
+            .join("another-long-directory-name-for-the-flavor")
+            .join("img");
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        assert!(socket_path(&deep).as_os_str().len() > 108);
+        let listener = listen(&deep).expect("listen in a deep dir");
+        let mode = std::fs::metadata(socket_path(&deep)).expect("socket file");
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        assert!(mode.file_type().is_socket());
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        let mut restore = connect(&deep).expect("connect in a deep dir");
+        let (mut daemon, _) = listener.accept().expect("accept");
+        restore.write_all(b"D").expect("write");
+        let mut b = [0u8; 1];
+        daemon.read_exact(&mut b).expect("read");
+        assert_eq!(&b, b"D");
+        // A second daemon is refused while the first listens.
+        let e = listen(&deep).expect_err("a second daemon");
+        assert!(e.to_string().contains("already listens"), "{e}");
+        drop(listener);
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 
     /// Two tasks on one connection: the first acknowledged, the second

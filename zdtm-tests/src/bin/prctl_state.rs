@@ -1,17 +1,15 @@
 //! prctl state kept across checkpoint/restore: THP disabled (with
 //! PR_THP_DISABLE_EXCEPT_ADVISED where the kernel has it), child
 //! subreaper, timer slack, parent-death signal, machine-check kill policy
-//! (early), not dumpable, KSM merge-any (PR_SET_MEMORY_MERGE), a
-//! personality (ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT) and a coredump
-//! filter. Each is read back with
-//! its getter after restore.
+//! (early), not dumpable, a personality (ADDR_NO_RANDOMIZE |
+//! ADDR_COMPAT_LAYOUT) and a coredump filter. Each is read back with its
+//! getter after restore. KSM merge-any (PR_SET_MEMORY_MERGE, 6.4+) is
+//! test prctl_memory_merge, which needs a kernel that has it.
 
 use zdtm::{ensure_eq, TestResult};
 
 const PR_SET_THP_DISABLE: i32 = 41;
 const PR_GET_THP_DISABLE: i32 = 42;
-const PR_SET_MEMORY_MERGE: i32 = 67;
-const PR_GET_MEMORY_MERGE: i32 = 68;
 const PR_THP_DISABLE_EXCEPT_ADVISED: libc::c_ulong = 1 << 1;
 const SLACK_NS: libc::c_ulong = 123_457;
 const COREDUMP_FILTER: u32 = 0x3b;
@@ -24,7 +22,6 @@ struct Prctl {
     pdeath: i32,
     mce: i32,
     dumpable: i32,
-    memory_merge: i32,
     personality: i32,
     coredump_filter: String,
 }
@@ -64,7 +61,6 @@ fn read() -> TestResult<Prctl> {
         pdeath,
         mce: prctl(libc::PR_MCE_KILL_GET, 0)?,
         dumpable: prctl(libc::PR_GET_DUMPABLE, 0)?,
-        memory_merge: prctl(PR_GET_MEMORY_MERGE, 0)?,
         // SAFETY: 0xffffffff only queries the persona.
         personality: unsafe { libc::personality(0xffff_ffff) },
         coredump_filter: std::fs::read_to_string("/proc/self/coredump_filter")
@@ -112,7 +108,6 @@ fn setup(_: &zdtm::Args) -> TestResult<Prctl> {
         format!("{COREDUMP_FILTER:#x}"),
     )
     .map_err(|e| format!("writing coredump_filter: {e}"))?;
-    prctl(PR_SET_MEMORY_MERGE, 1)?;
     // SAFETY: changes only how this process's later mmaps are placed.
     if unsafe {
         libc::personality((libc::ADDR_NO_RANDOMIZE | libc::ADDR_COMPAT_LAYOUT) as libc::c_ulong)
@@ -122,7 +117,6 @@ fn setup(_: &zdtm::Args) -> TestResult<Prctl> {
     }
     prctl(libc::PR_SET_DUMPABLE, 0)?;
     let s = read()?;
-    ensure_eq!(s.memory_merge, 1, "KSM merge-any before the dump");
     ensure_eq!(s.subreaper, 1, "subreaper before the dump");
     ensure_eq!(s.dumpable, 0, "dumpable before the dump");
     ensure_eq!(s.slack, SLACK_NS as i32, "timer slack before the dump");

@@ -50,10 +50,10 @@ pub struct RemotePageSource {
     /// addresses per process (a restored task and its forked children
     /// read the same image pages at different positions); one window
     /// would be thrown away by every switch and fetched again.
-    cache: Vec<(i32, u64, Vec<u8>)>,
+    cache: Vec<Window>,
     /// The next readahead window, asked for and not read yet: its bytes
     /// travel while the caller works on the previous ones.
-    pending: Option<(i32, u64, u64)>,
+    pending: Option<(i32, u64, u64, Dir)>,
     /// A buffer to receive the next window into.
     spare: Vec<u8>,
 }
@@ -69,6 +69,22 @@ pub const BULK_READAHEAD: u64 = 4 << 20;
 /// a few forked children.
 const WINDOWS: usize = 12;
 const PAGE: u64 = 4096;
+
+/// Which way a stream of reads walks the image addresses: a readahead
+/// window extends, and the next one is prefetched, that way. A forked
+/// child that touches its pages from the top down makes the daemon's
+/// background thread follow it downward; windows fetched upward from each
+/// read went over the pages already delivered again, up to the readahead
+/// each time (lazy_many_faults had 1.3 GiB served for 307 MiB needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Up,
+    Down,
+}
+
+/// A readahead window: pid, first image address, its bytes, the way its
+/// stream walks.
+type Window = (i32, u64, Vec<u8>, Dir);
 
 /// Why one attempt failed.
 enum Attempt {
@@ -156,7 +172,7 @@ impl RemotePageSource {
     /// Serves `buf` from a readahead window if one holds all of it, and
     /// makes that window the most recently used.
     fn cached(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> bool {
-        let hit = self.cache.iter().position(|(p, start, data)| {
+        let hit = self.cache.iter().position(|(p, start, data, _)| {
             *p == pid && vaddr >= *start && vaddr + buf.len() as u64 <= start + data.len() as u64
         });
         let Some(i) = hit else {
@@ -171,7 +187,7 @@ impl RemotePageSource {
 
     /// Adds a window as the most recently used, dropping the least
     /// recently used one beyond WINDOWS (its buffer becomes the spare).
-    fn insert_window(&mut self, w: (i32, u64, Vec<u8>)) {
+    fn insert_window(&mut self, w: Window) {
         self.cache.push(w);
         if self.cache.len() > WINDOWS {
             let old = self.cache.remove(0);
@@ -179,18 +195,51 @@ impl RemotePageSource {
         }
     }
 
-    /// How much to fetch for a read of `len` at `vaddr`: up to the
-    /// readahead, within the run that holds it.
-    fn fetch_len(&self, pid: i32, vaddr: u64, len: u64) -> u64 {
+    /// Where a read of `len` at `vaddr` crosses the edge of a window that
+    /// holds only part of it: read in two pieces, that part from the
+    /// window (a new window for all of it would fetch the rest of the
+    /// first again).
+    fn window_edge(&self, pid: i32, vaddr: u64, len: u64) -> Option<u64> {
+        let end = vaddr + len;
+        self.cache.iter().filter(|w| w.0 == pid).find_map(|w| {
+            let (s, e) = (w.1, w.1 + w.2.len() as u64);
+            if s <= vaddr && vaddr < e && e < end {
+                Some(e)
+            } else if vaddr < s && s < end && end <= e {
+                Some(s)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The window to fetch for a read of `len` at `vaddr` (its start and
+    /// length): up to the readahead, within the run that holds it;
+    /// upward from `vaddr`, or down to it from the read's end when the
+    /// read lies just below a window of the same process and just above
+    /// none (a stream walking down).
+    fn fetch_window(&self, pid: i32, vaddr: u64, len: u64) -> (u64, u64, Dir) {
         let want = len.max(self.readahead).min(protocol::MAX_READ);
         let Some(runs) = self.runs.get(&pid) else {
-            return len;
+            return (vaddr, len, Dir::Up);
         };
         let i = runs.partition_point(|r| r.1 <= vaddr);
-        match runs.get(i) {
-            Some(&(s, e)) if s <= vaddr && vaddr + len <= e => want.min(e - vaddr),
-            _ => len,
+        let (s, e) = match runs.get(i) {
+            Some(&(s, e)) if s <= vaddr && vaddr + len <= e => (s, e),
+            _ => return (vaddr, len, Dir::Up),
+        };
+        let end = vaddr + len;
+        let mine = || self.cache.iter().filter(|w| w.0 == pid);
+        let below = mine().any(|w| {
+            let w_end = w.1 + w.2.len() as u64;
+            w_end <= vaddr && vaddr - w_end < want
+        });
+        let above = mine().any(|w| w.1 >= end && w.1 - end < want);
+        if above && !below {
+            let start = end.saturating_sub(want).max(s);
+            return (start, end - start, Dir::Down);
         }
+        (vaddr, want.min(e - vaddr), Dir::Up)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -314,7 +363,7 @@ impl RemotePageSource {
 
     /// Reads the DATA of the readahead in flight into the cache.
     fn recv_pending(&mut self) -> std::result::Result<(), Attempt> {
-        let Some((pid, vaddr, len)) = self.pending.take() else {
+        let Some((pid, vaddr, len, dir)) = self.pending.take() else {
             return Ok(());
         };
         let addr = self.addr;
@@ -326,7 +375,7 @@ impl RemotePageSource {
         match protocol::recv(c)? {
             Frame::Data { vaddr: v, len: l } if v == vaddr && l == len => {
                 c.read_exact(&mut data)?;
-                self.insert_window((pid, vaddr, data));
+                self.insert_window((pid, vaddr, data, dir));
                 Ok(())
             }
             Frame::Error(m) => Err(Attempt::Fatal(Error::Other(format!(
@@ -338,29 +387,54 @@ impl RemotePageSource {
         }
     }
 
-    /// Asks for the window after the most recently used one (inside its
-    /// lazy run, unless it is there already), on the open connection,
-    /// without waiting for it.
+    /// Asks for the window after the most recently used one, the way its
+    /// stream walks (inside its lazy run, unless it is there already), on
+    /// the open connection, without waiting for it.
     fn prefetch_next(&mut self) {
         if self.pending.is_some() || self.conn.is_none() {
             return;
         }
-        let Some((pid, start, data)) = self.cache.last() else {
+        let Some((pid, start, data, dir)) = self.cache.last() else {
             return;
         };
-        let (pid, next) = (*pid, start + data.len() as u64);
-        if self
-            .cache
-            .iter()
-            .any(|(p, s, d)| *p == pid && *s <= next && next < s + d.len() as u64)
-        {
+        let (pid, dir) = (*pid, *dir);
+        let Some(runs) = self.runs.get(&pid) else {
             return;
-        }
-        let n = self.fetch_len(pid, next, PAGE);
-        let runs = self.runs.get(&pid).map_or(&[][..], |r| &r[..]);
-        let i = runs.partition_point(|r| r.1 <= next);
-        let inside = runs.get(i).is_some_and(|r| r.0 <= next);
-        if !inside {
+        };
+        // The first address of the next window that way, and its bounds.
+        let (next, n) = match dir {
+            Dir::Up => {
+                let next = start + data.len() as u64;
+                let i = runs.partition_point(|r| r.1 <= next);
+                match runs.get(i) {
+                    Some(&(s, e)) if s <= next => (next, self.readahead.min(e - next)),
+                    _ => return,
+                }
+            }
+            Dir::Down => {
+                let Some(last) = start.checked_sub(1) else {
+                    return;
+                };
+                let i = runs.partition_point(|r| r.1 <= last);
+                match runs.get(i) {
+                    Some(&(s, _)) if s <= last => {
+                        let from = start.saturating_sub(self.readahead).max(s);
+                        (from, start - from)
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let probe = match dir {
+            Dir::Up => next,
+            Dir::Down => next + n - PAGE,
+        };
+        if n == 0
+            || self
+                .cache
+                .iter()
+                .any(|(p, s, d, _)| *p == pid && *s <= probe && probe < s + d.len() as u64)
+        {
             return;
         }
         let sent = self.conn.as_mut().map(|c| {
@@ -374,7 +448,7 @@ impl RemotePageSource {
             )
         });
         match sent {
-            Some(Ok(())) => self.pending = Some((pid, next, n)),
+            Some(Ok(())) => self.pending = Some((pid, next, n, dir)),
             _ => self.conn = None,
         }
     }
@@ -421,13 +495,19 @@ impl PageSource for RemotePageSource {
             self.prefetch_next();
             return Ok(());
         }
-        let fetch = self.fetch_len(pid, vaddr, len);
+        if let Some(cut) = self.window_edge(pid, vaddr, len) {
+            let (head, tail) = buf.split_at_mut((cut - vaddr) as usize);
+            self.read_pages(pid, vaddr, head)?;
+            return self.read_pages(pid, cut, tail);
+        }
+        let (start, fetch, dir) = self.fetch_window(pid, vaddr, len);
         if fetch > len {
             let mut data = std::mem::take(&mut self.spare);
             data.resize(fetch as usize, 0);
-            self.with_retry(|s| s.read_once(pid, vaddr, &mut data))?;
-            buf.copy_from_slice(&data[..buf.len()]);
-            self.insert_window((pid, vaddr, data));
+            self.with_retry(|s| s.read_once(pid, start, &mut data))?;
+            let o = (vaddr - start) as usize;
+            buf.copy_from_slice(&data[o..o + buf.len()]);
+            self.insert_window((pid, start, data, dir));
             self.prefetch_next();
             return Ok(());
         }
@@ -527,5 +607,102 @@ impl PageSource for SplitSource {
 
     fn all_delivered(&mut self) -> Result<()> {
         self.remote.all_delivered()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const PID: i32 = 77;
+    const BASE: u64 = 0x7f00_0000_0000;
+    const RUN: u64 = 64 << 20;
+
+    /// The byte a test source holds at image address `a`.
+    fn byte_at(a: u64) -> u8 {
+        ((a / PAGE) ^ (a % PAGE)) as u8
+    }
+
+    /// A page server for one connection that answers every READ with
+    /// `byte_at` bytes and counts the bytes it sends.
+    fn fake_server() -> (SocketAddr, Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let served = Arc::new(AtomicU64::new(0));
+        let count = served.clone();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().expect("accept");
+            assert!(matches!(protocol::recv(&mut c), Ok(Frame::Hello { .. })));
+            protocol::send(
+                &mut c,
+                &Frame::Welcome {
+                    pid: PID,
+                    lazy_pages: RUN / PAGE,
+                },
+            )
+            .expect("welcome");
+            while let Ok(Frame::Read { vaddr, len, .. }) = protocol::recv(&mut c) {
+                let data: Vec<u8> = (vaddr..vaddr + len).map(byte_at).collect();
+                let mut out = protocol::encode(&Frame::Data { vaddr, len });
+                out.extend_from_slice(&data);
+                if c.write_all(&out).is_err() {
+                    return;
+                }
+                count.fetch_add(len, Ordering::SeqCst);
+            }
+        });
+        (addr, served, t)
+    }
+
+    /// Reads `at` (4 pages each) through a bulk source over one 64 MiB
+    /// run; returns the bytes the server sent.
+    fn walk(at: impl Iterator<Item = u64>) -> u64 {
+        let (addr, served, t) = fake_server();
+        let mut src = RemotePageSource::connect(addr, Channel::Bulk, 1).expect("connect");
+        src.runs.insert(PID, vec![(BASE, BASE + RUN)]);
+        src.readahead = BULK_READAHEAD;
+        let mut buf = vec![0u8; 4 * PAGE as usize];
+        let mut asked = 0;
+        for a in at {
+            src.read_pages(PID, a, &mut buf).expect("read");
+            let want: Vec<u8> = (a..a + buf.len() as u64).map(byte_at).collect();
+            assert!(buf == want, "wrong bytes at {a:#x}");
+            asked += buf.len() as u64;
+        }
+        // The readahead in flight is part of what was sent.
+        if src.pending.is_some() {
+            src.recv_pending()
+                .map_err(|_| "readahead")
+                .expect("readahead");
+        }
+        drop(src);
+        t.join().expect("server");
+        assert!(asked > 0);
+        served.load(Ordering::SeqCst)
+    }
+
+    /// A stream walking up or down the run (4 pages every 5, as a forked
+    /// child of lazy_many_faults leaves them to the background thread)
+    /// gets each byte about once: the windows extend the way it walks.
+    /// Windows fetched upward from each read of a downward walk sent the
+    /// pages above it again each time: 1.3 GiB for 307 MiB needed.
+    #[test]
+    fn readahead_follows_the_stream_up_and_down() {
+        let step = 5 * PAGE;
+        let n = RUN / step;
+        let up = walk((0..n).map(|k| BASE + k * step));
+        let down = walk((0..n).rev().map(|k| BASE + k * step));
+        eprintln!("served: up {} KiB, down {} KiB", up >> 10, down >> 10);
+        for (way, served) in [("up", up), ("down", down)] {
+            assert!(
+                served <= RUN + 2 * BULK_READAHEAD,
+                "a walk {way} a {} MiB run had {} MiB served",
+                RUN >> 20,
+                served >> 20
+            );
+        }
     }
 }
