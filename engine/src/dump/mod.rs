@@ -1217,6 +1217,8 @@ fn dump_inner(
     if lazy.is_none() && members.len() > 1 {
         images.precreate_pages(&members)?;
     }
+    // And every member's small images (see ImageOut::precreate_small).
+    images.precreate_small(&members)?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
