@@ -135,6 +135,12 @@ pub(super) struct State {
     pub(super) area: Option<Area>,
     /// The thread group, for queueing held signals again.
     tgid: pid_t,
+    /// Whether SIGTRAP was neither ignored nor pending when last read
+    /// (/proc/TID/status); forgotten by any injected call that could
+    /// change that (`call_changes_sigtrap`). Only the task changes its
+    /// actions, and a SIGTRAP sent from outside since is taken and queued
+    /// again like any signal that gets through (`run_to_breakpoint`).
+    pub(super) sigtrap_free: Option<bool>,
     /// Signals taken while the runner ran, to queue again.
     held: Vec<[u8; 128]>,
 }
@@ -177,13 +183,17 @@ fn sigtrap_state(tid: pid_t) -> Result<(pid_t, bool)> {
 /// (the breakpoint's would merge with it), change the signal mask, or
 /// install a seccomp filter (the guard judged the calls without it).
 fn changes_sigtrap(c: &Call) -> bool {
+    call_changes_sigtrap(c.nr, &c.args)
+}
+
+pub(super) fn call_changes_sigtrap(nr: i64, args: &[u64; 6]) -> bool {
     let trap = libc::SIGTRAP as u64;
-    match c.nr {
-        libc::SYS_rt_sigaction => c.args[0] == trap && c.args[1] != 0,
+    match nr {
+        libc::SYS_rt_sigaction => args[0] == trap && args[1] != 0,
         libc::SYS_rt_sigprocmask | libc::SYS_seccomp => true,
-        libc::SYS_prctl => c.args[0] == libc::PR_SET_SECCOMP as u64,
-        libc::SYS_kill | libc::SYS_tkill | libc::SYS_rt_sigqueueinfo => c.args[1] == trap,
-        libc::SYS_tgkill | libc::SYS_rt_tgsigqueueinfo => c.args[2] == trap,
+        libc::SYS_prctl => args[0] == libc::PR_SET_SECCOMP as u64,
+        libc::SYS_kill | libc::SYS_tkill | libc::SYS_rt_sigqueueinfo => args[1] == trap,
+        libc::SYS_tgkill | libc::SYS_rt_tgsigqueueinfo => args[2] == trap,
         _ => false,
     }
 }
@@ -292,11 +302,18 @@ impl Injector<'_> {
         let Some(area) = self.batch.area else {
             return Ok(false);
         };
-        let (tgid, sigtrap_busy) = sigtrap_state(self.tracee.pid)?;
-        if sigtrap_busy {
+        let free = match self.batch.sigtrap_free {
+            Some(free) => free,
+            None => {
+                let (tgid, busy) = sigtrap_state(self.tracee.pid)?;
+                self.batch.tgid = tgid;
+                self.batch.sigtrap_free = Some(!busy);
+                !busy
+            }
+        };
+        if !free {
             return Ok(false);
         }
-        self.batch.tgid = tgid;
         let Some(guard) = &self.guard else {
             return Ok(true);
         };
@@ -395,6 +412,7 @@ impl Injector<'_> {
                         return Ok(());
                     }
                     self.batch.held.push(info);
+                    super::HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Past the breakpoint already: its own trap is still
                     // queued or merged into this one; take it again.
                     if regs.rip == end {

@@ -79,6 +79,7 @@ pub struct Scratch {
 static ONE_BY_ONE: AtomicU64 = AtomicU64::new(0);
 static BATCHED: AtomicU64 = AtomicU64::new(0);
 static RUNS: AtomicU64 = AtomicU64::new(0);
+static HELD: AtomicU64 = AtomicU64::new(0);
 
 /// How many calls this process injected: one at a time, and in batches
 /// (`crust -v` prints them).
@@ -87,6 +88,8 @@ pub struct Counts {
     pub one_by_one: u64,
     pub batched: u64,
     pub batch_runs: u64,
+    /// Signals that got through while the runner ran, queued again.
+    pub held: u64,
 }
 
 pub fn counts() -> Counts {
@@ -94,6 +97,7 @@ pub fn counts() -> Counts {
         one_by_one: ONE_BY_ONE.load(Ordering::Relaxed),
         batched: BATCHED.load(Ordering::Relaxed),
         batch_runs: RUNS.load(Ordering::Relaxed),
+        held: HELD.load(Ordering::Relaxed),
     }
 }
 
@@ -101,8 +105,8 @@ impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} calls injected one by one, {} in {} batches",
-            self.one_by_one, self.batched, self.batch_runs
+            "{} calls injected one by one, {} in {} batches ({} signals held)",
+            self.one_by_one, self.batched, self.batch_runs, self.held
         )
     }
 }
@@ -185,6 +189,9 @@ impl<'t> Injector<'t> {
         regs.r9 = a[5];
         self.tracee.set_regs(&regs)?;
         ONE_BY_ONE.fetch_add(1, Ordering::Relaxed);
+        if batch::call_changes_sigtrap(nr, &a) {
+            self.batch.sigtrap_free = None;
+        }
         for phase in ["entry", "exit"] {
             self.tracee.resume_to_syscall()?;
             let mut stop = self.tracee.wait_spin(SPIN)?;

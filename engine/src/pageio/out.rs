@@ -12,8 +12,8 @@ use prost::Message;
 use super::{FileSink, PageSink, ServerSink};
 use crate::error::Result;
 use crate::image::container::encode_message;
-use crate::image::ImageError;
 use crate::image::messages::Inventory;
+use crate::image::ImageError;
 use crate::image::{ImageDir, Kind};
 use crate::pageserver::client::{lock, Conn, Shared};
 
@@ -168,7 +168,10 @@ impl ImageOut {
         for &pid in pids {
             for kind in [Kind::Core, Kind::Mm, Kind::Fds, Kind::Pagemap] {
                 let path = self.dir.file(kind, Some(pid));
-                let tmp = self.dir.path.join(format!(".{}.made", kind.file_name(Some(pid))));
+                let tmp = self
+                    .dir
+                    .path
+                    .join(format!(".{}.made", kind.file_name(Some(pid))));
                 if std::fs::symlink_metadata(&tmp).is_ok() {
                     std::fs::remove_file(&tmp)
                         .map_err(|e| crate::error::Error::io("removing", tmp.clone(), e))?;
