@@ -552,6 +552,24 @@ pub(crate) fn populate_and_fill(
     image_pid: i32,
 ) -> Result<u64> {
     let pid = inj.pid();
+    let groups = fill_groups(pieces);
+    // Little to copy and nothing to populate: filled here (a thread costs
+    // more than such a copy, and a tree's members are mostly small).
+    let total: u64 = pieces.iter().map(|p| p.len).sum();
+    if total <= INLINE_FILL && !pieces.iter().any(|p| p.populate) {
+        let mut copied = 0;
+        let mut buf = Vec::new();
+        for g in groups {
+            let batch = &pieces[g];
+            if batch[0].force {
+                force_write(pid, &batch[0], source, image_pid, &mut buf)?;
+                copied += batch[0].len;
+            } else {
+                copied += fill_batch(pid, batch, source, image_pid, &mut buf)?;
+            }
+        }
+        return Ok(copied);
+    }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<&[Piece]>(2);
         let filler = scope.spawn(move || -> Result<u64> {
@@ -567,38 +585,23 @@ pub(crate) fn populate_and_fill(
             }
             Ok(copied)
         });
-        let mut start = 0;
-        let mut bytes = 0;
         let mut sent = Ok(());
-        for (i, p) in pieces.iter().enumerate() {
-            if p.force {
-                if tx.send(&pieces[i..=i]).is_err() {
-                    break;
+        'groups: for g in groups {
+            for p in &pieces[g.clone()] {
+                if !p.populate {
+                    continue;
                 }
-                start = i + 1;
-                continue;
-            }
-            if p.populate {
                 if let Err(e) = inj.call(
                     "madvise(MADV_POPULATE_WRITE)",
                     libc::SYS_madvise,
                     &[p.vaddr, p.len, MADV_POPULATE_WRITE],
                 ) {
                     sent = Err(e);
-                    break;
+                    break 'groups;
                 }
             }
-            bytes += p.len;
-            // A batch is one contiguous stretch of one pages file.
-            let next_joins = pieces.get(i + 1).is_some_and(|n| {
-                n.layer == p.layer && n.data_off == p.data_off + p.len && !n.force
-            });
-            if bytes >= CHUNK || i + 1 - start == IOV_MAX || !next_joins {
-                if tx.send(&pieces[start..=i]).is_err() {
-                    break; // the filler failed: its error is reported below
-                }
-                start = i + 1;
-                bytes = 0;
+            if tx.send(&pieces[g]).is_err() {
+                break; // the filler failed: its error is reported below
             }
         }
         drop(tx);
@@ -607,6 +610,35 @@ pub(crate) fn populate_and_fill(
             .map_err(|_| Error::task(pid, "page filler thread panicked"))??;
         sent.map(|_| copied)
     })
+}
+
+/// Below this much page data a restore fills the pages on its own thread.
+const INLINE_FILL: u64 = 1 << 20;
+
+/// The pieces as the filler takes them: a forced write alone; otherwise
+/// one contiguous stretch of one pages file, up to CHUNK bytes and IOV_MAX
+/// pieces.
+fn fill_groups(pieces: &[Piece]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in pieces.iter().enumerate() {
+        if p.force {
+            out.push(i..i + 1);
+            start = i + 1;
+            continue;
+        }
+        bytes += p.len;
+        let next_joins = pieces
+            .get(i + 1)
+            .is_some_and(|n| n.layer == p.layer && n.data_off == p.data_off + p.len && !n.force);
+        if bytes >= CHUNK || i + 1 - start == IOV_MAX || !next_joins {
+            out.push(start..i + 1);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    out
 }
 
 /// The bytes of one piece: a view of the source's memory, or read into
@@ -924,6 +956,29 @@ pub(crate) fn verify_vm_flags(pid: i32, mm: &Mm) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_groups_follow_the_file_and_keep_forced_writes_alone() {
+        let piece = |data_off: u64, len: u64, force: bool| Piece {
+            vaddr: 0x1000 + data_off,
+            len,
+            layer: 0,
+            data_off,
+            populate: false,
+            force,
+        };
+        let p = vec![
+            piece(0, PAGE, false),
+            piece(PAGE, PAGE, false),
+            piece(2 * PAGE, PAGE, true),
+            piece(3 * PAGE, PAGE, false),
+            piece(10 * PAGE, PAGE, false),
+            piece(11 * PAGE, CHUNK, false),
+            piece(11 * PAGE + CHUNK, PAGE, false),
+        ];
+        assert_eq!(fill_groups(&p), vec![0..2, 2..3, 3..4, 4..6, 6..7]);
+        assert!(fill_groups(&[]).is_empty());
+    }
 
     #[test]
     fn pieces_split_runs_and_follow_the_file() {
