@@ -121,10 +121,14 @@ impl Target {
             }
             Err(format!("status holds {text:?}"))
         });
-        assert!(
-            text.contains(" OK "),
-            "{context}: target pid {pid} found itself harmed: {text}"
-        );
+        if !text.contains(" OK ") {
+            // The target's whole mappings, before and now, if they differ.
+            let maps = std::fs::read_to_string(format!("{}.maps", self.status.display()));
+            panic!(
+                "{context}: target pid {pid} found itself harmed: {text}\n{}",
+                maps.unwrap_or_default()
+            );
+        }
     }
 
     /// Nothing of a tracker is left in the task: no registered memory, no

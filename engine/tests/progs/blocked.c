@@ -21,20 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int out = -1;
+#include "say.h"
+
 static int pipefd[2];
 static volatile sig_atomic_t handled;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (write(out, buf, (size_t)n) != n)
-        _exit(3);
-}
 
 static void on_usr1(int sig) {
     (void)sig;

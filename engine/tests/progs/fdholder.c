@@ -30,23 +30,13 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "say.h"
+
 static volatile sig_atomic_t stop;
-static int out = -1;
 
 static void on_term(int sig) {
     (void)sig;
     stop = 1;
-}
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (write(out, buf, (size_t)n) != n)
-        _exit(3);
 }
 
 static void die(const char *what) {

@@ -18,21 +18,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "say.h"
+
 #define FIRST 10
 
-static int out, n;
+static int n;
 static volatile sig_atomic_t usr1, usr2;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int len = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (write(out, buf, (size_t)len) != len)
-        _exit(3);
-}
 
 static void on_usr1(int sig) {
     (void)sig;

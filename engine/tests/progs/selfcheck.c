@@ -39,6 +39,8 @@ static char base_maps[1 << 16], cur_maps[1 << 16];
 static char base_fds[4096], cur_fds[4096];
 static size_t base_maps_len, base_fds_len;
 static char failure[512];
+/* Where both mappings go when they differ (STATUS.maps). */
+static char maps_dump[4200];
 static uint32_t *ver;
 static uint64_t *mem;
 static uint32_t npages;
@@ -191,8 +193,32 @@ static void check_state(const sigset_t *base_mask) {
         fail(m);
     }
     n = read_maps(cur_maps, sizeof cur_maps);
-    if (n != base_maps_len || memcmp(cur_maps, base_maps, n))
-        fail("mappings changed");
+    if (n != base_maps_len || memcmp(cur_maps, base_maps, n)) {
+        /* Name the first line that differs, before and now. */
+        size_t i = 0, line = 0;
+        while (i < n && i < base_maps_len && cur_maps[i] == base_maps[i]) {
+            if (cur_maps[i] == '\n')
+                line = i + 1;
+            i++;
+        }
+        const char *was = base_maps + line, *now = cur_maps + line;
+        int wl = (int)(strchr(was, '\n') ? strchr(was, '\n') - was : 0);
+        int nl = (int)(line < n && strchr(now, '\n') ? strchr(now, '\n') - now : 0);
+        char m[400];
+        snprintf(m, sizeof m, "mappings changed: [%.*s] -> [%.*s]", wl > 180 ? 180 : wl, was,
+                 nl > 180 ? 180 : nl, now);
+        if (!failure[0] && maps_dump[0]) {
+            /* Both whole, for the test to show. */
+            int fd = open(maps_dump, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+            if (fd >= 0) {
+                if (write(fd, base_maps, base_maps_len) < 0 || write(fd, "----\n", 5) < 0 ||
+                    write(fd, cur_maps, n == (size_t)-1 ? 0 : n) < 0)
+                    m[0] = m[0];
+                close(fd);
+            }
+        }
+        fail(m);
+    }
 }
 
 static void report(const char *path, const char *tmp, int n, unsigned long passes) {
@@ -217,6 +243,7 @@ int main(int argc, char **argv) {
     npages = (uint32_t)(atol(argv[3]) * 256);
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", argv[2]);
+    snprintf(maps_dump, sizeof maps_dump, "%s.maps", argv[2]);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -40,6 +40,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "say.h"
+
 #ifndef MFD_NOEXEC_SEAL
 #define MFD_NOEXEC_SEAL 8U
 #endif
@@ -51,24 +53,12 @@
 #define SIZE1 (64 * PG + 123)
 
 static volatile sig_atomic_t stop, change;
-static int out = -1;
 
 static void on_sig(int sig) {
     if (sig == SIGTERM)
         stop = 1;
     else
         change = 1;
-}
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (write(out, buf, (size_t)n) != n)
-        _exit(3);
 }
 
 static void die(const char *what) {

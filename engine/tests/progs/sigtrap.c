@@ -30,27 +30,17 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "say.h"
+
 /* glibc adds it to every action it sets; not in its headers. */
 #ifndef SA_RESTORER
 #define SA_RESTORER 0x04000000
 #endif
 
-static int out;
 static volatile sig_atomic_t usr1, usr2, traps;
 static struct sigaction want_trap;
 static sigset_t want_mask;
 static int want_pending, handled_mode;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (write(out, buf, (size_t)n) != n)
-        _exit(3);
-}
 
 static void on_trap(int sig) {
     (void)sig;
