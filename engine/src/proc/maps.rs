@@ -381,11 +381,22 @@ fn parse_header(line: &str) -> std::result::Result<Vma, String> {
 
 /// Parses /proc/PID/maps text.
 pub fn parse_maps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| parse_header(l).map_err(|m| ParseError::new(i + 1, m)))
-        .collect()
+    let mut out: Vec<Vma> = Vec::new();
+    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let vma = parse_header(l).map_err(|m| ParseError::new(i + 1, m))?;
+        // Linux 6.18 now and then lists the last entry, the [vsyscall]
+        // gate, twice when maps is read in more than one read(2) (a few
+        // times in 200,000 reads of a restored process): one range is one
+        // mapping.
+        if out
+            .last()
+            .is_some_and(|p| p.start == vma.start && p.end == vma.end && p.path == vma.path)
+        {
+            continue;
+        }
+        out.push(vma);
+    }
+    Ok(out)
 }
 
 /// A smaps line is either a mapping header or "Key: value": the first word
@@ -434,6 +445,8 @@ pub fn parse_smaps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
             _ => {}
         }
     }
+    // The gate listed twice (see parse_maps): one range is one mapping.
+    vmas.dedup_by(|b, a| a.start == b.start && a.end == b.end && a.path == b.path);
     Ok(vmas)
 }
 
@@ -501,6 +514,14 @@ mod tests {
         assert_eq!(vsys.start, 0xffffffffff600000);
         assert!(vsys.exec && !vsys.read);
         assert!(vsys.is_special() && !vsys.is_anon());
+    }
+
+    #[test]
+    fn the_gate_listed_twice_is_one_vma() {
+        let gate = "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0    [vsyscall]\n";
+        let vmas = parse_maps(&format!("{MAPS}{gate}")).unwrap();
+        assert_eq!(vmas.len(), 33);
+        assert_eq!(vmas.last().map(|v| v.path.as_str()), Some("[vsyscall]"));
     }
 
     #[test]
