@@ -303,6 +303,7 @@ pub(crate) fn seccomp_guard(frozen: &Frozen) -> Result<Option<crate::inject::Gua
         PR_GET_NO_NEW_PRIVS,
         PR_GET_DUMPABLE,
         PR_GET_MDWE,
+        68, // PR_GET_MEMORY_MERGE
     ] {
         calls.push((libc::SYS_prctl, [op, 0, 0, 0, 0, 0]));
     }

@@ -670,7 +670,8 @@ fn mm_header(pid: pid_t, brk: u64) -> Result<Mm> {
         exe_path,
         lock_future: 0,
         coredump_filter: coredump_filter(pid)?,
-        ksm_merge_any: ksm_merge_any(pid)?,
+        // Read in the task (dump/task.rs), by the final dump only.
+        ksm_merge_any: false,
         exe_id: None,
     })
 }
@@ -689,19 +690,6 @@ fn coredump_filter(pid: pid_t) -> Result<Option<u32>> {
     u32::from_str_radix(text.trim(), 16)
         .map(Some)
         .map_err(|_| Error::task(pid, format!("coredump_filter reads {:?}", text.trim())))
-}
-
-/// PR_SET_MEMORY_MERGE, as /proc/PID/ksm_stat shows it (absent without KSM).
-fn ksm_merge_any(pid: pid_t) -> Result<bool> {
-    let path = proc::pid_path(pid, "ksm_stat");
-    match crate::proc::read_small_string(&path) {
-        Ok(t) => Ok(t.lines().any(|l| {
-            l.strip_prefix("ksm_merge_any:")
-                .is_some_and(|v| v.trim() == "yes")
-        })),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("reading", path, e)),
-    }
 }
 
 /// Where the pages worth storing are in one VMA, as ranges. Uses

@@ -1638,6 +1638,7 @@ fn dump_process(
     phases.mark("track");
     let mut plan = mem::plan_pages(pid, &vmas, core.brk, parent.map(|p| &p.layer), &known)?;
     plan.mm.lock_future = core.lock_future;
+    plan.mm.ksm_merge_any = core.ksm_merge_any;
     // Shared anonymous memory between members: stored once, as an object.
     shared.leave_out_pages(&mut plan);
     // Lazy: the frozen part copies none of these pages.

@@ -26,6 +26,8 @@ pub(crate) struct Collected {
     pub brk: u64,
     /// mlockall(MCL_FUTURE[|MCL_ONFAULT]) in force (see `probe_lock_future`).
     pub lock_future: u32,
+    /// PR_GET_MEMORY_MERGE (KSM merge-any), for the mm image.
+    pub ksm_merge_any: bool,
     /// The prctl-only credentials, for [`super::creds::collect`].
     pub prctl_creds: super::creds::PrctlCreds,
 }
@@ -178,6 +180,9 @@ pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
         &[PR_GET_MDWE, 0, 0, 0, 0],
     );
     let mdwe = index(&mut calls, mdwe);
+    let merge = [PR_GET_MEMORY_MERGE, 0, 0, 0, 0];
+    let merge = Call::raw("prctl(PR_GET_MEMORY_MERGE)", libc::SYS_prctl, &merge);
+    let merge = index(&mut calls, merge);
     let r = inj.batch(&calls)?;
     let b = inj.get(0, len as usize)?;
     let word = |off: u64| u64_at(&b, off as usize);
@@ -277,11 +282,25 @@ pub(crate) fn collect_injected(inj: &mut Injector) -> Result<Collected> {
         dumpable: r[dumpable] as u64,
         mdwe,
     };
+    // KSM merge-any (6.4+; EINVAL before, or without CONFIG_KSM, where
+    // nothing can have set it). /proc/PID/ksm_stat does not show it on 6.12
+    // (the dump read it there and lost it: prctl_memory_merge failed).
+    let ksm_merge_any = match r[merge] {
+        r if r == -(libc::EINVAL as i64) => false,
+        r if r < 0 => {
+            return Err(Error::task(
+                pid,
+                format!("injected prctl(PR_GET_MEMORY_MERGE) failed: {}", -r),
+            ))
+        }
+        r => r != 0,
+    };
     inj.unmap_scratch()?;
     Ok(Collected {
         core,
         brk: r[brk] as u64,
         lock_future,
+        ksm_merge_any,
         prctl_creds,
     })
 }
@@ -390,6 +409,7 @@ fn probe_lock_future(pid: i32, scratch: u64, locked_before_kb: u64) -> Result<u3
 }
 
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_GET_MEMORY_MERGE: u64 = 68;
 const PR_GET_THP_DISABLE: u64 = 42;
 const PR_MCE_KILL_GET: u64 = 34;
 const PR_GET_TSC: u64 = 25;

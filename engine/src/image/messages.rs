@@ -398,7 +398,7 @@ pub struct Mm {
     /// /proc/PID/coredump_filter.
     #[prost(uint32, optional, tag = "21")]
     pub coredump_filter: Option<u32>,
-    /// PR_SET_MEMORY_MERGE (ksm_stat ksm_merge_any).
+    /// PR_SET_MEMORY_MERGE (as PR_GET_MEMORY_MERGE, injected, says).
     #[prost(bool, tag = "22")]
     pub ksm_merge_any: bool,
     /// The executable as it was at dump time (checked at restore).
