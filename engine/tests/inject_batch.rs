@@ -30,6 +30,15 @@ fn wait_oks(log: &Path, n: usize) {
     );
 }
 
+/// The sigtrap.c program in `mode`, once it said "ready"; its log.
+fn start_sigtrap(tmp: &Path, mode: &str) -> (Proc, std::path::PathBuf) {
+    let bin = compile_c(tmp, "sigtrap.c", &[]);
+    let log = tmp.join("result.log");
+    let p = spawn_daemon(Command::new(bin).arg(mode).arg(&log));
+    wait_file_contains(&log, "ready", TIMEOUT);
+    (p, log)
+}
+
 /// (calls one by one, calls in batches, batch runs) from `-v`'s line.
 fn counts(stderr: &str, prefix: &str) -> (u64, u64, u64) {
     let n = all_counts(stderr, prefix);
@@ -69,11 +78,8 @@ fn all_counts(stderr: &str, prefix: &str) -> [u64; 4] {
 fn sigtrap_is_left_as_the_task_had_it(mode: &str, batched: bool) {
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "sigtrap.c", &[]);
-    let log = tmp.path().join("result.log");
-    let mut p = spawn_daemon(Command::new(bin).arg(mode).arg(&log));
+    let (mut p, log) = start_sigtrap(tmp.path(), mode);
     let pid = p.pid;
-    wait_file_contains(&log, "ready", TIMEOUT);
     wait_oks(&log, 1);
 
     let first = tmp.path().join("first");
@@ -111,10 +117,7 @@ fn core_of(dir: &Path, pid: i32) -> Value {
 fn a_batch_reads_what_one_by_one_reads() {
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "sigtrap.c", &[]);
-    let log = tmp.path().join("result.log");
-    let p = spawn_daemon(Command::new(bin).arg("blocked").arg(&log));
-    wait_file_contains(&log, "ready", TIMEOUT);
+    let (p, log) = start_sigtrap(tmp.path(), "blocked");
 
     let batched = tmp.path().join("batched");
     let out = dump(p.pid, &batched, &["--leave-running", "-v"]);
@@ -240,11 +243,8 @@ fn sigtraps_from_outside_during_batches() {
     use std::sync::atomic::{AtomicBool, Ordering};
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "sigtrap.c", &[]);
-    let log = tmp.path().join("result.log");
-    let p = spawn_daemon(Command::new(bin).arg("handled").arg(&log));
+    let (p, log) = start_sigtrap(tmp.path(), "handled");
     let pid = p.pid;
-    wait_file_contains(&log, "ready", TIMEOUT);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let sender = {
         let stop = stop.clone();
@@ -294,11 +294,8 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
     use crust::sys::Tracee;
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "sigtrap.c", &[]);
-    let log = tmp.path().join("result.log");
-    let p = spawn_daemon(Command::new(bin).arg("handled").arg(&log));
+    let (p, log) = start_sigtrap(tmp.path(), "handled");
     let pid = p.pid;
-    wait_file_contains(&log, "ready", TIMEOUT);
 
     let tracee = Tracee::seize(pid, false).expect("seize");
     tracee.interrupt().expect("interrupt");
