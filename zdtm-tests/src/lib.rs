@@ -142,6 +142,25 @@ pub fn monotonic() -> TestResult<Duration> {
     clock(libc::CLOCK_MONOTONIC)
 }
 
+/// prctl(op, arg, 0, 0, 0): a getter's value or a setter's 0.
+pub fn prctl(op: i32, arg: libc::c_ulong) -> TestResult<i32> {
+    // SAFETY: getter/setter prctls with integer or output-pointer arguments
+    // (a pointer argument is the caller's live buffer).
+    let r = unsafe {
+        libc::prctl(
+            op,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(os_err(&format!("prctl({op})")));
+    }
+    Ok(r)
+}
+
 /// `pipe2(flags)`; returns `(read_end, write_end)`.
 pub fn pipe2(flags: i32) -> TestResult<(i32, i32)> {
     let mut fds = [-1; 2];

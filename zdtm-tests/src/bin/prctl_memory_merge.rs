@@ -7,28 +7,12 @@
 //! a kernel without it skips this test alone (`needs_kernel`).
 
 use zdtm::{ensure, ensure_eq, maps, mem, TestResult};
+use zdtm_tests::prctl;
 
 const PR_SET_MEMORY_MERGE: i32 = 67;
 const PR_GET_MEMORY_MERGE: i32 = 68;
 const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
 const PAGES: usize = 4;
-
-fn prctl(op: i32, arg: libc::c_ulong) -> TestResult<i32> {
-    // SAFETY: a setter or getter prctl with integer arguments only.
-    let r = unsafe {
-        libc::prctl(
-            op,
-            arg,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if r < 0 {
-        return Err(zdtm::os_err(&format!("prctl({op})")));
-    }
-    Ok(r)
-}
 
 fn mergeable(addr: usize, what: &str) -> TestResult {
     let flags = maps::vm_flags(addr)?;

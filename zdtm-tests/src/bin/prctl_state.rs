@@ -7,6 +7,7 @@
 //! test prctl_memory_merge, which needs a kernel that has it.
 
 use zdtm::{ensure_eq, TestResult};
+use zdtm_tests::prctl;
 
 const PR_SET_THP_DISABLE: i32 = 41;
 const PR_GET_THP_DISABLE: i32 = 42;
@@ -24,23 +25,6 @@ struct Prctl {
     dumpable: i32,
     personality: i32,
     coredump_filter: String,
-}
-
-fn prctl(op: i32, arg: libc::c_ulong) -> TestResult<i32> {
-    // SAFETY: getter/setter prctls with integer or output-pointer arguments.
-    let r = unsafe {
-        libc::prctl(
-            op,
-            arg,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if r < 0 {
-        return Err(zdtm::os_err(&format!("prctl({op})")));
-    }
-    Ok(r)
 }
 
 fn read() -> TestResult<Prctl> {
