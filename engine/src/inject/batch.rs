@@ -421,23 +421,10 @@ impl Injector<'_> {
                     }
                     self.tracee.cont(0)?;
                 }
-                Stop::Exited(c) => {
-                    return Err(Error::task(
-                        pid,
-                        format!("exited with {c} during a batch of injected calls"),
-                    ))
-                }
-                Stop::Killed(s) => {
-                    return Err(Error::task(
-                        pid,
-                        format!("killed by signal {s} during a batch of injected calls"),
-                    ))
-                }
                 other => {
-                    return Err(Error::task(
-                        pid,
-                        format!("unexpected stop {other:?} during a batch of injected calls"),
-                    ))
+                    let during = "a batch of injected calls";
+                    let at = format!("during {during}");
+                    return Err(super::stop_error(pid, other, during, &at));
                 }
             }
         }

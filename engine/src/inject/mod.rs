@@ -111,6 +111,19 @@ impl std::fmt::Display for Counts {
     }
 }
 
+/// The error for a stop an injected call did not expect: the task exited
+/// or was killed `during` it, or stopped otherwise `at` some point of it.
+fn stop_error(pid: pid_t, stop: Stop, during: &str, at: &str) -> Error {
+    Error::task(
+        pid,
+        match stop {
+            Stop::Exited(c) => format!("exited with {c} during {during}"),
+            Stop::Killed(s) => format!("killed by signal {s} during {during}"),
+            other => format!("unexpected stop {other:?} {at}"),
+        },
+    )
+}
+
 /// Whether a raw syscall result is an error (-4095..-1).
 pub fn failed(r: i64) -> bool {
     (-4095..0).contains(&r)
@@ -206,28 +219,10 @@ impl<'t> Injector<'t> {
                 self.tracee.resume_to_syscall()?;
                 stop = self.tracee.wait_spin(SPIN)?;
             }
-            match stop {
-                Stop::Syscall => {}
-                Stop::Exited(c) => {
-                    return Err(Error::task(
-                        pid,
-                        format!("exited with {c} during injected syscall {nr}"),
-                    ))
-                }
-                Stop::Killed(s) => {
-                    return Err(Error::task(
-                        pid,
-                        format!("killed by signal {s} during injected syscall {nr}"),
-                    ))
-                }
-                other => {
-                    return Err(Error::task(
-                        pid,
-                        format!(
-                            "unexpected stop {other:?} at syscall {phase} of injected syscall {nr}"
-                        ),
-                    ))
-                }
+            if stop != Stop::Syscall {
+                let during = format!("injected syscall {nr}");
+                let at = format!("at syscall {phase} of injected syscall {nr}");
+                return Err(stop_error(pid, stop, &during, &at));
             }
         }
         let out = self.tracee.regs()?;
