@@ -189,7 +189,12 @@ impl Frozen {
         inj.set_guard(self.guard.clone());
         let out = f(&mut inj);
         let cleaned = inj.unmap_scratch();
+        let sigstop = inj.take_held_sigstop();
+        drop(inj);
         let parked = self.park();
+        if sigstop {
+            crate::inject::send_sigstop(self.tracee.pid);
+        }
         self.bursts.push(start.elapsed());
         let out = out?;
         cleaned?;

@@ -24,10 +24,13 @@
 //! `CRUST_INJECT_BATCH=0`) runs the same calls one by one, with the same
 //! results.
 //!
-//! A signal that still gets through while the runner runs (SIGSTOP, or a
-//! SIGTRAP sent from outside) is taken at its delivery stop, held, and
-//! queued again to the thread with an injected rt_tgsigqueueinfo (same
-//! siginfo) once the runner is done, while every signal is blocked.
+//! A signal that still gets through while the runner runs (a SIGTRAP
+//! sent from outside) is taken at its delivery stop, held, and queued
+//! again to the thread with an injected rt_tgsigqueueinfo (same siginfo)
+//! once the runner is done, while every signal is blocked. A SIGSTOP,
+//! which no mask blocks, would stop the next injected call if queued
+//! again: it is held by the injector and sent again when the injector is
+//! done, as for calls one by one (`Injector::next_syscall_stop`).
 
 use libc::pid_t;
 
@@ -411,8 +414,14 @@ impl Injector<'_> {
                     if sig == libc::SIGTRAP && code == SI_KERNEL && regs.rip == end {
                         return Ok(());
                     }
-                    self.batch.held.push(info);
-                    super::HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if sig == libc::SIGSTOP {
+                        // Queued again it would stop the next call one by
+                        // one: held until the injector is done instead.
+                        self.hold_sigstop();
+                    } else {
+                        self.batch.held.push(info);
+                        super::HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     // Past the breakpoint already: its own trap is still
                     // queued or merged into this one; take it again.
                     if regs.rip == end {

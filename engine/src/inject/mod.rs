@@ -150,6 +150,36 @@ pub struct Injector<'t> {
     /// with it.
     scratch_extra: u64,
     batch: batch::State,
+    /// A SIGSTOP was taken and suppressed during an injected call; it is
+    /// sent again on drop.
+    sigstop_held: bool,
+}
+
+/// What a syscall interrupted by a signal leaves in rax at its exit stop,
+/// before the signal path turns it into a restart or EINTR: ERESTARTSYS,
+/// ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK.
+const RESTART_CODES: [i64; 4] = [-512, -513, -514, -516];
+
+/// How many times in a row one injected call may be interrupted.
+const MAX_RESTARTS: u32 = 100;
+
+impl Drop for Injector<'_> {
+    /// Sends a held SIGSTOP again: it takes effect once the engine lets
+    /// the task go, as it would have without us (job control stops the
+    /// whole thread group whichever thread it is sent to; nothing the
+    /// task can observe names SIGSTOP's sender).
+    fn drop(&mut self) {
+        if self.sigstop_held {
+            send_sigstop(self.tracee.pid);
+        }
+    }
+}
+
+/// Sends SIGSTOP to `tid` (a held one, see [`Injector::take_held_sigstop`]).
+pub fn send_sigstop(tid: pid_t) {
+    // SAFETY: tkill(2) with a constant signal; a task gone meanwhile
+    // makes it fail harmlessly.
+    unsafe { libc::syscall(libc::SYS_tkill, tid, libc::SIGSTOP) };
 }
 
 impl<'t> Injector<'t> {
@@ -162,6 +192,7 @@ impl<'t> Injector<'t> {
             scratch: None,
             scratch_extra: 0,
             batch: batch::State::default(),
+            sigstop_held: false,
         }
     }
 
@@ -200,33 +231,69 @@ impl<'t> Injector<'t> {
         regs.r10 = a[3];
         regs.r8 = a[4];
         regs.r9 = a[5];
-        self.tracee.set_regs(&regs)?;
         ONE_BY_ONE.fetch_add(1, Ordering::Relaxed);
         if batch::call_changes_sigtrap(nr, &a) {
             self.batch.sigtrap_free = None;
         }
-        for phase in ["entry", "exit"] {
-            self.tracee.resume_to_syscall()?;
-            let mut stop = self.tracee.wait_spin(SPIN)?;
-            // An injected clone of a thread traced with
-            // PTRACE_O_TRACECLONE stops once more before its exit.
-            // (PTRACE_O_TRACEFORK: a fork, the same.)
-            if matches!(
-                stop,
-                Stop::OtherEvent(libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK)
-            ) && phase == "exit"
-            {
-                self.tracee.resume_to_syscall()?;
-                stop = self.tracee.wait_spin(SPIN)?;
+        let mut restarts = 0;
+        loop {
+            self.tracee.set_regs(&regs)?;
+            for phase in ["entry", "exit"] {
+                let stop = self.next_syscall_stop(phase == "exit")?;
+                if stop != Stop::Syscall {
+                    let during = format!("injected syscall {nr}");
+                    let at = format!("at syscall {phase} of injected syscall {nr}");
+                    return Err(stop_error(pid, stop, &during, &at));
+                }
             }
-            if stop != Stop::Syscall {
-                let during = format!("injected syscall {nr}");
-                let at = format!("at syscall {phase} of injected syscall {nr}");
-                return Err(stop_error(pid, stop, &during, &at));
+            let out = self.tracee.regs()?.rax as i64;
+            // Interrupted by a signal (a SIGSTOP: every other one is
+            // blocked): the kernel would restart it on the signal path,
+            // which a syscall-exit stop does not reach. The signal is held
+            // at its delivery stop on the way to the call's next run.
+            if !RESTART_CODES.contains(&out) {
+                return Ok(out);
+            }
+            restarts += 1;
+            if restarts > MAX_RESTARTS {
+                return Err(Error::task(
+                    pid,
+                    format!("injected syscall {nr} was interrupted {MAX_RESTARTS} times in a row"),
+                ));
             }
         }
-        let out = self.tracee.regs()?;
-        Ok(out.rax as i64)
+    }
+
+    /// Resumes to the next syscall stop. A SIGSTOP on the way (the only
+    /// signal that gets through the mask injected calls run with, besides
+    /// SIGKILL) is held: suppressed at its delivery stop and sent again
+    /// when the injector is done (`Drop`), so that it neither fails the
+    /// call nor is lost. An injected clone of a thread traced with
+    /// PTRACE_O_TRACECLONE stops once more before its exit (a fork with
+    /// PTRACE_O_TRACEFORK, the same); `at_exit` takes that stop too.
+    fn next_syscall_stop(&mut self, at_exit: bool) -> Result<Stop> {
+        loop {
+            self.tracee.resume_to_syscall()?;
+            match self.tracee.wait_spin(SPIN)? {
+                Stop::Signal(libc::SIGSTOP) => self.hold_sigstop(),
+                Stop::OtherEvent(libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK) if at_exit => {
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Whether a SIGSTOP was held, which the caller then sends again
+    /// itself ([`send_sigstop`]) instead of the drop: once the task is
+    /// parked, so that it does not stop on the way.
+    pub fn take_held_sigstop(&mut self) -> bool {
+        std::mem::take(&mut self.sigstop_held)
+    }
+
+    /// Notes a SIGSTOP taken at its delivery stop, to send again on drop.
+    pub(crate) fn hold_sigstop(&mut self) {
+        HELD.fetch_add(1, Ordering::Relaxed);
+        self.sigstop_held = true;
     }
 
     /// Runs one system call; a negative result becomes an error naming it.
