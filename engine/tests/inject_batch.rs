@@ -13,6 +13,11 @@ use common::*;
 use serde_json::Value;
 use test_case::test_case;
 
+/// The library's injection counts (`crust::inject::counts`) are global
+/// to the test process: the tests that compare them before and after run
+/// one at a time.
+static COUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn oks(log: &Path) -> usize {
     let text = read_string(log);
     assert!(!text.contains("BAD"), "{text}");
@@ -293,6 +298,7 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
     use crust::inject::{counts, find_syscall_gadget, Call, Injector};
     use crust::sys::Tracee;
     init();
+    let _counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempdir();
     let (p, log) = start_sigtrap(tmp.path(), "handled");
     let pid = p.pid;
@@ -396,6 +402,7 @@ fn a_sigstop_during_injected_calls_is_held_and_sent_again(batched: bool) {
     use crust::inject::{counts, find_syscall_gadget, Call, Injector};
     use crust::sys::Tracee;
     init();
+    let _counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempdir();
     let (p, log) = start_sigtrap(tmp.path(), "handled");
     let pid = p.pid;
