@@ -342,6 +342,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     socket_ends.extend(epoll::tree_instances(&stub.tracee, gadget, &all_fds)?);
     let inherited = inherited.with(&socket_ends);
     let members_inherit = members_inherit.with(&socket_ends);
+    if tree.tasks.len() > 1 {
+        clear_root_stub(&stub, &inherited)?;
+    }
     let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;
     drop(tree_pipes);
     drop(tree_files);
@@ -400,6 +403,59 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     })
 }
 
+/// The calls that clear a stub, a copy of the engine: its descriptors
+/// but `inherited`, and its mappings but the vDSO, vvar and vsyscall
+/// (`stub_vmas`). It inherited the engine's rseq registration, whose area
+/// is about to be unmapped: dropped first, or the kernel would fault on
+/// it.
+fn clear_calls(
+    tracee: &Tracee,
+    stub_vmas: &[proc::maps::Vma],
+    inherited: &files::Inherited,
+) -> Result<Vec<Call>> {
+    let mut calls = Vec::new();
+    let rseq = tracee.rseq_config()?;
+    if rseq.rseq_abi_pointer != 0 {
+        calls.push(Call::checked(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            &[
+                rseq.rseq_abi_pointer,
+                rseq.rseq_abi_size as u64,
+                1,
+                rseq.signature as u64,
+            ],
+        ));
+    }
+    calls.extend(files::close_all_but(inherited));
+    calls.extend(mem::clear_stub_calls(stub_vmas));
+    Ok(calls)
+}
+
+/// Clears the root's stub before the other processes of the tree are
+/// forked from it (and from each other): each fork then copies an empty
+/// address space, not the engine's (its libraries, heap, thread stacks
+/// and image buffers), and each new stub has nothing of the engine left
+/// to clear. `inherited`: the root's descriptors to keep, which include
+/// every descriptor the tree's members inherit.
+fn clear_root_stub(stub: &Stub, inherited: &files::Inherited) -> Result<()> {
+    let tracee = &stub.tracee;
+    let pid = tracee.pid;
+    let stub_vmas = proc::maps::read_maps(pid)?;
+    let vdso = stub_vmas
+        .iter()
+        .find(|v| v.path == "[vdso]")
+        .ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
+    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
+    let mut inj = Injector::new(tracee, tracee.regs()?, gadget);
+    let scratch_len = SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT;
+    let at = mem::free_area(&mem::stub_footprint(&stub_vmas), scratch_len)
+        .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
+    inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
+    inj.batch(&clear_calls(tracee, &stub_vmas, inherited)?)?;
+    inj.unmap_scratch()
+}
+
 /// Turns the stub of one process into the dumped process, up to its
 /// registers: it is left parked in the signal path, to be detached.
 fn restore_one(
@@ -433,26 +489,9 @@ fn restore_one(
         .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
     inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
 
-    // Then the stub is cleared in one batch. It inherited the engine's
-    // rseq registration, whose area is about to be unmapped: dropped first,
-    // or the kernel would fault on it.
-    let mut calls = Vec::new();
-    let rseq = tracee.rseq_config()?;
-    if rseq.rseq_abi_pointer != 0 {
-        calls.push(Call::checked(
-            "rseq(unregister)",
-            libc::SYS_rseq,
-            &[
-                rseq.rseq_abi_pointer,
-                rseq.rseq_abi_size as u64,
-                1,
-                rseq.signature as u64,
-            ],
-        ));
-    }
-    calls.extend(files::close_all_but(inherited));
-    calls.extend(mem::clear_stub_calls(&stub_vmas));
-    inj.batch(&calls)?;
+    // Then whatever is left of the engine in the stub goes in one batch
+    // (a stub forked from a cleared parent only closes descriptors).
+    inj.batch(&clear_calls(tracee, &stub_vmas, inherited)?)?;
     let gadget = mem::place_specials(
         &mut inj,
         &stub_vmas,
