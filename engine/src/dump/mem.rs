@@ -531,50 +531,86 @@ type WriterDone = (Box<dyn PageSink>, StreamedChecksums);
 /// on its own thread, so that reading the task (process_vm_readv) and
 /// writing the image overlap. The same thread checksums every stored run
 /// as it writes it.
+///
+/// The thread starts with the second filled buffer: the first is held
+/// back until then, and a copy that fills only one (most processes of a
+/// tree: 8 MiB) writes it inline at the end, without a thread to start
+/// and join for each of them.
 struct PageWriterThread {
+    /// Before the thread starts: the sink, and the first filled buffer.
+    idle: Option<(Box<dyn PageSink>, Option<Filled>)>,
     filled: Option<mpsc::SyncSender<Filled>>,
-    free: mpsc::Receiver<AlignedBuf>,
+    free: Option<mpsc::Receiver<AlignedBuf>>,
     writer: Option<thread::JoinHandle<Result<WriterDone>>>,
 }
 
+/// Checksums and writes one filled buffer.
+fn write_filled(
+    out: &mut dyn PageSink,
+    sums: &mut StreamedChecksums,
+    filled: Filled,
+) -> Result<AlignedBuf> {
+    let (buf, len, segments) = filled;
+    let mut at = 0;
+    for seg in segments {
+        let end = (at + seg.len).min(len);
+        sums.feed(seg, &buf[at..end]);
+        at = end;
+    }
+    if at != len {
+        return Err(Error::Other(format!(
+            "page writer: {at} of {len} buffered bytes belong to a pagemap entry"
+        )));
+    }
+    out.write(&buf[..len])?;
+    Ok(buf)
+}
+
 impl PageWriterThread {
-    fn start(mut out: Box<dyn PageSink>) -> PageWriterThread {
+    fn start(out: Box<dyn PageSink>) -> PageWriterThread {
+        PageWriterThread {
+            idle: Some((out, None)),
+            filled: None,
+            free: None,
+            writer: None,
+        }
+    }
+
+    /// Starts the thread with the held buffer (if any) as its first work.
+    fn spawn(&mut self, mut out: Box<dyn PageSink>, first: Option<Filled>) {
         let (filled_tx, filled_rx) = mpsc::sync_channel::<Filled>(BUFFERS);
         let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(BUFFERS);
-        for _ in 0..BUFFERS - 1 {
+        // BUFFERS in all: the reader's, the held one's, and free ones.
+        let free = BUFFERS - 1 - usize::from(first.is_some());
+        for _ in 0..free {
             let _ = free_tx.send(AlignedBuf::new(BUF_BYTES));
         }
         let writer = thread::spawn(move || {
             let mut sums = StreamedChecksums::default();
-            for (buf, len, segments) in filled_rx {
-                let mut at = 0;
-                for seg in segments {
-                    let end = (at + seg.len).min(len);
-                    sums.feed(seg, &buf[at..end]);
-                    at = end;
-                }
-                if at != len {
-                    return Err(Error::Other(format!(
-                        "page writer: {at} of {len} buffered bytes belong to a pagemap entry"
-                    )));
-                }
-                out.write(&buf[..len])?;
+            for filled in first.into_iter().chain(filled_rx) {
+                let buf = write_filled(&mut *out, &mut sums, filled)?;
                 // The reader may be gone after an error; then nobody needs it.
                 let _ = free_tx.send(buf);
             }
             Ok((out, sums))
         });
-        PageWriterThread {
-            filled: Some(filled_tx),
-            free: free_rx,
-            writer: Some(writer),
-        }
+        self.filled = Some(filled_tx);
+        self.free = Some(free_rx);
+        self.writer = Some(writer);
     }
 
     /// Hands the filled buffer to the writer, putting an empty one in its
     /// place. `segments` cover its `len` bytes, in order.
     fn swap(&mut self, buf: &mut AlignedBuf, len: usize, segments: Vec<Segment>) -> Result<()> {
-        let Ok(empty) = self.free.recv() else {
+        if let Some((out, held)) = self.idle.take() {
+            if held.is_none() {
+                let full = std::mem::replace(buf, AlignedBuf::new(BUF_BYTES));
+                self.idle = Some((out, Some((full, len, segments))));
+                return Ok(());
+            }
+            self.spawn(out, held);
+        }
+        let Some(Ok(empty)) = self.free.as_ref().map(|f| f.recv()) else {
             return Err(self.join_error());
         };
         let full = std::mem::replace(buf, empty);
@@ -598,6 +634,13 @@ impl PageWriterThread {
 
     /// Bytes written, and the checksums of the entries they belong to.
     fn finish(mut self) -> Result<(u64, Vec<RunSum>)> {
+        if let Some((mut out, held)) = self.idle.take() {
+            let mut sums = StreamedChecksums::default();
+            if let Some(filled) = held {
+                write_filled(&mut *out, &mut sums, filled)?;
+            }
+            return Ok((out.finish()?, sums.finish()));
+        }
         self.filled = None;
         match self.writer.take().map(|h| h.join()) {
             Some(Ok(Ok((out, sums)))) => Ok((out.finish()?, sums.finish())),
