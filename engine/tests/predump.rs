@@ -484,3 +484,61 @@ fn a_dump_without_tracking_is_no_parent() {
     assert_eq!(p.wait(TIMEOUT), Exit::Code(0));
     assert!(read_string(&result).starts_with("OK"));
 }
+
+/// A splice-mode pre-dump of a task whose user is over its pipe buffer
+/// quota (pipe-user-pages-soft; the task lacks CAP_SYS_RESOURCE): the
+/// task may not grow the pipes the engine makes in it (F_SETPIPE_SZ:
+/// EPERM), so those pages are copied while frozen instead of pinned. Seen
+/// on 6.12 (a pre-dump of a task without capabilities failed while another
+/// splice pre-dump held hundreds of MiB in root's pipes). Every pre-dump
+/// succeeds and the restore has every page.
+#[test]
+fn splice_mode_copies_what_a_task_over_its_pipe_quota_cannot_pin() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    init();
+    let tmp = tempdir();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod tmp");
+    let hog_bin = compile_c(tmp.path(), "pipehog.c", &[]);
+    let ready = tmp.path().join("hog.ready");
+    let mut hog = spawn_daemon(Command::new(hog_bin).arg(&ready).uid(NOBODY).gid(NOBODY));
+    wait_file_contains(&ready, "\n", TIMEOUT);
+    let said = read_string(&ready);
+    assert!(
+        said.starts_with("hog "),
+        "the quota was never reached: {said}"
+    );
+
+    let bin = compile_c(tmp.path(), "writer.c", &[]);
+    let pidfile = tmp.path().join("writer.pid");
+    let result = tmp.path().join("result");
+    let mut p = spawn_daemon(
+        Command::new(bin)
+            .arg(&pidfile)
+            .arg(&result)
+            .arg("2048")
+            .arg("2000")
+            .uid(NOBODY)
+            .gid(NOBODY),
+    );
+    wait_file_contains(&pidfile, "\n", TIMEOUT);
+    let img = tmp.path().join("img");
+    pre_dump_with(p.pid, &img.join("pre1"), None, "splice", "auto");
+    pre_dump(p.pid, &img.join("pre2"), Some("../pre1"), "splice");
+    p.assert_running_untraced();
+    dump(
+        p.pid,
+        &img.join("dump"),
+        &["--track-mem", "--prev-images-dir", "../pre2"],
+    );
+    assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    hog.signal(libc::SIGTERM);
+    hog.wait(TIMEOUT);
+    let mut r = restore_detached(&img.join("dump"), p.pid);
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.wait(TIMEOUT), Exit::Code(0));
+    let text = read_string(&result);
+    assert!(text.starts_with("OK"), "{text}");
+}

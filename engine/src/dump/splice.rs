@@ -91,7 +91,10 @@ pub(crate) fn pin(
             inj.map_scratch(None, SCRATCH)?;
             one_pipe(inj, pidfd, cap, batch, *bytes)
         })?;
-        let chunk = Chunk::Pipe(fd, *bytes as usize);
+        let chunk = match fd {
+            Some(fd) => Chunk::Pipe(fd, *bytes as usize),
+            None => Chunk::Bytes(copy_batch(&mem, &mem_path, batch, *bytes)?),
+        };
         batch.clear();
         *bytes = 0;
         Ok(Some(chunk))
@@ -126,15 +129,34 @@ pub(crate) fn pin(
     Ok(chunks)
 }
 
+/// Copies a batch the task could not pin (see [`fill`]) while frozen.
+fn copy_batch(mem: &File, mem_path: &str, batch: &[(u64, u64)], bytes: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; bytes as usize];
+    let mut at = 0usize;
+    for &(addr, len) in batch {
+        let end = at + len as usize;
+        mem.read_exact_at(&mut buf[at..end], addr).map_err(|e| {
+            Error::io(
+                "reading memory through",
+                format!("{mem_path} at {addr:#x}"),
+                e,
+            )
+        })?;
+        at = end;
+    }
+    Ok(buf)
+}
+
 /// One pipe: created in the task, grown, filled with vmsplice, taken over,
-/// and closed in the task again, all in one burst.
+/// and closed in the task again, all in one burst. None: the task may
+/// not grow a pipe to `cap` (see [`fill`]); the caller copies the batch.
 fn one_pipe(
     inj: &mut Injector,
     pidfd: &OwnedFd,
     cap: u64,
     batch: &[(u64, u64)],
     bytes: u64,
-) -> Result<OwnedFd> {
+) -> Result<Option<OwnedFd>> {
     let (r, w) = inj.pipe2(libc::O_CLOEXEC)?;
     let filled = fill(inj, pidfd, cap, batch, bytes, r, w);
     let closed_r = inj.call("close", libc::SYS_close, &[r]);
@@ -147,6 +169,13 @@ fn one_pipe(
 }
 
 /// vmsplices the batch into the task's pipe `w` and takes its read end `r`.
+///
+/// The pipe is the task's, so its size counts against the task's user:
+/// a task without CAP_SYS_RESOURCE whose user already holds more pipe
+/// buffers than /proc/sys/fs/pipe-user-pages-soft (every process of that
+/// uid counts: another pre-dump in splice mode pins hundreds of MiB in
+/// pipes) may not grow one (EPERM), and vmsplice into the small pipe it
+/// got would block. Then None: the batch is copied instead.
 fn fill(
     inj: &mut Injector,
     pidfd: &OwnedFd,
@@ -155,13 +184,16 @@ fn fill(
     bytes: u64,
     r: u64,
     w: u64,
-) -> Result<OwnedFd> {
+) -> Result<Option<OwnedFd>> {
     let pid = inj.pid();
-    inj.call(
-        "fcntl(F_SETPIPE_SZ)",
-        libc::SYS_fcntl,
-        &[w, libc::F_SETPIPE_SZ as u64, cap],
-    )?;
+    let grown = inj.raw(libc::SYS_fcntl, &[w, libc::F_SETPIPE_SZ as u64, cap])?;
+    if grown == -(libc::EPERM as i64) {
+        return Ok(None);
+    }
+    if crate::inject::failed(grown) {
+        let e = nix::errno::Errno::from_raw(-grown as i32);
+        return Err(Error::sys("injected fcntl(F_SETPIPE_SZ)", pid, e));
+    }
     let iovs: Vec<u8> = batch
         .iter()
         .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
@@ -190,7 +222,7 @@ fn fill(
         }
         done += n;
     }
-    pidfd_getfd(pidfd, pid, r as i32)
+    pidfd_getfd(pidfd, pid, r as i32).map(Some)
 }
 
 /// Writes the chunks, in order, into the page sink (pipes are spliced:
