@@ -126,6 +126,9 @@ pub fn record_mm(pid: pid_t, mm: &mut Mm) -> Result<()> {
             mm.exe_id = Some(file_id(&now));
         }
     }
+    // The mappings of one file (a library has four or five) are checked
+    // once: same path, same device and inode in maps, same file.
+    let mut seen: HashMap<(String, u64, u64), FileId> = HashMap::new();
     for v in &mut mm.vmas {
         let file = matches!(
             VmaKind::try_from(v.kind),
@@ -135,8 +138,17 @@ pub fn record_mm(pid: pid_t, mm: &mut Mm) -> Result<()> {
         if !file || v.shared != 0 {
             continue;
         }
-        let md = reachable_mapping(pid, &v.path, v.start, v.end, v.dev, v.inode)?;
-        v.file_id = Some(file_id(&md));
+        let key = (v.path.clone(), v.dev, v.inode);
+        let id = match seen.get(&key) {
+            Some(id) => id.clone(),
+            None => {
+                let md = reachable_mapping(pid, &v.path, v.start, v.end, v.dev, v.inode)?;
+                let id = file_id(&md);
+                seen.insert(key, id.clone());
+                id
+            }
+        };
+        v.file_id = Some(id);
     }
     Ok(())
 }
@@ -177,7 +189,26 @@ enum Match {
     SameFile(u64),
 }
 
+/// stat(2) of each path once per check: a library is mapped four or five
+/// times, each mapping with the same identity recorded.
+#[derive(Default)]
+struct StatOnce(HashMap<String, std::result::Result<FileId, String>>);
+
+impl StatOnce {
+    fn id(&mut self, path: &str) -> std::result::Result<FileId, String> {
+        if let Some(r) = self.0.get(path) {
+            return r.clone();
+        }
+        let r = std::fs::metadata(path)
+            .map(|md| file_id(&md))
+            .map_err(|e| e.to_string());
+        self.0.insert(path.to_string(), r.clone());
+        r
+    }
+}
+
 fn changed(
+    stats: &mut StatOnce,
     image: &Path,
     what: &str,
     path: &str,
@@ -195,8 +226,8 @@ fn changed(
     let Some(was) = was else {
         return bad("has no identity recorded in the image".into());
     };
-    let now = match std::fs::metadata(path) {
-        Ok(md) => file_id(&md),
+    let now = match stats.id(path) {
+        Ok(id) => id,
         Err(e) => return bad(format!("cannot be checked: {e}")),
     };
     if now.dev != was.dev || now.ino != was.ino {
@@ -235,7 +266,9 @@ pub fn check_restore(
     fds: &Fds,
 ) -> std::result::Result<(), ImageError> {
     let exact = Match::Exact;
+    let mut stats = StatOnce::default();
     if let Some(e) = changed(
+        &mut stats,
         mm_image,
         "executable",
         &mm.exe_path,
@@ -250,7 +283,14 @@ pub fn check_restore(
             Ok(VmaKind::FilePrivate | VmaKind::FileShared)
         );
         if file && v.shared == 0 {
-            if let Some(e) = changed(mm_image, "mapped file", &v.path, v.file_id.as_ref(), exact) {
+            if let Some(e) = changed(
+                &mut stats,
+                mm_image,
+                "mapped file",
+                &v.path,
+                v.file_id.as_ref(),
+                exact,
+            ) {
                 return Err(e);
             }
         }
@@ -263,7 +303,14 @@ pub fn check_restore(
                 libc::O_RDONLY => Match::Exact,
                 _ => Match::SameFile(fd.pos),
             };
-            if let Some(e) = changed(fds_image, &what, &fd.path, fd.file_id.as_ref(), how) {
+            if let Some(e) = changed(
+                &mut stats,
+                fds_image,
+                &what,
+                &fd.path,
+                fd.file_id.as_ref(),
+                how,
+            ) {
                 return Err(e);
             }
         }
