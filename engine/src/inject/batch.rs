@@ -248,6 +248,25 @@ impl Injector<'_> {
         Ok(super::Scratch { addr, len })
     }
 
+    /// Takes over a scratch area made by [`Injector::map_batch_scratch`]
+    /// in a parent of this task before it forked it (`addr`, `len` as
+    /// given there): the copy this task inherited, with its runner. False
+    /// (nothing taken) if the runner is not there as written.
+    pub fn adopt_batch_scratch(&mut self, addr: u64, len: u64) -> Result<bool> {
+        let code = addr + len + TABLE;
+        match self.read_mem(code, RUNNER.len()) {
+            Ok(b) if b == RUNNER => {}
+            _ => return Ok(false),
+        }
+        self.scratch = Some(super::Scratch { addr, len });
+        self.scratch_extra = RUNNER_FOOTPRINT;
+        self.batch.area = Some(Area {
+            table: addr + len,
+            code,
+        });
+        Ok(true)
+    }
+
     /// Runs `calls` in order and returns each one's raw result: in one go
     /// where the task allows it (see the module's comment), else one by
     /// one. A `checked` call that fails stops there with an error naming

@@ -280,7 +280,31 @@ pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -
         libc::SYS_prctl,
         &[libc::PR_GET_PDEATHSIG as u64, p],
     ));
-    inj.batch(&calls)?;
+    // What /proc does not show, asked back from the task in the same
+    // batch (its results are the values).
+    let mut asked: Vec<(&str, u64)> = vec![
+        ("securebits", c.securebits as u64),
+        ("dumpable", c.dumpable as u64),
+    ];
+    calls.push(Call::checked(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        &[PR_GET_SECUREBITS, 0, 0, 0, 0],
+    ));
+    calls.push(Call::checked(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        &[PR_GET_DUMPABLE, 0, 0, 0, 0],
+    ));
+    if c.mdwe != 0 {
+        asked.push(("MDWE flags", c.mdwe as u64));
+        calls.push(Call::checked(
+            "prctl(PR_GET_MDWE)",
+            libc::SYS_prctl,
+            &[PR_GET_MDWE, 0, 0, 0, 0],
+        ));
+    }
+    let results = inj.batch(&calls)?;
     let b = inj.get(192, 4)?;
     let pdeath = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     if pdeath != pdeath_signal {
@@ -289,32 +313,12 @@ pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -
             format!("restored parent death signal is {pdeath}, the image has {pdeath_signal}"),
         ));
     }
-    // What /proc does not show, asked back from the task.
-    for (what, op, want) in [
-        ("securebits", PR_GET_SECUREBITS, c.securebits as u64),
-        ("dumpable", PR_GET_DUMPABLE, c.dumpable as u64),
-    ] {
-        let got = inj.call("prctl(PR_GET_*)", libc::SYS_prctl, &[op, 0, 0, 0, 0])?;
-        if got != want {
+    let got = &results[results.len() - asked.len()..];
+    for ((what, want), &got) in asked.iter().zip(got) {
+        if got as u64 != *want {
             return Err(Error::task(
                 pid,
                 format!("restored {what} is {got:#x}, the image has {want:#x}"),
-            ));
-        }
-    }
-    if c.mdwe != 0 {
-        let got = inj.call(
-            "prctl(PR_GET_MDWE)",
-            libc::SYS_prctl,
-            &[PR_GET_MDWE, 0, 0, 0, 0],
-        )?;
-        if got != c.mdwe as u64 {
-            return Err(Error::task(
-                pid,
-                format!(
-                    "restored MDWE flags are {got:#x}, the image has {:#x}",
-                    c.mdwe
-                ),
             ));
         }
     }

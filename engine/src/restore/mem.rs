@@ -108,8 +108,9 @@ pub(crate) fn free_area(taken: &[(u64, u64)], len: u64) -> Option<u64> {
 /// skips what is not mapped): a stub is a copy of the engine, with a
 /// mapping per library, thread stack and image file it had, and one
 /// injected call per mapping made clearing each member of a tree cost
-/// milliseconds.
-pub(crate) fn clear_stub_calls(stub: &[ProcVma]) -> Vec<Call> {
+/// milliseconds. The mappings inside `keep` (the scratch area a member
+/// inherited and took over) stay, as the special ones do.
+pub(crate) fn clear_stub_calls(stub: &[ProcVma], keep: Option<(u64, u64)>) -> Vec<Call> {
     let mut vmas: Vec<&ProcVma> = stub.iter().collect();
     vmas.sort_by_key(|v| v.start);
     let mut calls = Vec::new();
@@ -123,8 +124,9 @@ pub(crate) fn clear_stub_calls(stub: &[ProcVma]) -> Vec<Call> {
             ));
         }
     };
+    let kept = |v: &ProcVma| keep.is_some_and(|(start, end)| v.start >= start && v.end <= end);
     for v in vmas {
-        if v.path.starts_with("[v") {
+        if v.path.starts_with("[v") || kept(v) {
             unmap(stretch.take());
             continue;
         }
@@ -304,7 +306,7 @@ pub(crate) fn unmap_kept_vdso(inj: &mut Injector, mm: &Mm, calls_after: bool) ->
 /// the files first (one openat each, in one batch, each path in its own
 /// place of the scratch area), then every mmap in one batch, then the
 /// closes; SysV segments are attached one by one.
-pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> Result<()> {
+pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> Result<u64> {
     let pid = inj.pid();
     // (path, writable) of each file to open, in order; mmaps name a file
     // by its index here until its descriptor is known.
@@ -387,8 +389,15 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => {}
         }
     }
-    let fds = open_files(inj, &files)?;
-    let calls: Vec<Call> = maps
+    // The executable too, opened with the mapped files for
+    // PR_SET_MM_MAP (task::set_mm closes it).
+    files.push((mm.exe_path.clone(), false));
+    let mut fds = open_files(inj, &files)?;
+    let exe_fd = fds
+        .pop()
+        .ok_or_else(|| Error::task(pid, "no descriptor for the executable"))?;
+    // The mmaps, then the files' descriptors closed, in one batch.
+    let mut calls: Vec<Call> = maps
         .iter()
         .map(|(args, file)| {
             let mut args = *args;
@@ -398,16 +407,15 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
             Call::checked("mmap", libc::SYS_mmap, &args)
         })
         .collect();
+    calls.extend(
+        fds.iter()
+            .map(|&fd| Call::checked("close", libc::SYS_close, &[fd])),
+    );
     inj.batch(&calls)?;
     for (v, shmid) in segments {
         attach_segment(inj, v, shmid)?;
     }
-    let closes: Vec<Call> = fds
-        .iter()
-        .map(|&fd| Call::checked("close", libc::SYS_close, &[fd]))
-        .collect();
-    inj.batch(&closes)?;
-    Ok(())
+    Ok(exe_fd)
 }
 
 /// Opens each (path, writable) in the task, O_CLOEXEC: batches of as many
@@ -956,6 +964,45 @@ pub(crate) fn verify_vm_flags(pid: i32, mm: &Mm) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clearing_a_stub_keeps_its_specials_and_the_area_it_took_over() {
+        let vma = |start: u64, end: u64, path: &str| ProcVma {
+            start,
+            end,
+            path: path.into(),
+            ..Default::default()
+        };
+        let stub = [
+            vma(0x1000, 0x3000, "/engine"),
+            vma(0x10000, 0x11000, ""),
+            // The inherited scratch area: runner, scratch and table.
+            vma(0x20000, 0x2a000, ""),
+            vma(0x2a000, 0x2b000, ""),
+            vma(0x30000, 0x31000, ""),
+            vma(0x40000, 0x42000, "[vdso]"),
+            vma(0x50000, 0x51000, "[stack]"),
+        ];
+        let unmaps = |keep| -> Vec<[u64; 2]> {
+            clear_stub_calls(&stub, keep)
+                .iter()
+                .map(|c| [c.args[0], c.args[1]])
+                .collect()
+        };
+        // Stretches between the specials, holes included.
+        assert_eq!(
+            unmaps(None),
+            vec![[0x1000, 0x31000 - 0x1000], [0x50000, 0x1000]]
+        );
+        assert_eq!(
+            unmaps(Some((0x20000, 0x2b000))),
+            vec![
+                [0x1000, 0x11000 - 0x1000],
+                [0x30000, 0x1000],
+                [0x50000, 0x1000]
+            ]
+        );
+    }
 
     #[test]
     fn fill_groups_follow_the_file_and_keep_forced_writes_alone() {

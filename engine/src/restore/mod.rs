@@ -342,10 +342,25 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     socket_ends.extend(epoll::tree_instances(&stub.tracee, gadget, &all_fds)?);
     let inherited = inherited.with(&socket_ends);
     let members_inherit = members_inherit.with(&socket_ends);
+    // A tree's members share one scratch area, mapped by the root after
+    // its clearing and inherited by every member (tree::create), at an
+    // address free in every member's layout.
+    let mut shared_scratch = None;
     if tree.tasks.len() > 1 {
         clear_root_stub(&stub, &inherited)?;
+        let specials: Vec<proc::maps::Vma> = stub_vmas
+            .iter()
+            .filter(|v| v.path.starts_with("[v"))
+            .cloned()
+            .collect();
+        let mut taken = mem::stub_footprint(&specials);
+        for img in imgs.iter().flatten() {
+            taken.extend(img.mm.vmas.iter().map(|v| (v.start, v.end)));
+        }
+        let len = SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT;
+        shared_scratch = mem::free_area(&taken, len).map(|at| (at, SCRATCH_LEN));
     }
-    let mut stubs = tree::create(stub, &tree.tasks, gadget, opts.pid_wait)?;
+    let mut stubs = tree::create(stub, &tree.tasks, gadget, shared_scratch, opts.pid_wait)?;
     drop(tree_pipes);
     drop(tree_files);
     phases.mark("fork stub");
@@ -360,15 +375,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         // Lazy: every live process hands its own uffd over, on the one
         // connection (the daemon expects each of them).
         let lazy = lazy_conn.as_mut().map(|c| (c, live_tasks));
-        threads.push(restore_one(
-            dir,
-            stub,
-            img,
+        let from_tree = FromTree {
             inherited,
-            &shared,
-            lazy,
-            &mut phases,
-        )?);
+            objects: &shared,
+            scratch: shared_scratch,
+        };
+        threads.push(restore_one(dir, stub, img, from_tree, lazy, &mut phases)?);
     }
     // Every task has its mappings and descriptors: seals, IPC_RMID.
     shared.finish()?;
@@ -405,12 +417,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 
 /// The calls that clear a stub, a copy of the engine: its descriptors
 /// but `inherited`, and its mappings but the vDSO, vvar and vsyscall
-/// (`stub_vmas`). It inherited the engine's rseq registration, whose area
-/// is about to be unmapped: dropped first, or the kernel would fault on
-/// it.
+/// (`stub_vmas`) and those inside `keep`. It inherited the engine's rseq
+/// registration, whose area is about to be unmapped: dropped first, or
+/// the kernel would fault on it.
 fn clear_calls(
     tracee: &Tracee,
     stub_vmas: &[proc::maps::Vma],
+    keep: Option<(u64, u64)>,
     inherited: &files::Inherited,
 ) -> Result<Vec<Call>> {
     let mut calls = Vec::new();
@@ -428,7 +441,7 @@ fn clear_calls(
         ));
     }
     calls.extend(files::close_all_but(inherited));
-    calls.extend(mem::clear_stub_calls(stub_vmas));
+    calls.extend(mem::clear_stub_calls(stub_vmas, keep));
     Ok(calls)
 }
 
@@ -452,8 +465,19 @@ fn clear_root_stub(stub: &Stub, inherited: &files::Inherited) -> Result<()> {
     let at = mem::free_area(&mem::stub_footprint(&stub_vmas), scratch_len)
         .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
     inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
-    inj.batch(&clear_calls(tracee, &stub_vmas, inherited)?)?;
+    inj.batch(&clear_calls(tracee, &stub_vmas, None, inherited)?)?;
     inj.unmap_scratch()
+}
+
+/// What a member of a tree gets from the tree's making.
+struct FromTree<'a> {
+    /// The descriptors it keeps (its own inherited ones and the tree's).
+    inherited: &'a files::Inherited,
+    /// Memfds and SysV segments, made once for the tree.
+    objects: &'a shared::SharedObjects,
+    /// The batch scratch area (address, length) every member inherited
+    /// from the root (tree::create), if one was made.
+    scratch: Option<(u64, u64)>,
 }
 
 /// Turns the stub of one process into the dumped process, up to its
@@ -462,11 +486,15 @@ fn restore_one(
     dir: &Path,
     stub: &Stub,
     img: &mut TaskImages,
-    inherited: &files::Inherited,
-    shared: &shared::SharedObjects,
+    from_tree: FromTree,
     mut lazy_conn: Option<(&mut std::os::unix::net::UnixStream, u32)>,
     phases: &mut crate::phases::Phases,
 ) -> Result<threads::Threads> {
+    let FromTree {
+        inherited,
+        objects: shared,
+        scratch: shared_scratch,
+    } = from_tree;
     let pid = img.task.pid;
     let tracee = &stub.tracee;
     tracee.set_sigmask(!0)?;
@@ -478,20 +506,35 @@ fn restore_one(
         .ok_or_else(|| Error::task(pid, "stub has no [vdso] to inject syscalls from"))?;
     let gadget = find_syscall_gadget(pid, vdso.start, vdso.end)?;
     let mut inj = Injector::new(tracee, base, gadget);
+    let scratch_len = SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT;
 
     // The scratch area (and after it the batch runner, inject/batch.rs)
-    // first, away from everything the stub has (its clearing unmaps whole
-    // stretches, holes included) and from the image's layout.
-    let mut taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    taken.extend(mem::stub_footprint(&stub_vmas));
-    let scratch_len = SCRATCH_LEN + crate::inject::RUNNER_FOOTPRINT;
-    let at = mem::free_area(&taken, scratch_len)
-        .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
-    inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
+    // first: the one the tree's members inherited (tree::create), or a
+    // new one away from everything the stub has (its clearing unmaps
+    // whole stretches, holes included) and from the image's layout.
+    let inherited_at = match shared_scratch {
+        Some((at, len)) if stub_vmas.iter().any(|v| v.start == at) => {
+            inj.adopt_batch_scratch(at, len)?.then_some(at)
+        }
+        _ => None,
+    };
+    let at = match inherited_at {
+        Some(at) => at,
+        None => {
+            let mut taken: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+            taken.extend(mem::stub_footprint(&stub_vmas));
+            let at = mem::free_area(&taken, scratch_len)
+                .ok_or_else(|| Error::task(pid, "no free address for the scratch area"))?;
+            inj.map_batch_scratch(Some(at), SCRATCH_LEN)?;
+            at
+        }
+    };
 
     // Then whatever is left of the engine in the stub goes in one batch
-    // (a stub forked from a cleared parent only closes descriptors).
-    inj.batch(&clear_calls(tracee, &stub_vmas, inherited)?)?;
+    // (a stub forked from a cleared parent only closes descriptors), the
+    // inherited scratch area kept.
+    let keep = inherited_at.map(|at| (at, at + scratch_len));
+    inj.batch(&clear_calls(tracee, &stub_vmas, keep, inherited)?)?;
     let gadget = mem::place_specials(
         &mut inj,
         &stub_vmas,
@@ -502,7 +545,7 @@ fn restore_one(
     inj.set_gadget(gadget);
 
     phases.mark("clear stub");
-    mem::map_vmas(&mut inj, &img.mm, shared)?;
+    let exe_fd = mem::map_vmas(&mut inj, &img.mm, shared)?;
     phases.mark("map");
     // Lazy: the userfaultfd is armed before any page of a registered VMA
     // is filled (see lazy::Plan::eager_uffd).
@@ -534,7 +577,7 @@ fn restore_one(
         phases.mark("lazy handoff");
     }
     mem::finish_vmas(&mut inj, &img.mm)?;
-    task::set_mm(&mut inj, &img.mm)?;
+    task::set_mm(&mut inj, &img.mm, exe_fd)?;
     phases.mark("mm");
 
     let pidfd = pidfd_open(pid)?;

@@ -19,8 +19,6 @@ fn le(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-/// Sets brk, code/data/stack/arg/env bounds, auxv and exe in one
-/// PR_SET_MM_MAP (the per-field PR_SET_MM calls need CAP_SYS_RESOURCE).
 /// The engine's own signal actions (handler, flags, restorer, mask as
 /// rt_sigaction gives them) when it forks a restore's first stub: every
 /// stub of the restore starts with them (fork copies them; the stubs of a
@@ -56,18 +54,10 @@ pub(crate) fn note_stub_actions() {
     }
 }
 
-pub(crate) fn set_mm(inj: &mut Injector, mm: &Mm) -> Result<()> {
-    let exe_path = inj.put_cstr(1024, &mm.exe_path)?;
-    let exe_fd = inj.call(
-        "openat(exe)",
-        libc::SYS_openat,
-        &[
-            libc::AT_FDCWD as i64 as u64,
-            exe_path,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            0,
-        ],
-    )?;
+/// Sets brk, code/data/stack/arg/env bounds, auxv and exe in one
+/// PR_SET_MM_MAP (the per-field PR_SET_MM calls need CAP_SYS_RESOURCE),
+/// and closes `exe_fd`, the executable opened by mem::map_vmas.
+pub(crate) fn set_mm(inj: &mut Injector, mm: &Mm, exe_fd: u64) -> Result<()> {
     let auxv = inj.put(2048, &le(&mm.auxv))?;
     let mut map = le(&[
         mm.start_code,
@@ -87,12 +77,14 @@ pub(crate) fn set_mm(inj: &mut Injector, mm: &Mm) -> Result<()> {
     map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
     debug_assert_eq!(map.len(), PRCTL_MM_MAP_SIZE);
     let p = inj.put(0, &map)?;
-    inj.call(
-        "prctl(PR_SET_MM_MAP)",
-        libc::SYS_prctl,
-        &[PR_SET_MM, PR_SET_MM_MAP, p, PRCTL_MM_MAP_SIZE as u64, 0],
-    )?;
-    inj.call("close", libc::SYS_close, &[exe_fd])?;
+    inj.batch(&[
+        Call::checked(
+            "prctl(PR_SET_MM_MAP)",
+            libc::SYS_prctl,
+            &[PR_SET_MM, PR_SET_MM_MAP, p, PRCTL_MM_MAP_SIZE as u64, 0],
+        ),
+        Call::checked("close", libc::SYS_close, &[exe_fd]),
+    ])?;
     Ok(())
 }
 
@@ -388,16 +380,20 @@ pub(crate) fn restore_attrs_injected(inj: &mut Injector, a: &Attrs) -> Result<()
             &[ARCH_SET_CPUID, 0],
         ));
     }
-    inj.batch(&calls)?;
+    // The extended features the task may already use, read in the same
+    // batch (into the scratch area's first word).
     let buf = inj.scratch()?.addr;
-    let have = if a.xcomp_perm == 0 {
-        0
-    } else {
-        inj.call(
+    if a.xcomp_perm != 0 {
+        calls.push(Call::checked(
             "arch_prctl(ARCH_GET_XCOMP_PERM)",
             libc::SYS_arch_prctl,
             &[ARCH_GET_XCOMP_PERM, buf],
-        )?;
+        ));
+    }
+    inj.batch(&calls)?;
+    let have = if a.xcomp_perm == 0 {
+        0
+    } else {
         let b = inj.get(0, 8)?;
         u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
     };

@@ -77,10 +77,13 @@ pub(crate) fn validate(tasks: &[TaskEntry], root: pid_t) -> std::result::Result<
 /// process group, stops the stopped ones and makes the zombies exit.
 /// Returns the stubs in the order of `tasks` (the root first); a zombie's
 /// is already released. On error, every stub made is killed and reaped.
+/// `shared_scratch` (address, length): a batch scratch area the root maps
+/// there and every member inherits and keeps, for restore_one to take over.
 pub(crate) fn create(
     root: Stub,
     tasks: &[TaskEntry],
     gadget: u64,
+    shared_scratch: Option<(u64, u64)>,
     wait: Duration,
 ) -> Result<Vec<Stub>> {
     let mut stubs: Vec<Option<Stub>> = tasks.iter().map(|_| None).collect();
@@ -105,7 +108,18 @@ pub(crate) fn create(
         let tracee = Tracee { pid: t.pid };
         let base = tracee.regs()?;
         let mut inj = Injector::new(&tracee, base, gadget);
-        if !kids.is_empty() || t.sid == t.pid {
+        // The root makes the scratch area every member inherits and keeps
+        // (restore_one takes it over): one mapping and one copy of the
+        // batch runner for the whole tree.
+        let kept = match shared_scratch {
+            Some((at, len)) if i == 0 => {
+                inj.map_batch_scratch(Some(at), len)?;
+                true
+            }
+            Some((at, len)) => inj.adopt_batch_scratch(at, len)?,
+            None => false,
+        };
+        if !kept && (!kids.is_empty() || t.sid == t.pid) {
             inj.map_scratch(None, SCRATCH)?;
         }
         let mut made = Vec::new();
@@ -118,7 +132,9 @@ pub(crate) fn create(
         for &j in &late {
             made.push((j, fork_child(&mut inj, &tracee, tasks[j].pid, deadline)?));
         }
-        inj.unmap_scratch()?;
+        if !kept {
+            inj.unmap_scratch()?;
+        }
         drop(inj);
         for (j, s) in made {
             stubs[j] = Some(s);
