@@ -60,16 +60,29 @@ impl Tree {
         assert_eq!(pids.len(), NAMES.len(), "pids line in {text:?}");
         assert_eq!(pids[0], root.pid);
         let t = Tree { root, pids, log };
-        wait_until(TIMEOUT, "A1 stopped, A2 and B2 zombies", || {
-            let want = [("A1", 'T'), ("A2", 'Z'), ("B2", 'Z')];
-            for (name, st) in want {
-                let got = place(t.pid(name)).map(|p| p.0);
-                if got != Some(st) {
-                    return Err(format!("{name} in state {got:?}"));
+        // Every other member waits in sigsuspend: until each is there (the
+        // root reports the pids just before), a snapshot of the places
+        // could catch one still running.
+        wait_until(
+            TIMEOUT,
+            "A1 stopped, A2 and B2 zombies, the rest waiting",
+            || {
+                let want = [("A1", 'T'), ("A2", 'Z'), ("B2", 'Z')];
+                for (name, st) in want {
+                    let got = place(t.pid(name)).map(|p| p.0);
+                    if got != Some(st) {
+                        return Err(format!("{name} in state {got:?}"));
+                    }
                 }
-            }
-            Ok(())
-        });
+                for name in NAMES.iter().filter(|n| !want.iter().any(|w| w.0 == **n)) {
+                    let got = blocked_syscall(t.pid(name));
+                    if got != Some(libc::SYS_rt_sigsuspend) {
+                        return Err(format!("{name} in syscall {got:?}"));
+                    }
+                }
+                Ok(())
+            },
+        );
         t
     }
 

@@ -1227,6 +1227,9 @@ fn dump_inner(
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
+    // From here on nothing of the tree runs: its status and maps change
+    // only with what the engine does (proc::memo).
+    let frozen_reads = proc::memo::FrozenReads::begin();
     phases.mark("freeze");
     // Again, now that nothing of the tree runs.
     refuse_held_tree(&held, &outside)?;
@@ -1333,6 +1336,8 @@ fn dump_inner(
         return Err(e);
     }
     phases.mark("images");
+    // The tree is about to run again (or go).
+    drop(frozen_reads);
     let bursts: Vec<std::time::Duration> = held
         .iter()
         .filter_map(|m| m.frozen.as_ref())
@@ -1597,6 +1602,8 @@ fn dump_process(
         }
         None => our_tracker,
     };
+    // A tracker's start may have registered or split VMAs from outside.
+    proc::memo::invalidate();
     phases.mark("inject");
     // smaps (the VmFlags) walks every page table entry: read on a thread
     // of its own while the rest goes on (after the bursts: their scratch
@@ -1640,6 +1647,7 @@ fn dump_process(
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
     let known = mem::track(pid, &vmas, tracker)?;
+    proc::memo::invalidate();
     phases.mark("track");
     let mut plan = mem::plan_pages(pid, &vmas, core.brk, parent.map(|p| &p.layer), &known)?;
     plan.mm.lock_future = core.lock_future;

@@ -158,8 +158,11 @@ fn enabled() -> bool {
 /// (Tgid, whether SIGTRAP is pending, privately or shared, or ignored)
 /// from /proc/TID/status.
 fn sigtrap_state(tid: pid_t) -> Result<(pid_t, bool)> {
+    // Fresh: a signal sent from outside since an earlier read counts.
     let path = format!("/proc/{tid}/status");
-    let text = crate::proc::read_small_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let text = crate::proc::read_small_fresh(std::path::Path::new(&path))
+        .map_err(|e| Error::io("reading", &path, e))?;
+    let text = String::from_utf8_lossy(&text);
     let mut tgid = None;
     let mut busy = false;
     for line in text.lines() {
@@ -366,6 +369,8 @@ impl Injector<'_> {
             .area
             .ok_or_else(|| Error::task(self.tracee.pid, "no batch runner mapped"))?;
         let mask = self.tracee.sigmask()?;
+        // The calls may change what a frozen pass kept of /proc.
+        crate::proc::memo::invalidate();
         let mut table = Vec::with_capacity(calls.len() * ENTRY as usize);
         for c in calls {
             table.extend_from_slice(&(c.nr as u64).to_le_bytes());

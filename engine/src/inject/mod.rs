@@ -214,6 +214,8 @@ impl<'t> Injector<'t> {
     /// failure).
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
         let pid = self.tracee.pid;
+        // The call may change what a frozen pass kept of /proc.
+        crate::proc::memo::invalidate();
         let mut regs = self.base;
         regs.rax = nr as u64;
         // -1: no syscall is being restarted, so the kernel's restart logic,

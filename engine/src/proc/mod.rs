@@ -9,6 +9,7 @@
 pub mod auxv;
 pub mod fd;
 pub mod maps;
+pub mod memo;
 pub mod pagemap;
 pub mod stat;
 pub mod status;
@@ -110,7 +111,14 @@ pub fn pid_path(pid: i32, file: &str) -> PathBuf {
 /// buffer. std's `fs::read` asks the size first (statx, which says 0 for
 /// /proc files) and then reads 32, 32, 64... bytes: ten system calls for a
 /// /proc/PID/status, read many times per process by a dump.
+/// Within a dump's frozen pass a process's status and maps are read once
+/// until the engine changes the task ([`memo`]).
 pub(crate) fn read_small(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    memo::read_through(path.as_ref(), read_small_fresh)
+}
+
+/// [`read_small`] from the file itself, never from what a frozen pass kept.
+pub(crate) fn read_small_fresh(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 8192];

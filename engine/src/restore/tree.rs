@@ -392,6 +392,11 @@ fn make_zombie(s: &mut Stub, t: &TaskEntry, gadget: u64) -> Result<()> {
 /// children's stops and exits), before its own pending signals are queued
 /// again. Every signal is blocked in the stub, so none was delivered.
 pub(crate) fn flush_sigchld(inj: &mut Injector) -> Result<()> {
+    // Most members have none pending (no child, no group helper): /proc
+    // tells, for less than an injected call.
+    if !sigchld_pending(inj.pid())? {
+        return Ok(());
+    }
     let set = inj.put(0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
     let zero = inj.put(8, &[0u8; 16])?;
     loop {
@@ -407,4 +412,25 @@ pub(crate) fn flush_sigchld(inj: &mut Injector) -> Result<()> {
             };
         }
     }
+}
+
+/// Whether SIGCHLD is pending for the stub `pid` (SigPnd or ShdPnd).
+fn sigchld_pending(pid: pid_t) -> Result<bool> {
+    let path = format!("/proc/{pid}/status");
+    let text = crate::proc::read_small_fresh(std::path::Path::new(&path))
+        .map_err(|e| Error::io("reading", &path, e))?;
+    let bit = 1u64 << (libc::SIGCHLD - 1);
+    for line in String::from_utf8_lossy(&text).lines() {
+        if let Some(v) = line
+            .strip_prefix("SigPnd:")
+            .or_else(|| line.strip_prefix("ShdPnd:"))
+        {
+            let set = u64::from_str_radix(v.trim(), 16)
+                .map_err(|_| Error::task(pid, format!("{path}: {line:?}")))?;
+            if set & bit != 0 {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
