@@ -1229,7 +1229,12 @@ fn dump_inner(
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
     // From here on nothing of the tree runs: its status and maps change
     // only with what the engine does (proc::memo).
-    let frozen_reads = proc::memo::FrozenReads::begin();
+    let frozen_pids: Vec<pid_t> = held
+        .iter()
+        .filter(|m| m.frozen.is_some())
+        .map(|m| m.pid)
+        .collect();
+    let frozen_reads = proc::memo::FrozenReads::begin(&frozen_pids);
     phases.mark("freeze");
     // Again, now that nothing of the tree runs.
     refuse_held_tree(&held, &outside)?;

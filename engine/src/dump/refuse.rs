@@ -30,10 +30,12 @@ pub(crate) fn task_state(
 }
 
 /// As [`task_state`] but for the memory layout's VmFlags (smaps, which
-/// walks every page table entry: ~14 ms per GiB of present memory). The
-/// final dump runs this while frozen and reads smaps on a thread of its
-/// own meanwhile (`dump::Layout`), after it ran [`task_state`] in full
-/// before freezing.
+/// walks every page table entry: ~14 ms per GiB of present memory) and
+/// for what the dump checked frozen before its first injected call (the
+/// threads, credentials and namespaces, which no injected call of a dump
+/// changes). The final dump runs this while frozen and reads smaps on a
+/// thread of its own meanwhile (`dump::Layout`), after it ran
+/// [`task_state`] in full before freezing.
 pub(crate) fn task_state_but_layout(
     pid: pid_t,
     our_tracker: Option<i32>,
@@ -48,13 +50,15 @@ fn checks(
     our_tracker: Option<i32>,
     external: &[String],
     tree: &TreeScan,
-    layout: bool,
+    whole: bool,
 ) -> Result<FdPlan> {
-    super::check_threads(pid)?;
-    super::creds::refuse(pid)?;
+    if whole {
+        super::check_threads(pid)?;
+        super::creds::refuse(pid)?;
+    }
     root_and_cwd(pid)?;
     super::task::refuse_attrs(pid)?;
-    if layout {
+    if whole {
         super::mem::refuse_layout(pid, our_tracker.is_some())?;
     }
     crate::image::identity::check_reachable(pid)?;

@@ -498,6 +498,35 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
     Ok(())
 }
 
+/// What [`refuse_attrs`] compares of the engine itself, read once (none of
+/// it changes while the engine runs; a tree's members are checked two or
+/// three times each).
+struct OwnState {
+    speculation: Vec<String>,
+    oom_score_adj: i32,
+    cap_resource: bool,
+}
+
+fn own_state() -> Result<&'static OwnState> {
+    static OWN: std::sync::OnceLock<OwnState> = std::sync::OnceLock::new();
+    if let Some(own) = OWN.get() {
+        return Ok(own);
+    }
+    let me = std::process::id() as i32;
+    let status = read_proc(me, "status")?;
+    let own = OwnState {
+        speculation: crate::speculation::lines(&status)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        oom_score_adj: proc_number(me, "oom_score_adj")?,
+        cap_resource: proc::parse_status(&status)
+            .map_err(|e| Error::task(me, format!("status: {e}")))?
+            .has_cap_eff(proc::status::cap::SYS_RESOURCE),
+    };
+    Ok(OWN.get_or_init(|| own))
+}
+
 fn read_proc(pid: i32, file: &str) -> Result<String> {
     let path = proc::pid_path(pid, file);
     crate::proc::read_small_string(&path).map_err(|e| Error::io("reading", path, e))
@@ -573,10 +602,10 @@ pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
     }
     // The restored task starts from this engine's speculation control
     // (a forked stub inherits it); only per-task states can be set back.
+    let own = own_state()?;
     let theirs = read_proc(pid, "status")?;
-    let ours = read_proc(std::process::id() as i32, "status")?;
     let theirs = crate::speculation::lines(&theirs);
-    let ours = crate::speculation::lines(&ours);
+    let ours: Vec<&str> = own.speculation.iter().map(String::as_str).collect();
     let bad = crate::speculation::unreachable(&theirs, &ours);
     if !bad.is_empty() {
         return Err(Error::unsupported(
@@ -588,9 +617,7 @@ pub(crate) fn refuse_attrs(pid: i32) -> Result<()> {
         ));
     }
     let adj: i32 = proc_number(pid, "oom_score_adj")?;
-    let ours: i32 = proc_number(std::process::id() as i32, "oom_score_adj")?;
-    let cap_resource = proc::status::read_status(std::process::id() as i32)?
-        .has_cap_eff(proc::status::cap::SYS_RESOURCE);
+    let (ours, cap_resource) = (own.oom_score_adj, own.cap_resource);
     if adj < ours && !cap_resource {
         return Err(Error::unsupported(
             pid,

@@ -88,8 +88,13 @@ pub fn read_link(path: impl AsRef<Path>) -> Result<String> {
 }
 
 /// All open descriptors of `pid`, sorted by fd. Descriptors closed while
-/// listing are skipped.
+/// listing are skipped. Within a dump's frozen pass, listed once until the
+/// engine changes the task (super::memo).
 pub fn list_fds(pid: i32) -> Result<Vec<FdLink>> {
+    super::memo::fds_through(pid, || list_fds_fresh(pid))
+}
+
+fn list_fds_fresh(pid: i32) -> Result<Vec<FdLink>> {
     let dir = pid_path(pid, "fd");
     let entries = std::fs::read_dir(&dir).map_err(|e| ProcError::io(&dir, e))?;
     let mut fds = Vec::new();
