@@ -85,10 +85,20 @@ pub(crate) fn validate(mm: &Mm, pagemap: &Pagemap) -> std::result::Result<(), St
     Ok(())
 }
 
-/// A free, page-aligned range of `len` bytes away from every range given.
+/// A free, page-aligned range of `len` bytes away from every range given
+/// (which may overlap: a stub's footprint spans others).
 pub(crate) fn free_area(taken: &[(u64, u64)], len: u64) -> Option<u64> {
-    let mut ranges: Vec<(u64, u64)> = taken.to_vec();
-    ranges.sort();
+    let mut sorted: Vec<(u64, u64)> = taken.to_vec();
+    sorted.sort();
+    // Disjoint: the walk below looks at the gap under each range's start
+    // down to the next range's end only.
+    let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (start, end) in sorted {
+        match ranges.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => ranges.push((start, end)),
+        }
+    }
     let mut hi = TASK_TOP;
     for &(start, end) in ranges.iter().rev() {
         if end + MARGIN <= hi && hi - (end + MARGIN) >= len + MARGIN {
@@ -1134,5 +1144,24 @@ mod tests {
             assert!(a + 0x10000 + MARGIN <= s || a >= e + MARGIN, "{a:#x}");
         }
         assert_eq!(a % PAGE, 0);
+    }
+
+    #[test]
+    fn free_area_avoids_a_range_that_spans_others() {
+        // A stub's footprint (its mappings' whole span, up to an area near
+        // the top it inherited) over the image's stack, which ends lower.
+        let top = TASK_TOP - MARGIN - 0x10000;
+        let taken = [
+            (0x7fb9_0000_0000, top + 0x10000),
+            (0x7ffc_0000_0000, 0x7ffc_0002_1000),
+            (0xffff_ffff_ff60_0000, 0xffff_ffff_ff60_1000),
+        ];
+        let a = free_area(&taken, 0x13000).unwrap();
+        for (s, e) in taken {
+            assert!(
+                a + 0x13000 + MARGIN <= s || a >= e + MARGIN,
+                "{a:#x} in {s:#x}-{e:#x}"
+            );
+        }
     }
 }
