@@ -136,8 +136,12 @@ impl Tree {
     }
 }
 
-#[test]
-fn tree_dump_restore() {
+/// Also with every injected call one by one (CRUST_INJECT_BATCH=0): the
+/// members then have no batch runner to take over from the root, and map
+/// their own scratch areas around what they inherited.
+#[test_case::test_case(true ; "batched")]
+#[test_case::test_case(false ; "one by one")]
+fn tree_dump_restore(batched: bool) {
     init();
     let tmp = tempdir();
     let bin = compile_c(tmp.path(), "tree.c", &[]);
@@ -161,7 +165,11 @@ fn tree_dump_restore() {
         assert!(show.stdout.contains(&p.to_string()), "{}", show.stdout);
     }
     drop(out);
-    let root = restore_detached(&dir, tree.root.pid);
+    let env: &[(&str, &std::ffi::OsStr)] = match batched {
+        true => &[],
+        false => &[("CRUST_INJECT_BATCH", "0".as_ref())],
+    };
+    let root = restore_detached_env(&dir, tree.root.pid, env);
     tree.root = root;
     tree.wait_places(&before, "after restore");
     for &p in &tree.pids {

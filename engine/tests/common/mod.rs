@@ -654,16 +654,25 @@ pub fn wake_and_expect_ok(mut p: Proc, log: &Path) {
 }
 
 pub fn restore_detached(dir: &Path, pid: i32) -> Proc {
+    restore_detached_env(dir, pid, &[])
+}
+
+/// [`restore_detached`] with more environment for crust.
+pub fn restore_detached_env(dir: &Path, pid: i32, env: &[(&str, &OsStr)]) -> Proc {
     let pidfile = dir.with_extension("restored.pid");
     let _ = std::fs::remove_file(&pidfile);
-    let out = crust([
-        "restore",
-        "-d",
-        "-D",
-        path_str(dir),
-        "--pidfile",
-        path_str(&pidfile),
-    ]);
+    let out = crust_spawn_env(
+        [
+            "restore",
+            "-d",
+            "-D",
+            path_str(dir),
+            "--pidfile",
+            path_str(&pidfile),
+        ],
+        env,
+    )
+    .wait(TIMEOUT);
     if !out.success() {
         // Whatever runs with that pid now is not ours to keep.
         out.assert_ok();
