@@ -167,17 +167,28 @@ pub(crate) fn stub_footprint(stub: &[ProcVma]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Moves the stub's vDSO and vvar areas to where the dumped task had them,
-/// and returns the new gadget address.
-/// `avoid`: a range already in use (the scratch area).
-pub(crate) fn place_specials(
-    inj: &mut Injector,
+/// How the stub's vDSO and vvar areas get to where the dumped task had
+/// them: the special areas the image lacks to unmap, then the moves in
+/// order (parked first where they overlap), and where the gadget ends up.
+pub(crate) struct SpecialsPlan {
+    unmaps: Vec<Call>,
+    /// (from, len, to)
+    moves: Vec<(u64, u64, u64)>,
+    /// The gadget before the moves and after them.
+    gadget_before: u64,
+    gadget: u64,
+}
+
+/// Plans [`place_specials`]. `avoid`: a range already in use (the scratch
+/// area).
+pub(crate) fn plan_specials(
+    pid: i32,
     stub: &[ProcVma],
     mm: &Mm,
     gadget: u64,
     avoid: (u64, u64),
-) -> Result<u64> {
-    let pid = inj.pid();
+) -> Result<SpecialsPlan> {
+    let mut unmaps = Vec::new();
     let mut moves = Vec::new(); // (from, len, to)
     for name in ["[vvar]", "[vvar_vclock]", "[vdso]"] {
         let have = stub.iter().find(|v| v.path == name);
@@ -211,9 +222,11 @@ pub(crate) fn place_specials(
                     .ok_or_else(|| Error::task(pid, "no free area to keep the stub's vDSO in"))?;
                 moves.push((h.start, h.end - h.start, to));
             }
-            (Some(h), None) => inj
-                .call("munmap", libc::SYS_munmap, &[h.start, h.end - h.start])
-                .map(drop)?,
+            (Some(h), None) => unmaps.push(Call::checked(
+                "munmap",
+                libc::SYS_munmap,
+                &[h.start, h.end - h.start],
+            )),
             (None, Some(_)) => {
                 return Err(Error::unsupported(
                     pid,
@@ -223,13 +236,6 @@ pub(crate) fn place_specials(
             (None, None) => {}
         }
     }
-    // Every move in one batch where the runner can be used (the runner
-    // does not run from the gadget being moved).
-    let inj_gadget_start = gadget;
-    let mremap = |from: u64, len: u64, to: u64| {
-        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        Call::checked("mremap", libc::SYS_mremap, &[from, len, len, flags, to])
-    };
     let overlaps = moves.iter().any(|&(from, len, _)| {
         moves
             .iter()
@@ -254,27 +260,58 @@ pub(crate) fn place_specials(
     plan.extend(moves.iter().copied());
     plan.retain(|&(from, _, to)| from != to);
     // Where the gadget ends up.
-    let mut gadget = gadget;
+    let mut end = gadget;
     for &(from, len, to) in &plan {
-        if gadget >= from && gadget < from + len {
-            gadget = gadget - from + to;
+        if end >= from && end < from + len {
+            end = end - from + to;
         }
     }
-    let calls: Vec<Call> = plan.iter().map(|&(f, l, t)| mremap(f, l, t)).collect();
+    Ok(SpecialsPlan {
+        unmaps,
+        moves: plan,
+        gadget_before: gadget,
+        gadget: end,
+    })
+}
+
+fn mremap(from: u64, len: u64, to: u64) -> Call {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    Call::checked("mremap", libc::SYS_mremap, &[from, len, len, flags, to])
+}
+
+/// Runs `before` (calls that touch neither the special areas nor the
+/// scratch area: a stub's clearing), then moves the stub's vDSO and vvar
+/// areas as `plan` says, and returns the new gadget address: all in one
+/// batch where the runner can be used (it does not run from the gadget
+/// being moved), else `before` as a batch and the moves one by one.
+pub(crate) fn place_specials(
+    inj: &mut Injector,
+    before: Vec<Call>,
+    plan: &SpecialsPlan,
+) -> Result<u64> {
+    let mut calls = before;
+    let n_before = calls.len();
+    calls.extend(plan.unmaps.iter().copied());
+    calls.extend(plan.moves.iter().map(|&(f, l, t)| mremap(f, l, t)));
     if inj.try_batch(&calls)?.is_some() {
-        inj.set_gadget(gadget);
-        return Ok(gadget);
+        inj.set_gadget(plan.gadget);
+        return Ok(plan.gadget);
+    }
+    inj.batch(&calls[..n_before])?;
+    for c in &plan.unmaps {
+        inj.call(c.name, c.nr, &c.args)?;
     }
     // One by one, the gadget following each move of its mapping.
-    let mut at = inj_gadget_start;
-    for (c, &(from, len, to)) in calls.iter().zip(&plan) {
+    let mut at = plan.gadget_before;
+    for &(from, len, to) in &plan.moves {
+        let c = mremap(from, len, to);
         inj.call(c.name, c.nr, &c.args)?;
         if at >= from && at < from + len {
             at = at - from + to;
             inj.set_gadget(at);
         }
     }
-    Ok(gadget)
+    Ok(plan.gadget)
 }
 
 /// For an image without a vDSO: removes the stub's, which held the gadget.

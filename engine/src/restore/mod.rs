@@ -534,14 +534,10 @@ fn restore_one(
     // (a stub forked from a cleared parent only closes descriptors), the
     // inherited scratch area kept.
     let keep = inherited_at.map(|at| (at, at + scratch_len));
-    inj.batch(&clear_calls(tracee, &stub_vmas, keep, inherited)?)?;
-    let gadget = mem::place_specials(
-        &mut inj,
-        &stub_vmas,
-        &img.mm,
-        gadget,
-        (at, at + scratch_len),
-    )?;
+    // With the vDSO moves in the same batch where the runner allows.
+    let specials = mem::plan_specials(pid, &stub_vmas, &img.mm, gadget, (at, at + scratch_len))?;
+    let clear = clear_calls(tracee, &stub_vmas, keep, inherited)?;
+    let gadget = mem::place_specials(&mut inj, clear, &specials)?;
     inj.set_gadget(gadget);
 
     phases.mark("clear stub");
