@@ -159,29 +159,9 @@ fn enabled() -> bool {
 /// from /proc/TID/status.
 fn sigtrap_state(tid: pid_t) -> Result<(pid_t, bool)> {
     // Fresh: a signal sent from outside since an earlier read counts.
-    let path = format!("/proc/{tid}/status");
-    let text = crate::proc::read_small_fresh(std::path::Path::new(&path))
-        .map_err(|e| Error::io("reading", &path, e))?;
-    let text = String::from_utf8_lossy(&text);
-    let mut tgid = None;
-    let mut busy = false;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match key {
-            "Tgid" => tgid = value.parse().ok(),
-            "SigPnd" | "ShdPnd" | "SigIgn" => {
-                let bits = u64::from_str_radix(value, 16)
-                    .map_err(|_| Error::task(tid, format!("{path}: {key} reads {value:?}")))?;
-                busy |= bits & SIGTRAP_BIT != 0;
-            }
-            _ => {}
-        }
-    }
-    let tgid = tgid.ok_or_else(|| Error::task(tid, format!("no Tgid in {path}")))?;
-    Ok((tgid, busy))
+    let st = crate::proc::status::read_status_fresh(tid)?;
+    let busy = (st.sig_pnd | st.shd_pnd | st.sig_ign) & SIGTRAP_BIT != 0;
+    Ok((st.tgid, busy))
 }
 
 /// Whether a call could make the runner's breakpoint change the task: set

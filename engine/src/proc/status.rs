@@ -134,6 +134,14 @@ pub fn read_status(pid: i32) -> Result<Status> {
     read_parsed(&pid_path(pid, "status"), parse_status)
 }
 
+/// [`read_status`] from the file itself, never from what a dump's frozen
+/// pass kept (super::memo): for pending signals, which others may send.
+pub fn read_status_fresh(pid: i32) -> Result<Status> {
+    let path = pid_path(pid, "status");
+    let bytes = super::read_small_fresh(&path).map_err(|e| super::ProcError::io(&path, e))?;
+    parse_status(&String::from_utf8_lossy(&bytes)).map_err(|e| super::ProcError::parse(&path, e))
+}
+
 /// /proc/PID/task/TID/status: per-thread masks (SigBlk, SigPnd differ).
 pub fn read_task_status(pid: i32, tid: i32) -> Result<Status> {
     read_parsed(&pid_path(pid, &format!("task/{tid}/status")), parse_status)

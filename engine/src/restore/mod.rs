@@ -348,12 +348,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut shared_scratch = None;
     if tree.tasks.len() > 1 {
         clear_root_stub(&stub, &inherited)?;
-        let specials: Vec<proc::maps::Vma> = stub_vmas
+        // The cleared root keeps only its special areas.
+        let mut taken: Vec<(u64, u64)> = stub_vmas
             .iter()
             .filter(|v| v.path.starts_with("[v"))
-            .cloned()
+            .map(|v| (v.start, v.end))
             .collect();
-        let mut taken = mem::stub_footprint(&specials);
         for img in imgs.iter().flatten() {
             taken.extend(img.mm.vmas.iter().map(|v| (v.start, v.end)));
         }

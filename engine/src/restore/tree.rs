@@ -416,21 +416,6 @@ pub(crate) fn flush_sigchld(inj: &mut Injector) -> Result<()> {
 
 /// Whether SIGCHLD is pending for the stub `pid` (SigPnd or ShdPnd).
 fn sigchld_pending(pid: pid_t) -> Result<bool> {
-    let path = format!("/proc/{pid}/status");
-    let text = crate::proc::read_small_fresh(std::path::Path::new(&path))
-        .map_err(|e| Error::io("reading", &path, e))?;
-    let bit = 1u64 << (libc::SIGCHLD - 1);
-    for line in String::from_utf8_lossy(&text).lines() {
-        if let Some(v) = line
-            .strip_prefix("SigPnd:")
-            .or_else(|| line.strip_prefix("ShdPnd:"))
-        {
-            let set = u64::from_str_radix(v.trim(), 16)
-                .map_err(|_| Error::task(pid, format!("{path}: {line:?}")))?;
-            if set & bit != 0 {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
+    let st = crate::proc::status::read_status_fresh(pid)?;
+    Ok((st.sig_pnd | st.shd_pnd) & (1u64 << (libc::SIGCHLD - 1)) != 0)
 }
