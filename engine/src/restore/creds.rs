@@ -282,28 +282,34 @@ pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -
     ));
     // What /proc does not show, asked back from the task in the same
     // batch (its results are the values).
-    let mut asked: Vec<(&str, u64)> = vec![
-        ("securebits", c.securebits as u64),
-        ("dumpable", c.dumpable as u64),
+    // (what, call, prctl option, the image's value)
+    let mut asked = vec![
+        (
+            "securebits",
+            "prctl(PR_GET_SECUREBITS)",
+            PR_GET_SECUREBITS,
+            c.securebits as u64,
+        ),
+        (
+            "dumpable",
+            "prctl(PR_GET_DUMPABLE)",
+            PR_GET_DUMPABLE,
+            c.dumpable as u64,
+        ),
     ];
-    calls.push(Call::checked(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        &[PR_GET_SECUREBITS, 0, 0, 0, 0],
-    ));
-    calls.push(Call::checked(
-        "prctl(PR_GET_DUMPABLE)",
-        libc::SYS_prctl,
-        &[PR_GET_DUMPABLE, 0, 0, 0, 0],
-    ));
     if c.mdwe != 0 {
-        asked.push(("MDWE flags", c.mdwe as u64));
-        calls.push(Call::checked(
+        asked.push((
+            "MDWE flags",
             "prctl(PR_GET_MDWE)",
-            libc::SYS_prctl,
-            &[PR_GET_MDWE, 0, 0, 0, 0],
+            PR_GET_MDWE,
+            c.mdwe as u64,
         ));
     }
+    calls.extend(
+        asked
+            .iter()
+            .map(|&(_, name, op, _)| Call::checked(name, libc::SYS_prctl, &[op, 0, 0, 0, 0])),
+    );
     let results = inj.batch(&calls)?;
     let b = inj.get(192, 4)?;
     let pdeath = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -314,8 +320,8 @@ pub(crate) fn restore_creds(inj: &mut Injector, c: &Creds, pdeath_signal: i32) -
         ));
     }
     let got = &results[results.len() - asked.len()..];
-    for ((what, want), &got) in asked.iter().zip(got) {
-        if got as u64 != *want {
+    for (&(what, _, _, want), &got) in asked.iter().zip(got) {
+        if got as u64 != want {
             return Err(Error::task(
                 pid,
                 format!("restored {what} is {got:#x}, the image has {want:#x}"),
