@@ -23,6 +23,13 @@
 //! PTRACE_INTERRUPT, the wait for the stop, PTRACE_DETACH; nothing read),
 //! timed by the bench itself on the same tree.
 //!
+//! The tree is also dumped and restored with `--no-cpu-latency-hint`
+//! (idle CPUs may halt, sys/cpu_latency.rs), in the same alternation, and
+//! the machine's limit for what that request changes is printed: a ptrace
+//! stop and restart of a child looping on getppid (PTRACE_SYSCALL), per
+//! stop, with idle CPUs halting and with them polling (the bench holding
+//! the same request as crust).
+//!
 //! And the machine's limit for a tree's image files: creating, writing
 //! (1 KiB) and closing a file in the image directory, timed on 200 files
 //! (a process has five image files: on a filesystem where creating a file
@@ -228,13 +235,17 @@ struct Sample {
 }
 
 /// One dump and restore of a target with `n` threads.
-fn one(bin: &Path, base: &Path, n: usize, shape: Shape, run: usize) -> Res<Sample> {
+/// `flags`: given to both.
+fn one(bin: &Path, base: &Path, n: usize, shape: Shape, run: usize, flags: &[&str]) -> Res<Sample> {
     let target = start(bin, n, shape)?;
     let pid = target.id() as i32;
     let kids = children_of(pid);
-    let dir = base.join(format!("img-{}-{n}-{run}", shape.name()));
+    let dir = base.join(format!("img-{}-{n}-{run}-{}", shape.name(), flags.len()));
     let t = Instant::now();
-    let dumped = crust(&["dump", "-t", &pid.to_string(), "-D", path_str(&dir)?]);
+    let pid_arg = pid.to_string();
+    let mut args = vec!["dump", "-t", &pid_arg, "-D", path_str(&dir)?];
+    args.extend(flags);
+    let dumped = crust(&args);
     let dump_ms = t.elapsed().as_secs_f64() * 1e3;
     if let Err(e) = dumped {
         kill_tree(pid);
@@ -253,7 +264,9 @@ fn one(bin: &Path, base: &Path, n: usize, shape: Shape, run: usize) -> Res<Sampl
         .ok_or_else(|| format!("no frozen_us in {stats}"))? as f64
         / 1e3;
     let t = Instant::now();
-    crust(&["restore", "-D", path_str(&dir)?, "-d"])?;
+    let mut args = vec!["restore", "-D", path_str(&dir)?, "-d"];
+    args.extend(flags);
+    crust(&args)?;
     let restore_ms = t.elapsed().as_secs_f64() * 1e3;
     let got = match shape {
         Shape::Threads => tasks_of(pid),
@@ -350,6 +363,51 @@ fn ptrace_floor_ms(pids: &[i32]) -> Res<f64> {
     out.map(|()| t.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Microseconds per ptrace stop of a child that loops on getppid, stopped
+/// at every syscall entry and exit (PTRACE_SYSCALL, 2000 stops), with or
+/// without the CPU latency request crust holds (`polling`).
+fn stop_us(polling: bool) -> Res<f64> {
+    const STOPS: usize = 2000;
+    let held = match polling {
+        true => Some(crust::sys::cpu_latency::hold().ok_or("cannot open /dev/cpu_dma_latency")?),
+        false => None,
+    };
+    // SAFETY: the child only loops on a raw syscall until it is killed.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        loop {
+            // SAFETY: getppid has no arguments.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+    }
+    if child < 0 {
+        return Err(format!("fork: {}", common::errno()));
+    }
+    let mut out = Ok(0.0);
+    // SAFETY: ptrace requests and waitpid on our own child; nothing of
+    // ours is passed but the status pointer.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, child, 0, libc::PTRACE_O_EXITKILL) != 0
+            || libc::ptrace(libc::PTRACE_INTERRUPT, child, 0, 0) != 0
+        {
+            out = Err(format!("ptrace of the stop child: {}", common::errno()));
+        }
+        let mut st = 0;
+        if out.is_ok() {
+            libc::waitpid(child, &mut st, libc::__WALL);
+            let t = Instant::now();
+            for _ in 0..STOPS {
+                libc::ptrace(libc::PTRACE_SYSCALL, child, 0, 0);
+                libc::waitpid(child, &mut st, libc::__WALL);
+            }
+            out = Ok(t.elapsed().as_secs_f64() * 1e6 / STOPS as f64);
+        }
+    }
+    kill_and_reap(child);
+    drop(held);
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -379,24 +437,36 @@ fn bench() -> Res<()> {
         .tempdir_in(&parent)
         .map_err(|e| format!("temporary directory in {}: {e}", parent.display()))?;
     let bin = compile(base.path())?;
-    // One task, N threads, N processes: alternating within each run.
-    let shapes = [
-        (1, Shape::Threads),
-        (threads, Shape::Threads),
-        (threads, Shape::Tree),
+    // One task, N threads, N processes, and the last two again with idle
+    // CPUs allowed to halt: alternating within each run.
+    const HALT: &[&str] = &["--no-cpu-latency-hint"];
+    let shapes: [(usize, Shape, &[&str]); 5] = [
+        (1, Shape::Threads, &[]),
+        (threads, Shape::Threads, &[]),
+        (threads, Shape::Tree, &[]),
+        (1, Shape::Threads, HALT),
+        (threads, Shape::Tree, HALT),
     ];
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut samples: Vec<Vec<Sample>> = shapes.iter().map(|_| Vec::new()).collect();
+    let (mut stops_halting, mut stops_polling) = (Vec::new(), Vec::new());
     // Read-mode pre-dumps: frozen ms of one task, of the tree, and the
     // ptrace floor of the tree.
     let (mut pre_one, mut pre_tree, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     let mut creates = Vec::new();
     for run in 0..runs {
         creates.push(file_create_us(base.path(), run)?);
-        for (i, &(n, shape)) in shapes.iter().enumerate() {
-            let s = one(&bin, base.path(), n, shape, run)?;
+        stops_halting.push(stop_us(false)?);
+        stops_polling.push(stop_us(true)?);
+        for (i, &(n, shape, flags)) in shapes.iter().enumerate() {
+            let s = one(&bin, base.path(), n, shape, run, flags)?;
             println!(
-                "run {run}: {n:>4} {:<9}: dump {:.1} ms (frozen {:.1} ms), restore {:.1} ms",
+                "run {run}: {n:>4} {:<9}{}: dump {:.1} ms (frozen {:.1} ms), restore {:.1} ms",
                 shape.name(),
+                if flags.is_empty() {
+                    ""
+                } else {
+                    " (idle CPUs halting)"
+                },
                 s.dump_ms,
                 s.frozen_ms,
                 s.restore_ms
@@ -415,21 +485,35 @@ fn bench() -> Res<()> {
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
     println!("medians of {runs} runs, alternating a single task, {threads} threads and {threads} processes:");
     let per = (threads - 1) as f64;
-    for (i, shape) in [(1, Shape::Threads), (2, Shape::Tree)] {
+    for (single, i, shape, how) in [
+        (0, 1, Shape::Threads, ""),
+        (0, 2, Shape::Tree, ""),
+        (
+            3,
+            4,
+            Shape::Tree,
+            ", idle CPUs halting (--no-cpu-latency-hint)",
+        ),
+    ] {
         for (what, f) in [
             ("dump total", (|s: &Sample| s.dump_ms) as fn(&Sample) -> f64),
             ("dump frozen", |s: &Sample| s.frozen_ms),
             ("restore", |s: &Sample| s.restore_ms),
         ] {
-            let (one, many) = (med(0, f), med(i, f));
+            let (one, many) = (med(single, f), med(i, f));
             let each = (many - one) / per;
             println!(
-                "  {what:<12} 1 task {one:7.1} ms, {threads} {:<9} {many:7.1} ms: {each:.3} ms per task (target < {TARGET_MS} ms) {}",
+                "  {what:<12} 1 task {one:7.1} ms, {threads} {:<9} {many:7.1} ms: {each:.3} ms per task (target < {TARGET_MS} ms) {}{how}",
                 shape.name(),
                 if each < TARGET_MS { "met" } else { "NOT met" }
             );
         }
     }
+    println!(
+        "  machine limit for a ptrace stop and restart (PTRACE_SYSCALL, a child looping on getppid): {:.1} us with idle CPUs halting, {:.1} us with them polling (the CPU latency request crust holds)",
+        median(stops_halting),
+        median(stops_polling)
+    );
     let (one, tree, floor) = (median(pre_one), median(pre_tree), median(floors));
     let each = (tree - one) / per;
     println!(

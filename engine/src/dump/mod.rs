@@ -637,6 +637,7 @@ fn start_tracker(
 /// been re-armed past the last complete image, and a later pre-dump must
 /// then store every page instead of trusting it.
 pub fn pre_dump(pid: pid_t, dir: &Path, opts: &PreDumpOptions) -> Result<DumpStats> {
+    let _awake = crate::sys::cpu_latency::hold();
     let mut trackers = Vec::new();
     let out = pre_dump_inner(pid, dir, opts, &mut trackers);
     if out.is_err() {
@@ -1108,6 +1109,9 @@ fn pre_dump_copy(
 /// Dumps the single-threaded task `pid` into `dir`. Tracking ends with the
 /// final dump: a failed or refused one removes our tracker too.
 pub fn dump(pid: pid_t, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    // Idle CPUs poll while the tree is stopped and worked on (each
+    // injected call is two wake-ups): sys/cpu_latency.rs.
+    let _awake = crate::sys::cpu_latency::hold();
     let mut trackers = Vec::new();
     let out = dump_inner(pid, dir, opts, &mut trackers, None);
     if out.is_err() {
@@ -1145,7 +1149,11 @@ pub fn dump_lazy(
         image_id: 0,
     };
     let mut trackers = Vec::new();
+    // Only while dumping: serving goes on for as long as the destination
+    // wants (sys/cpu_latency.rs).
+    let awake = crate::sys::cpu_latency::hold();
     let out = dump_inner(pid, dir, opts, &mut trackers, Some(&mut lazy));
+    drop(awake);
     if out.is_err() {
         for (p, fd) in trackers {
             remove_tracker(p, fd);

@@ -266,6 +266,9 @@ pub struct Restored {
 }
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    // Idle CPUs poll while the stubs are built (sys/cpu_latency.rs); the
+    // stubs close the descriptor with the engine's others.
+    let _awake = crate::sys::cpu_latency::hold();
     let mut phases = crate::phases::Phases::default();
     let tree = load_tree(dir)?;
     // Refused before any process exists: no daemon, or a kernel without

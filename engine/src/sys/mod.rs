@@ -1,6 +1,7 @@
 //! Thin wrappers over the kernel interfaces the engine uses. Everything
 //! `unsafe` about talking to the kernel lives here and in `inject`.
 
+pub mod cpu_latency;
 pub mod ptrace;
 pub mod sched;
 pub mod shm;
