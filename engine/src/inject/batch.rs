@@ -373,9 +373,8 @@ impl Injector<'_> {
         super::BATCHED.fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let ran = self.run_to_breakpoint(area.code + RUNNER_END);
         let blocked = self.tracee.set_sigmask(mask);
-        ran?;
+        let end = ran?;
         blocked?;
-        let end = self.tracee.regs()?;
         let table = self.read_mem(area.table, table.len())?;
         let results: Vec<i64> = table
             .chunks_exact(ENTRY as usize)
@@ -404,9 +403,10 @@ impl Injector<'_> {
         }
     }
 
-    /// Lets the runner go and waits for its breakpoint. A signal that gets
-    /// through meanwhile is held (see the module's comment).
-    fn run_to_breakpoint(&mut self, end: u64) -> Result<()> {
+    /// Lets the runner go and waits for its breakpoint: the registers
+    /// there. A signal that gets through meanwhile is held (see the
+    /// module's comment).
+    fn run_to_breakpoint(&mut self, end: u64) -> Result<crate::sys::Regs> {
         let pid = self.tracee.pid;
         self.tracee.cont(0)?;
         loop {
@@ -416,7 +416,7 @@ impl Injector<'_> {
                     let code = i32::from_le_bytes([info[8], info[9], info[10], info[11]]);
                     let mut regs = self.tracee.regs()?;
                     if sig == libc::SIGTRAP && code == SI_KERNEL && regs.rip == end {
-                        return Ok(());
+                        return Ok(regs);
                     }
                     if sig == libc::SIGSTOP {
                         // Queued again it would stop the next call one by

@@ -360,6 +360,8 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
     let mut files: Vec<(String, bool)> = Vec::new();
     let mut maps: Vec<([u64; 6], Option<usize>)> = Vec::new();
     let mut segments: Vec<(&Vma, i32)> = Vec::new();
+    // stat(2) once per path: a library has four or five mappings.
+    let mut stats: std::collections::HashMap<String, (u64, u64)> = Default::default();
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     for v in &mm.vmas {
         let len = v.end - v.start;
@@ -393,8 +395,15 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
                 };
                 let shared = k == VmaKind::FileShared;
                 let writable = shared && v.may_write;
-                let md =
-                    std::fs::metadata(&path).map_err(|e| Error::io("mapped file", &path, e))?;
+                let (now_dev, now_ino) = match stats.get(&path) {
+                    Some(&id) => id,
+                    None => {
+                        let md = std::fs::metadata(&path)
+                            .map_err(|e| Error::io("mapped file", &path, e))?;
+                        stats.insert(path.clone(), (md.dev(), md.ino()));
+                        (md.dev(), md.ino())
+                    }
+                };
                 // stat(2) against stat(2) at dump (file_id): /proc/PID/maps
                 // may name another device for the same file (the layer
                 // under an overlayfs on 6.1 and 6.12, btrfs subvolumes).
@@ -402,14 +411,12 @@ pub(crate) fn map_vmas(inj: &mut Injector, mm: &Mm, shared: &SharedObjects) -> R
                     Some(id) => (id.dev, id.ino),
                     None => (v.dev, v.inode),
                 };
-                if v.shared == 0 && (md.ino() != ino || md.dev() != dev) {
+                if v.shared == 0 && (now_ino != ino || now_dev != dev) {
                     return Err(Error::task(
                         pid,
                         format!(
-                            "mapped file {} was replaced since the dump (device {:#x} inode {} now, device {dev:#x} inode {ino} then)",
+                            "mapped file {} was replaced since the dump (device {now_dev:#x} inode {now_ino} now, device {dev:#x} inode {ino} then)",
                             v.path,
-                            md.dev(),
-                            md.ino(),
                         ),
                     ));
                 }

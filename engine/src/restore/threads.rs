@@ -216,6 +216,9 @@ pub(crate) fn restore_creds(
     core: &Core,
     scratch: crate::inject::Scratch,
 ) -> Result<()> {
+    if threads.tracees.is_empty() {
+        return Ok(());
+    }
     // Securebits are per thread too but not in /proc/PID/status.
     let plain = core.creds.as_ref().is_some_and(|c| c.securebits == 0);
     let leader = creds_lines(pid, pid).filter(|_| plain);
