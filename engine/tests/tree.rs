@@ -138,10 +138,14 @@ impl Tree {
 
 /// Also with every injected call one by one (CRUST_INJECT_BATCH=0): the
 /// members then have no batch runner to take over from the root, and map
-/// their own scratch areas around what they inherited.
-#[test_case::test_case(true ; "batched")]
-#[test_case::test_case(false ; "one by one")]
-fn tree_dump_restore(batched: bool) {
+/// their own scratch areas around what they inherited. And with every
+/// process restored on crust's main thread (CRUST_RESTORE_THREADS=1);
+/// otherwise a helper thread restores some leaves (restore/parallel.rs:
+/// `-v` shows its "hand over").
+#[test_case::test_case(true, true ; "batched")]
+#[test_case::test_case(false, true ; "one by one")]
+#[test_case::test_case(true, false ; "on one thread")]
+fn tree_dump_restore(batched: bool, two_threads: bool) {
     init();
     let tmp = tempdir();
     let bin = compile_c(tmp.path(), "tree.c", &[]);
@@ -165,12 +169,22 @@ fn tree_dump_restore(batched: bool) {
         assert!(show.stdout.contains(&p.to_string()), "{}", show.stdout);
     }
     drop(out);
-    let env: &[(&str, &std::ffi::OsStr)] = match batched {
-        true => &[],
-        false => &[("CRUST_INJECT_BATCH", "0".as_ref())],
-    };
-    let root = restore_detached_env(&dir, tree.root.pid, env);
-    tree.root = root;
+    let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+    if !batched {
+        env.push(("CRUST_INJECT_BATCH", "0".as_ref()));
+    }
+    if !two_threads {
+        env.push(("CRUST_RESTORE_THREADS", "1".as_ref()));
+    }
+    let out = crust_spawn_env(["restore", "-d", "-v", "-D", path_str(&dir)], &env).wait(TIMEOUT);
+    out.assert_ok();
+    assert_eq!(
+        out.stderr.contains("hand over"),
+        two_threads,
+        "restore phases: {}",
+        out.stderr
+    );
+    tree.root = Proc::adopt(tree.root.pid);
     tree.wait_places(&before, "after restore");
     for &p in &tree.pids {
         assert_eq!(

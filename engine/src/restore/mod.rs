@@ -10,6 +10,7 @@ mod creds;
 mod epoll;
 mod files;
 mod mem;
+mod parallel;
 mod shared;
 mod sockets;
 mod task;
@@ -179,6 +180,38 @@ fn load(
     })
 }
 
+/// [`load`] of every live process of `tasks` (None for a zombie), in
+/// their order; a tree's in two threads (reading and checking the images
+/// of a process, its page checksums included, touches nothing shared).
+fn load_all(
+    dir: &Path,
+    opts: &RestoreOptions,
+    tasks: &[crate::image::messages::TaskEntry],
+) -> Result<Vec<Option<TaskImages>>> {
+    let load_some = |tasks: &[crate::image::messages::TaskEntry]| -> Result<Vec<_>> {
+        tasks
+            .iter()
+            .map(|t| match t.zombie {
+                true => Ok(None),
+                false => load(dir, opts, t).map(Some),
+            })
+            .collect()
+    };
+    if tasks.len() < 2 || std::thread::available_parallelism().map_or(true, |n| n.get() < 2) {
+        return load_some(tasks);
+    }
+    let (first, second) = tasks.split_at(tasks.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| load_some(second));
+        let mut imgs = load_some(first)?;
+        let rest = other
+            .join()
+            .map_err(|_| Error::Other("a thread reading the images panicked".into()))??;
+        imgs.extend(rest);
+        Ok(imgs)
+    })
+}
+
 /// A stub process being turned into the restored task; killed if dropped
 /// before `release`.
 struct Stub {
@@ -282,13 +315,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     };
     // Every live process's images, read and checked before any process
     // exists (a zombie has none).
-    let mut imgs = Vec::new();
-    for t in &tree.tasks {
-        imgs.push(match t.zombie {
-            true => None,
-            false => Some(load(dir, opts, t)?),
-        });
-    }
+    let mut imgs = load_all(dir, opts, &tree.tasks)?;
     let Some(Some(root)) = imgs.first() else {
         return Err(bad(dir, "the root of the process tree has no images"));
     };
@@ -367,6 +394,27 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     drop(tree_pipes);
     drop(tree_files);
     phases.mark("fork stub");
+    let take = parallel::helper_takes(&tree.tasks, opts.lazy_pages);
+    if take.iter().any(|&t| t) {
+        let on_two = parallel::Tree {
+            dir,
+            root_from_tree: FromTree {
+                inherited: &inherited,
+                objects: &shared,
+                scratch: shared_scratch,
+            },
+            member_from_tree: FromTree {
+                inherited: &members_inherit,
+                objects: &shared,
+                scratch: shared_scratch,
+            },
+            shared: &shared,
+            gadget,
+            leave_stopped: opts.leave_stopped,
+        };
+        parallel::restore_and_release(&on_two, stubs, &mut imgs, &take, &mut phases)?;
+        return Ok(finish(pid, shared, phases, &imgs, lazy_conn));
+    }
     let mut threads = Vec::new();
     let live_tasks = imgs.iter().flatten().count() as u32;
     for (i, (img, stub)) in imgs.iter_mut().zip(&stubs).enumerate() {
@@ -383,7 +431,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             objects: &shared,
             scratch: shared_scratch,
         };
-        threads.push(restore_one(dir, stub, img, from_tree, lazy, &mut phases)?);
+        threads.push(restore_one(dir, stub, img, &from_tree, lazy, &mut phases)?);
     }
     // Every task has its mappings and descriptors: seals, IPC_RMID.
     shared.finish()?;
@@ -402,20 +450,32 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         stub.released = true;
         threads.release()?;
     }
+    Ok(finish(pid, shared, phases, &imgs, lazy_conn))
+}
+
+/// Every process runs: the shared objects are theirs, the lazy-pages
+/// daemon hears restore is done, and the figures.
+fn finish(
+    pid: pid_t,
+    mut shared: shared::SharedObjects,
+    mut phases: crate::phases::Phases,
+    imgs: &[Option<TaskImages>],
+    mut lazy_conn: Option<std::os::unix::net::UnixStream>,
+) -> Restored {
     shared.commit();
     phases.mark("registers");
     if let Some(conn) = lazy_conn.as_mut() {
         crate::lazy::handoff::restore_done(conn);
     }
     let sum = |f: fn(&crate::lazy::Plan) -> u64| imgs.iter().flatten().map(|i| f(&i.plan)).sum();
-    Ok(Restored {
+    Restored {
         pid,
         phases,
         pages_eager_dump: sum(|p| p.eager_dump_pages),
         pages_eager_parent: sum(|p| p.eager_parent_pages),
         pages_lazy: sum(|p| p.lazy_pages()),
         pages_parent_lazy: sum(|p| p.parent_pages()),
-    })
+    }
 }
 
 /// The calls that clear a stub, a copy of the engine: its descriptors
@@ -473,6 +533,7 @@ fn clear_root_stub(stub: &Stub, inherited: &files::Inherited) -> Result<()> {
 }
 
 /// What a member of a tree gets from the tree's making.
+#[derive(Clone, Copy)]
 struct FromTree<'a> {
     /// The descriptors it keeps (its own inherited ones and the tree's).
     inherited: &'a files::Inherited,
@@ -489,7 +550,7 @@ fn restore_one(
     dir: &Path,
     stub: &Stub,
     img: &mut TaskImages,
-    from_tree: FromTree,
+    from_tree: &FromTree,
     mut lazy_conn: Option<(&mut std::os::unix::net::UnixStream, u32)>,
     phases: &mut crate::phases::Phases,
 ) -> Result<threads::Threads> {
@@ -497,7 +558,7 @@ fn restore_one(
         inherited,
         objects: shared,
         scratch: shared_scratch,
-    } = from_tree;
+    } = *from_tree;
     let pid = img.task.pid;
     let tracee = &stub.tracee;
     tracee.set_sigmask(!0)?;

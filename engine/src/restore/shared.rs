@@ -310,7 +310,7 @@ impl SharedObjects {
 
     /// Once every task holds its mappings and descriptors: seals, and
     /// IPC_RMID of segments that were removed when dumped.
-    pub(crate) fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&self) -> Result<()> {
         for live in self.live.values() {
             match live {
                 Live::Memfd { file, seals, .. } if *seals != 0 => {
