@@ -1214,24 +1214,39 @@ fn dump_inner(
     // each member's tracker is made or taken over and re-armed, and stays
     // in the task for the next image (chain::can_be_parent).
     let snapshot = opts.leave_running && opts.track.track_mem;
-    // Refused before freezing, as pre-dump does: the task is not even
-    // stopped, and the old images stay. Checked again below, frozen.
-    let outside = refuse_tree(pid, &members, trackers, &opts.external)?;
-    // What the page copy needs, made before the task is frozen.
-    mem::warm_buffers();
-    // After pre-dumps, the final dump writes about as much as the last
-    // one did: its pages file is made and filled now, and overwritten
-    // while frozen (ImageOut::prefill_pages).
-    if let (Some(p), None) = (parent, &lazy) {
-        images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
-    }
-    // The other members' pages files too, empty (file creation is slow:
-    // see ImageOut::precreate_pages).
-    if lazy.is_none() && members.len() > 1 {
-        images.precreate_pages(&members)?;
-    }
-    // And every member's small images (see ImageOut::precreate_small).
-    images.precreate_small(&members)?;
+    // The image files are made (file creation is slow: ImageOut::
+    // precreate_small) by a thread of their own while the refusals run:
+    // one works the file system, the other reads /proc.
+    let make_files = || -> Result<()> {
+        // After pre-dumps, the final dump writes about as much as the last
+        // one did: its pages file is made and filled now, and overwritten
+        // while frozen (ImageOut::prefill_pages).
+        if let (Some(p), false) = (parent, lazy.is_some()) {
+            images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
+        }
+        // The other members' pages files too, empty.
+        if lazy.is_none() && members.len() > 1 {
+            images.precreate_pages(&members)?;
+        }
+        // And every member's small images.
+        images.precreate_small(&members)
+    };
+    let outside = std::thread::scope(|s| {
+        let made = s.spawn(make_files);
+        // Refused before freezing, as pre-dump does: the task is not even
+        // stopped, and the old images stay (the files made meanwhile go
+        // with `images`). Checked again below, frozen.
+        let outside = refuse_tree(pid, &members, trackers, &opts.external);
+        // What the page copy needs, made before the task is frozen.
+        mem::warm_buffers();
+        let made = made.join().unwrap_or_else(|_| {
+            Err(Error::Other(
+                "the thread making image files panicked".into(),
+            ))
+        });
+        let outside = outside?;
+        made.map(|()| outside)
+    })?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
     let mut held = tree::freeze_tree(pid, opts.freeze_cgroup.as_deref())?;
