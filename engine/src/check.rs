@@ -39,6 +39,7 @@ pub mod names {
     pub const USERFAULTFD: &str = "userfaultfd";
     pub const UFFD_WP_TRACKING: &str = "uffd-wp dirty tracking";
     pub const SOFT_DIRTY: &str = "soft-dirty";
+    pub const CPU_LATENCY: &str = "cpu latency request";
 }
 
 /// Mode names.
@@ -182,8 +183,27 @@ pub fn probe() -> Report {
         names::UFFD_WP_TRACKING,
         caught(names::UFFD_WP_TRACKING, probe_pagemap_scan).and_then(|r| r),
     ));
+    features.push(feature(names::CPU_LATENCY, probe_cpu_latency()));
     let modes = derive_modes(&features);
     Report { features, modes }
+}
+
+/// Whether dump, pre-dump and restore can hold their CPU latency request
+/// (sys/cpu_latency.rs), and what it does here: with a cpuidle driver
+/// idle CPUs poll while it is held; without one they halt anyway. Speed
+/// only: no mode needs it.
+fn probe_cpu_latency() -> Probe {
+    let held = crate::sys::cpu_latency::hold_for_probe()
+        .map_err(|e| format!("/dev/cpu_dma_latency: {e}"))?;
+    drop(held);
+    let sys = Path::new("/sys/devices/system/cpu/cpuidle");
+    let read = |f: &str| std::fs::read_to_string(sys.join(f)).map(|s| s.trim().to_string());
+    Ok(match (read("current_driver"), read("current_governor")) {
+        (Ok(d), Ok(g)) if d != "none" => format!(
+            "0 us held while crust works; cpuidle driver {d}, governor {g}: idle CPUs poll meanwhile"
+        ),
+        _ => "0 us held while crust works; no cpuidle driver: idle CPUs halt as ever".into(),
+    })
 }
 
 // ---------------------------------------------------------------- modes

@@ -9,7 +9,13 @@ fn check_reports_features() {
     init();
     let out = crust(["check"]);
     out.assert_ok();
-    for needle in ["ptrace", "userfaultfd", "PAGEMAP_SCAN", "soft-dirty"] {
+    for needle in [
+        "ptrace",
+        "userfaultfd",
+        "PAGEMAP_SCAN",
+        "soft-dirty",
+        "cpu latency request",
+    ] {
         assert!(
             out.stdout.contains(needle),
             "crust check does not mention {needle}:\n{}",

@@ -44,14 +44,19 @@ pub fn hold() -> Option<Held> {
     if !ENABLED.load(Ordering::Relaxed) {
         return None;
     }
+    hold_for_probe().ok()
+}
+
+/// [`hold`] whether or not it is turned off, with the reason it cannot
+/// be (`crust check`).
+pub fn hold_for_probe() -> std::io::Result<Held> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
-        .open(DEVICE)
-        .ok()?;
+        .open(DEVICE)?;
     // The device takes the latency in microseconds as a binary s32.
-    file.write_all(&0i32.to_ne_bytes()).ok()?;
-    Some(Held { _file: file })
+    file.write_all(&0i32.to_ne_bytes())?;
+    Ok(Held { _file: file })
 }
 
 /// The latency in force on this machine (the smallest of every request),
