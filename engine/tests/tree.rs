@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -194,6 +195,130 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
         );
     }
     tree.finish();
+}
+
+/// Kills `crust restore` of the tree at spread moments, a helper thread
+/// restoring some of its leaves (restore/parallel.rs): whatever crust had
+/// done, no member is left half-built. A leaf handed over to the helper
+/// waits untraced in pause(2) for a moment; if crust dies then, its
+/// parent (a stub crust traces, killed with it) takes it along through
+/// its parent death signal. So after each kill every member is gone or
+/// released (running the program again: a partial tree is the documented
+/// outcome of a kill during the release), never in pause.
+#[test]
+fn tree_restore_killed_midway() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "tree.c", &[]);
+    let mut tree = Tree::start(tmp.path(), &bin);
+    let mut members: Vec<Proc> = tree.pids[1..].iter().map(|&p| Proc::adopt(p)).collect();
+    let dir = tmp.path().join("img");
+    dump(tree.root.pid, &dir, &[]).assert_ok();
+    assert_eq!(tree.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+    for m in &mut members {
+        m.wait(TIMEOUT);
+    }
+    let args = ["restore", "-d", "-v", "-D", path_str(&dir)];
+    let t = Instant::now();
+    let out = crust(args);
+    let span = t.elapsed();
+    out.assert_ok();
+    assert!(out.stderr.contains("hand over"), "{}", out.stderr);
+    end_leftovers(&tree.pids, "after the undisturbed restore");
+    // Killed just when every handed-over leaf waits untraced.
+    let env: [(&str, &std::ffi::OsStr); 1] = [("CRUST_KILL_AFTER_HAND_OVER", "1".as_ref())];
+    let out = crust_spawn_env(args, &env).wait(TIMEOUT);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", out.stderr);
+    wait_until(
+        TIMEOUT,
+        "every member gone after a kill at the hand over",
+        || {
+            let me = std::process::id() as i32;
+            for &p in &tree.pids {
+                match place(p) {
+                    // A zombie of ours (reparented to this subreaper) is gone
+                    // but for its reaping.
+                    Some(pl) if pl.0 == 'Z' && pl.1 == me => {
+                        let mut st = 0;
+                        // SAFETY: waitpid on one pid with a valid status pointer.
+                        unsafe { libc::waitpid(p, &mut st, libc::WNOHANG | libc::__WALL) };
+                        return Err(format!("pid {p} a zombie, reaped now"));
+                    }
+                    Some(pl) if tree.pids.contains(&pl.1) || pl.1 == me => {
+                        return Err(format!(
+                            "pid {p} still there: {pl:?}, in syscall {:?}",
+                            blocked_syscall(p)
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        },
+    );
+    // Kill moments spread over the restore's span and a little past it.
+    let mut x = u64::from(std::process::id()) | 1;
+    let (mut killed, mut finished) = (0, 0);
+    for trial in 0..30 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = span.mul_f64(((x >> 33) % 1200) as f64 / 1000.0);
+        let context = format!("trial {trial}, kill after {delay:?}");
+        let running = crust_spawn(args);
+        // The kill moment is the point of the test, not a synchronisation.
+        std::thread::sleep(delay);
+        // SAFETY: kill(2) of the crust we spawned, not reaped yet.
+        unsafe { libc::kill(running.pid(), libc::SIGKILL) };
+        match running.wait(TIMEOUT).status.code() {
+            Some(0) => finished += 1,
+            Some(c) => panic!("{context}: restore failed with {c} before the kill"),
+            None => killed += 1,
+        }
+        wait_until(
+            TIMEOUT,
+            &format!("{context}: no member left in pause"),
+            || {
+                for &p in &tree.pids {
+                    if blocked_syscall(p) == Some(libc::SYS_pause) {
+                        return Err(format!("pid {p} waits in pause: {:?}", place(p)));
+                    }
+                }
+                Ok(())
+            },
+        );
+        end_leftovers(&tree.pids, &context);
+    }
+    eprintln!("tree_restore_killed_midway: {killed} killed, {finished} finished first");
+    tree.root.forget();
+}
+
+/// Kills and reaps what is left of a restored tree: each member pid that
+/// is still ours (a child of this test, the child subreaper, or of
+/// another member).
+fn end_leftovers(pids: &[i32], context: &str) {
+    let me = std::process::id() as i32;
+    let ours = |p: i32| place(p).is_some_and(|pl| pl.1 == me || pids.contains(&pl.1));
+    // Parents first: their children then come to us.
+    let left: Vec<Proc> = pids
+        .iter()
+        .filter(|&&p| ours(p))
+        .filter_map(|&p| Proc::adopt_if_there(p))
+        .collect();
+    drop(left);
+    for &p in pids {
+        wait_until(TIMEOUT, &format!("{context}: pid {p} to go"), || {
+            if ours(p) {
+                if let Some(left) = Proc::adopt_if_there(p) {
+                    drop(left);
+                }
+            }
+            match std::path::Path::new(&format!("/proc/{p}")).exists() && ours(p) {
+                true => Err(format!("{:?}", place(p))),
+                false => Ok(()),
+            }
+        });
+    }
 }
 
 /// Kills `crust dump --leave-running` of the tree at spread moments; after

@@ -133,6 +133,12 @@ pub(super) fn restore_and_release(
         hand_over(stub, tree.gadget)?;
     }
     phases.mark("hand over");
+    // For the tests: the engine killed with every leaf handed over and
+    // none taken over yet (engine tree `tree_restore_killed_midway`).
+    if std::env::var_os("CRUST_KILL_AFTER_HAND_OVER").is_some_and(|v| v == "1") {
+        // SAFETY: raise(3) of SIGKILL on ourselves.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
     let (to_helper, commands) = mpsc::channel::<bool>();
     let (reports, from_helper) = mpsc::channel::<Result<()>>();
     let (back, helper_phases, out) = std::thread::scope(|s| {

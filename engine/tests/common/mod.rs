@@ -186,6 +186,16 @@ impl Proc {
         }
     }
 
+    /// [`Proc::adopt`] if `pid` is still there (a zombie included), None
+    /// if it is gone.
+    pub fn adopt_if_there(pid: i32) -> Option<Proc> {
+        pidfd_open(pid).map(|fd| Proc {
+            pid,
+            pidfd: Some(fd),
+            reaped: false,
+        })
+    }
+
     /// Sends `sig`; panics if the process is gone.
     pub fn signal(&self, sig: i32) {
         let fd = self.pidfd.as_ref().expect("pidfd").as_raw_fd();
