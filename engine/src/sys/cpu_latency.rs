@@ -5,8 +5,9 @@
 //! wake-up of a task on another CPU. On a virtual machine an idle CPU
 //! halts (HLT exits to the hypervisor), and waking it costs an
 //! inter-processor interrupt the host must deliver by scheduling the
-//! vCPU: 140-330 us a wake-up measured on these machines, against 9 us
-//! when the CPU polls instead (docs/performance.md, "Idle CPUs"). A
+//! vCPU: 17-330 us a ptrace stop measured on these machines (varying with
+//! the host from minute to minute), against 7-10 us when the CPU polls
+//! instead (docs/performance.md, "Idle CPUs"). A
 //! request of 0 us keeps idle CPUs polling (cpuidle's governors pick the
 //! polling state) for as long as the file stays open; the kernel drops the
 //! request when it is closed, so an engine killed at any moment leaves
