@@ -438,19 +438,31 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // Children first: a parent runs again only once its children do (a
     // stopped one is stopped again by the kernel as it is detached).
     for (i, (stub, threads)) in stubs.iter_mut().zip(threads.iter_mut()).enumerate().rev() {
-        if stub.released {
-            continue;
-        }
-        if i == 0 && opts.leave_stopped {
-            // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
-            // and stops the task as soon as it runs.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-        }
-        stub.tracee.detach()?;
-        stub.released = true;
-        threads.release()?;
+        release(i, stub, threads, opts.leave_stopped)?;
     }
     Ok(finish(pid, shared, phases, &imgs, lazy_conn))
+}
+
+/// Lets the restored process `stub` (the `i`th of the tree, 0 its root)
+/// and its threads go, unless released already; the root stopped with
+/// `leave_stopped`. On its tracer thread.
+fn release(
+    i: usize,
+    stub: &mut Stub,
+    threads: &mut threads::Threads,
+    leave_stopped: bool,
+) -> Result<()> {
+    if stub.released {
+        return Ok(());
+    }
+    if i == 0 && leave_stopped {
+        // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
+        // and stops the task as soon as it runs.
+        unsafe { libc::kill(stub.tracee.pid, libc::SIGSTOP) };
+    }
+    stub.tracee.detach()?;
+    stub.released = true;
+    threads.release()
 }
 
 /// Every process runs: the shared objects are theirs, the lazy-pages

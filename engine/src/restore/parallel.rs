@@ -26,7 +26,7 @@
 use std::path::Path;
 use std::sync::mpsc;
 
-use super::{restore_one, threads, FromTree, Stub, TaskImages};
+use super::{release, restore_one, threads, FromTree, Stub, TaskImages};
 use crate::error::{Error, Result};
 use crate::image::messages::TaskEntry;
 use crate::inject::Injector;
@@ -197,17 +197,7 @@ fn main_side(
     to_helper.send(true).map_err(|_| helper_gone())?;
     from_helper.recv().unwrap_or_else(|_| Err(helper_gone()))?;
     for ((i, stub), threads) in mine.iter_mut().zip(threads.iter_mut()).rev() {
-        if stub.released {
-            continue;
-        }
-        if *i == 0 && tree.leave_stopped {
-            // SAFETY: plain kill(2) of our own child; SIGSTOP stays pending
-            // and stops the task as soon as it runs.
-            unsafe { libc::kill(stub.tracee.pid, libc::SIGSTOP) };
-        }
-        stub.tracee.detach()?;
-        stub.released = true;
-        threads.release()?;
+        release(*i, stub, threads, tree.leave_stopped)?;
     }
     Ok(())
 }
@@ -242,10 +232,8 @@ fn helper(
     let _ = reports.send(restored);
     if ok && commands.recv() == Ok(true) {
         let released = (|| -> Result<()> {
-            for ((_, stub, _), t) in theirs.iter_mut().zip(threads.iter_mut()).rev() {
-                stub.tracee.detach()?;
-                stub.released = true;
-                t.release()?;
+            for ((i, stub, _), t) in theirs.iter_mut().zip(threads.iter_mut()).rev() {
+                release(*i, stub, t, tree.leave_stopped)?;
             }
             Ok(())
         })();
