@@ -90,14 +90,7 @@ fn signal_before_resume_interrupts_the_call() {
     ])
     .assert_ok();
     let mut r = Proc::adopt(pid);
-    wait_until(
-        TIMEOUT,
-        "the restored task to be stopped",
-        || match status_field(pid, "State") {
-            Some(s) if s.starts_with('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    wait_state(pid, 'T', "the restored task to be stopped");
     // Queued while it is stopped: delivered before it executes anything.
     r.signal(libc::SIGUSR1);
     r.signal(libc::SIGCONT);

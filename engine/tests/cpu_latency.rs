@@ -7,7 +7,6 @@ mod common;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -39,14 +38,6 @@ fn latency_in_force() -> i32 {
     i32::from_ne_bytes(bytes[..4].try_into().expect("four bytes"))
 }
 
-fn ticker(dir: &Path) -> (Proc, std::path::PathBuf) {
-    let bin = compile_c(dir, "ticker.c", &["-pthread"]);
-    let log = dir.join("ticks.log");
-    let p = spawn_daemon(Command::new(bin).arg(&log).arg("2").arg("0"));
-    wait_tick(&log, 3);
-    (p, log)
-}
-
 /// A dump sending to a page server that never answers its hello: crust
 /// waits for the answer, after its request was made and before the task
 /// is touched. With the hint the dumping process holds the device and the
@@ -56,7 +47,7 @@ fn ticker(dir: &Path) -> (Proc, std::path::PathBuf) {
 fn dump_holds_the_request_unless_told_not_to() {
     init();
     let tmp = tempdir();
-    let (p, log) = ticker(tmp.path());
+    let (p, log) = small_ticker(tmp.path());
     for hint in [true, false] {
         let server = TcpListener::bind("127.0.0.1:0").expect("listen");
         let port = server.local_addr().expect("address").port().to_string();
@@ -105,19 +96,12 @@ fn dump_holds_the_request_unless_told_not_to() {
 fn restore_holds_the_request_and_the_restored_task_does_not() {
     init();
     let tmp = tempdir();
-    let (mut p, log) = ticker(tmp.path());
+    let (mut p, log) = small_ticker(tmp.path());
     let pid = p.pid;
     let images = tmp.path().join("images");
     dump(pid, &images, &[]).assert_ok();
     // Not reaped yet: the zombie keeps the pid, restore waits for it.
-    wait_until(
-        TIMEOUT,
-        "the dumped task to be a zombie",
-        || match status_field(pid, "State") {
-            Some(s) if s.starts_with('Z') => Ok(()),
-            s => Err(format!("state {s:?}")),
-        },
-    );
+    wait_state(pid, 'Z', "the dumped task to be a zombie");
     let waiting = |r: &Running| {
         wait_until(
             TIMEOUT,

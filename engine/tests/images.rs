@@ -11,15 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Starts a small C ticker and waits for its first ticks.
-fn small_ticker(dir: &Path) -> (Proc, PathBuf) {
-    let bin = compile_c(dir, "ticker.c", &["-pthread"]);
-    let log = dir.join("ticks.log");
-    let p = spawn_daemon(Command::new(bin).arg(&log).arg("2").arg("0"));
-    wait_tick(&log, 3);
-    (p, log)
-}
-
 fn mode(p: &Path) -> u32 {
     fs::metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -325,14 +316,7 @@ fn pid_taken() {
     let images = tmp.path().join("images");
     dump(pid, &images, &[]);
     // Not reaped: the zombie keeps the pid.
-    wait_until(
-        TIMEOUT,
-        &format!("pid {pid} to become a zombie"),
-        || match status_field(pid, "State") {
-            Some(s) if s.starts_with('Z') => Ok(()),
-            s => Err(format!("state {s:?}")),
-        },
-    );
+    wait_state(pid, 'Z', &format!("pid {pid} to become a zombie"));
 
     let out = crust([
         "restore",

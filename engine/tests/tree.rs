@@ -87,6 +87,19 @@ impl Tree {
         t
     }
 
+    /// `crust dump` of the tree into `dir`, which kills it; every member
+    /// (ours as the tree dies: the root our child, the others reparented
+    /// to this subreaper) reaped.
+    fn dump_and_reap(&mut self, dir: &Path) -> Output {
+        let mut members: Vec<Proc> = self.pids[1..].iter().map(|&p| Proc::adopt(p)).collect();
+        let out = dump(self.root.pid, dir, &[]);
+        assert_eq!(self.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
+        for m in &mut members {
+            m.wait(TIMEOUT);
+        }
+        out
+    }
+
     fn pid(&self, name: &str) -> i32 {
         self.pids[NAMES.iter().position(|n| *n == name).expect("a member")]
     }
@@ -152,14 +165,8 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
     let bin = compile_c(tmp.path(), "tree.c", &[]);
     let mut tree = Tree::start(tmp.path(), &bin);
     let before = tree.places();
-    // Every member but the root becomes ours to reap as the tree dies.
-    let mut members: Vec<Proc> = tree.pids[1..].iter().map(|&p| Proc::adopt(p)).collect();
     let dir = tmp.path().join("img");
-    let out = dump(tree.root.pid, &dir, &[]);
-    assert_eq!(tree.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
-    for m in &mut members {
-        m.wait(TIMEOUT);
-    }
+    let out = tree.dump_and_reap(&dir);
     for &p in &tree.pids {
         assert_pid_free(p, "after the dump");
     }
@@ -211,13 +218,8 @@ fn tree_restore_killed_midway() {
     let tmp = tempdir();
     let bin = compile_c(tmp.path(), "tree.c", &[]);
     let mut tree = Tree::start(tmp.path(), &bin);
-    let mut members: Vec<Proc> = tree.pids[1..].iter().map(|&p| Proc::adopt(p)).collect();
     let dir = tmp.path().join("img");
-    dump(tree.root.pid, &dir, &[]).assert_ok();
-    assert_eq!(tree.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
-    for m in &mut members {
-        m.wait(TIMEOUT);
-    }
+    tree.dump_and_reap(&dir).assert_ok();
     let args = ["restore", "-d", "-v", "-D", path_str(&dir)];
     let t = Instant::now();
     let out = crust(args);
@@ -235,7 +237,7 @@ fn tree_restore_killed_midway() {
         || {
             let me = std::process::id() as i32;
             for &p in &tree.pids {
-                match place(p) {
+                match member_left(&tree.pids, p) {
                     // A zombie of ours (reparented to this subreaper) is gone
                     // but for its reaping.
                     Some(pl) if pl.0 == 'Z' && pl.1 == me => {
@@ -244,13 +246,13 @@ fn tree_restore_killed_midway() {
                         unsafe { libc::waitpid(p, &mut st, libc::WNOHANG | libc::__WALL) };
                         return Err(format!("pid {p} a zombie, reaped now"));
                     }
-                    Some(pl) if tree.pids.contains(&pl.1) || pl.1 == me => {
+                    Some(pl) => {
                         return Err(format!(
                             "pid {p} still there: {pl:?}, in syscall {:?}",
                             blocked_syscall(p)
                         ))
                     }
-                    _ => {}
+                    None => {}
                 }
             }
             Ok(())
@@ -297,28 +299,31 @@ fn tree_restore_killed_midway() {
 /// is still ours (a child of this test, the child subreaper, or of
 /// another member).
 fn end_leftovers(pids: &[i32], context: &str) {
-    let me = std::process::id() as i32;
-    let ours = |p: i32| place(p).is_some_and(|pl| pl.1 == me || pids.contains(&pl.1));
     // Parents first: their children then come to us.
     let left: Vec<Proc> = pids
         .iter()
-        .filter(|&&p| ours(p))
+        .filter(|&&p| member_left(pids, p).is_some())
         .filter_map(|&p| Proc::adopt_if_there(p))
         .collect();
     drop(left);
     for &p in pids {
         wait_until(TIMEOUT, &format!("{context}: pid {p} to go"), || {
-            if ours(p) {
-                if let Some(left) = Proc::adopt_if_there(p) {
-                    drop(left);
-                }
-            }
-            match std::path::Path::new(&format!("/proc/{p}")).exists() && ours(p) {
-                true => Err(format!("{:?}", place(p))),
-                false => Ok(()),
-            }
+            let Some(pl) = member_left(pids, p) else {
+                return Ok(());
+            };
+            // Killed and reaped (a child of another member comes to us
+            // once that one is gone).
+            drop(Proc::adopt_if_there(p));
+            Err(format!("{pl:?}"))
         });
     }
+}
+
+/// Where `p` is, if it is a process of ours: a child of this test (the
+/// child subreaper) or of a member of the tree `pids`.
+fn member_left(pids: &[i32], p: i32) -> Option<Place> {
+    let me = std::process::id() as i32;
+    place(p).filter(|pl| pl.1 == me || pids.contains(&pl.1))
 }
 
 /// Kills `crust dump --leave-running` of the tree at spread moments; after

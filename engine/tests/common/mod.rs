@@ -376,6 +376,25 @@ pub fn status_field(pid: i32, name: &str) -> Option<String> {
     )
 }
 
+/// Waits until `pid` is in the /proc state whose letter is `state` ('Z'
+/// a zombie, 'T' stopped...).
+pub fn wait_state(pid: i32, state: char, what: &str) {
+    wait_until(TIMEOUT, what, || match status_field(pid, "State") {
+        Some(s) if s.starts_with(state) => Ok(()),
+        s => Err(format!("state {s:?}")),
+    });
+}
+
+/// Starts the C ticker (`progs/ticker.c`, 2 MiB of heap) in `dir` and
+/// waits for its first ticks; its log.
+pub fn small_ticker(dir: &Path) -> (Proc, PathBuf) {
+    let bin = compile_c(dir, "ticker.c", &["-pthread"]);
+    let log = dir.join("ticks.log");
+    let p = spawn_daemon(Command::new(bin).arg(&log).arg("2").arg("0"));
+    wait_tick(&log, 3);
+    (p, log)
+}
+
 fn field_of(status: &str, name: &str) -> Option<String> {
     status.lines().find_map(|l| {
         l.strip_prefix(name)?
