@@ -57,10 +57,15 @@ fn pick(tasks: &[TaskEntry], on: bool) -> Vec<bool> {
     if !on || tasks.len() < MIN_TASKS {
         return take;
     }
+    // Every process that is some member's parent (once, not per member).
+    let parents: std::collections::HashSet<i32> = tasks
+        .iter()
+        .filter(|c| c.ppid != c.pid)
+        .map(|c| c.ppid)
+        .collect();
     let mut next = false;
     for (i, t) in tasks.iter().enumerate().skip(1) {
-        let leaf = !tasks.iter().any(|c| c.ppid == t.pid && c.pid != t.pid);
-        if leaf && !t.zombie && !t.stopped {
+        if !parents.contains(&t.pid) && !t.zombie && !t.stopped {
             take[i] = next;
             next = !next;
         }
