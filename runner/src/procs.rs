@@ -260,7 +260,15 @@ impl Tracker {
         let mut notes = Vec::new();
         while let Some(pid) = self.pids.pop() {
             let descendants = match poll_child(pid) {
-                Ok(ChildState::Alive) => descendants_of(pid),
+                Ok(ChildState::Alive) => {
+                    // Stopped first: a process whose children are killed
+                    // may end on its own (a shell does once its command
+                    // is gone) before its own kill, unreported. A stop
+                    // pending when they die is taken before it returns
+                    // to user space; SIGKILL ends a stopped process.
+                    let _ = kill(pid, Signal::SIGSTOP);
+                    descendants_of(pid)
+                }
                 _ => Vec::new(),
             };
             // Children first, so that none is reparented while still alive.
