@@ -91,8 +91,16 @@ impl Tree {
     /// (ours as the tree dies: the root our child, the others reparented
     /// to this subreaper) reaped.
     fn dump_and_reap(&mut self, dir: &Path) -> Output {
+        self.dump_and_reap_env(dir, &[])
+    }
+
+    /// `crust dump -v` of the tree, with `env`.
+    fn dump_and_reap_env(&mut self, dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Output {
         let mut members: Vec<Proc> = self.pids[1..].iter().map(|&p| Proc::adopt(p)).collect();
-        let out = dump(self.root.pid, dir, &[]);
+        let pid = self.root.pid.to_string();
+        let args = ["dump", "-v", "-t", &pid, "-D", path_str(dir)];
+        let out = crust_spawn_env(args, env).wait(TIMEOUT);
+        out.assert_ok();
         assert_eq!(self.root.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
         for m in &mut members {
             m.wait(TIMEOUT);
@@ -153,9 +161,11 @@ impl Tree {
 /// Also with every injected call one by one (CRUST_INJECT_BATCH=0): the
 /// members then have no batch runner to take over from the root, and map
 /// their own scratch areas around what they inherited. And with every
-/// process restored on crust's main thread (CRUST_RESTORE_THREADS=1);
-/// otherwise a helper thread restores some leaves (restore/parallel.rs:
-/// `-v` shows its "hand over").
+/// process dumped and restored on crust's main thread
+/// (CRUST_DUMP_THREADS=1, CRUST_RESTORE_THREADS=1); otherwise the dump
+/// finishes its members on two threads (`-v` shows "two threads") and a
+/// helper thread restores some leaves (restore/parallel.rs: `-v` shows
+/// its "hand over").
 #[test_case::test_case(true, true ; "batched")]
 #[test_case::test_case(false, true ; "one by one")]
 #[test_case::test_case(true, false ; "on one thread")]
@@ -166,7 +176,14 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
     let mut tree = Tree::start(tmp.path(), &bin);
     let before = tree.places();
     let dir = tmp.path().join("img");
-    let out = tree.dump_and_reap(&dir);
+    let env: [(&str, &std::ffi::OsStr); 1] = [("CRUST_DUMP_THREADS", "1".as_ref())];
+    let out = tree.dump_and_reap_env(&dir, if two_threads { &[] } else { &env });
+    assert_eq!(
+        out.stderr.contains("two threads"),
+        two_threads,
+        "dump phases: {}",
+        out.stderr
+    );
     for &p in &tree.pids {
         assert_pid_free(p, "after the dump");
     }
@@ -906,4 +923,52 @@ fn vfork_child_is_refused() {
     // The child's end lets the parent's vfork return: it exits 0.
     drop(child);
     assert_eq!(parent.wait(TIMEOUT), Exit::Code(0));
+}
+
+/// Two members refused (each in a removed working directory), judged
+/// before the freeze on two threads (every other member on each): the
+/// error names the first of them in the tree's order, as on one thread
+/// (CRUST_DUMP_THREADS=1), whichever thread finds its refusal first; the
+/// tree runs on untouched.
+#[test]
+fn first_member_refused_is_named_on_two_threads() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "gonecwd.c", &[]);
+    let log = tmp.path().join("result.log");
+    let p = spawn_daemon(Command::new(&bin).arg(&log).arg(tmp.path()));
+    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+    assert_eq!(children.len(), 4, "{}", read_string(&log));
+    // Members: the root, then its children in fork order; the second
+    // child is judged on the second thread, the third on this one.
+    let named = format!(
+        "pid {}: unsupported: working directory was removed",
+        children[1]
+    );
+    let pid = p.pid.to_string();
+    let one: [(&str, &std::ffi::OsStr); 1] = [("CRUST_DUMP_THREADS", "1".as_ref())];
+    for round in 0..6 {
+        let env: &[(&str, &std::ffi::OsStr)] = if round % 2 == 0 { &[] } else { &one };
+        let images = tmp.path().join(format!("img{round}"));
+        let out = crust_spawn_env(["dump", "-t", &pid, "-D", path_str(&images)], env).wait(TIMEOUT);
+        out.assert_failed().stderr_has(&named);
+        assert!(!images.join("inventory.img").exists());
+    }
+    p.assert_running_untraced();
+    let mut kids = Vec::new();
+    for &child in &children {
+        let c = Proc::adopt(child);
+        c.assert_running_untraced();
+        c.signal(libc::SIGUSR1);
+        kids.push(c);
+    }
+    for c in &kids {
+        wait_until(TIMEOUT, "the child to exit", || {
+            match place(c.pid).map(|p| p.0) {
+                Some('Z') | None => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        });
+    }
+    wake_and_expect_ok(p, &log);
 }

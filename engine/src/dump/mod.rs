@@ -286,15 +286,22 @@ impl Drop for Frozen {
 /// of its own while the frozen dump goes on.
 struct Layout {
     pid: pid_t,
-    reader: std::thread::JoinHandle<std::result::Result<Vec<proc::maps::Vma>, proc::ProcError>>,
+    /// None: read when finished (a tree's members collected before any is
+    /// finished: a hundred threads would compete with the tracer).
+    reader:
+        Option<std::thread::JoinHandle<std::result::Result<Vec<proc::maps::Vma>, proc::ProcError>>>,
 }
 
 impl Layout {
     fn start(pid: pid_t) -> Layout {
         Layout {
             pid,
-            reader: std::thread::spawn(move || proc::maps::read_smaps(pid)),
+            reader: Some(std::thread::spawn(move || proc::maps::read_smaps(pid))),
         }
+    }
+
+    fn deferred(pid: pid_t) -> Layout {
+        Layout { pid, reader: None }
     }
 
     /// The VMAs with VmFlags, checked (every VmFlags code restore does not
@@ -307,8 +314,8 @@ impl Layout {
         our_tracker: Option<i32>,
     ) -> Result<Vec<proc::maps::Vma>> {
         let pid = self.pid;
-        let vmas = match self.reader.join() {
-            Ok(Ok(v)) => v,
+        let vmas = match self.reader.map(|r| r.join()) {
+            Some(Ok(Ok(v))) => v,
             _ => proc::maps::read_smaps(pid)?,
         };
         if !proc::maps::same_layout(&vmas, maps) {
@@ -691,18 +698,53 @@ fn refuse_tree(
     // the tree as it is then.
     let gone =
         |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.state == 'Z' || s.state == 'X');
-    for &m in &members[1..] {
+    // Each member judged on its own (/proc reads, ~0.8 ms each): the
+    // members are split between this thread and a second one, and the
+    // results taken in the tree's order (the first member refused is the
+    // one named, as one thread would).
+    let judge = |m: pid_t| -> Result<Option<(tree::Place, bool)>> {
         let Ok(place) = tree::Place::read(m) else {
-            continue;
+            return Ok(None);
         };
-        places.push(place);
         if gone(m) {
-            continue;
+            return Ok(Some((place, false)));
         }
         match refuse::task_state(m, ours(m), external, members) {
-            Err(_) if gone(m) => {}
-            Err(e) => return Err(e),
-            Ok(_) => live.push(m),
+            Err(_) if gone(m) => Ok(Some((place, false))),
+            Err(e) => Err(e),
+            Ok(_) => Ok(Some((place, true))),
+        }
+    };
+    let judge_all = |every_other: usize| {
+        let mut out = Vec::new();
+        for (i, &m) in members.iter().enumerate().skip(1 + every_other).step_by(2) {
+            let verdict = judge(m);
+            let refused = verdict.is_err();
+            out.push((i, m, verdict));
+            if refused {
+                break;
+            }
+        }
+        out
+    };
+    let mut verdicts = match two_threads() {
+        false => [judge_all(0), judge_all(1)].into_iter().flatten().collect(),
+        true => {
+            let (mut mine, theirs) = std::thread::scope(|s| {
+                let theirs = s.spawn(|| judge_all(1));
+                (judge_all(0), theirs.join())
+            });
+            mine.extend(theirs.map_err(|_| Error::Other("a refusal thread panicked".into()))?);
+            mine
+        }
+    };
+    verdicts.sort_by_key(|v| v.0);
+    for (_, m, verdict) in verdicts {
+        if let Some((place, alive)) = verdict? {
+            places.push(place);
+            if alive {
+                live.push(m);
+            }
         }
     }
     tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
@@ -1262,42 +1304,21 @@ fn dump_inner(
     // Again, now that nothing of the tree runs.
     refuse_held_tree(&held, &outside)?;
     // Each process as a single one is dumped, the root first.
-    let mut dumps: Vec<ProcessDump> = Vec::new();
-    let tree_pids = tree_scan::TreeScan::new(held.iter().map(|m| m.pid).collect());
     let live: Vec<pid_t> = held
         .iter()
         .filter(|m| m.frozen.is_some())
         .map(|m| m.pid)
         .collect();
     let mut shared = shared::SharedObjects::for_processes(&live)?;
-    let mut entries = Vec::new();
-    for m in held.iter_mut() {
-        let Some(frozen) = m.frozen.as_mut() else {
-            entries.push(m.entry(Vec::new()));
-            continue;
-        };
-        let root = m.pid == pid;
-        // A process new since the last pre-dump has no parent image.
-        let member_parent = parents
-            .iter()
-            .find(|p| p.0 == m.pid)
-            .and_then(|p| p.1.as_ref());
-        let d = dump_process(
-            m.pid,
-            frozen,
-            member_parent,
-            opts,
-            lazy.is_some(),
-            root,
-            &tree_pids,
-            &images,
-            &mut shared,
-            trackers,
-            &mut phases,
-        )?;
-        entries.push(m.entry(d.threads.clone()));
-        dumps.push(d);
-    }
+    let tree_dump = TreeDump {
+        root: pid,
+        parents: &parents,
+        opts,
+        lazy: lazy.is_some(),
+        tree: tree_scan::TreeScan::new(held.iter().map(|m| m.pid).collect()),
+        images: &images,
+    };
+    let (dumps, entries) = dump_members(&mut held, &tree_dump, &mut shared, trackers, &mut phases)?;
     shared.write(&images)?;
     images.write(Kind::PsTree, None, &PsTree { tasks: entries })?;
     if dumps.is_empty() {
@@ -1557,23 +1578,201 @@ struct ProcessDump {
     tracker_name: &'static str,
 }
 
-/// Dumps one held process (every thread) as a single process is dumped:
-/// its core, mm, fds and pagemap images and its pages. `parent`: the
-/// images it builds on; `lazy`: a remote lazy dump's root.
-#[allow(clippy::too_many_arguments)]
-fn dump_process(
+/// Whether a tree's dump spreads its members over two threads (the
+/// refusals before the freeze, the frozen work that needs no ptrace
+/// request): yes unless `CRUST_DUMP_THREADS=1` (one thread does all, to
+/// compare).
+fn two_threads() -> bool {
+    std::env::var_os("CRUST_DUMP_THREADS").is_none_or(|v| v != "1")
+}
+
+/// What every member's dump of a tree goes by.
+struct TreeDump<'a> {
+    root: pid_t,
+    parents: &'a [(pid_t, Option<Parent>)],
+    opts: &'a DumpOptions,
+    lazy: bool,
+    tree: tree_scan::TreeScan,
+    images: &'a ImageOut,
+}
+
+impl TreeDump<'_> {
+    fn parent(&self, pid: pid_t) -> Option<&Parent> {
+        // A process new since the last pre-dump has no parent image.
+        self.parents
+            .iter()
+            .find(|p| p.0 == pid)
+            .and_then(|p| p.1.as_ref())
+    }
+
+    fn sink(&self, pid: pid_t) -> Sink<'_> {
+        Sink {
+            parent: self.parent(pid),
+            opts: self.opts,
+            lazy: self.lazy,
+            first: pid == self.root,
+            tree: &self.tree,
+            images: self.images,
+        }
+    }
+}
+
+/// Dumps every held member of the tree, the root first; returns their
+/// dumps and the tree's entries (zombies too), in the tree's order.
+///
+/// This thread, the tracer (ptrace requests must come from the thread
+/// that seized the task), collects every member first
+/// ([`collect_process`]: refusals, injected calls, task state); then, with
+/// two or more live members, the members are finished
+/// ([`finish_process`]: /proc, the tracker, the page copy, the images) on
+/// two threads, the root first and alone (it clears the old images). A
+/// worker finishing while the tracer injects gains nothing on two cores:
+/// the tracer's stop-and-go with each task needs both. Lazy dumps and
+/// snapshots, and `CRUST_DUMP_THREADS=1`, finish each member right after
+/// collecting it, on this thread. A failure on either thread stops both;
+/// the tree is let go by the caller.
+fn dump_members(
+    held: &mut [tree::Member],
+    ctx: &TreeDump<'_>,
+    shared: &mut shared::SharedObjects,
+    trackers: &mut Vec<(pid_t, i32)>,
+    phases: &mut crate::phases::Phases,
+) -> Result<(Vec<ProcessDump>, Vec<crate::image::messages::TaskEntry>)> {
+    let live = held.iter().filter(|m| m.frozen.is_some()).count();
+    let mut entries = Vec::new();
+    // A snapshot's trackers register VMAs while finishing: the memory
+    // layout changes then, which the other thread may have read (proc::memo).
+    let snapshot = ctx.opts.leave_running && ctx.opts.track.track_mem;
+    if ctx.lazy || snapshot || live < 2 || !two_threads() {
+        let mut dumps = Vec::new();
+        for m in held.iter_mut() {
+            let Some(frozen) = m.frozen.as_mut() else {
+                entries.push(m.entry(Vec::new()));
+                continue;
+            };
+            let c = collect_process(
+                m.pid,
+                frozen,
+                ctx.parent(m.pid),
+                ctx.opts,
+                trackers,
+                true,
+                phases,
+            )?;
+            let d = finish_process(
+                c,
+                &ctx.sink(m.pid),
+                &std::sync::Mutex::new(&mut *shared),
+                phases,
+            )?;
+            entries.push(m.entry(d.threads.clone()));
+            dumps.push(d);
+        }
+        return Ok((dumps, entries));
+    }
+    // Every member collected first (the tracer alone: a second thread
+    // slows its stop-and-go with each task), then finished on two threads.
+    let mut collected = Vec::new();
+    for m in held.iter_mut() {
+        let Some(frozen) = m.frozen.as_mut() else {
+            entries.push(m.entry(Vec::new()));
+            continue;
+        };
+        let c = collect_process(
+            m.pid,
+            frozen,
+            ctx.parent(m.pid),
+            ctx.opts,
+            trackers,
+            false,
+            phases,
+        )?;
+        entries.push(m.entry(c.threads.clone()));
+        collected.push(c);
+    }
+    // The root first, alone: its finish clears the old images.
+    let shared = std::sync::Mutex::new(shared);
+    let mut rest = collected.into_iter();
+    let mut dumps = Vec::new();
+    if let Some(root) = rest.next() {
+        let sink = ctx.sink(root.pid);
+        dumps.push(finish_process(root, &sink, &shared, phases)?);
+    }
+    let (ours, theirs): (Vec<_>, Vec<_>) = rest.enumerate().partition(|(i, _)| i % 2 == 0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let finish_all = |list: Vec<(usize, Collected)>, phases: &mut crate::phases::Phases| {
+        let mut done = Vec::new();
+        for (i, c) in list {
+            if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let sink = ctx.sink(c.pid);
+            match finish_process(c, &sink, &shared, phases) {
+                Ok(d) => done.push((i, d)),
+                Err(e) => {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    };
+    let (mine, worker) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let mut phases = crate::phases::Phases::default();
+            let pids: Vec<pid_t> = theirs.iter().map(|(_, c)| c.pid).collect();
+            let _reads = proc::memo::FrozenReads::begin(&pids);
+            finish_all(theirs, &mut phases).map(|d| (d, phases))
+        });
+        let mine = finish_all(ours, phases);
+        let worker = worker
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other("the dump's worker thread panicked".into())));
+        // This thread's wait for the other (`-v`).
+        phases.mark("two threads");
+        (mine, worker)
+    });
+    let (theirs, worker_phases) = worker?;
+    let mut finished: Vec<(usize, ProcessDump)> = mine?;
+    finished.extend(theirs);
+    finished.sort_by_key(|(i, _)| *i);
+    dumps.extend(finished.into_iter().map(|(_, d)| d));
+    phases.spans.extend(worker_phases.spans);
+    Ok((dumps, entries))
+}
+
+/// What the tracer thread takes of a held process (everything that needs
+/// a ptrace request or an injected call), for [`finish_process`] to dump
+/// the rest from /proc and its memory, which any thread can read.
+struct Collected {
+    pid: pid_t,
+    threads: Vec<i32>,
+    core: task::Collected,
+    started: Option<Started>,
+    our_tracker: Option<i32>,
+    gadget: u64,
+    /// /proc/PID/maps, read frozen before the bursts (no VMA changed since
+    /// but the scratch page, which is gone).
+    maps: Vec<proc::maps::Vma>,
+    /// smaps, being read on a thread of its own.
+    layout: Layout,
+}
+
+/// The tracer's part of the dump of one held process (every thread):
+/// the refusals that must come before any injected call, the bursts (task
+/// state, every thread), credentials, the tracker's start, what ptrace
+/// reads (pending signals, rseq, robust list); starts the smaps read.
+/// [`finish_process`] does the rest, into its core, mm, fds and pagemap
+/// images and its pages.
+fn collect_process(
     pid: pid_t,
     frozen: &mut Frozen,
     parent: Option<&Parent>,
     opts: &DumpOptions,
-    lazy: bool,
-    first: bool,
-    tree: &tree_scan::TreeScan,
-    images: &ImageOut,
-    shared: &mut shared::SharedObjects,
     trackers: &mut Vec<(pid_t, i32)>,
+    layout_on_thread: bool,
     phases: &mut crate::phases::Phases,
-) -> Result<ProcessDump> {
+) -> Result<Collected> {
     // A snapshot (--leave-running --track-mem) keeps tracking (dump_inner).
     let snapshot = opts.leave_running && opts.track.track_mem;
     // What would make an injected call unsafe is refused before the
@@ -1606,7 +1805,7 @@ fn dump_process(
     let leader_creds = creds::collect(frozen, core.prctl_creds)?;
     creds::keep_own_thread_creds(pid, &leader_creds, &mut core.core.threads)?;
     core.core.creds = Some(leader_creds);
-    let mut started = match opts.track.track_mem {
+    let started = match opts.track.track_mem {
         true => start_tracker(
             opts.track.tracker,
             parent,
@@ -1637,19 +1836,69 @@ fn dump_process(
     // of its own while the rest goes on (after the bursts: their scratch
     // mmap would wait for the walk's mmap lock), and checked against the
     // layout read above (maps, which does not walk them).
-    let layout = Layout::start(pid);
-    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, tree)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    // (Once, before the root's images.)
-    if first {
-        images.clear_stale()?;
-    }
+    let layout = match layout_on_thread {
+        true => Layout::start(pid),
+        false => Layout::deferred(pid),
+    };
     task::collect_external(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
     core.core.sigmask = frozen.sigmask;
     phases.mark("task state");
+    Ok(Collected {
+        pid,
+        threads,
+        core,
+        started,
+        our_tracker,
+        gadget,
+        maps,
+        layout,
+    })
+}
+
+/// Where [`finish_process`] writes and what it goes by.
+struct Sink<'a> {
+    parent: Option<&'a Parent>,
+    opts: &'a DumpOptions,
+    lazy: bool,
+    /// The root: the old images go before its new ones.
+    first: bool,
+    tree: &'a tree_scan::TreeScan,
+    images: &'a ImageOut,
+}
+
+/// The rest of a process's dump, from outside the (frozen) task: the
+/// refusals that run after the bursts, the memory (tracker, plan, copy),
+/// descriptors, identities, shared objects, the images. Needs no ptrace
+/// request: a tree's dump runs it on a thread of its own for one member
+/// while the tracer collects the next ([`dump_members`]).
+fn finish_process(
+    c: Collected,
+    sink: &Sink<'_>,
+    shared: &std::sync::Mutex<&mut shared::SharedObjects>,
+    phases: &mut crate::phases::Phases,
+) -> Result<ProcessDump> {
+    let Collected {
+        pid,
+        threads,
+        core,
+        mut started,
+        our_tracker,
+        gadget,
+        maps,
+        layout,
+    } = c;
+    let (parent, opts, lazy, images) = (sink.parent, sink.opts, sink.lazy, sink.images);
+    let snapshot = opts.leave_running && opts.track.track_mem;
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, sink.tree)?;
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    // (Once, before the root's images.)
+    if sink.first {
+        images.clear_stale()?;
+    }
+    phases.mark("refuse after");
     guard::check()?;
 
     // Memory. The injected calls changed no VMA but for the scratch page,
@@ -1681,7 +1930,7 @@ fn dump_process(
     plan.mm.lock_future = core.lock_future;
     plan.mm.ksm_merge_any = core.ksm_merge_any;
     // Shared anonymous memory between members: stored once, as an object.
-    shared.leave_out_pages(&mut plan);
+    shared_objects(shared)?.leave_out_pages(&mut plan);
     // Lazy: the frozen part copies none of these pages.
     let pages_lazy = match lazy {
         true => mem::mark_lazy(&mut plan, &touched_at_restore(&core.core)),
@@ -1713,7 +1962,7 @@ fn dump_process(
     }
     // Memfds and SysV segments: each object once, whole (dump/shared.rs),
     // whichever members of the tree hold it.
-    shared.add_task(pid, &mut plan.mm.vmas, &mut fds)?;
+    shared_objects(shared)?.add_task(pid, &mut plan.mm.vmas, &mut fds)?;
     phases.mark("shared");
     identity::record_mm(pid, &mut plan.mm)?;
 
@@ -1745,6 +1994,14 @@ fn dump_process(
         pages_lazy,
         tracker_name,
     })
+}
+
+fn shared_objects<'a, 'b>(
+    shared: &'a std::sync::Mutex<&'b mut shared::SharedObjects>,
+) -> Result<std::sync::MutexGuard<'a, &'b mut shared::SharedObjects>> {
+    shared
+        .lock()
+        .map_err(|_| Error::Other("a dump thread panicked holding the shared objects".into()))
 }
 
 /// A lazy dump failed after the task was prepared for its kill: its twin

@@ -12,9 +12,9 @@
 //! as exact as many. The refusals before the freeze only screen: the
 //! frozen pass judges again.
 
-use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::Deref;
+use std::sync::OnceLock;
 
 use libc::pid_t;
 
@@ -28,14 +28,14 @@ pub(crate) struct TreeScan {
     /// Open file descriptions of files (reopened by path at restore) that
     /// members share: (pid, fd) → the description's key
     /// (files::tree_file_key).
-    file_keys: OnceCell<BTreeMap<(pid_t, i32), String>>,
+    file_keys: OnceLock<BTreeMap<(pid_t, i32), String>>,
     /// Every pipe descriptor of every process but this one: inode →
     /// (pid, fd) holders.
-    pipe_holders: OnceCell<BTreeMap<u64, Vec<(pid_t, i32)>>>,
+    pipe_holders: OnceLock<BTreeMap<u64, Vec<(pid_t, i32)>>>,
     /// The same for sockets.
-    socket_holders: OnceCell<BTreeMap<u64, Vec<(pid_t, i32)>>>,
+    socket_holders: OnceLock<BTreeMap<u64, Vec<(pid_t, i32)>>>,
     /// Every member's descriptors (a zombie's, or a vanished one's: none).
-    member_links: OnceCell<Vec<(pid_t, Vec<proc::fd::FdLink>)>>,
+    member_links: OnceLock<Vec<(pid_t, Vec<proc::fd::FdLink>)>>,
 }
 
 impl Deref for TreeScan {
@@ -49,10 +49,10 @@ impl TreeScan {
     pub fn new(pids: Vec<pid_t>) -> TreeScan {
         TreeScan {
             pids,
-            file_keys: OnceCell::new(),
-            pipe_holders: OnceCell::new(),
-            socket_holders: OnceCell::new(),
-            member_links: OnceCell::new(),
+            file_keys: OnceLock::new(),
+            pipe_holders: OnceLock::new(),
+            socket_holders: OnceLock::new(),
+            member_links: OnceLock::new(),
         }
     }
 
@@ -252,7 +252,7 @@ fn holders_of(
 /// The value of `cell`, made by `make` the first time (an error is not
 /// kept: the next call tries again).
 fn cached<T, E>(
-    cell: &OnceCell<T>,
+    cell: &OnceLock<T>,
     make: impl FnOnce() -> std::result::Result<T, E>,
 ) -> std::result::Result<&T, E> {
     if let Some(v) = cell.get() {

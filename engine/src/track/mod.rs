@@ -36,7 +36,7 @@ pub enum Knowledge {
     ByContent,
 }
 
-pub trait DirtyTracker {
+pub trait DirtyTracker: Send {
     fn name(&self) -> &'static str;
 
     /// Called for each page-holding VMA, in address order, while the task
