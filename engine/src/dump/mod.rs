@@ -1754,7 +1754,8 @@ struct Collected {
     /// /proc/PID/maps, read frozen before the bursts (no VMA changed since
     /// but the scratch page, which is gone).
     maps: Vec<proc::maps::Vma>,
-    /// smaps, being read on a thread of its own.
+    /// smaps: being read on a thread of its own, or read when finishing
+    /// (a tree's members finished on two threads: [`dump_members`]).
     layout: Layout,
 }
 
