@@ -320,3 +320,32 @@ fn exited_leader_is_refused_by_name() {
     p.signal(libc::SIGKILL);
     assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
 }
+
+/// A signal sent to the process right after its restore goes where it
+/// would have gone in the undisturbed process: to the main thread waiting
+/// in pause(2), not to one of its sleeping threads. PTRACE_DETACH leaves
+/// each thread "signal pending" until it has run once, and the kernel
+/// skips such a thread; restore returns only once every thread has run
+/// (restore/settle.rs). Without that, a Python main thread in
+/// signal.pause() hung about one restore in ten.
+#[test]
+fn signal_right_after_restore_goes_to_the_waiting_main_thread() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "sigroute.c", &["-pthread"]);
+    for round in 0..15 {
+        let log = tmp.path().join(format!("result{round}.log"));
+        let mut p = spawn_daemon(Command::new(&bin).arg(&log));
+        let pid = p.pid;
+        wait_file_contains(&log, "ready", TIMEOUT);
+        let images = tmp.path().join(format!("img{round}"));
+        dump_and_reap(&mut p, &images);
+        let mut r = restore_detached(&images, pid);
+        r.signal(libc::SIGUSR1);
+        let exit = r.wait(TIMEOUT);
+        let text = read_string(&log);
+        assert_eq!(exit, Exit::Code(0), "round {round}: {text}");
+        assert!(text.contains("OK main"), "round {round}: {text}");
+        let _ = std::fs::remove_dir_all(&images);
+    }
+}

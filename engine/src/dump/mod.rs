@@ -225,11 +225,27 @@ impl Frozen {
     }
 
     /// Lets the task go: parked, it leaves through the signal path, so that
-    /// an interrupted syscall restarts as the kernel would have done.
+    /// an interrupted syscall restarts as the kernel would have done; and
+    /// returns once every thread has run (sys/settle.rs: until then a
+    /// signal to the process may land on another thread than it would
+    /// have).
     fn resume(&mut self) -> Result<()> {
+        // Read while every thread is still stopped.
+        let pid = self.tracee.pid;
+        let settle = crate::sys::settle::Settle::before(
+            pid,
+            std::iter::once(pid).chain(self.threads.iter().map(|t| t.tracee.pid)),
+        );
+        let out = self.let_go();
+        settle.wait();
+        out
+    }
+
+    /// [`Frozen::resume`] but for the wait.
+    fn let_go(&mut self) -> Result<()> {
         let mut out = Ok(());
         for t in &mut self.threads {
-            if let Err(e) = t.resume() {
+            if let Err(e) = t.let_go() {
                 out = Err(e);
             }
         }

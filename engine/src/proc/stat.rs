@@ -119,11 +119,43 @@ pub fn read_task_stat(pid: i32, tid: i32) -> Result<Stat> {
     read_parsed(&pid_path(pid, &format!("task/{tid}/stat")), parse_stat)
 }
 
+/// How long thread `tid` of `pid` has run, in nanoseconds: the first field
+/// of /proc/PID/task/TID/schedstat (the scheduler's sum_exec_runtime,
+/// brought up to date at each switch and tick). None if the kernel has no
+/// schedstat (CONFIG_SCHED_INFO) or the thread is gone.
+pub fn run_time_ns(pid: i32, tid: i32) -> Option<u64> {
+    let path = pid_path(pid, &format!("task/{tid}/schedstat"));
+    let text = super::read_small_fresh(&path).ok()?;
+    parse_run_time(&text)
+}
+
+fn parse_run_time(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const CAP: &str = include_str!("testdata/stat.txt");
+
+    #[test]
+    fn run_time_is_schedstat_first_field() {
+        assert_eq!(
+            parse_run_time(b"252642256 25730060 1040\n"),
+            Some(252642256)
+        );
+        assert_eq!(parse_run_time(b""), None);
+        assert_eq!(parse_run_time(b"x 1 2"), None);
+        // This thread has run.
+        let me = std::process::id() as i32;
+        assert!(run_time_ns(me, me).is_some());
+    }
     // Captured after prctl(PR_SET_NAME, "a) b (c)").
     const TRICKY: &str = "5426 (a) b (c)) R 5421 5421 2797 0 -1 4194304 2894 6515 2 0 3 1 5 0 20 0 1 0 51136 17268736 3401 18446744073709551615 94589108015104 94589108015445 140729950418416 0 0 0 0 16781312 2 0 0 0 17 0 0 0 0 0 0 94589108026800 94589108027416 94590017007616 140729950423112 140729950423335 140729950423335 140729950425039 0\n";
 

@@ -460,9 +460,18 @@ fn release(
         // and stops the task as soon as it runs.
         unsafe { libc::kill(stub.tracee.pid, libc::SIGSTOP) };
     }
+    let pid = stub.tracee.pid;
+    let settle = crate::sys::settle::Settle::before(
+        pid,
+        std::iter::once(pid).chain(threads.tracees.iter().map(|t| t.pid)),
+    );
     stub.tracee.detach()?;
     stub.released = true;
-    threads.release()
+    threads.release()?;
+    // Until each thread has run, a signal to the process may land on
+    // another thread than it would have (sys/settle.rs).
+    settle.wait();
+    Ok(())
 }
 
 /// Every process runs: the shared objects are theirs, the lazy-pages

@@ -4,6 +4,7 @@
 pub mod cpu_latency;
 pub mod ptrace;
 pub mod sched;
+pub mod settle;
 pub mod shm;
 pub mod syscalls;
 pub mod uffd;
