@@ -536,15 +536,19 @@ fn parent_and_child_refused(prog: &str, args: &[&str], named: &str) {
             c.assert_running_untraced();
         }
         c.signal(libc::SIGUSR1);
-        // Exited: a zombie, or reaped by its parent at once.
-        wait_until(TIMEOUT, "the child to exit", || {
-            match place(child).map(|p| p.0) {
-                Some('Z') | None => Ok(()),
-                s => Err(format!("{s:?}")),
-            }
-        });
+        wait_exited(child);
     }
     wake_and_expect_ok(p, &log);
+}
+
+/// Waits until `pid` has exited: a zombie, or reaped by its parent at once.
+fn wait_exited(pid: i32) {
+    wait_until(TIMEOUT, "the child to exit", || {
+        match place(pid).map(|p| p.0) {
+            Some('Z') | None => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    });
 }
 
 /// The pids of the "ready PID..." line of `text`.
@@ -963,12 +967,7 @@ fn first_member_refused_is_named_on_two_threads() {
         kids.push(c);
     }
     for c in &kids {
-        wait_until(TIMEOUT, "the child to exit", || {
-            match place(c.pid).map(|p| p.0) {
-                Some('Z') | None => Ok(()),
-                s => Err(format!("{s:?}")),
-            }
-        });
+        wait_exited(c.pid);
     }
     wake_and_expect_ok(p, &log);
 }

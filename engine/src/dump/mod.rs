@@ -231,10 +231,9 @@ impl Frozen {
     /// have).
     fn resume(&mut self) -> Result<()> {
         // Read while every thread is still stopped.
-        let pid = self.tracee.pid;
         let settle = crate::sys::settle::Settle::before(
-            pid,
-            std::iter::once(pid).chain(self.threads.iter().map(|t| t.tracee.pid)),
+            self.tracee.pid,
+            self.threads.iter().map(|t| t.tracee.pid),
         );
         let out = self.let_go();
         settle.wait();
@@ -731,9 +730,10 @@ fn refuse_tree(
             Ok(_) => Ok(Some((place, true))),
         }
     };
-    let judge_all = |every_other: usize| {
+    // The members after the root from the `first`th on, every `step`th.
+    let judge_all = |first: usize, step: usize| {
         let mut out = Vec::new();
-        for (i, &m) in members.iter().enumerate().skip(1 + every_other).step_by(2) {
+        for (i, &m) in members.iter().enumerate().skip(1 + first).step_by(step) {
             let verdict = judge(m);
             let refused = verdict.is_err();
             out.push((i, m, verdict));
@@ -744,11 +744,11 @@ fn refuse_tree(
         out
     };
     let mut verdicts = match two_threads() {
-        false => [judge_all(0), judge_all(1)].into_iter().flatten().collect(),
+        false => judge_all(0, 1),
         true => {
             let (mut mine, theirs) = std::thread::scope(|s| {
-                let theirs = s.spawn(|| judge_all(1));
-                (judge_all(0), theirs.join())
+                let theirs = s.spawn(|| judge_all(1, 2));
+                (judge_all(0, 2), theirs.join())
             });
             mine.extend(theirs.map_err(|_| Error::Other("a refusal thread panicked".into()))?);
             mine
@@ -1577,7 +1577,6 @@ fn undo_lazy_tree(
 struct ProcessDump {
     pid: pid_t,
     core: task::Collected,
-    threads: Vec<i32>,
     /// The dirty tracker, kept until the tree is let go.
     #[allow(dead_code)]
     started: Option<Started>,
@@ -1655,39 +1654,15 @@ fn dump_members(
     phases: &mut crate::phases::Phases,
 ) -> Result<(Vec<ProcessDump>, Vec<crate::image::messages::TaskEntry>)> {
     let live = held.iter().filter(|m| m.frozen.is_some()).count();
-    let mut entries = Vec::new();
     // A snapshot's trackers register VMAs while finishing: the memory
     // layout changes then, which the other thread may have read (proc::memo).
     let snapshot = ctx.opts.leave_running && ctx.opts.track.track_mem;
-    if ctx.lazy || snapshot || live < 2 || !two_threads() {
-        let mut dumps = Vec::new();
-        for m in held.iter_mut() {
-            let Some(frozen) = m.frozen.as_mut() else {
-                entries.push(m.entry(Vec::new()));
-                continue;
-            };
-            let c = collect_process(
-                m.pid,
-                frozen,
-                ctx.parent(m.pid),
-                ctx.opts,
-                trackers,
-                true,
-                phases,
-            )?;
-            let d = finish_process(
-                c,
-                &ctx.sink(m.pid),
-                &std::sync::Mutex::new(&mut *shared),
-                phases,
-            )?;
-            entries.push(m.entry(d.threads.clone()));
-            dumps.push(d);
-        }
-        return Ok((dumps, entries));
-    }
-    // Every member collected first (the tracer alone: a second thread
-    // slows its stop-and-go with each task), then finished on two threads.
+    let one_by_one = ctx.lazy || snapshot || live < 2 || !two_threads();
+    let shared = std::sync::Mutex::new(shared);
+    let mut entries = Vec::new();
+    let mut dumps = Vec::new();
+    // Otherwise every member collected first (the tracer alone: a second
+    // thread slows its stop-and-go with each task), then finished on two.
     let mut collected = Vec::new();
     for m in held.iter_mut() {
         let Some(frozen) = m.frozen.as_mut() else {
@@ -1700,16 +1675,20 @@ fn dump_members(
             ctx.parent(m.pid),
             ctx.opts,
             trackers,
-            false,
+            one_by_one,
             phases,
         )?;
         entries.push(m.entry(c.threads.clone()));
-        collected.push(c);
+        match one_by_one {
+            true => dumps.push(finish_process(c, &ctx.sink(m.pid), &shared, phases)?),
+            false => collected.push(c),
+        }
+    }
+    if one_by_one {
+        return Ok((dumps, entries));
     }
     // The root first, alone: its finish clears the old images.
-    let shared = std::sync::Mutex::new(shared);
     let mut rest = collected.into_iter();
-    let mut dumps = Vec::new();
     if let Some(root) = rest.next() {
         let sink = ctx.sink(root.pid);
         dumps.push(finish_process(root, &sink, &shared, phases)?);
@@ -1888,8 +1867,8 @@ struct Sink<'a> {
 /// The rest of a process's dump, from outside the (frozen) task: the
 /// refusals that run after the bursts, the memory (tracker, plan, copy),
 /// descriptors, identities, shared objects, the images. Needs no ptrace
-/// request: a tree's dump runs it on a thread of its own for one member
-/// while the tracer collects the next ([`dump_members`]).
+/// request: a tree's dump runs it on two threads once the tracer has
+/// collected every member ([`dump_members`]).
 fn finish_process(
     c: Collected,
     sink: &Sink<'_>,
@@ -1898,7 +1877,8 @@ fn finish_process(
 ) -> Result<ProcessDump> {
     let Collected {
         pid,
-        threads,
+        // In the tree's entry already (dump_members).
+        threads: _,
         core,
         mut started,
         our_tracker,
@@ -1992,7 +1972,6 @@ fn finish_process(
     Ok(ProcessDump {
         pid,
         core,
-        threads,
         started,
         our_tracker,
         gadget,

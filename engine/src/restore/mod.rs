@@ -460,11 +460,8 @@ fn release(
         // and stops the task as soon as it runs.
         unsafe { libc::kill(stub.tracee.pid, libc::SIGSTOP) };
     }
-    let pid = stub.tracee.pid;
-    let settle = crate::sys::settle::Settle::before(
-        pid,
-        std::iter::once(pid).chain(threads.tracees.iter().map(|t| t.pid)),
-    );
+    let settle =
+        crate::sys::settle::Settle::before(stub.tracee.pid, threads.tracees.iter().map(|t| t.pid));
     stub.tracee.detach()?;
     stub.released = true;
     threads.release()?;

@@ -35,11 +35,12 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// Reads the run time of each of `tids` (threads of `pid`, still
-    /// stopped). Without schedstat, nothing is waited for.
-    pub fn before(pid: pid_t, tids: impl IntoIterator<Item = pid_t>) -> Settle {
-        let before = tids
-            .into_iter()
+    /// Reads the run time of the process `pid`'s leader and of each of
+    /// its `other_threads` (all still stopped). Without schedstat,
+    /// nothing is waited for.
+    pub fn before(pid: pid_t, other_threads: impl IntoIterator<Item = pid_t>) -> Settle {
+        let before = std::iter::once(pid)
+            .chain(other_threads)
             .filter_map(|t| run_time_ns(pid, t).map(|ns| (t, ns)))
             .collect();
         Settle { pid, before }

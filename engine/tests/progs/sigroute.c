@@ -8,7 +8,7 @@
  * signal sent to the process to the main thread when it waits with
  * nothing pending: the handler records which thread ran it. "ready" is
  * written to OUTFILE once all threads sleep. If the handler ran on the main
- * thread: "OK main" (exit 0); if it ran on another thread, that thread
+ * thread: "OK all" (exit 0); if it ran on another thread, that thread
  * writes "BAD handled on a thread" (exit 1), as the main thread would
  * never wake.
  */
@@ -82,6 +82,6 @@ int main(int argc, char **argv) {
         say("BAD handled on a thread\n");
         return 1;
     }
-    say("OK main\n");
+    say("OK all\n");
     return 0;
 }
