@@ -26,6 +26,9 @@ pub(crate) fn task_state(
     external: &[String],
     tree: &TreeScan,
 ) -> Result<FdPlan> {
+    // One reading of its status, maps and descriptors for all the checks
+    // (it runs: the frozen pass judges it again).
+    let _one_reading = proc::memo::FrozenReads::judging(pid);
     checks(pid, our_tracker, external, tree, true)
 }
 

@@ -13,6 +13,14 @@ pub struct VmFlags {
     unknown: Vec<String>,
 }
 
+/// A two-letter VmFlags code as a little-endian u16 (a code of another
+/// length cannot be one: the build fails).
+const fn code_key(code: &str) -> u16 {
+    let b = code.as_bytes();
+    assert!(b.len() == 2, "VmFlags codes have two letters");
+    u16::from_le_bytes([b[0], b[1]])
+}
+
 macro_rules! vm_flags {
     ($( $(#[$doc:meta])* $name:ident = $bit:expr, $code:literal; )*) => {
         impl VmFlags {
@@ -21,6 +29,8 @@ macro_rules! vm_flags {
         /// Two-letter code → flag, per Documentation/filesystems/proc.rst
         /// and `show_smap_vma_flags()` in fs/proc/task_mmu.c.
         const CODES: &[(&str, u64)] = &[ $( ($code, VmFlags::$name), )* ];
+        /// [`CODES`] with each two-letter code as a little-endian u16.
+        const CODE_KEYS: &[(u16, u64)] = &[ $( (code_key($code), VmFlags::$name), )* ];
     };
 }
 
@@ -112,8 +122,21 @@ impl VmFlags {
     pub fn parse(codes: &str) -> VmFlags {
         let mut flags = VmFlags::default();
         for code in codes.split_ascii_whitespace() {
-            match CODES.iter().find(|(c, _)| *c == code) {
-                Some((_, bit)) => flags.bits |= bit,
+            // Every known code has two letters: compared as one u16 (a
+            // string comparison per table entry cost more than the rest
+            // of a smaps parse).
+            let known = match code.as_bytes() {
+                &[a, b] => {
+                    let key = u16::from_le_bytes([a, b]);
+                    CODE_KEYS
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, bit)| bit)
+                }
+                _ => None,
+            };
+            match known {
+                Some(bit) => flags.bits |= bit,
                 None => flags.unknown.push(code.to_string()),
             }
         }
@@ -401,10 +424,12 @@ pub fn parse_maps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
 
 /// A smaps line is either a mapping header or "Key: value": the first word
 /// of a header is the address range, which never ends with ':'.
+/// A field line's name and the rest of the line (its value, untrimmed):
+/// the first word ends with a colon (a header's is an address range).
 fn smaps_key(line: &str) -> Option<(&str, &str)> {
-    let first = line.split(' ').next()?;
-    let key = first.strip_suffix(':')?;
-    Some((key, line[first.len()..].trim()))
+    let word_end = line.bytes().position(|b| b == b' ').unwrap_or(line.len());
+    let key = line[..word_end].strip_suffix(':')?;
+    Some((key, &line[word_end..]))
 }
 
 fn kb_to_bytes(value: &str) -> std::result::Result<u64, String> {
@@ -424,8 +449,15 @@ pub fn parse_smaps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
     let mut vmas: Vec<Vma> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
-        if line.is_empty() {
-            continue;
+        // A header starts with a (lowercase) hex digit, a field with its
+        // capitalised name: the ~20 fields a mapping that are not used
+        // are passed over on their first letter (a parse of smaps, ~500
+        // lines for a small process, cost as much as the kernel's print).
+        let used = |b: u8| matches!(b, b'R' | b'A' | b'V');
+        match line.as_bytes().first() {
+            None => continue,
+            Some(&b) if b.is_ascii_uppercase() && !used(b) && !vmas.is_empty() => continue,
+            Some(_) => {}
         }
         let Some((key, value)) = smaps_key(line) else {
             vmas.push(parse_header(line).map_err(|m| ParseError::new(lineno, m))?);
@@ -439,8 +471,8 @@ pub fn parse_smaps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
         };
         let err = |m| ParseError::new(lineno, m);
         match key {
-            "Rss" => vma.rss_bytes = kb_to_bytes(value).map_err(err)?,
-            "AnonHugePages" => vma.anon_huge_bytes = kb_to_bytes(value).map_err(err)?,
+            "Rss" => vma.rss_bytes = kb_to_bytes(value.trim()).map_err(err)?,
+            "AnonHugePages" => vma.anon_huge_bytes = kb_to_bytes(value.trim()).map_err(err)?,
             "VmFlags" => vma.vm_flags = VmFlags::parse(value),
             _ => {}
         }

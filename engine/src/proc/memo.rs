@@ -1,5 +1,6 @@
-//! /proc/PID/status, /proc/PID/maps and the descriptor list of a frozen
-//! process read once per frozen stretch.
+//! /proc/PID/status, /proc/PID/maps and the descriptor list of a process
+//! read once while nothing but the engine changes them, or while one
+//! judgement of a running process goes on.
 //!
 //! A dump's frozen pass reads a member's status about a dozen times and its
 //! maps five times (refusals, credentials, task state, identity, shared
@@ -7,11 +8,19 @@
 //! While the task is stopped, none of them changes unless the engine
 //! changes the task: an injected call (a
 //! scratch mapping, a signal mask), or a dirty tracker registering or
-//! clearing its VMAs. So within [`FrozenReads`], the dump's thread keeps
-//! them for the frozen processes (never for any other), and every injected call
-//! ([`invalidate`], called by the injector) and every tracker step drops
-//! what it kept. Anything that must see a signal sent from outside since
-//! (pending sets) reads with [`super::read_small_fresh`].
+//! clearing its VMAs. So within [`FrozenReads::begin`], the dump's thread
+//! keeps them for the frozen processes (never for any other), and every
+//! injected call ([`invalidate`], called by the injector) and every tracker
+//! step drops what it kept. Anything that must see a signal sent from
+//! outside since (pending sets) reads with [`super::read_small_fresh`].
+//!
+//! Before the freeze, the refusals of a running member read the same
+//! files as often; there [`FrozenReads::judging`] keeps them while one
+//! member is judged: one reading of it, judged as a whole (the frozen pass
+//! judges it again).
+//!
+//! smaps starts each VMA with the line maps shows for it: a kept smaps
+//! reading is also kept as the maps text (its header lines).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -49,6 +58,16 @@ pub struct FrozenReads {
 impl FrozenReads {
     /// `pids`: the processes that stay frozen while the guard lives.
     pub fn begin(pids: &[i32]) -> FrozenReads {
+        FrozenReads::keep(pids)
+    }
+
+    /// For the refusals of `pid`, running, before the freeze: one reading
+    /// of each of its kept files for the whole judgement.
+    pub fn judging(pid: i32) -> FrozenReads {
+        FrozenReads::keep(&[pid])
+    }
+
+    fn keep(pids: &[i32]) -> FrozenReads {
         KEPT.with(|k| {
             let mut k = k.borrow_mut();
             let outer = k.is_none();
@@ -80,15 +99,35 @@ pub fn invalidate() {
     });
 }
 
-/// The pid of /proc/<pid>/status or /proc/<pid>/maps (a process's, not a
-/// thread's under task/).
-fn kept_kind(path: &Path) -> Option<i32> {
+/// The pid and file of /proc/<pid>/status, maps or smaps (a process's,
+/// not a thread's under task/).
+fn proc_file(path: &Path) -> Option<(i32, &str)> {
     let rest = path.to_str()?.strip_prefix("/proc/")?;
     let (pid, file) = rest.split_once('/')?;
-    if !pid.bytes().all(|b| b.is_ascii_digit()) || !matches!(file, "status" | "maps") {
+    if !pid.bytes().all(|b| b.is_ascii_digit()) || !matches!(file, "status" | "maps" | "smaps") {
         return None;
     }
-    pid.parse().ok()
+    Some((pid.parse().ok()?, file))
+}
+
+/// The pid of /proc/<pid>/status or /proc/<pid>/maps, the files kept.
+fn kept_kind(path: &Path) -> Option<i32> {
+    proc_file(path)
+        .filter(|(_, f)| *f != "smaps")
+        .map(|(p, _)| p)
+}
+
+/// The maps text within a smaps text: its header lines (a field line's
+/// first word ends with a colon, a header's is an address range).
+fn maps_of_smaps(smaps: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(smaps.len() / 8);
+    for line in smaps.split_inclusive(|&b| b == b'\n') {
+        let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+        if !line[..word_end].ends_with(b":") {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 fn frozen(pid: i32) -> bool {
@@ -101,6 +140,19 @@ pub(super) fn read_through(
     path: &Path,
     read: impl FnOnce(&Path) -> std::io::Result<Vec<u8>>,
 ) -> std::io::Result<Vec<u8>> {
+    if let Some((pid, "smaps")) = proc_file(path) {
+        // Read each time (its sizes are not kept); its maps text is.
+        let b = read(path)?;
+        if frozen(pid) {
+            let maps = maps_of_smaps(&b);
+            KEPT.with(|k| {
+                if let Some(k) = k.borrow_mut().as_mut() {
+                    k.files.insert(super::pid_path(pid, "maps"), maps);
+                }
+            });
+        }
+        return Ok(b);
+    }
     if !kept_kind(path).is_some_and(frozen) {
         return read(path);
     }
@@ -156,6 +208,64 @@ mod tests {
             ("/sys/12/status", None),
         ] {
             assert_eq!(kept_kind(Path::new(p)), kept, "{p}");
+        }
+    }
+
+    #[test]
+    fn smaps_header_lines_are_the_maps_text() {
+        let smaps = b"5581e000-5581f000 r--p 00000000 fe:01 1234   /usr/bin/x\n\
+Size:                  4 kB\n\
+Rss:                   4 kB\n\
+VmFlags: rd mr mw me dw sd\n\
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n\
+Size:                132 kB\n\
+THPeligible:    0\n\
+VmFlags: rd wr mr mw me gd ac\n";
+        assert_eq!(
+            maps_of_smaps(smaps),
+            b"5581e000-5581f000 r--p 00000000 fe:01 1234   /usr/bin/x\n\
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n"
+        );
+    }
+
+    #[test]
+    fn maps_kept_from_smaps_match_maps() {
+        // A child that does nothing: its layout does not change. Killed
+        // and reaped however the test ends.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaped(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let pid = child.0.id() as i32;
+        let fresh = |f: &str| super::super::read_small_fresh(&super::super::pid_path(pid, f));
+        // Wait for the exec: the layout of sleep, not of our fork.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !String::from_utf8_lossy(&fresh("maps").unwrap()).contains("sleep") {
+            assert!(std::time::Instant::now() < deadline, "sleep never ran");
+            std::thread::yield_now();
+        }
+        let maps = fresh("maps").unwrap();
+        {
+            let _g = FrozenReads::judging(pid);
+            let smaps_path = super::super::pid_path(pid, "smaps");
+            read_through(&smaps_path, super::super::read_small_fresh).unwrap();
+            let kept = read_through(&super::super::pid_path(pid, "maps"), |_| {
+                panic!("maps read again: it was kept from smaps")
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&kept),
+                String::from_utf8_lossy(&maps)
+            );
         }
     }
 
