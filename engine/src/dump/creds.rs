@@ -94,6 +94,16 @@ fn bits(mask: u64) -> String {
         .join(",")
 }
 
+/// The one credential refusal a dump needs before its first injected
+/// call: in seccomp strict mode, any call but read, write, exit and
+/// sigreturn kills the task. ([`refuse`] refuses it too.)
+pub(crate) fn refuse_strict_seccomp(pid: pid_t) -> Result<()> {
+    if proc::read_status(pid)?.seccomp == 1 {
+        return Err(Error::unsupported(pid, "seccomp strict mode"));
+    }
+    Ok(())
+}
+
 /// Refusals readable from outside, without stopping the task (run by
 /// pre-dump before freezing and by dump while frozen).
 pub(crate) fn refuse(pid: pid_t) -> Result<()> {

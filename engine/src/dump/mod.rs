@@ -1756,10 +1756,11 @@ struct Collected {
 
 /// The tracer's part of the dump of one held process (every thread):
 /// the refusals that must come before any injected call, the bursts (task
-/// state, every thread), credentials, the tracker's start, what ptrace
-/// reads (pending signals, rseq, robust list); starts the smaps read.
+/// state, every thread), credentials, the tracker's start, what only
+/// ptrace reads (pending signals, rseq); starts the smaps read.
 /// [`finish_process`] does the rest, into its core, mm, fds and pagemap
-/// images and its pages.
+/// images and its pages: the tracer is alone while it collects a tree,
+/// so what any thread can read is left to the finishing threads.
 fn collect_process(
     pid: pid_t,
     frozen: &mut Frozen,
@@ -1774,7 +1775,7 @@ fn collect_process(
     // What would make an injected call unsafe is refused before the
     // first one (another thread, seccomp strict mode, a filter that would
     // not let one through); the rest of the refusals after the bursts,
-    // while smaps is read (they all ran before freezing too).
+    // when finishing (they all ran before freezing too).
     let threads = check_threads(pid)?;
     if threads != frozen.tids() {
         return Err(Error::task(pid, "its threads changed while it was frozen"));
@@ -1782,7 +1783,7 @@ fn collect_process(
     // A tracker left by our pre-dumps is not the task's own state: its
     // registrations are allowed and its descriptor is left out.
     let our_tracker = parent_tracker_fd(pid, parent);
-    creds::refuse(pid)?;
+    creds::refuse_strict_seccomp(pid)?;
     frozen.guard = creds::seccomp_guard(frozen)?;
     creds::check_thread_filters(frozen)?;
     let maps = proc::maps::read_maps(pid)?;
@@ -1836,7 +1837,7 @@ fn collect_process(
         true => Layout::start(pid),
         false => Layout::deferred(pid),
     };
-    task::collect_external(&frozen.tracee, &mut core)?;
+    task::collect_traced(&frozen.tracee, &mut core)?;
     core.core.regs = Some(crate::regs::to_image(&regs));
     core.core.xstate = xstate;
     core.core.sigmask = frozen.sigmask;
@@ -1865,8 +1866,10 @@ struct Sink<'a> {
 }
 
 /// The rest of a process's dump, from outside the (frozen) task: the
-/// refusals that run after the bursts, the memory (tracker, plan, copy),
-/// descriptors, identities, shared objects, the images. Needs no ptrace
+/// refusals that run after the bursts (credentials among them), the task
+/// state /proc shows (limits, attributes, robust list, cwd), the memory
+/// (tracker, plan, copy), descriptors, identities, shared objects, the
+/// images. Needs no ptrace
 /// request: a tree's dump runs it on two threads once the tracer has
 /// collected every member ([`dump_members`]).
 fn finish_process(
@@ -1888,7 +1891,11 @@ fn finish_process(
     } = c;
     let (parent, opts, lazy, images) = (sink.parent, sink.opts, sink.lazy, sink.images);
     let snapshot = opts.leave_running && opts.track.track_mem;
+    // The tracer's part left these to any thread (collect_process).
+    creds::refuse(pid)?;
     let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, sink.tree)?;
+    let mut core = core;
+    task::collect_outside(pid, &mut core.core)?;
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
     // (Once, before the root's images.)

@@ -33,12 +33,13 @@ pub(crate) fn task_state(
 }
 
 /// As [`task_state`] but for the memory layout's VmFlags (smaps, which
-/// walks every page table entry: ~14 ms per GiB of present memory) and
-/// for what the dump checked frozen before its first injected call (the
-/// threads, credentials and namespaces, which no injected call of a dump
-/// changes). The final dump runs this while frozen and reads smaps on a
-/// thread of its own meanwhile (`dump::Layout`), after it ran
-/// [`task_state`] in full before freezing.
+/// walks every page table entry: ~14 ms per GiB of present memory), the
+/// threads (checked frozen before the first injected call) and the
+/// credentials and namespaces (which no injected call of a dump changes:
+/// the dump refuses them frozen on its own, `creds::refuse`). The final
+/// dump runs this while frozen and reads smaps on a thread of its own
+/// meanwhile (`dump::Layout`), after it ran [`task_state`] in full before
+/// freezing.
 pub(crate) fn task_state_but_layout(
     pid: pid_t,
     our_tracker: Option<i32>,

@@ -455,9 +455,9 @@ fn membarrier_registrations(inj: &mut Injector, r: i64) -> Result<u32> {
     Ok(regs)
 }
 
-/// State readable from outside: ptrace requests, /proc, prlimit.
-pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()> {
-    let pid = tracee.pid;
+/// The task state only the tracer can read (ptrace requests): pending
+/// signals, rseq. The rest: [`collect_outside`].
+pub(crate) fn collect_traced(tracee: &Tracee, c: &mut Collected) -> Result<()> {
     let core = &mut c.core;
     for shared in [false, true] {
         for info in tracee.pending_signals(shared)? {
@@ -477,6 +477,13 @@ pub(crate) fn collect_external(tracee: &Tracee, c: &mut Collected) -> Result<()>
             signature: rseq.signature,
         });
     }
+    Ok(())
+}
+
+/// The rest of the task state read from outside the stopped task: /proc
+/// and calls any thread of the engine may make (no ptrace request), so a
+/// tree's finishing threads read it rather than the tracer.
+pub(crate) fn collect_outside(pid: i32, core: &mut Core) -> Result<()> {
     let (head, len) = get_robust_list(pid)?;
     core.robust_list_head = head;
     core.robust_list_len = len;
