@@ -423,9 +423,8 @@ pub fn parse_maps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
 }
 
 /// A smaps line is either a mapping header or "Key: value": the first word
-/// of a header is the address range, which never ends with ':'.
-/// A field line's name and the rest of the line (its value, untrimmed):
-/// the first word ends with a colon (a header's is an address range).
+/// of a header is the address range, which never ends with ':'. Returns a
+/// field line's name and the rest of the line (its value, untrimmed).
 fn smaps_key(line: &str) -> Option<(&str, &str)> {
     let word_end = line.bytes().position(|b| b == b' ').unwrap_or(line.len());
     let key = line[..word_end].strip_suffix(':')?;
