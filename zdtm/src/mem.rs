@@ -229,23 +229,7 @@ pub unsafe fn write_byte(addr: usize, val: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{maps, pattern};
-
-    #[test]
-    fn guarded_mapping_is_exact() {
-        let ps = page_size();
-        let a = mmap_guarded(3 * ps, libc::PROT_READ | libc::PROT_WRITE).unwrap();
-        maps::expect_vma(a, a + 3 * ps, "rw-p").unwrap();
-        maps::expect_vma(a - ps, a, "---p").unwrap();
-        maps::expect_vma(a + 3 * ps, a + 4 * ps, "---p").unwrap();
-        // SAFETY: freshly mapped read-write region owned by the test.
-        let buf = unsafe { slice_mut(a, 3 * ps) };
-        pattern::verify_zero(buf).unwrap();
-        pattern::fill(buf, 1);
-        pattern::verify(buf, 1).unwrap();
-        munmap(a - ps, 5 * ps).unwrap();
-        maps::expect_unmapped(a - ps, a + 4 * ps).unwrap();
-    }
+    use crate::maps;
 
     #[test]
     fn fixed_noreplace() {
