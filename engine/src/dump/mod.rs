@@ -1827,7 +1827,7 @@ fn collect_process(
         None => our_tracker,
     };
     // A tracker's start may have registered or split VMAs from outside.
-    proc::memo::invalidate();
+    proc::memo::invalidate(pid);
     phases.mark("inject");
     // smaps (the VmFlags) walks every page table entry: read on a thread
     // of its own while the rest goes on (after the bursts: their scratch
@@ -1928,7 +1928,7 @@ fn finish_process(
         .as_mut()
         .map(|s| &mut *s.tracker as &mut dyn DirtyTracker);
     let known = mem::track(pid, &vmas, tracker)?;
-    proc::memo::invalidate();
+    proc::memo::invalidate(pid);
     phases.mark("track");
     let mut plan = mem::plan_pages(pid, &vmas, core.brk, parent.map(|p| &p.layer), &known)?;
     plan.mm.lock_future = core.lock_future;

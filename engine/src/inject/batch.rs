@@ -350,7 +350,7 @@ impl Injector<'_> {
             .ok_or_else(|| Error::task(self.tracee.pid, "no batch runner mapped"))?;
         let mask = self.tracee.sigmask()?;
         // The calls may change what a frozen pass kept of /proc.
-        crate::proc::memo::invalidate();
+        crate::proc::memo::invalidate(self.tracee.pid);
         let mut table = Vec::with_capacity(calls.len() * ENTRY as usize);
         for c in calls {
             table.extend_from_slice(&(c.nr as u64).to_le_bytes());

@@ -215,7 +215,7 @@ impl<'t> Injector<'t> {
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
         let pid = self.tracee.pid;
         // The call may change what a frozen pass kept of /proc.
-        crate::proc::memo::invalidate();
+        crate::proc::memo::invalidate(pid);
         let mut regs = self.base;
         regs.rax = nr as u64;
         // -1: no syscall is being restarted, so the kernel's restart logic,

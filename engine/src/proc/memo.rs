@@ -11,7 +11,7 @@
 //! clearing its VMAs. So within [`FrozenReads::begin`], the dump's thread
 //! keeps them for the frozen processes (never for any other), and every
 //! injected call ([`invalidate`], called by the injector) and every tracker
-//! step drops what it kept. Anything that must see a signal sent from
+//! step drops what it kept of that process. Anything that must see a signal sent from
 //! outside since (pending sets) reads with [`super::read_small_fresh`].
 //!
 //! Before the freeze, the refusals of a running member read the same
@@ -24,17 +24,18 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::fd::FdLink;
 
 /// What a frozen pass keeps: for which processes (the frozen ones: any
-/// other may change at any time), their files' text by path, their
+/// other may change at any time), their files' text by pid and file
+/// name (so that one process's are dropped at once), their
 /// descriptor listings by pid.
 #[derive(Default)]
 struct Kept {
     pids: HashSet<i32>,
-    files: HashMap<PathBuf, Vec<u8>>,
+    files: HashMap<i32, HashMap<&'static str, Vec<u8>>>,
     fds: HashMap<i32, Vec<FdLink>>,
 }
 
@@ -90,31 +91,47 @@ impl Drop for FrozenReads {
     }
 }
 
-/// Drops every read kept on this thread: the engine changed a task.
-pub fn invalidate() {
+/// Drops the reads kept on this thread that the engine may have changed by
+/// acting on the task `tid` (an injected call, a tracker step): its
+/// process's, when `tid` is the leader of a kept process (a dump's calls
+/// change nothing of another process's status, maps or descriptors);
+/// every read otherwise (a thread's tid does not name its process).
+pub fn invalidate(tid: i32) {
     KEPT.with(|k| {
-        if let Some(kept) = k.borrow_mut().as_mut() {
+        let mut k = k.borrow_mut();
+        let Some(kept) = k.as_mut() else {
+            return;
+        };
+        if !kept.pids.contains(&tid) {
             kept.clear();
+            return;
         }
+        kept.files.remove(&tid);
+        kept.fds.remove(&tid);
     });
 }
 
 /// The pid and file of /proc/<pid>/status, maps or smaps (a process's,
 /// not a thread's under task/).
-fn proc_file(path: &Path) -> Option<(i32, &str)> {
+fn proc_file(path: &Path) -> Option<(i32, &'static str)> {
     let rest = path.to_str()?.strip_prefix("/proc/")?;
     let (pid, file) = rest.split_once('/')?;
-    if !pid.bytes().all(|b| b.is_ascii_digit()) || !matches!(file, "status" | "maps" | "smaps") {
+    let file = match file {
+        "status" => "status",
+        "maps" => "maps",
+        "smaps" => "smaps",
+        _ => return None,
+    };
+    if !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some((pid.parse().ok()?, file))
 }
 
-/// The pid of /proc/<pid>/status or /proc/<pid>/maps, the files kept.
-fn kept_kind(path: &Path) -> Option<i32> {
-    proc_file(path)
-        .filter(|(_, f)| *f != "smaps")
-        .map(|(p, _)| p)
+/// The pid and file of /proc/<pid>/status or /proc/<pid>/maps, the files
+/// kept.
+fn kept_kind(path: &Path) -> Option<(i32, &'static str)> {
+    proc_file(path).filter(|(_, f)| *f != "smaps")
 }
 
 /// The maps text within a smaps text: its header lines (a field line's
@@ -147,23 +164,27 @@ pub(super) fn read_through(
             let maps = maps_of_smaps(&b);
             KEPT.with(|k| {
                 if let Some(k) = k.borrow_mut().as_mut() {
-                    k.files.insert(super::pid_path(pid, "maps"), maps);
+                    k.files.entry(pid).or_default().insert("maps", maps);
                 }
             });
         }
         return Ok(b);
     }
-    if !kept_kind(path).is_some_and(frozen) {
+    let Some((pid, file)) = kept_kind(path).filter(|(pid, _)| frozen(*pid)) else {
         return read(path);
-    }
-    let kept = KEPT.with(|k| k.borrow().as_ref().and_then(|k| k.files.get(path).cloned()));
+    };
+    let kept = KEPT.with(|k| {
+        k.borrow()
+            .as_ref()
+            .and_then(|k| k.files.get(&pid)?.get(file).cloned())
+    });
     if let Some(b) = kept {
         return Ok(b);
     }
     let b = read(path)?;
     KEPT.with(|k| {
         if let Some(k) = k.borrow_mut().as_mut() {
-            k.files.insert(path.to_path_buf(), b.clone());
+            k.files.entry(pid).or_default().insert(file, b.clone());
         }
     });
     Ok(b)
@@ -207,7 +228,7 @@ mod tests {
             ("/proc/12/fdinfo/3", None),
             ("/sys/12/status", None),
         ] {
-            assert_eq!(kept_kind(Path::new(p)), kept, "{p}");
+            assert_eq!(kept_kind(Path::new(p)).map(|k| k.0), kept, "{p}");
         }
     }
 
@@ -291,9 +312,30 @@ VmFlags: rd wr mr mw me gd ac\n";
                 assert_eq!(read_through(path, &mut read).unwrap(), [2]);
             }
             assert_eq!(read_through(path, &mut read).unwrap(), [2]);
-            invalidate();
+            invalidate(1);
             assert_eq!(read_through(path, &mut read).unwrap(), [5]);
         }
         assert_eq!(read_through(path, &mut read).unwrap(), [6]);
+    }
+
+    #[test]
+    fn a_change_drops_its_process_reads_or_all_for_an_unknown_task() {
+        let (a, b) = (Path::new("/proc/1/maps"), Path::new("/proc/3/status"));
+        let mut n = 0;
+        let mut read = |_: &Path| {
+            n += 1;
+            Ok(vec![n as u8])
+        };
+        let _g = FrozenReads::begin(&[1, 3]);
+        assert_eq!(read_through(a, &mut read).unwrap(), [1]);
+        assert_eq!(read_through(b, &mut read).unwrap(), [2]);
+        // A call injected into process 3: 1's reads stay.
+        invalidate(3);
+        assert_eq!(read_through(a, &mut read).unwrap(), [1]);
+        assert_eq!(read_through(b, &mut read).unwrap(), [3]);
+        // Into a task that is no kept process (a thread of one): all go.
+        invalidate(4);
+        assert_eq!(read_through(a, &mut read).unwrap(), [4]);
+        assert_eq!(read_through(b, &mut read).unwrap(), [5]);
     }
 }
