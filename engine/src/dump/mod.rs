@@ -319,6 +319,11 @@ impl Layout {
         Layout { pid, reader: None }
     }
 
+    /// Read by the thread that finishes it (no reader thread started).
+    fn is_deferred(&self) -> bool {
+        self.reader.is_none()
+    }
+
     /// The VMAs with VmFlags, checked (every VmFlags code restore does not
     /// reproduce is refused) and proved to be the layout `maps` (read while
     /// frozen, after the last scratch page was gone) shows; smaps is read
@@ -701,36 +706,42 @@ fn refuse_tree(
 ) -> Result<Vec<shared::OutsideHolder>> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     let members = &tree_scan::TreeScan::new(members.to_vec());
-    refuse::task_state(pid, ours(pid), external, members)?;
-    let outside = shared::anon_held_outside(members)?;
+    // A member's refusals and its maps, from one reading of it (the
+    // refusals read smaps: proc::memo keeps its maps text), for the
+    // tree's checks of shared memory below.
+    let judged = |m: pid_t| -> Result<Vec<proc::maps::Vma>> {
+        let _one_reading = proc::memo::FrozenReads::judging(m);
+        refuse::task_state(m, ours(m), external, members)?;
+        Ok(proc::maps::read_maps(m)?)
+    };
+    let mut layouts = vec![(pid, judged(pid)?)];
     if members.len() < 2 {
-        return Ok(outside);
+        return shared::anon_held_outside(members, &layouts);
     }
-    let mut live = vec![pid];
     let mut places = vec![tree::Place::read(pid)?];
     // The tree runs: a member that exits meanwhile (a tree that forks all
     // the time, --freeze-cgroup) is no longer one; the frozen pass judges
     // the tree as it is then.
     let gone =
         |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.state == 'Z' || s.state == 'X');
-    // Each member judged on its own (/proc reads, ~0.8 ms each): the
-    // members are split between this thread and a second one, and the
+    // Each member judged on its own (/proc reads, ~0.4 ms of CPU each):
+    // the members are split between this thread and a second one, and the
     // results taken in the tree's order (the first member refused is the
     // one named, as one thread would).
-    let judge = |m: pid_t| -> Result<Option<(tree::Place, bool)>> {
+    type Verdict = Option<(tree::Place, Option<Vec<proc::maps::Vma>>)>;
+    let judge = |m: pid_t| -> Result<Verdict> {
         let Ok(place) = tree::Place::read(m) else {
             return Ok(None);
         };
         if gone(m) {
-            return Ok(Some((place, false)));
+            return Ok(Some((place, None)));
         }
-        match refuse::task_state(m, ours(m), external, members) {
-            Err(_) if gone(m) => Ok(Some((place, false))),
+        match judged(m) {
+            Err(_) if gone(m) => Ok(Some((place, None))),
             Err(e) => Err(e),
-            Ok(_) => Ok(Some((place, true))),
+            Ok(vmas) => Ok(Some((place, Some(vmas)))),
         }
-    };
-    // The members after the root from the `first`th on, every `step`th.
+    }; // The members after the root from the `first`th on, every `step`th.
     let judge_all = |first: usize, step: usize| {
         let mut out = Vec::new();
         for (i, &m) in members.iter().enumerate().skip(1 + first).step_by(step) {
@@ -756,15 +767,17 @@ fn refuse_tree(
     };
     verdicts.sort_by_key(|v| v.0);
     for (_, m, verdict) in verdicts {
-        if let Some((place, alive)) = verdict? {
+        if let Some((place, vmas)) = verdict? {
             places.push(place);
-            if alive {
-                live.push(m);
+            if let Some(vmas) = vmas {
+                layouts.push((m, vmas));
             }
         }
     }
+    let outside = shared::anon_held_outside(members, &layouts)?;
     tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
-    match tree::check_sharing(&live) {
+    let live: Vec<pid_t> = layouts.iter().map(|l| l.0).collect();
+    match tree::check_sharing_in(&live, &layouts) {
         Err(_) if live.iter().any(|&m| gone(m)) => Ok(outside),
         Err(e) => Err(e),
         Ok(()) => Ok(outside),
@@ -1891,6 +1904,21 @@ fn finish_process(
     } = c;
     let (parent, opts, lazy, images) = (sink.parent, sink.opts, sink.lazy, sink.images);
     let snapshot = opts.leave_running && opts.track.track_mem;
+    // Only the soft-dirty tracker and a lazy dump need VmFlags to plan.
+    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
+    // (locked, never writable, growing down), which maps does not show.
+    // A snapshot too: its tracker registers VMAs below, which must not
+    // happen while smaps is read.
+    let needs_flags =
+        lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    // smaps, where this thread reads it (flags needed, or a tree's member:
+    // Layout::deferred), first: the refusals below take the maps text from
+    // it (proc::memo), and refused VmFlags stop the dump before the old
+    // images go and before any page is copied.
+    let (smaps, layout) = match needs_flags || layout.is_deferred() {
+        true => (Some(layout.finish(&maps, our_tracker)?), None),
+        false => (None, Some(layout)),
+    };
     // The tracer's part left these to any thread (collect_process).
     creds::refuse(pid)?;
     let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, sink.tree)?;
@@ -1906,17 +1934,11 @@ fn finish_process(
     guard::check()?;
 
     // Memory. The injected calls changed no VMA but for the scratch page,
-    // which is gone. Only the soft-dirty tracker and a lazy dump need
-    // VmFlags to plan.
-    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
-    // (locked, never writable, growing down), which maps does not show.
-    // A snapshot too: its tracker registers VMAs below, which must not
-    // happen while smaps is read.
-    let needs_flags =
-        lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
-    let (vmas, layout) = match needs_flags {
-        true => (layout.finish(&maps, our_tracker)?, None),
-        false => (maps, Some(layout)),
+    // which is gone.
+    let (vmas, smaps) = match (needs_flags, smaps) {
+        (true, Some(smaps)) => (smaps, None),
+        (true, None) => return Err(Error::task(pid, "smaps was not read before planning")),
+        (false, smaps) => (maps, smaps),
     };
     phases.mark("vmas");
     let content = started
@@ -1958,9 +1980,13 @@ fn finish_process(
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
     phases.mark("files");
-    if let Some(layout) = layout {
+    if !needs_flags {
         // The VMAs as the image records them, now with their VmFlags.
-        let smaps = layout.finish(&vmas, our_tracker)?;
+        let smaps = match (smaps, layout) {
+            (Some(smaps), _) => smaps,
+            (None, Some(layout)) => layout.finish(&vmas, our_tracker)?,
+            (None, None) => return Err(Error::task(pid, "smaps was never read")),
+        };
         plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
         phases.mark("smaps");
     }

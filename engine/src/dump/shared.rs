@@ -64,12 +64,28 @@ type Mapping = (pid_t, u64, u64);
 /// by one process only (however many VMAs), it is dumped as that
 /// process's pages, as for a single process.
 pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>> {
-    let mut holders: BTreeMap<Identity, (BTreeSet<pid_t>, Mapping)> = BTreeMap::new();
     if pids.len() < 2 {
         return Ok(BTreeMap::new());
     }
-    for &pid in pids {
-        for v in proc::maps::read_maps(pid)? {
+    let layouts = pids
+        .iter()
+        .map(|&pid| Ok((pid, proc::maps::read_maps(pid)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(anon_objects_in(&layouts))
+}
+
+/// Each process's maps, as read once for several checks.
+pub(crate) type Layouts = [(pid_t, Vec<proc::maps::Vma>)];
+
+/// [`anon_objects`] of layouts already read.
+fn anon_objects_in(layouts: &Layouts) -> BTreeMap<Identity, Mapping> {
+    let mut holders: BTreeMap<Identity, (BTreeSet<pid_t>, Mapping)> = BTreeMap::new();
+    if layouts.len() < 2 {
+        return BTreeMap::new();
+    }
+    for (pid, vmas) in layouts {
+        let pid = *pid;
+        for v in vmas {
             if !v.is_shared_anon() {
                 continue;
             }
@@ -80,11 +96,11 @@ pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>
             e.0.insert(pid);
         }
     }
-    Ok(holders
+    holders
         .into_iter()
         .filter(|(_, (p, _))| p.len() > 1)
         .map(|(k, (_, at))| (k, at))
-        .collect())
+        .collect()
 }
 
 /// Refuses, at dump and pre-dump, shared anonymous memory between
@@ -92,7 +108,17 @@ pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>
 /// memfds are: restore makes it there), or that holds more data than an
 /// object image stores.
 pub(crate) fn refuse_anon_objects(pids: &[pid_t]) -> Result<()> {
-    for ((dev, ino), (pid, start, end)) in anon_objects(pids)? {
+    refuse_objects(anon_objects(pids)?)
+}
+
+/// [`refuse_anon_objects`] of layouts already read (before the freeze: the
+/// ones the members' refusals read).
+pub(crate) fn refuse_anon_objects_in(layouts: &Layouts) -> Result<()> {
+    refuse_objects(anon_objects_in(layouts))
+}
+
+fn refuse_objects(objects: BTreeMap<Identity, Mapping>) -> Result<()> {
+    for ((dev, ino), (pid, start, end)) in objects {
         if shm::memfd_dev() != Some(dev) {
             return Err(Error::unsupported(
                 pid,
@@ -130,14 +156,15 @@ pub(crate) struct OutsideHolder {
 /// mapping only by forking from a holder (a member, whose child is then a
 /// member once the tree is held, or a holder outside, found here) or
 /// through /proc/PID/map_files.
-pub(crate) fn anon_held_outside(pids: &[pid_t]) -> Result<Vec<OutsideHolder>> {
+/// `layouts`: the maps of the live members among them (a zombie maps
+/// nothing; a process gone meanwhile neither), as their refusals read them.
+pub(crate) fn anon_held_outside(pids: &[pid_t], layouts: &Layouts) -> Result<Vec<OutsideHolder>> {
     let mut ours: BTreeMap<Identity, (pid_t, u64)> = BTreeMap::new();
-    for &pid in pids {
-        // A zombie maps nothing; a process gone meanwhile neither.
-        for v in proc::maps::read_maps(pid).unwrap_or_default() {
+    for (pid, vmas) in layouts {
+        for v in vmas {
             if v.is_shared_anon() {
                 let key = (libc::makedev(v.dev_major, v.dev_minor), v.inode);
-                ours.entry(key).or_insert((pid, v.start));
+                ours.entry(key).or_insert((*pid, v.start));
             }
         }
     }

@@ -285,6 +285,13 @@ pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
     super::shared::refuse_anon_objects(pids)
 }
 
+/// [`check_sharing`] with the members' maps already read (`layouts`, in
+/// the order of `pids`).
+pub(crate) fn check_sharing_in(pids: &[pid_t], layouts: &super::shared::Layouts) -> Result<()> {
+    super::tree_scan::check_no_shared_vm(pids)?;
+    super::shared::refuse_anon_objects_in(layouts)
+}
+
 /// Refuses a zombie restore cannot make again: one that dumped core, or
 /// whose ids differ from the engine's (restore does not give a zombie its
 /// credentials back: it exits as the engine's stub).
