@@ -1168,13 +1168,9 @@ fn detach_stdio() {
 /// or exiting), however the error was phrased. A leader that left with
 /// pthread_exit is a zombie while its other threads run on.
 fn source_gone(pid: i32, e: &crust::Error) -> bool {
-    // PF_EXITING: killed and on its way out, though not a zombie yet (a
+    // Exiting: killed and on its way out, though not a zombie yet (a
     // traced task can wait in its exit for a while).
-    const PF_EXITING: u32 = 0x4;
-    let alive = |tid: i32| match crust::proc::stat::read_stat(tid) {
-        Ok(st) => !matches!(st.state, 'Z' | 'X') && st.flags & PF_EXITING == 0,
-        Err(_) => false,
-    };
+    let alive = |tid: i32| crust::proc::stat::read_stat(tid).is_ok_and(|st| !st.exiting());
     e.process_gone()
         || !(alive(pid)
             || crust::proc::task::task_ids(pid)

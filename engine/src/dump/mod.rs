@@ -721,9 +721,9 @@ fn refuse_tree(
     let mut places = vec![tree::Place::read(pid)?];
     // The tree runs: a member that exits meanwhile (a tree that forks all
     // the time, --freeze-cgroup) is no longer one; the frozen pass judges
-    // the tree as it is then.
-    let gone =
-        |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.state == 'Z' || s.state == 'X');
+    // the tree as it is then. One that has begun to exit counts: its exe
+    // link and maps go before it is a zombie.
+    let gone = |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.exiting());
     // Each member judged on its own (/proc reads, ~0.4 ms of CPU each):
     // the members are split between this thread and a second one, and the
     // results taken in the tree's order (the first member refused is the

@@ -49,6 +49,18 @@ pub struct Stat {
     pub exit_code: i32,
 }
 
+/// PF_EXITING: the task has begun to exit (set before its memory and
+/// files go), though it is not a zombie yet.
+pub const PF_EXITING: u32 = 0x4;
+
+impl Stat {
+    /// A zombie, a dead task, or one on its way out: its /proc files (exe,
+    /// maps, fds) may be gone already.
+    pub fn exiting(&self) -> bool {
+        matches!(self.state, 'Z' | 'X') || self.flags & PF_EXITING != 0
+    }
+}
+
 /// Parses /proc/PID/stat. comm is delimited by the *last* ')' since the
 /// name itself may contain ") ".
 pub fn parse_stat(text: &str) -> std::result::Result<Stat, ParseError> {
