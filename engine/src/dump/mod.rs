@@ -305,6 +305,8 @@ struct Layout {
     /// finished: a hundred threads would compete with the tracer).
     reader:
         Option<std::thread::JoinHandle<std::result::Result<Vec<proc::maps::Vma>, proc::ProcError>>>,
+    /// Read and checked already ([`Layout::read_now`]).
+    read: Option<Vec<proc::maps::Vma>>,
 }
 
 impl Layout {
@@ -312,11 +314,16 @@ impl Layout {
         Layout {
             pid,
             reader: Some(std::thread::spawn(move || proc::maps::read_smaps(pid))),
+            read: None,
         }
     }
 
     fn deferred(pid: pid_t) -> Layout {
-        Layout { pid, reader: None }
+        Layout {
+            pid,
+            reader: None,
+            read: None,
+        }
     }
 
     /// Read by the thread that finishes it (no reader thread started).
@@ -329,12 +336,30 @@ impl Layout {
     /// frozen, after the last scratch page was gone) shows; smaps is read
     /// again if the thread failed.
     fn finish(
-        self,
+        mut self,
+        maps: &[proc::maps::Vma],
+        our_tracker: Option<i32>,
+    ) -> Result<Vec<proc::maps::Vma>> {
+        match self.read.take() {
+            Some(vmas) => Ok(vmas),
+            None => self.check(maps, our_tracker),
+        }
+    }
+
+    /// Reads and checks smaps now (as [`Layout::finish`], which then gives
+    /// what was read here).
+    fn read_now(&mut self, maps: &[proc::maps::Vma], our_tracker: Option<i32>) -> Result<()> {
+        self.read = Some(self.check(maps, our_tracker)?);
+        Ok(())
+    }
+
+    fn check(
+        &mut self,
         maps: &[proc::maps::Vma],
         our_tracker: Option<i32>,
     ) -> Result<Vec<proc::maps::Vma>> {
         let pid = self.pid;
-        let vmas = match self.reader.map(|r| r.join()) {
+        let vmas = match self.reader.take().map(|r| r.join()) {
             Some(Ok(Ok(v))) => v,
             _ => proc::maps::read_smaps(pid)?,
         };
@@ -741,7 +766,8 @@ fn refuse_tree(
             Err(e) => Err(e),
             Ok(vmas) => Ok(Some((place, Some(vmas)))),
         }
-    }; // The members after the root from the `first`th on, every `step`th.
+    };
+    // The members after the root from the `first`th on, every `step`th.
     let judge_all = |first: usize, step: usize| {
         let mut out = Vec::new();
         for (i, &m) in members.iter().enumerate().skip(1 + first).step_by(step) {
@@ -777,7 +803,7 @@ fn refuse_tree(
     let outside = shared::anon_held_outside(members, &layouts)?;
     tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
     let live: Vec<pid_t> = layouts.iter().map(|l| l.0).collect();
-    match tree::check_sharing_in(&live, &layouts) {
+    match tree::check_sharing(&live, &layouts) {
         Err(_) if live.iter().any(|&m| gone(m)) => Ok(outside),
         Err(e) => Err(e),
         Ok(()) => Ok(outside),
@@ -835,7 +861,8 @@ fn refuse_held_tree(held: &[tree::Member], outside: &[shared::OutsideHolder]) ->
         .filter(|m| m.frozen.is_some())
         .map(|m| m.pid)
         .collect();
-    tree::check_sharing(&live)?;
+    // Read on the tracer, whose frozen reads keep them for the collect.
+    tree::check_sharing(&live, &shared::read_layouts(&live)?)?;
     for m in held.iter().filter(|m| m.frozen.is_none()) {
         tree::check_zombie(m)?;
     }
@@ -1915,10 +1942,10 @@ fn finish_process(
     // Layout::deferred), first: the refusals below take the maps text from
     // it (proc::memo), and refused VmFlags stop the dump before the old
     // images go and before any page is copied.
-    let (smaps, layout) = match needs_flags || layout.is_deferred() {
-        true => (Some(layout.finish(&maps, our_tracker)?), None),
-        false => (None, Some(layout)),
-    };
+    let mut layout = layout;
+    if needs_flags || layout.is_deferred() {
+        layout.read_now(&maps, our_tracker)?;
+    }
     // The tracer's part left these to any thread (collect_process).
     creds::refuse(pid)?;
     let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, sink.tree)?;
@@ -1935,10 +1962,9 @@ fn finish_process(
 
     // Memory. The injected calls changed no VMA but for the scratch page,
     // which is gone.
-    let (vmas, smaps) = match (needs_flags, smaps) {
-        (true, Some(smaps)) => (smaps, None),
-        (true, None) => return Err(Error::task(pid, "smaps was not read before planning")),
-        (false, smaps) => (maps, smaps),
+    let (vmas, layout) = match needs_flags {
+        true => (layout.finish(&maps, our_tracker)?, None),
+        false => (maps, Some(layout)),
     };
     phases.mark("vmas");
     let content = started
@@ -1980,13 +2006,9 @@ fn finish_process(
     let mut fds = files::dump(pid, &fd_plan)?;
     identity::record_fds(pid, &mut fds)?;
     phases.mark("files");
-    if !needs_flags {
+    if let Some(layout) = layout {
         // The VMAs as the image records them, now with their VmFlags.
-        let smaps = match (smaps, layout) {
-            (Some(smaps), _) => smaps,
-            (None, Some(layout)) => layout.finish(&vmas, our_tracker)?,
-            (None, None) => return Err(Error::task(pid, "smaps was never read")),
-        };
+        let smaps = layout.finish(&vmas, our_tracker)?;
         plan.mm.vmas = mem::image_vmas(pid, &smaps)?;
         phases.mark("smaps");
     }

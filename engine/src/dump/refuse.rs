@@ -19,16 +19,15 @@ use crate::proc;
 /// task, if any (not the task's state, so never refused). `external`:
 /// resources named with --external (accepted as held outside).
 /// `tree`: the processes of the dumped tree (a pipe held by them only is
-/// dumped, not refused).
+/// dumped, not refused). Its caller (`dump::refuse_tree`) holds one reading
+/// of the task's status, maps and descriptors for all of it
+/// (`proc::memo::FrozenReads::judging`).
 pub(crate) fn task_state(
     pid: pid_t,
     our_tracker: Option<i32>,
     external: &[String],
     tree: &TreeScan,
 ) -> Result<FdPlan> {
-    // One reading of its status, maps and descriptors for all the checks
-    // (it runs: the frozen pass judges it again).
-    let _one_reading = proc::memo::FrozenReads::judging(pid);
     checks(pid, our_tracker, external, tree, true)
 }
 

@@ -67,22 +67,22 @@ pub(crate) fn anon_objects(pids: &[pid_t]) -> Result<BTreeMap<Identity, Mapping>
     if pids.len() < 2 {
         return Ok(BTreeMap::new());
     }
-    let layouts = pids
-        .iter()
-        .map(|&pid| Ok((pid, proc::maps::read_maps(pid)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(anon_objects_in(&layouts))
+    Ok(anon_objects_in(&read_layouts(pids)?))
 }
 
 /// Each process's maps, as read once for several checks.
 pub(crate) type Layouts = [(pid_t, Vec<proc::maps::Vma>)];
 
+/// The maps of each of `pids`.
+pub(crate) fn read_layouts(pids: &[pid_t]) -> Result<Vec<(pid_t, Vec<proc::maps::Vma>)>> {
+    pids.iter()
+        .map(|&pid| Ok((pid, proc::maps::read_maps(pid)?)))
+        .collect()
+}
+
 /// [`anon_objects`] of layouts already read.
 fn anon_objects_in(layouts: &Layouts) -> BTreeMap<Identity, Mapping> {
     let mut holders: BTreeMap<Identity, (BTreeSet<pid_t>, Mapping)> = BTreeMap::new();
-    if layouts.len() < 2 {
-        return BTreeMap::new();
-    }
     for (pid, vmas) in layouts {
         let pid = *pid;
         for v in vmas {
@@ -106,19 +106,10 @@ fn anon_objects_in(layouts: &Layouts) -> BTreeMap<Identity, Mapping> {
 /// Refuses, at dump and pre-dump, shared anonymous memory between
 /// processes of `pids` that is not on the internal shmem mount (where
 /// memfds are: restore makes it there), or that holds more data than an
-/// object image stores.
-pub(crate) fn refuse_anon_objects(pids: &[pid_t]) -> Result<()> {
-    refuse_objects(anon_objects(pids)?)
-}
-
-/// [`refuse_anon_objects`] of layouts already read (before the freeze: the
-/// ones the members' refusals read).
-pub(crate) fn refuse_anon_objects_in(layouts: &Layouts) -> Result<()> {
-    refuse_objects(anon_objects_in(layouts))
-}
-
-fn refuse_objects(objects: BTreeMap<Identity, Mapping>) -> Result<()> {
-    for ((dev, ino), (pid, start, end)) in objects {
+/// object image stores. `layouts`: their maps (before the freeze, as the
+/// members' refusals read them).
+pub(crate) fn refuse_anon_objects(layouts: &Layouts) -> Result<()> {
+    for ((dev, ino), (pid, start, end)) in anon_objects_in(layouts) {
         if shm::memfd_dev() != Some(dev) {
             return Err(Error::unsupported(
                 pid,

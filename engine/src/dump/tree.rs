@@ -278,18 +278,12 @@ pub(crate) fn check_places(places: &[Place], exists: &dyn Fn(pid_t) -> bool) -> 
 /// processes sharing one address space (a vfork child and its waiting
 /// parent, CLONE_VM), and shared anonymous memory between them holding
 /// more than an object image stores.
-pub(crate) fn check_sharing(pids: &[pid_t]) -> Result<()> {
+/// `layouts`: the maps of `pids`.
+pub(crate) fn check_sharing(pids: &[pid_t], layouts: &super::shared::Layouts) -> Result<()> {
     super::tree_scan::check_no_shared_vm(pids)?;
     // Shared anonymous memory between members is one object of the dump
     // (dump/shared.rs), as memfds and SysV segments are.
-    super::shared::refuse_anon_objects(pids)
-}
-
-/// [`check_sharing`] with the members' maps already read (`layouts`, in
-/// the order of `pids`).
-pub(crate) fn check_sharing_in(pids: &[pid_t], layouts: &super::shared::Layouts) -> Result<()> {
-    super::tree_scan::check_no_shared_vm(pids)?;
-    super::shared::refuse_anon_objects_in(layouts)
+    super::shared::refuse_anon_objects(layouts)
 }
 
 /// Refuses a zombie restore cannot make again: one that dumped core, or

@@ -423,12 +423,29 @@ pub fn parse_maps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
 }
 
 /// A smaps line is either a mapping header or "Key: value": the first word
-/// of a header is the address range, which never ends with ':'. Returns a
-/// field line's name and the rest of the line (its value, untrimmed).
+/// of a header is the address range, which never ends with ':'. Returns
+/// where a field line's first word ("Key:") ends, None for a header.
+fn field_word_end(line: &[u8]) -> Option<usize> {
+    let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    line[..word_end].ends_with(b":").then_some(word_end)
+}
+
+/// A field line's name and the rest of the line (its value, untrimmed).
 fn smaps_key(line: &str) -> Option<(&str, &str)> {
-    let word_end = line.bytes().position(|b| b == b' ').unwrap_or(line.len());
-    let key = line[..word_end].strip_suffix(':')?;
-    Some((key, &line[word_end..]))
+    let word_end = field_word_end(line.as_bytes())?;
+    Some((&line[..word_end - 1], &line[word_end..]))
+}
+
+/// The maps text within a smaps text: its header lines, each the line maps
+/// shows for the VMA.
+pub(super) fn maps_text_of_smaps(smaps: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(smaps.len() / 8);
+    for line in smaps.split_inclusive(|&b| b == b'\n') {
+        if field_word_end(line).is_none() {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 fn kb_to_bytes(value: &str) -> std::result::Result<u64, String> {

@@ -134,19 +134,6 @@ fn kept_kind(path: &Path) -> Option<(i32, &'static str)> {
     proc_file(path).filter(|(_, f)| *f != "smaps")
 }
 
-/// The maps text within a smaps text: its header lines (a field line's
-/// first word ends with a colon, a header's is an address range).
-fn maps_of_smaps(smaps: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(smaps.len() / 8);
-    for line in smaps.split_inclusive(|&b| b == b'\n') {
-        let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-        if !line[..word_end].ends_with(b":") {
-            out.extend_from_slice(line);
-        }
-    }
-    out
-}
-
 fn frozen(pid: i32) -> bool {
     KEPT.with(|k| k.borrow().as_ref().is_some_and(|k| k.pids.contains(&pid)))
 }
@@ -161,7 +148,7 @@ pub(super) fn read_through(
         // Read each time (its sizes are not kept); its maps text is.
         let b = read(path)?;
         if frozen(pid) {
-            let maps = maps_of_smaps(&b);
+            let maps = super::maps::maps_text_of_smaps(&b);
             KEPT.with(|k| {
                 if let Some(k) = k.borrow_mut().as_mut() {
                     k.files.entry(pid).or_default().insert("maps", maps);
@@ -243,7 +230,7 @@ Size:                132 kB\n\
 THPeligible:    0\n\
 VmFlags: rd wr mr mw me gd ac\n";
         assert_eq!(
-            maps_of_smaps(smaps),
+            crate::proc::maps::maps_text_of_smaps(smaps),
             b"5581e000-5581f000 r--p 00000000 fe:01 1234   /usr/bin/x\n\
 7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n"
         );
