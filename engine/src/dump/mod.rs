@@ -257,10 +257,12 @@ impl Frozen {
     }
 
     /// The point of no return: the images are complete (the last stop
-    /// check was before the inventory was committed), the task goes. No
-    /// check here: a stop request between the kills of two members of a
-    /// tree would leave it half dumped, half running, and the twins of a
-    /// lazy dump zombies of their live tasks.
+    /// check was before the inventory was committed), the task goes (its
+    /// exit is waited for by [`Frozen::reap`]: a tree's members are all
+    /// sent SIGKILL first, and die meanwhile). No check here: a stop
+    /// request between the kills of two members of a tree would leave it
+    /// half dumped, half running, and the twins of a lazy dump zombies of
+    /// their live tasks.
     fn kill(&mut self) -> Result<()> {
         self.released = true;
         for t in &mut self.threads {
@@ -271,6 +273,11 @@ impl Frozen {
         if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
             return Err(Error::sys("kill", pid, nix::errno::Errno::last()));
         }
+        Ok(())
+    }
+
+    /// Waits until the task [`Frozen::kill`] killed is gone.
+    fn reap(&mut self) -> Result<()> {
         // Traced threads stay zombies until their tracer reaps them, and
         // the leader's exit is reported only after the others are gone.
         for t in self.threads.iter().map(|t| &t.tracee).chain([&self.tracee]) {
@@ -1477,6 +1484,11 @@ fn dump_inner(
         for m in held.iter_mut().rev() {
             if let Some(f) = m.frozen.as_mut() {
                 f.kill()?;
+            }
+        }
+        for m in held.iter_mut().rev() {
+            if let Some(f) = m.frozen.as_mut() {
+                f.reap()?;
             }
         }
         // A twin keeps its process's memory for its lazy pages only.
