@@ -943,8 +943,9 @@ fn first_member_refused_is_named_on_two_threads() {
     let p = spawn_daemon(Command::new(&bin).arg(&log).arg(tmp.path()));
     let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
     assert_eq!(children.len(), 4, "{}", read_string(&log));
-    // Members: the root, then its children in fork order; the second
-    // child is judged on the second thread, the third on this one.
+    // Members: the root, then its children in fork order; the root and
+    // the second child are judged on this thread, the first and the third
+    // on the second one.
     let named = format!(
         "pid {}: unsupported: working directory was removed",
         children[1]

@@ -374,23 +374,42 @@ unsafe impl Send for AlignedBuf {}
 /// Populated buffers made before a freeze, taken by `AlignedBuf::new`.
 static POOL: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Makes the buffers a page copy needs, populated, before the task is
-/// frozen: faulting in 24 MiB of fresh memory costs ~10 ms on this
-/// machine, which a final dump would otherwise spend frozen.
-pub(crate) fn warm_buffers() {
+/// Makes the buffers a page copy needs before the task is frozen, each
+/// populated over its first `bytes` (at most a buffer's size): faulting
+/// in 24 MiB of fresh memory costs ~8-10 ms on this machine, which a
+/// final dump would otherwise spend frozen, and which is wasted where no
+/// process of the dump could fill a buffer (a tree of small processes:
+/// each member's copy starts at a buffer's start, [`copy_bound`]).
+pub(crate) fn warm_buffers(bytes: usize) {
+    let bytes = bytes.min(BUF_BYTES).next_multiple_of(PAGE as usize);
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
     while pool.len() < BUFFERS {
-        match AlignedBuf::map(BUF_BYTES, true) {
-            Some(b) => pool.push(b),
+        match AlignedBuf::map(BUF_BYTES) {
+            Some(b) => {
+                b.populate(bytes);
+                pool.push(b);
+            }
             None => break,
         }
     }
 }
 
+/// The most of one process's memory a page copy may take, from its
+/// layout: the VMAs that can hold pages of its own (anonymous or
+/// writable; not the kernel's special ones). An estimate for
+/// [`warm_buffers`] only: pages of a read-only private file mapping that
+/// was once written (a RELRO section) are left out, and cost a page fault
+/// of the buffer each when copied.
+pub(crate) fn copy_bound(vmas: &[ProcVma]) -> usize {
+    vmas.iter()
+        .filter(|v| !v.is_special() && (v.write || v.path.is_empty() || v.path.starts_with('[')))
+        .map(|v| (v.end - v.start) as usize)
+        .sum()
+}
+
 impl AlignedBuf {
-    fn map(len: usize, populate: bool) -> Option<AlignedBuf> {
-        let flags =
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
+    fn map(len: usize) -> Option<AlignedBuf> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         // SAFETY: a fresh anonymous mapping at an address of the kernel's
         // choosing touches no existing memory; the result is checked.
         let raw = unsafe {
@@ -410,13 +429,32 @@ impl AlignedBuf {
         Some(AlignedBuf { ptr, len })
     }
 
+    /// Faults in the first `bytes` of the buffer, as a copy would.
+    fn populate(&self, bytes: usize) {
+        let bytes = bytes.min(self.len);
+        if bytes == 0 {
+            return;
+        }
+        // SAFETY: the range lies in our own private mapping; populating it
+        // changes no byte (fresh pages read as zero either way).
+        let r =
+            unsafe { libc::madvise(self.ptr.as_ptr().cast(), bytes, libc::MADV_POPULATE_WRITE) };
+        if r != 0 {
+            // Before 5.14: a write per page does the same.
+            for off in (0..bytes).step_by(PAGE as usize) {
+                // SAFETY: off < bytes <= len, inside the mapping we own.
+                unsafe { self.ptr.as_ptr().add(off).write_volatile(0) };
+            }
+        }
+    }
+
     fn new(len: usize) -> AlignedBuf {
         if len == BUF_BYTES {
             if let Some(b) = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop() {
                 return b;
             }
         }
-        Self::map(len, false).unwrap_or_else(|| {
+        Self::map(len).unwrap_or_else(|| {
             std::alloc::handle_alloc_error(
                 std::alloc::Layout::from_size_align(len, PAGE as usize)
                     .unwrap_or_else(|_| std::alloc::Layout::new::<u8>()),
@@ -1400,6 +1438,27 @@ mod tests {
     fn smaps_vma(header: &str, flags: &str) -> ProcVma {
         let text = format!("{header}\nVmFlags: {flags}\n");
         proc::maps::parse_smaps(&text).expect("parse").remove(0)
+    }
+
+    #[test]
+    fn copy_bound_counts_what_can_hold_pages_of_the_process() {
+        let maps = "\
+55d000000000-55d000001000 r--p 00000000 fd:00 10 /usr/bin/prog
+55d000001000-55d000003000 r-xp 00001000 fd:00 10 /usr/bin/prog
+55d000003000-55d000004000 rw-p 00003000 fd:00 10 /usr/bin/prog
+55d000004000-55d000025000 rw-p 00000000 00:00 0 [heap]
+7f0000000000-7f0000010000 rw-s 00000000 00:01 77 /dev/zero (deleted)
+7f0000010000-7f0000020000 ---p 00000000 00:00 0 
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+7ffd00100000-7ffd00102000 r--p 00000000 00:00 0 [vvar]
+7ffd00102000-7ffd00104000 r-xp 00000000 00:00 0 [vdso]
+";
+        let vmas = proc::maps::parse_maps(maps).expect("parse");
+        // The data page, heap, shared anonymous memory, the reserved
+        // anonymous range and the stack; not the read-only file mappings
+        // or the kernel's vvar and vdso.
+        let pages = 1 + 0x21 + 0x10 + 0x10 + 0x21;
+        assert_eq!(copy_bound(&vmas), pages * PAGE as usize);
     }
 
     #[test]

@@ -727,6 +727,14 @@ fn remove_tracker(pid: pid_t, fd: i32) {
     }
 }
 
+/// What the refusals before the freeze found.
+struct Judged {
+    /// Shared anonymous memory of the tree that a process outside it maps.
+    outside: Vec<shared::OutsideHolder>,
+    /// The most one member's page copy may fill ([`mem::copy_bound`]).
+    copy_bound: usize,
+}
+
 /// The refusals of a tree that run from outside, before the freeze: each
 /// live member's (as for a single task), then the tree's own (sessions,
 /// groups, sharing). `trackers`: our tracker descriptor in each member.
@@ -735,7 +743,7 @@ fn refuse_tree(
     members: &[pid_t],
     trackers: &[(pid_t, i32)],
     external: &[String],
-) -> Result<Vec<shared::OutsideHolder>> {
+) -> Result<Judged> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     let members = &tree_scan::TreeScan::new(members.to_vec());
     // A member's refusals and its maps, from one reading of it (the
@@ -746,22 +754,37 @@ fn refuse_tree(
         refuse::task_state(m, ours(m), external, members)?;
         Ok(proc::maps::read_maps(m)?)
     };
-    let mut layouts = vec![(pid, judged(pid)?)];
+    let judged_with = |outside, layouts: &shared::Layouts| Judged {
+        outside,
+        copy_bound: layouts
+            .iter()
+            .map(|l| mem::copy_bound(&l.1))
+            .max()
+            .unwrap_or(0),
+    };
     if members.len() < 2 {
-        return shared::anon_held_outside(members, &layouts);
+        let layouts = vec![(pid, judged(pid)?)];
+        return Ok(judged_with(
+            shared::anon_held_outside(members, &layouts)?,
+            &layouts,
+        ));
     }
-    let mut places = vec![tree::Place::read(pid)?];
     // The tree runs: a member that exits meanwhile (a tree that forks all
     // the time, --freeze-cgroup) is no longer one; the frozen pass judges
     // the tree as it is then. One that has begun to exit counts: its exe
-    // link and maps go before it is a zombie.
+    // link and maps go before it is a zombie. Not the root: gone, it
+    // fails the dump.
     let gone = |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.exiting());
-    // Each member judged on its own (/proc reads, ~0.4 ms of CPU each):
-    // the members are split between this thread and a second one, and the
-    // results taken in the tree's order (the first member refused is the
-    // one named, as one thread would).
+    // Each member judged on its own (/proc reads, ~0.4 ms of CPU each),
+    // the root too: the members are split between this thread and a
+    // second one, and the results taken in the tree's order (the first
+    // member refused is the one named, as one thread would).
     type Verdict = Option<(tree::Place, Option<Vec<proc::maps::Vma>>)>;
     let judge = |m: pid_t| -> Result<Verdict> {
+        if m == pid {
+            let vmas = judged(pid)?;
+            return Ok(Some((tree::Place::read(pid)?, Some(vmas))));
+        }
         let Ok(place) = tree::Place::read(m) else {
             return Ok(None);
         };
@@ -774,14 +797,22 @@ fn refuse_tree(
             Ok(vmas) => Ok(Some((place, Some(vmas)))),
         }
     };
-    // The members after the root from the `first`th on, every `step`th.
+    // The tree's first member refused so far: neither thread judges the
+    // members after it (the tree is refused, and that one is named).
+    let first_refused = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    // The members from the `first`th on, every `step`th.
     let judge_all = |first: usize, step: usize| {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut out = Vec::new();
-        for (i, &m) in members.iter().enumerate().skip(1 + first).step_by(step) {
+        for (i, &m) in members.iter().enumerate().skip(first).step_by(step) {
+            if i > first_refused.load(Relaxed) {
+                break;
+            }
             let verdict = judge(m);
-            let refused = verdict.is_err();
+            let failed = verdict.is_err();
             out.push((i, m, verdict));
-            if refused {
+            if failed {
+                first_refused.fetch_min(i, Relaxed);
                 break;
             }
         }
@@ -799,6 +830,8 @@ fn refuse_tree(
         }
     };
     verdicts.sort_by_key(|v| v.0);
+    let mut places = Vec::new();
+    let mut layouts = Vec::new();
     for (_, m, verdict) in verdicts {
         if let Some((place, vmas)) = verdict? {
             places.push(place);
@@ -811,10 +844,11 @@ fn refuse_tree(
     tree::check_places(&places, &|p| proc::pid_path(p, "").exists())?;
     let live: Vec<pid_t> = layouts.iter().map(|l| l.0).collect();
     match tree::check_sharing(&live, &layouts) {
-        Err(_) if live.iter().any(|&m| gone(m)) => Ok(outside),
-        Err(e) => Err(e),
-        Ok(()) => Ok(outside),
+        Err(_) if live.iter().any(|&m| gone(m)) => {}
+        Err(e) => return Err(e),
+        Ok(()) => {}
     }
+    Ok(judged_with(outside, &layouts))
 }
 
 /// Closes, in each member, the copies of our trackers it inherited by
@@ -927,7 +961,7 @@ fn pre_dump_inner(
         .collect();
     drop_inherited_trackers(&members, &prev);
     // Refused now, before pages are copied, what the final dump would refuse.
-    let outside = refuse_tree(pid, &members, &prev, &opts.external)?;
+    let outside = refuse_tree(pid, &members, &prev, &opts.external)?.outside;
     images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
@@ -1341,15 +1375,17 @@ fn dump_inner(
         // Refused before freezing, as pre-dump does: the task is not even
         // stopped, and the old images stay (the files made meanwhile go
         // with `images`). Checked again below, frozen.
-        let outside = refuse_tree(pid, &members, trackers, &opts.external);
+        let judged = refuse_tree(pid, &members, trackers, &opts.external);
         // What the page copy needs, made before the task is frozen.
-        mem::warm_buffers();
+        if let Ok(j) = &judged {
+            mem::warm_buffers(j.copy_bound);
+        }
         let made = made.join().unwrap_or_else(|_| {
             Err(Error::Other(
                 "the thread making image files panicked".into(),
             ))
         });
-        let outside = outside?;
+        let outside = judged?.outside;
         made.map(|()| outside)
     })?;
     let start = Instant::now();
