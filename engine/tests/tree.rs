@@ -929,9 +929,10 @@ fn vfork_child_is_refused() {
     assert_eq!(parent.wait(TIMEOUT), Exit::Code(0));
 }
 
-/// Two members refused (each in a removed working directory), judged
-/// before the freeze on two threads (every other member on each): the
-/// error names the first of them in the tree's order, as on one thread
+/// Two members refused (each in a removed working directory), judged on
+/// two threads (every other member on each): by a dump frozen, on its two
+/// finishing threads, and by a pre-dump before the freeze. The error
+/// names the first of them in the tree's order, as on one thread
 /// (CRUST_DUMP_THREADS=1), whichever thread finds its refusal first; the
 /// tree runs on untouched.
 #[test]
@@ -943,19 +944,22 @@ fn first_member_refused_is_named_on_two_threads() {
     let p = spawn_daemon(Command::new(&bin).arg(&log).arg(tmp.path()));
     let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
     assert_eq!(children.len(), 4, "{}", read_string(&log));
-    // Members: the root, then its children in fork order; the root and
-    // the second child are judged on this thread, the first and the third
-    // on the second one.
+    // Members: the root, then its children in fork order. Before the
+    // freeze, the root and the second child are judged on this thread,
+    // the first and the third on the second one; frozen, the members
+    // after the root are split so: the first and the third on this
+    // thread, the second and the fourth on the other.
     let named = format!(
         "pid {}: unsupported: working directory was removed",
         children[1]
     );
     let pid = p.pid.to_string();
     let one: [(&str, &std::ffi::OsStr); 1] = [("CRUST_DUMP_THREADS", "1".as_ref())];
-    for round in 0..6 {
+    for round in 0..8 {
         let env: &[(&str, &std::ffi::OsStr)] = if round % 2 == 0 { &[] } else { &one };
+        let action = if round % 4 < 2 { "dump" } else { "pre-dump" };
         let images = tmp.path().join(format!("img{round}"));
-        let out = crust_spawn_env(["dump", "-t", &pid, "-D", path_str(&images)], env).wait(TIMEOUT);
+        let out = crust_spawn_env([action, "-t", &pid, "-D", path_str(&images)], env).wait(TIMEOUT);
         out.assert_failed().stderr_has(&named);
         assert!(!images.join("inventory.img").exists());
     }

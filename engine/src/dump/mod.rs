@@ -735,14 +735,20 @@ struct Judged {
     copy_bound: usize,
 }
 
-/// The refusals of a tree that run from outside, before the freeze: each
-/// live member's (as for a single task), then the tree's own (sessions,
-/// groups, sharing). `trackers`: our tracker descriptor in each member.
+/// The refusals of a tree that run from outside, before the freeze: the
+/// root's own (as for a single task), each other live member's when
+/// `each_member` (a pre-dump: refused before it copies anything; a dump
+/// refuses every member's state frozen, before any of its images is
+/// written, and a second reading of a hundred members before the freeze
+/// cost a sixth of the dump's time), then the tree's own (sessions,
+/// groups, sharing).
+/// `trackers`: our tracker descriptor in each member.
 fn refuse_tree(
     pid: pid_t,
     members: &[pid_t],
     trackers: &[(pid_t, i32)],
     external: &[String],
+    each_member: bool,
 ) -> Result<Judged> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     let members = &tree_scan::TreeScan::new(members.to_vec());
@@ -751,7 +757,9 @@ fn refuse_tree(
     // tree's checks of shared memory below.
     let judged = |m: pid_t| -> Result<Vec<proc::maps::Vma>> {
         let _one_reading = proc::memo::FrozenReads::judging(m);
-        refuse::task_state(m, ours(m), external, members)?;
+        if m == pid || each_member {
+            refuse::task_state(m, ours(m), external, members)?;
+        }
         Ok(proc::maps::read_maps(m)?)
     };
     let judged_with = |outside, layouts: &shared::Layouts| Judged {
@@ -961,7 +969,7 @@ fn pre_dump_inner(
         .collect();
     drop_inherited_trackers(&members, &prev);
     // Refused now, before pages are copied, what the final dump would refuse.
-    let outside = refuse_tree(pid, &members, &prev, &opts.external)?.outside;
+    let outside = refuse_tree(pid, &members, &prev, &opts.external, true)?.outside;
     images.clear_stale()?;
     let start = Instant::now();
     let mut phases = crate::phases::Phases::default();
@@ -1372,10 +1380,11 @@ fn dump_inner(
     };
     let outside = std::thread::scope(|s| {
         let made = s.spawn(make_files);
-        // Refused before freezing, as pre-dump does: the task is not even
-        // stopped, and the old images stay (the files made meanwhile go
-        // with `images`). Checked again below, frozen.
-        let judged = refuse_tree(pid, &members, trackers, &opts.external);
+        // The root refused before freezing, as pre-dump does: the task is
+        // not even stopped, and the old images stay (the files made
+        // meanwhile go with `images`). Checked again below, frozen, with
+        // every member's own refusals.
+        let judged = refuse_tree(pid, &members, trackers, &opts.external, false);
         // What the page copy needs, made before the task is frozen.
         if let Ok(j) = &judged {
             mem::warm_buffers(j.copy_bound);
@@ -1782,19 +1791,23 @@ fn dump_members(
         dumps.push(finish_process(root, &sink, &shared, phases)?);
     }
     let (ours, theirs): (Vec<_>, Vec<_>) = rest.enumerate().partition(|(i, _)| i % 2 == 0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    // The first member refused so far in the tree's order: neither thread
+    // finishes the members after it, and it is the one named, as on one
+    // thread (most members' refusals run here only: refuse_tree).
+    let first_failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let finish_all = |list: Vec<(usize, Collected)>, phases: &mut crate::phases::Phases| {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut done = Vec::new();
         for (i, c) in list {
-            if failed.load(std::sync::atomic::Ordering::SeqCst) {
+            if i > first_failed.load(SeqCst) {
                 break;
             }
             let sink = ctx.sink(c.pid);
             match finish_process(c, &sink, &shared, phases) {
                 Ok(d) => done.push((i, d)),
                 Err(e) => {
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    return Err(e);
+                    first_failed.fetch_min(i, SeqCst);
+                    return Err((i, e));
                 }
             }
         }
@@ -1808,15 +1821,20 @@ fn dump_members(
             finish_all(theirs, &mut phases).map(|d| (d, phases))
         });
         let mine = finish_all(ours, phases);
-        let worker = worker
-            .join()
-            .unwrap_or_else(|_| Err(Error::Other("the dump's worker thread panicked".into())));
+        let worker = worker.join().unwrap_or_else(|_| {
+            let panicked = Error::Other("the dump's worker thread panicked".into());
+            Err((0, panicked))
+        });
         // This thread's wait for the other (`-v`).
         phases.mark("two threads");
         (mine, worker)
     });
-    let (theirs, worker_phases) = worker?;
-    let mut finished: Vec<(usize, ProcessDump)> = mine?;
+    let (mine, (theirs, worker_phases)) = match (mine, worker) {
+        (Ok(m), Ok(w)) => (m, w),
+        (Err((i, e)), Err((j, f))) => return Err(if i < j { e } else { f }),
+        (Err((_, e)), _) | (_, Err((_, e))) => return Err(e),
+    };
+    let mut finished: Vec<(usize, ProcessDump)> = mine;
     finished.extend(theirs);
     finished.sort_by_key(|(i, _)| *i);
     dumps.extend(finished.into_iter().map(|(_, d)| d));
