@@ -499,7 +499,7 @@ pub fn parse_smaps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
 }
 
 pub fn read_maps(pid: i32) -> Result<Vec<Vma>> {
-    read_parsed(&pid_path(pid, "maps"), parse_maps)
+    super::memo::maps_through(pid, || read_parsed(&pid_path(pid, "maps"), parse_maps))
 }
 
 pub fn read_smaps(pid: i32) -> Result<Vec<Vma>> {
