@@ -285,10 +285,19 @@ VmFlags: rd wr mr mw me gd ac\n";
         );
         let pid = child.0.id() as i32;
         let fresh = |f: &str| super::super::read_small_fresh(&super::super::pid_path(pid, f));
-        // Wait for the exec: the layout of sleep, not of our fork.
+        // Wait for sleep's own sleep: its exec, its loader and its C
+        // library's start are over, its layout is final (maps showing
+        // "sleep" is not enough: the exec maps the interpreter after that,
+        // and the loader the libraries).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !String::from_utf8_lossy(&fresh("maps").unwrap()).contains("sleep") {
-            assert!(std::time::Instant::now() < deadline, "sleep never ran");
+        let sleeping = || {
+            let call = fresh("syscall").unwrap_or_default();
+            let nr = String::from_utf8_lossy(&call);
+            let nr = nr.split_whitespace().next().unwrap_or("").to_string();
+            nr == libc::SYS_clock_nanosleep.to_string() || nr == libc::SYS_nanosleep.to_string()
+        };
+        while !sleeping() {
+            assert!(std::time::Instant::now() < deadline, "sleep never slept");
             std::thread::yield_now();
         }
         let maps = fresh("maps").unwrap();
