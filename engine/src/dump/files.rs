@@ -434,10 +434,7 @@ fn classify_path(pid: pid_t, fd: &mut Fd, info: &proc::fd::FdInfo, path: String)
         ));
     }
     // The path must still name the very file the task holds.
-    let now = match ft.is_symlink() {
-        true => std::fs::symlink_metadata(&path),
-        false => std::fs::metadata(&path),
-    };
+    let now = proc::memo::path_metadata(&path, !ft.is_symlink());
     match now {
         Ok(now) if now.dev() == md.dev() && now.ino() == md.ino() => {}
         _ if descriptor_changed(&proc_path, &path, &md) => {

@@ -40,7 +40,7 @@ fn is_plain_path(path: &str) -> bool {
 
 /// stat(path), checked to be the file with `dev`/`ino`; the reason otherwise.
 fn reachable(path: &str, dev: u64, ino: u64) -> std::result::Result<Metadata, String> {
-    match std::fs::metadata(path) {
+    match proc::memo::path_metadata(path, true) {
         Ok(md) if md.dev() == dev && md.ino() == ino => Ok(md),
         Ok(md) => Err(format!(
             "the path now names another file (device {:#x} inode {}, not device {dev:#x} inode {ino}): renamed, replaced, or on a filesystem that is no longer mounted there",
@@ -165,7 +165,7 @@ pub fn record_fds(pid: pid_t, fds: &mut Fds) -> Result<()> {
             // at before restore made PID: they are reopened by path.
             continue;
         }
-        let md = std::fs::metadata(&fd.path)
+        let md = proc::memo::path_metadata(&fd.path, true)
             .map_err(|e| Error::unsupported(pid, format!("fd {}: stat {}: {e}", fd.fd, fd.path)))?;
         fd.file_id = Some(file_id(&md));
     }

@@ -42,6 +42,9 @@ struct Kept {
     /// The kept maps text, parsed (each module that reads a member's maps
     /// parsed it again: ~20 us for a small process's).
     maps: HashMap<i32, Vec<Vma>>,
+    /// stat(2) of files outside /proc by path (true: following a final
+    /// symbolic link), for the whole guard: see [`path_metadata`].
+    paths: HashMap<(String, bool), std::fs::Metadata>,
 }
 
 impl Kept {
@@ -207,6 +210,40 @@ pub(super) fn maps_through<E>(
     Ok(v)
 }
 
+/// stat(2) (`follow`) or lstat(2) of `path`, kept while a guard lives on
+/// this thread: the executable, the libraries and the files a hundred
+/// members of a tree map or hold open are each looked up once per pass
+/// (they were a third of a tree dump's stat calls). A file outside the
+/// tree can be renamed at any time, before or after a per-member stat
+/// alike, so one stat per pass is as exact as many (as dump::tree_scan
+/// reads other processes once). Not for /proc paths (a process's own, and
+/// not frozen by that), nor failures (read again, for their error).
+pub fn path_metadata(path: &str, follow: bool) -> std::io::Result<std::fs::Metadata> {
+    let stat = || match follow {
+        true => std::fs::metadata(path),
+        false => std::fs::symlink_metadata(path),
+    };
+    if !path.starts_with('/') || path.starts_with("/proc/") {
+        return stat();
+    }
+    let key = (path.to_string(), follow);
+    let kept = KEPT.with(|k| k.borrow().as_ref().map(|k| k.paths.get(&key).cloned()));
+    match kept {
+        // No guard on this thread.
+        None => stat(),
+        Some(Some(md)) => Ok(md),
+        Some(None) => {
+            let md = stat()?;
+            KEPT.with(|k| {
+                if let Some(k) = k.borrow_mut().as_mut() {
+                    k.paths.insert(key, md.clone());
+                }
+            });
+            Ok(md)
+        }
+    }
+}
+
 /// The kept descriptor list of `pid`, or `list` it (and keep it, within a
 /// [`FrozenReads`] that holds `pid`).
 pub(super) fn fds_through<E>(
@@ -368,6 +405,35 @@ VmFlags: rd wr mr mw me gd ac\n";
         read_through(Path::new("/proc/1/smaps"), |_| Ok(Vec::new())).unwrap();
         assert_eq!(maps_through(1, &mut parse).unwrap()[0].start, 5 << 12);
         assert_eq!(maps_through(1, &mut parse).unwrap()[0].start, 5 << 12);
+    }
+
+    #[test]
+    fn a_path_is_looked_up_once_per_guard() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").expect("write a");
+        std::fs::write(&b, b"b").expect("write b");
+        let path = a.to_str().expect("utf-8 path");
+        let ino = |p: &std::path::Path| std::fs::metadata(p).expect("stat").ino();
+        let (ino_a, ino_b) = (ino(&a), ino(&b));
+        {
+            let _g = FrozenReads::begin(&[]);
+            assert_eq!(path_metadata(path, true).unwrap().ino(), ino_a);
+            // Replaced meanwhile: the pass keeps what it saw.
+            std::fs::rename(&b, &a).expect("rename");
+            assert_eq!(path_metadata(path, true).unwrap().ino(), ino_a);
+            // lstat is kept apart.
+            assert_eq!(path_metadata(path, false).unwrap().ino(), ino_b);
+        }
+        // Without a guard: looked up each time.
+        assert_eq!(path_metadata(path, true).unwrap().ino(), ino_b);
+        // A missing file is an error each time, never kept.
+        let _g = FrozenReads::begin(&[]);
+        let gone = dir.path().join("gone");
+        assert!(path_metadata(gone.to_str().unwrap(), true).is_err());
+        std::fs::write(&gone, b"").expect("write gone");
+        assert!(path_metadata(gone.to_str().unwrap(), true).is_ok());
     }
 
     #[test]
