@@ -929,6 +929,69 @@ fn vfork_child_is_refused() {
     assert_eq!(parent.wait(TIMEOUT), Exit::Code(0));
 }
 
+/// A member refused by a dump's frozen pass (its refusals run there only):
+/// the images already in the directory stay as they were, whichever
+/// number of threads checks the members. The old images go only once
+/// every member is checked.
+#[test]
+fn member_refused_frozen_leaves_the_old_images() {
+    init();
+    let tmp = tempdir();
+    let bin = compile_c(tmp.path(), "gonecwd.c", &[]);
+    let log = tmp.path().join("result.log");
+    let p = spawn_daemon(Command::new(&bin).arg(&log).arg(tmp.path()));
+    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+    assert_eq!(children.len(), 4, "{}", read_string(&log));
+    // The images of another process, dumped left running.
+    let other = spawn_daemon(Command::new("sleep").arg("600"));
+    let images = tmp.path().join("img");
+    dump(other.pid, &images, &["--leave-running"]);
+    let listing = |dir: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .expect("images directory")
+            .map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).expect("read image"))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&images);
+    assert!(before.iter().any(|(n, _)| n == "inventory.img"));
+    let pid = p.pid.to_string();
+    let one: [(&str, &std::ffi::OsStr); 1] = [("CRUST_DUMP_THREADS", "1".as_ref())];
+    for env in [&[][..], &one[..]] {
+        let out = crust_spawn_env(["dump", "-t", &pid, "-D", path_str(&images)], env).wait(TIMEOUT);
+        out.assert_failed()
+            .stderr_has("unsupported: working directory was removed");
+        let after: Vec<(String, Vec<u8>)> = listing(&images)
+            .into_iter()
+            // The new dump's empty files, made before the freeze, go with
+            // the failed dump; none is an image restore takes.
+            .filter(|(n, _)| !n.starts_with('.'))
+            .collect();
+        assert_eq!(
+            after.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            before.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+        assert!(after == before, "an old image changed");
+    }
+    p.assert_running_untraced();
+    other.assert_running_untraced();
+    let mut kids = Vec::new();
+    for &child in &children {
+        let c = Proc::adopt(child);
+        c.signal(libc::SIGUSR1);
+        kids.push(c);
+    }
+    for c in &kids {
+        wait_exited(c.pid);
+    }
+    wake_and_expect_ok(p, &log);
+}
+
 /// Two members refused (each in a removed working directory), judged on
 /// two threads (every other member on each): by a dump frozen, on its two
 /// finishing threads, and by a pre-dump before the freeze. The error

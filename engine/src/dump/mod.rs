@@ -1419,7 +1419,6 @@ fn dump_inner(
         .collect();
     let mut shared = shared::SharedObjects::for_processes(&live)?;
     let tree_dump = TreeDump {
-        root: pid,
         parents: &parents,
         opts,
         lazy: lazy.is_some(),
@@ -1700,7 +1699,6 @@ fn two_threads() -> bool {
 
 /// What every member's dump of a tree goes by.
 struct TreeDump<'a> {
-    root: pid_t,
     parents: &'a [(pid_t, Option<Parent>)],
     opts: &'a DumpOptions,
     lazy: bool,
@@ -1722,7 +1720,6 @@ impl TreeDump<'_> {
             parent: self.parent(pid),
             opts: self.opts,
             lazy: self.lazy,
-            first: pid == self.root,
             tree: &self.tree,
             images: self.images,
         }
@@ -1735,14 +1732,15 @@ impl TreeDump<'_> {
 /// This thread, the tracer (ptrace requests must come from the thread
 /// that seized the task), collects every member first
 /// ([`collect_process`]: refusals, injected calls, task state); then, with
-/// two or more live members, the members are finished
-/// ([`finish_process`]: /proc, the tracker, the page copy, the images) on
-/// two threads, the root first and alone (it clears the old images). A
-/// worker finishing while the tracer injects gains nothing on two cores:
-/// the tracer's stop-and-go with each task needs both. Lazy dumps and
-/// snapshots, and `CRUST_DUMP_THREADS=1`, finish each member right after
-/// collecting it, on this thread. A failure on either thread stops both;
-/// the tree is let go by the caller.
+/// two or more live members, the members are checked ([`check_process`])
+/// on two threads, the old images are removed once none was refused, and
+/// the members are written ([`write_process`]: /proc, the tracker, the
+/// page copy, the images) on two threads. A worker finishing while the
+/// tracer injects gains nothing on two cores: the tracer's stop-and-go
+/// with each task needs both. Lazy dumps and snapshots, and
+/// `CRUST_DUMP_THREADS=1`, check each member right after collecting it,
+/// and write them in turn, on this thread. A failure on either thread
+/// stops both; the tree is let go by the caller.
 fn dump_members(
     held: &mut [tree::Member],
     ctx: &TreeDump<'_>,
@@ -1757,10 +1755,10 @@ fn dump_members(
     let one_by_one = ctx.lazy || snapshot || live < 2 || !two_threads();
     let shared = std::sync::Mutex::new(shared);
     let mut entries = Vec::new();
-    let mut dumps = Vec::new();
     // Otherwise every member collected first (the tracer alone: a second
-    // thread slows its stop-and-go with each task), then finished on two.
+    // thread slows its stop-and-go with each task), then checked on two.
     let mut collected = Vec::new();
+    let mut checked = Vec::new();
     for m in held.iter_mut() {
         let Some(frozen) = m.frozen.as_mut() else {
             entries.push(m.entry(Vec::new()));
@@ -1777,33 +1775,59 @@ fn dump_members(
         )?;
         entries.push(m.entry(c.threads.clone()));
         match one_by_one {
-            true => dumps.push(finish_process(c, &ctx.sink(m.pid), &shared, phases)?),
+            true => checked.push(check_process(c, &ctx.sink(m.pid), phases)?),
             false => collected.push(c),
         }
     }
+    if !one_by_one {
+        let check = |c: Collected, phases: &mut crate::phases::Phases| {
+            let sink = ctx.sink(c.pid);
+            check_process(c, &sink, phases)
+        };
+        checked = on_two_threads(collected, |c| c.pid, &check, phases)?;
+    }
+    // Nothing refused: the old images go (inventory first) before any new
+    // one is written, so a failed dump leaves nothing restore accepts.
+    ctx.images.clear_stale()?;
     if one_by_one {
+        let mut dumps = Vec::new();
+        for c in checked {
+            let sink = ctx.sink(c.pid);
+            dumps.push(write_process(c, &sink, &shared, phases)?);
+        }
         return Ok((dumps, entries));
     }
-    // The root first, alone: its finish clears the old images.
-    let mut rest = collected.into_iter();
-    if let Some(root) = rest.next() {
-        let sink = ctx.sink(root.pid);
-        dumps.push(finish_process(root, &sink, &shared, phases)?);
-    }
-    let (ours, theirs): (Vec<_>, Vec<_>) = rest.enumerate().partition(|(i, _)| i % 2 == 0);
-    // The first member refused so far in the tree's order: neither thread
-    // finishes the members after it, and it is the one named, as on one
-    // thread (most members' refusals run here only: refuse_tree).
+    let write = |c: Checked, phases: &mut crate::phases::Phases| {
+        let sink = ctx.sink(c.pid);
+        write_process(c, &sink, &shared, phases)
+    };
+    let dumps = on_two_threads(checked, |c| c.pid, &write, phases)?;
+    Ok((dumps, entries))
+}
+
+/// Runs `work` on each of `items` (in the tree's order), half on this
+/// thread and half on a second one (every other item), and returns the
+/// results in order. The first item that fails in the tree's order is the
+/// error (as on one thread): neither thread goes past it.
+/// `pid_of`: the process an item is of (the second thread keeps its own
+/// frozen reads of them, proc::memo being per thread).
+fn on_two_threads<T: Send, U: Send>(
+    items: Vec<T>,
+    pid_of: fn(&T) -> pid_t,
+    work: &(dyn Fn(T, &mut crate::phases::Phases) -> Result<U> + Sync),
+    phases: &mut crate::phases::Phases,
+) -> Result<Vec<U>> {
+    let (ours, theirs): (Vec<_>, Vec<_>) =
+        items.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
     let first_failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
-    let finish_all = |list: Vec<(usize, Collected)>, phases: &mut crate::phases::Phases| {
+    let run = |list: Vec<(usize, T)>, phases: &mut crate::phases::Phases| {
         use std::sync::atomic::Ordering::SeqCst;
         let mut done = Vec::new();
-        for (i, c) in list {
+        for (i, item) in list {
             if i > first_failed.load(SeqCst) {
                 break;
             }
-            let sink = ctx.sink(c.pid);
-            match finish_process(c, &sink, &shared, phases) {
+            match work(item, phases) {
                 Ok(d) => done.push((i, d)),
                 Err(e) => {
                     first_failed.fetch_min(i, SeqCst);
@@ -1816,11 +1840,11 @@ fn dump_members(
     let (mine, worker) = std::thread::scope(|s| {
         let worker = s.spawn(|| {
             let mut phases = crate::phases::Phases::default();
-            let pids: Vec<pid_t> = theirs.iter().map(|(_, c)| c.pid).collect();
+            let pids: Vec<pid_t> = theirs.iter().map(|(_, t)| pid_of(t)).collect();
             let _reads = proc::memo::FrozenReads::begin(&pids);
-            finish_all(theirs, &mut phases).map(|d| (d, phases))
+            run(theirs, &mut phases).map(|d| (d, phases))
         });
-        let mine = finish_all(ours, phases);
+        let mine = run(ours, phases);
         let worker = worker.join().unwrap_or_else(|_| {
             let panicked = Error::Other("the dump's worker thread panicked".into());
             Err((0, panicked))
@@ -1834,17 +1858,17 @@ fn dump_members(
         (Err((i, e)), Err((j, f))) => return Err(if i < j { e } else { f }),
         (Err((_, e)), _) | (_, Err((_, e))) => return Err(e),
     };
-    let mut finished: Vec<(usize, ProcessDump)> = mine;
-    finished.extend(theirs);
-    finished.sort_by_key(|(i, _)| *i);
-    dumps.extend(finished.into_iter().map(|(_, d)| d));
+    let mut done: Vec<(usize, U)> = mine;
+    done.extend(theirs);
+    done.sort_by_key(|(i, _)| *i);
     phases.spans.extend(worker_phases.spans);
-    Ok((dumps, entries))
+    Ok(done.into_iter().map(|(_, d)| d).collect())
 }
 
 /// What the tracer thread takes of a held process (everything that needs
-/// a ptrace request or an injected call), for [`finish_process`] to dump
-/// the rest from /proc and its memory, which any thread can read.
+/// a ptrace request or an injected call), for [`check_process`] and
+/// [`write_process`] to dump the rest from /proc and its memory, which
+/// any thread can read.
 struct Collected {
     pid: pid_t,
     threads: Vec<i32>,
@@ -1864,9 +1888,10 @@ struct Collected {
 /// the refusals that must come before any injected call, the bursts (task
 /// state, every thread), credentials, the tracker's start, what only
 /// ptrace reads (pending signals, rseq); starts the smaps read.
-/// [`finish_process`] does the rest, into its core, mm, fds and pagemap
-/// images and its pages: the tracer is alone while it collects a tree,
-/// so what any thread can read is left to the finishing threads.
+/// [`check_process`] and [`write_process`] do the rest, into its core,
+/// mm, fds and pagemap images and its pages: the tracer is alone while it
+/// collects a tree, so what any thread can read is left to the finishing
+/// threads.
 fn collect_process(
     pid: pid_t,
     frozen: &mut Frozen,
@@ -1960,42 +1985,41 @@ fn collect_process(
     })
 }
 
-/// Where [`finish_process`] writes and what it goes by.
+/// What [`check_process`] and [`write_process`] go by, and where they write.
 struct Sink<'a> {
     parent: Option<&'a Parent>,
     opts: &'a DumpOptions,
     lazy: bool,
-    /// The root: the old images go before its new ones.
-    first: bool,
     tree: &'a tree_scan::TreeScan,
     images: &'a ImageOut,
 }
 
-/// The rest of a process's dump, from outside the (frozen) task: the
-/// refusals that run after the bursts (credentials among them), the task
-/// state /proc shows (limits, attributes, robust list, cwd), the memory
-/// (tracker, plan, copy), descriptors, identities, shared objects, the
-/// images. Needs no ptrace
-/// request: a tree's dump runs it on two threads once the tracer has
-/// collected every member ([`dump_members`]).
-fn finish_process(
+/// The first part of the rest of a process's dump, from outside the
+/// (frozen) task: the refusals that run after the bursts (VmFlags,
+/// credentials, namespaces, descriptors, files; for a tree's members
+/// other than the root, the only ones: `refuse_tree`) and the task state
+/// /proc shows (limits, attributes, robust list, cwd). Nothing is
+/// written: every member of a tree is checked before the old images go
+/// ([`dump_members`]), so that a refused dump leaves them. Needs no
+/// ptrace request: a tree's dump runs it on two threads once the tracer
+/// has collected every member.
+fn check_process(
     c: Collected,
     sink: &Sink<'_>,
-    shared: &std::sync::Mutex<&mut shared::SharedObjects>,
     phases: &mut crate::phases::Phases,
-) -> Result<ProcessDump> {
+) -> Result<Checked> {
     let Collected {
         pid,
         // In the tree's entry already (dump_members).
         threads: _,
         core,
-        mut started,
+        started,
         our_tracker,
         gadget,
         maps,
         layout,
     } = c;
-    let (parent, opts, lazy, images) = (sink.parent, sink.opts, sink.lazy, sink.images);
+    let opts = sink.opts;
     let snapshot = opts.leave_running && opts.track.track_mem;
     // Only the soft-dirty tracker and a lazy dump need VmFlags to plan.
     // A lazy dump too: which VMAs may be lazy depends on their VmFlags
@@ -2003,7 +2027,7 @@ fn finish_process(
     // A snapshot too: its tracker registers VMAs below, which must not
     // happen while smaps is read.
     let needs_flags =
-        lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+        sink.lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
     // smaps, where this thread reads it (flags needed, or a tree's member:
     // Layout::deferred), first: the refusals below take the maps text from
     // it (proc::memo), and refused VmFlags stop the dump before the old
@@ -2017,13 +2041,56 @@ fn finish_process(
     let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, sink.tree)?;
     let mut core = core;
     task::collect_outside(pid, &mut core.core)?;
-    // Nothing refused: the old images go (inventory first) before any new
-    // one is written, so a failed dump leaves nothing restore accepts.
-    // (Once, before the root's images.)
-    if sink.first {
-        images.clear_stale()?;
-    }
     phases.mark("refuse after");
+    Ok(Checked {
+        pid,
+        core,
+        started,
+        our_tracker,
+        gadget,
+        maps,
+        layout,
+        needs_flags,
+        fd_plan,
+    })
+}
+
+/// A process [`check_process`] found nothing to refuse in, with what it
+/// read for [`write_process`].
+struct Checked {
+    pid: pid_t,
+    core: task::Collected,
+    started: Option<Started>,
+    our_tracker: Option<i32>,
+    gadget: u64,
+    maps: Vec<proc::maps::Vma>,
+    layout: Layout,
+    needs_flags: bool,
+    fd_plan: files::FdPlan,
+}
+
+/// The rest of a process's dump once every process of the dump is
+/// checked and the old images are gone: the memory (tracker, plan,
+/// copy), descriptors, identities, shared objects, its images.
+fn write_process(
+    c: Checked,
+    sink: &Sink<'_>,
+    shared: &std::sync::Mutex<&mut shared::SharedObjects>,
+    phases: &mut crate::phases::Phases,
+) -> Result<ProcessDump> {
+    let Checked {
+        pid,
+        core,
+        mut started,
+        our_tracker,
+        gadget,
+        maps,
+        layout,
+        needs_flags,
+        fd_plan,
+    } = c;
+    let (parent, opts, lazy, images) = (sink.parent, sink.opts, sink.lazy, sink.images);
+    let snapshot = opts.leave_running && opts.track.track_mem;
     guard::check()?;
 
     // Memory. The injected calls changed no VMA but for the scratch page,
