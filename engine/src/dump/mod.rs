@@ -783,10 +783,11 @@ fn refuse_tree(
     // link and maps go before it is a zombie. Not the root: gone, it
     // fails the dump.
     let gone = |m: pid_t| proc::stat::read_stat(m).map_or(true, |s| s.exiting());
-    // Each member judged on its own (/proc reads, ~0.4 ms of CPU each),
-    // the root too: the members are split between this thread and a
-    // second one, and the results taken in the tree's order (the first
-    // member refused is the one named, as one thread would).
+    // Each member judged on its own (a pre-dump's: its refusals, /proc
+    // reads, ~0.4 ms of CPU each; a dump's: its maps and place, and the
+    // root's refusals), the root too: the members are split between this
+    // thread and a second one, and the results taken in the tree's order
+    // (the first member refused is the one named, as one thread would).
     type Verdict = Option<(tree::Place, Option<Vec<proc::maps::Vma>>)>;
     let judge = |m: pid_t| -> Result<Verdict> {
         if m == pid {
@@ -1346,8 +1347,9 @@ fn dump_inner(
         ));
     }
     let images = ImageDir::create(dir)?;
-    // The tree under the task, listed without stopping anything: every
-    // member's refusals run before the freeze, as for a single task.
+    // The tree under the task, listed without stopping anything: the
+    // root's refusals and the tree's own run before the freeze, as for a
+    // single task (each member's run frozen).
     let members = tree::list(pid)?;
     let parents = load_parents(dir, &opts.track, &members)?;
     let images = ImageOut::new(images, opts.page_server)?;
