@@ -1756,6 +1756,14 @@ fn dump_members(
     let snapshot = ctx.opts.leave_running && ctx.opts.track.track_mem;
     let one_by_one = ctx.lazy || snapshot || live < 2 || !two_threads();
     let shared = std::sync::Mutex::new(shared);
+    let check = |c: Collected, phases: &mut crate::phases::Phases| {
+        let sink = ctx.sink(c.pid);
+        check_process(c, &sink, phases)
+    };
+    let write = |c: Checked, phases: &mut crate::phases::Phases| {
+        let sink = ctx.sink(c.collected.pid);
+        write_process(c, &sink, &shared, phases)
+    };
     let mut entries = Vec::new();
     // Otherwise every member collected first (the tracer alone: a second
     // thread slows its stop-and-go with each task), then checked on two.
@@ -1777,33 +1785,24 @@ fn dump_members(
         )?;
         entries.push(m.entry(c.threads.clone()));
         match one_by_one {
-            true => checked.push(check_process(c, &ctx.sink(m.pid), phases)?),
+            true => checked.push(check(c, phases)?),
             false => collected.push(c),
         }
     }
     if !one_by_one {
-        let check = |c: Collected, phases: &mut crate::phases::Phases| {
-            let sink = ctx.sink(c.pid);
-            check_process(c, &sink, phases)
-        };
         checked = on_two_threads(collected, |c| c.pid, &check, phases)?;
     }
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
     ctx.images.clear_stale()?;
     if one_by_one {
-        let mut dumps = Vec::new();
-        for c in checked {
-            let sink = ctx.sink(c.pid);
-            dumps.push(write_process(c, &sink, &shared, phases)?);
-        }
+        let dumps = checked
+            .into_iter()
+            .map(|c| write(c, phases))
+            .collect::<Result<_>>()?;
         return Ok((dumps, entries));
     }
-    let write = |c: Checked, phases: &mut crate::phases::Phases| {
-        let sink = ctx.sink(c.pid);
-        write_process(c, &sink, &shared, phases)
-    };
-    let dumps = on_two_threads(checked, |c| c.pid, &write, phases)?;
+    let dumps = on_two_threads(checked, |c| c.collected.pid, &write, phases)?;
     Ok((dumps, entries))
 }
 
@@ -1996,6 +1995,18 @@ struct Sink<'a> {
     images: &'a ImageOut,
 }
 
+impl Sink<'_> {
+    /// Whether planning the process's pages needs its VmFlags (smaps):
+    /// for the soft-dirty tracker; for a lazy dump (which VMAs may be lazy
+    /// depends on them: locked, never writable, growing down, which maps
+    /// does not show); for a snapshot (its tracker registers VMAs, which
+    /// must not happen while smaps is read).
+    fn needs_vm_flags(&self, started: &Option<Started>) -> bool {
+        let snapshot = self.opts.leave_running && self.opts.track.track_mem;
+        self.lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags())
+    }
+}
+
 /// The first part of the rest of a process's dump, from outside the
 /// (frozen) task: the refusals that run after the bursts (VmFlags,
 /// credentials, namespaces, descriptors, files; for a tree's members
@@ -2006,68 +2017,33 @@ struct Sink<'a> {
 /// ptrace request: a tree's dump runs it on two threads once the tracer
 /// has collected every member.
 fn check_process(
-    c: Collected,
+    mut c: Collected,
     sink: &Sink<'_>,
     phases: &mut crate::phases::Phases,
 ) -> Result<Checked> {
-    let Collected {
-        pid,
-        // In the tree's entry already (dump_members).
-        threads: _,
-        core,
-        started,
-        our_tracker,
-        gadget,
-        maps,
-        layout,
-    } = c;
-    let opts = sink.opts;
-    let snapshot = opts.leave_running && opts.track.track_mem;
-    // Only the soft-dirty tracker and a lazy dump need VmFlags to plan.
-    // A lazy dump too: which VMAs may be lazy depends on their VmFlags
-    // (locked, never writable, growing down), which maps does not show.
-    // A snapshot too: its tracker registers VMAs below, which must not
-    // happen while smaps is read.
-    let needs_flags =
-        sink.lazy || snapshot || started.as_ref().is_some_and(|s| s.tracker.needs_vm_flags());
+    let (pid, our_tracker) = (c.pid, c.our_tracker);
     // smaps, where this thread reads it (flags needed, or a tree's member:
     // Layout::deferred), first: the refusals below take the maps text from
     // it (proc::memo), and refused VmFlags stop the dump before the old
     // images go and before any page is copied.
-    let mut layout = layout;
-    if needs_flags || layout.is_deferred() {
-        layout.read_now(&maps, our_tracker)?;
+    if sink.needs_vm_flags(&c.started) || c.layout.is_deferred() {
+        c.layout.read_now(&c.maps, our_tracker)?;
     }
     // The tracer's part left these to any thread (collect_process).
     creds::refuse(pid)?;
-    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &opts.external, sink.tree)?;
-    let mut core = core;
-    task::collect_outside(pid, &mut core.core)?;
+    let fd_plan = refuse::task_state_but_layout(pid, our_tracker, &sink.opts.external, sink.tree)?;
+    task::collect_outside(pid, &mut c.core.core)?;
     phases.mark("refuse after");
     Ok(Checked {
-        pid,
-        core,
-        started,
-        our_tracker,
-        gadget,
-        maps,
-        layout,
-        needs_flags,
+        collected: c,
         fd_plan,
     })
 }
 
-/// A process [`check_process`] found nothing to refuse in, with what it
-/// read for [`write_process`].
+/// A process [`check_process`] found nothing to refuse in, with its
+/// descriptors' plan, for [`write_process`].
 struct Checked {
-    pid: pid_t,
-    core: task::Collected,
-    started: Option<Started>,
-    our_tracker: Option<i32>,
-    gadget: u64,
-    maps: Vec<proc::maps::Vma>,
-    layout: Layout,
-    needs_flags: bool,
+    collected: Collected,
     fd_plan: files::FdPlan,
 }
 
@@ -2081,18 +2057,23 @@ fn write_process(
     phases: &mut crate::phases::Phases,
 ) -> Result<ProcessDump> {
     let Checked {
-        pid,
-        core,
-        mut started,
-        our_tracker,
-        gadget,
-        maps,
-        layout,
-        needs_flags,
+        collected:
+            Collected {
+                pid,
+                // In the tree's entry already (dump_members).
+                threads: _,
+                core,
+                mut started,
+                our_tracker,
+                gadget,
+                maps,
+                layout,
+            },
         fd_plan,
     } = c;
     let (parent, opts, lazy, images) = (sink.parent, sink.opts, sink.lazy, sink.images);
     let snapshot = opts.leave_running && opts.track.track_mem;
+    let needs_flags = sink.needs_vm_flags(&started);
     guard::check()?;
 
     // Memory. The injected calls changed no VMA but for the scratch page,

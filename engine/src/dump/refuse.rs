@@ -36,9 +36,9 @@ pub(crate) fn task_state(
 /// threads (checked frozen before the first injected call) and the
 /// credentials and namespaces (which no injected call of a dump changes:
 /// the dump refuses them frozen on its own, `creds::refuse`). The final
-/// dump runs this while frozen and reads smaps on a thread of its own
-/// meanwhile (`dump::Layout`), after it ran [`task_state`] in full before
-/// freezing.
+/// dump runs this while frozen, smaps read apart (`dump::Layout`): for
+/// the root after it ran [`task_state`] in full before freezing, for a
+/// tree's other members as their only refusals (`dump::refuse_tree`).
 pub(crate) fn task_state_but_layout(
     pid: pid_t,
     our_tracker: Option<i32>,
