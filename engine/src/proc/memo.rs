@@ -11,8 +11,9 @@
 //! clearing its VMAs. So within [`FrozenReads::begin`], the dump's thread
 //! keeps them for the frozen processes (never for any other), and every
 //! injected call ([`invalidate`], called by the injector) and every tracker
-//! step drops what it kept of that process. Anything that must see a signal sent from
-//! outside since (pending sets) reads with [`super::read_small_fresh`].
+//! step drops what it kept of that process. Anything that must see a
+//! signal sent from outside since (pending sets) reads with
+//! [`super::read_small_fresh`].
 //!
 //! Before the freeze, the refusals of a running member read the same
 //! files as often; there [`FrozenReads::judging`] keeps them while one
@@ -194,20 +195,7 @@ pub(super) fn maps_through<E>(
     pid: i32,
     read: impl FnOnce() -> std::result::Result<Vec<Vma>, E>,
 ) -> std::result::Result<Vec<Vma>, E> {
-    if !frozen(pid) {
-        return read();
-    }
-    let kept = KEPT.with(|k| k.borrow().as_ref().and_then(|k| k.maps.get(&pid).cloned()));
-    if let Some(v) = kept {
-        return Ok(v);
-    }
-    let v = read()?;
-    KEPT.with(|k| {
-        if let Some(k) = k.borrow_mut().as_mut() {
-            k.maps.insert(pid, v.clone());
-        }
-    });
-    Ok(v)
+    kept_by_pid(pid, |k| &mut k.maps, read)
 }
 
 /// stat(2) (`follow`) or lstat(2) of `path`, kept while a guard lives on
@@ -250,20 +238,34 @@ pub(super) fn fds_through<E>(
     pid: i32,
     list: impl FnOnce() -> std::result::Result<Vec<FdLink>, E>,
 ) -> std::result::Result<Vec<FdLink>, E> {
+    kept_by_pid(pid, |k| &mut k.fds, list)
+}
+
+/// What `slot` keeps of `pid`, or `read` it (and keep it there, within a
+/// [`FrozenReads`] that holds `pid`).
+fn kept_by_pid<T: Clone, E>(
+    pid: i32,
+    slot: fn(&mut Kept) -> &mut HashMap<i32, T>,
+    read: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     if !frozen(pid) {
-        return list();
+        return read();
     }
-    let kept = KEPT.with(|k| k.borrow().as_ref().and_then(|k| k.fds.get(&pid).cloned()));
-    if let Some(l) = kept {
-        return Ok(l);
+    let kept = KEPT.with(|k| {
+        k.borrow_mut()
+            .as_mut()
+            .and_then(|k| slot(k).get(&pid).cloned())
+    });
+    if let Some(v) = kept {
+        return Ok(v);
     }
-    let l = list()?;
+    let v = read()?;
     KEPT.with(|k| {
         if let Some(k) = k.borrow_mut().as_mut() {
-            k.fds.insert(pid, l.clone());
+            slot(k).insert(pid, v.clone());
         }
     });
-    Ok(l)
+    Ok(v)
 }
 
 #[cfg(test)]
