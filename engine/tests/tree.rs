@@ -929,6 +929,46 @@ fn vfork_child_is_refused() {
     assert_eq!(parent.wait(TIMEOUT), Exit::Code(0));
 }
 
+/// gonecwd.c's tree, running: a root and four children, the second and
+/// the third in removed working directories (refused by name).
+struct GoneCwd {
+    root: Proc,
+    log: PathBuf,
+    children: Vec<i32>,
+}
+
+impl GoneCwd {
+    fn start(dir: &Path) -> GoneCwd {
+        let bin = compile_c(dir, "gonecwd.c", &[]);
+        let log = dir.join("result.log");
+        let root = spawn_daemon(Command::new(&bin).arg(&log).arg(dir));
+        let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
+        assert_eq!(children.len(), 4, "{}", read_string(&log));
+        GoneCwd {
+            root,
+            log,
+            children,
+        }
+    }
+
+    /// Checks that every process runs, untraced, then ends the tree: each
+    /// child exits 0 and the root reports it.
+    fn end_untouched(self) {
+        self.root.assert_running_untraced();
+        let mut kids = Vec::new();
+        for &child in &self.children {
+            let c = Proc::adopt(child);
+            c.assert_running_untraced();
+            c.signal(libc::SIGUSR1);
+            kids.push(c);
+        }
+        for c in &kids {
+            wait_exited(c.pid);
+        }
+        wake_and_expect_ok(self.root, &self.log);
+    }
+}
+
 /// A member refused by a dump's frozen pass (its refusals run there only):
 /// the images already in the directory stay as they were, whichever
 /// number of threads checks the members. The old images go only once
@@ -937,11 +977,7 @@ fn vfork_child_is_refused() {
 fn member_refused_frozen_leaves_the_old_images() {
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "gonecwd.c", &[]);
-    let log = tmp.path().join("result.log");
-    let p = spawn_daemon(Command::new(&bin).arg(&log).arg(tmp.path()));
-    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
-    assert_eq!(children.len(), 4, "{}", read_string(&log));
+    let tree = GoneCwd::start(tmp.path());
     // The images of another process, dumped left running.
     let other = spawn_daemon(Command::new("sleep").arg("600"));
     let images = tmp.path().join("img");
@@ -960,7 +996,7 @@ fn member_refused_frozen_leaves_the_old_images() {
     };
     let before = listing(&images);
     assert!(before.iter().any(|(n, _)| n == "inventory.img"));
-    let pid = p.pid.to_string();
+    let pid = tree.root.pid.to_string();
     let one: [(&str, &std::ffi::OsStr); 1] = [("CRUST_DUMP_THREADS", "1".as_ref())];
     for env in [&[][..], &one[..]] {
         let out = crust_spawn_env(["dump", "-t", &pid, "-D", path_str(&images)], env).wait(TIMEOUT);
@@ -978,18 +1014,8 @@ fn member_refused_frozen_leaves_the_old_images() {
         );
         assert!(after == before, "an old image changed");
     }
-    p.assert_running_untraced();
     other.assert_running_untraced();
-    let mut kids = Vec::new();
-    for &child in &children {
-        let c = Proc::adopt(child);
-        c.signal(libc::SIGUSR1);
-        kids.push(c);
-    }
-    for c in &kids {
-        wait_exited(c.pid);
-    }
-    wake_and_expect_ok(p, &log);
+    tree.end_untouched();
 }
 
 /// Two members refused (each in a removed working directory), judged on
@@ -1002,11 +1028,7 @@ fn member_refused_frozen_leaves_the_old_images() {
 fn first_member_refused_is_named_on_two_threads() {
     init();
     let tmp = tempdir();
-    let bin = compile_c(tmp.path(), "gonecwd.c", &[]);
-    let log = tmp.path().join("result.log");
-    let p = spawn_daemon(Command::new(&bin).arg(&log).arg(tmp.path()));
-    let children = ready_pids(&wait_file_contains(&log, "ready", TIMEOUT));
-    assert_eq!(children.len(), 4, "{}", read_string(&log));
+    let tree = GoneCwd::start(tmp.path());
     // Members: the root, then its children in fork order. Before the
     // freeze, the root and the second child are judged on this thread,
     // the first and the third on the second one; frozen, the members
@@ -1014,9 +1036,9 @@ fn first_member_refused_is_named_on_two_threads() {
     // thread, the second and the fourth on the other.
     let named = format!(
         "pid {}: unsupported: working directory was removed",
-        children[1]
+        tree.children[1]
     );
-    let pid = p.pid.to_string();
+    let pid = tree.root.pid.to_string();
     let one: [(&str, &std::ffi::OsStr); 1] = [("CRUST_DUMP_THREADS", "1".as_ref())];
     for round in 0..8 {
         let env: &[(&str, &std::ffi::OsStr)] = if round % 2 == 0 { &[] } else { &one };
@@ -1026,16 +1048,5 @@ fn first_member_refused_is_named_on_two_threads() {
         out.assert_failed().stderr_has(&named);
         assert!(!images.join("inventory.img").exists());
     }
-    p.assert_running_untraced();
-    let mut kids = Vec::new();
-    for &child in &children {
-        let c = Proc::adopt(child);
-        c.assert_running_untraced();
-        c.signal(libc::SIGUSR1);
-        kids.push(c);
-    }
-    for c in &kids {
-        wait_exited(c.pid);
-    }
-    wake_and_expect_ok(p, &log);
+    tree.end_untouched();
 }
