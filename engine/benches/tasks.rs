@@ -34,7 +34,7 @@
 //!
 //! And the machine's limit for a tree's image files: creating, writing
 //! (1 KiB) and closing a file in the image directory, timed on 200 files
-//! (a process has five image files: on a filesystem where creating a file
+//! (a process has three image files: on a filesystem where creating a file
 //! is slow, that alone can exceed the target).
 //!
 //! Run as root: `cargo bench -p crust --bench tasks`. Environment:
@@ -557,9 +557,9 @@ fn bench() -> Res<()> {
     );
     let create = median(creates);
     println!(
-        "  machine limit for image files: creating a 1 KiB file in {}: {create:.1} us, {:.3} ms for the 5 files of a process",
+        "  machine limit for image files: creating a 1 KiB file in {}: {create:.1} us, {:.3} ms for the 3 files of a process",
         parent.display(),
-        5.0 * create / 1e3
+        3.0 * create / 1e3
     );
     Ok(())
 }

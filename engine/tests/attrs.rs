@@ -60,7 +60,7 @@ fn attribute_refused_by_name(state: &str, named: &str, pre_dump: bool) {
 #[test]
 fn restore_refuses_vm_flags_it_did_not_reproduce() {
     use crust::image::container::{read_message, write_message};
-    use crust::image::messages::{Mm, VmaKind};
+    use crust::image::messages::{Task, VmaKind};
     use crust::image::{ImageDir, Kind};
     use crust::proc::maps::VmFlags;
 
@@ -75,8 +75,9 @@ fn restore_refuses_vm_flags_it_did_not_reproduce() {
 
     let path = ImageDir::open(&images)
         .expect("open images")
-        .file(Kind::Mm, Some(p.pid));
-    let mut mm: Mm = read_message(&path, Kind::Mm).expect("read mm");
+        .file(Kind::Task, Some(p.pid));
+    let mut task: Task = read_message(&path, Kind::Task).expect("read task image");
+    let mm = task.mm.as_mut().expect("memory layout");
     let v = mm
         .vmas
         .iter_mut()
@@ -86,8 +87,8 @@ fn restore_refuses_vm_flags_it_did_not_reproduce() {
     v.vm_flags |= VmFlags::DONTDUMP;
     let at = format!("{:#x}-{:#x}", v.start, v.end);
     // Image files are created exclusively: replace, never overwrite.
-    std::fs::remove_file(&path).expect("remove mm");
-    write_message(&path, Kind::Mm, &mm).expect("write mm");
+    std::fs::remove_file(&path).expect("remove task image");
+    write_message(&path, Kind::Task, &task).expect("write task image");
 
     let out = crust(["restore", "-d", "-D", path_str(&images)]);
     // Should the restore wrongly succeed, the task is ours to kill.

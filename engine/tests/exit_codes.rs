@@ -81,8 +81,7 @@ fn failed_restore_leaves_no_pidfile() {
     let pid = p.pid;
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    std::fs::remove_file(images.join("core-".to_string() + &pid.to_string() + ".img"))
-        .expect("remove the core image");
+    std::fs::remove_file(images.join(format!("task-{pid}.img"))).expect("remove the task image");
     let pidfile = tmp.path().join("restored.pid");
     let out = crust([
         "restore",
@@ -189,7 +188,7 @@ fn lazy_pages_daemon_that_cannot_start_says_why() {
 fn show_of_garbage_exits_1() {
     init();
     let tmp = tempdir();
-    let f = tmp.path().join("core-1.img");
+    let f = tmp.path().join("task-1.img");
     std::fs::write(&f, b"not an image at all").expect("write");
     crust(["show", path_str(&f)]).assert_code(1);
 }

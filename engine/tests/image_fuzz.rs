@@ -117,9 +117,7 @@ fn mutate(rng: &mut Rng, file: &Path, others: &[PathBuf]) -> Mutation {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let state_kind = ["core-", "mm-", "fds-", "pstree"]
-        .iter()
-        .any(|k| name.starts_with(k));
+    let state_kind = ["task-", "pstree"].iter().any(|k| name.starts_with(k));
     let mut bytes = fs::read(file).expect("read image");
     let len = bytes.len() as u64;
     let raw = |what: String| Mutation {
@@ -378,9 +376,7 @@ fn mutated_images_never_panic_hang_or_restore_wrong_memory() {
     for kind in [
         "inventory",
         "pstree",
-        "core",
-        "mm",
-        "fds",
+        "task",
         "pagemap",
         "pages",
         "stats",

@@ -62,7 +62,7 @@ fn image_permissions() {
     dump(p.pid, &images, &[]);
     assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
     let names = assert_private(&images);
-    assert!(names.len() >= 7, "too few files: {names:?}");
+    assert!(names.len() >= 6, "too few files: {names:?}");
 }
 
 /// A log written into the image directory (`-o dump.log`) is 0600 like
@@ -108,7 +108,7 @@ fn show_prints_json() {
     let mut keys: Vec<String> = obj.keys().cloned().collect();
     keys.sort();
     assert_eq!(keys, files, "crust show keys vs image files");
-    for kind in ["core", "mm", "fds", "pagemap", "pages"] {
+    for kind in ["task", "pagemap", "pages"] {
         assert!(
             obj.contains_key(&format!("{kind}-{pid}.img")),
             "no {kind} image for pid {pid}: {keys:?}"
@@ -116,9 +116,10 @@ fn show_prints_json() {
     }
     assert_eq!(json["inventory.img"]["message"]["root_pid"], pid);
 
-    let vmas = json[format!("mm-{pid}.img")]["message"]["vmas"]
+    let task = &json[format!("task-{pid}.img")]["message"];
+    let vmas = task["mm"]["vmas"]
         .as_array()
-        .unwrap_or_else(|| panic!("mm has no vmas: {}", json[format!("mm-{pid}.img")]));
+        .unwrap_or_else(|| panic!("the task image has no vmas: {task}"));
     let kinds: Vec<&str> = vmas
         .iter()
         .map(|v| {
@@ -134,7 +135,7 @@ fn show_prints_json() {
         assert!(v["start"].as_u64() < v["end"].as_u64(), "bad VMA {v}");
     }
 
-    let regs = &json[format!("core-{pid}.img")]["message"]["regs"];
+    let regs = &task["core"]["regs"];
     for r in ["rip", "rsp"] {
         assert!(
             regs[r].as_u64().is_some_and(|x| x != 0),
@@ -143,9 +144,9 @@ fn show_prints_json() {
     }
 
     // One file on its own works too.
-    let one = crust(["show", path_str(&images.join(format!("core-{pid}.img")))]);
+    let one = crust(["show", path_str(&images.join(format!("task-{pid}.img")))]);
     one.assert_ok();
-    assert_eq!(one.json()["kind"], "core");
+    assert_eq!(one.json()["kind"], "task");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -189,14 +190,14 @@ fn bad_images_are_refused() {
             says: &["truncated"],
         },
         Case {
-            name: "flipped core byte",
-            file: format!("core-{pid}.img"),
+            name: "flipped task byte",
+            file: format!("task-{pid}.img"),
             corrupt: Box::new(|p| rewrite(p, |b| b[40] ^= 0x5a)),
             says: &["checksum"],
         },
         Case {
-            name: "flipped last mm byte",
-            file: format!("mm-{pid}.img"),
+            name: "flipped last task byte",
+            file: format!("task-{pid}.img"),
             corrupt: Box::new(|p| {
                 rewrite(p, |b| {
                     let last = b.len() - 1;
@@ -206,8 +207,8 @@ fn bad_images_are_refused() {
             says: &["checksum"],
         },
         Case {
-            name: "missing mm",
-            file: format!("mm-{pid}.img"),
+            name: "missing task",
+            file: format!("task-{pid}.img"),
             corrupt: Box::new(|p| fs::remove_file(p).expect("rm")),
             says: &["No such file"],
         },
@@ -236,8 +237,8 @@ fn bad_images_are_refused() {
             says: &["truncated"],
         },
         Case {
-            name: "truncated fds header",
-            file: format!("fds-{pid}.img"),
+            name: "truncated task header",
+            file: format!("task-{pid}.img"),
             corrupt: Box::new(|p| rewrite(p, |b| b.truncate(20))),
             says: &["truncated"],
         },
@@ -287,7 +288,7 @@ fn bad_images_are_refused() {
             );
         }
         let shown = crust(["show", path_str(&dir)]);
-        if case.name != "missing mm" {
+        if case.name != "missing task" {
             shown.assert_failed();
         } else {
             shown.assert_no_panic();
@@ -509,7 +510,7 @@ fn non_regular_images_are_refused() {
     for (i, (what, make)) in kinds.iter().enumerate() {
         for file in [
             "inventory.img".to_string(),
-            format!("core-{pid}.img"),
+            format!("task-{pid}.img"),
             format!("pages-{pid}.img"),
         ] {
             let dir = tmp.path().join(format!("bad-{i}-{file}"));
@@ -540,8 +541,8 @@ fn stale_images_never_mix() {
     let images = tmp.path().join("images");
     dump(pid, &images, &["--leave-running"]);
     // Leftovers of another dump: removed by the next one.
-    let foreign = images.join("core-999999.img");
-    fs::copy(images.join(format!("core-{pid}.img")), &foreign).expect("copy");
+    let foreign = images.join("task-999999.img");
+    fs::copy(images.join(format!("task-{pid}.img")), &foreign).expect("copy");
     let first: String = crust(["show", path_str(&images.join("inventory.img"))]).json()["message"]
         ["image_id"]
         .to_string();

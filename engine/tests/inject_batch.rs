@@ -109,9 +109,9 @@ fn sigtrap_is_left_as_the_task_had_it(mode: &str, batched: bool) {
 }
 
 fn core_of(dir: &Path, pid: i32) -> Value {
-    let out = crust(["show", path_str(&dir.join(format!("core-{pid}.img")))]);
+    let out = crust(["show", path_str(&dir.join(format!("task-{pid}.img")))]);
     out.assert_ok();
-    out.json()["message"].clone()
+    out.json()["message"]["core"].clone()
 }
 
 /// What a dump reads with injected calls (signal actions, altstack,

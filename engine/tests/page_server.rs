@@ -313,7 +313,7 @@ fn hello(version: u32) -> Vec<u8> {
 fn image_bytes(magic: &[u8; 4], payload: &[u8], crc: u32) -> Vec<u8> {
     let mut b = b"CRST".to_vec();
     b.extend_from_slice(magic);
-    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&crust::image::FORMAT_VERSION.to_le_bytes());
     b.extend_from_slice(&32u32.to_le_bytes());
     b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     b.extend_from_slice(&crc.to_le_bytes());

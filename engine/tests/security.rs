@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::*;
 use crust::image::container::{read_message, write_message};
-use crust::image::messages::Core;
+use crust::image::messages::Task;
 use crust::image::Kind;
 use test_case::test_case;
 
@@ -27,11 +27,11 @@ fn cred_lines(pid: i32) -> Vec<String> {
         .collect()
 }
 
-/// The `creds` of the core image in `dir`.
+/// The `creds` of the task image in `dir`.
 fn image_creds(dir: &Path, pid: i32) -> serde_json::Value {
-    let out = crust(["show", path_str(&dir.join(format!("core-{pid}.img")))]);
+    let out = crust(["show", path_str(&dir.join(format!("task-{pid}.img")))]);
     out.assert_ok();
-    out.json()["message"]["creds"].clone()
+    out.json()["message"]["core"]["creds"].clone()
 }
 
 fn start(tmp: &Path, wrapper: &[&str], modes: &str) -> (Proc, std::path::PathBuf) {
@@ -164,18 +164,18 @@ fn image_without_credentials_is_refused() {
     let (mut p, _log) = start(tmp.path(), &[], "none");
     let images = tmp.path().join("images");
     dump_and_reap(&mut p, &images);
-    let core = images.join(format!("core-{}.img", p.pid));
-    let shown = crust(["show", path_str(&core)]);
+    let task = images.join(format!("task-{}.img", p.pid));
+    let shown = crust(["show", path_str(&task)]);
     shown.assert_ok();
     assert!(
-        shown.json()["message"]["creds"].is_object(),
+        shown.json()["message"]["core"]["creds"].is_object(),
         "no creds were dumped"
     );
-    // The core image as an older crust wrote it: no creds.
-    let mut msg: Core = read_message(&core, Kind::Core).expect("read core image");
-    msg.creds = None;
-    std::fs::remove_file(&core).expect("remove core image");
-    write_message(&core, Kind::Core, &msg).expect("write core image");
+    // The task image as an older crust wrote it: no creds.
+    let mut msg: Task = read_message(&task, Kind::Task).expect("read task image");
+    msg.core.as_mut().expect("core state").creds = None;
+    std::fs::remove_file(&task).expect("remove task image");
+    write_message(&task, Kind::Task, &msg).expect("write task image");
     let out = crust(["restore", "-D", path_str(&images)]);
     out.assert_failed()
         .assert_no_panic()

@@ -26,7 +26,7 @@ use libc::pid_t;
 
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
-use crate::image::messages::{Digests, Inventory, PsTree, Stats};
+use crate::image::messages::{Digests, Inventory, PsTree, Stats, Task};
 use crate::image::{identity, ImageDir, Kind, FORMAT_VERSION};
 use crate::inject::{find_syscall_gadget, Injector};
 use crate::pageio::ImageOut;
@@ -1248,7 +1248,6 @@ fn pre_dump_copy(
         images.write(Kind::Digests, Some(pid), d)?;
     }
     guard::check()?;
-    images.write(Kind::Mm, Some(pid), &plan.mm)?;
     chain::seal(&mut pagemap);
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;
     Ok((plan.stats.scanned, in_parent, written))
@@ -2134,9 +2133,12 @@ fn write_process(
     phases.mark("shared");
     identity::record_mm(pid, &mut plan.mm)?;
 
-    images.write(Kind::Core, Some(pid), &core.core)?;
-    images.write(Kind::Mm, Some(pid), &plan.mm)?;
-    images.write(Kind::Fds, Some(pid), &fds)?;
+    let task = Task {
+        core: Some(core.core.clone()),
+        mm: Some(plan.mm.clone()),
+        fds: Some(fds),
+    };
+    images.write(Kind::Task, Some(pid), &task)?;
     let mut pagemap = pagemap;
     chain::seal(&mut pagemap);
     images.write(Kind::Pagemap, Some(pid), &pagemap)?;

@@ -26,7 +26,7 @@ pub(crate) struct Collected {
     pub brk: u64,
     /// mlockall(MCL_FUTURE[|MCL_ONFAULT]) in force (see `probe_lock_future`).
     pub lock_future: u32,
-    /// PR_GET_MEMORY_MERGE (KSM merge-any), for the mm image.
+    /// PR_GET_MEMORY_MERGE (KSM merge-any), for the memory layout of the task image.
     pub ksm_merge_any: bool,
     /// The prctl-only credentials, for [`super::creds::collect`].
     pub prctl_creds: super::creds::PrctlCreds,

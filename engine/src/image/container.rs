@@ -11,7 +11,7 @@ use prost::Message;
 /// Every image file starts with these four bytes.
 pub const COMMON_MAGIC: [u8; 4] = *b"CRST";
 /// Bumped on any incompatible change to a message or the layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size of message images.
 const HEADER_LEN: usize = 32;
 /// Page data starts at this offset of a pages file, so it can be mmapped.
@@ -25,9 +25,7 @@ const MAX_MESSAGE: u64 = 256 << 20;
 pub enum Kind {
     Inventory = 0x4e564e49,  // "INVN"
     PsTree = 0x45525450,     // "PTRE"
-    Core = 0x45524f43,       // "CORE"
-    Mm = 0x5f5f4d4d,         // "MM__"
-    Fds = 0x5f534446,        // "FDS_"
+    Task = 0x4b534154,       // "TASK"
     Pagemap = 0x504d4750,    // "PGMP"
     Pages = 0x53454750,      // "PGES"
     Stats = 0x54415453,      // "STAT"
@@ -45,9 +43,7 @@ impl Kind {
         match self {
             Kind::Inventory => "inventory",
             Kind::PsTree => "pstree",
-            Kind::Core => "core",
-            Kind::Mm => "mm",
-            Kind::Fds => "fds",
+            Kind::Task => "task",
             Kind::Pagemap => "pagemap",
             Kind::Pages => "pages",
             Kind::Stats => "stats",
@@ -210,9 +206,25 @@ pub fn is_image_name(name: &str) -> bool {
     parse_image_name(name).is_some()
 }
 
+/// Per-process images of format 1, which format 2 keeps in `task-PID.img`
+/// (core, fds, and mm; a pre-dump's mm, never read, is no longer written).
+const FORMER_KINDS: [&str; 3] = ["core", "fds", "mm"];
+
+/// Whether `name` is an image an older crust wrote here (`KIND-PID.img`
+/// of [`FORMER_KINDS`]): stale, removed as the current ones are.
+fn is_former_image_name(name: &str) -> bool {
+    name.strip_suffix(".img")
+        .and_then(|stem| stem.rsplit_once('-'))
+        .is_some_and(|(kind, pid)| {
+            FORMER_KINDS.contains(&kind)
+                && !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 /// The kind and pid an image file name stands for (`KIND.img`,
 /// `KIND-PID.img`), if it is one. A pid that is not a positive number
-/// written the way `Kind::file_name` writes it (`core-007.img`) reads as
+/// written the way `Kind::file_name` writes it (`task-007.img`) reads as
 /// -1: still an image name, never one this engine writes.
 pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     let stem = name.strip_suffix(".img")?;
@@ -231,12 +243,10 @@ pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     }
 }
 
-const ALL_KINDS: [Kind; 11] = [
+const ALL_KINDS: [Kind; 9] = [
     Kind::Inventory,
     Kind::PsTree,
-    Kind::Core,
-    Kind::Mm,
-    Kind::Fds,
+    Kind::Task,
     Kind::Pagemap,
     Kind::Pages,
     Kind::Stats,
@@ -330,7 +340,8 @@ impl ImageDir {
         for e in rd {
             let e = e.map_err(|e| ImageError::io(&self.path, e))?;
             let name = e.file_name();
-            if is_image_name(&name.to_string_lossy()) {
+            let name = name.to_string_lossy();
+            if is_image_name(&name) || is_former_image_name(&name) {
                 remove_entry(&e.path())?;
             }
         }
@@ -400,7 +411,7 @@ fn create_file(path: &Path) -> Result<File> {
         })?;
     // The umask may have taken bits off 0600: put them back. Only then:
     // on a journalled file system a chmod costs as much as the create
-    // (~0.4 ms here), and a tree writes five files per process.
+    // (~0.4 ms here), and a tree writes three files per process.
     let mode = f.metadata().map_err(|e| ImageError::io(path, e))?.mode() & 0o7777;
     if mode != 0o600 {
         f.set_permissions(fs::Permissions::from_mode(0o600))
@@ -833,22 +844,22 @@ mod tests {
         let dir = ImageDir::create(tmp.path()).unwrap();
         dir.write(Kind::Inventory, None, &sample()).unwrap();
         let p = dir.file(Kind::Inventory, None);
-        let err = read_message::<Inventory>(&p, Kind::Core)
+        let err = read_message::<Inventory>(&p, Kind::Task)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("expected core"), "{err}");
+        assert!(err.contains("expected task"), "{err}");
     }
 
     #[test]
     fn image_names() {
-        for n in ["inventory.img", "core-12.img", "pages-1.img", "stats.img"] {
+        for n in ["inventory.img", "task-12.img", "pages-1.img", "stats.img"] {
             assert!(is_image_name(n), "{n}");
         }
         for n in [
             "dump.log",
             "core.img.bak",
-            "core-.img",
-            "core-1x.img",
+            "task-.img",
+            "task-1x.img",
             "foo-1.img",
         ] {
             assert!(!is_image_name(n), "{n}");
@@ -896,17 +907,22 @@ mod tests {
         assert!(err.contains("already exists"), "{err}");
         let victim = tmp.path().join("victim");
         fs::write(&victim, b"keep").unwrap();
-        std::os::unix::fs::symlink(&victim, dir.file(Kind::Core, Some(7))).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.file(Kind::Task, Some(7))).unwrap();
         fs::write(tmp.path().join("dump.log"), b"log").unwrap();
+        // What format 1 wrote goes as well; a name like it that is not
+        // one stays.
+        for old in ["core-7.img", "fds-7.img", "mm-7.img", "mm-x.img"] {
+            fs::write(tmp.path().join(old), b"old").unwrap();
+        }
         dir.clear_stale().unwrap();
         let mut left: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["dump.log", "victim"]);
+        assert_eq!(left, ["dump.log", "mm-x.img", "victim"]);
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
-        fs::create_dir(dir.file(Kind::Mm, Some(7))).unwrap();
+        fs::create_dir(dir.file(Kind::Pagemap, Some(7))).unwrap();
         let err = dir.clear_stale().unwrap_err().to_string();
         assert!(err.contains("directory"), "{err}");
     }
@@ -914,17 +930,17 @@ mod tests {
     #[test]
     fn non_regular_images_are_refused_without_blocking() {
         let tmp = tempfile::tempdir().unwrap();
-        let fifo = tmp.path().join("core-1.img");
+        let fifo = tmp.path().join("task-1.img");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo with a valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let err = read_message::<Inventory>(&fifo, Kind::Core)
+        let err = read_message::<Inventory>(&fifo, Kind::Task)
             .unwrap_err()
             .to_string();
         assert!(err.contains("FIFO"), "{err}");
-        let link = tmp.path().join("mm-1.img");
+        let link = tmp.path().join("pagemap-1.img");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        let err = read_message::<Inventory>(&link, Kind::Mm)
+        let err = read_message::<Inventory>(&link, Kind::Pagemap)
             .unwrap_err()
             .to_string();
         assert!(err.contains("symbolic link"), "{err}");

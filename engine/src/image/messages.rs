@@ -520,6 +520,20 @@ pub struct Fds {
     pub sockets: Vec<UnixSocket>,
 }
 
+/// One process of a dump (`task-PID.img`): its core state, memory layout
+/// and descriptors in one file, not three (creating a file is the costly
+/// part of writing a small image on some file systems, and a tree pays it
+/// per process).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Task {
+    #[prost(message, optional, tag = "1")]
+    pub core: Option<Core>,
+    #[prost(message, optional, tag = "2")]
+    pub mm: Option<Mm>,
+    #[prost(message, optional, tag = "3")]
+    pub fds: Option<Fds>,
+}
+
 /// PagemapEntry flag: the run's data is in the parent image chain, not in
 /// this directory's pages file.
 pub const PE_IN_PARENT: u32 = 1;

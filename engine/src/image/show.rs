@@ -6,9 +6,7 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::container::{read_payload, ImageError, Kind};
-use super::messages::{
-    Core, Digests, Fds, Inventory, LazyStats, Mm, Pagemap, PsTree, SharedObject, Stats,
-};
+use super::messages::{Digests, Inventory, LazyStats, Pagemap, PsTree, SharedObject, Stats, Task};
 
 fn decode<M: Message + Default + serde::Serialize>(
     path: &Path,
@@ -30,9 +28,7 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
     let body = match header.kind {
         Kind::Inventory => decode::<Inventory>(path, &payload)?,
         Kind::PsTree => decode::<PsTree>(path, &payload)?,
-        Kind::Core => decode::<Core>(path, &payload)?,
-        Kind::Mm => decode::<Mm>(path, &payload)?,
-        Kind::Fds => decode::<Fds>(path, &payload)?,
+        Kind::Task => decode::<Task>(path, &payload)?,
         Kind::Pagemap => decode::<Pagemap>(path, &payload)?,
         Kind::Stats => decode::<Stats>(path, &payload)?,
         Kind::Digests => decode::<Digests>(path, &payload)?,

@@ -32,7 +32,7 @@ use nix::errno::Errno;
 use super::events::{Action, MmState};
 use super::handoff;
 use crate::error::{Error, Result};
-use crate::image::messages::{madv, Inventory, LazyStats, Mm, PsTree};
+use crate::image::messages::{madv, Inventory, LazyStats, PsTree, Task};
 use crate::image::{ImageDir, Kind};
 use crate::pageio::PageSource;
 use crate::sys::uffd::{self, UffdMsg, UffdMsgRaw};
@@ -473,9 +473,12 @@ fn take_task(
                 ),
             });
         }
-        let image_mm: Mm = ImageDir::open(&sh.dir)
-            .and_then(|d| d.read(Kind::Mm, Some(h.pid)))
+        let image: Task = ImageDir::open(&sh.dir)
+            .and_then(|d| d.read(Kind::Task, Some(h.pid)))
             .map_err(|e| e.to_string())?;
+        let image_mm = image
+            .mm
+            .ok_or_else(|| format!("the task image of pid {} has no memory layout", h.pid))?;
         Ok(image_mm
             .vmas
             .iter()

@@ -44,8 +44,8 @@ fn store(premade: &Premade, path: &Path, bytes: &[u8]) -> std::result::Result<()
 
 /// The small images are written to the directory by a thread of their
 /// own while the dump goes on with the next process of a tree: creating a
-/// file on a journalled file system costs about a millisecond here, and a
-/// tree's frozen time paid five per process. The inventory, which makes
+/// file costs up to a millisecond on this machine's ext4, and a
+/// tree's frozen time paid it for each image. The inventory, which makes
 /// the directory an image, is written only once every one of them is
 /// (`commit` waits, and fails on the first error any of them had).
 struct Writer {
@@ -158,15 +158,15 @@ impl ImageOut {
         Ok(())
     }
 
-    /// Makes the small image files of each of `pids` (core, mm, fds,
-    /// pagemap), empty, before the task is frozen, under names no image
+    /// Makes the small image files of each of `pids` (task, pagemap),
+    /// empty, before the task is frozen, under names no image
     /// has: the dump fills and renames them (creating a file costs up to a
     /// millisecond on a journalled file system here, renaming one tens of
     /// microseconds). Unused ones go with the `ImageOut`.
     pub fn precreate_small(&self, pids: &[i32]) -> Result<()> {
         let mut made = Vec::new();
         for &pid in pids {
-            for kind in [Kind::Core, Kind::Mm, Kind::Fds, Kind::Pagemap] {
+            for kind in [Kind::Task, Kind::Pagemap] {
                 let path = self.dir.file(kind, Some(pid));
                 let tmp = self
                     .dir

@@ -27,7 +27,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::image::chain::Chain;
-use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree};
+use crate::image::messages::{Core, Fds, Inventory, Mm, Pagemap, PsTree, Task};
 use crate::image::{ImageDir, Kind};
 use crate::inject::{find_syscall_gadget, Call, Injector};
 use crate::pageio::source::ChainSource;
@@ -115,22 +115,28 @@ fn load(
         ));
     }
     let pid = task.pid;
-    let core: Core = images.read(Kind::Core, Some(pid))?;
+    let image: Task = images.read(Kind::Task, Some(pid))?;
+    let task_file = images.file(Kind::Task, Some(pid));
+    let lacks = |what: &str| bad(dir, format!("task {pid}: its task image has no {what}"));
+    let core: Core = image.core.ok_or_else(|| lacks("core state"))?;
     let others: Vec<i32> = core.threads.iter().map(|t| t.tid).collect();
     if task.threads[1..] != others[..] || core.threads.iter().any(|t| t.regs.is_none()) {
         return Err(bad(
             dir,
             format!(
-                "task {}: the threads of the core image ({others:?}) are not those of the tree ({:?}), or lack registers",
+                "task {}: the threads of its task image ({others:?}) are not those of the tree ({:?}), or lack registers",
                 task.pid, task.threads
             ),
         ));
     }
-    let mm: Mm = images.read(Kind::Mm, Some(pid))?;
-    let fds: Fds = images.read(Kind::Fds, Some(pid))?;
+    let mm: Mm = image.mm.ok_or_else(|| lacks("memory layout"))?;
+    let fds: Fds = image.fds.ok_or_else(|| lacks("descriptors"))?;
     let pagemap: Pagemap = images.read(Kind::Pagemap, Some(pid))?;
     if core.regs.is_none() || core.xstate.is_empty() {
-        return Err(bad(dir, "core image has no registers"));
+        return Err(bad(
+            dir,
+            format!("task {pid}: its task image has no registers"),
+        ));
     }
     mem::validate(&mm, &pagemap).map_err(|w| bad(dir, w))?;
     // Opens every layer, checks each pages file against its pagemap, and
@@ -160,12 +166,7 @@ fn load(
     .map_err(|w| bad(dir, w))?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
     if !opts.skip_file_checks {
-        crate::image::identity::check_restore(
-            &images.file(Kind::Mm, Some(pid)),
-            &mm,
-            &images.file(Kind::Fds, Some(pid)),
-            &fds,
-        )?;
+        crate::image::identity::check_restore(&task_file, &mm, &task_file, &fds)?;
     }
     creds::validate(pid, &core).map_err(|w| bad(dir, w))?;
     let shared = shared::load(&images, &mm, &fds)?;
