@@ -108,6 +108,30 @@ fn sigtrap_is_left_as_the_task_had_it(mode: &str, batched: bool) {
     assert_eq!(r.wait(TIMEOUT), Exit::Code(0), "{}", read_string(&log));
 }
 
+/// A dump of a single-threaded process runs two calls one by one, the
+/// scratch area's mmap and munmap: the mprotect that makes the area
+/// writable is the batch's first entry (inject/batch.rs), and the batch
+/// reads what it must all the same (the restore checks the rest).
+#[test]
+fn the_scratch_area_is_made_writable_inside_the_first_batch() {
+    init();
+    let tmp = tempdir();
+    let (mut p, log) = start_sigtrap(tmp.path(), "default");
+    let pid = p.pid;
+    wait_oks(&log, 1);
+    let images = tmp.path().join("images");
+    let out = dump(pid, &images, &["--leave-running", "-v"]);
+    let (one_by_one, in_batches, runs) = counts(&out.stderr, "crust: injected in");
+    assert_eq!((one_by_one, runs), (2, 1), "{}", out.stderr);
+    assert!(in_batches > 60, "{}", out.stderr);
+    let core = core_of(&images, pid);
+    assert!(core["sigactions"].is_array(), "{core}");
+    p.signal(libc::SIGUSR1);
+    wait_oks(&log, 2);
+    p.signal(libc::SIGUSR2);
+    assert_eq!(p.wait(TIMEOUT), Exit::Code(0), "{}", read_string(&log));
+}
+
 fn core_of(dir: &Path, pid: i32) -> Value {
     let out = crust(["show", path_str(&dir.join(format!("task-{pid}.img")))]);
     out.assert_ok();
@@ -377,6 +401,68 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
         last.trim_end().ends_with("traps 1"),
         "the handler ran once: {last}"
     );
+}
+
+/// A checked call that fails inside the first batch (the one whose first
+/// entry made the scratch area writable) stops it with an error naming
+/// the call and its errno, taken from the runner's registers (a failed
+/// entry's result is not stored); the calls before it ran, and the
+/// scratch area is writable afterwards, for batches and for calls one by
+/// one alike.
+#[test]
+fn a_failed_call_in_the_first_batch_is_named_and_the_area_stays_usable() {
+    use crust::inject::{find_syscall_gadget, Call, Injector};
+    use crust::sys::Tracee;
+    init();
+    let tmp = tempdir();
+    let (p, log) = start_sigtrap(tmp.path(), "default");
+    let pid = p.pid;
+
+    let tracee = Tracee::seize(pid, false).expect("seize");
+    tracee.interrupt().expect("interrupt");
+    let own_regs = tracee.regs().expect("regs");
+    let own_mask = tracee.sigmask().expect("sigmask");
+    let vdso = crust::proc::read_maps(pid)
+        .expect("maps")
+        .into_iter()
+        .find(|v| v.path == "[vdso]")
+        .expect("vdso");
+    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end).expect("gadget");
+    tracee.set_sigmask(!0).expect("block all");
+    let mut inj = Injector::new(&tracee, own_regs, gadget);
+    let buf = inj.map_batch_scratch(None, 4096).expect("scratch").addr;
+    let err = inj
+        .batch(&[
+            Call::checked("getpid", libc::SYS_getpid, &[]),
+            Call::checked("close", libc::SYS_close, &[u64::MAX]),
+            Call::checked("getppid", libc::SYS_getppid, &[]),
+        ])
+        .expect_err("close(-1) fails")
+        .to_string();
+    assert!(err.contains("close") && err.contains("EBADF"), "{err}");
+    // The table is writable: a second batch stores its results.
+    let r = inj
+        .batch(&[
+            Call::checked("getpid", libc::SYS_getpid, &[]),
+            Call::raw("close", libc::SYS_close, &[u64::MAX]),
+            Call::checked("sigaltstack", libc::SYS_sigaltstack, &[0, buf]),
+        ])
+        .expect("second batch");
+    assert_eq!(r[0], pid as i64);
+    assert_eq!(r[1], -(libc::EBADF as i64));
+    assert_eq!(r[2], 0);
+    // And the scratch area: a call one by one writes its result there.
+    inj.call("sigaltstack", libc::SYS_sigaltstack, &[0, buf + 64])
+        .expect("sigaltstack one by one");
+    assert_eq!(inj.get(0, 24).expect("get"), inj.get(64, 24).expect("get"));
+    inj.unmap_scratch().expect("unmap");
+    tracee.set_regs(&own_regs).expect("regs back");
+    tracee.trap_in_signal_path().expect("park");
+    tracee.set_sigmask(own_mask).expect("mask back");
+    tracee.detach().expect("detach");
+
+    p.signal(libc::SIGUSR1);
+    wait_oks(&log, 1);
 }
 
 /// The state letter of /proc/PID/stat (R, S, T, t...).

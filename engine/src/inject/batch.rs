@@ -9,7 +9,11 @@
 //! task touched) is written into the last page of the scratch mapping
 //! (`Injector::map_batch_scratch`: scratch, table, runner, made and removed
 //! with the scratch); it runs the table's calls in order, stores each
-//! result in the table and stops at an `int3`.
+//! result in the table and stops at an `int3`. The mapping is made
+//! executable and read-only; making the scratch and the table writable is
+//! the first entry of the first batch (`State::unprotected`), not a call
+//! of its own: until then, the engine writes there through
+//! /proc/PID/mem, and a call run one by one makes them writable first.
 //!
 //! That breakpoint raises SIGTRAP with force_sig(), which resets the
 //! action of a blocked or ignored SIGTRAP to SIG_DFL and unblocks it. So
@@ -42,7 +46,8 @@ use crate::sys::Stop;
 /// entries. Each entry is 8 quadwords: nr, six arguments, and a word that
 /// is 1 for a call whose failure stops the runner (0 otherwise) and that
 /// receives the call's result. Out: r13 = 0 if every entry ran, else r12
-/// points at the entry that failed.
+/// points at the entry that failed, whose result is in rax, not stored
+/// (the first entry may be the mprotect that makes the table writable).
 ///
 /// ```text
 ///  0: test r13, r13          4d 85 ed
@@ -56,12 +61,12 @@ use crate::sys::Stop;
 /// 22: mov r8, [r12+40]       4d 8b 44 24 28
 /// 27: mov r9, [r12+48]       4d 8b 4c 24 30
 /// 2c: syscall                0f 05
-/// 2e: mov [r12+56], rax      49 89 44 24 38
-/// 33: test rbx, rbx          48 85 db
-/// 36: je   next              74 08
-/// 38: cmp rax, -4095         48 3d 01 f0 ff ff
-/// 3e: jae  done              73 09
-/// 40: next: add r12, 64      49 83 c4 40
+/// 2e: test rbx, rbx          48 85 db
+/// 31: je   store             74 08
+/// 33: cmp rax, -4095         48 3d 01 f0 ff ff
+/// 39: jae  done              73 0e
+/// 3b: store: mov [r12+56], rax 49 89 44 24 38
+/// 40: add r12, 64            49 83 c4 40
 /// 44: dec r13                49 ff cd
 /// 47: jne  loop              75 bc
 /// 49: done: int3             cc
@@ -69,8 +74,8 @@ use crate::sys::Stop;
 const RUNNER: [u8; 74] = [
     0x4d, 0x85, 0xed, 0x74, 0x44, 0x49, 0x8b, 0x5c, 0x24, 0x38, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b,
     0x7c, 0x24, 0x08, 0x49, 0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54,
-    0x24, 0x20, 0x4d, 0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89,
-    0x44, 0x24, 0x38, 0x48, 0x85, 0xdb, 0x74, 0x08, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x09,
+    0x24, 0x20, 0x4d, 0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x48, 0x85,
+    0xdb, 0x74, 0x08, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x0e, 0x49, 0x89, 0x44, 0x24, 0x38,
     0x49, 0x83, 0xc4, 0x40, 0x49, 0xff, 0xcd, 0x75, 0xbc, 0xcc,
 ];
 /// Offset of the runner's `syscall` (the instruction pointer a seccomp
@@ -146,6 +151,18 @@ pub(super) struct State {
     pub(super) sigtrap_free: Option<bool>,
     /// Signals taken while the runner ran, to queue again.
     held: Vec<[u8; 128]>,
+    /// The scratch area and the table, mapped read-only with the runner
+    /// (`map_batch_scratch`) and not made writable yet: (address, length)
+    /// for the mprotect that does it, the first batch's first entry (or a
+    /// call of its own before any call run one by one).
+    pub(super) unprotected: Option<(u64, u64)>,
+}
+
+/// The mprotect that makes `(addr, len)` of a batch scratch mapping
+/// writable (see [`State::unprotected`]).
+fn protect_call((addr, len): (u64, u64)) -> Call {
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    Call::checked("mprotect", libc::SYS_mprotect, &[addr, len, rw])
 }
 
 /// `CRUST_INJECT_BATCH=0` runs every batch one call at a time (to compare
@@ -214,11 +231,8 @@ impl Injector<'_> {
             return self.map_scratch(at, len);
         }
         let addr = addr as u64;
-        let r = self.raw(libc::SYS_mprotect, &protect(addr))?;
-        if failed(r) {
-            self.call("munmap", libc::SYS_munmap, &[addr, total])?;
-            return self.map_scratch(at, len);
-        }
+        // Writable at the first call: see State::unprotected.
+        self.batch.unprotected = Some((addr, len + TABLE));
         self.scratch = Some(super::Scratch { addr, len });
         self.scratch_extra = RUNNER_FOOTPRINT;
         let area = Area {
@@ -247,7 +261,24 @@ impl Injector<'_> {
             table: addr + len,
             code,
         });
+        // Writable already: the parent's fork was an injected call, and
+        // any call makes a new batch scratch area writable first.
         Ok(true)
+    }
+
+    /// Makes the scratch area and the table writable now, if they are not
+    /// yet (one call of its own: before a call run one by one, which may
+    /// write its results there).
+    pub(super) fn protect_now(&mut self) -> Result<()> {
+        if let Some(range) = self.batch.unprotected.take() {
+            let c = protect_call(range);
+            let r = self.raw(c.nr, &c.args)?;
+            if failed(r) {
+                self.batch.unprotected = Some(range);
+                return Err(self.injected_error(c.name, &c.args, r));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `calls` in order and returns each one's raw result: in one go
@@ -267,7 +298,9 @@ impl Injector<'_> {
             return self.one_by_one(calls);
         }
         let mut out = Vec::with_capacity(calls.len());
-        for chunk in calls.chunks((TABLE / ENTRY) as usize) {
+        // The first run may take the mprotect as its first entry.
+        let per_run = (TABLE / ENTRY) as usize - 1;
+        for chunk in calls.chunks(per_run) {
             let (results, failed_at) = self.run_chunk(chunk)?;
             out.extend_from_slice(&results);
             if let Some(i) = failed_at {
@@ -323,7 +356,11 @@ impl Injector<'_> {
             return Ok(true);
         };
         let ip = area.code + RUNNER_SYSCALL;
-        Ok(calls.iter().all(|c| guard(c.nr, &c.args, ip).is_ok()))
+        let protect = self.batch.unprotected.map(protect_call);
+        Ok(protect
+            .iter()
+            .chain(calls)
+            .all(|c| guard(c.nr, &c.args, ip).is_ok()))
     }
 
     fn guard_ok(&self, nr: i64, args: &[u64; 6]) -> bool {
@@ -334,16 +371,45 @@ impl Injector<'_> {
     }
 
     fn write_code(&self, at: u64) -> std::io::Result<()> {
+        self.write_through_protection(at, &RUNNER)
+    }
+
+    /// Writes into the task's memory through /proc/PID/mem, which writes
+    /// through the protection of a read-only page as a debugger's
+    /// breakpoints do (process_vm_writev does not).
+    pub(super) fn write_through_protection(&self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let mem = std::fs::OpenOptions::new()
             .write(true)
             .open(format!("/proc/{}/mem", self.tracee.pid))?;
-        mem.write_all_at(&RUNNER, at)
+        mem.write_all_at(bytes, at)
     }
 
     /// Runs up to a table's worth of calls: their results (as far as they
     /// ran) and the index of a checked call that failed.
     fn run_chunk(&mut self, calls: &[Call]) -> Result<(Vec<i64>, Option<usize>)> {
+        let Some(range) = self.batch.unprotected else {
+            return self.run_table(calls);
+        };
+        // The table is not writable yet: its first entry makes it so
+        // (written meanwhile through /proc/PID/mem: Injector::write_mem).
+        // Should the run fail, whether the mprotect ran is not known: it
+        // is done again (changing nothing the second time) before any
+        // other call.
+        let mut with = Vec::with_capacity(calls.len() + 1);
+        with.push(protect_call(range));
+        with.extend_from_slice(calls);
+        let (results, failed_at) = self.run_table(&with)?;
+        if failed_at == Some(0) {
+            let c = &with[0];
+            return Err(self.injected_error(c.name, &c.args, results[0]));
+        }
+        self.batch.unprotected = None;
+        Ok((results[1..].to_vec(), failed_at.map(|i| i - 1)))
+    }
+
+    /// Runs up to a table's worth of calls (see [`Injector::run_chunk`]).
+    fn run_table(&mut self, calls: &[Call]) -> Result<(Vec<i64>, Option<usize>)> {
         let area = self
             .batch
             .area
@@ -376,7 +442,7 @@ impl Injector<'_> {
         let end = ran?;
         blocked?;
         let table = self.read_mem(area.table, table.len())?;
-        let results: Vec<i64> = table
+        let mut results: Vec<i64> = table
             .chunks_exact(ENTRY as usize)
             .map(|e| {
                 let mut w = [0u8; 8];
@@ -388,7 +454,11 @@ impl Injector<'_> {
         if end.r13 == 0 {
             return Ok((results, None));
         }
+        // A checked call that failed: its result is in rax, not stored.
         let at = end.r12.wrapping_sub(area.table) / ENTRY;
+        if let Some(r) = results.get_mut(at as usize) {
+            *r = end.rax as i64;
+        }
         match calls.get(at as usize) {
             Some(c) if c.checked && failed(results[at as usize]) => {
                 Ok((results[..=at as usize].to_vec(), Some(at as usize)))
@@ -470,8 +540,9 @@ mod tests {
         assert_eq!(RUNNER[RUNNER.len() - 1], 0xcc);
         // jumps land where the listing says
         assert_eq!(3 + 2 + RUNNER[4] as usize, 0x49);
-        assert_eq!(0x3e + 2 + RUNNER[0x3f] as usize, 0x49);
-        assert_eq!(0x36 + 2 + RUNNER[0x37] as usize, 0x40);
+        assert_eq!(0x39 + 2 + RUNNER[0x3a] as usize, 0x49);
+        assert_eq!(0x31 + 2 + RUNNER[0x32] as usize, 0x3b);
+        assert_eq!(&RUNNER[0x3b..0x40], &[0x49, 0x89, 0x44, 0x24, 0x38]);
         assert_eq!((0x47 + 2) as i64 + RUNNER[0x48] as i8 as i64, 0x05);
     }
 

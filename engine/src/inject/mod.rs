@@ -233,6 +233,11 @@ impl<'t> Injector<'t> {
         regs.r10 = a[3];
         regs.r8 = a[4];
         regs.r9 = a[5];
+        // A batch scratch area is made writable before anything runs one
+        // by one (the call may write its results there).
+        if self.batch.unprotected.is_some() {
+            self.protect_now()?;
+        }
         ONE_BY_ONE.fetch_add(1, Ordering::Relaxed);
         if batch::call_changes_sigtrap(nr, &a) {
             self.batch.sigtrap_free = None;
@@ -351,6 +356,8 @@ impl<'t> Injector<'t> {
     /// Removes the scratch area (with the batch runner after it).
     pub fn unmap_scratch(&mut self) -> Result<()> {
         self.batch.area = None;
+        // Removed, it needs to be writable no more.
+        self.batch.unprotected = None;
         let extra = std::mem::take(&mut self.scratch_extra);
         if let Some(s) = self.scratch.take() {
             self.call("munmap", libc::SYS_munmap, &[s.addr, s.len + extra])?;
@@ -362,6 +369,15 @@ impl<'t> Injector<'t> {
     /// same process) mapped; it stays that injector's to remove.
     pub fn share_scratch(&mut self, s: Scratch) {
         self.scratch = Some(s);
+    }
+
+    /// The scratch area, writable, for injectors into other threads
+    /// ([`Injector::share_scratch`]): they write there with
+    /// process_vm_writev, which a batch scratch area not made writable yet
+    /// would refuse.
+    pub fn scratch_for_threads(&mut self) -> Result<Scratch> {
+        self.protect_now()?;
+        self.scratch()
     }
 
     pub fn scratch(&self) -> Result<Scratch> {
@@ -397,6 +413,15 @@ impl<'t> Injector<'t> {
 
     pub fn write_mem(&self, addr: u64, bytes: &[u8]) -> Result<()> {
         let pid = self.tracee.pid;
+        if let Some((start, len)) = self.batch.unprotected {
+            // A batch scratch area not writable yet (batch::State::
+            // unprotected): process_vm_writev would fail there.
+            if addr < start + len && start < addr + bytes.len() as u64 {
+                return self
+                    .write_through_protection(addr, bytes)
+                    .map_err(|e| Error::io("writing", format!("/proc/{pid}/mem"), e));
+            }
+        }
         let n = process_vm_write(
             pid,
             &[iov(bytes.as_ptr() as _, bytes.len())],

@@ -692,7 +692,7 @@ fn restore_one(
     // installed: the last injected call; from its syscall exit the task
     // leaves with its own registers.
     creds::restore(&mut inj, &img.core)?;
-    threads::restore_creds(pid, &threads, &img.core, inj.scratch()?)?;
+    threads::restore_creds(pid, &threads, &img.core, inj.scratch_for_threads()?)?;
     inj.unmap_scratch()?;
     let filters = img
         .core

@@ -126,7 +126,7 @@ pub(crate) fn create(inj: &mut Injector, leader: &Tracee, core: &Core) -> Result
         threads.tracees.push(tracee);
     }
     leader.set_options(libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL)?;
-    let scratch = inj.scratch()?;
+    let scratch = inj.scratch_for_threads()?;
     for (t, tracee) in core.threads.iter().zip(&threads.tracees) {
         let base = tracee.regs()?;
         let mut ti = Injector::new(tracee, base, gadget_of(&base));
