@@ -529,6 +529,42 @@ fn non_regular_images_are_refused() {
     }
 }
 
+/// A task image missing one of its three parts (core state, memory
+/// layout, descriptors: one file since format 2) is refused by name,
+/// each on its own, and nothing is restored.
+#[test]
+fn a_task_image_without_one_of_its_parts_is_refused() {
+    use crust::image::container::{read_message, write_message};
+    use crust::image::messages::Task;
+    use crust::image::Kind;
+    init();
+    let tmp = tempdir();
+    let (mut p, _log) = small_ticker(tmp.path());
+    let pid = p.pid;
+    let good = tmp.path().join("good");
+    dump_and_reap(&mut p, &good);
+    type DropPart = fn(&mut Task);
+    let parts: [(&str, DropPart); 3] = [
+        ("core state", |t| t.core = None),
+        ("memory layout", |t| t.mm = None),
+        ("descriptors", |t| t.fds = None),
+    ];
+    for (i, (what, drop_part)) in parts.iter().enumerate() {
+        let dir = tmp.path().join(format!("without-{i}"));
+        copy_dir(&good, &dir);
+        let file = dir.join(format!("task-{pid}.img"));
+        let mut task: Task = read_message(&file, Kind::Task).expect("read task image");
+        drop_part(&mut task);
+        fs::remove_file(&file).expect("rm task image");
+        write_message(&file, Kind::Task, &task).expect("write task image");
+        let out = crust(["restore", "-d", "--pid-wait", "0", "-D", path_str(&dir)]);
+        out.assert_failed()
+            .assert_no_panic()
+            .stderr_has(&format!("its task image has no {what}"));
+        assert_pid_free(pid, what);
+    }
+}
+
 /// A dump into a directory holding an older dump replaces it whole; a
 /// dump that fails there leaves nothing restore accepts (the old
 /// inventory goes first), and the process runs on.
