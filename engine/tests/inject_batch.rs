@@ -319,27 +319,16 @@ fn sigtraps_from_outside_during_batches() {
 /// window is too short to hit from a dump).
 #[test]
 fn a_signal_that_gets_through_the_runner_is_queued_again() {
-    use crust::inject::{counts, find_syscall_gadget, Call, Injector};
-    use crust::sys::Tracee;
+    use crust::inject::{counts, Call};
     init();
     let _counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempdir();
     let (p, log) = start_sigtrap(tmp.path(), "handled");
     let pid = p.pid;
 
-    let tracee = Tracee::seize(pid, false).expect("seize");
-    tracee.interrupt().expect("interrupt");
-    let own_regs = tracee.regs().expect("regs");
-    let own_mask = tracee.sigmask().expect("sigmask");
-    let vdso = crust::proc::read_maps(pid)
-        .expect("maps")
-        .into_iter()
-        .find(|v| v.path == "[vdso]")
-        .expect("vdso");
-    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end).expect("gadget");
-    tracee.set_sigmask(!0).expect("block all");
+    let held = Held::seize(pid);
     let before = counts();
-    let mut inj = Injector::new(&tracee, own_regs, gadget);
+    let mut inj = held.injector();
     let buf = inj.map_batch_scratch(None, 4096).expect("scratch").addr;
     // struct timespec { 0 s, 300 ms }
     let mut ts = 0u64.to_le_bytes().to_vec();
@@ -388,11 +377,8 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
         "queued again: {status}"
     );
     inj.unmap_scratch().expect("unmap");
-    // Parked in its own registers and mask, and let go.
-    tracee.set_regs(&own_regs).expect("regs back");
-    tracee.trap_in_signal_path().expect("park");
-    tracee.set_sigmask(own_mask).expect("mask back");
-    tracee.detach().expect("detach");
+    drop(inj);
+    held.release();
 
     p.signal(libc::SIGUSR1);
     wait_oks(&log, 2);
@@ -411,25 +397,14 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
 /// one alike.
 #[test]
 fn a_failed_call_in_the_first_batch_is_named_and_the_area_stays_usable() {
-    use crust::inject::{find_syscall_gadget, Call, Injector};
-    use crust::sys::Tracee;
+    use crust::inject::Call;
     init();
     let tmp = tempdir();
     let (p, log) = start_sigtrap(tmp.path(), "default");
     let pid = p.pid;
 
-    let tracee = Tracee::seize(pid, false).expect("seize");
-    tracee.interrupt().expect("interrupt");
-    let own_regs = tracee.regs().expect("regs");
-    let own_mask = tracee.sigmask().expect("sigmask");
-    let vdso = crust::proc::read_maps(pid)
-        .expect("maps")
-        .into_iter()
-        .find(|v| v.path == "[vdso]")
-        .expect("vdso");
-    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end).expect("gadget");
-    tracee.set_sigmask(!0).expect("block all");
-    let mut inj = Injector::new(&tracee, own_regs, gadget);
+    let held = Held::seize(pid);
+    let mut inj = held.injector();
     let buf = inj.map_batch_scratch(None, 4096).expect("scratch").addr;
     let err = inj
         .batch(&[
@@ -456,13 +431,55 @@ fn a_failed_call_in_the_first_batch_is_named_and_the_area_stays_usable() {
         .expect("sigaltstack one by one");
     assert_eq!(inj.get(0, 24).expect("get"), inj.get(64, 24).expect("get"));
     inj.unmap_scratch().expect("unmap");
-    tracee.set_regs(&own_regs).expect("regs back");
-    tracee.trap_in_signal_path().expect("park");
-    tracee.set_sigmask(own_mask).expect("mask back");
-    tracee.detach().expect("detach");
+    drop(inj);
+    held.release();
 
     p.signal(libc::SIGUSR1);
     wait_oks(&log, 1);
+}
+
+/// A test process held as the engine holds one for injected calls:
+/// seized, stopped, every signal blocked; with its own registers and
+/// mask, to put back, and the vDSO's syscall gadget calls run from.
+struct Held {
+    tracee: crust::sys::Tracee,
+    regs: crust::sys::Regs,
+    mask: u64,
+    gadget: u64,
+}
+
+impl Held {
+    fn seize(pid: i32) -> Held {
+        let tracee = crust::sys::Tracee::seize(pid, false).expect("seize");
+        tracee.interrupt().expect("interrupt");
+        let regs = tracee.regs().expect("regs");
+        let mask = tracee.sigmask().expect("sigmask");
+        let vdso = crust::proc::read_maps(pid)
+            .expect("maps")
+            .into_iter()
+            .find(|v| v.path == "[vdso]")
+            .expect("vdso");
+        let gadget = crust::inject::find_syscall_gadget(pid, vdso.start, vdso.end).expect("gadget");
+        tracee.set_sigmask(!0).expect("block all");
+        Held {
+            tracee,
+            regs,
+            mask,
+            gadget,
+        }
+    }
+
+    fn injector(&self) -> crust::inject::Injector<'_> {
+        crust::inject::Injector::new(&self.tracee, self.regs, self.gadget)
+    }
+
+    /// Parked in its own registers and mask, and let go.
+    fn release(self) {
+        self.tracee.set_regs(&self.regs).expect("regs back");
+        self.tracee.trap_in_signal_path().expect("park");
+        self.tracee.set_sigmask(self.mask).expect("mask back");
+        self.tracee.detach().expect("detach");
+    }
 }
 
 /// The state letter of /proc/PID/stat (R, S, T, t...).
@@ -485,28 +502,17 @@ fn state_letter(pid: i32) -> char {
 #[test_case(false ; "one by one")]
 #[test_case(true ; "in a batch")]
 fn a_sigstop_during_injected_calls_is_held_and_sent_again(batched: bool) {
-    use crust::inject::{counts, find_syscall_gadget, Call, Injector};
-    use crust::sys::Tracee;
+    use crust::inject::{counts, Call};
     init();
     let _counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempdir();
     let (p, log) = start_sigtrap(tmp.path(), "handled");
     let pid = p.pid;
 
-    let tracee = Tracee::seize(pid, false).expect("seize");
-    tracee.interrupt().expect("interrupt");
-    let own_regs = tracee.regs().expect("regs");
-    let own_mask = tracee.sigmask().expect("sigmask");
-    let vdso = crust::proc::read_maps(pid)
-        .expect("maps")
-        .into_iter()
-        .find(|v| v.path == "[vdso]")
-        .expect("vdso");
-    let gadget = find_syscall_gadget(pid, vdso.start, vdso.end).expect("gadget");
-    tracee.set_sigmask(!0).expect("block all");
+    let held = Held::seize(pid);
     let before = counts();
     {
-        let mut inj = Injector::new(&tracee, own_regs, gadget);
+        let mut inj = held.injector();
         let buf = inj.map_batch_scratch(None, 4096).expect("scratch").addr;
         // struct timespec { 0 s, 300 ms }
         let mut ts = 0u64.to_le_bytes().to_vec();
@@ -548,10 +554,7 @@ fn a_sigstop_during_injected_calls_is_held_and_sent_again(batched: bool) {
         let after = counts();
         assert_eq!(after.held - before.held, 1, "held once: {after:?}");
     }
-    tracee.set_regs(&own_regs).expect("regs back");
-    tracee.trap_in_signal_path().expect("park");
-    tracee.set_sigmask(own_mask).expect("mask back");
-    tracee.detach().expect("detach");
+    held.release();
     wait_until(
         TIMEOUT,
         "the task stopped by the SIGSTOP",
