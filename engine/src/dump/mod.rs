@@ -806,43 +806,20 @@ fn refuse_tree(
             Ok(vmas) => Ok(Some((place, Some(vmas)))),
         }
     };
-    // The tree's first member refused so far: neither thread judges the
-    // members after it (the tree is refused, and that one is named).
-    let first_refused = std::sync::atomic::AtomicUsize::new(usize::MAX);
-    // The members from the `first`th on, every `step`th.
-    let judge_all = |first: usize, step: usize| {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut out = Vec::new();
-        for (i, &m) in members.iter().enumerate().skip(first).step_by(step) {
-            if i > first_refused.load(Relaxed) {
-                break;
-            }
-            let verdict = judge(m);
-            let failed = verdict.is_err();
-            out.push((i, m, verdict));
-            if failed {
-                first_refused.fetch_min(i, Relaxed);
-                break;
-            }
-        }
-        out
+    let verdicts: Vec<Verdict> = match two_threads() {
+        false => members.iter().map(|&m| judge(m)).collect::<Result<_>>()?,
+        // Running processes: no frozen reads kept on the second thread.
+        true => on_two_threads(
+            members.to_vec(),
+            None,
+            &|m, _| judge(m),
+            &mut crate::phases::Phases::default(),
+        )?,
     };
-    let mut verdicts = match two_threads() {
-        false => judge_all(0, 1),
-        true => {
-            let (mut mine, theirs) = std::thread::scope(|s| {
-                let theirs = s.spawn(|| judge_all(1, 2));
-                (judge_all(0, 2), theirs.join())
-            });
-            mine.extend(theirs.map_err(|_| Error::Other("a refusal thread panicked".into()))?);
-            mine
-        }
-    };
-    verdicts.sort_by_key(|v| v.0);
     let mut places = Vec::new();
     let mut layouts = Vec::new();
-    for (_, m, verdict) in verdicts {
-        if let Some((place, vmas)) = verdict? {
+    for (&m, verdict) in members.iter().zip(verdicts) {
+        if let Some((place, vmas)) = verdict {
             places.push(place);
             if let Some(vmas) = vmas {
                 layouts.push((m, vmas));
@@ -1789,7 +1766,7 @@ fn dump_members(
         }
     }
     if !one_by_one {
-        checked = on_two_threads(collected, |c| c.pid, &check, phases)?;
+        checked = on_two_threads(collected, Some(|c| c.pid), &check, phases)?;
     }
     // Nothing refused: the old images go (inventory first) before any new
     // one is written, so a failed dump leaves nothing restore accepts.
@@ -1801,7 +1778,7 @@ fn dump_members(
             .collect::<Result<_>>()?;
         return Ok((dumps, entries));
     }
-    let dumps = on_two_threads(checked, |c| c.collected.pid, &write, phases)?;
+    let dumps = on_two_threads(checked, Some(|c| c.collected.pid), &write, phases)?;
     Ok((dumps, entries))
 }
 
@@ -1809,11 +1786,12 @@ fn dump_members(
 /// thread and half on a second one (every other item), and returns the
 /// results in order. The first item that fails in the tree's order is the
 /// error (as on one thread): neither thread goes past it.
-/// `pid_of`: the process an item is of (the second thread keeps its own
-/// frozen reads of them, proc::memo being per thread).
+/// `pid_of`: for frozen processes, the process an item is of (the second
+/// thread keeps its own frozen reads of them, proc::memo being per
+/// thread); None for running ones.
 fn on_two_threads<T: Send, U: Send>(
     items: Vec<T>,
-    pid_of: fn(&T) -> pid_t,
+    pid_of: Option<fn(&T) -> pid_t>,
     work: &(dyn Fn(T, &mut crate::phases::Phases) -> Result<U> + Sync),
     phases: &mut crate::phases::Phases,
 ) -> Result<Vec<U>> {
@@ -1840,8 +1818,10 @@ fn on_two_threads<T: Send, U: Send>(
     let (mine, worker) = std::thread::scope(|s| {
         let worker = s.spawn(|| {
             let mut phases = crate::phases::Phases::default();
-            let pids: Vec<pid_t> = theirs.iter().map(|(_, t)| pid_of(t)).collect();
-            let _reads = proc::memo::FrozenReads::begin(&pids);
+            let _reads = pid_of.map(|pid_of| {
+                let pids: Vec<pid_t> = theirs.iter().map(|(_, t)| pid_of(t)).collect();
+                proc::memo::FrozenReads::begin(&pids)
+            });
             run(theirs, &mut phases).map(|d| (d, phases))
         });
         let mine = run(ours, phases);
@@ -2133,9 +2113,17 @@ fn write_process(
     phases.mark("shared");
     identity::record_mm(pid, &mut plan.mm)?;
 
+    // Of its layout, only the shared VMAs' ranges stay with the dump.
+    let shared_vmas = plan
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.shared != 0)
+        .map(|v| (v.start, v.end))
+        .collect();
     let task = Task {
         core: Some(core.core.clone()),
-        mm: Some(plan.mm.clone()),
+        mm: Some(std::mem::take(&mut plan.mm)),
         fds: Some(fds),
     };
     images.write(Kind::Task, Some(pid), &task)?;
@@ -2149,13 +2137,7 @@ fn write_process(
         our_tracker,
         gadget,
         pagemap,
-        shared_vmas: plan
-            .mm
-            .vmas
-            .iter()
-            .filter(|v| v.shared != 0)
-            .map(|v| (v.start, v.end))
-            .collect(),
+        shared_vmas,
         scanned: plan.stats.scanned,
         in_parent: plan.stats.in_parent,
         content_in_parent: copied.content_in_parent,

@@ -214,12 +214,15 @@ const FORMER_KINDS: [&str; 3] = ["core", "fds", "mm"];
 /// of [`FORMER_KINDS`]): stale, removed as the current ones are.
 fn is_former_image_name(name: &str) -> bool {
     name.strip_suffix(".img")
-        .and_then(|stem| stem.rsplit_once('-'))
-        .is_some_and(|(kind, pid)| {
-            FORMER_KINDS.contains(&kind)
-                && !pid.is_empty()
-                && pid.bytes().all(|b| b.is_ascii_digit())
-        })
+        .and_then(kind_and_pid)
+        .is_some_and(|(kind, _)| FORMER_KINDS.contains(&kind))
+}
+
+/// `KIND-PID` (a file name without `.img`) split into the kind's name and
+/// the pid's digits, if the part after the last '-' is all digits.
+fn kind_and_pid(stem: &str) -> Option<(&str, &str)> {
+    let (kind, pid) = stem.rsplit_once('-')?;
+    (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some((kind, pid))
 }
 
 /// The kind and pid an image file name stands for (`KIND.img`,
@@ -232,10 +235,7 @@ pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     if let Some(k) = ALL_KINDS.into_iter().find(|k| k.name() == stem) {
         return Some((k, None));
     }
-    let (kind, pid) = stem.rsplit_once('-')?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+    let (kind, pid) = kind_and_pid(stem)?;
     let kind = ALL_KINDS.into_iter().find(|k| k.name() == kind)?;
     match pid.parse::<i32>() {
         Ok(n) if n > 0 && n.to_string() == pid => Some((kind, Some(n))),

@@ -259,17 +259,12 @@ fn changed(
 /// the same file (device, inode), still reaching the task's offset: others
 /// may have appended to it (a shared log), as they could have while the
 /// task ran.
-pub fn check_restore(
-    mm_image: &Path,
-    mm: &Mm,
-    fds_image: &Path,
-    fds: &Fds,
-) -> std::result::Result<(), ImageError> {
+pub fn check_restore(task_image: &Path, mm: &Mm, fds: &Fds) -> std::result::Result<(), ImageError> {
     let exact = Match::Exact;
     let mut stats = StatOnce::default();
     if let Some(e) = changed(
         &mut stats,
-        mm_image,
+        task_image,
         "executable",
         &mm.exe_path,
         mm.exe_id.as_ref(),
@@ -285,7 +280,7 @@ pub fn check_restore(
         if file && v.shared == 0 {
             if let Some(e) = changed(
                 &mut stats,
-                mm_image,
+                task_image,
                 "mapped file",
                 &v.path,
                 v.file_id.as_ref(),
@@ -305,7 +300,7 @@ pub fn check_restore(
             };
             if let Some(e) = changed(
                 &mut stats,
-                fds_image,
+                task_image,
                 &what,
                 &fd.path,
                 fd.file_id.as_ref(),

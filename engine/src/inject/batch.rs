@@ -213,16 +213,15 @@ impl Injector<'_> {
     pub fn map_batch_scratch(&mut self, at: Option<u64>, len: u64) -> Result<super::Scratch> {
         let total = len + RUNNER_FOOTPRINT;
         let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let mut flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         if at.is_some() {
             flags |= libc::MAP_FIXED_NOREPLACE as u64;
         }
         let mmap = [at.unwrap_or(0), total, rx, flags, u64::MAX, 0];
-        let protect = |addr: u64| [addr, len + TABLE, rw, 0, 0, 0];
+        let protect = protect_call((0, len + TABLE));
         if !enabled()
             || !self.guard_ok(libc::SYS_mmap, &mmap)
-            || !self.guard_ok(libc::SYS_mprotect, &protect(0))
+            || !self.guard_ok(protect.nr, &protect.args)
         {
             return self.map_scratch(at, len);
         }
@@ -239,7 +238,7 @@ impl Injector<'_> {
             table: addr + len,
             code: addr + len + TABLE,
         };
-        if self.write_code(area.code).is_ok() {
+        if self.write_through_protection(area.code, &RUNNER).is_ok() {
             self.batch.area = Some(area);
         }
         Ok(super::Scratch { addr, len })
@@ -368,10 +367,6 @@ impl Injector<'_> {
             Some(guard) => guard(nr, args, self.gadget).is_ok(),
             None => true,
         }
-    }
-
-    fn write_code(&self, at: u64) -> std::io::Result<()> {
-        self.write_through_protection(at, &RUNNER)
     }
 
     /// Writes into the task's memory through /proc/PID/mem, which writes

@@ -166,7 +166,7 @@ fn load(
     .map_err(|w| bad(dir, w))?;
     files::validate(&fds).map_err(|w| bad(dir, w))?;
     if !opts.skip_file_checks {
-        crate::image::identity::check_restore(&task_file, &mm, &task_file, &fds)?;
+        crate::image::identity::check_restore(&task_file, &mm, &fds)?;
     }
     creds::validate(pid, &core).map_err(|w| bad(dir, w))?;
     let shared = shared::load(&images, &mm, &fds)?;
