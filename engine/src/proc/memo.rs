@@ -20,9 +20,10 @@
 //! member is judged: one reading of it, judged as a whole (the frozen pass
 //! judges it again).
 //!
-//! smaps starts each VMA with the line maps shows for it: a kept smaps
-//! reading is also kept as the maps text (its header lines). The maps
-//! are kept parsed too, once read (several modules read them).
+//! The maps are kept parsed, once read (several modules read them).
+//! smaps starts each VMA with the line maps shows for it: a smaps reading
+//! (never kept itself: its sizes change with every fault) is kept as the
+//! maps of its process.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -122,27 +123,20 @@ pub fn invalidate(tid: i32) {
     });
 }
 
-/// The pid and file of /proc/<pid>/status, maps or smaps (a process's,
-/// not a thread's under task/).
-fn proc_file(path: &Path) -> Option<(i32, &'static str)> {
+/// The pid and file of /proc/<pid>/status or maps (a process's, not a
+/// thread's under task/): the files kept.
+fn kept_kind(path: &Path) -> Option<(i32, &'static str)> {
     let rest = path.to_str()?.strip_prefix("/proc/")?;
     let (pid, file) = rest.split_once('/')?;
     let file = match file {
         "status" => "status",
         "maps" => "maps",
-        "smaps" => "smaps",
         _ => return None,
     };
     if !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some((pid.parse().ok()?, file))
-}
-
-/// The pid and file of /proc/<pid>/status or /proc/<pid>/maps, the files
-/// kept.
-fn kept_kind(path: &Path) -> Option<(i32, &'static str)> {
-    proc_file(path).filter(|(_, f)| *f != "smaps")
 }
 
 fn frozen(pid: i32) -> bool {
@@ -155,20 +149,6 @@ pub(super) fn read_through(
     path: &Path,
     read: impl FnOnce(&Path) -> std::io::Result<Vec<u8>>,
 ) -> std::io::Result<Vec<u8>> {
-    if let Some((pid, "smaps")) = proc_file(path) {
-        // Read each time (its sizes are not kept); its maps text is.
-        let b = read(path)?;
-        if frozen(pid) {
-            let maps = super::maps::maps_text_of_smaps(&b);
-            KEPT.with(|k| {
-                if let Some(k) = k.borrow_mut().as_mut() {
-                    k.files.entry(pid).or_default().insert("maps", maps);
-                    k.maps.remove(&pid);
-                }
-            });
-        }
-        return Ok(b);
-    }
     let Some((pid, file)) = kept_kind(path).filter(|(pid, _)| frozen(*pid)) else {
         return read(path);
     };
@@ -187,6 +167,24 @@ pub(super) fn read_through(
         }
     });
     Ok(b)
+}
+
+/// Keeps, within a [`FrozenReads`] that holds `pid`, the maps a smaps
+/// reading of it showed (smaps starts each VMA with its maps line), in
+/// place of any maps read before: a later read of its maps is this one.
+pub(super) fn keep_maps_of_smaps(pid: i32, smaps: &[Vma]) {
+    if !frozen(pid) {
+        return;
+    }
+    KEPT.with(|k| {
+        if let Some(k) = k.borrow_mut().as_mut() {
+            if let Some(files) = k.files.get_mut(&pid) {
+                files.remove("maps");
+            }
+            k.maps
+                .insert(pid, smaps.iter().map(Vma::as_in_maps).collect());
+        }
+    });
 }
 
 /// The kept maps of `pid`, parsed, or `read` them (through the kept text,
@@ -289,23 +287,6 @@ mod tests {
     }
 
     #[test]
-    fn smaps_header_lines_are_the_maps_text() {
-        let smaps = b"5581e000-5581f000 r--p 00000000 fe:01 1234   /usr/bin/x\n\
-Size:                  4 kB\n\
-Rss:                   4 kB\n\
-VmFlags: rd mr mw me dw sd\n\
-7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n\
-Size:                132 kB\n\
-THPeligible:    0\n\
-VmFlags: rd wr mr mw me gd ac\n";
-        assert_eq!(
-            crate::proc::maps::maps_text_of_smaps(smaps),
-            b"5581e000-5581f000 r--p 00000000 fe:01 1234   /usr/bin/x\n\
-7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n"
-        );
-    }
-
-    #[test]
     fn maps_kept_from_smaps_match_maps() {
         // A child that does nothing: its layout does not change. Killed
         // and reaped however the test ends.
@@ -340,18 +321,18 @@ VmFlags: rd wr mr mw me gd ac\n";
             std::thread::yield_now();
         }
         let maps = fresh("maps").unwrap();
+        let maps = crate::proc::parse_maps(&String::from_utf8_lossy(&maps)).unwrap();
         {
             let _g = FrozenReads::judging(pid);
-            let smaps_path = super::super::pid_path(pid, "smaps");
-            read_through(&smaps_path, super::super::read_small_fresh).unwrap();
-            let kept = read_through(&super::super::pid_path(pid, "maps"), |_| {
-                panic!("maps read again: it was kept from smaps")
+            let smaps = crate::proc::read_smaps(pid).unwrap();
+            assert!(smaps
+                .iter()
+                .any(|v| v.vm_flags.bits() != 0 && v.rss_bytes > 0));
+            let kept = maps_through(pid, || -> std::result::Result<Vec<Vma>, ()> {
+                panic!("maps read again: they were kept from smaps")
             })
             .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&kept),
-                String::from_utf8_lossy(&maps)
-            );
+            assert_eq!(kept, maps);
         }
     }
 
@@ -403,10 +384,14 @@ VmFlags: rd wr mr mw me gd ac\n";
         assert_eq!(maps_through(2, &mut parse).unwrap()[0].start, 3 << 12);
         invalidate(1);
         assert_eq!(maps_through(1, &mut parse).unwrap()[0].start, 4 << 12);
-        // A smaps reading replaces the maps text: parsed again.
-        read_through(Path::new("/proc/1/smaps"), |_| Ok(Vec::new())).unwrap();
-        assert_eq!(maps_through(1, &mut parse).unwrap()[0].start, 5 << 12);
-        assert_eq!(maps_through(1, &mut parse).unwrap()[0].start, 5 << 12);
+        // A smaps reading replaces them (without its own fields).
+        let mut from_smaps = vma(9 << 12);
+        from_smaps.rss_bytes = 4096;
+        keep_maps_of_smaps(1, &[from_smaps]);
+        assert_eq!(maps_through(1, &mut parse).unwrap(), [vma(9 << 12)]);
+        // Not for a process the guard does not hold.
+        keep_maps_of_smaps(2, &[vma(10 << 12)]);
+        assert_eq!(maps_through(2, &mut parse).unwrap()[0].start, 5 << 12);
     }
 
     #[test]

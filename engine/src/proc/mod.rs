@@ -146,11 +146,23 @@ pub(crate) fn read_small_string(path: impl AsRef<Path>) -> std::io::Result<Strin
 
 /// Reads a whole /proc text file (lossy UTF-8, see the module doc).
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    let bytes = read_small(path).map_err(|e| ProcError::io(path, e))?;
-    Ok(match String::from_utf8(bytes) {
+    read_small(path)
+        .map(lossy_text)
+        .map_err(|e| ProcError::io(path, e))
+}
+
+/// [`read_text`] from the file itself, never from what a frozen pass kept.
+pub(crate) fn read_text_fresh(path: &Path) -> Result<String> {
+    read_small_fresh(path)
+        .map(lossy_text)
+        .map_err(|e| ProcError::io(path, e))
+}
+
+fn lossy_text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
+    }
 }
 
 /// Reads `path` and runs `parse` on it, tagging parse errors with the path.
