@@ -50,8 +50,22 @@ fn counts(stderr: &str, prefix: &str) -> (u64, u64, u64) {
     (n[0], n[1], n[2])
 }
 
-/// [calls one by one, in batches, batch runs, signals held] from `-v`.
+/// [calls one by one, in batches, batch runs, signals held] from `-v`
+/// (the count of calls one by one that ran in one stop left out: see
+/// `stepped`).
 fn all_counts(stderr: &str, prefix: &str) -> [u64; 4] {
+    let n = numbers(stderr, prefix);
+    [n[0], n[2], n[3], n[4]]
+}
+
+/// How many calls one by one ran in one stop (inject/step.rs), from `-v`.
+fn stepped(stderr: &str, prefix: &str) -> u64 {
+    numbers(stderr, prefix)[1]
+}
+
+/// [calls one by one, of them in one stop, in batches, batch runs,
+/// signals held] from `-v`.
+fn numbers(stderr: &str, prefix: &str) -> [u64; 5] {
     let line = stderr
         .lines()
         .find(|l| l.starts_with(prefix) && l.contains("injected one by one"))
@@ -62,8 +76,9 @@ fn all_counts(stderr: &str, prefix: &str) -> [u64; 4] {
         .filter_map(|w| w.parse().ok())
         .collect();
     let n = numbers.len();
-    assert!(n >= 4, "{line}");
+    assert!(n >= 5, "{line}");
     [
+        numbers[n - 5],
         numbers[n - 4],
         numbers[n - 3],
         numbers[n - 2],
@@ -76,6 +91,9 @@ fn all_counts(stderr: &str, prefix: &str) -> [u64; 4] {
 /// SIGTRAP for itself); elsewhere the same calls go one by one. Either
 /// way the task's SIGTRAP (action, mask, pending, handler never run) is
 /// as it was after a dump that leaves it running, and after a restore.
+/// The same holds for the calls run in one stop by a single step
+/// (inject/step.rs: the scratch area's mmap and munmap), whose SIGTRAP
+/// the kernel forces as it does the runner's.
 #[test_case("default", true ; "default action")]
 #[test_case("blocked", true ; "blocked with a handler")]
 #[test_case("ignored", false ; "ignored")]
@@ -91,6 +109,13 @@ fn sigtrap_is_left_as_the_task_had_it(mode: &str, batched: bool) {
     let out = dump(pid, &first, &["--leave-running", "-v"]);
     let (_, in_batches, runs) = counts(&out.stderr, "crust: injected in");
     assert_eq!(runs > 0, batched, "{mode}: {}", out.stderr);
+    let one_stop = stepped(&out.stderr, "crust: injected in");
+    assert_eq!(
+        one_stop,
+        if batched { 2 } else { 0 },
+        "{mode}: {}",
+        out.stderr
+    );
     assert_eq!(in_batches > 0, batched, "{mode}: {}", out.stderr);
     p.signal(libc::SIGUSR1);
     wait_oks(&log, 2);
@@ -302,10 +327,11 @@ fn sigtraps_from_outside_during_batches() {
     p.signal(libc::SIGUSR1);
     wait_oks(&log, 2);
     let last = read_string(&log);
+    // "OK n traps T from PID code C"
     let traps: u64 = last
         .lines()
         .last()
-        .and_then(|l| l.split_whitespace().last())
+        .and_then(|l| l.split_whitespace().nth(3))
         .and_then(|w| w.parse().ok())
         .unwrap_or(0);
     assert!(traps > 0, "the handler never ran: {last}");
@@ -383,9 +409,76 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
     p.signal(libc::SIGUSR1);
     wait_oks(&log, 2);
     let last = read_string(&log);
+    let ours = format!("traps 1 from {} code 0", std::process::id());
     assert!(
-        last.trim_end().ends_with("traps 1"),
-        "the handler ran once: {last}"
+        last.trim_end().ends_with(&ours),
+        "the handler ran once, for our kill(): {last}"
+    );
+}
+
+/// A SIGTRAP from outside that is pending when a call runs by a single
+/// step (inject/step.rs) is taken before the call: it is queued again as
+/// it was (the kernel's own siginfo, its sender's pid), the call runs
+/// with its two stops instead and completes, and the task's handler runs
+/// once, when it is let go. Driven through the library: the first call
+/// finds SIGTRAP free, the signal comes between it and the next.
+#[test]
+fn a_sigtrap_taken_before_a_single_step_is_queued_again() {
+    use crust::inject::counts;
+    init();
+    let _counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempdir();
+    let (p, log) = start_sigtrap(tmp.path(), "handled");
+    let pid = p.pid;
+    wait_oks(&log, 1);
+
+    let held = Held::seize(pid);
+    let before = counts();
+    let mut inj = held.injector();
+    let area = inj.map_scratch(None, 4096).expect("scratch");
+    let stepped = counts().stepped - before.stepped;
+    assert_eq!(stepped, 1, "the mmap ran in one stop");
+    // SAFETY: kill(2) of our own child with a constant signal; it stays
+    // pending in the stopped task.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTRAP) }, 0);
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let r = inj
+        .call("mprotect", libc::SYS_mprotect, &[area.addr, area.len, rw])
+        .expect("mprotect");
+    assert_eq!(r, 0);
+    let after = counts();
+    assert_eq!(
+        (
+            after.one_by_one - before.one_by_one,
+            after.stepped - before.stepped
+        ),
+        (2, 1),
+        "the mprotect ran with its two stops: {after:?}"
+    );
+    let status = read_string(Path::new(&format!("/proc/{pid}/status")));
+    let pending = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .expect("pending set")
+    };
+    assert_ne!(
+        (pending("SigPnd:") | pending("ShdPnd:")) & (1 << (libc::SIGTRAP - 1)),
+        0,
+        "queued again: {status}"
+    );
+    inj.unmap_scratch().expect("unmap");
+    drop(inj);
+    held.release();
+
+    p.signal(libc::SIGUSR1);
+    wait_oks(&log, 2);
+    let last = read_string(&log);
+    let ours = format!("traps 1 from {} code 0", std::process::id());
+    assert!(
+        last.trim_end().ends_with(&ours),
+        "the handler ran once, for our kill(): {last}"
     );
 }
 

@@ -88,7 +88,7 @@ const PAGE: u64 = 4096;
 const ENTRY: u64 = 64;
 /// The table's size: 128 calls per run.
 const TABLE: u64 = 2 * PAGE;
-const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
+pub(super) const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
 /// si_code of a signal the kernel raised (int3 gives it).
 const SI_KERNEL: i32 = 0x80;
 
@@ -339,16 +339,7 @@ impl Injector<'_> {
         let Some(area) = self.batch.area else {
             return Ok(false);
         };
-        let free = match self.batch.sigtrap_free {
-            Some(free) => free,
-            None => {
-                let (tgid, busy) = sigtrap_state(self.tracee.pid)?;
-                self.batch.tgid = tgid;
-                self.batch.sigtrap_free = Some(!busy);
-                !busy
-            }
-        };
-        if !free {
+        if !self.sigtrap_free()? {
             return Ok(false);
         }
         let Some(guard) = &self.guard else {
@@ -360,6 +351,18 @@ impl Injector<'_> {
             .iter()
             .chain(calls)
             .all(|c| guard(c.nr, &c.args, ip).is_ok()))
+    }
+
+    /// Whether SIGTRAP is neither ignored nor pending (read once, until a
+    /// call could change that).
+    pub(super) fn sigtrap_free(&mut self) -> Result<bool> {
+        if let Some(free) = self.batch.sigtrap_free {
+            return Ok(free);
+        }
+        let (tgid, busy) = sigtrap_state(self.tracee.pid)?;
+        self.batch.tgid = tgid;
+        self.batch.sigtrap_free = Some(!busy);
+        Ok(!busy)
     }
 
     fn guard_ok(&self, nr: i64, args: &[u64; 6]) -> bool {

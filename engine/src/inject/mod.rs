@@ -13,6 +13,7 @@
 //! ever written for either.
 
 mod batch;
+mod step;
 
 pub use batch::{Call, RUNNER_FOOTPRINT};
 
@@ -77,6 +78,7 @@ pub struct Scratch {
 }
 
 static ONE_BY_ONE: AtomicU64 = AtomicU64::new(0);
+static STEPPED: AtomicU64 = AtomicU64::new(0);
 static BATCHED: AtomicU64 = AtomicU64::new(0);
 static RUNS: AtomicU64 = AtomicU64::new(0);
 static HELD: AtomicU64 = AtomicU64::new(0);
@@ -86,6 +88,8 @@ static HELD: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub one_by_one: u64,
+    /// Of those, run in one stop (step.rs).
+    pub stepped: u64,
     pub batched: u64,
     pub batch_runs: u64,
     /// Signals that got through while the runner ran, queued again.
@@ -95,6 +99,7 @@ pub struct Counts {
 pub fn counts() -> Counts {
     Counts {
         one_by_one: ONE_BY_ONE.load(Ordering::Relaxed),
+        stepped: STEPPED.load(Ordering::Relaxed),
         batched: BATCHED.load(Ordering::Relaxed),
         batch_runs: RUNS.load(Ordering::Relaxed),
         held: HELD.load(Ordering::Relaxed),
@@ -105,8 +110,8 @@ impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} calls injected one by one, {} in {} batches ({} signals held)",
-            self.one_by_one, self.batched, self.batch_runs, self.held
+            "{} calls injected one by one ({} in one stop), {} in {} batches ({} signals held)",
+            self.one_by_one, self.stepped, self.batched, self.batch_runs, self.held
         )
     }
 }
@@ -241,6 +246,10 @@ impl<'t> Injector<'t> {
         ONE_BY_ONE.fetch_add(1, Ordering::Relaxed);
         if batch::call_changes_sigtrap(nr, &a) {
             self.batch.sigtrap_free = None;
+        }
+        // In one stop where the task allows it (step.rs).
+        if let Some(out) = self.step_call(&regs)? {
+            return Ok(out);
         }
         let mut restarts = 0;
         loop {

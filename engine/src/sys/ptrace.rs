@@ -214,6 +214,24 @@ impl Tracee {
             .map_err(|e| Error::sys("PTRACE_CONT", self.pid, e))
     }
 
+    /// Runs one instruction (PTRACE_SINGLESTEP); a `syscall` is reported
+    /// at its exit, before the next one (see inject/step.rs).
+    pub fn step(&self) -> Result<()> {
+        ptrace_raw(libc::PTRACE_SINGLESTEP, self.pid, 0, 0)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_SINGLESTEP", self.pid, e))
+    }
+
+    /// From a signal-delivery stop: asks for a PTRACE_EVENT_STOP and
+    /// resumes with the signal, which, blocked, the kernel queues again
+    /// with its siginfo (ptrace_signal()); the task then stops in its
+    /// signal path before it runs anything. Wait for that stop.
+    pub fn requeue_and_trap(&self, sig: i32) -> Result<()> {
+        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
+            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+        self.cont(sig)
+    }
+
     /// Resumes until the next syscall entry or exit.
     pub fn resume_to_syscall(&self) -> Result<()> {
         ptrace_raw(libc::PTRACE_SYSCALL, self.pid, 0, 0)

@@ -14,7 +14,8 @@
  *   pending  a SIGTRAP handler, SIGTRAP blocked and pending (raised)
  *   handled  a SIGTRAP handler, SIGTRAP not blocked (the test sends it
  *            SIGTRAPs during dumps: the handler may run, any number of
- *            times, and nothing else changes)
+ *            times, and nothing else changes); "OK" names the sender's
+ *            pid and si_code of the last one it took
  *
  * Writes "ready" to OUTFILE, then waits in pause(). On each SIGUSR1 it
  * checks that SIGTRAP is as it set it (action, mask, pending, handler never
@@ -37,7 +38,7 @@
 #define SA_RESTORER 0x04000000
 #endif
 
-static volatile sig_atomic_t usr1, usr2, traps;
+static volatile sig_atomic_t usr1, usr2, traps, trap_pid, trap_code;
 static struct sigaction want_trap;
 static sigset_t want_mask;
 static int want_pending, handled_mode;
@@ -45,6 +46,13 @@ static int want_pending, handled_mode;
 static void on_trap(int sig) {
     (void)sig;
     traps++;
+}
+static void on_trap_info(int sig, siginfo_t *si, void *ctx) {
+    (void)sig;
+    (void)ctx;
+    traps++;
+    trap_pid = si->si_pid;
+    trap_code = si->si_code;
 }
 static void on_usr1(int sig) {
     (void)sig;
@@ -95,7 +103,10 @@ static void check(int n) {
         say("BAD SIGTRAP handler ran %d times\n", (int)traps);
         return;
     }
-    say("OK %d traps %d\n", n, (int)traps);
+    if (handled_mode)
+        say("OK %d traps %d from %d code %d\n", n, (int)traps, (int)trap_pid, (int)trap_code);
+    else
+        say("OK %d traps %d\n", n, (int)traps);
 }
 
 int main(int argc, char **argv) {
@@ -140,8 +151,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "ignored")) {
         want_trap.sa_handler = SIG_IGN;
     } else if (!strcmp(mode, "handled")) {
-        want_trap.sa_handler = on_trap;
-        want_trap.sa_flags = SA_RESTART;
+        want_trap.sa_sigaction = on_trap_info;
+        want_trap.sa_flags = SA_RESTART | SA_SIGINFO;
         handled_mode = 1;
     } else if (!strcmp(mode, "blocked") || !strcmp(mode, "pending")) {
         want_trap.sa_handler = on_trap;
