@@ -106,7 +106,20 @@ pub(crate) struct Frozen {
 }
 
 impl Frozen {
-    /// Freezes every thread of the process `pid`: the leader, then each
+    /// Begins to freeze every thread of the process `pid`
+    /// ([`Frozen::finish_freeze`] ends it): seizes the leader and asks it to
+    /// stop, without waiting for the stop (returned if taken already). The
+    /// children of a tree's process are all asked before any is waited
+    /// for: their stops come together, not one after the other.
+    pub(crate) fn start_freeze(pid: pid_t) -> Result<(Frozen, Option<Stop>)> {
+        guard::check()?;
+        let f = Self::seized(pid, true)?;
+        let taken = f.tracee.ask_stop_seized()?;
+        Ok((f, taken))
+    }
+
+    /// Ends [`Frozen::start_freeze`]: every thread of the process held, the
+    /// leader (waited for in its stop), then each
     /// thread /proc/PID/task lists, again and again until a listing shows
     /// none not yet held. A thread is held only once it is in its stop, and
     /// a stopped thread creates none, so when no new one shows up every
@@ -115,14 +128,14 @@ impl Frozen {
     /// user space, after the new thread joined the group). Nothing is read
     /// before this returns; on any error every thread held so far is let
     /// go untouched (each `Frozen` resumes on drop).
-    fn freeze(pid: pid_t) -> Result<Frozen> {
-        guard::check()?;
-        let mut f = Self::freeze_with(pid, true)?;
+    pub(crate) fn finish_freeze(mut self, taken: Option<Stop>) -> Result<Frozen> {
+        let pid = self.tracee.pid;
+        self.settled(taken)?;
         loop {
             let tids = proc::task::task_ids(pid)?;
             let new: Vec<pid_t> = tids
                 .into_iter()
-                .filter(|&t| t != pid && !f.threads.iter().any(|h| h.tracee.pid == t))
+                .filter(|&t| t != pid && !self.threads.iter().any(|h| h.tracee.pid == t))
                 .collect();
             if new.is_empty() {
                 break;
@@ -130,7 +143,7 @@ impl Frozen {
             for tid in new {
                 guard::check()?;
                 match Self::freeze_with(tid, true) {
-                    Ok(t) => f.threads.push(t),
+                    Ok(t) => self.threads.push(t),
                     // Exited meanwhile: it is no longer part of the process.
                     Err(_) if thread_gone(pid, tid) => {}
                     Err(e) => {
@@ -145,8 +158,8 @@ impl Frozen {
                 }
             }
         }
-        f.threads.sort_by_key(|t| t.tracee.pid);
-        Ok(f)
+        self.threads.sort_by_key(|t| t.tracee.pid);
+        Ok(self)
     }
 
     /// The tids of every thread held, the leader first.
@@ -157,8 +170,16 @@ impl Frozen {
     }
 
     fn freeze_with(pid: pid_t, guarded: bool) -> Result<Frozen> {
+        let mut f = Self::seized(pid, guarded)?;
+        let taken = f.tracee.ask_stop_seized()?;
+        f.settled(taken)?;
+        Ok(f)
+    }
+
+    /// `pid` seized, not stopped yet (dropped, it is let go).
+    fn seized(pid: pid_t, guarded: bool) -> Result<Frozen> {
         let tracee = Tracee::seize(pid, false)?;
-        let mut f = Frozen {
+        Ok(Frozen {
             tracee,
             regs: zeroed_regs(),
             sigmask: 0,
@@ -169,11 +190,16 @@ impl Frozen {
             guarded,
             threads: Vec::new(),
             stop_sig: 0,
-        };
-        f.stop_sig = f.tracee.stop_seized()?;
-        f.regs = f.tracee.regs()?;
-        f.sigmask = f.tracee.sigmask()?;
-        Ok(f)
+        })
+    }
+
+    /// Waits for the stop asked for (`taken`: see
+    /// [`Tracee::ask_stop_seized`]) and reads the registers and mask.
+    fn settled(&mut self, taken: Option<Stop>) -> Result<()> {
+        self.stop_sig = self.tracee.settle_stop(taken)?;
+        self.regs = self.tracee.regs()?;
+        self.sigmask = self.tracee.sigmask()?;
+        Ok(())
     }
 
     /// Runs injected syscalls: blocks every signal (so none is delivered,

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use libc::pid_t;
 
-use super::{freezer, guard, Frozen};
+use super::{freezer, Frozen};
 use crate::error::{Error, Result};
 use crate::image::messages::TaskEntry;
 use crate::proc;
@@ -100,21 +100,20 @@ pub(crate) fn freeze_tree(root: pid_t, cgroup: Option<&Path>) -> Result<Vec<Memb
     Ok(held)
 }
 
-/// Holds the whole tree under `root`: the root, then each child of a held
-/// process, breadth-first. On error every process held so far is let go
-/// untouched (each `Frozen` resumes on drop).
+/// Holds the whole tree under `root`: the root, then the children of each
+/// held process (all asked to stop before any is waited for: [`hold_all`]),
+/// breadth-first. On error every process held so far is let go untouched
+/// (each `Frozen` resumes on drop).
 pub(crate) fn freeze(root: pid_t) -> Result<Vec<Member>> {
     let mut out = vec![hold(root, true)?];
     let mut i = 0;
     while i < out.len() {
         if out[i].frozen.is_some() {
-            for kid in proc::task::children(out[i].pid)? {
-                if out.iter().any(|m| m.pid == kid) {
-                    continue;
-                }
-                guard::check()?;
-                out.push(hold(kid, false)?);
-            }
+            let kids: Vec<pid_t> = proc::task::children(out[i].pid)?
+                .into_iter()
+                .filter(|&kid| !out.iter().any(|m| m.pid == kid))
+                .collect();
+            hold_all(&kids, &mut out)?;
         }
         i += 1;
     }
@@ -142,37 +141,74 @@ pub(crate) fn freeze(root: pid_t) -> Result<Vec<Member>> {
 
 /// Holds one process (every thread), or records it as a zombie.
 fn hold(pid: pid_t, root: bool) -> Result<Member> {
-    let zombie = |pid: pid_t| -> Result<Option<Member>> {
-        let stat = proc::stat::read_stat(pid)?;
-        if stat.state != 'Z' {
-            return Ok(None);
-        }
-        if root {
-            return Err(Error::unsupported(pid, "the process is a zombie"));
-        }
-        if stat.num_threads > 1 {
-            return Err(Error::unsupported(
-                pid,
-                format!(
-                    "its leader thread exited while {} other threads run: not supported",
-                    stat.num_threads - 1
-                ),
-            ));
-        }
-        Ok(Some(Member {
-            pid,
-            stat,
-            frozen: None,
-            stopped: false,
-        }))
-    };
-    if let Some(z) = zombie(pid)? {
-        return Ok(z);
+    match ask_hold(pid, root)? {
+        Asked::Zombie(m) => Ok(m),
+        Asked::Stopping(f, taken) => finish_hold(f, taken),
     }
-    let frozen = match Frozen::freeze(pid) {
+}
+
+/// Holds the processes `pids` (children of held ones) as [`hold`] does,
+/// into `out`, each asked to stop before any is waited for: their stops
+/// overlap instead of following one another. Every process asked
+/// is waited for even after a failure (only a stopped task can be let go
+/// untouched); the failure of the first process in `pids` that failed is
+/// returned.
+fn hold_all(pids: &[pid_t], out: &mut Vec<Member>) -> Result<()> {
+    let mut failed: Option<(usize, Error)> = None;
+    let mut asked = Vec::with_capacity(pids.len());
+    for (i, &pid) in pids.iter().enumerate() {
+        match ask_hold(pid, false) {
+            Ok(a) => asked.push((i, a)),
+            Err(e) => {
+                failed = Some((i, e));
+                break;
+            }
+        }
+    }
+    for (i, a) in asked {
+        let held = match a {
+            Asked::Zombie(m) => Ok(m),
+            Asked::Stopping(f, taken) => finish_hold(f, taken),
+        };
+        match held {
+            Ok(m) => out.push(m),
+            Err(e) if failed.as_ref().is_none_or(|(j, _)| i < *j) => failed = Some((i, e)),
+            Err(_) => {}
+        }
+    }
+    match failed {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A process [`ask_hold`] asked to stop, or found a zombie.
+enum Asked {
+    Zombie(Member),
+    Stopping(Frozen, Option<crate::sys::Stop>),
+}
+
+/// The first half of [`hold`]: a zombie is recorded, a live process is
+/// seized and asked to stop ([`Frozen::start_freeze`]).
+fn ask_hold(pid: pid_t, root: bool) -> Result<Asked> {
+    if let Some(z) = zombie(pid, root)? {
+        return Ok(Asked::Zombie(z));
+    }
+    match Frozen::start_freeze(pid) {
+        Ok((f, taken)) => Ok(Asked::Stopping(f, taken)),
+        // Exited meanwhile: a zombie now (its parent, held, cannot reap it).
+        Err(e) => zombie(pid, root).ok().flatten().map(Asked::Zombie).ok_or(e),
+    }
+}
+
+/// The second half of [`hold`]: waits for the process's stop and holds
+/// its threads ([`Frozen::finish_freeze`]).
+fn finish_hold(f: Frozen, taken: Option<crate::sys::Stop>) -> Result<Member> {
+    let pid = f.tracee.pid;
+    let frozen = match f.finish_freeze(taken) {
         Ok(f) => f,
         // Exited meanwhile: a zombie now (its parent, held, cannot reap it).
-        Err(e) => return zombie(pid).ok().flatten().ok_or(e),
+        Err(e) => return zombie(pid, false).ok().flatten().ok_or(e),
     };
     let stopped = match frozen.stop_sig {
         libc::SIGTRAP => false,
@@ -190,6 +226,33 @@ fn hold(pid: pid_t, root: bool) -> Result<Member> {
         frozen: Some(frozen),
         stopped,
     })
+}
+
+/// `pid` as a zombie member, if it is one (a root that is one, or a
+/// zombie leader whose other threads run, is refused).
+fn zombie(pid: pid_t, root: bool) -> Result<Option<Member>> {
+    let stat = proc::stat::read_stat(pid)?;
+    if stat.state != 'Z' {
+        return Ok(None);
+    }
+    if root {
+        return Err(Error::unsupported(pid, "the process is a zombie"));
+    }
+    if stat.num_threads > 1 {
+        return Err(Error::unsupported(
+            pid,
+            format!(
+                "its leader thread exited while {} other threads run: not supported",
+                stat.num_threads - 1
+            ),
+        ));
+    }
+    Ok(Some(Member {
+        pid,
+        stat,
+        frozen: None,
+        stopped: false,
+    }))
 }
 
 /// The place of a process in the tree, for [`check_places`].

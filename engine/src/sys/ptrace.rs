@@ -114,19 +114,32 @@ impl Tracee {
     /// task before it returns), and a PTRACE_INTERRUPT on top would leave
     /// a second trap pending, taken at the first injected call.
     pub fn stop_seized(&self) -> Result<i32> {
+        let taken = self.ask_stop_seized()?;
+        self.settle_stop(taken)
+    }
+
+    /// The first half of [`Tracee::stop_seized`]: asks for the stop, unless
+    /// the task is in a trap already, without waiting for it; returns the
+    /// stop already taken, if any. Many tasks asked first and each waited
+    /// for after ([`Tracee::settle_stop`]) stop in parallel.
+    pub fn ask_stop_seized(&self) -> Result<Option<Stop>> {
         let mut status = 0;
         // SAFETY: plain waitpid on our tracee with a valid status pointer.
         let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
-        if r != self.pid {
-            return self.interrupt();
+        let taken = (r == self.pid).then(|| decode_status(status));
+        if !matches!(taken, Some(Stop::Event { .. })) {
+            ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
+                .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
         }
-        match decode_status(status) {
-            Stop::Event { sig } => Ok(sig),
-            other => {
-                ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-                    .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
-                self.settle(Some(other))
-            }
+        Ok(taken)
+    }
+
+    /// The second half of [`Tracee::stop_seized`]: waits for the stop
+    /// asked for (`taken`: what [`Tracee::ask_stop_seized`] returned).
+    pub fn settle_stop(&self, taken: Option<Stop>) -> Result<i32> {
+        match taken {
+            Some(Stop::Event { sig }) => Ok(sig),
+            other => self.settle(other),
         }
     }
 
