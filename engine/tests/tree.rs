@@ -627,10 +627,18 @@ fn roundtrip_after_leave_running(prog: &str, args: &[&str], snapshots: usize) {
 
 /// An open file description a parent shares with its child over fork (one
 /// offset) stays one after restore: the child reads a byte, and the
-/// parent's next read goes on from there.
-#[test]
-fn file_shared_over_fork_keeps_one_offset() {
-    parent_and_child_roundtrip("sharedfile.c", &["{tmp}/data"]);
+/// parent's next read goes on from there. crossed: the same fd number
+/// names different descriptions of one file in parent and child (the
+/// child dup2'ed the parent's second description over it): each comes
+/// back as the description it was.
+#[test_case::test_case(false ; "inherited")]
+#[test_case::test_case(true ; "crossed")]
+fn file_shared_over_fork_keeps_one_offset(crossed: bool) {
+    let args: &[&str] = match crossed {
+        false => &["{tmp}/data"],
+        true => &["{tmp}/data", "crossed"],
+    };
+    parent_and_child_roundtrip("sharedfile.c", args);
 }
 
 /// A memfd mapping, a SysV segment (removed, attached by both) and

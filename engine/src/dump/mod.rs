@@ -777,7 +777,7 @@ fn refuse_tree(
     each_member: bool,
 ) -> Result<Judged> {
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
-    let members = &tree_scan::TreeScan::new(members.to_vec());
+    let members = &tree_scan::TreeScan::for_refusals(members.to_vec());
     // A member's refusals and its maps, from one reading of it (the
     // refusals read smaps: proc::memo keeps its maps text), for the
     // tree's checks of shared memory below.

@@ -36,6 +36,9 @@ pub(crate) struct TreeScan {
     socket_holders: OnceLock<BTreeMap<u64, Vec<(pid_t, i32)>>>,
     /// Every member's descriptors (a zombie's, or a vanished one's: none).
     member_links: OnceLock<Vec<(pid_t, Vec<proc::fd::FdLink>)>>,
+    /// Whether the keys of shared files are looked for (not in a pass
+    /// that only refuses: [`TreeScan::for_refusals`]).
+    file_keys_wanted: bool,
 }
 
 impl Deref for TreeScan {
@@ -53,6 +56,20 @@ impl TreeScan {
             pipe_holders: OnceLock::new(),
             socket_holders: OnceLock::new(),
             member_links: OnceLock::new(),
+            file_keys_wanted: true,
+        }
+    }
+
+    /// For a pass that only refuses (the refusals before the freeze): the
+    /// keys of the files members share, which refuse nothing (they only
+    /// mark descriptors to restore as one: files::tree_files), are not
+    /// looked for, and [`TreeScan::file_key`] finds none. Looking for them
+    /// compares every member's descriptors with the others' (kcmp): a few
+    /// milliseconds for a tree of a hundred, before the freeze.
+    pub fn for_refusals(pids: Vec<pid_t>) -> TreeScan {
+        TreeScan {
+            file_keys_wanted: false,
+            ..TreeScan::new(pids)
         }
     }
 
@@ -97,6 +114,9 @@ impl TreeScan {
     /// directory or device) when other members hold it too (inherited
     /// over fork: one offset, one set of flags).
     pub fn file_key(&self, pid: pid_t, fd: i32) -> Option<&str> {
+        if !self.file_keys_wanted {
+            return None;
+        }
         let keys = self.file_keys.get_or_init(|| shared_files(self.links()));
         keys.get(&(pid, fd)).map(String::as_str)
     }
@@ -137,7 +157,9 @@ fn kcmp(a: pid_t, b: pid_t, kind: i32, x: u64, y: u64) -> Option<std::cmp::Order
 /// members share, each holder keyed by the lowest (pid, fd) holding it.
 /// Descriptors are grouped by the path their link shows, then split by
 /// kcmp against one holder of each description found so far (kcmp equality
-/// is identity of the open file, so comparing with one stands for all).
+/// is identity of the open file, so comparing with one stands for all):
+/// first the description the last holder with the same fd number had (a
+/// child holds what it inherited at the same number), then the others.
 fn shared_files(members: &[(pid_t, Vec<proc::fd::FdLink>)]) -> BTreeMap<(pid_t, i32), String> {
     let mut by_path: BTreeMap<&str, Vec<(pid_t, i32)>> = BTreeMap::new();
     for (p, links) in members {
@@ -152,15 +174,26 @@ fn shared_files(members: &[(pid_t, Vec<proc::fd::FdLink>)]) -> BTreeMap<(pid_t, 
             continue;
         }
         let mut descriptions: Vec<Vec<(pid_t, i32)>> = Vec::new();
+        // fd number -> the description its last holder had.
+        let mut by_number: BTreeMap<i32, usize> = BTreeMap::new();
         for &(p, fd) in holders {
-            let same = descriptions.iter_mut().find(|d| {
+            let same = |d: &Vec<(pid_t, i32)>| {
                 let (rp, rfd) = d[0];
                 kcmp(rp, p, KCMP_FILE, rfd as u64, fd as u64) == Some(std::cmp::Ordering::Equal)
+            };
+            let likely = by_number.get(&fd).copied();
+            let found = likely.filter(|&i| same(&descriptions[i])).or_else(|| {
+                (0..descriptions.len()).find(|&i| Some(i) != likely && same(&descriptions[i]))
             });
-            match same {
-                Some(d) => d.push((p, fd)),
-                None => descriptions.push(vec![(p, fd)]),
-            }
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    descriptions.push(Vec::new());
+                    descriptions.len() - 1
+                }
+            };
+            descriptions[i].push((p, fd));
+            by_number.insert(fd, i);
         }
         for d in descriptions {
             let first = d[0].0;
