@@ -82,8 +82,8 @@ fn log_file_permissions() {
     );
 }
 
-/// `crust show DIR` prints every image as JSON; the mm image lists VMAs
-/// with their kinds, the core image the registers.
+/// `crust show DIR` prints every image as JSON; the task image lists the
+/// VMAs with their kinds and the registers.
 #[test]
 fn show_prints_json() {
     init();

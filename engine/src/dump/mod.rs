@@ -113,9 +113,7 @@ impl Frozen {
     /// for: their stops come together, not one after the other.
     pub(crate) fn start_freeze(pid: pid_t) -> Result<(Frozen, Option<Stop>)> {
         guard::check()?;
-        let f = Self::seized(pid, true)?;
-        let taken = f.tracee.ask_stop_seized()?;
-        Ok((f, taken))
+        Self::asked(pid, true)
     }
 
     /// Ends [`Frozen::start_freeze`]: every thread of the process held, the
@@ -170,16 +168,17 @@ impl Frozen {
     }
 
     fn freeze_with(pid: pid_t, guarded: bool) -> Result<Frozen> {
-        let mut f = Self::seized(pid, guarded)?;
-        let taken = f.tracee.ask_stop_seized()?;
+        let (mut f, taken) = Self::asked(pid, guarded)?;
         f.settled(taken)?;
         Ok(f)
     }
 
-    /// `pid` seized, not stopped yet (dropped, it is let go).
-    fn seized(pid: pid_t, guarded: bool) -> Result<Frozen> {
+    /// `pid` seized and asked to stop, not waited for (the stop taken
+    /// already, if any: [`Tracee::ask_stop_seized`]); dropped, it is let
+    /// go.
+    fn asked(pid: pid_t, guarded: bool) -> Result<(Frozen, Option<Stop>)> {
         let tracee = Tracee::seize(pid, false)?;
-        Ok(Frozen {
+        let f = Frozen {
             tracee,
             regs: zeroed_regs(),
             sigmask: 0,
@@ -190,7 +189,9 @@ impl Frozen {
             guarded,
             threads: Vec::new(),
             stop_sig: 0,
-        })
+        };
+        let taken = f.tracee.ask_stop_seized()?;
+        Ok((f, taken))
     }
 
     /// Waits for the stop asked for (`taken`: see
@@ -779,7 +780,7 @@ fn refuse_tree(
     let ours = |m: pid_t| trackers.iter().find(|t| t.0 == m).map(|t| t.1);
     let members = &tree_scan::TreeScan::for_refusals(members.to_vec());
     // A member's refusals and its maps, from one reading of it (the
-    // refusals read smaps: proc::memo keeps its maps text), for the
+    // refusals read smaps: proc::memo keeps the maps it shows), for the
     // tree's checks of shared memory below.
     let judged = |m: pid_t| -> Result<Vec<proc::maps::Vma>> {
         let _one_reading = proc::memo::FrozenReads::judging(m);

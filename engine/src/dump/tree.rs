@@ -141,10 +141,7 @@ pub(crate) fn freeze(root: pid_t) -> Result<Vec<Member>> {
 
 /// Holds one process (every thread), or records it as a zombie.
 fn hold(pid: pid_t, root: bool) -> Result<Member> {
-    match ask_hold(pid, root)? {
-        Asked::Zombie(m) => Ok(m),
-        Asked::Stopping(f, taken) => finish_hold(f, taken),
-    }
+    ask_hold(pid, root)?.finish()
 }
 
 /// Holds the processes `pids` (children of held ones) as [`hold`] does,
@@ -166,11 +163,7 @@ fn hold_all(pids: &[pid_t], out: &mut Vec<Member>) -> Result<()> {
         }
     }
     for (i, a) in asked {
-        let held = match a {
-            Asked::Zombie(m) => Ok(m),
-            Asked::Stopping(f, taken) => finish_hold(f, taken),
-        };
-        match held {
+        match a.finish() {
             Ok(m) => out.push(m),
             Err(e) if failed.as_ref().is_none_or(|(j, _)| i < *j) => failed = Some((i, e)),
             Err(_) => {}
@@ -186,6 +179,17 @@ fn hold_all(pids: &[pid_t], out: &mut Vec<Member>) -> Result<()> {
 enum Asked {
     Zombie(Member),
     Stopping(Frozen, Option<crate::sys::Stop>),
+}
+
+impl Asked {
+    /// The member: the zombie, or the process waited for in its stop
+    /// ([`finish_hold`]).
+    fn finish(self) -> Result<Member> {
+        match self {
+            Asked::Zombie(m) => Ok(m),
+            Asked::Stopping(f, taken) => finish_hold(f, taken),
+        }
+    }
 }
 
 /// The first half of [`hold`]: a zombie is recorded, a live process is

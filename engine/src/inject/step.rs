@@ -22,10 +22,10 @@
 //! task is resumed from its delivery stop with the signal while SIGTRAP
 //! is blocked, so the kernel queues it again, siginfo and all, and is
 //! stopped again in its signal path before it runs anything
-//! ([`Tracee::requeue_and_trap`]). A call that had not run then runs with
+//! ([`Tracee::trap_after`]). A call that had not run then runs with
 //! its two stops. A SIGSTOP is held as for any call.
 //!
-//! [`Tracee::requeue_and_trap`]: crate::sys::Tracee::requeue_and_trap
+//! [`Tracee::trap_after`]: crate::sys::Tracee::trap_after
 
 use super::batch::SIGTRAP_BIT;
 use super::{Injector, SPIN};
@@ -116,7 +116,7 @@ impl Injector<'_> {
                 // from now on (no batch, no step while it is).
                 self.batch.sigtrap_free = Some(false);
                 self.tracee.set_sigmask(!0)?;
-                self.tracee.requeue_and_trap(libc::SIGTRAP)?;
+                self.tracee.trap_after(libc::SIGTRAP)?;
                 self.wait_trapped()?;
             }
             if !ran {
@@ -127,7 +127,7 @@ impl Injector<'_> {
         }
     }
 
-    /// Waits for the stop [`crate::sys::Tracee::requeue_and_trap`] asked
+    /// Waits for the stop [`crate::sys::Tracee::trap_after`] asked
     /// for (a SIGSTOP on the way is held).
     fn wait_trapped(&mut self) -> Result<()> {
         let pid = self.tracee.pid;

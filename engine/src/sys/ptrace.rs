@@ -104,38 +104,39 @@ impl Tracee {
     /// Returns the stop's signal: SIGTRAP, or the stop signal (SIGSTOP...)
     /// of a group stop the task is in.
     pub fn interrupt(&self) -> Result<i32> {
-        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+        self.ask_trap()?;
         self.settle(None)
     }
 
-    /// As [`Tracee::interrupt`], for a task just seized: one that was in a
-    /// group stop is already in a trap (PTRACE_SEIZE re-traps a stopped
-    /// task before it returns), and a PTRACE_INTERRUPT on top would leave
-    /// a second trap pending, taken at the first injected call.
-    pub fn stop_seized(&self) -> Result<i32> {
-        let taken = self.ask_stop_seized()?;
-        self.settle_stop(taken)
+    /// PTRACE_INTERRUPT: a PTRACE_EVENT_STOP asked for, taken at the
+    /// task's next trap.
+    fn ask_trap(&self) -> Result<()> {
+        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
+            .map(drop)
+            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))
     }
 
-    /// The first half of [`Tracee::stop_seized`]: asks for the stop, unless
-    /// the task is in a trap already, without waiting for it; returns the
-    /// stop already taken, if any. Many tasks asked first and each waited
-    /// for after ([`Tracee::settle_stop`]) stop in parallel.
+    /// As [`Tracee::interrupt`], for a task just seized, in two halves:
+    /// this one asks for the stop without waiting for it, and returns the
+    /// stop already taken, if any; [`Tracee::settle_stop`] waits. A task
+    /// that was in a group stop is already in a trap (PTRACE_SEIZE
+    /// re-traps a stopped task before it returns), and a PTRACE_INTERRUPT
+    /// on top would leave a second trap pending, taken at the first
+    /// injected call. Many tasks asked first and each waited for after
+    /// stop in parallel.
     pub fn ask_stop_seized(&self) -> Result<Option<Stop>> {
         let mut status = 0;
         // SAFETY: plain waitpid on our tracee with a valid status pointer.
         let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
         let taken = (r == self.pid).then(|| decode_status(status));
         if !matches!(taken, Some(Stop::Event { .. })) {
-            ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-                .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+            self.ask_trap()?;
         }
         Ok(taken)
     }
 
-    /// The second half of [`Tracee::stop_seized`]: waits for the stop
-    /// asked for (`taken`: what [`Tracee::ask_stop_seized`] returned).
+    /// The second half of [`Tracee::ask_stop_seized`]: waits for the stop
+    /// asked for (`taken`: what that returned).
     pub fn settle_stop(&self, taken: Option<Stop>) -> Result<i32> {
         match taken {
             Some(Stop::Event { sig }) => Ok(sig),
@@ -152,11 +153,7 @@ impl Tracee {
             };
             match stop {
                 Stop::Event { sig } => return Ok(sig),
-                Stop::Signal(sig) => {
-                    ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-                        .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
-                    self.cont(sig)?
-                }
+                Stop::Signal(sig) => self.trap_after(sig)?,
                 Stop::Syscall | Stop::OtherEvent(_) => self.cont(0)?,
                 Stop::Exited(code) => {
                     return Err(Error::task(
@@ -235,13 +232,13 @@ impl Tracee {
             .map_err(|e| Error::sys("PTRACE_SINGLESTEP", self.pid, e))
     }
 
-    /// From a signal-delivery stop: asks for a PTRACE_EVENT_STOP and
-    /// resumes with the signal, which, blocked, the kernel queues again
-    /// with its siginfo (ptrace_signal()); the task then stops in its
-    /// signal path before it runs anything. Wait for that stop.
-    pub fn requeue_and_trap(&self, sig: i32) -> Result<()> {
-        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
+    /// Asks for a PTRACE_EVENT_STOP and resumes with `sig`: from a
+    /// signal-delivery stop, the signal is passed on (or, blocked, queued
+    /// again by the kernel with its siginfo: ptrace_signal()), and the task
+    /// stops in its signal path before it runs anything. Wait for that
+    /// stop.
+    pub fn trap_after(&self, sig: i32) -> Result<()> {
+        self.ask_trap()?;
         self.cont(sig)
     }
 
@@ -266,19 +263,13 @@ impl Tracee {
     /// just as if it had never been stopped. Leaving from a syscall-exit
     /// stop would skip them.
     pub fn trap_in_signal_path(&self) -> Result<()> {
-        ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-            .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
-        self.cont(0)?;
+        self.trap_after(0)?;
         loop {
             match self.wait()? {
                 Stop::Event { .. } => return Ok(()),
                 Stop::Syscall | Stop::OtherEvent(_) => self.cont(0)?,
                 // As in `interrupt`: that stop took the trap asked for.
-                Stop::Signal(sig) => {
-                    ptrace_raw(libc::PTRACE_INTERRUPT, self.pid, 0, 0)
-                        .map_err(|e| Error::sys("PTRACE_INTERRUPT", self.pid, e))?;
-                    self.cont(sig)?
-                }
+                Stop::Signal(sig) => self.trap_after(sig)?,
                 Stop::Exited(c) => {
                     return Err(Error::task(
                         self.pid,
