@@ -158,7 +158,7 @@ fn veth_bandwidth(net: &Net, bytes: usize) -> Res<f64> {
 
 fn lazy_runs(dir: &Path, pid: i32) -> Res<Vec<(u64, u64)>> {
     let pm: Pagemap = ImageDir::open(dir)
-        .and_then(|d| d.read(Kind::Pagemap, Some(pid)))
+        .and_then(|d| d.read_pagemap(pid))
         .map_err(|e| e.to_string())?;
     Ok(pm
         .entries

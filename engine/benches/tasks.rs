@@ -34,8 +34,10 @@
 //!
 //! And the machine's limit for a tree's image files: creating, writing
 //! (1 KiB) and closing a file in the image directory, timed on 200 files
-//! (a process has three image files: on a filesystem where creating a file
-//! is slow, that alone can exceed the target).
+//! (a process of a tree has one image file of its own, its task image,
+//! and a share of the two pages files: on a file system where creating a
+//! file is slow, three per process, as format 2 had, could alone exceed
+//! the target).
 //!
 //! Run as root: `cargo bench -p crust --bench tasks`. Environment:
 //! `CRUST_BENCH_THREADS` (default 100), `CRUST_BENCH_RUNS` (default 5),
@@ -564,9 +566,9 @@ fn bench() -> Res<()> {
     );
     let create = median(creates);
     println!(
-        "  machine limit for image files: creating a 1 KiB file in {}: {create:.1} us, {:.3} ms for the 3 files of a process",
+        "  machine limit for image files: creating a 1 KiB file in {}: {create:.1} us, {:.3} ms for the file of a process of a tree (the task image; a tree's pages files are two)",
         parent.display(),
-        3.0 * create / 1e3
+        create / 1e3
     );
     Ok(())
 }

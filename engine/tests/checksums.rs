@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use crust::image::chain::run_checksum;
-use crust::image::messages::{Pagemap, PE_IN_PARENT};
+use crust::image::messages::{Pagemap, Task, PE_IN_PARENT};
 use crust::image::{ImageDir, Kind, PagesReader};
 
 /// The dump's copy buffer: a run longer than this spans several of them.
@@ -19,7 +19,7 @@ const DUMP_BUFFER: u64 = 8 << 20;
 /// pages file holds for it; returns the longest stored run, in bytes.
 fn check_runs(dir: &Path, pid: i32) -> u64 {
     let images = ImageDir::open(dir).expect("image dir");
-    let pagemap: Pagemap = images.read(Kind::Pagemap, Some(pid)).expect("pagemap");
+    let pagemap: Pagemap = images.read_pagemap(pid).expect("pagemap");
     let reader = PagesReader::open(&dir.join(&pagemap.pages_file)).expect("pages file");
     let (mut off, mut longest) = (0u64, 0u64);
     for e in pagemap
@@ -126,9 +126,10 @@ fn moved_parent_run_is_refused_by_the_layout_digest() {
     dump(pid, &top, &["--track-mem", "--prev-images-dir", "../pre"]);
     assert_eq!(p.wait(TIMEOUT), Exit::Signal(libc::SIGKILL));
     let images = ImageDir::open(&top).expect("image dir");
-    let file = images.file(Kind::Pagemap, Some(pid));
-    let original = std::fs::read(&file).expect("pagemap");
-    let mut pm: Pagemap = images.read(Kind::Pagemap, Some(pid)).expect("pagemap");
+    let file = images.file(Kind::Task, Some(pid));
+    let original = std::fs::read(&file).expect("task image");
+    let mut task: Task = images.read(Kind::Task, Some(pid)).expect("task image");
+    let pm = task.pagemap.as_mut().expect("pagemap");
     let runs: Vec<(u64, u64)> = pm
         .entries
         .iter()
@@ -144,15 +145,15 @@ fn moved_parent_run_is_refused_by_the_layout_digest() {
         .expect("a parent run");
     first.vaddr = runs[1].0;
     first.nr_pages = first.nr_pages.min(runs[1].1);
-    std::fs::remove_file(&file).expect("rm pagemap");
+    std::fs::remove_file(&file).expect("rm task image");
     images
-        .write(Kind::Pagemap, Some(pid), &pm)
-        .expect("pagemap");
+        .write(Kind::Task, Some(pid), &task)
+        .expect("task image");
     crust(["restore", "-d", "-D", path_str(&top)])
         .assert_failed()
         .stderr_has("layout digest");
     assert_pid_free(pid, "after a refused restore");
-    std::fs::write(&file, original).expect("put the pagemap back");
+    std::fs::write(&file, original).expect("put the task image back");
     let at_dump = last_tick(&log);
     let mut r = restore_detached(&top, pid);
     wait_tick(&log, at_dump + 2);

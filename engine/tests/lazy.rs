@@ -373,7 +373,7 @@ fn lazy_restore_without_daemon_is_refused() {
 /// a plain restore, with the way out named.
 #[test]
 fn lazy_image_needs_lazy_pages() {
-    use crust::image::messages::{Pagemap, PE_LAZY};
+    use crust::image::messages::{Task, PE_LAZY};
     use crust::image::{ImageDir, Kind, PagesReader, PagesWriter};
     init();
     let tmp = tempdir();
@@ -384,7 +384,8 @@ fn lazy_image_needs_lazy_pages() {
     // Turn the last stored run into a lazy one: its data leaves the
     // pages file, as a lazy dump would have written it.
     let dir = ImageDir::open(&img).expect("open");
-    let mut pm: Pagemap = dir.read(Kind::Pagemap, Some(pid)).expect("pagemap");
+    let mut task: Task = dir.read(Kind::Task, Some(pid)).expect("task image");
+    let mut pm = task.pagemap.take().expect("pagemap");
     let pages = img.join(&pm.pages_file);
     let reader = PagesReader::open(&pages).expect("pages");
     let last = pm.entries.last_mut().expect("a run");
@@ -397,9 +398,10 @@ fn lazy_image_needs_lazy_pages() {
     let mut w = PagesWriter::create(&pages).expect("pages writer");
     w.write(&data).expect("write");
     w.finish().expect("finish");
-    std::fs::remove_file(dir.file(Kind::Pagemap, Some(pid))).expect("rm pagemap");
+    std::fs::remove_file(dir.file(Kind::Task, Some(pid))).expect("rm task image");
     crust::image::chain::seal(&mut pm);
-    dir.write(Kind::Pagemap, Some(pid), &pm).expect("pagemap");
+    task.pagemap = Some(pm);
+    dir.write(Kind::Task, Some(pid), &task).expect("task image");
     let out = crust(["restore", "-d", "-D", path_str(&img)]);
     out.assert_failed().stderr_has("--lazy-pages");
     assert_pid_free(pid, "after a refused restore");

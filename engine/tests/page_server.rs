@@ -177,7 +177,7 @@ fn pre_dumps_and_dump_to_page_servers_restore_every_byte() {
             !local.contains(&pages),
             "{name}: a local pages file: {local:?}"
         );
-        for f in ["inventory.img", &format!("pagemap-{}.img", p.pid)] {
+        for f in ["inventory.img", &format!("task-{}.img", p.pid)] {
             assert!(
                 local.iter().any(|n| n == f),
                 "{name}: no local {f}: {local:?}"

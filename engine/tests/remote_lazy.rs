@@ -165,7 +165,7 @@ fn inventory(dir: &Path) -> Inventory {
 
 fn pagemap(dir: &Path, pid: i32) -> Pagemap {
     ImageDir::open(dir)
-        .and_then(|d| d.read(Kind::Pagemap, Some(pid)))
+        .and_then(|d| d.read_pagemap(pid))
         .expect("pagemap")
 }
 

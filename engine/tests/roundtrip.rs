@@ -142,7 +142,7 @@ fn leave_running() {
     let shown = crust(["show", path_str(&images)]);
     shown.assert_ok();
     let json = shown.json();
-    for name in ["inventory.img", "pstree.img", "task", "pagemap", "pages"] {
+    for name in ["inventory.img", "pstree.img", "task", "pages"] {
         let key = if name.ends_with(".img") {
             name.to_string()
         } else {

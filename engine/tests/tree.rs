@@ -194,6 +194,24 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
         assert!(show.stdout.contains(&p.to_string()), "{}", show.stdout);
     }
     drop(out);
+    let pages = shared_pages_files(&dir, &tree.pids);
+    assert_eq!(
+        pages.len(),
+        if two_threads { 2 } else { 1 },
+        "one pages file per dumping thread: {pages:?}"
+    );
+    if two_threads {
+        // A pages file cut short: refused by name, nothing restored.
+        let file = dir.join(&pages[1]);
+        let whole = std::fs::read(&file).expect("read pages");
+        std::fs::write(&file, &whole[..whole.len() - 4096]).expect("cut pages");
+        let out = crust(["restore", "-d", "-D", path_str(&dir)]);
+        out.assert_failed().stderr_has(&pages[1]);
+        for &p in &tree.pids {
+            assert_pid_free(p, "after a refused restore");
+        }
+        std::fs::write(&file, whole).expect("put the pages back");
+    }
     let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
     if !batched {
         env.push(("CRUST_INJECT_BATCH", "0".as_ref()));
@@ -219,6 +237,40 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
         );
     }
     tree.finish();
+}
+
+/// The pages files of a tree's image, checked: every member's data is a
+/// stretch of one of them (its pagemap's data_offset on), the stretches
+/// of a file one after the other from its start, the last ending where
+/// its data does.
+fn shared_pages_files(dir: &std::path::Path, pids: &[i32]) -> Vec<String> {
+    use crust::image::chain::LayerMap;
+    use crust::image::{ImageDir, Kind, PagesReader};
+    let images = ImageDir::open(dir).expect("image dir");
+    let mut stretches: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+    // (A zombie has no task image.)
+    for &p in pids
+        .iter()
+        .filter(|&&p| images.file(Kind::Task, Some(p)).exists())
+    {
+        let pm = images.read_pagemap(p).expect("pagemap");
+        let name = pm.pages_file.clone();
+        let layer = LayerMap::new(dir, pm).expect("layer");
+        stretches.entry(name).or_default().push(layer.data_range());
+    }
+    for (name, s) in &mut stretches {
+        s.sort();
+        let mut at = 0;
+        for &(start, end) in s.iter() {
+            assert_eq!(start, at, "{name}: stretches {s:?}");
+            at = end;
+        }
+        let data = PagesReader::open(&dir.join(name.as_str()))
+            .expect("pages file")
+            .data_len();
+        assert_eq!(data, at, "{name}: stretches {s:?}");
+    }
+    stretches.into_keys().collect()
 }
 
 /// Kills `crust restore` of the tree at spread moments, a helper thread
@@ -455,7 +507,7 @@ fn tree_predumps_then_dump() {
     ])
     .assert_ok();
     assert!(
-        pre2.join(format!("pagemap-{n}.img")).exists(),
+        pre2.join(format!("task-{n}.img")).exists(),
         "the new process is in the second pre-dump"
     );
     let mut members: Vec<Proc> = tree.pids[1..]

@@ -1291,7 +1291,11 @@ pub(crate) fn copy(
     tolerant: bool,
     content: Option<Option<&Digests>>,
 ) -> Result<Copied> {
-    let pages_name = Kind::Pages.file_name(Some(pid));
+    // Where the data goes: this process's own pages file, or its stretch
+    // of a file it shares with other processes of its tree.
+    let (pages_name, data_offset) = sink
+        .placement()
+        .unwrap_or_else(|| (Kind::Pages.file_name(Some(pid)), 0));
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io("opening", &mem_path, e))?;
     let mut copier = PageCopier {
@@ -1331,6 +1335,7 @@ pub(crate) fn copy(
             pages_file: pages_name,
             entries: copier.entries,
             layout_digest: None,
+            data_offset,
         },
         pages_written: copier.stored_pages,
         content_in_parent: copier.content_in_parent,
@@ -1410,6 +1415,7 @@ pub(crate) fn pagemap_of(pid: pid_t, runs: &[Run]) -> Pagemap {
         pages_file: Kind::Pages.file_name(Some(pid)),
         entries,
         layout_digest: None,
+        data_offset: 0,
     }
 }
 

@@ -935,11 +935,10 @@ fn load_parents(
 ) -> Result<Vec<(pid_t, Option<Parent>)>> {
     let mut out = Vec::new();
     for (i, &m) in members.iter().enumerate() {
-        let held = track.prev_images_dir.as_ref().is_some_and(|rel| {
-            dir.join(rel)
-                .join(Kind::Pagemap.file_name(Some(m)))
-                .exists()
-        });
+        let held = track
+            .prev_images_dir
+            .as_ref()
+            .is_some_and(|rel| dir.join(rel).join(Kind::Task.file_name(Some(m))).exists());
         let p = match i == 0 || held {
             true => load_parent(dir, track, m)?,
             false => None,
@@ -1040,7 +1039,7 @@ fn pre_dump_inner(
             // A member that exited since the tree ran again (a tree that
             // forks all the time) has no memory left to copy, and no state
             // a later dump needs: it is left out of this pre-dump (no
-            // pagemap, so a later image does not build on it).
+            // task image, so a later image does not build on it).
             Err(_) if member != pid && exited(member) => {
                 let _ = std::fs::remove_file(dir.join(Kind::Pages.file_name(Some(member))));
                 continue;
@@ -1253,7 +1252,12 @@ fn pre_dump_copy(
     }
     guard::check()?;
     chain::seal(&mut pagemap);
-    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
+    // A pre-dump's task image holds its pagemap alone.
+    let task = Task {
+        pagemap: Some(pagemap),
+        ..Task::default()
+    };
+    images.write(Kind::Task, Some(pid), &task)?;
     Ok((plan.stats.scanned, in_parent, written))
 }
 
@@ -1366,6 +1370,15 @@ fn dump_inner(
     // each member's tracker is made or taken over and re-armed, and stays
     // in the task for the next image (chain::can_be_parent).
     let snapshot = opts.leave_running && opts.track.track_mem;
+    // A tree's processes share pages files, one per dumping thread
+    // (ImageOut::share_pages). Not a lazy dump's (its pages files are
+    // rewritten per process when the source's pages come back), nor a
+    // snapshot's (the parent of a later dump, whose pages file is sized
+    // after the root's here).
+    let share_pages = lazy.is_none() && !snapshot && members.len() > 1;
+    if share_pages {
+        images.share_pages();
+    }
     // The image files are made (file creation is slow: ImageOut::
     // precreate_small) by a thread of their own while the refusals run:
     // one works the file system, the other reads /proc.
@@ -1376,9 +1389,11 @@ fn dump_inner(
         if let (Some(p), false) = (parent, lazy.is_some()) {
             images.prefill_pages(pid, prefill_estimate(&dir.join(&p.rel), pid))?;
         }
-        // The other members' pages files too, empty.
+        // The other members' pages files too, empty: one per thread
+        // when they share them.
         if lazy.is_none() && members.len() > 1 {
-            images.precreate_pages(&members)?;
+            let n = if share_pages { 2 } else { members.len() };
+            images.precreate_pages(&members[..n])?;
         }
         // And every member's small images.
         images.precreate_small(&members)
@@ -1895,8 +1910,8 @@ struct Collected {
 /// the refusals that must come before any injected call, the bursts (task
 /// state, every thread), credentials, the tracker's start, what only
 /// ptrace reads (pending signals, rseq); starts the smaps read.
-/// [`check_process`] and [`write_process`] do the rest, into its core,
-/// mm, fds and pagemap images and its pages: the tracer is alone while it
+/// [`check_process`] and [`write_process`] do the rest, into its task
+/// image (core, mm, fds, pagemap) and its pages: the tracer is alone while it
 /// collects a tree, so what any thread can read is left to the finishing
 /// threads.
 fn collect_process(
@@ -2148,15 +2163,16 @@ fn write_process(
         .filter(|v| v.shared != 0)
         .map(|v| (v.start, v.end))
         .collect();
+    let mut pagemap = pagemap;
+    chain::seal(&mut pagemap);
     let task = Task {
         core: Some(core.core.clone()),
         mm: Some(std::mem::take(&mut plan.mm)),
         fds: Some(fds),
+        pagemap: Some(pagemap),
     };
     images.write(Kind::Task, Some(pid), &task)?;
-    let mut pagemap = pagemap;
-    chain::seal(&mut pagemap);
-    images.write(Kind::Pagemap, Some(pid), &pagemap)?;
+    let pagemap = task.pagemap.unwrap_or_default();
     Ok(ProcessDump {
         pid,
         core,

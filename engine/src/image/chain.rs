@@ -20,7 +20,8 @@ fn bad(dir: &Path, what: impl Into<String>) -> ImageError {
 }
 
 /// One image directory's page runs, with where each run's data starts in
-/// its pages file (None for in-parent runs).
+/// its pages file (None for in-parent runs): from the pagemap's
+/// `data_offset` on, in order.
 #[derive(Debug)]
 pub struct LayerMap {
     pub dir: PathBuf,
@@ -33,7 +34,7 @@ impl LayerMap {
     /// Checks order and overlap, and computes data offsets.
     pub fn new(dir: &Path, pagemap: Pagemap) -> Result<LayerMap> {
         let mut offsets = Vec::with_capacity(pagemap.entries.len());
-        let mut off = 0u64;
+        let mut off = pagemap.data_offset;
         let mut prev_end = 0u64;
         for e in &pagemap.entries {
             let len = e
@@ -60,20 +61,30 @@ impl LayerMap {
                 offsets.push(None);
             } else {
                 offsets.push(Some(off));
-                off += len;
+                off = off
+                    .checked_add(len)
+                    .ok_or_else(|| bad(dir, "page data offset overflows"))?;
             }
         }
+        let data_bytes = off - pagemap.data_offset;
         Ok(LayerMap {
             dir: dir.to_path_buf(),
             pagemap,
             offsets,
-            data_bytes: off,
+            data_bytes,
         })
     }
 
-    /// Bytes of page data this layer's own pages file must hold.
+    /// Bytes of page data this layer stores in its pages file.
     pub fn data_bytes(&self) -> u64 {
         self.data_bytes
+    }
+
+    /// Where this layer's page data starts in its pages file's data, and
+    /// where it ends.
+    pub fn data_range(&self) -> (u64, u64) {
+        let start = self.pagemap.data_offset;
+        (start, start + self.data_bytes)
     }
 
     /// Index of the first run ending after `addr`.
@@ -102,7 +113,7 @@ impl LayerMap {
 
 /// Loads the pagemap of task `pid` in the image directory `dir`.
 pub fn load_layer(dir: &Path, pid: i32) -> Result<LayerMap> {
-    let pagemap: Pagemap = ImageDir::open(dir)?.read(Kind::Pagemap, Some(pid))?;
+    let pagemap: Pagemap = ImageDir::open(dir)?.read_pagemap(pid)?;
     match pagemap.layout_digest {
         Some(d) if d == layout_digest(&pagemap) => {}
         Some(_) => {
@@ -121,11 +132,12 @@ pub fn load_layer(dir: &Path, pid: i32) -> Result<LayerMap> {
     LayerMap::new(dir, pagemap)
 }
 
-/// The digest of a pagemap's layout: its pages file and every run's
-/// address, length and flags, in order.
+/// The digest of a pagemap's layout: its pages file, where its data
+/// starts there, and every run's address, length and flags, in order.
 pub fn layout_digest(pm: &Pagemap) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(pm.pages_file.as_bytes());
+    h.update(&pm.data_offset.to_le_bytes());
     for e in &pm.entries {
         h.update(&e.vaddr.to_le_bytes());
         h.update(&e.nr_pages.to_le_bytes());
@@ -204,7 +216,7 @@ fn walk(
         let inv: Inventory = ImageDir::open(&d)?.read(Kind::Inventory, None)?;
         // A process of a tree: its images are keyed by its pid. One that
         // a parent does not hold was new since: its chain ends there.
-        let member = d.join(Kind::Pagemap.file_name(Some(pid))).exists();
+        let member = d.join(Kind::Task.file_name(Some(pid))).exists();
         if inv.root_pid != pid && !member && !out.is_empty() {
             break;
         }
@@ -272,17 +284,20 @@ pub fn check_parents(target: &Path, parent: &Path, pid: i32) -> Result<Inventory
 }
 
 /// Opens a layer's pages file and checks it holds what its pagemap says.
+/// (Other processes of the tree may have their data in the same file:
+/// the file must hold this one's, not only this one's.)
 fn open_pages(d: &Path, layer: &LayerMap) -> Result<PagesReader> {
     let name = &layer.pagemap.pages_file;
     if name.is_empty() || name.contains('/') || !name.ends_with(".img") {
         return Err(bad(d, format!("bad pages file name {name:?}")));
     }
     let reader = PagesReader::open(&d.join(name))?;
-    if reader.data_len() != layer.data_bytes() {
+    let (start, end) = layer.data_range();
+    if reader.data_len() < end {
         return Err(bad(
             d,
             format!(
-                "pagemap covers {} bytes but the pages file holds {}",
+                "pagemap covers {} bytes of {name} from offset {start}, but it holds {} bytes of data",
                 layer.data_bytes(),
                 reader.data_len()
             ),
@@ -495,9 +510,14 @@ mod tests {
     use crate::image::messages::PagemapEntry;
 
     fn layer(entries: &[(u64, u64, bool)]) -> LayerMap {
+        layer_at(0, entries)
+    }
+
+    fn layer_at(data_offset: u64, entries: &[(u64, u64, bool)]) -> LayerMap {
         let pm = Pagemap {
             pages_file: "p".into(),
             layout_digest: None,
+            data_offset,
             entries: entries
                 .iter()
                 .map(|&(v, n, p)| PagemapEntry {
@@ -521,11 +541,38 @@ mod tests {
         assert!(l.covers(0x6000, 0x8000));
     }
 
+    /// A process whose data follows another's in a shared pages file.
+    #[test]
+    fn offsets_start_at_the_data_offset() {
+        let l = layer_at(
+            7 * PAGE,
+            &[(0x1000, 2, false), (0x3000, 1, true), (0x5000, 3, false)],
+        );
+        assert_eq!(l.offsets, vec![Some(7 * PAGE), None, Some(9 * PAGE)]);
+        assert_eq!(l.data_bytes(), 5 * PAGE);
+        assert_eq!(l.data_range(), (7 * PAGE, 12 * PAGE));
+        let mut pm = l.pagemap.clone();
+        seal(&mut pm);
+        let digest = pm.layout_digest;
+        pm.data_offset = 0;
+        assert_ne!(
+            layout_digest(&pm),
+            digest.unwrap_or_default(),
+            "the digest binds the offset"
+        );
+        pm.data_offset = u64::MAX - PAGE;
+        assert!(
+            LayerMap::new(Path::new("x"), pm).is_err(),
+            "offset overflow"
+        );
+    }
+
     #[test]
     fn rejects_overlap() {
         let pm = Pagemap {
             pages_file: "p".into(),
             layout_digest: None,
+            data_offset: 0,
             entries: vec![
                 PagemapEntry {
                     vaddr: 0x2000,

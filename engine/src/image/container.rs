@@ -11,7 +11,7 @@ use prost::Message;
 /// Every image file starts with these four bytes.
 pub const COMMON_MAGIC: [u8; 4] = *b"CRST";
 /// Bumped on any incompatible change to a message or the layout.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Header size of message images.
 const HEADER_LEN: usize = 32;
 /// Page data starts at this offset of a pages file, so it can be mmapped.
@@ -26,7 +26,6 @@ pub enum Kind {
     Inventory = 0x4e564e49,  // "INVN"
     PsTree = 0x45525450,     // "PTRE"
     Task = 0x4b534154,       // "TASK"
-    Pagemap = 0x504d4750,    // "PGMP"
     Pages = 0x53454750,      // "PGES"
     Stats = 0x54415453,      // "STAT"
     Digests = 0x54534744,    // "DGST"
@@ -44,7 +43,6 @@ impl Kind {
             Kind::Inventory => "inventory",
             Kind::PsTree => "pstree",
             Kind::Task => "task",
-            Kind::Pagemap => "pagemap",
             Kind::Pages => "pages",
             Kind::Stats => "stats",
             Kind::Digests => "digests",
@@ -206,9 +204,10 @@ pub fn is_image_name(name: &str) -> bool {
     parse_image_name(name).is_some()
 }
 
-/// Per-process images of format 1, which format 2 keeps in `task-PID.img`
-/// (core, fds, and mm; a pre-dump's mm, never read, is no longer written).
-const FORMER_KINDS: [&str; 3] = ["core", "fds", "mm"];
+/// Per-process images of formats 1 and 2 that `task-PID.img` holds now:
+/// core, fds and mm (format 1; a pre-dump's mm, never read, is no longer
+/// written), and the pagemap (format 2).
+const FORMER_KINDS: [&str; 4] = ["core", "fds", "mm", "pagemap"];
 
 /// Whether `name` is an image an older crust wrote here (`KIND-PID.img`
 /// of [`FORMER_KINDS`]): stale, removed as the current ones are.
@@ -243,11 +242,10 @@ pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     }
 }
 
-const ALL_KINDS: [Kind; 9] = [
+const ALL_KINDS: [Kind; 8] = [
     Kind::Inventory,
     Kind::PsTree,
     Kind::Task,
-    Kind::Pagemap,
     Kind::Pages,
     Kind::Stats,
     Kind::Digests,
@@ -358,6 +356,17 @@ impl ImageDir {
 
     pub fn read<M: Message + Default>(&self, kind: Kind, pid: Option<i32>) -> Result<M> {
         read_message(&self.file(kind, pid), kind)
+    }
+
+    /// The pagemap of process `pid`, from its task image.
+    pub fn read_pagemap(&self, pid: i32) -> Result<crate::image::messages::Pagemap> {
+        let task: crate::image::messages::Task = self.read(Kind::Task, Some(pid))?;
+        task.pagemap.ok_or_else(|| {
+            ImageError::bad(
+                &self.file(Kind::Task, Some(pid)),
+                "the task image has no pagemap",
+            )
+        })
     }
 }
 
@@ -743,10 +752,26 @@ impl PagesReader {
         Some(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) })
     }
 
-    /// Asks the kernel to read the file ahead.
-    pub fn will_need(&self) {
-        // SAFETY: advisory call on our own mapping.
-        unsafe { libc::madvise(self.map, self.map_len, libc::MADV_WILLNEED) };
+    /// Asks the kernel to read ahead the data in [start, end) (relative
+    /// to the data start; clamped to the file): one process's stretch of
+    /// a file several share.
+    pub fn will_need(&self, start: u64, end: u64) {
+        let page = PAGES_DATA_OFFSET as usize;
+        let from = (PAGES_DATA_OFFSET as usize).saturating_add(start as usize) / page * page;
+        let to = (PAGES_DATA_OFFSET as usize)
+            .saturating_add(end as usize)
+            .min(self.map_len);
+        if from >= to {
+            return;
+        }
+        // SAFETY: advisory call on a page-aligned part of our own mapping.
+        unsafe {
+            libc::madvise(
+                (self.map as *mut u8).add(from) as *mut libc::c_void,
+                to - from,
+                libc::MADV_WILLNEED,
+            )
+        };
     }
 }
 
@@ -909,9 +934,15 @@ mod tests {
         fs::write(&victim, b"keep").unwrap();
         std::os::unix::fs::symlink(&victim, dir.file(Kind::Task, Some(7))).unwrap();
         fs::write(tmp.path().join("dump.log"), b"log").unwrap();
-        // What format 1 wrote goes as well; a name like it that is not
-        // one stays.
-        for old in ["core-7.img", "fds-7.img", "mm-7.img", "mm-x.img"] {
+        // What formats 1 and 2 wrote goes as well; a name like it that is
+        // not one stays.
+        for old in [
+            "core-7.img",
+            "fds-7.img",
+            "mm-7.img",
+            "pagemap-7.img",
+            "mm-x.img",
+        ] {
             fs::write(tmp.path().join(old), b"old").unwrap();
         }
         dir.clear_stale().unwrap();
@@ -922,7 +953,7 @@ mod tests {
         left.sort();
         assert_eq!(left, ["dump.log", "mm-x.img", "victim"]);
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
-        fs::create_dir(dir.file(Kind::Pagemap, Some(7))).unwrap();
+        fs::create_dir(dir.file(Kind::Task, Some(7))).unwrap();
         let err = dir.clear_stale().unwrap_err().to_string();
         assert!(err.contains("directory"), "{err}");
     }
@@ -938,9 +969,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("FIFO"), "{err}");
-        let link = tmp.path().join("pagemap-1.img");
+        let link = tmp.path().join("stats.img");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        let err = read_message::<Inventory>(&link, Kind::Pagemap)
+        let err = read_message::<Inventory>(&link, Kind::Stats)
             .unwrap_err()
             .to_string();
         assert!(err.contains("symbolic link"), "{err}");

@@ -520,10 +520,11 @@ pub struct Fds {
     pub sockets: Vec<UnixSocket>,
 }
 
-/// One process of a dump (`task-PID.img`): its core state, memory layout
-/// and descriptors in one file, not three (creating a file is the costly
-/// part of writing a small image on some file systems, and a tree pays it
-/// per process).
+/// One process of a dump or pre-dump (`task-PID.img`): its core state,
+/// memory layout, descriptors and pagemap in one file, not four (creating
+/// a file is the costly part of writing a small image on some file
+/// systems, and a tree pays it per process). A pre-dump's has the pagemap
+/// alone.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
 pub struct Task {
     #[prost(message, optional, tag = "1")]
@@ -532,6 +533,8 @@ pub struct Task {
     pub mm: Option<Mm>,
     #[prost(message, optional, tag = "3")]
     pub fds: Option<Fds>,
+    #[prost(message, optional, tag = "4")]
+    pub pagemap: Option<Pagemap>,
 }
 
 /// PagemapEntry flag: the run's data is in the parent image chain, not in
@@ -569,6 +572,11 @@ pub struct Pagemap {
     /// covers, to their addresses.
     #[prost(uint64, optional, tag = "3")]
     pub layout_digest: Option<u64>,
+    /// Where the first stored run's data starts in the pages file's data:
+    /// the processes of a tree dumped together share a pages file (one per
+    /// dumping thread), each its own stretch of it, in pagemap order.
+    #[prost(uint64, tag = "4")]
+    pub data_offset: u64,
 }
 
 /// What one dump or pre-dump did (`--display-stats` prints the same).

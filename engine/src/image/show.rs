@@ -6,7 +6,7 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::container::{read_payload, ImageError, Kind};
-use super::messages::{Digests, Inventory, LazyStats, Pagemap, PsTree, SharedObject, Stats, Task};
+use super::messages::{Digests, Inventory, LazyStats, PsTree, SharedObject, Stats, Task};
 
 fn decode<M: Message + Default + serde::Serialize>(
     path: &Path,
@@ -29,7 +29,6 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
         Kind::Inventory => decode::<Inventory>(path, &payload)?,
         Kind::PsTree => decode::<PsTree>(path, &payload)?,
         Kind::Task => decode::<Task>(path, &payload)?,
-        Kind::Pagemap => decode::<Pagemap>(path, &payload)?,
         Kind::Stats => decode::<Stats>(path, &payload)?,
         Kind::Digests => decode::<Digests>(path, &payload)?,
         Kind::LazyStats => decode::<LazyStats>(path, &payload)?,

@@ -36,6 +36,11 @@ impl FileSink {
     pub fn path(&self) -> &Path {
         self.out.path()
     }
+
+    /// Bytes of page data written so far.
+    pub fn written(&self) -> u64 {
+        self.out.written()
+    }
 }
 
 impl PageSink for FileSink {
@@ -74,5 +79,76 @@ impl PageSink for FileSink {
 
     fn finish(self: Box<Self>) -> Result<u64> {
         Ok(self.out.finish()?)
+    }
+}
+
+/// A pages file the processes of a tree write in turn, each after the
+/// one before (one file per dumping thread, [`crate::pageio::ImageOut`]'s
+/// lanes): a process's data is a stretch of it, named by its pagemap's
+/// `data_offset`. The file's header is written once every process's
+/// data is in ([`SharedFile::finish`]).
+pub struct SharedFile {
+    file: std::sync::Arc<std::sync::Mutex<FileSink>>,
+    name: String,
+}
+
+impl SharedFile {
+    /// `file` named `name` in the image directory (already renamed there).
+    pub fn new(file: FileSink, name: String) -> SharedFile {
+        SharedFile {
+            file: std::sync::Arc::new(std::sync::Mutex::new(file)),
+            name,
+        }
+    }
+
+    /// The sink for the next process's data, from where the file ends.
+    pub fn member(&self) -> Result<Box<dyn PageSink>> {
+        let start = lock(&self.file)?.written();
+        Ok(Box::new(MemberSink {
+            file: self.file.clone(),
+            name: self.name.clone(),
+            start,
+        }))
+    }
+
+    /// Every process's data is in: writes the header.
+    pub fn finish(self) -> Result<u64> {
+        let file = std::sync::Arc::try_unwrap(self.file)
+            .map_err(|_| Error::Other(format!("{}: still being written", self.name)))?
+            .into_inner()
+            .map_err(|_| Error::Other(format!("{}: its lock is poisoned", self.name)))?;
+        Box::new(file).finish()
+    }
+}
+
+fn lock(f: &std::sync::Mutex<FileSink>) -> Result<std::sync::MutexGuard<'_, FileSink>> {
+    f.lock()
+        .map_err(|_| Error::Other("a shared pages file's lock is poisoned".into()))
+}
+
+/// One process's stretch of a [`SharedFile`].
+struct MemberSink {
+    file: std::sync::Arc<std::sync::Mutex<FileSink>>,
+    name: String,
+    start: u64,
+}
+
+impl PageSink for MemberSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        lock(&self.file)?.write(data)
+    }
+
+    fn splice_from(&mut self, pipe: BorrowedFd<'_>, len: usize) -> Result<()> {
+        lock(&self.file)?.splice_from(pipe, len)
+    }
+
+    /// The file stays open for the next process: only this one's byte
+    /// count is returned (the data is made durable with the file's).
+    fn finish(self: Box<Self>) -> Result<u64> {
+        Ok(lock(&self.file)?.written() - self.start)
+    }
+
+    fn placement(&self) -> Option<(String, u64)> {
+        Some((self.name.clone(), self.start))
     }
 }

@@ -10,7 +10,7 @@ pub mod server;
 pub mod sink;
 pub mod source;
 
-pub use file::FileSink;
+pub use file::{FileSink, SharedFile};
 pub use out::ImageOut;
 pub use server::ServerSink;
 pub use sink::PageSink;

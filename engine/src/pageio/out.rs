@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::{FileSink, PageSink, ServerSink};
+use super::{FileSink, PageSink, ServerSink, SharedFile};
 use crate::error::Result;
 use crate::image::container::encode_message;
 use crate::image::messages::Inventory;
@@ -28,6 +28,9 @@ pub struct ImageOut {
     /// Small image files made before the task was frozen
     /// (`precreate_small`): the name each is renamed to, and its own.
     premade: Premade,
+    /// With `share_pages`: the pages file each dumping thread writes the
+    /// processes it dumps into, one after the other.
+    lanes: Lanes,
 }
 
 type Premade = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, PathBuf>>>;
@@ -115,7 +118,65 @@ impl ImageOut {
             prefilled: std::sync::Mutex::new(Vec::new()),
             writer: std::sync::Mutex::new(None),
             premade: Premade::default(),
+            lanes: std::sync::Mutex::new(None),
         })
+    }
+
+    /// From now on, the processes one thread dumps share a pages file
+    /// (named after the first of them), each process's data after the one
+    /// before: a tree of N processes has two or so pages files, not N
+    /// (creating a file is what a tree's images cost most on some file
+    /// systems). Only for pages files written here.
+    pub fn share_pages(&self) {
+        if self.server.is_some() {
+            return;
+        }
+        if let Ok(mut l) = self.lanes.lock() {
+            l.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The sink for `pid`'s data in this thread's shared pages file (made
+    /// now if it is the thread's first process), if pages are shared.
+    fn lane_sink(&self, pid: i32) -> Result<Option<Box<dyn PageSink>>> {
+        let mut lanes = lock_lanes(&self.lanes)?;
+        let Some(lanes) = lanes.as_mut() else {
+            return Ok(None);
+        };
+        let me = std::thread::current().id();
+        if let Some((_, lane)) = lanes.iter().find(|(t, _)| *t == me) {
+            return lane.member().map(Some);
+        }
+        // The thread's first process: a file made before the freeze (its
+        // own, or any other's), or a new one.
+        let made = self.prefilled.lock().ok().and_then(|mut p| {
+            let i = p
+                .iter()
+                .position(|(p, _)| *p == pid)
+                .or((!p.is_empty()).then_some(0))?;
+            Some(p.swap_remove(i).1)
+        });
+        let path = self.dir.file(Kind::Pages, Some(pid));
+        let file = match made {
+            Some(mut f) => {
+                f.rename_to(&path)?;
+                f
+            }
+            None => FileSink::create(&path)?,
+        };
+        let lane = SharedFile::new(file, Kind::Pages.file_name(Some(pid)));
+        let sink = lane.member()?;
+        lanes.push((me, lane));
+        Ok(Some(sink))
+    }
+
+    /// Writes the header of every shared pages file: all their data is in.
+    fn finish_lanes(&self) -> Result<()> {
+        let lanes = lock_lanes(&self.lanes)?.take().unwrap_or_default();
+        for (_, lane) in lanes {
+            lane.finish()?;
+        }
+        Ok(())
     }
 
     /// Makes `pid`'s pages file now, `bytes` of it written ahead (see
@@ -158,27 +219,25 @@ impl ImageOut {
         Ok(())
     }
 
-    /// Makes the small image files of each of `pids` (task, pagemap),
-    /// empty, before the task is frozen, under names no image
-    /// has: the dump fills and renames them (creating a file costs up to a
-    /// millisecond on a journalled file system here, renaming one tens of
-    /// microseconds). Unused ones go with the `ImageOut`.
+    /// Makes the task image file of each of `pids`, empty, before the
+    /// task is frozen, under a name no image has: the dump fills and
+    /// renames it (creating a file costs up to a millisecond on a
+    /// journalled file system here, renaming one tens of microseconds).
+    /// Unused ones go with the `ImageOut`.
     pub fn precreate_small(&self, pids: &[i32]) -> Result<()> {
         let mut made = Vec::new();
         for &pid in pids {
-            for kind in [Kind::Task, Kind::Pagemap] {
-                let path = self.dir.file(kind, Some(pid));
-                let tmp = self
-                    .dir
-                    .path
-                    .join(format!(".{}.made", kind.file_name(Some(pid))));
-                if std::fs::symlink_metadata(&tmp).is_ok() {
-                    std::fs::remove_file(&tmp)
-                        .map_err(|e| crate::error::Error::io("removing", tmp.clone(), e))?;
-                }
-                crate::image::container::create_empty(&tmp)?;
-                made.push((path, tmp));
+            let path = self.dir.file(Kind::Task, Some(pid));
+            let tmp = self
+                .dir
+                .path
+                .join(format!(".{}.made", Kind::Task.file_name(Some(pid))));
+            if std::fs::symlink_metadata(&tmp).is_ok() {
+                std::fs::remove_file(&tmp)
+                    .map_err(|e| crate::error::Error::io("removing", tmp.clone(), e))?;
             }
+            crate::image::container::create_empty(&tmp)?;
+            made.push((path, tmp));
         }
         if let Ok(mut m) = self.premade.lock() {
             m.extend(made);
@@ -249,6 +308,9 @@ impl ImageOut {
 
     /// The sink for the page data of `pid`.
     pub fn pages(&self, pid: i32) -> Result<Box<dyn PageSink>> {
+        if let Some(sink) = self.lane_sink(pid)? {
+            return Ok(sink);
+        }
         let made = self.prefilled.lock().ok().and_then(|mut p| {
             let i = p.iter().position(|(p, _)| *p == pid)?;
             Some(p.swap_remove(i))
@@ -273,6 +335,7 @@ impl ImageOut {
     /// then records where the pages went.
     pub fn commit(&self, inv: &Inventory) -> Result<()> {
         self.flush()?;
+        self.finish_lanes()?;
         let Some(s) = &self.server else {
             return Ok(self.dir.write(Kind::Inventory, None, inv)?);
         };
@@ -284,4 +347,13 @@ impl ImageOut {
         };
         Ok(self.dir.write(Kind::Inventory, None, &local)?)
     }
+}
+
+/// Each dumping thread's shared pages file (None: pages are not shared).
+type LaneList = Option<Vec<(std::thread::ThreadId, SharedFile)>>;
+type Lanes = std::sync::Mutex<LaneList>;
+
+fn lock_lanes(l: &Lanes) -> Result<std::sync::MutexGuard<'_, LaneList>> {
+    l.lock()
+        .map_err(|_| crate::error::Error::Other("the shared pages files' lock is poisoned".into()))
 }

@@ -15,4 +15,10 @@ pub trait PageSink: Send {
     /// All data is in: makes it durable where it went and returns the
     /// number of bytes the sink received.
     fn finish(self: Box<Self>) -> Result<u64>;
+    /// For data that goes into a pages file shared by several processes:
+    /// the file's name and where this process's data starts in it (None:
+    /// the process's own `pages-PID.img`, from its start).
+    fn placement(&self) -> Option<(String, u64)> {
+        None
+    }
 }

@@ -18,7 +18,7 @@ use super::proto::{self, FrameKind, Header, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::image::chain::{self, LayerMap};
 use crate::image::container::{check_message_bytes, parse_image_name, write_bytes};
-use crate::image::messages::{Inventory, Pagemap, PE_IN_PARENT};
+use crate::image::messages::{Inventory, Task, PE_IN_PARENT};
 use crate::image::{ImageDir, Kind, PagesWriter};
 
 const PAGE: u64 = 4096;
@@ -349,32 +349,36 @@ impl Receiver<'_> {
         if header.kind != kind {
             return Err(bad(format!("{name} holds a {} image", header.kind.name())));
         }
-        if kind == Kind::Pagemap {
-            let pid = pid.ok_or_else(|| bad("a pagemap image without a pid"))?;
-            return self.pagemap(pid, &path, payload);
+        if kind == Kind::Task {
+            let pid = pid.ok_or_else(|| bad("a task image without a pid"))?;
+            return self.task(pid, &path, bytes, payload);
         }
         write_bytes(&path, bytes)?;
         self.got.files += 1;
         Ok(())
     }
 
-    /// A pagemap must describe the pages file received for its task; a
-    /// splice-mode client sends it without checksums (its data never
-    /// passed through the client), and they are computed here.
-    fn pagemap(&mut self, pid: i32, path: &Path, payload: &[u8]) -> Result<()> {
-        let mut pm = Pagemap::decode(payload).map_err(|e| {
+    /// A task image's pagemap must describe the pages file received for
+    /// its task; a splice-mode client sends it without checksums (its data
+    /// never passed through the client), and they are computed here.
+    fn task(&mut self, pid: i32, path: &Path, file: &[u8], payload: &[u8]) -> Result<()> {
+        let mut task = Task::decode(payload).map_err(|e| {
             bad(format!(
-                "{}: cannot decode the pagemap: {e}",
+                "{}: cannot decode the task image: {e}",
                 path.display()
             ))
         })?;
+        let mut pm = task
+            .pagemap
+            .take()
+            .ok_or_else(|| bad(format!("the task image of pid {pid} has no pagemap")))?;
         let Some(&bytes) = self.done.get(&pid) else {
             return Err(bad(format!("pagemap of pid {pid} before its pages")));
         };
-        if pm.pages_file != Kind::Pages.file_name(Some(pid)) {
+        if pm.pages_file != Kind::Pages.file_name(Some(pid)) || pm.data_offset != 0 {
             return Err(bad(format!(
-                "pagemap of pid {pid} names the pages file {:?}",
-                pm.pages_file
+                "pagemap of pid {pid} names the pages file {:?} from offset {}",
+                pm.pages_file, pm.data_offset
             )));
         }
         if self.pagemaps.contains(&pid) {
@@ -391,13 +395,20 @@ impl Receiver<'_> {
             .entries
             .iter()
             .any(|e| e.flags & PE_IN_PARENT == 0 && e.checksum.is_none());
+        let unsealed = pm.layout_digest.is_none();
         if unsummed {
             chain::add_checksums(&self.dir.path, pid, &mut pm)?;
         }
-        if pm.layout_digest.is_none() {
+        if unsealed {
             chain::seal(&mut pm);
         }
-        self.dir.write(Kind::Pagemap, Some(pid), &pm)?;
+        match unsummed || unsealed {
+            true => {
+                task.pagemap = Some(pm);
+                self.dir.write(Kind::Task, Some(pid), &task)?;
+            }
+            false => write_bytes(path, file)?,
+        }
         self.pagemaps.push(pid);
         self.got.files += 1;
         Ok(())

@@ -131,7 +131,7 @@ fn load(
     }
     let mm: Mm = image.mm.ok_or_else(|| lacks("memory layout"))?;
     let fds: Fds = image.fds.ok_or_else(|| lacks("descriptors"))?;
-    let pagemap: Pagemap = images.read(Kind::Pagemap, Some(pid))?;
+    let pagemap: Pagemap = image.pagemap.ok_or_else(|| lacks("pagemap"))?;
     if core.regs.is_none() || core.xstate.is_empty() {
         return Err(bad(
             dir,
@@ -350,8 +350,10 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let members_inherit = files::Inherited::default().with(&tree_ends);
     if !opts.lazy_pages {
         for img in imgs.iter().flatten() {
-            for pages in &img.source.chain().pages {
-                pages.will_need();
+            let chain = img.source.chain();
+            for (layer, pages) in chain.layers.iter().zip(&chain.pages) {
+                let (start, end) = layer.data_range();
+                pages.will_need(start, end);
             }
         }
     }

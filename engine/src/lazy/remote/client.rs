@@ -152,7 +152,7 @@ impl RemotePageSource {
             let images = ImageDir::open(dir)?;
             let tree: PsTree = images.read(Kind::PsTree, None)?;
             for t in tree.tasks.iter().filter(|t| !t.zombie) {
-                let pm: Pagemap = images.read(Kind::Pagemap, Some(t.pid))?;
+                let pm: Pagemap = images.read_pagemap(t.pid)?;
                 // Only within a lazy run: nothing else is ever asked of us.
                 let lazy = Pagemap {
                     entries: pm

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::image::container::write_message;
-use crate::image::messages::{Inventory, Pagemap, PE_IN_PARENT, PE_LAZY};
+use crate::image::messages::{Inventory, Pagemap, Task, PE_IN_PARENT, PE_LAZY};
 use crate::image::{ImageDir, Kind, PagesReader, PagesWriter};
 
 use super::holder::Twin;
@@ -312,8 +312,9 @@ fn connection(mut s: TcpStream, sh: &Shared, tx: &mpsc::Sender<Event>) -> Result
 /// Writes every page the source holds into `dir`: for each held process,
 /// a new pages file (the stored runs' data copied from the old one, the
 /// PE_LAZY runs' read from its twin, each run checksummed as the dump
-/// does) and a new pagemap without PE_LAZY; then an inventory without the
-/// lazy address. Each file is written under a temporary name and synced;
+/// does) and a new task image whose pagemap has no PE_LAZY run; then an
+/// inventory without the lazy address. Each file is written under a
+/// temporary name and synced;
 /// the inventory is removed first, the others renamed over the old ones,
 /// and the inventory written last, so a crash in between leaves an
 /// incomplete directory (refused by name), never a wrong one.
@@ -340,15 +341,20 @@ pub fn write_back(dir: &Path, tasks: &[HeldTask]) -> Result<u64> {
         let old_pages = dir.join(&pagemap.pages_file);
         let old = PagesReader::open(&old_pages)?;
         let final_pages = images.file(Kind::Pages, Some(pid));
-        let final_pagemap = images.file(Kind::Pagemap, Some(pid));
-        let (tmp_pages, tmp_pagemap) = (tmp(&final_pages), tmp(&final_pagemap));
-        for t in [&tmp_pages, &tmp_pagemap] {
+        // The pagemap is part of the task image: that is rewritten whole.
+        let final_task = images.file(Kind::Task, Some(pid));
+        let mut task: Task = images.read(Kind::Task, Some(pid))?;
+        let (tmp_pages, tmp_task) = (tmp(&final_pages), tmp(&final_task));
+        for t in [&tmp_pages, &tmp_task] {
             let _ = std::fs::remove_file(t);
         }
         let mut out = PagesWriter::create(&tmp_pages)?;
         let mut new = pagemap.clone();
         new.pages_file = Kind::Pages.file_name(Some(pid));
-        let mut old_off = 0u64;
+        // The old data may follow another process's in a shared file; the
+        // new file is this process's own.
+        let mut old_off = new.data_offset;
+        new.data_offset = 0;
         for e in new.entries.iter_mut() {
             if e.flags & PE_IN_PARENT != 0 {
                 continue;
@@ -383,14 +389,18 @@ pub fn write_back(dir: &Path, tasks: &[HeldTask]) -> Result<u64> {
         out.finish()?;
         sync(&tmp_pages)?;
         crate::image::chain::seal(&mut new);
-        write_message(&tmp_pagemap, Kind::Pagemap, &new)?;
-        sync(&tmp_pagemap)?;
+        task.pagemap = Some(new);
+        write_message(&tmp_task, Kind::Task, &task)?;
+        sync(&tmp_task)?;
         if old_pages != final_pages {
             old_files.push(old_pages);
         }
         renames.push((tmp_pages, final_pages));
-        renames.push((tmp_pagemap, final_pagemap));
+        renames.push((tmp_task, final_task));
     }
+    // A shared old pages file may bear the name of one of the new ones.
+    old_files.retain(|old| !renames.iter().any(|(_, to)| to == old));
+    old_files.dedup();
     inv.lazy_address.clear();
     inv.lazy_pages = 0;
     write_message(&tmp_inv, Kind::Inventory, &inv)?;
