@@ -727,8 +727,18 @@ fn main() -> ExitCode {
         }
         Cmd::Show { path } => match crust::image::show::show(&path) {
             Ok(v) => {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                ExitCode::SUCCESS
+                // A reader that went away (`crust show DIR | head`) ends the
+                // output quietly; println! would panic.
+                use std::io::Write;
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                match writeln!(std::io::stdout().lock(), "{text}") {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("crust: show: writing the output: {e}");
+                        ExitCode::from(exit::FAILED)
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("crust: show: {e}");
