@@ -218,7 +218,7 @@ fn bad_images_are_refused() {
             name: "missing task",
             file: format!("task-{pid}.img"),
             corrupt: Box::new(|p| fs::remove_file(p).expect("rm")),
-            says: &["No such file"],
+            says: &["no task image of pid"],
         },
         Case {
             name: "inventory version",

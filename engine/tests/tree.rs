@@ -195,6 +195,28 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
     }
     drop(out);
     let pages = shared_pages_files(&dir, &tree.pids);
+    // `crust show` lists every packed task image with its pid.
+    let shown = crust(["show", path_str(&dir.join("tasks.img"))]);
+    shown.assert_ok();
+    let packed = shown.json()["message"]["tasks"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|e| e["pid"].as_i64())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let images = crust::image::ImageDir::open(&dir).expect("image dir");
+    let live: Vec<i64> = tree
+        .pids
+        .iter()
+        .filter(|&&p| images.has_task(p))
+        .map(|&p| i64::from(p))
+        .collect();
+    assert!(live.len() > 1, "live members: {live:?}");
+    let mut sorted = live.clone();
+    sorted.sort();
+    assert_eq!(packed, sorted, "tasks.img as shown");
     assert_eq!(
         pages.len(),
         if two_threads { 2 } else { 1 },
@@ -211,6 +233,19 @@ fn tree_dump_restore(batched: bool, two_threads: bool) {
             assert_pid_free(p, "after a refused restore");
         }
         std::fs::write(&file, whole).expect("put the pages back");
+        // A byte of a packed task image changed: refused by name.
+        let pack = dir.join("tasks.img");
+        let whole = std::fs::read(&pack).expect("read tasks.img");
+        let mut bad = whole.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x5a;
+        std::fs::write(&pack, &bad).expect("spoil tasks.img");
+        let out = crust(["restore", "-d", "-D", path_str(&dir)]);
+        out.assert_failed().stderr_has("tasks.img");
+        for &p in &tree.pids {
+            assert_pid_free(p, "after a refused restore");
+        }
+        std::fs::write(&pack, whole).expect("put tasks.img back");
     }
     let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
     if !batched {
@@ -248,11 +283,14 @@ fn shared_pages_files(dir: &std::path::Path, pids: &[i32]) -> Vec<String> {
     use crust::image::{ImageDir, Kind, PagesReader};
     let images = ImageDir::open(dir).expect("image dir");
     let mut stretches: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
-    // (A zombie has no task image.)
-    for &p in pids
-        .iter()
-        .filter(|&&p| images.file(Kind::Task, Some(p)).exists())
-    {
+    // The task images are packed in tasks.img; a zombie has none.
+    for &p in pids {
+        assert!(
+            !images.file(Kind::Task, Some(p)).exists(),
+            "pid {p} has its own task image"
+        );
+    }
+    for &p in pids.iter().filter(|&&p| images.has_task(p)) {
         let pm = images.read_pagemap(p).expect("pagemap");
         let name = pm.pages_file.clone();
         let layer = LayerMap::new(dir, pm).expect("layer");

@@ -1370,14 +1370,15 @@ fn dump_inner(
     // each member's tracker is made or taken over and re-armed, and stays
     // in the task for the next image (chain::can_be_parent).
     let snapshot = opts.leave_running && opts.track.track_mem;
-    // A tree's processes share pages files, one per dumping thread
-    // (ImageOut::share_pages). Not a lazy dump's (its pages files are
-    // rewritten per process when the source's pages come back), nor a
-    // snapshot's (the parent of a later dump, whose pages file is sized
-    // after the root's here).
+    // A tree's processes share image files: pages files, one per dumping
+    // thread, and tasks.img (ImageOut::share_files). Not a lazy dump's
+    // (its pages files and task images are rewritten per process when the
+    // source's pages come back), nor a snapshot's (the parent of a later
+    // dump, whose pages file is sized after the root's here; a packed
+    // dump is never a parent).
     let share_pages = lazy.is_none() && !snapshot && members.len() > 1;
     if share_pages {
-        images.share_pages();
+        images.share_files();
     }
     // The image files are made (file creation is slow: ImageOut::
     // precreate_small) by a thread of their own while the refusals run:
@@ -1395,8 +1396,11 @@ fn dump_inner(
             let n = if share_pages { 2 } else { members.len() };
             images.precreate_pages(&members[..n])?;
         }
-        // And every member's small images.
-        images.precreate_small(&members)
+        // And every member's task image, unless they are packed.
+        match images.packs_tasks() {
+            true => Ok(()),
+            false => images.precreate_small(&members),
+        }
     };
     let outside = std::thread::scope(|s| {
         let made = s.spawn(make_files);

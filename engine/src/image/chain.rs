@@ -216,7 +216,7 @@ fn walk(
         let inv: Inventory = ImageDir::open(&d)?.read(Kind::Inventory, None)?;
         // A process of a tree: its images are keyed by its pid. One that
         // a parent does not hold was new since: its chain ends there.
-        let member = d.join(Kind::Task.file_name(Some(pid))).exists();
+        let member = ImageDir::open(&d)?.has_task(pid);
         if inv.root_pid != pid && !member && !out.is_empty() {
             break;
         }

@@ -31,6 +31,7 @@ pub enum Kind {
     Digests = 0x54534744,    // "DGST"
     LazyStats = 0x5453_5a4c, // "LZST"
     Shared = 0x424f_4853,    // "SHOB"
+    Tasks = 0x4b41_5054,     // "TPAK"
 }
 
 impl Kind {
@@ -48,6 +49,7 @@ impl Kind {
             Kind::Digests => "digests",
             Kind::LazyStats => "lazy-stats",
             Kind::Shared => "shmem",
+            Kind::Tasks => "tasks",
         }
     }
 
@@ -152,7 +154,9 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<(Header,
             format!("truncated: {file_len} bytes, header says {needed}"),
         ));
     }
-    if file_len > needed {
+    // A pack of task images: its message is the index of the task images
+    // that follow it.
+    if file_len > needed && kind != Kind::Tasks {
         return Err(ImageError::bad(
             path,
             format!("{} trailing bytes after the payload", file_len - needed),
@@ -242,7 +246,7 @@ pub fn parse_image_name(name: &str) -> Option<(Kind, Option<i32>)> {
     }
 }
 
-const ALL_KINDS: [Kind; 8] = [
+const ALL_KINDS: [Kind; 9] = [
     Kind::Inventory,
     Kind::PsTree,
     Kind::Task,
@@ -251,6 +255,7 @@ const ALL_KINDS: [Kind; 8] = [
     Kind::Digests,
     Kind::LazyStats,
     Kind::Shared,
+    Kind::Tasks,
 ];
 
 impl ImageDir {
@@ -358,14 +363,53 @@ impl ImageDir {
         read_message(&self.file(kind, pid), kind)
     }
 
+    /// The task image of process `pid`: its own `task-PID.img`, or its
+    /// part of the tree's `tasks.img`; and the file it was read from.
+    pub fn read_task(&self, pid: i32) -> Result<(crate::image::messages::Task, PathBuf)> {
+        let own = self.file(Kind::Task, Some(pid));
+        match read_message(&own, Kind::Task) {
+            Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            other => return other.map(|t| (t, own)),
+        }
+        let pack = self.file(Kind::Tasks, None);
+        let bytes = match read_packed(&pack, pid) {
+            Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(ImageError::bad(
+                    &own,
+                    format!("no task image of pid {pid}: neither this file nor tasks.img"),
+                ))
+            }
+            other => other?,
+        };
+        let bytes = bytes
+            .ok_or_else(|| ImageError::bad(&pack, format!("holds no task image of pid {pid}")))?;
+        let (header, payload) = check_message_bytes(&pack, &bytes)?;
+        if header.kind != Kind::Task {
+            return Err(ImageError::bad(
+                &pack,
+                format!("the image of pid {pid} is a {} image", header.kind.name()),
+            ));
+        }
+        let task = crate::image::messages::Task::decode(payload).map_err(|e| {
+            ImageError::bad(
+                &pack,
+                format!("cannot decode the task image of pid {pid}: {e}"),
+            )
+        })?;
+        Ok((task, pack))
+    }
+
+    /// Whether the directory has a task image of `pid` (own or packed).
+    pub fn has_task(&self, pid: i32) -> bool {
+        self.file(Kind::Task, Some(pid)).exists()
+            || read_packed(&self.file(Kind::Tasks, None), pid).is_ok_and(|b| b.is_some())
+    }
+
     /// The pagemap of process `pid`, from its task image.
     pub fn read_pagemap(&self, pid: i32) -> Result<crate::image::messages::Pagemap> {
-        let task: crate::image::messages::Task = self.read(Kind::Task, Some(pid))?;
+        let (task, file) = self.read_task(pid)?;
         task.pagemap.ok_or_else(|| {
-            ImageError::bad(
-                &self.file(Kind::Task, Some(pid)),
-                "the task image has no pagemap",
-            )
+            ImageError::bad(&file, format!("the task image of pid {pid} has no pagemap"))
         })
     }
 }
@@ -467,6 +511,87 @@ pub fn check_message_bytes<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, 
         ));
     }
     Ok((header, payload))
+}
+
+/// A pack of task images (`tasks.img`): each of `images` (pid, a whole
+/// task image's bytes) after the index that says where it is.
+pub fn encode_task_pack(images: &[(i32, Vec<u8>)]) -> Vec<u8> {
+    use crate::image::messages::{PackedTask, TaskPack};
+    let mut index = TaskPack {
+        tasks: images
+            .iter()
+            .map(|(pid, b)| PackedTask {
+                pid: *pid,
+                // A placeholder, not 0: a field at its default is not
+                // encoded at all.
+                offset: u64::MAX,
+                len: b.len() as u64,
+            })
+            .collect(),
+    };
+    // Fixed-width offsets: the index is as long with the real ones.
+    let mut at = (HEADER_LEN + index.encoded_len()) as u64;
+    for t in &mut index.tasks {
+        t.offset = at;
+        at += t.len;
+    }
+    let mut out = encode_message(Kind::Tasks, &index);
+    for (_, b) in images {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// The bytes of `pid`'s task image in the pack at `path`, checked to lie
+/// after the index and inside the file; None if the pack has none.
+pub fn read_packed(path: &Path, pid: i32) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    let (mut f, header, header_len) = open_checked(path)?;
+    if header.kind != Kind::Tasks {
+        return Err(ImageError::bad(
+            path,
+            format!("is a {} image, expected tasks", header.kind.name()),
+        ));
+    }
+    if header.payload_len > MAX_MESSAGE {
+        return Err(ImageError::bad(path, "index over the message size limit"));
+    }
+    let mut rest = vec![0u8; (header_len as usize).saturating_sub(HEADER_LEN)];
+    let mut index = vec![0u8; header.payload_len as usize];
+    f.read_exact(&mut rest)
+        .and_then(|_| f.read_exact(&mut index))
+        .map_err(|e| ImageError::io(path, e))?;
+    if crc32fast::hash(&index) != header.crc32 {
+        return Err(ImageError::bad(
+            path,
+            "checksum mismatch: the image is corrupted",
+        ));
+    }
+    let index = crate::image::messages::TaskPack::decode(index.as_slice())
+        .map_err(|e| ImageError::bad(path, format!("cannot decode the index: {e}")))?;
+    let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
+    let data_start = header_len + header.payload_len;
+    let mut found = None;
+    for t in &index.tasks {
+        let end = t.offset.checked_add(t.len);
+        if t.offset < data_start || end.is_none_or(|e| e > file_len) || t.len > MAX_MESSAGE {
+            return Err(ImageError::bad(
+                path,
+                format!("the task image of pid {} lies outside the file", t.pid),
+            ));
+        }
+        if t.pid == pid {
+            if found.is_some() {
+                return Err(ImageError::bad(path, format!("pid {pid} is packed twice")));
+            }
+            found = Some(t);
+        }
+    }
+    let Some(t) = found else { return Ok(None) };
+    let mut bytes = vec![0u8; t.len as usize];
+    f.read_exact_at(&mut bytes, t.offset)
+        .map_err(|e| ImageError::io(path, e))?;
+    Ok(Some(bytes))
 }
 
 /// Writes a new image file holding `bytes` (created as `create_file` does).
@@ -956,6 +1081,75 @@ mod tests {
         fs::create_dir(dir.file(Kind::Task, Some(7))).unwrap();
         let err = dir.clear_stale().unwrap_err().to_string();
         assert!(err.contains("directory"), "{err}");
+    }
+
+    /// tasks.img: each task image found by its pid after the index;
+    /// an index that points outside the file, or lists a pid twice, is
+    /// refused; a task image spoilt inside it fails its own checksum.
+    #[test]
+    fn packed_task_images() {
+        use crate::image::messages::{Pagemap, Task, TaskPack};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(tmp.path()).unwrap();
+        let task = |n: u64| Task {
+            pagemap: Some(Pagemap {
+                pages_file: format!("pages-{n}.img"),
+                data_offset: n * 4096,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let images: Vec<(i32, Vec<u8>)> = [7, 9, 11]
+            .iter()
+            .map(|&p| (p, encode_message(Kind::Task, &task(p as u64))))
+            .collect();
+        let pack = dir.file(Kind::Tasks, None);
+        let good = encode_task_pack(&images);
+        write_bytes(&pack, &good).unwrap();
+        for p in [7, 9, 11] {
+            let (t, file) = dir.read_task(p).unwrap();
+            assert_eq!(t, task(p as u64));
+            assert_eq!(file, pack);
+            assert!(dir.has_task(p));
+        }
+        assert!(!dir.has_task(8));
+        let err = dir.read_task(8).unwrap_err().to_string();
+        assert!(err.contains("no task image of pid 8"), "{err}");
+        // Its own file first.
+        dir.write(Kind::Task, Some(9), &task(1)).unwrap();
+        assert_eq!(dir.read_task(9).unwrap().0, task(1));
+
+        let put = |bytes: &[u8]| {
+            fs::remove_file(&pack).unwrap();
+            write_bytes(&pack, bytes).unwrap();
+        };
+        let (h, hl) = parse_header(&pack, &good, good.len() as u64).unwrap();
+        let index = TaskPack::decode(&good[hl as usize..(hl + h.payload_len) as usize]).unwrap();
+        let tail = &good[index.tasks[0].offset as usize..];
+        let with = |index: TaskPack| {
+            let mut b = encode_message(Kind::Tasks, &index);
+            b.extend_from_slice(tail);
+            b
+        };
+        let mut outside = index.clone();
+        outside.tasks[1].len += 1 << 20;
+        put(&with(outside));
+        let err = dir.read_task(7).unwrap_err().to_string();
+        assert!(err.contains("outside the file"), "{err}");
+        let mut twice = index.clone();
+        twice.tasks[2].pid = 7;
+        put(&with(twice));
+        let err = dir.read_task(7).unwrap_err().to_string();
+        assert!(err.contains("packed twice"), "{err}");
+        let mut spoilt = good.clone();
+        let last = spoilt.len() - 1;
+        spoilt[last] ^= 1;
+        put(&spoilt);
+        let err = dir.read_task(11).unwrap_err().to_string();
+        assert!(
+            err.contains("checksum mismatch") && err.contains("tasks.img"),
+            "{err}"
+        );
     }
 
     #[test]

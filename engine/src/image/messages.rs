@@ -537,6 +537,27 @@ pub struct Task {
     pub pagemap: Option<Pagemap>,
 }
 
+/// Where each task image of `tasks.img` (a tree's dump) is: the index
+/// that is the pack's message. Each task image follows it in the file,
+/// whole (header, payload, CRC), as `task-PID.img` would hold it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TaskPack {
+    #[prost(message, repeated, tag = "1")]
+    pub tasks: Vec<PackedTask>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PackedTask {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// From the start of the file (fixed width: the index's length does
+    /// not depend on where the images land).
+    #[prost(fixed64, tag = "2")]
+    pub offset: u64,
+    #[prost(fixed64, tag = "3")]
+    pub len: u64,
+}
+
 /// PagemapEntry flag: the run's data is in the parent image chain, not in
 /// this directory's pages file.
 pub const PE_IN_PARENT: u32 = 1;

@@ -5,8 +5,8 @@ use std::path::Path;
 use prost::Message;
 use serde_json::{json, Value};
 
-use super::container::{read_payload, ImageError, Kind};
-use super::messages::{Digests, Inventory, LazyStats, PsTree, SharedObject, Stats, Task};
+use super::container::{check_message_bytes, read_packed, read_payload, ImageError, Kind};
+use super::messages::{Digests, Inventory, LazyStats, PsTree, SharedObject, Stats, Task, TaskPack};
 
 fn decode<M: Message + Default + serde::Serialize>(
     path: &Path,
@@ -33,6 +33,20 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
         Kind::Digests => decode::<Digests>(path, &payload)?,
         Kind::LazyStats => decode::<LazyStats>(path, &payload)?,
         Kind::Shared => decode::<SharedObject>(path, &payload)?,
+        Kind::Tasks => {
+            // The index, then each task image it names, in order.
+            let index = TaskPack::decode(payload.as_slice()).map_err(|e| ImageError::Bad {
+                path: path.to_path_buf(),
+                what: format!("cannot decode the index: {e}"),
+            })?;
+            let mut tasks = Vec::new();
+            for t in &index.tasks {
+                let bytes = read_packed(path, t.pid)?.unwrap_or_default();
+                let (_, task) = check_message_bytes(path, &bytes)?;
+                tasks.push(json!({ "pid": t.pid, "task": decode::<Task>(path, task)? }));
+            }
+            json!({ "index": index, "tasks": tasks })
+        }
         Kind::Pages => {
             json!({ "data_bytes": header.payload_len, "pages": header.payload_len / 4096 })
         }

@@ -474,7 +474,8 @@ fn take_task(
             });
         }
         let image: Task = ImageDir::open(&sh.dir)
-            .and_then(|d| d.read(Kind::Task, Some(h.pid)))
+            .and_then(|d| d.read_task(h.pid))
+            .map(|(t, _)| t)
             .map_err(|e| e.to_string())?;
         let image_mm = image
             .mm

@@ -28,10 +28,16 @@ pub struct ImageOut {
     /// Small image files made before the task was frozen
     /// (`precreate_small`): the name each is renamed to, and its own.
     premade: Premade,
-    /// With `share_pages`: the pages file each dumping thread writes the
+    /// With `share_files`: the pages file each dumping thread writes the
     /// processes it dumps into, one after the other.
     lanes: Lanes,
+    /// With `share_files`: every task image (pid, its bytes), for
+    /// `tasks.img`, written by `commit`.
+    pack: std::sync::Mutex<Option<Vec<PackedImage>>>,
 }
+
+/// A task image for `tasks.img`: its pid, its bytes.
+type PackedImage = (i32, Vec<u8>);
 
 type Premade = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, PathBuf>>>;
 
@@ -119,21 +125,49 @@ impl ImageOut {
             writer: std::sync::Mutex::new(None),
             premade: Premade::default(),
             lanes: std::sync::Mutex::new(None),
+            pack: std::sync::Mutex::new(None),
         })
     }
 
-    /// From now on, the processes one thread dumps share a pages file
-    /// (named after the first of them), each process's data after the one
-    /// before: a tree of N processes has two or so pages files, not N
-    /// (creating a file is what a tree's images cost most on some file
-    /// systems). Only for pages files written here.
-    pub fn share_pages(&self) {
+    /// The processes of a tree share their image files (creating a file
+    /// is what a tree's images cost most on some file systems): the ones
+    /// one thread dumps share a pages file (named after the first of
+    /// them), each process's data after the one before, and every task
+    /// image goes into `tasks.img`. A tree of N processes has three or so
+    /// files of its own, not N + 2N. Only for images written here alone.
+    pub fn share_files(&self) {
         if self.server.is_some() {
             return;
         }
         if let Ok(mut l) = self.lanes.lock() {
             l.get_or_insert_with(Vec::new);
         }
+        if let Ok(mut p) = self.pack.lock() {
+            p.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Whether task images go into `tasks.img`.
+    pub fn packs_tasks(&self) -> bool {
+        self.pack.lock().is_ok_and(|p| p.is_some())
+    }
+
+    /// Writes `tasks.img`, if task images were packed.
+    fn write_pack(&self) -> Result<()> {
+        let packed = self
+            .pack
+            .lock()
+            .map_err(|_| crate::error::Error::Other("the task pack's lock is poisoned".into()))?
+            .take();
+        let Some(mut packed) = packed.filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        packed.sort_by_key(|(pid, _)| *pid);
+        let bytes = crate::image::container::encode_task_pack(&packed);
+        Ok(crate::image::container::write_bytes(
+            &self.dir.file(Kind::Tasks, None),
+            &bytes,
+        )?)
     }
 
     /// The sink for `pid`'s data in this thread's shared pages file (made
@@ -272,6 +306,12 @@ impl ImageOut {
     /// its errors come out of [`ImageOut::commit`] or [`ImageOut::flush`].
     pub fn write<M: Message>(&self, kind: Kind, pid: Option<i32>, msg: &M) -> Result<()> {
         let bytes = encode_message(kind, msg);
+        if let (Kind::Task, Some(p), Ok(mut pack)) = (kind, pid, self.pack.lock()) {
+            if let Some(pack) = pack.as_mut() {
+                pack.push((p, bytes));
+                return Ok(());
+            }
+        }
         if let Some(s) = &self.server {
             lock(s)?.send_file(&kind.file_name(pid), &bytes)?;
         }
@@ -336,6 +376,7 @@ impl ImageOut {
     pub fn commit(&self, inv: &Inventory) -> Result<()> {
         self.flush()?;
         self.finish_lanes()?;
+        self.write_pack()?;
         let Some(s) = &self.server else {
             return Ok(self.dir.write(Kind::Inventory, None, inv)?);
         };

@@ -115,8 +115,7 @@ fn load(
         ));
     }
     let pid = task.pid;
-    let image: Task = images.read(Kind::Task, Some(pid))?;
-    let task_file = images.file(Kind::Task, Some(pid));
+    let (image, task_file): (Task, _) = images.read_task(pid)?;
     let lacks = |what: &str| bad(dir, format!("task {pid}: its task image has no {what}"));
     let core: Core = image.core.ok_or_else(|| lacks("core state"))?;
     let others: Vec<i32> = core.threads.iter().map(|t| t.tid).collect();

@@ -343,6 +343,7 @@ pub fn write_back(dir: &Path, tasks: &[HeldTask]) -> Result<u64> {
         let final_pages = images.file(Kind::Pages, Some(pid));
         // The pagemap is part of the task image: that is rewritten whole.
         let final_task = images.file(Kind::Task, Some(pid));
+        // (Its own file: a lazy dump's task images are never packed.)
         let mut task: Task = images.read(Kind::Task, Some(pid))?;
         let (tmp_pages, tmp_task) = (tmp(&final_pages), tmp(&final_task));
         for t in [&tmp_pages, &tmp_task] {
