@@ -372,37 +372,24 @@ impl ImageDir {
             other => return other.map(|t| (t, own)),
         }
         let pack = self.file(Kind::Tasks, None);
-        let bytes = match read_packed(&pack, pid) {
+        let task = match TaskPackFile::open(&pack) {
             Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Err(ImageError::bad(
                     &own,
                     format!("no task image of pid {pid}: neither this file nor tasks.img"),
                 ))
             }
-            other => other?,
+            other => other?.read(pid)?,
         };
-        let bytes = bytes
+        let task = task
             .ok_or_else(|| ImageError::bad(&pack, format!("holds no task image of pid {pid}")))?;
-        let (header, payload) = check_message_bytes(&pack, &bytes)?;
-        if header.kind != Kind::Task {
-            return Err(ImageError::bad(
-                &pack,
-                format!("the image of pid {pid} is a {} image", header.kind.name()),
-            ));
-        }
-        let task = crate::image::messages::Task::decode(payload).map_err(|e| {
-            ImageError::bad(
-                &pack,
-                format!("cannot decode the task image of pid {pid}: {e}"),
-            )
-        })?;
         Ok((task, pack))
     }
 
     /// Whether the directory has a task image of `pid` (own or packed).
     pub fn has_task(&self, pid: i32) -> bool {
         self.file(Kind::Task, Some(pid)).exists()
-            || read_packed(&self.file(Kind::Tasks, None), pid).is_ok_and(|b| b.is_some())
+            || TaskPackFile::open(&self.file(Kind::Tasks, None)).is_ok_and(|p| p.contains(pid))
     }
 
     /// The pagemap of process `pid`, from its task image.
@@ -542,56 +529,73 @@ pub fn encode_task_pack(images: &[(i32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// The bytes of `pid`'s task image in the pack at `path`, checked to lie
-/// after the index and inside the file; None if the pack has none.
-pub fn read_packed(path: &Path, pid: i32) -> Result<Option<Vec<u8>>> {
-    use std::os::unix::fs::FileExt;
-    let (mut f, header, header_len) = open_checked(path)?;
-    if header.kind != Kind::Tasks {
-        return Err(ImageError::bad(
-            path,
-            format!("is a {} image, expected tasks", header.kind.name()),
-        ));
-    }
-    if header.payload_len > MAX_MESSAGE {
-        return Err(ImageError::bad(path, "index over the message size limit"));
-    }
-    let mut rest = vec![0u8; (header_len as usize).saturating_sub(HEADER_LEN)];
-    let mut index = vec![0u8; header.payload_len as usize];
-    f.read_exact(&mut rest)
-        .and_then(|_| f.read_exact(&mut index))
-        .map_err(|e| ImageError::io(path, e))?;
-    if crc32fast::hash(&index) != header.crc32 {
-        return Err(ImageError::bad(
-            path,
-            "checksum mismatch: the image is corrupted",
-        ));
-    }
-    let index = crate::image::messages::TaskPack::decode(index.as_slice())
-        .map_err(|e| ImageError::bad(path, format!("cannot decode the index: {e}")))?;
-    let file_len = f.metadata().map_err(|e| ImageError::io(path, e))?.len();
-    let data_start = header_len + header.payload_len;
-    let mut found = None;
-    for t in &index.tasks {
-        let end = t.offset.checked_add(t.len);
-        if t.offset < data_start || end.is_none_or(|e| e > file_len) || t.len > MAX_MESSAGE {
+/// An open `tasks.img`, its index checked: every entry lies after the
+/// index and inside the file, no pid is listed twice.
+pub struct TaskPackFile {
+    path: PathBuf,
+    file: File,
+    index: crate::image::messages::TaskPack,
+}
+
+impl TaskPackFile {
+    pub fn open(path: &Path) -> Result<TaskPackFile> {
+        let (mut file, header, header_len) = open_checked(path)?;
+        if header.kind != Kind::Tasks {
             return Err(ImageError::bad(
                 path,
-                format!("the task image of pid {} lies outside the file", t.pid),
+                format!("is a {} image, expected tasks", header.kind.name()),
             ));
         }
-        if t.pid == pid {
-            if found.is_some() {
-                return Err(ImageError::bad(path, format!("pid {pid} is packed twice")));
+        let index = read_checked_payload(&mut file, path, &header, header_len)?;
+        let index = crate::image::messages::TaskPack::decode(index.as_slice())
+            .map_err(|e| ImageError::bad(path, format!("cannot decode the index: {e}")))?;
+        let file_len = file.metadata().map_err(|e| ImageError::io(path, e))?.len();
+        let data_start = header_len + header.payload_len;
+        let mut pids = std::collections::HashSet::new();
+        for t in &index.tasks {
+            let end = t.offset.checked_add(t.len);
+            if t.offset < data_start || end.is_none_or(|e| e > file_len) || t.len > MAX_MESSAGE {
+                return Err(ImageError::bad(
+                    path,
+                    format!("the task image of pid {} lies outside the file", t.pid),
+                ));
             }
-            found = Some(t);
+            if !pids.insert(t.pid) {
+                return Err(ImageError::bad(
+                    path,
+                    format!("pid {} is packed twice", t.pid),
+                ));
+            }
         }
+        Ok(TaskPackFile {
+            path: path.to_path_buf(),
+            file,
+            index,
+        })
     }
-    let Some(t) = found else { return Ok(None) };
-    let mut bytes = vec![0u8; t.len as usize];
-    f.read_exact_at(&mut bytes, t.offset)
-        .map_err(|e| ImageError::io(path, e))?;
-    Ok(Some(bytes))
+
+    pub fn index(&self) -> &crate::image::messages::TaskPack {
+        &self.index
+    }
+
+    pub fn contains(&self, pid: i32) -> bool {
+        self.index.tasks.iter().any(|t| t.pid == pid)
+    }
+
+    /// The task image of `pid`, checked as its own file would be (header,
+    /// CRC, kind); None if the pack holds none.
+    pub fn read(&self, pid: i32) -> Result<Option<crate::image::messages::Task>> {
+        use std::os::unix::fs::FileExt;
+        let Some(t) = self.index.tasks.iter().find(|t| t.pid == pid) else {
+            return Ok(None);
+        };
+        let mut bytes = vec![0u8; t.len as usize];
+        self.file
+            .read_exact_at(&mut bytes, t.offset)
+            .map_err(|e| ImageError::io(&self.path, e))?;
+        let (header, payload) = check_message_bytes(&self.path, &bytes)?;
+        decode_message(&self.path, &header, payload, Kind::Task).map(Some)
+    }
 }
 
 /// Writes a new image file holding `bytes` (created as `create_file` does).
@@ -675,6 +679,18 @@ pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
     if header.kind == Kind::Pages {
         return Ok((header, Vec::new()));
     }
+    let payload = read_checked_payload(&mut f, path, &header, header_len)?;
+    Ok((header, payload))
+}
+
+/// The payload of the message image `f` (`path`), whose header was just
+/// read: within the size limit, after the rest of the header, CRC checked.
+fn read_checked_payload(
+    f: &mut File,
+    path: &Path,
+    header: &Header,
+    header_len: u64,
+) -> Result<Vec<u8>> {
     if header.payload_len > MAX_MESSAGE {
         return Err(ImageError::bad(
             path,
@@ -695,11 +711,21 @@ pub fn read_payload(path: &Path) -> Result<(Header, Vec<u8>)> {
             "checksum mismatch: the image is corrupted",
         ));
     }
-    Ok((header, payload))
+    Ok(payload)
 }
 
 pub fn read_message<M: Message + Default>(path: &Path, kind: Kind) -> Result<M> {
     let (header, payload) = read_payload(path)?;
+    decode_message(path, &header, &payload, kind)
+}
+
+/// The message of kind `kind` in a checked image's payload.
+fn decode_message<M: Message + Default>(
+    path: &Path,
+    header: &Header,
+    payload: &[u8],
+    kind: Kind,
+) -> Result<M> {
     if header.kind != kind {
         return Err(ImageError::bad(
             path,
@@ -710,7 +736,7 @@ pub fn read_message<M: Message + Default>(path: &Path, kind: Kind) -> Result<M> 
             ),
         ));
     }
-    M::decode(payload.as_slice())
+    M::decode(payload)
         .map_err(|e| ImageError::bad(path, format!("cannot decode {} message: {e}", kind.name())))
 }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use prost::Message;
 use serde_json::{json, Value};
 
-use super::container::{check_message_bytes, read_packed, read_payload, ImageError, Kind};
-use super::messages::{Digests, Inventory, LazyStats, PsTree, SharedObject, Stats, Task, TaskPack};
+use super::container::{read_payload, ImageError, Kind, TaskPackFile};
+use super::messages::{Digests, Inventory, LazyStats, PsTree, SharedObject, Stats, Task};
 
 fn decode<M: Message + Default + serde::Serialize>(
     path: &Path,
@@ -16,7 +16,11 @@ fn decode<M: Message + Default + serde::Serialize>(
         path: path.to_path_buf(),
         what: format!("cannot decode: {e}"),
     })?;
-    serde_json::to_value(&msg).map_err(|e| ImageError::Bad {
+    render(path, &msg)
+}
+
+fn render<M: serde::Serialize>(path: &Path, msg: &M) -> Result<Value, ImageError> {
+    serde_json::to_value(msg).map_err(|e| ImageError::Bad {
         path: path.to_path_buf(),
         what: format!("cannot render: {e}"),
     })
@@ -35,17 +39,13 @@ pub fn show_file(path: &Path) -> Result<Value, ImageError> {
         Kind::Shared => decode::<SharedObject>(path, &payload)?,
         Kind::Tasks => {
             // The index, then each task image it names, in order.
-            let index = TaskPack::decode(payload.as_slice()).map_err(|e| ImageError::Bad {
-                path: path.to_path_buf(),
-                what: format!("cannot decode the index: {e}"),
-            })?;
+            let pack = TaskPackFile::open(path)?;
             let mut tasks = Vec::new();
-            for t in &index.tasks {
-                let bytes = read_packed(path, t.pid)?.unwrap_or_default();
-                let (_, task) = check_message_bytes(path, &bytes)?;
-                tasks.push(json!({ "pid": t.pid, "task": decode::<Task>(path, task)? }));
+            for t in &pack.index().tasks {
+                let task = render(path, &pack.read(t.pid)?)?;
+                tasks.push(json!({ "pid": t.pid, "task": task }));
             }
-            json!({ "index": index, "tasks": tasks })
+            json!({ "index": pack.index(), "tasks": tasks })
         }
         Kind::Pages => {
             json!({ "data_bytes": header.payload_len, "pages": header.payload_len / 4096 })
