@@ -113,7 +113,12 @@ impl LayerMap {
 
 /// Loads the pagemap of task `pid` in the image directory `dir`.
 pub fn load_layer(dir: &Path, pid: i32) -> Result<LayerMap> {
-    let pagemap: Pagemap = ImageDir::open(dir)?.read_pagemap(pid)?;
+    layer_of(dir, pid, ImageDir::open(dir)?.read_pagemap(pid)?)
+}
+
+/// The layer of task `pid` in `dir` with its pagemap `pagemap` (read from
+/// its task image), checked against its layout digest.
+fn layer_of(dir: &Path, pid: i32, pagemap: Pagemap) -> Result<LayerMap> {
     match pagemap.layout_digest {
         Some(d) if d == layout_digest(&pagemap) => {}
         Some(_) => {
@@ -382,6 +387,18 @@ impl Chain {
     /// Opens the dump in `dir` and its parents: ids, kinds, loops, page
     /// file lengths and (if `verify_data`) every run's checksum.
     pub fn open(dir: &Path, pid: i32, verify_data: bool) -> Result<Chain> {
+        Chain::open_with_top(dir, pid, None, verify_data)
+    }
+
+    /// As [`Chain::open`], given the dump's own pagemap if the caller
+    /// read it already with the task image (restore): the task image is
+    /// not read again for it.
+    pub fn open_with_top(
+        dir: &Path,
+        pid: i32,
+        mut top: Option<Pagemap>,
+        verify_data: bool,
+    ) -> Result<Chain> {
         let mut layers = Vec::new();
         let mut pages = Vec::new();
         for (d, inv) in walk(dir, pid, None, false)? {
@@ -394,7 +411,11 @@ impl Chain {
                     ),
                 ));
             }
-            let layer = load_layer(&d, pid)?;
+            // The first directory walked is `dir` itself.
+            let layer = match top.take() {
+                Some(pagemap) => layer_of(&d, pid, pagemap)?,
+                None => load_layer(&d, pid)?,
+            };
             let reader = open_pages(&d, &layer)?;
             if verify_data {
                 verify_checksums(&layer, &reader, |_| true)?;

@@ -144,7 +144,7 @@ fn load(
     // before any process exists; with --lazy-pages, only what restore
     // fills itself (the daemon checked the rest when it started): pages
     // outside eligible VMAs, and the pages a remote lazy dump stored.
-    let chain = Chain::open(dir, pid, !opts.lazy_pages)?;
+    let chain = Chain::open_with_top(dir, pid, Some(pagemap), !opts.lazy_pages)?;
     if opts.lazy_pages {
         let vma_at = |addr: u64| {
             let i = mm.vmas.partition_point(|v| v.end <= addr);
