@@ -391,23 +391,18 @@ fn a_signal_that_gets_through_the_runner_is_queued_again() {
         1,
         "the SIGTRAP was held once: {after:?}"
     );
-    let (pending, status) = pending_sets(pid, &["SigPnd:"]);
-    assert_ne!(
-        pending & (1 << (libc::SIGTRAP - 1)),
-        0,
-        "queued again: {status}"
-    );
+    assert_sigtrap_pending(pid, &["SigPnd:"]);
     inj.unmap_scratch().expect("unmap");
     drop(inj);
     held.release();
     handler_ran_once_for_our_kill(&p, &log);
 }
 
-/// The union of the signal sets `keys` ("SigPnd:", "ShdPnd:") of
-/// /proc/PID/status, and that text.
-fn pending_sets(pid: i32, keys: &[&str]) -> (u64, String) {
+/// SIGTRAP is queued again: in the union of the signal sets `keys`
+/// ("SigPnd:", "ShdPnd:") of /proc/PID/status.
+fn assert_sigtrap_pending(pid: i32, keys: &[&str]) {
     let status = read_string(Path::new(&format!("/proc/{pid}/status")));
-    let set = keys
+    let pending = keys
         .iter()
         .map(|key| {
             status
@@ -417,7 +412,11 @@ fn pending_sets(pid: i32, keys: &[&str]) -> (u64, String) {
                 .unwrap_or_else(|| panic!("no {key} in {status}"))
         })
         .fold(0, |a, b| a | b);
-    (set, status)
+    assert_ne!(
+        pending & (1 << (libc::SIGTRAP - 1)),
+        0,
+        "queued again: {status}"
+    );
 }
 
 /// Once the sigtrap program (mode "handled") is let go and asked to
@@ -472,12 +471,7 @@ fn a_sigtrap_taken_before_a_single_step_is_queued_again() {
         (2, 1),
         "the mprotect ran with its two stops: {after:?}"
     );
-    let (pending, status) = pending_sets(pid, &["SigPnd:", "ShdPnd:"]);
-    assert_ne!(
-        pending & (1 << (libc::SIGTRAP - 1)),
-        0,
-        "queued again: {status}"
-    );
+    assert_sigtrap_pending(pid, &["SigPnd:", "ShdPnd:"]);
     inj.unmap_scratch().expect("unmap");
     drop(inj);
     held.release();
