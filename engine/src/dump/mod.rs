@@ -1376,8 +1376,8 @@ fn dump_inner(
     // source's pages come back), nor a snapshot's (the parent of a later
     // dump, whose pages file is sized after the root's here; a packed
     // dump is never a parent).
-    let share_pages = lazy.is_none() && !snapshot && members.len() > 1;
-    if share_pages {
+    let share_files = lazy.is_none() && !snapshot && members.len() > 1;
+    if share_files {
         images.share_files();
     }
     // The image files are made (file creation is slow: ImageOut::
@@ -1393,7 +1393,7 @@ fn dump_inner(
         // The other members' pages files too, empty: one per thread
         // when they share them.
         if lazy.is_none() && members.len() > 1 {
-            let n = if share_pages { 2 } else { members.len() };
+            let n = if share_files { 2 } else { members.len() };
             images.precreate_pages(&members[..n])?;
         }
         // And every member's task image, unless they are packed.
